@@ -1,0 +1,2 @@
+//! ketenpost agent.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1860 @@
+//! The broker's tamper-evident audit trail.
+//!
+//! Every decision the broker takes about a message, a consent, a case, a deadline, a breach
+//! notice or a deletion becomes one [`AuditRecord`], in the spirit of the Logboek
+//! Dataverwerkingen and NEN 7513: what happened ([`AuditEvent`]), when, which organisation
+//! acted, for which case reference, purpose and processing activity, with which
+//! counterparties, and the outcome with a reason code.
+//!
+//! # What never enters a record
+//! No payload content and no personal data. A record only carries OINs (organisation ids),
+//! pseudonymous case references, message and trace ids, policy names (purpose, processing
+//! activity, kind) and reason *codes*. The types enforce what they can: [`AuditEntry`] is
+//! the only way to write a record, [`AuditTrail::append`] refuses an actor or counterparty
+//! that is not a 20-digit OIN and identifiers that look like free text, and a reason can
+//! only be a `&'static str` code (plus an optional fixed `&'static str` explanation), so
+//! nothing read from the network can become a reason.
+//!
+//! # The chain
+//! Records are numbered `seq = 1, 2, 3, ...` without gaps and stored in the sled tree
+//! `audit` under the big-endian bytes of their `seq`, so sled's key order is seq order.
+//! Each record holds `prev_hash`, the hash of the record before it (64 zeros for record 1),
+//! and `hash`, its own hash:
+//!
+//! > **canonical bytes of a record** = the `serde_json` serialisation of the
+//! > [`AuditRecord`] with its `hash` field set to the empty string `""` (fields in
+//! > declaration order, optional fields omitted when absent, no whitespace);
+//! > `hash` = lowercase hex of SHA-256 over those bytes.
+//!
+//! The value stored in sled is the `serde_json` serialisation of the complete record;
+//! [`verify_chain`] also insists the stored bytes are exactly that (no extra fields, no
+//! reformatting), so any byte-level edit is noticed.
+//!
+//! Record times never go backwards: a record is dated `max(now, time of the previous
+//! record)`, which keeps the trail ordered by time as well as by seq even when concurrent
+//! callers pass slightly different clocks (and lets [`AuditTrail::records_between`] use a
+//! binary search).
+//!
+//! # Checkpoints
+//! A hash chain alone does not stop whoever holds the database from rewriting all of it.
+//! The broker therefore signs periodic [`Checkpoint`]s (`seq`, `head_hash`, `time`) with
+//! its ed25519 key and hands them to agents. An agent that holds a checkpoint can later ask
+//! the broker to prove the record at that seq still has that hash
+//! ([`AuditTrail::prove_extends`]) and can compare checkpoints it holds
+//! ([`Checkpoint::extends`]); `ketenpost-broker audit verify` ([`verify_chain`]) checks
+//! every stored checkpoint against the records. Checkpoints live in the sled tree
+//! `audit_checkpoints` under the big-endian bytes of their `seq`.
+//!
+//! > **signed bytes of a checkpoint** = the UTF-8 bytes of
+//! > `format!("{seq}:{head_hash}:{time}")`, where `time` is RFC 3339 in UTC with a `Z`
+//! > suffix and only as many fractional digits as needed (chrono
+//! > `to_rfc3339_opts(SecondsFormat::AutoSi, true)`, see [`Checkpoint::time_text`]);
+//! > the signature is `keys::sign(broker_key, Context::Checkpoint, bytes)`, so it is
+//! > domain-separated from every other ketenpost signature. Checkpoint times are whole
+//! > seconds, e.g. `42:ab12…:2025-03-01T09:30:00Z`.
+//!
+//! # Durability and concurrency
+//! [`AuditTrail::append`] writes into sled but does not flush: the broker group-commits
+//! with `db.flush_async()` before it answers `accepted`, so one fsync covers the queue
+//! write and the audit record. [`AuditTrail::checkpoint`] does flush, because a checkpoint
+//! handed to an agent must never cover records a crash could lose. Appends from many
+//! threads are serialised by one mutex around the head of the chain, so seqs stay
+//! contiguous and every `prev_hash` is right.
+//!
+//! Reading the trail is itself an event to audit ([`AuditEvent::AuditRead`]); that is the
+//! reader's job (the FG report), not this module's.
+
+use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use ketenpost_schemas::keys::{self, Context, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Name of the sled tree that holds the records.
+pub const RECORDS_TREE: &str = "audit";
+/// Name of the sled tree that holds the signed checkpoints.
+pub const CHECKPOINTS_TREE: &str = "audit_checkpoints";
+/// The `prev_hash` of record 1, and the head hash of an empty trail: 64 zeros.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Longest identifier (case reference, message id, purpose, ...) a record accepts.
+const MAX_ID_LEN: usize = 128;
+/// Longest fixed explanation that may follow a reason code.
+const MAX_EXPLANATION_LEN: usize = 200;
+
+/// Everything that can go wrong with the audit trail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// sled failed: an I/O error, or sled found its own files corrupt.
+    #[error("audit store: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored record or checkpoint cannot be used: it does not parse, or its key, seq
+    /// and hash do not agree. The broker refuses to extend a trail whose head is corrupt;
+    /// `ketenpost-broker audit verify` says what is wrong with the rest.
+    #[error("audit record {seq} is corrupt: {reason}")]
+    Corrupt {
+        /// The seq of the record (or checkpoint) that is corrupt.
+        seq: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A record or checkpoint could not be serialised to JSON.
+    #[error("cannot serialise audit data: {0}")]
+    Serialize(serde_json::Error),
+    /// A checkpoint's signature is malformed or does not verify under the broker key.
+    #[error("audit checkpoint at seq {seq} has a bad signature")]
+    BadSignature {
+        /// The seq the checkpoint covers.
+        seq: u64,
+    },
+    /// An entry holds a value that may not enter the trail: an actor or counterparty that
+    /// is not an OIN, or an identifier that looks like free text. The message names the
+    /// field, never its value.
+    #[error("audit entry field '{field}' {reason}")]
+    InvalidEntry {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The trail holds `u64::MAX` records; no seq is left.
+    #[error("the audit trail is full")]
+    Full,
+}
+
+/// What happened. Serialised in snake_case (`body_deleted`, `non_consent_use`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// A submitted message passed every check and was queued.
+    Accepted,
+    /// A submitted message failed a check; nothing was queued.
+    Rejected,
+    /// A message was handed to a recipient agent.
+    Delivered,
+    /// A recipient's signed receipt arrived.
+    Receipt,
+    /// An undelivered message passed its TTL; its body was dropped and the sender told.
+    Expired,
+    /// A body was deleted because every recipient receipted it (or it expired).
+    BodyDeleted,
+    /// A consent (toestemming) was recorded.
+    ConsentGranted,
+    /// A consent was withdrawn.
+    ConsentWithdrawn,
+    /// A case was opened.
+    CaseOpened,
+    /// A party joined a case team.
+    CaseMemberAdded,
+    /// A party left a case team.
+    CaseMemberRemoved,
+    /// A case was closed; its retention clock started.
+    CaseClosed,
+    /// A message was sent on a non-consent ground; the FGs are alerted.
+    NonConsentUse,
+    /// A deadline was missed (a message late on arrival, or an answer overdue).
+    DeadlineLate,
+    /// A deadline reminder was sent.
+    DeadlineNotice,
+    /// A breach notice (datalek-melding) was routed.
+    BreachNotice,
+    /// A deletion order went to the parties holding a case's messages.
+    DeletionOrdered,
+    /// A party confirmed (signed) that it deleted a case's messages.
+    DeletionConfirmed,
+    /// Someone (an FG) read the audit trail.
+    AuditRead,
+    /// The broker signed a checkpoint of the trail.
+    Checkpoint,
+    /// The broker started.
+    BrokerStarted,
+    /// The broker stopped.
+    BrokerStopped,
+}
+
+impl AuditEvent {
+    /// The snake_case name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditEvent::Accepted => "accepted",
+            AuditEvent::Rejected => "rejected",
+            AuditEvent::Delivered => "delivered",
+            AuditEvent::Receipt => "receipt",
+            AuditEvent::Expired => "expired",
+            AuditEvent::BodyDeleted => "body_deleted",
+            AuditEvent::ConsentGranted => "consent_granted",
+            AuditEvent::ConsentWithdrawn => "consent_withdrawn",
+            AuditEvent::CaseOpened => "case_opened",
+            AuditEvent::CaseMemberAdded => "case_member_added",
+            AuditEvent::CaseMemberRemoved => "case_member_removed",
+            AuditEvent::CaseClosed => "case_closed",
+            AuditEvent::NonConsentUse => "non_consent_use",
+            AuditEvent::DeadlineLate => "deadline_late",
+            AuditEvent::DeadlineNotice => "deadline_notice",
+            AuditEvent::BreachNotice => "breach_notice",
+            AuditEvent::DeletionOrdered => "deletion_ordered",
+            AuditEvent::DeletionConfirmed => "deletion_confirmed",
+            AuditEvent::AuditRead => "audit_read",
+            AuditEvent::Checkpoint => "checkpoint",
+            AuditEvent::BrokerStarted => "broker_started",
+            AuditEvent::BrokerStopped => "broker_stopped",
+        }
+    }
+}
+
+impl fmt::Display for AuditEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done as asked.
+    Ok,
+    /// Refused; the reason says why.
+    Refused,
+    /// Done, but noted for the FGs (late, non-consent ground, ...); the reason says why.
+    Flagged,
+}
+
+impl Outcome {
+    /// The snake_case name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Flagged => "flagged",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One record of the trail, as stored. See the module docs for how `hash` is computed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Position in the trail, 1-based and contiguous; a gap means a removed record.
+    pub seq: u64,
+    /// When it happened (never earlier than the previous record).
+    pub time: DateTime<Utc>,
+    /// What happened.
+    pub event: AuditEvent,
+    /// OIN of the organisation that acted (the sender, the recipient that fetched, the FG's
+    /// organisation that read the trail); absent for the broker's own events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The partner system's pseudonym for the user who acted, when the agent passed one
+    /// (NEN 7513 asks for the person; the broker only ever sees a pseudonym).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The pseudonymous case reference (`case-...`), never a BSN or a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_ref: Option<String>,
+    /// The policy purpose id the processing was for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The processing activity id, as in the parties' registers (Logboek Dataverwerkingen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_activity: Option<String>,
+    /// The message kind (`signaal`, `aanmelding`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The message id (UUIDv7) the event is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// OINs of the other organisations involved (the recipients, the sender of a receipt),
+    /// so an FG can find every flow that involves its organisation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counterparties: Vec<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// A reason code (`not_in_case_team`), optionally followed by `": "` and a fixed
+    /// explanation; never payload content or personal data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// W3C trace id, to find the same message in the partners' own logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Hash of the previous record ([`GENESIS_HASH`] for record 1).
+    pub prev_hash: String,
+    /// Hash of this record's canonical bytes (which are computed with this field empty).
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// The bytes the hash is computed over: the JSON of this record with `hash` set to
+    /// `""` (see the module docs).
+    pub fn canonical_bytes(&self) -> Result<Vec<u8>, AuditError> {
+        let mut unhashed = self.clone();
+        unhashed.hash = String::new();
+        serde_json::to_vec(&unhashed).map_err(AuditError::Serialize)
+    }
+
+    /// Lowercase hex SHA-256 of [`canonical_bytes`](Self::canonical_bytes): what `hash`
+    /// should be.
+    pub fn compute_hash(&self) -> Result<String, AuditError> {
+        Ok(hex::encode(Sha256::digest(self.canonical_bytes()?)))
+    }
+
+    /// Whether the stored `hash` matches the record's content.
+    pub fn hash_is_valid(&self) -> Result<bool, AuditError> {
+        Ok(self.compute_hash()? == self.hash)
+    }
+}
+
+/// What a caller fills in for one record: everything except the seq, the time and the
+/// hashes, which [`AuditTrail::append`] adds.
+///
+/// ```
+/// use ketenpost_broker::audit::{AuditEntry, AuditEvent, Outcome};
+/// let entry = AuditEntry::new(AuditEvent::Rejected, Outcome::Refused)
+///     .actor("00000001234567890000")
+///     .case_ref("case-0123456789abcdefghijklmnop")
+///     .purpose("walcheren-uitstroom")
+///     .kind("signaal")
+///     .counterparty("00000009876543210000")
+///     .reason("not_in_case_team");
+/// # let _ = entry;
+/// ```
+///
+/// Identifiers are taken as anything that displays (`&str`, `String`, the `schemas` id
+/// types); `append` checks their shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    event: AuditEvent,
+    outcome: Outcome,
+    actor: Option<String>,
+    user: Option<String>,
+    case_ref: Option<String>,
+    purpose: Option<String>,
+    processing_activity: Option<String>,
+    kind: Option<String>,
+    message_id: Option<String>,
+    counterparties: Vec<String>,
+    reason_code: Option<&'static str>,
+    explanation: Option<&'static str>,
+    trace_id: Option<String>,
+}
+
+impl AuditEntry {
+    /// An entry for `event` with `outcome` and nothing else filled in.
+    pub fn new(event: AuditEvent, outcome: Outcome) -> Self {
+        AuditEntry {
+            event,
+            outcome,
+            actor: None,
+            user: None,
+            case_ref: None,
+            purpose: None,
+            processing_activity: None,
+            kind: None,
+            message_id: None,
+            counterparties: Vec::new(),
+            reason_code: None,
+            explanation: None,
+            trace_id: None,
+        }
+    }
+
+    /// An entry for `event` that went as asked.
+    pub fn ok(event: AuditEvent) -> Self {
+        Self::new(event, Outcome::Ok)
+    }
+
+    /// An entry for `event` that was refused for reason `code`.
+    pub fn refused(event: AuditEvent, code: &'static str) -> Self {
+        Self::new(event, Outcome::Refused).reason(code)
+    }
+
+    /// An entry for `event` that went through but is flagged for reason `code`.
+    pub fn flagged(event: AuditEvent, code: &'static str) -> Self {
+        Self::new(event, Outcome::Flagged).reason(code)
+    }
+
+    /// The OIN of the acting organisation.
+    pub fn actor(mut self, oin: impl fmt::Display) -> Self {
+        self.actor = Some(oin.to_string());
+        self
+    }
+
+    /// The partner system's pseudonym for the acting user.
+    pub fn user(mut self, pseudonym: impl fmt::Display) -> Self {
+        self.user = Some(pseudonym.to_string());
+        self
+    }
+
+    /// The pseudonymous case reference.
+    pub fn case_ref(mut self, case_ref: impl fmt::Display) -> Self {
+        self.case_ref = Some(case_ref.to_string());
+        self
+    }
+
+    /// The policy purpose id.
+    pub fn purpose(mut self, purpose: impl fmt::Display) -> Self {
+        self.purpose = Some(purpose.to_string());
+        self
+    }
+
+    /// The processing activity id.
+    pub fn processing_activity(mut self, id: impl fmt::Display) -> Self {
+        self.processing_activity = Some(id.to_string());
+        self
+    }
+
+    /// The message kind.
+    pub fn kind(mut self, kind: impl fmt::Display) -> Self {
+        self.kind = Some(kind.to_string());
+        self
+    }
+
+    /// The message id.
+    pub fn message_id(mut self, id: impl fmt::Display) -> Self {
+        self.message_id = Some(id.to_string());
+        self
+    }
+
+    /// Add one counterparty OIN.
+    pub fn counterparty(mut self, oin: impl fmt::Display) -> Self {
+        self.counterparties.push(oin.to_string());
+        self
+    }
+
+    /// Add several counterparty OINs.
+    pub fn counterparties<I>(mut self, oins: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: fmt::Display,
+    {
+        self.counterparties
+            .extend(oins.into_iter().map(|o| o.to_string()));
+        self
+    }
+
+    /// The reason code (lowercase letters, digits, `_`, `-` and `.`, e.g.
+    /// `not_in_case_team`). Only a `&'static str` is accepted so that nothing read from
+    /// the network can end up here.
+    pub fn reason(mut self, code: &'static str) -> Self {
+        self.reason_code = Some(code);
+        self.explanation = None;
+        self
+    }
+
+    /// A reason code with a short fixed explanation; stored as `"code: explanation"`.
+    pub fn reason_explained(mut self, code: &'static str, explanation: &'static str) -> Self {
+        self.reason_code = Some(code);
+        self.explanation = Some(explanation);
+        self
+    }
+
+    /// The W3C trace id.
+    pub fn trace_id(mut self, trace_id: impl fmt::Display) -> Self {
+        self.trace_id = Some(trace_id.to_string());
+        self
+    }
+
+    /// Check the shape of every field, so nothing that looks like free text or personal
+    /// data enters the trail.
+    fn validate(&self) -> Result<(), AuditError> {
+        if let Some(a) = &self.actor {
+            check_oin("actor", a)?;
+        }
+        for c in &self.counterparties {
+            check_oin("counterparties", c)?;
+        }
+        check_token("user", self.user.as_deref(), 64)?;
+        check_token("case_ref", self.case_ref.as_deref(), MAX_ID_LEN)?;
+        check_token("kind", self.kind.as_deref(), MAX_ID_LEN)?;
+        check_token("message_id", self.message_id.as_deref(), MAX_ID_LEN)?;
+        check_token("trace_id", self.trace_id.as_deref(), MAX_ID_LEN)?;
+        check_name("purpose", self.purpose.as_deref())?;
+        check_name("processing_activity", self.processing_activity.as_deref())?;
+        if let Some(code) = self.reason_code {
+            let ok = !code.is_empty()
+                && code.len() <= MAX_ID_LEN
+                && code.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
+                });
+            if !ok {
+                return Err(AuditError::InvalidEntry {
+                    field: "reason",
+                    reason: "must be a code of lowercase letters, digits, '_', '-' and '.'",
+                });
+            }
+        }
+        if let Some(e) = self.explanation {
+            if e.len() > MAX_EXPLANATION_LEN || e.chars().any(char::is_control) {
+                return Err(AuditError::InvalidEntry {
+                    field: "reason",
+                    reason: "explanation must be one short line",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn reason_text(&self) -> Option<String> {
+        match (self.reason_code, self.explanation) {
+            (Some(c), Some(e)) => Some(format!("{c}: {e}")),
+            (Some(c), None) => Some(c.to_owned()),
+            (None, Some(e)) => Some(e.to_owned()),
+            (None, None) => None,
+        }
+    }
+
+    fn into_record(self, seq: u64, time: DateTime<Utc>, prev_hash: String) -> AuditRecord {
+        let reason = self.reason_text();
+        AuditRecord {
+            seq,
+            time,
+            event: self.event,
+            actor: self.actor,
+            user: self.user,
+            case_ref: self.case_ref,
+            purpose: self.purpose,
+            processing_activity: self.processing_activity,
+            kind: self.kind,
+            message_id: self.message_id,
+            counterparties: self.counterparties,
+            outcome: self.outcome,
+            reason,
+            trace_id: self.trace_id,
+            prev_hash,
+            hash: String::new(),
+        }
+    }
+}
+
+fn check_oin(field: &'static str, v: &str) -> Result<(), AuditError> {
+    if v.len() == 20 && v.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(AuditError::InvalidEntry {
+            field,
+            reason: "must be an OIN (20 digits)",
+        })
+    }
+}
+
+/// An identifier: printable ASCII without spaces.
+fn check_token(field: &'static str, v: Option<&str>, max: usize) -> Result<(), AuditError> {
+    match v {
+        Some(v) if v.is_empty() || v.len() > max || !v.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err(AuditError::InvalidEntry {
+                field,
+                reason: "must be a short identifier of printable ASCII without spaces",
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A policy name: one short line (policy authors may use spaces in these).
+fn check_name(field: &'static str, v: Option<&str>) -> Result<(), AuditError> {
+    match v {
+        Some(v)
+            if v.trim().is_empty() || v.len() > MAX_ID_LEN || v.chars().any(char::is_control) =>
+        {
+            Err(AuditError::InvalidEntry {
+                field,
+                reason: "must be a short name on one line",
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The head of the chain: the last record's seq and hash (0 and [`GENESIS_HASH`] when the
+/// trail is empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Seq of the last record; 0 for an empty trail.
+    pub seq: u64,
+    /// Hash of the last record.
+    pub hash: String,
+}
+
+/// The head plus the last record's time, under the append mutex.
+#[derive(Debug)]
+struct HeadState {
+    seq: u64,
+    hash: String,
+    time: Option<DateTime<Utc>>,
+}
+
+/// A signed statement by the broker: "record `seq` of my audit trail has hash
+/// `head_hash`". Agents keep the checkpoints they are given; see the module docs for the
+/// signed bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    /// Seq of the last record covered (0 for an empty trail).
+    pub seq: u64,
+    /// Hash of that record ([`GENESIS_HASH`] for seq 0).
+    pub head_hash: String,
+    /// When the checkpoint was made, in whole seconds.
+    pub time: DateTime<Utc>,
+    /// The broker's ed25519 signature over [`signed_bytes`](Self::signed_bytes), base64.
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// Make and sign a checkpoint. `time` is truncated to whole seconds.
+    fn sign(key: &SigningKey, seq: u64, head_hash: String, time: DateTime<Utc>) -> Self {
+        let time = time.trunc_subsecs(0);
+        let bytes = signed_bytes(seq, &head_hash, &time_text(&time));
+        let signature = keys::signature_to_text(&keys::sign(key, Context::Checkpoint, &bytes));
+        Checkpoint {
+            seq,
+            head_hash,
+            time,
+            signature,
+        }
+    }
+
+    /// Rebuild a checkpoint from its wire parts (the time as RFC 3339 text), e.g. from the
+    /// protocol's `CheckpointWire`. Call [`verify`](Self::verify) afterwards.
+    pub fn from_parts(
+        seq: u64,
+        head_hash: impl Into<String>,
+        time: &str,
+        signature: impl Into<String>,
+    ) -> Result<Self, AuditError> {
+        let time = DateTime::parse_from_rfc3339(time)
+            .map_err(|_| AuditError::Corrupt {
+                seq,
+                reason: "checkpoint time is not RFC 3339".into(),
+            })?
+            .with_timezone(&Utc);
+        Ok(Checkpoint {
+            seq,
+            head_hash: head_hash.into(),
+            time,
+            signature: signature.into(),
+        })
+    }
+
+    /// The checkpoint time exactly as signed: RFC 3339, UTC, `Z` suffix, only as many
+    /// fractional digits as needed (none for checkpoints made by this broker).
+    pub fn time_text(&self) -> String {
+        time_text(&self.time)
+    }
+
+    /// The bytes the signature is over: `"{seq}:{head_hash}:{time_text}"`.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        signed_bytes(self.seq, &self.head_hash, &self.time_text())
+    }
+
+    /// Check the signature against the broker's public key (strict ed25519 verification,
+    /// `Context::Checkpoint`).
+    pub fn verify(&self, broker_key: &VerifyingKey) -> Result<(), AuditError> {
+        let bad = AuditError::BadSignature { seq: self.seq };
+        let sig = keys::signature_from_text(&self.signature).map_err(|_| bad)?;
+        keys::verify(
+            broker_key,
+            Context::Checkpoint,
+            &self.signed_bytes(),
+            &sig,
+            "audit checkpoint",
+        )
+        .map_err(|_| AuditError::BadSignature { seq: self.seq })
+    }
+
+    /// Whether `self` can be a later checkpoint of the same history as `earlier`, as far
+    /// as the two checkpoints alone can tell: it covers at least as many records, is not
+    /// dated before it, and if both cover the same seq they name the same hash.
+    ///
+    /// This cannot see the records in between; ask the broker to
+    /// [`prove_extends`](AuditTrail::prove_extends) `earlier` for that.
+    pub fn extends(&self, earlier: &Checkpoint) -> bool {
+        self.seq >= earlier.seq
+            && self.time >= earlier.time
+            && (self.seq != earlier.seq || self.head_hash == earlier.head_hash)
+    }
+}
+
+fn time_text(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn signed_bytes(seq: u64, head_hash: &str, time_text: &str) -> Vec<u8> {
+    format!("{seq}:{head_hash}:{time_text}").into_bytes()
+}
+
+/// The audit trail of one broker, over two trees of its sled database.
+pub struct AuditTrail {
+    records: sled::Tree,
+    checkpoints: sled::Tree,
+    signer: SigningKey,
+    /// The head of the chain. Invariant: it always describes the last record in
+    /// `records`, because it is only updated after a successful write and nothing between
+    /// the write and the update can panic.
+    head: Mutex<HeadState>,
+}
+
+impl fmt::Debug for AuditTrail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // try_lock: formatting must not deadlock inside an append.
+        let head = self.head.try_lock().ok().map(|h| (h.seq, h.hash.clone()));
+        f.debug_struct("AuditTrail")
+            .field("head", &head)
+            .field(
+                "broker_key",
+                &keys::verifying_key_to_text(&self.signer.verifying_key()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditTrail {
+    /// Open the trail in `db` (trees [`RECORDS_TREE`] and [`CHECKPOINTS_TREE`]), recovering
+    /// the head from the last record. `signer` is the broker's checkpoint key.
+    ///
+    /// Refuses ([`AuditError::Corrupt`]) to continue a trail whose last record does not
+    /// parse or does not hash right, or whose latest checkpoint covers a record that is no
+    /// longer there or no longer has the checkpointed hash: extending it would bury the
+    /// damage. Run `ketenpost-broker audit verify` to see what is wrong.
+    pub fn open(db: &sled::Db, signer: SigningKey) -> Result<Self, AuditError> {
+        let records = db.open_tree(RECORDS_TREE)?;
+        let checkpoints = db.open_tree(CHECKPOINTS_TREE)?;
+        let head = match records.last()? {
+            None => HeadState {
+                seq: 0,
+                hash: GENESIS_HASH.to_owned(),
+                time: None,
+            },
+            Some((key, value)) => {
+                let seq = key_seq(&key).ok_or_else(|| AuditError::Corrupt {
+                    seq: 0,
+                    reason: "the last entry has a malformed key".into(),
+                })?;
+                let record = parse_record(seq, &value)?;
+                if !record.hash_is_valid()? {
+                    return Err(AuditError::Corrupt {
+                        seq,
+                        reason: "its hash does not match its content".into(),
+                    });
+                }
+                HeadState {
+                    seq,
+                    hash: record.hash,
+                    time: Some(record.time),
+                }
+            }
+        };
+        if let Some((key, value)) = checkpoints.last()? {
+            let cp_seq = key_seq(&key).unwrap_or(0);
+            let cp: Checkpoint =
+                serde_json::from_slice(&value).map_err(|_| AuditError::Corrupt {
+                    seq: cp_seq,
+                    reason: "the latest checkpoint does not parse".into(),
+                })?;
+            if cp.seq > head.seq {
+                return Err(AuditError::Corrupt {
+                    seq: cp.seq,
+                    reason: format!(
+                        "the latest checkpoint covers record {} but the trail ends at record {}",
+                        cp.seq, head.seq
+                    ),
+                });
+            }
+            if cp.seq > 0 {
+                let hash = match records.get(seq_key(cp.seq))? {
+                    Some(v) => parse_record(cp.seq, &v)?.compute_hash()?,
+                    None => {
+                        return Err(AuditError::Corrupt {
+                            seq: cp.seq,
+                            reason: "the record of the latest checkpoint is missing".into(),
+                        })
+                    }
+                };
+                if hash != cp.head_hash {
+                    return Err(AuditError::Corrupt {
+                        seq: cp.seq,
+                        reason: "the record no longer matches the latest checkpoint".into(),
+                    });
+                }
+            }
+        }
+        Ok(AuditTrail {
+            records,
+            checkpoints,
+            signer,
+            head: Mutex::new(head),
+        })
+    }
+
+    /// The broker's public checkpoint key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.signer.verifying_key()
+    }
+
+    /// The current head of the chain.
+    pub fn head(&self) -> Head {
+        let head = self.lock();
+        Head {
+            seq: head.seq,
+            hash: head.hash.clone(),
+        }
+    }
+
+    /// Append one record and return it. Thread-safe; does not flush (see the module docs).
+    /// The record is dated `max(now, time of the previous record)`.
+    pub fn append(&self, entry: AuditEntry, now: DateTime<Utc>) -> Result<AuditRecord, AuditError> {
+        entry.validate()?;
+        let mut head = self.lock();
+        let record = next_record(&head, entry, now)?;
+        let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
+        self.records.insert(seq_key(record.seq), bytes)?;
+        advance(&mut head, &record);
+        Ok(record)
+    }
+
+    /// Append several records under one lock and in one atomic sled batch: either all of
+    /// them are written, contiguous and chained, or none is. Does not flush.
+    pub fn append_batch(
+        &self,
+        entries: impl IntoIterator<Item = AuditEntry>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        let entries: Vec<AuditEntry> = entries.into_iter().collect();
+        for e in &entries {
+            e.validate()?;
+        }
+        let mut head = self.lock();
+        let mut pending = HeadState {
+            seq: head.seq,
+            hash: head.hash.clone(),
+            time: head.time,
+        };
+        let mut batch = sled::Batch::default();
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let record = next_record(&pending, entry, now)?;
+            let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
+            batch.insert(&seq_key(record.seq), bytes);
+            advance(&mut pending, &record);
+            out.push(record);
+        }
+        self.records.apply_batch(batch)?;
+        *head = pending;
+        Ok(out)
+    }
+
+    /// Sign a checkpoint of the trail as it is now, store it and flush the database.
+    ///
+    /// Unless the trail already ends in a checkpoint, this first appends an
+    /// [`AuditEvent::Checkpoint`] record (so the trail shows when checkpoints were made) and
+    /// the checkpoint covers that record. When nothing was appended since the latest
+    /// checkpoint, that checkpoint is returned again instead of a new one. Blocking I/O: in
+    /// async code, call it from `spawn_blocking`.
+    pub fn checkpoint(&self, now: DateTime<Utc>) -> Result<Checkpoint, AuditError> {
+        let mut head = self.lock();
+        if let Some(latest) = self.latest_checkpoint()? {
+            if latest.seq == head.seq && latest.head_hash == head.hash {
+                return Ok(latest);
+            }
+        }
+        let record = next_record(&head, AuditEntry::ok(AuditEvent::Checkpoint), now)?;
+        let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
+        self.records.insert(seq_key(record.seq), bytes)?;
+        advance(&mut head, &record);
+        let cp = Checkpoint::sign(&self.signer, record.seq, record.hash, record.time);
+        let cp_bytes = serde_json::to_vec(&cp).map_err(AuditError::Serialize)?;
+        self.checkpoints.insert(seq_key(cp.seq), cp_bytes)?;
+        drop(head);
+        // Tree::flush flushes the whole database, records included.
+        self.checkpoints.flush()?;
+        tracing::info!(seq = cp.seq, head_hash = %cp.head_hash, "audit checkpoint");
+        Ok(cp)
+    }
+
+    /// The most recent checkpoint, if any.
+    pub fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
+        match self.checkpoints.last()? {
+            None => Ok(None),
+            Some((key, value)) => parse_checkpoint(key_seq(&key).unwrap_or(0), &value).map(Some),
+        }
+    }
+
+    /// Every stored checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, AuditError> {
+        self.checkpoints
+            .iter()
+            .map(|item| {
+                let (key, value) = item?;
+                parse_checkpoint(key_seq(&key).unwrap_or(0), &value)
+            })
+            .collect()
+    }
+
+    /// Whether the record at `earlier_seq` still has hash `earlier_hash`: the answer to an
+    /// agent that holds a checkpoint `(earlier_seq, earlier_hash)`. The record's stored hash
+    /// must match and its content must still hash to it. `false` for a seq beyond the head,
+    /// a missing record or one that no longer parses (those are logged).
+    pub fn prove_extends(&self, earlier_seq: u64, earlier_hash: &str) -> Result<bool, AuditError> {
+        if earlier_seq == 0 {
+            return Ok(earlier_hash == GENESIS_HASH);
+        }
+        if earlier_seq > self.lock().seq {
+            return Ok(false);
+        }
+        let Some(value) = self.records.get(seq_key(earlier_seq))? else {
+            tracing::warn!(seq = earlier_seq, "audit record of a checkpoint is missing");
+            return Ok(false);
+        };
+        let record = match parse_record(earlier_seq, &value) {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::warn!(seq = earlier_seq, cause = %err, "audit record of a checkpoint is corrupt");
+                return Ok(false);
+            }
+        };
+        Ok(record.hash == earlier_hash && record.compute_hash()? == earlier_hash)
+    }
+
+    /// The record with this seq, if there is one.
+    pub fn get(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
+        match self.records.get(seq_key(seq))? {
+            None => Ok(None),
+            Some(v) => parse_record(seq, &v).map(Some),
+        }
+    }
+
+    /// Records `from_seq..=to_seq` (both inclusive), in seq order. A record that does not
+    /// parse, or is stored under another seq, yields [`AuditError::Corrupt`].
+    pub fn iter_range(
+        &self,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> impl Iterator<Item = Result<AuditRecord, AuditError>> + '_ {
+        let range =
+            (from_seq <= to_seq).then(|| self.records.range(seq_key(from_seq)..=seq_key(to_seq)));
+        range.into_iter().flatten().map(|item| {
+            let (key, value) = item?;
+            let seq = key_seq(&key).ok_or_else(|| AuditError::Corrupt {
+                seq: 0,
+                reason: "an entry has a malformed key".into(),
+            })?;
+            parse_record(seq, &value)
+        })
+    }
+
+    /// Records dated in `[from, until)`, in order. Finds the first one by binary search
+    /// (record times never go backwards), so a report over a recent window does not read
+    /// the whole trail.
+    pub fn records_between(
+        &self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>, AuditError> {
+        let head = self.lock().seq;
+        if from >= until || head == 0 {
+            return Ok(Vec::new());
+        }
+        // The first seq in 1..=head whose time is >= from (head + 1 when there is none).
+        let (mut lo, mut hi) = (1u64, head + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let record = self.get(mid)?.ok_or_else(|| AuditError::Corrupt {
+                seq: mid,
+                reason: "the record is missing".into(),
+            })?;
+            if record.time < from {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut out = Vec::new();
+        for record in self.iter_range(lo, head) {
+            let record = record?;
+            if record.time >= until {
+                break;
+            }
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HeadState> {
+        // A panic while the lock was held cannot have left the head inconsistent with the
+        // tree (see the field's invariant), so a poisoned lock is still usable.
+        self.head.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The record that follows `head`, with its hash filled in.
+fn next_record(
+    head: &HeadState,
+    entry: AuditEntry,
+    now: DateTime<Utc>,
+) -> Result<AuditRecord, AuditError> {
+    let seq = head.seq.checked_add(1).ok_or(AuditError::Full)?;
+    let time = match head.time {
+        Some(t) if t > now => t,
+        _ => now,
+    };
+    let mut record = entry.into_record(seq, time, head.hash.clone());
+    record.hash = record.compute_hash()?;
+    Ok(record)
+}
+
+fn advance(head: &mut HeadState, record: &AuditRecord) {
+    head.seq = record.seq;
+    head.hash.clone_from(&record.hash);
+    head.time = Some(record.time);
+}
+
+/// The sled key of a seq: its big-endian bytes.
+fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn key_seq(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+/// Parse the record stored under `seq`, checking it says it is record `seq`.
+fn parse_record(seq: u64, bytes: &[u8]) -> Result<AuditRecord, AuditError> {
+    let record: AuditRecord = serde_json::from_slice(bytes).map_err(|e| AuditError::Corrupt {
+        seq,
+        reason: format!("does not parse ({})", json_error_class(&e)),
+    })?;
+    if record.seq != seq {
+        return Err(AuditError::Corrupt {
+            seq,
+            reason: format!("the entry for record {seq} holds record {}", record.seq),
+        });
+    }
+    Ok(record)
+}
+
+fn parse_checkpoint(seq: u64, bytes: &[u8]) -> Result<Checkpoint, AuditError> {
+    serde_json::from_slice(bytes).map_err(|e| AuditError::Corrupt {
+        seq,
+        reason: format!("checkpoint does not parse ({})", json_error_class(&e)),
+    })
+}
+
+/// A short name for a serde_json error class (its message could quote stored data).
+fn json_error_class(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "wrong fields",
+        serde_json::error::Category::Eof => "truncated",
+    }
+}
+
+/// What kind of damage [`verify_chain`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// A record is not there: a gap in the seqs, or records a checkpoint covers are gone.
+    Missing,
+    /// A stored entry does not parse as a record (or has a malformed key).
+    Unreadable,
+    /// The entry under key N holds a record with another seq (values swapped or moved).
+    Misplaced,
+    /// A record's content no longer matches its hash, or it is not stored canonically.
+    Altered,
+    /// A record's `prev_hash` is not the hash of the record before it: a record before it
+    /// was replaced, inserted or reordered.
+    Unlinked,
+    /// A record is dated before the record before it.
+    OutOfOrder,
+    /// A stored checkpoint does not parse.
+    CheckpointUnreadable,
+    /// A checkpoint's signature does not verify under the broker key.
+    CheckpointBadSignature,
+    /// The record a checkpoint covers no longer has the checkpointed hash: history was
+    /// rewritten after the checkpoint was handed out.
+    CheckpointMismatch,
+}
+
+/// One problem [`verify_chain`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The seq of the record (or checkpoint) where the damage shows.
+    pub seq: u64,
+    /// What kind of damage.
+    pub what: ProblemKind,
+    /// A sentence for the operator, e.g. "record 7 is missing".
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The result of [`verify_chain`].
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    /// How many record entries were read.
+    pub records: u64,
+    /// How many checkpoint entries were read.
+    pub checkpoints: u64,
+    /// Every problem found, ordered by seq (so the first is the first broken record).
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// No problems found.
+    pub fn is_intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The first seq where the trail is broken, if it is.
+    pub fn first_broken(&self) -> Option<u64> {
+        self.problems.first().map(|p| p.seq)
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} records, {} checkpoints: ",
+            self.records, self.checkpoints
+        )?;
+        match self.first_broken() {
+            None => write!(f, "intact"),
+            Some(seq) => {
+                write!(
+                    f,
+                    "{} problem(s), first at record {seq}",
+                    self.problems.len()
+                )?;
+                for p in &self.problems {
+                    write!(f, "\n  {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Check the whole audit trail in `db`: the function behind
+/// `ketenpost-broker audit verify <data-dir>`.
+///
+/// Walks every record in key order and checks that the seqs run from 1 without gaps, that
+/// each entry's key is its record's seq, that each record parses, is stored canonically
+/// and hashes to its `hash`, that each `prev_hash` is the previous record's `hash`, and
+/// that times do not go backwards. Then checks that every checkpoint's signature verifies
+/// under `broker_key` and that its `head_hash` is the hash of the record at its seq.
+///
+/// Reports every problem (one per record and kind), sorted by seq; never panics on
+/// damaged data. Errors only when sled itself fails. Does not modify `db` (a missing tree
+/// counts as empty).
+pub fn verify_chain(db: &sled::Db, broker_key: &VerifyingKey) -> Result<VerifyReport, AuditError> {
+    let names = db.tree_names();
+    let has_tree = |name: &str| names.iter().any(|n| n.as_ref() == name.as_bytes());
+    let mut report = VerifyReport::default();
+    let mut problems = Vec::new();
+
+    // Checkpoints first: few, and the walk over the records needs their seqs.
+    let mut checkpoints: Vec<Checkpoint> = Vec::new();
+    if has_tree(CHECKPOINTS_TREE) {
+        for item in db.open_tree(CHECKPOINTS_TREE)?.iter() {
+            let (key, value) = item?;
+            report.checkpoints += 1;
+            let key_seq = key_seq(&key);
+            let at = key_seq.unwrap_or(0);
+            let cp: Checkpoint = match serde_json::from_slice(&value) {
+                Ok(cp) => cp,
+                Err(_) => {
+                    problems.push(problem(
+                        at,
+                        ProblemKind::CheckpointUnreadable,
+                        format!("the checkpoint at record {at} does not parse"),
+                    ));
+                    continue;
+                }
+            };
+            if key_seq != Some(cp.seq) {
+                problems.push(problem(
+                    cp.seq,
+                    ProblemKind::Misplaced,
+                    format!(
+                        "the checkpoint for record {} is stored under another record",
+                        cp.seq
+                    ),
+                ));
+            }
+            if cp.verify(broker_key).is_err() {
+                problems.push(problem(
+                    cp.seq,
+                    ProblemKind::CheckpointBadSignature,
+                    format!(
+                        "the checkpoint at record {} is not signed by the broker key",
+                        cp.seq
+                    ),
+                ));
+            }
+            checkpoints.push(cp);
+        }
+    }
+    // seq -> hash of the record at that seq, for the seqs checkpoints cover.
+    let mut covered: std::collections::BTreeMap<u64, Option<String>> =
+        checkpoints.iter().map(|cp| (cp.seq, None)).collect();
+    covered.insert(0, Some(GENESIS_HASH.to_owned()));
+
+    let mut expected: u64 = 1;
+    // The stored hash and time of the entry just before, if it could be read.
+    let mut prev: Option<(String, DateTime<Utc>)> = None;
+    let mut last_seq: u64 = 0;
+    if has_tree(RECORDS_TREE) {
+        for item in db.open_tree(RECORDS_TREE)?.iter() {
+            let (key, value) = item?;
+            report.records += 1;
+            let Some(pos) = key_seq(&key).filter(|&s| s >= expected) else {
+                // Keys are sorted, so only a malformed key (or key 0) can land here.
+                problems.push(problem(
+                    expected,
+                    ProblemKind::Unreadable,
+                    format!("an entry near record {expected} has a malformed key"),
+                ));
+                continue;
+            };
+            let follows_directly = pos == expected;
+            if !follows_directly {
+                problems.push(missing(expected, pos - 1, None));
+            }
+            expected = pos.saturating_add(1);
+            last_seq = pos;
+
+            let record: AuditRecord = match serde_json::from_slice(&value) {
+                Ok(r) => r,
+                Err(_) => {
+                    problems.push(problem(
+                        pos,
+                        ProblemKind::Unreadable,
+                        format!("record {pos} does not parse"),
+                    ));
+                    prev = None;
+                    continue;
+                }
+            };
+            if record.seq != pos {
+                problems.push(problem(
+                    pos,
+                    ProblemKind::Misplaced,
+                    format!("the entry for record {pos} holds record {}", record.seq),
+                ));
+            }
+            let computed = record.compute_hash()?;
+            let canonical = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
+            if computed != record.hash || canonical != value.as_ref() {
+                problems.push(problem(
+                    pos,
+                    ProblemKind::Altered,
+                    format!("record {pos} was altered"),
+                ));
+            }
+            let expected_prev = if pos == 1 {
+                Some(GENESIS_HASH)
+            } else if follows_directly {
+                prev.as_ref().map(|(h, _)| h.as_str())
+            } else {
+                None // the record before is missing; already reported
+            };
+            if let Some(expected_prev) = expected_prev {
+                if record.prev_hash != expected_prev {
+                    problems.push(problem(
+                        pos,
+                        ProblemKind::Unlinked,
+                        format!("record {pos} does not follow record {}", pos - 1),
+                    ));
+                }
+            }
+            if let Some((_, prev_time)) = &prev {
+                if record.time < *prev_time {
+                    problems.push(problem(
+                        pos,
+                        ProblemKind::OutOfOrder,
+                        format!("record {pos} is dated before the record before it"),
+                    ));
+                }
+            }
+            if let Some(slot) = covered.get_mut(&pos) {
+                *slot = Some(computed);
+            }
+            prev = Some((record.hash, record.time));
+        }
+    }
+
+    for cp in &checkpoints {
+        if cp.seq > last_seq {
+            // The records a checkpoint covers were cut off the end of the trail.
+            let p = missing(last_seq + 1, cp.seq, Some(cp.seq));
+            if !problems.contains(&p) {
+                problems.push(p);
+            }
+            continue;
+        }
+        match covered.get(&cp.seq) {
+            Some(Some(hash)) if *hash == cp.head_hash => {}
+            Some(Some(_)) => problems.push(problem(
+                cp.seq,
+                ProblemKind::CheckpointMismatch,
+                format!(
+                    "record {} no longer matches the checkpoint of {}",
+                    cp.seq,
+                    time_text(&cp.time)
+                ),
+            )),
+            // Missing or unreadable record: already reported by the walk.
+            _ => {}
+        }
+    }
+
+    problems.sort_by_key(|p| p.seq);
+    report.problems = problems;
+    Ok(report)
+}
+
+fn problem(seq: u64, what: ProblemKind, message: String) -> Problem {
+    Problem { seq, what, message }
+}
+
+fn missing(from: u64, to: u64, checkpoint: Option<u64>) -> Problem {
+    let mut message = if from == to {
+        format!("record {from} is missing")
+    } else {
+        format!("records {from} to {to} are missing")
+    };
+    if let Some(cp) = checkpoint {
+        message.push_str(&format!(" (the checkpoint at record {cp} covers them)"));
+    }
+    Problem {
+        seq: from,
+        what: ProblemKind::Missing,
+        message,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use chrono::TimeZone;
+
+    const A: &str = "00000001000000000001";
+    const B: &str = "00000001000000000002";
+    const C: &str = "00000001000000000003";
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 3, 1, 9, 30, 0).unwrap()
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    fn other_key() -> SigningKey {
+        SigningKey::from_bytes(&[8u8; 32])
+    }
+
+    fn db() -> (tempfile::TempDir, sled::Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        (dir, db)
+    }
+
+    fn entry(i: u64) -> AuditEntry {
+        AuditEntry::ok(AuditEvent::Accepted)
+            .actor(A)
+            .case_ref(format!("case-{i:026}"))
+            .purpose("walcheren-uitstroom")
+            .processing_activity("walcheren-uitstroom")
+            .kind("signaal")
+            .message_id(format!("0195-{i}"))
+            .counterparties([B, C])
+            .trace_id(format!("{i:032x}"))
+    }
+
+    /// A trail with records 1..=n, one second apart.
+    fn filled(db: &sled::Db, n: u64) -> AuditTrail {
+        let trail = AuditTrail::open(db, key()).unwrap();
+        for i in 1..=n {
+            trail
+                .append(entry(i), t0() + chrono::Duration::seconds(i as i64))
+                .unwrap();
+        }
+        trail
+    }
+
+    fn tree(db: &sled::Db) -> sled::Tree {
+        db.open_tree(RECORDS_TREE).unwrap()
+    }
+
+    fn stored(db: &sled::Db, seq: u64) -> AuditRecord {
+        serde_json::from_slice(&tree(db).get(seq_key(seq)).unwrap().unwrap()).unwrap()
+    }
+
+    fn store(db: &sled::Db, record: &AuditRecord) {
+        tree(db)
+            .insert(seq_key(record.seq), serde_json::to_vec(record).unwrap())
+            .unwrap();
+    }
+
+    fn verify(db: &sled::Db) -> VerifyReport {
+        verify_chain(db, &key().verifying_key()).unwrap()
+    }
+
+    fn kinds(report: &VerifyReport) -> Vec<(u64, ProblemKind)> {
+        report.problems.iter().map(|p| (p.seq, p.what)).collect()
+    }
+
+    fn assert_chained(records: &[AuditRecord]) {
+        let mut prev = GENESIS_HASH.to_owned();
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(r.seq, i as u64 + 1);
+            assert_eq!(r.prev_hash, prev, "record {}", r.seq);
+            assert_eq!(r.hash, r.compute_hash().unwrap());
+            prev = r.hash.clone();
+        }
+    }
+
+    #[test]
+    fn appended_records_chain_from_genesis() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 200);
+        assert_eq!(trail.head().seq, 200);
+        let all: Vec<_> = trail.iter_range(1, u64::MAX).map(Result::unwrap).collect();
+        assert_eq!(all.len(), 200);
+        assert_chained(&all);
+        assert_eq!(trail.head().hash, all[199].hash);
+        let report = verify(&db);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.records, 200);
+    }
+
+    #[test]
+    fn record_json_is_snake_case_and_omits_absent_fields() {
+        let (_dir, db) = db();
+        let trail = AuditTrail::open(&db, key()).unwrap();
+        let r = trail
+            .append(
+                AuditEntry::refused(AuditEvent::Rejected, "not_in_case_team").actor(A),
+                t0(),
+            )
+            .unwrap();
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["event"], "rejected");
+        assert_eq!(json["outcome"], "refused");
+        assert_eq!(json["reason"], "not_in_case_team");
+        assert_eq!(json["prev_hash"], GENESIS_HASH);
+        assert!(json.get("case_ref").is_none());
+        assert!(json.get("counterparties").is_none());
+        let r2 = trail
+            .append(
+                AuditEntry::flagged(AuditEvent::DeadlineLate, "late")
+                    .reason_explained("late_on_arrival", "sent after send_within"),
+                t0(),
+            )
+            .unwrap();
+        assert_eq!(
+            r2.reason.as_deref(),
+            Some("late_on_arrival: sent after send_within")
+        );
+        assert_eq!(AuditEvent::BodyDeleted.to_string(), "body_deleted");
+        assert_eq!(
+            serde_json::to_value(AuditEvent::NonConsentUse).unwrap(),
+            "non_consent_use"
+        );
+    }
+
+    #[test]
+    fn entries_that_could_carry_personal_data_are_refused() {
+        let (_dir, db) = db();
+        let trail = AuditTrail::open(&db, key()).unwrap();
+        let bad = [
+            AuditEntry::ok(AuditEvent::Accepted).actor("Gemeente Vlissingen"),
+            AuditEntry::ok(AuditEvent::Accepted).counterparty("123"),
+            AuditEntry::ok(AuditEvent::Accepted).case_ref("Jan Jansen"),
+            AuditEntry::ok(AuditEvent::Accepted).message_id(""),
+            AuditEntry::ok(AuditEvent::Accepted).purpose("a\nb"),
+            AuditEntry::ok(AuditEvent::Accepted).reason("Not In Team"),
+        ];
+        for e in bad {
+            assert!(matches!(
+                trail.append(e, t0()),
+                Err(AuditError::InvalidEntry { .. })
+            ));
+        }
+        assert_eq!(trail.head().seq, 0, "nothing was written");
+    }
+
+    #[test]
+    fn concurrent_appends_chain_and_stay_contiguous() {
+        let (_dir, db) = db();
+        let trail = Arc::new(AuditTrail::open(&db, key()).unwrap());
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let trail = Arc::clone(&trail);
+                std::thread::spawn(move || {
+                    for i in 0..50u64 {
+                        // Clocks that disagree a little between threads.
+                        let now = t0() + chrono::Duration::milliseconds((i * 10 + t) as i64);
+                        if i % 10 == 0 {
+                            let batch = (0..5).map(|j| entry(t * 1000 + i * 10 + j));
+                            trail.append_batch(batch, now).unwrap();
+                        } else {
+                            trail.append(entry(t * 1000 + i), now).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let expected = 8 * (45 + 5 * 5);
+        assert_eq!(trail.head().seq, expected);
+        let all: Vec<_> = trail.iter_range(1, u64::MAX).map(Result::unwrap).collect();
+        assert_eq!(all.len() as u64, expected);
+        assert_chained(&all);
+        assert!(all.windows(2).all(|w| w[0].time <= w[1].time));
+        assert!(verify(&db).is_intact());
+    }
+
+    #[test]
+    fn reopening_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let head = {
+            let db = sled::open(&path).unwrap();
+            let trail = filled(&db, 10);
+            db.flush().unwrap();
+            trail.head()
+        };
+        let db = sled::open(&path).unwrap();
+        let trail = AuditTrail::open(&db, key()).unwrap();
+        assert_eq!(trail.head(), head);
+        let r = trail.append(entry(11), t0()).unwrap();
+        assert_eq!(r.seq, 11);
+        assert_eq!(r.prev_hash, head.hash);
+        // The clock went back: the record keeps the trail's time order.
+        assert_eq!(r.time, t0() + chrono::Duration::seconds(10));
+        assert!(verify(&db).is_intact());
+    }
+
+    #[test]
+    fn open_refuses_a_trail_whose_head_is_corrupt() {
+        let (_dir, db) = db();
+        drop(filled(&db, 5));
+        tree(&db).insert(seq_key(5), b"{not json".to_vec()).unwrap();
+        assert!(matches!(
+            AuditTrail::open(&db, key()),
+            Err(AuditError::Corrupt { seq: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn checkpoint_verifies_and_fails_under_another_key() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 9);
+        let cp = trail
+            .checkpoint(t0() + chrono::Duration::milliseconds(60_500))
+            .unwrap();
+        assert_eq!(cp.seq, 10, "the checkpoint record itself is covered");
+        assert_eq!(
+            trail.get(10).unwrap().unwrap().event,
+            AuditEvent::Checkpoint
+        );
+        assert_eq!(cp.head_hash, trail.head().hash);
+        assert_eq!(cp.time_text(), "2025-03-01T09:31:00Z");
+        assert_eq!(
+            cp.signed_bytes(),
+            format!("10:{}:2025-03-01T09:31:00Z", cp.head_hash).into_bytes()
+        );
+        cp.verify(&key().verifying_key()).unwrap();
+        assert!(matches!(
+            cp.verify(&other_key().verifying_key()),
+            Err(AuditError::BadSignature { seq: 10 })
+        ));
+        let mut forged = cp.clone();
+        forged.seq = 11;
+        assert!(forged.verify(&key().verifying_key()).is_err());
+
+        // Round trip through JSON and through wire parts.
+        let back: Checkpoint = serde_json::from_str(&serde_json::to_string(&cp).unwrap()).unwrap();
+        back.verify(&key().verifying_key()).unwrap();
+        let wire = Checkpoint::from_parts(
+            cp.seq,
+            cp.head_hash.clone(),
+            &cp.time_text(),
+            cp.signature.clone(),
+        )
+        .unwrap();
+        assert_eq!(wire, cp);
+
+        // Nothing new: the same checkpoint again.
+        assert_eq!(
+            trail.checkpoint(t0() + chrono::Duration::hours(1)).unwrap(),
+            cp
+        );
+        assert_eq!(trail.latest_checkpoint().unwrap(), Some(cp.clone()));
+
+        trail.append(entry(11), t0()).unwrap();
+        let cp2 = trail.checkpoint(t0() + chrono::Duration::hours(2)).unwrap();
+        assert_eq!(cp2.seq, 12);
+        assert_eq!(trail.checkpoints().unwrap(), vec![cp.clone(), cp2.clone()]);
+        assert!(cp2.extends(&cp));
+        assert!(!cp.extends(&cp2));
+        let mut fork = cp.clone();
+        fork.head_hash = "ab".repeat(32);
+        assert!(!cp.extends(&fork));
+
+        assert!(trail.prove_extends(cp.seq, &cp.head_hash).unwrap());
+        assert!(trail.prove_extends(0, GENESIS_HASH).unwrap());
+        assert!(!trail.prove_extends(cp.seq, &fork.head_hash).unwrap());
+        assert!(!trail.prove_extends(99, &cp.head_hash).unwrap());
+        assert!(verify(&db).is_intact());
+    }
+
+    #[test]
+    fn prove_extends_fails_once_the_record_is_rewritten() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 3);
+        let cp = trail.checkpoint(t0()).unwrap();
+        let mut r = stored(&db, cp.seq);
+        r.reason = Some("rewritten".into());
+        store(&db, &r);
+        assert!(!trail.prove_extends(cp.seq, &cp.head_hash).unwrap());
+        r.hash = r.compute_hash().unwrap();
+        store(&db, &r);
+        assert!(!trail.prove_extends(cp.seq, &cp.head_hash).unwrap());
+    }
+
+    #[test]
+    fn readers_get_ranges_in_order() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 30);
+        let seqs: Vec<u64> = trail.iter_range(5, 9).map(|r| r.unwrap().seq).collect();
+        assert_eq!(seqs, vec![5, 6, 7, 8, 9]);
+        assert_eq!(trail.iter_range(9, 5).count(), 0);
+        assert_eq!(trail.iter_range(31, 40).count(), 0);
+        let secs = |s: i64| t0() + chrono::Duration::seconds(s);
+        let seqs: Vec<u64> = trail
+            .records_between(secs(10), secs(15))
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, vec![10, 11, 12, 13, 14]);
+        let seqs: Vec<u64> = trail
+            .records_between(secs(-100), secs(3))
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2]);
+        assert!(trail
+            .records_between(secs(31), secs(99))
+            .unwrap()
+            .is_empty());
+        assert_eq!(trail.records_between(secs(0), secs(99)).unwrap().len(), 30);
+    }
+
+    #[test]
+    fn verify_detects_an_edited_record() {
+        let (_dir, db) = db();
+        drop(filled(&db, 12));
+        let mut raw: serde_json::Value =
+            serde_json::from_slice(&tree(&db).get(seq_key(7)).unwrap().unwrap()).unwrap();
+        raw["counterparties"] = serde_json::json!([B]);
+        tree(&db)
+            .insert(seq_key(7), serde_json::to_vec(&raw).unwrap())
+            .unwrap();
+        let report = verify(&db);
+        assert_eq!(kinds(&report), vec![(7, ProblemKind::Altered)]);
+        assert_eq!(report.problems[0].message, "record 7 was altered");
+    }
+
+    #[test]
+    fn verify_detects_a_reformatted_record() {
+        let (_dir, db) = db();
+        drop(filled(&db, 4));
+        // Same content, other bytes.
+        tree(&db)
+            .insert(
+                seq_key(2),
+                serde_json::to_vec_pretty(&stored(&db, 2)).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(kinds(&verify(&db)), vec![(2, ProblemKind::Altered)]);
+    }
+
+    #[test]
+    fn verify_detects_a_removed_record() {
+        let (_dir, db) = db();
+        drop(filled(&db, 12));
+        tree(&db).remove(seq_key(7)).unwrap();
+        let report = verify(&db);
+        assert_eq!(kinds(&report), vec![(7, ProblemKind::Missing)]);
+        assert_eq!(report.problems[0].message, "record 7 is missing");
+        assert_eq!(report.first_broken(), Some(7));
+        assert_eq!(report.records, 11);
+    }
+
+    #[test]
+    fn verify_detects_a_removed_first_record() {
+        let (_dir, db) = db();
+        drop(filled(&db, 3));
+        tree(&db).remove(seq_key(1)).unwrap();
+        assert_eq!(kinds(&verify(&db)), vec![(1, ProblemKind::Missing)]);
+    }
+
+    #[test]
+    fn verify_detects_a_reordered_pair() {
+        let (_dir, db) = db();
+        drop(filled(&db, 12));
+        let t = tree(&db);
+        let five = t.get(seq_key(5)).unwrap().unwrap();
+        let six = t.get(seq_key(6)).unwrap().unwrap();
+        t.insert(seq_key(5), six).unwrap();
+        t.insert(seq_key(6), five).unwrap();
+        let report = verify(&db);
+        assert_eq!(report.first_broken(), Some(5));
+        let k = kinds(&report);
+        assert!(k.contains(&(5, ProblemKind::Misplaced)), "{report}");
+        assert!(k.contains(&(6, ProblemKind::Misplaced)), "{report}");
+        assert!(k.iter().all(|(s, _)| (5..=7).contains(s)), "{report}");
+    }
+
+    #[test]
+    fn verify_detects_an_edit_with_a_recomputed_hash() {
+        let (_dir, db) = db();
+        drop(filled(&db, 12));
+        let mut r = stored(&db, 7);
+        r.outcome = Outcome::Refused;
+        r.hash = r.compute_hash().unwrap();
+        store(&db, &r);
+        let report = verify(&db);
+        assert_eq!(kinds(&report), vec![(8, ProblemKind::Unlinked)]);
+        assert_eq!(
+            report.problems[0].message,
+            "record 8 does not follow record 7"
+        );
+    }
+
+    #[test]
+    fn verify_detects_history_rewritten_after_a_checkpoint() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 9);
+        let cp = trail
+            .checkpoint(t0() + chrono::Duration::minutes(1))
+            .unwrap();
+        assert_eq!(cp.seq, 10);
+        for i in 11..=15 {
+            trail
+                .append(entry(i), t0() + chrono::Duration::minutes(2))
+                .unwrap();
+        }
+        drop(trail);
+        // Rewrite everything from record 4 on, keeping the chain itself consistent.
+        let mut prev = stored(&db, 3).hash;
+        for seq in 4..=15 {
+            let mut r = stored(&db, seq);
+            r.case_ref = Some("case-rewritten".into());
+            r.prev_hash = prev;
+            r.hash = r.compute_hash().unwrap();
+            prev = r.hash.clone();
+            store(&db, &r);
+        }
+        let report = verify(&db);
+        assert_eq!(kinds(&report), vec![(10, ProblemKind::CheckpointMismatch)]);
+        // And the broker will not extend it.
+        assert!(matches!(
+            AuditTrail::open(&db, key()),
+            Err(AuditError::Corrupt { seq: 10, .. })
+        ));
+    }
+
+    #[test]
+    fn verify_detects_a_forged_checkpoint() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 4);
+        let cp = trail.checkpoint(t0()).unwrap();
+        drop(trail);
+        let mut forged = cp.clone();
+        forged.time = cp.time + chrono::Duration::days(1);
+        db.open_tree(CHECKPOINTS_TREE)
+            .unwrap()
+            .insert(seq_key(cp.seq), serde_json::to_vec(&forged).unwrap())
+            .unwrap();
+        let report = verify(&db);
+        assert_eq!(
+            kinds(&report),
+            vec![(5, ProblemKind::CheckpointBadSignature)]
+        );
+        // Under another broker key, every checkpoint is bad.
+        let report = verify_chain(&db, &other_key().verifying_key()).unwrap();
+        assert_eq!(
+            kinds(&report),
+            vec![(5, ProblemKind::CheckpointBadSignature)]
+        );
+    }
+
+    #[test]
+    fn verify_detects_a_truncated_tail_covered_by_a_checkpoint() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 7);
+        let cp = trail.checkpoint(t0()).unwrap();
+        assert_eq!(cp.seq, 8);
+        drop(trail);
+        tree(&db).remove(seq_key(7)).unwrap();
+        tree(&db).remove(seq_key(8)).unwrap();
+        let report = verify(&db);
+        assert_eq!(kinds(&report), vec![(7, ProblemKind::Missing)]);
+        assert!(AuditTrail::open(&db, key()).is_err());
+    }
+
+    #[test]
+    fn verify_reports_garbage_without_panicking() {
+        let (_dir, db) = db();
+        drop(filled(&db, 6));
+        let t = tree(&db);
+        t.insert(seq_key(3), b"\xff\x00garbage".to_vec()).unwrap();
+        t.insert(b"bad", b"{}".to_vec()).unwrap();
+        db.open_tree(CHECKPOINTS_TREE)
+            .unwrap()
+            .insert(seq_key(2), b"[]".to_vec())
+            .unwrap();
+        let report = verify(&db);
+        let k = kinds(&report);
+        assert!(k.contains(&(3, ProblemKind::Unreadable)), "{report}");
+        assert!(
+            k.contains(&(2, ProblemKind::CheckpointUnreadable)),
+            "{report}"
+        );
+        // Record 4 cannot be linked to an unreadable record 3, and is not blamed for it.
+        assert!(!k.iter().any(|(s, _)| *s == 4), "{report}");
+    }
+
+    #[test]
+    fn verify_of_an_empty_database_is_intact_and_read_only() {
+        let (_dir, db) = db();
+        let report = verify(&db);
+        assert!(report.is_intact());
+        assert_eq!(report.records, 0);
+        assert_eq!(db.tree_names().len(), 1, "only sled's default tree");
+    }
+}

@@ -1,0 +1,783 @@
+//! The broker's decisions, as pure functions of (input, registries, policy, now).
+//!
+//! A submitted message goes through the checks of DESIGN.md in order. Its type records how
+//! far it got: raw bytes from a connection are [`Submitted`]; once the envelope decodes,
+//! the sender matches the transport identity and the signature and digests verify, it is a
+//! [`VerifiedEnvelope`]; once purpose, need-to-know, legal basis and deadlines pass, it is
+//! [`Authorised`]. Only an `Authorised` message can be stored (check 8, in the store).
+//!
+//! Control records (consent, case changes, deletion confirmations) and receipts are
+//! decided here too. Nothing in this module does I/O or reads a clock.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use ketenpost_schemas::control::{
+    CaseChange, CaseOp, DeletionConfirmation, DeliveryReceipt, SignedRecord, Toestemming,
+    ToestemmingIntrekking,
+};
+use ketenpost_schemas::directory::Directory;
+use ketenpost_schemas::envelope::{Envelope, Header, LegalBasis, Limits, VerifiedEnvelope};
+use ketenpost_schemas::ids::Oin;
+use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::policy::{ConsentRule, KindRule, NonConsentGround, Policy, Role};
+use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection};
+use ketenpost_schemas::Error as SchemaError;
+
+use crate::registry::{Case, Consent, Registry};
+
+/// What the checks need besides the registries.
+#[derive(Debug, Clone, Copy)]
+pub struct Env<'a> {
+    /// The covenant policy.
+    pub policy: &'a Policy,
+    /// The partner directory.
+    pub directory: &'a Directory,
+    /// Decoding limits.
+    pub limits: &'a Limits,
+}
+
+/// A message as it arrived: the bytes and the OIN of the connection's certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct Submitted<'a> {
+    /// The OIN in the client certificate of the connection.
+    pub transport: &'a Oin,
+    /// The envelope bytes.
+    pub bytes: &'a [u8],
+}
+
+/// A message that passed checks 1 to 7 and may be stored.
+#[derive(Debug, Clone)]
+pub struct Authorised {
+    /// The verified envelope.
+    pub verified: VerifiedEnvelope,
+    /// The processing activity of its purpose (for the audit trail).
+    pub processing_activity: String,
+    /// The recipients with their role in the case.
+    pub recipients: Vec<(Oin, Role)>,
+    /// What the broker noted: late, non-consent ground.
+    pub flags: Vec<AcceptFlag>,
+    /// The non-consent ground used, if any (the FGs are alerted).
+    pub ground: Option<NonConsentGround>,
+    /// The `send_within` deadline, if the kind has one.
+    pub send_deadline: Option<DateTime<Utc>>,
+    /// When an undelivered body expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Authorised {
+    /// The verified header.
+    pub fn header(&self) -> &Header {
+        self.verified.header()
+    }
+}
+
+fn reject(code: RejectCode, reason: impl Into<String>) -> Rejection {
+    Rejection::new(code, reason)
+}
+
+fn from_schema(e: SchemaError) -> Rejection {
+    match e {
+        SchemaError::BadSignature(_) => reject(
+            RejectCode::BadSignature,
+            "the header signature does not verify with the sender's directory key",
+        ),
+        SchemaError::DigestMismatch { index } => reject(
+            RejectCode::DigestMismatch,
+            format!("body {index} does not match its digest in the header"),
+        ),
+        SchemaError::UnknownSender(oin) => reject(
+            RejectCode::UnknownSender,
+            format!("sender {oin} is not an active party in the directory"),
+        ),
+        SchemaError::TooLarge { what, size, limit } => reject(
+            RejectCode::Malformed,
+            format!("{what} is {size} bytes, over the limit of {limit}"),
+        ),
+        other => reject(RejectCode::Malformed, other.to_string()),
+    }
+}
+
+/// Checks 1-7 for a submitted message. The caller does check 8 (durable write, audit).
+pub fn check_message(
+    sub: Submitted<'_>,
+    env: Env<'_>,
+    reg: &impl Registry,
+    now: DateTime<Utc>,
+) -> Result<Authorised, Rejection> {
+    // 1. Transport identity = header sender; sender known and not revoked.
+    let envelope = Envelope::decode(sub.bytes, env.limits).map_err(from_schema)?;
+    let claimed = envelope.unverified_header().map_err(from_schema)?;
+    if &claimed.sender != sub.transport {
+        return Err(reject(
+            RejectCode::TransportIdentity,
+            format!(
+                "the header names sender {}, the connection's certificate is {}",
+                claimed.sender, sub.transport
+            ),
+        ));
+    }
+    let sender = env.directory.active_party(&claimed.sender).ok_or_else(|| {
+        reject(
+            RejectCode::UnknownSender,
+            format!(
+                "sender {} is not an active party in the directory",
+                claimed.sender
+            ),
+        )
+    })?;
+    let sender_key = sender.verifying_key().map_err(from_schema)?;
+
+    // 2. Signature over the header bytes; body digests; header structure.
+    let verified = envelope
+        .verify(env.limits, |_| Some(sender_key))
+        .map_err(from_schema)?;
+    let h = verified.header();
+
+    // 3. Replay and duplicate protection.
+    if reg.seen(&h.id) {
+        return Err(reject(
+            RejectCode::Replay,
+            format!("message id {} was accepted before", h.id),
+        ));
+    }
+
+    // 4. Covenant, purpose and kind exist; the sender's role may send it.
+    if h.covenant != env.policy.covenant.id {
+        return Err(reject(
+            RejectCode::WrongCovenant,
+            format!(
+                "the message is for covenant '{}', this broker serves '{}'",
+                h.covenant, env.policy.covenant.id
+            ),
+        ));
+    }
+    let purpose = env.policy.purposes.get(&h.purpose).ok_or_else(|| {
+        reject(
+            RejectCode::UnknownPurpose,
+            format!("the policy has no purpose '{}'", h.purpose),
+        )
+    })?;
+    if !h.kind.is_content() {
+        return Err(reject(
+            RejectCode::KindNotAllowed,
+            format!("{} is a control record, not a message", h.kind),
+        ));
+    }
+    let rule = purpose.kinds.get(&h.kind).ok_or_else(|| {
+        reject(
+            RejectCode::KindNotAllowed,
+            format!("purpose '{}' does not allow {}", h.purpose, h.kind),
+        )
+    })?;
+
+    // 5. Need-to-know: the case exists under this purpose, sender and every recipient are
+    // in its team, and each recipient's role may receive this kind, in its own view.
+    let case = reg.case(&h.case_ref).ok_or_else(|| {
+        reject(
+            RejectCode::UnknownCase,
+            format!("case {} is not registered", h.case_ref),
+        )
+    })?;
+    if case.purpose != h.purpose {
+        return Err(reject(
+            RejectCode::WrongPurpose,
+            format!(
+                "case {} belongs to purpose '{}', the message names '{}'",
+                h.case_ref, case.purpose, h.purpose
+            ),
+        ));
+    }
+    // A breach notice may still concern a closed case (its data are still held).
+    if !case.is_open() && h.kind != Kind::DatalekMelding {
+        return Err(reject(
+            RejectCode::CaseClosed,
+            format!("case {} is closed", h.case_ref),
+        ));
+    }
+    let sender_role = case.role_of(&h.sender).ok_or_else(|| {
+        reject(
+            RejectCode::NotInCaseTeam,
+            format!(
+                "sender {} is not in the team of case {}",
+                h.sender, h.case_ref
+            ),
+        )
+    })?;
+    if !rule.senders.contains(sender_role) {
+        return Err(reject(
+            RejectCode::SenderRoleNotAllowed,
+            format!(
+                "role '{sender_role}' may not send {} under purpose '{}'",
+                h.kind, h.purpose
+            ),
+        ));
+    }
+    let recipients = check_recipients(h, rule, &case)?;
+
+    // 6. Legal basis.
+    let ground = check_legal_basis(h, rule, &recipients, reg, sender_role, now)?;
+
+    // 7. Deadline bookkeeping: late is accepted and flagged, never dropped.
+    let mut flags = Vec::new();
+    let send_deadline = match (rule.send_within, h.event_time) {
+        (Some(within), Some(event)) => Some(within.deadline(event, &env.policy.calendar)),
+        (Some(_), None) => {
+            return Err(reject(
+                RejectCode::Malformed,
+                format!(
+                    "{} has a send_within deadline, so the header needs its event_time",
+                    h.kind
+                ),
+            ))
+        }
+        (None, _) => None,
+    };
+    if send_deadline.is_some_and(|d| now > d) {
+        flags.push(AcceptFlag::Late);
+    }
+    if ground.is_some() {
+        flags.push(AcceptFlag::NonConsentGround);
+    }
+    let expires_at = rule.undelivered_ttl.deadline(now, &env.policy.calendar);
+
+    Ok(Authorised {
+        processing_activity: purpose.processing_activity.clone(),
+        recipients,
+        flags,
+        ground,
+        send_deadline,
+        expires_at,
+        verified,
+    })
+}
+
+fn check_recipients(
+    h: &Header,
+    rule: &KindRule,
+    case: &Case,
+) -> Result<Vec<(Oin, Role)>, Rejection> {
+    let mut out = Vec::with_capacity(h.recipients.len());
+    let views: BTreeMap<&Oin, &Role> = h
+        .bodies
+        .iter()
+        .flat_map(|b| b.recipients.iter().map(move |r| (r, &b.view)))
+        .collect();
+    for r in &h.recipients {
+        let role = case.role_of(r).ok_or_else(|| {
+            reject(
+                RejectCode::NotInCaseTeam,
+                format!("recipient {r} is not in the team of case {}", h.case_ref),
+            )
+        })?;
+        if !rule.recipients.contains(role) {
+            return Err(reject(
+                RejectCode::RecipientRoleNotAllowed,
+                format!(
+                    "recipient {r} has role '{role}', which may not receive {} under purpose '{}'",
+                    h.kind, h.purpose
+                ),
+            ));
+        }
+        if views.get(r) != Some(&role) {
+            return Err(reject(
+                RejectCode::ViewMismatch,
+                format!("the body for {r} is not the '{role}' view its case role gets"),
+            ));
+        }
+        out.push((r.clone(), role.clone()));
+    }
+    Ok(out)
+}
+
+fn check_legal_basis(
+    h: &Header,
+    rule: &KindRule,
+    recipients: &[(Oin, Role)],
+    reg: &impl Registry,
+    sender_role: &Role,
+    now: DateTime<Utc>,
+) -> Result<Option<NonConsentGround>, Rejection> {
+    match (&h.legal_basis, rule.consent) {
+        (LegalBasis::Covenant, ConsentRule::NotRequired) => Ok(None),
+        (_, ConsentRule::NotRequired) => Err(reject(
+            RejectCode::LegalBasisMismatch,
+            format!(
+                "{} rests on the covenant itself; send it with legal basis 'covenant'",
+                h.kind
+            ),
+        )),
+        (LegalBasis::Covenant, ConsentRule::Required) => Err(reject(
+            RejectCode::NoConsent,
+            format!(
+                "{} requires the client's consent or an allowed non-consent ground",
+                h.kind
+            ),
+        )),
+        (LegalBasis::NonConsent { ground, .. }, ConsentRule::Required) => {
+            if rule.non_consent_grounds.contains(ground) {
+                Ok(Some(*ground))
+            } else {
+                Err(reject(
+                    RejectCode::GroundNotAllowed,
+                    format!(
+                        "the policy does not allow ground '{ground}' for {} under purpose '{}'",
+                        h.kind, h.purpose
+                    ),
+                ))
+            }
+        }
+        (LegalBasis::Consent { consent_id }, ConsentRule::Required) => {
+            let consent = reg.consent(consent_id).ok_or_else(|| {
+                reject(
+                    RejectCode::NoConsent,
+                    format!("consent {consent_id} is not registered"),
+                )
+            })?;
+            check_consent(h, &consent, recipients, sender_role, now)?;
+            Ok(None)
+        }
+    }
+}
+
+fn check_consent(
+    h: &Header,
+    consent: &Consent,
+    recipients: &[(Oin, Role)],
+    sender_role: &Role,
+    now: DateTime<Utc>,
+) -> Result<(), Rejection> {
+    let c = &consent.record;
+    if let Some(at) = consent.withdrawn_at {
+        if at <= now {
+            return Err(reject(
+                RejectCode::ConsentWithdrawn,
+                format!(
+                    "consent {} was withdrawn at {}",
+                    c.consent_id,
+                    at.to_rfc3339()
+                ),
+            ));
+        }
+    }
+    if now < c.valid_from || c.valid_until.is_some_and(|u| now >= u) {
+        return Err(reject(
+            RejectCode::ConsentNotValid,
+            format!("consent {} is not valid at this time", c.consent_id),
+        ));
+    }
+    if c.case_ref != h.case_ref || c.purpose != h.purpose || c.covenant != h.covenant {
+        return Err(reject(
+            RejectCode::ConsentScope,
+            format!(
+                "consent {} is for another case or purpose than this message",
+                c.consent_id
+            ),
+        ));
+    }
+    if !consent.covers(&h.sender, sender_role) {
+        return Err(reject(
+            RejectCode::ConsentScope,
+            format!(
+                "consent {} does not cover the sender {}",
+                c.consent_id, h.sender
+            ),
+        ));
+    }
+    if let Some((oin, role)) = recipients.iter().find(|(o, r)| !consent.covers(o, r)) {
+        return Err(reject(
+            RejectCode::ConsentScope,
+            format!(
+                "consent {} does not cover recipient {oin} (role '{role}')",
+                c.consent_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What an accepted control record changes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlEffect {
+    /// A case was opened.
+    CaseOpened(Case),
+    /// A case changed (member added or removed, or closed); the new state.
+    CaseChanged {
+        /// The case after the change.
+        case: Case,
+        /// The change.
+        change: CaseChange,
+    },
+    /// A consent was registered.
+    ConsentGranted(Consent),
+    /// A consent was withdrawn.
+    ConsentWithdrawn(Consent),
+    /// A party confirmed a deletion order.
+    DeletionConfirmed(DeletionConfirmation),
+}
+
+fn signer_key(
+    rec: &SignedRecord,
+    transport: &Oin,
+    env: Env<'_>,
+) -> Result<ketenpost_schemas::keys::VerifyingKey, Rejection> {
+    if &rec.signer != transport {
+        return Err(reject(
+            RejectCode::TransportIdentity,
+            format!(
+                "the record is signed by {}, the connection's certificate is {transport}",
+                rec.signer
+            ),
+        ));
+    }
+    let party = env.directory.active_party(&rec.signer).ok_or_else(|| {
+        reject(
+            RejectCode::UnknownSender,
+            format!("{} is not an active party in the directory", rec.signer),
+        )
+    })?;
+    party.verifying_key().map_err(from_schema)
+}
+
+fn verify_record<R: ketenpost_schemas::control::Record>(
+    rec: &SignedRecord,
+    key: &ketenpost_schemas::keys::VerifyingKey,
+) -> Result<R, Rejection> {
+    rec.verify::<R>(key).map_err(|e| match e {
+        SchemaError::BadSignature(_) => reject(
+            RejectCode::BadSignature,
+            "the record's signature does not verify with the signer's directory key",
+        ),
+        other => reject(RejectCode::Malformed, other.to_string()),
+    })
+}
+
+fn not_permitted(reason: String) -> Rejection {
+    reject(RejectCode::NotPermitted, reason)
+}
+
+/// Decide a control record: consent, withdrawal, case change or deletion confirmation.
+pub fn check_control(
+    transport: &Oin,
+    rec: &SignedRecord,
+    env: Env<'_>,
+    reg: &impl Registry,
+    pending_deletion: impl Fn(&uuid::Uuid, &Oin) -> bool,
+    now: DateTime<Utc>,
+) -> Result<ControlEffect, Rejection> {
+    let key = signer_key(rec, transport, env)?;
+    match rec.kind {
+        Kind::CaseChange => {
+            let change: CaseChange = verify_record(rec, &key)?;
+            check_case_change(change, rec, env, reg, now)
+        }
+        Kind::Toestemming => {
+            let t: Toestemming = verify_record(rec, &key)?;
+            check_consent_grant(t, rec, env, reg)
+        }
+        Kind::ToestemmingIntrekking => {
+            let w: ToestemmingIntrekking = verify_record(rec, &key)?;
+            if w.recorded_by != rec.signer {
+                return Err(not_permitted("recorded_by must be the signer".into()));
+            }
+            let mut consent = reg.consent(&w.consent_id).ok_or_else(|| {
+                reject(
+                    RejectCode::NoConsent,
+                    format!("consent {} is not registered", w.consent_id),
+                )
+            })?;
+            if consent.record.case_ref != w.case_ref {
+                return Err(reject(
+                    RejectCode::Conflict,
+                    format!("consent {} belongs to another case", w.consent_id),
+                ));
+            }
+            let case = reg.case(&w.case_ref);
+            let may = consent.record.obtained_by == rec.signer
+                || case.as_ref().is_some_and(|c| {
+                    c.role_of(&rec.signer).is_some_and(|r| {
+                        env.policy
+                            .purposes
+                            .get(&c.purpose)
+                            .is_some_and(|p| p.consent_recorders.contains(r))
+                    })
+                });
+            if !may {
+                return Err(not_permitted(format!(
+                    "{} may not record a withdrawal of consent {}",
+                    rec.signer, w.consent_id
+                )));
+            }
+            if consent.withdrawn_at.is_some() {
+                return Err(reject(
+                    RejectCode::Conflict,
+                    format!("consent {} was already withdrawn", w.consent_id),
+                ));
+            }
+            // A withdrawal takes effect immediately: from the moment the broker records it,
+            // whatever time the record claims.
+            consent.withdrawn_at = Some(
+                now.min(w.withdrawn_at.max(consent.record.valid_from))
+                    .min(now),
+            );
+            Ok(ControlEffect::ConsentWithdrawn(consent))
+        }
+        Kind::DeletionConfirmation => {
+            let c: DeletionConfirmation = verify_record(rec, &key)?;
+            if c.party != rec.signer {
+                return Err(not_permitted(
+                    "the confirming party must be the signer".into(),
+                ));
+            }
+            if !pending_deletion(&c.order_id, &c.party) {
+                return Err(reject(
+                    RejectCode::Conflict,
+                    format!("no open deletion order {} for {}", c.order_id, c.party),
+                ));
+            }
+            Ok(ControlEffect::DeletionConfirmed(c))
+        }
+        other => Err(reject(
+            RejectCode::Malformed,
+            format!("{other} is not a control record an agent may submit"),
+        )),
+    }
+}
+
+fn check_case_change(
+    change: CaseChange,
+    rec: &SignedRecord,
+    env: Env<'_>,
+    reg: &impl Registry,
+    now: DateTime<Utc>,
+) -> Result<ControlEffect, Rejection> {
+    if change.by != rec.signer {
+        return Err(not_permitted("'by' must be the signer".into()));
+    }
+    if change.covenant != env.policy.covenant.id {
+        return Err(reject(
+            RejectCode::WrongCovenant,
+            format!("the change is for covenant '{}'", change.covenant),
+        ));
+    }
+    let purpose = env.policy.purposes.get(&change.purpose).ok_or_else(|| {
+        reject(
+            RejectCode::UnknownPurpose,
+            format!("the policy has no purpose '{}'", change.purpose),
+        )
+    })?;
+    let signer = env
+        .directory
+        .active_party(&rec.signer)
+        .ok_or_else(|| reject(RejectCode::UnknownSender, "signer is not active"))?;
+    match &change.change {
+        CaseOp::Open { role } => {
+            if reg.case(&change.case_ref).is_some() {
+                return Err(reject(
+                    RejectCode::Conflict,
+                    format!("case {} exists already", change.case_ref),
+                ));
+            }
+            if !signer.has_role(role) || !purpose.case_managers.contains(role) {
+                return Err(not_permitted(format!(
+                    "{} may not open a case under purpose '{}' as '{role}'",
+                    rec.signer, change.purpose
+                )));
+            }
+            let case = Case {
+                case_ref: change.case_ref.clone(),
+                covenant: change.covenant.clone(),
+                purpose: change.purpose.clone(),
+                regievoerder: rec.signer.clone(),
+                members: [(rec.signer.clone(), role.clone())].into(),
+                former_members: Default::default(),
+                opened_at: now,
+                closed_at: None,
+                deletion_ordered_at: None,
+            };
+            Ok(ControlEffect::CaseOpened(case))
+        }
+        op => {
+            let mut case = reg.case(&change.case_ref).ok_or_else(|| {
+                reject(
+                    RejectCode::UnknownCase,
+                    format!("case {} is not registered", change.case_ref),
+                )
+            })?;
+            if case.purpose != change.purpose {
+                return Err(reject(
+                    RejectCode::WrongPurpose,
+                    format!(
+                        "case {} belongs to purpose '{}'",
+                        case.case_ref, case.purpose
+                    ),
+                ));
+            }
+            if !case.is_open() {
+                return Err(reject(
+                    RejectCode::CaseClosed,
+                    format!("case {} is closed", case.case_ref),
+                ));
+            }
+            let manager = case
+                .role_of(&rec.signer)
+                .is_some_and(|r| purpose.case_managers.contains(r));
+            if !manager {
+                return Err(not_permitted(format!(
+                    "{} does not manage case {}",
+                    rec.signer, case.case_ref
+                )));
+            }
+            match op {
+                CaseOp::AddMember { oin, role } => {
+                    let party = env.directory.active_party(oin).ok_or_else(|| {
+                        reject(
+                            RejectCode::UnknownSender,
+                            format!("{oin} is not an active party"),
+                        )
+                    })?;
+                    if !party.has_role(role) {
+                        return Err(reject(
+                            RejectCode::Conflict,
+                            format!("{oin} does not have role '{role}' in the directory"),
+                        ));
+                    }
+                    if case.members.contains_key(oin) {
+                        return Err(reject(
+                            RejectCode::Conflict,
+                            format!("{oin} is already in the team of case {}", case.case_ref),
+                        ));
+                    }
+                    case.members.insert(oin.clone(), role.clone());
+                }
+                CaseOp::RemoveMember { oin } => {
+                    if oin == &case.regievoerder {
+                        return Err(reject(
+                            RejectCode::Conflict,
+                            "the regievoerder cannot leave its own case; close it instead",
+                        ));
+                    }
+                    if case.members.remove(oin).is_none() {
+                        return Err(reject(
+                            RejectCode::Conflict,
+                            format!("{oin} is not in the team of case {}", case.case_ref),
+                        ));
+                    }
+                    case.former_members.insert(oin.clone());
+                }
+                CaseOp::Close => case.closed_at = Some(now),
+                CaseOp::Open { .. } => {
+                    // Handled in the outer match.
+                    return Err(reject(RejectCode::Conflict, "case exists already"));
+                }
+            }
+            Ok(ControlEffect::CaseChanged { case, change })
+        }
+    }
+}
+
+fn check_consent_grant(
+    t: Toestemming,
+    rec: &SignedRecord,
+    env: Env<'_>,
+    reg: &impl Registry,
+) -> Result<ControlEffect, Rejection> {
+    if t.obtained_by != rec.signer {
+        return Err(not_permitted(
+            "a consent is registered by the party that obtained it (obtained_by = signer)".into(),
+        ));
+    }
+    if t.covenant != env.policy.covenant.id {
+        return Err(reject(
+            RejectCode::WrongCovenant,
+            format!("the consent is for covenant '{}'", t.covenant),
+        ));
+    }
+    let purpose = env.policy.purposes.get(&t.purpose).ok_or_else(|| {
+        reject(
+            RejectCode::UnknownPurpose,
+            format!("the policy has no purpose '{}'", t.purpose),
+        )
+    })?;
+    let case = reg.case(&t.case_ref).ok_or_else(|| {
+        reject(
+            RejectCode::UnknownCase,
+            format!("case {} is not registered", t.case_ref),
+        )
+    })?;
+    if case.purpose != t.purpose {
+        return Err(reject(
+            RejectCode::WrongPurpose,
+            format!(
+                "case {} belongs to purpose '{}', the consent names '{}'",
+                t.case_ref, case.purpose, t.purpose
+            ),
+        ));
+    }
+    if !case.is_open() {
+        return Err(reject(
+            RejectCode::CaseClosed,
+            format!("case {} is closed", t.case_ref),
+        ));
+    }
+    let role = case.role_of(&rec.signer).ok_or_else(|| {
+        reject(
+            RejectCode::NotInCaseTeam,
+            format!("{} is not in the team of case {}", rec.signer, t.case_ref),
+        )
+    })?;
+    if !purpose.consent_recorders.contains(role) {
+        return Err(not_permitted(format!(
+            "role '{role}' may not register consent under purpose '{}'",
+            t.purpose
+        )));
+    }
+    if t.parties.is_empty() && t.roles.is_empty() {
+        return Err(reject(
+            RejectCode::Malformed,
+            "the consent names no parties or roles",
+        ));
+    }
+    if let Some(r) = t.roles.iter().find(|r| !env.policy.has_role(r)) {
+        return Err(reject(RejectCode::Malformed, format!("unknown role '{r}'")));
+    }
+    if t.valid_until.is_some_and(|u| u <= t.valid_from) {
+        return Err(reject(
+            RejectCode::Malformed,
+            "valid_until is not after valid_from",
+        ));
+    }
+    if reg.consent(&t.consent_id).is_some() {
+        return Err(reject(
+            RejectCode::Conflict,
+            format!("consent {} is registered already", t.consent_id),
+        ));
+    }
+    Ok(ControlEffect::ConsentGranted(Consent {
+        record: t,
+        withdrawn_at: None,
+    }))
+}
+
+/// Decide a delivery receipt: signed by the transport party, which is its recipient.
+pub fn check_receipt(
+    transport: &Oin,
+    rec: &SignedRecord,
+    env: Env<'_>,
+) -> Result<DeliveryReceipt, Rejection> {
+    let key = signer_key(rec, transport, env)?;
+    if rec.kind != Kind::DeliveryReceipt {
+        return Err(reject(RejectCode::Malformed, "expected a delivery_receipt"));
+    }
+    let r: DeliveryReceipt = verify_record(rec, &key)?;
+    if &r.recipient != transport {
+        return Err(not_permitted(format!(
+            "a receipt for {} cannot come from {transport}",
+            r.recipient
+        )));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests;

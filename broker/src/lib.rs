@@ -1,0 +1,21 @@
+//! # ketenpost-broker
+//!
+//! The broker of one covenant region. It authenticates partners over mTLS (QUIC), checks
+//! every submitted message against the covenant policy on the metadata it can see, queues
+//! accepted messages durably per recipient, keeps a tamper-evident audit trail and deletes
+//! bodies as soon as it no longer may keep them. It never sees case content.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`checks`] | the checks of every submission and control record, pure functions |
+//! | [`registry`] | cases and consents as data, and the `Registry` view the checks read |
+//! | [`audit`] | the hash-chained audit trail, signed checkpoints, `audit verify` |
+//! | [`tls`] | QUIC + mTLS configuration (TLS 1.3 only, client certificates and CRLs), the peer's OIN |
+//! | [`client`] | the client side of the protocol for agents and tests: connect, request, close |
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod checks;
+pub mod client;
+pub mod registry;
+pub mod tls;

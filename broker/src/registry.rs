@@ -1,0 +1,108 @@
+//! The broker's registries as plain data: cases and consents.
+//!
+//! The decision logic ([`crate::checks`]) reads them through the [`Registry`] trait, so it
+//! can be tested against an in-memory [`MemRegistry`] without a database; the durable
+//! store implements the same trait over sled.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use ketenpost_schemas::control::Toestemming;
+use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
+use ketenpost_schemas::policy::Role;
+use serde::{Deserialize, Serialize};
+
+/// A case: one purpose, a team of parties each with a role, open or closed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Case {
+    /// The pseudonymous reference.
+    pub case_ref: CaseRef,
+    /// The covenant.
+    pub covenant: String,
+    /// The one purpose every message about the case is bound to.
+    pub purpose: String,
+    /// The party that opened it and directs it.
+    pub regievoerder: Oin,
+    /// The case team: parties "direct betrokken bij de casus" with their role in it.
+    pub members: BTreeMap<Oin, Role>,
+    /// Every party that was ever a member (they may hold data and get deletion orders).
+    #[serde(default)]
+    pub former_members: BTreeSet<Oin>,
+    /// When it was opened.
+    pub opened_at: DateTime<Utc>,
+    /// When it was closed; the case retention counts from here.
+    pub closed_at: Option<DateTime<Utc>>,
+    /// When the deletion orders went out.
+    #[serde(default)]
+    pub deletion_ordered_at: Option<DateTime<Utc>>,
+}
+
+impl Case {
+    /// Whether the case is open.
+    pub fn is_open(&self) -> bool {
+        self.closed_at.is_none()
+    }
+
+    /// The role of a member.
+    pub fn role_of(&self, oin: &Oin) -> Option<&Role> {
+        self.members.get(oin)
+    }
+
+    /// Every party that holds or held the case's data.
+    pub fn all_parties(&self) -> BTreeSet<Oin> {
+        self.members
+            .keys()
+            .cloned()
+            .chain(self.former_members.iter().cloned())
+            .collect()
+    }
+}
+
+/// A registered consent and whether it was withdrawn.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// The signed grant as registered.
+    pub record: Toestemming,
+    /// When it was withdrawn; every later message is refused under it.
+    pub withdrawn_at: Option<DateTime<Utc>>,
+}
+
+impl Consent {
+    /// Whether `party` with `role` is covered (by OIN or by role).
+    pub fn covers(&self, party: &Oin, role: &Role) -> bool {
+        self.record.parties.contains(party) || self.record.roles.contains(role)
+    }
+}
+
+/// What the decision logic needs to know about the broker's state.
+pub trait Registry {
+    /// A case by reference.
+    fn case(&self, case_ref: &CaseRef) -> Option<Case>;
+    /// A consent by id.
+    fn consent(&self, id: &uuid::Uuid) -> Option<Consent>;
+    /// Whether a message id was accepted before.
+    fn seen(&self, id: &MessageId) -> bool;
+}
+
+/// An in-memory registry, for tests and tools.
+#[derive(Clone, Debug, Default)]
+pub struct MemRegistry {
+    /// Cases by reference.
+    pub cases: BTreeMap<CaseRef, Case>,
+    /// Consents by id.
+    pub consents: BTreeMap<uuid::Uuid, Consent>,
+    /// Accepted message ids.
+    pub seen: BTreeSet<MessageId>,
+}
+
+impl Registry for MemRegistry {
+    fn case(&self, case_ref: &CaseRef) -> Option<Case> {
+        self.cases.get(case_ref).cloned()
+    }
+    fn consent(&self, id: &uuid::Uuid) -> Option<Consent> {
+        self.consents.get(id).cloned()
+    }
+    fn seen(&self, id: &MessageId) -> bool {
+        self.seen.contains(id)
+    }
+}

@@ -1,0 +1,216 @@
+//! The partner directory and federation signatures.
+//!
+//! The directory lists every party of the covenant: its OIN, name, roles, the ed25519 key it
+//! signs with, the age recipient it receives on, the fingerprint of its mTLS certificate and
+//! its FG's contact. The federation operator signs it, and the policy, with the federation
+//! key; agents pin that key, so a broker cannot swap a recipient's encryption key.
+//!
+//! On disk a signed document is the document file plus a `.sig` file holding the base64
+//! signature over its exact bytes ([`crate::keys::Context::Directory`] or
+//! [`crate::keys::Context::Policy`]).
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::Oin;
+use crate::keys::{self, Context, SigningKey, VerifyingKey};
+use crate::policy::{Policy, Role};
+use crate::Error;
+
+/// Largest directory or policy document accepted, in bytes.
+pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The signed list of the covenant's parties.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    /// The covenant id this directory belongs to (must match the policy).
+    pub covenant: String,
+    /// Increases with every new version, so an old directory cannot be replayed.
+    pub serial: u64,
+    /// When the federation operator issued it.
+    pub issued_at: DateTime<Utc>,
+    /// The broker of this covenant region.
+    pub broker: BrokerEntry,
+    /// Every party.
+    pub parties: Vec<Party>,
+}
+
+/// The broker's entry: the key its audit checkpoints are signed with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerEntry {
+    /// Name of the broker's operator.
+    pub name: String,
+    /// ed25519 public key (base64) for audit checkpoints and broker notices.
+    pub signing_key: String,
+    /// SHA-256 (hex) of the broker's TLS certificate (DER).
+    pub cert_fingerprint: String,
+}
+
+/// One party of the covenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Party {
+    /// The party's OIN; its mTLS certificate carries the same in subject serialNumber.
+    pub oin: Oin,
+    /// Organisation name.
+    pub name: String,
+    /// Roles the party has under the policy.
+    pub roles: Vec<Role>,
+    /// ed25519 public key (base64) its headers and records are signed with.
+    pub signing_key: String,
+    /// age X25519 recipient (`age1...`) its bodies are encrypted to.
+    pub age_recipient: String,
+    /// SHA-256 (hex) of its mTLS client certificate (DER).
+    pub cert_fingerprint: String,
+    /// How to reach the party's FG (an office address, not a person's private data).
+    pub fg_contact: String,
+    /// A revoked party may neither send nor receive.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl Directory {
+    /// Parse a directory document (JSON) and check it against the policy.
+    pub fn from_json(bytes: &[u8], policy: &Policy) -> Result<Directory, Error> {
+        if bytes.len() > MAX_DOCUMENT_BYTES {
+            return Err(Error::TooLarge {
+                what: "directory",
+                size: bytes.len(),
+                limit: MAX_DOCUMENT_BYTES,
+            });
+        }
+        let dir: Directory =
+            serde_json::from_slice(bytes).map_err(|e| Error::Directory(e.to_string()))?;
+        dir.check(policy)?;
+        Ok(dir)
+    }
+
+    /// Check the directory against the policy: same covenant, unique OINs, known roles,
+    /// keys that parse.
+    pub fn check(&self, policy: &Policy) -> Result<(), Error> {
+        if self.covenant != policy.covenant.id {
+            return Err(Error::Directory(format!(
+                "directory is for covenant '{}', the policy for '{}'",
+                self.covenant, policy.covenant.id
+            )));
+        }
+        keys::verifying_key_from_text(&self.broker.signing_key)?;
+        let mut seen = BTreeSet::new();
+        for p in &self.parties {
+            if !seen.insert(&p.oin) {
+                return Err(Error::Directory(format!("OIN {} is listed twice", p.oin)));
+            }
+            if p.roles.is_empty() {
+                return Err(Error::Directory(format!("party {} has no role", p.oin)));
+            }
+            for r in &p.roles {
+                if !policy.has_role(r) {
+                    return Err(Error::Directory(format!(
+                        "party {} has role '{r}', which the policy does not define",
+                        p.oin
+                    )));
+                }
+            }
+            keys::verifying_key_from_text(&p.signing_key)?;
+            keys::age_recipient_from_text(&p.age_recipient)?;
+        }
+        Ok(())
+    }
+
+    /// The entry of a party, revoked or not.
+    pub fn party(&self, oin: &Oin) -> Option<&Party> {
+        self.parties.iter().find(|p| &p.oin == oin)
+    }
+
+    /// The entry of a party that is not revoked.
+    pub fn active_party(&self, oin: &Oin) -> Option<&Party> {
+        self.party(oin).filter(|p| !p.revoked)
+    }
+
+    /// The active parties that have `role`.
+    pub fn with_role<'a>(&'a self, role: &'a Role) -> impl Iterator<Item = &'a Party> + 'a {
+        self.parties
+            .iter()
+            .filter(move |p| !p.revoked && p.roles.contains(role))
+    }
+
+    /// The broker's checkpoint key.
+    pub fn broker_key(&self) -> Result<VerifyingKey, Error> {
+        keys::verifying_key_from_text(&self.broker.signing_key)
+    }
+}
+
+impl Party {
+    /// The party's signing key.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, Error> {
+        keys::verifying_key_from_text(&self.signing_key)
+    }
+
+    /// The party's age recipient.
+    pub fn recipient(&self) -> Result<age::x25519::Recipient, Error> {
+        keys::age_recipient_from_text(&self.age_recipient)
+    }
+
+    /// Whether the party has `role`.
+    pub fn has_role(&self, role: &Role) -> bool {
+        self.roles.contains(role)
+    }
+}
+
+/// Sign a directory or policy document with the federation key; returns the `.sig` text.
+pub fn sign_document(federation: &SigningKey, context: Context, bytes: &[u8]) -> String {
+    keys::signature_to_text(&keys::sign(federation, context, bytes))
+}
+
+/// Verify a document's `.sig` text against the pinned federation key.
+pub fn verify_document(
+    federation: &VerifyingKey,
+    context: Context,
+    bytes: &[u8],
+    sig_text: &str,
+) -> Result<(), Error> {
+    let what = match context {
+        Context::Policy => "policy",
+        _ => "directory",
+    };
+    let sig = keys::signature_from_text(sig_text).map_err(|_| Error::BadSignature(what))?;
+    keys::verify(federation, context, bytes, &sig, what)
+}
+
+/// Verify and parse a signed policy.
+pub fn load_signed_policy(
+    federation: &VerifyingKey,
+    text: &[u8],
+    sig_text: &str,
+) -> Result<Policy, Error> {
+    if text.len() > MAX_DOCUMENT_BYTES {
+        return Err(Error::TooLarge {
+            what: "policy",
+            size: text.len(),
+            limit: MAX_DOCUMENT_BYTES,
+        });
+    }
+    verify_document(federation, Context::Policy, text, sig_text)?;
+    let text = std::str::from_utf8(text).map_err(|_| Error::Policy {
+        line: None,
+        column: None,
+        message: "policy is not UTF-8".into(),
+    })?;
+    Policy::from_toml(text)
+}
+
+/// Verify and parse a signed directory.
+pub fn load_signed_directory(
+    federation: &VerifyingKey,
+    bytes: &[u8],
+    sig_text: &str,
+    policy: &Policy,
+) -> Result<Directory, Error> {
+    verify_document(federation, Context::Directory, bytes, sig_text)?;
+    Directory::from_json(bytes, policy)
+}

@@ -1,0 +1,487 @@
+//! Durations as written in the covenant policy: answer periods, retention periods and
+//! the like.
+//!
+//! A policy says "48 hours", "5 werkdagen" or "7 jaar"; the covenants mix English and
+//! Dutch, so both are accepted. Each unit keeps its own meaning when it is turned into a
+//! deadline, because "1 month" is not 30 days and "5 workdays" is not 5 days:
+//!
+//! | unit | deadline |
+//! |---|---|
+//! | hours, days, weeks | exact elapsed time (a day is 24 hours) |
+//! | months, years | calendar months in Amsterdam local time, same time of day |
+//! | workdays | end of the n-th Dutch workday, see [`Calendar::add_workdays`] |
+//!
+//! Durations serialise as their canonical English text ("48 hours", "1 workday"), so a
+//! policy written back out reads the same as one written by hand.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Months, TimeDelta, Utc};
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::calendar::{amsterdam_local, amsterdam_to_utc, Calendar};
+use crate::Error;
+
+/// The reason given for a unit that is not recognised.
+const UNKNOWN_UNIT: &str = "unknown unit, expected hours, days, weeks, months, years or workdays";
+
+/// A duration in a policy: a positive whole number of one unit.
+///
+/// Parsed from text with [`FromStr`] and written back with [`Display`](fmt::Display) in
+/// canonical English. The count is never zero in a parsed duration ("0 days" is rejected
+/// as a policy error, since a period of nothing is always a mistake), but a zero value can
+/// be constructed in code; its deadline is then the instant itself (or, for workdays, the
+/// end of that local day).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PolicyDuration {
+    /// Exact hours: "48 hours", "48h", "24 uur".
+    Hours(u32),
+    /// Days of exactly 24 hours: "3 days", "3d", "3 dagen".
+    Days(u32),
+    /// Weeks of exactly 7 × 24 hours: "2 weeks", "2w", "2 weken".
+    Weeks(u32),
+    /// Calendar months in Amsterdam local time: "3 months", "3 maanden".
+    Months(u32),
+    /// Calendar years (12 months) in Amsterdam local time: "7 years", "7y", "7 jaar".
+    Years(u32),
+    /// Dutch workdays: "5 workdays", "5 werkdagen". See [`Calendar`].
+    Workdays(u32),
+}
+
+impl PolicyDuration {
+    /// The deadline this duration sets for an event at `from`.
+    ///
+    /// - Hours, days and weeks add exact elapsed time, so "48 hours" is always 48 hours
+    ///   later, even across a change to or from daylight saving time (the local time of
+    ///   day then shifts by an hour).
+    /// - Months and years add calendar months in Europe/Amsterdam local time and keep the
+    ///   local time of day, so a retention period of "7 years" ends on the same local date
+    ///   and time. A day that does not exist in the target month is clamped to its last
+    ///   day (31 January + 1 month = 28 or 29 February), as chrono does. A local time that
+    ///   falls in a daylight saving gap moves forward by the length of the gap; one that
+    ///   occurs twice takes the earlier instant.
+    /// - Workdays delegate to [`Calendar::add_workdays`]: the end of the n-th workday after
+    ///   the local date of `from`, as an exclusive bound.
+    ///
+    /// A deadline beyond chrono's range saturates to [`DateTime::<Utc>::MAX_UTC`] rather
+    /// than panicking, so an absurd policy value means "never expires", not a crash.
+    pub fn deadline(&self, from: DateTime<Utc>, calendar: &Calendar) -> DateTime<Utc> {
+        let exact = |delta: Option<TimeDelta>| delta.and_then(|d| from.checked_add_signed(d));
+        let deadline = match *self {
+            Self::Hours(n) => exact(TimeDelta::try_hours(i64::from(n))),
+            Self::Days(n) => exact(TimeDelta::try_days(i64::from(n))),
+            Self::Weeks(n) => exact(TimeDelta::try_weeks(i64::from(n))),
+            Self::Months(n) => add_local_months(from, n),
+            Self::Years(n) => n
+                .checked_mul(12)
+                .and_then(|months| add_local_months(from, months)),
+            Self::Workdays(n) => Some(calendar.add_workdays(from, n)),
+        };
+        deadline.unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+}
+
+/// `from` plus a number of calendar months in Amsterdam local time, keeping the local time
+/// of day; `None` beyond chrono's range.
+fn add_local_months(from: DateTime<Utc>, months: u32) -> Option<DateTime<Utc>> {
+    let local = amsterdam_local(from)?;
+    amsterdam_to_utc(local.checked_add_months(Months::new(months))?)
+}
+
+/// The variant a unit word names, if any. `unit` is lower case with single spaces.
+fn unit(unit: &str) -> Option<fn(u32) -> PolicyDuration> {
+    Some(match unit {
+        "h" | "hour" | "hours" | "uur" | "uren" => PolicyDuration::Hours,
+        "d" | "day" | "days" | "dag" | "dagen" => PolicyDuration::Days,
+        "w" | "week" | "weeks" | "weken" => PolicyDuration::Weeks,
+        "month" | "months" | "maand" | "maanden" => PolicyDuration::Months,
+        "y" | "year" | "years" | "jaar" | "jaren" => PolicyDuration::Years,
+        "workday" | "workdays" | "working day" | "working days" | "business day"
+        | "business days" | "werkdag" | "werkdagen" => PolicyDuration::Workdays,
+        _ => return None,
+    })
+}
+
+impl FromStr for PolicyDuration {
+    type Err = Error;
+
+    /// Parses "NUMBER UNIT", e.g. "48h", "48 hours", "5 werkdagen", "7 jaar".
+    ///
+    /// Whitespace around and inside is tolerated and the unit is case-insensitive. The
+    /// number is a whole number from 1 to 4294967295. Singular and plural are both
+    /// accepted whatever the number ("1 days" is not worth rejecting). Minutes are not a
+    /// unit: no covenant period is that short, and "m" would be ambiguous with months.
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let fail = |reason: &'static str| Error::InvalidDuration {
+            text: text.to_owned(),
+            reason,
+        };
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(fail("is empty"));
+        }
+        if trimmed.starts_with('-') {
+            return Err(fail("must not be negative"));
+        }
+        let digits_end = trimmed
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(trimmed.len());
+        let (digits, rest) = trimmed.split_at(digits_end);
+        if digits.is_empty() {
+            return Err(fail("must start with a whole number"));
+        }
+        if rest.starts_with(['.', ',']) {
+            return Err(fail("must be a whole number"));
+        }
+        // Only ASCII digits are left, so overflow is the only way to fail.
+        let count: u32 = digits
+            .parse()
+            .map_err(|_| fail("number is too large (at most 4294967295)"))?;
+        if count == 0 {
+            return Err(fail("must be at least 1"));
+        }
+        let words = rest.split_whitespace().collect::<Vec<_>>().join(" ");
+        if words.is_empty() {
+            return Err(fail(
+                "missing unit, expected hours, days, weeks, months, years or workdays",
+            ));
+        }
+        let make = unit(&words.to_lowercase()).ok_or_else(|| fail(UNKNOWN_UNIT))?;
+        Ok(make(count))
+    }
+}
+
+impl fmt::Display for PolicyDuration {
+    /// Writes the canonical English form, e.g. "48 hours", "1 hour", "5 workdays", which
+    /// [`FromStr`] reads back to the same value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (count, one, many) = match *self {
+            Self::Hours(n) => (n, "hour", "hours"),
+            Self::Days(n) => (n, "day", "days"),
+            Self::Weeks(n) => (n, "week", "weeks"),
+            Self::Months(n) => (n, "month", "months"),
+            Self::Years(n) => (n, "year", "years"),
+            Self::Workdays(n) => (n, "workday", "workdays"),
+        };
+        write!(f, "{count} {}", if count == 1 { one } else { many })
+    }
+}
+
+impl Serialize for PolicyDuration {
+    /// Serialises as the canonical text, e.g. `"5 workdays"`.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PolicyDuration {
+    /// Deserialises from any text [`FromStr`] accepts.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for PolicyDuration {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "PolicyDuration".into()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        "ketenpost_schemas::duration::PolicyDuration".into()
+    }
+
+    /// A string of a positive whole number and a unit. The pattern only checks the shape:
+    /// units are case-insensitive and bilingual, which a JSON Schema pattern cannot say
+    /// readably, so the unit itself is checked when the policy is parsed.
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^\\s*0*[1-9][0-9]*\\s*[A-Za-z]+(\\s+[A-Za-z]+)?\\s*$",
+            "description": "A positive whole number and a unit: hours (h, uur), days (d, dagen), weeks (w, weken), months (maanden), years (y, jaar) or workdays (werkdagen), e.g. \"48 hours\" or \"5 werkdagen\".",
+            "examples": ["48 hours", "5 workdays", "7 years"]
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn parse(text: &str) -> PolicyDuration {
+        text.parse().unwrap()
+    }
+
+    fn reason(text: &str) -> &'static str {
+        match text.parse::<PolicyDuration>() {
+            Err(Error::InvalidDuration { text: t, reason }) => {
+                assert_eq!(t, text);
+                reason
+            }
+            other => panic!("{text:?} gave {other:?}"),
+        }
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn parses_every_form() {
+        use PolicyDuration::*;
+        let cases = [
+            ("48h", Hours(48)),
+            ("48 h", Hours(48)),
+            ("48 hours", Hours(48)),
+            ("1 hour", Hours(1)),
+            ("24 uur", Hours(24)),
+            ("3 uren", Hours(3)),
+            ("3 days", Days(3)),
+            ("1 day", Days(1)),
+            ("3 dagen", Days(3)),
+            ("1 dag", Days(1)),
+            ("3d", Days(3)),
+            ("2 weeks", Weeks(2)),
+            ("1 week", Weeks(1)),
+            ("2 weken", Weeks(2)),
+            ("2w", Weeks(2)),
+            ("3 months", Months(3)),
+            ("1 month", Months(1)),
+            ("3 maanden", Months(3)),
+            ("1 maand", Months(1)),
+            ("7 years", Years(7)),
+            ("1 year", Years(1)),
+            ("7 jaar", Years(7)),
+            ("7y", Years(7)),
+            ("5 workdays", Workdays(5)),
+            ("1 workday", Workdays(1)),
+            ("5 werkdagen", Workdays(5)),
+            ("1 werkdag", Workdays(1)),
+            ("5 working days", Workdays(5)),
+            ("5 business days", Workdays(5)),
+            // Whitespace and case.
+            ("  48   Hours \t", Hours(48)),
+            ("5WERKDAGEN", Workdays(5)),
+            ("5 Working   Days", Workdays(5)),
+            ("\n7 JAAR\n", Years(7)),
+            ("007 years", Years(7)),
+            ("4294967295 hours", Hours(u32::MAX)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn rejects() {
+        let missing = "missing unit, expected hours, days, weeks, months, years or workdays";
+        let cases = [
+            ("", "is empty"),
+            ("   ", "is empty"),
+            ("days", "must start with a whole number"),
+            ("+3 days", "must start with a whole number"),
+            ("three days", "must start with a whole number"),
+            ("-3 days", "must not be negative"),
+            (" -1h", "must not be negative"),
+            ("0 days", "must be at least 1"),
+            ("000 hours", "must be at least 1"),
+            (
+                "4294967296 hours",
+                "number is too large (at most 4294967295)",
+            ),
+            (
+                "99999999999999999999999 days",
+                "number is too large (at most 4294967295)",
+            ),
+            ("1.5 days", "must be a whole number"),
+            ("1,5 dagen", "must be a whole number"),
+            ("3", missing),
+            ("3   ", missing),
+            ("3 fortnights", UNKNOWN_UNIT),
+            ("3 minutes", UNKNOWN_UNIT),
+            ("3 m", UNKNOWN_UNIT),
+            ("3 days later", UNKNOWN_UNIT),
+            ("3 days 4 hours", UNKNOWN_UNIT),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(reason(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn error_message() {
+        let err = "3 fortnights".parse::<PolicyDuration>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid duration '3 fortnights': unknown unit, expected hours, days, weeks, \
+             months, years or workdays"
+        );
+    }
+
+    #[test]
+    fn display_round_trips() {
+        use PolicyDuration::*;
+        let cases = [
+            (Hours(48), "48 hours"),
+            (Hours(1), "1 hour"),
+            (Days(3), "3 days"),
+            (Days(1), "1 day"),
+            (Weeks(2), "2 weeks"),
+            (Weeks(1), "1 week"),
+            (Months(3), "3 months"),
+            (Months(1), "1 month"),
+            (Years(7), "7 years"),
+            (Years(1), "1 year"),
+            (Workdays(5), "5 workdays"),
+            (Workdays(1), "1 workday"),
+            (Years(u32::MAX), "4294967295 years"),
+        ];
+        for (duration, text) in cases {
+            assert_eq!(duration.to_string(), text);
+            assert_eq!(parse(text), duration);
+        }
+        assert_eq!(Hours(0).to_string(), "0 hours");
+    }
+
+    #[test]
+    fn serde_as_text() {
+        let json = serde_json::to_string(&PolicyDuration::Workdays(5)).unwrap();
+        assert_eq!(json, "\"5 workdays\"");
+        let back: PolicyDuration = serde_json::from_str("\"5 werkdagen\"").unwrap();
+        assert_eq!(back, PolicyDuration::Workdays(5));
+        let err = serde_json::from_str::<PolicyDuration>("\"0 days\"").unwrap_err();
+        assert!(err.to_string().contains("must be at least 1"), "{err}");
+        assert!(serde_json::from_str::<PolicyDuration>("48").is_err());
+    }
+
+    #[test]
+    fn json_schema_is_a_string() {
+        let schema = schemars::schema_for!(PolicyDuration);
+        let value = serde_json::to_value(&schema).unwrap();
+        assert_eq!(value["type"], "string");
+        assert!(value["pattern"].is_string());
+    }
+
+    #[test]
+    fn exact_durations() {
+        let cal = Calendar::dutch();
+        let from = utc("2026-03-28T12:00:00Z");
+        // Across the start of summer time: still exactly 48 hours.
+        assert_eq!(
+            PolicyDuration::Hours(48).deadline(from, &cal),
+            utc("2026-03-30T12:00:00Z")
+        );
+        assert_eq!(
+            PolicyDuration::Days(2).deadline(from, &cal),
+            utc("2026-03-30T12:00:00Z")
+        );
+        assert_eq!(
+            PolicyDuration::Weeks(2).deadline(from, &cal),
+            utc("2026-04-11T12:00:00Z")
+        );
+        assert_eq!(
+            PolicyDuration::Hours(1).deadline(from, &cal),
+            utc("2026-03-28T13:00:00Z")
+        );
+    }
+
+    #[test]
+    fn calendar_months() {
+        let cal = Calendar::dutch();
+        // 31 January 10:00 CET + 1 month = 28 February 10:00 CET.
+        let from = utc("2026-01-31T09:00:00Z");
+        assert_eq!(
+            PolicyDuration::Months(1).deadline(from, &cal),
+            utc("2026-02-28T09:00:00Z")
+        );
+        // Leap year: 29 February.
+        assert_eq!(
+            PolicyDuration::Months(1).deadline(utc("2028-01-31T09:00:00Z"), &cal),
+            utc("2028-02-29T09:00:00Z")
+        );
+        // Into summer time: 12:00 local stays 12:00 local.
+        assert_eq!(
+            PolicyDuration::Months(1).deadline(utc("2026-03-15T11:00:00Z"), &cal),
+            utc("2026-04-15T10:00:00Z")
+        );
+        // The local date counts: 23:30Z on 30 January is 00:30 on 31 January in
+        // Amsterdam, so one month later is 28 February 00:30 local, not 28 February 23:30Z.
+        assert_eq!(
+            PolicyDuration::Months(1).deadline(utc("2026-01-30T23:30:00Z"), &cal),
+            utc("2026-02-27T23:30:00Z")
+        );
+        // 02:30 local on 29 March 2026 falls in the gap and moves forward by an hour.
+        assert_eq!(
+            PolicyDuration::Months(2).deadline(utc("2026-01-29T01:30:00Z"), &cal),
+            utc("2026-03-29T01:30:00Z")
+        );
+    }
+
+    #[test]
+    fn calendar_years() {
+        let cal = Calendar::dutch();
+        assert_eq!(
+            PolicyDuration::Years(7).deadline(utc("2026-06-15T10:00:00Z"), &cal),
+            utc("2033-06-15T10:00:00Z")
+        );
+        // 29 February 2024 + 1 year = 28 February 2025.
+        assert_eq!(
+            PolicyDuration::Years(1).deadline(utc("2024-02-29T11:00:00Z"), &cal),
+            utc("2025-02-28T11:00:00Z")
+        );
+        // Summer to winter time: 12:00 local stays 12:00 local.
+        assert_eq!(
+            PolicyDuration::Months(6).deadline(utc("2026-06-15T10:00:00Z"), &cal),
+            utc("2026-12-15T11:00:00Z")
+        );
+    }
+
+    #[test]
+    fn workdays() {
+        let cal = Calendar::dutch();
+        // Friday 9 January 2026, 10:00 CET; 1 workday is Monday 12 January.
+        let from = utc("2026-01-09T09:00:00Z");
+        assert_eq!(
+            PolicyDuration::Workdays(1).deadline(from, &cal),
+            utc("2026-01-12T23:00:00Z")
+        );
+        let extra = Calendar::with_extra_holidays([NaiveDate::from_ymd_opt(2026, 1, 12).unwrap()]);
+        assert_eq!(
+            PolicyDuration::Workdays(1).deadline(from, &extra),
+            utc("2026-01-13T23:00:00Z")
+        );
+        assert_eq!(
+            PolicyDuration::Workdays(2).deadline(utc("2026-04-02T08:00:00Z"), &cal),
+            utc("2026-04-08T22:00:00Z")
+        );
+    }
+
+    #[test]
+    fn saturates_instead_of_panicking() {
+        let cal = Calendar::dutch();
+        let max = DateTime::<Utc>::MAX_UTC;
+        let now = utc("2026-01-01T00:00:00Z");
+        assert_eq!(PolicyDuration::Years(u32::MAX).deadline(now, &cal), max);
+        assert_eq!(PolicyDuration::Months(u32::MAX).deadline(now, &cal), max);
+        assert_eq!(PolicyDuration::Hours(1).deadline(max, &cal), max);
+        assert_eq!(PolicyDuration::Weeks(u32::MAX).deadline(now, &cal), max);
+        assert_eq!(PolicyDuration::Years(1).deadline(max, &cal), max);
+        assert_eq!(PolicyDuration::Workdays(u32::MAX).deadline(now, &cal), max);
+        // Large but representable.
+        assert_eq!(
+            PolicyDuration::Days(1_000_000).deadline(now, &cal),
+            utc("4763-11-29T00:00:00Z")
+        );
+    }
+}

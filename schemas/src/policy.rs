@@ -1,0 +1,625 @@
+//! The covenant as code.
+//!
+//! A policy is one TOML file per covenant, signed by the federation key (see
+//! [`crate::directory`]) and read by broker and agents alike. It names the roles, the
+//! purposes (each a processing activity with its legal basis and case retention), and for
+//! each purpose the message kinds it allows: who may send them, who may receive them, which
+//! data categories each recipient role sees, whether consent is required and which
+//! non-consent grounds may be used instead, the deadlines and the undelivered TTL.
+//!
+//! ```toml
+//! [covenant]
+//! id = "walcheren"
+//! name = "Weer Thuis op Walcheren"
+//! source = "000_38e0c0e0898840a1.txt"
+//!
+//! [roles.gemeente]
+//! description = "municipality; regievoerder of the case"
+//! [roles.zorgaanbieder]
+//! description = "care provider"
+//!
+//! [purposes.uitstroom]
+//! name = "Uitstroom uit BW/MO naar een zelfstandige woning"
+//! processing_activity = "walcheren-uitstroom"
+//! legal_basis = "AVG art. 6(1)(a): toestemming (000:289-297)"
+//! case_retention = "7 years"
+//! case_managers = ["gemeente"]
+//! consent_recorders = ["zorgaanbieder"]
+//!
+//! [purposes.uitstroom.kinds.aanmelding]
+//! senders = ["zorgaanbieder"]
+//! recipients = ["gemeente"]
+//! consent = "required"
+//! non_consent_grounds = ["acute_danger"]
+//! undelivered_ttl = "14 days"
+//! views.gemeente = ["identity", "contact", "housing", "support"]
+//! ```
+//!
+//! [`Policy::from_toml`] rejects a bad policy with the line and column of the problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::calendar::Calendar;
+use crate::duration::PolicyDuration;
+use crate::kind::{Category, Kind};
+use crate::payload;
+use crate::Error;
+
+/// The name of a role, as the policy defines it (`gemeente`, `woningcorporatie`, ...).
+#[derive(
+    Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(transparent)]
+pub struct Role(String);
+
+impl Role {
+    /// A role name. Whether it exists is up to the policy.
+    pub fn new(name: impl Into<String>) -> Self {
+        Role(name.into())
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Role({})", self.0)
+    }
+}
+
+/// A ground for sharing without the client's consent (e.g. 002:333-344, afspraak 8f).
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Debug,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum NonConsentGround {
+    /// Acute danger to life, serious harm to the client or another, or to public safety
+    /// (002:333-340, 8f-i).
+    AcuteDanger,
+    /// Sharing is necessary to fulfil a legal obligation (002:341-342, 8f-ii).
+    LegalDuty,
+}
+
+impl NonConsentGround {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NonConsentGround::AcuteDanger => "acute_danger",
+            NonConsentGround::LegalDuty => "legal_duty",
+        }
+    }
+}
+
+impl fmt::Display for NonConsentGround {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a kind may be sent only under the client's consent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentRule {
+    /// A valid, unwithdrawn consent covering sender, recipients and purpose is needed,
+    /// unless one of the kind's non-consent grounds is invoked.
+    Required,
+    /// The kind rests on the covenant itself (e.g. a breach notice under AVG art. 33).
+    NotRequired,
+}
+
+/// The covenant a policy belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Covenant {
+    /// Short stable id, used in envelope headers.
+    pub id: String,
+    /// The covenant's own name.
+    pub name: String,
+    /// The source document the rules are taken from.
+    pub source: String,
+}
+
+/// A role parties can have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleDef {
+    /// What the role is, in words.
+    pub description: String,
+}
+
+/// One processing purpose of the covenant. A case belongs to exactly one purpose, and a
+/// message is tied to the purpose of its case (purpose binding, 000:297-301).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Purpose {
+    /// Id of the purpose within the policy.
+    pub id: String,
+    /// Human name of the purpose.
+    pub name: String,
+    /// The processing activity id, as in the parties' registers (Logboek Dataverwerkingen).
+    pub processing_activity: String,
+    /// The legal basis of the processing, in words with its source.
+    pub legal_basis: String,
+    /// How long after a case closes its data must be deleted everywhere.
+    pub case_retention: PolicyDuration,
+    /// Roles that may open and close a case and manage its team.
+    pub case_managers: BTreeSet<Role>,
+    /// Roles that may register (and withdraw) a client's consent.
+    pub consent_recorders: BTreeSet<Role>,
+    /// The kinds this purpose allows, with their rules.
+    pub kinds: BTreeMap<Kind, KindRule>,
+}
+
+/// The rules for one kind within one purpose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindRule {
+    /// Roles that may send this kind.
+    pub senders: BTreeSet<Role>,
+    /// Roles that may receive this kind.
+    pub recipients: BTreeSet<Role>,
+    /// The categories each recipient role sees (its view). Every recipient role has one.
+    pub views: BTreeMap<Role, BTreeSet<Category>>,
+    /// Whether consent is required.
+    pub consent: ConsentRule,
+    /// Grounds that may replace consent for this kind; using one alerts the FGs.
+    pub non_consent_grounds: BTreeSet<NonConsentGround>,
+    /// Deadline from the event time (observed-at, discovered-at) to acceptance.
+    pub send_within: Option<PolicyDuration>,
+    /// Deadline from delivery to the answer that refers to the message.
+    pub answer_within: Option<PolicyDuration>,
+    /// The kinds that count as an answer (default: `reactie`).
+    pub answer_kinds: BTreeSet<Kind>,
+    /// How long the broker keeps an undelivered body before it expires.
+    pub undelivered_ttl: PolicyDuration,
+}
+
+/// A parsed and checked covenant policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// The covenant.
+    pub covenant: Covenant,
+    /// The roles, by name.
+    pub roles: BTreeMap<Role, RoleDef>,
+    /// The purposes, by id.
+    pub purposes: BTreeMap<String, Purpose>,
+    /// The workday calendar (national holidays plus the policy's extra ones).
+    pub calendar: Calendar,
+}
+
+impl Policy {
+    /// Parse and check a policy. The error names the line and what is wrong.
+    pub fn from_toml(text: &str) -> Result<Policy, Error> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let (line, column) = match e.span() {
+                Some(span) => line_col(text, span.start),
+                None => (None, None),
+            };
+            Error::Policy {
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        Checker { text }.check(raw)
+    }
+
+    /// The rule for a kind within a purpose, if the purpose allows the kind.
+    pub fn rule(&self, purpose: &str, kind: Kind) -> Option<&KindRule> {
+        self.purposes.get(purpose)?.kinds.get(&kind)
+    }
+
+    /// Whether `role` is defined.
+    pub fn has_role(&self, role: &Role) -> bool {
+        self.roles.contains_key(role)
+    }
+}
+
+impl KindRule {
+    /// The categories `role` sees of this kind; empty when it is no recipient.
+    pub fn view(&self, role: &Role) -> BTreeSet<Category> {
+        self.views.get(role).cloned().unwrap_or_default()
+    }
+}
+
+// ---- raw form, as written -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    covenant: RawCovenant,
+    roles: BTreeMap<String, RawRole>,
+    purposes: BTreeMap<String, RawPurpose>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCovenant {
+    id: Spanned<String>,
+    name: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    extra_holidays: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPurpose {
+    name: String,
+    processing_activity: String,
+    legal_basis: String,
+    case_retention: Spanned<String>,
+    case_managers: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    consent_recorders: Vec<Spanned<String>>,
+    kinds: BTreeMap<String, Spanned<RawKind>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKind {
+    senders: Spanned<Vec<Spanned<String>>>,
+    recipients: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    views: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    consent: Spanned<String>,
+    #[serde(default)]
+    non_consent_grounds: Vec<Spanned<String>>,
+    send_within: Option<Spanned<String>>,
+    answer_within: Option<Spanned<String>>,
+    #[serde(default)]
+    answer_kinds: Vec<Spanned<String>>,
+    undelivered_ttl: Spanned<String>,
+}
+
+struct Checker<'a> {
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn err<T>(&self, at: usize, message: String) -> Result<T, Error> {
+        let (line, column) = line_col(self.text, at);
+        Err(Error::Policy {
+            line,
+            column,
+            message,
+        })
+    }
+
+    fn check(&self, raw: RawPolicy) -> Result<Policy, Error> {
+        let id = raw.covenant.id.get_ref();
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return self.err(
+                raw.covenant.id.span().start,
+                "covenant id must be lowercase letters, digits and '-'".into(),
+            );
+        }
+        let mut extra = Vec::new();
+        for d in &raw.covenant.extra_holidays {
+            match chrono::NaiveDate::parse_from_str(d.get_ref(), "%Y-%m-%d") {
+                Ok(date) => extra.push(date),
+                Err(_) => {
+                    return self.err(
+                        d.span().start,
+                        format!("extra holiday '{}' is not a YYYY-MM-DD date", d.get_ref()),
+                    )
+                }
+            }
+        }
+        if raw.roles.is_empty() {
+            return self.err(0, "the policy defines no roles".into());
+        }
+        let roles: BTreeMap<Role, RoleDef> = raw
+            .roles
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    Role(k),
+                    RoleDef {
+                        description: v.description,
+                    },
+                )
+            })
+            .collect();
+        if raw.purposes.is_empty() {
+            return self.err(0, "the policy defines no purposes".into());
+        }
+        let mut purposes = BTreeMap::new();
+        for (pid, rp) in raw.purposes {
+            let purpose = self.purpose(&roles, pid.clone(), rp)?;
+            purposes.insert(pid, purpose);
+        }
+        Ok(Policy {
+            covenant: Covenant {
+                id: raw.covenant.id.into_inner(),
+                name: raw.covenant.name,
+                source: raw.covenant.source,
+            },
+            roles,
+            purposes,
+            calendar: Calendar::with_extra_holidays(extra),
+        })
+    }
+
+    fn purpose(
+        &self,
+        roles: &BTreeMap<Role, RoleDef>,
+        id: String,
+        rp: RawPurpose,
+    ) -> Result<Purpose, Error> {
+        let case_retention = self.duration(&rp.case_retention)?;
+        let case_managers = self.roles(roles, rp.case_managers.get_ref())?;
+        if case_managers.is_empty() {
+            return self.err(
+                rp.case_managers.span().start,
+                format!("purpose '{id}' names no case_managers: nobody could open a case"),
+            );
+        }
+        let consent_recorders = self.roles(roles, &rp.consent_recorders)?;
+        let mut kinds = BTreeMap::new();
+        for (kname, rk) in rp.kinds {
+            let at = rk.span().start;
+            let kind: Kind = match kname.parse() {
+                Ok(k) => k,
+                Err(_) => return self.err(at, format!("unknown message kind '{kname}'")),
+            };
+            if !kind.is_content() {
+                return self.err(
+                    at,
+                    format!(
+                        "kind '{kname}' is a control record; only content kinds \
+                         (aanmelding, aanmeldbericht, signaal, reactie, datalek_melding, \
+                         verstrekking_derden) are configured per purpose"
+                    ),
+                );
+            }
+            let rule = self.kind(roles, kind, rk.into_inner())?;
+            if rule.consent == ConsentRule::Required && consent_recorders.is_empty() {
+                return self.err(
+                    at,
+                    format!(
+                        "kind '{kname}' requires consent but purpose '{id}' names no \
+                         consent_recorders"
+                    ),
+                );
+            }
+            kinds.insert(kind, rule);
+        }
+        if kinds.is_empty() {
+            return self.err(0, format!("purpose '{id}' allows no message kinds"));
+        }
+        Ok(Purpose {
+            id,
+            name: rp.name,
+            processing_activity: rp.processing_activity,
+            legal_basis: rp.legal_basis,
+            case_retention,
+            case_managers,
+            consent_recorders,
+            kinds,
+        })
+    }
+
+    fn kind(
+        &self,
+        roles: &BTreeMap<Role, RoleDef>,
+        kind: Kind,
+        rk: RawKind,
+    ) -> Result<KindRule, Error> {
+        let senders = self.roles(roles, rk.senders.get_ref())?;
+        if senders.is_empty() {
+            return self.err(rk.senders.span().start, format!("{kind}: no senders"));
+        }
+        let recipients = self.roles(roles, rk.recipients.get_ref())?;
+        if recipients.is_empty() {
+            return self.err(rk.recipients.span().start, format!("{kind}: no recipients"));
+        }
+        let used = payload::categories_of(kind);
+        let mut views = BTreeMap::new();
+        for (role, cats) in &rk.views {
+            let r = Role(role.clone());
+            if !roles.contains_key(&r) {
+                return self.err(
+                    cats.span().start,
+                    format!("{kind}: view for unknown role '{role}'"),
+                );
+            }
+            if !recipients.contains(&r) {
+                return self.err(
+                    cats.span().start,
+                    format!("{kind}: view for '{role}', which is not a recipient of this kind"),
+                );
+            }
+            let mut set = BTreeSet::new();
+            for c in cats.get_ref() {
+                let cat: Category = match c.get_ref().parse() {
+                    Ok(cat) => cat,
+                    Err(_) => {
+                        return self.err(
+                            c.span().start,
+                            format!(
+                                "{kind}: unknown data category '{}' (expected one of identity, \
+                                 contact, housing, income, debt, support, justice, case)",
+                                c.get_ref()
+                            ),
+                        )
+                    }
+                };
+                if !used.contains(&cat) {
+                    return self.err(
+                        c.span().start,
+                        format!("{kind}: category '{cat}' does not occur in this kind"),
+                    );
+                }
+                set.insert(cat);
+            }
+            if set.is_empty() {
+                return self.err(
+                    cats.span().start,
+                    format!("{kind}: view for '{role}' is empty"),
+                );
+            }
+            views.insert(r, set);
+        }
+        if let Some(missing) = recipients.iter().find(|r| !views.contains_key(*r)) {
+            return self.err(
+                rk.recipients.span().start,
+                format!(
+                    "{kind}: recipient role '{missing}' has no view (add views.{missing} = [...])"
+                ),
+            );
+        }
+        let consent =
+            match rk.consent.get_ref().as_str() {
+                "required" => ConsentRule::Required,
+                "not_required" => ConsentRule::NotRequired,
+                other => return self.err(
+                    rk.consent.span().start,
+                    format!(
+                        "{kind}: consent must be \"required\" or \"not_required\", not '{other}'"
+                    ),
+                ),
+            };
+        let mut grounds = BTreeSet::new();
+        for g in &rk.non_consent_grounds {
+            let ground = match g.get_ref().as_str() {
+                "acute_danger" => NonConsentGround::AcuteDanger,
+                "legal_duty" => NonConsentGround::LegalDuty,
+                other => {
+                    return self.err(
+                        g.span().start,
+                        format!(
+                            "{kind}: unknown non-consent ground '{other}' (expected acute_danger \
+                             or legal_duty)"
+                        ),
+                    )
+                }
+            };
+            grounds.insert(ground);
+        }
+        if consent == ConsentRule::NotRequired && !grounds.is_empty() {
+            return self.err(
+                rk.consent.span().start,
+                format!("{kind}: non_consent_grounds only make sense when consent is required"),
+            );
+        }
+        let send_within = rk
+            .send_within
+            .as_ref()
+            .map(|d| self.duration(d))
+            .transpose()?;
+        let answer_within = rk
+            .answer_within
+            .as_ref()
+            .map(|d| self.duration(d))
+            .transpose()?;
+        let mut answer_kinds = BTreeSet::new();
+        for k in &rk.answer_kinds {
+            match k.get_ref().parse::<Kind>() {
+                Ok(k) if k.is_content() => {
+                    answer_kinds.insert(k);
+                }
+                _ => {
+                    return self.err(
+                        k.span().start,
+                        format!(
+                            "{kind}: answer kind '{}' is not a content kind",
+                            k.get_ref()
+                        ),
+                    )
+                }
+            }
+        }
+        if answer_kinds.is_empty() && answer_within.is_some() {
+            answer_kinds.insert(Kind::Reactie);
+        }
+        let undelivered_ttl = self.duration(&rk.undelivered_ttl)?;
+        Ok(KindRule {
+            senders,
+            recipients,
+            views,
+            consent,
+            non_consent_grounds: grounds,
+            send_within,
+            answer_within,
+            answer_kinds,
+            undelivered_ttl,
+        })
+    }
+
+    fn roles(
+        &self,
+        roles: &BTreeMap<Role, RoleDef>,
+        names: &[Spanned<String>],
+    ) -> Result<BTreeSet<Role>, Error> {
+        let mut out = BTreeSet::new();
+        for n in names {
+            let r = Role(n.get_ref().clone());
+            if !roles.contains_key(&r) {
+                return self.err(
+                    n.span().start,
+                    format!(
+                        "unknown role '{}' (defined roles: {})",
+                        n.get_ref(),
+                        roles
+                            .keys()
+                            .map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+            out.insert(r);
+        }
+        Ok(out)
+    }
+
+    fn duration(&self, d: &Spanned<String>) -> Result<PolicyDuration, Error> {
+        d.get_ref()
+            .parse::<PolicyDuration>()
+            .or_else(|e| self.err(d.span().start, e.to_string()))
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (Option<usize>, Option<usize>) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (Some(line), Some(column))
+}
+
+#[cfg(test)]
+mod tests;

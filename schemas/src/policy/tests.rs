@@ -1,0 +1,212 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const GOOD: &str = r#"
+[covenant]
+id = "test"
+name = "Test covenant"
+
+[roles.gemeente]
+description = "municipality"
+[roles.zorgaanbieder]
+description = "care provider"
+[roles.woningcorporatie]
+description = "housing corporation"
+
+[purposes.uitstroom]
+name = "Uitstroom"
+processing_activity = "test-uitstroom"
+legal_basis = "consent"
+case_retention = "7 years"
+case_managers = ["gemeente"]
+consent_recorders = ["zorgaanbieder"]
+
+[purposes.uitstroom.kinds.aanmelding]
+senders = ["zorgaanbieder"]
+recipients = ["gemeente", "woningcorporatie"]
+consent = "required"
+non_consent_grounds = ["acute_danger"]
+undelivered_ttl = "14 days"
+answer_within = "5 workdays"
+views.gemeente = ["identity", "contact", "housing", "support"]
+views.woningcorporatie = ["identity", "contact", "housing"]
+
+[purposes.uitstroom.kinds.signaal]
+senders = ["woningcorporatie"]
+recipients = ["zorgaanbieder", "gemeente"]
+consent = "required"
+send_within = "48 hours"
+answer_within = "24 hours"
+undelivered_ttl = "7 days"
+views.zorgaanbieder = ["case"]
+views.gemeente = ["case"]
+"#;
+
+fn error_of(text: &str) -> (Option<usize>, String) {
+    match Policy::from_toml(text) {
+        Err(Error::Policy { line, message, .. }) => (line, message),
+        other => panic!("expected a policy error, got {other:?}"),
+    }
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn a_good_policy_loads() {
+    let p = Policy::from_toml(GOOD).unwrap();
+    assert_eq!(p.covenant.id, "test");
+    let rule = p.rule("uitstroom", Kind::Aanmelding).unwrap();
+    assert_eq!(rule.consent, ConsentRule::Required);
+    assert!(rule
+        .non_consent_grounds
+        .contains(&NonConsentGround::AcuteDanger));
+    assert_eq!(
+        rule.view(&Role::new("woningcorporatie")),
+        [Category::Identity, Category::Contact, Category::Housing].into()
+    );
+    assert_eq!(rule.answer_kinds, [Kind::Reactie].into());
+    assert!(p.rule("uitstroom", Kind::DatalekMelding).is_none());
+    assert!(p.rule("other", Kind::Aanmelding).is_none());
+}
+
+#[test]
+fn unknown_role_names_its_line() {
+    let bad = GOOD.replace(
+        "senders = [\"woningcorporatie\"]",
+        "senders = [\"woningbouw\"]",
+    );
+    let (line, msg) = error_of(&bad);
+    assert_eq!(line, Some(line_of(&bad, "woningbouw")));
+    assert!(msg.contains("unknown role 'woningbouw'"), "{msg}");
+}
+
+#[test]
+fn a_recipient_role_without_a_view_is_refused() {
+    let bad = GOOD.replace("views.gemeente = [\"case\"]\n", "");
+    let (line, msg) = error_of(&bad);
+    assert!(msg.contains("'gemeente' has no view"), "{msg}");
+    assert_eq!(
+        line,
+        Some(line_of(
+            &bad,
+            "recipients = [\"zorgaanbieder\", \"gemeente\"]"
+        ))
+    );
+}
+
+#[test]
+fn a_view_for_a_non_recipient_is_refused() {
+    let bad = GOOD.replace(
+        "views.zorgaanbieder = [\"case\"]",
+        "views.zorgaanbieder = [\"case\"]\nviews.woningcorporatie = [\"case\"]",
+    );
+    let (_, msg) = error_of(&bad);
+    assert!(msg.contains("not a recipient"), "{msg}");
+}
+
+#[test]
+fn a_deadline_that_does_not_parse_names_its_line() {
+    let bad = GOOD.replace("\"48 hours\"", "\"48 fortnights\"");
+    let (line, msg) = error_of(&bad);
+    assert_eq!(line, Some(line_of(&bad, "fortnights")));
+    assert!(msg.contains("48 fortnights"), "{msg}");
+}
+
+#[test]
+fn unknown_kind_category_ground_and_consent_are_refused() {
+    let cases = [
+        (
+            "kinds.signaal]",
+            "kinds.briefje]",
+            "unknown message kind 'briefje'",
+        ),
+        (
+            "[\"case\"]",
+            "[\"medisch\"]",
+            "unknown data category 'medisch'",
+        ),
+        (
+            "\"acute_danger\"",
+            "\"vibes\"",
+            "unknown non-consent ground 'vibes'",
+        ),
+        (
+            "consent = \"required\"\nnon",
+            "consent = \"maybe\"\nnon",
+            "consent must be",
+        ),
+        (
+            "views.zorgaanbieder = [\"case\"]",
+            "views.zorgaanbieder = [\"justice\"]",
+            "category 'justice' does not occur in this kind",
+        ),
+        (
+            "case_managers = [\"gemeente\"]",
+            "case_managers = []",
+            "no case_managers",
+        ),
+        (
+            "kinds.signaal]",
+            "kinds.delivery_receipt]",
+            "control record",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        let bad = GOOD.replacen(from, to, 1);
+        assert_ne!(bad, GOOD, "replacement of {from} did nothing");
+        let (line, msg) = error_of(&bad);
+        assert!(msg.contains(expect), "expected '{expect}' in '{msg}'");
+        assert!(line.is_some(), "no line for '{expect}'");
+    }
+}
+
+#[test]
+fn toml_syntax_and_unknown_keys_name_the_line() {
+    let bad = GOOD.replace("name = \"Uitstroom\"", "name = \"Uitstroom");
+    let (line, _) = error_of(&bad);
+    assert_eq!(line, Some(line_of(&bad, "name = \"Uitstroom")));
+
+    let bad = GOOD.replace(
+        "undelivered_ttl = \"7 days\"",
+        "undelivered_ttl = \"7 days\"\nspeed = 3",
+    );
+    let (line, msg) = error_of(&bad);
+    assert!(msg.contains("speed"), "{msg}");
+    assert!(line.is_some());
+}
+
+#[test]
+fn consent_required_without_recorders_is_refused() {
+    let bad = GOOD.replace("consent_recorders = [\"zorgaanbieder\"]\n", "");
+    let (_, msg) = error_of(&bad);
+    assert!(msg.contains("consent_recorders"), "{msg}");
+}
+
+/// Every seed covenant's policy in `schemas/policies/` loads.
+#[test]
+fn every_seed_policy_loads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut loaded = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let p = Policy::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            loaded.push(p.covenant.id);
+        }
+    }
+    loaded.sort();
+    assert_eq!(
+        loaded,
+        [
+            "enschede",
+            "flevoland",
+            "friesland",
+            "kennemerland",
+            "walcheren"
+        ]
+    );
+}

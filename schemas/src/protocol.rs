@@ -1,0 +1,604 @@
+//! The broker protocol, version 1: framed requests and responses on QUIC streams.
+//!
+//! Every request opens its own bidirectional stream: the client writes one request frame
+//! and finishes its side; the broker answers with one response frame and finishes. A
+//! stream therefore needs no length prefix; both sides read to the end with a bound
+//! ([`MAX_REQUEST`], [`MAX_RESPONSE`]). A fetch may wait (long poll) before answering.
+//!
+//! A frame is `version (u8) ‖ type (u8) ‖ body`. The body of a `Submit` is the raw
+//! envelope ([`crate::envelope`]); every other body is JSON.
+//!
+//! | type | request | body | answered by |
+//! |---|---|---|---|
+//! | 0x01 | `Submit` | envelope bytes | `Accepted` or `Rejected` |
+//! | 0x02 | `Fetch` | `{max, wait_ms}` | `Deliveries` |
+//! | 0x03 | `Receipt` | signed `delivery_receipt` | `Done` or `Rejected` |
+//! | 0x04 | `Control` | signed consent, withdrawal, case change, deletion confirmation | `Done` or `Rejected` |
+//! | 0x05 | `Ack` | `{up_to}` of notices | `Done` |
+//! | 0x06 | `GetDocuments` | `{}` | `Documents` |
+//! | 0x07 | `GetCheckpoint` | `{}` | `Checkpoint` |
+//! | 0x08 | `ProveExtends` | `{seq, hash}` | `Extends` |
+//!
+//! | type | response | body |
+//! |---|---|---|
+//! | 0x81 | `Accepted` | `{message_id, flags}` |
+//! | 0x82 | `Rejected` | `{code, check, reason}` |
+//! | 0x83 | `Deliveries` | `{items: [message or notice]}` |
+//! | 0x84 | `Documents` | signed policy and directory |
+//! | 0x85 | `Checkpoint` | the broker's latest signed audit checkpoint |
+//! | 0x86 | `Done` | `{}` |
+//! | 0x87 | `Extends` | `{extends}` |
+//! | 0x8f | `Error` | `{code, message}`: a request the broker could not handle |
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::control::SignedRecord;
+use crate::ids::MessageId;
+use crate::Error;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// The ALPN id negotiated in the TLS handshake.
+pub const ALPN: &[u8] = b"ketenpost/1";
+/// Largest request frame (an envelope plus framing).
+pub const MAX_REQUEST: usize = 17 * 1024 * 1024;
+/// Largest response frame (a batch of deliveries).
+pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// Why the broker refused a message or record. Each code belongs to one of the checks of
+/// DESIGN.md, in order; [`RejectCode::check`] gives its number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCode {
+    /// The frame or envelope could not be decoded, or is over a size limit.
+    Malformed,
+    /// The header sender is not the OIN of the connection's client certificate.
+    TransportIdentity,
+    /// The sender is not in the directory, or is revoked.
+    UnknownSender,
+    /// The header signature does not verify with the sender's directory key.
+    BadSignature,
+    /// A body does not match its digest in the header.
+    DigestMismatch,
+    /// The message id was seen before (replay or duplicate).
+    Replay,
+    /// The message is for another covenant.
+    WrongCovenant,
+    /// The purpose does not exist in the policy.
+    UnknownPurpose,
+    /// The purpose does not allow this kind.
+    KindNotAllowed,
+    /// The sender's role may not send this kind.
+    SenderRoleNotAllowed,
+    /// The case does not exist.
+    UnknownCase,
+    /// The case is closed.
+    CaseClosed,
+    /// The message's purpose is not the purpose of its case (purpose binding).
+    WrongPurpose,
+    /// A recipient (or the sender) is not in the case team.
+    NotInCaseTeam,
+    /// A recipient's role may not receive this kind.
+    RecipientRoleNotAllowed,
+    /// A body's view is not the recipient's role, or grants other categories.
+    ViewMismatch,
+    /// Consent is required and the message names none, or one the broker does not know.
+    NoConsent,
+    /// The named consent was withdrawn.
+    ConsentWithdrawn,
+    /// The named consent is not valid at this time.
+    ConsentNotValid,
+    /// The consent does not cover this sender, recipient, case or purpose.
+    ConsentScope,
+    /// The non-consent ground is not allowed for this kind.
+    GroundNotAllowed,
+    /// The kind's legal basis does not fit (e.g. a consent-free kind sent "under consent").
+    LegalBasisMismatch,
+    /// The party may not perform this operation (case management, consent registration).
+    NotPermitted,
+    /// The record is inconsistent with the broker's registries.
+    Conflict,
+    /// The broker could not store the message; nothing was accepted.
+    Storage,
+}
+
+impl RejectCode {
+    /// The number of the check (1-8 of DESIGN.md) the code belongs to; 0 for decoding and
+    /// operations that are not message submissions.
+    pub fn check(self) -> u8 {
+        use RejectCode::*;
+        match self {
+            Malformed | NotPermitted | Conflict => 0,
+            TransportIdentity | UnknownSender => 1,
+            BadSignature | DigestMismatch => 2,
+            Replay => 3,
+            WrongCovenant | UnknownPurpose | KindNotAllowed | SenderRoleNotAllowed => 4,
+            UnknownCase
+            | CaseClosed
+            | WrongPurpose
+            | NotInCaseTeam
+            | RecipientRoleNotAllowed
+            | ViewMismatch => 5,
+            NoConsent | ConsentWithdrawn | ConsentNotValid | ConsentScope | GroundNotAllowed
+            | LegalBasisMismatch => 6,
+            Storage => 8,
+        }
+    }
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        // The serde names; a test checks that they agree.
+        use RejectCode::*;
+        match self {
+            Malformed => "malformed",
+            TransportIdentity => "transport_identity",
+            UnknownSender => "unknown_sender",
+            BadSignature => "bad_signature",
+            DigestMismatch => "digest_mismatch",
+            Replay => "replay",
+            WrongCovenant => "wrong_covenant",
+            UnknownPurpose => "unknown_purpose",
+            KindNotAllowed => "kind_not_allowed",
+            SenderRoleNotAllowed => "sender_role_not_allowed",
+            UnknownCase => "unknown_case",
+            CaseClosed => "case_closed",
+            WrongPurpose => "wrong_purpose",
+            NotInCaseTeam => "not_in_case_team",
+            RecipientRoleNotAllowed => "recipient_role_not_allowed",
+            ViewMismatch => "view_mismatch",
+            NoConsent => "no_consent",
+            ConsentWithdrawn => "consent_withdrawn",
+            ConsentNotValid => "consent_not_valid",
+            ConsentScope => "consent_scope",
+            GroundNotAllowed => "ground_not_allowed",
+            LegalBasisMismatch => "legal_basis_mismatch",
+            NotPermitted => "not_permitted",
+            Conflict => "conflict",
+            Storage => "storage",
+        }
+    }
+}
+
+impl fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal: the code, the check it failed and a readable reason (no personal data).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Rejection {
+    /// The code.
+    pub code: RejectCode,
+    /// The check (1-8) it failed.
+    pub check: u8,
+    /// What was wrong or missing, in words.
+    pub reason: String,
+}
+
+impl Rejection {
+    /// A rejection with its check number filled in.
+    pub fn new(code: RejectCode, reason: impl Into<String>) -> Self {
+        Rejection {
+            code,
+            check: code.check(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (check {}): {}", self.code, self.check, self.reason)
+    }
+}
+
+/// Something the broker noted about an accepted message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AcceptFlag {
+    /// It arrived after its `send_within` deadline.
+    Late,
+    /// It was sent under a non-consent ground; the FGs are alerted.
+    NonConsentGround,
+    /// It was already accepted before (an idempotent resubmission).
+    Duplicate,
+}
+
+/// One item of a fetch: a message for me, or a notice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Delivery {
+    /// A message addressed to me: the whole envelope, base64.
+    Message {
+        /// Queue position; the receipt removes it.
+        seq: u64,
+        /// The envelope, base64.
+        envelope: String,
+    },
+    /// A notice: a receipt forwarded from a recipient of mine, an expiry or deadline
+    /// notice, or a deletion order. Acknowledged with `Ack { up_to: seq }`.
+    Notice {
+        /// Queue position.
+        seq: u64,
+        /// The signed record.
+        record: SignedRecord,
+    },
+}
+
+/// The signed documents of the federation, as the broker serves them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Documents {
+    /// The policy TOML, exact bytes.
+    pub policy: String,
+    /// Its federation signature.
+    pub policy_sig: String,
+    /// The directory JSON, exact bytes.
+    pub directory: String,
+    /// Its federation signature.
+    pub directory_sig: String,
+}
+
+/// A signed audit checkpoint as served to agents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CheckpointWire {
+    /// Sequence number of the last record covered.
+    pub seq: u64,
+    /// Hash of that record.
+    pub head_hash: String,
+    /// When the checkpoint was made (RFC 3339).
+    pub time: String,
+    /// Broker signature (base64).
+    pub signature: String,
+}
+
+/// A request from an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Submit a sealed envelope.
+    Submit(Vec<u8>),
+    /// Fetch deliveries, waiting up to `wait_ms` when there are none.
+    Fetch {
+        /// Most items to return.
+        max: u16,
+        /// How long to wait for the first item.
+        wait_ms: u32,
+    },
+    /// A signed delivery receipt.
+    Receipt(SignedRecord),
+    /// A signed control record.
+    Control(SignedRecord),
+    /// Acknowledge notices up to and including `up_to`.
+    Ack {
+        /// Last notice sequence number handled.
+        up_to: u64,
+    },
+    /// Ask for the signed policy and directory.
+    GetDocuments,
+    /// Ask for the latest audit checkpoint.
+    GetCheckpoint,
+    /// Ask whether the audit record `seq` still has `hash`.
+    ProveExtends {
+        /// Sequence number of an earlier checkpoint.
+        seq: u64,
+        /// Its head hash.
+        hash: String,
+    },
+}
+
+/// The broker's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The message is stored durably and will be delivered.
+    Accepted {
+        /// Its id.
+        message_id: MessageId,
+        /// What the broker noted.
+        flags: Vec<AcceptFlag>,
+    },
+    /// Refused; nothing was queued.
+    Rejected(Rejection),
+    /// Deliveries, possibly none.
+    Deliveries(Vec<Delivery>),
+    /// The signed documents.
+    Documents(Documents),
+    /// The latest checkpoint, if any.
+    Checkpoint(Option<CheckpointWire>),
+    /// Done.
+    Done,
+    /// Whether the trail still extends the given checkpoint.
+    Extends(bool),
+    /// The request could not be handled.
+    Error {
+        /// A short code.
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct FetchBody {
+    max: u16,
+    wait_ms: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AckBody {
+    up_to: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ProveBody {
+    seq: u64,
+    hash: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AcceptedBody {
+    message_id: MessageId,
+    flags: Vec<AcceptFlag>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeliveriesBody {
+    items: Vec<Delivery>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ExtendsBody {
+    extends: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    code: String,
+    message: String,
+}
+
+fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + body.len());
+    out.push(PROTOCOL_VERSION);
+    out.push(kind);
+    out.extend_from_slice(body);
+    out
+}
+
+fn json_frame<T: Serialize>(kind: u8, body: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail; an empty body would be refused by the
+    // peer, which is the safe outcome.
+    frame(kind, &serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn split(bytes: &[u8], limit: usize) -> Result<(u8, &[u8]), Error> {
+    if bytes.len() > limit {
+        return Err(Error::TooLarge {
+            what: "frame",
+            size: bytes.len(),
+            limit,
+        });
+    }
+    match bytes {
+        [v, kind, body @ ..] if *v == PROTOCOL_VERSION => Ok((*kind, body)),
+        [v, ..] => Err(Error::Decode(format!(
+            "protocol version {v} is not supported (expected {PROTOCOL_VERSION})"
+        ))),
+        _ => Err(Error::Decode(
+            "frame is shorter than its 2-byte head".into(),
+        )),
+    }
+}
+
+fn json<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::Decode(format!("{what}: {e}")))
+}
+
+impl Request {
+    /// Encode as a frame.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Request::Submit(env) => frame(0x01, env),
+            Request::Fetch { max, wait_ms } => json_frame(
+                0x02,
+                &FetchBody {
+                    max: *max,
+                    wait_ms: *wait_ms,
+                },
+            ),
+            Request::Receipt(r) => json_frame(0x03, r),
+            Request::Control(r) => json_frame(0x04, r),
+            Request::Ack { up_to } => json_frame(0x05, &AckBody { up_to: *up_to }),
+            Request::GetDocuments => frame(0x06, b"{}"),
+            Request::GetCheckpoint => frame(0x07, b"{}"),
+            Request::ProveExtends { seq, hash } => json_frame(
+                0x08,
+                &ProveBody {
+                    seq: *seq,
+                    hash: hash.clone(),
+                },
+            ),
+        }
+    }
+
+    /// Decode a frame. Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Request, Error> {
+        let (kind, body) = split(bytes, MAX_REQUEST)?;
+        Ok(match kind {
+            0x01 => Request::Submit(body.to_vec()),
+            0x02 => {
+                let b: FetchBody = json(body, "fetch")?;
+                Request::Fetch {
+                    max: b.max,
+                    wait_ms: b.wait_ms,
+                }
+            }
+            0x03 => Request::Receipt(json(body, "receipt")?),
+            0x04 => Request::Control(json(body, "control record")?),
+            0x05 => Request::Ack {
+                up_to: json::<AckBody>(body, "ack")?.up_to,
+            },
+            0x06 => Request::GetDocuments,
+            0x07 => Request::GetCheckpoint,
+            0x08 => {
+                let b: ProveBody = json(body, "prove")?;
+                Request::ProveExtends {
+                    seq: b.seq,
+                    hash: b.hash,
+                }
+            }
+            other => return Err(Error::Decode(format!("unknown request type 0x{other:02x}"))),
+        })
+    }
+}
+
+impl Response {
+    /// Encode as a frame.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Response::Accepted { message_id, flags } => json_frame(
+                0x81,
+                &AcceptedBody {
+                    message_id: *message_id,
+                    flags: flags.clone(),
+                },
+            ),
+            Response::Rejected(r) => json_frame(0x82, r),
+            Response::Deliveries(items) => json_frame(
+                0x83,
+                &DeliveriesBody {
+                    items: items.clone(),
+                },
+            ),
+            Response::Documents(d) => json_frame(0x84, d),
+            Response::Checkpoint(c) => json_frame(0x85, c),
+            Response::Done => frame(0x86, b"{}"),
+            Response::Extends(e) => json_frame(0x87, &ExtendsBody { extends: *e }),
+            Response::Error { code, message } => json_frame(
+                0x8f,
+                &ErrorBody {
+                    code: code.clone(),
+                    message: message.clone(),
+                },
+            ),
+        }
+    }
+
+    /// Decode a frame. Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Response, Error> {
+        let (kind, body) = split(bytes, MAX_RESPONSE)?;
+        Ok(match kind {
+            0x81 => {
+                let b: AcceptedBody = json(body, "accepted")?;
+                Response::Accepted {
+                    message_id: b.message_id,
+                    flags: b.flags,
+                }
+            }
+            0x82 => Response::Rejected(json(body, "rejected")?),
+            0x83 => Response::Deliveries(json::<DeliveriesBody>(body, "deliveries")?.items),
+            0x84 => Response::Documents(json(body, "documents")?),
+            0x85 => Response::Checkpoint(json(body, "checkpoint")?),
+            0x86 => Response::Done,
+            0x87 => Response::Extends(json::<ExtendsBody>(body, "extends")?.extends),
+            0x8f => {
+                let b: ErrorBody = json(body, "error")?;
+                Response::Error {
+                    code: b.code,
+                    message: b.message,
+                }
+            }
+            other => {
+                return Err(Error::Decode(format!(
+                    "unknown response type 0x{other:02x}"
+                )))
+            }
+        })
+    }
+}
+
+/// Base64 of an envelope for a [`Delivery::Message`].
+pub fn envelope_to_b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+/// The envelope bytes of a [`Delivery::Message`].
+pub fn envelope_from_b64(text: &str) -> Result<Vec<u8>, Error> {
+    B64.decode(text)
+        .map_err(|_| Error::Decode("delivery envelope is not base64".into()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn requests_and_responses_round_trip() {
+        let reqs = [
+            Request::Submit(vec![1, 2, 3]),
+            Request::Fetch {
+                max: 10,
+                wait_ms: 500,
+            },
+            Request::Ack { up_to: 7 },
+            Request::GetDocuments,
+            Request::GetCheckpoint,
+            Request::ProveExtends {
+                seq: 3,
+                hash: "ab".into(),
+            },
+        ];
+        for r in reqs {
+            assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        }
+        let resps = [
+            Response::Accepted {
+                message_id: MessageId::new(),
+                flags: vec![AcceptFlag::Late],
+            },
+            Response::Rejected(Rejection::new(RejectCode::NotInCaseTeam, "x")),
+            Response::Deliveries(vec![Delivery::Message {
+                seq: 1,
+                envelope: "AAAA".into(),
+            }]),
+            Response::Checkpoint(None),
+            Response::Done,
+            Response::Extends(true),
+            Response::Error {
+                code: "busy".into(),
+                message: "later".into(),
+            },
+        ];
+        for r in resps {
+            assert_eq!(Response::decode(&r.encode()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn every_code_names_its_check() {
+        assert_eq!(RejectCode::TransportIdentity.check(), 1);
+        assert_eq!(RejectCode::BadSignature.check(), 2);
+        assert_eq!(RejectCode::Replay.check(), 3);
+        assert_eq!(RejectCode::SenderRoleNotAllowed.check(), 4);
+        assert_eq!(RejectCode::NotInCaseTeam.check(), 5);
+        assert_eq!(RejectCode::ConsentWithdrawn.check(), 6);
+        assert_eq!(
+            serde_json::to_value(RejectCode::WrongPurpose).unwrap(),
+            serde_json::json!(RejectCode::WrongPurpose.as_str())
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Request::decode(&bytes);
+            let _ = Response::decode(&bytes);
+        }
+    }
+}

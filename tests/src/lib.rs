@@ -1,0 +1,2 @@
+//! Harness for the end-to-end tests.
+#![forbid(unsafe_code)]
