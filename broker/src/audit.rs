@@ -916,7 +916,8 @@ impl AuditTrail {
         let record = match parse_record(earlier_seq, &value) {
             Ok(r) => r,
             Err(err) => {
-                tracing::warn!(seq = earlier_seq, cause = %err, "audit record of a checkpoint is corrupt");
+                let seq = earlier_seq;
+                tracing::warn!(seq, cause = %err, "audit record of a checkpoint is corrupt");
                 return Ok(false);
             }
         };

@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`checks`] | the checks of every submission and control record, pure functions |
 //! | [`registry`] | cases and consents as data, and the `Registry` view the checks read |
+//! | [`store`] | sled trees: bodies, per-recipient queues, notices, registries, group commit |
 //! | [`audit`] | the hash-chained audit trail, signed checkpoints, `audit verify` |
 //! | [`tls`] | QUIC + mTLS configuration (TLS 1.3 only, client certificates and CRLs), the peer's OIN |
 //! | [`client`] | the client side of the protocol for agents and tests: connect, request, close |
@@ -18,4 +19,5 @@ pub mod audit;
 pub mod checks;
 pub mod client;
 pub mod registry;
+pub mod store;
 pub mod tls;

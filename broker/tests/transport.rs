@@ -533,45 +533,6 @@ fn name() -> rustls::pki_types::ServerName<'static> {
     rustls::pki_types::ServerName::try_from("localhost").unwrap()
 }
 
-/// A TLS 1.2-only rustls client with the party's certificate.
-fn tls12_client(fed: &Federation) -> rustls::ClientConfig {
-    let party = &fed.parties[0];
-    let mut roots = rustls::RootCertStore::empty();
-    for c in tls::load_certs(&fed.ca.cert).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(
-        tls::load_certs(&party.cert).unwrap(),
-        tls::load_key(&party.key).unwrap(),
-    )
-    .unwrap();
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config
-}
-
-/// A TLS 1.2-only rustls server with the broker's certificate and no client auth.
-fn tls12_server(fed: &Federation) -> rustls::ServerConfig {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        tls::load_certs(&fed.broker.cert).unwrap(),
-        tls::load_key(&fed.broker.key).unwrap(),
-    )
-    .unwrap();
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config
-}
-
 #[test]
 fn the_configurations_negotiate_tls13_and_the_alpn() {
     let fx = federation();
@@ -594,27 +555,131 @@ fn the_configurations_negotiate_tls13_and_the_alpn() {
     );
 }
 
+// The workspace builds rustls without its `tls12` feature, so a TLS 1.2 peer cannot be
+// built with rustls itself; these tests speak the bytes of a ClientHello directly.
+
+fn ext(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(data.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(data);
+}
+
+fn with_u16_len(data: &[u8]) -> Vec<u8> {
+    let mut out = u16::try_from(data.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(data);
+    out
+}
+
+/// The ClientHello record of a TLS 1.2 client: legacy version 1.2, an ECDHE-ECDSA suite,
+/// and optionally a `supported_versions` extension that lists only TLS 1.2.
+fn tls12_client_hello(with_supported_versions: bool) -> Vec<u8> {
+    let mut exts = Vec::new();
+    let mut sni = vec![0u8];
+    sni.extend_from_slice(&with_u16_len(b"localhost"));
+    ext(&mut exts, 0x0000, &with_u16_len(&sni));
+    ext(&mut exts, 0x000a, &with_u16_len(&[0x00, 0x1d, 0x00, 0x17]));
+    ext(&mut exts, 0x000b, &[0x01, 0x00]);
+    ext(&mut exts, 0x000d, &with_u16_len(&[0x04, 0x03, 0x08, 0x04]));
+    let mut alpn = vec![u8::try_from(ALPN.len()).unwrap()];
+    alpn.extend_from_slice(ALPN);
+    ext(&mut exts, 0x0010, &with_u16_len(&alpn));
+    if with_supported_versions {
+        ext(&mut exts, 0x002b, &[0x02, 0x03, 0x03]);
+    }
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[7u8; 32]);
+    body.push(0); // no session id
+    body.extend_from_slice(&with_u16_len(&[0xc0, 0x2b, 0x00, 0xff]));
+    body.extend_from_slice(&[0x01, 0x00]);
+    body.extend_from_slice(&with_u16_len(&exts));
+    let mut hs = vec![0x01];
+    hs.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&with_u16_len(&hs));
+    record
+}
+
 #[test]
 fn the_broker_does_not_accept_tls12() {
     let fx = federation();
     let server_cfg = Arc::new(tls::server_rustls_config(&server_tls(&fx.fed)).unwrap());
-    let mut client =
-        rustls::ClientConnection::new(Arc::new(tls12_client(&fx.fed)), name()).unwrap();
-    let mut server = rustls::ServerConnection::new(server_cfg).unwrap();
-    let (side, err) = handshake(&mut client, &mut server).unwrap_err();
-    assert_eq!(side, FailedSide::Server, "{err}");
-    assert!(matches!(err, rustls::Error::PeerIncompatible(_)), "{err:?}");
+    for with_supported_versions in [false, true] {
+        let mut server = rustls::ServerConnection::new(server_cfg.clone()).unwrap();
+        let hello = tls12_client_hello(with_supported_versions);
+        let mut rd = &hello[..];
+        while !rd.is_empty() {
+            server.read_tls(&mut rd).unwrap();
+        }
+        let err = server.process_new_packets().unwrap_err();
+        assert!(matches!(err, rustls::Error::PeerIncompatible(_)), "{err:?}");
+        // The server answers with a fatal protocol_version alert, and nothing else.
+        let mut out = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut out).unwrap();
+        }
+        let protocol_version = u8::from(AlertDescription::ProtocolVersion);
+        assert_eq!(out, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, protocol_version]);
+    }
+}
+
+/// The extensions of the ClientHello in a TLS record, as (type, data).
+fn client_hello_extensions(record: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> &'a [u8] {
+        let (head, tail) = b.split_at(n);
+        *b = tail;
+        head
+    }
+    fn u16_of(b: &mut &[u8]) -> usize {
+        let v = take(b, 2);
+        usize::from(u16::from_be_bytes([v[0], v[1]]))
+    }
+    let mut b = record;
+    assert_eq!(take(&mut b, 1), [0x16], "a handshake record");
+    take(&mut b, 2);
+    let len = u16_of(&mut b);
+    let mut b = take(&mut b, len);
+    assert_eq!(take(&mut b, 1), [0x01], "a ClientHello");
+    take(&mut b, 3 + 2 + 32); // length, legacy version, random
+    let sid = usize::from(take(&mut b, 1)[0]);
+    take(&mut b, sid);
+    let suites = u16_of(&mut b);
+    take(&mut b, suites);
+    let comp = usize::from(take(&mut b, 1)[0]);
+    take(&mut b, comp);
+    let len = u16_of(&mut b);
+    let mut exts = take(&mut b, len);
+    let mut out = Vec::new();
+    while !exts.is_empty() {
+        let kind = u16::try_from(u16_of(&mut exts)).unwrap();
+        let len = u16_of(&mut exts);
+        out.push((kind, take(&mut exts, len).to_vec()));
+    }
+    out
 }
 
 #[test]
-fn the_agent_does_not_offer_tls12() {
+fn the_agent_offers_only_tls13() {
     let fx = federation();
     let party = &fx.fed.parties[0];
     let client_cfg =
         Arc::new(tls::client_rustls_config(&client_tls(&fx.fed, &party.cert, &party.key)).unwrap());
     let mut client = rustls::ClientConnection::new(client_cfg, name()).unwrap();
-    let mut server = rustls::ServerConnection::new(Arc::new(tls12_server(&fx.fed))).unwrap();
-    let (side, err) = handshake(&mut client, &mut server).unwrap_err();
-    assert_eq!(side, FailedSide::Server, "{err}");
-    assert!(matches!(err, rustls::Error::PeerIncompatible(_)), "{err:?}");
+    let mut hello = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut hello).unwrap();
+    }
+    let exts = client_hello_extensions(&hello);
+    let versions = exts
+        .iter()
+        .find(|(kind, _)| *kind == 0x002b)
+        .map(|(_, data)| data.clone())
+        .expect("a TLS 1.3 ClientHello has supported_versions");
+    assert_eq!(versions, [0x02, 0x03, 0x04], "exactly one version: TLS 1.3");
+    let alpn = exts
+        .iter()
+        .find(|(kind, _)| *kind == 0x0010)
+        .map(|(_, data)| data.clone())
+        .expect("the ClientHello carries ALPN");
+    assert!(alpn.ends_with(ALPN));
 }

@@ -500,17 +500,18 @@ impl Checker<'_> {
                 ),
             );
         }
-        let consent =
-            match rk.consent.get_ref().as_str() {
-                "required" => ConsentRule::Required,
-                "not_required" => ConsentRule::NotRequired,
-                other => return self.err(
+        let consent = match rk.consent.get_ref().as_str() {
+            "required" => ConsentRule::Required,
+            "not_required" => ConsentRule::NotRequired,
+            other => {
+                return self.err(
                     rk.consent.span().start,
                     format!(
                         "{kind}: consent must be \"required\" or \"not_required\", not '{other}'"
                     ),
-                ),
-            };
+                )
+            }
+        };
         let mut grounds = BTreeSet::new();
         for g in &rk.non_consent_grounds {
             let ground = match g.get_ref().as_str() {

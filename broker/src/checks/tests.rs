@@ -1,1 +1,731 @@
+#![allow(clippy::unwrap_used)]
 
+use chrono::Duration;
+use ketenpost_schemas::control::Toestemming;
+use ketenpost_schemas::directory::{BrokerEntry, Party};
+use ketenpost_schemas::envelope::BreachScope;
+use ketenpost_schemas::ids::{CaseRef, MessageId};
+use ketenpost_schemas::keys::{self, SigningKey};
+use ketenpost_schemas::payload::{Aanmelding, DatalekMelding, Signaal};
+use ketenpost_schemas::seal::{seal, Draft, Sender};
+use serde_json::Value;
+
+use super::*;
+use crate::registry::MemRegistry;
+
+/// The policy the broker enforces.
+const STRICT: &str = r#"
+[covenant]
+id = "test"
+name = "Test covenant"
+
+[roles.gemeente]
+description = "municipality"
+[roles.zorgaanbieder]
+description = "care provider"
+[roles.woningcorporatie]
+description = "housing corporation"
+
+[purposes.uitstroom]
+name = "Uitstroom"
+processing_activity = "test-uitstroom"
+legal_basis = "consent"
+case_retention = "7 years"
+case_managers = ["gemeente"]
+consent_recorders = ["zorgaanbieder"]
+
+[purposes.uitstroom.kinds.aanmelding]
+senders = ["zorgaanbieder"]
+recipients = ["gemeente", "woningcorporatie"]
+consent = "required"
+non_consent_grounds = ["acute_danger"]
+undelivered_ttl = "14 days"
+views.gemeente = ["identity", "contact", "housing", "support"]
+views.woningcorporatie = ["identity", "contact", "housing"]
+
+[purposes.uitstroom.kinds.signaal]
+senders = ["woningcorporatie"]
+recipients = ["zorgaanbieder", "gemeente"]
+consent = "required"
+send_within = "48 hours"
+undelivered_ttl = "7 days"
+views.zorgaanbieder = ["case"]
+views.gemeente = ["case"]
+
+[purposes.uitstroom.kinds.datalek_melding]
+senders = ["zorgaanbieder", "gemeente", "woningcorporatie"]
+recipients = ["zorgaanbieder", "gemeente", "woningcorporatie"]
+consent = "not_required"
+send_within = "48 hours"
+undelivered_ttl = "7 days"
+views.zorgaanbieder = ["case"]
+views.gemeente = ["case"]
+views.woningcorporatie = ["case"]
+
+[purposes.overlast]
+name = "Overlast"
+processing_activity = "test-overlast"
+legal_basis = "consent"
+case_retention = "2 years"
+case_managers = ["gemeente"]
+consent_recorders = ["gemeente"]
+
+[purposes.overlast.kinds.signaal]
+senders = ["woningcorporatie"]
+recipients = ["zorgaanbieder", "gemeente"]
+consent = "required"
+undelivered_ttl = "7 days"
+views.zorgaanbieder = ["case"]
+views.gemeente = ["case"]
+"#;
+
+/// A sender-side policy that allows more, so the broker's own checks can be reached.
+fn lenient() -> String {
+    STRICT
+        .replace(
+            "senders = [\"zorgaanbieder\"]\nrecipients = [\"gemeente\", \"woningcorporatie\"]",
+            "senders = [\"zorgaanbieder\", \"woningcorporatie\"]\nrecipients = [\"gemeente\", \"woningcorporatie\"]",
+        )
+        .replace(
+            "senders = [\"woningcorporatie\"]\nrecipients = [\"zorgaanbieder\", \"gemeente\"]\nconsent = \"required\"\nsend_within",
+            "senders = [\"woningcorporatie\"]\nrecipients = [\"zorgaanbieder\", \"gemeente\", \"woningcorporatie\"]\nconsent = \"required\"\nnon_consent_grounds = [\"legal_duty\"]\nsend_within",
+        )
+        .replace(
+            "views.gemeente = [\"case\"]\n\n[purposes.uitstroom.kinds.datalek_melding]",
+            "views.gemeente = [\"case\"]\nviews.woningcorporatie = [\"case\"]\n\n[purposes.uitstroom.kinds.datalek_melding]",
+        )
+        + r#"
+[purposes.extra]
+name = "Extra"
+processing_activity = "test-extra"
+legal_basis = "consent"
+case_retention = "2 years"
+case_managers = ["gemeente"]
+consent_recorders = ["gemeente"]
+
+[purposes.extra.kinds.signaal]
+senders = ["woningcorporatie"]
+recipients = ["zorgaanbieder", "gemeente"]
+consent = "required"
+undelivered_ttl = "7 days"
+views.zorgaanbieder = ["case"]
+views.gemeente = ["case"]
+"#
+}
+
+struct P {
+    oin: Oin,
+    key: SigningKey,
+}
+
+struct Fx {
+    strict: Policy,
+    lenient: Policy,
+    directory: Directory,
+    limits: Limits,
+    gem: P,
+    zorg: P,
+    corp: P,
+    corp2: P,
+    /// Has two roles in the directory: gemeente and woningcorporatie.
+    dual: P,
+    revoked: P,
+    reg: MemRegistry,
+    case: CaseRef,
+    consent: uuid::Uuid,
+    now: DateTime<Utc>,
+}
+
+fn party(n: u64) -> P {
+    P {
+        oin: format!("{:020}", n).parse().unwrap(),
+        key: keys::generate_signing_key(),
+    }
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let strict = Policy::from_toml(STRICT).unwrap();
+        let lenient = Policy::from_toml(&lenient()).unwrap();
+        let (gem, zorg, corp, corp2, dual, revoked) =
+            (party(1), party(2), party(3), party(4), party(5), party(6));
+        let entry = |p: &P, roles: &[&str], revoked: bool| Party {
+            oin: p.oin.clone(),
+            name: format!("party {}", p.oin),
+            roles: roles.iter().map(|r| Role::new(*r)).collect(),
+            signing_key: keys::verifying_key_to_text(&p.key.verifying_key()),
+            age_recipient: keys::generate_age_identity().to_public().to_string(),
+            cert_fingerprint: "00".repeat(32),
+            fg_contact: "fg@example.org".into(),
+            revoked,
+        };
+        let directory = Directory {
+            covenant: "test".into(),
+            serial: 1,
+            issued_at: Utc::now(),
+            broker: BrokerEntry {
+                name: "broker".into(),
+                signing_key: keys::verifying_key_to_text(
+                    &keys::generate_signing_key().verifying_key(),
+                ),
+                cert_fingerprint: "00".repeat(32),
+            },
+            parties: vec![
+                entry(&gem, &["gemeente"], false),
+                entry(&zorg, &["zorgaanbieder"], false),
+                entry(&corp, &["woningcorporatie"], false),
+                entry(&corp2, &["woningcorporatie"], false),
+                entry(&dual, &["gemeente", "woningcorporatie"], false),
+                entry(&revoked, &["woningcorporatie"], true),
+            ],
+        };
+        let now = Utc::now();
+        let case = CaseRef::random();
+        let consent = uuid::Uuid::now_v7();
+        let mut reg = MemRegistry::default();
+        reg.cases.insert(
+            case.clone(),
+            Case {
+                case_ref: case.clone(),
+                covenant: "test".into(),
+                purpose: "uitstroom".into(),
+                regievoerder: gem.oin.clone(),
+                members: [
+                    (gem.oin.clone(), Role::new("gemeente")),
+                    (zorg.oin.clone(), Role::new("zorgaanbieder")),
+                    (corp.oin.clone(), Role::new("woningcorporatie")),
+                    (dual.oin.clone(), Role::new("gemeente")),
+                    (revoked.oin.clone(), Role::new("woningcorporatie")),
+                ]
+                .into(),
+                former_members: Default::default(),
+                opened_at: now - Duration::days(10),
+                closed_at: None,
+                deletion_ordered_at: None,
+            },
+        );
+        reg.consents.insert(
+            consent,
+            Consent {
+                record: Toestemming {
+                    consent_id: consent,
+                    covenant: "test".into(),
+                    purpose: "uitstroom".into(),
+                    case_ref: case.clone(),
+                    parties: vec![],
+                    roles: vec![
+                        Role::new("gemeente"),
+                        Role::new("zorgaanbieder"),
+                        Role::new("woningcorporatie"),
+                    ],
+                    valid_from: now - Duration::days(5),
+                    valid_until: None,
+                    document_sha256: "ab".repeat(32),
+                    obtained_by: zorg.oin.clone(),
+                    obtained_at: now - Duration::days(5),
+                },
+                withdrawn_at: None,
+            },
+        );
+        Fx {
+            strict,
+            lenient,
+            directory,
+            limits: Limits::default(),
+            gem,
+            zorg,
+            corp,
+            corp2,
+            dual,
+            revoked,
+            reg,
+            case,
+            consent,
+            now,
+        }
+    }
+
+    fn env(&self) -> Env<'_> {
+        Env {
+            policy: &self.strict,
+            directory: &self.directory,
+            limits: &self.limits,
+        }
+    }
+
+    fn draft(&self, kind: Kind, to: &[(&P, &str)]) -> Draft {
+        let payload: Value = match kind {
+            Kind::Aanmelding => serde_json::to_value(Aanmelding::example()).unwrap(),
+            Kind::Signaal => serde_json::to_value(Signaal::example()).unwrap(),
+            Kind::DatalekMelding => serde_json::to_value(DatalekMelding::example()).unwrap(),
+            _ => unreachable!(),
+        };
+        let mut d = Draft::new(
+            "uitstroom",
+            kind,
+            self.case.clone(),
+            to.iter()
+                .map(|(p, r)| (p.oin.clone(), Role::new(*r)))
+                .collect(),
+            LegalBasis::Consent {
+                consent_id: self.consent,
+            },
+            payload,
+        );
+        if kind == Kind::Signaal {
+            d.event_time = Some(self.now - Duration::hours(3));
+        }
+        d
+    }
+
+    fn seal(&self, from: &P, draft: Draft) -> Vec<u8> {
+        seal(
+            draft,
+            Sender {
+                oin: &from.oin,
+                key: &from.key,
+            },
+            &self.lenient,
+            &self.directory,
+            self.now,
+        )
+        .unwrap()
+        .0
+        .encode()
+    }
+
+    fn check_as(&self, transport: &P, bytes: &[u8]) -> Result<Authorised, Rejection> {
+        check_message(
+            Submitted {
+                transport: &transport.oin,
+                bytes,
+            },
+            self.env(),
+            &self.reg,
+            self.now,
+        )
+    }
+
+    /// Seal as `from`, submit over `from`'s connection, return the code if refused.
+    fn code(&self, from: &P, draft: Draft) -> Option<RejectCode> {
+        self.check_as(from, &self.seal(from, draft))
+            .err()
+            .map(|r| r.code)
+    }
+
+    fn signaal(&self) -> Draft {
+        self.draft(
+            Kind::Signaal,
+            &[(&self.zorg, "zorgaanbieder"), (&self.gem, "gemeente")],
+        )
+    }
+}
+
+#[test]
+fn a_good_message_passes_every_check() {
+    let fx = Fx::new();
+    let ok = fx
+        .check_as(&fx.corp, &fx.seal(&fx.corp, fx.signaal()))
+        .unwrap();
+    assert!(ok.flags.is_empty());
+    assert_eq!(ok.recipients.len(), 2);
+    assert_eq!(ok.processing_activity, "test-uitstroom");
+    assert_eq!(ok.expires_at, fx.now + Duration::days(7));
+    assert!(ok.send_deadline.is_some());
+}
+
+#[test]
+fn check_1_transport_identity_and_directory() {
+    let fx = Fx::new();
+    // A partner cannot send as another OIN: corp2's connection submits corp's message.
+    let bytes = fx.seal(&fx.corp, fx.signaal());
+    let r = fx.check_as(&fx.corp2, &bytes).unwrap_err();
+    assert_eq!(r.code, RejectCode::TransportIdentity);
+    assert_eq!(r.check, 1);
+    assert!(r.reason.contains(fx.corp.oin.as_str()));
+    // A revoked party.
+    let mut fx2 = Fx::new();
+    fx2.directory.parties[5].revoked = false;
+    let bytes = fx2.seal(&fx2.revoked, fx2.signaal());
+    assert_eq!(
+        fx.check_as(&fx.revoked, &bytes).err().map(|r| r.code),
+        Some(RejectCode::UnknownSender)
+    );
+    // Garbage.
+    assert_eq!(
+        fx.check_as(&fx.corp, b"KPM1\0\0").err().map(|r| r.code),
+        Some(RejectCode::Malformed)
+    );
+}
+
+#[test]
+fn check_2_signature_and_digests() {
+    let fx = Fx::new();
+    let bytes = fx.seal(&fx.corp, fx.signaal());
+    let hlen = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    let mut t = bytes.clone();
+    t[8 + hlen + 3] ^= 0x40;
+    assert_eq!(
+        fx.check_as(&fx.corp, &t).err().map(|r| r.code),
+        Some(RejectCode::BadSignature)
+    );
+    let mut t = bytes.clone();
+    let n = t.len();
+    t[n - 3] ^= 0x40;
+    assert_eq!(
+        fx.check_as(&fx.corp, &t).err().map(|r| r.code),
+        Some(RejectCode::DigestMismatch)
+    );
+}
+
+#[test]
+fn check_3_replay() {
+    let mut fx = Fx::new();
+    let bytes = fx.seal(&fx.corp, fx.signaal());
+    let ok = fx.check_as(&fx.corp, &bytes).unwrap();
+    fx.reg.seen.insert(ok.header().id);
+    let r = fx.check_as(&fx.corp, &bytes).unwrap_err();
+    assert_eq!((r.code, r.check), (RejectCode::Replay, 3));
+}
+
+#[test]
+fn check_4_purpose_kind_and_sender_role() {
+    let fx = Fx::new();
+    // A purpose the broker's policy does not have.
+    let mut d = fx.signaal();
+    d.purpose = "extra".into();
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::UnknownPurpose));
+    // A corporation may not send an aanmelding.
+    let d = fx.draft(Kind::Aanmelding, &[(&fx.gem, "gemeente")]);
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::SenderRoleNotAllowed));
+}
+
+#[test]
+fn check_5_need_to_know() {
+    let mut fx = Fx::new();
+    // Wrong purpose: the case is 'uitstroom', the message says 'overlast'.
+    let mut d = fx.signaal();
+    d.purpose = "overlast".into();
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::WrongPurpose));
+    // A recipient outside the case team.
+    let d = fx.draft(Kind::Aanmelding, &[(&fx.corp2, "woningcorporatie")]);
+    assert_eq!(fx.code(&fx.zorg, d), Some(RejectCode::NotInCaseTeam));
+    // A role that may not receive this kind (a corporation receiving a signaal).
+    let d = fx.draft(Kind::Signaal, &[(&fx.zorg, "zorgaanbieder")]);
+    let mut d2 = d.clone();
+    d2.recipients
+        .push((fx.dual.oin.clone(), Role::new("woningcorporatie")));
+    // dual is 'gemeente' in the case but sealed as 'woningcorporatie': view mismatch.
+    assert_eq!(fx.code(&fx.corp, d2), Some(RejectCode::ViewMismatch));
+    // Unknown case.
+    let mut d = fx.signaal();
+    d.case_ref = CaseRef::random();
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::UnknownCase));
+    // Closed case.
+    let case = fx.reg.cases.get_mut(&fx.case).unwrap();
+    case.closed_at = Some(fx.now - Duration::hours(1));
+    assert_eq!(
+        fx.code(&fx.corp, fx.signaal()),
+        Some(RejectCode::CaseClosed)
+    );
+}
+
+#[test]
+fn check_5_recipient_role_not_allowed() {
+    let mut fx = Fx::new();
+    fx.reg
+        .cases
+        .get_mut(&fx.case)
+        .unwrap()
+        .members
+        .insert(fx.corp2.oin.clone(), Role::new("woningcorporatie"));
+    let mut d = fx.signaal();
+    d.recipients
+        .push((fx.corp2.oin.clone(), Role::new("woningcorporatie")));
+    assert_eq!(
+        fx.code(&fx.corp, d),
+        Some(RejectCode::RecipientRoleNotAllowed)
+    );
+}
+
+#[test]
+fn check_6_legal_basis() {
+    let mut fx = Fx::new();
+    // Unknown consent.
+    let mut d = fx.signaal();
+    d.legal_basis = LegalBasis::Consent {
+        consent_id: uuid::Uuid::now_v7(),
+    };
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::NoConsent));
+    // No consent at all.
+    let mut d = fx.signaal();
+    d.legal_basis = LegalBasis::Covenant;
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::NoConsent));
+    // A ground the policy does not allow for signaal.
+    let mut d = fx.signaal();
+    d.legal_basis = LegalBasis::NonConsent {
+        ground: NonConsentGround::LegalDuty,
+        justification: "dossier-17".into(),
+    };
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::GroundNotAllowed));
+    // A ground the policy allows for aanmelding: accepted and flagged.
+    let mut d = fx.draft(Kind::Aanmelding, &[(&fx.gem, "gemeente")]);
+    d.legal_basis = LegalBasis::NonConsent {
+        ground: NonConsentGround::AcuteDanger,
+        justification: "dossier-17".into(),
+    };
+    let ok = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap();
+    assert_eq!(ok.ground, Some(NonConsentGround::AcuteDanger));
+    assert!(ok.flags.contains(&AcceptFlag::NonConsentGround));
+    // A consent that does not cover the recipient's role.
+    fx.reg
+        .consents
+        .get_mut(&fx.consent)
+        .unwrap()
+        .record
+        .roles
+        .retain(|r| r.as_str() != "gemeente");
+    assert_eq!(
+        fx.code(&fx.corp, fx.signaal()),
+        Some(RejectCode::ConsentScope)
+    );
+    // Expired.
+    let mut fx = Fx::new();
+    fx.reg
+        .consents
+        .get_mut(&fx.consent)
+        .unwrap()
+        .record
+        .valid_until = Some(fx.now - Duration::hours(1));
+    assert_eq!(
+        fx.code(&fx.corp, fx.signaal()),
+        Some(RejectCode::ConsentNotValid)
+    );
+    // Withdrawn.
+    let mut fx = Fx::new();
+    fx.reg.consents.get_mut(&fx.consent).unwrap().withdrawn_at =
+        Some(fx.now - Duration::seconds(1));
+    let r = fx
+        .check_as(&fx.corp, &fx.seal(&fx.corp, fx.signaal()))
+        .unwrap_err();
+    assert_eq!((r.code, r.check), (RejectCode::ConsentWithdrawn, 6));
+    // A consent-free kind sent "under consent".
+    let fx = Fx::new();
+    let mut d = fx.draft(Kind::DatalekMelding, &[(&fx.gem, "gemeente")]);
+    d.event_time = Some(fx.now - Duration::hours(1));
+    d.breach_scope = Some(BreachScope {
+        case_refs: vec![fx.case.clone()],
+        all_cases_of_sender: false,
+        from: fx.now - Duration::days(3),
+        until: fx.now,
+    });
+    assert_eq!(
+        fx.code(&fx.corp, d.clone()),
+        Some(RejectCode::LegalBasisMismatch)
+    );
+    d.legal_basis = LegalBasis::Covenant;
+    assert!(fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).is_ok());
+}
+
+#[test]
+fn check_7_late_is_accepted_and_flagged() {
+    let fx = Fx::new();
+    for (hours_ago, late) in [(47, false), (48, false), (49, true)] {
+        let mut d = fx.signaal();
+        d.event_time = Some(fx.now - Duration::hours(hours_ago));
+        let ok = fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).unwrap();
+        assert_eq!(ok.flags.contains(&AcceptFlag::Late), late, "{hours_ago} h");
+    }
+    let mut d = fx.signaal();
+    d.event_time = None;
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::Malformed));
+}
+
+fn signed<R: ketenpost_schemas::control::Record>(r: &R, p: &P) -> SignedRecord {
+    SignedRecord::sign(r, p.oin.clone(), &p.key).unwrap()
+}
+
+fn change(fx: &Fx, case: &CaseRef, by: &P, op: CaseOp) -> CaseChange {
+    CaseChange {
+        case_ref: case.clone(),
+        covenant: "test".into(),
+        purpose: "uitstroom".into(),
+        change: op,
+        by: by.oin.clone(),
+        at: fx.now,
+    }
+}
+
+fn control(fx: &Fx, transport: &P, rec: &SignedRecord) -> Result<ControlEffect, Rejection> {
+    check_control(&transport.oin, rec, fx.env(), &fx.reg, |_, _| false, fx.now)
+}
+
+#[test]
+fn case_lifecycle_is_for_case_managers() {
+    let fx = Fx::new();
+    let new = CaseRef::random();
+    let open = change(
+        &fx,
+        &new,
+        &fx.gem,
+        CaseOp::Open {
+            role: Role::new("gemeente"),
+        },
+    );
+    match control(&fx, &fx.gem, &signed(&open, &fx.gem)).unwrap() {
+        ControlEffect::CaseOpened(c) => {
+            assert_eq!(c.regievoerder, fx.gem.oin);
+            assert_eq!(c.members.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A corporation may not open a case.
+    let open = change(
+        &fx,
+        &new,
+        &fx.corp,
+        CaseOp::Open {
+            role: Role::new("woningcorporatie"),
+        },
+    );
+    assert_eq!(
+        control(&fx, &fx.corp, &signed(&open, &fx.corp))
+            .unwrap_err()
+            .code,
+        RejectCode::NotPermitted
+    );
+    // Signed by one, sent over another's connection.
+    let add = change(
+        &fx,
+        &fx.case,
+        &fx.gem,
+        CaseOp::AddMember {
+            oin: fx.corp2.oin.clone(),
+            role: Role::new("woningcorporatie"),
+        },
+    );
+    assert_eq!(
+        control(&fx, &fx.corp, &signed(&add, &fx.gem))
+            .unwrap_err()
+            .code,
+        RejectCode::TransportIdentity
+    );
+    match control(&fx, &fx.gem, &signed(&add, &fx.gem)).unwrap() {
+        ControlEffect::CaseChanged { case, .. } => {
+            assert!(case.members.contains_key(&fx.corp2.oin))
+        }
+        other => panic!("{other:?}"),
+    }
+    // A member that is not a manager may not remove others.
+    let rm = change(
+        &fx,
+        &fx.case,
+        &fx.zorg,
+        CaseOp::RemoveMember {
+            oin: fx.corp.oin.clone(),
+        },
+    );
+    assert_eq!(
+        control(&fx, &fx.zorg, &signed(&rm, &fx.zorg))
+            .unwrap_err()
+            .code,
+        RejectCode::NotPermitted
+    );
+    let rm = change(
+        &fx,
+        &fx.case,
+        &fx.gem,
+        CaseOp::RemoveMember {
+            oin: fx.corp.oin.clone(),
+        },
+    );
+    match control(&fx, &fx.gem, &signed(&rm, &fx.gem)).unwrap() {
+        ControlEffect::CaseChanged { case, .. } => {
+            assert!(!case.members.contains_key(&fx.corp.oin));
+            assert!(case.former_members.contains(&fx.corp.oin));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Closing.
+    let close = change(&fx, &fx.case, &fx.gem, CaseOp::Close);
+    match control(&fx, &fx.gem, &signed(&close, &fx.gem)).unwrap() {
+        ControlEffect::CaseChanged { case, .. } => assert_eq!(case.closed_at, Some(fx.now)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn consent_is_registered_by_recorders_and_withdrawn() {
+    let fx = Fx::new();
+    let grant = Toestemming {
+        consent_id: uuid::Uuid::now_v7(),
+        covenant: "test".into(),
+        purpose: "uitstroom".into(),
+        case_ref: fx.case.clone(),
+        parties: vec![],
+        roles: vec![Role::new("gemeente")],
+        valid_from: fx.now,
+        valid_until: None,
+        document_sha256: "cd".repeat(32),
+        obtained_by: fx.zorg.oin.clone(),
+        obtained_at: fx.now,
+    };
+    assert!(matches!(
+        control(&fx, &fx.zorg, &signed(&grant, &fx.zorg)),
+        Ok(ControlEffect::ConsentGranted(_))
+    ));
+    // The municipality is no consent recorder under 'uitstroom'.
+    let mut by_gem = grant.clone();
+    by_gem.obtained_by = fx.gem.oin.clone();
+    assert_eq!(
+        control(&fx, &fx.gem, &signed(&by_gem, &fx.gem))
+            .unwrap_err()
+            .code,
+        RejectCode::NotPermitted
+    );
+    // Purpose binding: a consent for another purpose than its case.
+    let mut other = grant.clone();
+    other.purpose = "overlast".into();
+    assert_eq!(
+        control(&fx, &fx.zorg, &signed(&other, &fx.zorg))
+            .unwrap_err()
+            .code,
+        RejectCode::WrongPurpose
+    );
+    // Withdrawal of the registered consent takes effect now.
+    let w = ToestemmingIntrekking {
+        consent_id: fx.consent,
+        case_ref: fx.case.clone(),
+        withdrawn_at: fx.now + Duration::days(3),
+        recorded_by: fx.zorg.oin.clone(),
+    };
+    match control(&fx, &fx.zorg, &signed(&w, &fx.zorg)).unwrap() {
+        ControlEffect::ConsentWithdrawn(c) => assert_eq!(c.withdrawn_at, Some(fx.now)),
+        other => panic!("{other:?}"),
+    }
+    // A tampered record fails its signature.
+    let mut rec = signed(&w, &fx.zorg);
+    rec.signature = signed(&grant, &fx.zorg).signature;
+    assert_eq!(
+        control(&fx, &fx.zorg, &rec).unwrap_err().code,
+        RejectCode::BadSignature
+    );
+}
+
+#[test]
+fn receipts_come_from_their_recipient() {
+    let fx = Fx::new();
+    let r = DeliveryReceipt {
+        message_id: MessageId::new(),
+        recipient: fx.gem.oin.clone(),
+        body_sha256: "ef".repeat(32),
+        received_at: fx.now,
+    };
+    assert!(check_receipt(&fx.gem.oin, &signed(&r, &fx.gem), fx.env()).is_ok());
+    assert_eq!(
+        check_receipt(&fx.corp.oin, &signed(&r, &fx.corp), fx.env())
+            .unwrap_err()
+            .code,
+        RejectCode::NotPermitted
+    );
+}

@@ -1,0 +1,532 @@
+//! The durable store: sled trees for messages, queues, registries and the dedup set.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `bodies` | message id | the envelope as submitted |
+//! | `meta` | message id | [`MessageMeta`] (JSON): who still has to receipt it, when it expires |
+//! | `queue` | recipient OIN ‖ seq | message id |
+//! | `queue_index` | recipient OIN ‖ message id | seq |
+//! | `notices` | party OIN ‖ seq | a signed notice for the party (receipt, expiry, deletion order) |
+//! | `seen` | message id | accepted-at: the dedup set, kept for as long as the audit trail |
+//! | `cases` | case ref | [`Case`] (JSON) |
+//! | `consents` | consent id | [`Consent`] (JSON) |
+//! | `deletions` | order id ‖ party OIN | [`DeletionState`] (JSON) |
+//!
+//! A message is written in one sled transaction (dedup entry, body, metadata, one queue
+//! entry per recipient); the caller then waits for [`Store::commit`], a group commit that
+//! lets many concurrent writers share one fsync, before it answers `accepted`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use ketenpost_schemas::control::{DeletionOrder, SignedRecord};
+use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
+use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::protocol::{envelope_to_b64, Delivery};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::checks::Authorised;
+use crate::registry::{Case, Consent, Registry};
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed.
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value does not parse (corruption or an incompatible version).
+    #[error("stored {what} does not parse: {reason}")]
+    Corrupt {
+        /// Which value.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The message id is in the dedup set already.
+    #[error("message id was accepted before")]
+    Duplicate,
+    /// The group committer is gone (the broker is shutting down).
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// What the broker keeps about a message besides its body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageMeta {
+    /// The id.
+    pub id: MessageId,
+    /// The sender.
+    pub sender: Oin,
+    /// The case.
+    pub case_ref: CaseRef,
+    /// The purpose.
+    pub purpose: String,
+    /// The kind.
+    pub kind: Kind,
+    /// When it was accepted.
+    pub accepted_at: DateTime<Utc>,
+    /// When an undelivered body expires.
+    pub expires_at: DateTime<Utc>,
+    /// Recipients that have not receipted yet.
+    pub pending: BTreeSet<Oin>,
+    /// Recipients that fetched it at least once.
+    #[serde(default)]
+    pub fetched: BTreeSet<Oin>,
+    /// Every recipient.
+    pub recipients: BTreeSet<Oin>,
+    /// Trace id.
+    pub trace_id: String,
+}
+
+/// A deletion order and whether it was confirmed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionState {
+    /// The order.
+    pub order: DeletionOrder,
+    /// When the party confirmed it.
+    pub confirmed_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of a receipt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptOutcome {
+    /// The message's metadata after the receipt.
+    pub meta: MessageMeta,
+    /// Whether the body was deleted (every recipient receipted).
+    pub body_deleted: bool,
+}
+
+/// The durable store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: sled::Db,
+    bodies: sled::Tree,
+    meta: sled::Tree,
+    queue: sled::Tree,
+    queue_index: sled::Tree,
+    notices: sled::Tree,
+    seen: sled::Tree,
+    cases: sled::Tree,
+    consents: sled::Tree,
+    deletions: sled::Tree,
+    committer: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    flushes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our own plain data types always serialise.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn parse<T: for<'a> Deserialize<'a>>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn key2(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + b.len());
+    k.extend_from_slice(a);
+    k.extend_from_slice(b);
+    k
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    key.len()
+        .checked_sub(8)
+        .and_then(|i| key.get(i..))
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+impl Store {
+    /// Open the store in `db` and start its group committer. Must run inside a tokio runtime.
+    pub fn open(db: sled::Db) -> Result<Store, StoreError> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), String>>>();
+        let flushes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let store = Store {
+            bodies: db.open_tree("bodies")?,
+            meta: db.open_tree("meta")?,
+            queue: db.open_tree("queue")?,
+            queue_index: db.open_tree("queue_index")?,
+            notices: db.open_tree("notices")?,
+            seen: db.open_tree("seen")?,
+            cases: db.open_tree("cases")?,
+            consents: db.open_tree("consents")?,
+            deletions: db.open_tree("deletions")?,
+            committer: tx,
+            flushes: flushes.clone(),
+            db: db.clone(),
+        };
+        // The group committer: every waiter that arrives while a flush runs shares the next
+        // flush. One fsync serves many submits.
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut waiters = vec![first];
+                while let Ok(w) = rx.try_recv() {
+                    waiters.push(w);
+                }
+                let result = db
+                    .flush_async()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for w in waiters {
+                    let _ = w.send(result.clone());
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    /// The underlying database (the audit trail lives in it too).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// How many group flushes ran (for benchmarks).
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Wait until everything written so far is on disk (group commit).
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.committer.send(tx).map_err(|_| StoreError::Closed)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Corrupt {
+                what: "flush",
+                reason: e,
+            }),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Flush synchronously (shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Write an authorised message: dedup entry, body, metadata and one queue entry per
+    /// recipient, in one transaction. Fails with [`StoreError::Duplicate`] when the id was
+    /// accepted before. The caller must then [`Store::commit`] before answering.
+    pub fn put_message(
+        &self,
+        a: &Authorised,
+        now: DateTime<Utc>,
+    ) -> Result<MessageMeta, StoreError> {
+        let h = a.header();
+        let id = *h.id.0.as_bytes();
+        let recipients: BTreeSet<Oin> = a.recipients.iter().map(|(o, _)| o.clone()).collect();
+        let meta = MessageMeta {
+            id: h.id,
+            sender: h.sender.clone(),
+            case_ref: h.case_ref.clone(),
+            purpose: h.purpose.clone(),
+            kind: h.kind,
+            accepted_at: now,
+            expires_at: a.expires_at,
+            pending: recipients.clone(),
+            fetched: BTreeSet::new(),
+            recipients: recipients.clone(),
+            trace_id: h.trace_id.to_string(),
+        };
+        let meta_bytes = json(&meta);
+        let body = a.verified.envelope().encode();
+        let seqs: Vec<u64> = recipients
+            .iter()
+            .map(|_| self.db.generate_id())
+            .collect::<Result<_, _>>()?;
+        let now_bytes = now.to_rfc3339().into_bytes();
+        (
+            &self.seen,
+            &self.bodies,
+            &self.meta,
+            &self.queue,
+            &self.queue_index,
+        )
+            .transaction(|(seen, bodies, meta_t, queue, qidx)| {
+                if seen.get(id)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Duplicate));
+                }
+                seen.insert(&id, now_bytes.as_slice())?;
+                bodies.insert(&id, body.as_slice())?;
+                meta_t.insert(&id, meta_bytes.as_slice())?;
+                for (r, seq) in recipients.iter().zip(&seqs) {
+                    let oin = r.as_str().as_bytes();
+                    queue.insert(key2(oin, &seq.to_be_bytes()), &id)?;
+                    qidx.insert(key2(oin, &id), &seq.to_be_bytes())?;
+                }
+                Ok(())
+            })?;
+        Ok(meta)
+    }
+
+    /// Up to `max` deliveries for `party`: queued messages first, then notices. Returns the
+    /// metadata of messages fetched for the first time, for the audit trail.
+    pub fn fetch(
+        &self,
+        party: &Oin,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, Vec<MessageMeta>), StoreError> {
+        let prefix = party.as_str().as_bytes();
+        let mut out = Vec::new();
+        let mut first_time = Vec::new();
+        for item in self.queue.scan_prefix(prefix).take(max) {
+            let (k, id) = item?;
+            let Some(body) = self.bodies.get(&id)? else {
+                continue;
+            };
+            out.push(Delivery::Message {
+                seq: seq_of(&k),
+                envelope: envelope_to_b64(&body),
+            });
+            if let Some(m) = self.meta.get(&id)? {
+                let mut meta: MessageMeta = parse(&m, "message metadata")?;
+                if meta.fetched.insert(party.clone()) {
+                    self.meta.insert(&id, json(&meta))?;
+                    first_time.push(meta);
+                }
+            }
+        }
+        if out.len() < max {
+            for item in self.notices.scan_prefix(prefix).take(max - out.len()) {
+                let (k, v) = item?;
+                out.push(Delivery::Notice {
+                    seq: seq_of(&k),
+                    record: parse(&v, "notice")?,
+                });
+            }
+        }
+        Ok((out, first_time))
+    }
+
+    /// Whether `party` has anything waiting.
+    pub fn has_pending(&self, party: &Oin) -> Result<bool, StoreError> {
+        let prefix = party.as_str().as_bytes();
+        Ok(self.queue.scan_prefix(prefix).next().is_some()
+            || self.notices.scan_prefix(prefix).next().is_some())
+    }
+
+    /// Apply a verified receipt: the recipient's queue entry goes; when nobody is pending
+    /// any more the body is deleted. The receipt is queued as a notice for the sender.
+    /// Returns `None` when the message is not queued for this recipient.
+    pub fn receipt(
+        &self,
+        recipient: &Oin,
+        message: &MessageId,
+        body_sha256: &str,
+        forwarded: &SignedRecord,
+    ) -> Result<Option<ReceiptOutcome>, StoreError> {
+        let id = *message.0.as_bytes();
+        let oin = recipient.as_str().as_bytes();
+        let Some(seq) = self.queue_index.get(key2(oin, &id))? else {
+            return Ok(None);
+        };
+        let Some(meta_bytes) = self.meta.get(id)? else {
+            return Ok(None);
+        };
+        let mut meta: MessageMeta = parse(&meta_bytes, "message metadata")?;
+        // The receipt must name the body the recipient was given.
+        if let Some(body) = self.bodies.get(id)? {
+            let matches = ketenpost_schemas::envelope::Envelope::decode(
+                &body,
+                &ketenpost_schemas::envelope::Limits::default(),
+            )
+            .ok()
+            .and_then(|e| e.unverified_header().ok())
+            .and_then(|h| h.body_for(recipient).map(|(_, b)| b.sha256 == body_sha256))
+            .unwrap_or(false);
+            if !matches {
+                return Ok(None);
+            }
+        }
+        meta.pending.remove(recipient);
+        let body_deleted = meta.pending.is_empty();
+        let notice_seq = self.db.generate_id()?;
+        let sender = meta.sender.as_str().as_bytes().to_vec();
+        let forwarded = json(forwarded);
+        let meta_out = json(&meta);
+        (
+            &self.queue,
+            &self.queue_index,
+            &self.meta,
+            &self.bodies,
+            &self.notices,
+        )
+            .transaction(|(queue, qidx, meta_t, bodies, notices)| {
+                queue.remove(key2(oin, &seq))?;
+                qidx.remove(key2(oin, &id))?;
+                if body_deleted {
+                    bodies.remove(&id)?;
+                    meta_t.remove(&id)?;
+                } else {
+                    meta_t.insert(&id, meta_out.as_slice())?;
+                }
+                notices.insert(
+                    key2(&sender, &notice_seq.to_be_bytes()),
+                    forwarded.as_slice(),
+                )?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+        Ok(Some(ReceiptOutcome { meta, body_deleted }))
+    }
+
+    /// Queue a notice for a party.
+    pub fn push_notice(&self, party: &Oin, record: &SignedRecord) -> Result<u64, StoreError> {
+        let seq = self.db.generate_id()?;
+        self.notices.insert(
+            key2(party.as_str().as_bytes(), &seq.to_be_bytes()),
+            json(record),
+        )?;
+        Ok(seq)
+    }
+
+    /// Remove the party's notices up to and including `up_to`.
+    pub fn ack_notices(&self, party: &Oin, up_to: u64) -> Result<usize, StoreError> {
+        let prefix = party.as_str().as_bytes();
+        let mut n = 0;
+        for item in self.notices.scan_prefix(prefix) {
+            let (k, _) = item?;
+            if seq_of(&k) > up_to {
+                break;
+            }
+            self.notices.remove(k)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Messages whose undelivered TTL has passed while some recipient still has not
+    /// receipted them: their bodies are deleted and their queue entries removed. Returns
+    /// each expired message with the recipients that never receipted it.
+    pub fn expire(&self, now: DateTime<Utc>) -> Result<Vec<MessageMeta>, StoreError> {
+        let mut expired = Vec::new();
+        for item in self.meta.iter() {
+            let (id, v) = item?;
+            let meta: MessageMeta = parse(&v, "message metadata")?;
+            if meta.expires_at > now {
+                continue;
+            }
+            for r in &meta.pending {
+                let oin = r.as_str().as_bytes();
+                if let Some(seq) = self.queue_index.remove(key2(oin, &id))? {
+                    self.queue.remove(key2(oin, &seq))?;
+                }
+            }
+            self.bodies.remove(&id)?;
+            self.meta.remove(&id)?;
+            expired.push(meta);
+        }
+        Ok(expired)
+    }
+
+    /// Store a case.
+    pub fn put_case(&self, case: &Case) -> Result<(), StoreError> {
+        self.cases.insert(case.case_ref.as_str(), json(case))?;
+        Ok(())
+    }
+
+    /// Every case.
+    pub fn cases(&self) -> Result<Vec<Case>, StoreError> {
+        self.cases
+            .iter()
+            .map(|r| {
+                let (_, v) = r?;
+                parse(&v, "case")
+            })
+            .collect()
+    }
+
+    /// Store a consent.
+    pub fn put_consent(&self, c: &Consent) -> Result<(), StoreError> {
+        self.consents
+            .insert(c.record.consent_id.as_bytes(), json(c))?;
+        Ok(())
+    }
+
+    /// Store a deletion order (unconfirmed) or its confirmation.
+    pub fn put_deletion(&self, d: &DeletionState) -> Result<(), StoreError> {
+        self.deletions.insert(
+            key2(
+                d.order.order_id.as_bytes(),
+                d.order.party.as_str().as_bytes(),
+            ),
+            json(d),
+        )?;
+        Ok(())
+    }
+
+    /// A deletion order for a party.
+    pub fn deletion(
+        &self,
+        order: &uuid::Uuid,
+        party: &Oin,
+    ) -> Result<Option<DeletionState>, StoreError> {
+        self.deletions
+            .get(key2(order.as_bytes(), party.as_str().as_bytes()))?
+            .map(|v| parse(&v, "deletion order"))
+            .transpose()
+    }
+
+    /// Every deletion order.
+    pub fn deletions(&self) -> Result<Vec<DeletionState>, StoreError> {
+        self.deletions
+            .iter()
+            .map(|r| {
+                let (_, v) = r?;
+                parse(&v, "deletion order")
+            })
+            .collect()
+    }
+
+    /// Number of queued (recipient, message) pairs.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Number of bodies held.
+    pub fn bodies_held(&self) -> usize {
+        self.bodies.len()
+    }
+
+    /// Metadata of a message still held.
+    pub fn meta(&self, id: &MessageId) -> Result<Option<MessageMeta>, StoreError> {
+        self.meta
+            .get(id.0.as_bytes())?
+            .map(|v| parse(&v, "message metadata"))
+            .transpose()
+    }
+}
+
+impl Registry for Store {
+    fn case(&self, case_ref: &CaseRef) -> Option<Case> {
+        let v = self.cases.get(case_ref.as_str()).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    fn consent(&self, id: &uuid::Uuid) -> Option<Consent> {
+        let v = self.consents.get(id.as_bytes()).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    fn seen(&self, id: &MessageId) -> bool {
+        self.seen.contains_key(id.0.as_bytes()).unwrap_or(true)
+    }
+}
