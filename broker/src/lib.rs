@@ -9,6 +9,8 @@
 //! |---|---|
 //! | [`checks`] | the checks of every submission and control record, pure functions |
 //! | [`registry`] | cases and consents as data, and the `Registry` view the checks read |
+//! | [`config`] | the TOML configuration, parsed once |
+//! | [`server`] | the QUIC server: connections, requests, timers, shutdown |
 //! | [`store`] | sled trees: bodies, per-recipient queues, notices, registries, group commit |
 //! | [`audit`] | the hash-chained audit trail, signed checkpoints, `audit verify` |
 //! | [`tls`] | QUIC + mTLS configuration (TLS 1.3 only, client certificates and CRLs), the peer's OIN |
@@ -18,6 +20,8 @@
 pub mod audit;
 pub mod checks;
 pub mod client;
+pub mod config;
 pub mod registry;
+pub mod server;
 pub mod store;
 pub mod tls;

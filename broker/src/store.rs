@@ -121,8 +121,18 @@ pub struct Store {
     cases: sled::Tree,
     consents: sled::Tree,
     deletions: sled::Tree,
-    committer: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    committer: mpsc::UnboundedSender<CommitMsg>,
+    committer_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     flushes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A message to the group committer.
+#[derive(Debug)]
+enum CommitMsg {
+    /// Flush, then answer.
+    Commit(oneshot::Sender<Result<(), String>>),
+    /// Flush and stop, releasing the committer's handle on the database.
+    Close,
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -155,8 +165,9 @@ fn seq_of(key: &[u8]) -> u64 {
 impl Store {
     /// Open the store in `db` and start its group committer. Must run inside a tokio runtime.
     pub fn open(db: sled::Db) -> Result<Store, StoreError> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), String>>>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<CommitMsg>();
         let flushes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let committer_task = Arc::new(std::sync::Mutex::new(None));
         let store = Store {
             bodies: db.open_tree("bodies")?,
             meta: db.open_tree("meta")?,
@@ -168,16 +179,22 @@ impl Store {
             consents: db.open_tree("consents")?,
             deletions: db.open_tree("deletions")?,
             committer: tx,
+            committer_task: committer_task.clone(),
             flushes: flushes.clone(),
             db: db.clone(),
         };
         // The group committer: every waiter that arrives while a flush runs shares the next
         // flush. One fsync serves many submits.
-        tokio::spawn(async move {
+        let handle = tokio::spawn(async move {
+            let mut closing = false;
             while let Some(first) = rx.recv().await {
-                let mut waiters = vec![first];
-                while let Ok(w) = rx.try_recv() {
-                    waiters.push(w);
+                let mut waiters = Vec::new();
+                let mut next = Some(first);
+                while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
+                    match msg {
+                        CommitMsg::Commit(w) => waiters.push(w),
+                        CommitMsg::Close => closing = true,
+                    }
                 }
                 let result = db
                     .flush_async()
@@ -188,8 +205,14 @@ impl Store {
                 for w in waiters {
                     let _ = w.send(result.clone());
                 }
+                if closing {
+                    break;
+                }
             }
         });
+        if let Ok(mut slot) = committer_task.lock() {
+            *slot = Some(handle);
+        }
         Ok(store)
     }
 
@@ -206,7 +229,9 @@ impl Store {
     /// Wait until everything written so far is on disk (group commit).
     pub async fn commit(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.committer.send(tx).map_err(|_| StoreError::Closed)?;
+        self.committer
+            .send(CommitMsg::Commit(tx))
+            .map_err(|_| StoreError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Corrupt {
@@ -214,6 +239,16 @@ impl Store {
                 reason: e,
             }),
             Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Stop the group committer after a last flush, so that once every clone of the store
+    /// is dropped the database is closed and its lock released.
+    pub async fn close(&self) {
+        let _ = self.committer.send(CommitMsg::Close);
+        let handle = self.committer_task.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.await;
         }
     }
 

@@ -1,8 +1,9 @@
 //! The QUIC + mTLS transport configuration of broker and agents.
 //!
-//! Both sides speak TLS 1.3 only (QUIC needs nothing else, and refusing TLS 1.2 in the
-//! rustls configuration keeps it out even of the in-memory handshake tests), use the
-//! `ring` provider and negotiate the ALPN id [`ALPN`]. The broker *requires* a client
+//! Both sides speak TLS 1.3 only, use the `ring` provider and negotiate the ALPN id
+//! [`ALPN`]. QUIC needs nothing older; the rustls configurations list TLS 1.3 alone as
+//! well, so they cannot fall back even when used over plain TLS (the workspace also builds
+//! rustls without its `tls12` feature). The broker *requires* a client
 //! certificate issued by the federation CA and checks it against the federation's CRLs, so a
 //! foreign, expired or revoked certificate fails in the handshake, before a single stream is
 //! opened. The OIN in that certificate (subject serialNumber, as PKIoverheid puts it) is the

@@ -1,0 +1,250 @@
+//! The broker's configuration: one TOML file, parsed once into typed structs.
+//!
+//! ```toml
+//! listen = "127.0.0.1:4433"
+//! data_dir = "/var/lib/ketenpost-broker"
+//!
+//! [tls]
+//! cert = "broker/cert.pem"
+//! key = "broker/key.pem"
+//! ca = "ca/ca.pem"
+//! crls = ["ca/crl.pem"]
+//!
+//! [federation]
+//! public_key = "federation/signing.pub"
+//! policy = "policy.toml"
+//! policy_sig = "policy.toml.sig"
+//! directory = "directory.json"
+//! directory_sig = "directory.json.sig"
+//! signing_key = "broker/signing.key"   # the broker's own checkpoint key
+//!
+//! [limits]                             # all optional
+//! max_connections = 1024
+//! max_streams_per_connection = 256
+//! request_timeout_secs = 30
+//! max_fetch = 256
+//! max_envelope_bytes = 16777216
+//!
+//! [timers]                             # all optional
+//! checkpoint_interval_secs = 60
+//! sweep_interval_secs = 10
+//! ```
+//!
+//! Relative paths are taken relative to the configuration file's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::tls::ServerTls;
+
+/// A configuration problem; the binary exits with code 64 on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not parse.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Where the federation's signed documents and the broker's own key are.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationFiles {
+    /// The pinned federation public key (base64).
+    pub public_key: PathBuf,
+    /// The covenant policy (TOML).
+    pub policy: PathBuf,
+    /// Its federation signature.
+    pub policy_sig: PathBuf,
+    /// The partner directory (JSON).
+    pub directory: PathBuf,
+    /// Its federation signature.
+    pub directory_sig: PathBuf,
+    /// The broker's ed25519 key for audit checkpoints and notices.
+    pub signing_key: PathBuf,
+}
+
+/// Resource limits.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most concurrent partner connections.
+    pub max_connections: usize,
+    /// Most concurrent requests (streams) per connection.
+    pub max_streams_per_connection: u32,
+    /// How long one request may take to arrive.
+    pub request_timeout_secs: u64,
+    /// Most deliveries per fetch.
+    pub max_fetch: u16,
+    /// Largest envelope accepted.
+    pub max_envelope_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 1024,
+            max_streams_per_connection: 256,
+            request_timeout_secs: 30,
+            max_fetch: 256,
+            max_envelope_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Background timers.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimersConfig {
+    /// How often the audit trail is checkpointed (at most 60 s: the covenant's FGs rely on it).
+    pub checkpoint_interval_secs: u64,
+    /// How often expiry and retention are swept.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for TimersConfig {
+    fn default() -> Self {
+        TimersConfig {
+            checkpoint_interval_secs: 60,
+            sweep_interval_secs: 10,
+        }
+    }
+}
+
+/// The whole broker configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Where sled keeps queues, registries and the audit trail.
+    pub data_dir: PathBuf,
+    /// TLS material.
+    pub tls: ServerTls,
+    /// The federation's documents.
+    pub federation: FederationFiles,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Timers.
+    #[serde(default)]
+    pub timers: TimersConfig,
+}
+
+impl BrokerConfig {
+    /// Read and check a config file; relative paths resolve against its folder.
+    pub fn load(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg: BrokerConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve(base);
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.data_dir);
+        fix(&mut self.tls.cert);
+        fix(&mut self.tls.key);
+        fix(&mut self.tls.ca);
+        self.tls.crls.iter_mut().for_each(fix);
+        let f = &mut self.federation;
+        for p in [
+            &mut f.public_key,
+            &mut f.policy,
+            &mut f.policy_sig,
+            &mut f.directory,
+            &mut f.directory_sig,
+            &mut f.signing_key,
+        ] {
+            fix(p);
+        }
+    }
+
+    /// Range checks.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_connections == 0 || l.max_streams_per_connection == 0 || l.max_fetch == 0 {
+            return Err(ConfigError::Invalid("limits must be at least 1".to_owned()));
+        }
+        if l.max_envelope_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_envelope_bytes must be at least 1024".to_owned(),
+            ));
+        }
+        let t = &self.timers;
+        if t.checkpoint_interval_secs == 0 || t.checkpoint_interval_secs > 60 {
+            return Err(ConfigError::Invalid(
+                "timers.checkpoint_interval_secs must be between 1 and 60".to_owned(),
+            ));
+        }
+        if t.sweep_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "timers.sweep_interval_secs must be at least 1".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A configuration for a dev federation made by `ketenpost-certs init`.
+    pub fn for_federation(
+        fed: &ketenpost_certs::Federation,
+        data_dir: PathBuf,
+        listen: SocketAddr,
+    ) -> BrokerConfig {
+        BrokerConfig {
+            listen,
+            data_dir,
+            tls: ServerTls {
+                cert: fed.broker.cert.clone(),
+                key: fed.broker.key.clone(),
+                ca: fed.ca.cert.clone(),
+                crls: vec![fed.ca.crl.clone()],
+            },
+            federation: FederationFiles {
+                public_key: fed.federation.public_key.clone(),
+                policy: fed.policy.file.clone(),
+                policy_sig: fed.policy.sig.clone(),
+                directory: fed.directory.file.clone(),
+                directory_sig: fed.directory.sig.clone(),
+                signing_key: fed.broker.signing_key.clone(),
+            },
+            limits: LimitsConfig::default(),
+            timers: TimersConfig::default(),
+        }
+    }
+
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.request_timeout_secs)
+    }
+}
