@@ -24,6 +24,7 @@
 //! request_timeout_secs = 30
 //! max_fetch = 256
 //! max_envelope_bytes = 16777216
+//! cache_mb = 64                        # sled page cache
 //!
 //! [timers]                             # all optional
 //! checkpoint_interval_secs = 60
@@ -96,6 +97,8 @@ pub struct LimitsConfig {
     pub max_fetch: u16,
     /// Largest envelope accepted.
     pub max_envelope_bytes: usize,
+    /// sled's page cache, in MiB: what bounds the broker's memory with a long queue.
+    pub cache_mb: u64,
 }
 
 impl Default for LimitsConfig {
@@ -106,6 +109,7 @@ impl Default for LimitsConfig {
             request_timeout_secs: 30,
             max_fetch: 256,
             max_envelope_bytes: 16 * 1024 * 1024,
+            cache_mb: 64,
         }
     }
 }

@@ -139,6 +139,7 @@ impl Broker {
         let db = sled::Config::new()
             .path(config.data_dir.join("broker.sled"))
             .flush_every_ms(None)
+            .cache_capacity(config.limits.cache_mb.saturating_mul(1024 * 1024))
             .open()
             .context("cannot open the broker's database")?;
         let store = Store::open(db.clone())?;

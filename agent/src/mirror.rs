@@ -1,0 +1,172 @@
+//! The agent's local mirror of the cases and consents it knows about.
+//!
+//! The broker's registries are authoritative; the broker does not tell agents about case
+//! changes made by others. The mirror holds what this agent *can* know:
+//!
+//! - cases it opened itself, and every change it made to them ([`Knowledge::Managed`]);
+//! - cases the partner system registered because the regievoerder told it that this
+//!   organisation was added ([`Knowledge::Registered`]);
+//! - cases learned from messages received: the header names the case, its purpose, the
+//!   sender and every recipient with the view (= case role) it got ([`Knowledge::Learned`]);
+//! - consents it registered, and withdrawals it recorded.
+//!
+//! A case's team is *complete* only when every change to it went through this agent: it
+//! opened the case and added no other case manager (who could change the team too). Only
+//! then may the early check say "not in the case team"; otherwise it leaves that to the
+//! broker. Everything here is plain data with pure updates.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use ketenpost_schemas::control::{CaseOp, Toestemming};
+use ketenpost_schemas::envelope::Header;
+use ketenpost_schemas::ids::{CaseRef, Oin};
+use ketenpost_schemas::policy::{Purpose, Role};
+use serde::{Deserialize, Serialize};
+
+/// How the agent came to know a case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Knowledge {
+    /// This agent opened it and made its changes.
+    Managed,
+    /// The partner system registered it (this organisation was added by another party).
+    Registered,
+    /// Learned from a received message.
+    Learned,
+}
+
+/// What the agent knows about one case.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownCase {
+    /// The case.
+    pub case_ref: CaseRef,
+    /// Its one purpose.
+    pub purpose: String,
+    /// Team members known, with their role in the case.
+    pub members: BTreeMap<Oin, Role>,
+    /// The regievoerder, when known.
+    pub regievoerder: Option<Oin>,
+    /// Whether `members` is the whole team (see the module docs).
+    pub complete: bool,
+    /// How the agent knows the case.
+    pub knowledge: Knowledge,
+    /// When it was closed, when this agent closed it; local retention counts from here.
+    pub closed_at: Option<DateTime<Utc>>,
+    /// Last change of this entry.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl KnownCase {
+    /// A case this agent just opened as `role`.
+    pub fn opened(
+        case_ref: CaseRef,
+        purpose: String,
+        me: Oin,
+        role: Role,
+        now: DateTime<Utc>,
+    ) -> Self {
+        KnownCase {
+            case_ref,
+            purpose,
+            members: [(me.clone(), role)].into(),
+            regievoerder: Some(me),
+            complete: true,
+            knowledge: Knowledge::Managed,
+            closed_at: None,
+            updated_at: now,
+        }
+    }
+
+    /// Apply a change the broker accepted from this agent.
+    pub fn apply(&mut self, op: &CaseOp, purpose: Option<&Purpose>, now: DateTime<Utc>) {
+        match op {
+            CaseOp::Open { .. } => {}
+            CaseOp::AddMember { oin, role } => {
+                // Another case manager could change the team without this agent seeing it.
+                if purpose.is_none_or(|p| p.case_managers.contains(role)) {
+                    self.complete = false;
+                }
+                self.members.insert(oin.clone(), role.clone());
+            }
+            CaseOp::RemoveMember { oin } => {
+                self.members.remove(oin);
+            }
+            CaseOp::Close => self.closed_at = Some(now),
+        }
+        self.updated_at = now;
+    }
+
+    /// Whether the case is closed, as far as this agent knows.
+    pub fn is_closed(&self) -> bool {
+        self.closed_at.is_some()
+    }
+
+    /// Merge what a verified received message says about its case: the purpose, and the
+    /// recipients with the role (view) the broker checked they have in the case. The
+    /// sender's role is taken when the caller could tell it (a sender with one role).
+    pub fn learn(
+        existing: Option<KnownCase>,
+        header: &Header,
+        sender_role: Option<Role>,
+        now: DateTime<Utc>,
+    ) -> KnownCase {
+        let mut case = existing.unwrap_or_else(|| KnownCase {
+            case_ref: header.case_ref.clone(),
+            purpose: header.purpose.clone(),
+            members: BTreeMap::new(),
+            regievoerder: None,
+            complete: false,
+            knowledge: Knowledge::Learned,
+            closed_at: None,
+            updated_at: now,
+        });
+        if case.purpose != header.purpose {
+            // The broker checked the message against the case's purpose, so the broker's
+            // view wins over what was registered locally.
+            case.purpose = header.purpose.clone();
+        }
+        for body in &header.bodies {
+            for r in &body.recipients {
+                case.members
+                    .entry(r.clone())
+                    .or_insert_with(|| body.view.clone());
+            }
+        }
+        if let Some(role) = sender_role {
+            case.members.entry(header.sender.clone()).or_insert(role);
+        }
+        if case.knowledge == Knowledge::Managed {
+            // A member this agent did not add: another manager changed the team.
+            case.complete = case.complete && header.recipients.iter().all(|r| case.members.contains_key(r));
+        }
+        case.updated_at = now;
+        case
+    }
+}
+
+/// A consent this agent registered (or learned the withdrawal of).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownConsent {
+    /// The grant as registered.
+    pub record: Toestemming,
+    /// When the withdrawal was recorded.
+    pub withdrawn_at: Option<DateTime<Utc>>,
+}
+
+impl KnownConsent {
+    /// Whether `party` with `role` is covered (by OIN or by role), as the broker decides.
+    pub fn covers(&self, party: &Oin, role: &Role) -> bool {
+        self.record.parties.contains(party) || self.record.roles.contains(role)
+    }
+
+    /// Whether it is withdrawn at `now`.
+    pub fn is_withdrawn(&self, now: DateTime<Utc>) -> bool {
+        self.withdrawn_at.is_some_and(|at| at <= now)
+    }
+
+    /// Whether it is within its validity at `now`.
+    pub fn is_valid_at(&self, now: DateTime<Utc>) -> bool {
+        now >= self.record.valid_from && self.record.valid_until.is_none_or(|u| now < u)
+    }
+}
