@@ -145,14 +145,8 @@ impl Broker {
         let store = Store::open(db.clone())?;
         let audit = AuditTrail::open(&db, key.clone())?;
 
-        let mut server_config = tls::server_config(&config.tls)?;
-        let mut transport = quinn::TransportConfig::default();
-        transport.max_concurrent_bidi_streams(config.limits.max_streams_per_connection.into());
-        transport.max_concurrent_uni_streams(0u32.into());
-        transport.max_idle_timeout(Some(
-            Duration::from_secs(60).try_into().context("idle timeout")?,
-        ));
-        server_config.transport_config(Arc::new(transport));
+        let server_config =
+            tls::server_config_with_streams(&config.tls, config.limits.max_streams_per_connection)?;
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = endpoint.local_addr()?;
@@ -285,7 +279,7 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
     if let Err(e) = shared.store.flush() {
         error!(cause = %e, "final flush failed");
     }
-    info!("broker stopped");
+    info!(group_commits = shared.store.flush_count(), "broker stopped");
 }
 
 async fn make_checkpoint(shared: &Arc<Shared>) {

@@ -303,11 +303,19 @@ pub fn server_rustls_config(paths: &ServerTls) -> Result<rustls::ServerConfig, T
 /// limits ([`MAX_CONCURRENT_BIDI_STREAMS`], [`IDLE_TIMEOUT`], [`CONNECTION_RECEIVE_WINDOW`];
 /// no unidirectional streams or datagrams, which the protocol does not use).
 pub fn server_config(paths: &ServerTls) -> Result<quinn::ServerConfig, TlsError> {
+    server_config_with_streams(paths, MAX_CONCURRENT_BIDI_STREAMS)
+}
+
+/// [`server_config`] with another limit on concurrent requests (streams) per connection.
+pub fn server_config_with_streams(
+    paths: &ServerTls,
+    max_streams: u32,
+) -> Result<quinn::ServerConfig, TlsError> {
     let crypto = QuicServerConfig::try_from(server_rustls_config(paths)?)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = base_transport();
     transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_BIDI_STREAMS))
+        .max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     config.transport_config(Arc::new(transport));
     Ok(config)

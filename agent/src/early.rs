@@ -1,0 +1,709 @@
+//! The early policy check: refuse before storing or sending what the broker would refuse.
+//!
+//! These are pure functions of the request, the policy, the directory, the agent's local
+//! [mirror](crate::mirror) and `now`. They use the broker's [`RejectCode`]s, in the order of
+//! the broker's checks (DESIGN.md), so a partner system sees the same code whether the
+//! agent or the broker refused.
+//!
+//! The rule is **refuse only when sure**: the mirror is a partial copy of the broker's
+//! registries, so where it does not know (a case the agent never heard of, a consent
+//! another party registered, a team it did not manage) the check lets the message through
+//! and the broker decides. A refusal here is never one the broker would not also give on
+//! the same facts; a pass here is no promise the broker accepts.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, NaiveTime, Utc};
+use ketenpost_schemas::control::{CaseOp, Toestemming};
+use ketenpost_schemas::directory::Directory;
+use ketenpost_schemas::envelope::{BreachScope, LegalBasis};
+use ketenpost_schemas::ids::{CaseRef, MessageId, Oin, TraceId};
+use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::policy::{ConsentRule, KindRule, Policy, Purpose, Role};
+use ketenpost_schemas::protocol::{RejectCode, Rejection};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::mirror::{KnownCase, KnownConsent};
+use crate::Error;
+
+/// A recipient as the partner system names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum To {
+    /// A party, by OIN.
+    Oin(Oin),
+    /// Every member of the case team with this role ("the corporation in this case").
+    Role(Role),
+}
+
+/// A message the partner system wants to send.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// The kind (a content kind).
+    pub kind: Kind,
+    /// The case.
+    pub case_ref: CaseRef,
+    /// The purpose; by default the purpose of the case, when the agent knows the case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The recipients.
+    pub to: Vec<To>,
+    /// The legal basis. By default: `covenant` for kinds that need no consent, otherwise a
+    /// valid consent on file at this agent that covers the sender and every recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legal_basis: Option<LegalBasis>,
+    /// The event time; by default taken from the payload (a signal's `waargenomen_op`, a
+    /// breach's `ontdekt_op`, the day a disclosure obligation was received).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<DateTime<Utc>>,
+    /// The message this answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_reply_to: Option<MessageId>,
+    /// A W3C trace id to carry; a fresh one by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<TraceId>,
+    /// The full payload; every recipient role gets its own view of it.
+    pub payload: Value,
+}
+
+/// What the check needs to know.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// This agent's OIN.
+    pub me: &'a Oin,
+    /// The verified policy.
+    pub policy: &'a Policy,
+    /// The verified directory.
+    pub directory: &'a Directory,
+    /// The case, when the agent knows it.
+    pub case: Option<&'a KnownCase>,
+    /// The consents the agent knows for this case.
+    pub consents: &'a [KnownConsent],
+}
+
+/// A request that passed the early check, with everything resolved for sealing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    /// The purpose.
+    pub purpose: String,
+    /// The sender's role, as well as the agent knows it.
+    pub sender_role: Role,
+    /// Recipients with the role (view) each receives in.
+    pub recipients: Vec<(Oin, Role)>,
+    /// The legal basis to put in the header.
+    pub legal_basis: LegalBasis,
+    /// The event time.
+    pub event_time: Option<DateTime<Utc>>,
+    /// The breach scope of a datalek_melding, from its payload.
+    pub breach_scope: Option<BreachScope>,
+}
+
+fn refuse(code: RejectCode, reason: impl Into<String>) -> Error {
+    Error::refused_early(Rejection::new(code, reason))
+}
+
+fn invalid(reason: impl Into<String>) -> Error {
+    Error::Invalid(reason.into())
+}
+
+/// Check a message before it is stored, and resolve its recipients and legal basis.
+pub fn check_send(
+    req: &SendRequest,
+    cx: &Context<'_>,
+    now: DateTime<Utc>,
+) -> Result<Resolved, Error> {
+    let me = cx.me;
+    // 1. The sender must be an active party.
+    let my_party = cx.directory.active_party(me).ok_or_else(|| {
+        refuse(
+            RejectCode::UnknownSender,
+            format!("{me} is not an active party in the directory"),
+        )
+    })?;
+
+    // 4. Purpose and kind exist; (5) the purpose is the case's.
+    let purpose_id = match (&req.purpose, cx.case) {
+        (Some(p), _) => p.clone(),
+        (None, Some(c)) => c.purpose.clone(),
+        (None, None) => {
+            return Err(invalid(format!(
+                "case {} is not known to this agent, so its purpose is not either: give 'purpose'",
+                req.case_ref
+            )))
+        }
+    };
+    let purpose = cx.policy.purposes.get(&purpose_id).ok_or_else(|| {
+        refuse(
+            RejectCode::UnknownPurpose,
+            format!("the policy has no purpose '{purpose_id}'"),
+        )
+    })?;
+    if !req.kind.is_content() {
+        return Err(refuse(
+            RejectCode::KindNotAllowed,
+            format!("{} is a control record, not a message", req.kind),
+        ));
+    }
+    let rule = purpose.kinds.get(&req.kind).ok_or_else(|| {
+        refuse(
+            RejectCode::KindNotAllowed,
+            format!("purpose '{purpose_id}' does not allow {}", req.kind),
+        )
+    })?;
+
+    // 5. Need-to-know, as far as the mirror can tell.
+    if let Some(case) = cx.case {
+        if case.purpose != purpose_id {
+            return Err(refuse(
+                RejectCode::WrongPurpose,
+                format!(
+                    "case {} belongs to purpose '{}', the message names '{purpose_id}'",
+                    case.case_ref, case.purpose
+                ),
+            ));
+        }
+        if case.is_closed() && req.kind != Kind::DatalekMelding {
+            return Err(refuse(
+                RejectCode::CaseClosed,
+                format!("case {} is closed", case.case_ref),
+            ));
+        }
+    }
+    let sender_role = sender_role(me, &my_party.roles, cx.case, rule, req, &purpose_id)?;
+    let recipients = resolve_recipients(req, cx, rule, &purpose_id)?;
+
+    // 6. Legal basis.
+    let legal_basis = legal_basis(req, cx, rule, &purpose_id, &sender_role, &recipients, now)?;
+
+    // 7. What the broker's deadline bookkeeping needs.
+    let event_time = req
+        .event_time
+        .or_else(|| event_time_from_payload(req.kind, &req.payload));
+    if rule.send_within.is_some() && event_time.is_none() {
+        return Err(invalid(format!(
+            "{} has a send_within deadline, so it needs an event_time",
+            req.kind
+        )));
+    }
+    let breach_scope = if req.kind == Kind::DatalekMelding {
+        Some(breach_scope_from_payload(&req.payload).ok_or_else(|| {
+            invalid("a datalek_melding payload needs tijdvak_van and tijdvak_tot")
+        })?)
+    } else {
+        None
+    };
+    Ok(Resolved {
+        purpose: purpose_id,
+        sender_role,
+        recipients,
+        legal_basis,
+        event_time,
+        breach_scope,
+    })
+}
+
+fn sender_role(
+    me: &Oin,
+    my_roles: &[Role],
+    case: Option<&KnownCase>,
+    rule: &KindRule,
+    req: &SendRequest,
+    purpose_id: &str,
+) -> Result<Role, Error> {
+    let not_allowed = |role: &str| {
+        refuse(
+            RejectCode::SenderRoleNotAllowed,
+            format!(
+                "role '{role}' may not send {} under purpose '{purpose_id}'",
+                req.kind
+            ),
+        )
+    };
+    match case.and_then(|c| c.members.get(me)) {
+        Some(role) if rule.senders.contains(role) => Ok(role.clone()),
+        Some(role) => Err(not_allowed(role.as_str())),
+        None if case.is_some_and(|c| c.complete) => Err(refuse(
+            RejectCode::NotInCaseTeam,
+            format!("sender {me} is not in the team of case {}", req.case_ref),
+        )),
+        None => match my_roles.iter().find(|r| rule.senders.contains(*r)) {
+            Some(r) => Ok(r.clone()),
+            None => Err(not_allowed(
+                &my_roles
+                    .iter()
+                    .map(Role::as_str)
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            )),
+        },
+    }
+}
+
+fn resolve_recipients(
+    req: &SendRequest,
+    cx: &Context<'_>,
+    rule: &KindRule,
+    purpose_id: &str,
+) -> Result<Vec<(Oin, Role)>, Error> {
+    if req.to.is_empty() {
+        return Err(invalid("name at least one recipient"));
+    }
+    let role_not_allowed = |who: &str, role: &Role| {
+        refuse(
+            RejectCode::RecipientRoleNotAllowed,
+            format!(
+                "{who}role '{role}' may not receive {} under purpose '{purpose_id}'",
+                req.kind
+            ),
+        )
+    };
+    let complete = cx.case.is_some_and(|c| c.complete);
+    let mut out: Vec<(Oin, Role)> = Vec::new();
+    let mut push = |oin: Oin, role: Role| {
+        if !out.iter().any(|(o, _)| o == &oin) {
+            out.push((oin, role));
+        }
+    };
+    for to in &req.to {
+        match to {
+            To::Role(role) => {
+                if !cx.policy.has_role(role) {
+                    return Err(invalid(format!("the policy has no role '{role}'")));
+                }
+                if !rule.recipients.contains(role) {
+                    return Err(role_not_allowed("", role));
+                }
+                let case = cx.case.ok_or_else(|| {
+                    invalid(format!(
+                        "recipients by role need the case team, and case {} is not known to \
+                         this agent: register the case or name recipients by OIN",
+                        req.case_ref
+                    ))
+                })?;
+                let found: Vec<&Oin> = case
+                    .members
+                    .iter()
+                    .filter(|(o, r)| *r == role && *o != cx.me)
+                    .map(|(o, _)| o)
+                    .collect();
+                if found.is_empty() {
+                    return Err(if complete {
+                        refuse(
+                            RejectCode::NotInCaseTeam,
+                            format!("no member of case {} has role '{role}'", req.case_ref),
+                        )
+                    } else {
+                        invalid(format!(
+                            "no member of case {} with role '{role}' is known to this agent: \
+                             name the recipient by OIN or register the case team",
+                            req.case_ref
+                        ))
+                    });
+                }
+                for oin in found {
+                    push(oin.clone(), role.clone());
+                }
+            }
+            To::Oin(oin) => {
+                if oin == cx.me {
+                    return Err(invalid("the sender cannot be a recipient"));
+                }
+                let known = cx.case.and_then(|c| c.members.get(oin));
+                if known.is_none() && complete {
+                    return Err(refuse(
+                        RejectCode::NotInCaseTeam,
+                        format!("recipient {oin} is not in the team of case {}", req.case_ref),
+                    ));
+                }
+                let party = cx.directory.active_party(oin).ok_or_else(|| {
+                    invalid(format!(
+                        "{oin} is not an active party in the directory; nothing can be \
+                         encrypted to it"
+                    ))
+                })?;
+                let role = match known {
+                    Some(role) if rule.recipients.contains(role) => role.clone(),
+                    Some(role) => return Err(role_not_allowed(&format!("recipient {oin} has "), role)),
+                    None => match party.roles.iter().find(|r| rule.recipients.contains(*r)) {
+                        Some(r) => r.clone(),
+                        None => {
+                            // A case role is always one of the party's directory roles.
+                            let roles = party
+                                .roles
+                                .iter()
+                                .map(Role::as_str)
+                                .collect::<Vec<_>>()
+                                .join("/");
+                            return Err(refuse(
+                                RejectCode::RecipientRoleNotAllowed,
+                                format!(
+                                    "recipient {oin} has role '{roles}', which may not receive \
+                                     {} under purpose '{purpose_id}'",
+                                    req.kind
+                                ),
+                            ));
+                        }
+                    },
+                };
+                if !party.has_role(&role) {
+                    return Err(invalid(format!(
+                        "{oin} does not have role '{role}' in the directory"
+                    )));
+                }
+                push(oin.clone(), role);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn legal_basis(
+    req: &SendRequest,
+    cx: &Context<'_>,
+    rule: &KindRule,
+    purpose_id: &str,
+    sender_role: &Role,
+    recipients: &[(Oin, Role)],
+    now: DateTime<Utc>,
+) -> Result<LegalBasis, Error> {
+    match (&req.legal_basis, rule.consent) {
+        (None | Some(LegalBasis::Covenant), ConsentRule::NotRequired) => Ok(LegalBasis::Covenant),
+        (Some(_), ConsentRule::NotRequired) => Err(refuse(
+            RejectCode::LegalBasisMismatch,
+            format!(
+                "{} rests on the covenant itself; send it with legal basis 'covenant'",
+                req.kind
+            ),
+        )),
+        (Some(LegalBasis::Covenant), ConsentRule::Required) => Err(refuse(
+            RejectCode::NoConsent,
+            format!(
+                "{} requires the client's consent or an allowed non-consent ground",
+                req.kind
+            ),
+        )),
+        (Some(b @ LegalBasis::NonConsent { ground, .. }), ConsentRule::Required) => {
+            if rule.non_consent_grounds.contains(ground) {
+                Ok(b.clone())
+            } else {
+                Err(refuse(
+                    RejectCode::GroundNotAllowed,
+                    format!(
+                        "the policy does not allow ground '{ground}' for {} under purpose \
+                         '{purpose_id}'",
+                        req.kind
+                    ),
+                ))
+            }
+        }
+        (Some(b @ LegalBasis::Consent { consent_id }), ConsentRule::Required) => {
+            match cx.consents.iter().find(|c| &c.record.consent_id == consent_id) {
+                Some(c) => {
+                    check_consent(c, req, cx, purpose_id, sender_role, recipients, now)?;
+                    Ok(b.clone())
+                }
+                // Registered by another party: only the broker knows it.
+                None => Ok(b.clone()),
+            }
+        }
+        (None, ConsentRule::Required) => {
+            let mut first_refusal = None;
+            let mut best: Option<&KnownConsent> = None;
+            for c in cx.consents.iter().filter(|c| c.record.case_ref == req.case_ref) {
+                match check_consent(c, req, cx, purpose_id, sender_role, recipients, now) {
+                    Ok(()) => {
+                        if best.is_none_or(|b| b.record.valid_from < c.record.valid_from) {
+                            best = Some(c);
+                        }
+                    }
+                    Err(e) => {
+                        first_refusal.get_or_insert(e);
+                    }
+                }
+            }
+            match (best, first_refusal) {
+                (Some(c), _) => Ok(LegalBasis::Consent {
+                    consent_id: c.record.consent_id,
+                }),
+                (None, Some(refusal)) => Err(refusal),
+                (None, None) => Err(refuse(
+                    RejectCode::NoConsent,
+                    format!(
+                        "{} requires consent and no consent for case {} is on file at this \
+                         agent: register one, or name the consent_id another party registered",
+                        req.kind, req.case_ref
+                    ),
+                )),
+            }
+        }
+    }
+}
+
+fn check_consent(
+    c: &KnownConsent,
+    req: &SendRequest,
+    cx: &Context<'_>,
+    purpose_id: &str,
+    sender_role: &Role,
+    recipients: &[(Oin, Role)],
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let id = c.record.consent_id;
+    if let Some(at) = c.withdrawn_at.filter(|at| *at <= now) {
+        return Err(refuse(
+            RejectCode::ConsentWithdrawn,
+            format!("consent {id} was withdrawn at {}", at.to_rfc3339()),
+        ));
+    }
+    if !c.is_valid_at(now) {
+        return Err(refuse(
+            RejectCode::ConsentNotValid,
+            format!("consent {id} is not valid at this time"),
+        ));
+    }
+    if c.record.case_ref != req.case_ref
+        || c.record.purpose != purpose_id
+        || c.record.covenant != cx.policy.covenant.id
+    {
+        return Err(refuse(
+            RejectCode::ConsentScope,
+            format!("consent {id} is for another case or purpose than this message"),
+        ));
+    }
+    if !c.covers(cx.me, sender_role) {
+        return Err(refuse(
+            RejectCode::ConsentScope,
+            format!("consent {id} does not cover the sender {}", cx.me),
+        ));
+    }
+    if let Some((oin, role)) = recipients.iter().find(|(o, r)| !c.covers(o, r)) {
+        return Err(refuse(
+            RejectCode::ConsentScope,
+            format!("consent {id} does not cover recipient {oin} (role '{role}')"),
+        ));
+    }
+    Ok(())
+}
+
+/// The event time a payload carries: a signal's `waargenomen_op`, a breach's `ontdekt_op`,
+/// the day a disclosure obligation was received (`verplichting_ontvangen_op`, start of the
+/// day in UTC, which is the same calendar day in Amsterdam).
+pub fn event_time_from_payload(kind: Kind, payload: &Value) -> Option<DateTime<Utc>> {
+    let field = |name: &str| payload.get(name).and_then(Value::as_str);
+    match kind {
+        Kind::Signaal => field("waargenomen_op")?.parse().ok(),
+        Kind::DatalekMelding => field("ontdekt_op")?.parse().ok(),
+        Kind::VerstrekkingDerden => {
+            let day: chrono::NaiveDate = field("verplichting_ontvangen_op")?.parse().ok()?;
+            Some(day.and_time(NaiveTime::MIN).and_utc())
+        }
+        _ => None,
+    }
+}
+
+/// The breach scope a datalek_melding payload describes.
+pub fn breach_scope_from_payload(payload: &Value) -> Option<BreachScope> {
+    let time = |name: &str| -> Option<DateTime<Utc>> {
+        payload.get(name).and_then(Value::as_str)?.parse().ok()
+    };
+    let case_refs = match payload.get("betrokken_casussen") {
+        Some(v) => serde_json::from_value(v.clone()).ok()?,
+        None => Vec::new(),
+    };
+    Some(BreachScope {
+        case_refs,
+        all_cases_of_sender: payload
+            .get("alle_casussen_van_afzender")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        from: time("tijdvak_van")?,
+        until: time("tijdvak_tot")?,
+    })
+}
+
+/// Check opening a case; returns the role to open it as (the given one, or the first of
+/// our roles that may manage cases under the purpose).
+pub fn check_open(
+    me: &Oin,
+    purpose_id: &str,
+    role: Option<&Role>,
+    policy: &Policy,
+    directory: &Directory,
+) -> Result<Role, Error> {
+    let purpose = policy.purposes.get(purpose_id).ok_or_else(|| {
+        refuse(
+            RejectCode::UnknownPurpose,
+            format!("the policy has no purpose '{purpose_id}'"),
+        )
+    })?;
+    let party = directory.active_party(me).ok_or_else(|| {
+        refuse(
+            RejectCode::UnknownSender,
+            format!("{me} is not an active party in the directory"),
+        )
+    })?;
+    let chosen = match role {
+        Some(r) => Some(r.clone()),
+        None => party
+            .roles
+            .iter()
+            .find(|r| purpose.case_managers.contains(*r))
+            .cloned(),
+    };
+    match chosen {
+        Some(r) if party.has_role(&r) && purpose.case_managers.contains(&r) => Ok(r),
+        _ => Err(refuse(
+            RejectCode::NotPermitted,
+            format!(
+                "{me} may not open a case under purpose '{purpose_id}' (case managers: {})",
+                join(&purpose.case_managers)
+            ),
+        )),
+    }
+}
+
+fn join(roles: &BTreeSet<Role>) -> String {
+    roles.iter().map(Role::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// Check a change to a case this agent knows: only a case manager in the team may change
+/// it, and only while it is open. With an unknown case the broker decides.
+pub fn check_case_change(
+    me: &Oin,
+    case: Option<&KnownCase>,
+    op: &CaseOp,
+    policy: &Policy,
+    directory: &Directory,
+) -> Result<(), Error> {
+    if let CaseOp::AddMember { oin, role } = op {
+        let party = directory.active_party(oin).ok_or_else(|| {
+            refuse(
+                RejectCode::UnknownSender,
+                format!("{oin} is not an active party"),
+            )
+        })?;
+        if !party.has_role(role) {
+            return Err(refuse(
+                RejectCode::Conflict,
+                format!("{oin} does not have role '{role}' in the directory"),
+            ));
+        }
+    }
+    let Some(case) = case else { return Ok(()) };
+    let purpose: Option<&Purpose> = policy.purposes.get(&case.purpose);
+    if case.is_closed() {
+        return Err(refuse(
+            RejectCode::CaseClosed,
+            format!("case {} is closed", case.case_ref),
+        ));
+    }
+    let manager = case
+        .members
+        .get(me)
+        .is_some_and(|r| purpose.is_some_and(|p| p.case_managers.contains(r)));
+    if !manager && (case.complete || case.members.contains_key(me)) {
+        return Err(refuse(
+            RejectCode::NotPermitted,
+            format!("{me} does not manage case {}", case.case_ref),
+        ));
+    }
+    match op {
+        CaseOp::AddMember { oin, .. } if case.members.contains_key(oin) => Err(refuse(
+            RejectCode::Conflict,
+            format!("{oin} is already in the team of case {}", case.case_ref),
+        )),
+        CaseOp::RemoveMember { oin } if case.regievoerder.as_ref() == Some(oin) => Err(refuse(
+            RejectCode::Conflict,
+            "the regievoerder cannot leave its own case; close it instead",
+        )),
+        CaseOp::RemoveMember { oin } if case.complete && !case.members.contains_key(oin) => {
+            Err(refuse(
+                RejectCode::Conflict,
+                format!("{oin} is not in the team of case {}", case.case_ref),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Check registering a consent this agent obtained.
+pub fn check_consent_grant(
+    me: &Oin,
+    t: &Toestemming,
+    case: Option<&KnownCase>,
+    policy: &Policy,
+) -> Result<(), Error> {
+    let purpose = policy.purposes.get(&t.purpose).ok_or_else(|| {
+        refuse(
+            RejectCode::UnknownPurpose,
+            format!("the policy has no purpose '{}'", t.purpose),
+        )
+    })?;
+    if let Some(case) = case {
+        if case.purpose != t.purpose {
+            return Err(refuse(
+                RejectCode::WrongPurpose,
+                format!(
+                    "case {} belongs to purpose '{}', the consent names '{}'",
+                    t.case_ref, case.purpose, t.purpose
+                ),
+            ));
+        }
+        if case.is_closed() {
+            return Err(refuse(
+                RejectCode::CaseClosed,
+                format!("case {} is closed", t.case_ref),
+            ));
+        }
+        match case.members.get(me) {
+            Some(role) if !purpose.consent_recorders.contains(role) => {
+                return Err(refuse(
+                    RejectCode::NotPermitted,
+                    format!(
+                        "role '{role}' may not register consent under purpose '{}'",
+                        t.purpose
+                    ),
+                ))
+            }
+            None if case.complete => {
+                return Err(refuse(
+                    RejectCode::NotInCaseTeam,
+                    format!("{me} is not in the team of case {}", t.case_ref),
+                ))
+            }
+            _ => {}
+        }
+    }
+    if t.parties.is_empty() && t.roles.is_empty() {
+        return Err(refuse(
+            RejectCode::Malformed,
+            "the consent names no parties or roles",
+        ));
+    }
+    if let Some(r) = t.roles.iter().find(|r| !policy.has_role(r)) {
+        return Err(refuse(RejectCode::Malformed, format!("unknown role '{r}'")));
+    }
+    if t.valid_until.is_some_and(|u| u <= t.valid_from) {
+        return Err(refuse(
+            RejectCode::Malformed,
+            "valid_until is not after valid_from",
+        ));
+    }
+    Ok(())
+}
+
+/// Check withdrawing a consent this agent knows: not twice.
+pub fn check_withdrawal(consent: Option<&KnownConsent>) -> Result<(), Error> {
+    match consent {
+        Some(c) if c.withdrawn_at.is_some() => Err(refuse(
+            RejectCode::Conflict,
+            format!("consent {} was already withdrawn", c.record.consent_id),
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

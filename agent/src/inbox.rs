@@ -1,0 +1,327 @@
+//! The inbox: deliveries verified, decrypted, checked against our view and stored until the
+//! partner system acknowledges them.
+//!
+//! [`open_delivery`] is the whole decision for one delivered envelope, without I/O: decode
+//! within limits, verify the sender's header signature against the *directory* key (not
+//! anything the broker says), check the digests, pick our body, decrypt it, and validate it
+//! against the JSON Schema of our view. A body holding a field outside our view is refused
+//! and reported ([`RefusedMessage`]), not stored and not receipted: the broker then lets it
+//! expire and tells the sender.
+
+use chrono::{DateTime, Utc};
+use ketenpost_schemas::control::{DeliveryReceipt, SignedRecord};
+use ketenpost_schemas::directory::Directory;
+use ketenpost_schemas::envelope::{Envelope, Header, LegalBasis, Limits};
+use ketenpost_schemas::ids::{CaseRef, MessageId, Oin, TraceId};
+use ketenpost_schemas::keys::SigningKey;
+use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::policy::{Policy, Role};
+use ketenpost_schemas::seal::{self, Opened};
+use ketenpost_schemas::Error as SchemaError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::store::Store;
+use crate::Error;
+
+/// A received message, stored until acknowledged (and never past retention).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// The message id.
+    pub message_id: MessageId,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its case.
+    pub case_ref: CaseRef,
+    /// Its purpose.
+    pub purpose: String,
+    /// The sender.
+    pub sender: Oin,
+    /// The view (role) we received.
+    pub view: Role,
+    /// When the sender created it.
+    pub created_at: DateTime<Utc>,
+    /// When we stored it.
+    pub received_at: DateTime<Utc>,
+    /// The event it is about.
+    pub event_time: Option<DateTime<Utc>>,
+    /// The message it answers.
+    pub in_reply_to: Option<MessageId>,
+    /// The legal basis it was sent under.
+    pub legal_basis: LegalBasis,
+    /// Its trace id.
+    pub trace_id: TraceId,
+    /// SHA-256 of our body (named in the receipt).
+    pub body_sha256: String,
+    /// When the partner system acknowledged it.
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Our view of the payload.
+    pub payload: Value,
+}
+
+/// The signed receipt of a message, kept after the payload is gone so that a message the
+/// broker delivers again (its first receipt was lost) is receipted again, not stored again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipted {
+    /// The message.
+    pub message_id: MessageId,
+    /// Its case (for deletion).
+    pub case_ref: CaseRef,
+    /// The receipt as sent.
+    pub receipt: SignedRecord,
+    /// Whether the broker took it.
+    pub confirmed: bool,
+}
+
+/// A delivery the agent would not accept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedMessage {
+    /// The message id, when the header parsed.
+    pub message_id: Option<MessageId>,
+    /// The claimed sender, when the header parsed.
+    pub sender: Option<Oin>,
+    /// The claimed kind.
+    pub kind: Option<Kind>,
+    /// The claimed case.
+    pub case_ref: Option<CaseRef>,
+    /// Why, as a code: `malformed`, `unknown_sender`, `bad_signature`, `digest_mismatch`,
+    /// `wrong_covenant`, `not_a_recipient`, `decrypt_failed`, `fields_outside_view`,
+    /// `schema_violation`, `policy`.
+    pub code: String,
+    /// Why, in words (field names, never values).
+    pub reason: String,
+    /// First time the broker delivered it.
+    pub first_seen: DateTime<Utc>,
+    /// How often it was delivered.
+    pub times_seen: u32,
+}
+
+/// Why [`open_delivery`] refused a delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// What the unverified header claims, if it parsed.
+    pub claimed: Option<Header>,
+    /// The code (see [`RefusedMessage::code`]).
+    pub code: &'static str,
+    /// The reason.
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(claimed: Option<&Header>, code: &'static str, reason: impl Into<String>) -> Self {
+        Refusal {
+            claimed: claimed.cloned(),
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The record to keep and report.
+    pub fn to_record(&self, now: DateTime<Utc>) -> RefusedMessage {
+        let h = self.claimed.as_ref();
+        RefusedMessage {
+            message_id: h.map(|h| h.id),
+            sender: h.map(|h| h.sender.clone()),
+            kind: h.map(|h| h.kind),
+            case_ref: h.map(|h| h.case_ref.clone()),
+            code: self.code.to_owned(),
+            reason: self.reason.clone(),
+            first_seen: now,
+            times_seen: 1,
+        }
+    }
+}
+
+/// Verify, decrypt and check one delivered envelope for `me`.
+pub fn open_delivery(
+    bytes: &[u8],
+    me: &Oin,
+    identity: &age::x25519::Identity,
+    policy: &Policy,
+    directory: &Directory,
+) -> Result<Opened, Refusal> {
+    let limits = Limits::default();
+    let envelope =
+        Envelope::decode(bytes, &limits).map_err(|e| Refusal::new(None, "malformed", e.to_string()))?;
+    let claimed = envelope
+        .unverified_header()
+        .map_err(|e| Refusal::new(None, "malformed", e.to_string()))?;
+    let c = Some(&claimed);
+    let verified = envelope
+        .verify(&limits, |oin| {
+            directory
+                .active_party(oin)
+                .and_then(|p| p.verifying_key().ok())
+        })
+        .map_err(|e| match e {
+            SchemaError::UnknownSender(oin) => Refusal::new(
+                c,
+                "unknown_sender",
+                format!("sender {oin} is not an active party in the directory"),
+            ),
+            SchemaError::BadSignature(_) => Refusal::new(
+                c,
+                "bad_signature",
+                "the header signature does not verify with the sender's directory key",
+            ),
+            SchemaError::DigestMismatch { index } => Refusal::new(
+                c,
+                "digest_mismatch",
+                format!("body {index} does not match its digest in the header"),
+            ),
+            other => Refusal::new(c, "malformed", other.to_string()),
+        })?;
+    let header = verified.header();
+    if header.covenant != policy.covenant.id {
+        return Err(Refusal::new(
+            c,
+            "wrong_covenant",
+            format!("the message is for covenant '{}'", header.covenant),
+        ));
+    }
+    if header.body_for(me).is_none() {
+        return Err(Refusal::new(
+            c,
+            "not_a_recipient",
+            format!("no body of this message is addressed to {me}"),
+        ));
+    }
+    seal::open(&verified, me, identity, policy).map_err(|e| match e {
+        SchemaError::FieldsOutsideView { .. } => Refusal::new(c, "fields_outside_view", e.to_string()),
+        SchemaError::Schema { .. } => Refusal::new(c, "schema_violation", e.to_string()),
+        SchemaError::Decrypt(_) | SchemaError::TooLarge { .. } => {
+            Refusal::new(c, "decrypt_failed", e.to_string())
+        }
+        other => Refusal::new(c, "policy", other.to_string()),
+    })
+}
+
+/// The role a sender must have had: its one directory role that may send the kind.
+pub fn sender_role(header: &Header, policy: &Policy, directory: &Directory) -> Option<Role> {
+    let rule = policy.rule(&header.purpose, header.kind)?;
+    let party = directory.active_party(&header.sender)?;
+    let mut allowed = party.roles.iter().filter(|r| rule.senders.contains(*r));
+    match (allowed.next(), allowed.next()) {
+        (Some(r), None) => Some(r.clone()),
+        _ => None,
+    }
+}
+
+/// The inbox entry for an opened message.
+pub fn entry(opened: Opened, now: DateTime<Utc>) -> InboxEntry {
+    let h = opened.header;
+    InboxEntry {
+        message_id: h.id,
+        kind: h.kind,
+        case_ref: h.case_ref,
+        purpose: h.purpose,
+        sender: h.sender,
+        view: opened.view,
+        created_at: h.created_at,
+        received_at: now,
+        event_time: h.event_time,
+        in_reply_to: h.in_reply_to,
+        legal_basis: h.legal_basis,
+        trace_id: h.trace_id,
+        body_sha256: opened.body_sha256,
+        acknowledged_at: None,
+        payload: opened.payload,
+    }
+}
+
+/// Sign the receipt for a stored entry.
+pub fn receipt(
+    entry: &InboxEntry,
+    me: &Oin,
+    key: &SigningKey,
+) -> Result<SignedRecord, Error> {
+    let r = DeliveryReceipt {
+        message_id: entry.message_id,
+        recipient: me.clone(),
+        body_sha256: entry.body_sha256.clone(),
+        received_at: entry.received_at,
+    };
+    Ok(SignedRecord::sign(&r, me.clone(), key)?)
+}
+
+impl Store {
+    /// Store a received message with its receipt, and flush, before the receipt goes out.
+    pub async fn inbox_insert(&self, entry: &InboxEntry, receipt: &Receipted) -> Result<(), Error> {
+        let key = entry.message_id.0.as_bytes();
+        {
+            let _guard = self.lock();
+            Store::put(&self.inbox, key, entry)?;
+            Store::put(&self.receipted, key, receipt)?;
+        }
+        self.flush().await
+    }
+
+    /// An inbox entry.
+    pub fn inbox_get(&self, id: &MessageId) -> Result<Option<InboxEntry>, Error> {
+        Store::get(&self.inbox, "inbox entry", id.0.as_bytes())
+    }
+
+    /// Every inbox entry, oldest first.
+    pub fn inbox_all(&self) -> Result<Vec<InboxEntry>, Error> {
+        Store::all(&self.inbox, "inbox entry")
+    }
+
+    /// Mark an entry acknowledged (once; a second ack keeps the first time).
+    pub fn inbox_ack(&self, id: &MessageId, now: DateTime<Utc>) -> Result<Option<InboxEntry>, Error> {
+        let _guard = self.lock();
+        let key = id.0.as_bytes();
+        let Some(mut e) = Store::get::<InboxEntry>(&self.inbox, "inbox entry", key)? else {
+            return Ok(None);
+        };
+        if e.acknowledged_at.is_none() {
+            e.acknowledged_at = Some(now);
+            Store::put(&self.inbox, key, &e)?;
+        }
+        Ok(Some(e))
+    }
+
+    /// Remove an inbox entry (retention); its receipt stays.
+    pub fn inbox_remove(&self, id: &MessageId) -> Result<(), Error> {
+        self.inbox.remove(id.0.as_bytes())?;
+        Ok(())
+    }
+
+    /// The kept receipt of a message, if it was received before.
+    pub fn receipted(&self, id: &MessageId) -> Result<Option<Receipted>, Error> {
+        Store::get(&self.receipted, "receipt", id.0.as_bytes())
+    }
+
+    /// Mark a kept receipt as taken by the broker.
+    pub fn receipt_confirmed(&self, id: &MessageId) -> Result<(), Error> {
+        let _guard = self.lock();
+        let key = id.0.as_bytes();
+        if let Some(mut r) = Store::get::<Receipted>(&self.receipted, "receipt", key)? {
+            if !r.confirmed {
+                r.confirmed = true;
+                Store::put(&self.receipted, key, &r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Record a refused delivery (or count another delivery of it). Returns whether it is
+    /// new.
+    pub fn refused_note(&self, key: &[u8], record: RefusedMessage) -> Result<bool, Error> {
+        let _guard = self.lock();
+        let existing: Option<RefusedMessage> = Store::get(&self.refused, "refused delivery", key)?;
+        let (record, new) = match existing {
+            Some(mut r) => {
+                r.times_seen = r.times_seen.saturating_add(1);
+                (r, false)
+            }
+            None => (record, true),
+        };
+        Store::put(&self.refused, key, &record)?;
+        Ok(new)
+    }
+
+    /// Every refused delivery.
+    pub fn refused_all(&self) -> Result<Vec<RefusedMessage>, Error> {
+        Store::all(&self.refused, "refused delivery")
+    }
+}

@@ -1,0 +1,225 @@
+//! The agent's sled database: one tree per kind of record, JSON values.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `outbox` | message id (16 bytes, time-ordered) | [`OutboxEntry`](crate::outbox::OutboxEntry) |
+//! | `outbox_queue` | message id | empty: the entries still to submit |
+//! | `inbox` | message id | [`InboxEntry`](crate::inbox::InboxEntry), payload included |
+//! | `receipted` | message id | [`Receipted`](crate::inbox::Receipted): the signed receipt, kept after the payload goes so a re-delivery is receipted again, not stored again |
+//! | `refused` | message id | [`RefusedMessage`](crate::inbox::RefusedMessage): deliveries the agent would not accept |
+//! | `cases` | case reference | [`KnownCase`] |
+//! | `consents` | consent id | [`KnownConsent`] |
+//! | `deletions` | order id | [`DeletionEntry`](crate::deletion::DeletionEntry) |
+//! | `checkpoints` | seq (big-endian) | the broker's checkpoints seen |
+//! | `meta` | name | the cached signed documents, audit warnings |
+//!
+//! Writes that the partner system or the broker is told about are flushed (fsync) first:
+//! a message is on disk before its id is returned, an inbox entry before its receipt goes
+//! out, a deletion before its confirmation.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use ketenpost_schemas::ids::CaseRef;
+
+use crate::mirror::{KnownCase, KnownConsent};
+use crate::Error;
+
+/// The database and its trees.
+#[derive(Debug)]
+pub struct Store {
+    pub(crate) db: sled::Db,
+    pub(crate) outbox: sled::Tree,
+    pub(crate) outbox_queue: sled::Tree,
+    pub(crate) inbox: sled::Tree,
+    pub(crate) receipted: sled::Tree,
+    pub(crate) refused: sled::Tree,
+    pub(crate) cases: sled::Tree,
+    pub(crate) consents: sled::Tree,
+    pub(crate) deletions: sled::Tree,
+    pub(crate) checkpoints: sled::Tree,
+    pub(crate) meta: sled::Tree,
+    /// Serialises read-modify-write cycles (never held across an await).
+    pub(crate) write: Mutex<()>,
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|e| Error::corrupt("record to write", e))
+}
+
+pub(crate) fn from_json<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(what, e))
+}
+
+impl Store {
+    /// Open (or create) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, Error> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let db = sled::Config::new()
+            .path(dir.join("agent.sled"))
+            .flush_every_ms(Some(1000))
+            .open()?;
+        Ok(Store {
+            outbox: db.open_tree("outbox")?,
+            outbox_queue: db.open_tree("outbox_queue")?,
+            inbox: db.open_tree("inbox")?,
+            receipted: db.open_tree("receipted")?,
+            refused: db.open_tree("refused")?,
+            cases: db.open_tree("cases")?,
+            consents: db.open_tree("consents")?,
+            deletions: db.open_tree("deletions")?,
+            checkpoints: db.open_tree("checkpoints")?,
+            meta: db.open_tree("meta")?,
+            db,
+            write: Mutex::new(()),
+        })
+    }
+
+    /// Flush everything to disk.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A poisoned lock only means another thread panicked between a read and a write;
+        // every write is a whole record, so the data is consistent and the lock usable.
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn get<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        what: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, Error> {
+        tree.get(key)?.map(|v| from_json(what, &v)).transpose()
+    }
+
+    pub(crate) fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> Result<(), Error> {
+        tree.insert(key, to_json(value)?)?;
+        Ok(())
+    }
+
+    pub(crate) fn all<T: DeserializeOwned>(
+        tree: &sled::Tree,
+        what: &'static str,
+    ) -> Result<Vec<T>, Error> {
+        tree.iter()
+            .values()
+            .map(|v| v.map_err(Error::from).and_then(|v| from_json(what, &v)))
+            .collect()
+    }
+
+    // ---- mirror ------------------------------------------------------------------------
+
+    /// A case, if known.
+    pub fn case(&self, case_ref: &CaseRef) -> Result<Option<KnownCase>, Error> {
+        Self::get(&self.cases, "case", case_ref.as_str().as_bytes())
+    }
+
+    /// Every known case.
+    pub fn cases(&self) -> Result<Vec<KnownCase>, Error> {
+        Self::all(&self.cases, "case")
+    }
+
+    /// Store a case.
+    pub fn put_case(&self, case: &KnownCase) -> Result<(), Error> {
+        Self::put(&self.cases, case.case_ref.as_str().as_bytes(), case)
+    }
+
+    /// Change a case under the write lock; `f` gets the current entry (if any) and returns
+    /// the new one (or `None` to leave it).
+    pub fn update_case(
+        &self,
+        case_ref: &CaseRef,
+        f: impl FnOnce(Option<KnownCase>) -> Option<KnownCase>,
+    ) -> Result<Option<KnownCase>, Error> {
+        let _guard = self.lock();
+        let next = f(self.case(case_ref)?);
+        if let Some(c) = &next {
+            self.put_case(c)?;
+        }
+        Ok(next)
+    }
+
+    /// A consent, if known.
+    pub fn consent(&self, id: &uuid::Uuid) -> Result<Option<KnownConsent>, Error> {
+        Self::get(&self.consents, "consent", id.as_bytes())
+    }
+
+    /// Store a consent.
+    pub fn put_consent(&self, c: &KnownConsent) -> Result<(), Error> {
+        Self::put(&self.consents, c.record.consent_id.as_bytes(), c)
+    }
+
+    /// The consents known for a case (all cases with `None`).
+    pub fn consents(&self, case_ref: Option<&CaseRef>) -> Result<Vec<KnownConsent>, Error> {
+        let all: Vec<KnownConsent> = Self::all(&self.consents, "consent")?;
+        Ok(all
+            .into_iter()
+            .filter(|c| case_ref.is_none_or(|r| &c.record.case_ref == r))
+            .collect())
+    }
+
+    // ---- meta --------------------------------------------------------------------------
+
+    /// A value from the meta tree.
+    pub fn meta_get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Error> {
+        Self::get(&self.meta, "meta record", name.as_bytes())
+    }
+
+    /// Store a value in the meta tree.
+    pub fn meta_put<T: Serialize>(&self, name: &str, value: &T) -> Result<(), Error> {
+        Self::put(&self.meta, name.as_bytes(), value)
+    }
+
+    // ---- deleting a case ---------------------------------------------------------------
+
+    /// Delete everything the agent holds about a case: inbox entries with their payloads,
+    /// receipts kept for re-deliveries, refused deliveries, outbox entries, the mirror of
+    /// the case and its consents. Returns how many messages (inbox and outbox) went.
+    pub fn delete_case(&self, case_ref: &CaseRef) -> Result<u64, Error> {
+        let _guard = self.lock();
+        let mut messages = 0u64;
+        let matches = |v: &[u8]| -> bool {
+            serde_json::from_slice::<CaseOnly>(v).is_ok_and(|c| &c.case_ref == case_ref)
+        };
+        for tree in [&self.inbox, &self.outbox] {
+            for item in tree.iter() {
+                let (k, v) = item?;
+                if matches(&v) {
+                    tree.remove(&k)?;
+                    self.outbox_queue.remove(&k)?;
+                    messages += 1;
+                }
+            }
+        }
+        for tree in [&self.receipted, &self.refused] {
+            for item in tree.iter() {
+                let (k, v) = item?;
+                if matches(&v) {
+                    tree.remove(&k)?;
+                }
+            }
+        }
+        for item in self.consents.iter() {
+            let (k, v) = item?;
+            if serde_json::from_slice::<KnownConsent>(&v).is_ok_and(|c| &c.record.case_ref == case_ref)
+            {
+                self.consents.remove(&k)?;
+            }
+        }
+        self.cases.remove(case_ref.as_str().as_bytes())?;
+        Ok(messages)
+    }
+}
+
+/// The one field every per-message record has, for scanning by case.
+#[derive(serde::Deserialize)]
+struct CaseOnly {
+    case_ref: CaseRef,
+}
