@@ -28,61 +28,7 @@ use ketenpost_schemas::protocol::{
 };
 use ketenpost_schemas::seal::{open, seal, Draft, Sender};
 
-const POLICY: &str = r#"
-[covenant]
-id = "test"
-name = "Test covenant"
-
-[roles.gemeente]
-description = "municipality"
-[roles.zorgaanbieder]
-description = "care provider"
-[roles.woningcorporatie]
-description = "housing corporation"
-
-[purposes.uitstroom]
-name = "Uitstroom"
-processing_activity = "test-uitstroom"
-legal_basis = "consent"
-case_retention = "1 year"
-case_managers = ["gemeente"]
-consent_recorders = ["zorgaanbieder"]
-
-[purposes.uitstroom.kinds.aanmelding]
-senders = ["zorgaanbieder"]
-recipients = ["gemeente", "woningcorporatie"]
-consent = "required"
-non_consent_grounds = ["acute_danger"]
-undelivered_ttl = "14 days"
-views.gemeente = ["identity", "contact", "housing", "support"]
-views.woningcorporatie = ["identity", "contact", "housing"]
-
-[purposes.uitstroom.kinds.signaal]
-senders = ["woningcorporatie"]
-recipients = ["zorgaanbieder", "gemeente", "woningcorporatie"]
-consent = "required"
-send_within = "48 hours"
-undelivered_ttl = "7 days"
-views.zorgaanbieder = ["case"]
-views.gemeente = ["case"]
-views.woningcorporatie = ["case"]
-
-[purposes.overlast]
-name = "Overlast"
-processing_activity = "test-overlast"
-legal_basis = "consent"
-case_retention = "1 year"
-case_managers = ["gemeente"]
-consent_recorders = ["gemeente"]
-
-[purposes.overlast.kinds.signaal]
-senders = ["woningcorporatie"]
-recipients = ["zorgaanbieder", "gemeente"]
-consent = "required"
-undelivered_ttl = "7 days"
-views.zorgaanbieder = ["case"]
-views.gemeente = ["case"]
-"#;
+use ketenpost_schemas::testdata::TEST_POLICY as POLICY;
 
 const ROSTER: &str = r#"
 [[party]]
@@ -403,8 +349,9 @@ async fn every_check_refuses_with_its_own_code() {
     );
 
     // 5. A recipient outside the case team; a wrong purpose.
-    let d = s.signaal(&[(corp2, "woningcorporatie")]);
-    assert_eq!(code(s.submit(corp, d).await), RejectCode::NotInCaseTeam);
+    let mut d = s.aanmelding();
+    d.recipients = vec![(corp2.oin.clone(), Role::new("woningcorporatie"))];
+    assert_eq!(code(s.submit(zorg, d).await), RejectCode::NotInCaseTeam);
     let mut d = s.signaal(&[(zorg, "zorgaanbieder")]);
     d.purpose = "overlast".into();
     d.event_time = None;

@@ -22,36 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 /// The policy of the dev federation: three roles, so three parties.
-const POLICY: &str = r#"
-[covenant]
-id = "test"
-name = "Test covenant"
-
-[roles.gemeente]
-description = "municipality"
-[roles.zorgaanbieder]
-description = "care provider"
-[roles.woningcorporatie]
-description = "housing corporation"
-
-[purposes.uitstroom]
-name = "Uitstroom"
-processing_activity = "test-uitstroom"
-legal_basis = "consent"
-case_retention = "7 years"
-case_managers = ["gemeente"]
-consent_recorders = ["zorgaanbieder"]
-
-[purposes.uitstroom.kinds.aanmelding]
-senders = ["zorgaanbieder"]
-recipients = ["gemeente", "woningcorporatie"]
-consent = "required"
-non_consent_grounds = ["acute_danger"]
-undelivered_ttl = "14 days"
-answer_within = "5 workdays"
-views.gemeente = ["identity", "contact", "housing", "support"]
-views.woningcorporatie = ["identity", "contact", "housing"]
-"#;
+use ketenpost_schemas::testdata::TEST_POLICY as POLICY;
 
 /// Bound on every single wait in these tests.
 const WAIT: Duration = Duration::from_secs(10);

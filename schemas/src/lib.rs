@@ -52,4 +52,11 @@ pub mod policy;
 pub mod protocol;
 pub mod seal;
 
+/// Fixtures for tests and examples (not part of the stable API).
+#[doc(hidden)]
+pub mod testdata {
+    /// A small covenant policy with three roles, two purposes and every content kind.
+    pub const TEST_POLICY: &str = include_str!("../testdata/test-covenant.toml");
+}
+
 pub use error::Error;

@@ -14,103 +14,34 @@ use super::*;
 use crate::registry::MemRegistry;
 
 /// The policy the broker enforces.
-const STRICT: &str = r#"
-[covenant]
-id = "test"
-name = "Test covenant"
+use ketenpost_schemas::testdata::TEST_POLICY as STRICT;
 
-[roles.gemeente]
-description = "municipality"
-[roles.zorgaanbieder]
-description = "care provider"
-[roles.woningcorporatie]
-description = "housing corporation"
-
-[purposes.uitstroom]
-name = "Uitstroom"
-processing_activity = "test-uitstroom"
-legal_basis = "consent"
-case_retention = "7 years"
-case_managers = ["gemeente"]
-consent_recorders = ["zorgaanbieder"]
-
-[purposes.uitstroom.kinds.aanmelding]
-senders = ["zorgaanbieder"]
-recipients = ["gemeente", "woningcorporatie"]
-consent = "required"
-non_consent_grounds = ["acute_danger"]
-undelivered_ttl = "14 days"
-views.gemeente = ["identity", "contact", "housing", "support"]
-views.woningcorporatie = ["identity", "contact", "housing"]
-
-[purposes.uitstroom.kinds.signaal]
-senders = ["woningcorporatie"]
-recipients = ["zorgaanbieder", "gemeente"]
-consent = "required"
-send_within = "48 hours"
-undelivered_ttl = "7 days"
-views.zorgaanbieder = ["case"]
-views.gemeente = ["case"]
-
-[purposes.uitstroom.kinds.datalek_melding]
-senders = ["zorgaanbieder", "gemeente", "woningcorporatie"]
-recipients = ["zorgaanbieder", "gemeente", "woningcorporatie"]
-consent = "not_required"
-send_within = "48 hours"
-undelivered_ttl = "7 days"
-views.zorgaanbieder = ["case"]
-views.gemeente = ["case"]
-views.woningcorporatie = ["case"]
-
-[purposes.overlast]
-name = "Overlast"
-processing_activity = "test-overlast"
-legal_basis = "consent"
-case_retention = "2 years"
-case_managers = ["gemeente"]
-consent_recorders = ["gemeente"]
-
-[purposes.overlast.kinds.signaal]
-senders = ["woningcorporatie"]
-recipients = ["zorgaanbieder", "gemeente"]
-consent = "required"
-undelivered_ttl = "7 days"
-views.zorgaanbieder = ["case"]
-views.gemeente = ["case"]
-"#;
-
-/// A sender-side policy that allows more, so the broker's own checks can be reached.
+/// A sender-side policy that allows more, so the broker's own checks can be reached: a
+/// corporation may send an aanmelding and receive a signaal (under legal duty too), and
+/// there is an extra purpose the broker does not know.
 fn lenient() -> String {
-    STRICT
-        .replace(
-            "senders = [\"zorgaanbieder\"]\nrecipients = [\"gemeente\", \"woningcorporatie\"]",
-            "senders = [\"zorgaanbieder\", \"woningcorporatie\"]\nrecipients = [\"gemeente\", \"woningcorporatie\"]",
-        )
-        .replace(
-            "senders = [\"woningcorporatie\"]\nrecipients = [\"zorgaanbieder\", \"gemeente\"]\nconsent = \"required\"\nsend_within",
-            "senders = [\"woningcorporatie\"]\nrecipients = [\"zorgaanbieder\", \"gemeente\", \"woningcorporatie\"]\nconsent = \"required\"\nnon_consent_grounds = [\"legal_duty\"]\nsend_within",
-        )
-        .replace(
-            "views.gemeente = [\"case\"]\n\n[purposes.uitstroom.kinds.datalek_melding]",
-            "views.gemeente = [\"case\"]\nviews.woningcorporatie = [\"case\"]\n\n[purposes.uitstroom.kinds.datalek_melding]",
-        )
-        + r#"
-[purposes.extra]
-name = "Extra"
-processing_activity = "test-extra"
-legal_basis = "consent"
-case_retention = "2 years"
-case_managers = ["gemeente"]
-consent_recorders = ["gemeente"]
-
-[purposes.extra.kinds.signaal]
-senders = ["woningcorporatie"]
-recipients = ["zorgaanbieder", "gemeente"]
-consent = "required"
-undelivered_ttl = "7 days"
-views.zorgaanbieder = ["case"]
-views.gemeente = ["case"]
-"#
+    let mut v: toml::Table = toml::from_str(STRICT).unwrap();
+    let uit = &mut v["purposes"]["uitstroom"]["kinds"];
+    let aanmelding = uit["aanmelding"].as_table_mut().unwrap();
+    aanmelding["senders"] = toml::Value::from(vec!["zorgaanbieder", "woningcorporatie"]);
+    let signaal = uit["signaal"].as_table_mut().unwrap();
+    signaal["recipients"] =
+        toml::Value::from(vec!["zorgaanbieder", "gemeente", "woningcorporatie"]);
+    signaal.insert(
+        "non_consent_grounds".into(),
+        toml::Value::from(vec!["legal_duty"]),
+    );
+    signaal["views"]
+        .as_table_mut()
+        .unwrap()
+        .insert("woningcorporatie".into(), toml::Value::from(vec!["case"]));
+    let mut extra = v["purposes"]["overlast"].clone();
+    extra["processing_activity"] = toml::Value::from("test-extra");
+    v["purposes"]
+        .as_table_mut()
+        .unwrap()
+        .insert("extra".into(), extra);
+    toml::to_string(&v).unwrap()
 }
 
 struct P {

@@ -12,75 +12,7 @@ use crate::payload::{
     Aanmeldbericht, Aanmelding, DatalekMelding, Reactie, Signaal, VerstrekkingDerden,
 };
 
-const POLICY: &str = r#"
-[covenant]
-id = "test"
-name = "Test covenant"
-
-[roles.gemeente]
-description = "municipality"
-[roles.zorgaanbieder]
-description = "care provider"
-[roles.woningcorporatie]
-description = "housing corporation"
-
-[purposes.uitstroom]
-name = "Uitstroom"
-processing_activity = "test-uitstroom"
-legal_basis = "consent"
-case_retention = "7 years"
-case_managers = ["gemeente"]
-consent_recorders = ["zorgaanbieder"]
-
-[purposes.uitstroom.kinds.aanmelding]
-senders = ["zorgaanbieder"]
-recipients = ["gemeente", "woningcorporatie"]
-consent = "required"
-undelivered_ttl = "14 days"
-views.gemeente = ["identity", "contact", "housing", "income", "debt", "support", "justice"]
-views.woningcorporatie = ["identity", "contact", "housing"]
-
-[purposes.uitstroom.kinds.aanmeldbericht]
-senders = ["gemeente"]
-recipients = ["woningcorporatie"]
-consent = "required"
-undelivered_ttl = "14 days"
-views.woningcorporatie = ["identity", "contact", "housing", "support"]
-
-[purposes.uitstroom.kinds.signaal]
-senders = ["woningcorporatie"]
-recipients = ["zorgaanbieder", "gemeente"]
-consent = "required"
-undelivered_ttl = "7 days"
-views.zorgaanbieder = ["case"]
-views.gemeente = ["case"]
-
-[purposes.uitstroom.kinds.reactie]
-senders = ["zorgaanbieder"]
-recipients = ["woningcorporatie"]
-consent = "required"
-undelivered_ttl = "7 days"
-views.woningcorporatie = ["case"]
-
-[purposes.uitstroom.kinds.datalek_melding]
-senders = ["zorgaanbieder", "gemeente", "woningcorporatie"]
-recipients = ["zorgaanbieder", "gemeente", "woningcorporatie"]
-consent = "not_required"
-send_within = "48 hours"
-undelivered_ttl = "7 days"
-views.zorgaanbieder = ["case", "identity"]
-views.gemeente = ["case", "identity"]
-views.woningcorporatie = ["case"]
-
-[purposes.uitstroom.kinds.verstrekking_derden]
-senders = ["zorgaanbieder", "gemeente", "woningcorporatie"]
-recipients = ["zorgaanbieder", "gemeente", "woningcorporatie"]
-consent = "not_required"
-undelivered_ttl = "7 days"
-views.zorgaanbieder = ["case"]
-views.gemeente = ["case"]
-views.woningcorporatie = ["case"]
-"#;
+use crate::testdata::TEST_POLICY as POLICY;
 
 struct Member {
     oin: Oin,

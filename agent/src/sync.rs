@@ -1,0 +1,790 @@
+//! The background loops that keep the agent in step with the broker.
+//!
+//! | loop | what it does |
+//! |---|---|
+//! | outbox | submits queued messages (up to 32 at once) until the broker accepts or rejects each |
+//! | fetch | long-polls for deliveries: messages are opened, stored and receipted; notices (forwarded receipts, expiry and deadline notices, deletion orders) are applied and acknowledged |
+//! | checkpoints | fetches the broker's signed audit checkpoint and checks it extends the ones seen |
+//! | documents | fetches the signed documents again, for a new directory serial |
+//! | sweep | local retention, and deletion confirmations that have not reached the broker yet |
+//!
+//! Every loop backs off (doubling, with jitter, up to `timing.retry_max_ms`) while the
+//! broker is away and stops at the step it is in when the agent shuts down. Nothing a loop
+//! is asked to send is lost while the broker is away: it is on disk first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use ketenpost_broker::audit::Checkpoint;
+use ketenpost_schemas::control::{
+    DeadlineNotice, DeletionOrder, DeliveryReceipt, ExpiryNotice, Record, SignedRecord,
+};
+use ketenpost_schemas::envelope::sha256_hex;
+use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::protocol::{envelope_from_b64, Delivery, RejectCode, Request, Response};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use crate::agent::{kind_of, Core};
+use crate::checkpoints::{self, AuditWarning, Verdict};
+use crate::inbox::{self, Receipted};
+use crate::mirror::KnownCase;
+use crate::outbox::{Overdue, SubmitAnswer};
+use crate::{deletion, documents, retention, Error};
+
+/// The OIN the broker signs its own notices with (see `ketenpost_broker::server`).
+pub const BROKER_SIGNER: &str = ketenpost_broker::server::BROKER_SIGNER;
+
+/// Most messages submitted at once.
+const SUBMIT_CONCURRENCY: usize = 32;
+/// Most deliveries per fetch.
+const FETCH_MAX: u16 = 64;
+
+/// Exponential backoff with jitter.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// A backoff from `min` doubling up to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    /// The delay before the next attempt: the current step with up to half of it taken
+    /// off at random (so agents do not reconnect in lockstep), then the step doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let jitter = rand::thread_rng().gen_range(0.0..0.5);
+        step.mul_f64(1.0 - jitter).max(self.min / 2)
+    }
+
+    /// Start again from the minimum after a success.
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+/// Sleep for `d`, or less when the agent stops; returns whether it stops.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = stop.changed() => true,
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+    }
+}
+
+/// Spawn every loop.
+pub(crate) fn spawn_all(tasks: &mut JoinSet<()>, core: &Arc<Core>, stop: &watch::Receiver<bool>) {
+    tasks.spawn(outbox_loop(core.clone(), stop.clone()));
+    tasks.spawn(fetch_loop(core.clone(), stop.clone()));
+    tasks.spawn(checkpoint_loop(core.clone(), stop.clone()));
+    tasks.spawn(documents_loop(core.clone(), stop.clone()));
+    tasks.spawn(sweep_loop(core.clone(), stop.clone()));
+}
+
+// ---- outbox ------------------------------------------------------------------------------
+
+async fn outbox_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = core.config.backoff();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let batch = match core.store.outbox_queued(SUBMIT_CONCURRENCY) {
+            Ok(b) => b,
+            Err(e) => {
+                error!(cause = %e, "cannot read the outbox");
+                if pause(&mut stop, backoff.next_delay()).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = core.outbox_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+            continue;
+        }
+        let mut set = JoinSet::new();
+        for entry in batch {
+            let core = core.clone();
+            set.spawn(async move { submit_one(&core, entry).await });
+        }
+        let mut all_settled = true;
+        while let Some(r) = set.join_next().await {
+            all_settled &= r.unwrap_or(false);
+        }
+        if all_settled {
+            backoff.reset();
+        } else if pause(&mut stop, backoff.next_delay()).await {
+            break;
+        }
+    }
+}
+
+/// Submit one message; returns whether the broker settled it (accepted or rejected).
+async fn submit_one(core: &Core, entry: crate::outbox::OutboxEntry) -> bool {
+    let id = entry.message_id;
+    let answer = match entry.envelope_bytes() {
+        None => SubmitAnswer::Failed("the sealed envelope is missing".into()),
+        Some(bytes) => match core
+            .link
+            .request(&Request::Submit(bytes), core.config.request_timeout())
+            .await
+        {
+            Ok(Response::Accepted { message_id, flags }) if message_id == id => {
+                SubmitAnswer::Accepted(flags)
+            }
+            Ok(Response::Rejected(r)) => SubmitAnswer::Rejected(r),
+            Ok(Response::Error { code, message }) => {
+                SubmitAnswer::Failed(format!("broker error {code}: {message}"))
+            }
+            Ok(other) => SubmitAnswer::Failed(format!("unexpected answer '{}'", kind_of(&other))),
+            Err(e) => SubmitAnswer::Failed(e.to_string()),
+        },
+    };
+    let mut settled = false;
+    let result = core.store.outbox_update(&id, |e| {
+        settled = e.answered(answer.clone(), Utc::now());
+        true
+    });
+    match (&answer, result) {
+        (_, Err(e)) => error!(message = %id, cause = %e, "cannot record the broker's answer"),
+        (SubmitAnswer::Accepted(flags), _) => {
+            info!(message = %id, flags = ?flags, "message accepted by the broker")
+        }
+        (SubmitAnswer::Rejected(r), _) if settled => {
+            if r.code == RejectCode::Replay {
+                info!(message = %id, "message was accepted earlier (replay of our own id)")
+            } else {
+                warn!(message = %id, code = %r.code, check = r.check, "message rejected by the broker")
+            }
+        }
+        (SubmitAnswer::Rejected(r), _) => {
+            debug!(message = %id, code = %r.code, "broker could not store the message; retrying")
+        }
+        (SubmitAnswer::Failed(why), _) => {
+            debug!(message = %id, cause = %why, "submission failed; retrying")
+        }
+    }
+    settled
+}
+
+// ---- fetch -------------------------------------------------------------------------------
+
+async fn fetch_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = core.config.backoff();
+    let wait = core.config.fetch_wait();
+    let timeout = core.config.request_timeout() + wait;
+    let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+    loop {
+        let req = Request::Fetch {
+            max: FETCH_MAX,
+            wait_ms,
+        };
+        let answer = tokio::select! {
+            _ = stop.changed() => break,
+            a = core.link.request(&req, timeout) => a,
+        };
+        match answer {
+            Ok(Response::Deliveries(items)) => {
+                backoff.reset();
+                let n = items.len();
+                let progress = handle_items(&core, items).await;
+                if n > 0 && !progress {
+                    // Only deliveries the agent refuses (or cannot settle): do not spin.
+                    if pause(&mut stop, core.config.backoff().next_delay() * 5).await {
+                        break;
+                    }
+                }
+            }
+            Ok(other) => {
+                warn!(answer = kind_of(&other), "unexpected answer to a fetch");
+                if pause(&mut stop, backoff.next_delay()).await {
+                    break;
+                }
+            }
+            Err(e) => {
+                debug!(cause = %e, "fetch failed; backing off");
+                if pause(&mut stop, backoff.next_delay()).await {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Handle one batch; returns whether anything moved forward.
+async fn handle_items(core: &Core, items: Vec<Delivery>) -> bool {
+    let mut progress = false;
+    let mut ack_up_to = None;
+    let mut blocked = false;
+    for item in items {
+        match item {
+            Delivery::Message { envelope, .. } => {
+                progress |= handle_message(core, &envelope).await;
+            }
+            Delivery::Notice { seq, record } => {
+                if blocked {
+                    continue;
+                }
+                match handle_notice(core, &record).await {
+                    Ok(()) => {
+                        ack_up_to = Some(seq);
+                        progress = true;
+                    }
+                    Err(e) => {
+                        // A local failure: keep this and later notices for the next fetch.
+                        error!(cause = %e, kind = %record.kind, "cannot apply a notice; it stays queued");
+                        blocked = true;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(up_to) = ack_up_to {
+        match core
+            .link
+            .request(&Request::Ack { up_to }, core.config.request_timeout())
+            .await
+        {
+            Ok(Response::Done) => {}
+            Ok(other) => warn!(answer = kind_of(&other), "unexpected answer to an ack"),
+            Err(e) => debug!(cause = %e, "ack failed; the notices come again and are applied idempotently"),
+        }
+    }
+    progress
+}
+
+/// Open, store and receipt one delivered message; returns whether the broker took the
+/// receipt (or the message is otherwise settled).
+async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
+    let now = Utc::now();
+    let bytes = match envelope_from_b64(envelope_b64) {
+        Ok(b) => b,
+        Err(e) => {
+            let key = sha256_hex(envelope_b64.as_bytes());
+            let refusal = inbox::Refusal {
+                claimed: None,
+                code: "malformed",
+                reason: e.to_string(),
+            };
+            note_refusal(core, key.as_bytes(), &refusal, now);
+            return false;
+        }
+    };
+    let docs = core.docs();
+    let me = core.me.clone();
+    let identity = core.age.clone();
+    let d = docs.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        inbox::open_delivery(&bytes, &me, &identity, &d.policy, &d.directory)
+    })
+    .await;
+    let opened = match opened {
+        Ok(Ok(o)) => o,
+        Ok(Err(refusal)) => {
+            let key = match &refusal.claimed {
+                Some(h) => h.id.0.as_bytes().to_vec(),
+                None => sha256_hex(envelope_b64.as_bytes()).into_bytes(),
+            };
+            note_refusal(core, &key, &refusal, now);
+            return false;
+        }
+        Err(e) => {
+            error!(cause = %e, "opening a delivery was interrupted");
+            return false;
+        }
+    };
+    let id = opened.header.id;
+    // Delivered again (the first receipt was lost): receipt again, do not store again.
+    match core.store.receipted(&id) {
+        Ok(Some(r)) => return send_receipt(core, &r).await,
+        Ok(None) => {}
+        Err(e) => {
+            error!(message = %id, cause = %e, "cannot read the receipts");
+            return false;
+        }
+    }
+    let sender_role = inbox::sender_role(&opened.header, &docs.policy, &docs.directory);
+    let header = opened.header.clone();
+    let entry = inbox::entry(opened, now);
+    let receipt = match inbox::receipt(&entry, &core.me, &core.signing) {
+        Ok(r) => r,
+        Err(e) => {
+            error!(message = %id, cause = %e, "cannot sign a receipt");
+            return false;
+        }
+    };
+    let receipted = Receipted {
+        message_id: id,
+        case_ref: entry.case_ref.clone(),
+        receipt,
+        confirmed: false,
+    };
+    let learned = core.store.update_case(&entry.case_ref, |existing| {
+        Some(KnownCase::learn(existing, &header, sender_role, now))
+    });
+    if let Err(e) = learned {
+        warn!(message = %id, cause = %e, "cannot update the case mirror");
+    }
+    if let Err(e) = core.store.inbox_insert(&entry, &receipted).await {
+        error!(message = %id, cause = %e, "cannot store a received message; not receipted");
+        return false;
+    }
+    info!(
+        message = %id,
+        kind = %entry.kind,
+        case = %entry.case_ref,
+        sender = %entry.sender,
+        view = %entry.view,
+        "message received"
+    );
+    send_receipt(core, &receipted).await
+}
+
+fn note_refusal(core: &Core, key: &[u8], refusal: &inbox::Refusal, now: chrono::DateTime<Utc>) {
+    let record = refusal.to_record(now);
+    match core.store.refused_note(key, record) {
+        Ok(true) => warn!(
+            code = refusal.code,
+            message = ?refusal.claimed.as_ref().map(|h| h.id),
+            sender = ?refusal.claimed.as_ref().map(|h| h.sender.to_string()),
+            reason = %refusal.reason,
+            "delivery refused: not stored, not receipted"
+        ),
+        Ok(false) => debug!(code = refusal.code, "refused delivery came again"),
+        Err(e) => error!(cause = %e, "cannot record a refused delivery"),
+    }
+}
+
+async fn send_receipt(core: &Core, r: &Receipted) -> bool {
+    match core
+        .link
+        .request(
+            &Request::Receipt(r.receipt.clone()),
+            core.config.request_timeout(),
+        )
+        .await
+    {
+        Ok(Response::Done) => {
+            if let Err(e) = core.store.receipt_confirmed(&r.message_id) {
+                warn!(message = %r.message_id, cause = %e, "cannot mark the receipt as taken");
+            }
+            true
+        }
+        Ok(Response::Rejected(rej)) if rej.code == RejectCode::Conflict && r.confirmed => {
+            // Taken before: the message is no longer queued for us.
+            true
+        }
+        Ok(Response::Rejected(rej)) => {
+            warn!(message = %r.message_id, code = %rej.code, reason = %rej.reason, "broker refused our receipt");
+            false
+        }
+        Ok(other) => {
+            warn!(answer = kind_of(&other), "unexpected answer to a receipt");
+            false
+        }
+        Err(e) => {
+            debug!(message = %r.message_id, cause = %e, "receipt not sent; the broker delivers again");
+            false
+        }
+    }
+}
+
+/// Verify a record signed by the broker with the directory's broker key.
+fn broker_record<R: Record>(core: &Core, rec: &SignedRecord) -> Option<R> {
+    if rec.signer.as_str() != BROKER_SIGNER {
+        error!(kind = %rec.kind, signer = %rec.signer, "notice claims to be from another signer than the broker; ignored");
+        return None;
+    }
+    let docs = core.docs();
+    let verified = docs
+        .directory
+        .broker_key()
+        .and_then(|key| rec.verify::<R>(&key));
+    match verified {
+        Ok(r) => Some(r),
+        Err(e) => {
+            error!(kind = %rec.kind, cause = %e, "broker notice does not verify with the directory's broker key; ignored");
+            None
+        }
+    }
+}
+
+/// Apply one notice. Bad records are logged and dropped (returning `Ok`, so they are
+/// acknowledged and do not block the queue); only local failures return an error.
+async fn handle_notice(core: &Core, rec: &SignedRecord) -> Result<(), Error> {
+    match rec.kind {
+        Kind::DeliveryReceipt => {
+            let docs = core.docs();
+            let key = docs.directory.party(&rec.signer).map(|p| p.verifying_key());
+            let receipt: DeliveryReceipt = match key {
+                Some(Ok(k)) => match rec.verify(&k) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        error!(signer = %rec.signer, cause = %e, "forwarded receipt does not verify; ignored");
+                        return Ok(());
+                    }
+                },
+                _ => {
+                    error!(signer = %rec.signer, "forwarded receipt from a party not in the directory; ignored");
+                    return Ok(());
+                }
+            };
+            if receipt.recipient != rec.signer {
+                error!(signer = %rec.signer, "forwarded receipt names another recipient than its signer; ignored");
+                return Ok(());
+            }
+            let mut matched = false;
+            core.store.outbox_update(&receipt.message_id, |e| {
+                if let Some(r) = e
+                    .recipients
+                    .iter_mut()
+                    .find(|r| r.oin == receipt.recipient && r.body_sha256 == receipt.body_sha256)
+                {
+                    matched = true;
+                    r.delivered_at.get_or_insert(receipt.received_at);
+                }
+                matched
+            })?;
+            if matched {
+                info!(message = %receipt.message_id, recipient = %receipt.recipient, "delivered");
+            } else {
+                debug!(message = %receipt.message_id, "receipt for a message not in the outbox (any more)");
+            }
+            Ok(())
+        }
+        Kind::ExpiryNotice => {
+            if let Some(n) = broker_record::<ExpiryNotice>(core, rec) {
+                core.store.outbox_update(&n.message_id, |e| {
+                    match e.recipients.iter_mut().find(|r| r.oin == n.recipient) {
+                        Some(r) if r.delivered_at.is_none() => {
+                            r.expired_at.get_or_insert(n.expired_at);
+                            true
+                        }
+                        _ => false,
+                    }
+                })?;
+                warn!(message = %n.message_id, recipient = %n.recipient, "message expired undelivered");
+            }
+            Ok(())
+        }
+        Kind::DeadlineNotice => {
+            if let Some(n) = broker_record::<DeadlineNotice>(core, rec) {
+                core.store.outbox_update(&n.message_id, |e| {
+                    e.overdue.push(Overdue {
+                        owed_by: n.owed_by.clone(),
+                        deadline: n.deadline,
+                    });
+                    true
+                })?;
+                warn!(message = %n.message_id, owed_by = %n.owed_by, deadline = %n.deadline, "answer overdue");
+            }
+            Ok(())
+        }
+        Kind::DeletionOrder => {
+            let Some(order) = broker_record::<DeletionOrder>(core, rec) else {
+                return Ok(());
+            };
+            carry_out_deletion(core, &order).await
+        }
+        other => {
+            warn!(kind = %other, "notice of a kind this agent does not handle; acknowledged");
+            Ok(())
+        }
+    }
+}
+
+async fn carry_out_deletion(core: &Core, order: &DeletionOrder) -> Result<(), Error> {
+    if order.party != core.me {
+        error!(order = %order.order_id, party = %order.party, "deletion order for another party; ignored");
+        return Ok(());
+    }
+    if core.store.deletion(&order.order_id)?.is_some() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let entry = core
+        .store
+        .carry_out(order, |n| {
+            deletion::confirm(order, &core.me, &core.signing, n, now)
+        })
+        .await?;
+    warn!(
+        order = %order.order_id,
+        case = %order.case_ref,
+        reason = ?order.reason,
+        deleted_messages = entry.deleted_messages,
+        "case data deleted on the broker's order; the partner system must delete its copies"
+    );
+    confirm_deletion(core, &entry).await;
+    Ok(())
+}
+
+async fn confirm_deletion(core: &Core, entry: &deletion::DeletionEntry) {
+    let answer = core
+        .link
+        .request(
+            &Request::Control(entry.confirmation.clone()),
+            core.config.request_timeout(),
+        )
+        .await;
+    let now = Utc::now();
+    let update = match answer {
+        Ok(Response::Done) => {
+            info!(order = %entry.order_id, "deletion confirmation recorded by the broker");
+            core.store.deletion_update(&entry.order_id, |e| {
+                e.confirmed_at = Some(now);
+            })
+        }
+        Ok(Response::Rejected(r)) => {
+            warn!(order = %entry.order_id, code = %r.code, reason = %r.reason, "broker refused the deletion confirmation");
+            core.store.deletion_update(&entry.order_id, |e| {
+                e.confirmation_refused = Some(r);
+            })
+        }
+        Ok(other) => {
+            warn!(answer = kind_of(&other), "unexpected answer to a deletion confirmation");
+            return;
+        }
+        Err(e) => {
+            debug!(order = %entry.order_id, cause = %e, "deletion confirmation not sent yet");
+            return;
+        }
+    };
+    if let Err(e) = update {
+        error!(order = %entry.order_id, cause = %e, "cannot record the confirmation's fate");
+    }
+}
+
+// ---- checkpoints -------------------------------------------------------------------------
+
+async fn checkpoint_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(core.config.timing.checkpoint_interval_secs);
+    loop {
+        if let Err(e) = check_checkpoint(&core).await {
+            debug!(cause = %e, "checkpoint check did not complete");
+        }
+        if pause(&mut stop, every).await {
+            break;
+        }
+    }
+}
+
+fn loud(core: &Core, earlier: Option<&Checkpoint>, new: &Checkpoint, message: String) {
+    error!(
+        seq = new.seq,
+        earlier_seq = earlier.map(|c| c.seq),
+        "AUDIT TRAIL WARNING: {message}"
+    );
+    let w = AuditWarning {
+        at: Utc::now(),
+        earlier_seq: earlier.map(|c| c.seq),
+        seq: new.seq,
+        message,
+    };
+    if let Err(e) = core.store.warn_audit(w) {
+        error!(cause = %e, "cannot record the audit warning");
+    }
+}
+
+/// Fetch, verify and judge the broker's latest checkpoint.
+pub(crate) async fn check_checkpoint(core: &Core) -> Result<(), Error> {
+    let timeout = core.config.request_timeout();
+    let wire = match core.link.request(&Request::GetCheckpoint, timeout).await? {
+        Response::Checkpoint(Some(w)) => w,
+        Response::Checkpoint(None) => return Ok(()),
+        other => return Err(Error::Unexpected(kind_of(&other).into())),
+    };
+    let new = Checkpoint::from_parts(wire.seq, wire.head_hash, &wire.time, wire.signature)
+        .map_err(|e| Error::Unexpected(format!("checkpoint: {e}")))?;
+    let latest = core.store.latest_checkpoint()?;
+    let docs = core.docs();
+    let verified = docs
+        .directory
+        .broker_key()
+        .map_err(Error::from)
+        .and_then(|k| new.verify(&k).map_err(|e| Error::Unexpected(e.to_string())));
+    if verified.is_err() {
+        loud(
+            core,
+            latest.as_ref(),
+            &new,
+            "the broker served a checkpoint whose signature does not verify with the directory's broker key".into(),
+        );
+        return Ok(());
+    }
+    match checkpoints::judge(latest.as_ref(), &new) {
+        Verdict::First => core.store.keep_checkpoint(&new)?,
+        Verdict::Same => {}
+        Verdict::NeedsProof => {
+            // Checked by `judge`: `latest` is there.
+            let Some(prev) = latest.as_ref() else {
+                return Ok(());
+            };
+            let req = Request::ProveExtends {
+                seq: prev.seq,
+                hash: prev.head_hash.clone(),
+            };
+            match core.link.request(&req, timeout).await? {
+                Response::Extends(true) => core.store.keep_checkpoint(&new)?,
+                Response::Extends(false) => loud(
+                    core,
+                    Some(prev),
+                    &new,
+                    format!(
+                        "the broker says its record {} no longer has the hash of the checkpoint \
+                         this agent kept: the audit trail was rewritten",
+                        prev.seq
+                    ),
+                ),
+                other => return Err(Error::Unexpected(kind_of(&other).into())),
+            }
+        }
+        Verdict::Regressed => loud(
+            core,
+            latest.as_ref(),
+            &new,
+            "the broker's checkpoint covers fewer records than one seen before: the audit trail was cut back".into(),
+        ),
+        Verdict::Forked => loud(
+            core,
+            latest.as_ref(),
+            &new,
+            "the broker's checkpoint does not extend the one seen before (other hash for the same record, or dated earlier)".into(),
+        ),
+    }
+    Ok(())
+}
+
+// ---- documents ---------------------------------------------------------------------------
+
+async fn documents_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(core.config.timing.documents_refresh_secs);
+    // The first refresh right away: the agent may have started on its cache.
+    loop {
+        match core
+            .link
+            .request(&Request::GetDocuments, core.config.request_timeout())
+            .await
+        {
+            Ok(Response::Documents(d)) => refresh_documents(&core, &d),
+            Ok(other) => warn!(answer = kind_of(&other), "unexpected answer to GetDocuments"),
+            Err(e) => debug!(cause = %e, "documents not refreshed"),
+        }
+        if pause(&mut stop, every).await {
+            break;
+        }
+    }
+}
+
+fn refresh_documents(core: &Core, d: &ketenpost_schemas::protocol::Documents) {
+    let current = core.docs();
+    if d == &current.raw {
+        return;
+    }
+    let new = match documents::verify(&core.federation, d, &core.me_keys) {
+        Ok(n) => n,
+        Err(e) => {
+            error!(cause = %e, serial = current.serial(), "the broker serves documents that do not verify; keeping the verified ones");
+            return;
+        }
+    };
+    if let Err(e) = documents::may_replace(&current, &new) {
+        error!(cause = %e, "refusing the broker's documents; keeping the verified ones");
+        return;
+    }
+    let serial = new.serial();
+    match core.set_docs(new) {
+        Ok(()) => info!(serial, "new federation documents verified and in force"),
+        Err(e) => error!(cause = %e, "cannot store the new documents"),
+    }
+}
+
+// ---- retention ---------------------------------------------------------------------------
+
+async fn sweep_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(core.config.timing.sweep_interval_secs);
+    loop {
+        if let Err(e) = sweep(&core).await {
+            error!(cause = %e, "retention sweep failed");
+        }
+        if pause(&mut stop, every).await {
+            break;
+        }
+    }
+}
+
+/// One retention pass and a retry of unconfirmed deletions.
+pub(crate) async fn sweep(core: &Core) -> Result<(), Error> {
+    let now = Utc::now();
+    let docs = core.docs();
+    let cases = core.store.cases()?;
+    let case_deadline = |case_ref: &ketenpost_schemas::ids::CaseRef| {
+        let case = cases.iter().find(|c| &c.case_ref == case_ref)?;
+        let purpose = docs.policy.purposes.get(&case.purpose)?;
+        retention::case_deadline(case.closed_at, &purpose.case_retention, &docs.policy.calendar)
+    };
+    let mut removed = 0usize;
+    for e in core.store.inbox_all()? {
+        let deadline = retention::payload_deadline(
+            e.acknowledged_at,
+            core.config.inbox.keep_acknowledged_hours,
+            case_deadline(&e.case_ref),
+        );
+        if retention::due(deadline, now) {
+            core.store.inbox_remove(&e.message_id)?;
+            removed += 1;
+        }
+    }
+    for c in &cases {
+        if retention::due(case_deadline(&c.case_ref), now) {
+            let n = core.store.delete_case(&c.case_ref)?;
+            info!(case = %c.case_ref, deleted_messages = n, "case retention ended: local data deleted");
+        }
+    }
+    if removed > 0 {
+        core.store.flush().await?;
+        debug!(removed, "inbox payloads past retention deleted");
+    }
+    for d in core.store.deletions()? {
+        if d.confirmation_pending() {
+            confirm_deletion(core, &d).await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_max_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(d[0] <= Duration::from_millis(100) && d[0] >= Duration::from_millis(50));
+        assert!(d[3] <= Duration::from_millis(800) && d[3] >= Duration::from_millis(400));
+        assert!(d[5] <= Duration::from_millis(800));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}
