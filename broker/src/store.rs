@@ -7,6 +7,7 @@
 //! | `queue` | recipient OIN ‖ seq | message id |
 //! | `queue_index` | recipient OIN ‖ message id | seq |
 //! | `notices` | party OIN ‖ seq | a signed notice for the party (receipt, expiry, deletion order) |
+//! | `expiry` | expires-at (ms, big-endian) ‖ message id | nothing: the sweep reads only what is due |
 //! | `seen` | message id | accepted-at: the dedup set, kept for as long as the audit trail |
 //! | `cases` | case ref | [`Case`] (JSON) |
 //! | `consents` | consent id | [`Consent`] (JSON) |
@@ -114,6 +115,7 @@ pub struct Store {
     db: sled::Db,
     bodies: sled::Tree,
     meta: sled::Tree,
+    expiry: sled::Tree,
     queue: sled::Tree,
     queue_index: sled::Tree,
     notices: sled::Tree,
@@ -154,6 +156,13 @@ fn key2(a: &[u8], b: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The `expiry` key of a message: milliseconds since the epoch (clamped at zero), then the id,
+/// so keys sort by expiry time.
+fn expiry_key(at: DateTime<Utc>, id: &[u8; 16]) -> Vec<u8> {
+    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    key2(&ms.to_be_bytes(), id)
+}
+
 fn seq_of(key: &[u8]) -> u64 {
     key.len()
         .checked_sub(8)
@@ -171,6 +180,7 @@ impl Store {
         let store = Store {
             bodies: db.open_tree("bodies")?,
             meta: db.open_tree("meta")?,
+            expiry: db.open_tree("expiry")?,
             queue: db.open_tree("queue")?,
             queue_index: db.open_tree("queue_index")?,
             notices: db.open_tree("notices")?,
@@ -289,20 +299,23 @@ impl Store {
             .map(|_| self.db.generate_id())
             .collect::<Result<_, _>>()?;
         let now_bytes = now.to_rfc3339().into_bytes();
+        let due = expiry_key(a.expires_at, &id);
         (
             &self.seen,
             &self.bodies,
             &self.meta,
             &self.queue,
             &self.queue_index,
+            &self.expiry,
         )
-            .transaction(|(seen, bodies, meta_t, queue, qidx)| {
+            .transaction(|(seen, bodies, meta_t, queue, qidx, expiry)| {
                 if seen.get(id)?.is_some() {
                     return Err(ConflictableTransactionError::Abort(StoreError::Duplicate));
                 }
                 seen.insert(&id, now_bytes.as_slice())?;
                 bodies.insert(&id, body.as_slice())?;
                 meta_t.insert(&id, meta_bytes.as_slice())?;
+                expiry.insert(due.as_slice(), &[])?;
                 for (r, seq) in recipients.iter().zip(&seqs) {
                     let oin = r.as_str().as_bytes();
                     queue.insert(key2(oin, &seq.to_be_bytes()), &id)?;
@@ -398,19 +411,22 @@ impl Store {
         let sender = meta.sender.as_str().as_bytes().to_vec();
         let forwarded = json(forwarded);
         let meta_out = json(&meta);
+        let due = expiry_key(meta.expires_at, &id);
         (
             &self.queue,
             &self.queue_index,
             &self.meta,
             &self.bodies,
             &self.notices,
+            &self.expiry,
         )
-            .transaction(|(queue, qidx, meta_t, bodies, notices)| {
+            .transaction(|(queue, qidx, meta_t, bodies, notices, expiry)| {
                 queue.remove(key2(oin, &seq))?;
                 qidx.remove(key2(oin, &id))?;
                 if body_deleted {
                     bodies.remove(&id)?;
                     meta_t.remove(&id)?;
+                    expiry.remove(due.as_slice())?;
                 } else {
                     meta_t.insert(&id, meta_out.as_slice())?;
                 }
@@ -453,20 +469,27 @@ impl Store {
     /// each expired message with the recipients that never receipted it.
     pub fn expire(&self, now: DateTime<Utc>) -> Result<Vec<MessageMeta>, StoreError> {
         let mut expired = Vec::new();
-        for item in self.meta.iter() {
-            let (id, v) = item?;
-            let meta: MessageMeta = parse(&v, "message metadata")?;
-            if meta.expires_at > now {
+        let upto = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+        // Only the keys that are due: everything below (now + 1 ms, id 0).
+        let end = upto.saturating_add(1).to_be_bytes();
+        for item in self.expiry.range(..end.as_slice()) {
+            let (key, _) = item?;
+            self.expiry.remove(&key)?;
+            let Some(id) = key.get(8..).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
                 continue;
-            }
+            };
+            let Some(v) = self.meta.get(id)? else {
+                continue;
+            };
+            let meta: MessageMeta = parse(&v, "message metadata")?;
             for r in &meta.pending {
                 let oin = r.as_str().as_bytes();
                 if let Some(seq) = self.queue_index.remove(key2(oin, &id))? {
                     self.queue.remove(key2(oin, &seq))?;
                 }
             }
-            self.bodies.remove(&id)?;
-            self.meta.remove(&id)?;
+            self.bodies.remove(id)?;
+            self.meta.remove(id)?;
             expired.push(meta);
         }
         Ok(expired)
