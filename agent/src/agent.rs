@@ -13,7 +13,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::control::{CaseChange, CaseOp, SignedRecord, Toestemming, ToestemmingIntrekking};
+use ketenpost_schemas::control::{
+    CaseChange, CaseOp, SignedRecord, Toestemming, ToestemmingIntrekking,
+};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::keys::{SigningKey, VerifyingKey};
 use ketenpost_schemas::payload;
@@ -26,13 +28,13 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::config::AgentConfig;
+use crate::deletion::DeletionEntry;
 use crate::documents::{self, Me, Trusted};
 use crate::early::{self, SendRequest};
 use crate::inbox::{InboxEntry, RefusedMessage};
 use crate::link::BrokerLink;
 use crate::mirror::{Knowledge, KnownCase, KnownConsent};
 use crate::outbox::OutboxEntry;
-use crate::deletion::DeletionEntry;
 use crate::store::Store;
 use crate::{api, sync, Error};
 
@@ -420,7 +422,10 @@ impl Core {
         let sealed = tokio::task::spawn_blocking(move || {
             seal::seal(
                 draft,
-                Sender { oin: &me, key: &key },
+                Sender {
+                    oin: &me,
+                    key: &key,
+                },
                 &docs.policy,
                 &docs.directory,
                 now,
@@ -600,7 +605,10 @@ impl Core {
             None => {
                 let docs = self.docs();
                 let party = docs.directory.active_party(&req.oin).ok_or_else(|| {
-                    Error::Invalid(format!("{} is not an active party in the directory", req.oin))
+                    Error::Invalid(format!(
+                        "{} is not an active party in the directory",
+                        req.oin
+                    ))
                 })?;
                 match party.roles.as_slice() {
                     [one] => one.clone(),

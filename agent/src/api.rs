@@ -112,7 +112,10 @@ impl IntoResponse for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 body("invalid_request", e.to_string()),
             ),
-            Error::Schema(e) => (StatusCode::BAD_REQUEST, body("invalid_request", e.to_string())),
+            Error::Schema(e) => (
+                StatusCode::BAD_REQUEST,
+                body("invalid_request", e.to_string()),
+            ),
             Error::Invalid(m) => (StatusCode::BAD_REQUEST, body("invalid_request", m)),
             e @ Error::NotFound { .. } => (StatusCode::NOT_FOUND, body("not_found", e.to_string())),
             e @ Error::Broker(_) => (
@@ -122,7 +125,10 @@ impl IntoResponse for ApiError {
             e @ Error::Unexpected(_) => {
                 (StatusCode::BAD_GATEWAY, body("broker_error", e.to_string()))
             }
-            e @ Error::NotReady => (StatusCode::SERVICE_UNAVAILABLE, body("not_ready", e.to_string())),
+            e @ Error::NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                body("not_ready", e.to_string()),
+            ),
             e => {
                 error!(cause = %e, "internal error in an API request");
                 (
@@ -172,9 +178,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/deletion-orders/{id}/ack", post(ack_deletion));
     Router::new()
         .nest("/v1", v1)
-        .fallback(|| async {
-            ApiError(Error::not_found("route", "(see agent/openapi.yaml)"))
-        })
+        .fallback(|| async { ApiError(Error::not_found("route", "(see agent/openapi.yaml)")) })
         .layer(middleware::from_fn_with_state(core.clone(), auth))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(core)
@@ -219,7 +223,10 @@ async fn auth(State(core): State<Arc<Core>>, req: Request, next: Next) -> Respon
     }
     warn!(path = %req.uri().path(), "API request without a valid bearer token");
     let mut headers = HeaderMap::new();
-    headers.insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    headers.insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
     (
         StatusCode::UNAUTHORIZED,
         headers,
@@ -345,7 +352,11 @@ fn summary(core: &Core, e: &InboxEntry) -> InboxSummary {
         case_ref: e.case_ref.clone(),
         purpose: e.purpose.clone(),
         sender: e.sender.clone(),
-        sender_name: core.docs().directory.party(&e.sender).map(|p| p.name.clone()),
+        sender_name: core
+            .docs()
+            .directory
+            .party(&e.sender)
+            .map(|p| p.name.clone()),
         view: e.view.clone(),
         received_at: e.received_at,
         acknowledged_at: e.acknowledged_at,
@@ -373,7 +384,10 @@ async fn list_messages(
     State(core): State<Arc<Core>>,
     Query(q): Query<CaseFilter>,
 ) -> ApiResult<Json<Value>> {
-    let case = q.case_ref.map(|c| parse::<CaseRef>("case reference", &c)).transpose()?;
+    let case = q
+        .case_ref
+        .map(|c| parse::<CaseRef>("case reference", &c))
+        .transpose()?;
     let list: Vec<MessageView> = core
         .messages(case.as_ref())?
         .into_iter()
@@ -502,7 +516,9 @@ async fn close_case(
 ) -> ApiResult<Json<Value>> {
     let case_ref: CaseRef = parse("case reference", &case_ref)?;
     let q: PurposeOnly = parse_json(&bytes)?;
-    let c = core.change_case(&case_ref, CaseOp::Close, q.purpose).await?;
+    let c = core
+        .change_case(&case_ref, CaseOp::Close, q.purpose)
+        .await?;
     Ok(Json(case_answer(&core, &case_ref, c)))
 }
 
@@ -510,7 +526,10 @@ async fn consents(
     State(core): State<Arc<Core>>,
     Query(q): Query<CaseFilter>,
 ) -> ApiResult<Json<Value>> {
-    let case = q.case_ref.map(|c| parse::<CaseRef>("case reference", &c)).transpose()?;
+    let case = q
+        .case_ref
+        .map(|c| parse::<CaseRef>("case reference", &c))
+        .transpose()?;
     Ok(Json(json!({ "consents": core.consents(case.as_ref())? })))
 }
 

@@ -37,8 +37,12 @@ impl ApiClient {
     pub fn new(addr: SocketAddr, token: impl Into<String>) -> Self {
         let addr = match addr.ip() {
             // A wildcard listen address is reached over loopback.
-            IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
-            IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
+            IpAddr::V4(ip) if ip.is_unspecified() => {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+            }
+            IpAddr::V6(ip) if ip.is_unspecified() => {
+                SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()))
+            }
             _ => addr,
         };
         ApiClient {
@@ -66,7 +70,12 @@ impl ApiClient {
 
     /// Call `method path` with an optional JSON body; the JSON answer, or
     /// [`Error::Api`] for an error answer.
-    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Error> {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Error> {
         match tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, body)).await {
             Ok(r) => r,
             Err(_) => Err(self.unreachable(format!("no answer within {CALL_TIMEOUT:?}"))),
@@ -80,7 +89,12 @@ impl ApiClient {
         }
     }
 
-    async fn exchange(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Error> {
+    async fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Error> {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| self.unreachable(e.to_string()))?;
@@ -89,7 +103,9 @@ impl ApiClient {
             .map_err(|e| self.unreachable(e.to_string()))?;
         let conn = tokio::spawn(conn);
         let bytes = match body {
-            Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| Error::Invalid(e.to_string()))?),
+            Some(v) => {
+                Bytes::from(serde_json::to_vec(v).map_err(|e| Error::Invalid(e.to_string()))?)
+            }
             None => Bytes::new(),
         };
         let req = hyper::Request::builder()
@@ -119,7 +135,10 @@ impl ApiClient {
         }
         let err: ErrorBody = serde_json::from_slice(&collected).unwrap_or(ErrorBody {
             code: "http_error".into(),
-            message: String::from_utf8_lossy(&collected).chars().take(500).collect(),
+            message: String::from_utf8_lossy(&collected)
+                .chars()
+                .take(500)
+                .collect(),
             check: None,
             refused_by: None,
         });

@@ -259,10 +259,7 @@ impl AgentConfig {
         if !self.broker.address.contains(':') {
             return Err(config_error(
                 none,
-                format!(
-                    "broker.address '{}' must be host:port",
-                    self.broker.address
-                ),
+                format!("broker.address '{}' must be host:port", self.broker.address),
             ));
         }
         let t = &self.timing;
@@ -305,8 +302,9 @@ impl AgentConfig {
             &self.keys.federation_public_key,
             &self.keys.federation_public_key_file,
         ) {
-            (Some(text), _) => keys::verifying_key_from_text(text)
-                .map_err(|e| config_error(Path::new("keys.federation_public_key"), e.to_string()))?,
+            (Some(text), _) => keys::verifying_key_from_text(text).map_err(|e| {
+                config_error(Path::new("keys.federation_public_key"), e.to_string())
+            })?,
             (None, Some(p)) => keys::verifying_key_from_text(&read(p, "federation public key")?)
                 .map_err(|e| config_error(p, e.to_string()))?,
             (None, None) => {

@@ -314,7 +314,10 @@ fn resolve_recipients(
                 if known.is_none() && complete {
                     return Err(refuse(
                         RejectCode::NotInCaseTeam,
-                        format!("recipient {oin} is not in the team of case {}", req.case_ref),
+                        format!(
+                            "recipient {oin} is not in the team of case {}",
+                            req.case_ref
+                        ),
                     ));
                 }
                 let party = cx.directory.active_party(oin).ok_or_else(|| {
@@ -325,7 +328,9 @@ fn resolve_recipients(
                 })?;
                 let role = match known {
                     Some(role) if rule.recipients.contains(role) => role.clone(),
-                    Some(role) => return Err(role_not_allowed(&format!("recipient {oin} has "), role)),
+                    Some(role) => {
+                        return Err(role_not_allowed(&format!("recipient {oin} has "), role))
+                    }
                     None => match party.roles.iter().find(|r| rule.recipients.contains(*r)) {
                         Some(r) => r.clone(),
                         None => {
@@ -399,7 +404,11 @@ fn legal_basis(
             }
         }
         (Some(b @ LegalBasis::Consent { consent_id }), ConsentRule::Required) => {
-            match cx.consents.iter().find(|c| &c.record.consent_id == consent_id) {
+            match cx
+                .consents
+                .iter()
+                .find(|c| &c.record.consent_id == consent_id)
+            {
                 Some(c) => {
                     check_consent(c, req, cx, purpose_id, sender_role, recipients, now)?;
                     Ok(b.clone())
@@ -411,7 +420,11 @@ fn legal_basis(
         (None, ConsentRule::Required) => {
             let mut first_refusal = None;
             let mut best: Option<&KnownConsent> = None;
-            for c in cx.consents.iter().filter(|c| c.record.case_ref == req.case_ref) {
+            for c in cx
+                .consents
+                .iter()
+                .filter(|c| c.record.case_ref == req.case_ref)
+            {
                 match check_consent(c, req, cx, purpose_id, sender_role, recipients, now) {
                     Ok(()) => {
                         if best.is_none_or(|b| b.record.valid_from < c.record.valid_from) {
@@ -565,7 +578,11 @@ pub fn check_open(
 }
 
 fn join(roles: &BTreeSet<Role>) -> String {
-    roles.iter().map(Role::as_str).collect::<Vec<_>>().join(", ")
+    roles
+        .iter()
+        .map(Role::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Check a change to a case this agent knows: only a case manager in the team may change

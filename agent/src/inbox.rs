@@ -100,7 +100,7 @@ pub struct RefusedMessage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
     /// What the unverified header claims, if it parsed.
-    pub claimed: Option<Header>,
+    pub claimed: Option<Box<Header>>,
     /// The code (see [`RefusedMessage::code`]).
     pub code: &'static str,
     /// The reason.
@@ -110,7 +110,7 @@ pub struct Refusal {
 impl Refusal {
     fn new(claimed: Option<&Header>, code: &'static str, reason: impl Into<String>) -> Self {
         Refusal {
-            claimed: claimed.cloned(),
+            claimed: claimed.map(|h| Box::new(h.clone())),
             code,
             reason: reason.into(),
         }
@@ -118,7 +118,7 @@ impl Refusal {
 
     /// The record to keep and report.
     pub fn to_record(&self, now: DateTime<Utc>) -> RefusedMessage {
-        let h = self.claimed.as_ref();
+        let h = self.claimed.as_deref();
         RefusedMessage {
             message_id: h.map(|h| h.id),
             sender: h.map(|h| h.sender.clone()),
@@ -141,8 +141,8 @@ pub fn open_delivery(
     directory: &Directory,
 ) -> Result<Opened, Refusal> {
     let limits = Limits::default();
-    let envelope =
-        Envelope::decode(bytes, &limits).map_err(|e| Refusal::new(None, "malformed", e.to_string()))?;
+    let envelope = Envelope::decode(bytes, &limits)
+        .map_err(|e| Refusal::new(None, "malformed", e.to_string()))?;
     let claimed = envelope
         .unverified_header()
         .map_err(|e| Refusal::new(None, "malformed", e.to_string()))?;
@@ -187,7 +187,9 @@ pub fn open_delivery(
         ));
     }
     seal::open(&verified, me, identity, policy).map_err(|e| match e {
-        SchemaError::FieldsOutsideView { .. } => Refusal::new(c, "fields_outside_view", e.to_string()),
+        SchemaError::FieldsOutsideView { .. } => {
+            Refusal::new(c, "fields_outside_view", e.to_string())
+        }
         SchemaError::Schema { .. } => Refusal::new(c, "schema_violation", e.to_string()),
         SchemaError::Decrypt(_) | SchemaError::TooLarge { .. } => {
             Refusal::new(c, "decrypt_failed", e.to_string())
@@ -230,11 +232,7 @@ pub fn entry(opened: Opened, now: DateTime<Utc>) -> InboxEntry {
 }
 
 /// Sign the receipt for a stored entry.
-pub fn receipt(
-    entry: &InboxEntry,
-    me: &Oin,
-    key: &SigningKey,
-) -> Result<SignedRecord, Error> {
+pub fn receipt(entry: &InboxEntry, me: &Oin, key: &SigningKey) -> Result<SignedRecord, Error> {
     let r = DeliveryReceipt {
         message_id: entry.message_id,
         recipient: me.clone(),
@@ -267,7 +265,11 @@ impl Store {
     }
 
     /// Mark an entry acknowledged (once; a second ack keeps the first time).
-    pub fn inbox_ack(&self, id: &MessageId, now: DateTime<Utc>) -> Result<Option<InboxEntry>, Error> {
+    pub fn inbox_ack(
+        &self,
+        id: &MessageId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<InboxEntry>, Error> {
         let _guard = self.lock();
         let key = id.0.as_bytes();
         let Some(mut e) = Store::get::<InboxEntry>(&self.inbox, "inbox entry", key)? else {

@@ -45,11 +45,10 @@ impl std::fmt::Debug for BrokerLink {
 impl BrokerLink {
     /// Build the link; the TLS files are read here (a bad file is a configuration error).
     pub fn new(address: String, server_name: String, tls: &ClientTls) -> Result<Self, Error> {
-        let quic =
-            ketenpost_broker::tls::client_config(tls).map_err(|e| Error::Config {
-                path: tls.cert.clone(),
-                message: format!("TLS: {e}"),
-            })?;
+        let quic = ketenpost_broker::tls::client_config(tls).map_err(|e| Error::Config {
+            path: tls.cert.clone(),
+            message: format!("TLS: {e}"),
+        })?;
         Ok(BrokerLink {
             address,
             server_name,

@@ -138,7 +138,11 @@ impl KnownCase {
         }
         if case.knowledge == Knowledge::Managed {
             // A member this agent did not add: another manager changed the team.
-            case.complete = case.complete && header.recipients.iter().all(|r| case.members.contains_key(r));
+            case.complete = case.complete
+                && header
+                    .recipients
+                    .iter()
+                    .all(|r| case.members.contains_key(r));
         }
         case.updated_at = now;
         case

@@ -178,7 +178,7 @@ impl OutboxEntry {
                 let s: Vec<RecipientStatus> = self.recipients.iter().map(|r| r.status()).collect();
                 if s.iter().all(|s| *s == RecipientStatus::Delivered) {
                     Status::Delivered
-                } else if s.iter().any(|s| *s == RecipientStatus::Pending) {
+                } else if s.contains(&RecipientStatus::Pending) {
                     Status::Accepted
                 } else {
                     Status::Expired

@@ -53,7 +53,10 @@ mod tests {
     #[test]
     fn unacknowledged_payloads_of_open_cases_stay() {
         assert_eq!(payload_deadline(None, 0, None), None);
-        assert!(!due(payload_deadline(None, 0, None), t("2099-01-01T00:00:00Z")));
+        assert!(!due(
+            payload_deadline(None, 0, None),
+            t("2099-01-01T00:00:00Z")
+        ));
     }
 
     #[test]
@@ -77,6 +80,9 @@ mod tests {
         // Acknowledged long after: the earlier of the two.
         let late_ack = t("2026-06-01T00:00:00Z");
         assert_eq!(payload_deadline(Some(late_ack), 0, case), case);
-        assert_eq!(case_deadline(None, &"12 months".parse().unwrap(), &cal), None);
+        assert_eq!(
+            case_deadline(None, &"12 months".parse().unwrap(), &cal),
+            None
+        );
     }
 }

@@ -208,7 +208,8 @@ impl Store {
         }
         for item in self.consents.iter() {
             let (k, v) = item?;
-            if serde_json::from_slice::<KnownConsent>(&v).is_ok_and(|c| &c.record.case_ref == case_ref)
+            if serde_json::from_slice::<KnownConsent>(&v)
+                .is_ok_and(|c| &c.record.case_ref == case_ref)
             {
                 self.consents.remove(&k)?;
             }

@@ -267,7 +267,9 @@ async fn handle_items(core: &Core, items: Vec<Delivery>) -> bool {
         {
             Ok(Response::Done) => {}
             Ok(other) => warn!(answer = kind_of(&other), "unexpected answer to an ack"),
-            Err(e) => debug!(cause = %e, "ack failed; the notices come again and are applied idempotently"),
+            Err(e) => {
+                debug!(cause = %e, "ack failed; the notices come again and are applied idempotently")
+            }
         }
     }
     progress
@@ -562,7 +564,10 @@ async fn confirm_deletion(core: &Core, entry: &deletion::DeletionEntry) {
             })
         }
         Ok(other) => {
-            warn!(answer = kind_of(&other), "unexpected answer to a deletion confirmation");
+            warn!(
+                answer = kind_of(&other),
+                "unexpected answer to a deletion confirmation"
+            );
             return;
         }
         Err(e) => {
@@ -687,7 +692,10 @@ async fn documents_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             .await
         {
             Ok(Response::Documents(d)) => refresh_documents(&core, &d),
-            Ok(other) => warn!(answer = kind_of(&other), "unexpected answer to GetDocuments"),
+            Ok(other) => warn!(
+                answer = kind_of(&other),
+                "unexpected answer to GetDocuments"
+            ),
             Err(e) => debug!(cause = %e, "documents not refreshed"),
         }
         if pause(&mut stop, every).await {
@@ -741,7 +749,11 @@ pub(crate) async fn sweep(core: &Core) -> Result<(), Error> {
     let case_deadline = |case_ref: &ketenpost_schemas::ids::CaseRef| {
         let case = cases.iter().find(|c| &c.case_ref == case_ref)?;
         let purpose = docs.policy.purposes.get(&case.purpose)?;
-        retention::case_deadline(case.closed_at, &purpose.case_retention, &docs.policy.calendar)
+        retention::case_deadline(
+            case.closed_at,
+            &purpose.case_retention,
+            &docs.policy.calendar,
+        )
     };
     let mut removed = 0usize;
     for e in core.store.inbox_all()? {

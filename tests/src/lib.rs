@@ -1,2 +1,317 @@
-//! Harness for the end-to-end tests.
+//! Harness for the end-to-end tests: a dev federation in a temporary directory, the broker
+//! as a real process on a loopback port, and parties that connect to it over QUIC.
+//!
+//! Every wait is bounded in time; processes are killed when their handle drops.
 #![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::Utc;
+use ketenpost_broker::client::Client;
+use ketenpost_broker::tls::ClientTls;
+use ketenpost_certs::InitOptions;
+use ketenpost_schemas::control::{CaseChange, CaseOp, Record, SignedRecord, Toestemming};
+use ketenpost_schemas::directory::Directory;
+use ketenpost_schemas::ids::{CaseRef, Oin};
+use ketenpost_schemas::keys::{self, SigningKey};
+use ketenpost_schemas::policy::{Policy, Role};
+use ketenpost_schemas::protocol::{Request, Response};
+use ketenpost_schemas::seal::{seal, Draft, Sender};
+
+/// How long any single request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The path of a workspace binary, built on demand when a test runs alone.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("cannot find the target directory"))?;
+    let path = profile_dir.join(name);
+    if !path.exists() {
+        let package = match name {
+            "ketenpost-broker" => "ketenpost-broker",
+            "ketenpost-agent" => "ketenpost-agent",
+            "ketenpost-certs" => "ketenpost-certs",
+            other => bail!("unknown binary {other}"),
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", name])
+            .status()
+            .context("cargo build")?;
+        if !status.success() || !path.exists() {
+            bail!("could not build {name}");
+        }
+    }
+    Ok(path)
+}
+
+/// A dev federation in a temporary directory.
+#[allow(missing_debug_implementations)]
+pub struct Fed {
+    dir: tempfile::TempDir,
+    /// The federation's files.
+    pub files: ketenpost_certs::Federation,
+    /// Its policy.
+    pub policy: Policy,
+    /// Its directory.
+    pub directory: Directory,
+}
+
+impl Fed {
+    /// A federation from a policy text and an optional roster text.
+    pub fn new(policy: &str, roster: Option<&str>) -> Result<Fed> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("policy.toml"), policy)?;
+        let mut opts = InitOptions::new(dir.path().join("policy.toml"), dir.path().join("fed"));
+        if let Some(r) = roster {
+            std::fs::write(dir.path().join("roster.toml"), r)?;
+            opts.roster = Some(dir.path().join("roster.toml"));
+        }
+        let files = ketenpost_certs::init(&opts)?;
+        let policy = files.load_policy()?;
+        let directory = files.load_directory(&policy)?;
+        Ok(Fed {
+            dir,
+            files,
+            policy,
+            directory,
+        })
+    }
+
+    /// A fresh folder inside the federation's temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Seal a draft as a party.
+    pub fn seal(&self, from: &PartyKeys, draft: Draft) -> Result<Vec<u8>> {
+        let (env, _) = seal(
+            draft,
+            Sender {
+                oin: &from.oin,
+                key: &from.key,
+            },
+            &self.policy,
+            &self.directory,
+            Utc::now(),
+        )?;
+        Ok(env.encode())
+    }
+
+    /// The keys of party `i` (roster order).
+    pub fn keys(&self, i: usize) -> Result<PartyKeys> {
+        let p = self
+            .files
+            .parties
+            .get(i)
+            .ok_or_else(|| anyhow!("no party {i}"))?;
+        Ok(PartyKeys {
+            oin: p.oin.clone(),
+            key: keys::signing_key_from_text(&std::fs::read_to_string(&p.signing_key)?)?,
+            age: keys::age_identity_from_text(&std::fs::read_to_string(&p.age_key)?)?,
+            tls: ClientTls {
+                ca: self.files.ca.cert.clone(),
+                cert: p.cert.clone(),
+                key: p.key.clone(),
+            },
+        })
+    }
+}
+
+/// What a party signs, decrypts and connects with.
+#[allow(missing_debug_implementations)]
+pub struct PartyKeys {
+    /// Its OIN.
+    pub oin: Oin,
+    /// Its signing key.
+    pub key: SigningKey,
+    /// Its age identity.
+    pub age: age::x25519::Identity,
+    /// Its TLS files.
+    pub tls: ClientTls,
+}
+
+impl PartyKeys {
+    /// Connect to a broker and check the connection with one request.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Client> {
+        let c = Client::connect(addr, "localhost", &self.tls).await?;
+        c.request(&Request::GetCheckpoint, REQUEST_TIMEOUT).await?;
+        Ok(c)
+    }
+
+    /// Sign and send a control record.
+    pub async fn control<R: Record>(&self, client: &Client, r: &R) -> Result<Response> {
+        let rec = SignedRecord::sign(r, self.oin.clone(), &self.key)?;
+        Ok(client
+            .request(&Request::Control(rec), REQUEST_TIMEOUT)
+            .await?)
+    }
+}
+
+/// Open a case as `manager` (with `role`) and add `members`; register a consent by
+/// `recorder` covering `roles`. Returns the case and the consent id.
+pub async fn case_with_consent(
+    covenant: &str,
+    purpose: &str,
+    manager: (&PartyKeys, &Client, &str),
+    members: &[(&Oin, &str)],
+    recorder: (&PartyKeys, &Client),
+    roles: &[&str],
+) -> Result<(CaseRef, uuid::Uuid)> {
+    let case = CaseRef::random();
+    let (m, mc, mrole) = manager;
+    let change = |op| CaseChange {
+        case_ref: case.clone(),
+        covenant: covenant.into(),
+        purpose: purpose.into(),
+        change: op,
+        by: m.oin.clone(),
+        at: Utc::now(),
+    };
+    expect_done(
+        m.control(
+            mc,
+            &change(CaseOp::Open {
+                role: Role::new(mrole),
+            }),
+        )
+        .await?,
+    )?;
+    for (oin, role) in members {
+        expect_done(
+            m.control(
+                mc,
+                &change(CaseOp::AddMember {
+                    oin: (*oin).clone(),
+                    role: Role::new(*role),
+                }),
+            )
+            .await?,
+        )?;
+    }
+    let consent = uuid::Uuid::now_v7();
+    let (r, rc) = recorder;
+    let t = Toestemming {
+        consent_id: consent,
+        covenant: covenant.into(),
+        purpose: purpose.into(),
+        case_ref: case.clone(),
+        parties: vec![],
+        roles: roles.iter().map(|r| Role::new(*r)).collect(),
+        valid_from: Utc::now() - chrono::Duration::minutes(1),
+        valid_until: None,
+        document_sha256: "ab".repeat(32),
+        obtained_by: r.oin.clone(),
+        obtained_at: Utc::now(),
+    };
+    expect_done(r.control(rc, &t).await?)?;
+    Ok((case, consent))
+}
+
+fn expect_done(r: Response) -> Result<()> {
+    match r {
+        Response::Done => Ok(()),
+        other => bail!("expected done, got {other:?}"),
+    }
+}
+
+/// The broker as a child process.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl BrokerProcess {
+    /// Start `ketenpost-broker serve --federation` on `listen` (port 0 for any) with its
+    /// data in `data`; wait (at most 30 s) until it says where it listens.
+    pub fn start(fed: &Fed, data: &Path, listen: SocketAddr) -> Result<BrokerProcess> {
+        let mut child = Command::new(binary("ketenpost-broker")?)
+            .arg("serve")
+            .arg("--federation")
+            .arg(&fed.files.dir)
+            .arg("--data")
+            .arg(data)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn broker")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(a.trim().to_owned());
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse()?,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("the broker did not start within 30 s");
+            }
+        };
+        Ok(BrokerProcess { child, addr })
+    }
+
+    /// SIGKILL: no shutdown, no final flush.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait (at most 15 s) for a clean exit.
+    pub fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        for _ in 0..150 {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.child.kill()?;
+        bail!("the broker did not stop within 15 s of SIGTERM")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A draft of the test covenant's signaal from a corporation.
+pub fn signaal(case: &CaseRef, consent: uuid::Uuid, to: &[(&Oin, &str)]) -> Result<Draft> {
+    let mut d = Draft::new(
+        "uitstroom",
+        ketenpost_schemas::kind::Kind::Signaal,
+        case.clone(),
+        to.iter()
+            .map(|(o, r)| ((*o).clone(), Role::new(*r)))
+            .collect(),
+        ketenpost_schemas::envelope::LegalBasis::Consent {
+            consent_id: consent,
+        },
+        serde_json::to_value(ketenpost_schemas::payload::Signaal::example())?,
+    );
+    d.event_time = Some(Utc::now() - chrono::Duration::hours(1));
+    Ok(d)
+}

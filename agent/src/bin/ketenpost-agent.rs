@@ -1,1 +1,103 @@
-fn main() {}
+//! The `ketenpost-agent` binary: parse the command line, set up tracing, and either run
+//! the agent until a signal or make one call to a running agent's API.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use ketenpost_agent::cli::{self, Cli, Command};
+use ketenpost_agent::{Agent, AgentConfig, Error};
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("KETENPOST_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(cli: &Cli) -> Result<(), Error> {
+    let config = AgentConfig::load(&cli.config)?;
+    let agent = Agent::start(config).await?;
+    agent.run_until(shutdown_signal()).await;
+    Ok(())
+}
+
+fn report(e: &Error) -> ExitCode {
+    let code = cli::exit_code(e);
+    match e {
+        Error::Config { .. } => eprintln!("ketenpost-agent: bad configuration: {e}"),
+        Error::Documents(_) => {
+            eprintln!("ketenpost-agent: refusing to run: {e}")
+        }
+        Error::NotReady => eprintln!(
+            "ketenpost-agent: no verified federation documents: the broker could not be reached \
+             and there is no verified copy from an earlier run"
+        ),
+        _ => eprintln!("ketenpost-agent: {e}"),
+    }
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ketenpost-agent: cannot start the runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    match &cli.command {
+        Command::Run => {
+            init_tracing();
+            match runtime.block_on(run(&cli)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(cause = %e, "agent stopped with an error");
+                    report(&e)
+                }
+            }
+        }
+        _ => match runtime.block_on(cli::call(&cli)) {
+            Ok(answer) => {
+                match serde_json::to_string_pretty(&answer) {
+                    Ok(text) => println!("{text}"),
+                    Err(_) => println!("{answer}"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&e),
+        },
+    }
+}

@@ -1,0 +1,548 @@
+//! The early check must agree with the broker: for every refusal it gives, the broker's
+//! own `check_message`, run on the message the agent would otherwise have sealed and on
+//! the same facts, gives the same code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{Duration, Utc};
+use ketenpost_broker::checks::{check_message, Env, Submitted};
+use ketenpost_broker::registry::{Case, Consent, MemRegistry};
+use ketenpost_schemas::control::Toestemming;
+use ketenpost_schemas::directory::{BrokerEntry, Directory, Party};
+use ketenpost_schemas::envelope::Limits;
+use ketenpost_schemas::keys::{self, SigningKey};
+use ketenpost_schemas::payload::{Aanmelding, DatalekMelding, Signaal};
+use ketenpost_schemas::seal::{seal, Draft, Sender};
+
+use super::*;
+use crate::mirror::Knowledge;
+
+const WALCHEREN: &str = include_str!("../../../schemas/policies/walcheren.toml");
+
+fn second_purpose() -> String {
+    format!(
+        "{WALCHEREN}\n[purposes.nazorg]\nname = \"nazorg\"\nprocessing_activity = \"nazorg\"\n\
+         legal_basis = \"test\"\ncase_retention = \"12 months\"\ncase_managers = [\"gemeente\"]\n\
+         consent_recorders = [\"gemeente\"]\n[purposes.nazorg.kinds.signaal]\n\
+         senders = [\"gemeente\", \"woningcorporatie\", \"zorgaanbieder\"]\n\
+         recipients = [\"gemeente\", \"woningcorporatie\", \"zorgaanbieder\"]\n\
+         consent = \"required\"\nundelivered_ttl = \"14 days\"\nviews.gemeente = [\"case\"]\n\
+         views.woningcorporatie = [\"case\"]\nviews.zorgaanbieder = [\"case\"]\n"
+    )
+}
+
+struct World {
+    policy: Policy,
+    directory: Directory,
+    keys: Vec<SigningKey>,
+    oins: Vec<Oin>,
+}
+
+const G: usize = 0;
+const W: usize = 1;
+const Z: usize = 2;
+const W2: usize = 3;
+
+fn world(policy_text: &str) -> World {
+    let policy = Policy::from_toml(policy_text).unwrap();
+    let roles = ["gemeente", "woningcorporatie", "zorgaanbieder", "woningcorporatie"];
+    let mut parties = Vec::new();
+    let mut keys_ = Vec::new();
+    let mut oins = Vec::new();
+    for (i, role) in roles.iter().enumerate() {
+        let k = keys::generate_signing_key();
+        let oin: Oin = format!("{:020}", i + 1).parse().unwrap();
+        parties.push(Party {
+            oin: oin.clone(),
+            name: format!("party {i}"),
+            roles: vec![Role::new(*role)],
+            signing_key: keys::verifying_key_to_text(&k.verifying_key()),
+            age_recipient: keys::generate_age_identity().to_public().to_string(),
+            cert_fingerprint: String::new(),
+            fg_contact: "fg@example.org".into(),
+            revoked: false,
+        });
+        keys_.push(k);
+        oins.push(oin);
+    }
+    let broker_key = keys::generate_signing_key();
+    let directory = Directory {
+        covenant: policy.covenant.id.clone(),
+        serial: 1,
+        issued_at: Utc::now(),
+        broker: BrokerEntry {
+            name: "broker".into(),
+            signing_key: keys::verifying_key_to_text(&broker_key.verifying_key()),
+            cert_fingerprint: String::new(),
+        },
+        parties,
+    };
+    directory.check(&policy).unwrap();
+    World {
+        policy,
+        directory,
+        keys: keys_,
+        oins,
+    }
+}
+
+/// The facts both sides see: a case with G (regievoerder) and W, and consents.
+struct Facts {
+    case: Case,
+    consents: Vec<Consent>,
+}
+
+impl World {
+    fn facts(&self, closed: bool) -> Facts {
+        let now = Utc::now();
+        let case_ref = CaseRef::random();
+        Facts {
+            case: Case {
+                case_ref,
+                covenant: "walcheren".into(),
+                purpose: "uitstroom".into(),
+                regievoerder: self.oins[G].clone(),
+                members: [
+                    (self.oins[G].clone(), Role::new("gemeente")),
+                    (self.oins[W].clone(), Role::new("woningcorporatie")),
+                ]
+                .into(),
+                former_members: Default::default(),
+                opened_at: now - Duration::hours(1),
+                closed_at: closed.then_some(now - Duration::minutes(1)),
+                deletion_ordered_at: None,
+            },
+            consents: Vec::new(),
+        }
+    }
+
+    fn consent(&self, f: &mut Facts, roles: &[&str], withdrawn: bool) -> uuid::Uuid {
+        let now = Utc::now();
+        let id = uuid::Uuid::now_v7();
+        f.consents.push(Consent {
+            record: Toestemming {
+                consent_id: id,
+                covenant: "walcheren".into(),
+                purpose: f.case.purpose.clone(),
+                case_ref: f.case.case_ref.clone(),
+                parties: vec![],
+                roles: roles.iter().map(|r| Role::new(*r)).collect(),
+                valid_from: now - Duration::hours(1),
+                valid_until: None,
+                document_sha256: "ab".repeat(32),
+                obtained_by: self.oins[G].clone(),
+                obtained_at: now - Duration::hours(1),
+            },
+            withdrawn_at: withdrawn.then_some(now - Duration::minutes(5)),
+        });
+        id
+    }
+
+    /// The agent's mirror of the facts, as the regievoerder G knows them.
+    fn mirror(&self, f: &Facts) -> (KnownCase, Vec<KnownConsent>) {
+        let c = &f.case;
+        (
+            KnownCase {
+                case_ref: c.case_ref.clone(),
+                purpose: c.purpose.clone(),
+                members: c.members.clone(),
+                regievoerder: Some(c.regievoerder.clone()),
+                complete: true,
+                knowledge: Knowledge::Managed,
+                closed_at: c.closed_at,
+                updated_at: Utc::now(),
+            },
+            f.consents
+                .iter()
+                .map(|c| KnownConsent {
+                    record: c.record.clone(),
+                    withdrawn_at: c.withdrawn_at,
+                })
+                .collect(),
+        )
+    }
+
+    fn agent(&self, sender: usize, req: &SendRequest, f: Option<&Facts>) -> Result<Resolved, Error> {
+        let mirror = f.map(|f| self.mirror(f));
+        let cx = Context {
+            me: &self.oins[sender],
+            policy: &self.policy,
+            directory: &self.directory,
+            case: mirror.as_ref().map(|m| &m.0),
+            consents: mirror.as_ref().map(|m| m.1.as_slice()).unwrap_or(&[]),
+        };
+        check_send(req, &cx, Utc::now())
+    }
+
+    /// What the broker says about the message the agent would have sealed.
+    fn broker(
+        &self,
+        sender: usize,
+        req: &SendRequest,
+        recipients: Vec<(Oin, Role)>,
+        basis: LegalBasis,
+        f: &Facts,
+    ) -> Result<(), RejectCode> {
+        let mut draft = Draft::new(
+            req.purpose.clone().unwrap_or_else(|| "uitstroom".into()),
+            req.kind,
+            req.case_ref.clone(),
+            recipients,
+            basis,
+            req.payload.clone(),
+        );
+        draft.event_time = event_time_from_payload(req.kind, &req.payload);
+        if req.kind == Kind::DatalekMelding {
+            draft.breach_scope = breach_scope_from_payload(&req.payload);
+        }
+        let (env, _) = seal(
+            draft,
+            Sender {
+                oin: &self.oins[sender],
+                key: &self.keys[sender],
+            },
+            &self.policy,
+            &self.directory,
+            Utc::now(),
+        )
+        .unwrap();
+        let mut reg = MemRegistry::default();
+        reg.cases.insert(f.case.case_ref.clone(), f.case.clone());
+        for c in &f.consents {
+            reg.consents.insert(c.record.consent_id, c.clone());
+        }
+        let bytes = env.encode();
+        check_message(
+            Submitted {
+                transport: &self.oins[sender],
+                bytes: &bytes,
+            },
+            Env {
+                policy: &self.policy,
+                directory: &self.directory,
+                limits: &Limits::default(),
+            },
+            &reg,
+            Utc::now(),
+        )
+        .map(|_| ())
+        .map_err(|r| r.code)
+    }
+}
+
+fn signaal(case_ref: &CaseRef, to: Vec<To>) -> SendRequest {
+    SendRequest {
+        kind: Kind::Signaal,
+        case_ref: case_ref.clone(),
+        purpose: None,
+        to,
+        legal_basis: None,
+        event_time: None,
+        in_reply_to: None,
+        trace_id: None,
+        payload: serde_json::to_value(Signaal::example()).unwrap(),
+    }
+}
+
+fn code(r: Result<Resolved, Error>) -> Option<RejectCode> {
+    match r {
+        Ok(_) => None,
+        Err(Error::Refused { rejection, by }) => {
+            assert_eq!(by, crate::RefusedBy::Agent);
+            Some(rejection.code)
+        }
+        Err(other) => panic!("not a refusal: {other}"),
+    }
+}
+
+fn role(r: &str) -> Role {
+    Role::new(r)
+}
+
+#[test]
+fn a_good_message_passes_both() {
+    let w = world(WALCHEREN);
+    let mut f = w.facts(false);
+    w.consent(&mut f, &["gemeente", "woningcorporatie", "zorgaanbieder"], false);
+    let req = signaal(&f.case.case_ref, vec![To::Role(role("woningcorporatie"))]);
+    let resolved = w.agent(G, &req, Some(&f)).unwrap();
+    assert_eq!(resolved.recipients, vec![(w.oins[W].clone(), role("woningcorporatie"))]);
+    assert!(matches!(resolved.legal_basis, LegalBasis::Consent { .. }));
+    assert!(resolved.event_time.is_some());
+    assert_eq!(
+        w.broker(G, &req, resolved.recipients, resolved.legal_basis, &f),
+        Ok(())
+    );
+}
+
+#[test]
+fn not_in_case_team_agrees() {
+    let w = world(WALCHEREN);
+    let mut f = w.facts(false);
+    let id = w.consent(&mut f, &["gemeente", "woningcorporatie", "zorgaanbieder"], false);
+    let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[Z].clone())]);
+    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::NotInCaseTeam));
+    let basis = LegalBasis::Consent { consent_id: id };
+    assert_eq!(
+        w.broker(G, &req, vec![(w.oins[Z].clone(), role("zorgaanbieder"))], basis, &f),
+        Err(RejectCode::NotInCaseTeam)
+    );
+    // By role, too: nobody in the team is a zorgaanbieder.
+    let req = signaal(&f.case.case_ref, vec![To::Role(role("zorgaanbieder"))]);
+    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::NotInCaseTeam));
+}
+
+#[test]
+fn sender_role_not_allowed_agrees() {
+    let w = world(WALCHEREN);
+    let mut f = w.facts(false);
+    let id = w.consent(&mut f, &["gemeente", "woningcorporatie", "zorgaanbieder"], false);
+    let mut req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
+    req.kind = Kind::Aanmelding;
+    req.payload = serde_json::to_value(Aanmelding::example()).unwrap();
+    assert_eq!(
+        code(w.agent(G, &req, Some(&f))),
+        Some(RejectCode::SenderRoleNotAllowed)
+    );
+    assert_eq!(
+        w.broker(
+            G,
+            &req,
+            vec![(w.oins[W].clone(), role("woningcorporatie"))],
+            LegalBasis::Consent { consent_id: id },
+            &f
+        ),
+        Err(RejectCode::SenderRoleNotAllowed)
+    );
+    // Without the case, from the directory roles alone.
+    assert_eq!(code(w.agent(G, &{
+        let mut r = req.clone();
+        r.purpose = Some("uitstroom".into());
+        r
+    }, None)), Some(RejectCode::SenderRoleNotAllowed));
+}
+
+#[test]
+fn no_consent_agrees() {
+    let w = world(WALCHEREN);
+    let f = w.facts(false);
+    let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
+    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::NoConsent));
+    for basis in [
+        LegalBasis::Covenant,
+        LegalBasis::Consent {
+            consent_id: uuid::Uuid::now_v7(),
+        },
+    ] {
+        assert_eq!(
+            w.broker(G, &req, vec![(w.oins[W].clone(), role("woningcorporatie"))], basis, &f),
+            Err(RejectCode::NoConsent)
+        );
+    }
+    let mut covenant = req.clone();
+    covenant.legal_basis = Some(LegalBasis::Covenant);
+    assert_eq!(code(w.agent(G, &covenant, Some(&f))), Some(RejectCode::NoConsent));
+}
+
+#[test]
+fn withdrawn_consent_agrees() {
+    let w = world(WALCHEREN);
+    let mut f = w.facts(false);
+    let id = w.consent(&mut f, &["gemeente", "woningcorporatie"], true);
+    let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
+    assert_eq!(
+        code(w.agent(G, &req, Some(&f))),
+        Some(RejectCode::ConsentWithdrawn)
+    );
+    let mut named = req.clone();
+    named.legal_basis = Some(LegalBasis::Consent { consent_id: id });
+    assert_eq!(
+        code(w.agent(G, &named, Some(&f))),
+        Some(RejectCode::ConsentWithdrawn)
+    );
+    assert_eq!(
+        w.broker(
+            G,
+            &req,
+            vec![(w.oins[W].clone(), role("woningcorporatie"))],
+            LegalBasis::Consent { consent_id: id },
+            &f
+        ),
+        Err(RejectCode::ConsentWithdrawn)
+    );
+}
+
+#[test]
+fn consent_scope_agrees() {
+    let w = world(WALCHEREN);
+    let mut f = w.facts(false);
+    let id = w.consent(&mut f, &["gemeente"], false);
+    let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
+    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::ConsentScope));
+    assert_eq!(
+        w.broker(
+            G,
+            &req,
+            vec![(w.oins[W].clone(), role("woningcorporatie"))],
+            LegalBasis::Consent { consent_id: id },
+            &f
+        ),
+        Err(RejectCode::ConsentScope)
+    );
+}
+
+#[test]
+fn wrong_purpose_agrees() {
+    let w = world(&second_purpose());
+    let mut f = w.facts(false);
+    let id = w.consent(&mut f, &["gemeente", "woningcorporatie"], false);
+    let mut req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
+    req.purpose = Some("nazorg".into());
+    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::WrongPurpose));
+    assert_eq!(
+        w.broker(
+            G,
+            &req,
+            vec![(w.oins[W].clone(), role("woningcorporatie"))],
+            LegalBasis::Consent { consent_id: id },
+            &f
+        ),
+        Err(RejectCode::WrongPurpose)
+    );
+}
+
+#[test]
+fn closed_case_and_legal_basis_mismatch_agree() {
+    let w = world(WALCHEREN);
+    let mut f = w.facts(true);
+    let id = w.consent(&mut f, &["gemeente", "woningcorporatie"], false);
+    let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
+    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::CaseClosed));
+    assert_eq!(
+        w.broker(
+            G,
+            &req,
+            vec![(w.oins[W].clone(), role("woningcorporatie"))],
+            LegalBasis::Consent { consent_id: id },
+            &f
+        ),
+        Err(RejectCode::CaseClosed)
+    );
+
+    // A breach notice rests on the covenant; it may concern a closed case.
+    let mut breach = req.clone();
+    breach.kind = Kind::DatalekMelding;
+    let mut payload = serde_json::to_value(DatalekMelding::example()).unwrap();
+    payload["betrokken_casussen"] = serde_json::json!([f.case.case_ref]);
+    breach.payload = payload;
+    let resolved = w.agent(G, &breach, Some(&f)).unwrap();
+    assert_eq!(resolved.legal_basis, LegalBasis::Covenant);
+    assert!(resolved.breach_scope.is_some());
+    breach.legal_basis = Some(LegalBasis::Consent { consent_id: id });
+    assert_eq!(
+        code(w.agent(G, &breach, Some(&f))),
+        Some(RejectCode::LegalBasisMismatch)
+    );
+    assert_eq!(
+        w.broker(
+            G,
+            &breach,
+            vec![(w.oins[W].clone(), role("woningcorporatie"))],
+            LegalBasis::Consent { consent_id: id },
+            &f
+        ),
+        Err(RejectCode::LegalBasisMismatch)
+    );
+}
+
+#[test]
+fn ground_not_allowed_agrees() {
+    let w = world(WALCHEREN);
+    let f = w.facts(false);
+    let mut req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
+    let basis = LegalBasis::NonConsent {
+        ground: ketenpost_schemas::policy::NonConsentGround::AcuteDanger,
+        justification: "J-1".into(),
+    };
+    req.legal_basis = Some(basis.clone());
+    assert_eq!(
+        code(w.agent(G, &req, Some(&f))),
+        Some(RejectCode::GroundNotAllowed)
+    );
+    assert_eq!(
+        w.broker(G, &req, vec![(w.oins[W].clone(), role("woningcorporatie"))], basis, &f),
+        Err(RejectCode::GroundNotAllowed)
+    );
+}
+
+#[test]
+fn what_the_agent_cannot_know_is_left_to_the_broker() {
+    let w = world(WALCHEREN);
+    let f = w.facts(false);
+    // An unknown case: the agent passes (given the purpose), the broker decides.
+    let mut req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W2].clone())]);
+    req.purpose = Some("uitstroom".into());
+    req.legal_basis = Some(LegalBasis::Consent {
+        consent_id: uuid::Uuid::now_v7(),
+    });
+    let resolved = w.agent(G, &req, None).unwrap();
+    assert_eq!(resolved.recipients[0].1, role("woningcorporatie"));
+    assert_eq!(
+        w.broker(G, &req, resolved.recipients, resolved.legal_basis, &f),
+        Err(RejectCode::NotInCaseTeam)
+    );
+    // Without the case the purpose must be given.
+    let mut no_purpose = req.clone();
+    no_purpose.purpose = None;
+    assert!(matches!(w.agent(G, &no_purpose, None), Err(Error::Invalid(_))));
+    // Recipients by role need the case team.
+    let by_role = signaal(&f.case.case_ref, vec![To::Role(role("woningcorporatie"))]);
+    let mut by_role = by_role;
+    by_role.purpose = Some("uitstroom".into());
+    assert!(matches!(w.agent(G, &by_role, None), Err(Error::Invalid(_))));
+}
+
+#[test]
+fn case_changes_and_consents_are_checked_early() {
+    let w = world(WALCHEREN);
+    let f = w.facts(false);
+    let (case, _) = w.mirror(&f);
+    // Only gemeente manages cases in Walcheren.
+    assert!(check_open(&w.oins[G], "uitstroom", None, &w.policy, &w.directory).is_ok());
+    let refused = check_open(&w.oins[Z], "uitstroom", None, &w.policy, &w.directory);
+    assert!(matches!(refused, Err(Error::Refused { rejection, .. }) if rejection.code == RejectCode::NotPermitted));
+    // The corporation may not change the team.
+    let add = CaseOp::AddMember {
+        oin: w.oins[Z].clone(),
+        role: role("zorgaanbieder"),
+    };
+    assert!(check_case_change(&w.oins[G], Some(&case), &add, &w.policy, &w.directory).is_ok());
+    assert!(check_case_change(&w.oins[W], Some(&case), &add, &w.policy, &w.directory).is_err());
+    let again = CaseOp::AddMember {
+        oin: w.oins[W].clone(),
+        role: role("woningcorporatie"),
+    };
+    assert!(check_case_change(&w.oins[G], Some(&case), &again, &w.policy, &w.directory).is_err());
+    let leave = CaseOp::RemoveMember {
+        oin: w.oins[G].clone(),
+    };
+    assert!(check_case_change(&w.oins[G], Some(&case), &leave, &w.policy, &w.directory).is_err());
+    // A corporation may not register consent in Walcheren.
+    let mut t = Toestemming {
+        consent_id: uuid::Uuid::now_v7(),
+        covenant: "walcheren".into(),
+        purpose: "uitstroom".into(),
+        case_ref: case.case_ref.clone(),
+        parties: vec![],
+        roles: vec![role("gemeente")],
+        valid_from: Utc::now(),
+        valid_until: None,
+        document_sha256: "ab".repeat(32),
+        obtained_by: w.oins[W].clone(),
+        obtained_at: Utc::now(),
+    };
+    assert!(check_consent_grant(&w.oins[W], &t, Some(&case), &w.policy).is_err());
+    t.obtained_by = w.oins[G].clone();
+    assert!(check_consent_grant(&w.oins[G], &t, Some(&case), &w.policy).is_ok());
+    t.roles.clear();
+    assert!(check_consent_grant(&w.oins[G], &t, Some(&case), &w.policy).is_err());
+}

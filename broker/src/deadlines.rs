@@ -1,0 +1,518 @@
+//! The covenant's deadlines, as pure functions of (policy terms, message state, now).
+//!
+//! Two kinds of deadline exist (DESIGN.md, "The covenant as code"):
+//!
+//! - **`send_within`**, counted from the event in the header (observed-at of a signal,
+//!   discovered-at of a breach) to the broker's acceptance. Check 7 computes it
+//!   ([`crate::checks::check_message`]); a message that arrives after it is accepted,
+//!   flagged [`AcceptFlag::Late`](ketenpost_schemas::protocol::AcceptFlag::Late) and audited
+//!   as `deadline_late` with reason `late_on_arrival`. [`is_late`] is the one comparison
+//!   both deadlines use.
+//! - **`answer_within`**, counted from the delivery of a message to each recipient until
+//!   that recipient answers it. An [`AnswerClock`] follows one message: for every recipient
+//!   it holds when the message was delivered to it, whether and when it answered, and
+//!   whether the broker already sent the deadline notice. The broker keeps clocks in the
+//!   sled tree `deadlines` (see [`crate::store`]), so they outlive the message body, which
+//!   is deleted as soon as every recipient receipted it.
+//!
+//! # What counts as an answer
+//! A message `M` answers message `X` for recipient `R` when `M.in_reply_to == X`, `M`'s kind
+//! is one of the `answer_kinds` of `X`'s kind rule, and `M`'s sender is `R`, a recipient of
+//! `X`. Only the first answer of each recipient counts.
+//!
+//! # When a deadline has passed
+//! A deadline is an instant. Something that happens *at* the deadline is in time; only what
+//! happens strictly after it is late ([`is_late`]): a signal accepted exactly 48 hours after
+//! its observation is in time, one second later it is late. Workday deadlines are the first
+//! instant of the day after the last workday (see
+//! [`Calendar::add_workdays`](ketenpost_schemas::calendar::Calendar::add_workdays)), so an
+//! answer at 23:59:59 on the last workday is in time.
+//!
+//! # Who gets a deadline notice
+//! When an answer is overdue the broker sends one [`DeadlineNotice`] per (message, party
+//! that owes the answer), to: the party that owes it, the sender of the message and the
+//! regievoerder of the case, each once even when one party is several of these
+//! ([`notice_recipients`]). The clock remembers the notice, so it is never sent twice; a
+//! late answer after the notice is still recorded (audited as `deadline_late`,
+//! `answer_late`).
+//!
+//! [`DeadlineNotice`]: ketenpost_schemas::control::DeadlineNotice
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use ketenpost_schemas::calendar::Calendar;
+use ketenpost_schemas::duration::PolicyDuration;
+use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
+use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::policy::KindRule;
+use serde::{Deserialize, Serialize};
+
+use crate::store::MessageMeta;
+
+/// Whether something that happened at `at` missed `deadline`: only strictly after it.
+pub fn is_late(deadline: DateTime<Utc>, at: DateTime<Utc>) -> bool {
+    at > deadline
+}
+
+/// The answer deadlines of one accepted message, one entry per recipient.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerClock {
+    /// The message that waits for answers.
+    pub message_id: MessageId,
+    /// Its case (the regievoerder is looked up when a notice is due).
+    pub case_ref: CaseRef,
+    /// Its purpose.
+    pub purpose: String,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its sender, who is told when an answer is overdue.
+    pub sender: Oin,
+    /// When the broker accepted it.
+    pub accepted_at: DateTime<Utc>,
+    /// The term, as the policy said when the message was accepted (a later policy does not
+    /// move a running deadline).
+    pub answer_within: PolicyDuration,
+    /// The kinds that count as an answer.
+    pub answer_kinds: BTreeSet<Kind>,
+    /// What each recipient owes.
+    pub owed: BTreeMap<Oin, Owed>,
+}
+
+/// What one recipient owes on one message.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owed {
+    /// When the message was first handed to the recipient; its clock starts here.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Its first answer.
+    pub answered: Option<Answer>,
+    /// When the broker sent the deadline notice for it.
+    pub notified_at: Option<DateTime<Utc>>,
+}
+
+/// An answer that was seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The answering message.
+    pub message_id: MessageId,
+    /// When the broker accepted it.
+    pub at: DateTime<Utc>,
+}
+
+/// A message as far as answering is concerned.
+#[derive(Clone, Copy, Debug)]
+pub struct Reply<'a> {
+    /// Its id.
+    pub id: MessageId,
+    /// Its sender.
+    pub sender: &'a Oin,
+    /// Its kind.
+    pub kind: Kind,
+    /// The message it refers to.
+    pub in_reply_to: Option<MessageId>,
+}
+
+/// An answer the clock recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answered {
+    /// The recipient that answered.
+    pub by: Oin,
+    /// Its deadline, when the message had been delivered to it.
+    pub deadline: Option<DateTime<Utc>>,
+    /// Whether the answer came after that deadline.
+    pub late: bool,
+}
+
+/// An answer that is overdue and not yet notified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Overdue {
+    /// The party that owes the answer.
+    pub owed_by: Oin,
+    /// The deadline that passed.
+    pub deadline: DateTime<Utc>,
+}
+
+impl AnswerClock {
+    /// A clock for an accepted message of a kind whose rule has an `answer_within`, owed
+    /// by every recipient; `None` when the rule sets no answer term.
+    pub fn start(msg: &MessageMeta, rule: &KindRule) -> Option<AnswerClock> {
+        let answer_within = rule.answer_within?;
+        Some(AnswerClock {
+            message_id: msg.id,
+            case_ref: msg.case_ref.clone(),
+            purpose: msg.purpose.clone(),
+            kind: msg.kind,
+            sender: msg.sender.clone(),
+            accepted_at: msg.accepted_at,
+            answer_within,
+            answer_kinds: rule.answer_kinds.clone(),
+            owed: msg
+                .recipients
+                .iter()
+                .map(|r| (r.clone(), Owed::default()))
+                .collect(),
+        })
+    }
+
+    /// The deadline of `party`: `answer_within` after the message was delivered to it.
+    /// `None` before delivery, or when the party owes nothing.
+    pub fn deadline(&self, party: &Oin, calendar: &Calendar) -> Option<DateTime<Utc>> {
+        let delivered = self.owed.get(party)?.delivered_at?;
+        Some(self.answer_within.deadline(delivered, calendar))
+    }
+
+    /// Record the first delivery to `party`. Returns whether the clock changed (a later
+    /// delivery of the same message does not restart it).
+    pub fn delivered(&mut self, party: &Oin, at: DateTime<Utc>) -> bool {
+        match self.owed.get_mut(party) {
+            Some(o) if o.delivered_at.is_none() => {
+                o.delivered_at = Some(at);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Record `reply` if it answers this message (see the module docs), accepted at `at`.
+    /// Returns what was recorded, or `None` when it is no answer (another message, a kind
+    /// that does not count, a sender that owes nothing, or a second answer).
+    pub fn answer(
+        &mut self,
+        reply: Reply<'_>,
+        at: DateTime<Utc>,
+        calendar: &Calendar,
+    ) -> Option<Answered> {
+        if reply.in_reply_to != Some(self.message_id) || !self.answer_kinds.contains(&reply.kind)
+        {
+            return None;
+        }
+        let deadline = self.deadline(reply.sender, calendar);
+        let owed = self.owed.get_mut(reply.sender)?;
+        if owed.answered.is_some() {
+            return None;
+        }
+        owed.answered = Some(Answer {
+            message_id: reply.id,
+            at,
+        });
+        Some(Answered {
+            by: reply.sender.clone(),
+            deadline,
+            late: deadline.is_some_and(|d| is_late(d, at)),
+        })
+    }
+
+    /// The answers that are overdue at `now` and for which no notice was sent yet.
+    pub fn overdue(&self, calendar: &Calendar, now: DateTime<Utc>) -> Vec<Overdue> {
+        self.owed
+            .iter()
+            .filter(|(_, o)| o.answered.is_none() && o.notified_at.is_none())
+            .filter_map(|(party, _)| {
+                let deadline = self.deadline(party, calendar)?;
+                is_late(deadline, now).then(|| Overdue {
+                    owed_by: party.clone(),
+                    deadline,
+                })
+            })
+            .collect()
+    }
+
+    /// Remember that the notice for `party` was sent at `now`. Returns whether it was new.
+    pub fn mark_notified(&mut self, party: &Oin, now: DateTime<Utc>) -> bool {
+        match self.owed.get_mut(party) {
+            Some(o) if o.notified_at.is_none() => {
+                o.notified_at = Some(now);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The message expired before these recipients fetched it: they never got it, so they
+    /// owe nothing (the sender got an expiry notice instead).
+    pub fn drop_undelivered<'a>(&mut self, parties: impl IntoIterator<Item = &'a Oin>) {
+        for p in parties {
+            if self.owed.get(p).is_some_and(|o| o.delivered_at.is_none()) {
+                self.owed.remove(p);
+            }
+        }
+    }
+
+    /// Whether nothing is left to watch: every recipient that owes an answer gave it.
+    /// A settled clock can be forgotten.
+    pub fn is_settled(&self) -> bool {
+        self.owed.values().all(|o| o.answered.is_some())
+    }
+}
+
+/// Who gets the notice that `owed_by` did not answer in time: that party, the message's
+/// sender and the case's regievoerder (when known), each once.
+pub fn notice_recipients(
+    clock: &AnswerClock,
+    owed_by: &Oin,
+    regievoerder: Option<&Oin>,
+) -> BTreeSet<Oin> {
+    [Some(owed_by), Some(&clock.sender), regievoerder]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+}
+
+/// A notice the broker owes: one per overdue (message, party).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueNotice {
+    /// The message that waits.
+    pub message_id: MessageId,
+    /// The party that owes the answer.
+    pub owed_by: Oin,
+    /// The deadline that passed.
+    pub deadline: DateTime<Utc>,
+    /// Who is told.
+    pub to: BTreeSet<Oin>,
+}
+
+/// Every notice due at `now` for one clock, marking them sent in the clock. The caller
+/// persists the clock together with the notices it queues, so each is sent once.
+pub fn take_due(
+    clock: &mut AnswerClock,
+    calendar: &Calendar,
+    now: DateTime<Utc>,
+    regievoerder: Option<&Oin>,
+) -> Vec<DueNotice> {
+    let due = clock.overdue(calendar, now);
+    let mut out = Vec::with_capacity(due.len());
+    for o in due {
+        if clock.mark_notified(&o.owed_by, now) {
+            out.push(DueNotice {
+                message_id: clock.message_id,
+                to: notice_recipients(clock, &o.owed_by, regievoerder),
+                owed_by: o.owed_by,
+                deadline: o.deadline,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+    use ketenpost_schemas::policy::Policy;
+
+    fn oin(n: u64) -> Oin {
+        format!("{n:020}").parse().unwrap()
+    }
+
+    fn utc(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, h, min, 0).unwrap()
+    }
+
+    fn rule(within: &str) -> KindRule {
+        let policy = Policy::from_toml(ketenpost_schemas::testdata::TEST_POLICY).unwrap();
+        let mut r = policy.rule("uitstroom", Kind::Signaal).unwrap().clone();
+        r.answer_within = Some(within.parse().unwrap());
+        r
+    }
+
+    /// A signal from 3 to `to`, accepted at `at`.
+    fn meta(to: &[u64], at: DateTime<Utc>) -> MessageMeta {
+        let recipients: BTreeSet<Oin> = to.iter().map(|n| oin(*n)).collect();
+        MessageMeta {
+            id: MessageId::new(),
+            sender: oin(3),
+            case_ref: CaseRef::random(),
+            purpose: "uitstroom".into(),
+            kind: Kind::Signaal,
+            accepted_at: at,
+            expires_at: at + Duration::days(7),
+            pending: recipients.clone(),
+            fetched: BTreeSet::new(),
+            recipients,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        }
+    }
+
+    /// A signal from 3 to 1 and 2, accepted at `at` and delivered to both at `at`.
+    fn clock(within: &str, at: DateTime<Utc>) -> AnswerClock {
+        let mut c = AnswerClock::start(&meta(&[1, 2], at), &rule(within)).unwrap();
+        assert!(c.delivered(&oin(1), at));
+        assert!(c.delivered(&oin(2), at));
+        c
+    }
+
+    fn cal() -> Calendar {
+        Calendar::dutch()
+    }
+
+    fn reply<'a>(c: &AnswerClock, from: &'a Oin) -> Reply<'a> {
+        Reply {
+            id: MessageId::new(),
+            sender: from,
+            kind: Kind::Reactie,
+            in_reply_to: Some(c.message_id),
+        }
+    }
+
+    fn overdue_parties(c: &AnswerClock, now: DateTime<Utc>) -> Vec<Oin> {
+        c.overdue(&cal(), now).into_iter().map(|o| o.owed_by).collect()
+    }
+
+    #[test]
+    fn a_kind_without_answer_term_has_no_clock() {
+        let mut r = rule("24 hours");
+        r.answer_within = None;
+        let c = AnswerClock::start(&meta(&[1], Utc::now()), &r);
+        assert!(c.is_none());
+    }
+
+    #[test]
+    fn exactly_at_the_deadline_is_in_time_one_second_later_is_late() {
+        let t = utc(2025, 3, 4, 9, 0); // a Tuesday
+        let c = clock("48 hours", t);
+        let deadline = t + Duration::hours(48);
+        assert_eq!(c.deadline(&oin(1), &cal()), Some(deadline));
+        assert!(overdue_parties(&c, deadline).is_empty());
+        assert_eq!(
+            overdue_parties(&c, deadline + Duration::seconds(1)),
+            vec![oin(1), oin(2)]
+        );
+        assert!(!is_late(deadline, deadline));
+        assert!(is_late(deadline, deadline + Duration::milliseconds(1)));
+        // An answer exactly at the deadline is in time.
+        let mut c = c;
+        let a = c.answer(reply(&c, &oin(1)), deadline, &cal()).unwrap();
+        assert!(!a.late);
+        let a = c
+            .answer(reply(&c, &oin(2)), deadline + Duration::seconds(1), &cal())
+            .unwrap();
+        assert!(a.late);
+        assert_eq!(a.deadline, Some(deadline));
+    }
+
+    #[test]
+    fn hours_run_through_the_weekend() {
+        // Friday 7 March 2025, 16:00 local (15:00 UTC): 24 hours ends on Saturday.
+        let t = utc(2025, 3, 7, 15, 0);
+        let c = clock("24 hours", t);
+        assert_eq!(c.deadline(&oin(1), &cal()), Some(utc(2025, 3, 8, 15, 0)));
+    }
+
+    #[test]
+    fn workdays_skip_the_weekend() {
+        // Delivered Friday 7 March 2025 10:00 local; 2 workdays are Monday and Tuesday, so
+        // the deadline is Wednesday 12 March 00:00 local = Tuesday 23:00 UTC (winter time).
+        let t = utc(2025, 3, 7, 9, 0);
+        let c = clock("2 workdays", t);
+        let deadline = utc(2025, 3, 11, 23, 0);
+        assert_eq!(c.deadline(&oin(1), &cal()), Some(deadline));
+        // Monday evening, Tuesday 23:59 local: in time.
+        assert!(overdue_parties(&c, utc(2025, 3, 10, 20, 0)).is_empty());
+        assert!(overdue_parties(&c, utc(2025, 3, 11, 22, 59)).is_empty());
+        assert!(overdue_parties(&c, deadline).is_empty());
+        assert_eq!(overdue_parties(&c, deadline + Duration::seconds(1)).len(), 2);
+    }
+
+    #[test]
+    fn workdays_skip_easter() {
+        // Delivered Thursday 2 April 2026 10:00 local (08:00 UTC, summer time). Goede
+        // Vrijdag 3 April and Tweede Paasdag 6 April are no workdays, nor the weekend, so
+        // 2 workdays are Tuesday 7 and Wednesday 8 April: the deadline is Thursday 9 April
+        // 00:00 local = 8 April 22:00 UTC.
+        let t = utc(2026, 4, 2, 8, 0);
+        let c = clock("2 workdays", t);
+        let deadline = utc(2026, 4, 8, 22, 0);
+        assert_eq!(c.deadline(&oin(1), &cal()), Some(deadline));
+        // Over Easter, nothing is overdue although 4 calendar days passed.
+        assert!(overdue_parties(&c, utc(2026, 4, 6, 21, 0)).is_empty());
+        assert!(overdue_parties(&c, deadline).is_empty());
+        assert_eq!(overdue_parties(&c, deadline + Duration::seconds(1)).len(), 2);
+        // In hours, Easter does not count.
+        let c = clock("48 hours", t);
+        assert_eq!(c.deadline(&oin(1), &cal()), Some(utc(2026, 4, 4, 8, 0)));
+    }
+
+    #[test]
+    fn the_clock_starts_at_delivery_not_acceptance() {
+        let t = utc(2025, 3, 4, 9, 0);
+        let mut c = AnswerClock::start(&meta(&[1], t), &rule("24 hours")).unwrap();
+        // Never delivered: never overdue.
+        assert!(overdue_parties(&c, t + Duration::days(30)).is_empty());
+        assert!(c.delivered(&oin(1), t + Duration::hours(10)));
+        // A second fetch does not restart it.
+        assert!(!c.delivered(&oin(1), t + Duration::hours(20)));
+        assert!(overdue_parties(&c, t + Duration::hours(34)).is_empty());
+        assert_eq!(
+            overdue_parties(&c, t + Duration::hours(34) + Duration::seconds(1)),
+            vec![oin(1)]
+        );
+        // A party that is no recipient owes nothing.
+        assert!(!c.delivered(&oin(9), t));
+    }
+
+    #[test]
+    fn only_a_real_answer_stops_the_clock() {
+        let t = utc(2025, 3, 4, 9, 0);
+        let mut c = clock("24 hours", t);
+        let (one, two, nine) = (oin(1), oin(2), oin(9));
+        // Wrong kind, wrong message, not a recipient: no answer.
+        let mut r = reply(&c, &one);
+        r.kind = Kind::Signaal;
+        assert!(c.answer(r, t, &cal()).is_none());
+        let mut r = reply(&c, &one);
+        r.in_reply_to = Some(MessageId::new());
+        assert!(c.answer(r, t, &cal()).is_none());
+        assert!(c.answer(reply(&c, &nine), t, &cal()).is_none());
+        // The sender answering its own message is no answer either.
+        assert!(c.answer(reply(&c, &oin(3)), t, &cal()).is_none());
+        // A real one; a second one of the same party does not count again.
+        assert!(c.answer(reply(&c, &one), t, &cal()).is_some());
+        assert!(c.answer(reply(&c, &one), t, &cal()).is_none());
+        assert!(!c.is_settled());
+        let late = t + Duration::hours(25);
+        assert_eq!(overdue_parties(&c, late), vec![two.clone()]);
+        assert!(c.answer(reply(&c, &two), late, &cal()).unwrap().late);
+        assert!(c.is_settled());
+        assert!(overdue_parties(&c, late).is_empty());
+    }
+
+    #[test]
+    fn each_notice_is_due_once_and_goes_to_owing_party_sender_and_regievoerder() {
+        let t = utc(2025, 3, 4, 9, 0);
+        let mut c = clock("24 hours", t);
+        let regie = oin(7);
+        let later = t + Duration::hours(25);
+        assert!(take_due(&mut c, &cal(), t + Duration::hours(23), Some(&regie)).is_empty());
+        let due = take_due(&mut c, &cal(), later, Some(&regie));
+        assert_eq!(due.len(), 2);
+        assert_eq!(due[0].owed_by, oin(1));
+        assert_eq!(due[0].deadline, t + Duration::hours(24));
+        assert_eq!(due[0].to, [oin(1), oin(3), regie.clone()].into());
+        // Sent: never again, however late it gets.
+        assert!(take_due(&mut c, &cal(), later + Duration::days(9), Some(&regie)).is_empty());
+        assert!(c.owed.values().all(|o| o.notified_at == Some(later)));
+        // The regievoerder that owes the answer itself, or is the sender, is told once.
+        let mut c = clock("24 hours", t);
+        let due = take_due(&mut c, &cal(), later, Some(&oin(1)));
+        assert_eq!(due[0].to, [oin(1), oin(3)].into());
+        assert_eq!(due[1].to, [oin(1), oin(2), oin(3)].into());
+    }
+
+    #[test]
+    fn expired_undelivered_recipients_owe_nothing() {
+        let t = utc(2025, 3, 4, 9, 0);
+        let mut c = AnswerClock::start(&meta(&[1, 2], t), &rule("24 hours")).unwrap();
+        c.delivered(&oin(1), t);
+        c.drop_undelivered([&oin(1), &oin(2)]);
+        assert_eq!(c.owed.keys().cloned().collect::<Vec<_>>(), vec![oin(1)]);
+    }
+
+    #[test]
+    fn a_clock_round_trips_through_json() {
+        let c = clock("5 workdays", utc(2025, 3, 4, 9, 0));
+        let back: AnswerClock = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+}
