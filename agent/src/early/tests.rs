@@ -44,7 +44,12 @@ const W2: usize = 3;
 
 fn world(policy_text: &str) -> World {
     let policy = Policy::from_toml(policy_text).unwrap();
-    let roles = ["gemeente", "woningcorporatie", "zorgaanbieder", "woningcorporatie"];
+    let roles = [
+        "gemeente",
+        "woningcorporatie",
+        "zorgaanbieder",
+        "woningcorporatie",
+    ];
     let mut parties = Vec::new();
     let mut keys_ = Vec::new();
     let mut oins = Vec::new();
@@ -161,7 +166,12 @@ impl World {
         )
     }
 
-    fn agent(&self, sender: usize, req: &SendRequest, f: Option<&Facts>) -> Result<Resolved, Error> {
+    fn agent(
+        &self,
+        sender: usize,
+        req: &SendRequest,
+        f: Option<&Facts>,
+    ) -> Result<Resolved, Error> {
         let mirror = f.map(|f| self.mirror(f));
         let cx = Context {
             me: &self.oins[sender],
@@ -262,10 +272,17 @@ fn role(r: &str) -> Role {
 fn a_good_message_passes_both() {
     let w = world(WALCHEREN);
     let mut f = w.facts(false);
-    w.consent(&mut f, &["gemeente", "woningcorporatie", "zorgaanbieder"], false);
+    w.consent(
+        &mut f,
+        &["gemeente", "woningcorporatie", "zorgaanbieder"],
+        false,
+    );
     let req = signaal(&f.case.case_ref, vec![To::Role(role("woningcorporatie"))]);
     let resolved = w.agent(G, &req, Some(&f)).unwrap();
-    assert_eq!(resolved.recipients, vec![(w.oins[W].clone(), role("woningcorporatie"))]);
+    assert_eq!(
+        resolved.recipients,
+        vec![(w.oins[W].clone(), role("woningcorporatie"))]
+    );
     assert!(matches!(resolved.legal_basis, LegalBasis::Consent { .. }));
     assert!(resolved.event_time.is_some());
     assert_eq!(
@@ -278,24 +295,44 @@ fn a_good_message_passes_both() {
 fn not_in_case_team_agrees() {
     let w = world(WALCHEREN);
     let mut f = w.facts(false);
-    let id = w.consent(&mut f, &["gemeente", "woningcorporatie", "zorgaanbieder"], false);
+    let id = w.consent(
+        &mut f,
+        &["gemeente", "woningcorporatie", "zorgaanbieder"],
+        false,
+    );
     let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[Z].clone())]);
-    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::NotInCaseTeam));
+    assert_eq!(
+        code(w.agent(G, &req, Some(&f))),
+        Some(RejectCode::NotInCaseTeam)
+    );
     let basis = LegalBasis::Consent { consent_id: id };
     assert_eq!(
-        w.broker(G, &req, vec![(w.oins[Z].clone(), role("zorgaanbieder"))], basis, &f),
+        w.broker(
+            G,
+            &req,
+            vec![(w.oins[Z].clone(), role("zorgaanbieder"))],
+            basis,
+            &f
+        ),
         Err(RejectCode::NotInCaseTeam)
     );
     // By role, too: nobody in the team is a zorgaanbieder.
     let req = signaal(&f.case.case_ref, vec![To::Role(role("zorgaanbieder"))]);
-    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::NotInCaseTeam));
+    assert_eq!(
+        code(w.agent(G, &req, Some(&f))),
+        Some(RejectCode::NotInCaseTeam)
+    );
 }
 
 #[test]
 fn sender_role_not_allowed_agrees() {
     let w = world(WALCHEREN);
     let mut f = w.facts(false);
-    let id = w.consent(&mut f, &["gemeente", "woningcorporatie", "zorgaanbieder"], false);
+    let id = w.consent(
+        &mut f,
+        &["gemeente", "woningcorporatie", "zorgaanbieder"],
+        false,
+    );
     let mut req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
     req.kind = Kind::Aanmelding;
     req.payload = serde_json::to_value(Aanmelding::example()).unwrap();
@@ -314,11 +351,18 @@ fn sender_role_not_allowed_agrees() {
         Err(RejectCode::SenderRoleNotAllowed)
     );
     // Without the case, from the directory roles alone.
-    assert_eq!(code(w.agent(G, &{
-        let mut r = req.clone();
-        r.purpose = Some("uitstroom".into());
-        r
-    }, None)), Some(RejectCode::SenderRoleNotAllowed));
+    assert_eq!(
+        code(w.agent(
+            G,
+            &{
+                let mut r = req.clone();
+                r.purpose = Some("uitstroom".into());
+                r
+            },
+            None
+        )),
+        Some(RejectCode::SenderRoleNotAllowed)
+    );
 }
 
 #[test]
@@ -326,7 +370,10 @@ fn no_consent_agrees() {
     let w = world(WALCHEREN);
     let f = w.facts(false);
     let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
-    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::NoConsent));
+    assert_eq!(
+        code(w.agent(G, &req, Some(&f))),
+        Some(RejectCode::NoConsent)
+    );
     for basis in [
         LegalBasis::Covenant,
         LegalBasis::Consent {
@@ -334,13 +381,22 @@ fn no_consent_agrees() {
         },
     ] {
         assert_eq!(
-            w.broker(G, &req, vec![(w.oins[W].clone(), role("woningcorporatie"))], basis, &f),
+            w.broker(
+                G,
+                &req,
+                vec![(w.oins[W].clone(), role("woningcorporatie"))],
+                basis,
+                &f
+            ),
             Err(RejectCode::NoConsent)
         );
     }
     let mut covenant = req.clone();
     covenant.legal_basis = Some(LegalBasis::Covenant);
-    assert_eq!(code(w.agent(G, &covenant, Some(&f))), Some(RejectCode::NoConsent));
+    assert_eq!(
+        code(w.agent(G, &covenant, Some(&f))),
+        Some(RejectCode::NoConsent)
+    );
 }
 
 #[test]
@@ -377,7 +433,10 @@ fn consent_scope_agrees() {
     let mut f = w.facts(false);
     let id = w.consent(&mut f, &["gemeente"], false);
     let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
-    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::ConsentScope));
+    assert_eq!(
+        code(w.agent(G, &req, Some(&f))),
+        Some(RejectCode::ConsentScope)
+    );
     assert_eq!(
         w.broker(
             G,
@@ -397,7 +456,10 @@ fn wrong_purpose_agrees() {
     let id = w.consent(&mut f, &["gemeente", "woningcorporatie"], false);
     let mut req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
     req.purpose = Some("nazorg".into());
-    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::WrongPurpose));
+    assert_eq!(
+        code(w.agent(G, &req, Some(&f))),
+        Some(RejectCode::WrongPurpose)
+    );
     assert_eq!(
         w.broker(
             G,
@@ -416,7 +478,10 @@ fn closed_case_and_legal_basis_mismatch_agree() {
     let mut f = w.facts(true);
     let id = w.consent(&mut f, &["gemeente", "woningcorporatie"], false);
     let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
-    assert_eq!(code(w.agent(G, &req, Some(&f))), Some(RejectCode::CaseClosed));
+    assert_eq!(
+        code(w.agent(G, &req, Some(&f))),
+        Some(RejectCode::CaseClosed)
+    );
     assert_eq!(
         w.broker(
             G,
@@ -469,7 +534,13 @@ fn ground_not_allowed_agrees() {
         Some(RejectCode::GroundNotAllowed)
     );
     assert_eq!(
-        w.broker(G, &req, vec![(w.oins[W].clone(), role("woningcorporatie"))], basis, &f),
+        w.broker(
+            G,
+            &req,
+            vec![(w.oins[W].clone(), role("woningcorporatie"))],
+            basis,
+            &f
+        ),
         Err(RejectCode::GroundNotAllowed)
     );
 }
@@ -493,7 +564,10 @@ fn what_the_agent_cannot_know_is_left_to_the_broker() {
     // Without the case the purpose must be given.
     let mut no_purpose = req.clone();
     no_purpose.purpose = None;
-    assert!(matches!(w.agent(G, &no_purpose, None), Err(Error::Invalid(_))));
+    assert!(matches!(
+        w.agent(G, &no_purpose, None),
+        Err(Error::Invalid(_))
+    ));
     // Recipients by role need the case team.
     let by_role = signaal(&f.case.case_ref, vec![To::Role(role("woningcorporatie"))]);
     let mut by_role = by_role;
@@ -509,7 +583,9 @@ fn case_changes_and_consents_are_checked_early() {
     // Only gemeente manages cases in Walcheren.
     assert!(check_open(&w.oins[G], "uitstroom", None, &w.policy, &w.directory).is_ok());
     let refused = check_open(&w.oins[Z], "uitstroom", None, &w.policy, &w.directory);
-    assert!(matches!(refused, Err(Error::Refused { rejection, .. }) if rejection.code == RejectCode::NotPermitted));
+    assert!(
+        matches!(refused, Err(Error::Refused { rejection, .. }) if rejection.code == RejectCode::NotPermitted)
+    );
     // The corporation may not change the team.
     let add = CaseOp::AddMember {
         oin: w.oins[Z].clone(),
