@@ -12,6 +12,8 @@ use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::policy::Role;
 use serde::{Deserialize, Serialize};
 
+use crate::breach::{Flow, FlowHistory};
+
 /// A case: one purpose, a team of parties each with a role, open or closed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Case {
@@ -82,6 +84,13 @@ pub trait Registry {
     fn consent(&self, id: &uuid::Uuid) -> Option<Consent>;
     /// Whether a message id was accepted before.
     fn seen(&self, id: &MessageId) -> bool;
+    /// Every message accepted since `from` (who sent it to whom about which case), for
+    /// routing a breach notice ([`crate::breach`]). A registry that keeps no history says
+    /// [`FlowHistory::NotKept`], the default.
+    fn flows_since(&self, from: DateTime<Utc>) -> FlowHistory {
+        let _ = from;
+        FlowHistory::NotKept
+    }
 }
 
 /// An in-memory registry, for tests and tools.
@@ -93,6 +102,8 @@ pub struct MemRegistry {
     pub consents: BTreeMap<uuid::Uuid, Consent>,
     /// Accepted message ids.
     pub seen: BTreeSet<MessageId>,
+    /// Past flows for breach routing; `None` keeps no history.
+    pub flows: Option<Vec<Flow>>,
 }
 
 impl Registry for MemRegistry {
@@ -104,5 +115,11 @@ impl Registry for MemRegistry {
     }
     fn seen(&self, id: &MessageId) -> bool {
         self.seen.contains(id)
+    }
+    fn flows_since(&self, from: DateTime<Utc>) -> FlowHistory {
+        match &self.flows {
+            None => FlowHistory::NotKept,
+            Some(f) => FlowHistory::Flows(f.iter().filter(|f| f.at >= from).cloned().collect()),
+        }
     }
 }

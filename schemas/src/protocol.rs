@@ -38,7 +38,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::control::SignedRecord;
-use crate::ids::MessageId;
+use crate::ids::{MessageId, Oin};
+use crate::policy::Role;
 use crate::Error;
 
 /// The protocol version this crate speaks.
@@ -85,6 +86,10 @@ pub enum RejectCode {
     NotInCaseTeam,
     /// A recipient's role may not receive this kind.
     RecipientRoleNotAllowed,
+    /// A breach notice (datalek_melding) is not addressed to exactly the parties that
+    /// exchanged messages about the affected cases in its window; the rejection carries
+    /// the set it must go to ([`Rejection::expected_recipients`]).
+    BreachRecipients,
     /// A body's view is not the recipient's role, or grants other categories.
     ViewMismatch,
     /// Consent is required and the message names none, or one the broker does not know.
@@ -123,7 +128,8 @@ impl RejectCode {
             | WrongPurpose
             | NotInCaseTeam
             | RecipientRoleNotAllowed
-            | ViewMismatch => 5,
+            | ViewMismatch
+            | BreachRecipients => 5,
             NoConsent | ConsentWithdrawn | ConsentNotValid | ConsentScope | GroundNotAllowed
             | LegalBasisMismatch => 6,
             Storage => 8,
@@ -150,6 +156,7 @@ impl RejectCode {
             WrongPurpose => "wrong_purpose",
             NotInCaseTeam => "not_in_case_team",
             RecipientRoleNotAllowed => "recipient_role_not_allowed",
+            BreachRecipients => "breach_recipients",
             ViewMismatch => "view_mismatch",
             NoConsent => "no_consent",
             ConsentWithdrawn => "consent_withdrawn",
@@ -189,6 +196,41 @@ impl Rejection {
             check: code.check(),
             reason: reason.into(),
         }
+    }
+}
+
+/// Where the machine-readable recipient list starts in a `breach_recipients` reason.
+const EXPECTED_MARKER: &str = "expected=";
+
+impl Rejection {
+    /// The refusal of a breach notice that is not addressed to `expected`, the recipients
+    /// the broker resolved (OIN and the role each receives in). The reason ends in
+    /// `expected=` and a JSON list of `[oin, role]` pairs, which
+    /// [`expected_recipients`](Self::expected_recipients) reads back, so the agent can
+    /// reseal to exactly that set.
+    pub fn breach_recipients(expected: &[(Oin, Role)]) -> Self {
+        let list = serde_json::to_string(expected).unwrap_or_else(|_| "[]".into());
+        let lead = if expected.is_empty() {
+            "no party other than the sender exchanged messages about the affected cases in \
+             the breach window, so there is nobody to route this breach notice to"
+        } else {
+            "a breach notice goes to exactly the parties that exchanged messages about the \
+             affected cases in its window; seal it to these recipients"
+        };
+        Rejection::new(
+            RejectCode::BreachRecipients,
+            format!("{lead}; {EXPECTED_MARKER}{list}"),
+        )
+    }
+
+    /// The recipients a `breach_recipients` refusal asks for; `None` for any other
+    /// rejection.
+    pub fn expected_recipients(&self) -> Option<Vec<(Oin, Role)>> {
+        if self.code != RejectCode::BreachRecipients {
+            return None;
+        }
+        let (_, list) = self.reason.rsplit_once(EXPECTED_MARKER)?;
+        serde_json::from_str(list).ok()
     }
 }
 
@@ -587,6 +629,11 @@ mod tests {
         assert_eq!(RejectCode::Replay.check(), 3);
         assert_eq!(RejectCode::SenderRoleNotAllowed.check(), 4);
         assert_eq!(RejectCode::NotInCaseTeam.check(), 5);
+        assert_eq!(RejectCode::BreachRecipients.check(), 5);
+        assert_eq!(
+            serde_json::to_value(RejectCode::BreachRecipients).unwrap(),
+            serde_json::json!(RejectCode::BreachRecipients.as_str())
+        );
         assert_eq!(RejectCode::ConsentWithdrawn.check(), 6);
         assert_eq!(
             serde_json::to_value(RejectCode::WrongPurpose).unwrap(),
