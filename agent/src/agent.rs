@@ -16,8 +16,10 @@ use chrono::{DateTime, Utc};
 use ketenpost_schemas::control::{
     CaseChange, CaseOp, SignedRecord, Toestemming, ToestemmingIntrekking,
 };
-use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
+use ketenpost_schemas::envelope::Header;
+use ketenpost_schemas::ids::{CaseRef, MessageId, Oin, TraceId};
 use ketenpost_schemas::keys::{SigningKey, VerifyingKey};
+use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::payload;
 use ketenpost_schemas::policy::Role;
 use ketenpost_schemas::protocol::{Documents, Request, Response};
@@ -34,7 +36,7 @@ use crate::early::{self, SendRequest};
 use crate::inbox::{InboxEntry, RefusedMessage};
 use crate::link::BrokerLink;
 use crate::mirror::{Knowledge, KnownCase, KnownConsent};
-use crate::outbox::OutboxEntry;
+use crate::outbox::{OutboxEntry, Reseal};
 use crate::store::Store;
 use crate::{api, sync, Error};
 
@@ -310,15 +312,15 @@ async fn initial_documents(
     store: &Store,
     link: &BrokerLink,
 ) -> Result<Trusted, Error> {
-    let cached = match store.meta_get::<Documents>(DOCUMENTS)? {
-        Some(raw) => Some(documents::verify(pinned, &raw, me).map_err(|e| {
-            Error::Documents(format!("the cached documents no longer verify: {e}"))
-        })?),
-        None => None,
-    };
-    if let Some(c) = cached {
-        // The broker may be away; start on the verified cache and refresh in the background.
-        return Ok(c);
+    if let Some(raw) = store.meta_get::<Documents>(DOCUMENTS)? {
+        match documents::verify(pinned, &raw, me) {
+            // The broker may be away; start on the verified cache, refresh in the background.
+            Ok(c) => return Ok(c),
+            // E.g. a new federation key was pinned: the cache is of no use, ask the broker.
+            Err(e) => {
+                warn!(cause = %e, "the cached federation documents do not verify; fetching them again")
+            }
+        }
     }
     let started = Instant::now();
     let wait = std::time::Duration::from_secs(config.timing.startup_wait_secs);
@@ -403,23 +405,68 @@ impl Core {
                 info!(code = %rejection.code, kind = %req.kind, case = %req.case_ref, "message refused early");
             }
         })?;
-        let mut draft = Draft::new(
-            resolved.purpose,
-            req.kind,
-            req.case_ref,
-            resolved.recipients.clone(),
-            resolved.legal_basis,
-            req.payload,
-        );
-        draft.event_time = resolved.event_time;
-        draft.in_reply_to = req.in_reply_to;
-        draft.breach_scope = resolved.breach_scope;
-        if let Some(t) = req.trace_id {
-            draft.trace_id = t;
+        let parts = Reseal {
+            purpose: resolved.purpose,
+            legal_basis: resolved.legal_basis,
+            event_time: resolved.event_time,
+            in_reply_to: req.in_reply_to,
+            trace_id: req.trace_id.unwrap_or_else(TraceId::random),
+            breach_scope: resolved.breach_scope,
+            payload: req.payload,
+            reseals: 0,
+        };
+        let (envelope, header) = self
+            .seal_parts(
+                MessageId::new(),
+                req.kind,
+                &req.case_ref,
+                resolved.recipients.clone(),
+                &parts,
+            )
+            .await?;
+        let mut entry = OutboxEntry::sealed(&header, &envelope, &resolved.recipients);
+        if req.kind == Kind::DatalekMelding {
+            entry.reseal = Some(parts);
         }
+        self.store.outbox_insert(&entry).await?;
+        self.outbox_wake.notify_one();
+        info!(
+            message = %entry.message_id,
+            kind = %entry.kind,
+            case = %entry.case_ref,
+            recipients = entry.recipients.len(),
+            "message queued"
+        );
+        Ok(entry)
+    }
+
+    /// Seal a message (off the async threads: age encryption and signing are CPU work).
+    pub(crate) async fn seal_parts(
+        &self,
+        id: MessageId,
+        kind: Kind,
+        case_ref: &CaseRef,
+        recipients: Vec<(Oin, Role)>,
+        parts: &Reseal,
+    ) -> Result<(Vec<u8>, Header), Error> {
+        let docs = self.docs();
+        let mut draft = Draft::new(
+            parts.purpose.clone(),
+            kind,
+            case_ref.clone(),
+            recipients,
+            parts.legal_basis.clone(),
+            parts.payload.clone(),
+        );
+        draft.id = id;
+        draft.event_time = parts.event_time;
+        draft.in_reply_to = parts.in_reply_to;
+        draft.breach_scope = parts.breach_scope.clone();
+        draft.trace_id = parts.trace_id;
         let me = self.me.clone();
         let key = self.signing.clone();
-        let sealed = tokio::task::spawn_blocking(move || {
+        let now = Utc::now();
+        let (envelope, header) = tokio::task::spawn_blocking(move || {
             seal::seal(
                 draft,
                 Sender {
@@ -433,18 +480,7 @@ impl Core {
         })
         .await
         .map_err(|e| Error::Invalid(format!("sealing was interrupted: {e}")))??;
-        let (envelope, header) = sealed;
-        let entry = OutboxEntry::sealed(&header, &envelope.encode(), &resolved.recipients);
-        self.store.outbox_insert(&entry).await?;
-        self.outbox_wake.notify_one();
-        info!(
-            message = %entry.message_id,
-            kind = %entry.kind,
-            case = %entry.case_ref,
-            recipients = entry.recipients.len(),
-            "message queued"
-        );
-        Ok(entry)
+        Ok((envelope.encode(), header))
     }
 
     /// A message's outbox entry.

@@ -343,6 +343,13 @@ pub struct InboxSummary {
     pub received_at: DateTime<Utc>,
     /// When the partner system acknowledged it.
     pub acknowledged_at: Option<DateTime<Utc>>,
+    /// When the covenant wants an answer from us.
+    pub answer_due: Option<DateTime<Utc>>,
+    /// The deadline the broker reported as passed without our answer.
+    pub answer_overdue: Option<DateTime<Utc>>,
+    /// For a breach notice: our FG's contact, whom the partner system must hand it to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fg_contact: Option<String>,
 }
 
 fn summary(core: &Core, e: &InboxEntry) -> InboxSummary {
@@ -360,6 +367,16 @@ fn summary(core: &Core, e: &InboxEntry) -> InboxSummary {
         view: e.view.clone(),
         received_at: e.received_at,
         acknowledged_at: e.acknowledged_at,
+        answer_due: e.answer_due,
+        answer_overdue: e.answer_overdue,
+        fg_contact: (e.kind == Kind::DatalekMelding)
+            .then(|| {
+                core.docs()
+                    .directory
+                    .party(core.oin())
+                    .map(|p| p.fg_contact.clone())
+            })
+            .flatten(),
     }
 }
 
@@ -576,5 +593,26 @@ mod tests {
         assert!(same(b"abcdef", b"abcdef"));
         assert!(!same(b"abcdef", b"abcdeg"));
         assert!(!same(b"abc", b"abcdef"));
+    }
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    /// Every route the router serves is described in `agent/openapi.yaml`.
+    #[test]
+    fn every_route_is_in_the_openapi_description() {
+        let spec = include_str!("../openapi.yaml");
+        let source = include_str!("api.rs");
+        let mut n = 0;
+        for line in source.lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix(".route(\"") {
+                let path = rest.split('"').next().unwrap_or_default();
+                let full = format!("  /v1{path}:");
+                assert!(spec.contains(&full), "openapi.yaml lacks {full}");
+                n += 1;
+            }
+        }
+        assert!(n >= 14, "found only {n} routes");
     }
 }

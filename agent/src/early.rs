@@ -188,9 +188,21 @@ pub fn check_send(
         )));
     }
     let breach_scope = if req.kind == Kind::DatalekMelding {
-        Some(breach_scope_from_payload(&req.payload).ok_or_else(|| {
+        let scope = breach_scope_from_payload(&req.payload).ok_or_else(|| {
             invalid("a datalek_melding payload needs tijdvak_van and tijdvak_tot")
-        })?)
+        })?;
+        if !scope.case_refs.is_empty() && !scope.case_refs.contains(&req.case_ref) {
+            return Err(invalid(format!(
+                "the notice's case {} is not one of its betrokken_casussen",
+                req.case_ref
+            )));
+        }
+        if scope.case_refs.is_empty() && !scope.all_cases_of_sender {
+            return Err(invalid(
+                "a datalek_melding names betrokken_casussen or alle_casussen_van_afzender",
+            ));
+        }
+        Some(scope)
     } else {
         None
     };
@@ -247,8 +259,31 @@ fn resolve_recipients(
     rule: &KindRule,
     purpose_id: &str,
 ) -> Result<Vec<(Oin, Role)>, Error> {
+    let breach = req.kind == Kind::DatalekMelding;
     if req.to.is_empty() {
-        return Err(invalid("name at least one recipient"));
+        if !breach {
+            return Err(invalid("name at least one recipient"));
+        }
+        // A breach notice goes where the broker's routing says; the first guess is the
+        // case team as far as the agent knows it.
+        let team: Vec<(Oin, Role)> = cx
+            .case
+            .map(|c| {
+                c.members
+                    .iter()
+                    .filter(|(o, r)| *o != cx.me && rule.recipients.contains(*r))
+                    .map(|(o, r)| (o.clone(), r.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if team.is_empty() {
+            return Err(invalid(
+                "this agent knows no one to send the breach notice to yet: name at least one \
+                 recipient; the broker answers with the parties concerned and the agent seals \
+                 it again to them",
+            ));
+        }
+        return Ok(team);
     }
     let role_not_allowed = |who: &str, role: &Role| {
         refuse(
@@ -259,7 +294,9 @@ fn resolve_recipients(
             ),
         )
     };
-    let complete = cx.case.is_some_and(|c| c.complete);
+    // A breach notice is routed by the broker to everyone who exchanged messages about
+    // the affected cases, team or not: no team check for its recipients.
+    let complete = cx.case.is_some_and(|c| c.complete) && !breach;
     let mut out: Vec<(Oin, Role)> = Vec::new();
     let mut push = |oin: Oin, role: Role| {
         if !out.iter().any(|(o, _)| o == &oin) {

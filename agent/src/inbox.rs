@@ -55,6 +55,12 @@ pub struct InboxEntry {
     pub body_sha256: String,
     /// When the partner system acknowledged it.
     pub acknowledged_at: Option<DateTime<Utc>>,
+    /// When the covenant wants an answer from us, if it sets a term for this kind.
+    #[serde(default)]
+    pub answer_due: Option<DateTime<Utc>>,
+    /// The deadline the broker reported as passed without our answer.
+    #[serde(default)]
+    pub answer_overdue: Option<DateTime<Utc>>,
     /// Our view of the payload.
     pub payload: Value,
 }
@@ -209,8 +215,13 @@ pub fn sender_role(header: &Header, policy: &Policy, directory: &Directory) -> O
     }
 }
 
-/// The inbox entry for an opened message.
-pub fn entry(opened: Opened, now: DateTime<Utc>) -> InboxEntry {
+/// The inbox entry for an opened message; `answer_due` from the policy's `answer_within`
+/// for the kind, counted from now (delivery), as the broker counts it.
+pub fn entry(opened: Opened, policy: &Policy, now: DateTime<Utc>) -> InboxEntry {
+    let answer_due = policy
+        .rule(&opened.header.purpose, opened.header.kind)
+        .and_then(|r| r.answer_within)
+        .map(|d| d.deadline(now, &policy.calendar));
     let h = opened.header;
     InboxEntry {
         message_id: h.id,
@@ -227,6 +238,8 @@ pub fn entry(opened: Opened, now: DateTime<Utc>) -> InboxEntry {
         trace_id: h.trace_id,
         body_sha256: opened.body_sha256,
         acknowledged_at: None,
+        answer_due,
+        answer_overdue: None,
         payload: opened.payload,
     }
 }
@@ -282,6 +295,18 @@ impl Store {
         Ok(Some(e))
     }
 
+    /// Note that the broker reported our answer to a received message overdue.
+    pub fn inbox_overdue(&self, id: &MessageId, deadline: DateTime<Utc>) -> Result<bool, Error> {
+        let _guard = self.lock();
+        let key = id.0.as_bytes();
+        let Some(mut e) = Store::get::<InboxEntry>(&self.inbox, "inbox entry", key)? else {
+            return Ok(false);
+        };
+        e.answer_overdue = Some(deadline);
+        Store::put(&self.inbox, key, &e)?;
+        Ok(true)
+    }
+
     /// Remove an inbox entry (retention); its receipt stays.
     pub fn inbox_remove(&self, id: &MessageId) -> Result<(), Error> {
         self.inbox.remove(id.0.as_bytes())?;
@@ -325,5 +350,176 @@ impl Store {
     /// Every refused delivery.
     pub fn refused_all(&self) -> Result<Vec<RefusedMessage>, Error> {
         Store::all(&self.refused, "refused delivery")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use ketenpost_schemas::directory::{BrokerEntry, Party};
+    use ketenpost_schemas::envelope::LegalBasis;
+    use ketenpost_schemas::keys;
+    use ketenpost_schemas::payload::Aanmelding;
+    use ketenpost_schemas::seal::{seal, Draft, Sender};
+
+    const WALCHEREN: &str = include_str!("../../schemas/policies/walcheren.toml");
+
+    struct Side {
+        oin: Oin,
+        key: SigningKey,
+        age: age::x25519::Identity,
+    }
+
+    fn side(n: u8) -> Side {
+        Side {
+            oin: format!("{n:020}").parse().unwrap(),
+            key: keys::generate_signing_key(),
+            age: keys::generate_age_identity(),
+        }
+    }
+
+    fn party(s: &Side, role: &str) -> Party {
+        Party {
+            oin: s.oin.clone(),
+            name: role.into(),
+            roles: vec![Role::new(role)],
+            signing_key: keys::verifying_key_to_text(&s.key.verifying_key()),
+            age_recipient: s.age.to_public().to_string(),
+            cert_fingerprint: String::new(),
+            fg_contact: "fg@example.org".into(),
+            revoked: false,
+        }
+    }
+
+    fn directory(parties: Vec<Party>) -> Directory {
+        Directory {
+            covenant: "walcheren".into(),
+            serial: 1,
+            issued_at: Utc::now(),
+            broker: BrokerEntry {
+                name: "broker".into(),
+                signing_key: keys::verifying_key_to_text(
+                    &keys::generate_signing_key().verifying_key(),
+                ),
+                cert_fingerprint: String::new(),
+            },
+            parties,
+        }
+    }
+
+    /// An aanmelding from the care provider to the corporation, sealed under `policy`.
+    fn sealed(policy: &Policy, dir: &Directory, zorg: &Side, corp: &Side) -> Vec<u8> {
+        let draft = Draft::new(
+            "uitstroom",
+            Kind::Aanmelding,
+            CaseRef::random(),
+            vec![(corp.oin.clone(), Role::new("woningcorporatie"))],
+            LegalBasis::Consent {
+                consent_id: uuid::Uuid::now_v7(),
+            },
+            serde_json::to_value(Aanmelding::example()).unwrap(),
+        );
+        let sender = Sender {
+            oin: &zorg.oin,
+            key: &zorg.key,
+        };
+        seal(draft, sender, policy, dir, Utc::now())
+            .unwrap()
+            .0
+            .encode()
+    }
+
+    #[test]
+    fn a_corporation_opens_only_its_housing_view() {
+        let policy = Policy::from_toml(WALCHEREN).unwrap();
+        let (zorg, corp) = (side(1), side(2));
+        let dir = directory(vec![
+            party(&zorg, "zorgaanbieder"),
+            party(&corp, "woningcorporatie"),
+        ]);
+        let bytes = sealed(&policy, &dir, &zorg, &corp);
+        let opened = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &dir).unwrap();
+        assert_eq!(opened.view.as_str(), "woningcorporatie");
+        assert!(opened.payload.get("woonwens").is_some());
+        assert!(opened.payload.get("ondersteuning").is_none());
+        assert!(opened.payload.get("inkomen").is_none());
+    }
+
+    #[test]
+    fn a_body_with_fields_outside_our_view_is_refused_by_name() {
+        // A sender whose policy (wrongly) shows support data to corporations.
+        let leaky = WALCHEREN.replace(
+            "views.woningcorporatie = [\"case\", \"identity\", \"contact\", \"housing\"]",
+            "views.woningcorporatie = [\"case\", \"identity\", \"contact\", \"housing\", \"support\"]",
+        );
+        assert_ne!(leaky, WALCHEREN);
+        let leaky = Policy::from_toml(&leaky).unwrap();
+        let policy = Policy::from_toml(WALCHEREN).unwrap();
+        let (zorg, corp) = (side(1), side(2));
+        let dir = directory(vec![
+            party(&zorg, "zorgaanbieder"),
+            party(&corp, "woningcorporatie"),
+        ]);
+        let bytes = sealed(&leaky, &dir, &zorg, &corp);
+        let refusal = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &dir).unwrap_err();
+        assert_eq!(refusal.code, "fields_outside_view");
+        assert!(
+            refusal.reason.contains("ondersteuning"),
+            "{}",
+            refusal.reason
+        );
+        // The reason names fields, never values.
+        assert!(!refusal.reason.contains("111222333"));
+        let record = refusal.to_record(Utc::now());
+        assert_eq!(record.sender, Some(zorg.oin.clone()));
+        assert!(record.message_id.is_some());
+    }
+
+    #[test]
+    fn forged_tampered_and_foreign_deliveries_are_refused() {
+        let policy = Policy::from_toml(WALCHEREN).unwrap();
+        let (zorg, corp, stranger) = (side(1), side(2), side(3));
+        let dir = directory(vec![
+            party(&zorg, "zorgaanbieder"),
+            party(&corp, "woningcorporatie"),
+        ]);
+        let bytes = sealed(&policy, &dir, &zorg, &corp);
+
+        // A body byte changed: the digest in the signed header no longer matches.
+        let mut tampered = bytes.clone();
+        if let Some(last) = tampered.last_mut() {
+            *last ^= 1;
+        }
+        let r = open_delivery(&tampered, &corp.oin, &corp.age, &policy, &dir).unwrap_err();
+        assert_eq!(r.code, "digest_mismatch");
+
+        // The directory lists another key for the sender.
+        let mut forged_dir = dir.clone();
+        forged_dir.parties[0].signing_key =
+            keys::verifying_key_to_text(&keys::generate_signing_key().verifying_key());
+        let r = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &forged_dir).unwrap_err();
+        assert_eq!(r.code, "bad_signature");
+
+        // A sender the directory does not know.
+        let only_corp = directory(vec![party(&corp, "woningcorporatie")]);
+        let r = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &only_corp).unwrap_err();
+        assert_eq!(r.code, "unknown_sender");
+
+        // Not for us.
+        let r = open_delivery(&bytes, &stranger.oin, &stranger.age, &policy, &dir).unwrap_err();
+        assert_eq!(r.code, "not_a_recipient");
+
+        // Garbage never panics.
+        for junk in [
+            &b""[..],
+            b"KPM1",
+            b"KPM1\xff\xff\xff\xff",
+            &bytes[..bytes.len() / 2],
+        ] {
+            let r = open_delivery(junk, &corp.oin, &corp.age, &policy, &dir).unwrap_err();
+            assert_eq!(r.code, "malformed");
+        }
     }
 }

@@ -126,6 +126,12 @@ impl KnownCase {
             // view wins over what was registered locally.
             case.purpose = header.purpose.clone();
         }
+        // A member this agent did not add means another manager changed the team: the
+        // agent no longer knows the whole team.
+        let known = |o: &Oin| case.members.contains_key(o);
+        if !(header.recipients.iter().all(known) && known(&header.sender)) {
+            case.complete = false;
+        }
         for body in &header.bodies {
             for r in &body.recipients {
                 case.members
@@ -135,14 +141,6 @@ impl KnownCase {
         }
         if let Some(role) = sender_role {
             case.members.entry(header.sender.clone()).or_insert(role);
-        }
-        if case.knowledge == Knowledge::Managed {
-            // A member this agent did not add: another manager changed the team.
-            case.complete = case.complete
-                && header
-                    .recipients
-                    .iter()
-                    .all(|r| case.members.contains_key(r));
         }
         case.updated_at = now;
         case
@@ -172,5 +170,93 @@ impl KnownConsent {
     /// Whether it is within its validity at `now`.
     pub fn is_valid_at(&self, now: DateTime<Utc>) -> bool {
         now >= self.record.valid_from && self.record.valid_until.is_none_or(|u| now < u)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ketenpost_schemas::envelope::{BodyRef, LegalBasis};
+    use ketenpost_schemas::ids::{MessageId, TraceId};
+    use ketenpost_schemas::kind::Kind;
+
+    fn oin(n: u8) -> Oin {
+        format!("{n:020}").parse().unwrap()
+    }
+
+    fn header(case_ref: &CaseRef, sender: Oin, to: Vec<(Oin, &str)>) -> Header {
+        Header {
+            v: 1,
+            id: MessageId::new(),
+            covenant: "walcheren".into(),
+            purpose: "uitstroom".into(),
+            kind: Kind::Signaal,
+            sender,
+            recipients: to.iter().map(|(o, _)| o.clone()).collect(),
+            case_ref: case_ref.clone(),
+            legal_basis: LegalBasis::Covenant,
+            created_at: Utc::now(),
+            event_time: None,
+            in_reply_to: None,
+            trace_id: TraceId::random(),
+            breach_scope: None,
+            bodies: to
+                .into_iter()
+                .map(|(o, r)| BodyRef {
+                    view: Role::new(r),
+                    recipients: vec![o],
+                    sha256: "a".repeat(64),
+                    size: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_managed_case_stays_complete_until_someone_unknown_shows_up() {
+        let now = Utc::now();
+        let case_ref = CaseRef::random();
+        let mut case = KnownCase::opened(
+            case_ref.clone(),
+            "uitstroom".into(),
+            oin(1),
+            Role::new("gemeente"),
+            now,
+        );
+        case.apply(
+            &CaseOp::AddMember {
+                oin: oin(2),
+                role: Role::new("woningcorporatie"),
+            },
+            None,
+            now,
+        );
+        // Without the policy the agent cannot tell whether the new member manages cases.
+        assert!(!case.complete);
+        case.complete = true;
+        let known = header(&case_ref, oin(2), vec![(oin(1), "gemeente")]);
+        let case = KnownCase::learn(Some(case), &known, None, now);
+        assert!(case.complete);
+        let stranger = header(
+            &case_ref,
+            oin(2),
+            vec![(oin(1), "gemeente"), (oin(3), "zorgaanbieder")],
+        );
+        let case = KnownCase::learn(Some(case), &stranger, None, now);
+        assert!(!case.complete);
+        assert_eq!(case.members.get(&oin(3)), Some(&Role::new("zorgaanbieder")));
+    }
+
+    #[test]
+    fn a_learned_case_records_views_as_roles() {
+        let now = Utc::now();
+        let case_ref = CaseRef::random();
+        let h = header(&case_ref, oin(1), vec![(oin(2), "woningcorporatie")]);
+        let case = KnownCase::learn(None, &h, Some(Role::new("gemeente")), now);
+        assert_eq!(case.knowledge, Knowledge::Learned);
+        assert!(!case.complete);
+        assert_eq!(case.members.len(), 2);
+        assert_eq!(case.members.get(&oin(1)), Some(&Role::new("gemeente")));
     }
 }

@@ -10,8 +10,8 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::envelope::Header;
-use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
+use ketenpost_schemas::envelope::{BreachScope, Header, LegalBasis};
+use ketenpost_schemas::ids::{CaseRef, MessageId, Oin, TraceId};
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::Role;
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection};
@@ -67,7 +67,7 @@ pub struct Overdue {
 }
 
 /// A message in the outbox.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutboxEntry {
     /// The message id.
     pub message_id: MessageId,
@@ -93,7 +93,39 @@ pub struct OutboxEntry {
     pub overdue: Vec<Overdue>,
     /// The sealed envelope (base64) until the broker answered.
     pub envelope: Option<String>,
+    /// For a breach notice only, until the broker answered: what is needed to seal it
+    /// again to the recipients the broker resolves (see [`Reseal`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reseal: Option<Reseal>,
 }
+
+/// A breach notice goes to exactly the parties that exchanged messages about the affected
+/// cases; only the broker knows them. It refuses a notice sealed to another set with
+/// `breach_recipients` and the set it must go to, and the agent seals it again, under the
+/// same message id, to exactly that set. For that the agent keeps the notice's payload
+/// (and only a breach notice's) until the broker answered; it is dropped then.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reseal {
+    /// The purpose.
+    pub purpose: String,
+    /// The legal basis (covenant).
+    pub legal_basis: LegalBasis,
+    /// The discovery time.
+    pub event_time: Option<DateTime<Utc>>,
+    /// The message it answers.
+    pub in_reply_to: Option<MessageId>,
+    /// The trace id, kept across reseals.
+    pub trace_id: TraceId,
+    /// The affected cases and window.
+    pub breach_scope: Option<BreachScope>,
+    /// The full payload.
+    pub payload: serde_json::Value,
+    /// How often it was sealed again (bounded by [`MAX_RESEALS`]).
+    pub reseals: u32,
+}
+
+/// How often a breach notice is sealed again before its refusal stands.
+pub const MAX_RESEALS: u32 = 3;
 
 /// The overall status the API reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,7 +198,35 @@ impl OutboxEntry {
             last_error: None,
             overdue: Vec::new(),
             envelope: Some(B64.encode(envelope)),
+            reseal: None,
         }
+    }
+
+    /// Replace the envelope after sealing again to other recipients (breach routing).
+    pub fn resealed(&mut self, header: &Header, envelope: &[u8], roles: &[(Oin, Role)]) {
+        let fresh = OutboxEntry::sealed(header, envelope, roles);
+        self.recipients = fresh.recipients;
+        self.envelope = fresh.envelope;
+        self.created_at = header.created_at;
+        self.attempts = self.attempts.saturating_add(1);
+        if let Some(r) = self.reseal.as_mut() {
+            r.reseals = r.reseals.saturating_add(1);
+        }
+        self.last_error = Some(format!(
+            "sealed again to the {} recipient(s) the broker's breach routing named",
+            self.recipients.len()
+        ));
+    }
+
+    /// The recipients to seal again to, when the broker's answer asks for it and the
+    /// agent may still do so.
+    pub fn reseal_to(&self, answer: &SubmitAnswer) -> Option<Vec<(Oin, Role)>> {
+        let SubmitAnswer::Rejected(r) = answer else {
+            return None;
+        };
+        let expected = r.expected_recipients()?;
+        let state = self.reseal.as_ref()?;
+        (state.reseals < MAX_RESEALS && !expected.is_empty()).then_some(expected)
     }
 
     /// The overall status.
@@ -220,6 +280,7 @@ impl OutboxEntry {
         }
         self.last_error = None;
         self.envelope = None;
+        self.reseal = None;
         true
     }
 }
@@ -332,6 +393,7 @@ mod tests {
             last_error: None,
             overdue: vec![],
             envelope: Some("AAAA".into()),
+            reseal: None,
         }
     }
 

@@ -62,6 +62,9 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("agent.sled"))
             .flush_every_ms(Some(1000))
+            // The working set is small (queued envelopes, unacknowledged messages); a small
+            // cache keeps an idle agent's memory low.
+            .cache_capacity(32 * 1024 * 1024)
             .open()?;
         Ok(Store {
             outbox: db.open_tree("outbox")?,

@@ -160,6 +160,34 @@ async fn submit_one(core: &Core, entry: crate::outbox::OutboxEntry) -> bool {
             Err(e) => SubmitAnswer::Failed(e.to_string()),
         },
     };
+    if let Some(expected) = entry.reseal_to(&answer) {
+        let sealed = match entry.reseal.clone() {
+            Some(p) => core
+                .seal_parts(id, entry.kind, &entry.case_ref, expected.clone(), &p)
+                .await
+                .map(Some),
+            None => Ok(None),
+        };
+        match sealed {
+            Ok(Some((bytes, header))) => {
+                let updated = core.store.outbox_update(&id, |e| {
+                    e.resealed(&header, &bytes, &expected);
+                    true
+                });
+                match updated {
+                    Ok(_) => {
+                        info!(message = %id, recipients = expected.len(), "breach notice sealed again to the broker's routing");
+                        return true;
+                    }
+                    Err(e) => {
+                        error!(message = %id, cause = %e, "cannot store the resealed breach notice")
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(message = %id, cause = %e, "cannot seal the breach notice again"),
+        }
+    }
     let mut settled = false;
     let result = core.store.outbox_update(&id, |e| {
         settled = e.answered(answer.clone(), Utc::now());
@@ -191,6 +219,9 @@ async fn submit_one(core: &Core, entry: crate::outbox::OutboxEntry) -> bool {
 
 async fn fetch_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut backoff = core.config.backoff();
+    // Grows while fetches bring only deliveries the agent refuses (they stay queued at the
+    // broker until it expires them), so a stuck delivery does not make the agent spin.
+    let mut idle = core.config.backoff();
     let wait = core.config.fetch_wait();
     let timeout = core.config.request_timeout() + wait;
     let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
@@ -208,11 +239,10 @@ async fn fetch_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 backoff.reset();
                 let n = items.len();
                 let progress = handle_items(&core, items).await;
-                if n > 0 && !progress {
-                    // Only deliveries the agent refuses (or cannot settle): do not spin.
-                    if pause(&mut stop, core.config.backoff().next_delay() * 5).await {
-                        break;
-                    }
+                if progress || n == 0 {
+                    idle.reset();
+                } else if pause(&mut stop, idle.next_delay()).await {
+                    break;
                 }
             }
             Ok(other) => {
@@ -327,7 +357,7 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
     }
     let sender_role = inbox::sender_role(&opened.header, &docs.policy, &docs.directory);
     let header = opened.header.clone();
-    let entry = inbox::entry(opened, now);
+    let entry = inbox::entry(opened, &docs.policy, now);
     let receipt = match inbox::receipt(&entry, &core.me, &core.signing) {
         Ok(r) => r,
         Err(e) => {
@@ -341,11 +371,15 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
         receipt,
         confirmed: false,
     };
-    let learned = core.store.update_case(&entry.case_ref, |existing| {
-        Some(KnownCase::learn(existing, &header, sender_role, now))
-    });
-    if let Err(e) = learned {
-        warn!(message = %id, cause = %e, "cannot update the case mirror");
+    // A breach notice's recipients are everyone concerned, not the case team: it teaches
+    // nothing about the team.
+    if header.kind != Kind::DatalekMelding {
+        let learned = core.store.update_case(&entry.case_ref, |existing| {
+            Some(KnownCase::learn(existing, &header, sender_role, now))
+        });
+        if let Err(e) = learned {
+            warn!(message = %id, cause = %e, "cannot update the case mirror");
+        }
     }
     if let Err(e) = core.store.inbox_insert(&entry, &receipted).await {
         error!(message = %id, cause = %e, "cannot store a received message; not receipted");
@@ -359,6 +393,20 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
         view = %entry.view,
         "message received"
     );
+    if entry.kind == Kind::DatalekMelding {
+        let fg = docs
+            .directory
+            .party(&core.me)
+            .map(|p| p.fg_contact.clone())
+            .unwrap_or_default();
+        warn!(
+            message = %id,
+            case = %entry.case_ref,
+            sender = %entry.sender,
+            fg_contact = %fg,
+            "breach notice received: hand it to the FG"
+        );
+    }
     send_receipt(core, &receipted).await
 }
 
@@ -498,6 +546,9 @@ async fn handle_notice(core: &Core, rec: &SignedRecord) -> Result<(), Error> {
                     });
                     true
                 })?;
+                if n.owed_by == core.me {
+                    core.store.inbox_overdue(&n.message_id, n.deadline)?;
+                }
                 warn!(message = %n.message_id, owed_by = %n.owed_by, deadline = %n.deadline, "answer overdue");
             }
             Ok(())

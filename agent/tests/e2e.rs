@@ -95,7 +95,9 @@ async fn send_deliver_receipt_status_round_trip() {
     let done = wait_status(&g, &id, "delivered").await;
     let recipients = done["recipients"].as_array().unwrap();
     assert_eq!(recipients.len(), 2);
-    assert!(recipients.iter().all(|r| r["status"] == "delivered" && !r["delivered_at"].is_null()));
+    assert!(recipients
+        .iter()
+        .all(|r| r["status"] == "delivered" && !r["delivered_at"].is_null()));
     assert!(done["accepted_at"].is_string());
 
     let got = wait_inbox(&w, &id).await;
@@ -105,7 +107,10 @@ async fn send_deliver_receipt_status_round_trip() {
     assert_eq!(got["payload"]["categorie"], "geluidsoverlast");
     let list = w.ok("GET", "/v1/inbox", None).await;
     assert_eq!(list["messages"].as_array().unwrap().len(), 1);
-    assert!(list["messages"][0].get("payload").is_none(), "lists carry no payload");
+    assert!(
+        list["messages"][0].get("payload").is_none(),
+        "lists carry no payload"
+    );
 
     // Acknowledge: gone from the unacknowledged list.
     let acked = w.ok("POST", &format!("/v1/inbox/{id}/ack"), None).await;
@@ -119,7 +124,7 @@ async fn send_deliver_receipt_status_round_trip() {
     assert_eq!(learned["knowledge"], "learned");
 
     // The CLI over the same API.
-    let cli = ketenpost_agent::cli::Cli::try_parse_from_args([
+    let cli = <ketenpost_agent::cli::Cli as clap::Parser>::try_parse_from([
         "ketenpost-agent",
         "--api",
         &g.agent.api_addr().to_string(),
@@ -127,12 +132,14 @@ async fn send_deliver_receipt_status_round_trip() {
         g.token_file.to_str().unwrap(),
         "status",
         &id,
-    ]);
+    ])
+    .unwrap();
     let answer = ketenpost_agent::cli::call(&cli).await.unwrap();
     assert_eq!(answer["status"], "delivered");
 
     // A wrong token is refused.
-    let intruder = ketenpost_agent::client::ApiClient::new(g.agent.api_addr(), "not-the-token-0000");
+    let intruder =
+        ketenpost_agent::client::ApiClient::new(g.agent.api_addr(), "not-the-token-0000");
     match intruder.call("GET", "/v1/health", None).await {
         Err(Error::Api { status, code, .. }) => {
             assert_eq!(status, 401);
@@ -243,7 +250,12 @@ async fn every_rejection_reason_is_refused_early_with_the_brokers_code() {
     );
     // A withdrawn consent.
     let consent_id = consent(&g, &case_ref, &ALL).await;
-    g.ok("POST", &format!("/v1/consents/{consent_id}/withdraw"), Some(json!({}))).await;
+    g.ok(
+        "POST",
+        &format!("/v1/consents/{consent_id}/withdraw"),
+        Some(json!({})),
+    )
+    .await;
     expect(
         send(json!({ "kind": "signaal", "case_ref": case_ref, "to": [{ "oin": w.oin }], "payload": signaal() })).await,
         "consent_withdrawn",
@@ -272,8 +284,18 @@ async fn every_rejection_reason_is_refused_early_with_the_brokers_code() {
         .as_str()
         .unwrap()
         .to_owned();
+    g.ok(
+        "POST",
+        &format!("/v1/cases/{nazorg}/members"),
+        Some(json!({ "oin": w.oin })),
+    )
+    .await;
     expect(
         send(json!({ "kind": "signaal", "case_ref": nazorg, "to": [{ "oin": w.oin }], "payload": signaal() })).await,
+        "recipient_role_not_allowed",
+    );
+    expect(
+        send(json!({ "kind": "signaal", "case_ref": nazorg, "to": [{ "role": "woningcorporatie" }], "payload": signaal() })).await,
         "recipient_role_not_allowed",
     );
     // Case management: the corporation may not open a case.
@@ -285,7 +307,10 @@ async fn every_rejection_reason_is_refused_early_with_the_brokers_code() {
     // Every refusal came from the agent, and nothing was stored or sent.
     let (_, _, message) = send(json!({ "kind": "signaal", "case_ref": case_ref, "to": [{ "oin": z.oin }], "payload": signaal() })).await;
     assert!(message.contains("refused by the agent"), "{message}");
-    assert_eq!(g.ok("GET", "/v1/messages", None).await["messages"], json!([]));
+    assert_eq!(
+        g.ok("GET", "/v1/messages", None).await["messages"],
+        json!([])
+    );
 
     // The broker agrees where the agent cannot know: a case it never heard of.
     let unknown = "case-aaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -335,7 +360,13 @@ async fn a_corporation_receiving_an_aanmelding_stores_only_the_housing_view() {
     .await;
 
     let full = serde_json::to_value(Aanmelding::example()).unwrap();
-    for field in ["ondersteuning", "inkomen", "schulden", "woonwens", "identiteit"] {
+    for field in [
+        "ondersteuning",
+        "inkomen",
+        "schulden",
+        "woonwens",
+        "identiteit",
+    ] {
         assert!(full.get(field).is_some(), "example lacks {field}");
     }
     let sent = z
@@ -371,8 +402,17 @@ async fn a_corporation_receiving_an_aanmelding_stores_only_the_housing_view() {
     for k in &keys {
         assert!(allowed.contains(&k.as_str()), "the corporation got '{k}'");
     }
-    for absent in ["ondersteuning", "inkomen", "schulden", "motivatie", "justitie"] {
-        assert!(corp["payload"].get(absent).is_none(), "the corporation got '{absent}'");
+    for absent in [
+        "ondersteuning",
+        "inkomen",
+        "schulden",
+        "motivatie",
+        "justitie",
+    ] {
+        assert!(
+            corp["payload"].get(absent).is_none(),
+            "the corporation got '{absent}'"
+        );
     }
     assert!(corp["payload"].get("woonwens").is_some());
 
@@ -404,7 +444,8 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
     let id = sent["message_id"].as_str().unwrap().to_owned();
     wait_status(&g, &id, "delivered").await;
     wait_inbox(&w, &id).await;
-    g.ok("POST", &format!("/v1/cases/{case_ref}/close"), None).await;
+    g.ok("POST", &format!("/v1/cases/{case_ref}/close"), None)
+        .await;
 
     // Let the case retention (12 months in Walcheren) pass: back-date the closure in the
     // broker's registry while it is stopped, then start it again; its sweep orders deletion.
@@ -450,13 +491,17 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
     // The case's data is gone from inbox, outbox and mirror.
     let (status, _, _) = w.fails("GET", &format!("/v1/inbox/{id}"), None).await;
     assert_eq!(status, 404);
-    assert_eq!(w.ok("GET", "/v1/inbox?all=true", None).await["messages"], json!([]));
+    assert_eq!(
+        w.ok("GET", "/v1/inbox?all=true", None).await["messages"],
+        json!([])
+    );
     let (status, _, _) = g.fails("GET", &format!("/v1/messages/{id}"), None).await;
     assert_eq!(status, 404);
     let (status, _, _) = g.fails("GET", &format!("/v1/cases/{case_ref}"), None).await;
     assert_eq!(status, 404);
     assert_eq!(
-        g.ok("GET", &format!("/v1/consents?case_ref={case_ref}"), None).await["consents"],
+        g.ok("GET", &format!("/v1/consents?case_ref={case_ref}"), None)
+            .await["consents"],
         json!([])
     );
 
@@ -477,4 +522,75 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
 
     g.agent.shutdown().await;
     w.agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_breach_notice_is_sealed_again_to_the_parties_the_broker_routes_it_to() {
+    let net = Net::walcheren().await;
+    let g = net.agent("gemeente").await;
+    let w = net.agent("woningcorporatie").await;
+    let z = net.agent("zorgaanbieder").await;
+    let case_ref = open_case(&g, &[&w, &z]).await;
+    consent(&g, &case_ref, &ALL).await;
+    // Only the municipality and the corporation exchanged data about the case.
+    let sent = g
+        .ok(
+            "POST",
+            "/v1/messages",
+            Some(json!({ "kind": "signaal", "case_ref": case_ref, "to": [{ "oin": w.oin }], "payload": signaal() })),
+        )
+        .await;
+    wait_status(&g, sent["message_id"].as_str().unwrap(), "delivered").await;
+
+    // The corporation reports a breach and guesses the care provider; the broker routes it
+    // to the municipality, and the agent seals it again to exactly that.
+    let now = chrono::Utc::now();
+    let mut breach =
+        serde_json::to_value(ketenpost_schemas::payload::DatalekMelding::example()).unwrap();
+    breach["betrokken_casussen"] = json!([case_ref]);
+    breach["ontdekt_op"] = json!(now);
+    breach["tijdvak_van"] = json!(now - chrono::Duration::hours(1));
+    breach["tijdvak_tot"] = json!(now + chrono::Duration::minutes(5));
+    let sent = w
+        .ok(
+            "POST",
+            "/v1/messages",
+            Some(json!({
+                "kind": "datalek_melding", "case_ref": case_ref,
+                "to": [{ "oin": z.oin }], "payload": breach,
+            })),
+        )
+        .await;
+    let id = sent["message_id"].as_str().unwrap().to_owned();
+    let done = wait_status(&w, &id, "delivered").await;
+    let to: Vec<&Value> = done["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["oin"])
+        .collect();
+    assert_eq!(to, vec![&json!(g.oin)]);
+
+    let got = wait_inbox(&g, &id).await;
+    assert_eq!(got["kind"], "datalek_melding");
+    let list = g.ok("GET", "/v1/inbox", None).await;
+    let item = list["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["message_id"] == json!(id))
+        .unwrap()
+        .clone();
+    assert!(item["fg_contact"].is_string(), "{item}");
+    // The care provider never got it.
+    let z_inbox = z.ok("GET", "/v1/inbox?all=true", None).await;
+    assert!(z_inbox["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["message_id"] != json!(id)));
+
+    for a in [g, w, z] {
+        a.agent.shutdown().await;
+    }
 }

@@ -24,6 +24,8 @@ use ketenpost_schemas::policy::{ConsentRule, KindRule, NonConsentGround, Policy,
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection};
 use ketenpost_schemas::Error as SchemaError;
 
+use crate::breach::{self, Routing};
+use crate::deadlines;
 use crate::registry::{Case, Consent, Registry};
 
 /// What the checks need besides the registries.
@@ -63,6 +65,9 @@ pub struct Authorised {
     pub send_deadline: Option<DateTime<Utc>>,
     /// When an undelivered body expires.
     pub expires_at: DateTime<Utc>,
+    /// For a breach notice: the cases it concerns and the recipients the broker resolved
+    /// from its flow history ([`crate::breach`]).
+    pub breach: Option<Routing>,
 }
 
 impl Authorised {
@@ -213,7 +218,17 @@ pub fn check_message(
             ),
         ));
     }
-    let recipients = check_recipients(h, rule, &case)?;
+    // A breach notice goes to exactly the parties that exchanged messages about the
+    // affected cases in its window, which need not all be in this case's team.
+    let breach = if h.kind == Kind::DatalekMelding {
+        breach::route(h, rule, &case, reg, env.directory)?
+    } else {
+        None
+    };
+    let recipients = match &breach {
+        Some(routing) => routing.recipients.clone(),
+        None => check_recipients(h, rule, &case)?,
+    };
 
     // 6. Legal basis.
     let ground = check_legal_basis(h, rule, &recipients, reg, sender_role, now)?;
@@ -233,7 +248,7 @@ pub fn check_message(
         }
         (None, _) => None,
     };
-    if send_deadline.is_some_and(|d| now > d) {
+    if send_deadline.is_some_and(|d| deadlines::is_late(d, now)) {
         flags.push(AcceptFlag::Late);
     }
     if ground.is_some() {
@@ -248,6 +263,7 @@ pub fn check_message(
         ground,
         send_deadline,
         expires_at,
+        breach,
         verified,
     })
 }

@@ -9,7 +9,11 @@
 //!   as `deadline_late` with reason `late_on_arrival`. [`is_late`] is the one comparison
 //!   both deadlines use.
 //! - **`answer_within`**, counted from the delivery of a message to each recipient until
-//!   that recipient answers it. An [`AnswerClock`] follows one message: for every recipient
+//!   that recipient answers it. Delivered means receipted: the recipient's signed receipt
+//!   says its agent verified, decrypted and stored the message (a fetch alone proves
+//!   nothing; the agent may have refused what it got). A message that expires before a
+//!   recipient receipts it was never delivered to that recipient, so it owes no answer;
+//!   the sender gets an expiry notice instead. An [`AnswerClock`] follows one message: for every recipient
 //!   it holds when the message was delivered to it, whether and when it answered, and
 //!   whether the broker already sent the deadline notice. The broker keeps clocks in the
 //!   sled tree `deadlines` (see [`crate::store`]), so they outlive the message body, which
@@ -82,7 +86,7 @@ pub struct AnswerClock {
 /// What one recipient owes on one message.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owed {
-    /// When the message was first handed to the recipient; its clock starts here.
+    /// When the recipient receipted the message; its clock starts here.
     pub delivered_at: Option<DateTime<Utc>>,
     /// Its first answer.
     pub answered: Option<Answer>,
@@ -117,6 +121,8 @@ pub struct Reply<'a> {
 pub struct Answered {
     /// The recipient that answered.
     pub by: Oin,
+    /// The sender of the message answered, to whom the answer was owed.
+    pub owed_to: Oin,
     /// Its deadline, when the message had been delivered to it.
     pub deadline: Option<DateTime<Utc>>,
     /// Whether the answer came after that deadline.
@@ -161,8 +167,8 @@ impl AnswerClock {
         Some(self.answer_within.deadline(delivered, calendar))
     }
 
-    /// Record the first delivery to `party`. Returns whether the clock changed (a later
-    /// delivery of the same message does not restart it).
+    /// Record the delivery (the receipt) to `party`. Returns whether the clock changed (a
+    /// second delivery of the same message does not restart it).
     pub fn delivered(&mut self, party: &Oin, at: DateTime<Utc>) -> bool {
         match self.owed.get_mut(party) {
             Some(o) if o.delivered_at.is_none() => {
@@ -182,8 +188,7 @@ impl AnswerClock {
         at: DateTime<Utc>,
         calendar: &Calendar,
     ) -> Option<Answered> {
-        if reply.in_reply_to != Some(self.message_id) || !self.answer_kinds.contains(&reply.kind)
-        {
+        if reply.in_reply_to != Some(self.message_id) || !self.answer_kinds.contains(&reply.kind) {
             return None;
         }
         let deadline = self.deadline(reply.sender, calendar);
@@ -197,6 +202,7 @@ impl AnswerClock {
         });
         Some(Answered {
             by: reply.sender.clone(),
+            owed_to: self.sender.clone(),
             deadline,
             late: deadline.is_some_and(|d| is_late(d, at)),
         })
@@ -228,7 +234,7 @@ impl AnswerClock {
         }
     }
 
-    /// The message expired before these recipients fetched it: they never got it, so they
+    /// The message expired before these recipients receipted it: they never got it, so they
     /// owe nothing (the sender got an expiry notice instead).
     pub fn drop_undelivered<'a>(&mut self, parties: impl IntoIterator<Item = &'a Oin>) {
         for p in parties {
@@ -357,7 +363,10 @@ mod tests {
     }
 
     fn overdue_parties(c: &AnswerClock, now: DateTime<Utc>) -> Vec<Oin> {
-        c.overdue(&cal(), now).into_iter().map(|o| o.owed_by).collect()
+        c.overdue(&cal(), now)
+            .into_iter()
+            .map(|o| o.owed_by)
+            .collect()
     }
 
     #[test]
@@ -412,7 +421,10 @@ mod tests {
         assert!(overdue_parties(&c, utc(2025, 3, 10, 20, 0)).is_empty());
         assert!(overdue_parties(&c, utc(2025, 3, 11, 22, 59)).is_empty());
         assert!(overdue_parties(&c, deadline).is_empty());
-        assert_eq!(overdue_parties(&c, deadline + Duration::seconds(1)).len(), 2);
+        assert_eq!(
+            overdue_parties(&c, deadline + Duration::seconds(1)).len(),
+            2
+        );
     }
 
     #[test]
@@ -428,7 +440,10 @@ mod tests {
         // Over Easter, nothing is overdue although 4 calendar days passed.
         assert!(overdue_parties(&c, utc(2026, 4, 6, 21, 0)).is_empty());
         assert!(overdue_parties(&c, deadline).is_empty());
-        assert_eq!(overdue_parties(&c, deadline + Duration::seconds(1)).len(), 2);
+        assert_eq!(
+            overdue_parties(&c, deadline + Duration::seconds(1)).len(),
+            2
+        );
         // In hours, Easter does not count.
         let c = clock("48 hours", t);
         assert_eq!(c.deadline(&oin(1), &cal()), Some(utc(2026, 4, 4, 8, 0)));

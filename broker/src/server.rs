@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::control::{DeletionOrder, DeletionReason, ExpiryNotice, SignedRecord};
+use ketenpost_schemas::control::{
+    DeadlineNotice, DeletionOrder, DeletionReason, ExpiryNotice, SignedRecord,
+};
 use ketenpost_schemas::directory::{self, Directory};
 use ketenpost_schemas::envelope::Limits;
 use ketenpost_schemas::ids::Oin;
@@ -26,10 +28,13 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::audit::{AuditEntry, AuditEvent, AuditTrail};
-use crate::checks::{self, ControlEffect, Env, Submitted};
+use crate::breach::{self as breach_routing, FlowHistory};
+use crate::checks::{self, Authorised, ControlEffect, Env, Submitted};
 use crate::config::BrokerConfig;
+use crate::deadlines::{self, AnswerClock, Reply};
 use crate::registry::Registry;
-use crate::store::{DeletionState, Store, StoreError};
+use crate::registry::{Case, Consent};
+use crate::store::{AnswerRecorded, DeletionState, MessageMeta, Store, StoreError};
 use crate::tls;
 
 /// The OIN the broker signs its own notices with (expiry notices, deletion orders). It is
@@ -82,6 +87,41 @@ impl Shared {
     fn audit(&self, entry: AuditEntry) {
         if let Err(e) = self.audit.append(entry, Utc::now()) {
             error!(cause = %e, "audit append failed");
+        }
+    }
+
+    fn live(&self) -> Live<'_> {
+        Live {
+            store: &self.store,
+            audit: &self.audit,
+        }
+    }
+}
+
+/// The registry the checks read in a running broker: cases, consents and the dedup set
+/// from the store, past flows (for breach routing) from the audit trail.
+struct Live<'a> {
+    store: &'a Store,
+    audit: &'a AuditTrail,
+}
+
+impl Registry for Live<'_> {
+    fn case(&self, case_ref: &ketenpost_schemas::ids::CaseRef) -> Option<Case> {
+        self.store.case(case_ref)
+    }
+    fn consent(&self, id: &uuid::Uuid) -> Option<Consent> {
+        self.store.consent(id)
+    }
+    fn seen(&self, id: &ketenpost_schemas::ids::MessageId) -> bool {
+        self.store.seen(id)
+    }
+    fn flows_since(&self, from: DateTime<Utc>) -> FlowHistory {
+        match self.audit.records_between(from, DateTime::<Utc>::MAX_UTC) {
+            Ok(records) => FlowHistory::Flows(breach_routing::flows_from_records(&records)),
+            Err(e) => {
+                error!(cause = %e, "cannot read the flow history for a breach notice");
+                FlowHistory::Unavailable
+            }
         }
     }
 }
@@ -388,7 +428,7 @@ async fn stream(
 
 async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
     match req {
-        Request::Submit(bytes) => submit(&bytes, shared, oin).await,
+        Request::Submit(bytes) => submit(bytes, shared, oin).await,
         Request::Fetch { max, wait_ms } => fetch(shared, oin, max, wait_ms).await,
         Request::Receipt(rec) => receipt(&rec, shared, oin).await,
         Request::Control(rec) => control(&rec, shared, oin).await,
@@ -454,38 +494,144 @@ fn shared_purpose(p: &str) -> Option<&str> {
     .then_some(p)
 }
 
-async fn submit(bytes: &[u8], shared: &Arc<Shared>, oin: &Oin) -> Response {
+/// What a submission staged in the store, to be committed and answered.
+struct Staged {
+    id: ketenpost_schemas::ids::MessageId,
+    kind: ketenpost_schemas::kind::Kind,
+    flags: Vec<AcceptFlag>,
+    recipients: std::collections::BTreeSet<Oin>,
+}
+
+async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
     let now = Utc::now();
     let guard = shared.registry_lock.read().await;
+    // The checks and writes run on a blocking thread, not on an async worker: sled's flush
+    // (the group commit) holds its concurrency lock for the whole write and sync, and the
+    // transactions and batches below need that lock exclusively, so they block until the
+    // flush ends. On an async worker that stalled every connection during each flush, and
+    // each group commit could then only cover the few messages that were already staged.
+    let (s, o) = (shared.clone(), oin.clone());
+    let staged = tokio::task::spawn_blocking(move || stage_submit(&bytes, &s, &o, now)).await;
+    drop(guard);
+    let staged = match staged {
+        Ok(Ok(staged)) => staged,
+        Ok(Err(response)) => return response,
+        Err(e) => {
+            error!(cause = %e, "submit task failed");
+            return Response::Rejected(Rejection::new(
+                RejectCode::Storage,
+                "the broker could not store this; nothing was accepted, try again",
+            ));
+        }
+    };
+    if let Err(e) = shared.store.commit().await {
+        return storage_error(e);
+    }
+    for r in &staged.recipients {
+        shared.notify(r);
+    }
+    info!(kind = %staged.kind, recipients = staged.recipients.len(), flags = ?staged.flags, "message accepted");
+    Response::Accepted {
+        message_id: staged.id,
+        flags: staged.flags,
+    }
+}
+
+/// Checks, store writes and audit records of a submission; blocking (see [`submit`]). The
+/// caller holds the registry lock shared and commits afterwards.
+fn stage_submit(
+    bytes: &[u8],
+    shared: &Arc<Shared>,
+    oin: &Oin,
+    now: DateTime<Utc>,
+) -> Result<Staged, Response> {
     let authorised = match checks::check_message(
         Submitted {
             transport: oin,
             bytes,
         },
         shared.env(),
-        &shared.store,
+        &shared.live(),
         now,
     ) {
         Ok(a) => a,
         Err(r) => {
-            drop(guard);
             info!(code = %r.code, check = r.check, "message rejected");
             shared.audit(rejected_entry(&r, oin, bytes, &shared.limits));
-            return Response::Rejected(r);
+            return Err(Response::Rejected(r));
         }
+    };
+    // The answer clock goes in before the message, so no delivery can precede it.
+    let clock = shared
+        .policy
+        .rule(&authorised.header().purpose, authorised.header().kind)
+        .and_then(|rule| AnswerClock::start(&MessageMeta::accepted(&authorised, now), rule));
+    let new_clock = match &clock {
+        Some(c) => match shared.store.start_clock(c) {
+            Ok(new) => new,
+            Err(e) => return Err(storage_error(e)),
+        },
+        None => false,
     };
     let meta = match shared.store.put_message(&authorised, now) {
         Ok(m) => m,
-        Err(StoreError::Duplicate) => {
+        Err(e) if new_clock => {
+            if let Err(e) = shared.store.forget_clock(&authorised.header().id) {
+                error!(cause = %e, "cannot forget the answer clock of a message not accepted");
+            }
+            return Err(put_failed(e, &authorised, shared, oin, bytes));
+        }
+        Err(e) => return Err(put_failed(e, &authorised, shared, oin, bytes)),
+    };
+    let answer = match shared.store.record_answer(
+        Reply {
+            id: authorised.header().id,
+            sender: oin,
+            kind: authorised.header().kind,
+            in_reply_to: authorised.header().in_reply_to,
+        },
+        now,
+        &shared.policy.calendar,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            // The message is stored; only the answer bookkeeping failed. A notice may follow
+            // that should not have; that is logged, not a reason to refuse the message.
+            error!(cause = %e, "cannot record an answer");
+            None
+        }
+    };
+    Ok(stage_accepted(&authorised, meta, answer, shared, oin, now))
+}
+
+fn put_failed(
+    e: StoreError,
+    authorised: &Authorised,
+    shared: &Arc<Shared>,
+    oin: &Oin,
+    bytes: &[u8],
+) -> Response {
+    match e {
+        StoreError::Duplicate => {
             let r = Rejection::new(
                 RejectCode::Replay,
                 format!("message id {} was accepted before", authorised.header().id),
             );
             shared.audit(rejected_entry(&r, oin, bytes, &shared.limits));
-            return Response::Rejected(r);
+            Response::Rejected(r)
         }
-        Err(e) => return storage_error(e),
-    };
+        e => storage_error(e),
+    }
+}
+
+fn stage_accepted(
+    authorised: &Authorised,
+    meta: MessageMeta,
+    answer: Option<AnswerRecorded>,
+    shared: &Arc<Shared>,
+    oin: &Oin,
+    now: DateTime<Utc>,
+) -> Staged {
     let h = authorised.header();
     let base = |entry: AuditEntry| {
         entry
@@ -511,20 +657,46 @@ async fn submit(bytes: &[u8], shared: &Arc<Shared>, oin: &Oin) -> Response {
             "late_on_arrival",
         )));
     }
+    if let Some(a) = answer.as_ref().filter(|a| a.answer.late) {
+        // A late answer: recorded against the message it answers.
+        entries.push(
+            AuditEntry::flagged(AuditEvent::DeadlineLate, "answer_late")
+                .actor(oin)
+                .case_ref(&h.case_ref)
+                .purpose(&h.purpose)
+                .processing_activity(&authorised.processing_activity)
+                .kind(h.kind)
+                .message_id(a.answered)
+                .trace_id(h.trace_id)
+                .counterparty(&a.answer.owed_to),
+        );
+    }
+    if let Some(routing) = &authorised.breach {
+        // One record per affected case, naming every party concerned, so the breach shows
+        // in each case's access report and in the report of each party's FG.
+        for case in &routing.cases {
+            entries.push(
+                AuditEntry::ok(AuditEvent::BreachNotice)
+                    .actor(oin)
+                    .case_ref(case)
+                    .purpose(&h.purpose)
+                    .processing_activity(&authorised.processing_activity)
+                    .kind(h.kind)
+                    .message_id(h.id)
+                    .trace_id(h.trace_id)
+                    .counterparties(meta.recipients.iter())
+                    .reason("routed_to_parties_concerned"),
+            );
+        }
+    }
     if let Err(e) = shared.audit.append_batch(entries, now) {
         error!(cause = %e, "audit append failed");
     }
-    drop(guard);
-    if let Err(e) = shared.store.commit().await {
-        return storage_error(e);
-    }
-    for r in &meta.recipients {
-        shared.notify(r);
-    }
-    info!(kind = %h.kind, recipients = meta.recipients.len(), flags = ?authorised.flags, "message accepted");
-    Response::Accepted {
-        message_id: h.id,
+    Staged {
+        id: h.id,
+        kind: h.kind,
         flags: authorised.flags.clone(),
+        recipients: meta.recipients,
     }
 }
 
@@ -599,6 +771,17 @@ async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Respons
     };
     let m = &outcome.meta;
     let now = Utc::now();
+    // Delivered: the recipient's signed receipt says it stored the message. Its answer
+    // clock starts here.
+    if shared
+        .policy
+        .rule(&m.purpose, m.kind)
+        .is_some_and(|r| r.answer_within.is_some())
+    {
+        if let Err(e) = shared.store.record_delivery(&m.id, oin, now) {
+            error!(cause = %e, "cannot start an answer clock");
+        }
+    }
     let mut entries = vec![AuditEntry::ok(AuditEvent::Receipt)
         .actor(oin)
         .case_ref(&m.case_ref)
@@ -773,11 +956,17 @@ fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
                 if let Err(e) = shared.audit.append_batch(entries, now) {
                     error!(cause = %e, "audit append failed");
                 }
+                if let Err(e) = shared.store.drop_undelivered(&m.id, &m.pending) {
+                    error!(cause = %e, "cannot update the answer clock of an expired message");
+                }
                 shared.notify(&m.sender);
                 info!(message = %m.id, "undelivered message expired");
             }
         }
         Err(e) => error!(cause = %e, "expiry sweep failed"),
+    }
+    if let Err(e) = send_deadline_notices(shared, now) {
+        error!(cause = %e, "deadline sweep failed");
     }
     if let Err(e) = order_deletions(shared, now) {
         error!(cause = %e, "retention sweep failed");
@@ -785,6 +974,85 @@ fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
     if let Err(e) = shared.store.flush() {
         error!(cause = %e, "flush after sweep failed");
     }
+}
+
+/// Send the deadline notices that are due: one per (message, party that owes an answer),
+/// to that party, the message's sender and the case's regievoerder, each exactly once.
+fn send_deadline_notices(shared: &Shared, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let calendar = &shared.policy.calendar;
+    for mut clock in shared.store.clocks()? {
+        if clock.overdue(calendar, now).is_empty() {
+            continue;
+        }
+        let regievoerder = shared.store.case(&clock.case_ref).map(|c| c.regievoerder);
+        let due = deadlines::take_due(&mut clock, calendar, now, regievoerder.as_ref());
+        if due.is_empty() {
+            continue;
+        }
+        let mut batch = Vec::with_capacity(due.len());
+        for d in due {
+            let notice = DeadlineNotice {
+                message_id: clock.message_id,
+                case_ref: clock.case_ref.clone(),
+                kind: clock.kind,
+                owed_by: d.owed_by.clone(),
+                deadline: d.deadline,
+                issued_at: now,
+            };
+            match SignedRecord::sign(&notice, shared.signer.clone(), &shared.key) {
+                Ok(rec) => {
+                    let records = d.to.iter().map(|p| (p.clone(), rec.clone())).collect();
+                    batch.push((d, records));
+                }
+                Err(e) => error!(cause = %e, "cannot sign a deadline notice"),
+            }
+        }
+        let sent = shared
+            .store
+            .send_due_notices(&clock.message_id, &batch, now)?;
+        let activity = shared
+            .policy
+            .purposes
+            .get(&clock.purpose)
+            .map(|p| p.processing_activity.clone());
+        let mut entries = Vec::new();
+        for (d, _) in sent.iter().filter_map(|i| batch.get(*i)) {
+            let base = |e: AuditEntry| {
+                let e = e
+                    .case_ref(&clock.case_ref)
+                    .purpose(&clock.purpose)
+                    .kind(clock.kind)
+                    .message_id(clock.message_id);
+                match &activity {
+                    Some(a) => e.processing_activity(a),
+                    None => e,
+                }
+            };
+            entries.push(
+                base(AuditEntry::flagged(
+                    AuditEvent::DeadlineLate,
+                    "answer_overdue",
+                ))
+                .actor(&d.owed_by)
+                .counterparty(&clock.sender),
+            );
+            entries.push(
+                base(AuditEntry::ok(AuditEvent::DeadlineNotice))
+                    .counterparties(d.to.iter())
+                    .reason("answer_overdue"),
+            );
+            for p in &d.to {
+                shared.notify(p);
+            }
+            info!(message = %clock.message_id, owed_by = %d.owed_by, "answer overdue: deadline notice sent");
+        }
+        if !entries.is_empty() {
+            if let Err(e) = shared.audit.append_batch(entries, now) {
+                error!(cause = %e, "audit append failed");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn order_deletions(shared: &Shared, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -837,6 +1105,7 @@ fn order_deletions(shared: &Shared, now: DateTime<Utc>) -> Result<(), StoreError
         }
         case.deletion_ordered_at = Some(now);
         shared.store.put_case(&case)?;
+        shared.store.forget_clocks_of_case(&case.case_ref)?;
         info!(case = %case.case_ref, "case retention ended: deletion orders sent");
     }
     Ok(())

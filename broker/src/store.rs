@@ -12,6 +12,7 @@
 //! | `cases` | case ref | [`Case`] (JSON) |
 //! | `consents` | consent id | [`Consent`] (JSON) |
 //! | `deletions` | order id ‖ party OIN | [`DeletionState`] (JSON) |
+//! | `deadlines` | message id | [`AnswerClock`] (JSON): answer deadlines, kept after the body is gone |
 //!
 //! A message is written in one sled transaction (dedup entry, body, metadata, one queue
 //! entry per recipient); the caller then waits for [`Store::commit`], a group commit that
@@ -30,6 +31,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checks::Authorised;
+use crate::deadlines::{AnswerClock, Answered, DueNotice, Reply};
 use crate::registry::{Case, Consent, Registry};
 
 /// What can go wrong in the store.
@@ -91,6 +93,28 @@ pub struct MessageMeta {
     pub trace_id: String,
 }
 
+impl MessageMeta {
+    /// The metadata of an authorised message accepted at `now`, before anything fetched or
+    /// receipted it.
+    pub fn accepted(a: &Authorised, now: DateTime<Utc>) -> MessageMeta {
+        let h = a.header();
+        let recipients: BTreeSet<Oin> = a.recipients.iter().map(|(o, _)| o.clone()).collect();
+        MessageMeta {
+            id: h.id,
+            sender: h.sender.clone(),
+            case_ref: h.case_ref.clone(),
+            purpose: h.purpose.clone(),
+            kind: h.kind,
+            accepted_at: now,
+            expires_at: a.expires_at,
+            pending: recipients.clone(),
+            fetched: BTreeSet::new(),
+            recipients,
+            trace_id: h.trace_id.to_string(),
+        }
+    }
+}
+
 /// A deletion order and whether it was confirmed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletionState {
@@ -123,6 +147,7 @@ pub struct Store {
     cases: sled::Tree,
     consents: sled::Tree,
     deletions: sled::Tree,
+    deadlines: sled::Tree,
     committer: mpsc::UnboundedSender<CommitMsg>,
     committer_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     flushes: Arc<std::sync::atomic::AtomicU64>,
@@ -188,6 +213,7 @@ impl Store {
             cases: db.open_tree("cases")?,
             consents: db.open_tree("consents")?,
             deletions: db.open_tree("deletions")?,
+            deadlines: db.open_tree("deadlines")?,
             committer: tx,
             committer_task: committer_task.clone(),
             flushes: flushes.clone(),
@@ -570,6 +596,194 @@ impl Store {
             .get(id.0.as_bytes())?
             .map(|v| parse(&v, "message metadata"))
             .transpose()
+    }
+}
+
+/// What [`Store::record_answer`] did with an answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnswerRecorded {
+    /// The message answered.
+    pub answered: MessageId,
+    /// Who answered, and whether in time.
+    pub answer: Answered,
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+/// Answer clocks ([`crate::deadlines`]): one per accepted message whose kind has an
+/// `answer_within`, under the message id, kept after the body is deleted. Every change is
+/// a read-modify-write in a sled transaction, so a delivery, an answer and a sweep that
+/// touch the same clock at once do not lose each other's update.
+impl Store {
+    /// Start watching a message's answer deadlines. Written before the message itself, so
+    /// a delivery can never come before its clock; an existing clock (a replayed id) is
+    /// left alone. Returns whether the clock is new.
+    pub fn start_clock(&self, clock: &AnswerClock) -> Result<bool, StoreError> {
+        let id = clock.message_id.0.as_bytes();
+        Ok(self
+            .deadlines
+            .compare_and_swap(id, None as Option<&[u8]>, Some(json(clock)))?
+            .is_ok())
+    }
+
+    /// Forget a clock (its message was not accepted after all, or its case was deleted).
+    pub fn forget_clock(&self, id: &MessageId) -> Result<(), StoreError> {
+        self.deadlines.remove(id.0.as_bytes())?;
+        Ok(())
+    }
+
+    /// A clock, if the message has one.
+    pub fn clock(&self, id: &MessageId) -> Result<Option<AnswerClock>, StoreError> {
+        self.deadlines
+            .get(id.0.as_bytes())?
+            .map(|v| parse(&v, "answer clock"))
+            .transpose()
+    }
+
+    /// Every clock, for the deadline sweep.
+    pub fn clocks(&self) -> Result<Vec<AnswerClock>, StoreError> {
+        self.deadlines
+            .iter()
+            .map(|r| {
+                let (_, v) = r?;
+                parse(&v, "answer clock")
+            })
+            .collect()
+    }
+
+    fn update_clock<T>(
+        &self,
+        id: &MessageId,
+        f: impl Fn(&mut AnswerClock) -> Option<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let key = id.0.as_bytes();
+        let out = self.deadlines.transaction(|t| {
+            let Some(v) = t.get(key)? else {
+                return Ok(None);
+            };
+            let mut clock: AnswerClock = parse(&v, "answer clock").map_err(abort)?;
+            let out = f(&mut clock);
+            if out.is_some() {
+                if clock.is_settled() {
+                    t.remove(key)?;
+                } else {
+                    t.insert(key, json(&clock))?;
+                }
+            }
+            Ok(out)
+        })?;
+        Ok(out)
+    }
+
+    /// `party` receipted the message at `at`: its answer clock starts.
+    pub fn record_delivery(
+        &self,
+        id: &MessageId,
+        party: &Oin,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.update_clock(id, |c| c.delivered(party, at).then_some(()))?;
+        Ok(())
+    }
+
+    /// If `reply` answers a watched message, record it; a clock whose every answer is in is
+    /// forgotten.
+    pub fn record_answer(
+        &self,
+        reply: Reply<'_>,
+        at: DateTime<Utc>,
+        calendar: &ketenpost_schemas::calendar::Calendar,
+    ) -> Result<Option<AnswerRecorded>, StoreError> {
+        let Some(answered) = reply.in_reply_to else {
+            return Ok(None);
+        };
+        let answer = self.update_clock(&answered, |c| c.answer(reply, at, calendar))?;
+        Ok(answer.map(|answer| AnswerRecorded { answered, answer }))
+    }
+
+    /// The message expired before these recipients receipted it: they owe no answer.
+    pub fn drop_undelivered(
+        &self,
+        id: &MessageId,
+        parties: &BTreeSet<Oin>,
+    ) -> Result<(), StoreError> {
+        self.update_clock(id, |c| {
+            c.drop_undelivered(parties);
+            Some(())
+        })?;
+        Ok(())
+    }
+
+    /// Queue the deadline notices of one clock and mark them sent, in one transaction, so
+    /// each is sent exactly once. `due` pairs each [`DueNotice`] with the signed record for
+    /// each party it goes to. A notice whose answer arrived, or that another sweep sent, in
+    /// the meantime is skipped. Returns the indexes of the notices that were queued.
+    pub fn send_due_notices(
+        &self,
+        id: &MessageId,
+        due: &[(DueNotice, Vec<(Oin, SignedRecord)>)],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<usize>, StoreError> {
+        let key = id.0.as_bytes();
+        let mut seqs = Vec::new();
+        for (_, records) in due {
+            for _ in records {
+                seqs.push(self.db.generate_id()?);
+            }
+        }
+        let encoded: Vec<Vec<u8>> = due
+            .iter()
+            .flat_map(|(_, records)| records.iter().map(|(_, r)| json(r)))
+            .collect();
+        let sent = (&self.deadlines, &self.notices).transaction(|(dl, notices)| {
+            let Some(v) = dl.get(key)? else {
+                return Ok(Vec::new());
+            };
+            let mut clock: AnswerClock = parse(&v, "answer clock").map_err(abort)?;
+            let mut sent = Vec::new();
+            let mut n = 0;
+            for (i, (notice, records)) in due.iter().enumerate() {
+                let first = n;
+                n += records.len();
+                let open = clock
+                    .owed
+                    .get(&notice.owed_by)
+                    .is_some_and(|o| o.answered.is_none() && o.notified_at.is_none());
+                if !open || !clock.mark_notified(&notice.owed_by, now) {
+                    continue;
+                }
+                for (j, (party, _)) in records.iter().enumerate() {
+                    let (Some(seq), Some(bytes)) = (seqs.get(first + j), encoded.get(first + j))
+                    else {
+                        continue;
+                    };
+                    notices.insert(
+                        key2(party.as_str().as_bytes(), &seq.to_be_bytes()),
+                        bytes.as_slice(),
+                    )?;
+                }
+                sent.push(i);
+            }
+            dl.insert(key, json(&clock))?;
+            Ok(sent)
+        })?;
+        Ok(sent)
+    }
+
+    /// Forget every clock of a case (its retention ended and deletion was ordered).
+    pub fn forget_clocks_of_case(&self, case_ref: &CaseRef) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.deadlines.iter() {
+            let (k, v) = item?;
+            let clock: AnswerClock = parse(&v, "answer clock")?;
+            if &clock.case_ref == case_ref {
+                self.deadlines.remove(k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 

@@ -29,6 +29,13 @@
 //! | 0x86 | `Done` | `{}` |
 //! | 0x87 | `Extends` | `{extends}` |
 //! | 0x8f | `Error` | `{code, message}`: a request the broker could not handle |
+//!
+//! A breach notice (`datalek_melding`) is routed by the broker to exactly the parties that
+//! exchanged messages about the affected cases in its window. The sender seals it to the
+//! recipients it expects; when they are not that set, the broker answers `Rejected` with
+//! code `breach_recipients` and the set in the reason, which
+//! [`Rejection::expected_recipients`] reads back, and the agent reseals to it. No extra
+//! frame is needed.
 
 use std::fmt;
 

@@ -1,6 +1,7 @@
 //! The `ketenpost-agent` binary: parse the command line, set up tracing, and either run
 //! the agent until a signal or make one call to a running agent's API.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,7 +14,8 @@ fn init_tracing() {
     let json = std::env::var("KETENPOST_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {
@@ -91,10 +93,10 @@ fn main() -> ExitCode {
         }
         _ => match runtime.block_on(cli::call(&cli)) {
             Ok(answer) => {
-                match serde_json::to_string_pretty(&answer) {
-                    Ok(text) => println!("{text}"),
-                    Err(_) => println!("{answer}"),
-                }
+                let text =
+                    serde_json::to_string_pretty(&answer).unwrap_or_else(|_| answer.to_string());
+                // A closed pipe (`| head`) is not an error worth a panic.
+                let _ = writeln!(std::io::stdout().lock(), "{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => report(&e),

@@ -86,7 +86,13 @@ impl Net {
     pub async fn start_broker(&mut self) {
         let mut last = None;
         for _ in 0..50 {
-            match Broker::start(broker_config(&self.fed, self.broker_data(), self.broker_addr)).await {
+            match Broker::start(broker_config(
+                &self.fed,
+                self.broker_data(),
+                self.broker_addr,
+            ))
+            .await
+            {
                 Ok(b) => {
                     self.broker = Some(b);
                     return;
@@ -182,7 +188,12 @@ impl TestAgent {
         }
     }
 
-    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Error> {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Error> {
         self.api.call(method, path, body.as_ref()).await
     }
 
@@ -195,7 +206,12 @@ impl TestAgent {
     }
 
     /// A call that must fail; returns (HTTP status, code, message).
-    pub async fn fails(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String, String) {
+    pub async fn fails(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, String, String) {
         match self.call(method, path, body).await {
             Ok(v) => panic!("{method} {path} succeeded: {v}"),
             Err(Error::Api {

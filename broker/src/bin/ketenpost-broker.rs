@@ -1,13 +1,17 @@
-//! `ketenpost-broker`: serve a covenant region, or verify an audit trail.
+//! `ketenpost-broker`: serve a covenant region, verify its audit trail, or give its FGs
+//! their reports (`audit flows`, `audit breaches`, `audit access`, `audit html`, ...).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chrono::Utc;
 use clap::{Parser, Subcommand};
-use ketenpost_broker::audit;
+use ketenpost_broker::audit::{self, Outcome};
 use ketenpost_broker::config::BrokerConfig;
+use ketenpost_broker::fg::{parse_time, render, FgError, Format, ReportKind, Session};
+use ketenpost_broker::report::Filter;
 use ketenpost_broker::server::Broker;
 use ketenpost_schemas::keys;
 
@@ -62,6 +66,74 @@ enum AuditCommand {
         #[arg(long)]
         key: PathBuf,
     },
+    /// Flows between parties per purpose and kind: accepted, refused, late, non-consent.
+    Flows(Box<FgArgs>),
+    /// Refusals by reason code and party.
+    Refusals(Box<FgArgs>),
+    /// Every message sent on a non-consent ground, each to be reviewed.
+    Grounds(Box<FgArgs>),
+    /// Late arrivals, overdue answers (with who was notified) and late answers.
+    Deadlines(Box<FgArgs>),
+    /// Breach notices: cases, recipients, receipts; open, notified on time or late.
+    Breaches(Box<FgArgs>),
+    /// Consents granted and withdrawn.
+    Consents(Box<FgArgs>),
+    /// Deletion orders per party, and who has not confirmed.
+    Deletions(Box<FgArgs>),
+    /// The data subject's access report for one case (needs --case).
+    Access(Box<FgArgs>),
+    /// The filtered records themselves: --format jsonl (Logboek Dataverwerkingen), csv or text.
+    Records(Box<FgArgs>),
+    /// A self-contained HTML report with a graph of the flows and every table (--out FILE).
+    Html(Box<FgArgs>),
+}
+
+/// What every FG report takes. The broker must be stopped (its database is locked while it
+/// runs), or point --data at a copy of its data directory.
+#[derive(clap::Args, Debug)]
+struct FgArgs {
+    /// The broker's TOML configuration (for its data directory and the federation files).
+    #[arg(long, conflicts_with = "federation")]
+    config: Option<PathBuf>,
+    /// A dev federation made by `ketenpost-certs init`, instead of --config.
+    #[arg(long, requires = "data")]
+    federation: Option<PathBuf>,
+    /// With --federation: the broker's data directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Read as the FG of this organisation: only flows that involve it.
+    #[arg(long = "as", value_name = "OIN")]
+    as_oin: Option<String>,
+    /// Read as the federation's FG: every flow.
+    #[arg(long)]
+    federation_fg: bool,
+    /// Only records at or after this time (RFC 3339, or a date: 00:00 Amsterdam time).
+    #[arg(long)]
+    from: Option<String>,
+    /// Only records before this time (RFC 3339, or a date: 00:00 Amsterdam time).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only records with this party (OIN) as actor or counterparty.
+    #[arg(long)]
+    party: Option<String>,
+    /// Only records about this case reference.
+    #[arg(long)]
+    case: Option<String>,
+    /// Only records for this purpose id or processing activity.
+    #[arg(long)]
+    purpose: Option<String>,
+    /// Only records about this message kind.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only records with this outcome: ok, refused or flagged.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// text, json or csv; records also jsonl; html for the HTML report.
+    #[arg(long)]
+    format: Option<String>,
+    /// Write to this file instead of standard output.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 fn init_tracing(json: bool) {
@@ -112,6 +184,102 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify { data_dir, key },
         } => verify(data_dir, key),
+        Command::Audit { command } => {
+            let (kind, args) = match command {
+                AuditCommand::Flows(a) => (ReportKind::Flows, a),
+                AuditCommand::Refusals(a) => (ReportKind::Refusals, a),
+                AuditCommand::Grounds(a) => (ReportKind::Grounds, a),
+                AuditCommand::Deadlines(a) => (ReportKind::Deadlines, a),
+                AuditCommand::Breaches(a) => (ReportKind::Breaches, a),
+                AuditCommand::Consents(a) => (ReportKind::Consents, a),
+                AuditCommand::Deletions(a) => (ReportKind::Deletions, a),
+                AuditCommand::Access(a) => (ReportKind::Access, a),
+                AuditCommand::Records(a) => (ReportKind::Records, a),
+                AuditCommand::Html(a) => (ReportKind::Html, a),
+                AuditCommand::Verify { .. } => return ExitCode::from(EXIT_CONFIG),
+            };
+            match fg_report(kind, args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ketenpost-broker: {e}");
+                    if e.is_usage() {
+                        ExitCode::from(EXIT_CONFIG)
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn fg_report(kind: ReportKind, a: Box<FgArgs>) -> Result<(), FgError> {
+    let config = match (&a.config, &a.federation, &a.data) {
+        (Some(path), _, _) => {
+            BrokerConfig::load(path).map_err(|e| FgError::Config(e.to_string()))?
+        }
+        (None, Some(fed), Some(data)) => {
+            let f = ketenpost_certs::Federation::load(fed)
+                .map_err(|e| FgError::Config(format!("federation {}: {e}", fed.display())))?;
+            BrokerConfig::for_federation(&f, data.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
+        }
+        _ => {
+            return Err(FgError::Usage(
+                "audit reports need --config FILE, or --federation DIR --data DIR".into(),
+            ))
+        }
+    };
+    let format: Format = match (&a.format, kind) {
+        (Some(f), _) => f.parse()?,
+        (None, ReportKind::Html) => Format::Html,
+        (None, ReportKind::Records) => Format::Jsonl,
+        (None, _) => Format::Text,
+    };
+    let session = Session::open(&config)?;
+    let viewer = session.viewer(a.as_oin.as_deref(), a.federation_fg)?;
+    let outcome = match a.outcome.as_deref() {
+        None => None,
+        Some("ok") => Some(Outcome::Ok),
+        Some("refused") => Some(Outcome::Refused),
+        Some("flagged") => Some(Outcome::Flagged),
+        Some(o) => {
+            return Err(FgError::Usage(format!(
+                "unknown outcome '{o}': ok, refused or flagged"
+            )))
+        }
+    };
+    let party = a
+        .party
+        .as_deref()
+        .map(|p| {
+            p.parse()
+                .map_err(|_| FgError::Usage(format!("'{p}' is not an OIN (20 digits)")))
+        })
+        .transpose()?;
+    let filter = Filter {
+        from: a.from.as_deref().map(parse_time).transpose()?,
+        until: a.until.as_deref().map(parse_time).transpose()?,
+        party,
+        case_ref: a.case.clone(),
+        purpose: a.purpose.clone(),
+        kind: a.kind.clone(),
+        outcome,
+    };
+    if kind == ReportKind::Access && filter.case_ref.is_none() {
+        return Err(FgError::Usage(
+            "the access report needs --case <case reference>".into(),
+        ));
+    }
+    let now = Utc::now();
+    let records = session.read(&viewer, &filter, kind, now)?;
+    let text = render(kind, format, &records, &viewer, &filter, &session, now)?;
+    match &a.out {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| FgError::Config(format!("cannot write {}: {e}", path.display()))),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
     }
 }
 

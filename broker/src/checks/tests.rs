@@ -660,3 +660,176 @@ fn receipts_come_from_their_recipient() {
         RejectCode::NotPermitted
     );
 }
+
+// ---- breach routing (check 5 for a datalek_melding) ------------------------------------
+
+use crate::breach::Flow;
+
+fn flow(at: DateTime<Utc>, case: &CaseRef, from: &P, to: &[&P]) -> Flow {
+    Flow {
+        message_id: MessageId::new().to_string(),
+        case_ref: case.clone(),
+        sender: from.oin.clone(),
+        recipients: to.iter().map(|p| p.oin.clone()).collect(),
+        at,
+    }
+}
+
+/// A second case, with corp2 and zorg, and a flow history over both cases: in the window
+/// corp -> zorg and zorg -> gem about the main case and zorg -> corp2 about the second;
+/// before it corp -> dual about the main case.
+fn breach_fx() -> (Fx, CaseRef) {
+    let mut fx = Fx::new();
+    let b = CaseRef::random();
+    let mut case_b = fx.reg.cases[&fx.case].clone();
+    case_b.case_ref = b.clone();
+    case_b.members = [
+        (fx.corp2.oin.clone(), Role::new("woningcorporatie")),
+        (fx.zorg.oin.clone(), Role::new("zorgaanbieder")),
+    ]
+    .into();
+    fx.reg.cases.insert(b.clone(), case_b);
+    let (n, a) = (fx.now, fx.case.clone());
+    fx.reg.flows = Some(vec![
+        flow(n - Duration::days(9), &a, &fx.corp, &[&fx.dual]),
+        flow(n - Duration::days(2), &a, &fx.corp, &[&fx.zorg]),
+        flow(n - Duration::days(1), &a, &fx.zorg, &[&fx.gem]),
+        flow(n - Duration::days(1), &b, &fx.zorg, &[&fx.corp2]),
+    ]);
+    (fx, b)
+}
+
+fn breach_draft(fx: &Fx, to: &[(&P, &str)], cases: Vec<CaseRef>, all: bool) -> Draft {
+    let mut d = fx.draft(Kind::DatalekMelding, to);
+    d.legal_basis = LegalBasis::Covenant;
+    d.event_time = Some(fx.now - Duration::hours(1));
+    d.breach_scope = Some(BreachScope {
+        case_refs: cases,
+        all_cases_of_sender: all,
+        from: fx.now - Duration::days(3),
+        until: fx.now,
+    });
+    d
+}
+
+#[test]
+fn a_breach_goes_to_exactly_the_parties_that_exchanged_messages_in_the_window() {
+    let (fx, b) = breach_fx();
+    // The main case alone: corp and gem (zorg is the sender; dual was before the window).
+    let d = breach_draft(
+        &fx,
+        &[(&fx.corp, "woningcorporatie"), (&fx.gem, "gemeente")],
+        vec![fx.case.clone()],
+        false,
+    );
+    let ok = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap();
+    let routing = ok.breach.unwrap();
+    assert_eq!(routing.cases, [fx.case.clone()].into());
+    assert_eq!(ok.recipients.len(), 2);
+
+    // The whole case team is too many: refused, with the set to seal to.
+    let d = breach_draft(
+        &fx,
+        &[
+            (&fx.corp, "woningcorporatie"),
+            (&fx.gem, "gemeente"),
+            (&fx.dual, "gemeente"),
+        ],
+        vec![fx.case.clone()],
+        false,
+    );
+    let r = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap_err();
+    assert_eq!((r.code, r.check), (RejectCode::BreachRecipients, 5));
+    let mut want = vec![
+        (fx.gem.oin.clone(), Role::new("gemeente")),
+        (fx.corp.oin.clone(), Role::new("woningcorporatie")),
+    ];
+    want.sort();
+    assert_eq!(r.expected_recipients(), Some(want));
+    // Too few is refused as well.
+    let d = breach_draft(&fx, &[(&fx.gem, "gemeente")], vec![fx.case.clone()], false);
+    assert_eq!(fx.code(&fx.zorg, d), Some(RejectCode::BreachRecipients));
+
+    // Both cases: corp2 too, in its role in the second case, although it is not in the
+    // team of the notice's own case.
+    let d = breach_draft(
+        &fx,
+        &[
+            (&fx.corp, "woningcorporatie"),
+            (&fx.gem, "gemeente"),
+            (&fx.corp2, "woningcorporatie"),
+        ],
+        vec![fx.case.clone(), b.clone()],
+        false,
+    );
+    let ok = fx
+        .check_as(&fx.zorg, &fx.seal(&fx.zorg, d.clone()))
+        .unwrap();
+    assert_eq!(
+        ok.breach.unwrap().cases,
+        [fx.case.clone(), b.clone()].into()
+    );
+    // "Every case of this sender in the window" finds the same.
+    let d = breach_draft(
+        &fx,
+        &[
+            (&fx.corp, "woningcorporatie"),
+            (&fx.gem, "gemeente"),
+            (&fx.corp2, "woningcorporatie"),
+        ],
+        vec![],
+        true,
+    );
+    assert!(fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).is_ok());
+}
+
+#[test]
+fn a_breach_scope_must_be_sound_and_the_senders_own() {
+    let (mut fx, b) = breach_fx();
+    let to = [(&fx.corp, "woningcorporatie"), (&fx.gem, "gemeente")];
+    // The notice's case must be among the affected ones.
+    let d = breach_draft(&fx, &to, vec![b.clone()], false);
+    assert_eq!(fx.code(&fx.zorg, d), Some(RejectCode::Malformed));
+    // No case and not "all cases".
+    let d = breach_draft(&fx, &to, vec![], false);
+    assert_eq!(fx.code(&fx.zorg, d), Some(RejectCode::Malformed));
+    // A window that ends before it starts.
+    let mut d = breach_draft(&fx, &to, vec![fx.case.clone()], false);
+    if let Some(s) = d.breach_scope.as_mut() {
+        s.until = s.from - Duration::seconds(1);
+    }
+    assert_eq!(fx.code(&fx.zorg, d), Some(RejectCode::Malformed));
+    // The gemeente was never in case B: it cannot ask who exchanged messages about it.
+    let d = breach_draft(
+        &fx,
+        &[(&fx.corp, "woningcorporatie")],
+        vec![fx.case.clone(), b.clone()],
+        false,
+    );
+    assert_eq!(fx.code(&fx.gem, d), Some(RejectCode::NotInCaseTeam));
+    // An unknown affected case.
+    let d = breach_draft(&fx, &to, vec![fx.case.clone(), CaseRef::random()], false);
+    assert_eq!(fx.code(&fx.zorg, d), Some(RejectCode::UnknownCase));
+    // Nobody to tell: refused with an empty set.
+    fx.reg.flows = Some(vec![]);
+    let d = breach_draft(&fx, &to, vec![fx.case.clone()], false);
+    let r = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap_err();
+    assert_eq!(r.expected_recipients(), Some(vec![]));
+}
+
+#[test]
+fn a_revoked_party_gets_no_breach_notice() {
+    let (mut fx, _) = breach_fx();
+    let (n, a) = (fx.now, fx.case.clone());
+    let extra = flow(n - Duration::hours(5), &a, &fx.revoked, &[&fx.zorg]);
+    if let Some(f) = fx.reg.flows.as_mut() {
+        f.push(extra);
+    }
+    let d = breach_draft(
+        &fx,
+        &[(&fx.corp, "woningcorporatie"), (&fx.gem, "gemeente")],
+        vec![fx.case.clone()],
+        false,
+    );
+    assert!(fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).is_ok());
+}

@@ -1,0 +1,465 @@
+//! The FG's reports over a broker's data directory: `ketenpost-broker audit <report>`.
+//!
+//! A [`Session`] opens the broker's database, checks the federation's signed policy and
+//! directory, and reads the audit trail on behalf of a [`Viewer`]. Every read is itself
+//! audited first: an `audit_read` record naming the reader's organisation (none for the
+//! federation's FG), the report, and the case and party it asked about. It is appended
+//! to the same hash chain the broker writes, so the chain stays valid and `audit verify`
+//! still passes; if the read cannot be recorded, nothing is read.
+//!
+//! # The broker must be stopped
+//! sled allows one process per database: while the broker runs, its database is locked
+//! and [`Session::open`] fails with [`FgError::BrokerRunning`]. Run the reports with the
+//! broker stopped (a maintenance window), or on a copy of the data directory taken from
+//! a filesystem snapshot; a read on a copy is recorded in the copy only, so keep the copy
+//! with the report. (An FG request in the protocol, with an FG credential, would let FGs
+//! read a running broker; it is not built yet.)
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ketenpost_schemas::calendar::Calendar;
+use ketenpost_schemas::directory::{self, Directory};
+use ketenpost_schemas::duration::PolicyDuration;
+use ketenpost_schemas::ids::{CaseRef, Oin};
+use ketenpost_schemas::keys;
+use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::policy::Policy;
+
+use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditRecord, AuditTrail, Head, Outcome};
+use crate::config::BrokerConfig;
+use crate::report::{self, Filter, HtmlReport, Viewer};
+
+/// What can go wrong when an FG reads the trail.
+#[derive(Debug, thiserror::Error)]
+pub enum FgError {
+    /// A federation document or key cannot be read or does not verify.
+    #[error("{0}")]
+    Config(String),
+    /// A filter or the reader's identity is not valid; nothing was read.
+    #[error("{0}")]
+    Usage(String),
+    /// The data directory holds no broker database.
+    #[error("no broker database at {}", .0.display())]
+    NoDatabase(PathBuf),
+    /// The database is locked: the broker is running.
+    #[error("the broker's database at {} is in use (is the broker running?): stop the broker, or run the report on a copy of the data directory", .0.display())]
+    BrokerRunning(PathBuf),
+    /// sled failed.
+    #[error("storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// The audit trail could not be read or extended.
+    #[error("audit trail: {0}")]
+    Audit(#[from] AuditError),
+}
+
+impl FgError {
+    /// Whether the error is the caller's (exit code 64) rather than the system's.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            FgError::Config(_) | FgError::Usage(_) | FgError::NoDatabase(_)
+        )
+    }
+}
+
+/// The reports, each with the reason code its `audit_read` record carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportKind {
+    /// Flows between parties per purpose and kind.
+    Flows,
+    /// Refusals by reason.
+    Refusals,
+    /// Non-consent grounds used.
+    Grounds,
+    /// Late and overdue deadlines.
+    Deadlines,
+    /// Breach notices and their state.
+    Breaches,
+    /// Consents granted and withdrawn.
+    Consents,
+    /// Deletion orders and confirmations.
+    Deletions,
+    /// The data subject's access report for one case.
+    Access,
+    /// The (filtered) records themselves, for export.
+    Records,
+    /// The HTML report with every table and the flow graph.
+    Html,
+}
+
+impl ReportKind {
+    /// The reason code of the `audit_read` record.
+    pub fn code(self) -> &'static str {
+        match self {
+            ReportKind::Flows => "report_flows",
+            ReportKind::Refusals => "report_refusals",
+            ReportKind::Grounds => "report_grounds",
+            ReportKind::Deadlines => "report_deadlines",
+            ReportKind::Breaches => "report_breaches",
+            ReportKind::Consents => "report_consents",
+            ReportKind::Deletions => "report_deletions",
+            ReportKind::Access => "report_access",
+            ReportKind::Records => "export_records",
+            ReportKind::Html => "report_html",
+        }
+    }
+}
+
+/// How a report is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns for a terminal.
+    Text,
+    /// A JSON array of rows.
+    Json,
+    /// CSV with a header line.
+    Csv,
+    /// JSON Lines in the Logboek Dataverwerkingen field names (records only).
+    Jsonl,
+    /// The self-contained HTML report.
+    Html,
+}
+
+impl FromStr for Format {
+    type Err = FgError;
+    fn from_str(s: &str) -> Result<Self, FgError> {
+        Ok(match s {
+            "text" => Format::Text,
+            "json" => Format::Json,
+            "csv" => Format::Csv,
+            "jsonl" => Format::Jsonl,
+            "html" => Format::Html,
+            other => {
+                return Err(FgError::Usage(format!(
+                    "unknown format '{other}': text, json, csv, jsonl or html"
+                )))
+            }
+        })
+    }
+}
+
+/// An open broker database and the federation's documents, for reading the trail.
+pub struct Session {
+    trail: AuditTrail,
+    /// The covenant policy.
+    pub policy: Policy,
+    /// The partner directory.
+    pub directory: Directory,
+    db: sled::Db,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("trail", &self.trail)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, FgError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| FgError::Config(format!("cannot read {}: {e}", path.display())))
+}
+
+impl Session {
+    /// Open the broker's data directory with its configuration: verify the policy and the
+    /// directory against the federation key, then open the database and the trail.
+    pub fn open(config: &BrokerConfig) -> Result<Session, FgError> {
+        let f = &config.federation;
+        let bad = |what: &str, e: &dyn std::fmt::Display| FgError::Config(format!("{what}: {e}"));
+        let fed_key = keys::verifying_key_from_text(&read_text(&f.public_key)?)
+            .map_err(|e| bad("federation public key", &e))?;
+        let policy_text = read_text(&f.policy)?;
+        let policy = directory::load_signed_policy(
+            &fed_key,
+            policy_text.as_bytes(),
+            &read_text(&f.policy_sig)?,
+        )
+        .map_err(|e| bad("the policy is not validly signed by the federation key", &e))?;
+        let dir_text = read_text(&f.directory)?;
+        let directory = directory::load_signed_directory(
+            &fed_key,
+            dir_text.as_bytes(),
+            &read_text(&f.directory_sig)?,
+            &policy,
+        )
+        .map_err(|e| {
+            bad(
+                "the directory is not validly signed by the federation key",
+                &e,
+            )
+        })?;
+        let key = keys::signing_key_from_text(&read_text(&f.signing_key)?)
+            .map_err(|e| bad("broker signing key", &e))?;
+        let path = config.data_dir.join("broker.sled");
+        if !path.exists() {
+            return Err(FgError::NoDatabase(path));
+        }
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    FgError::BrokerRunning(path.clone())
+                }
+                other => FgError::Storage(other),
+            })?;
+        let trail = AuditTrail::open(&db, key)?;
+        Ok(Session {
+            trail,
+            policy,
+            directory,
+            db,
+        })
+    }
+
+    /// The reader, from `--as OIN` or `--federation-fg`. An organisation must be a party
+    /// of the directory.
+    pub fn viewer(&self, as_oin: Option<&str>, federation: bool) -> Result<Viewer, FgError> {
+        match (as_oin, federation) {
+            (Some(_), true) => Err(FgError::Usage(
+                "give either --as <OIN> or --federation-fg, not both".into(),
+            )),
+            (None, false) => Err(FgError::Usage(
+                "say whose FG reads: --as <OIN> for one organisation, or --federation-fg".into(),
+            )),
+            (None, true) => Ok(Viewer::Federation),
+            (Some(o), false) => {
+                let oin: Oin = o
+                    .parse()
+                    .map_err(|_| FgError::Usage(format!("'{o}' is not an OIN (20 digits)")))?;
+                if !self.directory.parties.iter().any(|p| p.oin == oin) {
+                    return Err(FgError::Usage(format!(
+                        "{oin} is not a party of this covenant's directory"
+                    )));
+                }
+                Ok(Viewer::Organisation(oin))
+            }
+        }
+    }
+
+    /// Check a filter's values against the policy, so a typo is an error rather than an
+    /// empty report.
+    pub fn check_filter(&self, filter: &Filter) -> Result<(), FgError> {
+        if let Some(c) = &filter.case_ref {
+            CaseRef::from_str(c)
+                .map_err(|_| FgError::Usage(format!("'{c}' is not a case reference")))?;
+        }
+        if let Some(k) = &filter.kind {
+            Kind::from_str(k).map_err(|_| FgError::Usage(format!("unknown kind '{k}'")))?;
+        }
+        if let Some(p) = &filter.purpose {
+            let known = self
+                .policy
+                .purposes
+                .values()
+                .any(|q| &q.id == p || &q.processing_activity == p);
+            if !known {
+                return Err(FgError::Usage(format!(
+                    "the policy has no purpose or processing activity '{p}'"
+                )));
+            }
+        }
+        if let (Some(f), Some(u)) = (filter.from, filter.until) {
+            if f >= u {
+                return Err(FgError::Usage("--from must be before --until".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Record the read, then read: the records `viewer` may see that pass `filter`, in
+    /// trail order. The `audit_read` record is written and flushed before anything is read.
+    pub fn read(
+        &self,
+        viewer: &Viewer,
+        filter: &Filter,
+        report: ReportKind,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>, FgError> {
+        self.check_filter(filter)?;
+        let mut entry = AuditEntry::new(AuditEvent::AuditRead, Outcome::Ok);
+        entry = match viewer {
+            Viewer::Organisation(o) => entry.actor(o).reason(report.code()),
+            Viewer::Federation => entry.reason_explained(report.code(), "federation FG"),
+        };
+        if let Some(c) = &filter.case_ref {
+            entry = entry.case_ref(c);
+        }
+        if let Some(p) = &filter.party {
+            entry = entry.counterparty(p);
+        }
+        if let Some(p) = &filter.purpose {
+            entry = entry.purpose(p);
+        }
+        if let Some(k) = &filter.kind {
+            entry = entry.kind(k);
+        }
+        self.trail.append(entry, now)?;
+        self.db.flush()?;
+        let records = self.trail.records_between(
+            filter.from.unwrap_or(DateTime::<Utc>::MIN_UTC),
+            filter.until.unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )?;
+        Ok(report::scope(records, viewer, filter))
+    }
+
+    /// The head of the trail.
+    pub fn head(&self) -> Head {
+        self.trail.head()
+    }
+}
+
+/// A time from the command line: RFC 3339, or a date (`2025-03-01`) meaning 00:00 in
+/// Amsterdam on that day, summer or winter time.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, FgError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        FgError::Usage(format!(
+            "'{text}' is not a time (RFC 3339, e.g. 2025-03-01T09:00:00Z) or a date (2025-03-01)"
+        ))
+    })?;
+    // "0 workdays" ends at the end of the local day it starts in, so counted from noon UTC
+    // on the day before it gives 00:00 Amsterdam time on `date`.
+    let noon_before = date
+        .pred_opt()
+        .and_then(|d| d.and_hms_opt(12, 0, 0))
+        .map(|d| d.and_utc())
+        .ok_or_else(|| FgError::Usage(format!("'{text}' is out of range")))?;
+    Ok(PolicyDuration::Workdays(0).deadline(noon_before, &Calendar::dutch()))
+}
+
+/// Write a report of `records` (already scoped) in `format`.
+pub fn render(
+    kind: ReportKind,
+    format: Format,
+    records: &[AuditRecord],
+    viewer: &Viewer,
+    filter: &Filter,
+    session: &Session,
+    now: DateTime<Utc>,
+) -> Result<String, FgError> {
+    let policy = &session.policy;
+    if format == Format::Html || kind == ReportKind::Html {
+        let head = session.head();
+        return Ok(report::html(&HtmlReport {
+            viewer,
+            filter,
+            records,
+            policy,
+            directory: &session.directory,
+            generated_at: now,
+            head: (head.seq, head.hash),
+        }));
+    }
+    if kind == ReportKind::Records {
+        return match format {
+            Format::Jsonl | Format::Json => Ok(report::jsonl(records)),
+            Format::Csv => Ok(report::csv(records)),
+            Format::Text => {
+                let rows: Vec<Vec<String>> = records
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.seq.to_string(),
+                            r.time.to_rfc3339(),
+                            r.event.to_string(),
+                            r.outcome.to_string(),
+                            r.actor.clone().unwrap_or_else(|| "-".into()),
+                            r.counterparties.join(" "),
+                            r.case_ref.clone().unwrap_or_else(|| "-".into()),
+                            r.kind.clone().unwrap_or_else(|| "-".into()),
+                            r.reason.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                Ok(report::text_table(
+                    &[
+                        "seq",
+                        "time",
+                        "event",
+                        "outcome",
+                        "actor",
+                        "counterparties",
+                        "case_ref",
+                        "kind",
+                        "reason",
+                    ],
+                    &rows,
+                ))
+            }
+            Format::Html => Err(FgError::Usage("unreachable format".into())),
+        };
+    }
+    if format == Format::Jsonl {
+        return Err(FgError::Usage(
+            "jsonl is the export format of `audit records`; use json, csv or text here".into(),
+        ));
+    }
+    macro_rules! out {
+        ($rows:expr, $cells:path) => {{
+            let rows = $rows;
+            match format {
+                Format::Json => serde_json::to_string_pretty(&rows)
+                    .map(|mut s| {
+                        s.push('\n');
+                        s
+                    })
+                    .map_err(|e| FgError::Usage(e.to_string())),
+                Format::Csv => {
+                    let (h, r) = $cells(&rows);
+                    Ok(report::csv_table(&h, &r))
+                }
+                _ => {
+                    let (h, r) = $cells(&rows);
+                    Ok(report::text_table(&h, &r))
+                }
+            }
+        }};
+    }
+    match kind {
+        ReportKind::Flows => out!(report::flows(records), report::rows::flows),
+        ReportKind::Refusals => out!(report::refusals(records), report::rows::refusals),
+        ReportKind::Grounds => out!(report::grounds(records), report::rows::grounds),
+        ReportKind::Deadlines => out!(report::deadlines(records), report::rows::deadlines),
+        ReportKind::Breaches => out!(report::breaches(records), report::rows::breaches),
+        ReportKind::Consents => out!(report::consents(records), report::rows::consents),
+        ReportKind::Deletions => out!(report::deletions(records), report::rows::deletions),
+        ReportKind::Access => {
+            let case = filter.case_ref.as_deref().ok_or_else(|| {
+                FgError::Usage("the access report needs --case <case reference>".into())
+            })?;
+            out!(report::access(records, case, policy), report::rows::access)
+        }
+        ReportKind::Records | ReportKind::Html => Err(FgError::Usage("unreachable".into())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_date_is_midnight_in_amsterdam() {
+        // Winter time (UTC+1) and summer time (UTC+2).
+        assert_eq!(
+            parse_time("2025-03-01").unwrap(),
+            Utc.with_ymd_and_hms(2025, 2, 28, 23, 0, 0).unwrap()
+        );
+        assert_eq!(
+            parse_time("2025-07-01").unwrap(),
+            Utc.with_ymd_and_hms(2025, 6, 30, 22, 0, 0).unwrap()
+        );
+        assert_eq!(
+            parse_time("2025-03-01T09:00:00+01:00").unwrap(),
+            Utc.with_ymd_and_hms(2025, 3, 1, 8, 0, 0).unwrap()
+        );
+        assert!(matches!(parse_time("yesterday"), Err(FgError::Usage(_))));
+    }
+}
