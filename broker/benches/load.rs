@@ -344,6 +344,19 @@ fn proc_cpu_secs(path: &str, clk_tck: u64) -> f64 {
     ticks as f64 / clk_tck as f64
 }
 
+/// CPU seconds this process (the load generator) used so far.
+fn own_cpu_secs(clk_tck: u64) -> f64 {
+    proc_cpu_secs("/proc/self/stat", clk_tck)
+}
+
+/// The 1-minute load average: other work on the machine skews every number here.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn clk_tck() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -811,6 +824,7 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 async fn throughput(o: &Opts, sum: &mut Summary) {
+    let load = load_average();
     let b = Bench::new();
     let broker = b.start_broker();
     b.setup_case(broker.addr).await;
@@ -823,11 +837,12 @@ async fn throughput(o: &Opts, sum: &mut Summary) {
         msgs.len(),
         t.elapsed().as_secs_f64()
     );
-    let cpu0 = broker.cpu_secs();
+    let (cpu0, gen0) = (broker.cpu_secs(), own_cpu_secs(broker.clk_tck));
     let t = Instant::now();
     let mut out = flood(&clients, msgs, o.concurrency).await;
     let secs = t.elapsed().as_secs_f64();
     let cpu = broker.cpu_secs() - cpu0;
+    let gen = own_cpu_secs(broker.clk_tck) - gen0;
     let mem = broker.mem();
     out.check_clean("throughput");
     for c in &clients {
@@ -846,11 +861,17 @@ async fn throughput(o: &Opts, sum: &mut Summary) {
     ));
     sum.add(format!(
         "throughput: group commits (fsyncs) over the broker's whole run: {commits_text} \
-         (~{:.0} messages per commit); broker CPU {:.1} s = {:.0}% of one core; broker RSS {:.0} MiB",
+         (~{:.0} messages per commit); broker RSS {:.0} MiB",
         commits.map_or(0.0, |c| out.accepted as f64 / c.max(1) as f64),
-        cpu,
-        100.0 * cpu / secs,
         mib(mem.rss_kib)
+    ));
+    sum.add(format!(
+        "throughput: CPU: broker {cpu:.1} s ({:.0}% of one core, {:.0} us per message), \
+         load generator {gen:.1} s ({:.0}%); machine load average before: {}",
+        100.0 * cpu / secs,
+        1e6 * cpu / out.accepted.max(1) as f64,
+        100.0 * gen / secs,
+        load
     ));
     sum.add(format!(
         "throughput: latency under load: {}",
@@ -859,6 +880,7 @@ async fn throughput(o: &Opts, sum: &mut Summary) {
 }
 
 async fn latency(o: &Opts, sum: &mut Summary) {
+    let load = load_average();
     let b = Bench::new();
     let broker = b.start_broker();
     b.setup_case(broker.addr).await;
@@ -890,13 +912,14 @@ async fn latency(o: &Opts, sum: &mut Summary) {
     ));
     sum.add(format!(
         "latency: at most {max_in_flight} in flight; broker CPU {:.0}% of one core; \
-         group commits over the whole run: {}",
+         group commits over the whole run: {}; machine load average before: {load}",
         100.0 * cpu / secs,
         commits.map_or("unknown".into(), |c| c.to_string())
     ));
 }
 
 async fn memory(o: &Opts, sum: &mut Summary) {
+    let load = load_average();
     let b = Bench::new();
     let broker = b.start_broker();
     b.setup_case(broker.addr).await;
@@ -947,7 +970,8 @@ async fn memory(o: &Opts, sum: &mut Summary) {
         verdict(end.hwm_kib * 1024 < 200_000_000 && total.accepted == o.queue)
     ));
     sum.add(format!(
-        "memory: data directory {:.0} MiB apparent, {:.0} MiB allocated ({:.0} bytes per message)",
+        "memory: data directory {:.0} MiB apparent, {:.0} MiB allocated ({:.0} bytes per \
+         message); machine load average before: {load}",
         apparent as f64 / 1048576.0,
         allocated as f64 / 1048576.0,
         allocated as f64 / total.accepted.max(1) as f64

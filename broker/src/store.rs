@@ -12,7 +12,7 @@
 //! | `cases` | case ref | [`Case`] (JSON) |
 //! | `consents` | consent id | [`Consent`] (JSON) |
 //! | `deletions` | order id ‖ party OIN | [`DeletionState`] (JSON) |
-//! | `deadlines` | message id | [`AnswerClock`] (JSON): answer deadlines, kept after the body is gone |
+//! | `deadlines` | message id | [`AnswerClock`] (JSON): answer deadlines, kept after the body is gone, until every answer is in or the case's deletion is ordered |
 //!
 //! A message is written in one sled transaction (dedup entry, body, metadata, one queue
 //! entry per recipient); the caller then waits for [`Store::commit`], a group commit that
