@@ -166,18 +166,32 @@ pub fn involvement(flows: &[Flow], scope: &BreachScope, sender: &Oin) -> Involve
 }
 
 /// The recipients a breach notice from `sender` must have: every involved party but the
-/// sender, in the first role the rule lets receive it (see the module docs), by OIN.
+/// sender, in the first role the rule lets receive it (see the module docs), by OIN. With
+/// the rule's `notify_case_managers`, also every current member of an affected case whose
+/// role there is one of `case_managers` (the purpose's).
 pub fn expected_recipients(
     inv: &Involvement,
     sender: &Oin,
     case_of: impl Fn(&CaseRef) -> Option<Case>,
     notice_case: &Case,
     rule: &KindRule,
+    case_managers: &BTreeSet<Role>,
     directory: &Directory,
 ) -> Vec<(Oin, Role)> {
     let affected: Vec<Case> = inv.cases.iter().filter_map(&case_of).collect();
-    inv.parties
-        .keys()
+    let mut concerned: BTreeSet<&Oin> = inv.parties.keys().collect();
+    if rule.notify_case_managers {
+        for case in std::iter::once(notice_case).chain(&affected) {
+            concerned.extend(
+                case.members
+                    .iter()
+                    .filter(|(_, r)| case_managers.contains(*r))
+                    .map(|(o, _)| o),
+            );
+        }
+    }
+    concerned
+        .into_iter()
         .filter(|p| *p != sender)
         .filter_map(|p| {
             let party = directory.active_party(p)?;
@@ -211,6 +225,7 @@ fn reject(code: RejectCode, reason: impl Into<String>) -> Rejection {
 pub fn route(
     h: &Header,
     rule: &KindRule,
+    case_managers: &BTreeSet<Role>,
     notice_case: &Case,
     reg: &impl Registry,
     directory: &Directory,
@@ -276,6 +291,7 @@ pub fn route(
         |c| reg.case(c),
         notice_case,
         rule,
+        case_managers,
         directory,
     );
     let addressed: BTreeMap<&Oin, &Role> = h

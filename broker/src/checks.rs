@@ -221,7 +221,7 @@ pub fn check_message(
     // A breach notice goes to exactly the parties that exchanged messages about the
     // affected cases in its window, which need not all be in this case's team.
     let breach = if h.kind == Kind::DatalekMelding {
-        breach::route(h, rule, &case, reg, env.directory)?
+        breach::route(h, rule, &purpose.case_managers, &case, reg, env.directory)?
     } else {
         None
     };

@@ -33,6 +33,7 @@
 //! non_consent_grounds = ["acute_danger"]
 //! undelivered_ttl = "14 days"
 //! views.gemeente = ["identity", "contact", "housing", "support"]
+//! # notify_case_managers = true   # datalek_melding only: always tell the case's managers
 //! ```
 //!
 //! [`Policy::from_toml`] rejects a bad policy with the line and column of the problem.
@@ -191,6 +192,10 @@ pub struct KindRule {
     pub answer_kinds: BTreeSet<Kind>,
     /// How long the broker keeps an undelivered body before it expires.
     pub undelivered_ttl: PolicyDuration,
+    /// For a datalek_melding: the members of the affected cases who manage them (a role
+    /// in the purpose's `case_managers`, e.g. Enschede's procesmanager, 004:608-614) are
+    /// told of every breach, whether or not they exchanged messages about the case.
+    pub notify_case_managers: bool,
 }
 
 /// A parsed and checked covenant policy.
@@ -297,6 +302,8 @@ struct RawKind {
     #[serde(default)]
     answer_kinds: Vec<Spanned<String>>,
     undelivered_ttl: Spanned<String>,
+    #[serde(default)]
+    notify_case_managers: Option<Spanned<bool>>,
 }
 
 struct Checker<'a> {
@@ -566,6 +573,16 @@ impl Checker<'_> {
             answer_kinds.insert(Kind::Reactie);
         }
         let undelivered_ttl = self.duration(&rk.undelivered_ttl)?;
+        let notify_case_managers = match &rk.notify_case_managers {
+            Some(flag) if kind != Kind::DatalekMelding => {
+                return self.err(
+                    flag.span().start,
+                    format!("{kind}: notify_case_managers is for datalek_melding only"),
+                )
+            }
+            Some(flag) => *flag.get_ref(),
+            None => false,
+        };
         Ok(KindRule {
             senders,
             recipients,
@@ -576,6 +593,7 @@ impl Checker<'_> {
             answer_within,
             answer_kinds,
             undelivered_ttl,
+            notify_case_managers,
         })
     }
 

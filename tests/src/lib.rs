@@ -4,6 +4,9 @@
 //! Every wait is bounded in time; processes are killed when their handle drops.
 #![forbid(unsafe_code)]
 
+pub mod agents;
+pub mod demo;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -247,9 +250,21 @@ impl BrokerProcess {
             .arg(listen.to_string())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .context("spawn broker")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log_w = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = log_w.lock() {
+                    if l.len() < 200 {
+                        l.push(line);
+                    }
+                }
+            }
+        });
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -263,7 +278,13 @@ impl BrokerProcess {
             Ok(a) => a.parse()?,
             Err(_) => {
                 let _ = child.kill();
-                bail!("the broker did not start within 30 s");
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                let said = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+                bail!(
+                    "the broker did not start within 30 s (a stale binary? run `cargo test \
+                     --workspace`, which rebuilds it); it said:\n{said}"
+                );
             }
         };
         Ok(BrokerProcess { child, addr })
