@@ -29,7 +29,7 @@
 //!      message's status is checked to be `accepted`). Only the gemeente's agent ran for
 //!      the setup; no recipient agent fetches during the measurement, so the numbers are the
 //!      sender's and the broker's.
-//!   The agent logs at `info` to a file, as the binary does by default.
+//!      The agent logs at `info` to a file, as the binary does by default.
 //! - `idle`: the release `ketenpost-agent run -c <config>` binary (built next to this bench)
 //!   as its own process against the in-process broker, default timing; once it logs
 //!   "agent running" it is left idle for `--idle-secs` (10); its VmRSS and VmHWM come from

@@ -137,6 +137,8 @@ struct Opts {
     seconds: u64,
     queue: usize,
     batch: usize,
+    /// `limits.cache_mb` for the broker; `None` leaves the broker's default.
+    cache_mb: Option<u64>,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -148,6 +150,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         seconds: 20,
         queue: 1_000_000,
         batch: 25_000,
+        cache_mb: None,
     };
     for a in args {
         if a == "--bench" {
@@ -166,6 +169,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
                 "seconds" => o.seconds = n,
                 "queue" => o.queue = n_usize,
                 "batch" => o.batch = n_usize,
+                "cache-mb" => o.cache_mb = Some(n),
                 _ => return Err(format!("unknown option {a}")),
             }
             continue;
@@ -205,18 +209,15 @@ struct BrokerProc {
 }
 
 impl BrokerProc {
-    fn start(fed_dir: &Path, data: &Path, log: &Path) -> BrokerProc {
+    fn start(config: &Path, log: &Path) -> BrokerProc {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ketenpost-broker"))
-            .args(["serve", "--federation"])
-            .arg(fed_dir)
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["serve", "--config"])
+            .arg(config)
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -402,10 +403,11 @@ struct Bench {
     case: CaseRef,
     consent: uuid::Uuid,
     pad: usize,
+    cache_mb: Option<u64>,
 }
 
 impl Bench {
-    fn new() -> Bench {
+    fn new(o: &Opts) -> Bench {
         let dir = tempfile::Builder::new()
             .prefix("ketenpost-bench-")
             .tempdir()
@@ -434,6 +436,7 @@ impl Bench {
             case: CaseRef::random(),
             consent: uuid::Uuid::now_v7(),
             pad: 0,
+            cache_mb: o.cache_mb,
         };
         b.pad = b.calibrate();
         b
@@ -443,12 +446,37 @@ impl Bench {
         self.dir.path().join("data")
     }
 
+    /// The broker's configuration file: the dev federation's files, default limits (or
+    /// the given cache size), an ephemeral port on 127.0.0.1.
+    fn config_file(&self) -> PathBuf {
+        let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+        let f = &self.fed;
+        let mut text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {}\n\n[tls]\ncert = {}\nkey = {}\nca = {}\n\
+             crls = [{}]\n\n[federation]\npublic_key = {}\npolicy = {}\npolicy_sig = {}\n\
+             directory = {}\ndirectory_sig = {}\nsigning_key = {}\n",
+            q(&self.data()),
+            q(&f.broker.cert),
+            q(&f.broker.key),
+            q(&f.ca.cert),
+            q(&f.ca.crl),
+            q(&f.federation.public_key),
+            q(&f.policy.file),
+            q(&f.policy.sig),
+            q(&f.directory.file),
+            q(&f.directory.sig),
+            q(&f.broker.signing_key),
+        );
+        if let Some(mb) = self.cache_mb {
+            text.push_str(&format!("\n[limits]\ncache_mb = {mb}\n"));
+        }
+        let path = self.dir.path().join("broker.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     fn start_broker(&self) -> BrokerProc {
-        BrokerProc::start(
-            &self.fed.dir,
-            &self.data(),
-            &self.dir.path().join("broker.log"),
-        )
+        BrokerProc::start(&self.config_file(), &self.dir.path().join("broker.log"))
     }
 
     fn oin(&self, i: usize) -> &Oin {
@@ -825,7 +853,7 @@ fn verdict(ok: bool) -> &'static str {
 
 async fn throughput(o: &Opts, sum: &mut Summary) {
     let load = load_average();
-    let b = Bench::new();
+    let b = Bench::new(o);
     let broker = b.start_broker();
     b.setup_case(broker.addr).await;
     let clients = b.sender_clients(broker.addr).await;
@@ -881,7 +909,7 @@ async fn throughput(o: &Opts, sum: &mut Summary) {
 
 async fn latency(o: &Opts, sum: &mut Summary) {
     let load = load_average();
-    let b = Bench::new();
+    let b = Bench::new(o);
     let broker = b.start_broker();
     b.setup_case(broker.addr).await;
     let clients = b.sender_clients(broker.addr).await;
@@ -920,7 +948,7 @@ async fn latency(o: &Opts, sum: &mut Summary) {
 
 async fn memory(o: &Opts, sum: &mut Summary) {
     let load = load_average();
-    let b = Bench::new();
+    let b = Bench::new(o);
     let broker = b.start_broker();
     b.setup_case(broker.addr).await;
     let clients = b.sender_clients(broker.addr).await;

@@ -16,7 +16,10 @@
 //!
 //! A message is written in one sled transaction (dedup entry, body, metadata, one queue
 //! entry per recipient); the caller then waits for [`Store::commit`], a group commit that
-//! lets many concurrent writers share one fsync, before it answers `accepted`.
+//! lets many concurrent writers share one fsync, before it answers `accepted`. Messages
+//! written at the same time share their transaction too ([`Store::put_message`]): sled
+//! 0.34 writes out and syncs its IO buffer around every transaction, so one transaction
+//! per message cost more than everything else the broker does for it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -151,6 +154,44 @@ pub struct Store {
     committer: mpsc::UnboundedSender<CommitMsg>,
     committer_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     flushes: Arc<std::sync::atomic::AtomicU64>,
+    puts: Arc<PutCombiner>,
+}
+
+/// One message's writes, queued for the next combined transaction (see
+/// [`Store::put_message`]).
+struct PendingPut {
+    id: [u8; 16],
+    accepted_at: Vec<u8>,
+    body: Vec<u8>,
+    meta: Vec<u8>,
+    due: Vec<u8>,
+    /// Per recipient: the `queue` key and the `queue_index` key with the seq.
+    queue: Vec<(Vec<u8>, Vec<u8>, [u8; 8])>,
+    /// Filled by whoever applies it: written, a duplicate (`Err(None)`), or the error.
+    done: Arc<std::sync::OnceLock<Result<(), Option<sled::Error>>>>,
+}
+
+/// Flat combining of message writes: a writer queues its writes, then whoever holds
+/// `leader` applies everything queued in one transaction; the others find theirs done.
+/// `io` is held by the group committer while it flushes and by a combined transaction:
+/// a sled transaction that starts during a flush waits for it holding sled's internal
+/// lock exclusively, which stalls every read (the checks) until the flush ends.
+#[derive(Default)]
+struct PutCombiner {
+    queue: std::sync::Mutex<Vec<PendingPut>>,
+    leader: std::sync::Mutex<()>,
+    io: std::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for PutCombiner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutCombiner").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The queue and the leader token hold no invariant a panic could break.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A message to the group committer.
@@ -217,10 +258,12 @@ impl Store {
             committer: tx,
             committer_task: committer_task.clone(),
             flushes: flushes.clone(),
+            puts: Arc::new(PutCombiner::default()),
             db: db.clone(),
         };
         // The group committer: every waiter that arrives while a flush runs shares the next
         // flush. One fsync serves many submits.
+        let puts = store.puts.clone();
         let handle = tokio::spawn(async move {
             let mut closing = false;
             while let Some(first) = rx.recv().await {
@@ -232,11 +275,13 @@ impl Store {
                         CommitMsg::Close => closing = true,
                     }
                 }
-                let result = db
-                    .flush_async()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string());
+                let (db, puts) = (db.clone(), puts.clone());
+                let result = tokio::task::spawn_blocking(move || {
+                    let _io = lock(&puts.io);
+                    db.flush().map(|_| ()).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
                 flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for w in waiters {
                     let _ = w.send(result.clone());
@@ -297,6 +342,10 @@ impl Store {
     /// Write an authorised message: dedup entry, body, metadata and one queue entry per
     /// recipient, in one transaction. Fails with [`StoreError::Duplicate`] when the id was
     /// accepted before. The caller must then [`Store::commit`] before answering.
+    ///
+    /// Concurrent calls are combined: each queues its writes, and one of them applies all
+    /// queued writes in a single transaction while the others wait for it. Each message is
+    /// still all-or-nothing, and a duplicate only fails its own call.
     pub fn put_message(
         &self,
         a: &Authorised,
@@ -324,9 +373,54 @@ impl Store {
             .iter()
             .map(|_| self.db.generate_id())
             .collect::<Result<_, _>>()?;
-        let now_bytes = now.to_rfc3339().into_bytes();
-        let due = expiry_key(a.expires_at, &id);
-        (
+        let done = Arc::new(std::sync::OnceLock::new());
+        let pending = PendingPut {
+            id,
+            accepted_at: now.to_rfc3339().into_bytes(),
+            body,
+            meta: meta_bytes,
+            due: expiry_key(a.expires_at, &id),
+            queue: recipients
+                .iter()
+                .zip(&seqs)
+                .map(|(r, seq)| {
+                    let oin = r.as_str().as_bytes();
+                    (
+                        key2(oin, &seq.to_be_bytes()),
+                        key2(oin, &id),
+                        seq.to_be_bytes(),
+                    )
+                })
+                .collect(),
+            done: done.clone(),
+        };
+        lock(&self.puts.queue).push(pending);
+        {
+            let _leader = lock(&self.puts.leader);
+            if done.get().is_none() {
+                // Not during a flush; and take what queued up while waiting for it.
+                let _io = lock(&self.puts.io);
+                let batch = std::mem::take(&mut *lock(&self.puts.queue));
+                self.apply_puts(&batch);
+            }
+        }
+        match done.get() {
+            Some(Ok(())) => Ok(meta),
+            Some(Err(None)) => Err(StoreError::Duplicate),
+            Some(Err(Some(e))) => Err(StoreError::Sled(e.clone())),
+            None => Err(StoreError::Corrupt {
+                what: "message write",
+                reason: "the combined transaction that held it did not finish".to_owned(),
+            }),
+        }
+    }
+
+    /// Apply queued message writes in one transaction and tell each writer its outcome.
+    fn apply_puts(&self, batch: &[PendingPut]) {
+        if batch.is_empty() {
+            return;
+        }
+        let result = (
             &self.seen,
             &self.bodies,
             &self.meta,
@@ -335,21 +429,39 @@ impl Store {
             &self.expiry,
         )
             .transaction(|(seen, bodies, meta_t, queue, qidx, expiry)| {
-                if seen.get(id)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Duplicate));
+                // Rerun from scratch if sled retries the transaction.
+                let mut written = Vec::with_capacity(batch.len());
+                let mut ids = std::collections::HashSet::with_capacity(batch.len());
+                for p in batch {
+                    if !ids.insert(p.id) || seen.get(p.id)?.is_some() {
+                        written.push(false);
+                        continue;
+                    }
+                    seen.insert(&p.id, p.accepted_at.as_slice())?;
+                    bodies.insert(&p.id, p.body.as_slice())?;
+                    meta_t.insert(&p.id, p.meta.as_slice())?;
+                    expiry.insert(p.due.as_slice(), &[])?;
+                    for (qkey, ikey, seq) in &p.queue {
+                        queue.insert(qkey.as_slice(), &p.id)?;
+                        qidx.insert(ikey.as_slice(), seq)?;
+                    }
+                    written.push(true);
                 }
-                seen.insert(&id, now_bytes.as_slice())?;
-                bodies.insert(&id, body.as_slice())?;
-                meta_t.insert(&id, meta_bytes.as_slice())?;
-                expiry.insert(due.as_slice(), &[])?;
-                for (r, seq) in recipients.iter().zip(&seqs) {
-                    let oin = r.as_str().as_bytes();
-                    queue.insert(key2(oin, &seq.to_be_bytes()), &id)?;
-                    qidx.insert(key2(oin, &id), &seq.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<std::convert::Infallible>>(written)
+            });
+        match result {
+            Ok(written) => {
+                for (p, w) in batch.iter().zip(written) {
+                    let _ = p.done.set(if w { Ok(()) } else { Err(None) });
                 }
-                Ok(())
-            })?;
-        Ok(meta)
+            }
+            Err(TransactionError::Storage(e)) => {
+                for p in batch {
+                    let _ = p.done.set(Err(Some(e.clone())));
+                }
+            }
+            Err(TransactionError::Abort(never)) => match never {},
+        }
     }
 
     /// Up to `max` deliveries for `party`: queued messages first, then notices. Returns the
@@ -800,5 +912,189 @@ impl Registry for Store {
 
     fn seen(&self, id: &MessageId) -> bool {
         self.seen.contains_key(id.0.as_bytes()).unwrap_or(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Barrier;
+
+    use chrono::Duration;
+    use ketenpost_schemas::control::Toestemming;
+    use ketenpost_schemas::directory::{BrokerEntry, Directory, Party};
+    use ketenpost_schemas::envelope::{LegalBasis, Limits};
+    use ketenpost_schemas::keys::{self, SigningKey};
+    use ketenpost_schemas::payload::Signaal;
+    use ketenpost_schemas::policy::{Policy, Role};
+    use ketenpost_schemas::seal::{seal, Draft, Sender};
+
+    use super::*;
+    use crate::checks::{check_message, Env, Submitted};
+    use crate::registry::MemRegistry;
+
+    /// `n` authorised signalen from a corporation to a zorgaanbieder.
+    fn authorised(n: usize) -> Vec<Authorised> {
+        let policy = Policy::from_toml(ketenpost_schemas::testdata::TEST_POLICY).unwrap();
+        let key = |_| keys::generate_signing_key();
+        let (corp_key, zorg_key): (SigningKey, SigningKey) = (key(0), key(1));
+        let corp: Oin = "00000001000000000003".parse().unwrap();
+        let zorg: Oin = "00000001000000000002".parse().unwrap();
+        let party = |oin: &Oin, k: &SigningKey, role: &str| Party {
+            oin: oin.clone(),
+            name: format!("party {oin}"),
+            roles: vec![Role::new(role)],
+            signing_key: keys::verifying_key_to_text(&k.verifying_key()),
+            age_recipient: keys::generate_age_identity().to_public().to_string(),
+            cert_fingerprint: "00".repeat(32),
+            fg_contact: "fg@example.org".into(),
+            revoked: false,
+        };
+        let directory = Directory {
+            covenant: "test".into(),
+            serial: 1,
+            issued_at: Utc::now(),
+            broker: BrokerEntry {
+                name: "broker".into(),
+                signing_key: keys::verifying_key_to_text(
+                    &keys::generate_signing_key().verifying_key(),
+                ),
+                cert_fingerprint: "00".repeat(32),
+            },
+            parties: vec![
+                party(&corp, &corp_key, "woningcorporatie"),
+                party(&zorg, &zorg_key, "zorgaanbieder"),
+            ],
+        };
+        let now = Utc::now();
+        let case = CaseRef::random();
+        let consent = uuid::Uuid::now_v7();
+        let mut reg = MemRegistry::default();
+        reg.cases.insert(
+            case.clone(),
+            Case {
+                case_ref: case.clone(),
+                covenant: "test".into(),
+                purpose: "uitstroom".into(),
+                regievoerder: zorg.clone(),
+                members: [
+                    (corp.clone(), Role::new("woningcorporatie")),
+                    (zorg.clone(), Role::new("zorgaanbieder")),
+                ]
+                .into(),
+                former_members: Default::default(),
+                opened_at: now - Duration::days(1),
+                closed_at: None,
+                deletion_ordered_at: None,
+            },
+        );
+        reg.consents.insert(
+            consent,
+            Consent {
+                record: Toestemming {
+                    consent_id: consent,
+                    covenant: "test".into(),
+                    purpose: "uitstroom".into(),
+                    case_ref: case.clone(),
+                    parties: vec![],
+                    roles: vec![Role::new("zorgaanbieder"), Role::new("woningcorporatie")],
+                    valid_from: now - Duration::days(1),
+                    valid_until: None,
+                    document_sha256: "ab".repeat(32),
+                    obtained_by: zorg.clone(),
+                    obtained_at: now - Duration::days(1),
+                },
+                withdrawn_at: None,
+            },
+        );
+        let limits = Limits::default();
+        (0..n)
+            .map(|_| {
+                let mut d = Draft::new(
+                    "uitstroom",
+                    Kind::Signaal,
+                    case.clone(),
+                    vec![(zorg.clone(), Role::new("zorgaanbieder"))],
+                    LegalBasis::Consent {
+                        consent_id: consent,
+                    },
+                    serde_json::to_value(Signaal::example()).unwrap(),
+                );
+                d.event_time = Some(now - Duration::hours(1));
+                let sender = Sender {
+                    oin: &corp,
+                    key: &corp_key,
+                };
+                let bytes = seal(d, sender, &policy, &directory, now)
+                    .unwrap()
+                    .0
+                    .encode();
+                let env = Env {
+                    policy: &policy,
+                    directory: &directory,
+                    limits: &limits,
+                };
+                let sub = Submitted {
+                    transport: &corp,
+                    bytes: &bytes,
+                };
+                check_message(sub, env, &reg, now).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn concurrent_puts_share_transactions_and_a_duplicate_fails_alone() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let store = Store::open(db).unwrap();
+        // Every message twice, so duplicates meet in one combined transaction as well as
+        // across transactions.
+        let messages = authorised(24);
+        let threads = 8;
+        let barrier = Barrier::new(threads);
+        let outcomes: Vec<(MessageId, Result<MessageMeta, StoreError>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (store, messages, barrier) = (&store, &messages, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        (0..messages.len() * 2)
+                            .filter(|i| i % threads == t)
+                            .map(|i| {
+                                let a = &messages[i % messages.len()];
+                                (a.header().id, store.put_message(a, Utc::now()))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        for a in &messages {
+            let id = a.header().id;
+            let mine: Vec<_> = outcomes.iter().filter(|(i, _)| *i == id).collect();
+            assert_eq!(mine.len(), 2);
+            let ok = mine.iter().filter(|(_, r)| r.is_ok()).count();
+            let dup = mine
+                .iter()
+                .filter(|(_, r)| matches!(r, Err(StoreError::Duplicate)))
+                .count();
+            assert_eq!((ok, dup), (1, 1), "{id}: {mine:?}");
+            assert!(store.seen(&id));
+        }
+        assert_eq!(store.bodies_held(), messages.len());
+        assert_eq!(store.queued(), messages.len());
+        rt.block_on(store.close());
     }
 }
