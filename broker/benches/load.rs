@@ -9,12 +9,14 @@
 //! ```
 //!
 //! Every scenario makes a fresh dev federation (one gemeente, one zorgaanbieder, four
-//! woningcorporaties) in a temporary directory, starts the release `ketenpost-broker serve`
-//! binary as a **separate process** on 127.0.0.1 with default limits (every check on, a
-//! group-committed fsync before each `accepted`, info logging to a file), opens a case with
-//! all parties and a consent, and seals every message **before** the clock starts: a
-//! `signaal` from a corporation to the zorgaanbieder whose `omschrijving` is padded so the
-//! envelope is about 1 KiB, each with its own id. The four corporations submit over their
+//! woningcorporaties) in a temporary directory, starts the release `ketenpost-broker serve
+//! --config` binary (the one `cargo bench` builds) as a **separate process** on 127.0.0.1
+//! with default limits (every check on, a group-committed sled flush before each
+//! `accepted`, info logging to a file; `--cache-mb=N` sets `limits.cache_mb`), opens a case
+//! with all parties and a consent, and seals every message **before** the clock starts: a
+//! `signaal` from a corporation to the zorgaanbieder, its `omschrijving` padded until the
+//! envelope is at least 1 KiB (the example signaal already makes about 1.2 KiB, so it is
+//! not padded), each with its own id. The four corporations submit over their
 //! own QUIC connection each. The broker's memory is read from `/proc/<pid>/status`
 //! (VmRSS, VmHWM), apart from the load generator's. At the end the broker gets SIGTERM, its
 //! log gives the number of group commits, and the temporary directory is removed.
@@ -27,6 +29,8 @@
 //! - `memory`: `--queue` (1,000,000) messages queued for a recipient that never fetches,
 //!   sealed and submitted in batches of `--batch` (25,000); broker RSS at the end and its
 //!   peak, the size of the data directory, and the RSS after a restart on that data.
+//!
+//! The broker inherits the environment (e.g. `MALLOC_ARENA_MAX`), except `RUST_LOG`.
 //!
 //! Without `--bench` on the command line (`cargo test --all-targets` runs bench targets
 //! once as tests) it does nothing: a benchmark is never a timed test.
@@ -595,7 +599,8 @@ impl Bench {
         .encode()
     }
 
-    /// The padding that makes an envelope about [`ENVELOPE_BYTES`].
+    /// The padding that makes an envelope about [`ENVELOPE_BYTES`]; none if it is larger
+    /// already.
     fn calibrate(&self) -> usize {
         let base = self.seal_one(SENDERS[0], 0).len();
         if base >= ENVELOPE_BYTES {
@@ -989,9 +994,10 @@ async fn memory(o: &Opts, sum: &mut Summary) {
     let _ = broker.stop();
     let (apparent, allocated) = disk_usage(&b.data());
     sum.add(format!(
-        "memory: {} messages queued (never fetched), submitted at {:.0}/s on average: broker RSS \
-         at the end {:.0} MiB, peak (VmHWM) {:.0} MiB [target < 200 MB: {}]",
+        "memory: {} messages queued (never fetched), cache_mb {}, submitted at {:.0}/s on \
+         average: broker RSS at the end {:.0} MiB, peak (VmHWM) {:.0} MiB [target < 200 MB: {}]",
         total.accepted,
+        o.cache_mb.map_or("default".into(), |m| m.to_string()),
         total.accepted as f64 / submit_secs,
         mib(end.rss_kib),
         mib(end.hwm_kib),
