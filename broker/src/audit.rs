@@ -465,7 +465,7 @@ impl AuditEntry {
 
     /// Check the shape of every field, so nothing that looks like free text or personal
     /// data enters the trail.
-    fn validate(&self) -> Result<(), AuditError> {
+    pub(crate) fn validate(&self) -> Result<(), AuditError> {
         if let Some(a) = &self.actor {
             check_oin("actor", a)?;
         }
@@ -820,6 +820,21 @@ impl AuditTrail {
         Ok(record)
     }
 
+    /// Lock the chain to append records inside a caller's sled transaction (the store's
+    /// combined message writes, [`crate::store::Store::put_message`]): records go into
+    /// [`AuditTrail::records_tree`] in that transaction through [`ChainLock::stage`], and
+    /// [`ChainLock::advance`] moves the head once the transaction committed. Other appends
+    /// wait while the lock is held.
+    pub fn lock_chain(&self) -> ChainLock<'_> {
+        let head = self.lock();
+        ChainLock { head }
+    }
+
+    /// The tree that holds the records, for a transaction under [`AuditTrail::lock_chain`].
+    pub fn records_tree(&self) -> &sled::Tree {
+        &self.records
+    }
+
     /// Append several records under one lock and in one atomic sled batch: either all of
     /// them are written, contiguous and chained, or none is. Does not flush.
     pub fn append_batch(
@@ -1003,6 +1018,51 @@ impl AuditTrail {
         // A panic while the lock was held cannot have left the head inconsistent with the
         // tree (see the field's invariant), so a poisoned lock is still usable.
         self.head.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The audit chain locked for a transaction (see [`AuditTrail::lock_chain`]).
+#[derive(Debug)]
+pub struct ChainLock<'a> {
+    head: MutexGuard<'a, HeadState>,
+}
+
+/// Where a transaction's records continue the chain; start one per transaction attempt
+/// with [`ChainLock::cursor`], since sled may run the transaction closure more than once.
+#[derive(Debug)]
+pub struct ChainCursor(HeadState);
+
+impl ChainLock<'_> {
+    /// A cursor at the current head.
+    pub fn cursor(&self) -> ChainCursor {
+        ChainCursor(HeadState {
+            seq: self.head.seq,
+            hash: self.head.hash.clone(),
+            time: self.head.time,
+        })
+    }
+
+    /// Write the record for `entry` after `cursor` into `records` (the transactional view
+    /// of [`AuditTrail::records_tree`]) and move the cursor to it. The entry must have
+    /// passed [`AuditEntry::validate`].
+    pub fn stage(
+        &self,
+        cursor: &mut ChainCursor,
+        entry: AuditEntry,
+        now: DateTime<Utc>,
+        records: &sled::transaction::TransactionalTree,
+    ) -> Result<(), sled::transaction::ConflictableTransactionError<AuditError>> {
+        use sled::transaction::ConflictableTransactionError::Abort;
+        let record = next_record(&cursor.0, entry, now).map_err(Abort)?;
+        let bytes = serde_json::to_vec(&record).map_err(|e| Abort(AuditError::Serialize(e)))?;
+        records.insert(&seq_key(record.seq), bytes)?;
+        advance(&mut cursor.0, &record);
+        Ok(())
+    }
+
+    /// The transaction committed: the head is where `cursor` ended.
+    pub fn advance(mut self, cursor: ChainCursor) {
+        *self.head = cursor.0;
     }
 }
 

@@ -19,6 +19,7 @@ use ketenpost_schemas::control::{
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::{Envelope, Header, LegalBasis, Limits, VerifiedEnvelope};
 use ketenpost_schemas::ids::Oin;
+use ketenpost_schemas::keys::VerifyingKey;
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::{ConsentRule, KindRule, NonConsentGround, Policy, Role};
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection};
@@ -37,6 +38,22 @@ pub struct Env<'a> {
     pub directory: &'a Directory,
     /// Decoding limits.
     pub limits: &'a Limits,
+    /// The parties' signing keys, parsed once ([`sender_keys`]); without it, or for a
+    /// party missing from it, the key is parsed from the directory.
+    pub keys: Option<&'a SenderKeys>,
+}
+
+/// The verifying keys of the directory's parties, by OIN.
+pub type SenderKeys = std::collections::HashMap<Oin, VerifyingKey>;
+
+/// Parse every party's signing key once. A key that does not parse is left out (the check
+/// then reports it for messages from that party).
+pub fn sender_keys(directory: &Directory) -> SenderKeys {
+    directory
+        .parties
+        .iter()
+        .filter_map(|p| Some((p.oin.clone(), p.verifying_key().ok()?)))
+        .collect()
 }
 
 /// A message as it arrived: the bytes and the OIN of the connection's certificate.
@@ -112,7 +129,8 @@ pub fn check_message(
 ) -> Result<Authorised, Rejection> {
     // 1. Transport identity = header sender; sender known and not revoked.
     let envelope = Envelope::decode(sub.bytes, env.limits).map_err(from_schema)?;
-    let claimed = envelope.unverified_header().map_err(from_schema)?;
+    let envelope = envelope.into_claimed().map_err(from_schema)?;
+    let claimed = envelope.unverified_header();
     if &claimed.sender != sub.transport {
         return Err(reject(
             RejectCode::TransportIdentity,
@@ -131,11 +149,14 @@ pub fn check_message(
             ),
         )
     })?;
-    let sender_key = sender.verifying_key().map_err(from_schema)?;
+    let sender_key = match env.keys.and_then(|k| k.get(&claimed.sender)) {
+        Some(k) => *k,
+        None => sender.verifying_key().map_err(from_schema)?,
+    };
 
     // 2. Signature over the header bytes; body digests; header structure.
     let verified = envelope
-        .verify(env.limits, |_| Some(sender_key))
+        .verify(env.limits, &sender_key)
         .map_err(from_schema)?;
     let h = verified.header();
 

@@ -34,7 +34,7 @@ use crate::config::BrokerConfig;
 use crate::deadlines::{self, AnswerClock, Reply};
 use crate::registry::Registry;
 use crate::registry::{Case, Consent};
-use crate::store::{AnswerRecorded, DeletionState, MessageMeta, Store, StoreError};
+use crate::store::{DeletionState, MessageMeta, Store, StoreError};
 use crate::tls;
 
 /// The OIN the broker signs its own notices with (expiry notices, deletion orders). It is
@@ -57,6 +57,8 @@ struct Shared {
     /// Submits hold it shared while they check and write; control records exclusively, so
     /// a check never reads a case or consent that changes under it.
     registry_lock: RwLock<()>,
+    /// The parties' verifying keys, parsed once.
+    sender_keys: checks::SenderKeys,
     waiters: Mutex<HashMap<Oin, Arc<Notify>>>,
 }
 
@@ -66,6 +68,7 @@ impl Shared {
             policy: &self.policy,
             directory: &self.directory,
             limits: &self.limits,
+            keys: Some(&self.sender_keys),
         }
     }
 
@@ -196,6 +199,7 @@ impl Broker {
             ..Limits::default()
         };
         let signer: Oin = BROKER_SIGNER.parse()?;
+        let sender_keys = checks::sender_keys(&directory);
         let shared = Arc::new(Shared {
             policy,
             directory,
@@ -207,6 +211,7 @@ impl Broker {
             key,
             signer,
             registry_lock: RwLock::new(()),
+            sender_keys,
             waiters: Mutex::new(HashMap::new()),
         });
         shared.audit(AuditEntry::ok(AuditEvent::BrokerStarted));
@@ -500,6 +505,8 @@ struct Staged {
     kind: ketenpost_schemas::kind::Kind,
     flags: Vec<AcceptFlag>,
     recipients: std::collections::BTreeSet<Oin>,
+    /// Something was written after the message's own flushed transaction.
+    needs_commit: bool,
 }
 
 async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
@@ -511,7 +518,11 @@ async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
     // flush ends. On an async worker that stalled every connection during each flush, and
     // each group commit could then only cover the few messages that were already staged.
     let (s, o) = (shared.clone(), oin.clone());
-    let staged = tokio::task::spawn_blocking(move || stage_submit(&bytes, &s, &o, now)).await;
+    let staged = tokio::task::spawn_blocking(move || {
+        let authorised = stage_check(&bytes, &s, &o, now)?;
+        stage_store(&authorised, &bytes, &s, &o, now)
+    })
+    .await;
     drop(guard);
     let staged = match staged {
         Ok(Ok(staged)) => staged,
@@ -524,8 +535,10 @@ async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
             ));
         }
     };
-    if let Err(e) = shared.store.commit().await {
-        return storage_error(e);
+    if staged.needs_commit {
+        if let Err(e) = shared.store.commit().await {
+            return storage_error(e);
+        }
     }
     for r in &staged.recipients {
         shared.notify(r);
@@ -537,15 +550,15 @@ async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
     }
 }
 
-/// Checks, store writes and audit records of a submission; blocking (see [`submit`]). The
-/// caller holds the registry lock shared and commits afterwards.
-fn stage_submit(
+/// The checks of a submission; blocking (see [`submit`]). The caller holds the registry
+/// lock shared.
+fn stage_check(
     bytes: &[u8],
     shared: &Arc<Shared>,
     oin: &Oin,
     now: DateTime<Utc>,
-) -> Result<Staged, Response> {
-    let authorised = match checks::check_message(
+) -> Result<Authorised, Response> {
+    match checks::check_message(
         Submitted {
             transport: oin,
             bytes,
@@ -554,18 +567,30 @@ fn stage_submit(
         &shared.live(),
         now,
     ) {
-        Ok(a) => a,
+        Ok(a) => Ok(a),
         Err(r) => {
             info!(code = %r.code, check = r.check, "message rejected");
             shared.audit(rejected_entry(&r, oin, bytes, &shared.limits));
-            return Err(Response::Rejected(r));
+            Err(Response::Rejected(r))
         }
-    };
+    }
+}
+
+/// The store writes and audit records of an authorised submission; blocking (see
+/// [`submit`]). The caller holds the registry lock shared and commits afterwards when
+/// [`Staged::needs_commit`] says so.
+fn stage_store(
+    authorised: &Authorised,
+    bytes: &[u8],
+    shared: &Arc<Shared>,
+    oin: &Oin,
+    now: DateTime<Utc>,
+) -> Result<Staged, Response> {
     // The answer clock goes in before the message, so no delivery can precede it.
     let clock = shared
         .policy
         .rule(&authorised.header().purpose, authorised.header().kind)
-        .and_then(|rule| AnswerClock::start(&MessageMeta::accepted(&authorised, now), rule));
+        .and_then(|rule| AnswerClock::start(&MessageMeta::accepted(authorised, now), rule));
     let new_clock = match &clock {
         Some(c) => match shared.store.start_clock(c) {
             Ok(new) => new,
@@ -573,16 +598,27 @@ fn stage_submit(
         },
         None => false,
     };
-    let meta = match shared.store.put_message(&authorised, now) {
+    let recipients: std::collections::BTreeSet<Oin> = authorised
+        .recipients
+        .iter()
+        .map(|(o, _)| o.clone())
+        .collect();
+    let entries = accepted_entries(authorised, &recipients, oin);
+    let meta = match shared
+        .store
+        .put_message(authorised, now, &shared.audit, entries)
+    {
         Ok(m) => m,
         Err(e) if new_clock => {
             if let Err(e) = shared.store.forget_clock(&authorised.header().id) {
                 error!(cause = %e, "cannot forget the answer clock of a message not accepted");
             }
-            return Err(put_failed(e, &authorised, shared, oin, bytes));
+            return Err(put_failed(e, authorised, shared, oin, bytes));
         }
-        Err(e) => return Err(put_failed(e, &authorised, shared, oin, bytes)),
+        Err(e) => return Err(put_failed(e, authorised, shared, oin, bytes)),
     };
+    // The message and its audit records are on disk now. An answer updates the clock of
+    // the message it answers; that write still needs a commit before `accepted`.
     let answer = match shared.store.record_answer(
         Reply {
             id: authorised.header().id,
@@ -601,7 +637,28 @@ fn stage_submit(
             None
         }
     };
-    Ok(stage_accepted(&authorised, meta, answer, shared, oin, now))
+    let h = authorised.header();
+    if let Some(a) = answer.as_ref().filter(|a| a.answer.late) {
+        // A late answer: recorded against the message it answers.
+        shared.audit(
+            AuditEntry::flagged(AuditEvent::DeadlineLate, "answer_late")
+                .actor(oin)
+                .case_ref(&h.case_ref)
+                .purpose(&h.purpose)
+                .processing_activity(&authorised.processing_activity)
+                .kind(h.kind)
+                .message_id(a.answered)
+                .trace_id(h.trace_id)
+                .counterparty(&a.answer.owed_to),
+        );
+    }
+    Ok(Staged {
+        id: h.id,
+        kind: h.kind,
+        flags: authorised.flags.clone(),
+        recipients: meta.recipients,
+        needs_commit: answer.is_some(),
+    })
 }
 
 fn put_failed(
@@ -624,14 +681,12 @@ fn put_failed(
     }
 }
 
-fn stage_accepted(
+/// The audit records of accepting a message, written with it.
+fn accepted_entries(
     authorised: &Authorised,
-    meta: MessageMeta,
-    answer: Option<AnswerRecorded>,
-    shared: &Arc<Shared>,
+    recipients: &std::collections::BTreeSet<Oin>,
     oin: &Oin,
-    now: DateTime<Utc>,
-) -> Staged {
+) -> Vec<AuditEntry> {
     let h = authorised.header();
     let base = |entry: AuditEntry| {
         entry
@@ -642,7 +697,7 @@ fn stage_accepted(
             .kind(h.kind)
             .message_id(h.id)
             .trace_id(h.trace_id)
-            .counterparties(meta.recipients.iter())
+            .counterparties(recipients.iter())
     };
     let mut entries = vec![base(AuditEntry::ok(AuditEvent::Accepted))];
     if let Some(ground) = authorised.ground {
@@ -657,20 +712,6 @@ fn stage_accepted(
             "late_on_arrival",
         )));
     }
-    if let Some(a) = answer.as_ref().filter(|a| a.answer.late) {
-        // A late answer: recorded against the message it answers.
-        entries.push(
-            AuditEntry::flagged(AuditEvent::DeadlineLate, "answer_late")
-                .actor(oin)
-                .case_ref(&h.case_ref)
-                .purpose(&h.purpose)
-                .processing_activity(&authorised.processing_activity)
-                .kind(h.kind)
-                .message_id(a.answered)
-                .trace_id(h.trace_id)
-                .counterparty(&a.answer.owed_to),
-        );
-    }
     if let Some(routing) = &authorised.breach {
         // One record per affected case, naming every party concerned, so the breach shows
         // in each case's access report and in the report of each party's FG.
@@ -684,20 +725,12 @@ fn stage_accepted(
                     .kind(h.kind)
                     .message_id(h.id)
                     .trace_id(h.trace_id)
-                    .counterparties(meta.recipients.iter())
+                    .counterparties(recipients.iter())
                     .reason("routed_to_parties_concerned"),
             );
         }
     }
-    if let Err(e) = shared.audit.append_batch(entries, now) {
-        error!(cause = %e, "audit append failed");
-    }
-    Staged {
-        id: h.id,
-        kind: h.kind,
-        flags: authorised.flags.clone(),
-        recipients: meta.recipients,
-    }
+    entries
 }
 
 async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u32) -> Response {

@@ -14,12 +14,14 @@
 //! | `deletions` | order id ‖ party OIN | [`DeletionState`] (JSON) |
 //! | `deadlines` | message id | [`AnswerClock`] (JSON): answer deadlines, kept after the body is gone, until every answer is in or the case's deletion is ordered |
 //!
-//! A message is written in one sled transaction (dedup entry, body, metadata, one queue
-//! entry per recipient); the caller then waits for [`Store::commit`], a group commit that
-//! lets many concurrent writers share one fsync, before it answers `accepted`. Messages
-//! written at the same time share their transaction too ([`Store::put_message`]): sled
-//! 0.34 writes out and syncs its IO buffer around every transaction, so one transaction
-//! per message cost more than everything else the broker does for it.
+//! A message is written in one sled transaction (dedup entry, body, metadata, expiry entry,
+//! one queue entry per recipient, and its audit records), and that transaction is on disk
+//! when [`Store::put_message`] returns. Messages written at the same time share one
+//! transaction and one flush (group commit): sled 0.34 writes out its IO buffer around
+//! every transaction and a transaction cannot run during a flush, so one transaction and
+//! one fsync per message cost more than everything else the broker does for it. Other
+//! writes (receipts, registries) are made durable with [`Store::commit`], a group commit
+//! that lets concurrent writers share one fsync.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit::{AuditEntry, AuditTrail};
 use crate::checks::Authorised;
 use crate::deadlines::{AnswerClock, Answered, DueNotice, Reply};
 use crate::registry::{Case, Consent, Registry};
@@ -167,15 +170,31 @@ struct PendingPut {
     due: Vec<u8>,
     /// Per recipient: the `queue` key and the `queue_index` key with the seq.
     queue: Vec<(Vec<u8>, Vec<u8>, [u8; 8])>,
-    /// Filled by whoever applies it: written, a duplicate (`Err(None)`), or the error.
-    done: Arc<std::sync::OnceLock<Result<(), Option<sled::Error>>>>,
+    /// The audit records of accepting it (validated), dated `now`.
+    audit: Vec<AuditEntry>,
+    now: DateTime<Utc>,
+    /// Filled by whoever applies it: written and flushed, or why not.
+    done: Arc<std::sync::OnceLock<Result<(), PutFailed>>>,
+}
+
+/// Why a combined message write did not land.
+#[derive(Clone, Debug)]
+enum PutFailed {
+    /// The id is in the dedup set (or twice in the batch): only this message fails.
+    Duplicate,
+    /// sled failed the transaction or the flush: the whole batch fails.
+    Sled(sled::Error),
+    /// An audit record could not be made: the whole batch fails.
+    Audit(String),
 }
 
 /// Flat combining of message writes: a writer queues its writes, then whoever holds
-/// `leader` applies everything queued in one transaction; the others find theirs done.
-/// `io` is held by the group committer while it flushes and by a combined transaction:
-/// a sled transaction that starts during a flush waits for it holding sled's internal
-/// lock exclusively, which stalls every read (the checks) until the flush ends.
+/// `leader` applies everything queued in one transaction and flushes it; the others find
+/// theirs done. While one batch is written and flushed the next one queues up, so the
+/// batches grow with the load. `io` is held by the group committer while it flushes and
+/// by a combined write: a sled transaction that starts during a flush waits for it holding
+/// sled's internal lock exclusively, which stalls every read (the checks) until the flush
+/// ends.
 #[derive(Default)]
 struct PutCombiner {
     queue: std::sync::Mutex<Vec<PendingPut>>,
@@ -339,17 +358,23 @@ impl Store {
         Ok(())
     }
 
-    /// Write an authorised message: dedup entry, body, metadata and one queue entry per
-    /// recipient, in one transaction. Fails with [`StoreError::Duplicate`] when the id was
-    /// accepted before. The caller must then [`Store::commit`] before answering.
+    /// Write an authorised message: dedup entry, body, metadata, expiry entry, one queue
+    /// entry per recipient and the `audit` records of accepting it (appended to `trail`),
+    /// in one transaction, and flush it: when this returns `Ok` the message and its audit
+    /// records are on disk. Fails with [`StoreError::Duplicate`] when the id was accepted
+    /// before; then nothing of it is written.
     ///
     /// Concurrent calls are combined: each queues its writes, and one of them applies all
-    /// queued writes in a single transaction while the others wait for it. Each message is
-    /// still all-or-nothing, and a duplicate only fails its own call.
+    /// queued writes in a single transaction and a single flush while the others wait for
+    /// it. Each message is still all-or-nothing, and a duplicate only fails its own call.
+    /// An audit entry that does not validate is left out and logged (it cannot happen for
+    /// the entries the server builds).
     pub fn put_message(
         &self,
         a: &Authorised,
         now: DateTime<Utc>,
+        trail: &AuditTrail,
+        audit: Vec<AuditEntry>,
     ) -> Result<MessageMeta, StoreError> {
         let h = a.header();
         let id = *h.id.0.as_bytes();
@@ -392,6 +417,17 @@ impl Store {
                     )
                 })
                 .collect(),
+            audit: audit
+                .into_iter()
+                .filter(|e| match e.validate() {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::error!(cause = %err, "audit entry left out");
+                        false
+                    }
+                })
+                .collect(),
+            now,
             done: done.clone(),
         };
         lock(&self.puts.queue).push(pending);
@@ -401,13 +437,17 @@ impl Store {
                 // Not during a flush; and take what queued up while waiting for it.
                 let _io = lock(&self.puts.io);
                 let batch = std::mem::take(&mut *lock(&self.puts.queue));
-                self.apply_puts(&batch);
+                self.apply_puts(&batch, trail);
             }
         }
         match done.get() {
             Some(Ok(())) => Ok(meta),
-            Some(Err(None)) => Err(StoreError::Duplicate),
-            Some(Err(Some(e))) => Err(StoreError::Sled(e.clone())),
+            Some(Err(PutFailed::Duplicate)) => Err(StoreError::Duplicate),
+            Some(Err(PutFailed::Sled(e))) => Err(StoreError::Sled(e.clone())),
+            Some(Err(PutFailed::Audit(reason))) => Err(StoreError::Corrupt {
+                what: "audit record",
+                reason: reason.clone(),
+            }),
             None => Err(StoreError::Corrupt {
                 what: "message write",
                 reason: "the combined transaction that held it did not finish".to_owned(),
@@ -415,11 +455,13 @@ impl Store {
         }
     }
 
-    /// Apply queued message writes in one transaction and tell each writer its outcome.
-    fn apply_puts(&self, batch: &[PendingPut]) {
+    /// Apply queued message writes in one transaction, flush, and tell each writer its
+    /// outcome.
+    fn apply_puts(&self, batch: &[PendingPut], trail: &AuditTrail) {
         if batch.is_empty() {
             return;
         }
+        let chain = trail.lock_chain();
         let result = (
             &self.seen,
             &self.bodies,
@@ -427,9 +469,11 @@ impl Store {
             &self.queue,
             &self.queue_index,
             &self.expiry,
+            trail.records_tree(),
         )
-            .transaction(|(seen, bodies, meta_t, queue, qidx, expiry)| {
+            .transaction(|(seen, bodies, meta_t, queue, qidx, expiry, records)| {
                 // Rerun from scratch if sled retries the transaction.
+                let mut cursor = chain.cursor();
                 let mut written = Vec::with_capacity(batch.len());
                 let mut ids = std::collections::HashSet::with_capacity(batch.len());
                 for p in batch {
@@ -445,22 +489,41 @@ impl Store {
                         queue.insert(qkey.as_slice(), &p.id)?;
                         qidx.insert(ikey.as_slice(), seq)?;
                     }
+                    for entry in &p.audit {
+                        chain.stage(&mut cursor, entry.clone(), p.now, records)?;
+                    }
                     written.push(true);
                 }
-                Ok::<_, ConflictableTransactionError<std::convert::Infallible>>(written)
+                Ok((written, cursor))
             });
-        match result {
+        let outcome = match result {
+            Ok((written, cursor)) => {
+                chain.advance(cursor);
+                match self.db.flush() {
+                    Ok(_) => {
+                        self.flushes
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        Ok(written)
+                    }
+                    Err(e) => Err(PutFailed::Sled(e)),
+                }
+            }
+            Err(TransactionError::Storage(e)) => Err(PutFailed::Sled(e)),
+            Err(TransactionError::Abort(e)) => Err(PutFailed::Audit(e.to_string())),
+        };
+        match outcome {
             Ok(written) => {
                 for (p, w) in batch.iter().zip(written) {
-                    let _ = p.done.set(if w { Ok(()) } else { Err(None) });
+                    let _ = p
+                        .done
+                        .set(if w { Ok(()) } else { Err(PutFailed::Duplicate) });
                 }
             }
-            Err(TransactionError::Storage(e)) => {
+            Err(e) => {
                 for p in batch {
-                    let _ = p.done.set(Err(Some(e.clone())));
+                    let _ = p.done.set(Err(e.clone()));
                 }
             }
-            Err(TransactionError::Abort(never)) => match never {},
         }
     }
 
@@ -1034,6 +1097,7 @@ mod tests {
                     policy: &policy,
                     directory: &directory,
                     limits: &limits,
+                    keys: None,
                 };
                 let sub = Submitted {
                     transport: &corp,
@@ -1054,7 +1118,9 @@ mod tests {
             .flush_every_ms(None)
             .open()
             .unwrap();
-        let store = Store::open(db).unwrap();
+        let store = Store::open(db.clone()).unwrap();
+        let trail =
+            crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap();
         // Every message twice, so duplicates meet in one combined transaction as well as
         // across transactions.
         let messages = authorised(24);
@@ -1063,14 +1129,22 @@ mod tests {
         let outcomes: Vec<(MessageId, Result<MessageMeta, StoreError>)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
-                    let (store, messages, barrier) = (&store, &messages, &barrier);
+                    let (store, messages, barrier, trail) = (&store, &messages, &barrier, &trail);
                     s.spawn(move || {
                         barrier.wait();
                         (0..messages.len() * 2)
                             .filter(|i| i % threads == t)
                             .map(|i| {
                                 let a = &messages[i % messages.len()];
-                                (a.header().id, store.put_message(a, Utc::now()))
+                                {
+                                    let entry = AuditEntry::ok(crate::audit::AuditEvent::Accepted)
+                                        .actor(&a.header().sender)
+                                        .message_id(a.header().id);
+                                    (
+                                        a.header().id,
+                                        store.put_message(a, Utc::now(), trail, vec![entry]),
+                                    )
+                                }
                             })
                             .collect::<Vec<_>>()
                     })
@@ -1095,6 +1169,14 @@ mod tests {
         }
         assert_eq!(store.bodies_held(), messages.len());
         assert_eq!(store.queued(), messages.len());
+        // One audit record per accepted message, none for a duplicate, chained.
+        assert_eq!(trail.head().seq, messages.len() as u64);
+        let report = crate::audit::verify_chain(&db, &trail.verifying_key()).unwrap();
+        assert!(report.is_intact(), "{report:?}");
+        assert_eq!(report.records, messages.len() as u64);
+        // Each combined write was flushed.
+        assert!(store.flush_count() >= 1);
+        assert!(store.flush_count() <= messages.len() as u64);
         rt.block_on(store.close());
     }
 }

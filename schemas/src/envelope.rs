@@ -373,28 +373,57 @@ impl Envelope {
         limits: &Limits,
         sender_key: impl FnOnce(&Oin) -> Option<VerifyingKey>,
     ) -> Result<VerifiedEnvelope, Error> {
+        let claimed = self.into_claimed()?;
+        let key = sender_key(&claimed.header.sender)
+            .ok_or_else(|| Error::UnknownSender(claimed.header.sender.to_string()))?;
+        claimed.verify(limits, &key)
+    }
+
+    /// Parse the header once, to look at what it claims (the sender, to find its key)
+    /// and then verify it with [`Claimed::verify`] without parsing it again.
+    pub fn into_claimed(self) -> Result<Claimed, Error> {
         let header = self.unverified_header()?;
-        let key = sender_key(&header.sender)
-            .ok_or_else(|| Error::UnknownSender(header.sender.to_string()))?;
-        let sig = Signature::from_bytes(&self.signature);
-        keys::verify(&key, Context::Header, &self.header_bytes, &sig, "header")?;
+        Ok(Claimed {
+            header,
+            envelope: self,
+        })
+    }
+}
+
+/// An envelope with its header parsed but not yet verified (see
+/// [`Envelope::into_claimed`]).
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    header: Header,
+    envelope: Envelope,
+}
+
+impl Claimed {
+    /// What the header claims; nothing in it is verified yet.
+    pub fn unverified_header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Check the header signature against `key` (the claimed sender's), the header's
+    /// structure and every body digest.
+    pub fn verify(self, limits: &Limits, key: &VerifyingKey) -> Result<VerifiedEnvelope, Error> {
+        let Claimed { header, envelope } = self;
+        let sig = Signature::from_bytes(&envelope.signature);
+        keys::verify(key, Context::Header, &envelope.header_bytes, &sig, "header")?;
         header.check_structure(limits)?;
-        if header.bodies.len() != self.bodies.len() {
+        if header.bodies.len() != envelope.bodies.len() {
             return Err(Error::Decode(format!(
                 "header lists {} bodies, envelope carries {}",
                 header.bodies.len(),
-                self.bodies.len()
+                envelope.bodies.len()
             )));
         }
-        for (i, (r, b)) in header.bodies.iter().zip(&self.bodies).enumerate() {
+        for (i, (r, b)) in header.bodies.iter().zip(&envelope.bodies).enumerate() {
             if r.size != b.len() as u64 || r.sha256 != sha256_hex(b) {
                 return Err(Error::DigestMismatch { index: i });
             }
         }
-        Ok(VerifiedEnvelope {
-            header,
-            envelope: self,
-        })
+        Ok(VerifiedEnvelope { header, envelope })
     }
 }
 

@@ -230,6 +230,7 @@ impl World {
                 policy: &self.policy,
                 directory: &self.directory,
                 limits: &Limits::default(),
+                keys: None,
             },
             &reg,
             Utc::now(),

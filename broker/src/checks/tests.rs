@@ -181,6 +181,7 @@ impl Fx {
             policy: &self.strict,
             directory: &self.directory,
             limits: &self.limits,
+            keys: None,
         }
     }
 
