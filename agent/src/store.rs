@@ -79,7 +79,7 @@ impl Store {
             .flush_every_ms(Some(1000))
             // The working set is small (queued envelopes, unacknowledged messages); a small
             // cache keeps an idle agent's memory low.
-            .cache_capacity(32 * 1024 * 1024)
+            .cache_capacity(16 * 1024 * 1024)
             .open()?;
         Ok(Store {
             outbox: db.open_tree("outbox")?,

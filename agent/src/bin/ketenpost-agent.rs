@@ -70,8 +70,13 @@ fn report(e: &Error) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Sealing, opening and flushes run on blocking threads. An agent is a small service:
+    // a few of them are enough, and they end soon after a burst, so an idle agent gives
+    // back their memory.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(16)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()
     {
         Ok(r) => r,

@@ -9,7 +9,8 @@
 mod aanmelding;
 mod casus;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -103,7 +104,7 @@ pub fn view_schema_of(kind: Kind, granted: &BTreeSet<Category>) -> Value {
 
 /// Validate a whole payload of `kind` against its schema.
 pub fn validate(kind: Kind, payload: &Value) -> Result<(), Error> {
-    validate_against(kind, &schema_of(kind), payload)
+    validate_against(kind, &*validator(kind, None)?, payload)
 }
 
 /// Validate the view of `kind` for a role granted `granted`: fields outside the view are
@@ -122,7 +123,39 @@ pub fn validate_view(
             fields: outside,
         });
     }
-    validate_against(kind, &view_schema_of(kind, granted), payload)
+    validate_against(kind, &*validator(kind, Some(granted))?, payload)
+}
+
+/// The compiled validator of a kind's schema, or of one view of it. Compiling a schema
+/// costs about a millisecond, two hundred times the validation itself, so each is compiled
+/// once per process. The cache is bounded: one entry per kind and set of categories.
+fn validator(
+    kind: Kind,
+    granted: Option<&BTreeSet<Category>>,
+) -> Result<Arc<jsonschema::Validator>, Error> {
+    type Cache = Mutex<HashMap<(Kind, Option<BTreeSet<Category>>), Arc<jsonschema::Validator>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Cache::default);
+    // Entries are only ever inserted whole: a poisoned lock still holds a usable map.
+    let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
+    let key = (kind, granted.cloned());
+    if let Some(v) = lock().get(&key) {
+        return Ok(v.clone());
+    }
+    let schema = match granted {
+        None => schema_of(kind),
+        Some(g) => view_schema_of(kind, g),
+    };
+    let compiled = jsonschema::validator_for(&schema).map_err(|e| Error::Schema {
+        kind,
+        violations: vec![Violation {
+            path: String::new(),
+            message: format!("schema itself is invalid: {}", e.kind_description()),
+        }],
+    })?;
+    let compiled = Arc::new(compiled);
+    lock().insert(key, compiled.clone());
+    Ok(compiled)
 }
 
 /// The top-level fields of `payload` that are not in the view for `granted`.
@@ -157,14 +190,11 @@ pub fn project(kind: Kind, granted: &BTreeSet<Category>, payload: &Map<String, V
     Value::Object(view)
 }
 
-fn validate_against(kind: Kind, schema: &Value, payload: &Value) -> Result<(), Error> {
-    let validator = jsonschema::validator_for(schema).map_err(|e| Error::Schema {
-        kind,
-        violations: vec![Violation {
-            path: String::new(),
-            message: format!("schema itself is invalid: {}", e.kind_description()),
-        }],
-    })?;
+fn validate_against(
+    kind: Kind,
+    validator: &jsonschema::Validator,
+    payload: &Value,
+) -> Result<(), Error> {
     let violations: Vec<Violation> = validator
         .iter_errors(payload)
         .map(|e| Violation {
