@@ -512,11 +512,10 @@ struct Staged {
 async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
     let now = Utc::now();
     let guard = shared.registry_lock.read().await;
-    // The checks and writes run on a blocking thread, not on an async worker: sled's flush
-    // (the group commit) holds its concurrency lock for the whole write and sync, and the
-    // transactions and batches below need that lock exclusively, so they block until the
-    // flush ends. On an async worker that stalled every connection during each flush, and
-    // each group commit could then only cover the few messages that were already staged.
+    // The checks and writes run on a blocking thread, not on an async worker: the write
+    // ([`Store::put_message`]) waits while the batch before it is written and flushed (a
+    // sled transaction cannot run during a flush), and its own batch is flushed before it
+    // returns. On an async worker that stalled every connection during each flush.
     let (s, o) = (shared.clone(), oin.clone());
     let staged = tokio::task::spawn_blocking(move || {
         let authorised = stage_check(&bytes, &s, &o, now)?;
