@@ -585,11 +585,12 @@ fn stage_store(
     oin: &Oin,
     now: DateTime<Utc>,
 ) -> Result<Staged, Response> {
+    let meta = MessageMeta::accepted(authorised, now);
     // The answer clock goes in before the message, so no delivery can precede it.
     let clock = shared
         .policy
         .rule(&authorised.header().purpose, authorised.header().kind)
-        .and_then(|rule| AnswerClock::start(&MessageMeta::accepted(authorised, now), rule));
+        .and_then(|rule| AnswerClock::start(&meta, rule));
     let new_clock = match &clock {
         Some(c) => match shared.store.start_clock(c) {
             Ok(new) => new,
@@ -597,25 +598,18 @@ fn stage_store(
         },
         None => false,
     };
-    let recipients: std::collections::BTreeSet<Oin> = authorised
-        .recipients
-        .iter()
-        .map(|(o, _)| o.clone())
-        .collect();
-    let entries = accepted_entries(authorised, &recipients, oin);
-    let meta = match shared
+    let entries = accepted_entries(authorised, &meta.recipients, oin);
+    if let Err(e) = shared
         .store
-        .put_message(authorised, now, &shared.audit, entries)
+        .put_message(authorised, &meta, &shared.audit, entries)
     {
-        Ok(m) => m,
-        Err(e) if new_clock => {
+        if new_clock {
             if let Err(e) = shared.store.forget_clock(&authorised.header().id) {
                 error!(cause = %e, "cannot forget the answer clock of a message not accepted");
             }
-            return Err(put_failed(e, authorised, shared, oin, bytes));
         }
-        Err(e) => return Err(put_failed(e, authorised, shared, oin, bytes)),
-    };
+        return Err(put_failed(e, authorised, shared, oin, bytes));
+    }
     // The message and its audit records are on disk now. An answer updates the clock of
     // the message it answers; that write still needs a commit before `accepted`.
     let answer = match shared.store.record_answer(

@@ -358,7 +358,8 @@ impl Store {
         Ok(())
     }
 
-    /// Write an authorised message: dedup entry, body, metadata, expiry entry, one queue
+    /// Write an authorised message with its `meta` ([`MessageMeta::accepted`], which also
+    /// dates it): dedup entry, body, metadata, expiry entry, one queue
     /// entry per recipient and the `audit` records of accepting it (appended to `trail`),
     /// in one transaction, and flush it: when this returns `Ok` the message and its audit
     /// records are on disk. Fails with [`StoreError::Duplicate`] when the id was accepted
@@ -372,29 +373,16 @@ impl Store {
     pub fn put_message(
         &self,
         a: &Authorised,
-        now: DateTime<Utc>,
+        meta: &MessageMeta,
         trail: &AuditTrail,
         audit: Vec<AuditEntry>,
-    ) -> Result<MessageMeta, StoreError> {
-        let h = a.header();
-        let id = *h.id.0.as_bytes();
-        let recipients: BTreeSet<Oin> = a.recipients.iter().map(|(o, _)| o.clone()).collect();
-        let meta = MessageMeta {
-            id: h.id,
-            sender: h.sender.clone(),
-            case_ref: h.case_ref.clone(),
-            purpose: h.purpose.clone(),
-            kind: h.kind,
-            accepted_at: now,
-            expires_at: a.expires_at,
-            pending: recipients.clone(),
-            fetched: BTreeSet::new(),
-            recipients: recipients.clone(),
-            trace_id: h.trace_id.to_string(),
-        };
-        let meta_bytes = json(&meta);
+    ) -> Result<(), StoreError> {
+        let id = *meta.id.0.as_bytes();
+        let now = meta.accepted_at;
+        let meta_bytes = json(meta);
         let body = a.verified.envelope().encode();
-        let seqs: Vec<u64> = recipients
+        let seqs: Vec<u64> = meta
+            .recipients
             .iter()
             .map(|_| self.db.generate_id())
             .collect::<Result<_, _>>()?;
@@ -404,8 +392,9 @@ impl Store {
             accepted_at: now.to_rfc3339().into_bytes(),
             body,
             meta: meta_bytes,
-            due: expiry_key(a.expires_at, &id),
-            queue: recipients
+            due: expiry_key(meta.expires_at, &id),
+            queue: meta
+                .recipients
                 .iter()
                 .zip(&seqs)
                 .map(|(r, seq)| {
@@ -441,7 +430,7 @@ impl Store {
             }
         }
         match done.get() {
-            Some(Ok(())) => Ok(meta),
+            Some(Ok(())) => Ok(()),
             Some(Err(PutFailed::Duplicate)) => Err(StoreError::Duplicate),
             Some(Err(PutFailed::Sled(e))) => Err(StoreError::Sled(e.clone())),
             Some(Err(PutFailed::Audit(reason))) => Err(StoreError::Corrupt {
@@ -1126,7 +1115,7 @@ mod tests {
         let messages = authorised(24);
         let threads = 8;
         let barrier = Barrier::new(threads);
-        let outcomes: Vec<(MessageId, Result<MessageMeta, StoreError>)> = std::thread::scope(|s| {
+        let outcomes: Vec<(MessageId, Result<(), StoreError>)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let (store, messages, barrier, trail) = (&store, &messages, &barrier, &trail);
@@ -1142,7 +1131,12 @@ mod tests {
                                         .message_id(a.header().id);
                                     (
                                         a.header().id,
-                                        store.put_message(a, Utc::now(), trail, vec![entry]),
+                                        store.put_message(
+                                            a,
+                                            &MessageMeta::accepted(a, Utc::now()),
+                                            trail,
+                                            vec![entry],
+                                        ),
                                     )
                                 }
                             })
