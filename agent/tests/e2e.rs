@@ -457,7 +457,9 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
             .path(net.broker_data().join("broker.sled"))
             .open()
             .unwrap();
-        let store = ketenpost_broker::store::Store::open(db.clone()).unwrap();
+        let store =
+            ketenpost_broker::store::Store::open(db.clone(), &net.broker_data().join("spool"))
+                .unwrap();
         let mut case = store.case(&parsed).expect("the broker knows the case");
         assert!(case.closed_at.is_some());
         case.closed_at = Some(chrono::Utc::now() - chrono::Duration::days(400));
@@ -511,7 +513,7 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
         .path(net.broker_data().join("broker.sled"))
         .open()
         .unwrap();
-    let store = ketenpost_broker::store::Store::open(db).unwrap();
+    let store = ketenpost_broker::store::Store::open(db, &net.broker_data().join("spool")).unwrap();
     let deletions = store.deletions().unwrap();
     let ours: Vec<_> = deletions
         .iter()

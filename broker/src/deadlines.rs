@@ -338,6 +338,8 @@ mod tests {
             fetched: BTreeSet::new(),
             recipients,
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            body_at: None,
+            queue_seqs: Default::default(),
         }
     }
 

@@ -14,7 +14,8 @@
 //! | [`registry`] | cases and consents as data, and the `Registry` view the checks read |
 //! | [`config`] | the TOML configuration, parsed once |
 //! | [`server`] | the QUIC server: connections, requests, timers, shutdown |
-//! | [`store`] | sled trees: bodies, per-recipient queues, notices, registries, group commit |
+//! | [`store`] | sled trees: message metadata, per-recipient queues, notices, registries, group commit |
+//! | [`spool`] | message bodies in append-only segment files, zeroed in place when deleted |
 //! | [`audit`] | the hash-chained audit trail, signed checkpoints, `audit verify` |
 //! | [`fg`] | the `ketenpost-broker audit` reports over a stopped broker's data directory |
 //! | [`tls`] | QUIC + mTLS configuration (TLS 1.3 only, client certificates and CRLs), the peer's OIN |
@@ -31,5 +32,6 @@ pub mod fg;
 pub mod registry;
 pub mod report;
 pub mod server;
+pub mod spool;
 pub mod store;
 pub mod tls;

@@ -185,7 +185,7 @@ impl Broker {
             .cache_capacity(config.limits.cache_mb.saturating_mul(1024 * 1024))
             .open()
             .context("cannot open the broker's database")?;
-        let store = Store::open(db.clone())?;
+        let store = Store::open(db.clone(), &config.data_dir.join("spool"))?;
         let audit = AuditTrail::open(&db, key.clone())?;
 
         let server_config =

@@ -1,11 +1,10 @@
-//! The durable store: sled trees for messages, queues, registries and the dedup set.
+//! The durable store: sled trees for message metadata, queues, registries and the dedup
+//! set, and the [spool](crate::spool) for message bodies.
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `bodies` | message id | the envelope as submitted |
-//! | `meta` | message id | [`MessageMeta`] (JSON): who still has to receipt it, when it expires |
+//! | `meta` | message id | [`MessageMeta`] (JSON): where its body is in the spool, its queue entries, who still has to receipt it, when it expires |
 //! | `queue` | recipient OIN ‖ seq | message id |
-//! | `queue_index` | recipient OIN ‖ message id | seq |
 //! | `notices` | party OIN ‖ seq | a signed notice for the party (receipt, expiry, deletion order) |
 //! | `expiry` | expires-at (ms, big-endian) ‖ message id | nothing: the sweep reads only what is due |
 //! | `seen` | message id | accepted-at: the dedup set, kept for as long as the audit trail |
@@ -14,9 +13,10 @@
 //! | `deletions` | order id ‖ party OIN | [`DeletionState`] (JSON) |
 //! | `deadlines` | message id | [`AnswerClock`] (JSON): answer deadlines, kept after the body is gone, until every answer is in or the case's deletion is ordered |
 //!
-//! A message is written in one sled transaction (dedup entry, body, metadata, expiry entry,
-//! one queue entry per recipient, and its audit records), and that transaction is on disk
-//! when [`Store::put_message`] returns. Messages written at the same time share one
+//! A message's body is appended to the spool, and then the rest is written in one sled
+//! transaction (dedup entry, metadata, expiry entry, one queue entry per recipient, and its
+//! audit records); the body and that transaction are on disk when [`Store::put_message`]
+//! returns. Messages written at the same time share one
 //! transaction and one flush (group commit): sled 0.34 writes out its IO buffer around
 //! every transaction and a transaction cannot run during a flush, so one transaction and
 //! one fsync per message cost more than everything else the broker does for it. Other
@@ -39,6 +39,7 @@ use crate::audit::{AuditEntry, AuditTrail};
 use crate::checks::Authorised;
 use crate::deadlines::{AnswerClock, Answered, DueNotice, Reply};
 use crate::registry::{Case, Consent, Registry};
+use crate::spool::{BodyAt, Spool, SpoolError};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,9 @@ pub enum StoreError {
     /// sled failed.
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
+    /// The spool of message bodies failed.
+    #[error("storage: {0}")]
+    Spool(#[from] SpoolError),
     /// A stored value does not parse (corruption or an incompatible version).
     #[error("stored {what} does not parse: {reason}")]
     Corrupt {
@@ -97,6 +101,13 @@ pub struct MessageMeta {
     pub recipients: BTreeSet<Oin>,
     /// Trace id.
     pub trace_id: String,
+    /// Where the body is in the spool (set by [`Store::put_message`]).
+    #[serde(default)]
+    pub body_at: Option<BodyAt>,
+    /// The sequence number of each recipient's queue entry (set by
+    /// [`Store::put_message`]).
+    #[serde(default)]
+    pub queue_seqs: std::collections::BTreeMap<Oin, u64>,
 }
 
 impl MessageMeta {
@@ -117,6 +128,8 @@ impl MessageMeta {
             fetched: BTreeSet::new(),
             recipients,
             trace_id: h.trace_id.to_string(),
+            body_at: None,
+            queue_seqs: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -143,11 +156,10 @@ pub struct ReceiptOutcome {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
-    bodies: sled::Tree,
+    spool: Arc<Spool>,
     meta: sled::Tree,
     expiry: sled::Tree,
     queue: sled::Tree,
-    queue_index: sled::Tree,
     notices: sled::Tree,
     seen: sled::Tree,
     cases: sled::Tree,
@@ -165,11 +177,12 @@ pub struct Store {
 struct PendingPut {
     id: [u8; 16],
     accepted_at: Vec<u8>,
-    body: Vec<u8>,
+    /// Appended to the spool, not yet synced.
+    body_at: BodyAt,
     meta: Vec<u8>,
     due: Vec<u8>,
-    /// Per recipient: the `queue` key and the `queue_index` key with the seq.
-    queue: Vec<(Vec<u8>, Vec<u8>, [u8; 8])>,
+    /// Per recipient: the `queue` key.
+    queue: Vec<Vec<u8>>,
     /// The audit records of accepting it (validated), dated `now`.
     audit: Vec<AuditEntry>,
     now: DateTime<Utc>,
@@ -257,17 +270,37 @@ fn seq_of(key: &[u8]) -> u64 {
 }
 
 impl Store {
-    /// Open the store in `db` and start its group committer. Must run inside a tokio runtime.
-    pub fn open(db: sled::Db) -> Result<Store, StoreError> {
+    /// Open the store in `db`, with the bodies' spool in `spool_dir`, and start its group
+    /// committer. Must run inside a tokio runtime.
+    ///
+    /// Reads the body location of every message held, to know which spool segments are
+    /// still needed, and removes the others.
+    pub fn open(db: sled::Db, spool_dir: &std::path::Path) -> Result<Store, StoreError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<CommitMsg>();
         let flushes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let committer_task = Arc::new(std::sync::Mutex::new(None));
+        let spool = Arc::new(Spool::open(spool_dir)?);
+        let meta = db.open_tree("meta")?;
+        #[derive(Deserialize)]
+        struct Located {
+            #[serde(default)]
+            body_at: Option<BodyAt>,
+        }
+        for item in meta.iter() {
+            let (_, v) = item?;
+            if let Some(at) = parse::<Located>(&v, "message metadata")?.body_at {
+                spool.register(&at);
+            }
+        }
+        let removed = spool.remove_empty()?;
+        if removed > 0 {
+            tracing::info!(removed, "spool segments without bodies removed");
+        }
         let store = Store {
-            bodies: db.open_tree("bodies")?,
-            meta: db.open_tree("meta")?,
+            spool: spool.clone(),
+            meta,
             expiry: db.open_tree("expiry")?,
             queue: db.open_tree("queue")?,
-            queue_index: db.open_tree("queue_index")?,
             notices: db.open_tree("notices")?,
             seen: db.open_tree("seen")?,
             cases: db.open_tree("cases")?,
@@ -294,9 +327,10 @@ impl Store {
                         CommitMsg::Close => closing = true,
                     }
                 }
-                let (db, puts) = (db.clone(), puts.clone());
+                let (db, puts, spool) = (db.clone(), puts.clone(), spool.clone());
                 let result = tokio::task::spawn_blocking(move || {
                     let _io = lock(&puts.io);
+                    spool.sync().map_err(|e| e.to_string())?;
                     db.flush().map(|_| ()).map_err(|e| e.to_string())
                 })
                 .await
@@ -354,6 +388,7 @@ impl Store {
 
     /// Flush synchronously (shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.spool.sync()?;
         self.db.flush()?;
         Ok(())
     }
@@ -379,32 +414,28 @@ impl Store {
     ) -> Result<(), StoreError> {
         let id = *meta.id.0.as_bytes();
         let now = meta.accepted_at;
-        let meta_bytes = json(meta);
-        let body = a.verified.envelope().encode();
-        let seqs: Vec<u64> = meta
-            .recipients
-            .iter()
-            .map(|_| self.db.generate_id())
-            .collect::<Result<_, _>>()?;
+        let mut meta = meta.clone();
+        for r in &meta.recipients {
+            meta.queue_seqs.insert(r.clone(), self.db.generate_id()?);
+        }
+        // The body is on disk before the metadata that refers to it is written. Its sync
+        // is shared with the bodies appended at the same time, and overlaps the combined
+        // transaction of the batch before.
+        let body_at = self
+            .spool
+            .append_durable(&id, &a.verified.envelope().encode())?;
+        meta.body_at = Some(body_at);
         let done = Arc::new(std::sync::OnceLock::new());
         let pending = PendingPut {
             id,
             accepted_at: now.to_rfc3339().into_bytes(),
-            body,
-            meta: meta_bytes,
+            body_at,
+            meta: json(&meta),
             due: expiry_key(meta.expires_at, &id),
             queue: meta
-                .recipients
+                .queue_seqs
                 .iter()
-                .zip(&seqs)
-                .map(|(r, seq)| {
-                    let oin = r.as_str().as_bytes();
-                    (
-                        key2(oin, &seq.to_be_bytes()),
-                        key2(oin, &id),
-                        seq.to_be_bytes(),
-                    )
-                })
+                .map(|(r, seq)| key2(r.as_str().as_bytes(), &seq.to_be_bytes()))
                 .collect(),
             audit: audit
                 .into_iter()
@@ -453,14 +484,12 @@ impl Store {
         let chain = trail.lock_chain();
         let result = (
             &self.seen,
-            &self.bodies,
             &self.meta,
             &self.queue,
-            &self.queue_index,
             &self.expiry,
             trail.records_tree(),
         )
-            .transaction(|(seen, bodies, meta_t, queue, qidx, expiry, records)| {
+            .transaction(|(seen, meta_t, queue, expiry, records)| {
                 // Rerun from scratch if sled retries the transaction.
                 let mut cursor = chain.cursor();
                 let mut written = Vec::with_capacity(batch.len());
@@ -471,12 +500,10 @@ impl Store {
                         continue;
                     }
                     seen.insert(&p.id, p.accepted_at.as_slice())?;
-                    bodies.insert(&p.id, p.body.as_slice())?;
                     meta_t.insert(&p.id, p.meta.as_slice())?;
                     expiry.insert(p.due.as_slice(), &[])?;
-                    for (qkey, ikey, seq) in &p.queue {
+                    for qkey in &p.queue {
                         queue.insert(qkey.as_slice(), &p.id)?;
-                        qidx.insert(ikey.as_slice(), seq)?;
                     }
                     for entry in &p.audit {
                         chain.stage(&mut cursor, entry.clone(), p.now, records)?;
@@ -502,6 +529,13 @@ impl Store {
         };
         match outcome {
             Ok(written) => {
+                self.forget_bodies(
+                    batch
+                        .iter()
+                        .zip(&written)
+                        .filter(|(_, w)| !**w)
+                        .map(|(p, _)| p),
+                );
                 for (p, w) in batch.iter().zip(written) {
                     let _ = p
                         .done
@@ -509,11 +543,41 @@ impl Store {
                 }
             }
             Err(e) => {
+                self.forget_bodies(batch.iter());
                 for p in batch {
                     let _ = p.done.set(Err(e.clone()));
                 }
             }
         }
+    }
+
+    /// Delete the spooled bodies of writes that did not land.
+    fn forget_bodies<'a>(&self, puts: impl Iterator<Item = &'a PendingPut>) {
+        for p in puts {
+            if let Err(e) = self.spool.delete(&p.body_at) {
+                tracing::error!(cause = %e, "cannot delete the body of a message not accepted");
+            }
+        }
+    }
+
+    /// The body of a held message, or `None` (logged) when the spool cannot give it.
+    fn body(&self, meta: &MessageMeta) -> Option<Vec<u8>> {
+        let at = meta.body_at.as_ref()?;
+        match self.spool.read(at, meta.id.0.as_bytes()) {
+            Ok(body) => Some(body),
+            Err(e) => {
+                tracing::error!(message_id = %meta.id, cause = %e, "cannot read a message body");
+                None
+            }
+        }
+    }
+
+    /// Delete a message's body from the spool (its metadata is gone already).
+    fn delete_body(&self, meta: &MessageMeta) -> Result<(), StoreError> {
+        if let Some(at) = &meta.body_at {
+            self.spool.delete(at)?;
+        }
+        Ok(())
     }
 
     /// Up to `max` deliveries for `party`: queued messages first, then notices. Returns the
@@ -528,19 +592,20 @@ impl Store {
         let mut first_time = Vec::new();
         for item in self.queue.scan_prefix(prefix).take(max) {
             let (k, id) = item?;
-            let Some(body) = self.bodies.get(&id)? else {
+            let Some(m) = self.meta.get(&id)? else {
+                continue;
+            };
+            let mut meta: MessageMeta = parse(&m, "message metadata")?;
+            let Some(body) = self.body(&meta) else {
                 continue;
             };
             out.push(Delivery::Message {
                 seq: seq_of(&k),
                 envelope: envelope_to_b64(&body),
             });
-            if let Some(m) = self.meta.get(&id)? {
-                let mut meta: MessageMeta = parse(&m, "message metadata")?;
-                if meta.fetched.insert(party.clone()) {
-                    self.meta.insert(&id, json(&meta))?;
-                    first_time.push(meta);
-                }
+            if meta.fetched.insert(party.clone()) {
+                self.meta.insert(&id, json(&meta))?;
+                first_time.push(meta);
             }
         }
         if out.len() < max {
@@ -574,15 +639,20 @@ impl Store {
     ) -> Result<Option<ReceiptOutcome>, StoreError> {
         let id = *message.0.as_bytes();
         let oin = recipient.as_str().as_bytes();
-        let Some(seq) = self.queue_index.get(key2(oin, &id))? else {
-            return Ok(None);
-        };
         let Some(meta_bytes) = self.meta.get(id)? else {
             return Ok(None);
         };
         let mut meta: MessageMeta = parse(&meta_bytes, "message metadata")?;
+        let Some(seq) = meta
+            .queue_seqs
+            .get(recipient)
+            .filter(|_| meta.pending.contains(recipient))
+            .copied()
+        else {
+            return Ok(None);
+        };
         // The receipt must name the body the recipient was given.
-        if let Some(body) = self.bodies.get(id)? {
+        if let Some(body) = self.body(&meta) {
             let matches = ketenpost_schemas::envelope::Envelope::decode(
                 &body,
                 &ketenpost_schemas::envelope::Limits::default(),
@@ -602,19 +672,10 @@ impl Store {
         let forwarded = json(forwarded);
         let meta_out = json(&meta);
         let due = expiry_key(meta.expires_at, &id);
-        (
-            &self.queue,
-            &self.queue_index,
-            &self.meta,
-            &self.bodies,
-            &self.notices,
-            &self.expiry,
-        )
-            .transaction(|(queue, qidx, meta_t, bodies, notices, expiry)| {
-                queue.remove(key2(oin, &seq))?;
-                qidx.remove(key2(oin, &id))?;
+        (&self.queue, &self.meta, &self.notices, &self.expiry).transaction(
+            |(queue, meta_t, notices, expiry)| {
+                queue.remove(key2(oin, &seq.to_be_bytes()))?;
                 if body_deleted {
-                    bodies.remove(&id)?;
                     meta_t.remove(&id)?;
                     expiry.remove(due.as_slice())?;
                 } else {
@@ -625,7 +686,11 @@ impl Store {
                     forwarded.as_slice(),
                 )?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })?;
+            },
+        )?;
+        if body_deleted {
+            self.delete_body(&meta)?;
+        }
         Ok(Some(ReceiptOutcome { meta, body_deleted }))
     }
 
@@ -673,13 +738,13 @@ impl Store {
             };
             let meta: MessageMeta = parse(&v, "message metadata")?;
             for r in &meta.pending {
-                let oin = r.as_str().as_bytes();
-                if let Some(seq) = self.queue_index.remove(key2(oin, &id))? {
-                    self.queue.remove(key2(oin, &seq))?;
+                if let Some(seq) = meta.queue_seqs.get(r) {
+                    self.queue
+                        .remove(key2(r.as_str().as_bytes(), &seq.to_be_bytes()))?;
                 }
             }
-            self.bodies.remove(id)?;
             self.meta.remove(id)?;
+            self.delete_body(&meta)?;
             expired.push(meta);
         }
         Ok(expired)
@@ -751,7 +816,12 @@ impl Store {
 
     /// Number of bodies held.
     pub fn bodies_held(&self) -> usize {
-        self.bodies.len()
+        self.meta.len()
+    }
+
+    /// Number of spool segment files (for tests and benchmarks).
+    pub fn spool_segments(&self) -> usize {
+        self.spool.segments()
     }
 
     /// Metadata of a message still held.
@@ -1097,6 +1167,113 @@ mod tests {
             .collect()
     }
 
+    /// Whether `needle` occurs in any file under `dir`.
+    fn on_disk(dir: &std::path::Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                return on_disk(&path, needle);
+            }
+            let bytes = std::fs::read(path).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+    }
+
+    #[test]
+    fn a_body_is_spooled_until_receipted_or_expired_and_survives_a_restart() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let open = || {
+            let db = sled::Config::new()
+                .path(dir.path().join("db"))
+                .flush_every_ms(None)
+                .open()
+                .unwrap();
+            let store = Store::open(db.clone(), &spool_dir).unwrap();
+            let trail =
+                crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap();
+            (store, trail)
+        };
+        let zorg: Oin = "00000001000000000002".parse().unwrap();
+        let messages = authorised(2);
+        let envelopes: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|a| a.verified.envelope().encode())
+            .collect();
+        {
+            let (store, trail) = open();
+            for a in &messages {
+                let meta = MessageMeta::accepted(a, Utc::now());
+                store.put_message(a, &meta, &trail, vec![]).unwrap();
+            }
+            rt.block_on(store.close());
+        }
+        // After a restart both are still delivered, byte for byte.
+        let (store, _trail) = open();
+        let (deliveries, first) = store.fetch(&zorg, 10).unwrap();
+        assert_eq!(first.len(), 2);
+        let fetched: Vec<Vec<u8>> = deliveries
+            .iter()
+            .map(|d| match d {
+                Delivery::Message { envelope, .. } => {
+                    ketenpost_schemas::protocol::envelope_from_b64(envelope).unwrap()
+                }
+                other => panic!("not a message: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            fetched.iter().collect::<BTreeSet<_>>(),
+            envelopes.iter().collect::<BTreeSet<_>>()
+        );
+        let forwarded = SignedRecord {
+            kind: Kind::DeliveryReceipt,
+            signer: zorg.clone(),
+            record: String::new(),
+            signature: String::new(),
+        };
+        let first_id = messages[0].header().id;
+        let sha = messages[0]
+            .header()
+            .body_for(&zorg)
+            .unwrap()
+            .1
+            .sha256
+            .clone();
+        // A receipt for another body is not one for this message.
+        assert!(store
+            .receipt(&zorg, &first_id, &"00".repeat(32), &forwarded)
+            .unwrap()
+            .is_none());
+        let outcome = store
+            .receipt(&zorg, &first_id, &sha, &forwarded)
+            .unwrap()
+            .unwrap();
+        assert!(outcome.body_deleted);
+        store.flush().unwrap();
+        assert!(!on_disk(&spool_dir, &envelopes[0]), "receipted body gone");
+        assert!(on_disk(&spool_dir, &envelopes[1]), "the other is kept");
+        assert!(store
+            .receipt(&zorg, &first_id, &sha, &forwarded)
+            .unwrap()
+            .is_none());
+        // The second expires unreceipted.
+        let expired = store.expire(Utc::now() + Duration::days(400)).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].id, messages[1].header().id);
+        store.flush().unwrap();
+        assert!(!on_disk(&spool_dir, &envelopes[1]), "expired body gone");
+        assert_eq!((store.bodies_held(), store.queued()), (0, 0));
+        assert!(store
+            .fetch(&zorg, 10)
+            .unwrap()
+            .0
+            .iter()
+            .all(|d| !matches!(d, Delivery::Message { .. })));
+        rt.block_on(store.close());
+    }
+
     #[test]
     fn concurrent_puts_share_transactions_and_a_duplicate_fails_alone() {
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -1107,7 +1284,7 @@ mod tests {
             .flush_every_ms(None)
             .open()
             .unwrap();
-        let store = Store::open(db.clone()).unwrap();
+        let store = Store::open(db.clone(), &dir.path().join("spool")).unwrap();
         let trail =
             crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap();
         // Every message twice, so duplicates meet in one combined transaction as well as

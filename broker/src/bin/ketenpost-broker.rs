@@ -15,6 +15,12 @@ use ketenpost_broker::report::Filter;
 use ketenpost_broker::server::Broker;
 use ketenpost_schemas::keys;
 
+/// glibc's malloc spent about a quarter of the broker's CPU under load (its
+/// arenas consolidating the many small allocations of sled and the checks); mimalloc does
+/// the same work for a fraction of it (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for a usage or configuration error (EX_USAGE / EX_CONFIG family).
 const EXIT_CONFIG: u8 = 64;
 

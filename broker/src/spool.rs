@@ -1,0 +1,535 @@
+//! The spool: message bodies (the sealed envelopes) in append-only segment files beside
+//! the sled database.
+//!
+//! A body is written once, read at each fetch and at its receipt, and deleted when every
+//! recipient has receipted it or its TTL has passed. In sled each body was rewritten with
+//! every change to its tree's node and kept in sled's in-memory bookkeeping until sled
+//! cleaned its log; in a segment file it is written once, in a batch with the bodies
+//! accepted with it, and made durable with one `fdatasync`.
+//!
+//! # Layout
+//!
+//! `<data dir>/spool/<segment, 8 hex digits>.seg`. A segment is a sequence of records:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | magic `KPS1` |
+//! | 4 | body length, u32 big-endian |
+//! | 16 | message id |
+//! | 4 | CRC-32 of the message id and the body |
+//! | n | the body |
+//!
+//! Every start of the broker begins a new segment, and a segment is closed when it passes
+//! [`SEGMENT_BYTES`]. Where a body is ([`BodyAt`]) is kept in the message's metadata in
+//! sled, which is written after the body is on disk; a body whose metadata never landed
+//! is not referenced and goes with its segment.
+//!
+//! # Deletion
+//!
+//! Deleting a body overwrites its bytes and checksum with zeros in place; its header (id
+//! and length, no content) stays, so the segment can still be walked. The overwrite is
+//! made durable by the next [`Spool::sync`] (the store's group commit). A closed segment
+//! whose bodies are all deleted is removed. Which bodies a segment still holds is counted
+//! in memory and counted again from the metadata at every start.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+/// A segment is closed once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+const MAGIC: &[u8; 4] = b"KPS1";
+/// Magic, length, id, checksum.
+const HEADER: u64 = 4 + 4 + 16 + 4;
+
+/// Where a body is: its segment, the offset of its record, and the body's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyAt {
+    /// The segment number.
+    pub segment: u32,
+    /// The offset of the record (its header) in the segment.
+    pub offset: u64,
+    /// The body's length.
+    pub len: u32,
+}
+
+/// What can go wrong in the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The file system failed.
+    #[error("spool {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A record does not hold what its metadata says (corruption, or deleted already).
+    #[error("spool record at segment {segment} offset {offset}: {reason}")]
+    Corrupt {
+        /// The segment.
+        segment: u32,
+        /// The offset.
+        offset: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The body is larger than a record can say.
+    #[error("a body of {0} bytes is larger than the spool takes")]
+    TooLarge(usize),
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> SpoolError {
+    move |source| SpoolError::Io { what, source }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update of the guarded state is a single assignment or map operation: a panic
+    // elsewhere cannot leave it half-done.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Active {
+    segment: u32,
+    file: Arc<File>,
+    len: u64,
+    /// Bodies appended since the spool was opened, in every segment.
+    appended: u64,
+}
+
+/// The spool of one broker. Cheap to share behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    active: Mutex<Active>,
+    files: RwLock<HashMap<u32, Arc<File>>>,
+    /// Bodies still held per segment.
+    live: Mutex<HashMap<u32, u64>>,
+    /// Deletions were written since the last sync.
+    dirty: AtomicBool,
+    /// Every body up to this count of appends is durable.
+    synced: AtomicU64,
+    /// Held by the one thread running a group sync.
+    syncing: Mutex<()>,
+}
+
+fn segment_path(dir: &Path, segment: u32) -> PathBuf {
+    dir.join(format!("{segment:08x}.seg"))
+}
+
+fn segment_number(name: &str) -> Option<u32> {
+    let hex = name.strip_suffix(".seg")?;
+    (hex.len() == 8)
+        .then(|| u32::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+fn crc(id: &[u8; 16], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(id);
+    h.update(body);
+    h.finalize()
+}
+
+fn create_segment(dir: &Path, segment: u32) -> Result<File, SpoolError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(segment_path(dir, segment))
+        .map_err(io("create segment"))?;
+    // The new file's directory entry must survive a crash as well as its contents.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync spool directory"))?;
+    Ok(file)
+}
+
+impl Spool {
+    /// Open the spool in `dir` (created if missing) and begin a new segment.
+    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        std::fs::create_dir_all(dir).map_err(io("create spool directory"))?;
+        let mut files = HashMap::new();
+        for entry in std::fs::read_dir(dir).map_err(io("list spool directory"))? {
+            let entry = entry.map_err(io("list spool directory"))?;
+            let Some(segment) = entry.file_name().to_str().and_then(segment_number) else {
+                continue;
+            };
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(entry.path())
+                .map_err(io("open segment"))?;
+            files.insert(segment, Arc::new(file));
+        }
+        let segment = files.keys().max().map_or(1, |m| m.saturating_add(1));
+        let file = Arc::new(create_segment(dir, segment)?);
+        files.insert(segment, file.clone());
+        Ok(Spool {
+            dir: dir.to_owned(),
+            active: Mutex::new(Active {
+                segment,
+                file,
+                len: 0,
+                appended: 0,
+            }),
+            files: RwLock::new(files),
+            live: Mutex::new(HashMap::new()),
+            dirty: AtomicBool::new(false),
+            synced: AtomicU64::new(0),
+            syncing: Mutex::new(()),
+        })
+    }
+
+    /// Count a body found in the metadata at start-up (see [`Spool::remove_empty`]).
+    pub fn register(&self, at: &BodyAt) {
+        *lock(&self.live).entry(at.segment).or_insert(0) += 1;
+    }
+
+    /// Remove every closed segment that holds no body: run once after every body in the
+    /// metadata was [registered](Spool::register). Returns how many were removed.
+    pub fn remove_empty(&self) -> Result<usize, SpoolError> {
+        let active = lock(&self.active).segment;
+        let segments: Vec<u32> = self
+            .files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect();
+        let live = lock(&self.live).clone();
+        let mut removed = 0;
+        for segment in segments {
+            if segment != active && live.get(&segment).copied().unwrap_or(0) == 0 {
+                self.remove_segment(segment)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Append a body and return once it is on disk. Concurrent calls share one
+    /// `fdatasync` (group commit): whoever syncs covers every body appended before it
+    /// started, and the others find theirs covered.
+    pub fn append_durable(&self, id: &[u8; 16], body: &[u8]) -> Result<BodyAt, SpoolError> {
+        let (at, ticket) = self.append_ticket(id, body)?;
+        if self.synced.load(Ordering::Acquire) >= ticket {
+            return Ok(at);
+        }
+        let _syncing = lock(&self.syncing);
+        if self.synced.load(Ordering::Acquire) >= ticket {
+            return Ok(at);
+        }
+        // Everything appended up to `upto` is in `file` or in a segment synced when it was
+        // closed.
+        let (file, upto) = {
+            let active = lock(&self.active);
+            (active.file.clone(), active.appended)
+        };
+        if let Err(e) = file.sync_data() {
+            // Not durable, so never referenced: let it go with its segment.
+            let _ = self.delete(&at);
+            return Err(io("sync segment")(e));
+        }
+        self.synced.fetch_max(upto, Ordering::AcqRel);
+        Ok(at)
+    }
+
+    /// Append a body. It is durable after the next [`Spool::sync`].
+    pub fn append(&self, id: &[u8; 16], body: &[u8]) -> Result<BodyAt, SpoolError> {
+        self.append_ticket(id, body).map(|(at, _)| at)
+    }
+
+    /// Append a body; also returns its number among the appends, for the group sync.
+    fn append_ticket(&self, id: &[u8; 16], body: &[u8]) -> Result<(BodyAt, u64), SpoolError> {
+        let len = u32::try_from(body.len()).map_err(|_| SpoolError::TooLarge(body.len()))?;
+        let mut record = Vec::with_capacity(body.len() + HEADER as usize);
+        record.extend_from_slice(MAGIC);
+        record.extend_from_slice(&len.to_be_bytes());
+        record.extend_from_slice(id);
+        record.extend_from_slice(&crc(id, body).to_be_bytes());
+        record.extend_from_slice(body);
+        let mut active = lock(&self.active);
+        if active.len >= SEGMENT_BYTES {
+            self.rotate(&mut active)?;
+        }
+        let offset = active.len;
+        active
+            .file
+            .write_all_at(&record, offset)
+            .map_err(io("append body"))?;
+        active.len += record.len() as u64;
+        let at = BodyAt {
+            segment: active.segment,
+            offset,
+            len,
+        };
+        active.appended += 1;
+        // Counted before the active segment can change, so a rotation never removes it.
+        *lock(&self.live).entry(at.segment).or_insert(0) += 1;
+        Ok((at, active.appended))
+    }
+
+    /// Close the active segment and begin the next. The closed one is synced first, so
+    /// that [`Spool::sync`] only ever needs the active segment for appends.
+    fn rotate(&self, active: &mut Active) -> Result<(), SpoolError> {
+        active.file.sync_data().map_err(io("sync segment"))?;
+        let segment = active.segment.saturating_add(1);
+        let file = Arc::new(create_segment(&self.dir, segment)?);
+        self.files
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(segment, file.clone());
+        let closed = std::mem::replace(
+            active,
+            Active {
+                segment,
+                file,
+                len: 0,
+                appended: active.appended,
+            },
+        );
+        if lock(&self.live).get(&closed.segment).copied().unwrap_or(0) == 0 {
+            self.remove_segment(closed.segment)?;
+        }
+        Ok(())
+    }
+
+    /// Make every append and deletion so far durable.
+    pub fn sync(&self) -> Result<(), SpoolError> {
+        let (file, upto) = {
+            let active = lock(&self.active);
+            (active.file.clone(), active.appended)
+        };
+        file.sync_data().map_err(io("sync segment"))?;
+        self.synced.fetch_max(upto, Ordering::AcqRel);
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            let files: Vec<Arc<File>> = self
+                .files
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            for f in files {
+                f.sync_data().map_err(io("sync deletion"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&self, segment: u32) -> Option<Arc<File>> {
+        self.files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&segment)
+            .cloned()
+    }
+
+    /// Read the body of message `id` at `at`, checking that the record is that message's
+    /// and intact.
+    pub fn read(&self, at: &BodyAt, id: &[u8; 16]) -> Result<Vec<u8>, SpoolError> {
+        let corrupt = |reason| SpoolError::Corrupt {
+            segment: at.segment,
+            offset: at.offset,
+            reason,
+        };
+        let file = self.file(at.segment).ok_or(corrupt("no such segment"))?;
+        let mut buf = vec![0u8; HEADER as usize + at.len as usize];
+        file.read_exact_at(&mut buf, at.offset)
+            .map_err(io("read body"))?;
+        let (header, body) = buf.split_at(HEADER as usize);
+        if header.get(..4) != Some(MAGIC.as_slice())
+            || header.get(4..8) != Some(at.len.to_be_bytes().as_slice())
+            || header.get(8..24) != Some(id.as_slice())
+        {
+            return Err(corrupt("the record is not this message's"));
+        }
+        if header.get(24..28) != Some(crc(id, body).to_be_bytes().as_slice()) {
+            return Err(corrupt("checksum mismatch (deleted or damaged)"));
+        }
+        Ok(body.to_vec())
+    }
+
+    /// Delete the body at `at`: its bytes and checksum are overwritten with zeros, and its
+    /// segment is removed once it is closed and holds no other body.
+    pub fn delete(&self, at: &BodyAt) -> Result<(), SpoolError> {
+        let Some(file) = self.file(at.segment) else {
+            return Ok(());
+        };
+        let zeros = vec![0u8; 4 + at.len as usize];
+        file.write_all_at(&zeros, at.offset + HEADER - 4)
+            .map_err(io("delete body"))?;
+        self.dirty.store(true, Ordering::Release);
+        let empty = {
+            let mut live = lock(&self.live);
+            let n = live.entry(at.segment).or_insert(0);
+            *n = n.saturating_sub(1);
+            *n == 0
+        };
+        if empty && lock(&self.active).segment != at.segment {
+            self.remove_segment(at.segment)?;
+        }
+        Ok(())
+    }
+
+    fn remove_segment(&self, segment: u32) -> Result<(), SpoolError> {
+        self.files
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&segment);
+        lock(&self.live).remove(&segment);
+        match std::fs::remove_file(segment_path(&self.dir, segment)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SpoolError::Io {
+                what: "remove segment",
+                source: e,
+            }),
+        }
+    }
+
+    /// Number of bodies held.
+    pub fn bodies(&self) -> u64 {
+        lock(&self.live).values().sum()
+    }
+
+    /// Number of segment files.
+    pub fn segments(&self) -> usize {
+        self.files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn id(n: u8) -> [u8; 16] {
+        [n; 16]
+    }
+
+    /// Whether `needle` occurs in any file of `dir`.
+    fn on_disk(dir: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|e| {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        })
+    }
+
+    #[test]
+    fn a_body_reads_back_and_only_under_its_own_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let a = spool.append(&id(1), b"first body").unwrap();
+        let b = spool.append(&id(2), b"second, longer body").unwrap();
+        spool.sync().unwrap();
+        assert_eq!(spool.read(&a, &id(1)).unwrap(), b"first body");
+        assert_eq!(spool.read(&b, &id(2)).unwrap(), b"second, longer body");
+        assert!(matches!(
+            spool.read(&a, &id(2)),
+            Err(SpoolError::Corrupt { .. })
+        ));
+        let shifted = BodyAt {
+            offset: a.offset + 1,
+            ..a
+        };
+        assert!(spool.read(&shifted, &id(1)).is_err());
+        assert_eq!(spool.bodies(), 2);
+    }
+
+    #[test]
+    fn a_damaged_body_fails_its_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let at = spool.append(&id(1), b"intact body").unwrap();
+        spool.sync().unwrap();
+        let file = segment_path(dir.path(), at.segment);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        std::fs::write(&file, bytes).unwrap();
+        let err = spool.read(&at, &id(1)).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn a_deleted_body_is_zeroed_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let keep = spool.append(&id(1), b"kept ciphertext").unwrap();
+        let gone = spool.append(&id(2), b"deleted ciphertext").unwrap();
+        spool.sync().unwrap();
+        assert!(on_disk(dir.path(), b"deleted ciphertext"));
+        spool.delete(&gone).unwrap();
+        spool.sync().unwrap();
+        assert!(!on_disk(dir.path(), b"deleted ciphertext"));
+        assert!(spool.read(&gone, &id(2)).is_err());
+        assert_eq!(spool.read(&keep, &id(1)).unwrap(), b"kept ciphertext");
+        assert_eq!(spool.bodies(), 1);
+    }
+
+    #[test]
+    fn a_restart_begins_a_new_segment_and_removes_the_empty_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, dropped) = {
+            let spool = Spool::open(dir.path()).unwrap();
+            let kept = spool.append(&id(1), b"still queued").unwrap();
+            spool.sync().unwrap();
+            drop(spool);
+            // A second run whose one body never made it into the metadata.
+            let spool = Spool::open(dir.path()).unwrap();
+            let dropped = spool.append(&id(2), b"never referenced").unwrap();
+            spool.sync().unwrap();
+            (kept, dropped)
+        };
+        assert_ne!(kept.segment, dropped.segment);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.segments(), 3);
+        // Only the first body is in the metadata.
+        spool.register(&kept);
+        assert_eq!(spool.remove_empty().unwrap(), 1);
+        assert_eq!(spool.segments(), 2);
+        assert!(!segment_path(dir.path(), dropped.segment).exists());
+        assert_eq!(spool.read(&kept, &id(1)).unwrap(), b"still queued");
+        // The last body of a closed segment takes the segment with it.
+        spool.delete(&kept).unwrap();
+        assert!(!segment_path(dir.path(), kept.segment).exists());
+        assert_eq!(spool.segments(), 1);
+    }
+
+    #[test]
+    fn a_full_segment_is_closed_and_removed_when_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let body = vec![0x5a; 1024 * 1024];
+        let mut at = Vec::new();
+        // Enough to pass SEGMENT_BYTES once.
+        for n in 0..=(SEGMENT_BYTES / (1024 * 1024)) {
+            at.push(spool.append(&id(n as u8), &body).unwrap());
+        }
+        let first = at[0].segment;
+        let last = at.last().unwrap().segment;
+        assert_ne!(first, last, "the spool moved on to a new segment");
+        spool.sync().unwrap();
+        for a in at.iter().filter(|a| a.segment == first) {
+            spool.delete(a).unwrap();
+        }
+        assert!(!segment_path(dir.path(), first).exists());
+        assert!(segment_path(dir.path(), last).exists());
+        let n = (at.len() - 1) as u8;
+        assert_eq!(spool.read(at.last().unwrap(), &id(n)).unwrap(), body);
+    }
+}
