@@ -275,8 +275,8 @@ impl BrokerProc {
         proc_cpu_secs(&format!("/proc/{}/stat", self.pid()), self.clk_tck)
     }
 
-    /// SIGTERM, wait (bounded) for a clean stop; the number of group commits it logged.
-    fn stop(mut self) -> Option<u64> {
+    /// SIGTERM, wait (bounded) for a clean stop; what it logged.
+    fn stop(mut self) -> Stopped {
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
@@ -301,15 +301,33 @@ impl BrokerProc {
             }
         }
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .rev()
-            .find(|l| l.contains("broker stopped"))
-            .and_then(|l| {
-                let rest = &l[l.find("group_commits=")? + "group_commits=".len()..];
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                digits.parse().ok()
-            })
+        let last = |message: &str| text.lines().rev().find(|l| l.contains(message));
+        Stopped {
+            commits: last("broker stopped").and_then(|l| log_field(l, "group_commits")),
+            allocator: last(" memory allocated_mib=").and_then(|l| {
+                Some((
+                    log_field(l, "allocated_mib")?,
+                    log_field(l, "resident_mib")?,
+                ))
+            }),
+        }
     }
+}
+
+/// What a stopped broker logged.
+struct Stopped {
+    /// Group commits over its run.
+    commits: Option<u64>,
+    /// The allocator's view at the signal: (allocated, resident) MiB.
+    allocator: Option<(u64, u64)>,
+}
+
+/// The number after `name=` in a text log line.
+fn log_field(line: &str, name: &str) -> Option<u64> {
+    let key = format!("{name}=");
+    let rest = &line[line.find(&key)? + key.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 impl Drop for BrokerProc {
@@ -881,7 +899,7 @@ async fn throughput(o: &Opts, sum: &mut Summary) {
     for c in &clients {
         c.close().await;
     }
-    let commits = broker.stop();
+    let commits = broker.stop().commits;
     let rate = out.accepted as f64 / secs;
     let commits_text = commits.map_or("unknown".into(), |c| c.to_string());
     sum.add(format!(
@@ -933,7 +951,7 @@ async fn latency(o: &Opts, sum: &mut Summary) {
     for c in &clients {
         c.close().await;
     }
-    let commits = broker.stop();
+    let commits = broker.stop().commits;
     let p = percentiles(&mut out.latencies_us);
     sum.add(format!(
         "latency: {} accepted of {n} paced at {}/s over {secs:.1} s (after a 2 s warm-up): {} \
@@ -991,7 +1009,7 @@ async fn memory(o: &Opts, sum: &mut Summary) {
     for c in &clients {
         c.close().await;
     }
-    let _ = broker.stop();
+    let stopped = broker.stop();
     let (apparent, allocated) = disk_usage(&b.data());
     sum.add(format!(
         "memory: {} messages queued (never fetched), cache_mb {}, submitted at {:.0}/s on \
@@ -1010,6 +1028,12 @@ async fn memory(o: &Opts, sum: &mut Summary) {
         allocated as f64 / 1048576.0,
         allocated as f64 / total.accepted.max(1) as f64
     ));
+    if let Some((live, resident)) = stopped.allocator {
+        sum.add(format!(
+            "memory: the broker's allocator at the end: {live} MiB allocated (live), \
+             {resident} MiB resident"
+        ));
+    }
     // A restart on the full queue: recovery time and memory.
     let t = Instant::now();
     let broker = b.start_broker();

@@ -25,6 +25,7 @@
 //! max_fetch = 256
 //! max_envelope_bytes = 16777216
 //! cache_mb = 64                        # sled page cache
+//! blocking_threads = 32                # threads for the checks and store writes
 //!
 //! [timers]                             # all optional
 //! checkpoint_interval_secs = 60
@@ -99,6 +100,10 @@ pub struct LimitsConfig {
     pub max_envelope_bytes: usize,
     /// sled's page cache, in MiB: what bounds the broker's memory with a long queue.
     pub cache_mb: u64,
+    /// Most threads running the checks and store writes of requests at once; more
+    /// requests wait their turn. Each thread costs memory (its stack, its allocator
+    /// cache), and two cores gain nothing from hundreds of them.
+    pub blocking_threads: usize,
 }
 
 impl Default for LimitsConfig {
@@ -110,6 +115,7 @@ impl Default for LimitsConfig {
             max_fetch: 256,
             max_envelope_bytes: 16 * 1024 * 1024,
             cache_mb: 64,
+            blocking_threads: 32,
         }
     }
 }
@@ -197,7 +203,11 @@ impl BrokerConfig {
     /// Range checks.
     pub fn check(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        if l.max_connections == 0 || l.max_streams_per_connection == 0 || l.max_fetch == 0 {
+        if l.max_connections == 0
+            || l.max_streams_per_connection == 0
+            || l.max_fetch == 0
+            || l.blocking_threads == 0
+        {
             return Err(ConfigError::Invalid("limits must be at least 1".to_owned()));
         }
         if l.max_envelope_bytes < 1024 {

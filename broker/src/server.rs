@@ -542,7 +542,7 @@ async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
     for r in &staged.recipients {
         shared.notify(r);
     }
-    info!(kind = %staged.kind, recipients = staged.recipients.len(), flags = ?staged.flags, "message accepted");
+    debug!(kind = %staged.kind, recipients = staged.recipients.len(), flags = ?staged.flags, "message accepted");
     Response::Accepted {
         message_id: staged.id,
         flags: staged.flags,

@@ -59,6 +59,29 @@ pub struct BodyAt {
     pub len: u32,
 }
 
+impl BodyAt {
+    /// 16 bytes: segment, offset and length, big-endian.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&self.segment.to_be_bytes());
+        b[4..12].copy_from_slice(&self.offset.to_be_bytes());
+        b[12..].copy_from_slice(&self.len.to_be_bytes());
+        b
+    }
+
+    /// The inverse of [`BodyAt::to_bytes`]; `None` for anything but 16 bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<BodyAt> {
+        let b: &[u8; 16] = b.try_into().ok()?;
+        let (segment, rest) = b.split_first_chunk::<4>()?;
+        let (offset, len) = rest.split_first_chunk::<8>()?;
+        Some(BodyAt {
+            segment: u32::from_be_bytes(*segment),
+            offset: u64::from_be_bytes(*offset),
+            len: u32::from_be_bytes(<[u8; 4]>::try_from(len).ok()?),
+        })
+    }
+}
+
 /// What can go wrong in the spool.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -448,6 +471,18 @@ mod tests {
         };
         assert!(spool.read(&shifted, &id(1)).is_err());
         assert_eq!(spool.bodies(), 2);
+    }
+
+    #[test]
+    fn a_location_round_trips_through_its_bytes() {
+        let at = BodyAt {
+            segment: 0x0102_0304,
+            offset: 0x0506_0708_090a_0b0c,
+            len: 0x0d0e_0f10,
+        };
+        assert_eq!(BodyAt::from_bytes(&at.to_bytes()), Some(at));
+        assert_eq!(BodyAt::from_bytes(&[0u8; 15]), None);
+        assert_eq!(BodyAt::from_bytes(&[]), None);
     }
 
     #[test]

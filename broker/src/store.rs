@@ -6,7 +6,7 @@
 //! | `meta` | message id | [`MessageMeta`] (JSON): where its body is in the spool, its queue entries, who still has to receipt it, when it expires |
 //! | `queue` | recipient OIN ‖ seq | message id |
 //! | `notices` | party OIN ‖ seq | a signed notice for the party (receipt, expiry, deletion order) |
-//! | `expiry` | expires-at (ms, big-endian) ‖ message id | nothing: the sweep reads only what is due |
+//! | `expiry` | expires-at (ms, big-endian) ‖ message id | where the body is in the spool ([`BodyAt::to_bytes`]): the sweep reads only what is due, and a start reads which spool segments are in use |
 //! | `seen` | message id | accepted-at: the dedup set, kept for as long as the audit trail |
 //! | `cases` | case ref | [`Case`] (JSON) |
 //! | `consents` | consent id | [`Consent`] (JSON) |
@@ -280,15 +280,11 @@ impl Store {
         let flushes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let committer_task = Arc::new(std::sync::Mutex::new(None));
         let spool = Arc::new(Spool::open(spool_dir)?);
-        let meta = db.open_tree("meta")?;
-        #[derive(Deserialize)]
-        struct Located {
-            #[serde(default)]
-            body_at: Option<BodyAt>,
-        }
-        for item in meta.iter() {
+        let expiry = db.open_tree("expiry")?;
+        // Every body held has one expiry entry, which says where it is.
+        for item in expiry.iter() {
             let (_, v) = item?;
-            if let Some(at) = parse::<Located>(&v, "message metadata")?.body_at {
+            if let Some(at) = BodyAt::from_bytes(&v) {
                 spool.register(&at);
             }
         }
@@ -298,8 +294,8 @@ impl Store {
         }
         let store = Store {
             spool: spool.clone(),
-            meta,
-            expiry: db.open_tree("expiry")?,
+            meta: db.open_tree("meta")?,
+            expiry,
             queue: db.open_tree("queue")?,
             notices: db.open_tree("notices")?,
             seen: db.open_tree("seen")?,
@@ -501,7 +497,7 @@ impl Store {
                     }
                     seen.insert(&p.id, p.accepted_at.as_slice())?;
                     meta_t.insert(&p.id, p.meta.as_slice())?;
-                    expiry.insert(p.due.as_slice(), &[])?;
+                    expiry.insert(p.due.as_slice(), &p.body_at.to_bytes())?;
                     for qkey in &p.queue {
                         queue.insert(qkey.as_slice(), &p.id)?;
                     }

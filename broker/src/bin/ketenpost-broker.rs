@@ -292,6 +292,8 @@ fn fg_report(kind: ReportKind, a: Box<FgArgs>) -> Result<(), FgError> {
 fn serve(config: BrokerConfig) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(config.limits.blocking_threads)
+        .thread_keep_alive(std::time::Duration::from_secs(10))
         .build()
     {
         Ok(r) => r,
@@ -310,9 +312,44 @@ fn serve(config: BrokerConfig) -> ExitCode {
         };
         // Tell a supervisor (or a test harness) where we listen.
         println!("listening on {}", broker.local_addr());
-        broker.run_until(shutdown_signal()).await;
+        // Freed memory goes back to the system within seconds even while the broker is
+        // idle, and the allocator's view is logged every minute and at the signal.
+        if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+            tracing::warn!(cause = %e, "cannot start the allocator's purging thread");
+        }
+        let memory_log = tokio::spawn(async {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                log_memory();
+            }
+        });
+        broker
+            .run_until(async {
+                shutdown_signal().await;
+                log_memory();
+            })
+            .await;
+        memory_log.abort();
         ExitCode::SUCCESS
     })
+}
+
+/// Log what the allocator holds: `allocated` is live data, `resident` what it keeps in
+/// memory for it (the difference is freed memory not yet returned, and fragmentation).
+fn log_memory() {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    let mib = |n: usize| n / (1024 * 1024);
+    if epoch::advance().is_ok() {
+        if let (Ok(allocated), Ok(resident)) = (stats::allocated::read(), stats::resident::read())
+        {
+            tracing::info!(
+                allocated_mib = mib(allocated),
+                resident_mib = mib(resident),
+                "memory"
+            );
+        }
+    }
 }
 
 async fn shutdown_signal() {
