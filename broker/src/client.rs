@@ -135,7 +135,7 @@ impl Client {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let endpoint = quinn::Endpoint::client(bind).map_err(ClientError::Bind)?;
+        let endpoint = crate::tls::endpoint(bind, None).map_err(ClientError::Bind)?;
         let connecting = endpoint.connect_with(config, broker_addr, server_name)?;
         let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(conn)) => conn,

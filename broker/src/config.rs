@@ -24,7 +24,7 @@
 //! request_timeout_secs = 30
 //! max_fetch = 256
 //! max_envelope_bytes = 16777216
-//! cache_mb = 64                        # sled page cache
+//! cache_mb = 16                        # sled page cache
 //! blocking_threads = 32                # threads for the checks and store writes
 //!
 //! [timers]                             # all optional
@@ -98,7 +98,10 @@ pub struct LimitsConfig {
     pub max_fetch: u16,
     /// Largest envelope accepted.
     pub max_envelope_bytes: usize,
-    /// sled's page cache, in MiB: what bounds the broker's memory with a long queue.
+    /// sled's page cache, in MiB. sled 0.34 holds several times this much for it; the
+    /// working set of the broker (recent ids, the cases, the tails of the queues) is
+    /// small, so 16 costs no throughput and keeps a broker with a million queued
+    /// messages under 200 MB (BENCHMARKS.md).
     pub cache_mb: u64,
     /// Most threads running the checks and store writes of requests at once; more
     /// requests wait their turn. Each thread costs memory (its stack, its allocator
@@ -114,7 +117,7 @@ impl Default for LimitsConfig {
             request_timeout_secs: 30,
             max_fetch: 256,
             max_envelope_bytes: 16 * 1024 * 1024,
-            cache_mb: 64,
+            cache_mb: 16,
             blocking_threads: 32,
         }
     }

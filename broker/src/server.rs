@@ -34,7 +34,7 @@ use crate::config::BrokerConfig;
 use crate::deadlines::{self, AnswerClock, Reply};
 use crate::registry::Registry;
 use crate::registry::{Case, Consent};
-use crate::store::{DeletionState, MessageMeta, Store, StoreError};
+use crate::store::{DeletionState, MessageMeta, PutTicket, Store, StoreError};
 use crate::tls;
 
 /// The OIN the broker signs its own notices with (expiry notices, deletion orders). It is
@@ -51,7 +51,7 @@ struct Shared {
     limits: Limits,
     config: BrokerConfig,
     store: Store,
-    audit: AuditTrail,
+    audit: Arc<AuditTrail>,
     key: SigningKey,
     signer: Oin,
     /// Submits hold it shared while they check and write; control records exclusively, so
@@ -186,11 +186,11 @@ impl Broker {
             .open()
             .context("cannot open the broker's database")?;
         let store = Store::open(db.clone(), &config.data_dir.join("spool"))?;
-        let audit = AuditTrail::open(&db, key.clone())?;
+        let audit = Arc::new(AuditTrail::open(&db, key.clone())?);
 
         let server_config =
             tls::server_config_with_streams(&config.tls, config.limits.max_streams_per_connection)?;
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        let endpoint = tls::endpoint(config.listen, Some(server_config))
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = endpoint.local_addr()?;
 
@@ -516,24 +516,38 @@ async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
     // ([`Store::put_message`]) waits while the batch before it is written and flushed (a
     // sled transaction cannot run during a flush), and its own batch is flushed before it
     // returns. On an async worker that stalled every connection during each flush.
+    // The write is queued there and waited for here, so a submission waiting for its
+    // combined write holds no thread.
     let (s, o) = (shared.clone(), oin.clone());
-    let staged = tokio::task::spawn_blocking(move || {
+    let begun = tokio::task::spawn_blocking(move || {
         let authorised = stage_check(&bytes, &s, &o, now)?;
-        stage_store(&authorised, &bytes, &s, &o, now)
+        let (ticket, new_clock) = stage_write(&authorised, &bytes, &s, &o, now)?;
+        Ok((authorised, bytes, ticket, new_clock))
     })
     .await;
-    drop(guard);
-    let staged = match staged {
-        Ok(Ok(staged)) => staged,
+    let (authorised, bytes, ticket, new_clock) = match begun {
+        Ok(Ok(begun)) => begun,
         Ok(Err(response)) => return response,
-        Err(e) => {
-            error!(cause = %e, "submit task failed");
-            return Response::Rejected(Rejection::new(
-                RejectCode::Storage,
-                "the broker could not store this; nothing was accepted, try again",
-            ));
-        }
+        Err(e) => return submit_task_failed(&e),
     };
+    if let Err(e) = ticket.landed().await {
+        if new_clock {
+            if let Err(e) = shared.store.forget_clock(&authorised.header().id) {
+                error!(cause = %e, "cannot forget the answer clock of a message not accepted");
+            }
+        }
+        return put_failed(e, &authorised, shared, oin, &bytes);
+    }
+    let staged = if authorised.header().in_reply_to.is_some() {
+        let (s, o) = (shared.clone(), oin.clone());
+        match tokio::task::spawn_blocking(move || stage_answer(&authorised, &s, &o, now)).await {
+            Ok(staged) => staged,
+            Err(e) => return submit_task_failed(&e),
+        }
+    } else {
+        Staged::of(&authorised, false)
+    };
+    drop(guard);
     if staged.needs_commit {
         if let Err(e) = shared.store.commit().await {
             return storage_error(e);
@@ -575,16 +589,41 @@ fn stage_check(
     }
 }
 
-/// The store writes and audit records of an authorised submission; blocking (see
-/// [`submit`]). The caller holds the registry lock shared and commits afterwards when
-/// [`Staged::needs_commit`] says so.
-fn stage_store(
+fn submit_task_failed(e: &tokio::task::JoinError) -> Response {
+    error!(cause = %e, "submit task failed");
+    Response::Rejected(Rejection::new(
+        RejectCode::Storage,
+        "the broker could not store this; nothing was accepted, try again",
+    ))
+}
+
+impl Staged {
+    fn of(authorised: &Authorised, needs_commit: bool) -> Staged {
+        let h = authorised.header();
+        Staged {
+            id: h.id,
+            kind: h.kind,
+            flags: authorised.flags.clone(),
+            recipients: authorised
+                .recipients
+                .iter()
+                .map(|(o, _)| o.clone())
+                .collect(),
+            needs_commit,
+        }
+    }
+}
+
+/// Start the store write of an authorised submission with its audit records; blocking
+/// (see [`submit`]). Returns the write's ticket and whether an answer clock was started
+/// for it (to forget when the write fails). The caller holds the registry lock shared.
+fn stage_write(
     authorised: &Authorised,
     bytes: &[u8],
     shared: &Arc<Shared>,
     oin: &Oin,
     now: DateTime<Utc>,
-) -> Result<Staged, Response> {
+) -> Result<(PutTicket, bool), Response> {
     let meta = MessageMeta::accepted(authorised, now);
     // The answer clock goes in before the message, so no delivery can precede it.
     let clock = shared
@@ -599,19 +638,31 @@ fn stage_store(
         None => false,
     };
     let entries = accepted_entries(authorised, &meta.recipients, oin);
-    if let Err(e) = shared
+    match shared
         .store
-        .put_message(authorised, &meta, &shared.audit, entries)
+        .begin_put(authorised, &meta, &shared.audit, entries)
     {
-        if new_clock {
-            if let Err(e) = shared.store.forget_clock(&authorised.header().id) {
-                error!(cause = %e, "cannot forget the answer clock of a message not accepted");
+        Ok(ticket) => Ok((ticket, new_clock)),
+        Err(e) => {
+            if new_clock {
+                if let Err(e) = shared.store.forget_clock(&authorised.header().id) {
+                    error!(cause = %e, "cannot forget the answer clock of a message not accepted");
+                }
             }
+            Err(put_failed(e, authorised, shared, oin, bytes))
         }
-        return Err(put_failed(e, authorised, shared, oin, bytes));
     }
-    // The message and its audit records are on disk now. An answer updates the clock of
-    // the message it answers; that write still needs a commit before `accepted`.
+}
+
+/// The bookkeeping of an answer whose message landed: the clock of the message it
+/// answers, and a late answer's audit record; blocking. That write still needs a commit
+/// before `accepted` ([`Staged::needs_commit`]).
+fn stage_answer(
+    authorised: &Authorised,
+    shared: &Arc<Shared>,
+    oin: &Oin,
+    now: DateTime<Utc>,
+) -> Staged {
     let answer = match shared.store.record_answer(
         Reply {
             id: authorised.header().id,
@@ -645,13 +696,7 @@ fn stage_store(
                 .counterparty(&a.answer.owed_to),
         );
     }
-    Ok(Staged {
-        id: h.id,
-        kind: h.kind,
-        flags: authorised.flags.clone(),
-        recipients: meta.recipients,
-        needs_commit: answer.is_some(),
-    })
+    Staged::of(authorised, answer.is_some())
 }
 
 fn put_failed(

@@ -64,6 +64,9 @@ pub enum StoreError {
     /// The group committer is gone (the broker is shutting down).
     #[error("the store is shutting down")]
     Closed,
+    /// The writer thread could not be started.
+    #[error("cannot start the store's writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -170,6 +173,20 @@ pub struct Store {
     committer_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     flushes: Arc<std::sync::atomic::AtomicU64>,
     puts: Arc<PutCombiner>,
+    /// Held by every handle but the writer thread's own: when the last one goes, the
+    /// writer finishes what is queued and stops, releasing the database.
+    #[allow(dead_code)] // held for its `Drop`
+    users: Option<Arc<Users>>,
+}
+
+/// See [`Store::users`].
+#[derive(Debug)]
+struct Users(Arc<PutCombiner>);
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// One message's writes, queued for the next combined transaction (see
@@ -183,11 +200,52 @@ struct PendingPut {
     due: Vec<u8>,
     /// Per recipient: the `queue` key.
     queue: Vec<Vec<u8>>,
-    /// The audit records of accepting it (validated), dated `now`.
+    /// The audit records of accepting it (validated), dated `now`, for this trail.
     audit: Vec<AuditEntry>,
+    trail: Arc<AuditTrail>,
     now: DateTime<Utc>,
-    /// Filled by whoever applies it: written and flushed, or why not.
-    done: Arc<std::sync::OnceLock<Result<(), PutFailed>>>,
+    /// Told by whoever applies it: written and flushed, or why not.
+    done: oneshot::Sender<Result<(), PutFailed>>,
+}
+
+/// A message write on its way: it landed (on disk, with its audit records) when the
+/// ticket says so.
+#[derive(Debug)]
+#[must_use = "a write has not landed until its ticket says so"]
+pub struct PutTicket(oneshot::Receiver<Result<(), PutFailed>>);
+
+impl PutTicket {
+    /// Wait for the outcome.
+    pub async fn landed(self) -> Result<(), StoreError> {
+        put_outcome(self.0.await)
+    }
+
+    /// Wait for the outcome, blocking the thread (never on an async worker).
+    pub fn wait(self) -> Result<(), StoreError> {
+        put_outcome(self.0.blocking_recv())
+    }
+}
+
+fn put_outcome(
+    r: Result<Result<(), PutFailed>, oneshot::error::RecvError>,
+) -> Result<(), StoreError> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(PutFailed::Duplicate)) => Err(StoreError::Duplicate),
+        Ok(Err(PutFailed::Sled(e))) => Err(StoreError::Sled(e)),
+        Ok(Err(PutFailed::Audit(reason))) => Err(StoreError::Corrupt {
+            what: "audit record",
+            reason,
+        }),
+        Ok(Err(PutFailed::Spool(reason))) => Err(StoreError::Corrupt {
+            what: "message body",
+            reason,
+        }),
+        Err(_) => Err(StoreError::Corrupt {
+            what: "message write",
+            reason: "the combined transaction that held it did not finish".to_owned(),
+        }),
+    }
 }
 
 /// Why a combined message write did not land.
@@ -199,20 +257,37 @@ enum PutFailed {
     Sled(sled::Error),
     /// An audit record could not be made: the whole batch fails.
     Audit(String),
+    /// The spool could not make the batch's bodies durable: the whole batch fails.
+    Spool(String),
 }
 
-/// Flat combining of message writes: a writer queues its writes, then whoever holds
-/// `leader` applies everything queued in one transaction and flushes it; the others find
-/// theirs done. While one batch is written and flushed the next one queues up, so the
-/// batches grow with the load. `io` is held by the group committer while it flushes and
-/// by a combined write: a sled transaction that starts during a flush waits for it holding
-/// sled's internal lock exclusively, which stalls every read (the checks) until the flush
-/// ends.
+/// Group commit of message writes: a writer queues its writes and waits for its
+/// [`PutTicket`] without holding a thread; the store's writer thread takes everything
+/// queued, applies it in one transaction and flushes it. While one batch is written and
+/// flushed the next one queues up, so the batches grow with the load. `io` is held by the
+/// group committer while it flushes and by a combined write: a sled transaction that
+/// starts during a flush waits for it holding sled's internal lock exclusively, which
+/// stalls every read (the checks) until the flush ends.
 #[derive(Default)]
 struct PutCombiner {
-    queue: std::sync::Mutex<Vec<PendingPut>>,
-    leader: std::sync::Mutex<()>,
+    queue: std::sync::Mutex<PutQueue>,
+    wake: std::sync::Condvar,
     io: std::sync::Mutex<()>,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct PutQueue {
+    puts: Vec<PendingPut>,
+    closing: bool,
+}
+
+impl PutCombiner {
+    /// Tell the writer thread to stop once the queue is empty.
+    fn close(&self) {
+        lock(&self.queue).closing = true;
+        self.wake.notify_all();
+    }
 }
 
 impl std::fmt::Debug for PutCombiner {
@@ -307,7 +382,18 @@ impl Store {
             committer_task: committer_task.clone(),
             flushes: flushes.clone(),
             puts: Arc::new(PutCombiner::default()),
+            users: None,
             db: db.clone(),
+        };
+        let writer = store.clone();
+        let handle = std::thread::Builder::new()
+            .name("ketenpost-writer".into())
+            .spawn(move || writer.write_loop())
+            .map_err(StoreError::Thread)?;
+        *lock(&store.puts.writer) = Some(handle);
+        let store = Store {
+            users: Some(Arc::new(Users(store.puts.clone()))),
+            ..store
         };
         // The group committer: every waiter that arrives while a flush runs shares the next
         // flush. One fsync serves many submits.
@@ -375,6 +461,11 @@ impl Store {
     /// Stop the group committer after a last flush, so that once every clone of the store
     /// is dropped the database is closed and its lock released.
     pub async fn close(&self) {
+        self.puts.close();
+        let writer = lock(&self.puts.writer).take();
+        if let Some(w) = writer {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
         let _ = self.committer.send(CommitMsg::Close);
         let handle = self.committer_task.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = handle {
@@ -401,27 +492,40 @@ impl Store {
     /// it. Each message is still all-or-nothing, and a duplicate only fails its own call.
     /// An audit entry that does not validate is left out and logged (it cannot happen for
     /// the entries the server builds).
+    ///
+    /// Blocks until the write landed; [`Store::begin_put`] is the same without the wait.
     pub fn put_message(
         &self,
         a: &Authorised,
         meta: &MessageMeta,
-        trail: &AuditTrail,
+        trail: &Arc<AuditTrail>,
         audit: Vec<AuditEntry>,
     ) -> Result<(), StoreError> {
+        self.begin_put(a, meta, trail, audit)?.wait()
+    }
+
+    /// [`Store::put_message`] without waiting: the body is appended to the spool and the
+    /// rest queued for the writer thread's next combined transaction. The ticket says
+    /// when it landed.
+    pub fn begin_put(
+        &self,
+        a: &Authorised,
+        meta: &MessageMeta,
+        trail: &Arc<AuditTrail>,
+        audit: Vec<AuditEntry>,
+    ) -> Result<PutTicket, StoreError> {
         let id = *meta.id.0.as_bytes();
         let now = meta.accepted_at;
         let mut meta = meta.clone();
         for r in &meta.recipients {
             meta.queue_seqs.insert(r.clone(), self.db.generate_id()?);
         }
-        // The body is on disk before the metadata that refers to it is written. Its sync
-        // is shared with the bodies appended at the same time, and overlaps the combined
-        // transaction of the batch before.
-        let body_at = self
-            .spool
-            .append_durable(&id, &a.verified.envelope().encode())?;
+        // Appended now; the leader syncs the spool before the transaction that refers to
+        // it (everything queued was appended before the leader took it), so the metadata
+        // is never on disk without its body.
+        let body_at = self.spool.append(&id, &a.verified.envelope().encode())?;
         meta.body_at = Some(body_at);
-        let done = Arc::new(std::sync::OnceLock::new());
+        let (done, landed) = oneshot::channel();
         let pending = PendingPut {
             id,
             accepted_at: now.to_rfc3339().into_bytes(),
@@ -444,37 +548,64 @@ impl Store {
                 })
                 .collect(),
             now,
-            done: done.clone(),
+            trail: trail.clone(),
+            done,
         };
-        lock(&self.puts.queue).push(pending);
         {
-            let _leader = lock(&self.puts.leader);
-            if done.get().is_none() {
-                // Not during a flush; and take what queued up while waiting for it.
-                let _io = lock(&self.puts.io);
-                let batch = std::mem::take(&mut *lock(&self.puts.queue));
-                self.apply_puts(&batch, trail);
+            let mut queue = lock(&self.puts.queue);
+            if queue.closing {
+                return Err(StoreError::Closed);
             }
+            queue.puts.push(pending);
         }
-        match done.get() {
-            Some(Ok(())) => Ok(()),
-            Some(Err(PutFailed::Duplicate)) => Err(StoreError::Duplicate),
-            Some(Err(PutFailed::Sled(e))) => Err(StoreError::Sled(e.clone())),
-            Some(Err(PutFailed::Audit(reason))) => Err(StoreError::Corrupt {
-                what: "audit record",
-                reason: reason.clone(),
-            }),
-            None => Err(StoreError::Corrupt {
-                what: "message write",
-                reason: "the combined transaction that held it did not finish".to_owned(),
-            }),
+        self.puts.wake.notify_one();
+        Ok(PutTicket(landed))
+    }
+
+    /// The writer thread: apply whatever is queued, one combined transaction per trail
+    /// (a broker has one), until the store closes and the queue is empty.
+    fn write_loop(self) {
+        loop {
+            let mut batch = {
+                let mut queue = lock(&self.puts.queue);
+                while queue.puts.is_empty() && !queue.closing {
+                    queue = self
+                        .puts
+                        .wake
+                        .wait(queue)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if queue.puts.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut queue.puts)
+            };
+            while let Some(trail) = batch.first().map(|p| p.trail.clone()) {
+                let same = batch
+                    .iter()
+                    .position(|p| !Arc::ptr_eq(&p.trail, &trail))
+                    .unwrap_or(batch.len());
+                let rest = batch.split_off(same);
+                // Not during a flush.
+                let _io = lock(&self.puts.io);
+                self.apply_puts(batch, &trail);
+                batch = rest;
+            }
         }
     }
 
     /// Apply queued message writes in one transaction, flush, and tell each writer its
     /// outcome.
-    fn apply_puts(&self, batch: &[PendingPut], trail: &AuditTrail) {
+    fn apply_puts(&self, batch: Vec<PendingPut>, trail: &AuditTrail) {
         if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.spool.sync() {
+            self.forget_bodies(batch.iter());
+            let e = PutFailed::Spool(e.to_string());
+            for p in batch {
+                let _ = p.done.send(Err(e.clone()));
+            }
             return;
         }
         let chain = trail.lock_chain();
@@ -490,7 +621,7 @@ impl Store {
                 let mut cursor = chain.cursor();
                 let mut written = Vec::with_capacity(batch.len());
                 let mut ids = std::collections::HashSet::with_capacity(batch.len());
-                for p in batch {
+                for p in &batch {
                     if !ids.insert(p.id) || seen.get(p.id)?.is_some() {
                         written.push(false);
                         continue;
@@ -523,6 +654,7 @@ impl Store {
             Err(TransactionError::Storage(e)) => Err(PutFailed::Sled(e)),
             Err(TransactionError::Abort(e)) => Err(PutFailed::Audit(e.to_string())),
         };
+        // A writer that stopped waiting (its connection went) no longer hears the outcome.
         match outcome {
             Ok(written) => {
                 self.forget_bodies(
@@ -532,16 +664,16 @@ impl Store {
                         .filter(|(_, w)| !**w)
                         .map(|(p, _)| p),
                 );
-                for (p, w) in batch.iter().zip(written) {
+                for (p, w) in batch.into_iter().zip(written) {
                     let _ = p
                         .done
-                        .set(if w { Ok(()) } else { Err(PutFailed::Duplicate) });
+                        .send(if w { Ok(()) } else { Err(PutFailed::Duplicate) });
                 }
             }
             Err(e) => {
                 self.forget_bodies(batch.iter());
                 for p in batch {
-                    let _ = p.done.set(Err(e.clone()));
+                    let _ = p.done.send(Err(e.clone()));
                 }
             }
         }
@@ -1188,8 +1320,9 @@ mod tests {
                 .open()
                 .unwrap();
             let store = Store::open(db.clone(), &spool_dir).unwrap();
-            let trail =
-                crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap();
+            let trail = Arc::new(
+                crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),
+            );
             (store, trail)
         };
         let zorg: Oin = "00000001000000000002".parse().unwrap();
@@ -1281,8 +1414,9 @@ mod tests {
             .open()
             .unwrap();
         let store = Store::open(db.clone(), &dir.path().join("spool")).unwrap();
-        let trail =
-            crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap();
+        let trail = Arc::new(
+            crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),
+        );
         // Every message twice, so duplicates meet in one combined transaction as well as
         // across transactions.
         let messages = authorised(24);

@@ -341,8 +341,7 @@ fn log_memory() {
     use tikv_jemalloc_ctl::{epoch, stats};
     let mib = |n: usize| n / (1024 * 1024);
     if epoch::advance().is_ok() {
-        if let (Ok(allocated), Ok(resident)) = (stats::allocated::read(), stats::resident::read())
-        {
+        if let (Ok(allocated), Ok(resident)) = (stats::allocated::read(), stats::resident::read()) {
             tracing::info!(
                 allocated_mib = mib(allocated),
                 resident_mib = mib(resident),
