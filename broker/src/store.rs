@@ -208,6 +208,42 @@ struct PendingPut {
     done: oneshot::Sender<Result<(), PutFailed>>,
 }
 
+/// The spool stage of message writes: take what is queued, sync the spool (every body
+/// queued was appended before it was queued), and pass it on to the writer thread, so the
+/// metadata is never on disk without its body. Stops when the store closes and the queue
+/// is empty.
+fn sync_loop(puts: &PutCombiner, spool: &Spool, synced: &std::sync::mpsc::Sender<Vec<PendingPut>>) {
+    loop {
+        let batch = {
+            let mut queue = lock(&puts.queue);
+            while queue.puts.is_empty() && !queue.closing {
+                queue = puts
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if queue.puts.is_empty() {
+                return;
+            }
+            std::mem::take(&mut queue.puts)
+        };
+        let failed = match spool.sync() {
+            Ok(()) => match synced.send(batch) {
+                Ok(()) => continue,
+                Err(back) => (back.0, PutFailed::Closed),
+            },
+            Err(e) => (batch, PutFailed::Spool(e.to_string())),
+        };
+        let (batch, why) = failed;
+        for p in batch {
+            if let Err(e) = spool.delete(&p.body_at) {
+                tracing::error!(cause = %e, "cannot delete the body of a message not accepted");
+            }
+            let _ = p.done.send(Err(why.clone()));
+        }
+    }
+}
+
 /// A message write on its way: it landed (on disk, with its audit records) when the
 /// ticket says so.
 #[derive(Debug)]
@@ -241,6 +277,7 @@ fn put_outcome(
             what: "message body",
             reason,
         }),
+        Ok(Err(PutFailed::Closed)) => Err(StoreError::Closed),
         Err(_) => Err(StoreError::Corrupt {
             what: "message write",
             reason: "the combined transaction that held it did not finish".to_owned(),
@@ -259,6 +296,8 @@ enum PutFailed {
     Audit(String),
     /// The spool could not make the batch's bodies durable: the whole batch fails.
     Spool(String),
+    /// The writer thread is gone (the store is closing).
+    Closed,
 }
 
 /// Group commit of message writes: a writer queues its writes and waits for its
@@ -273,7 +312,8 @@ struct PutCombiner {
     queue: std::sync::Mutex<PutQueue>,
     wake: std::sync::Condvar,
     io: std::sync::Mutex<()>,
-    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The spool stage and the writer thread.
+    writer: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -385,12 +425,20 @@ impl Store {
             users: None,
             db: db.clone(),
         };
-        let writer = store.clone();
-        let handle = std::thread::Builder::new()
-            .name("ketenpost-writer".into())
-            .spawn(move || writer.write_loop())
+        // Two stages, so that the bodies of one batch are synced while the batch before
+        // is written and flushed.
+        let (synced_tx, synced_rx) = std::sync::mpsc::channel();
+        let (puts, spooled) = (store.puts.clone(), store.spool.clone());
+        let syncer = std::thread::Builder::new()
+            .name("ketenpost-spool".into())
+            .spawn(move || sync_loop(&puts, &spooled, &synced_tx))
             .map_err(StoreError::Thread)?;
-        *lock(&store.puts.writer) = Some(handle);
+        let writer = store.clone();
+        let written = std::thread::Builder::new()
+            .name("ketenpost-writer".into())
+            .spawn(move || writer.write_loop(&synced_rx))
+            .map_err(StoreError::Thread)?;
+        lock(&store.puts.writer).extend([syncer, written]);
         let store = Store {
             users: Some(Arc::new(Users(store.puts.clone()))),
             ..store
@@ -462,10 +510,13 @@ impl Store {
     /// is dropped the database is closed and its lock released.
     pub async fn close(&self) {
         self.puts.close();
-        let writer = lock(&self.puts.writer).take();
-        if let Some(w) = writer {
-            let _ = tokio::task::spawn_blocking(move || w.join()).await;
-        }
+        let threads = std::mem::take(&mut *lock(&self.puts.writer));
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         let _ = self.committer.send(CommitMsg::Close);
         let handle = self.committer_task.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = handle {
@@ -562,24 +613,14 @@ impl Store {
         Ok(PutTicket(landed))
     }
 
-    /// The writer thread: apply whatever is queued, one combined transaction per trail
-    /// (a broker has one), until the store closes and the queue is empty.
-    fn write_loop(self) {
-        loop {
-            let mut batch = {
-                let mut queue = lock(&self.puts.queue);
-                while queue.puts.is_empty() && !queue.closing {
-                    queue = self
-                        .puts
-                        .wake
-                        .wait(queue)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
-                if queue.puts.is_empty() {
-                    return;
-                }
-                std::mem::take(&mut queue.puts)
-            };
+    /// The writer thread: apply what the spool stage passes on, one combined transaction
+    /// per trail (a broker has one), until the spool stage stops.
+    fn write_loop(self, synced: &std::sync::mpsc::Receiver<Vec<PendingPut>>) {
+        while let Ok(mut batch) = synced.recv() {
+            // Whatever else was synced meanwhile goes in the same transaction.
+            while let Ok(more) = synced.try_recv() {
+                batch.extend(more);
+            }
             while let Some(trail) = batch.first().map(|p| p.trail.clone()) {
                 let same = batch
                     .iter()
@@ -598,14 +639,6 @@ impl Store {
     /// outcome.
     fn apply_puts(&self, batch: Vec<PendingPut>, trail: &AuditTrail) {
         if batch.is_empty() {
-            return;
-        }
-        if let Err(e) = self.spool.sync() {
-            self.forget_bodies(batch.iter());
-            let e = PutFailed::Spool(e.to_string());
-            for p in batch {
-                let _ = p.done.send(Err(e.clone()));
-            }
             return;
         }
         let chain = trail.lock_chain();
