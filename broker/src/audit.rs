@@ -1044,7 +1044,7 @@ impl ChainLock<'_> {
 
     /// Write the record for `entry` after `cursor` into `records` (the transactional view
     /// of [`AuditTrail::records_tree`]) and move the cursor to it. The entry must have
-    /// passed [`AuditEntry::validate`].
+    /// passed `AuditEntry::validate`.
     pub fn stage(
         &self,
         cursor: &mut ChainCursor,

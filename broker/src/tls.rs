@@ -389,6 +389,40 @@ pub fn peer_fingerprint(conn: &quinn::Connection) -> Result<String, TlsError> {
     Ok(ketenpost_certs::fingerprint(cert.as_ref()))
 }
 
+/// The kernel buffer size asked for on a QUIC endpoint's UDP socket.
+pub const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` for a QUIC endpoint, with receive and send buffers of
+/// [`UDP_BUFFER_BYTES`] (the kernel caps them at `net.core.rmem_max` / `wmem_max`). With
+/// the default of about 200 KiB a burst of datagrams on a busy machine overflows the
+/// receive buffer, and QUIC recovers the loss only after a probe timeout: single requests
+/// then took seconds under load.
+pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!(cause = %e, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
+        tracing::debug!(cause = %e, "cannot enlarge the UDP send buffer");
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A QUIC endpoint on [`udp_socket`]: a server when `server` is given, else a client.
+pub fn endpoint(
+    addr: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        udp_socket(addr)?,
+        std::sync::Arc::new(quinn::TokioRuntime),
+    )
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -463,38 +497,4 @@ mod tests {
         assert!(KEEP_ALIVE_INTERVAL < IDLE_TIMEOUT);
         assert!(CONNECTION_RECEIVE_WINDOW as usize > ketenpost_schemas::protocol::MAX_REQUEST);
     }
-}
-
-/// The kernel buffer size asked for on a QUIC endpoint's UDP socket.
-pub const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
-
-/// A UDP socket bound to `addr` for a QUIC endpoint, with receive and send buffers of
-/// [`UDP_BUFFER_BYTES`] (the kernel caps them at `net.core.rmem_max` / `wmem_max`). With
-/// the default of about 200 KiB a burst of datagrams on a busy machine overflows the
-/// receive buffer, and QUIC recovers the loss only after a probe timeout: single requests
-/// then took seconds under load.
-pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_BYTES) {
-        tracing::debug!(cause = %e, "cannot enlarge the UDP receive buffer");
-    }
-    if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER_BYTES) {
-        tracing::debug!(cause = %e, "cannot enlarge the UDP send buffer");
-    }
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// A QUIC endpoint on [`udp_socket`]: a server when `server` is given, else a client.
-pub fn endpoint(
-    addr: std::net::SocketAddr,
-    server: Option<quinn::ServerConfig>,
-) -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        udp_socket(addr)?,
-        std::sync::Arc::new(quinn::TokioRuntime),
-    )
 }
