@@ -512,12 +512,11 @@ struct Staged {
 async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
     let now = Utc::now();
     let guard = shared.registry_lock.read().await;
-    // The checks and writes run on a blocking thread, not on an async worker: the write
-    // ([`Store::put_message`]) waits while the batch before it is written and flushed (a
-    // sled transaction cannot run during a flush), and its own batch is flushed before it
-    // returns. On an async worker that stalled every connection during each flush.
-    // The write is queued there and waited for here, so a submission waiting for its
-    // combined write holds no thread.
+    // The checks and the start of the write (appending the body to the spool) run on a
+    // blocking thread; the store's writer thread writes and flushes the message with the
+    // rest of its batch, and the submission waits for that here without holding a thread.
+    // The registry lock stays held until the message landed, so no consent withdrawal or
+    // case change falls between its checks and its write.
     let (s, o) = (shared.clone(), oin.clone());
     let begun = tokio::task::spawn_blocking(move || {
         let authorised = stage_check(&bytes, &s, &o, now)?;
