@@ -529,22 +529,29 @@ async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
         Ok(Err(response)) => return response,
         Err(e) => return submit_task_failed(&e),
     };
-    if let Err(e) = ticket.landed().await {
-        if new_clock {
-            if let Err(e) = shared.store.forget_clock(&authorised.header().id) {
-                error!(cause = %e, "cannot forget the answer clock of a message not accepted");
+    // The rest runs in its own task, so that it completes (the answer bookkeeping, or
+    // forgetting the clock of a write that failed) even when the connection goes.
+    let (s, o) = (shared.clone(), oin.clone());
+    let finish = tokio::spawn(async move {
+        if let Err(e) = ticket.landed().await {
+            if new_clock {
+                if let Err(e) = s.store.forget_clock(&authorised.header().id) {
+                    error!(cause = %e, "cannot forget the answer clock of a message not accepted");
+                }
             }
+            return Err(put_failed(e, &authorised, &s, &o, &bytes));
         }
-        return put_failed(e, &authorised, shared, oin, &bytes);
-    }
-    let staged = if authorised.header().in_reply_to.is_some() {
-        let (s, o) = (shared.clone(), oin.clone());
-        match tokio::task::spawn_blocking(move || stage_answer(&authorised, &s, &o, now)).await {
-            Ok(staged) => staged,
-            Err(e) => return submit_task_failed(&e),
+        if authorised.header().in_reply_to.is_none() {
+            return Ok(Staged::of(&authorised, false));
         }
-    } else {
-        Staged::of(&authorised, false)
+        tokio::task::spawn_blocking(move || stage_answer(&authorised, &s, &o, now))
+            .await
+            .map_err(|e| submit_task_failed(&e))
+    });
+    let staged = match finish.await {
+        Ok(Ok(staged)) => staged,
+        Ok(Err(response)) => return response,
+        Err(e) => return submit_task_failed(&e),
     };
     drop(guard);
     if staged.needs_commit {

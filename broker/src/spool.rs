@@ -26,8 +26,8 @@
 //!
 //! # Deletion
 //!
-//! Deleting a body overwrites its bytes and checksum with zeros in place; its header (id
-//! and length, no content) stays, so the segment can still be walked. The overwrite is
+//! Deleting a body overwrites its bytes and checksum with zeros in place and its magic
+//! with `KPS0`; its length and id (no content) stay, so the segment can still be walked. The overwrite is
 //! made durable by the next [`Spool::sync`] (the store's group commit). A closed segment
 //! whose bodies are all deleted is removed. Which bodies a segment still holds is counted
 //! in memory and counted again from the metadata at every start.
@@ -45,6 +45,8 @@ use serde::{Deserialize, Serialize};
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 const MAGIC: &[u8; 4] = b"KPS1";
+/// The magic of a deleted record.
+pub const DELETED: &[u8; 4] = b"KPS0";
 /// Magic, length, id, checksum.
 const HEADER: u64 = 4 + 4 + 16 + 4;
 
@@ -138,6 +140,8 @@ pub struct Spool {
     live: Mutex<HashMap<u32, u64>>,
     /// Deletions were written since the last sync.
     dirty: AtomicBool,
+    /// Held while a body is deleted.
+    deleting: Mutex<()>,
     /// Every body up to this count of appends is durable.
     synced: AtomicU64,
     /// Held by the one thread running a group sync.
@@ -209,6 +213,7 @@ impl Spool {
             dirty: AtomicBool::new(false),
             synced: AtomicU64::new(0),
             syncing: Mutex::new(()),
+            deleting: Mutex::new(()),
         })
     }
 
@@ -259,7 +264,7 @@ impl Spool {
         };
         if let Err(e) = file.sync_data() {
             // Not durable, so never referenced: let it go with its segment.
-            let _ = self.delete(&at);
+            let _ = self.delete(&at, id);
             return Err(io("sync segment")(e));
         }
         self.synced.fetch_max(upto, Ordering::AcqRel);
@@ -384,21 +389,39 @@ impl Spool {
 
     /// Delete the body at `at`: its bytes and checksum are overwritten with zeros, and its
     /// segment is removed once it is closed and holds no other body.
-    pub fn delete(&self, at: &BodyAt) -> Result<(), SpoolError> {
+    ///
+    /// Deleting is idempotent: the record's magic becomes [`DELETED`], and a record that
+    /// is not a live record of message `id` is left alone, so a body deleted twice (a
+    /// receipt racing the expiry sweep) is counted once.
+    pub fn delete(&self, at: &BodyAt, id: &[u8; 16]) -> Result<(), SpoolError> {
+        let _one_at_a_time = lock(&self.deleting);
         let Some(file) = self.file(at.segment) else {
             return Ok(());
         };
+        let mut header = [0u8; HEADER as usize];
+        file.read_exact_at(&mut header, at.offset)
+            .map_err(io("read body header"))?;
+        if header.get(..4) != Some(MAGIC.as_slice()) || header.get(8..24) != Some(id.as_slice()) {
+            return Ok(());
+        }
         let zeros = vec![0u8; 4 + at.len as usize];
         file.write_all_at(&zeros, at.offset + HEADER - 4)
             .map_err(io("delete body"))?;
+        file.write_all_at(DELETED, at.offset)
+            .map_err(io("delete body"))?;
         self.dirty.store(true, Ordering::Release);
+        // Under `active` (the order `append` takes them in), so no append can land in the
+        // segment between counting it empty and removing it.
+        let active = lock(&self.active);
         let empty = {
             let mut live = lock(&self.live);
             let n = live.entry(at.segment).or_insert(0);
             *n = n.saturating_sub(1);
             *n == 0
         };
-        if empty && lock(&self.active).segment != at.segment {
+        let remove = empty && active.segment != at.segment;
+        drop(active);
+        if remove {
             self.remove_segment(at.segment)?;
         }
         Ok(())
@@ -508,7 +531,9 @@ mod tests {
         let gone = spool.append(&id(2), b"deleted ciphertext").unwrap();
         spool.sync().unwrap();
         assert!(on_disk(dir.path(), b"deleted ciphertext"));
-        spool.delete(&gone).unwrap();
+        spool.delete(&gone, &id(2)).unwrap();
+        // A second delete of the same body changes nothing.
+        spool.delete(&gone, &id(2)).unwrap();
         spool.sync().unwrap();
         assert!(!on_disk(dir.path(), b"deleted ciphertext"));
         assert!(spool.read(&gone, &id(2)).is_err());
@@ -540,7 +565,7 @@ mod tests {
         assert!(!segment_path(dir.path(), dropped.segment).exists());
         assert_eq!(spool.read(&kept, &id(1)).unwrap(), b"still queued");
         // The last body of a closed segment takes the segment with it.
-        spool.delete(&kept).unwrap();
+        spool.delete(&kept, &id(1)).unwrap();
         assert!(!segment_path(dir.path(), kept.segment).exists());
         assert_eq!(spool.segments(), 1);
     }
@@ -559,8 +584,8 @@ mod tests {
         let last = at.last().unwrap().segment;
         assert_ne!(first, last, "the spool moved on to a new segment");
         spool.sync().unwrap();
-        for a in at.iter().filter(|a| a.segment == first) {
-            spool.delete(a).unwrap();
+        for (n, a) in at.iter().enumerate().filter(|(_, a)| a.segment == first) {
+            spool.delete(a, &id(n as u8)).unwrap();
         }
         assert!(!segment_path(dir.path(), first).exists());
         assert!(segment_path(dir.path(), last).exists());

@@ -252,7 +252,7 @@ fn sync_loop(puts: &PutCombiner, spool: &Spool, synced: &std::sync::mpsc::Sender
         };
         let (batch, why) = failed;
         for p in batch {
-            if let Err(e) = spool.delete(&p.body_at) {
+            if let Err(e) = spool.delete(&p.body_at, &p.id) {
                 tracing::error!(cause = %e, "cannot delete the body of a message not accepted");
             }
             let _ = p.done.send(Err(why.clone()));
@@ -629,6 +629,8 @@ impl Store {
         {
             let mut queue = lock(&self.puts.queue);
             if queue.closing {
+                drop(queue);
+                self.forget_bodies(std::iter::once(&pending));
                 return Err(StoreError::Closed);
             }
             queue.puts.push(pending);
@@ -705,7 +707,14 @@ impl Store {
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         Ok(written)
                     }
-                    Err(e) => Err(PutFailed::Sled(e)),
+                    Err(e) => {
+                        // The transaction is in sled and may reach the disk later: its
+                        // bodies stay. The writers hear an error; a retry is a replay.
+                        for p in batch {
+                            let _ = p.done.send(Err(PutFailed::Sled(e.clone())));
+                        }
+                        return;
+                    }
                 }
             }
             Err(TransactionError::Storage(e)) => Err(PutFailed::Sled(e)),
@@ -739,7 +748,7 @@ impl Store {
     /// Delete the spooled bodies of writes that did not land.
     fn forget_bodies<'a>(&self, puts: impl Iterator<Item = &'a PendingPut>) {
         for p in puts {
-            if let Err(e) = self.spool.delete(&p.body_at) {
+            if let Err(e) = self.spool.delete(&p.body_at, &p.id) {
                 tracing::error!(cause = %e, "cannot delete the body of a message not accepted");
             }
         }
@@ -760,7 +769,7 @@ impl Store {
     /// Delete a message's body from the spool (its metadata is gone already).
     fn delete_body(&self, meta: &MessageMeta) -> Result<(), StoreError> {
         if let Some(at) = &meta.body_at {
-            self.spool.delete(at)?;
+            self.spool.delete(at, meta.id.0.as_bytes())?;
         }
         Ok(())
     }
@@ -775,9 +784,15 @@ impl Store {
         let prefix = party.as_str().as_bytes();
         let mut out = Vec::new();
         let mut first_time = Vec::new();
-        for item in self.queue.scan_prefix(prefix).take(max) {
+        // Entries that cannot be delivered are skipped and do not count against `max`,
+        // but the scan is bounded.
+        for item in self.queue.scan_prefix(prefix).take(max.saturating_mul(4)) {
+            if out.len() >= max {
+                break;
+            }
             let (k, id) = item?;
             let Some(m) = self.meta.get(&id)? else {
+                // The message is gone (receipted or expired meanwhile): nothing to deliver.
                 continue;
             };
             let mut meta: MessageMeta = parse(&m, "message metadata")?;
@@ -788,8 +803,14 @@ impl Store {
                 seq: seq_of(&k),
                 envelope: envelope_to_b64(&body),
             });
-            if meta.fetched.insert(party.clone()) {
-                self.meta.insert(&id, json(&meta))?;
+            // Only over the metadata just read: never bring back metadata that a receipt
+            // or the expiry sweep removed in the meantime.
+            if meta.fetched.insert(party.clone())
+                && self
+                    .meta
+                    .compare_and_swap(&id, Some(&m), Some(json(&meta)))?
+                    .is_ok()
+            {
                 first_time.push(meta);
             }
         }
@@ -837,7 +858,10 @@ impl Store {
             return Ok(None);
         };
         // The receipt must name the body the recipient was given.
-        if let Some(body) = self.body(&meta) {
+        let Some(body) = self.body(&meta) else {
+            return Ok(None);
+        };
+        {
             let matches = ketenpost_schemas::envelope::Envelope::decode(
                 &body,
                 &ketenpost_schemas::envelope::Limits::default(),
@@ -857,8 +881,13 @@ impl Store {
         let forwarded = json(forwarded);
         let meta_out = json(&meta);
         let due = expiry_key(meta.expires_at, &id);
-        (&self.queue, &self.meta, &self.notices, &self.expiry).transaction(
+        let applied = (&self.queue, &self.meta, &self.notices, &self.expiry).transaction(
             |(queue, meta_t, notices, expiry)| {
+                // Only over the metadata read above: a receipt racing another receipt of
+                // the same message, a fetch or the expiry sweep applies once.
+                if meta_t.get(id)?.as_deref() != Some(meta_bytes.as_ref()) {
+                    return Ok(false);
+                }
                 queue.remove(key2(oin, &seq.to_be_bytes()))?;
                 if body_deleted {
                     meta_t.remove(&id)?;
@@ -870,9 +899,12 @@ impl Store {
                     key2(&sender, &notice_seq.to_be_bytes()),
                     forwarded.as_slice(),
                 )?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
+                Ok::<_, ConflictableTransactionError<StoreError>>(true)
             },
         )?;
+        if !applied {
+            return Ok(None);
+        }
         if body_deleted {
             self.delete_body(&meta)?;
         }
@@ -928,9 +960,11 @@ impl Store {
                         .remove(key2(r.as_str().as_bytes(), &seq.to_be_bytes()))?;
                 }
             }
-            self.meta.remove(id)?;
-            self.delete_body(&meta)?;
-            expired.push(meta);
+            // Only if it was still there: a receipt may have deleted it meanwhile.
+            if self.meta.remove(id)?.is_some() {
+                self.delete_body(&meta)?;
+                expired.push(meta);
+            }
         }
         Ok(expired)
     }
