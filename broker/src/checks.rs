@@ -817,4 +817,4 @@ pub fn check_receipt(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

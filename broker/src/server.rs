@@ -687,19 +687,16 @@ fn stage_answer(
             None
         }
     };
-    let h = authorised.header();
     if let Some(a) = answer.as_ref().filter(|a| a.answer.late) {
         // A late answer: recorded against the message it answers.
         shared.audit(
-            AuditEntry::flagged(AuditEvent::DeadlineLate, "answer_late")
-                .actor(oin)
-                .case_ref(&h.case_ref)
-                .purpose(&h.purpose)
-                .processing_activity(&authorised.processing_activity)
-                .kind(h.kind)
-                .message_id(a.answered)
-                .trace_id(h.trace_id)
-                .counterparty(&a.answer.owed_to),
+            about_message(
+                AuditEntry::flagged(AuditEvent::DeadlineLate, "answer_late"),
+                authorised,
+                oin,
+            )
+            .message_id(a.answered)
+            .counterparty(&a.answer.owed_to),
         );
     }
     Staged::of(authorised, answer.is_some())
@@ -725,6 +722,19 @@ fn put_failed(
     }
 }
 
+/// `entry` about a message `oin` sent: the sender, case, purpose, processing activity,
+/// kind and trace id.
+fn about_message(entry: AuditEntry, authorised: &Authorised, oin: &Oin) -> AuditEntry {
+    let h = authorised.header();
+    entry
+        .actor(oin)
+        .case_ref(&h.case_ref)
+        .purpose(&h.purpose)
+        .processing_activity(&authorised.processing_activity)
+        .kind(h.kind)
+        .trace_id(h.trace_id)
+}
+
 /// The audit records of accepting a message, written with it.
 fn accepted_entries(
     authorised: &Authorised,
@@ -733,14 +743,8 @@ fn accepted_entries(
 ) -> Vec<AuditEntry> {
     let h = authorised.header();
     let base = |entry: AuditEntry| {
-        entry
-            .actor(oin)
-            .case_ref(&h.case_ref)
-            .purpose(&h.purpose)
-            .processing_activity(&authorised.processing_activity)
-            .kind(h.kind)
+        about_message(entry, authorised, oin)
             .message_id(h.id)
-            .trace_id(h.trace_id)
             .counterparties(recipients.iter())
     };
     let mut entries = vec![base(AuditEntry::ok(AuditEvent::Accepted))];

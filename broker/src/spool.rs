@@ -36,7 +36,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -126,8 +126,6 @@ struct Active {
     segment: u32,
     file: Arc<File>,
     len: u64,
-    /// Bodies appended since the spool was opened, in every segment.
-    appended: u64,
 }
 
 /// The spool of one broker. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -142,10 +140,6 @@ pub struct Spool {
     dirty: AtomicBool,
     /// Held while a body is deleted.
     deleting: Mutex<()>,
-    /// Every body up to this count of appends is durable.
-    synced: AtomicU64,
-    /// Held by the one thread running a group sync.
-    syncing: Mutex<()>,
 }
 
 fn segment_path(dir: &Path, segment: u32) -> PathBuf {
@@ -206,13 +200,10 @@ impl Spool {
                 segment,
                 file,
                 len: 0,
-                appended: 0,
             }),
             files: RwLock::new(files),
             live: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
-            synced: AtomicU64::new(0),
-            syncing: Mutex::new(()),
             deleting: Mutex::new(()),
         })
     }
@@ -244,40 +235,9 @@ impl Spool {
         Ok(removed)
     }
 
-    /// Append a body and return once it is on disk. Concurrent calls share one
-    /// `fdatasync` (group commit): whoever syncs covers every body appended before it
-    /// started, and the others find theirs covered.
-    pub fn append_durable(&self, id: &[u8; 16], body: &[u8]) -> Result<BodyAt, SpoolError> {
-        let (at, ticket) = self.append_ticket(id, body)?;
-        if self.synced.load(Ordering::Acquire) >= ticket {
-            return Ok(at);
-        }
-        let _syncing = lock(&self.syncing);
-        if self.synced.load(Ordering::Acquire) >= ticket {
-            return Ok(at);
-        }
-        // Everything appended up to `upto` is in `file` or in a segment synced when it was
-        // closed.
-        let (file, upto) = {
-            let active = lock(&self.active);
-            (active.file.clone(), active.appended)
-        };
-        if let Err(e) = file.sync_data() {
-            // Not durable, so never referenced: let it go with its segment.
-            let _ = self.delete(&at, id);
-            return Err(io("sync segment")(e));
-        }
-        self.synced.fetch_max(upto, Ordering::AcqRel);
-        Ok(at)
-    }
-
-    /// Append a body. It is durable after the next [`Spool::sync`].
+    /// Append a body. It is durable after the next [`Spool::sync`] (the store's spool
+    /// stage syncs once for every batch of appends).
     pub fn append(&self, id: &[u8; 16], body: &[u8]) -> Result<BodyAt, SpoolError> {
-        self.append_ticket(id, body).map(|(at, _)| at)
-    }
-
-    /// Append a body; also returns its number among the appends, for the group sync.
-    fn append_ticket(&self, id: &[u8; 16], body: &[u8]) -> Result<(BodyAt, u64), SpoolError> {
         let len = u32::try_from(body.len()).map_err(|_| SpoolError::TooLarge(body.len()))?;
         let mut record = Vec::with_capacity(body.len() + HEADER as usize);
         record.extend_from_slice(MAGIC);
@@ -300,10 +260,9 @@ impl Spool {
             offset,
             len,
         };
-        active.appended += 1;
         // Counted before the active segment can change, so a rotation never removes it.
         *lock(&self.live).entry(at.segment).or_insert(0) += 1;
-        Ok((at, active.appended))
+        Ok(at)
     }
 
     /// Close the active segment and begin the next. The closed one is synced first, so
@@ -322,7 +281,6 @@ impl Spool {
                 segment,
                 file,
                 len: 0,
-                appended: active.appended,
             },
         );
         if lock(&self.live).get(&closed.segment).copied().unwrap_or(0) == 0 {
@@ -333,12 +291,8 @@ impl Spool {
 
     /// Make every append and deletion so far durable.
     pub fn sync(&self) -> Result<(), SpoolError> {
-        let (file, upto) = {
-            let active = lock(&self.active);
-            (active.file.clone(), active.appended)
-        };
+        let file = lock(&self.active).file.clone();
         file.sync_data().map_err(io("sync segment"))?;
-        self.synced.fetch_max(upto, Ordering::AcqRel);
         if self.dirty.swap(false, Ordering::AcqRel) {
             let files: Vec<Arc<File>> = self
                 .files

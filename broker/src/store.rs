@@ -193,15 +193,9 @@ struct Users(Arc<PutCombiner>);
 
 impl Drop for Users {
     fn drop(&mut self) {
-        // Wait for the threads (idle, or finishing what is queued), so the database is
-        // released when the last handle is gone and can be opened again at once.
-        self.0.close();
-        let threads = std::mem::take(&mut *lock(&self.0.writer));
-        for t in threads {
-            if t.thread().id() != std::thread::current().id() {
-                let _ = t.join();
-            }
-        }
+        // The database is released when the last handle is gone, and can be opened again
+        // at once.
+        self.0.stop();
     }
 }
 
@@ -251,11 +245,18 @@ fn sync_loop(puts: &PutCombiner, spool: &Spool, synced: &std::sync::mpsc::Sender
             Err(e) => (batch, PutFailed::Spool(e.to_string())),
         };
         let (batch, why) = failed;
+        forget_bodies(spool, &batch);
         for p in batch {
-            if let Err(e) = spool.delete(&p.body_at, &p.id) {
-                tracing::error!(cause = %e, "cannot delete the body of a message not accepted");
-            }
             let _ = p.done.send(Err(why.clone()));
+        }
+    }
+}
+
+/// Delete the spooled bodies of writes that did not land.
+fn forget_bodies<'a>(spool: &Spool, puts: impl IntoIterator<Item = &'a PendingPut>) {
+    for p in puts {
+        if let Err(e) = spool.delete(&p.body_at, &p.id) {
+            tracing::error!(cause = %e, "cannot delete the body of a message not accepted");
         }
     }
 }
@@ -316,11 +317,11 @@ enum PutFailed {
     Closed,
 }
 
-/// Group commit of message writes: a writer queues its writes and waits for its
-/// [`PutTicket`] without holding a thread; the store's writer thread takes everything
-/// queued, applies it in one transaction and flushes it. While one batch is written and
-/// flushed the next one queues up, so the batches grow with the load. `io` is held by the
-/// group committer while it flushes and by a combined write: a sled transaction that
+/// Group commit of message writes (see the module docs): a submission queues its writes
+/// and waits for its [`PutTicket`] without holding a thread; the spool stage takes
+/// everything queued and syncs the spool, and the writer thread applies it in one
+/// transaction and flushes it. `io` is held by the group committer while it flushes and
+/// by a combined write: a sled transaction that
 /// starts during a flush waits for it holding sled's internal lock exclusively, which
 /// stalls every read (the checks) until the flush ends.
 #[derive(Default)]
@@ -339,10 +340,18 @@ struct PutQueue {
 }
 
 impl PutCombiner {
-    /// Tell the writer thread to stop once the queue is empty.
-    fn close(&self) {
+    /// Stop the spool stage and the writer thread once everything queued is written,
+    /// and wait for them. Blocking.
+    fn stop(&self) {
         lock(&self.queue).closing = true;
         self.wake.notify_all();
+        let threads = std::mem::take(&mut *lock(&self.writer));
+        for t in threads {
+            // Neither thread ever holds the last handle, but never join oneself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
     }
 }
 
@@ -353,7 +362,7 @@ impl std::fmt::Debug for PutCombiner {
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The queue and the leader token hold no invariant a panic could break.
+    // The queue, the IO token and the thread handles hold no invariant a panic could break.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -533,14 +542,8 @@ impl Store {
     /// Stop the group committer after a last flush, so that once every clone of the store
     /// is dropped the database is closed and its lock released.
     pub async fn close(&self) {
-        self.puts.close();
-        let threads = std::mem::take(&mut *lock(&self.puts.writer));
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        })
-        .await;
+        let puts = self.puts.clone();
+        let _ = tokio::task::spawn_blocking(move || puts.stop()).await;
         let _ = self.committer.send(CommitMsg::Close);
         let handle = self.committer_task.lock().ok().and_then(|mut h| h.take());
         if let Some(h) = handle {
@@ -562,9 +565,9 @@ impl Store {
     /// records are on disk. Fails with [`StoreError::Duplicate`] when the id was accepted
     /// before; then nothing of it is written.
     ///
-    /// Concurrent calls are combined: each queues its writes, and one of them applies all
-    /// queued writes in a single transaction and a single flush while the others wait for
-    /// it. Each message is still all-or-nothing, and a duplicate only fails its own call.
+    /// Concurrent calls are combined: the store's writer thread applies everything queued
+    /// in a single transaction and a single flush (see the module docs). Each message is
+    /// still all-or-nothing, and a duplicate only fails its own call.
     /// An audit entry that does not validate is left out and logged (it cannot happen for
     /// the entries the server builds).
     ///
@@ -595,9 +598,9 @@ impl Store {
         for r in &meta.recipients {
             meta.queue_seqs.insert(r.clone(), self.db.generate_id()?);
         }
-        // Appended now; the leader syncs the spool before the transaction that refers to
-        // it (everything queued was appended before the leader took it), so the metadata
-        // is never on disk without its body.
+        // Appended now; the spool stage syncs the spool before the writer writes the
+        // metadata that refers to it (everything queued was appended before the stage
+        // took it), so the metadata is never on disk without its body.
         let body_at = self.spool.append(&id, &a.verified.envelope().encode())?;
         meta.body_at = Some(body_at);
         let (done, landed) = oneshot::channel();
@@ -630,7 +633,7 @@ impl Store {
             let mut queue = lock(&self.puts.queue);
             if queue.closing {
                 drop(queue);
-                self.forget_bodies(std::iter::once(&pending));
+                forget_bodies(&self.spool, [&pending]);
                 return Err(StoreError::Closed);
             }
             queue.puts.push(pending);
@@ -723,7 +726,8 @@ impl Store {
         // A writer that stopped waiting (its connection went) no longer hears the outcome.
         match outcome {
             Ok(written) => {
-                self.forget_bodies(
+                forget_bodies(
+                    &self.spool,
                     batch
                         .iter()
                         .zip(&written)
@@ -737,19 +741,10 @@ impl Store {
                 }
             }
             Err(e) => {
-                self.forget_bodies(batch.iter());
+                forget_bodies(&self.spool, &batch);
                 for p in batch {
                     let _ = p.done.send(Err(e.clone()));
                 }
-            }
-        }
-    }
-
-    /// Delete the spooled bodies of writes that did not land.
-    fn forget_bodies<'a>(&self, puts: impl Iterator<Item = &'a PendingPut>) {
-        for p in puts {
-            if let Err(e) = self.spool.delete(&p.body_at, &p.id) {
-                tracing::error!(cause = %e, "cannot delete the body of a message not accepted");
             }
         }
     }
@@ -1038,11 +1033,6 @@ impl Store {
         self.meta.len()
     }
 
-    /// Number of spool segment files (for tests and benchmarks).
-    pub fn spool_segments(&self) -> usize {
-        self.spool.segments()
-    }
-
     /// Metadata of a message still held.
     pub fn meta(&self, id: &MessageId) -> Result<Option<MessageMeta>, StoreError> {
         self.meta
@@ -1263,127 +1253,21 @@ mod tests {
     use std::sync::Barrier;
 
     use chrono::Duration;
-    use ketenpost_schemas::control::Toestemming;
-    use ketenpost_schemas::directory::{BrokerEntry, Directory, Party};
-    use ketenpost_schemas::envelope::{LegalBasis, Limits};
-    use ketenpost_schemas::keys::{self, SigningKey};
-    use ketenpost_schemas::payload::Signaal;
-    use ketenpost_schemas::policy::{Policy, Role};
-    use ketenpost_schemas::seal::{seal, Draft, Sender};
+    use ketenpost_schemas::keys::SigningKey;
 
     use super::*;
-    use crate::checks::{check_message, Env, Submitted};
-    use crate::registry::MemRegistry;
 
-    /// `n` authorised signalen from a corporation to a zorgaanbieder.
-    fn authorised(n: usize) -> Vec<Authorised> {
-        let policy = Policy::from_toml(ketenpost_schemas::testdata::TEST_POLICY).unwrap();
-        let key = |_| keys::generate_signing_key();
-        let (corp_key, zorg_key): (SigningKey, SigningKey) = (key(0), key(1));
-        let corp: Oin = "00000001000000000003".parse().unwrap();
-        let zorg: Oin = "00000001000000000002".parse().unwrap();
-        let party = |oin: &Oin, k: &SigningKey, role: &str| Party {
-            oin: oin.clone(),
-            name: format!("party {oin}"),
-            roles: vec![Role::new(role)],
-            signing_key: keys::verifying_key_to_text(&k.verifying_key()),
-            age_recipient: keys::generate_age_identity().to_public().to_string(),
-            cert_fingerprint: "00".repeat(32),
-            fg_contact: "fg@example.org".into(),
-            revoked: false,
-        };
-        let directory = Directory {
-            covenant: "test".into(),
-            serial: 1,
-            issued_at: Utc::now(),
-            broker: BrokerEntry {
-                name: "broker".into(),
-                signing_key: keys::verifying_key_to_text(
-                    &keys::generate_signing_key().verifying_key(),
-                ),
-                cert_fingerprint: "00".repeat(32),
-            },
-            parties: vec![
-                party(&corp, &corp_key, "woningcorporatie"),
-                party(&zorg, &zorg_key, "zorgaanbieder"),
-            ],
-        };
-        let now = Utc::now();
-        let case = CaseRef::random();
-        let consent = uuid::Uuid::now_v7();
-        let mut reg = MemRegistry::default();
-        reg.cases.insert(
-            case.clone(),
-            Case {
-                case_ref: case.clone(),
-                covenant: "test".into(),
-                purpose: "uitstroom".into(),
-                regievoerder: zorg.clone(),
-                members: [
-                    (corp.clone(), Role::new("woningcorporatie")),
-                    (zorg.clone(), Role::new("zorgaanbieder")),
-                ]
-                .into(),
-                former_members: Default::default(),
-                opened_at: now - Duration::days(1),
-                closed_at: None,
-                deletion_ordered_at: None,
-            },
-        );
-        reg.consents.insert(
-            consent,
-            Consent {
-                record: Toestemming {
-                    consent_id: consent,
-                    covenant: "test".into(),
-                    purpose: "uitstroom".into(),
-                    case_ref: case.clone(),
-                    parties: vec![],
-                    roles: vec![Role::new("zorgaanbieder"), Role::new("woningcorporatie")],
-                    valid_from: now - Duration::days(1),
-                    valid_until: None,
-                    document_sha256: "ab".repeat(32),
-                    obtained_by: zorg.clone(),
-                    obtained_at: now - Duration::days(1),
-                },
-                withdrawn_at: None,
-            },
-        );
-        let limits = Limits::default();
-        (0..n)
+    /// `n` authorised signalen from a corporation to a zorgaanbieder, and the
+    /// zorgaanbieder.
+    fn authorised(n: usize) -> (Vec<Authorised>, Oin) {
+        let fx = crate::checks::tests::Fx::new();
+        let messages = (0..n)
             .map(|_| {
-                let mut d = Draft::new(
-                    "uitstroom",
-                    Kind::Signaal,
-                    case.clone(),
-                    vec![(zorg.clone(), Role::new("zorgaanbieder"))],
-                    LegalBasis::Consent {
-                        consent_id: consent,
-                    },
-                    serde_json::to_value(Signaal::example()).unwrap(),
-                );
-                d.event_time = Some(now - Duration::hours(1));
-                let sender = Sender {
-                    oin: &corp,
-                    key: &corp_key,
-                };
-                let bytes = seal(d, sender, &policy, &directory, now)
-                    .unwrap()
-                    .0
-                    .encode();
-                let env = Env {
-                    policy: &policy,
-                    directory: &directory,
-                    limits: &limits,
-                    keys: None,
-                };
-                let sub = Submitted {
-                    transport: &corp,
-                    bytes: &bytes,
-                };
-                check_message(sub, env, &reg, now).unwrap()
+                let draft = fx.draft(Kind::Signaal, &[(&fx.zorg, "zorgaanbieder")]);
+                fx.check_as(&fx.corp, &fx.seal(&fx.corp, draft)).unwrap()
             })
-            .collect()
+            .collect();
+        (messages, fx.zorg.oin.clone())
     }
 
     /// Whether `needle` occurs in any file under `dir`.
@@ -1416,8 +1300,7 @@ mod tests {
             );
             (store, trail)
         };
-        let zorg: Oin = "00000001000000000002".parse().unwrap();
-        let messages = authorised(2);
+        let (messages, zorg) = authorised(2);
         let envelopes: Vec<Vec<u8>> = messages
             .iter()
             .map(|a| a.verified.envelope().encode())
@@ -1495,6 +1378,70 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_body_is_neither_delivered_nor_receipted_and_blocks_nothing() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let store = Store::open(db.clone(), &spool_dir).unwrap();
+        let trail = Arc::new(
+            crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),
+        );
+        let (messages, zorg) = authorised(2);
+        for a in &messages {
+            let meta = MessageMeta::accepted(a, Utc::now());
+            store.put_message(a, &meta, &trail, vec![]).unwrap();
+        }
+        // Flip one byte of the first message's body in its segment file.
+        let damaged = messages[0].verified.envelope().encode();
+        let segment = std::fs::read_dir(&spool_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                let bytes = std::fs::read(p).unwrap();
+                bytes.windows(damaged.len()).any(|w| w == damaged)
+            })
+            .unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let at = bytes
+            .windows(damaged.len())
+            .position(|w| w == damaged)
+            .unwrap();
+        bytes[at + damaged.len() / 2] ^= 0x01;
+        std::fs::write(&segment, bytes).unwrap();
+
+        // The damaged one is skipped without taking the place of the intact one.
+        let (deliveries, _) = store.fetch(&zorg, 1).unwrap();
+        let intact = messages[1].verified.envelope().encode();
+        match deliveries.as_slice() {
+            [Delivery::Message { envelope, .. }] => assert_eq!(
+                ketenpost_schemas::protocol::envelope_from_b64(envelope).unwrap(),
+                intact
+            ),
+            other => panic!("expected the intact message alone: {other:?}"),
+        }
+        // A receipt cannot be checked against a body that does not read: refused, kept.
+        let forwarded = SignedRecord {
+            kind: Kind::DeliveryReceipt,
+            signer: zorg.clone(),
+            record: String::new(),
+            signature: String::new(),
+        };
+        let first = messages[0].header();
+        let sha = first.body_for(&zorg).unwrap().1.sha256.clone();
+        assert!(store
+            .receipt(&zorg, &first.id, &sha, &forwarded)
+            .unwrap()
+            .is_none());
+        assert_eq!(store.bodies_held(), 2);
+        rt.block_on(store.close());
+    }
+
+    #[test]
     fn dropping_every_handle_releases_the_database() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let _in_runtime = rt.enter();
@@ -1528,7 +1475,7 @@ mod tests {
         );
         // Every message twice, so duplicates meet in one combined transaction as well as
         // across transactions.
-        let messages = authorised(24);
+        let (messages, _) = authorised(24);
         let threads = 8;
         let barrier = Barrier::new(threads);
         let outcomes: Vec<(MessageId, Result<(), StoreError>)> = std::thread::scope(|s| {

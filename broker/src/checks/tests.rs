@@ -44,19 +44,22 @@ fn lenient() -> String {
     toml::to_string(&v).unwrap()
 }
 
-struct P {
-    oin: Oin,
-    key: SigningKey,
+/// A party of the fixture.
+pub(crate) struct P {
+    pub(crate) oin: Oin,
+    pub(crate) key: SigningKey,
 }
 
-struct Fx {
+/// The checks' fixture, also used by the store's tests: a directory of six parties, a
+/// case with five of them, and a consent for the three roles.
+pub(crate) struct Fx {
     strict: Policy,
     lenient: Policy,
     directory: Directory,
     limits: Limits,
     gem: P,
-    zorg: P,
-    corp: P,
+    pub(crate) zorg: P,
+    pub(crate) corp: P,
     corp2: P,
     /// Has two roles in the directory: gemeente and woningcorporatie.
     dual: P,
@@ -75,7 +78,7 @@ fn party(n: u64) -> P {
 }
 
 impl Fx {
-    fn new() -> Fx {
+    pub(crate) fn new() -> Fx {
         let strict = Policy::from_toml(STRICT).unwrap();
         let lenient = Policy::from_toml(&lenient()).unwrap();
         let (gem, zorg, corp, corp2, dual, revoked) =
@@ -185,7 +188,7 @@ impl Fx {
         }
     }
 
-    fn draft(&self, kind: Kind, to: &[(&P, &str)]) -> Draft {
+    pub(crate) fn draft(&self, kind: Kind, to: &[(&P, &str)]) -> Draft {
         let payload: Value = match kind {
             Kind::Aanmelding => serde_json::to_value(Aanmelding::example()).unwrap(),
             Kind::Signaal => serde_json::to_value(Signaal::example()).unwrap(),
@@ -210,7 +213,7 @@ impl Fx {
         d
     }
 
-    fn seal(&self, from: &P, draft: Draft) -> Vec<u8> {
+    pub(crate) fn seal(&self, from: &P, draft: Draft) -> Vec<u8> {
         seal(
             draft,
             Sender {
@@ -226,7 +229,7 @@ impl Fx {
         .encode()
     }
 
-    fn check_as(&self, transport: &P, bytes: &[u8]) -> Result<Authorised, Rejection> {
+    pub(crate) fn check_as(&self, transport: &P, bytes: &[u8]) -> Result<Authorised, Rejection> {
         check_message(
             Submitted {
                 transport: &transport.oin,
