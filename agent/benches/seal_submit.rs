@@ -195,7 +195,17 @@ fn proc_mem(path: &str) -> Mem {
 
 /// CPU seconds (user + system) this process used so far.
 fn own_cpu_secs() -> f64 {
-    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu_secs("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) the calling thread used so far.
+fn thread_cpu_secs() -> f64 {
+    stat_cpu_secs("/proc/thread-self/stat")
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds.
+fn stat_cpu_secs(path: &str) -> f64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     let after = text.rfind(')').map_or("", |i| &text[i + 1..]);
     let f: Vec<u64> = after
         .split_whitespace()
@@ -203,18 +213,6 @@ fn own_cpu_secs() -> f64 {
         .collect();
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     // CLK_TCK is 100 on Linux for every architecture this runs on.
-    ticks as f64 / 100.0
-}
-
-/// CPU seconds (user + system) the calling thread used so far.
-fn thread_cpu_secs() -> f64 {
-    let text = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let after = text.rfind(')').map_or("", |i| &text[i + 1..]);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     ticks as f64 / 100.0
 }
 
