@@ -59,7 +59,6 @@ use ketenpost_agent::outbox::Status;
 use ketenpost_agent::Agent;
 use ketenpost_broker::config::BrokerConfig;
 use ketenpost_broker::server::Broker;
-use ketenpost_broker::tls::ClientTls;
 use ketenpost_certs::{Federation, InitOptions};
 use ketenpost_schemas::envelope::LegalBasis;
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
@@ -67,6 +66,7 @@ use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::payload::{self, Aanmelding};
 use ketenpost_schemas::policy::Role;
 use ketenpost_schemas::seal::{self, Draft, Sender};
+use ketenpost_transport::tls::ClientTls;
 use serde_json::Value;
 
 const WALCHEREN: &str = concat!(

@@ -43,9 +43,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ketenpost_broker::tls::ClientTls;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self, SigningKey, VerifyingKey};
+use ketenpost_transport::tls::ClientTls;
 use serde::Deserialize;
 
 use crate::Error;

@@ -65,7 +65,7 @@ pub enum Error {
     },
     /// The broker could not be reached, or the connection failed.
     #[error("broker unavailable: {0}")]
-    Broker(#[from] ketenpost_broker::client::ClientError),
+    Broker(#[from] ketenpost_transport::client::ClientError),
     /// The broker answered something this agent did not expect for the request.
     #[error("unexpected answer from the broker: {0}")]
     Unexpected(String),

@@ -8,9 +8,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use ketenpost_broker::client::{Client, ClientError};
-use ketenpost_broker::tls::ClientTls;
 use ketenpost_schemas::protocol::{Request, Response};
+use ketenpost_transport::client::{Client, ClientError};
+use ketenpost_transport::tls::ClientTls;
 use tokio::sync::Mutex;
 
 use crate::Error;
@@ -45,7 +45,7 @@ impl std::fmt::Debug for BrokerLink {
 impl BrokerLink {
     /// Build the link; the TLS files are read here (a bad file is a configuration error).
     pub fn new(address: String, server_name: String, tls: &ClientTls) -> Result<Self, Error> {
-        let quic = ketenpost_broker::tls::client_config(tls).map_err(|e| Error::Config {
+        let quic = ketenpost_transport::tls::client_config(tls).map_err(|e| Error::Config {
             path: tls.cert.clone(),
             message: format!("TLS: {e}"),
         })?;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ketenpost_broker::audit::Checkpoint;
+use ketenpost_core::audit::Checkpoint;
 use ketenpost_schemas::control::{
     DeadlineNotice, DeletionOrder, DeliveryReceipt, ExpiryNotice, Record, SignedRecord,
 };
@@ -35,8 +35,7 @@ use crate::mirror::KnownCase;
 use crate::outbox::{Overdue, SubmitAnswer};
 use crate::{deletion, documents, retention, Error};
 
-/// The OIN the broker signs its own notices with (see `ketenpost_broker::server`).
-pub const BROKER_SIGNER: &str = ketenpost_broker::server::BROKER_SIGNER;
+pub use ketenpost_schemas::control::BROKER_SIGNER;
 
 /// Most messages submitted at once.
 const SUBMIT_CONCURRENCY: usize = 32;

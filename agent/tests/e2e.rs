@@ -452,7 +452,7 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
     net.stop_broker().await;
     let parsed: ketenpost_schemas::ids::CaseRef = case_ref.parse().unwrap();
     {
-        use ketenpost_broker::registry::Registry;
+        use ketenpost_core::registry::Registry;
         let db = sled::Config::new()
             .path(net.broker_data().join("broker.sled"))
             .open()

@@ -10,15 +10,15 @@ use std::sync::Arc;
 
 use common::Net;
 use ketenpost_agent::{Agent, Error};
-use ketenpost_broker::tls::ServerTls;
 use ketenpost_schemas::keys;
 use ketenpost_schemas::protocol::{CheckpointWire, Documents, Request, Response};
+use ketenpost_transport::tls::ServerTls;
 
 type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 
 /// A broker impostor with the real broker certificate, answering with `handler`.
 async fn impostor(net: &Net, handler: Handler) -> (quinn::Endpoint, SocketAddr) {
-    let config = ketenpost_broker::tls::server_config(&ServerTls {
+    let config = ketenpost_transport::tls::server_config(&ServerTls {
         cert: net.fed.broker.cert.clone(),
         key: net.fed.broker.key.clone(),
         ca: net.fed.ca.cert.clone(),

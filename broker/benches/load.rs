@@ -46,8 +46,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ketenpost_broker::client::Client;
-use ketenpost_broker::tls::ClientTls;
 use ketenpost_certs::{Federation, InitOptions};
 use ketenpost_schemas::control::{CaseChange, CaseOp, Record, SignedRecord, Toestemming};
 use ketenpost_schemas::directory::Directory;
@@ -59,6 +57,8 @@ use ketenpost_schemas::payload::Signaal;
 use ketenpost_schemas::policy::{Policy, Role};
 use ketenpost_schemas::protocol::{Request, Response};
 use ketenpost_schemas::seal::{seal, Draft, Sender};
+use ketenpost_transport::client::Client;
+use ketenpost_transport::tls::ClientTls;
 
 const POLICY: &str = r#"
 [covenant]

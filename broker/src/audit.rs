@@ -1,694 +1,35 @@
-//! The broker's tamper-evident audit trail.
+//! The broker's tamper-evident audit trail in its sled database.
 //!
-//! Every decision the broker takes about a message, a consent, a case, a deadline, a breach
-//! notice or a deletion becomes one [`AuditRecord`], in the spirit of the Logboek
-//! Dataverwerkingen and NEN 7513: what happened ([`AuditEvent`]), when, which organisation
-//! acted, for which case reference, purpose and processing activity, with which
-//! counterparties, and the outcome with a reason code.
-//!
-//! # What never enters a record
-//! No payload content and no personal data. A record only carries OINs (organisation ids),
-//! pseudonymous case references, message and trace ids, policy names (purpose, processing
-//! activity, kind) and reason *codes*. The types enforce what they can: [`AuditEntry`] is
-//! the only way to write a record, [`AuditTrail::append`] refuses an actor or counterparty
-//! that is not a 20-digit OIN and identifiers that look like free text, and a reason can
-//! only be a `&'static str` code (plus an optional fixed `&'static str` explanation), so
-//! nothing read from the network can become a reason.
-//!
-//! # The chain
-//! Records are numbered `seq = 1, 2, 3, ...` without gaps and stored in the sled tree
-//! `audit` under the big-endian bytes of their `seq`, so sled's key order is seq order.
-//! Each record holds `prev_hash`, the hash of the record before it (64 zeros for record 1),
-//! and `hash`, its own hash:
-//!
-//! > **canonical bytes of a record** = the `serde_json` serialisation of the
-//! > [`AuditRecord`] with its `hash` field set to the empty string `""` (fields in
-//! > declaration order, optional fields omitted when absent, no whitespace);
-//! > `hash` = lowercase hex of SHA-256 over those bytes.
-//!
-//! The value stored in sled is the `serde_json` serialisation of the complete record;
-//! [`verify_chain`] also insists the stored bytes are exactly that (no extra fields, no
-//! reformatting), so any byte-level edit is noticed.
-//!
-//! Record times never go backwards: a record is dated `max(now, time of the previous
-//! record)`, which keeps the trail ordered by time as well as by seq even when concurrent
-//! callers pass slightly different clocks (and lets [`AuditTrail::records_between`] use a
-//! binary search).
-//!
-//! # Checkpoints
-//! A hash chain alone does not stop whoever holds the database from rewriting all of it.
-//! The broker therefore signs periodic [`Checkpoint`]s (`seq`, `head_hash`, `time`) with
-//! its ed25519 key and hands them to agents. An agent that holds a checkpoint can later ask
-//! the broker to prove the record at that seq still has that hash
-//! ([`AuditTrail::prove_extends`]) and can compare checkpoints it holds
-//! ([`Checkpoint::extends`]); `ketenpost-broker audit verify` ([`verify_chain`]) checks
-//! every stored checkpoint against the records. Checkpoints live in the sled tree
-//! `audit_checkpoints` under the big-endian bytes of their `seq`.
-//!
-//! > **signed bytes of a checkpoint** = the UTF-8 bytes of
-//! > `format!("{seq}:{head_hash}:{time}")`, where `time` is RFC 3339 in UTC with a `Z`
-//! > suffix and only as many fractional digits as needed (chrono
-//! > `to_rfc3339_opts(SecondsFormat::AutoSi, true)`, see [`Checkpoint::time_text`]);
-//! > the signature is `keys::sign(broker_key, Context::Checkpoint, bytes)`, so it is
-//! > domain-separated from every other ketenpost signature. Checkpoint times are whole
-//! > seconds, e.g. `42:ab12…:2025-03-01T09:30:00Z`.
+//! The records, entries, checkpoints and the chain rule are
+//! [`ketenpost_core::audit`] (pure, shared with the agent and the FG tools); this module
+//! stores them: records in the sled tree [`RECORDS_TREE`] under [`seq_key`], checkpoints in
+//! [`CHECKPOINTS_TREE`], appends serialised under one mutex around the [`ChainHead`], and
+//! [`verify_chain`] over a whole database.
 //!
 //! # Durability and concurrency
 //! [`AuditTrail::append`] writes into sled but does not flush: the broker group-commits
-//! with `db.flush_async()` before it answers `accepted`, so one fsync covers the queue
-//! write and the audit record. [`AuditTrail::checkpoint`] does flush, because a checkpoint
-//! handed to an agent must never cover records a crash could lose. Appends from many
-//! threads are serialised by one mutex around the head of the chain, so seqs stay
-//! contiguous and every `prev_hash` is right.
-//!
-//! Reading the trail is itself an event to audit ([`AuditEvent::AuditRead`]); that is the
-//! reader's job (the FG report), not this module's.
+//! before it answers, so one fsync covers the state change and its audit records.
+//! [`AuditTrail::checkpoint`] does flush, because a checkpoint handed to an agent must
+//! never cover records a crash could lose. Appends from many threads are serialised by one
+//! mutex around the head of the chain, so seqs stay contiguous and every `prev_hash` is
+//! right.
 
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
-use ketenpost_schemas::keys::{self, Context, SigningKey, VerifyingKey};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use chrono::{DateTime, Utc};
+use ketenpost_schemas::keys::{self, SigningKey, VerifyingKey};
+
+pub use ketenpost_core::audit::*;
 
 /// Name of the sled tree that holds the records.
 pub const RECORDS_TREE: &str = "audit";
 /// Name of the sled tree that holds the signed checkpoints.
 pub const CHECKPOINTS_TREE: &str = "audit_checkpoints";
-/// The `prev_hash` of record 1, and the head hash of an empty trail: 64 zeros.
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Longest identifier (case reference, message id, purpose, ...) a record accepts.
-const MAX_ID_LEN: usize = 128;
-/// Longest fixed explanation that may follow a reason code.
-const MAX_EXPLANATION_LEN: usize = 200;
-
-/// Everything that can go wrong with the audit trail.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuditError {
-    /// sled failed: an I/O error, or sled found its own files corrupt.
-    #[error("audit store: {0}")]
-    Storage(#[from] sled::Error),
-    /// A stored record or checkpoint cannot be used: it does not parse, or its key, seq
-    /// and hash do not agree. The broker refuses to extend a trail whose head is corrupt;
-    /// `ketenpost-broker audit verify` says what is wrong with the rest.
-    #[error("audit record {seq} is corrupt: {reason}")]
-    Corrupt {
-        /// The seq of the record (or checkpoint) that is corrupt.
-        seq: u64,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A record or checkpoint could not be serialised to JSON.
-    #[error("cannot serialise audit data: {0}")]
-    Serialize(serde_json::Error),
-    /// A checkpoint's signature is malformed or does not verify under the broker key.
-    #[error("audit checkpoint at seq {seq} has a bad signature")]
-    BadSignature {
-        /// The seq the checkpoint covers.
-        seq: u64,
-    },
-    /// An entry holds a value that may not enter the trail: an actor or counterparty that
-    /// is not an OIN, or an identifier that looks like free text. The message names the
-    /// field, never its value.
-    #[error("audit entry field '{field}' {reason}")]
-    InvalidEntry {
-        /// Which field.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The trail holds `u64::MAX` records; no seq is left.
-    #[error("the audit trail is full")]
-    Full,
-}
-
-/// What happened. Serialised in snake_case (`body_deleted`, `non_consent_use`, ...).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AuditEvent {
-    /// A submitted message passed every check and was queued.
-    Accepted,
-    /// A submitted message failed a check; nothing was queued.
-    Rejected,
-    /// A message was handed to a recipient agent.
-    Delivered,
-    /// A recipient's signed receipt arrived.
-    Receipt,
-    /// An undelivered message passed its TTL; its body was dropped and the sender told.
-    Expired,
-    /// A body was deleted because every recipient receipted it (or it expired).
-    BodyDeleted,
-    /// A consent (toestemming) was recorded.
-    ConsentGranted,
-    /// A consent was withdrawn.
-    ConsentWithdrawn,
-    /// A case was opened.
-    CaseOpened,
-    /// A party joined a case team.
-    CaseMemberAdded,
-    /// A party left a case team.
-    CaseMemberRemoved,
-    /// A case was closed; its retention clock started.
-    CaseClosed,
-    /// A message was sent on a non-consent ground; the FGs are alerted.
-    NonConsentUse,
-    /// A deadline was missed (a message late on arrival, or an answer overdue).
-    DeadlineLate,
-    /// A deadline reminder was sent.
-    DeadlineNotice,
-    /// A breach notice (datalek-melding) was routed.
-    BreachNotice,
-    /// A deletion order went to the parties holding a case's messages.
-    DeletionOrdered,
-    /// A party confirmed (signed) that it deleted a case's messages.
-    DeletionConfirmed,
-    /// Someone (an FG) read the audit trail.
-    AuditRead,
-    /// The broker signed a checkpoint of the trail.
-    Checkpoint,
-    /// The broker started.
-    BrokerStarted,
-    /// The broker stopped.
-    BrokerStopped,
-}
-
-impl AuditEvent {
-    /// The snake_case name, as serialised.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuditEvent::Accepted => "accepted",
-            AuditEvent::Rejected => "rejected",
-            AuditEvent::Delivered => "delivered",
-            AuditEvent::Receipt => "receipt",
-            AuditEvent::Expired => "expired",
-            AuditEvent::BodyDeleted => "body_deleted",
-            AuditEvent::ConsentGranted => "consent_granted",
-            AuditEvent::ConsentWithdrawn => "consent_withdrawn",
-            AuditEvent::CaseOpened => "case_opened",
-            AuditEvent::CaseMemberAdded => "case_member_added",
-            AuditEvent::CaseMemberRemoved => "case_member_removed",
-            AuditEvent::CaseClosed => "case_closed",
-            AuditEvent::NonConsentUse => "non_consent_use",
-            AuditEvent::DeadlineLate => "deadline_late",
-            AuditEvent::DeadlineNotice => "deadline_notice",
-            AuditEvent::BreachNotice => "breach_notice",
-            AuditEvent::DeletionOrdered => "deletion_ordered",
-            AuditEvent::DeletionConfirmed => "deletion_confirmed",
-            AuditEvent::AuditRead => "audit_read",
-            AuditEvent::Checkpoint => "checkpoint",
-            AuditEvent::BrokerStarted => "broker_started",
-            AuditEvent::BrokerStopped => "broker_stopped",
-        }
-    }
-}
-
-impl fmt::Display for AuditEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How it ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Done as asked.
-    Ok,
-    /// Refused; the reason says why.
-    Refused,
-    /// Done, but noted for the FGs (late, non-consent ground, ...); the reason says why.
-    Flagged,
-}
-
-impl Outcome {
-    /// The snake_case name, as serialised.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Refused => "refused",
-            Outcome::Flagged => "flagged",
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One record of the trail, as stored. See the module docs for how `hash` is computed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditRecord {
-    /// Position in the trail, 1-based and contiguous; a gap means a removed record.
-    pub seq: u64,
-    /// When it happened (never earlier than the previous record).
-    pub time: DateTime<Utc>,
-    /// What happened.
-    pub event: AuditEvent,
-    /// OIN of the organisation that acted (the sender, the recipient that fetched, the FG's
-    /// organisation that read the trail); absent for the broker's own events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actor: Option<String>,
-    /// The partner system's pseudonym for the user who acted, when the agent passed one
-    /// (NEN 7513 asks for the person; the broker only ever sees a pseudonym).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-    /// The pseudonymous case reference (`case-...`), never a BSN or a name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub case_ref: Option<String>,
-    /// The policy purpose id the processing was for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub purpose: Option<String>,
-    /// The processing activity id, as in the parties' registers (Logboek Dataverwerkingen).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub processing_activity: Option<String>,
-    /// The message kind (`signaal`, `aanmelding`, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    /// The message id (UUIDv7) the event is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<String>,
-    /// OINs of the other organisations involved (the recipients, the sender of a receipt),
-    /// so an FG can find every flow that involves its organisation.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub counterparties: Vec<String>,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// A reason code (`not_in_case_team`), optionally followed by `": "` and a fixed
-    /// explanation; never payload content or personal data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// W3C trace id, to find the same message in the partners' own logs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-    /// Hash of the previous record ([`GENESIS_HASH`] for record 1).
-    pub prev_hash: String,
-    /// Hash of this record's canonical bytes (which are computed with this field empty).
-    pub hash: String,
-}
-
-impl AuditRecord {
-    /// The bytes the hash is computed over: the JSON of this record with `hash` set to
-    /// `""` (see the module docs).
-    pub fn canonical_bytes(&self) -> Result<Vec<u8>, AuditError> {
-        let mut unhashed = self.clone();
-        unhashed.hash = String::new();
-        serde_json::to_vec(&unhashed).map_err(AuditError::Serialize)
-    }
-
-    /// Lowercase hex SHA-256 of [`canonical_bytes`](Self::canonical_bytes): what `hash`
-    /// should be.
-    pub fn compute_hash(&self) -> Result<String, AuditError> {
-        Ok(hex::encode(Sha256::digest(self.canonical_bytes()?)))
-    }
-
-    /// Whether the stored `hash` matches the record's content.
-    pub fn hash_is_valid(&self) -> Result<bool, AuditError> {
-        Ok(self.compute_hash()? == self.hash)
-    }
-}
-
-/// What a caller fills in for one record: everything except the seq, the time and the
-/// hashes, which [`AuditTrail::append`] adds.
-///
-/// ```
-/// use ketenpost_broker::audit::{AuditEntry, AuditEvent, Outcome};
-/// let entry = AuditEntry::new(AuditEvent::Rejected, Outcome::Refused)
-///     .actor("00000001234567890000")
-///     .case_ref("case-0123456789abcdefghijklmnop")
-///     .purpose("walcheren-uitstroom")
-///     .kind("signaal")
-///     .counterparty("00000009876543210000")
-///     .reason("not_in_case_team");
-/// # let _ = entry;
-/// ```
-///
-/// Identifiers are taken as anything that displays (`&str`, `String`, the `schemas` id
-/// types); `append` checks their shape.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditEntry {
-    event: AuditEvent,
-    outcome: Outcome,
-    actor: Option<String>,
-    user: Option<String>,
-    case_ref: Option<String>,
-    purpose: Option<String>,
-    processing_activity: Option<String>,
-    kind: Option<String>,
-    message_id: Option<String>,
-    counterparties: Vec<String>,
-    reason_code: Option<&'static str>,
-    explanation: Option<&'static str>,
-    trace_id: Option<String>,
-}
-
-impl AuditEntry {
-    /// An entry for `event` with `outcome` and nothing else filled in.
-    pub fn new(event: AuditEvent, outcome: Outcome) -> Self {
-        AuditEntry {
-            event,
-            outcome,
-            actor: None,
-            user: None,
-            case_ref: None,
-            purpose: None,
-            processing_activity: None,
-            kind: None,
-            message_id: None,
-            counterparties: Vec::new(),
-            reason_code: None,
-            explanation: None,
-            trace_id: None,
-        }
-    }
-
-    /// An entry for `event` that went as asked.
-    pub fn ok(event: AuditEvent) -> Self {
-        Self::new(event, Outcome::Ok)
-    }
-
-    /// An entry for `event` that was refused for reason `code`.
-    pub fn refused(event: AuditEvent, code: &'static str) -> Self {
-        Self::new(event, Outcome::Refused).reason(code)
-    }
-
-    /// An entry for `event` that went through but is flagged for reason `code`.
-    pub fn flagged(event: AuditEvent, code: &'static str) -> Self {
-        Self::new(event, Outcome::Flagged).reason(code)
-    }
-
-    /// The OIN of the acting organisation.
-    pub fn actor(mut self, oin: impl fmt::Display) -> Self {
-        self.actor = Some(oin.to_string());
-        self
-    }
-
-    /// The partner system's pseudonym for the acting user.
-    pub fn user(mut self, pseudonym: impl fmt::Display) -> Self {
-        self.user = Some(pseudonym.to_string());
-        self
-    }
-
-    /// The pseudonymous case reference.
-    pub fn case_ref(mut self, case_ref: impl fmt::Display) -> Self {
-        self.case_ref = Some(case_ref.to_string());
-        self
-    }
-
-    /// The policy purpose id.
-    pub fn purpose(mut self, purpose: impl fmt::Display) -> Self {
-        self.purpose = Some(purpose.to_string());
-        self
-    }
-
-    /// The processing activity id.
-    pub fn processing_activity(mut self, id: impl fmt::Display) -> Self {
-        self.processing_activity = Some(id.to_string());
-        self
-    }
-
-    /// The message kind.
-    pub fn kind(mut self, kind: impl fmt::Display) -> Self {
-        self.kind = Some(kind.to_string());
-        self
-    }
-
-    /// The message id.
-    pub fn message_id(mut self, id: impl fmt::Display) -> Self {
-        self.message_id = Some(id.to_string());
-        self
-    }
-
-    /// Add one counterparty OIN.
-    pub fn counterparty(mut self, oin: impl fmt::Display) -> Self {
-        self.counterparties.push(oin.to_string());
-        self
-    }
-
-    /// Add several counterparty OINs.
-    pub fn counterparties<I>(mut self, oins: I) -> Self
-    where
-        I: IntoIterator,
-        I::Item: fmt::Display,
-    {
-        self.counterparties
-            .extend(oins.into_iter().map(|o| o.to_string()));
-        self
-    }
-
-    /// The reason code (lowercase letters, digits, `_`, `-` and `.`, e.g.
-    /// `not_in_case_team`). Only a `&'static str` is accepted so that nothing read from
-    /// the network can end up here.
-    pub fn reason(mut self, code: &'static str) -> Self {
-        self.reason_code = Some(code);
-        self.explanation = None;
-        self
-    }
-
-    /// A reason code with a short fixed explanation; stored as `"code: explanation"`.
-    pub fn reason_explained(mut self, code: &'static str, explanation: &'static str) -> Self {
-        self.reason_code = Some(code);
-        self.explanation = Some(explanation);
-        self
-    }
-
-    /// The W3C trace id.
-    pub fn trace_id(mut self, trace_id: impl fmt::Display) -> Self {
-        self.trace_id = Some(trace_id.to_string());
-        self
-    }
-
-    /// Check the shape of every field, so nothing that looks like free text or personal
-    /// data enters the trail.
-    pub(crate) fn validate(&self) -> Result<(), AuditError> {
-        if let Some(a) = &self.actor {
-            check_oin("actor", a)?;
-        }
-        for c in &self.counterparties {
-            check_oin("counterparties", c)?;
-        }
-        check_token("user", self.user.as_deref(), 64)?;
-        check_token("case_ref", self.case_ref.as_deref(), MAX_ID_LEN)?;
-        check_token("kind", self.kind.as_deref(), MAX_ID_LEN)?;
-        check_token("message_id", self.message_id.as_deref(), MAX_ID_LEN)?;
-        check_token("trace_id", self.trace_id.as_deref(), MAX_ID_LEN)?;
-        check_name("purpose", self.purpose.as_deref())?;
-        check_name("processing_activity", self.processing_activity.as_deref())?;
-        if let Some(code) = self.reason_code {
-            let ok = !code.is_empty()
-                && code.len() <= MAX_ID_LEN
-                && code.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.')
-                });
-            if !ok {
-                return Err(AuditError::InvalidEntry {
-                    field: "reason",
-                    reason: "must be a code of lowercase letters, digits, '_', '-' and '.'",
-                });
-            }
-        }
-        if let Some(e) = self.explanation {
-            if e.len() > MAX_EXPLANATION_LEN || e.chars().any(char::is_control) {
-                return Err(AuditError::InvalidEntry {
-                    field: "reason",
-                    reason: "explanation must be one short line",
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn reason_text(&self) -> Option<String> {
-        match (self.reason_code, self.explanation) {
-            (Some(c), Some(e)) => Some(format!("{c}: {e}")),
-            (Some(c), None) => Some(c.to_owned()),
-            (None, Some(e)) => Some(e.to_owned()),
-            (None, None) => None,
-        }
-    }
-
-    fn into_record(self, seq: u64, time: DateTime<Utc>, prev_hash: String) -> AuditRecord {
-        let reason = self.reason_text();
-        AuditRecord {
-            seq,
-            time,
-            event: self.event,
-            actor: self.actor,
-            user: self.user,
-            case_ref: self.case_ref,
-            purpose: self.purpose,
-            processing_activity: self.processing_activity,
-            kind: self.kind,
-            message_id: self.message_id,
-            counterparties: self.counterparties,
-            outcome: self.outcome,
-            reason,
-            trace_id: self.trace_id,
-            prev_hash,
-            hash: String::new(),
-        }
-    }
-}
-
-fn check_oin(field: &'static str, v: &str) -> Result<(), AuditError> {
-    if v.len() == 20 && v.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(AuditError::InvalidEntry {
-            field,
-            reason: "must be an OIN (20 digits)",
-        })
-    }
-}
-
-/// An identifier: printable ASCII without spaces.
-fn check_token(field: &'static str, v: Option<&str>, max: usize) -> Result<(), AuditError> {
-    match v {
-        Some(v) if v.is_empty() || v.len() > max || !v.bytes().all(|b| b.is_ascii_graphic()) => {
-            Err(AuditError::InvalidEntry {
-                field,
-                reason: "must be a short identifier of printable ASCII without spaces",
-            })
-        }
-        _ => Ok(()),
-    }
-}
-
-/// A policy name: one short line (policy authors may use spaces in these).
-fn check_name(field: &'static str, v: Option<&str>) -> Result<(), AuditError> {
-    match v {
-        Some(v)
-            if v.trim().is_empty() || v.len() > MAX_ID_LEN || v.chars().any(char::is_control) =>
-        {
-            Err(AuditError::InvalidEntry {
-                field,
-                reason: "must be a short name on one line",
-            })
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The head of the chain: the last record's seq and hash (0 and [`GENESIS_HASH`] when the
-/// trail is empty).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Head {
-    /// Seq of the last record; 0 for an empty trail.
-    pub seq: u64,
-    /// Hash of the last record.
-    pub hash: String,
-}
-
-/// The head plus the last record's time, under the append mutex.
-#[derive(Debug)]
-struct HeadState {
-    seq: u64,
-    hash: String,
-    time: Option<DateTime<Utc>>,
-}
-
-/// A signed statement by the broker: "record `seq` of my audit trail has hash
-/// `head_hash`". Agents keep the checkpoints they are given; see the module docs for the
-/// signed bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Checkpoint {
-    /// Seq of the last record covered (0 for an empty trail).
-    pub seq: u64,
-    /// Hash of that record ([`GENESIS_HASH`] for seq 0).
-    pub head_hash: String,
-    /// When the checkpoint was made, in whole seconds.
-    pub time: DateTime<Utc>,
-    /// The broker's ed25519 signature over [`signed_bytes`](Self::signed_bytes), base64.
-    pub signature: String,
-}
-
-impl Checkpoint {
-    /// Make and sign a checkpoint. `time` is truncated to whole seconds.
-    fn sign(key: &SigningKey, seq: u64, head_hash: String, time: DateTime<Utc>) -> Self {
-        let time = time.trunc_subsecs(0);
-        let bytes = signed_bytes(seq, &head_hash, &time_text(&time));
-        let signature = keys::signature_to_text(&keys::sign(key, Context::Checkpoint, &bytes));
-        Checkpoint {
-            seq,
-            head_hash,
-            time,
-            signature,
-        }
-    }
-
-    /// Rebuild a checkpoint from its wire parts (the time as RFC 3339 text), e.g. from the
-    /// protocol's `CheckpointWire`. Call [`verify`](Self::verify) afterwards.
-    pub fn from_parts(
-        seq: u64,
-        head_hash: impl Into<String>,
-        time: &str,
-        signature: impl Into<String>,
-    ) -> Result<Self, AuditError> {
-        let time = DateTime::parse_from_rfc3339(time)
-            .map_err(|_| AuditError::Corrupt {
-                seq,
-                reason: "checkpoint time is not RFC 3339".into(),
-            })?
-            .with_timezone(&Utc);
-        Ok(Checkpoint {
-            seq,
-            head_hash: head_hash.into(),
-            time,
-            signature: signature.into(),
-        })
-    }
-
-    /// The checkpoint time exactly as signed: RFC 3339, UTC, `Z` suffix, only as many
-    /// fractional digits as needed (none for checkpoints made by this broker).
-    pub fn time_text(&self) -> String {
-        time_text(&self.time)
-    }
-
-    /// The bytes the signature is over: `"{seq}:{head_hash}:{time_text}"`.
-    pub fn signed_bytes(&self) -> Vec<u8> {
-        signed_bytes(self.seq, &self.head_hash, &self.time_text())
-    }
-
-    /// Check the signature against the broker's public key (strict ed25519 verification,
-    /// `Context::Checkpoint`).
-    pub fn verify(&self, broker_key: &VerifyingKey) -> Result<(), AuditError> {
-        let bad = AuditError::BadSignature { seq: self.seq };
-        let sig = keys::signature_from_text(&self.signature).map_err(|_| bad)?;
-        keys::verify(
-            broker_key,
-            Context::Checkpoint,
-            &self.signed_bytes(),
-            &sig,
-            "audit checkpoint",
-        )
-        .map_err(|_| AuditError::BadSignature { seq: self.seq })
-    }
-
-    /// Whether `self` can be a later checkpoint of the same history as `earlier`, as far
-    /// as the two checkpoints alone can tell: it covers at least as many records, is not
-    /// dated before it, and if both cover the same seq they name the same hash.
-    ///
-    /// This cannot see the records in between; ask the broker to
-    /// [`prove_extends`](AuditTrail::prove_extends) `earlier` for that.
-    pub fn extends(&self, earlier: &Checkpoint) -> bool {
-        self.seq >= earlier.seq
-            && self.time >= earlier.time
-            && (self.seq != earlier.seq || self.head_hash == earlier.head_hash)
-    }
-}
-
-fn time_text(time: &DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-fn signed_bytes(seq: u64, head_hash: &str, time_text: &str) -> Vec<u8> {
-    format!("{seq}:{head_hash}:{time_text}").into_bytes()
+/// A sled failure as an audit error.
+pub fn storage(e: sled::Error) -> AuditError {
+    AuditError::Storage(e.to_string())
 }
 
 /// The audit trail of one broker, over two trees of its sled database.
@@ -699,7 +40,7 @@ pub struct AuditTrail {
     /// The head of the chain. Invariant: it always describes the last record in
     /// `records`, because it is only updated after a successful write and nothing between
     /// the write and the update can panic.
-    head: Mutex<HeadState>,
+    head: Mutex<ChainHead>,
 }
 
 impl fmt::Debug for AuditTrail {
@@ -725,10 +66,10 @@ impl AuditTrail {
     /// longer there or no longer has the checkpointed hash: extending it would bury the
     /// damage. Run `ketenpost-broker audit verify` to see what is wrong.
     pub fn open(db: &sled::Db, signer: SigningKey) -> Result<Self, AuditError> {
-        let records = db.open_tree(RECORDS_TREE)?;
-        let checkpoints = db.open_tree(CHECKPOINTS_TREE)?;
-        let head = match records.last()? {
-            None => HeadState {
+        let records = db.open_tree(RECORDS_TREE).map_err(storage)?;
+        let checkpoints = db.open_tree(CHECKPOINTS_TREE).map_err(storage)?;
+        let head = match records.last().map_err(storage)? {
+            None => ChainHead {
                 seq: 0,
                 hash: GENESIS_HASH.to_owned(),
                 time: None,
@@ -745,14 +86,14 @@ impl AuditTrail {
                         reason: "its hash does not match its content".into(),
                     });
                 }
-                HeadState {
+                ChainHead {
                     seq,
                     hash: record.hash,
                     time: Some(record.time),
                 }
             }
         };
-        if let Some((key, value)) = checkpoints.last()? {
+        if let Some((key, value)) = checkpoints.last().map_err(storage)? {
             let cp_seq = key_seq(&key).unwrap_or(0);
             let cp: Checkpoint =
                 serde_json::from_slice(&value).map_err(|_| AuditError::Corrupt {
@@ -769,7 +110,7 @@ impl AuditTrail {
                 });
             }
             if cp.seq > 0 {
-                let hash = match records.get(seq_key(cp.seq))? {
+                let hash = match records.get(seq_key(cp.seq)).map_err(storage)? {
                     Some(v) => parse_record(cp.seq, &v)?.compute_hash()?,
                     None => {
                         return Err(AuditError::Corrupt {
@@ -813,10 +154,12 @@ impl AuditTrail {
     pub fn append(&self, entry: AuditEntry, now: DateTime<Utc>) -> Result<AuditRecord, AuditError> {
         entry.validate()?;
         let mut head = self.lock();
-        let record = next_record(&head, entry, now)?;
+        let record = head.next(entry, now)?;
         let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
-        self.records.insert(seq_key(record.seq), bytes)?;
-        advance(&mut head, &record);
+        self.records
+            .insert(seq_key(record.seq), bytes)
+            .map_err(storage)?;
+        head.advance(&record);
         Ok(record)
     }
 
@@ -847,7 +190,7 @@ impl AuditTrail {
             e.validate()?;
         }
         let mut head = self.lock();
-        let mut pending = HeadState {
+        let mut pending = ChainHead {
             seq: head.seq,
             hash: head.hash.clone(),
             time: head.time,
@@ -855,23 +198,25 @@ impl AuditTrail {
         let mut writes = Vec::with_capacity(entries.len());
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            let record = next_record(&pending, entry, now)?;
+            let record = pending.next(entry, now)?;
             let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
             writes.push((seq_key(record.seq), bytes));
-            advance(&mut pending, &record);
+            pending.advance(&record);
             out.push(record);
         }
         // One record is one insert, atomic by itself. A sled batch (like a transaction)
         // makes sled 0.34 write out and sync its IO buffer before and after it, which per
         // accepted message cost more than the rest of the append.
         if let [(key, bytes)] = writes.as_slice() {
-            self.records.insert(key, bytes.as_slice())?;
+            self.records
+                .insert(key, bytes.as_slice())
+                .map_err(storage)?;
         } else {
             let mut batch = sled::Batch::default();
             for (key, bytes) in writes {
                 batch.insert(&key, bytes);
             }
-            self.records.apply_batch(batch)?;
+            self.records.apply_batch(batch).map_err(storage)?;
         }
         *head = pending;
         Ok(out)
@@ -891,23 +236,27 @@ impl AuditTrail {
                 return Ok(latest);
             }
         }
-        let record = next_record(&head, AuditEntry::ok(AuditEvent::Checkpoint), now)?;
+        let record = head.next(AuditEntry::ok(AuditEvent::Checkpoint), now)?;
         let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
-        self.records.insert(seq_key(record.seq), bytes)?;
-        advance(&mut head, &record);
+        self.records
+            .insert(seq_key(record.seq), bytes)
+            .map_err(storage)?;
+        head.advance(&record);
         let cp = Checkpoint::sign(&self.signer, record.seq, record.hash, record.time);
         let cp_bytes = serde_json::to_vec(&cp).map_err(AuditError::Serialize)?;
-        self.checkpoints.insert(seq_key(cp.seq), cp_bytes)?;
+        self.checkpoints
+            .insert(seq_key(cp.seq), cp_bytes)
+            .map_err(storage)?;
         drop(head);
         // Tree::flush flushes the whole database, records included.
-        self.checkpoints.flush()?;
+        self.checkpoints.flush().map_err(storage)?;
         tracing::info!(seq = cp.seq, head_hash = %cp.head_hash, "audit checkpoint");
         Ok(cp)
     }
 
     /// The most recent checkpoint, if any.
     pub fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, AuditError> {
-        match self.checkpoints.last()? {
+        match self.checkpoints.last().map_err(storage)? {
             None => Ok(None),
             Some((key, value)) => parse_checkpoint(key_seq(&key).unwrap_or(0), &value).map(Some),
         }
@@ -918,7 +267,7 @@ impl AuditTrail {
         self.checkpoints
             .iter()
             .map(|item| {
-                let (key, value) = item?;
+                let (key, value) = item.map_err(storage)?;
                 parse_checkpoint(key_seq(&key).unwrap_or(0), &value)
             })
             .collect()
@@ -935,7 +284,7 @@ impl AuditTrail {
         if earlier_seq > self.lock().seq {
             return Ok(false);
         }
-        let Some(value) = self.records.get(seq_key(earlier_seq))? else {
+        let Some(value) = self.records.get(seq_key(earlier_seq)).map_err(storage)? else {
             tracing::warn!(seq = earlier_seq, "audit record of a checkpoint is missing");
             return Ok(false);
         };
@@ -952,7 +301,7 @@ impl AuditTrail {
 
     /// The record with this seq, if there is one.
     pub fn get(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
-        match self.records.get(seq_key(seq))? {
+        match self.records.get(seq_key(seq)).map_err(storage)? {
             None => Ok(None),
             Some(v) => parse_record(seq, &v).map(Some),
         }
@@ -968,7 +317,7 @@ impl AuditTrail {
         let range =
             (from_seq <= to_seq).then(|| self.records.range(seq_key(from_seq)..=seq_key(to_seq)));
         range.into_iter().flatten().map(|item| {
-            let (key, value) = item?;
+            let (key, value) = item.map_err(storage)?;
             let seq = key_seq(&key).ok_or_else(|| AuditError::Corrupt {
                 seq: 0,
                 reason: "an entry has a malformed key".into(),
@@ -1014,7 +363,7 @@ impl AuditTrail {
         Ok(out)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HeadState> {
+    fn lock(&self) -> MutexGuard<'_, ChainHead> {
         // A panic while the lock was held cannot have left the head inconsistent with the
         // tree (see the field's invariant), so a poisoned lock is still usable.
         self.head.lock().unwrap_or_else(PoisonError::into_inner)
@@ -1024,18 +373,18 @@ impl AuditTrail {
 /// The audit chain locked for a transaction (see [`AuditTrail::lock_chain`]).
 #[derive(Debug)]
 pub struct ChainLock<'a> {
-    head: MutexGuard<'a, HeadState>,
+    head: MutexGuard<'a, ChainHead>,
 }
 
 /// Where a transaction's records continue the chain; start one per transaction attempt
 /// with [`ChainLock::cursor`], since sled may run the transaction closure more than once.
 #[derive(Debug)]
-pub struct ChainCursor(HeadState);
+pub struct ChainCursor(ChainHead);
 
 impl ChainLock<'_> {
     /// A cursor at the current head.
     pub fn cursor(&self) -> ChainCursor {
-        ChainCursor(HeadState {
+        ChainCursor(ChainHead {
             seq: self.head.seq,
             hash: self.head.hash.clone(),
             time: self.head.time,
@@ -1053,79 +402,16 @@ impl ChainLock<'_> {
         records: &sled::transaction::TransactionalTree,
     ) -> Result<(), sled::transaction::ConflictableTransactionError<AuditError>> {
         use sled::transaction::ConflictableTransactionError::Abort;
-        let record = next_record(&cursor.0, entry, now).map_err(Abort)?;
+        let record = cursor.0.next(entry, now).map_err(Abort)?;
         let bytes = serde_json::to_vec(&record).map_err(|e| Abort(AuditError::Serialize(e)))?;
         records.insert(&seq_key(record.seq), bytes)?;
-        advance(&mut cursor.0, &record);
+        cursor.0.advance(&record);
         Ok(())
     }
 
     /// The transaction committed: the head is where `cursor` ended.
     pub fn advance(mut self, cursor: ChainCursor) {
         *self.head = cursor.0;
-    }
-}
-
-/// The record that follows `head`, with its hash filled in.
-fn next_record(
-    head: &HeadState,
-    entry: AuditEntry,
-    now: DateTime<Utc>,
-) -> Result<AuditRecord, AuditError> {
-    let seq = head.seq.checked_add(1).ok_or(AuditError::Full)?;
-    let time = match head.time {
-        Some(t) if t > now => t,
-        _ => now,
-    };
-    let mut record = entry.into_record(seq, time, head.hash.clone());
-    record.hash = record.compute_hash()?;
-    Ok(record)
-}
-
-fn advance(head: &mut HeadState, record: &AuditRecord) {
-    head.seq = record.seq;
-    head.hash.clone_from(&record.hash);
-    head.time = Some(record.time);
-}
-
-/// The sled key of a seq: its big-endian bytes.
-fn seq_key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
-}
-
-fn key_seq(key: &[u8]) -> Option<u64> {
-    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
-}
-
-/// Parse the record stored under `seq`, checking it says it is record `seq`.
-fn parse_record(seq: u64, bytes: &[u8]) -> Result<AuditRecord, AuditError> {
-    let record: AuditRecord = serde_json::from_slice(bytes).map_err(|e| AuditError::Corrupt {
-        seq,
-        reason: format!("does not parse ({})", json_error_class(&e)),
-    })?;
-    if record.seq != seq {
-        return Err(AuditError::Corrupt {
-            seq,
-            reason: format!("the entry for record {seq} holds record {}", record.seq),
-        });
-    }
-    Ok(record)
-}
-
-fn parse_checkpoint(seq: u64, bytes: &[u8]) -> Result<Checkpoint, AuditError> {
-    serde_json::from_slice(bytes).map_err(|e| AuditError::Corrupt {
-        seq,
-        reason: format!("checkpoint does not parse ({})", json_error_class(&e)),
-    })
-}
-
-/// A short name for a serde_json error class (its message could quote stored data).
-fn json_error_class(e: &serde_json::Error) -> &'static str {
-    match e.classify() {
-        serde_json::error::Category::Io => "I/O error",
-        serde_json::error::Category::Syntax => "not JSON",
-        serde_json::error::Category::Data => "wrong fields",
-        serde_json::error::Category::Eof => "truncated",
     }
 }
 
@@ -1240,8 +526,8 @@ pub fn verify_chain(db: &sled::Db, broker_key: &VerifyingKey) -> Result<VerifyRe
     // Checkpoints first: few, and the walk over the records needs their seqs.
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
     if has_tree(CHECKPOINTS_TREE) {
-        for item in db.open_tree(CHECKPOINTS_TREE)?.iter() {
-            let (key, value) = item?;
+        for item in db.open_tree(CHECKPOINTS_TREE).map_err(storage)?.iter() {
+            let (key, value) = item.map_err(storage)?;
             report.checkpoints += 1;
             let key_seq = key_seq(&key);
             let at = key_seq.unwrap_or(0);
@@ -1289,8 +575,8 @@ pub fn verify_chain(db: &sled::Db, broker_key: &VerifyingKey) -> Result<VerifyRe
     let mut prev: Option<(String, DateTime<Utc>)> = None;
     let mut last_seq: u64 = 0;
     if has_tree(RECORDS_TREE) {
-        for item in db.open_tree(RECORDS_TREE)?.iter() {
-            let (key, value) = item?;
+        for item in db.open_tree(RECORDS_TREE).map_err(storage)?.iter() {
+            let (key, value) = item.map_err(storage)?;
             report.records += 1;
             let Some(pos) = key_seq(&key).filter(|&s| s >= expected) else {
                 // Keys are sorted, so only a malformed key (or key 0) can land here.
@@ -1385,7 +671,7 @@ pub fn verify_chain(db: &sled::Db, broker_key: &VerifyingKey) -> Result<VerifyRe
                 format!(
                     "record {} no longer matches the checkpoint of {}",
                     cp.seq,
-                    time_text(&cp.time)
+                    cp.time_text()
                 ),
             )),
             // Missing or unreadable record: already reported by the walk.

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::tls::ServerTls;
+use ketenpost_transport::tls::ServerTls;
 
 /// A configuration problem; the binary exits with code 64 on it.
 #[derive(Debug, thiserror::Error)]

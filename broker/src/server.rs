@@ -28,18 +28,17 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::audit::{AuditEntry, AuditEvent, AuditTrail};
-use crate::breach::{self as breach_routing, FlowHistory};
-use crate::checks::{self, Authorised, ControlEffect, Env, Submitted};
 use crate::config::BrokerConfig;
-use crate::deadlines::{self, AnswerClock, Reply};
-use crate::registry::Registry;
-use crate::registry::{Case, Consent};
-use crate::store::{DeletionState, MessageMeta, PutTicket, Store, StoreError};
-use crate::tls;
+use crate::store::{DeletionState, PutTicket, Store, StoreError};
+use ketenpost_core::breach::{self as breach_routing, FlowHistory};
+use ketenpost_core::checks::{self, Authorised, ControlEffect, Env, Submitted};
+use ketenpost_core::deadlines::{self, AnswerClock, Reply};
+use ketenpost_core::message::MessageMeta;
+use ketenpost_core::registry::Registry;
+use ketenpost_core::registry::{Case, Consent};
+use ketenpost_transport::tls;
 
-/// The OIN the broker signs its own notices with (expiry notices, deletion orders). It is
-/// not a real organisation: agents verify such records with the directory's broker key.
-pub const BROKER_SIGNER: &str = "00000000000000000000";
+pub use ketenpost_schemas::control::BROKER_SIGNER;
 
 /// How long deletion orders give a party to delete.
 const DELETE_WITHIN_DAYS: i64 = 7;

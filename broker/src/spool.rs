@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use serde::{Deserialize, Serialize};
+pub use ketenpost_core::message::BodyAt;
 
 /// A segment is closed once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -49,40 +49,6 @@ const MAGIC: &[u8; 4] = b"KPS1";
 pub const DELETED: &[u8; 4] = b"KPS0";
 /// Magic, length, id, checksum.
 const HEADER: u64 = 4 + 4 + 16 + 4;
-
-/// Where a body is: its segment, the offset of its record, and the body's length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BodyAt {
-    /// The segment number.
-    pub segment: u32,
-    /// The offset of the record (its header) in the segment.
-    pub offset: u64,
-    /// The body's length.
-    pub len: u32,
-}
-
-impl BodyAt {
-    /// 16 bytes: segment, offset and length, big-endian.
-    pub fn to_bytes(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&self.segment.to_be_bytes());
-        b[4..12].copy_from_slice(&self.offset.to_be_bytes());
-        b[12..].copy_from_slice(&self.len.to_be_bytes());
-        b
-    }
-
-    /// The inverse of [`BodyAt::to_bytes`]; `None` for anything but 16 bytes.
-    pub fn from_bytes(b: &[u8]) -> Option<BodyAt> {
-        let b: &[u8; 16] = b.try_into().ok()?;
-        let (segment, rest) = b.split_first_chunk::<4>()?;
-        let (offset, len) = rest.split_first_chunk::<8>()?;
-        Some(BodyAt {
-            segment: u32::from_be_bytes(*segment),
-            offset: u64::from_be_bytes(*offset),
-            len: u32::from_be_bytes(<[u8; 4]>::try_from(len).ok()?),
-        })
-    }
-}
 
 /// What can go wrong in the spool.
 #[derive(Debug, thiserror::Error)]

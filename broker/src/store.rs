@@ -37,17 +37,17 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use ketenpost_schemas::control::{DeletionOrder, SignedRecord};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
-use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::protocol::{envelope_to_b64, Delivery};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{AuditEntry, AuditTrail};
-use crate::checks::Authorised;
-use crate::deadlines::{AnswerClock, Answered, DueNotice, Reply};
-use crate::registry::{Case, Consent, Registry};
-use crate::spool::{BodyAt, Spool, SpoolError};
+use crate::spool::{Spool, SpoolError};
+use ketenpost_core::checks::Authorised;
+use ketenpost_core::deadlines::{AnswerClock, Answered, DueNotice, Reply};
+use ketenpost_core::message::{BodyAt, MessageMeta};
+use ketenpost_core::registry::{Case, Consent, Registry};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -82,65 +82,6 @@ impl From<TransactionError<StoreError>> for StoreError {
         match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
-}
-
-/// What the broker keeps about a message besides its body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageMeta {
-    /// The id.
-    pub id: MessageId,
-    /// The sender.
-    pub sender: Oin,
-    /// The case.
-    pub case_ref: CaseRef,
-    /// The purpose.
-    pub purpose: String,
-    /// The kind.
-    pub kind: Kind,
-    /// When it was accepted.
-    pub accepted_at: DateTime<Utc>,
-    /// When an undelivered body expires.
-    pub expires_at: DateTime<Utc>,
-    /// Recipients that have not receipted yet.
-    pub pending: BTreeSet<Oin>,
-    /// Recipients that fetched it at least once.
-    #[serde(default)]
-    pub fetched: BTreeSet<Oin>,
-    /// Every recipient.
-    pub recipients: BTreeSet<Oin>,
-    /// Trace id.
-    pub trace_id: String,
-    /// Where the body is in the spool (set by [`Store::put_message`]).
-    #[serde(default)]
-    pub body_at: Option<BodyAt>,
-    /// The sequence number of each recipient's queue entry (set by
-    /// [`Store::put_message`]).
-    #[serde(default)]
-    pub queue_seqs: std::collections::BTreeMap<Oin, u64>,
-}
-
-impl MessageMeta {
-    /// The metadata of an authorised message accepted at `now`, before anything fetched or
-    /// receipted it.
-    pub fn accepted(a: &Authorised, now: DateTime<Utc>) -> MessageMeta {
-        let h = a.header();
-        let recipients: BTreeSet<Oin> = a.recipients.iter().map(|(o, _)| o.clone()).collect();
-        MessageMeta {
-            id: h.id,
-            sender: h.sender.clone(),
-            case_ref: h.case_ref.clone(),
-            purpose: h.purpose.clone(),
-            kind: h.kind,
-            accepted_at: now,
-            expires_at: a.expires_at,
-            pending: recipients.clone(),
-            fetched: BTreeSet::new(),
-            recipients,
-            trace_id: h.trace_id.to_string(),
-            body_at: None,
-            queue_seqs: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -1055,7 +996,7 @@ fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
 }
 
-/// Answer clocks ([`crate::deadlines`]): one per accepted message whose kind has an
+/// Answer clocks ([`ketenpost_core::deadlines`]): one per accepted message whose kind has an
 /// `answer_within`, under the message id, kept after the body is deleted. Every change is
 /// a read-modify-write in a sled transaction, so a delivery, an answer and a sweep that
 /// touch the same clock at once do not lose each other's update.
@@ -1256,11 +1197,12 @@ mod tests {
     use ketenpost_schemas::keys::SigningKey;
 
     use super::*;
+    use ketenpost_schemas::kind::Kind;
 
     /// `n` authorised signalen from a corporation to a zorgaanbieder, and the
     /// zorgaanbieder.
     fn authorised(n: usize) -> (Vec<Authorised>, Oin) {
-        let fx = crate::checks::tests::Fx::new();
+        let fx = ketenpost_core::testing::Fx::new();
         let messages = (0..n)
             .map(|_| {
                 let draft = fx.draft(Kind::Signaal, &[(&fx.zorg, "zorgaanbieder")]);

@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use ketenpost_broker::client::Client;
 use ketenpost_broker::config::BrokerConfig;
 use ketenpost_broker::server::Broker;
-use ketenpost_broker::tls::ClientTls;
 use ketenpost_certs::{Federation, InitOptions};
 use ketenpost_schemas::control::{
     CaseChange, CaseOp, DeliveryReceipt, ExpiryNotice, Record, SignedRecord, Toestemming,
@@ -27,6 +25,8 @@ use ketenpost_schemas::protocol::{
     envelope_from_b64, AcceptFlag, Delivery, RejectCode, Request, Response,
 };
 use ketenpost_schemas::seal::{open, seal, Draft, Sender};
+use ketenpost_transport::client::Client;
+use ketenpost_transport::tls::ClientTls;
 
 use ketenpost_schemas::testdata::TEST_POLICY as POLICY;
 

@@ -9,10 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ketenpost_broker::client::Client;
 use ketenpost_broker::config::BrokerConfig;
 use ketenpost_broker::server::Broker;
-use ketenpost_broker::tls::ClientTls;
 use ketenpost_certs::{Federation, InitOptions};
 use ketenpost_schemas::control::{
     CaseChange, CaseOp, DeadlineNotice, DeliveryReceipt, Record, SignedRecord, Toestemming,
@@ -29,6 +27,8 @@ use ketenpost_schemas::protocol::{
 };
 use ketenpost_schemas::seal::{open, seal, Draft, Sender};
 use ketenpost_schemas::testdata::TEST_POLICY;
+use ketenpost_transport::client::Client;
+use ketenpost_transport::tls::ClientTls;
 use serde_json::Value;
 
 const ROSTER: &str = r#"

@@ -11,11 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ketenpost_broker::client::{Client, ClientError};
-use ketenpost_broker::tls::{self, ClientTls, ServerTls, TlsError};
 use ketenpost_certs::{Federation, InitOptions};
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::protocol::{Request, Response, ALPN, MAX_REQUEST};
+use ketenpost_transport::client::{Client, ClientError};
+use ketenpost_transport::tls::{self, ClientTls, ServerTls, TlsError};
 use quinn::{ConnectionError, TransportErrorCode};
 use rustls::AlertDescription;
 use tokio::sync::mpsc;

@@ -15,9 +15,7 @@ use rcgen::{
     DnType, DnValue, ExtendedKeyUsagePurpose, Ia5String, IsCa, KeyIdMethod, KeyPair,
     KeyUsagePurpose, PrintableString, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
-use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
-use x509_parser::oid_registry::OID_X509_SERIALNUMBER;
 
 use crate::Error;
 
@@ -28,38 +26,19 @@ pub const SERIAL_NUMBER_OID: &[u64] = &[2, 5, 4, 5];
 pub const BROKER_SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
 /// Lowercase hex SHA-256 of a certificate's DER: the fingerprint the directory lists.
-pub fn fingerprint(der: &[u8]) -> String {
-    hex::encode(Sha256::digest(der))
-}
+pub use ketenpost_schemas::cert::fingerprint;
 
 /// The OIN of the organisation a certificate (DER) was issued to: the subject's
-/// serialNumber attribute, as PKIoverheid certificates carry it.
-///
-/// The broker calls this on a partner's verified mTLS client certificate to learn who is
-/// sending. It only reads the certificate; chain, validity and revocation are the TLS
-/// layer's to check. Errors: [`Error::BadCertificate`] when the bytes are not exactly one
-/// certificate, [`Error::NoOin`] when there is no serialNumber, [`Error::BadOin`] when it is
-/// not 20 digits or occurs more than once.
+/// serialNumber attribute, as PKIoverheid certificates carry it
+/// ([`ketenpost_schemas::cert::oin_from_cert_der`]). Errors: [`Error::BadCertificate`] when
+/// the bytes are not exactly one certificate, [`Error::NoOin`] when there is no
+/// serialNumber, [`Error::BadOin`] when it is not 20 digits or occurs more than once.
 pub fn oin_from_cert_der(der: &[u8]) -> Result<Oin, Error> {
-    let (rest, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| Error::BadCertificate(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(Error::BadCertificate(
-            "trailing bytes after the certificate".into(),
-        ));
-    }
-    let mut found = cert.subject().iter_by_oid(&OID_X509_SERIALNUMBER);
-    let attr = found.next().ok_or(Error::NoOin)?;
-    if found.next().is_some() {
-        return Err(Error::BadOin {
-            reason: "the subject has more than one serialNumber",
-        });
-    }
-    let text = attr.as_str().map_err(|_| Error::BadOin {
-        reason: "serialNumber is not a string",
-    })?;
-    text.parse().map_err(|_| Error::BadOin {
-        reason: "serialNumber must be exactly 20 digits",
+    use ketenpost_schemas::cert::CertError;
+    ketenpost_schemas::cert::oin_from_cert_der(der).map_err(|e| match e {
+        CertError::BadCertificate(m) => Error::BadCertificate(m),
+        CertError::NoOin => Error::NoOin,
+        CertError::BadOin { reason } => Error::BadOin { reason },
     })
 }
 

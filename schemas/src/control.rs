@@ -26,6 +26,11 @@ use crate::Error;
 /// Largest control record accepted, in bytes.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
+/// The OIN the broker signs its own notices with (expiry notices, deadline notices,
+/// deletion orders). It is not a real organisation: agents verify such records with the
+/// directory's broker key.
+pub const BROKER_SIGNER: &str = "00000000000000000000";
+
 /// A control record kind.
 pub trait Record: Serialize + DeserializeOwned + JsonSchema {
     /// The kind of the record.

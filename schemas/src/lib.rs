@@ -14,6 +14,7 @@
 //! | [`duration`], [`calendar`] | policy durations, including Dutch workdays |
 //! | [`directory`] | the partner directory and federation signatures |
 //! | [`keys`] | key material formats (ed25519 signing keys, age identities) |
+//! | [`cert`] | the OIN and fingerprint of a partner's X.509 certificate |
 //! | [`protocol`] | the broker protocol: request and response frames, rejection codes |
 //!
 //! ## Dutch words used in this crate
@@ -39,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod calendar;
+pub mod cert;
 pub mod control;
 pub mod directory;
 pub mod duration;

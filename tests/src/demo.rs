@@ -41,7 +41,6 @@ use ketenpost_broker::config::BrokerConfig;
 use ketenpost_broker::fg::{self, Format, ReportKind, Session};
 use ketenpost_broker::report::{self, Filter, Viewer};
 use ketenpost_broker::server::Broker;
-use ketenpost_broker::tls::ClientTls;
 use ketenpost_certs::{Federation, InitOptions};
 use ketenpost_schemas::control::CaseOp;
 use ketenpost_schemas::directory::Directory;
@@ -51,6 +50,7 @@ use ketenpost_schemas::kind::{Category, Kind};
 use ketenpost_schemas::payload::{self, Aanmelding, DatalekMelding, Reactie, Signaal};
 use ketenpost_schemas::policy::{Policy, Role};
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection};
+use ketenpost_transport::tls::ClientTls;
 use serde_json::Value;
 
 /// The covenant the demo plays, embedded so the demo runs from any directory.

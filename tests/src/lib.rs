@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::Utc;
-use ketenpost_broker::client::Client;
-use ketenpost_broker::tls::ClientTls;
 use ketenpost_certs::InitOptions;
 use ketenpost_schemas::control::{CaseChange, CaseOp, Record, SignedRecord, Toestemming};
 use ketenpost_schemas::directory::Directory;
@@ -26,6 +24,8 @@ use ketenpost_schemas::keys::{self, SigningKey};
 use ketenpost_schemas::policy::{Policy, Role};
 use ketenpost_schemas::protocol::{Request, Response};
 use ketenpost_schemas::seal::{seal, Draft, Sender};
+use ketenpost_transport::client::Client;
+use ketenpost_transport::tls::ClientTls;
 
 /// How long any single request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

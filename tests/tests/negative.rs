@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use ketenpost_broker::client::Client;
-use ketenpost_broker::tls::ClientTls;
 use ketenpost_schemas::control::{CaseChange, CaseOp, ToestemmingIntrekking};
 use ketenpost_schemas::policy::Role;
 use ketenpost_schemas::protocol::{RejectCode, Request, Response};
 use ketenpost_schemas::testdata::TEST_POLICY;
 use ketenpost_tests::{case_with_consent, signaal, BrokerProcess, Fed, REQUEST_TIMEOUT};
+use ketenpost_transport::client::Client;
+use ketenpost_transport::tls::ClientTls;
 
 fn code(r: Response) -> RejectCode {
     match r {

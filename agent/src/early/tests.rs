@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{Duration, Utc};
-use ketenpost_broker::checks::{check_message, Env, Submitted};
-use ketenpost_broker::registry::{Case, Consent, MemRegistry};
+use ketenpost_core::checks::{check_message, Env, Submitted};
+use ketenpost_core::registry::{Case, Consent, MemRegistry};
 use ketenpost_schemas::control::Toestemming;
 use ketenpost_schemas::directory::{BrokerEntry, Directory, Party};
 use ketenpost_schemas::envelope::Limits;

@@ -14,10 +14,10 @@ use ketenpost_agent::config::{
 use ketenpost_agent::{Agent, Error};
 use ketenpost_broker::config::BrokerConfig;
 use ketenpost_broker::server::Broker;
-use ketenpost_broker::tls::ClientTls;
 use ketenpost_certs::federation::PartyFiles;
 use ketenpost_certs::{Federation, InitOptions};
 use ketenpost_schemas::ids::Oin;
+use ketenpost_transport::tls::ClientTls;
 use serde_json::Value;
 use tempfile::TempDir;
 

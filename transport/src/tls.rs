@@ -156,7 +156,7 @@ pub enum TlsError {
     /// The peer's certificate does not name an organisation: no subject serialNumber, not a
     /// 20-digit OIN, more than one, or not a parseable certificate.
     #[error("peer certificate names no usable OIN: {0}")]
-    PeerIdentity(#[from] ketenpost_certs::Error),
+    PeerIdentity(#[from] ketenpost_schemas::cert::CertError),
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -378,7 +378,7 @@ fn peer_cert(conn: &quinn::Connection) -> Result<CertificateDer<'static>, TlsErr
 /// holds every submitted message against (check 1).
 pub fn peer_oin(conn: &quinn::Connection) -> Result<Oin, TlsError> {
     let cert = peer_cert(conn)?;
-    Ok(ketenpost_certs::oin_from_cert_der(cert.as_ref())?)
+    Ok(ketenpost_schemas::cert::oin_from_cert_der(cert.as_ref())?)
 }
 
 /// Lowercase hex SHA-256 of the peer's end-entity certificate (DER): the fingerprint the
@@ -386,7 +386,7 @@ pub fn peer_oin(conn: &quinn::Connection) -> Result<Oin, TlsError> {
 /// from the one the federation registered.
 pub fn peer_fingerprint(conn: &quinn::Connection) -> Result<String, TlsError> {
     let cert = peer_cert(conn)?;
-    Ok(ketenpost_certs::fingerprint(cert.as_ref()))
+    Ok(ketenpost_schemas::cert::fingerprint(cert.as_ref()))
 }
 
 /// The kernel buffer size asked for on a QUIC endpoint's UDP socket.

@@ -16,7 +16,7 @@
 //!   the sender gets an expiry notice instead. An [`AnswerClock`] follows one message: for every recipient
 //!   it holds when the message was delivered to it, whether and when it answered, and
 //!   whether the broker already sent the deadline notice. The broker keeps clocks in the
-//!   sled tree `deadlines` (see [`crate::store`]), so they outlive the message body, which
+//!   sled tree `deadlines` (see `ketenpost_broker::store`), so they outlive the message body, which
 //!   is deleted as soon as every recipient receipted it.
 //!
 //! # What counts as an answer
@@ -52,7 +52,7 @@ use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::KindRule;
 use serde::{Deserialize, Serialize};
 
-use crate::store::MessageMeta;
+use crate::message::MessageMeta;
 
 /// Whether something that happened at `at` missed `deadline`: only strictly after it.
 pub fn is_late(deadline: DateTime<Utc>, at: DateTime<Utc>) -> bool {

@@ -817,4 +817,4 @@ pub fn check_receipt(
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -1,0 +1,28 @@
+//! # ketenpost-core
+//!
+//! The decision engine of ketenpost: every check and every state transition the broker
+//! and the agents make, as pure functions of (input, what the registries know, policy,
+//! now). Nothing here does I/O, reads a clock or starts a thread (compare quinn-proto and
+//! rustls): the broker and the agent apply what these functions decide.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`checks`] | the checks of every submission, control record and receipt, in DESIGN order |
+//! | [`registry`] | cases and consents as data, and the [`Registry`](registry::Registry) view the checks read |
+//! | [`deadlines`] | `send_within` and `answer_within`: answer clocks and due notices |
+//! | [`breach`] | breach routing: who exchanged messages about the affected cases |
+//! | [`message`] | what the broker keeps about a queued message besides its body |
+//! | [`audit`] | audit records, entries, the hash chain and signed checkpoints |
+//! | [`clock`] | the [`Clock`](clock::Clock) every `now` comes from |
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod breach;
+pub mod checks;
+pub mod clock;
+pub mod deadlines;
+pub mod message;
+pub mod registry;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
