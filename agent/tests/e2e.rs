@@ -452,7 +452,6 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
     net.stop_broker().await;
     let parsed: ketenpost_schemas::ids::CaseRef = case_ref.parse().unwrap();
     {
-        use ketenpost_core::registry::Registry;
         let db = sled::Config::new()
             .path(net.broker_data().join("broker.sled"))
             .open()
@@ -460,7 +459,10 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
         let store =
             ketenpost_broker::store::Store::open(db.clone(), &net.broker_data().join("spool"))
                 .unwrap();
-        let mut case = store.case(&parsed).expect("the broker knows the case");
+        let mut case = store
+            .get_case(&parsed)
+            .unwrap()
+            .expect("the broker knows the case");
         assert!(case.closed_at.is_some());
         case.closed_at = Some(chrono::Utc::now() - chrono::Duration::days(400));
         store.put_case(&case).unwrap();

@@ -35,7 +35,7 @@ use ketenpost_core::checks::{self, Authorised, ControlEffect, Env, Submitted};
 use ketenpost_core::deadlines::{self, AnswerClock, Reply};
 use ketenpost_core::message::MessageMeta;
 use ketenpost_core::registry::Registry;
-use ketenpost_core::registry::{Case, Consent};
+use ketenpost_core::registry::{Case, Consent, Lookup, Unknown};
 use ketenpost_transport::tls;
 
 pub use ketenpost_schemas::control::BROKER_SIGNER;
@@ -108,13 +108,13 @@ struct Live<'a> {
 }
 
 impl Registry for Live<'_> {
-    fn case(&self, case_ref: &ketenpost_schemas::ids::CaseRef) -> Option<Case> {
+    fn case(&self, case_ref: &ketenpost_schemas::ids::CaseRef) -> Lookup<Case> {
         self.store.case(case_ref)
     }
-    fn consent(&self, id: &uuid::Uuid) -> Option<Consent> {
+    fn consent(&self, id: &uuid::Uuid) -> Lookup<Consent> {
         self.store.consent(id)
     }
-    fn seen(&self, id: &ketenpost_schemas::ids::MessageId) -> bool {
+    fn seen(&self, id: &ketenpost_schemas::ids::MessageId) -> Result<bool, Unknown> {
         self.store.seen(id)
     }
     fn flows_since(&self, from: DateTime<Utc>) -> FlowHistory {
@@ -1064,7 +1064,10 @@ fn send_deadline_notices(shared: &Shared, now: DateTime<Utc>) -> Result<(), Stor
         if clock.overdue(calendar, now).is_empty() {
             continue;
         }
-        let regievoerder = shared.store.case(&clock.case_ref).map(|c| c.regievoerder);
+        let regievoerder = shared
+            .store
+            .get_case(&clock.case_ref)?
+            .map(|c| c.regievoerder);
         let due = deadlines::take_due(&mut clock, calendar, now, regievoerder.as_ref());
         if due.is_empty() {
             continue;
@@ -1189,9 +1192,4 @@ fn order_deletions(shared: &Shared, now: DateTime<Utc>) -> Result<(), StoreError
         info!(case = %case.case_ref, "case retention ended: deletion orders sent");
     }
     Ok(())
-}
-
-/// Whether a registry knows a case (re-exported for tools).
-pub fn has_case(store: &Store, case: &ketenpost_schemas::ids::CaseRef) -> bool {
-    store.case(case).is_some()
 }

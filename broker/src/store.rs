@@ -47,7 +47,7 @@ use crate::spool::{Spool, SpoolError};
 use ketenpost_core::checks::Authorised;
 use ketenpost_core::deadlines::{AnswerClock, Answered, DueNotice, Reply};
 use ketenpost_core::message::{BodyAt, MessageMeta};
-use ketenpost_core::registry::{Case, Consent, Registry};
+use ketenpost_core::registry::{Case, Consent, Lookup, Registry, Unknown};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -911,6 +911,22 @@ impl Store {
         Ok(())
     }
 
+    /// A case by reference; an error when it cannot be read or does not parse.
+    pub fn get_case(&self, case_ref: &CaseRef) -> Result<Option<Case>, StoreError> {
+        self.cases
+            .get(case_ref.as_str())?
+            .map(|v| parse(&v, "case"))
+            .transpose()
+    }
+
+    /// A consent by id; an error when it cannot be read or does not parse.
+    pub fn get_consent(&self, id: &uuid::Uuid) -> Result<Option<Consent>, StoreError> {
+        self.consents
+            .get(id.as_bytes())?
+            .map(|v| parse(&v, "consent"))
+            .transpose()
+    }
+
     /// Every case.
     pub fn cases(&self) -> Result<Vec<Case>, StoreError> {
         self.cases
@@ -1172,19 +1188,26 @@ impl Store {
 }
 
 impl Registry for Store {
-    fn case(&self, case_ref: &CaseRef) -> Option<Case> {
-        let v = self.cases.get(case_ref.as_str()).ok()??;
-        serde_json::from_slice(&v).ok()
+    fn case(&self, case_ref: &CaseRef) -> Lookup<Case> {
+        self.get_case(case_ref).map_err(unknown)
     }
 
-    fn consent(&self, id: &uuid::Uuid) -> Option<Consent> {
-        let v = self.consents.get(id.as_bytes()).ok()??;
-        serde_json::from_slice(&v).ok()
+    fn consent(&self, id: &uuid::Uuid) -> Lookup<Consent> {
+        self.get_consent(id).map_err(unknown)
     }
 
-    fn seen(&self, id: &MessageId) -> bool {
-        self.seen.contains_key(id.0.as_bytes()).unwrap_or(true)
+    fn seen(&self, id: &MessageId) -> Result<bool, Unknown> {
+        self.seen
+            .contains_key(id.0.as_bytes())
+            .map_err(|e| unknown(e.into()))
     }
+}
+
+/// A store error as the registry's "cannot tell", logged here with its cause (the check
+/// answers `storage` without one).
+fn unknown(e: StoreError) -> Unknown {
+    tracing::error!(cause = %e, "cannot read the registry");
+    Unknown(e.to_string())
 }
 
 #[cfg(test)]
@@ -1464,7 +1487,7 @@ mod tests {
                 .filter(|(_, r)| matches!(r, Err(StoreError::Duplicate)))
                 .count();
             assert_eq!((ok, dup), (1, 1), "{id}: {mine:?}");
-            assert!(store.seen(&id));
+            assert!(store.seen(&id).unwrap());
         }
         assert_eq!(store.bodies_held(), messages.len());
         assert_eq!(store.queued(), messages.len());

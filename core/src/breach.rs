@@ -258,12 +258,15 @@ pub fn route(
         ));
     }
     for c in &scope.case_refs {
-        let case = reg.case(c).ok_or_else(|| {
-            reject(
-                RejectCode::UnknownCase,
-                format!("affected case {c} is not registered"),
-            )
-        })?;
+        let case = reg
+            .case(c)
+            .map_err(crate::checks::unknown)?
+            .ok_or_else(|| {
+                reject(
+                    RejectCode::UnknownCase,
+                    format!("affected case {c} is not registered"),
+                )
+            })?;
         if !case.all_parties().contains(&h.sender) {
             return Err(reject(
                 RejectCode::NotInCaseTeam,
@@ -285,10 +288,18 @@ pub fn route(
         FlowHistory::Flows(f) => f,
     };
     let inv = involvement(&flows, scope, &h.sender);
+    // Every affected case is read before routing, so a case the registry cannot read is a
+    // `storage` answer, never a silently shorter recipient list.
+    let mut cases = BTreeMap::new();
+    for c in &inv.cases {
+        if let Some(case) = reg.case(c).map_err(crate::checks::unknown)? {
+            cases.insert(c.clone(), case);
+        }
+    }
     let expected = expected_recipients(
         &inv,
         &h.sender,
-        |c| reg.case(c),
+        |c| cases.get(c).cloned(),
         notice_case,
         rule,
         case_managers,

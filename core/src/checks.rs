@@ -27,7 +27,7 @@ use ketenpost_schemas::Error as SchemaError;
 
 use crate::breach::{self, Routing};
 use crate::deadlines;
-use crate::registry::{Case, Consent, Registry};
+use crate::registry::{Case, Consent, Registry, Unknown};
 
 /// What the checks need besides the registries.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +98,15 @@ fn reject(code: RejectCode, reason: impl Into<String>) -> Rejection {
     Rejection::new(code, reason)
 }
 
+/// The registry could not tell: no verdict, a `storage` answer (the cause is the store's
+/// to log; the reason names no value).
+pub(crate) fn unknown(_: Unknown) -> Rejection {
+    reject(
+        RejectCode::Storage,
+        "the broker could not read its registry; nothing was decided, try again",
+    )
+}
+
 fn from_schema(e: SchemaError) -> Rejection {
     match e {
         SchemaError::BadSignature(_) => reject(
@@ -161,7 +170,7 @@ pub fn check_message(
     let h = verified.header();
 
     // 3. Replay and duplicate protection.
-    if reg.seen(&h.id) {
+    if reg.seen(&h.id).map_err(unknown)? {
         return Err(reject(
             RejectCode::Replay,
             format!("message id {} was accepted before", h.id),
@@ -199,7 +208,7 @@ pub fn check_message(
 
     // 5. Need-to-know: the case exists under this purpose, sender and every recipient are
     // in its team, and each recipient's role may receive this kind, in its own view.
-    let case = reg.case(&h.case_ref).ok_or_else(|| {
+    let case = reg.case(&h.case_ref).map_err(unknown)?.ok_or_else(|| {
         reject(
             RejectCode::UnknownCase,
             format!("case {} is not registered", h.case_ref),
@@ -365,7 +374,7 @@ fn check_legal_basis(
             }
         }
         (LegalBasis::Consent { consent_id }, ConsentRule::Required) => {
-            let consent = reg.consent(consent_id).ok_or_else(|| {
+            let consent = reg.consent(consent_id).map_err(unknown)?.ok_or_else(|| {
                 reject(
                     RejectCode::NoConsent,
                     format!("consent {consent_id} is not registered"),
@@ -517,19 +526,22 @@ pub fn check_control(
             if w.recorded_by != rec.signer {
                 return Err(not_permitted("recorded_by must be the signer".into()));
             }
-            let mut consent = reg.consent(&w.consent_id).ok_or_else(|| {
-                reject(
-                    RejectCode::NoConsent,
-                    format!("consent {} is not registered", w.consent_id),
-                )
-            })?;
+            let mut consent = reg
+                .consent(&w.consent_id)
+                .map_err(unknown)?
+                .ok_or_else(|| {
+                    reject(
+                        RejectCode::NoConsent,
+                        format!("consent {} is not registered", w.consent_id),
+                    )
+                })?;
             if consent.record.case_ref != w.case_ref {
                 return Err(reject(
                     RejectCode::Conflict,
                     format!("consent {} belongs to another case", w.consent_id),
                 ));
             }
-            let case = reg.case(&w.case_ref);
+            let case = reg.case(&w.case_ref).map_err(unknown)?;
             let may = consent.record.obtained_by == rec.signer
                 || case.as_ref().is_some_and(|c| {
                     c.role_of(&rec.signer).is_some_and(|r| {
@@ -609,7 +621,7 @@ fn check_case_change(
         .ok_or_else(|| reject(RejectCode::UnknownSender, "signer is not active"))?;
     match &change.change {
         CaseOp::Open { role } => {
-            if reg.case(&change.case_ref).is_some() {
+            if reg.case(&change.case_ref).map_err(unknown)?.is_some() {
                 return Err(reject(
                     RejectCode::Conflict,
                     format!("case {} exists already", change.case_ref),
@@ -635,12 +647,15 @@ fn check_case_change(
             Ok(ControlEffect::CaseOpened(case))
         }
         op => {
-            let mut case = reg.case(&change.case_ref).ok_or_else(|| {
-                reject(
-                    RejectCode::UnknownCase,
-                    format!("case {} is not registered", change.case_ref),
-                )
-            })?;
+            let mut case = reg
+                .case(&change.case_ref)
+                .map_err(unknown)?
+                .ok_or_else(|| {
+                    reject(
+                        RejectCode::UnknownCase,
+                        format!("case {} is not registered", change.case_ref),
+                    )
+                })?;
             if case.purpose != change.purpose {
                 return Err(reject(
                     RejectCode::WrongPurpose,
@@ -736,7 +751,7 @@ fn check_consent_grant(
             format!("the policy has no purpose '{}'", t.purpose),
         )
     })?;
-    let case = reg.case(&t.case_ref).ok_or_else(|| {
+    let case = reg.case(&t.case_ref).map_err(unknown)?.ok_or_else(|| {
         reject(
             RejectCode::UnknownCase,
             format!("case {} is not registered", t.case_ref),
@@ -784,7 +799,7 @@ fn check_consent_grant(
             "valid_until is not after valid_from",
         ));
     }
-    if reg.consent(&t.consent_id).is_some() {
+    if reg.consent(&t.consent_id).map_err(unknown)?.is_some() {
         return Err(reject(
             RejectCode::Conflict,
             format!("consent {} is registered already", t.consent_id),

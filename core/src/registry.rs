@@ -76,14 +76,27 @@ impl Consent {
     }
 }
 
-/// What the decision logic needs to know about the broker's state.
+/// The registry cannot tell: the broker could not read its store (a storage error or a
+/// record that does not parse), or an agent's partial copy does not hold the answer.
+/// A check that meets it decides nothing: the broker answers `storage` (never a verdict
+/// such as `unknown_case` or `replay` that the facts may not support); an agent leaves the
+/// verdict to the broker.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the registry cannot tell: {0}")]
+pub struct Unknown(pub String);
+
+/// A registry answer: known yes (`Ok(Some)`), known no (`Ok(None)`), or [`Unknown`].
+pub type Lookup<T> = Result<Option<T>, Unknown>;
+
+/// What the decision logic needs to know about the broker's state. Every answer is
+/// known-yes, known-no or [`Unknown`].
 pub trait Registry {
     /// A case by reference.
-    fn case(&self, case_ref: &CaseRef) -> Option<Case>;
+    fn case(&self, case_ref: &CaseRef) -> Lookup<Case>;
     /// A consent by id.
-    fn consent(&self, id: &uuid::Uuid) -> Option<Consent>;
+    fn consent(&self, id: &uuid::Uuid) -> Lookup<Consent>;
     /// Whether a message id was accepted before.
-    fn seen(&self, id: &MessageId) -> bool;
+    fn seen(&self, id: &MessageId) -> Result<bool, Unknown>;
     /// Every message accepted since `from` (who sent it to whom about which case), for
     /// routing a breach notice ([`crate::breach`]). A registry that keeps no history says
     /// [`FlowHistory::NotKept`], the default.
@@ -107,14 +120,14 @@ pub struct MemRegistry {
 }
 
 impl Registry for MemRegistry {
-    fn case(&self, case_ref: &CaseRef) -> Option<Case> {
-        self.cases.get(case_ref).cloned()
+    fn case(&self, case_ref: &CaseRef) -> Lookup<Case> {
+        Ok(self.cases.get(case_ref).cloned())
     }
-    fn consent(&self, id: &uuid::Uuid) -> Option<Consent> {
-        self.consents.get(id).cloned()
+    fn consent(&self, id: &uuid::Uuid) -> Lookup<Consent> {
+        Ok(self.consents.get(id).cloned())
     }
-    fn seen(&self, id: &MessageId) -> bool {
-        self.seen.contains(id)
+    fn seen(&self, id: &MessageId) -> Result<bool, Unknown> {
+        Ok(self.seen.contains(id))
     }
     fn flows_since(&self, from: DateTime<Utc>) -> FlowHistory {
         match &self.flows {
