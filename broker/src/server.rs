@@ -12,13 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::control::{
-    DeadlineNotice, DeletionOrder, DeletionReason, ExpiryNotice, SignedRecord,
-};
+use ketenpost_schemas::control::SignedRecord;
 use ketenpost_schemas::directory::{self, Directory};
 use ketenpost_schemas::envelope::Limits;
 use ketenpost_schemas::ids::Oin;
-use ketenpost_schemas::keys::{self, SigningKey};
+use ketenpost_schemas::keys::{self};
 use ketenpost_schemas::policy::Policy;
 use ketenpost_schemas::protocol::{
     AcceptFlag, CheckpointWire, Documents, RejectCode, Rejection, Request, Response, MAX_REQUEST,
@@ -29,19 +27,19 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::audit::{AuditEntry, AuditEvent, AuditTrail};
 use crate::config::BrokerConfig;
-use crate::store::{DeletionState, PutTicket, Store, StoreError};
+use crate::store::{Applied, NoticeSigner, PutTicket, Store, StoreError, TxResult, TxView};
 use ketenpost_core::breach::{self as breach_routing, FlowHistory};
 use ketenpost_core::checks::{self, Authorised, ControlEffect, Env, Submitted};
-use ketenpost_core::deadlines::{self, AnswerClock, Reply};
+use ketenpost_core::clock::{SharedClock, SystemClock};
+use ketenpost_core::deadlines::{AnswerClock, Reply};
+use ketenpost_core::effects::Effects;
 use ketenpost_core::message::MessageMeta;
 use ketenpost_core::registry::Registry;
 use ketenpost_core::registry::{Case, Consent, Lookup, Unknown};
+use ketenpost_core::transitions;
 use ketenpost_transport::tls;
 
 pub use ketenpost_schemas::control::BROKER_SIGNER;
-
-/// How long deletion orders give a party to delete.
-const DELETE_WITHIN_DAYS: i64 = 7;
 
 struct Shared {
     policy: Policy,
@@ -51,8 +49,10 @@ struct Shared {
     config: BrokerConfig,
     store: Store,
     audit: Arc<AuditTrail>,
-    key: SigningKey,
-    signer: Oin,
+    /// Signs the broker's own notices.
+    notice_signer: NoticeSigner,
+    /// Where every `now` comes from.
+    clock: SharedClock,
     /// Submits hold it shared while they check and write; control records exclusively, so
     /// a check never reads a case or consent that changes under it.
     registry_lock: RwLock<()>,
@@ -62,6 +62,10 @@ struct Shared {
 }
 
 impl Shared {
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
     fn env(&self) -> Env<'_> {
         Env {
             policy: &self.policy,
@@ -87,7 +91,7 @@ impl Shared {
     }
 
     fn audit(&self, entry: AuditEntry) {
-        if let Err(e) = self.audit.append(entry, Utc::now()) {
+        if let Err(e) = self.audit.append(entry, self.clock.now()) {
             error!(cause = %e, "audit append failed");
         }
     }
@@ -151,8 +155,17 @@ fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 impl Broker {
-    /// Load everything, bind, and start serving.
+    /// Load everything, bind, and start serving, on the system clock.
     pub async fn start(config: BrokerConfig) -> anyhow::Result<Broker> {
+        Broker::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Broker::start`] with the clock every decision reads `now` from (tests move a
+    /// [`ManualClock`](ketenpost_core::clock::ManualClock); the demo runs a scaled one).
+    pub async fn start_with_clock(
+        config: BrokerConfig,
+        clock: SharedClock,
+    ) -> anyhow::Result<Broker> {
         let f = &config.federation;
         let fed_key = keys::verifying_key_from_text(&read_text(&f.public_key)?)
             .context("federation public key")?;
@@ -207,8 +220,8 @@ impl Broker {
             config,
             store,
             audit,
-            key,
-            signer,
+            notice_signer: NoticeSigner { oin: signer, key },
+            clock,
             registry_lock: RwLock::new(()),
             sender_keys,
             waiters: Mutex::new(HashMap::new()),
@@ -264,11 +277,30 @@ impl Broker {
         warn!("broker state still referenced after shutdown");
     }
 
-    /// Run until `signal` completes, then shut down.
-    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
-        signal.await;
-        info!("shutting down");
+    /// Run until `signal` completes, or until a failed fsync poisons the store; then shut
+    /// down. An error when the store was poisoned: the caller exits non-zero, and the next
+    /// start recovers from what is on disk.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let poison = self.shared.store.poison().clone();
+        let poisoned = tokio::select! {
+            () = signal => None,
+            cause = poison.wait() => Some(cause),
+        };
+        match &poisoned {
+            None => info!("shutting down"),
+            Some(cause) => error!(%cause, "the store is poisoned by a failed fsync: stopping"),
+        }
         self.shutdown().await;
+        match poisoned {
+            None => Ok(()),
+            Some(cause) => anyhow::bail!(
+                "stopped: a failed fsync poisoned the store ({cause}); nothing written since \
+                 it was answered as durable, restart the broker to recover"
+            ),
+        }
     }
 }
 
@@ -302,7 +334,7 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
             _ = checkpoint.tick() => make_checkpoint(&shared).await,
             _ = sweep.tick() => {
                 let s = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || sweep_once(&s, Utc::now())).await;
+                let _ = tokio::task::spawn_blocking(move || sweep_once(&s, s.now())).await;
             }
         }
     }
@@ -328,7 +360,7 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
 
 async fn make_checkpoint(shared: &Arc<Shared>) {
     let s = shared.clone();
-    match tokio::task::spawn_blocking(move || s.audit.checkpoint(Utc::now())).await {
+    match tokio::task::spawn_blocking(move || s.audit.checkpoint(s.now())).await {
         Ok(Ok(cp)) => debug!(seq = cp.seq, "audit checkpoint"),
         Ok(Err(e)) => error!(cause = %e, "audit checkpoint failed"),
         Err(e) => error!(cause = %e, "audit checkpoint task failed"),
@@ -509,7 +541,7 @@ struct Staged {
 }
 
 async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
-    let now = Utc::now();
+    let now = shared.now();
     let guard = shared.registry_lock.read().await;
     // The checks and the start of the write (appending the body to the spool) run on a
     // blocking thread; the store's writer thread writes and flushes the message with the
@@ -519,25 +551,20 @@ async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
     let (s, o) = (shared.clone(), oin.clone());
     let begun = tokio::task::spawn_blocking(move || {
         let authorised = stage_check(&bytes, &s, &o, now)?;
-        let (ticket, new_clock) = stage_write(&authorised, &bytes, &s, &o, now)?;
-        Ok((authorised, bytes, ticket, new_clock))
+        let ticket = stage_write(&authorised, &bytes, &s, &o, now)?;
+        Ok((authorised, bytes, ticket))
     })
     .await;
-    let (authorised, bytes, ticket, new_clock) = match begun {
+    let (authorised, bytes, ticket) = match begun {
         Ok(Ok(begun)) => begun,
         Ok(Err(response)) => return response,
         Err(e) => return submit_task_failed(&e),
     };
-    // The rest runs in its own task, so that it completes (the answer bookkeeping, or
-    // forgetting the clock of a write that failed) even when the connection goes.
+    // The rest runs in its own task, so that it completes (the answer bookkeeping) even
+    // when the connection goes.
     let (s, o) = (shared.clone(), oin.clone());
     let finish = tokio::spawn(async move {
         if let Err(e) = ticket.landed().await {
-            if new_clock {
-                if let Err(e) = s.store.forget_clock(&authorised.header().id) {
-                    error!(cause = %e, "cannot forget the answer clock of a message not accepted");
-                }
-            }
             return Err(put_failed(e, &authorised, &s, &o, &bytes));
         }
         if authorised.header().in_reply_to.is_none() {
@@ -619,44 +646,26 @@ impl Staged {
     }
 }
 
-/// Start the store write of an authorised submission with its audit records; blocking
-/// (see [`submit`]). Returns the write's ticket and whether an answer clock was started
-/// for it (to forget when the write fails). The caller holds the registry lock shared.
+/// Start the store write of an authorised submission with its audit records and answer
+/// clock; blocking (see [`submit`]). The caller holds the registry lock shared.
 fn stage_write(
     authorised: &Authorised,
     bytes: &[u8],
     shared: &Arc<Shared>,
     oin: &Oin,
     now: DateTime<Utc>,
-) -> Result<(PutTicket, bool), Response> {
+) -> Result<PutTicket, Response> {
     let meta = MessageMeta::accepted(authorised, now);
-    // The answer clock goes in before the message, so no delivery can precede it.
+    // The answer clock is written in the message's own transaction.
     let clock = shared
         .policy
         .rule(&authorised.header().purpose, authorised.header().kind)
         .and_then(|rule| AnswerClock::start(&meta, rule));
-    let new_clock = match &clock {
-        Some(c) => match shared.store.start_clock(c) {
-            Ok(new) => new,
-            Err(e) => return Err(storage_error(e)),
-        },
-        None => false,
-    };
     let entries = accepted_entries(authorised, &meta.recipients, oin);
-    match shared
+    shared
         .store
-        .begin_put(authorised, &meta, &shared.audit, entries)
-    {
-        Ok(ticket) => Ok((ticket, new_clock)),
-        Err(e) => {
-            if new_clock {
-                if let Err(e) = shared.store.forget_clock(&authorised.header().id) {
-                    error!(cause = %e, "cannot forget the answer clock of a message not accepted");
-                }
-            }
-            Err(put_failed(e, authorised, shared, oin, bytes))
-        }
-    }
+        .begin_put(authorised, &meta, &shared.audit, entries, clock.as_ref())
+        .map_err(|e| put_failed(e, authorised, shared, oin, bytes))
 }
 
 /// The bookkeeping of an answer whose message landed: the clock of the message it
@@ -790,21 +799,27 @@ async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u32) -> Respo
         match shared.store.fetch(oin, max) {
             Ok((items, first)) => {
                 if !first.is_empty() {
-                    let now = Utc::now();
-                    let entries: Vec<AuditEntry> = first
-                        .iter()
-                        .map(|m| {
-                            AuditEntry::ok(AuditEvent::Delivered)
-                                .actor(oin)
-                                .case_ref(&m.case_ref)
-                                .purpose(&m.purpose)
-                                .kind(m.kind)
-                                .message_id(m.id)
-                                .counterparty(&m.sender)
-                        })
-                        .collect();
-                    if let Err(e) = shared.audit.append_batch(entries, now) {
-                        error!(cause = %e, "audit append failed");
+                    // The first fetch of each message is recorded (fetched flag and the
+                    // `delivered` record, one transaction). It needs no commit of its own:
+                    // lost in a crash, both are written again at the next fetch.
+                    let party = oin.clone();
+                    let now = shared.now();
+                    if let Err(e) = transition(
+                        shared,
+                        "fetch",
+                        move |v| {
+                            let mut fx = Effects::default();
+                            for id in &first {
+                                fx.extend(transitions::fetched(&party, v.meta(id)?));
+                            }
+                            Ok(Ok::<_, std::convert::Infallible>(fx))
+                        },
+                        now,
+                        Durability::Lazy,
+                    )
+                    .await
+                    {
+                        return storage_error(e);
                     }
                 }
                 if !items.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -819,6 +834,45 @@ async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u32) -> Respo
     }
 }
 
+/// When a transition's transaction must be on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Before the caller is answered (and before any body it released is destroyed).
+    Commit,
+    /// With the next group commit; the transition releases no body.
+    Lazy,
+}
+
+/// Apply one decision of the core in one transaction ([`Store::transition`]), make it
+/// durable, then destroy the bodies it released and wake the parties it notified.
+async fn transition<E: Send + 'static>(
+    shared: &Arc<Shared>,
+    op: &'static str,
+    decide: impl Fn(&TxView<'_>) -> TxResult<Result<Effects, E>> + Send + 'static,
+    now: DateTime<Utc>,
+    durability: Durability,
+) -> Result<Result<(), E>, StoreError> {
+    let s = shared.clone();
+    let applied = tokio::task::spawn_blocking(move || {
+        s.store
+            .transition(op, &s.audit, &s.notice_signer, now, decide)
+    })
+    .await
+    .map_err(|_| StoreError::Closed)??;
+    let applied = match applied {
+        Ok(a) => a,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    if applied.changed && (durability == Durability::Commit || !applied.destroy.is_empty()) {
+        shared.store.commit().await?;
+    }
+    shared.store.finish(op, &applied);
+    for p in &applied.wake {
+        shared.notify(p);
+    }
+    Ok(Ok(()))
+}
+
 async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
     let r = match checks::check_receipt(oin, rec, shared.env()) {
         Ok(r) => r,
@@ -827,69 +881,47 @@ async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Respons
             return Response::Rejected(rej);
         }
     };
-    let outcome = match shared
-        .store
-        .receipt(oin, &r.message_id, &r.body_sha256, rec)
-    {
-        Ok(Some(o)) => o,
-        Ok(None) => {
-            let rej = Rejection::new(
-                RejectCode::Conflict,
-                format!(
-                    "message {} is not queued for {oin} with that body digest",
-                    r.message_id
-                ),
-            );
+    // The body never changes, so the digest of the recipient's view is read before the
+    // transaction; everything that does change is read inside it.
+    let digest = match shared.store.view_digest(&r.message_id, oin) {
+        Ok(d) => d,
+        Err(e) => return storage_error(e),
+    };
+    let (party, forwarded, id, now) = (oin.clone(), rec.clone(), r.message_id, shared.now());
+    let outcome = transition(
+        shared,
+        "receipt",
+        move |v| {
+            Ok(transitions::receipt(
+                &party,
+                &r,
+                &forwarded,
+                v.meta(&id)?,
+                digest.as_deref(),
+                v.clock(&id)?,
+                now,
+            ))
+        },
+        now,
+        Durability::Commit,
+    )
+    .await;
+    match outcome {
+        Ok(Ok(())) => Response::Done,
+        Ok(Err(rej)) => {
             shared.audit(
                 AuditEntry::refused(AuditEvent::Receipt, rej.code.as_str())
                     .actor(oin)
-                    .message_id(r.message_id),
+                    .message_id(id),
             );
-            return Response::Rejected(rej);
+            Response::Rejected(rej)
         }
-        Err(e) => return storage_error(e),
-    };
-    let m = &outcome.meta;
-    let now = Utc::now();
-    // Delivered: the recipient's signed receipt says it stored the message. Its answer
-    // clock starts here.
-    if shared
-        .policy
-        .rule(&m.purpose, m.kind)
-        .is_some_and(|r| r.answer_within.is_some())
-    {
-        if let Err(e) = shared.store.record_delivery(&m.id, oin, now) {
-            error!(cause = %e, "cannot start an answer clock");
-        }
+        Err(e) => storage_error(e),
     }
-    let mut entries = vec![AuditEntry::ok(AuditEvent::Receipt)
-        .actor(oin)
-        .case_ref(&m.case_ref)
-        .purpose(&m.purpose)
-        .kind(m.kind)
-        .message_id(m.id)
-        .counterparty(&m.sender)];
-    if outcome.body_deleted {
-        entries.push(
-            AuditEntry::ok(AuditEvent::BodyDeleted)
-                .case_ref(&m.case_ref)
-                .kind(m.kind)
-                .message_id(m.id)
-                .reason("all_receipted"),
-        );
-    }
-    if let Err(e) = shared.audit.append_batch(entries, now) {
-        error!(cause = %e, "audit append failed");
-    }
-    if let Err(e) = shared.store.commit().await {
-        return storage_error(e);
-    }
-    shared.notify(&m.sender);
-    Response::Done
 }
 
 async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
-    let now = Utc::now();
+    let now = shared.now();
     let _guard = shared.registry_lock.write().await;
     let store = &shared.store;
     let pending = |order: &uuid::Uuid, party: &Oin| matches!(store.deletion(order, party), Ok(Some(d)) if d.confirmed_at.is_none());
@@ -915,281 +947,115 @@ async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Respons
             return Response::Rejected(r);
         }
     };
-    let result = apply_control(&effect, shared, oin, now);
-    if let Err(e) = result {
-        return storage_error(e);
-    }
-    if let Err(e) = shared.store.commit().await {
-        return storage_error(e);
-    }
-    Response::Done
-}
-
-fn apply_control(
-    effect: &ControlEffect,
-    shared: &Shared,
-    oin: &Oin,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let store = &shared.store;
-    let purpose_of = |p: &str| {
-        shared
-            .policy
-            .purposes
-            .get(p)
-            .map(|p| p.processing_activity.clone())
-            .unwrap_or_default()
-    };
-    let entry = match effect {
-        ControlEffect::CaseOpened(case) => {
-            store.put_case(case)?;
-            AuditEntry::ok(AuditEvent::CaseOpened)
-                .case_ref(&case.case_ref)
-                .purpose(&case.purpose)
-                .processing_activity(purpose_of(&case.purpose))
-        }
-        ControlEffect::CaseChanged { case, change } => {
-            store.put_case(case)?;
-            use ketenpost_schemas::control::CaseOp;
-            let (event, other) = match &change.change {
-                CaseOp::AddMember { oin, .. } => (AuditEvent::CaseMemberAdded, Some(oin)),
-                CaseOp::RemoveMember { oin } => (AuditEvent::CaseMemberRemoved, Some(oin)),
-                CaseOp::Close | CaseOp::Open { .. } => (AuditEvent::CaseClosed, None),
+    let (actor, s) = (oin.clone(), shared.clone());
+    let outcome = transition(
+        shared,
+        "control",
+        move |v| {
+            let deletion = match &effect {
+                ControlEffect::DeletionConfirmed(c) => v.deletion(&c.order_id, &c.party)?,
+                _ => None,
             };
-            let mut e = AuditEntry::ok(event)
-                .case_ref(&case.case_ref)
-                .purpose(&case.purpose)
-                .processing_activity(purpose_of(&case.purpose));
-            if let Some(o) = other {
-                e = e.counterparty(o);
-            }
-            e
-        }
-        ControlEffect::ConsentGranted(c) => {
-            store.put_consent(c)?;
-            AuditEntry::ok(AuditEvent::ConsentGranted)
-                .case_ref(&c.record.case_ref)
-                .purpose(&c.record.purpose)
-                .processing_activity(purpose_of(&c.record.purpose))
-                .message_id(c.record.consent_id)
-                .counterparties(c.record.parties.iter())
-        }
-        ControlEffect::ConsentWithdrawn(c) => {
-            store.put_consent(c)?;
-            AuditEntry::ok(AuditEvent::ConsentWithdrawn)
-                .case_ref(&c.record.case_ref)
-                .purpose(&c.record.purpose)
-                .processing_activity(purpose_of(&c.record.purpose))
-                .message_id(c.record.consent_id)
-        }
-        ControlEffect::DeletionConfirmed(conf) => {
-            if let Some(mut d) = store.deletion(&conf.order_id, &conf.party)? {
-                d.confirmed_at = Some(now);
-                store.put_deletion(&d)?;
-            }
-            AuditEntry::ok(AuditEvent::DeletionConfirmed)
-                .case_ref(&conf.case_ref)
-                .message_id(conf.order_id)
+            Ok(Ok::<_, std::convert::Infallible>(transitions::control(
+                effect.clone(),
+                &actor,
+                deletion,
+                &s.policy,
+                now,
+            )))
+        },
+        now,
+        Durability::Commit,
+    )
+    .await;
+    match outcome {
+        Ok(Ok(())) => Response::Done,
+        Ok(Err(never)) => match never {},
+        Err(e) => storage_error(e),
+    }
+}
+
+/// One sweep at `now`: expire undelivered bodies, send the deadline notices that are due,
+/// and order deletions for cases whose retention ended. Each is a decision of the core
+/// applied in its own transaction; one flush makes them all durable before any body they
+/// released is destroyed. Blocking.
+fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
+    if let Err(e) = sweep(shared, now) {
+        error!(cause = %e, "sweep failed");
+    }
+}
+
+fn sweep(shared: &Shared, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let store = &shared.store;
+    let apply = |op: &'static str,
+                 decide: &dyn Fn(&TxView<'_>) -> TxResult<Effects>|
+     -> Result<Applied, StoreError> {
+        let applied = store.transition(op, &shared.audit, &shared.notice_signer, now, |v| {
+            decide(v).map(Ok::<_, std::convert::Infallible>)
+        })?;
+        match applied {
+            Ok(a) => Ok(a),
+            Err(never) => match never {},
         }
     };
-    shared.audit(entry.actor(oin));
-    Ok(())
-}
-
-/// One sweep: expire undelivered bodies, and order deletions for cases whose retention ended.
-fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
-    match shared.store.expire(now) {
-        Ok(expired) => {
-            for m in expired {
-                let mut entries = Vec::new();
-                for r in &m.pending {
-                    entries.push(
-                        AuditEntry::flagged(AuditEvent::Expired, "undelivered_ttl")
-                            .actor(&m.sender)
-                            .case_ref(&m.case_ref)
-                            .purpose(&m.purpose)
-                            .kind(m.kind)
-                            .message_id(m.id)
-                            .counterparty(r),
-                    );
-                    let notice = ExpiryNotice {
-                        message_id: m.id,
-                        recipient: r.clone(),
-                        expired_at: now,
-                    };
-                    match SignedRecord::sign(&notice, shared.signer.clone(), &shared.key) {
-                        Ok(rec) => {
-                            if let Err(e) = shared.store.push_notice(&m.sender, &rec) {
-                                error!(cause = %e, "cannot queue expiry notice");
-                            }
-                        }
-                        Err(e) => error!(cause = %e, "cannot sign expiry notice"),
-                    }
-                }
-                entries.push(
-                    AuditEntry::ok(AuditEvent::BodyDeleted)
-                        .case_ref(&m.case_ref)
-                        .kind(m.kind)
-                        .message_id(m.id)
-                        .reason("expired"),
-                );
-                if let Err(e) = shared.audit.append_batch(entries, now) {
-                    error!(cause = %e, "audit append failed");
-                }
-                if let Err(e) = shared.store.drop_undelivered(&m.id, &m.pending) {
-                    error!(cause = %e, "cannot update the answer clock of an expired message");
-                }
-                shared.notify(&m.sender);
-                info!(message = %m.id, "undelivered message expired");
-            }
+    let mut done: Vec<(&'static str, Applied)> = Vec::new();
+    for id in store.due(now)? {
+        let a = apply("expire", &|v| {
+            Ok(transitions::expire(v.meta(&id)?, v.clock(&id)?, now))
+        })?;
+        if a.changed {
+            info!(message = %id, "undelivered message expired");
         }
-        Err(e) => error!(cause = %e, "expiry sweep failed"),
+        done.push(("expire", a));
     }
-    if let Err(e) = send_deadline_notices(shared, now) {
-        error!(cause = %e, "deadline sweep failed");
-    }
-    if let Err(e) = order_deletions(shared, now) {
-        error!(cause = %e, "retention sweep failed");
-    }
-    if let Err(e) = shared.store.flush() {
-        error!(cause = %e, "flush after sweep failed");
-    }
-}
-
-/// Send the deadline notices that are due: one per (message, party that owes an answer),
-/// to that party, the message's sender and the case's regievoerder, each exactly once.
-fn send_deadline_notices(shared: &Shared, now: DateTime<Utc>) -> Result<(), StoreError> {
     let calendar = &shared.policy.calendar;
-    for mut clock in shared.store.clocks()? {
+    for clock in store.clocks()? {
         if clock.overdue(calendar, now).is_empty() {
             continue;
         }
-        let regievoerder = shared
-            .store
-            .get_case(&clock.case_ref)?
-            .map(|c| c.regievoerder);
-        let due = deadlines::take_due(&mut clock, calendar, now, regievoerder.as_ref());
-        if due.is_empty() {
-            continue;
-        }
-        let mut batch = Vec::with_capacity(due.len());
-        for d in due {
-            let notice = DeadlineNotice {
-                message_id: clock.message_id,
-                case_ref: clock.case_ref.clone(),
-                kind: clock.kind,
-                owed_by: d.owed_by.clone(),
-                deadline: d.deadline,
-                issued_at: now,
+        let id = clock.message_id;
+        let a = apply("deadline", &|v| {
+            let Some(clock) = v.clock(&id)? else {
+                return Ok(Effects::default());
             };
-            match SignedRecord::sign(&notice, shared.signer.clone(), &shared.key) {
-                Ok(rec) => {
-                    let records = d.to.iter().map(|p| (p.clone(), rec.clone())).collect();
-                    batch.push((d, records));
-                }
-                Err(e) => error!(cause = %e, "cannot sign a deadline notice"),
-            }
+            let regievoerder = v.case(&clock.case_ref)?.map(|c| c.regievoerder);
+            Ok(transitions::deadline_notices(
+                clock,
+                regievoerder.as_ref(),
+                &shared.policy,
+                now,
+            ))
+        })?;
+        if a.changed {
+            info!(message = %id, "answer overdue: deadline notices sent");
         }
-        let sent = shared
-            .store
-            .send_due_notices(&clock.message_id, &batch, now)?;
-        let activity = shared
-            .policy
-            .purposes
-            .get(&clock.purpose)
-            .map(|p| p.processing_activity.clone());
-        let mut entries = Vec::new();
-        for (d, _) in sent.iter().filter_map(|i| batch.get(*i)) {
-            let base = |e: AuditEntry| {
-                let e = e
-                    .case_ref(&clock.case_ref)
-                    .purpose(&clock.purpose)
-                    .kind(clock.kind)
-                    .message_id(clock.message_id);
-                match &activity {
-                    Some(a) => e.processing_activity(a),
-                    None => e,
-                }
-            };
-            entries.push(
-                base(AuditEntry::flagged(
-                    AuditEvent::DeadlineLate,
-                    "answer_overdue",
-                ))
-                .actor(&d.owed_by)
-                .counterparty(&clock.sender),
-            );
-            entries.push(
-                base(AuditEntry::ok(AuditEvent::DeadlineNotice))
-                    .counterparties(d.to.iter())
-                    .reason("answer_overdue"),
-            );
-            for p in &d.to {
-                shared.notify(p);
-            }
-            info!(message = %clock.message_id, owed_by = %d.owed_by, "answer overdue: deadline notice sent");
-        }
-        if !entries.is_empty() {
-            if let Err(e) = shared.audit.append_batch(entries, now) {
-                error!(cause = %e, "audit append failed");
-            }
-        }
+        done.push(("deadline", a));
     }
-    Ok(())
-}
-
-fn order_deletions(shared: &Shared, now: DateTime<Utc>) -> Result<(), StoreError> {
-    for mut case in shared.store.cases()? {
-        let (Some(closed), None) = (case.closed_at, case.deletion_ordered_at) else {
-            continue;
-        };
-        let Some(purpose) = shared.policy.purposes.get(&case.purpose) else {
-            continue;
-        };
-        if purpose
-            .case_retention
-            .deadline(closed, &shared.policy.calendar)
-            > now
-        {
+    for case in store.cases()? {
+        if case.closed_at.is_none() || case.deletion_ordered_at.is_some() {
             continue;
         }
-        let order_id = uuid::Uuid::now_v7();
-        for party in case.all_parties() {
-            let order = DeletionOrder {
-                order_id,
-                case_ref: case.case_ref.clone(),
-                reason: DeletionReason::RetentionEnded,
-                party: party.clone(),
-                issued_at: now,
-                delete_by: now + chrono::Duration::days(DELETE_WITHIN_DAYS),
-            };
-            let rec = match SignedRecord::sign(&order, shared.signer.clone(), &shared.key) {
-                Ok(r) => r,
-                Err(e) => {
-                    error!(cause = %e, "cannot sign deletion order");
-                    continue;
-                }
-            };
-            shared.store.put_deletion(&DeletionState {
-                order,
-                confirmed_at: None,
-            })?;
-            shared.store.push_notice(&party, &rec)?;
-            shared.audit(
-                AuditEntry::ok(AuditEvent::DeletionOrdered)
-                    .case_ref(&case.case_ref)
-                    .purpose(&case.purpose)
-                    .processing_activity(&purpose.processing_activity)
-                    .message_id(order_id)
-                    .counterparty(&party)
-                    .reason("retention_ended"),
-            );
-            shared.notify(&party);
+        let case_ref = case.case_ref.clone();
+        let clocks = store.clock_ids_of_case(&case_ref)?;
+        let a = apply("deletion", &|v| {
+            Ok(match v.case(&case_ref)? {
+                Some(case) => transitions::order_deletion(case, &clocks, &shared.policy, now),
+                None => Effects::default(),
+            })
+        })?;
+        if a.changed {
+            info!(case = %case_ref, "case retention ended: deletion orders sent");
         }
-        case.deletion_ordered_at = Some(now);
-        shared.store.put_case(&case)?;
-        shared.store.forget_clocks_of_case(&case.case_ref)?;
-        info!(case = %case.case_ref, "case retention ended: deletion orders sent");
+        done.push(("deletion", a));
+    }
+    if done.iter().any(|(_, a)| a.changed) {
+        store.flush()?;
+    }
+    for (op, a) in &done {
+        store.finish(op, a);
+        for p in &a.wake {
+            shared.notify(p);
+        }
     }
     Ok(())
 }

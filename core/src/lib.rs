@@ -14,6 +14,8 @@
 //! | [`message`] | what the broker keeps about a queued message besides its body |
 //! | [`audit`] | audit records, entries, the hash chain and signed checkpoints |
 //! | [`clock`] | the [`Clock`](clock::Clock) every `now` comes from |
+//! | [`transitions`] | receipts, fetches, expiry, deadline notices, deletion orders, control records: decisions returning [`Effects`](effects::Effects) |
+//! | [`effects`] | what a decision changes, applied by a store in one transaction |
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -21,8 +23,10 @@ pub mod breach;
 pub mod checks;
 pub mod clock;
 pub mod deadlines;
+pub mod effects;
 pub mod message;
 pub mod registry;
+pub mod transitions;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

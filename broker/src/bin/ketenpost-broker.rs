@@ -21,6 +21,8 @@ use ketenpost_schemas::keys;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Exit code after a failed fsync poisoned the store (EX_IOERR).
+const EXIT_STORAGE: u8 = 74;
 /// Exit code for a usage or configuration error (EX_USAGE / EX_CONFIG family).
 const EXIT_CONFIG: u8 = 64;
 
@@ -324,14 +326,20 @@ fn serve(config: BrokerConfig) -> ExitCode {
                 log_memory();
             }
         });
-        broker
+        let result = broker
             .run_until(async {
                 shutdown_signal().await;
                 log_memory();
             })
             .await;
         memory_log.abort();
-        ExitCode::SUCCESS
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ketenpost-broker: {e:#}");
+                ExitCode::from(EXIT_STORAGE)
+            }
+        }
     })
 }
 

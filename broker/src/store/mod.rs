@@ -31,7 +31,6 @@
 //! else the broker does for it. Other writes (receipts, registries) are made durable with
 //! [`Store::commit`], a group commit that lets concurrent writers share one fsync.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -45,9 +44,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::audit::{AuditEntry, AuditTrail};
 use crate::spool::{Spool, SpoolError};
 use ketenpost_core::checks::Authorised;
-use ketenpost_core::deadlines::{AnswerClock, Answered, DueNotice, Reply};
+use ketenpost_core::deadlines::{AnswerClock, Answered, Reply};
 use ketenpost_core::message::{BodyAt, MessageMeta};
+
+mod transition;
 use ketenpost_core::registry::{Case, Consent, Lookup, Registry, Unknown};
+pub use transition::{Applied, NoticeSigner, TxResult, TxView};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,50 @@ pub enum StoreError {
     /// The writer thread could not be started.
     #[error("cannot start the store's writer thread: {0}")]
     Thread(std::io::Error),
+    /// An audit record could not be written; the operation it records did not happen.
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+    /// An fsync failed earlier: the kernel may have dropped the dirty pages, so nothing
+    /// written since can be promised durable. The store takes no more writes; the broker
+    /// stops and exits non-zero, and the next start recovers from what is on disk.
+    #[error("the store is poisoned by a failed fsync ({0}); restart the broker")]
+    Poisoned(String),
+}
+
+/// Set once an fsync fails (see [`StoreError::Poisoned`]).
+#[derive(Debug, Default)]
+pub struct Poison {
+    cause: std::sync::OnceLock<String>,
+    notify: tokio::sync::Notify,
+}
+
+impl Poison {
+    /// Poison the store: every later write fails, and [`Poison::wait`] returns.
+    pub fn set(&self, cause: impl std::fmt::Display) {
+        if self.cause.set(cause.to_string()).is_ok() {
+            tracing::error!(cause = %self.cause.get().map(String::as_str).unwrap_or(""), "fsync failed: the store is poisoned and takes no more writes");
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// `Err(Poisoned)` once poisoned.
+    pub fn check(&self) -> Result<(), StoreError> {
+        match self.cause.get() {
+            Some(c) => Err(StoreError::Poisoned(c.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait until the store is poisoned; the cause.
+    pub async fn wait(&self) -> String {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(c) = self.cause.get() {
+                return c.clone();
+            }
+            notified.await;
+        }
+    }
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -121,6 +167,8 @@ pub struct Store {
     committer: mpsc::UnboundedSender<CommitMsg>,
     committer_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     flushes: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when an fsync failed; then no more writes.
+    poison: Arc<Poison>,
     puts: Arc<PutCombiner>,
     /// Held by every handle but the writer thread's own: when the last one goes, the
     /// writer finishes what is queued and stops, releasing the database.
@@ -151,6 +199,9 @@ struct PendingPut {
     due: Vec<u8>,
     /// Per recipient: the `queue` key.
     queue: Vec<Vec<u8>>,
+    /// Its answer clock, if its kind has an answer deadline (written in the same
+    /// transaction, so no receipt can come before it and no clock outlives a failed write).
+    clock: Option<Vec<u8>>,
     /// The audit records of accepting it (validated), dated `now`, for this trail.
     audit: Vec<AuditEntry>,
     trail: Arc<AuditTrail>,
@@ -360,6 +411,7 @@ impl Store {
     pub fn open(db: sled::Db, spool_dir: &std::path::Path) -> Result<Store, StoreError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<CommitMsg>();
         let flushes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let poison = Arc::new(Poison::default());
         let committer_task = Arc::new(std::sync::Mutex::new(None));
         let spool = Arc::new(Spool::open(spool_dir)?);
         let expiry = db.open_tree("expiry")?;
@@ -388,6 +440,7 @@ impl Store {
             committer: tx,
             committer_task: committer_task.clone(),
             flushes: flushes.clone(),
+            poison: poison.clone(),
             puts: Arc::new(PutCombiner::default()),
             users: None,
             db: db.clone(),
@@ -413,6 +466,7 @@ impl Store {
         // The group committer: every waiter that arrives while a flush runs shares the next
         // flush. One fsync serves many submits.
         let puts = store.puts.clone();
+        let poison = store.poison.clone();
         let handle = tokio::spawn(async move {
             let mut closing = false;
             while let Some(first) = rx.recv().await {
@@ -439,6 +493,9 @@ impl Store {
                 })
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
+                if let Err(e) = &result {
+                    poison.set(e);
+                }
                 flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for w in waiters {
                     let _ = w.send(result.clone());
@@ -464,18 +521,22 @@ impl Store {
         self.flushes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Wait until everything written so far is on disk (group commit).
+    /// The store's poison flag (see [`StoreError::Poisoned`]).
+    pub fn poison(&self) -> &Arc<Poison> {
+        &self.poison
+    }
+
+    /// Wait until everything written so far is on disk (group commit). A failed flush
+    /// poisons the store.
     pub async fn commit(&self) -> Result<(), StoreError> {
+        self.poison.check()?;
         let (tx, rx) = oneshot::channel();
         self.committer
             .send(CommitMsg::Commit(tx, self.db.clone()))
             .map_err(|_| StoreError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Corrupt {
-                what: "flush",
-                reason: e,
-            }),
+            Ok(Err(e)) => Err(StoreError::Poisoned(e)),
             Err(_) => Err(StoreError::Closed),
         }
     }
@@ -492,10 +553,18 @@ impl Store {
         }
     }
 
-    /// Flush synchronously (shutdown).
+    /// Flush synchronously (the sweep, shutdown). A failed flush poisons the store.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.spool.sync()?;
-        self.db.flush()?;
+        self.poison.check()?;
+        let result = self
+            .spool
+            .sync()
+            .map_err(StoreError::from)
+            .and_then(|()| self.db.flush().map(|_| ()).map_err(StoreError::from));
+        if let Err(e) = &result {
+            self.poison.set(e);
+            return Err(StoreError::Poisoned(e.to_string()));
+        }
         Ok(())
     }
 
@@ -520,7 +589,7 @@ impl Store {
         trail: &Arc<AuditTrail>,
         audit: Vec<AuditEntry>,
     ) -> Result<(), StoreError> {
-        self.begin_put(a, meta, trail, audit)?.wait()
+        self.begin_put(a, meta, trail, audit, None)?.wait()
     }
 
     /// [`Store::put_message`] without waiting: the body is appended to the spool and the
@@ -532,7 +601,9 @@ impl Store {
         meta: &MessageMeta,
         trail: &Arc<AuditTrail>,
         audit: Vec<AuditEntry>,
+        clock: Option<&AnswerClock>,
     ) -> Result<PutTicket, StoreError> {
+        self.poison.check()?;
         let id = *meta.id.0.as_bytes();
         let now = meta.accepted_at;
         let mut meta = meta.clone();
@@ -551,6 +622,7 @@ impl Store {
             body_at,
             meta: json(&meta),
             due: expiry_key(meta.expires_at, &id),
+            clock: clock.map(json),
             queue: meta
                 .queue_seqs
                 .iter()
@@ -617,9 +689,10 @@ impl Store {
             &self.meta,
             &self.queue,
             &self.expiry,
+            &self.deadlines,
             trail.records_tree(),
         )
-            .transaction(|(seen, meta_t, queue, expiry, records)| {
+            .transaction(|(seen, meta_t, queue, expiry, deadlines, records)| {
                 // Rerun from scratch if sled retries the transaction.
                 let mut cursor = chain.cursor();
                 let mut written = Vec::with_capacity(batch.len());
@@ -635,6 +708,9 @@ impl Store {
                     for qkey in &p.queue {
                         queue.insert(qkey.as_slice(), &p.id)?;
                     }
+                    if let Some(clock) = &p.clock {
+                        deadlines.insert(&p.id, clock.as_slice())?;
+                    }
                     for entry in &p.audit {
                         chain.stage(&mut cursor, entry.clone(), p.now, records)?;
                     }
@@ -645,15 +721,19 @@ impl Store {
         let outcome = match result {
             Ok((written, cursor)) => {
                 chain.advance(cursor);
+                crate::failpoint::hit("submit", "applied");
                 match self.db.flush() {
                     Ok(_) => {
+                        crate::failpoint::hit("submit", "durable");
                         self.flushes
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         Ok(written)
                     }
                     Err(e) => {
                         // The transaction is in sled and may reach the disk later: its
-                        // bodies stay. The writers hear an error; a retry is a replay.
+                        // bodies stay. The writers hear an error; the store is poisoned
+                        // (the kernel may have dropped the pages) and the broker stops.
+                        self.poison.set(&e);
                         for p in batch {
                             let _ = p.done.send(Err(PutFailed::Sled(e.clone())));
                         }
@@ -702,21 +782,14 @@ impl Store {
         }
     }
 
-    /// Delete a message's body from the spool (its metadata is gone already).
-    fn delete_body(&self, meta: &MessageMeta) -> Result<(), StoreError> {
-        if let Some(at) = &meta.body_at {
-            self.spool.delete(at, meta.id.0.as_bytes())?;
-        }
-        Ok(())
-    }
-
-    /// Up to `max` deliveries for `party`: queued messages first, then notices. Returns the
-    /// metadata of messages fetched for the first time, for the audit trail.
+    /// Up to `max` deliveries for `party`: queued messages first, then notices. Also
+    /// returns the messages `party` fetches for the first time, whose fetch the caller
+    /// records ([`ketenpost_core::transitions::fetched`]). Reads only.
     pub fn fetch(
         &self,
         party: &Oin,
         max: usize,
-    ) -> Result<(Vec<Delivery>, Vec<MessageMeta>), StoreError> {
+    ) -> Result<(Vec<Delivery>, Vec<MessageId>), StoreError> {
         let prefix = party.as_str().as_bytes();
         let mut out = Vec::new();
         let mut first_time = Vec::new();
@@ -731,7 +804,7 @@ impl Store {
                 // The message is gone (receipted or expired meanwhile): nothing to deliver.
                 continue;
             };
-            let mut meta: MessageMeta = parse(&m, "message metadata")?;
+            let meta: MessageMeta = parse(&m, "message metadata")?;
             let Some(body) = self.body(&meta) else {
                 continue;
             };
@@ -739,15 +812,8 @@ impl Store {
                 seq: seq_of(&k),
                 envelope: envelope_to_b64(&body),
             });
-            // Only over the metadata just read: never bring back metadata that a receipt
-            // or the expiry sweep removed in the meantime.
-            if meta.fetched.insert(party.clone())
-                && self
-                    .meta
-                    .compare_and_swap(&id, Some(&m), Some(json(&meta)))?
-                    .is_ok()
-            {
-                first_time.push(meta);
+            if !meta.fetched.contains(party) {
+                first_time.push(meta.id);
             }
         }
         if out.len() < max {
@@ -762,89 +828,57 @@ impl Store {
         Ok((out, first_time))
     }
 
+    /// The SHA-256 the header of a held message lists for `recipient`'s view: what that
+    /// recipient's receipt must name. `None` when the broker holds no such message, its
+    /// body cannot be read, or the recipient has no view in it. A body never changes, so
+    /// this may be read outside the transaction that applies the receipt.
+    pub fn view_digest(
+        &self,
+        id: &MessageId,
+        recipient: &Oin,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(v) = self.meta.get(id.0.as_bytes())? else {
+            return Ok(None);
+        };
+        let meta: MessageMeta = parse(&v, "message metadata")?;
+        let Some(body) = self.body(&meta) else {
+            return Ok(None);
+        };
+        Ok(ketenpost_schemas::envelope::Envelope::decode(
+            &body,
+            &ketenpost_schemas::envelope::Limits::default(),
+        )
+        .ok()
+        .and_then(|e| e.unverified_header().ok())
+        .and_then(|h| h.body_for(recipient).map(|(_, b)| b.sha256.clone())))
+    }
+
+    /// The messages whose undelivered TTL has passed at `now` (by the expiry index, so
+    /// only what is due is read). An index entry whose message is gone is removed.
+    pub fn due(&self, now: DateTime<Utc>) -> Result<Vec<MessageId>, StoreError> {
+        let upto = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+        // Only the keys that are due: everything below (now + 1 ms, id 0).
+        let end = upto.saturating_add(1).to_be_bytes();
+        let mut due = Vec::new();
+        for item in self.expiry.range(..end.as_slice()) {
+            let (key, _) = item?;
+            let Some(id) = key.get(8..).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
+                continue;
+            };
+            if self.meta.contains_key(id)? {
+                due.push(MessageId(uuid::Uuid::from_bytes(id)));
+            } else {
+                self.expiry.remove(&key)?;
+            }
+        }
+        Ok(due)
+    }
+
     /// Whether `party` has anything waiting.
     pub fn has_pending(&self, party: &Oin) -> Result<bool, StoreError> {
         let prefix = party.as_str().as_bytes();
         Ok(self.queue.scan_prefix(prefix).next().is_some()
             || self.notices.scan_prefix(prefix).next().is_some())
-    }
-
-    /// Apply a verified receipt: the recipient's queue entry goes; when nobody is pending
-    /// any more the body is deleted. The receipt is queued as a notice for the sender.
-    /// Returns `None` when the message is not queued for this recipient.
-    pub fn receipt(
-        &self,
-        recipient: &Oin,
-        message: &MessageId,
-        body_sha256: &str,
-        forwarded: &SignedRecord,
-    ) -> Result<Option<ReceiptOutcome>, StoreError> {
-        let id = *message.0.as_bytes();
-        let oin = recipient.as_str().as_bytes();
-        let Some(meta_bytes) = self.meta.get(id)? else {
-            return Ok(None);
-        };
-        let mut meta: MessageMeta = parse(&meta_bytes, "message metadata")?;
-        let Some(seq) = meta
-            .queue_seqs
-            .get(recipient)
-            .filter(|_| meta.pending.contains(recipient))
-            .copied()
-        else {
-            return Ok(None);
-        };
-        // The receipt must name the body the recipient was given.
-        let Some(body) = self.body(&meta) else {
-            return Ok(None);
-        };
-        {
-            let matches = ketenpost_schemas::envelope::Envelope::decode(
-                &body,
-                &ketenpost_schemas::envelope::Limits::default(),
-            )
-            .ok()
-            .and_then(|e| e.unverified_header().ok())
-            .and_then(|h| h.body_for(recipient).map(|(_, b)| b.sha256 == body_sha256))
-            .unwrap_or(false);
-            if !matches {
-                return Ok(None);
-            }
-        }
-        meta.pending.remove(recipient);
-        let body_deleted = meta.pending.is_empty();
-        let notice_seq = self.db.generate_id()?;
-        let sender = meta.sender.as_str().as_bytes().to_vec();
-        let forwarded = json(forwarded);
-        let meta_out = json(&meta);
-        let due = expiry_key(meta.expires_at, &id);
-        let applied = (&self.queue, &self.meta, &self.notices, &self.expiry).transaction(
-            |(queue, meta_t, notices, expiry)| {
-                // Only over the metadata read above: a receipt racing another receipt of
-                // the same message, a fetch or the expiry sweep applies once.
-                if meta_t.get(id)?.as_deref() != Some(meta_bytes.as_ref()) {
-                    return Ok(false);
-                }
-                queue.remove(key2(oin, &seq.to_be_bytes()))?;
-                if body_deleted {
-                    meta_t.remove(&id)?;
-                    expiry.remove(due.as_slice())?;
-                } else {
-                    meta_t.insert(&id, meta_out.as_slice())?;
-                }
-                notices.insert(
-                    key2(&sender, &notice_seq.to_be_bytes()),
-                    forwarded.as_slice(),
-                )?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(true)
-            },
-        )?;
-        if !applied {
-            return Ok(None);
-        }
-        if body_deleted {
-            self.delete_body(&meta)?;
-        }
-        Ok(Some(ReceiptOutcome { meta, body_deleted }))
     }
 
     /// Queue a notice for a party.
@@ -870,39 +904,6 @@ impl Store {
             n += 1;
         }
         Ok(n)
-    }
-
-    /// Messages whose undelivered TTL has passed while some recipient still has not
-    /// receipted them: their bodies are deleted and their queue entries removed. Returns
-    /// each expired message with the recipients that never receipted it.
-    pub fn expire(&self, now: DateTime<Utc>) -> Result<Vec<MessageMeta>, StoreError> {
-        let mut expired = Vec::new();
-        let upto = u64::try_from(now.timestamp_millis()).unwrap_or(0);
-        // Only the keys that are due: everything below (now + 1 ms, id 0).
-        let end = upto.saturating_add(1).to_be_bytes();
-        for item in self.expiry.range(..end.as_slice()) {
-            let (key, _) = item?;
-            self.expiry.remove(&key)?;
-            let Some(id) = key.get(8..).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
-                continue;
-            };
-            let Some(v) = self.meta.get(id)? else {
-                continue;
-            };
-            let meta: MessageMeta = parse(&v, "message metadata")?;
-            for r in &meta.pending {
-                if let Some(seq) = meta.queue_seqs.get(r) {
-                    self.queue
-                        .remove(key2(r.as_str().as_bytes(), &seq.to_be_bytes()))?;
-                }
-            }
-            // Only if it was still there: a receipt may have deleted it meanwhile.
-            if self.meta.remove(id)?.is_some() {
-                self.delete_body(&meta)?;
-                expired.push(meta);
-            }
-        }
-        Ok(expired)
     }
 
     /// Store a case.
@@ -1017,23 +1018,6 @@ fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
 /// a read-modify-write in a sled transaction, so a delivery, an answer and a sweep that
 /// touch the same clock at once do not lose each other's update.
 impl Store {
-    /// Start watching a message's answer deadlines. Written before the message itself, so
-    /// a delivery can never come before its clock; an existing clock (a replayed id) is
-    /// left alone. Returns whether the clock is new.
-    pub fn start_clock(&self, clock: &AnswerClock) -> Result<bool, StoreError> {
-        let id = clock.message_id.0.as_bytes();
-        Ok(self
-            .deadlines
-            .compare_and_swap(id, None as Option<&[u8]>, Some(json(clock)))?
-            .is_ok())
-    }
-
-    /// Forget a clock (its message was not accepted after all, or its case was deleted).
-    pub fn forget_clock(&self, id: &MessageId) -> Result<(), StoreError> {
-        self.deadlines.remove(id.0.as_bytes())?;
-        Ok(())
-    }
-
     /// A clock, if the message has one.
     pub fn clock(&self, id: &MessageId) -> Result<Option<AnswerClock>, StoreError> {
         self.deadlines
@@ -1077,17 +1061,6 @@ impl Store {
         Ok(out)
     }
 
-    /// `party` receipted the message at `at`: its answer clock starts.
-    pub fn record_delivery(
-        &self,
-        id: &MessageId,
-        party: &Oin,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.update_clock(id, |c| c.delivered(party, at).then_some(()))?;
-        Ok(())
-    }
-
     /// If `reply` answers a watched message, record it; a clock whose every answer is in is
     /// forgotten.
     pub fn record_answer(
@@ -1103,87 +1076,17 @@ impl Store {
         Ok(answer.map(|answer| AnswerRecorded { answered, answer }))
     }
 
-    /// The message expired before these recipients receipted it: they owe no answer.
-    pub fn drop_undelivered(
-        &self,
-        id: &MessageId,
-        parties: &BTreeSet<Oin>,
-    ) -> Result<(), StoreError> {
-        self.update_clock(id, |c| {
-            c.drop_undelivered(parties);
-            Some(())
-        })?;
-        Ok(())
-    }
-
-    /// Queue the deadline notices of one clock and mark them sent, in one transaction, so
-    /// each is sent exactly once. `due` pairs each [`DueNotice`] with the signed record for
-    /// each party it goes to. A notice whose answer arrived, or that another sweep sent, in
-    /// the meantime is skipped. Returns the indexes of the notices that were queued.
-    pub fn send_due_notices(
-        &self,
-        id: &MessageId,
-        due: &[(DueNotice, Vec<(Oin, SignedRecord)>)],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<usize>, StoreError> {
-        let key = id.0.as_bytes();
-        let mut seqs = Vec::new();
-        for (_, records) in due {
-            for _ in records {
-                seqs.push(self.db.generate_id()?);
-            }
-        }
-        let encoded: Vec<Vec<u8>> = due
-            .iter()
-            .flat_map(|(_, records)| records.iter().map(|(_, r)| json(r)))
-            .collect();
-        let sent = (&self.deadlines, &self.notices).transaction(|(dl, notices)| {
-            let Some(v) = dl.get(key)? else {
-                return Ok(Vec::new());
-            };
-            let mut clock: AnswerClock = parse(&v, "answer clock").map_err(abort)?;
-            let mut sent = Vec::new();
-            let mut n = 0;
-            for (i, (notice, records)) in due.iter().enumerate() {
-                let first = n;
-                n += records.len();
-                let open = clock
-                    .owed
-                    .get(&notice.owed_by)
-                    .is_some_and(|o| o.answered.is_none() && o.notified_at.is_none());
-                if !open || !clock.mark_notified(&notice.owed_by, now) {
-                    continue;
-                }
-                for (j, (party, _)) in records.iter().enumerate() {
-                    let (Some(seq), Some(bytes)) = (seqs.get(first + j), encoded.get(first + j))
-                    else {
-                        continue;
-                    };
-                    notices.insert(
-                        key2(party.as_str().as_bytes(), &seq.to_be_bytes()),
-                        bytes.as_slice(),
-                    )?;
-                }
-                sent.push(i);
-            }
-            dl.insert(key, json(&clock))?;
-            Ok(sent)
-        })?;
-        Ok(sent)
-    }
-
-    /// Forget every clock of a case (its retention ended and deletion was ordered).
-    pub fn forget_clocks_of_case(&self, case_ref: &CaseRef) -> Result<usize, StoreError> {
-        let mut n = 0;
+    /// The ids of the answer clocks of a case.
+    pub fn clock_ids_of_case(&self, case_ref: &CaseRef) -> Result<Vec<MessageId>, StoreError> {
+        let mut ids = Vec::new();
         for item in self.deadlines.iter() {
-            let (k, v) = item?;
+            let (_, v) = item?;
             let clock: AnswerClock = parse(&v, "answer clock")?;
             if &clock.case_ref == case_ref {
-                self.deadlines.remove(k)?;
-                n += 1;
+                ids.push(clock.message_id);
             }
         }
-        Ok(n)
+        Ok(ids)
     }
 }
 
@@ -1219,8 +1122,11 @@ mod tests {
     use chrono::Duration;
     use ketenpost_schemas::keys::SigningKey;
 
+    use std::collections::BTreeSet;
+
     use super::*;
     use ketenpost_schemas::kind::Kind;
+    use ketenpost_schemas::protocol::RejectCode;
 
     /// `n` authorised signalen from a corporation to a zorgaanbieder, and the
     /// zorgaanbieder.
@@ -1245,6 +1151,75 @@ mod tests {
             let bytes = std::fs::read(path).unwrap();
             bytes.windows(needle.len()).any(|w| w == needle)
         })
+    }
+
+    fn signer() -> NoticeSigner {
+        NoticeSigner {
+            oin: ketenpost_schemas::control::BROKER_SIGNER.parse().unwrap(),
+            key: SigningKey::from_bytes(&[7u8; 32]),
+        }
+    }
+
+    /// A receipt applied as the server applies it: one transition, flush, then finish.
+    fn receipt(
+        store: &Store,
+        trail: &AuditTrail,
+        recipient: &Oin,
+        id: &MessageId,
+        sha: &str,
+        forwarded: &SignedRecord,
+    ) -> Result<Applied, ketenpost_schemas::protocol::Rejection> {
+        let now = Utc::now();
+        let r = ketenpost_schemas::control::DeliveryReceipt {
+            message_id: *id,
+            recipient: recipient.clone(),
+            body_sha256: sha.into(),
+            received_at: now,
+        };
+        let digest = store.view_digest(id, recipient).unwrap();
+        let out = store
+            .transition("receipt", trail, &signer(), now, |v| {
+                Ok(ketenpost_core::transitions::receipt(
+                    recipient,
+                    &r,
+                    forwarded,
+                    v.meta(id)?,
+                    digest.as_deref(),
+                    v.clock(id)?,
+                    now,
+                ))
+            })
+            .unwrap();
+        if let Ok(a) = &out {
+            store.flush().unwrap();
+            store.finish("receipt", a);
+        }
+        out
+    }
+
+    /// The expiry sweep at `now`: how many messages expired.
+    fn expire(store: &Store, trail: &AuditTrail, now: DateTime<Utc>) -> Vec<MessageId> {
+        let mut expired = Vec::new();
+        let mut done = Vec::new();
+        for id in store.due(now).unwrap() {
+            let a = store
+                .transition("expire", trail, &signer(), now, |v| {
+                    Ok(Ok::<_, std::convert::Infallible>(
+                        ketenpost_core::transitions::expire(v.meta(&id)?, v.clock(&id)?, now),
+                    ))
+                })
+                .unwrap()
+                .unwrap();
+            if a.changed {
+                expired.push(id);
+            }
+            done.push(a);
+        }
+        store.flush().unwrap();
+        for a in &done {
+            store.finish("expire", a);
+        }
+        expired
     }
 
     #[test]
@@ -1279,7 +1254,7 @@ mod tests {
             rt.block_on(store.close());
         }
         // After a restart both are still delivered, byte for byte.
-        let (store, _trail) = open();
+        let (store, trail) = open();
         let (deliveries, first) = store.fetch(&zorg, 10).unwrap();
         assert_eq!(first.len(), 2);
         let fetched: Vec<Vec<u8>> = deliveries
@@ -1310,26 +1285,30 @@ mod tests {
             .sha256
             .clone();
         // A receipt for another body is not one for this message.
-        assert!(store
-            .receipt(&zorg, &first_id, &"00".repeat(32), &forwarded)
-            .unwrap()
-            .is_none());
-        let outcome = store
-            .receipt(&zorg, &first_id, &sha, &forwarded)
-            .unwrap()
-            .unwrap();
-        assert!(outcome.body_deleted);
+        let wrong = receipt(
+            &store,
+            &trail,
+            &zorg,
+            &first_id,
+            &"00".repeat(32),
+            &forwarded,
+        );
+        assert_eq!(wrong.unwrap_err().code, RejectCode::Conflict);
+        let outcome = receipt(&store, &trail, &zorg, &first_id, &sha, &forwarded).unwrap();
+        assert_eq!(
+            outcome.destroy.len(),
+            1,
+            "the last receipt releases the body"
+        );
         store.flush().unwrap();
         assert!(!on_disk(&spool_dir, &envelopes[0]), "receipted body gone");
         assert!(on_disk(&spool_dir, &envelopes[1]), "the other is kept");
-        assert!(store
-            .receipt(&zorg, &first_id, &sha, &forwarded)
-            .unwrap()
-            .is_none());
+        // The same receipt again: the message is gone, so it is not queued any more.
+        let again = receipt(&store, &trail, &zorg, &first_id, &sha, &forwarded);
+        assert_eq!(again.unwrap_err().code, RejectCode::Conflict);
         // The second expires unreceipted.
-        let expired = store.expire(Utc::now() + Duration::days(400)).unwrap();
-        assert_eq!(expired.len(), 1);
-        assert_eq!(expired[0].id, messages[1].header().id);
+        let expired = expire(&store, &trail, Utc::now() + Duration::days(400));
+        assert_eq!(expired, vec![messages[1].header().id]);
         store.flush().unwrap();
         assert!(!on_disk(&spool_dir, &envelopes[1]), "expired body gone");
         assert_eq!((store.bodies_held(), store.queued()), (0, 0));
@@ -1398,10 +1377,8 @@ mod tests {
         };
         let first = messages[0].header();
         let sha = first.body_for(&zorg).unwrap().1.sha256.clone();
-        assert!(store
-            .receipt(&zorg, &first.id, &sha, &forwarded)
-            .unwrap()
-            .is_none());
+        let refused = receipt(&store, &trail, &zorg, &first.id, &sha, &forwarded);
+        assert_eq!(refused.unwrap_err().code, RejectCode::Conflict);
         assert_eq!(store.bodies_held(), 2);
         rt.block_on(store.close());
     }

@@ -1,0 +1,417 @@
+//! The broker's state transitions after acceptance, as pure decisions returning
+//! [`Effects`]: a delivery receipt, a first fetch, an undelivered message expiring, an
+//! overdue answer, a case's retention ending, and a control record's registration.
+//!
+//! Each function takes what the store holds *now* (read inside the transaction that will
+//! apply the result), the policy where it matters, and `now`. None of them does I/O; the
+//! store applies the effects in one transaction ([`crate::effects`]). Running a decision
+//! twice on the state its first run produced changes nothing, so a transition that a
+//! crash interrupted is completed, never repeated, by the next start.
+
+use chrono::{DateTime, Duration, Utc};
+use ketenpost_schemas::control::{
+    CaseOp, DeadlineNotice, DeletionOrder, DeletionReason, DeliveryReceipt, ExpiryNotice,
+    SignedRecord,
+};
+use ketenpost_schemas::ids::Oin;
+use ketenpost_schemas::policy::Policy;
+use ketenpost_schemas::protocol::{RejectCode, Rejection};
+use sha2::{Digest, Sha256};
+
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::checks::ControlEffect;
+use crate::deadlines::{self, AnswerClock};
+use crate::effects::{DeletionState, Destroy, Effects, Notice, Write};
+use crate::message::MessageMeta;
+use crate::registry::Case;
+
+/// How long a deletion order gives a party to delete.
+pub const DELETE_WITHIN_DAYS: i64 = 7;
+
+/// The audit entry about a queued message, with its case, purpose, kind and id.
+fn about(entry: AuditEntry, m: &MessageMeta) -> AuditEntry {
+    entry
+        .case_ref(&m.case_ref)
+        .purpose(&m.purpose)
+        .kind(m.kind)
+        .message_id(m.id)
+}
+
+/// The message is gone from the broker: metadata, expiry entry and (after the commit) body.
+fn forget(fx: &mut Effects, m: &MessageMeta) {
+    fx.writes.push(Write::RemoveMeta {
+        id: m.id,
+        expires_at: m.expires_at,
+    });
+    if let Some(at) = m.body_at {
+        fx.destroy.push(Destroy { id: m.id, at });
+    }
+}
+
+/// Write the clock, or forget it once every answer is in.
+fn put_clock(fx: &mut Effects, clock: AnswerClock) {
+    if clock.is_settled() {
+        fx.writes.push(Write::RemoveClock(clock.message_id));
+    } else {
+        fx.writes.push(Write::Clock(clock));
+    }
+}
+
+fn conflict(reason: String) -> Rejection {
+    Rejection::new(RejectCode::Conflict, reason)
+}
+
+/// A verified delivery receipt from `recipient` (see
+/// [`check_receipt`](crate::checks::check_receipt)), against the message as the store
+/// holds it now.
+///
+/// - `meta`: the message's metadata, `None` when the broker holds no such message.
+/// - `view_digest`: the SHA-256 the message's header lists for `recipient`'s view (the
+///   body is immutable, so the store may read it before the transaction); `None` when the
+///   body cannot be read.
+/// - `clock`: the message's answer clock, if it has one; the recipient's answer deadline
+///   starts now.
+///
+/// A second receipt from a recipient that already receipted changes nothing and is not a
+/// refusal (its agent may not have seen the first answer). Refused: a message not queued
+/// for `recipient`, or a receipt for another body than the one it was given.
+pub fn receipt(
+    recipient: &Oin,
+    r: &DeliveryReceipt,
+    forwarded: &SignedRecord,
+    meta: Option<MessageMeta>,
+    view_digest: Option<&str>,
+    clock: Option<AnswerClock>,
+    now: DateTime<Utc>,
+) -> Result<Effects, Rejection> {
+    let not_queued = || {
+        conflict(format!(
+            "message {} is not queued for {recipient}",
+            r.message_id
+        ))
+    };
+    let mut m = meta.ok_or_else(not_queued)?;
+    if !m.recipients.contains(recipient) {
+        return Err(not_queued());
+    }
+    if !m.pending.contains(recipient) {
+        return Ok(Effects::default());
+    }
+    let seq = *m.queue_seqs.get(recipient).ok_or_else(not_queued)?;
+    if view_digest != Some(r.body_sha256.as_str()) {
+        return Err(conflict(format!(
+            "the receipt for message {} names another body than the one {recipient} was given",
+            r.message_id
+        )));
+    }
+    let mut fx = Effects::default();
+    m.pending.remove(recipient);
+    fx.writes.push(Write::RemoveQueued {
+        party: recipient.clone(),
+        seq,
+    });
+    fx.audit.push(
+        about(AuditEntry::ok(AuditEvent::Receipt), &m)
+            .actor(recipient)
+            .counterparty(&m.sender),
+    );
+    if let Some(mut clock) = clock {
+        // Delivered: the recipient's signed receipt says it stored the message. Its
+        // answer clock starts here.
+        if clock.delivered(recipient, now) {
+            put_clock(&mut fx, clock);
+        }
+    }
+    fx.notify(&m.sender.clone(), Notice::Forward(forwarded.clone()));
+    if m.pending.is_empty() {
+        fx.audit.push(
+            AuditEntry::ok(AuditEvent::BodyDeleted)
+                .case_ref(&m.case_ref)
+                .kind(m.kind)
+                .message_id(m.id)
+                .reason("all_receipted"),
+        );
+        forget(&mut fx, &m);
+    } else {
+        fx.writes.push(Write::Meta(m));
+    }
+    Ok(fx)
+}
+
+/// `party` fetched the message: the first time, this is recorded (`delivered` in the
+/// audit trail, which is not yet a receipt). Later fetches change nothing.
+pub fn fetched(party: &Oin, meta: Option<MessageMeta>) -> Effects {
+    let mut fx = Effects::default();
+    let Some(mut m) = meta else {
+        return fx;
+    };
+    if !m.pending.contains(party) || !m.fetched.insert(party.clone()) {
+        return fx;
+    }
+    fx.audit.push(
+        about(AuditEntry::ok(AuditEvent::Delivered), &m)
+            .actor(party)
+            .counterparty(&m.sender),
+    );
+    fx.writes.push(Write::Meta(m));
+    fx
+}
+
+/// An undelivered message whose TTL may have passed. When it has, and some recipient
+/// still has not receipted it: its queue entries, metadata and body go, the sender gets
+/// one expiry notice per such recipient, and those recipients owe no answer. Otherwise
+/// (receipted meanwhile, or not yet due) nothing happens.
+pub fn expire(
+    meta: Option<MessageMeta>,
+    clock: Option<AnswerClock>,
+    now: DateTime<Utc>,
+) -> Effects {
+    let mut fx = Effects::default();
+    let Some(m) = meta else {
+        return fx;
+    };
+    if m.expires_at > now || m.pending.is_empty() {
+        return fx;
+    }
+    for r in &m.pending {
+        if let Some(seq) = m.queue_seqs.get(r) {
+            fx.writes.push(Write::RemoveQueued {
+                party: r.clone(),
+                seq: *seq,
+            });
+        }
+        fx.audit.push(
+            about(
+                AuditEntry::flagged(AuditEvent::Expired, "undelivered_ttl"),
+                &m,
+            )
+            .actor(&m.sender)
+            .counterparty(r),
+        );
+        fx.notify(
+            &m.sender,
+            Notice::Expiry(ExpiryNotice {
+                message_id: m.id,
+                recipient: r.clone(),
+                expired_at: now,
+            }),
+        );
+    }
+    fx.audit.push(
+        AuditEntry::ok(AuditEvent::BodyDeleted)
+            .case_ref(&m.case_ref)
+            .kind(m.kind)
+            .message_id(m.id)
+            .reason("expired"),
+    );
+    if let Some(mut clock) = clock {
+        clock.drop_undelivered(&m.pending);
+        put_clock(&mut fx, clock);
+    }
+    forget(&mut fx, &m);
+    fx
+}
+
+/// The deadline notices due for one answer clock: one per party that owes an overdue
+/// answer, to that party, the sender and the case's regievoerder, each exactly once (the
+/// clock remembers it).
+pub fn deadline_notices(
+    mut clock: AnswerClock,
+    regievoerder: Option<&Oin>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Effects {
+    let mut fx = Effects::default();
+    let due = deadlines::take_due(&mut clock, &policy.calendar, now, regievoerder);
+    if due.is_empty() {
+        return fx;
+    }
+    let activity = policy
+        .purposes
+        .get(&clock.purpose)
+        .map(|p| p.processing_activity.clone());
+    let base = |e: AuditEntry| {
+        let e = e
+            .case_ref(&clock.case_ref)
+            .purpose(&clock.purpose)
+            .kind(clock.kind)
+            .message_id(clock.message_id);
+        match &activity {
+            Some(a) => e.processing_activity(a),
+            None => e,
+        }
+    };
+    for d in due {
+        fx.audit.push(
+            base(AuditEntry::flagged(
+                AuditEvent::DeadlineLate,
+                "answer_overdue",
+            ))
+            .actor(&d.owed_by)
+            .counterparty(&clock.sender),
+        );
+        fx.audit.push(
+            base(AuditEntry::ok(AuditEvent::DeadlineNotice))
+                .counterparties(d.to.iter())
+                .reason("answer_overdue"),
+        );
+        let notice = DeadlineNotice {
+            message_id: clock.message_id,
+            case_ref: clock.case_ref.clone(),
+            kind: clock.kind,
+            owed_by: d.owed_by.clone(),
+            deadline: d.deadline,
+            issued_at: now,
+        };
+        for p in &d.to {
+            fx.notify(p, Notice::Deadline(notice.clone()));
+        }
+    }
+    fx.writes.push(Write::Clock(clock));
+    fx
+}
+
+/// The id of the deletion order for a case closed at `closed_at`: derived from both, so
+/// a decision that is made again (after a crash, or by a second sweep) names the same
+/// order, never a new one that would stay unconfirmed forever.
+pub fn deletion_order_id(case: &Case, closed_at: DateTime<Utc>) -> uuid::Uuid {
+    let mut h = Sha256::new();
+    h.update(b"ketenpost deletion order\0");
+    h.update(case.case_ref.as_str().as_bytes());
+    h.update(b"\0");
+    h.update(closed_at.timestamp_micros().to_be_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// A case whose retention may have ended: when it has (closed, retention counted from
+/// the closure passed, no order yet), every party that holds or held its data gets a
+/// deletion order, the case records that the orders went out, and its answer clocks
+/// (`clocks`, the ids of those still kept) are forgotten.
+pub fn order_deletion(
+    case: Case,
+    clocks: &[ketenpost_schemas::ids::MessageId],
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Effects {
+    let mut fx = Effects::default();
+    let (Some(closed), None) = (case.closed_at, case.deletion_ordered_at) else {
+        return fx;
+    };
+    let Some(purpose) = policy.purposes.get(&case.purpose) else {
+        return fx;
+    };
+    if purpose.case_retention.deadline(closed, &policy.calendar) > now {
+        return fx;
+    }
+    let order_id = deletion_order_id(&case, closed);
+    for party in case.all_parties() {
+        let order = DeletionOrder {
+            order_id,
+            case_ref: case.case_ref.clone(),
+            reason: DeletionReason::RetentionEnded,
+            party: party.clone(),
+            issued_at: now,
+            delete_by: now + Duration::days(DELETE_WITHIN_DAYS),
+        };
+        fx.writes.push(Write::Deletion(DeletionState {
+            order: order.clone(),
+            confirmed_at: None,
+        }));
+        fx.audit.push(
+            AuditEntry::ok(AuditEvent::DeletionOrdered)
+                .case_ref(&case.case_ref)
+                .purpose(&case.purpose)
+                .processing_activity(&purpose.processing_activity)
+                .message_id(order_id)
+                .counterparty(&party)
+                .reason("retention_ended"),
+        );
+        fx.notify(&party, Notice::DeletionOrder(order));
+    }
+    for id in clocks {
+        fx.writes.push(Write::RemoveClock(*id));
+    }
+    let mut case = case;
+    case.deletion_ordered_at = Some(now);
+    fx.writes.push(Write::Case(case));
+    fx
+}
+
+/// A control record the checks accepted ([`crate::checks::check_control`]) from `actor`:
+/// what it writes and the audit entry that records it. `deletion` is the order's state
+/// for a deletion confirmation, as the store holds it now.
+pub fn control(
+    effect: ControlEffect,
+    actor: &Oin,
+    deletion: Option<DeletionState>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Effects {
+    let activity = |p: &str| {
+        policy
+            .purposes
+            .get(p)
+            .map(|p| p.processing_activity.clone())
+            .unwrap_or_default()
+    };
+    let mut fx = Effects::default();
+    let entry = match effect {
+        ControlEffect::CaseOpened(case) => {
+            let e = AuditEntry::ok(AuditEvent::CaseOpened)
+                .case_ref(&case.case_ref)
+                .purpose(&case.purpose)
+                .processing_activity(activity(&case.purpose));
+            fx.writes.push(Write::Case(case));
+            e
+        }
+        ControlEffect::CaseChanged { case, change } => {
+            let (event, other) = match &change.change {
+                CaseOp::AddMember { oin, .. } => (AuditEvent::CaseMemberAdded, Some(oin)),
+                CaseOp::RemoveMember { oin } => (AuditEvent::CaseMemberRemoved, Some(oin)),
+                CaseOp::Close | CaseOp::Open { .. } => (AuditEvent::CaseClosed, None),
+            };
+            let mut e = AuditEntry::ok(event)
+                .case_ref(&case.case_ref)
+                .purpose(&case.purpose)
+                .processing_activity(activity(&case.purpose));
+            if let Some(o) = other {
+                e = e.counterparty(o);
+            }
+            fx.writes.push(Write::Case(case));
+            e
+        }
+        ControlEffect::ConsentGranted(c) => {
+            let e = AuditEntry::ok(AuditEvent::ConsentGranted)
+                .case_ref(&c.record.case_ref)
+                .purpose(&c.record.purpose)
+                .processing_activity(activity(&c.record.purpose))
+                .message_id(c.record.consent_id)
+                .counterparties(c.record.parties.iter());
+            fx.writes.push(Write::Consent(c));
+            e
+        }
+        ControlEffect::ConsentWithdrawn(c) => {
+            let e = AuditEntry::ok(AuditEvent::ConsentWithdrawn)
+                .case_ref(&c.record.case_ref)
+                .purpose(&c.record.purpose)
+                .processing_activity(activity(&c.record.purpose))
+                .message_id(c.record.consent_id);
+            fx.writes.push(Write::Consent(c));
+            e
+        }
+        ControlEffect::DeletionConfirmed(conf) => {
+            if let Some(mut d) = deletion.filter(|d| d.confirmed_at.is_none()) {
+                d.confirmed_at = Some(now);
+                fx.writes.push(Write::Deletion(d));
+            }
+            AuditEntry::ok(AuditEvent::DeletionConfirmed)
+                .case_ref(&conf.case_ref)
+                .message_id(conf.order_id)
+        }
+    };
+    fx.audit.push(entry.actor(actor));
+    fx
+}
