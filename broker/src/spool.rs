@@ -315,21 +315,9 @@ impl Spool {
     /// receipt racing the expiry sweep) is counted once.
     pub fn delete(&self, at: &BodyAt, id: &[u8; 16]) -> Result<(), SpoolError> {
         let _one_at_a_time = lock(&self.deleting);
-        let Some(file) = self.file(at.segment) else {
-            return Ok(());
-        };
-        let mut header = [0u8; HEADER as usize];
-        file.read_exact_at(&mut header, at.offset)
-            .map_err(io("read body header"))?;
-        if header.get(..4) != Some(MAGIC.as_slice()) || header.get(8..24) != Some(id.as_slice()) {
+        if !self.zero(at, id)? {
             return Ok(());
         }
-        let zeros = vec![0u8; 4 + at.len as usize];
-        file.write_all_at(&zeros, at.offset + HEADER - 4)
-            .map_err(io("delete body"))?;
-        file.write_all_at(DELETED, at.offset)
-            .map_err(io("delete body"))?;
-        self.dirty.store(true, Ordering::Release);
         // Under `active` (the order `append` takes them in), so no append can land in the
         // segment between counting it empty and removing it.
         let active = lock(&self.active);
@@ -345,6 +333,85 @@ impl Spool {
             self.remove_segment(at.segment)?;
         }
         Ok(())
+    }
+
+    /// Overwrite a live record of message `id` at `at` with zeros (magic [`DELETED`]);
+    /// `false` when there is no such live record.
+    fn zero(&self, at: &BodyAt, id: &[u8; 16]) -> Result<bool, SpoolError> {
+        let Some(file) = self.file(at.segment) else {
+            return Ok(false);
+        };
+        let mut header = [0u8; HEADER as usize];
+        file.read_exact_at(&mut header, at.offset)
+            .map_err(io("read body header"))?;
+        if header.get(..4) != Some(MAGIC.as_slice()) || header.get(8..24) != Some(id.as_slice()) {
+            return Ok(false);
+        }
+        let zeros = vec![0u8; 4 + at.len as usize];
+        file.write_all_at(&zeros, at.offset + HEADER - 4)
+            .map_err(io("delete body"))?;
+        file.write_all_at(DELETED, at.offset)
+            .map_err(io("delete body"))?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Every live (not deleted) record in the closed segments that are kept, in order:
+    /// where it is and whose it is. A record cut short at the end of a segment (an append
+    /// that a crash interrupted, whose metadata therefore never landed) ends the walk of
+    /// that segment. Start-up only.
+    pub fn live_records(&self) -> Result<Vec<(BodyAt, [u8; 16])>, SpoolError> {
+        let active = lock(&self.active).segment;
+        let mut files: Vec<(u32, Arc<File>)> = self
+            .files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(s, _)| **s != active)
+            .map(|(s, f)| (*s, f.clone()))
+            .collect();
+        files.sort_by_key(|(s, _)| *s);
+        let mut out = Vec::new();
+        for (segment, file) in files {
+            let size = file.metadata().map_err(io("read segment size"))?.len();
+            let mut offset = 0u64;
+            let mut header = [0u8; HEADER as usize];
+            while offset + HEADER <= size {
+                file.read_exact_at(&mut header, offset)
+                    .map_err(io("read body header"))?;
+                let (magic, rest) = header.split_at(4);
+                let (len, rest) = rest.split_at(4);
+                let len = u32::from_be_bytes(<[u8; 4]>::try_from(len).unwrap_or_default());
+                let Some(id) = rest.get(..16).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
+                    break;
+                };
+                if magic != MAGIC.as_slice() && magic != DELETED.as_slice() {
+                    break;
+                }
+                if offset + HEADER + u64::from(len) > size {
+                    break;
+                }
+                if magic == MAGIC.as_slice() {
+                    out.push((
+                        BodyAt {
+                            segment,
+                            offset,
+                            len,
+                        },
+                        id,
+                    ));
+                }
+                offset += HEADER + u64::from(len);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destroy a live record that no metadata refers to (found by [`Spool::live_records`]
+    /// at start-up): zeroed like a deleted body, without counting it, since it never was.
+    pub fn destroy_unreferenced(&self, at: &BodyAt, id: &[u8; 16]) -> Result<bool, SpoolError> {
+        let _one_at_a_time = lock(&self.deleting);
+        self.zero(at, id)
     }
 
     fn remove_segment(&self, segment: u32) -> Result<(), SpoolError> {

@@ -402,6 +402,41 @@ fn seq_of(key: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
+/// Start-up reconciliation of the spool with the metadata. A body no metadata refers to
+/// (its message was receipted or expired, and a crash came after that decision was
+/// durable but before the body was destroyed) is destroyed now. Metadata whose body is
+/// not in the spool (damage: the spool syncs every body before its metadata is written)
+/// is counted and logged; such a message is never delivered and expires as usual.
+fn reconcile(
+    spool: &Spool,
+    referenced: &std::collections::HashSet<(u32, u64)>,
+) -> Result<(), StoreError> {
+    let mut live = std::collections::HashSet::new();
+    let mut orphans = 0usize;
+    for (at, id) in spool.live_records()? {
+        if referenced.contains(&(at.segment, at.offset)) {
+            live.insert((at.segment, at.offset));
+        } else if spool.destroy_unreferenced(&at, &id)? {
+            orphans += 1;
+        }
+    }
+    spool.sync()?;
+    let dangling = referenced.difference(&live).count();
+    tracing::info!(
+        bodies = live.len(),
+        orphan_bodies_destroyed = orphans,
+        metadata_without_body = dangling,
+        "spool reconciled with the metadata"
+    );
+    if dangling > 0 {
+        tracing::error!(
+            metadata_without_body = dangling,
+            "messages whose body is missing from the spool: they cannot be delivered"
+        );
+    }
+    Ok(())
+}
+
 impl Store {
     /// Open the store in `db`, with the bodies' spool in `spool_dir`, and start its group
     /// committer. Must run inside a tokio runtime.
@@ -416,16 +451,19 @@ impl Store {
         let spool = Arc::new(Spool::open(spool_dir)?);
         let expiry = db.open_tree("expiry")?;
         // Every body held has one expiry entry, which says where it is.
+        let mut referenced = std::collections::HashSet::new();
         for item in expiry.iter() {
             let (_, v) = item?;
             if let Some(at) = BodyAt::from_bytes(&v) {
                 spool.register(&at);
+                referenced.insert((at.segment, at.offset));
             }
         }
         let removed = spool.remove_empty()?;
         if removed > 0 {
             tracing::info!(removed, "spool segments without bodies removed");
         }
+        reconcile(&spool, &referenced)?;
         let store = Store {
             spool: spool.clone(),
             meta: db.open_tree("meta")?,
@@ -1380,6 +1418,61 @@ mod tests {
         let refused = receipt(&store, &trail, &zorg, &first.id, &sha, &forwarded);
         assert_eq!(refused.unwrap_err().code, RejectCode::Conflict);
         assert_eq!(store.bodies_held(), 2);
+        rt.block_on(store.close());
+    }
+
+    #[test]
+    fn a_start_destroys_bodies_that_no_metadata_refers_to() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let open = || {
+            let db = sled::Config::new()
+                .path(dir.path().join("db"))
+                .open()
+                .unwrap();
+            let store = Store::open(db.clone(), &spool_dir).unwrap();
+            let trail = Arc::new(
+                crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),
+            );
+            (store, trail)
+        };
+        let (messages, _) = authorised(2);
+        let envelopes: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|a| a.verified.envelope().encode())
+            .collect();
+        {
+            let (store, trail) = open();
+            for a in &messages {
+                let meta = MessageMeta::accepted(a, Utc::now());
+                store.put_message(a, &meta, &trail, vec![]).unwrap();
+            }
+            // What a crash after a durable receipt and before the body was destroyed
+            // leaves: the first message's metadata is gone, its body is not.
+            let id = messages[0].header().id;
+            let meta: MessageMeta =
+                parse(&store.meta.get(id.0.as_bytes()).unwrap().unwrap(), "meta").unwrap();
+            store.meta.remove(id.0.as_bytes()).unwrap();
+            store
+                .expiry
+                .remove(expiry_key(meta.expires_at, id.0.as_bytes()))
+                .unwrap();
+            store.flush().unwrap();
+            rt.block_on(store.close());
+        }
+        assert!(on_disk(&spool_dir, &envelopes[0]));
+        let (store, _trail) = open();
+        assert!(
+            !on_disk(&spool_dir, &envelopes[0]),
+            "the orphan is destroyed"
+        );
+        assert!(
+            on_disk(&spool_dir, &envelopes[1]),
+            "the referenced body stays"
+        );
+        assert_eq!(store.bodies_held(), 1);
         rt.block_on(store.close());
     }
 
