@@ -248,8 +248,10 @@ impl AuditTrail {
             .insert(seq_key(cp.seq), cp_bytes)
             .map_err(storage)?;
         drop(head);
+        crate::failpoint::hit("checkpoint", "applied");
         // Tree::flush flushes the whole database, records included.
         self.checkpoints.flush().map_err(storage)?;
+        crate::failpoint::hit("checkpoint", "durable");
         tracing::info!(seq = cp.seq, head_hash = %cp.head_hash, "audit checkpoint");
         Ok(cp)
     }

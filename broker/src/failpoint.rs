@@ -43,6 +43,57 @@ pub fn hit(op: &str, stage: &str) {
     }
 }
 
+/// The environment variable that names a test clock file (see [`test_clock`]).
+pub const CLOCK_ENV: &str = "KETENPOST_TEST_CLOCK_FILE";
+
+/// With the feature and `KETENPOST_TEST_CLOCK_FILE` set: a clock that runs `offset`
+/// seconds ahead of the system clock, where the file holds the offset (a whole number,
+/// re-read at most every 50 ms). So a crash test moves a broker *process* through days of
+/// retention without sleeping. Without either: `None`.
+#[cfg(feature = "failpoints")]
+pub fn test_clock() -> Option<ketenpost_core::clock::SharedClock> {
+    let path = std::env::var_os(CLOCK_ENV)?;
+    Some(std::sync::Arc::new(FileClock {
+        path: path.into(),
+        cached: std::sync::Mutex::new(None),
+    }))
+}
+
+/// Without the feature there is no test clock.
+#[cfg(not(feature = "failpoints"))]
+pub fn test_clock() -> Option<ketenpost_core::clock::SharedClock> {
+    None
+}
+
+#[cfg(feature = "failpoints")]
+#[derive(Debug)]
+struct FileClock {
+    path: std::path::PathBuf,
+    cached: std::sync::Mutex<Option<(std::time::Instant, i64)>>,
+}
+
+#[cfg(feature = "failpoints")]
+impl ketenpost_core::clock::Clock for FileClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let offset = match *cached {
+            Some((at, offset)) if at.elapsed() < std::time::Duration::from_millis(50) => offset,
+            _ => {
+                let offset = std::fs::read_to_string(&self.path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i64>().ok())
+                    .unwrap_or(0);
+                *cached = Some((std::time::Instant::now(), offset));
+                offset
+            }
+        };
+        chrono::Utc::now() + chrono::Duration::seconds(offset)
+    }
+}
+
 /// Crash points are compiled out.
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]

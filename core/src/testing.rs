@@ -89,6 +89,12 @@ pub fn party(n: u64) -> P {
     }
 }
 
+impl Default for Fx {
+    fn default() -> Fx {
+        Fx::new()
+    }
+}
+
 impl Fx {
     pub fn new() -> Fx {
         let strict = Policy::from_toml(STRICT).unwrap();

@@ -240,15 +240,32 @@ impl BrokerProcess {
     /// Start `ketenpost-broker serve --federation` on `listen` (port 0 for any) with its
     /// data in `data`; wait (at most 30 s) until it says where it listens.
     pub fn start(fed: &Fed, data: &Path, listen: SocketAddr) -> Result<BrokerProcess> {
-        let mut child = Command::new(binary("ketenpost-broker")?)
-            .arg("serve")
+        BrokerProcess::start_with(fed, data, listen, &[], &[])
+    }
+
+    /// [`BrokerProcess::start`] with extra `serve` arguments and environment variables
+    /// (the crash tests' `KETENPOST_FAILPOINT` and test clock).
+    pub fn start_with(
+        fed: &Fed,
+        data: &Path,
+        listen: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Result<BrokerProcess> {
+        let mut cmd = Command::new(binary("ketenpost-broker")?);
+        cmd.arg("serve")
             .arg("--federation")
             .arg(&fed.files.dir)
             .arg("--data")
             .arg(data)
             .arg("--listen")
             .arg(listen.to_string())
-            .env("RUST_LOG", "warn")
+            .args(args)
+            .env("RUST_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -288,6 +305,21 @@ impl BrokerProcess {
             }
         };
         Ok(BrokerProcess { child, addr })
+    }
+
+    /// Wait (at most `limit`) for the process to end by itself; its status, or `None` when
+    /// it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if std::time::Instant::now() >= until {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no shutdown, no final flush.

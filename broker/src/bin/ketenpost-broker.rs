@@ -56,7 +56,17 @@ enum Command {
         /// With --federation: the UDP address to listen on.
         #[arg(long, default_value = "127.0.0.1:4433")]
         listen: SocketAddr,
+        /// With --federation: how often expiry, deadlines and retention are swept (1-3600 s).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        sweep_interval_secs: Option<u64>,
+        /// With --federation: how often the audit trail is checkpointed (1-60 s).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60))]
+        checkpoint_interval_secs: Option<u64>,
     },
+    /// Print the optional features this binary was built with (the crash tests check
+    /// for `failpoints`).
+    #[command(hide = true)]
+    Features,
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -166,6 +176,8 @@ fn main() -> ExitCode {
             federation,
             data,
             listen,
+            sweep_interval_secs,
+            checkpoint_interval_secs,
         } => {
             let config = match (config, federation, data) {
                 (Some(path), _, _) => match BrokerConfig::load(&path) {
@@ -176,7 +188,16 @@ fn main() -> ExitCode {
                     }
                 },
                 (None, Some(fed), Some(data)) => match ketenpost_certs::Federation::load(&fed) {
-                    Ok(f) => BrokerConfig::for_federation(&f, data, listen),
+                    Ok(f) => {
+                        let mut c = BrokerConfig::for_federation(&f, data, listen);
+                        if let Some(s) = sweep_interval_secs {
+                            c.timers.sweep_interval_secs = s;
+                        }
+                        if let Some(s) = checkpoint_interval_secs {
+                            c.timers.checkpoint_interval_secs = s;
+                        }
+                        c
+                    }
                     Err(e) => {
                         eprintln!("ketenpost-broker: federation {}: {e}", fed.display());
                         return ExitCode::from(EXIT_CONFIG);
@@ -188,6 +209,12 @@ fn main() -> ExitCode {
                 }
             };
             serve(config)
+        }
+        Command::Features => {
+            if ketenpost_broker::failpoint::ENABLED {
+                println!("failpoints");
+            }
+            ExitCode::SUCCESS
         }
         Command::Audit {
             command: AuditCommand::Verify { data_dir, key },
@@ -305,7 +332,9 @@ fn serve(config: BrokerConfig) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let broker = match Broker::start(config).await {
+        let clock = ketenpost_broker::failpoint::test_clock()
+            .unwrap_or_else(|| std::sync::Arc::new(ketenpost_core::clock::SystemClock));
+        let broker = match Broker::start_with_clock(config, clock).await {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("ketenpost-broker: {e:#}");
