@@ -1421,6 +1421,84 @@ mod tests {
         rt.block_on(store.close());
     }
 
+    /// Two recipients receipt the same message at the same moment while a third fetch
+    /// changes its metadata: neither receipt is refused (the receipt race), and the body
+    /// goes with the last one.
+    #[test]
+    fn concurrent_receipts_of_one_message_are_all_accepted() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let store = Store::open(db.clone(), &dir.path().join("spool")).unwrap();
+        let trail = Arc::new(
+            crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),
+        );
+        let fx = ketenpost_core::testing::Fx::new();
+        let (zorg, gem) = (fx.zorg.oin.clone(), fx.gem.oin.clone());
+        for _ in 0..20 {
+            let draft = fx.draft(
+                Kind::Signaal,
+                &[(&fx.zorg, "zorgaanbieder"), (&fx.gem, "gemeente")],
+            );
+            let a = fx.check_as(&fx.corp, &fx.seal(&fx.corp, draft)).unwrap();
+            let meta = MessageMeta::accepted(&a, Utc::now());
+            store.put_message(&a, &meta, &trail, vec![]).unwrap();
+            let id = a.header().id;
+            let forwarded = SignedRecord {
+                kind: Kind::DeliveryReceipt,
+                signer: zorg.clone(),
+                record: String::new(),
+                signature: String::new(),
+            };
+            let barrier = Barrier::new(3);
+            let outcomes = std::thread::scope(|s| {
+                let fetcher = s.spawn(|| {
+                    barrier.wait();
+                    let (_, first) = store.fetch(&gem, 10).unwrap();
+                    store
+                        .transition("fetch", &trail, &signer(), Utc::now(), |v| {
+                            let mut fx = ketenpost_core::effects::Effects::default();
+                            for id in &first {
+                                fx.extend(ketenpost_core::transitions::fetched(&gem, v.meta(id)?));
+                            }
+                            Ok(Ok::<_, std::convert::Infallible>(fx))
+                        })
+                        .unwrap()
+                        .unwrap();
+                });
+                let receipts: Vec<_> = [&zorg, &gem]
+                    .map(|who| {
+                        let sha = a.header().body_for(who).unwrap().1.sha256.clone();
+                        let (store, trail, forwarded, barrier) =
+                            (&store, &trail, &forwarded, &barrier);
+                        s.spawn(move || {
+                            barrier.wait();
+                            receipt(store, trail, who, &id, &sha, forwarded)
+                        })
+                    })
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect();
+                fetcher.join().unwrap();
+                receipts
+            });
+            for o in &outcomes {
+                assert!(o.is_ok(), "a legitimate receipt was refused: {o:?}");
+            }
+            let destroyed: usize = outcomes
+                .iter()
+                .map(|o| o.as_ref().unwrap().destroy.len())
+                .sum();
+            assert_eq!(destroyed, 1, "the body goes with the last receipt, once");
+        }
+        assert_eq!((store.bodies_held(), store.queued()), (0, 0));
+        rt.block_on(store.close());
+    }
+
     #[test]
     fn a_start_destroys_bodies_that_no_metadata_refers_to() {
         let rt = tokio::runtime::Runtime::new().unwrap();
