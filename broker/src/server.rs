@@ -536,8 +536,6 @@ struct Staged {
     kind: ketenpost_schemas::kind::Kind,
     flags: Vec<AcceptFlag>,
     recipients: std::collections::BTreeSet<Oin>,
-    /// Something was written after the message's own flushed transaction.
-    needs_commit: bool,
 }
 
 async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
@@ -567,12 +565,7 @@ async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
         if let Err(e) = ticket.landed().await {
             return Err(put_failed(e, &authorised, &s, &o, &bytes));
         }
-        if authorised.header().in_reply_to.is_none() {
-            return Ok(Staged::of(&authorised, false));
-        }
-        tokio::task::spawn_blocking(move || stage_answer(&authorised, &s, &o, now))
-            .await
-            .map_err(|e| submit_task_failed(&e))
+        Ok(stage_answer(&authorised, &s, &o, now).await)
     });
     let staged = match finish.await {
         Ok(Ok(staged)) => staged,
@@ -580,11 +573,6 @@ async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
         Err(e) => return submit_task_failed(&e),
     };
     drop(guard);
-    if staged.needs_commit {
-        if let Err(e) = shared.store.commit().await {
-            return storage_error(e);
-        }
-    }
     for r in &staged.recipients {
         shared.notify(r);
     }
@@ -630,7 +618,7 @@ fn submit_task_failed(e: &tokio::task::JoinError) -> Response {
 }
 
 impl Staged {
-    fn of(authorised: &Authorised, needs_commit: bool) -> Staged {
+    fn of(authorised: &Authorised) -> Staged {
         let h = authorised.header();
         Staged {
             id: h.id,
@@ -641,7 +629,6 @@ impl Staged {
                 .iter()
                 .map(|(o, _)| o.clone())
                 .collect(),
-            needs_commit,
         }
     }
 }
@@ -668,46 +655,54 @@ fn stage_write(
         .map_err(|e| put_failed(e, authorised, shared, oin, bytes))
 }
 
-/// The bookkeeping of an answer whose message landed: the clock of the message it
-/// answers, and a late answer's audit record; blocking. That write still needs a commit
-/// before `accepted` ([`Staged::needs_commit`]).
-fn stage_answer(
+/// The bookkeeping of an answer whose message landed: the answer clock of the message it
+/// answers, and a late answer's audit record, one transition of its own (committed before
+/// `accepted` is answered).
+async fn stage_answer(
     authorised: &Authorised,
     shared: &Arc<Shared>,
     oin: &Oin,
     now: DateTime<Utc>,
 ) -> Staged {
-    let answer = match shared.store.record_answer(
-        Reply {
-            id: authorised.header().id,
-            sender: oin,
-            kind: authorised.header().kind,
-            in_reply_to: authorised.header().in_reply_to,
+    let h = authorised.header();
+    let Some(answered) = h.in_reply_to else {
+        return Staged::of(authorised);
+    };
+    let (id, sender, kind) = (h.id, oin.clone(), h.kind);
+    let late_entry = about_message(
+        AuditEntry::flagged(AuditEvent::DeadlineLate, "answer_late"),
+        authorised,
+        oin,
+    );
+    let s = shared.clone();
+    let outcome = transition(
+        shared,
+        "answer",
+        move |v| {
+            let reply = Reply {
+                id,
+                sender: &sender,
+                kind,
+                in_reply_to: Some(answered),
+            };
+            Ok(Ok::<_, std::convert::Infallible>(transitions::answered(
+                reply,
+                v.clock(&answered)?,
+                late_entry.clone(),
+                &s.policy,
+                now,
+            )))
         },
         now,
-        &shared.policy.calendar,
-    ) {
-        Ok(a) => a,
-        Err(e) => {
-            // The message is stored; only the answer bookkeeping failed. A notice may follow
-            // that should not have; that is logged, not a reason to refuse the message.
-            error!(cause = %e, "cannot record an answer");
-            None
-        }
-    };
-    if let Some(a) = answer.as_ref().filter(|a| a.answer.late) {
-        // A late answer: recorded against the message it answers.
-        shared.audit(
-            about_message(
-                AuditEntry::flagged(AuditEvent::DeadlineLate, "answer_late"),
-                authorised,
-                oin,
-            )
-            .message_id(a.answered)
-            .counterparty(&a.answer.owed_to),
-        );
+        Durability::Commit,
+    )
+    .await;
+    if let Err(e) = outcome {
+        // The message is stored; only the answer bookkeeping failed. A notice may follow
+        // that should not have; that is logged, not a reason to refuse the message.
+        error!(cause = %e, "cannot record an answer");
     }
-    Staged::of(authorised, answer.is_some())
+    Staged::of(authorised)
 }
 
 fn put_failed(

@@ -271,6 +271,36 @@ pub fn deadline_notices(
     fx
 }
 
+/// An accepted message that may answer another (`reply.in_reply_to`), against that
+/// message's answer clock as the store holds it now: the first answer of each party that
+/// owes one is recorded; a late one is audited as `deadline_late` / `answer_late` with
+/// `late_entry` (the entry about the reply, without message id and counterparty), naming
+/// the message answered and its sender. Anything else changes nothing.
+pub fn answered(
+    reply: crate::deadlines::Reply<'_>,
+    clock: Option<AnswerClock>,
+    late_entry: AuditEntry,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Effects {
+    let mut fx = Effects::default();
+    let Some(mut clock) = clock else {
+        return fx;
+    };
+    let Some(answer) = clock.answer(reply, now, &policy.calendar) else {
+        return fx;
+    };
+    if answer.late {
+        fx.audit.push(
+            late_entry
+                .message_id(clock.message_id)
+                .counterparty(&answer.owed_to),
+        );
+    }
+    put_clock(&mut fx, clock);
+    fx
+}
+
 /// The id of the deletion order for a case closed at `closed_at`: derived from both, so
 /// a decision that is made again (after a crash, or by a second sweep) names the same
 /// order, never a new one that would stay unconfirmed forever.

@@ -38,13 +38,13 @@ use ketenpost_schemas::control::{DeletionOrder, SignedRecord};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::protocol::{envelope_to_b64, Delivery};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::{TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{AuditEntry, AuditTrail};
 use crate::spool::{Spool, SpoolError};
 use ketenpost_core::checks::Authorised;
-use ketenpost_core::deadlines::{AnswerClock, Answered, Reply};
+use ketenpost_core::deadlines::AnswerClock;
 use ketenpost_core::message::{BodyAt, MessageMeta};
 
 mod transition;
@@ -1038,23 +1038,11 @@ impl Store {
     }
 }
 
-/// What [`Store::record_answer`] did with an answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AnswerRecorded {
-    /// The message answered.
-    pub answered: MessageId,
-    /// Who answered, and whether in time.
-    pub answer: Answered,
-}
-
-fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e)
-}
-
 /// Answer clocks ([`ketenpost_core::deadlines`]): one per accepted message whose kind has an
-/// `answer_within`, under the message id, kept after the body is deleted. Every change is
-/// a read-modify-write in a sled transaction, so a delivery, an answer and a sweep that
-/// touch the same clock at once do not lose each other's update.
+/// `answer_within`, under the message id, kept after the body is deleted. A clock is
+/// written with its message, and changed only by the transitions of the core (a receipt,
+/// an answer, a deadline notice, an expiry, a deletion order) inside
+/// [`Store::transition`], so concurrent changes never lose each other's update.
 impl Store {
     /// A clock, if the message has one.
     pub fn clock(&self, id: &MessageId) -> Result<Option<AnswerClock>, StoreError> {
@@ -1073,45 +1061,6 @@ impl Store {
                 parse(&v, "answer clock")
             })
             .collect()
-    }
-
-    fn update_clock<T>(
-        &self,
-        id: &MessageId,
-        f: impl Fn(&mut AnswerClock) -> Option<T>,
-    ) -> Result<Option<T>, StoreError> {
-        let key = id.0.as_bytes();
-        let out = self.deadlines.transaction(|t| {
-            let Some(v) = t.get(key)? else {
-                return Ok(None);
-            };
-            let mut clock: AnswerClock = parse(&v, "answer clock").map_err(abort)?;
-            let out = f(&mut clock);
-            if out.is_some() {
-                if clock.is_settled() {
-                    t.remove(key)?;
-                } else {
-                    t.insert(key, json(&clock))?;
-                }
-            }
-            Ok(out)
-        })?;
-        Ok(out)
-    }
-
-    /// If `reply` answers a watched message, record it; a clock whose every answer is in is
-    /// forgotten.
-    pub fn record_answer(
-        &self,
-        reply: Reply<'_>,
-        at: DateTime<Utc>,
-        calendar: &ketenpost_schemas::calendar::Calendar,
-    ) -> Result<Option<AnswerRecorded>, StoreError> {
-        let Some(answered) = reply.in_reply_to else {
-            return Ok(None);
-        };
-        let answer = self.update_clock(&answered, |c| c.answer(reply, at, calendar))?;
-        Ok(answer.map(|answer| AnswerRecorded { answered, answer }))
     }
 
     /// The ids of the answer clocks of a case.
@@ -1459,7 +1408,7 @@ mod tests {
                 let fetcher = s.spawn(|| {
                     barrier.wait();
                     let (_, first) = store.fetch(&gem, 10).unwrap();
-                    store
+                    let _applied = store
                         .transition("fetch", &trail, &signer(), Utc::now(), |v| {
                             let mut fx = ketenpost_core::effects::Effects::default();
                             for id in &first {
