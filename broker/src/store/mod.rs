@@ -1140,6 +1140,20 @@ mod tests {
         })
     }
 
+    /// The store and audit trail in `dir`, as the broker opens them.
+    fn open_in(dir: &std::path::Path) -> (Store, Arc<AuditTrail>) {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let store = Store::open(db.clone(), &dir.join("spool")).unwrap();
+        let trail = Arc::new(
+            crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),
+        );
+        (store, trail)
+    }
+
     fn signer() -> NoticeSigner {
         NoticeSigner {
             oin: ketenpost_schemas::control::BROKER_SIGNER.parse().unwrap(),
@@ -1215,18 +1229,7 @@ mod tests {
         let _in_runtime = rt.enter();
         let dir = tempfile::tempdir().unwrap();
         let spool_dir = dir.path().join("spool");
-        let open = || {
-            let db = sled::Config::new()
-                .path(dir.path().join("db"))
-                .flush_every_ms(None)
-                .open()
-                .unwrap();
-            let store = Store::open(db.clone(), &spool_dir).unwrap();
-            let trail = Arc::new(
-                crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),
-            );
-            (store, trail)
-        };
+        let open = || open_in(dir.path());
         let (messages, zorg) = authorised(2);
         let envelopes: Vec<Vec<u8>> = messages
             .iter()
@@ -1314,14 +1317,7 @@ mod tests {
         let _in_runtime = rt.enter();
         let dir = tempfile::tempdir().unwrap();
         let spool_dir = dir.path().join("spool");
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .unwrap();
-        let store = Store::open(db.clone(), &spool_dir).unwrap();
-        let trail = Arc::new(
-            crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),
-        );
+        let (store, trail) = open_in(dir.path());
         let (messages, zorg) = authorised(2);
         for a in &messages {
             let meta = MessageMeta::accepted(a, Utc::now());
@@ -1378,14 +1374,7 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let _in_runtime = rt.enter();
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .open()
-            .unwrap();
-        let store = Store::open(db.clone(), &dir.path().join("spool")).unwrap();
-        let trail = Arc::new(
-            crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),
-        );
+        let (store, trail) = open_in(dir.path());
         let fx = ketenpost_core::testing::Fx::new();
         let (zorg, gem) = (fx.zorg.oin.clone(), fx.gem.oin.clone());
         for _ in 0..20 {
@@ -1454,17 +1443,7 @@ mod tests {
         let _in_runtime = rt.enter();
         let dir = tempfile::tempdir().unwrap();
         let spool_dir = dir.path().join("spool");
-        let open = || {
-            let db = sled::Config::new()
-                .path(dir.path().join("db"))
-                .open()
-                .unwrap();
-            let store = Store::open(db.clone(), &spool_dir).unwrap();
-            let trail = Arc::new(
-                crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),
-            );
-            (store, trail)
-        };
+        let open = || open_in(dir.path());
         let (messages, _) = authorised(2);
         let envelopes: Vec<Vec<u8>> = messages
             .iter()
