@@ -424,6 +424,11 @@ impl Core {
                 &parts,
             )
             .await?;
+        early::check_sealed(&envelope, &cx, now).inspect_err(|e| {
+            if let Error::Refused { rejection, .. } = e {
+                info!(code = %rejection.code, kind = %req.kind, case = %req.case_ref, "message refused early");
+            }
+        })?;
         let mut entry = OutboxEntry::sealed(&header, &envelope, &resolved.recipients);
         if req.kind == Kind::DatalekMelding {
             entry.reseal = Some(parts);

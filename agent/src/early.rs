@@ -1,9 +1,17 @@
 //! The early policy check: refuse before storing or sending what the broker would refuse.
 //!
-//! These are pure functions of the request, the policy, the directory, the agent's local
-//! [mirror](crate::mirror) and `now`. They use the broker's [`RejectCode`]s, in the order of
-//! the broker's checks (DESIGN.md), so a partner system sees the same code whether the
-//! agent or the broker refused.
+//! Two steps, both pure functions of the request, the policy, the directory, the agent's
+//! local [mirror](crate::mirror) and `now`:
+//!
+//! 1. [`check_send`] *resolves* a request into a message: its purpose, its recipients and
+//!    the view (role) each gets, its legal basis (the consent on file that covers it, with
+//!    the core's own [`check_consent`](ketenpost_core::checks::check_consent)), its event
+//!    time and breach scope. It refuses, with the broker's codes, only where a request
+//!    cannot be resolved (no role of ours may send it, no recipient with that role, no
+//!    consent on file).
+//! 2. [`check_sealed`] runs the broker's own checks
+//!    ([`check_message`](ketenpost_core::checks::check_message)) over the sealed envelope,
+//!    with the mirror as the registry: one policy engine for broker and agent.
 //!
 //! The rule is **refuse only when sure**: the mirror is a partial copy of the broker's
 //! registries, so where it does not know (a case the agent never heard of, a consent
@@ -16,7 +24,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, NaiveTime, Utc};
 use ketenpost_schemas::control::{CaseOp, Toestemming};
 use ketenpost_schemas::directory::Directory;
-use ketenpost_schemas::envelope::{BreachScope, LegalBasis};
+use ketenpost_schemas::envelope::{BreachScope, LegalBasis, Limits};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin, TraceId};
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::{ConsentRule, KindRule, Policy, Purpose, Role};
@@ -24,7 +32,9 @@ use ketenpost_schemas::protocol::{RejectCode, Rejection};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::mirror::{KnownCase, KnownConsent};
+use ketenpost_core::checks::{self, Sharing};
+
+use crate::mirror::{KnownCase, KnownConsent, MirrorRegistry};
 use crate::Error;
 
 /// A recipient as the partner system names it.
@@ -164,12 +174,6 @@ pub fn check_send(
                 ),
             ));
         }
-        if case.is_closed() && req.kind != Kind::DatalekMelding {
-            return Err(refuse(
-                RejectCode::CaseClosed,
-                format!("case {} is closed", case.case_ref),
-            ));
-        }
     }
     let sender_role = sender_role(me, &my_party.roles, cx.case, rule, req, &purpose_id)?;
     let recipients = resolve_recipients(req, cx, rule, &purpose_id)?;
@@ -236,6 +240,8 @@ fn sender_role(
     match case.and_then(|c| c.members.get(me)) {
         Some(role) if rule.senders.contains(role) => Ok(role.clone()),
         Some(role) => Err(not_allowed(role.as_str())),
+        // Refused here, in the broker's order (check 5 before the legal basis of check 6,
+        // which this step resolves next).
         None if case.is_some_and(|c| c.complete) => Err(refuse(
             RejectCode::NotInCaseTeam,
             format!("sender {me} is not in the team of case {}", req.case_ref),
@@ -347,6 +353,7 @@ fn resolve_recipients(
                 if oin == cx.me {
                     return Err(invalid("the sender cannot be a recipient"));
                 }
+                // Refused here, in the broker's order (check 5 before the legal basis).
                 let known = cx.case.and_then(|c| c.members.get(oin));
                 if known.is_none() && complete {
                     return Err(refuse(
@@ -410,50 +417,25 @@ fn legal_basis(
     recipients: &[(Oin, Role)],
     now: DateTime<Utc>,
 ) -> Result<LegalBasis, Error> {
-    match (&req.legal_basis, rule.consent) {
-        (None | Some(LegalBasis::Covenant), ConsentRule::NotRequired) => Ok(LegalBasis::Covenant),
-        (Some(_), ConsentRule::NotRequired) => Err(refuse(
-            RejectCode::LegalBasisMismatch,
-            format!(
-                "{} rests on the covenant itself; send it with legal basis 'covenant'",
-                req.kind
-            ),
-        )),
-        (Some(LegalBasis::Covenant), ConsentRule::Required) => Err(refuse(
-            RejectCode::NoConsent,
-            format!(
-                "{} requires the client's consent or an allowed non-consent ground",
-                req.kind
-            ),
-        )),
-        (Some(b @ LegalBasis::NonConsent { ground, .. }), ConsentRule::Required) => {
-            if rule.non_consent_grounds.contains(ground) {
-                Ok(b.clone())
-            } else {
-                Err(refuse(
-                    RejectCode::GroundNotAllowed,
-                    format!(
-                        "the policy does not allow ground '{ground}' for {} under purpose \
-                         '{purpose_id}'",
-                        req.kind
-                    ),
-                ))
-            }
-        }
-        (Some(b @ LegalBasis::Consent { consent_id }), ConsentRule::Required) => {
-            match cx
-                .consents
-                .iter()
-                .find(|c| &c.record.consent_id == consent_id)
-            {
-                Some(c) => {
-                    check_consent(c, req, cx, purpose_id, sender_role, recipients, now)?;
-                    Ok(b.clone())
-                }
-                // Registered by another party: only the broker knows it.
-                None => Ok(b.clone()),
-            }
-        }
+    let registry = MirrorRegistry {
+        case: cx.case,
+        consents: cx.consents,
+        now,
+    };
+    let base = Sharing {
+        covenant: &cx.policy.covenant.id,
+        case_ref: &req.case_ref,
+        purpose: purpose_id,
+        kind: req.kind,
+        sender: cx.me,
+        sender_role,
+        recipients,
+        legal_basis: &LegalBasis::Covenant,
+    };
+    let basis = match (&req.legal_basis, rule.consent) {
+        (Some(b), _) => b.clone(),
+        (None, ConsentRule::NotRequired) => LegalBasis::Covenant,
+        // The consent to use: the newest one on file that covers this message.
         (None, ConsentRule::Required) => {
             let mut first_refusal = None;
             let mut best: Option<&KnownConsent> = None;
@@ -462,7 +444,18 @@ fn legal_basis(
                 .iter()
                 .filter(|c| c.record.case_ref == req.case_ref)
             {
-                match check_consent(c, req, cx, purpose_id, sender_role, recipients, now) {
+                let basis = LegalBasis::Consent {
+                    consent_id: c.record.consent_id,
+                };
+                let verdict = checks::check_consent(
+                    &Sharing {
+                        legal_basis: &basis,
+                        ..base
+                    },
+                    &c.into(),
+                    now,
+                );
+                match verdict {
                     Ok(()) => {
                         if best.is_none_or(|b| b.record.valid_from < c.record.valid_from) {
                             best = Some(c);
@@ -473,11 +466,11 @@ fn legal_basis(
                     }
                 }
             }
-            match (best, first_refusal) {
+            return match (best, first_refusal) {
                 (Some(c), _) => Ok(LegalBasis::Consent {
                     consent_id: c.record.consent_id,
                 }),
-                (None, Some(refusal)) => Err(refusal),
+                (None, Some(refusal)) => Err(Error::refused_early(refusal)),
                 (None, None) => Err(refuse(
                     RejectCode::NoConsent,
                     format!(
@@ -486,55 +479,49 @@ fn legal_basis(
                         req.kind, req.case_ref
                     ),
                 )),
-            }
+            };
         }
+    };
+    // The broker's own check 6 over what this agent knows: a consent it does not know
+    // (registered by another party) is the broker's to decide.
+    let sharing = Sharing {
+        legal_basis: &basis,
+        ..base
+    };
+    match checks::check_legal_basis(&sharing, rule, &registry, now) {
+        Ok(_) => Ok(basis),
+        Err(r) if r.code == RejectCode::Storage => Ok(basis),
+        Err(r) => Err(Error::refused_early(r)),
     }
 }
 
-fn check_consent(
-    c: &KnownConsent,
-    req: &SendRequest,
-    cx: &Context<'_>,
-    purpose_id: &str,
-    sender_role: &Role,
-    recipients: &[(Oin, Role)],
-    now: DateTime<Utc>,
-) -> Result<(), Error> {
-    let id = c.record.consent_id;
-    if let Some(at) = c.withdrawn_at.filter(|at| *at <= now) {
-        return Err(refuse(
-            RejectCode::ConsentWithdrawn,
-            format!("consent {id} was withdrawn at {}", at.to_rfc3339()),
-        ));
+/// After sealing: the broker's own checks ([`checks::check_message`]) over the sealed
+/// envelope, with this agent's mirror as the registry ([`MirrorRegistry`]). What they
+/// refuse, the broker would refuse on the same facts; where the mirror cannot tell (a
+/// `storage` answer), the broker decides. This is the one policy engine: the checks above
+/// only resolve a request into a message (purpose, recipients and their views, legal
+/// basis) and refuse where it cannot be resolved.
+pub fn check_sealed(envelope: &[u8], cx: &Context<'_>, now: DateTime<Utc>) -> Result<(), Error> {
+    let registry = MirrorRegistry {
+        case: cx.case,
+        consents: cx.consents,
+        now,
+    };
+    let env = checks::Env {
+        policy: cx.policy,
+        directory: cx.directory,
+        limits: &Limits::default(),
+        keys: None,
+    };
+    let sealed = checks::Submitted {
+        transport: cx.me,
+        bytes: envelope,
+    };
+    match checks::check_message(sealed, env, &registry, now) {
+        Ok(_) => Ok(()),
+        Err(r) if r.code == RejectCode::Storage => Ok(()),
+        Err(r) => Err(Error::refused_early(r)),
     }
-    if !c.is_valid_at(now) {
-        return Err(refuse(
-            RejectCode::ConsentNotValid,
-            format!("consent {id} is not valid at this time"),
-        ));
-    }
-    if c.record.case_ref != req.case_ref
-        || c.record.purpose != purpose_id
-        || c.record.covenant != cx.policy.covenant.id
-    {
-        return Err(refuse(
-            RejectCode::ConsentScope,
-            format!("consent {id} is for another case or purpose than this message"),
-        ));
-    }
-    if !c.covers(cx.me, sender_role) {
-        return Err(refuse(
-            RejectCode::ConsentScope,
-            format!("consent {id} does not cover the sender {}", cx.me),
-        ));
-    }
-    if let Some((oin, role)) = recipients.iter().find(|(o, r)| !c.covers(o, r)) {
-        return Err(refuse(
-            RejectCode::ConsentScope,
-            format!("consent {id} does not cover recipient {oin} (role '{role}')"),
-        ));
-    }
-    Ok(())
 }
 
 /// The event time a payload carries: a signal's `waargenomen_op`, a breach's `ontdekt_op`,

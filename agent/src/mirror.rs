@@ -18,6 +18,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use ketenpost_core::breach::FlowHistory;
+use ketenpost_core::registry::{Case, Consent, Lookup, Registry, Unknown};
 use ketenpost_schemas::control::{CaseOp, Toestemming};
 use ketenpost_schemas::envelope::Header;
 use ketenpost_schemas::ids::{CaseRef, Oin};
@@ -170,6 +172,74 @@ impl KnownConsent {
     /// Whether it is within its validity at `now`.
     pub fn is_valid_at(&self, now: DateTime<Utc>) -> bool {
         now >= self.record.valid_from && self.record.valid_until.is_none_or(|u| now < u)
+    }
+}
+
+impl From<&KnownConsent> for Consent {
+    fn from(c: &KnownConsent) -> Consent {
+        Consent {
+            record: c.record.clone(),
+            withdrawn_at: c.withdrawn_at,
+        }
+    }
+}
+
+/// The mirror as the registry the core's checks read: what the agent knows for certain,
+/// and "unknown" for everything else, so the same checks the broker runs refuse here
+/// only what the broker would refuse on the same facts.
+///
+/// - a case is known only when its team is complete (this agent made every change to it);
+///   any other case is unknown (the agent may not know every member);
+/// - a consent is known when this agent registered it; others are unknown (another party
+///   may have registered them);
+/// - a message id is never seen: the agent minted it;
+/// - the flow history for breach routing is the broker's alone.
+#[derive(Clone, Copy, Debug)]
+pub struct MirrorRegistry<'a> {
+    /// The case of the message, when the agent knows it.
+    pub case: Option<&'a KnownCase>,
+    /// The consents the agent knows for that case.
+    pub consents: &'a [KnownConsent],
+    /// Stands in for the case's `opened_at`, which no check reads.
+    pub now: DateTime<Utc>,
+}
+
+impl Registry for MirrorRegistry<'_> {
+    fn case(&self, case_ref: &CaseRef) -> Lookup<Case> {
+        match self.case {
+            Some(c) if &c.case_ref == case_ref && c.complete => match &c.regievoerder {
+                Some(regievoerder) => Ok(Some(Case {
+                    case_ref: c.case_ref.clone(),
+                    covenant: String::new(),
+                    purpose: c.purpose.clone(),
+                    regievoerder: regievoerder.clone(),
+                    members: c.members.clone(),
+                    former_members: Default::default(),
+                    opened_at: self.now,
+                    closed_at: c.closed_at,
+                    deletion_ordered_at: None,
+                })),
+                None => Err(Unknown("the case's regievoerder is not known here".into())),
+            },
+            _ => Err(Unknown("the case team is not known completely here".into())),
+        }
+    }
+
+    fn consent(&self, id: &uuid::Uuid) -> Lookup<Consent> {
+        match self.consents.iter().find(|c| &c.record.consent_id == id) {
+            Some(c) => Ok(Some(c.into())),
+            None => Err(Unknown(
+                "the consent was not registered by this agent".into(),
+            )),
+        }
+    }
+
+    fn seen(&self, _id: &ketenpost_schemas::ids::MessageId) -> Result<bool, Unknown> {
+        Ok(false)
+    }
+
+    fn flows_since(&self, _from: DateTime<Utc>) -> FlowHistory {
+        FlowHistory::Unavailable
     }
 }
 

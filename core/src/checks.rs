@@ -18,7 +18,7 @@ use ketenpost_schemas::control::{
 };
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::{Envelope, Header, LegalBasis, Limits, VerifiedEnvelope};
-use ketenpost_schemas::ids::Oin;
+use ketenpost_schemas::ids::{CaseRef, Oin};
 use ketenpost_schemas::keys::VerifyingKey;
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::{ConsentRule, KindRule, NonConsentGround, Policy, Role};
@@ -261,7 +261,7 @@ pub fn check_message(
     };
 
     // 6. Legal basis.
-    let ground = check_legal_basis(h, rule, &recipients, reg, sender_role, now)?;
+    let ground = check_legal_basis(&Sharing::of(h, sender_role, &recipients), rule, reg, now)?;
 
     // 7. Deadline bookkeeping: late is accepted and flagged, never dropped.
     let mut flags = Vec::new();
@@ -336,28 +336,69 @@ fn check_recipients(
     Ok(out)
 }
 
-fn check_legal_basis(
-    h: &Header,
+/// One act of sharing, as far as the legal basis is concerned: who shares which kind
+/// about which case under which purpose, with whom, and on what basis. Built from a
+/// verified header by the broker and from a send request by an agent, so both decide the
+/// legal basis with the same functions.
+#[derive(Clone, Copy, Debug)]
+pub struct Sharing<'a> {
+    /// The covenant.
+    pub covenant: &'a str,
+    /// The case.
+    pub case_ref: &'a CaseRef,
+    /// The purpose.
+    pub purpose: &'a str,
+    /// The kind.
+    pub kind: Kind,
+    /// The sender.
+    pub sender: &'a Oin,
+    /// The sender's role in the case.
+    pub sender_role: &'a Role,
+    /// The recipients with their roles.
+    pub recipients: &'a [(Oin, Role)],
+    /// The legal basis claimed.
+    pub legal_basis: &'a LegalBasis,
+}
+
+impl<'a> Sharing<'a> {
+    /// The sharing a verified header describes.
+    pub fn of(h: &'a Header, sender_role: &'a Role, recipients: &'a [(Oin, Role)]) -> Self {
+        Sharing {
+            covenant: &h.covenant,
+            case_ref: &h.case_ref,
+            purpose: &h.purpose,
+            kind: h.kind,
+            sender: &h.sender,
+            sender_role,
+            recipients,
+            legal_basis: &h.legal_basis,
+        }
+    }
+}
+
+/// Check 6: the legal basis of `s` under its kind's `rule`. Returns the non-consent ground
+/// used, if any. A consent the registry cannot tell about is a `storage` answer (an
+/// agent: the broker decides).
+pub fn check_legal_basis(
+    s: &Sharing<'_>,
     rule: &KindRule,
-    recipients: &[(Oin, Role)],
     reg: &impl Registry,
-    sender_role: &Role,
     now: DateTime<Utc>,
 ) -> Result<Option<NonConsentGround>, Rejection> {
-    match (&h.legal_basis, rule.consent) {
+    match (s.legal_basis, rule.consent) {
         (LegalBasis::Covenant, ConsentRule::NotRequired) => Ok(None),
         (_, ConsentRule::NotRequired) => Err(reject(
             RejectCode::LegalBasisMismatch,
             format!(
                 "{} rests on the covenant itself; send it with legal basis 'covenant'",
-                h.kind
+                s.kind
             ),
         )),
         (LegalBasis::Covenant, ConsentRule::Required) => Err(reject(
             RejectCode::NoConsent,
             format!(
                 "{} requires the client's consent or an allowed non-consent ground",
-                h.kind
+                s.kind
             ),
         )),
         (LegalBasis::NonConsent { ground, .. }, ConsentRule::Required) => {
@@ -368,7 +409,7 @@ fn check_legal_basis(
                     RejectCode::GroundNotAllowed,
                     format!(
                         "the policy does not allow ground '{ground}' for {} under purpose '{}'",
-                        h.kind, h.purpose
+                        s.kind, s.purpose
                     ),
                 ))
             }
@@ -380,17 +421,17 @@ fn check_legal_basis(
                     format!("consent {consent_id} is not registered"),
                 )
             })?;
-            check_consent(h, &consent, recipients, sender_role, now)?;
+            check_consent(s, &consent, now)?;
             Ok(None)
         }
     }
 }
 
-fn check_consent(
-    h: &Header,
+/// Whether `consent` covers the sharing `s` at `now`: not withdrawn, valid, for its case,
+/// purpose and covenant, covering the sender and every recipient.
+pub fn check_consent(
+    s: &Sharing<'_>,
     consent: &Consent,
-    recipients: &[(Oin, Role)],
-    sender_role: &Role,
     now: DateTime<Utc>,
 ) -> Result<(), Rejection> {
     let c = &consent.record;
@@ -412,7 +453,7 @@ fn check_consent(
             format!("consent {} is not valid at this time", c.consent_id),
         ));
     }
-    if c.case_ref != h.case_ref || c.purpose != h.purpose || c.covenant != h.covenant {
+    if &c.case_ref != s.case_ref || c.purpose != s.purpose || c.covenant != s.covenant {
         return Err(reject(
             RejectCode::ConsentScope,
             format!(
@@ -421,16 +462,16 @@ fn check_consent(
             ),
         ));
     }
-    if !consent.covers(&h.sender, sender_role) {
+    if !consent.covers(s.sender, s.sender_role) {
         return Err(reject(
             RejectCode::ConsentScope,
             format!(
                 "consent {} does not cover the sender {}",
-                c.consent_id, h.sender
+                c.consent_id, s.sender
             ),
         ));
     }
-    if let Some((oin, role)) = recipients.iter().find(|(o, r)| !consent.covers(o, r)) {
+    if let Some((oin, role)) = s.recipients.iter().find(|(o, r)| !consent.covers(o, r)) {
         return Err(reject(
             RejectCode::ConsentScope,
             format!(

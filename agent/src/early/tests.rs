@@ -180,7 +180,31 @@ impl World {
             case: mirror.as_ref().map(|m| &m.0),
             consents: mirror.as_ref().map(|m| m.1.as_slice()).unwrap_or(&[]),
         };
-        check_send(req, &cx, Utc::now())
+        // What `Agent::send` does: resolve, seal, then the broker's checks over the mirror.
+        let resolved = check_send(req, &cx, Utc::now())?;
+        let mut draft = Draft::new(
+            resolved.purpose.clone(),
+            req.kind,
+            req.case_ref.clone(),
+            resolved.recipients.clone(),
+            resolved.legal_basis.clone(),
+            req.payload.clone(),
+        );
+        draft.event_time = resolved.event_time;
+        draft.breach_scope = resolved.breach_scope.clone();
+        let (env, _) = seal(
+            draft,
+            Sender {
+                oin: &self.oins[sender],
+                key: &self.keys[sender],
+            },
+            &self.policy,
+            &self.directory,
+            Utc::now(),
+        )
+        .unwrap();
+        check_sealed(&env.encode(), &cx, Utc::now())?;
+        Ok(resolved)
     }
 
     /// What the broker says about the message the agent would have sealed.
