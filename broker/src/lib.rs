@@ -12,7 +12,7 @@
 //! |---|---|
 //! | [`report`] | the FG's view of the audit trail: filters, reports, JSONL/CSV/HTML exports, pure |
 //! | [`config`] | the TOML configuration, parsed once |
-//! | [`server`] | the QUIC server: connections, requests, timers, shutdown |
+//! | [`server`] | the QUIC server: connections, requests, timers, shutdown; submit, records and sweep submodules |
 //! | [`store`] | sled trees: message metadata, per-recipient queues, notices, registries, group commit |
 //! | [`spool`] | message bodies in append-only segment files, zeroed in place when deleted |
 //! | [`audit`] | the hash-chained audit trail, signed checkpoints, `audit verify` |

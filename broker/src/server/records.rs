@@ -1,0 +1,190 @@
+//! Fetches, receipts and control records: each a decision of the core applied in one
+//! transaction ([`transition`]).
+
+use super::*;
+
+pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u32) -> Response {
+    let max = usize::from(max.clamp(1, shared.config.limits.max_fetch));
+    let wait = Duration::from_millis(u64::from(wait_ms).min(30_000));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notify = shared.waiter(oin);
+        let notified = notify.notified();
+        match shared.store.fetch(oin, max) {
+            Ok((items, first)) => {
+                if !first.is_empty() {
+                    // The first fetch of each message is recorded (fetched flag and the
+                    // `delivered` record, one transaction). It needs no commit of its own:
+                    // lost in a crash, both are written again at the next fetch.
+                    let party = oin.clone();
+                    let now = shared.now();
+                    if let Err(e) = transition(
+                        shared,
+                        "fetch",
+                        move |v| {
+                            let mut fx = Effects::default();
+                            for id in &first {
+                                fx.extend(transitions::fetched(&party, v.meta(id)?));
+                            }
+                            Ok(Ok::<_, std::convert::Infallible>(fx))
+                        },
+                        now,
+                        Durability::Lazy,
+                    )
+                    .await
+                    {
+                        return storage_error(e);
+                    }
+                }
+                if !items.is_empty() || tokio::time::Instant::now() >= deadline {
+                    return Response::Deliveries(items);
+                }
+            }
+            Err(e) => return storage_error(e),
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Response::Deliveries(Vec::new());
+        }
+    }
+}
+
+/// When a transition's transaction must be on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// Before the caller is answered (and before any body it released is destroyed).
+    Commit,
+    /// With the next group commit; the transition releases no body.
+    Lazy,
+}
+
+/// Apply one decision of the core in one transaction ([`Store::transition`]), make it
+/// durable, then destroy the bodies it released and wake the parties it notified.
+pub(super) async fn transition<E: Send + 'static>(
+    shared: &Arc<Shared>,
+    op: &'static str,
+    decide: impl Fn(&TxView<'_>) -> TxResult<Result<Effects, E>> + Send + 'static,
+    now: DateTime<Utc>,
+    durability: Durability,
+) -> Result<Result<(), E>, StoreError> {
+    let s = shared.clone();
+    let applied = tokio::task::spawn_blocking(move || {
+        s.store
+            .transition(op, &s.audit, &s.notice_signer, now, decide)
+    })
+    .await
+    .map_err(|_| StoreError::Closed)??;
+    let applied = match applied {
+        Ok(a) => a,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    if applied.changed && (durability == Durability::Commit || !applied.destroy.is_empty()) {
+        shared.store.commit().await?;
+    }
+    shared.store.finish(op, &applied);
+    for p in &applied.wake {
+        shared.notify(p);
+    }
+    Ok(Ok(()))
+}
+
+pub(super) async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
+    let r = match checks::check_receipt(oin, rec, shared.env()) {
+        Ok(r) => r,
+        Err(rej) => {
+            shared.audit(AuditEntry::refused(AuditEvent::Receipt, rej.code.as_str()).actor(oin));
+            return Response::Rejected(rej);
+        }
+    };
+    // The body never changes, so the digest of the recipient's view is read before the
+    // transaction; everything that does change is read inside it.
+    let digest = match shared.store.view_digest(&r.message_id, oin) {
+        Ok(d) => d,
+        Err(e) => return storage_error(e),
+    };
+    let (party, forwarded, id, now) = (oin.clone(), rec.clone(), r.message_id, shared.now());
+    let outcome = transition(
+        shared,
+        "receipt",
+        move |v| {
+            Ok(transitions::receipt(
+                &party,
+                &r,
+                &forwarded,
+                v.meta(&id)?,
+                digest.as_deref(),
+                v.clock(&id)?,
+                now,
+            ))
+        },
+        now,
+        Durability::Commit,
+    )
+    .await;
+    match outcome {
+        Ok(Ok(())) => Response::Done,
+        Ok(Err(rej)) => {
+            shared.audit(
+                AuditEntry::refused(AuditEvent::Receipt, rej.code.as_str())
+                    .actor(oin)
+                    .message_id(id),
+            );
+            Response::Rejected(rej)
+        }
+        Err(e) => storage_error(e),
+    }
+}
+
+pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
+    let now = shared.now();
+    let _guard = shared.registry_lock.write().await;
+    let store = &shared.store;
+    let pending = |order: &uuid::Uuid, party: &Oin| matches!(store.deletion(order, party), Ok(Some(d)) if d.confirmed_at.is_none());
+    let effect = match checks::check_control(oin, rec, shared.env(), store, pending, now) {
+        Ok(e) => e,
+        Err(r) => {
+            info!(code = %r.code, kind = %rec.kind, "control record refused");
+            let event = match rec.kind {
+                ketenpost_schemas::kind::Kind::Toestemming => AuditEvent::ConsentGranted,
+                ketenpost_schemas::kind::Kind::ToestemmingIntrekking => {
+                    AuditEvent::ConsentWithdrawn
+                }
+                ketenpost_schemas::kind::Kind::DeletionConfirmation => {
+                    AuditEvent::DeletionConfirmed
+                }
+                _ => AuditEvent::CaseOpened,
+            };
+            shared.audit(
+                AuditEntry::refused(event, r.code.as_str())
+                    .actor(oin)
+                    .kind(rec.kind),
+            );
+            return Response::Rejected(r);
+        }
+    };
+    let (actor, s) = (oin.clone(), shared.clone());
+    let outcome = transition(
+        shared,
+        "control",
+        move |v| {
+            let deletion = match &effect {
+                ControlEffect::DeletionConfirmed(c) => v.deletion(&c.order_id, &c.party)?,
+                _ => None,
+            };
+            Ok(Ok::<_, std::convert::Infallible>(transitions::control(
+                effect.clone(),
+                &actor,
+                deletion,
+                &s.policy,
+                now,
+            )))
+        },
+        now,
+        Durability::Commit,
+    )
+    .await;
+    match outcome {
+        Ok(Ok(())) => Response::Done,
+        Ok(Err(never)) => match never {},
+        Err(e) => storage_error(e),
+    }
+}

@@ -1,0 +1,258 @@
+//! Submissions: checks 1-7 (the core), the durable write with its audit records and
+//! answer clock (the store's writer thread), the answer bookkeeping, the answer.
+
+use super::*;
+
+/// What a submission staged in the store, to be committed and answered.
+struct Staged {
+    id: ketenpost_schemas::ids::MessageId,
+    kind: ketenpost_schemas::kind::Kind,
+    flags: Vec<AcceptFlag>,
+    recipients: std::collections::BTreeSet<Oin>,
+}
+
+pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
+    let now = shared.now();
+    let guard = shared.registry_lock.read().await;
+    // The checks and the start of the write (appending the body to the spool) run on a
+    // blocking thread; the store's writer thread writes and flushes the message with the
+    // rest of its batch, and the submission waits for that here without holding a thread.
+    // The registry lock stays held until the message landed, so no consent withdrawal or
+    // case change falls between its checks and its write.
+    let (s, o) = (shared.clone(), oin.clone());
+    let begun = tokio::task::spawn_blocking(move || {
+        let authorised = stage_check(&bytes, &s, &o, now)?;
+        let ticket = stage_write(&authorised, &bytes, &s, &o, now)?;
+        Ok((authorised, bytes, ticket))
+    })
+    .await;
+    let (authorised, bytes, ticket) = match begun {
+        Ok(Ok(begun)) => begun,
+        Ok(Err(response)) => return response,
+        Err(e) => return submit_task_failed(&e),
+    };
+    // The rest runs in its own task, so that it completes (the answer bookkeeping) even
+    // when the connection goes.
+    let (s, o) = (shared.clone(), oin.clone());
+    let finish = tokio::spawn(async move {
+        if let Err(e) = ticket.landed().await {
+            return Err(put_failed(e, &authorised, &s, &o, &bytes));
+        }
+        Ok(stage_answer(&authorised, &s, &o, now).await)
+    });
+    let staged = match finish.await {
+        Ok(Ok(staged)) => staged,
+        Ok(Err(response)) => return response,
+        Err(e) => return submit_task_failed(&e),
+    };
+    drop(guard);
+    for r in &staged.recipients {
+        shared.notify(r);
+    }
+    debug!(kind = %staged.kind, recipients = staged.recipients.len(), flags = ?staged.flags, "message accepted");
+    Response::Accepted {
+        message_id: staged.id,
+        flags: staged.flags,
+    }
+}
+
+/// The checks of a submission; blocking (see [`submit`]). The caller holds the registry
+/// lock shared.
+fn stage_check(
+    bytes: &[u8],
+    shared: &Arc<Shared>,
+    oin: &Oin,
+    now: DateTime<Utc>,
+) -> Result<Authorised, Response> {
+    match checks::check_message(
+        Submitted {
+            transport: oin,
+            bytes,
+        },
+        shared.env(),
+        &shared.live(),
+        now,
+    ) {
+        Ok(a) => Ok(a),
+        Err(r) => {
+            info!(code = %r.code, check = r.check, "message rejected");
+            shared.audit(rejected_entry(&r, oin, bytes, &shared.limits));
+            Err(Response::Rejected(r))
+        }
+    }
+}
+
+fn submit_task_failed(e: &tokio::task::JoinError) -> Response {
+    error!(cause = %e, "submit task failed");
+    Response::Rejected(Rejection::new(
+        RejectCode::Storage,
+        "the broker could not store this; nothing was accepted, try again",
+    ))
+}
+
+impl Staged {
+    fn of(authorised: &Authorised) -> Staged {
+        let h = authorised.header();
+        Staged {
+            id: h.id,
+            kind: h.kind,
+            flags: authorised.flags.clone(),
+            recipients: authorised
+                .recipients
+                .iter()
+                .map(|(o, _)| o.clone())
+                .collect(),
+        }
+    }
+}
+
+/// Start the store write of an authorised submission with its audit records and answer
+/// clock; blocking (see [`submit`]). The caller holds the registry lock shared.
+fn stage_write(
+    authorised: &Authorised,
+    bytes: &[u8],
+    shared: &Arc<Shared>,
+    oin: &Oin,
+    now: DateTime<Utc>,
+) -> Result<PutTicket, Response> {
+    let meta = MessageMeta::accepted(authorised, now);
+    // The answer clock is written in the message's own transaction.
+    let clock = shared
+        .policy
+        .rule(&authorised.header().purpose, authorised.header().kind)
+        .and_then(|rule| AnswerClock::start(&meta, rule));
+    let entries = accepted_entries(authorised, &meta.recipients, oin);
+    shared
+        .store
+        .begin_put(authorised, &meta, &shared.audit, entries, clock.as_ref())
+        .map_err(|e| put_failed(e, authorised, shared, oin, bytes))
+}
+
+/// The bookkeeping of an answer whose message landed: the answer clock of the message it
+/// answers, and a late answer's audit record, one transition of its own (committed before
+/// `accepted` is answered).
+async fn stage_answer(
+    authorised: &Authorised,
+    shared: &Arc<Shared>,
+    oin: &Oin,
+    now: DateTime<Utc>,
+) -> Staged {
+    let h = authorised.header();
+    let Some(answered) = h.in_reply_to else {
+        return Staged::of(authorised);
+    };
+    let (id, sender, kind) = (h.id, oin.clone(), h.kind);
+    let late_entry = about_message(
+        AuditEntry::flagged(AuditEvent::DeadlineLate, "answer_late"),
+        authorised,
+        oin,
+    );
+    let s = shared.clone();
+    let outcome = transition(
+        shared,
+        "answer",
+        move |v| {
+            let reply = Reply {
+                id,
+                sender: &sender,
+                kind,
+                in_reply_to: Some(answered),
+            };
+            Ok(Ok::<_, std::convert::Infallible>(transitions::answered(
+                reply,
+                v.clock(&answered)?,
+                late_entry.clone(),
+                &s.policy,
+                now,
+            )))
+        },
+        now,
+        Durability::Commit,
+    )
+    .await;
+    if let Err(e) = outcome {
+        // The message is stored; only the answer bookkeeping failed. A notice may follow
+        // that should not have; that is logged, not a reason to refuse the message.
+        error!(cause = %e, "cannot record an answer");
+    }
+    Staged::of(authorised)
+}
+
+fn put_failed(
+    e: StoreError,
+    authorised: &Authorised,
+    shared: &Arc<Shared>,
+    oin: &Oin,
+    bytes: &[u8],
+) -> Response {
+    match e {
+        StoreError::Duplicate => {
+            let r = Rejection::new(
+                RejectCode::Replay,
+                format!("message id {} was accepted before", authorised.header().id),
+            );
+            shared.audit(rejected_entry(&r, oin, bytes, &shared.limits));
+            Response::Rejected(r)
+        }
+        e => storage_error(e),
+    }
+}
+
+/// `entry` about a message `oin` sent: the sender, case, purpose, processing activity,
+/// kind and trace id.
+fn about_message(entry: AuditEntry, authorised: &Authorised, oin: &Oin) -> AuditEntry {
+    let h = authorised.header();
+    entry
+        .actor(oin)
+        .case_ref(&h.case_ref)
+        .purpose(&h.purpose)
+        .processing_activity(&authorised.processing_activity)
+        .kind(h.kind)
+        .trace_id(h.trace_id)
+}
+
+/// The audit records of accepting a message, written with it.
+fn accepted_entries(
+    authorised: &Authorised,
+    recipients: &std::collections::BTreeSet<Oin>,
+    oin: &Oin,
+) -> Vec<AuditEntry> {
+    let h = authorised.header();
+    let base = |entry: AuditEntry| {
+        about_message(entry, authorised, oin)
+            .message_id(h.id)
+            .counterparties(recipients.iter())
+    };
+    let mut entries = vec![base(AuditEntry::ok(AuditEvent::Accepted))];
+    if let Some(ground) = authorised.ground {
+        entries.push(base(AuditEntry::flagged(
+            AuditEvent::NonConsentUse,
+            ground.as_str(),
+        )));
+    }
+    if authorised.flags.contains(&AcceptFlag::Late) {
+        entries.push(base(AuditEntry::flagged(
+            AuditEvent::DeadlineLate,
+            "late_on_arrival",
+        )));
+    }
+    if let Some(routing) = &authorised.breach {
+        // One record per affected case, naming every party concerned, so the breach shows
+        // in each case's access report and in the report of each party's FG.
+        for case in &routing.cases {
+            entries.push(
+                AuditEntry::ok(AuditEvent::BreachNotice)
+                    .actor(oin)
+                    .case_ref(case)
+                    .purpose(&h.purpose)
+                    .processing_activity(&authorised.processing_activity)
+                    .kind(h.kind)
+                    .message_id(h.id)
+                    .trace_id(h.trace_id)
+                    .counterparties(recipients.iter())
+                    .reason("routed_to_parties_concerned"),
+            );
+        }
+    }
+    entries
+}
