@@ -50,11 +50,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ketenpost_agent::agent::{AddMember, GrantConsent, Member, OpenCase, RegisterCase};
 use ketenpost_agent::config::{
     AgentConfig, ApiSection, BrokerSection, InboxSection, KeysSection, TimingSection,
 };
 use ketenpost_agent::early::{SendRequest, To};
+use ketenpost_agent::ops::{AddMember, GrantConsent, Member, OpenCase, RegisterCase};
 use ketenpost_agent::outbox::Status;
 use ketenpost_agent::Agent;
 use ketenpost_broker::config::BrokerConfig;

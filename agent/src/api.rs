@@ -46,9 +46,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{error, warn};
 
-use crate::agent::{AddMember, Core, GrantConsent, OpenCase, RegisterCase, WithdrawConsent};
 use crate::early::SendRequest;
 use crate::inbox::InboxEntry;
+use crate::ops::{AddMember, Core, GrantConsent, OpenCase, RegisterCase, WithdrawConsent};
 use crate::outbox::{OutboxEntry, Overdue, RecipientStatus, Status, Submission};
 use crate::Error;
 

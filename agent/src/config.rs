@@ -345,8 +345,8 @@ impl AgentConfig {
     }
 
     /// The backoff bounds.
-    pub fn backoff(&self) -> crate::sync::Backoff {
-        crate::sync::Backoff::new(
+    pub fn backoff(&self) -> crate::backoff::Backoff {
+        crate::backoff::Backoff::new(
             Duration::from_millis(self.timing.retry_min_ms),
             Duration::from_millis(self.timing.retry_max_ms),
         )

@@ -19,8 +19,10 @@
 //! | [`checkpoints`] | the broker's audit checkpoints seen, and the verdict on a new one |
 //! | [`store`] | the sled database |
 //! | [`link`] | the broker connection, reconnecting |
+//! | [`backoff`] | exponential backoff with jitter |
 //! | [`sync`] | the background loops: submit, fetch, checkpoints, documents, retention |
-//! | [`agent`] | startup, the operations, shutdown |
+//! | [`ops`] | the operations, implemented once for the API and the loops ([`Core`]) |
+//! | [`agent`] | startup and shutdown |
 //! | [`api`] | the local HTTP API (axum) |
 //! | [`client`], [`cli`] | the API client and the command line over it |
 //!
@@ -32,6 +34,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod backoff;
 pub mod checkpoints;
 pub mod cli;
 pub mod client;
@@ -43,11 +46,13 @@ mod error;
 pub mod inbox;
 pub mod link;
 pub mod mirror;
+pub mod ops;
 pub mod outbox;
 pub mod retention;
 pub mod store;
 pub mod sync;
 
-pub use agent::{Agent, Core};
+pub use agent::Agent;
 pub use config::AgentConfig;
 pub use error::{Error, RefusedBy};
+pub use ops::Core;

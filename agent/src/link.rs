@@ -3,7 +3,7 @@
 //!
 //! Requests run concurrently on their own streams ([`Client::request`]). A request that
 //! fails because the connection is gone drops it, so the next request reconnects; the
-//! callers (the loops in [`crate::sync`]) back off between attempts.
+//! callers (the loops in the `sync` module) back off between attempts.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;

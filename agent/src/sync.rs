@@ -23,15 +23,14 @@ use ketenpost_schemas::control::{
 use ketenpost_schemas::envelope::sha256_hex;
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::protocol::{envelope_from_b64, Delivery, RejectCode, Request, Response};
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::agent::{kind_of, Core};
 use crate::checkpoints::{self, AuditWarning, Verdict};
 use crate::inbox::{self, Receipted};
 use crate::mirror::KnownCase;
+use crate::ops::{kind_of, Core};
 use crate::outbox::{Overdue, SubmitAnswer};
 use crate::{deletion, documents, retention, Error};
 
@@ -42,38 +41,7 @@ const SUBMIT_CONCURRENCY: usize = 32;
 /// Most deliveries per fetch.
 const FETCH_MAX: u16 = 64;
 
-/// Exponential backoff with jitter.
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    /// A backoff from `min` doubling up to `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            current: min,
-        }
-    }
-
-    /// The delay before the next attempt: the current step with up to half of it taken
-    /// off at random (so agents do not reconnect in lockstep), then the step doubles.
-    pub fn next_delay(&mut self) -> Duration {
-        let step = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let jitter = rand::thread_rng().gen_range(0.0..0.5);
-        step.mul_f64(1.0 - jitter).max(self.min / 2)
-    }
-
-    /// Start again from the minimum after a success.
-    pub fn reset(&mut self) {
-        self.current = self.min;
-    }
-}
+pub use crate::backoff::Backoff;
 
 /// Sleep for `d`, or less when the agent stops; returns whether it stops.
 async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
@@ -833,20 +801,4 @@ pub(crate) async fn sweep(core: &Core) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_max_with_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
-        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
-        assert!(d[0] <= Duration::from_millis(100) && d[0] >= Duration::from_millis(50));
-        assert!(d[3] <= Duration::from_millis(800) && d[3] >= Duration::from_millis(400));
-        assert!(d[5] <= Duration::from_millis(800));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
 }

@@ -44,7 +44,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::{BreachScope, Header};
 use ketenpost_schemas::ids::{CaseRef, Oin};
@@ -54,32 +53,7 @@ use ketenpost_schemas::protocol::{RejectCode, Rejection};
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
 use crate::registry::{Case, Registry};
 
-/// One accepted message, as the audit trail remembers it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Flow {
-    /// The message id, as recorded.
-    pub message_id: String,
-    /// The case it was about.
-    pub case_ref: CaseRef,
-    /// Who sent it.
-    pub sender: Oin,
-    /// Who received it (minus those it expired for).
-    pub recipients: BTreeSet<Oin>,
-    /// When the broker accepted it.
-    pub at: DateTime<Utc>,
-}
-
-/// What a registry can say about past flows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FlowHistory {
-    /// This registry keeps no flow history (an in-memory registry in unit tests): a breach
-    /// notice is then checked like any other message, against the case team.
-    NotKept,
-    /// The history exists but could not be read; the notice is refused (storage).
-    Unavailable,
-    /// The flows since the requested time.
-    Flows(Vec<Flow>),
-}
+pub use crate::registry::{Flow, FlowHistory};
 
 /// The flows recorded in audit records (in trail order): every `accepted` record with a
 /// sender, a case and a message id, minus the recipients of `expired` records.
@@ -325,6 +299,7 @@ pub fn route(
 mod tests {
     use super::*;
     use chrono::Duration;
+    use chrono::{DateTime, Utc};
 
     use crate::audit::GENESIS_HASH;
 

@@ -27,6 +27,7 @@ use ketenpost_schemas::Error as SchemaError;
 
 use crate::breach::{self, Routing};
 use crate::deadlines;
+use crate::message::MessageMeta;
 use crate::registry::{Case, Consent, Registry, Unknown};
 
 /// What the checks need besides the registries.
@@ -91,6 +92,31 @@ impl Authorised {
     /// The verified header.
     pub fn header(&self) -> &Header {
         self.verified.header()
+    }
+}
+
+impl MessageMeta {
+    /// The metadata of an authorised message accepted at `now`, before anything fetched or
+    /// receipted it.
+    pub fn accepted(a: &Authorised, now: DateTime<Utc>) -> MessageMeta {
+        let h = a.header();
+        let recipients: std::collections::BTreeSet<Oin> =
+            a.recipients.iter().map(|(o, _)| o.clone()).collect();
+        MessageMeta {
+            id: h.id,
+            sender: h.sender.clone(),
+            case_ref: h.case_ref.clone(),
+            purpose: h.purpose.clone(),
+            kind: h.kind,
+            accepted_at: now,
+            expires_at: a.expires_at,
+            pending: recipients.clone(),
+            fetched: std::collections::BTreeSet::new(),
+            recipients,
+            trace_id: h.trace_id.to_string(),
+            body_at: None,
+            queue_seqs: std::collections::BTreeMap::new(),
+        }
     }
 }
 

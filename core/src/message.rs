@@ -8,8 +8,6 @@ use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::kind::Kind;
 use serde::{Deserialize, Serialize};
 
-use crate::checks::Authorised;
-
 /// Where a body is in the broker's spool: its segment, the offset of its record, and the body's length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BodyAt {
@@ -77,28 +75,4 @@ pub struct MessageMeta {
     /// the store).
     #[serde(default)]
     pub queue_seqs: BTreeMap<Oin, u64>,
-}
-
-impl MessageMeta {
-    /// The metadata of an authorised message accepted at `now`, before anything fetched or
-    /// receipted it.
-    pub fn accepted(a: &Authorised, now: DateTime<Utc>) -> MessageMeta {
-        let h = a.header();
-        let recipients: BTreeSet<Oin> = a.recipients.iter().map(|(o, _)| o.clone()).collect();
-        MessageMeta {
-            id: h.id,
-            sender: h.sender.clone(),
-            case_ref: h.case_ref.clone(),
-            purpose: h.purpose.clone(),
-            kind: h.kind,
-            accepted_at: now,
-            expires_at: a.expires_at,
-            pending: recipients.clone(),
-            fetched: BTreeSet::new(),
-            recipients,
-            trace_id: h.trace_id.to_string(),
-            body_at: None,
-            queue_seqs: BTreeMap::new(),
-        }
-    }
 }

@@ -12,8 +12,6 @@ use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::policy::Role;
 use serde::{Deserialize, Serialize};
 
-use crate::breach::{Flow, FlowHistory};
-
 /// A case: one purpose, a team of parties each with a role, open or closed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Case {
@@ -135,4 +133,31 @@ impl Registry for MemRegistry {
             Some(f) => FlowHistory::Flows(f.iter().filter(|f| f.at >= from).cloned().collect()),
         }
     }
+}
+
+/// One accepted message, as the audit trail remembers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// The message id, as recorded.
+    pub message_id: String,
+    /// The case it was about.
+    pub case_ref: CaseRef,
+    /// Who sent it.
+    pub sender: Oin,
+    /// Who received it (minus those it expired for).
+    pub recipients: BTreeSet<Oin>,
+    /// When the broker accepted it.
+    pub at: DateTime<Utc>,
+}
+
+/// What a registry can say about past flows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowHistory {
+    /// This registry keeps no flow history (an in-memory registry in unit tests): a breach
+    /// notice is then checked like any other message, against the case team.
+    NotKept,
+    /// The history exists but could not be read; the notice is refused (storage).
+    Unavailable,
+    /// The flows since the requested time.
+    Flows(Vec<Flow>),
 }

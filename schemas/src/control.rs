@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
+use crate::ids::Role;
 use crate::ids::{CaseRef, MessageId, Oin};
 use crate::keys::{self, Context, SigningKey, VerifyingKey};
 use crate::kind::Kind;
-use crate::policy::Role;
 use crate::Error;
 
 /// Largest control record accepted, in bytes.

@@ -271,6 +271,37 @@ impl fmt::Debug for TraceId {
     }
 }
 
+/// The name of a role, as the policy defines it (`gemeente`, `woningcorporatie`, ...).
+#[derive(
+    Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(transparent)]
+pub struct Role(String);
+
+impl Role {
+    /// A role name. Whether it exists is up to the policy.
+    pub fn new(name: impl Into<String>) -> Self {
+        Role(name.into())
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Role({})", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

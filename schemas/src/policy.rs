@@ -50,36 +50,7 @@ use crate::kind::{Category, Kind};
 use crate::payload;
 use crate::Error;
 
-/// The name of a role, as the policy defines it (`gemeente`, `woningcorporatie`, ...).
-#[derive(
-    Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(transparent)]
-pub struct Role(String);
-
-impl Role {
-    /// A role name. Whether it exists is up to the policy.
-    pub fn new(name: impl Into<String>) -> Self {
-        Role(name.into())
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Role({})", self.0)
-    }
-}
+pub use crate::ids::Role;
 
 /// A ground for sharing without the client's consent (e.g. 002:333-344, afspraak 8f).
 #[derive(
@@ -352,7 +323,7 @@ impl Checker<'_> {
             .into_iter()
             .map(|(k, v)| {
                 (
-                    Role(k),
+                    Role::new(k),
                     RoleDef {
                         description: v.description,
                     },
@@ -455,7 +426,7 @@ impl Checker<'_> {
         let used = payload::categories_of(kind);
         let mut views = BTreeMap::new();
         for (role, cats) in &rk.views {
-            let r = Role(role.clone());
+            let r = Role::new(role.clone());
             if !roles.contains_key(&r) {
                 return self.err(
                     cats.span().start,
@@ -604,7 +575,7 @@ impl Checker<'_> {
     ) -> Result<BTreeSet<Role>, Error> {
         let mut out = BTreeSet::new();
         for n in names {
-            let r = Role(n.get_ref().clone());
+            let r = Role::new(n.get_ref().clone());
             if !roles.contains_key(&r) {
                 return self.err(
                     n.span().start,
