@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{eventually, sha, Net, TestAgent};
 use ketenpost_agent::Error;
 use ketenpost_schemas::payload::{Aanmelding, Signaal};
@@ -184,9 +182,13 @@ async fn a_message_sent_while_the_broker_is_down_is_delivered_after_it_starts() 
         )
         .await;
     let id = sent["message_id"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let s = status(&g, &id).await;
-    assert_eq!(s["status"], "queued");
+    // The agent tried to submit, failed, and keeps the message queued.
+    let s = eventually("a failed submission attempt", || async {
+        let s = status(&g, &id).await;
+        (s["attempts"].as_u64().unwrap_or(0) >= 1).then_some(s)
+    })
+    .await;
+    assert_eq!(s["status"], "queued", "{s}");
 
     net.start_broker().await;
     wait_status(&g, &id, "delivered").await;

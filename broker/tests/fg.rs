@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use ketenpost_broker::config::BrokerConfig;
 use ketenpost_broker::server::Broker;
 use ketenpost_certs::{Federation, InitOptions};
+use ketenpost_core::clock::{Clock, OffsetClock};
 use ketenpost_schemas::control::{
     CaseChange, CaseOp, DeadlineNotice, DeliveryReceipt, Record, SignedRecord, Toestemming,
 };
@@ -71,6 +72,8 @@ struct World {
     data: PathBuf,
     broker: Option<Broker>,
     addr: SocketAddr,
+    /// The broker's clock: a test jumps it ahead instead of sleeping.
+    clock: OffsetClock,
 }
 
 impl World {
@@ -85,9 +88,13 @@ impl World {
         let directory = fed.load_directory(&policy).unwrap();
         let data = dir.path().join("data");
         let cfg = BrokerConfig::for_federation(&fed, data.clone(), "127.0.0.1:0".parse().unwrap());
-        let broker = Broker::start(cfg).await.unwrap();
+        let clock = OffsetClock::new();
+        let broker = Broker::start_with_clock(cfg, std::sync::Arc::new(clock.clone()))
+            .await
+            .unwrap();
         let addr = broker.local_addr();
         World {
+            clock,
             _dir: dir,
             fed,
             policy,
@@ -573,9 +580,10 @@ async fn breach_routing_fg_scopes_access_report_and_html() {
         )
         .await,
     );
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let window_start = Utc::now();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A second on the broker's clock before the window opens, and one after.
+    w.clock.advance(chrono::Duration::seconds(1));
+    let window_start = w.clock.now();
+    w.clock.advance(chrono::Duration::seconds(1));
     // In the window, about case A: corporation -> care provider (late), care provider ->
     // gemeente and corporation.
     accepted(
