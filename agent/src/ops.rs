@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::info;
 
+use ketenpost_transport::failpoint;
+
 use crate::config::AgentConfig;
 use crate::deletion::DeletionEntry;
 use crate::documents::{Me, Trusted};
@@ -280,6 +282,7 @@ impl Core {
             entry.reseal = Some(parts);
         }
         self.store.outbox_insert(&entry).await?;
+        failpoint::hit("agent-outbox", "durable");
         self.outbox_wake.notify_one();
         info!(
             message = %entry.message_id,

@@ -23,6 +23,7 @@ use ketenpost_schemas::control::{
 use ketenpost_schemas::envelope::sha256_hex;
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::protocol::{envelope_from_b64, Delivery, RejectCode, Request, Response};
+use ketenpost_transport::failpoint;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
@@ -117,6 +118,7 @@ async fn submit_one(core: &Core, entry: crate::outbox::OutboxEntry) -> bool {
             .await
         {
             Ok(Response::Accepted { message_id, flags }) if message_id == id => {
+                failpoint::hit("agent-submit", "answered");
                 SubmitAnswer::Accepted(flags)
             }
             Ok(Response::Rejected(r)) => SubmitAnswer::Rejected(r),
@@ -352,6 +354,7 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
         error!(message = %id, cause = %e, "cannot store a received message; not receipted");
         return false;
     }
+    failpoint::hit("agent-inbox", "durable");
     info!(
         message = %id,
         kind = %entry.kind,
@@ -402,6 +405,7 @@ async fn send_receipt(core: &Core, r: &Receipted) -> bool {
         .await
     {
         Ok(Response::Done) => {
+            failpoint::hit("agent-receipt", "answered");
             if let Err(e) = core.store.receipt_confirmed(&r.message_id) {
                 warn!(message = %r.message_id, cause = %e, "cannot mark the receipt as taken");
             }
@@ -555,6 +559,7 @@ async fn carry_out_deletion(core: &Core, order: &DeletionOrder) -> Result<(), Er
         deleted_messages = entry.deleted_messages,
         "case data deleted on the broker's order; the partner system must delete its copies"
     );
+    failpoint::hit("agent-deletion", "durable");
     confirm_deletion(core, &entry).await;
     Ok(())
 }
@@ -570,6 +575,7 @@ async fn confirm_deletion(core: &Core, entry: &deletion::DeletionEntry) {
     let now = Utc::now();
     let update = match answer {
         Ok(Response::Done) => {
+            failpoint::hit("agent-confirmation", "answered");
             info!(order = %entry.order_id, "deletion confirmation recorded by the broker");
             core.store.deletion_update(&entry.order_id, |e| {
                 e.confirmed_at = Some(now);

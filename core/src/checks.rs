@@ -28,7 +28,7 @@ use ketenpost_schemas::Error as SchemaError;
 use crate::breach::{self, Routing};
 use crate::deadlines;
 use crate::message::MessageMeta;
-use crate::registry::{Case, Consent, Registry, Unknown};
+use crate::registry::{Case, Consent, Lookup, Registry, Unknown};
 
 /// What the checks need besides the registries.
 #[derive(Debug, Clone, Copy)]
@@ -575,7 +575,7 @@ pub fn check_control(
     rec: &SignedRecord,
     env: Env<'_>,
     reg: &impl Registry,
-    pending_deletion: impl Fn(&uuid::Uuid, &Oin) -> bool,
+    deletion_order: impl Fn(&uuid::Uuid, &Oin) -> Lookup<bool>,
     now: DateTime<Utc>,
 ) -> Result<ControlEffect, Rejection> {
     let key = signer_key(rec, transport, env)?;
@@ -645,10 +645,15 @@ pub fn check_control(
                     "the confirming party must be the signer".into(),
                 ));
             }
-            if !pending_deletion(&c.order_id, &c.party) {
+            // A confirmation of an order that is confirmed already is its party's repeat
+            // (the first answer was lost): accepted, and it changes nothing.
+            if deletion_order(&c.order_id, &c.party)
+                .map_err(unknown)?
+                .is_none()
+            {
                 return Err(reject(
                     RejectCode::Conflict,
-                    format!("no open deletion order {} for {}", c.order_id, c.party),
+                    format!("no deletion order {} for {}", c.order_id, c.party),
                 ));
             }
             Ok(ControlEffect::DeletionConfirmed(c))

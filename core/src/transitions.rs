@@ -372,7 +372,8 @@ pub fn order_deletion(
 
 /// A control record the checks accepted ([`crate::checks::check_control`]) from `actor`:
 /// what it writes and the audit entry that records it. `deletion` is the order's state
-/// for a deletion confirmation, as the store holds it now.
+/// for a deletion confirmation, as the store holds it now; confirming an order that is
+/// confirmed already changes and records nothing.
 pub fn control(
     effect: ControlEffect,
     actor: &Oin,
@@ -432,15 +433,18 @@ pub fn control(
             fx.writes.push(Write::Consent(c));
             e
         }
-        ControlEffect::DeletionConfirmed(conf) => {
-            if let Some(mut d) = deletion.filter(|d| d.confirmed_at.is_none()) {
+        ControlEffect::DeletionConfirmed(conf) => match deletion {
+            Some(mut d) if d.confirmed_at.is_none() => {
                 d.confirmed_at = Some(now);
                 fx.writes.push(Write::Deletion(d));
+                AuditEntry::ok(AuditEvent::DeletionConfirmed)
+                    .case_ref(&conf.case_ref)
+                    .message_id(conf.order_id)
             }
-            AuditEntry::ok(AuditEvent::DeletionConfirmed)
-                .case_ref(&conf.case_ref)
-                .message_id(conf.order_id)
-        }
+            // Confirmed before (a repeat whose first answer was lost), or gone: nothing
+            // happens, so nothing is recorded.
+            _ => return fx,
+        },
     };
     fx.audit.push(entry.actor(actor));
     fx

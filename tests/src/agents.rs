@@ -140,7 +140,33 @@ impl AgentProcess {
     /// `dir`, run the agent against the broker at `broker`, and wait (at most
     /// [`STARTUP_WAIT`]) until its API listens.
     pub fn start(fed: &Fed, party: usize, broker: SocketAddr, dir: &Path) -> Result<AgentProcess> {
-        Self::spawn(fed, party, broker, dir)?.ready(Instant::now() + STARTUP_WAIT)
+        Self::spawn(fed, party, broker, dir, &[])?.ready(Instant::now() + STARTUP_WAIT)
+    }
+
+    /// [`AgentProcess::start`] with extra environment variables (the crash tests'
+    /// `KETENPOST_FAILPOINT`). Started again in the same `dir`, it keeps its data.
+    pub fn start_with_env(
+        fed: &Fed,
+        party: usize,
+        broker: SocketAddr,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<AgentProcess> {
+        Self::spawn(fed, party, broker, dir, env)?.ready(Instant::now() + STARTUP_WAIT)
+    }
+
+    /// Wait (at most `limit`) for the process to end by itself; its status, or `None`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= until {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Start the agents of several parties at once (each in `root/<OIN>`), then wait for
@@ -158,13 +184,25 @@ impl AgentProcess {
                 .parties
                 .get(i)
                 .ok_or_else(|| anyhow!("no party {i}"))?;
-            starting.push(Self::spawn(fed, i, broker, &root.join(p.oin.as_str()))?);
+            starting.push(Self::spawn(
+                fed,
+                i,
+                broker,
+                &root.join(p.oin.as_str()),
+                &[],
+            )?);
         }
         let deadline = Instant::now() + STARTUP_WAIT;
         starting.into_iter().map(|s| s.ready(deadline)).collect()
     }
 
-    fn spawn(fed: &Fed, party: usize, broker: SocketAddr, dir: &Path) -> Result<Starting> {
+    fn spawn(
+        fed: &Fed,
+        party: usize,
+        broker: SocketAddr,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Starting> {
         let p = fed
             .files
             .parties
@@ -215,7 +253,9 @@ impl AgentProcess {
         );
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config)?;
-        let mut child = Command::new(binary("ketenpost-agent")?)
+        let mut cmd = Command::new(binary("ketenpost-agent")?);
+        cmd.envs(env.iter().copied());
+        let mut child = cmd
             .arg("run")
             .arg("-c")
             .arg(&config_path)

@@ -9,7 +9,9 @@
 //! |---|---|
 //! | [`tls`] | QUIC + mTLS configuration (TLS 1.3 only, client certificates and CRLs), the peer's OIN |
 //! | [`client`] | the client side of the protocol: connect, request, close |
+//! | [`failpoint`] | crash points and a test clock for the crash tests (feature `failpoints`) |
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod failpoint;
 pub mod tls;

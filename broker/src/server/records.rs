@@ -138,8 +138,14 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
     let now = shared.now();
     let _guard = shared.registry_lock.write().await;
     let store = &shared.store;
-    let pending = |order: &uuid::Uuid, party: &Oin| matches!(store.deletion(order, party), Ok(Some(d)) if d.confirmed_at.is_none());
-    let effect = match checks::check_control(oin, rec, shared.env(), store, pending, now) {
+    let order = |order: &uuid::Uuid, party: &Oin| match store.deletion(order, party) {
+        Ok(d) => Ok(d.map(|d| d.confirmed_at.is_some())),
+        Err(e) => {
+            error!(cause = %e, "cannot read a deletion order");
+            Err(ketenpost_core::registry::Unknown(e.to_string()))
+        }
+    };
+    let effect = match checks::check_control(oin, rec, shared.env(), store, order, now) {
         Ok(e) => e,
         Err(r) => {
             info!(code = %r.code, kind = %rec.kind, "control record refused");

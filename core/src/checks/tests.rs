@@ -244,7 +244,14 @@ fn change(fx: &Fx, case: &CaseRef, by: &P, op: CaseOp) -> CaseChange {
 }
 
 fn control(fx: &Fx, transport: &P, rec: &SignedRecord) -> Result<ControlEffect, Rejection> {
-    check_control(&transport.oin, rec, fx.env(), &fx.reg, |_, _| false, fx.now)
+    check_control(
+        &transport.oin,
+        rec,
+        fx.env(),
+        &fx.reg,
+        |_, _| Ok(None),
+        fx.now,
+    )
 }
 
 #[test]
