@@ -74,6 +74,10 @@ pub enum SpoolError {
     /// The body is larger than a record can say.
     #[error("a body of {0} bytes is larger than the spool takes")]
     TooLarge(usize),
+    /// An fsync of the spool failed earlier: the kernel may have dropped what it had not
+    /// written, so the spool takes no more bodies (the store is poisoned too).
+    #[error("the spool is unusable after a failed fsync: {0}")]
+    Failed(String),
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> SpoolError {
@@ -106,6 +110,8 @@ pub struct Spool {
     dirty: AtomicBool,
     /// Held while a body is deleted.
     deleting: Mutex<()>,
+    /// Set when an fsync failed; then no more appends or syncs succeed.
+    failed: std::sync::OnceLock<String>,
 }
 
 fn segment_path(dir: &Path, segment: u32) -> PathBuf {
@@ -171,12 +177,37 @@ impl Spool {
             live: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
             deleting: Mutex::new(()),
+            failed: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `Err(Failed)` once an fsync failed.
+    fn usable(&self) -> Result<(), SpoolError> {
+        match self.failed.get() {
+            Some(why) => Err(SpoolError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// An fsync failed: remember it, so no later sync can report success for pages the
+    /// kernel may have dropped.
+    fn sync_failed(&self, what: &'static str, e: std::io::Error) -> SpoolError {
+        let _ = self.failed.set(format!("{what}: {e}"));
+        SpoolError::Io { what, source: e }
     }
 
     /// Count a body found in the metadata at start-up (see [`Spool::remove_empty`]).
     pub fn register(&self, at: &BodyAt) {
         *lock(&self.live).entry(at.segment).or_insert(0) += 1;
+    }
+
+    /// Uncount a body found in the metadata that the spool does not hold (see
+    /// [`Spool::register`]).
+    pub fn unregister(&self, at: &BodyAt) {
+        let mut live = lock(&self.live);
+        if let Some(n) = live.get_mut(&at.segment) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// Remove every closed segment that holds no body: run once after every body in the
@@ -204,6 +235,7 @@ impl Spool {
     /// Append a body. It is durable after the next [`Spool::sync`] (the store's spool
     /// stage syncs once for every batch of appends).
     pub fn append(&self, id: &[u8; 16], body: &[u8]) -> Result<BodyAt, SpoolError> {
+        self.usable()?;
         let len = u32::try_from(body.len()).map_err(|_| SpoolError::TooLarge(body.len()))?;
         let mut record = Vec::with_capacity(body.len() + HEADER as usize);
         record.extend_from_slice(MAGIC);
@@ -234,7 +266,10 @@ impl Spool {
     /// Close the active segment and begin the next. The closed one is synced first, so
     /// that [`Spool::sync`] only ever needs the active segment for appends.
     fn rotate(&self, active: &mut Active) -> Result<(), SpoolError> {
-        active.file.sync_data().map_err(io("sync segment"))?;
+        active
+            .file
+            .sync_data()
+            .map_err(|e| self.sync_failed("sync segment", e))?;
         let segment = active.segment.saturating_add(1);
         let file = Arc::new(create_segment(&self.dir, segment)?);
         self.files
@@ -257,8 +292,10 @@ impl Spool {
 
     /// Make every append and deletion so far durable.
     pub fn sync(&self) -> Result<(), SpoolError> {
+        self.usable()?;
         let file = lock(&self.active).file.clone();
-        file.sync_data().map_err(io("sync segment"))?;
+        file.sync_data()
+            .map_err(|e| self.sync_failed("sync segment", e))?;
         if self.dirty.swap(false, Ordering::AcqRel) {
             let files: Vec<Arc<File>> = self
                 .files
@@ -268,7 +305,12 @@ impl Spool {
                 .cloned()
                 .collect();
             for f in files {
-                f.sync_data().map_err(io("sync deletion"))?;
+                if let Err(e) = f.sync_data() {
+                    // The deletions are not durable: they stay to sync (and the spool is
+                    // unusable from now on anyway).
+                    self.dirty.store(true, Ordering::Release);
+                    return Err(self.sync_failed("sync deletion", e));
+                }
             }
         }
         Ok(())

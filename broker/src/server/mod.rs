@@ -358,18 +358,26 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
     }
     endpoint.close(0u32.into(), b"broker shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-    shared.audit(AuditEntry::ok(AuditEvent::BrokerStopped));
-    make_checkpoint(&shared).await;
-    if let Err(e) = shared.store.flush() {
-        error!(cause = %e, "final flush failed");
+    if shared.store.poison().check().is_ok() {
+        shared.audit(AuditEntry::ok(AuditEvent::BrokerStopped));
+        make_checkpoint(&shared).await;
+        if let Err(e) = shared.store.flush() {
+            error!(cause = %e, "final flush failed");
+        }
     }
     info!(group_commits = shared.store.flush_count(), "broker stopped");
 }
 
+/// Sign a checkpoint, unless the store is poisoned (no checkpoint may cover records a
+/// failed fsync may have lost). A checkpoint whose flush fails poisons the store.
 async fn make_checkpoint(shared: &Arc<Shared>) {
+    if shared.store.poison().check().is_err() {
+        return;
+    }
     let s = shared.clone();
     match tokio::task::spawn_blocking(move || s.audit.checkpoint(s.now())).await {
         Ok(Ok(cp)) => debug!(seq = cp.seq, "audit checkpoint"),
+        Ok(Err(e @ crate::audit::AuditError::Storage(_))) => shared.store.poison().set(e),
         Ok(Err(e)) => error!(cause = %e, "audit checkpoint failed"),
         Err(e) => error!(cause = %e, "audit checkpoint task failed"),
     }

@@ -53,7 +53,7 @@ pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u3
 pub(super) enum Durability {
     /// Before the caller is answered (and before any body it released is destroyed).
     Commit,
-    /// With the next group commit; the transition releases no body.
+    /// With the next group commit, unless it released a body (then before it is destroyed).
     Lazy,
 }
 
@@ -77,7 +77,10 @@ pub(super) async fn transition<E: Send + 'static>(
         Ok(a) => a,
         Err(refused) => return Ok(Err(refused)),
     };
-    if applied.changed && (durability == Durability::Commit || !applied.destroy.is_empty()) {
+    // A decision that changes nothing still waits for the commit before its answer: it may
+    // repeat one whose commit is in flight (a receipt sent again), and must not answer
+    // `done` before that is durable.
+    if durability == Durability::Commit || !applied.destroy.is_empty() {
         shared.store.commit().await?;
     }
     shared.store.finish(op, &applied);

@@ -5,79 +5,102 @@ use super::*;
 
 /// One sweep at `now`: expire undelivered bodies, send the deadline notices that are due,
 /// and order deletions for cases whose retention ended. Each is a decision of the core
-/// applied in its own transaction; one flush makes them all durable before any body they
-/// released is destroyed. Blocking.
+/// applied in its own transaction; a decision that fails is logged and skipped, the others
+/// go on. One flush makes everything applied durable before any body it released is
+/// destroyed and any party is woken. Blocking.
 pub(super) fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
-    if let Err(e) = sweep(shared, now) {
-        error!(cause = %e, "sweep failed");
-    }
-}
-
-fn sweep(shared: &Shared, now: DateTime<Utc>) -> Result<(), StoreError> {
     let store = &shared.store;
-    let apply = |op: &'static str,
-                 decide: &dyn Fn(&TxView<'_>) -> TxResult<Effects>|
-     -> Result<Applied, StoreError> {
+    let mut done: Vec<(&'static str, Applied)> = Vec::new();
+    let mut apply = |op: &'static str, decide: &dyn Fn(&TxView<'_>) -> TxResult<Effects>| {
         let applied = store.transition(op, &shared.audit, &shared.notice_signer, now, |v| {
             decide(v).map(Ok::<_, std::convert::Infallible>)
-        })?;
+        });
         match applied {
-            Ok(a) => Ok(a),
-            Err(never) => match never {},
+            Ok(Ok(a)) => {
+                let changed = a.changed;
+                done.push((op, a));
+                changed
+            }
+            Ok(Err(never)) => match never {},
+            Err(e) => {
+                error!(op, cause = %e, "a sweep decision failed; the next sweep takes it again");
+                false
+            }
         }
     };
-    let mut done: Vec<(&'static str, Applied)> = Vec::new();
-    for id in store.due(now)? {
-        let a = apply("expire", &|v| {
-            Ok(transitions::expire(v.meta(&id)?, v.clock(&id)?, now))
-        })?;
-        if a.changed {
-            info!(message = %id, "undelivered message expired");
+    match store.due(now) {
+        Ok(due) => {
+            for id in due {
+                if apply("expire", &|v| {
+                    Ok(transitions::expire(v.meta(&id)?, v.clock(&id)?, now))
+                }) {
+                    info!(message = %id, "undelivered message expired");
+                }
+            }
         }
-        done.push(("expire", a));
+        Err(e) => error!(cause = %e, "cannot read the expiry index"),
     }
     let calendar = &shared.policy.calendar;
-    for clock in store.clocks()? {
-        if clock.overdue(calendar, now).is_empty() {
-            continue;
+    match store.clocks() {
+        Ok(clocks) => {
+            for clock in clocks {
+                if clock.overdue(calendar, now).is_empty() {
+                    continue;
+                }
+                let id = clock.message_id;
+                if apply("deadline", &|v| {
+                    let Some(clock) = v.clock(&id)? else {
+                        return Ok(Effects::default());
+                    };
+                    let regievoerder = v.case(&clock.case_ref)?.map(|c| c.regievoerder);
+                    Ok(transitions::deadline_notices(
+                        clock,
+                        regievoerder.as_ref(),
+                        &shared.policy,
+                        now,
+                    ))
+                }) {
+                    info!(message = %id, "answer overdue: deadline notices sent");
+                }
+            }
         }
-        let id = clock.message_id;
-        let a = apply("deadline", &|v| {
-            let Some(clock) = v.clock(&id)? else {
-                return Ok(Effects::default());
-            };
-            let regievoerder = v.case(&clock.case_ref)?.map(|c| c.regievoerder);
-            Ok(transitions::deadline_notices(
-                clock,
-                regievoerder.as_ref(),
-                &shared.policy,
-                now,
-            ))
-        })?;
-        if a.changed {
-            info!(message = %id, "answer overdue: deadline notices sent");
-        }
-        done.push(("deadline", a));
+        Err(e) => error!(cause = %e, "cannot read the answer clocks"),
     }
-    for case in store.cases()? {
-        if case.closed_at.is_none() || case.deletion_ordered_at.is_some() {
-            continue;
+    match store.cases() {
+        Ok(cases) => {
+            for case in cases {
+                if case.closed_at.is_none() || case.deletion_ordered_at.is_some() {
+                    continue;
+                }
+                let case_ref = case.case_ref.clone();
+                let clocks = match store.clock_ids_of_case(&case_ref) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        error!(case = %case_ref, cause = %e, "cannot read a case's answer clocks");
+                        continue;
+                    }
+                };
+                if apply("deletion", &|v| {
+                    Ok(match v.case(&case_ref)? {
+                        Some(case) => {
+                            transitions::order_deletion(case, &clocks, &shared.policy, now)
+                        }
+                        None => Effects::default(),
+                    })
+                }) {
+                    info!(case = %case_ref, "case retention ended: deletion orders sent");
+                }
+            }
         }
-        let case_ref = case.case_ref.clone();
-        let clocks = store.clock_ids_of_case(&case_ref)?;
-        let a = apply("deletion", &|v| {
-            Ok(match v.case(&case_ref)? {
-                Some(case) => transitions::order_deletion(case, &clocks, &shared.policy, now),
-                None => Effects::default(),
-            })
-        })?;
-        if a.changed {
-            info!(case = %case_ref, "case retention ended: deletion orders sent");
-        }
-        done.push(("deletion", a));
+        Err(e) => error!(cause = %e, "cannot read the cases"),
     }
-    if done.iter().any(|(_, a)| a.changed) {
-        store.flush()?;
+    if !done.iter().any(|(_, a)| a.changed) {
+        return;
+    }
+    if let Err(e) = store.flush() {
+        // Poisoned: nothing applied here is promised; the broker stops.
+        error!(cause = %e, "the sweep's flush failed");
+        return;
     }
     for (op, a) in &done {
         store.finish(op, a);
@@ -85,5 +108,4 @@ fn sweep(shared: &Shared, now: DateTime<Utc>) -> Result<(), StoreError> {
             shared.notify(p);
         }
     }
-    Ok(())
 }

@@ -214,7 +214,12 @@ struct PendingPut {
 /// queued was appended before it was queued), and pass it on to the writer thread, so the
 /// metadata is never on disk without its body. Stops when the store closes and the queue
 /// is empty.
-fn sync_loop(puts: &PutCombiner, spool: &Spool, synced: &std::sync::mpsc::Sender<Vec<PendingPut>>) {
+fn sync_loop(
+    puts: &PutCombiner,
+    spool: &Spool,
+    poison: &Poison,
+    synced: &std::sync::mpsc::Sender<Vec<PendingPut>>,
+) {
     loop {
         let batch = {
             let mut queue = lock(&puts.queue);
@@ -234,7 +239,10 @@ fn sync_loop(puts: &PutCombiner, spool: &Spool, synced: &std::sync::mpsc::Sender
                 Ok(()) => continue,
                 Err(back) => (back.0, PutFailed::Closed),
             },
-            Err(e) => (batch, PutFailed::Spool(e.to_string())),
+            Err(e) => {
+                poison.set(&e);
+                (batch, PutFailed::Spool(e.to_string()))
+            }
         };
         let (batch, why) = failed;
         forget_bodies(spool, &batch);
@@ -402,29 +410,59 @@ fn seq_of(key: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-/// Start-up reconciliation of the spool with the metadata. A body no metadata refers to
-/// (its message was receipted or expired, and a crash came after that decision was
-/// durable but before the body was destroyed) is destroyed now. Metadata whose body is
-/// not in the spool (damage: the spool syncs every body before its metadata is written)
-/// is counted and logged; such a message is never delivered and expires as usual.
+/// Start-up reconciliation of the spool with the metadata.
+///
+/// - A live body that no expiry entry points at is looked up in the metadata: if its
+///   message still refers to it (an expiry entry lost by an older version), the body is
+///   kept and its expiry entry written again; otherwise (its message was receipted or
+///   expired, and a crash came after that decision was durable but before the body was
+///   destroyed) it is destroyed now.
+/// - Metadata whose body is not in the spool (damage: the spool syncs every body before its
+///   metadata is written) is counted, uncounted from the live bodies, and logged; such a
+///   message is never delivered and expires as usual.
 fn reconcile(
     spool: &Spool,
-    referenced: &std::collections::HashSet<(u32, u64)>,
+    meta: &sled::Tree,
+    expiry: &sled::Tree,
+    referenced: &std::collections::HashMap<(u32, u64), BodyAt>,
 ) -> Result<(), StoreError> {
     let mut live = std::collections::HashSet::new();
-    let mut orphans = 0usize;
+    let (mut orphans, mut restored) = (0usize, 0usize);
     for (at, id) in spool.live_records()? {
-        if referenced.contains(&(at.segment, at.offset)) {
+        if referenced.contains_key(&(at.segment, at.offset)) {
             live.insert((at.segment, at.offset));
-        } else if spool.destroy_unreferenced(&at, &id)? {
-            orphans += 1;
+            continue;
+        }
+        let owner = match meta.get(id)? {
+            Some(v) => Some(parse::<MessageMeta>(&v, "message metadata")?),
+            None => None,
+        };
+        match owner {
+            Some(m) if m.body_at == Some(at) => {
+                expiry.insert(expiry_key(m.expires_at, &id), &at.to_bytes())?;
+                spool.register(&at);
+                live.insert((at.segment, at.offset));
+                restored += 1;
+            }
+            _ => {
+                if spool.destroy_unreferenced(&at, &id)? {
+                    orphans += 1;
+                }
+            }
+        }
+    }
+    let mut dangling = 0usize;
+    for (key, at) in referenced {
+        if !live.contains(key) {
+            spool.unregister(at);
+            dangling += 1;
         }
     }
     spool.sync()?;
-    let dangling = referenced.difference(&live).count();
     tracing::info!(
         bodies = live.len(),
         orphan_bodies_destroyed = orphans,
+        expiry_entries_restored = restored,
         metadata_without_body = dangling,
         "spool reconciled with the metadata"
     );
@@ -450,23 +488,27 @@ impl Store {
         let committer_task = Arc::new(std::sync::Mutex::new(None));
         let spool = Arc::new(Spool::open(spool_dir)?);
         let expiry = db.open_tree("expiry")?;
+        let meta = db.open_tree("meta")?;
+        // What sled recovered after a crash may still be in the page cache only: make it
+        // durable before bodies are destroyed on its word.
+        db.flush()?;
         // Every body held has one expiry entry, which says where it is.
-        let mut referenced = std::collections::HashSet::new();
+        let mut referenced = std::collections::HashMap::new();
         for item in expiry.iter() {
             let (_, v) = item?;
             if let Some(at) = BodyAt::from_bytes(&v) {
                 spool.register(&at);
-                referenced.insert((at.segment, at.offset));
+                referenced.insert((at.segment, at.offset), at);
             }
         }
+        reconcile(&spool, &meta, &expiry, &referenced)?;
         let removed = spool.remove_empty()?;
         if removed > 0 {
             tracing::info!(removed, "spool segments without bodies removed");
         }
-        reconcile(&spool, &referenced)?;
         let store = Store {
             spool: spool.clone(),
-            meta: db.open_tree("meta")?,
+            meta,
             expiry,
             queue: db.open_tree("queue")?,
             notices: db.open_tree("notices")?,
@@ -486,10 +528,14 @@ impl Store {
         // Two stages, so that the bodies of one batch are synced while the batch before
         // is written and flushed.
         let (synced_tx, synced_rx) = std::sync::mpsc::channel();
-        let (puts, spooled) = (store.puts.clone(), store.spool.clone());
+        let (puts, spooled, poisoned) = (
+            store.puts.clone(),
+            store.spool.clone(),
+            store.poison.clone(),
+        );
         let syncer = std::thread::Builder::new()
             .name("ketenpost-spool".into())
-            .spawn(move || sync_loop(&puts, &spooled, &synced_tx))
+            .spawn(move || sync_loop(&puts, &spooled, &poisoned, &synced_tx))
             .map_err(StoreError::Thread)?;
         let writer = store.clone();
         let written = std::thread::Builder::new()
