@@ -280,14 +280,14 @@ pub fn answered(
     reply: crate::deadlines::Reply<'_>,
     clock: Option<AnswerClock>,
     late_entry: AuditEntry,
-    policy: &Policy,
+    calendar: &ketenpost_schemas::calendar::Calendar,
     now: DateTime<Utc>,
 ) -> Effects {
     let mut fx = Effects::default();
     let Some(mut clock) = clock else {
         return fx;
     };
-    let Some(answer) = clock.answer(reply, now, &policy.calendar) else {
+    let Some(answer) = clock.answer(reply, now, calendar) else {
         return fx;
     };
     if answer.late {

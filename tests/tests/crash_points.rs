@@ -28,10 +28,14 @@ use ketenpost_schemas::control::{
     CaseChange, CaseOp, DeadlineNotice, DeletionConfirmation, DeletionOrder, DeliveryReceipt,
     ExpiryNotice, Record, SignedRecord,
 };
+use ketenpost_schemas::envelope::LegalBasis;
 use ketenpost_schemas::envelope::{Envelope, Limits};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::payload::Reactie;
+use ketenpost_schemas::policy::Role;
 use ketenpost_schemas::protocol::{envelope_from_b64, Delivery, RejectCode, Request, Response};
+use ketenpost_schemas::seal::Draft;
 use ketenpost_schemas::testdata::TEST_POLICY;
 use ketenpost_tests::{case_with_consent, signaal, BrokerProcess, Fed, PartyKeys, REQUEST_TIMEOUT};
 use ketenpost_transport::client::Client;
@@ -372,10 +376,39 @@ async fn scenario(point: &'static str) {
         );
     }
 
+    // The zorgaanbieder answers the first in time: it owes no answer to that one any more.
+    let mut reactie = Draft::new(
+        "uitstroom",
+        Kind::Reactie,
+        case.clone(),
+        vec![(run.keys(corp).oin.clone(), Role::new("woningcorporatie"))],
+        LegalBasis::Consent {
+            consent_id: consent,
+        },
+        serde_json::to_value(Reactie::example()).unwrap(),
+    );
+    reactie.in_reply_to = Some(first);
+    let reactie_id = reactie.id;
+    let bytes = run.fed.seal(run.keys(zorg), reactie).unwrap();
+    let (resp, again) = run.request(zorg, &Request::Submit(bytes.clone())).await;
+    match resp {
+        Response::Accepted { .. } => {}
+        Response::Rejected(r) if again && r.code == RejectCode::Replay => {}
+        other => panic!("{point}: reactie: {other:?}"),
+    }
+    seen.accepted.insert(reactie_id);
+    seen.envelopes.insert(reactie_id, bytes);
+    fetch_all(&mut run, &mut seen, corp, |_| true).await;
+    assert!(
+        seen.receipted
+            .contains(&(reactie_id, run.keys(corp).oin.clone())),
+        "{point}: the corporation's receipt of the reactie"
+    );
+
     // 25 hours on: the answers (24 h from each receipt) are overdue.
     run.set_clock(25 * HOUR);
     let (zorg_oin, gem_oin) = (run.keys(zorg).oin.clone(), run.keys(gem).oin.clone());
-    let expect_deadline: Vec<(MessageId, Oin)> = ids
+    let expect_deadline: Vec<(MessageId, Oin)> = ids[1..]
         .iter()
         .map(|id| (*id, zorg_oin.clone()))
         .chain([(first, gem_oin.clone())])
@@ -455,10 +488,17 @@ async fn scenario(point: &'static str) {
     // Stop cleanly, then look at what is on disk.
     let status = run.broker.take().unwrap().terminate().unwrap();
     assert!(status.success(), "{point}: clean stop: {status:?}");
-    check_disk(&run, &seen, &case, &ids, point);
+    check_disk(&run, &seen, &case, &ids, reactie_id, point);
 }
 
-fn check_disk(run: &Run, seen: &Seen, case: &CaseRef, ids: &[MessageId], point: &str) {
+fn check_disk(
+    run: &Run,
+    seen: &Seen,
+    case: &CaseRef,
+    ids: &[MessageId],
+    reactie: MessageId,
+    point: &str,
+) {
     let (gem, corp, zorg) = (
         run.keys(0).oin.clone(),
         run.keys(1).oin.clone(),
@@ -574,6 +614,30 @@ fn check_disk(run: &Run, seen: &Seen, case: &CaseRef, ids: &[MessageId], point: 
         1,
         "{point}: case closed"
     );
+    // The answer: accepted and receipted once, and the first signal's answer clock knew it,
+    // so the zorgaanbieder was never told it was overdue for that one.
+    assert_eq!(
+        count(AuditEvent::Accepted, &|r| of(r, &reactie)),
+        1,
+        "{point}: reactie"
+    );
+    assert_eq!(
+        count(AuditEvent::Receipt, &|r| of(r, &reactie) && by(r, &corp)),
+        1,
+        "{point}: reactie receipt"
+    );
+    assert!(
+        !seen
+            .deadline
+            .contains_key(&(ids[0], zorg.clone(), zorg.clone())),
+        "{point}: a deadline notice for an answered signal"
+    );
+    assert_eq!(
+        count(AuditEvent::DeadlineLate, &|r| of(r, &ids[0])
+            && by(r, &zorg)),
+        0,
+        "{point}: answered in time, yet overdue"
+    );
 }
 
 /// Whether `needle` occurs in any file under `dir`.
@@ -626,4 +690,6 @@ crash_at! {
     crash_after_deletion_orders_are_durable => "deletion.durable",
     crash_after_a_checkpoint_is_applied => "checkpoint.applied",
     crash_after_a_checkpoint_is_durable => "checkpoint.durable",
+    crash_after_an_answer_is_applied => "answer.applied",
+    crash_after_an_answer_is_durable => "answer.durable",
 }

@@ -31,7 +31,7 @@ use crate::store::{Applied, NoticeSigner, PutTicket, Store, StoreError, TxResult
 use ketenpost_core::breach::{self as breach_routing, FlowHistory};
 use ketenpost_core::checks::{self, Authorised, ControlEffect, Env, Submitted};
 use ketenpost_core::clock::{SharedClock, SystemClock};
-use ketenpost_core::deadlines::{AnswerClock, Reply};
+use ketenpost_core::deadlines::AnswerClock;
 use ketenpost_core::effects::Effects;
 use ketenpost_core::message::MessageMeta;
 use ketenpost_core::registry::Registry;
@@ -45,7 +45,7 @@ mod records;
 mod submit;
 mod sweep;
 
-use records::{control, fetch, receipt, transition, Durability};
+use records::{control, fetch, receipt};
 use submit::submit;
 use sweep::sweep_once;
 

@@ -36,7 +36,16 @@ pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u3
                         return storage_error(e);
                     }
                 }
-                if !items.is_empty() || tokio::time::Instant::now() >= deadline {
+                if !items.is_empty() {
+                    // Deliver only what is durable: a message, receipt or notice read here
+                    // may come from a transaction whose flush is still to come. The group
+                    // commit makes everything written before this point durable.
+                    if let Err(e) = shared.store.commit().await {
+                        return storage_error(e);
+                    }
+                    return Response::Deliveries(items);
+                }
+                if tokio::time::Instant::now() >= deadline {
                     return Response::Deliveries(items);
                 }
             }

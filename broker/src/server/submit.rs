@@ -2,6 +2,7 @@
 //! answer clock (the store's writer thread), the answer bookkeeping, the answer.
 
 use super::*;
+use crate::store::PendingAnswer;
 
 /// What a submission staged in the store, to be committed and answered.
 struct Staged {
@@ -38,7 +39,7 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
         if let Err(e) = ticket.landed().await {
             return Err(put_failed(e, &authorised, &s, &o, &bytes));
         }
-        Ok(stage_answer(&authorised, &s, &o, now).await)
+        Ok(Staged::of(&authorised))
     });
     let staged = match finish.await {
         Ok(Ok(staged)) => staged,
@@ -106,8 +107,9 @@ impl Staged {
     }
 }
 
-/// Start the store write of an authorised submission with its audit records and answer
-/// clock; blocking (see [`submit`]). The caller holds the registry lock shared.
+/// Start the store write of an authorised submission with its audit records, its answer
+/// clock and, for an answer, the answered message's clock; blocking (see [`submit`]). The
+/// caller holds the registry lock shared.
 fn stage_write(
     authorised: &Authorised,
     bytes: &[u8],
@@ -122,60 +124,30 @@ fn stage_write(
         .rule(&authorised.header().purpose, authorised.header().kind)
         .and_then(|rule| AnswerClock::start(&meta, rule));
     let entries = accepted_entries(authorised, &meta.recipients, oin);
+    // An answer's bookkeeping (the answered message's clock) goes in the same transaction.
+    let h = authorised.header();
+    let answer = h.in_reply_to.map(|answered| PendingAnswer {
+        answered,
+        sender: oin.clone(),
+        kind: h.kind,
+        late_entry: about_message(
+            AuditEntry::flagged(AuditEvent::DeadlineLate, "answer_late"),
+            authorised,
+            oin,
+        ),
+        calendar: shared.policy.calendar.clone(),
+    });
     shared
         .store
-        .begin_put(authorised, &meta, &shared.audit, entries, clock.as_ref())
+        .begin_put(
+            authorised,
+            &meta,
+            &shared.audit,
+            entries,
+            clock.as_ref(),
+            answer,
+        )
         .map_err(|e| put_failed(e, authorised, shared, oin, bytes))
-}
-
-/// The bookkeeping of an answer whose message landed: the answer clock of the message it
-/// answers, and a late answer's audit record, one transition of its own (committed before
-/// `accepted` is answered).
-async fn stage_answer(
-    authorised: &Authorised,
-    shared: &Arc<Shared>,
-    oin: &Oin,
-    now: DateTime<Utc>,
-) -> Staged {
-    let h = authorised.header();
-    let Some(answered) = h.in_reply_to else {
-        return Staged::of(authorised);
-    };
-    let (id, sender, kind) = (h.id, oin.clone(), h.kind);
-    let late_entry = about_message(
-        AuditEntry::flagged(AuditEvent::DeadlineLate, "answer_late"),
-        authorised,
-        oin,
-    );
-    let s = shared.clone();
-    let outcome = transition(
-        shared,
-        "answer",
-        move |v| {
-            let reply = Reply {
-                id,
-                sender: &sender,
-                kind,
-                in_reply_to: Some(answered),
-            };
-            Ok(Ok::<_, std::convert::Infallible>(transitions::answered(
-                reply,
-                v.clock(&answered)?,
-                late_entry.clone(),
-                &s.policy,
-                now,
-            )))
-        },
-        now,
-        Durability::Commit,
-    )
-    .await;
-    if let Err(e) = outcome {
-        // The message is stored; only the answer bookkeeping failed. A notice may follow
-        // that should not have; that is logged, not a reason to refuse the message.
-        error!(cause = %e, "cannot record an answer");
-    }
-    Staged::of(authorised)
 }
 
 fn put_failed(

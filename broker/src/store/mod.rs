@@ -188,9 +188,29 @@ impl Drop for Users {
     }
 }
 
+/// An accepted message that answers another (`in_reply_to`): its bookkeeping is decided
+/// ([`ketenpost_core::transitions::answered`]) and written in the message's own
+/// transaction, so an accepted answer is never lost from the answered message's clock.
+#[derive(Debug, Clone)]
+pub struct PendingAnswer {
+    /// The message answered.
+    pub answered: MessageId,
+    /// The answer's sender.
+    pub sender: Oin,
+    /// The answer's kind.
+    pub kind: ketenpost_schemas::kind::Kind,
+    /// The audit entry about the answer, for a late one (message id and counterparty are
+    /// filled in by the decision).
+    pub late_entry: AuditEntry,
+    /// The covenant's calendar (workday deadlines).
+    pub calendar: ketenpost_schemas::calendar::Calendar,
+}
+
 /// One message's writes, queued for the next combined transaction (see
 /// [`Store::put_message`]).
 struct PendingPut {
+    /// Its answer bookkeeping, when it answers another message.
+    answer: Option<PendingAnswer>,
     id: [u8; 16],
     accepted_at: Vec<u8>,
     /// Appended to the spool, not yet synced.
@@ -673,7 +693,7 @@ impl Store {
         trail: &Arc<AuditTrail>,
         audit: Vec<AuditEntry>,
     ) -> Result<(), StoreError> {
-        self.begin_put(a, meta, trail, audit, None)?.wait()
+        self.begin_put(a, meta, trail, audit, None, None)?.wait()
     }
 
     /// [`Store::put_message`] without waiting: the body is appended to the spool and the
@@ -686,6 +706,7 @@ impl Store {
         trail: &Arc<AuditTrail>,
         audit: Vec<AuditEntry>,
         clock: Option<&AnswerClock>,
+        answer: Option<PendingAnswer>,
     ) -> Result<PutTicket, StoreError> {
         self.poison.check()?;
         let id = *meta.id.0.as_bytes();
@@ -701,6 +722,7 @@ impl Store {
         meta.body_at = Some(body_at);
         let (done, landed) = oneshot::channel();
         let pending = PendingPut {
+            answer,
             id,
             accepted_at: now.to_rfc3339().into_bytes(),
             body_at,
@@ -798,6 +820,45 @@ impl Store {
                     for entry in &p.audit {
                         chain.stage(&mut cursor, entry.clone(), p.now, records)?;
                     }
+                    if let Some(a) = &p.answer {
+                        let key = a.answered.0.as_bytes();
+                        // A clock that does not parse is logged, never a reason to lose the
+                        // answer itself.
+                        let clock = deadlines.get(key)?.and_then(|v| {
+                            parse::<AnswerClock>(&v, "answer clock")
+                                .inspect_err(
+                                    |e| tracing::error!(cause = %e, "answer clock unreadable"),
+                                )
+                                .ok()
+                        });
+                        let reply = ketenpost_core::deadlines::Reply {
+                            id: MessageId(uuid::Uuid::from_bytes(p.id)),
+                            sender: &a.sender,
+                            kind: a.kind,
+                            in_reply_to: Some(a.answered),
+                        };
+                        let fx = ketenpost_core::transitions::answered(
+                            reply,
+                            clock,
+                            a.late_entry.clone(),
+                            &a.calendar,
+                            p.now,
+                        );
+                        for w in &fx.writes {
+                            match w {
+                                ketenpost_core::effects::Write::Clock(c) => {
+                                    deadlines.insert(key, json(c))?;
+                                }
+                                ketenpost_core::effects::Write::RemoveClock(_) => {
+                                    deadlines.remove(key)?;
+                                }
+                                _ => {}
+                            }
+                        }
+                        for entry in fx.audit {
+                            chain.stage(&mut cursor, entry, p.now, records)?;
+                        }
+                    }
                     written.push(true);
                 }
                 Ok((written, cursor))
@@ -805,10 +866,17 @@ impl Store {
         let outcome = match result {
             Ok((written, cursor)) => {
                 chain.advance(cursor);
+                let answers = batch.iter().any(|p| p.answer.is_some());
                 crate::failpoint::hit("submit", "applied");
+                if answers {
+                    crate::failpoint::hit("answer", "applied");
+                }
                 match self.db.flush() {
                     Ok(_) => {
                         crate::failpoint::hit("submit", "durable");
+                        if answers {
+                            crate::failpoint::hit("answer", "durable");
+                        }
                         self.flushes
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         Ok(written)
