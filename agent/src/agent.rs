@@ -16,6 +16,8 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use ketenpost_core::clock::{SharedClock, SystemClock};
+
 use crate::config::AgentConfig;
 use crate::documents::{self, Me, Trusted};
 use crate::link::BrokerLink;
@@ -38,6 +40,12 @@ impl Agent {
     /// against the pinned federation key, or when no verified documents can be had in
     /// `timing.startup_wait_secs`.
     pub async fn start(config: AgentConfig) -> Result<Agent, Error> {
+        Agent::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Agent::start`] with the clock every operation reads `now` from (tests move an
+    /// `OffsetClock` instead of sleeping).
+    pub async fn start_with_clock(config: AgentConfig, clock: SharedClock) -> Result<Agent, Error> {
         config.check()?;
         let keys = config.load_keys()?;
         let me_keys = Me {
@@ -82,6 +90,7 @@ impl Agent {
             store,
             link,
             outbox_wake: Notify::new(),
+            clock,
             config,
         });
         let (stop, stopped) = watch::channel(false);

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::info;
 
+use ketenpost_core::clock::SharedClock;
 use ketenpost_transport::failpoint;
 
 use crate::config::AgentConfig;
@@ -61,6 +62,8 @@ pub struct Core {
     pub(crate) link: BrokerLink,
     /// Wakes the outbox loop when a message was queued.
     pub(crate) outbox_wake: Notify,
+    /// Where every `now` comes from.
+    pub(crate) clock: SharedClock,
 }
 
 impl std::fmt::Debug for Core {
@@ -236,7 +239,7 @@ impl Core {
 
     /// Check, seal and store a message; it is on disk before this returns its entry.
     pub async fn send(&self, req: SendRequest) -> Result<OutboxEntry, Error> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let docs = self.docs();
         payload::validate(req.kind, &req.payload)?;
         let case = self.store.case(&req.case_ref)?;
@@ -319,7 +322,7 @@ impl Core {
         draft.trace_id = parts.trace_id;
         let me = self.me.clone();
         let key = self.signing.clone();
-        let now = Utc::now();
+        let now = self.clock.now();
         let (envelope, header) = tokio::task::spawn_blocking(move || {
             seal::seal(
                 draft,
@@ -377,7 +380,7 @@ impl Core {
     pub async fn ack(&self, id: &MessageId) -> Result<InboxEntry, Error> {
         let e = self
             .store
-            .inbox_ack(id, Utc::now())?
+            .inbox_ack(id, self.clock.now())?
             .ok_or_else(|| Error::not_found("inbox message", id))?;
         self.store.flush().await?;
         info!(message = %id, "inbox message acknowledged");
@@ -415,7 +418,7 @@ impl Core {
 
     /// Open a case as its regievoerder.
     pub async fn open_case(&self, req: OpenCase) -> Result<KnownCase, Error> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let docs = self.docs();
         let role = early::check_open(
             &self.me,
@@ -449,7 +452,7 @@ impl Core {
         op: CaseOp,
         purpose: Option<String>,
     ) -> Result<Option<KnownCase>, Error> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let docs = self.docs();
         let known = self.store.case(case_ref)?;
         early::check_case_change(&self.me, known.as_ref(), &op, &docs.policy, &docs.directory)?;
@@ -546,7 +549,7 @@ impl Core {
                 )));
             }
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         let case = self
             .store
             .update_case(case_ref, |existing| {
@@ -589,7 +592,7 @@ impl Core {
 
     /// Register a consent this organisation obtained.
     pub async fn grant_consent(&self, req: GrantConsent) -> Result<KnownConsent, Error> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let docs = self.docs();
         let case = self.store.case(&req.case_ref)?;
         let purpose = match (&req.purpose, &case) {
@@ -641,7 +644,7 @@ impl Core {
         consent_id: &uuid::Uuid,
         req: WithdrawConsent,
     ) -> Result<Option<KnownConsent>, Error> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let known = self.store.consent(consent_id)?;
         early::check_withdrawal(known.as_ref())?;
         let case_ref = match (&known, req.case_ref) {
@@ -690,7 +693,7 @@ impl Core {
 
     /// The partner system deleted its own copies of the case.
     pub async fn ack_deletion(&self, order_id: &uuid::Uuid) -> Result<DeletionEntry, Error> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let e = self
             .store
             .deletion_update(order_id, |e| {

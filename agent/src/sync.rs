@@ -159,7 +159,7 @@ async fn submit_one(core: &Core, entry: crate::outbox::OutboxEntry) -> bool {
     }
     let mut settled = false;
     let result = core.store.outbox_update(&id, |e| {
-        settled = e.answered(answer.clone(), Utc::now());
+        settled = e.answered(answer.clone(), core.clock.now());
         true
     });
     match (&answer, result) {
@@ -277,7 +277,7 @@ async fn handle_items(core: &Core, items: Vec<Delivery>) -> bool {
 /// Open, store and receipt one delivered message; returns whether the broker took the
 /// receipt (or the message is otherwise settled).
 async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
-    let now = Utc::now();
+    let now = core.clock.now();
     let bytes = match envelope_from_b64(envelope_b64) {
         Ok(b) => b,
         Err(e) => {
@@ -545,7 +545,7 @@ async fn carry_out_deletion(core: &Core, order: &DeletionOrder) -> Result<(), Er
     if core.store.deletion(&order.order_id)?.is_some() {
         return Ok(());
     }
-    let now = Utc::now();
+    let now = core.clock.now();
     let entry = core
         .store
         .carry_out(order, |n| {
@@ -572,7 +572,7 @@ async fn confirm_deletion(core: &Core, entry: &deletion::DeletionEntry) {
             core.config.request_timeout(),
         )
         .await;
-    let now = Utc::now();
+    let now = core.clock.now();
     let update = match answer {
         Ok(Response::Done) => {
             failpoint::hit("agent-confirmation", "answered");
@@ -625,7 +625,7 @@ fn loud(core: &Core, earlier: Option<&Checkpoint>, new: &Checkpoint, message: St
         "AUDIT TRAIL WARNING: {message}"
     );
     let w = AuditWarning {
-        at: Utc::now(),
+        at: core.clock.now(),
         earlier_seq: earlier.map(|c| c.seq),
         seq: new.seq,
         message,
@@ -767,7 +767,7 @@ async fn sweep_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
 
 /// One retention pass and a retry of unconfirmed deletions.
 pub(crate) async fn sweep(core: &Core) -> Result<(), Error> {
-    let now = Utc::now();
+    let now = core.clock.now();
     let docs = core.docs();
     let cases = core.store.cases()?;
     let case_deadline = |case_ref: &ketenpost_schemas::ids::CaseRef| {
