@@ -192,7 +192,13 @@ impl World {
         );
         draft.event_time = resolved.event_time;
         draft.breach_scope = resolved.breach_scope.clone();
-        let (env, _) = seal(
+        check_sealed(&self.seal_as(sender, draft), &cx, Utc::now())?;
+        Ok(resolved)
+    }
+
+    /// The envelope party `sender` seals from `draft`.
+    fn seal_as(&self, sender: usize, draft: Draft) -> Vec<u8> {
+        seal(
             draft,
             Sender {
                 oin: &self.oins[sender],
@@ -202,9 +208,9 @@ impl World {
             &self.directory,
             Utc::now(),
         )
-        .unwrap();
-        check_sealed(&env.encode(), &cx, Utc::now())?;
-        Ok(resolved)
+        .unwrap()
+        .0
+        .encode()
     }
 
     /// What the broker says about the message the agent would have sealed.
@@ -228,23 +234,12 @@ impl World {
         if req.kind == Kind::DatalekMelding {
             draft.breach_scope = breach_scope_from_payload(&req.payload);
         }
-        let (env, _) = seal(
-            draft,
-            Sender {
-                oin: &self.oins[sender],
-                key: &self.keys[sender],
-            },
-            &self.policy,
-            &self.directory,
-            Utc::now(),
-        )
-        .unwrap();
+        let bytes = self.seal_as(sender, draft);
         let mut reg = MemRegistry::default();
         reg.cases.insert(f.case.case_ref.clone(), f.case.clone());
         for c in &f.consents {
             reg.consents.insert(c.record.consent_id, c.clone());
         }
-        let bytes = env.encode();
         check_message(
             Submitted {
                 transport: &self.oins[sender],

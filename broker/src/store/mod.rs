@@ -1268,6 +1268,22 @@ mod tests {
         (store, trail)
     }
 
+    /// The sealed envelopes of `messages`.
+    fn envelopes_of(messages: &[Authorised]) -> Vec<Vec<u8>> {
+        messages
+            .iter()
+            .map(|a| a.verified.envelope().encode())
+            .collect()
+    }
+
+    /// Write every message, as accepted now.
+    fn put_all(store: &Store, trail: &Arc<AuditTrail>, messages: &[Authorised]) {
+        for a in messages {
+            let meta = MessageMeta::accepted(a, Utc::now());
+            store.put_message(a, &meta, trail, vec![]).unwrap();
+        }
+    }
+
     fn signer() -> NoticeSigner {
         NoticeSigner {
             oin: ketenpost_schemas::control::BROKER_SIGNER.parse().unwrap(),
@@ -1345,16 +1361,10 @@ mod tests {
         let spool_dir = dir.path().join("spool");
         let open = || open_in(dir.path());
         let (messages, zorg) = authorised(2);
-        let envelopes: Vec<Vec<u8>> = messages
-            .iter()
-            .map(|a| a.verified.envelope().encode())
-            .collect();
+        let envelopes = envelopes_of(&messages);
         {
             let (store, trail) = open();
-            for a in &messages {
-                let meta = MessageMeta::accepted(a, Utc::now());
-                store.put_message(a, &meta, &trail, vec![]).unwrap();
-            }
+            put_all(&store, &trail, &messages);
             rt.block_on(store.close());
         }
         // After a restart both are still delivered, byte for byte.
@@ -1559,16 +1569,10 @@ mod tests {
         let spool_dir = dir.path().join("spool");
         let open = || open_in(dir.path());
         let (messages, _) = authorised(2);
-        let envelopes: Vec<Vec<u8>> = messages
-            .iter()
-            .map(|a| a.verified.envelope().encode())
-            .collect();
+        let envelopes = envelopes_of(&messages);
         {
             let (store, trail) = open();
-            for a in &messages {
-                let meta = MessageMeta::accepted(a, Utc::now());
-                store.put_message(a, &meta, &trail, vec![]).unwrap();
-            }
+            put_all(&store, &trail, &messages);
             // What a crash after a durable receipt and before the body was destroyed
             // leaves: the first message's metadata is gone, its body is not.
             let id = messages[0].header().id;
