@@ -66,32 +66,66 @@ pub struct Submitted<'a> {
     pub bytes: &'a [u8],
 }
 
-/// A message that passed checks 1 to 7 and may be stored.
+/// A message that passed checks 1 to 7 and may be stored: the proof of those checks.
+/// Only [`check_message`] makes one (its fields are private), so nothing can store a
+/// message the checks did not pass.
 #[derive(Debug, Clone)]
 pub struct Authorised {
-    /// The verified envelope.
-    pub verified: VerifiedEnvelope,
-    /// The processing activity of its purpose (for the audit trail).
-    pub processing_activity: String,
-    /// The recipients with their role in the case.
-    pub recipients: Vec<(Oin, Role)>,
-    /// What the broker noted: late, non-consent ground.
-    pub flags: Vec<AcceptFlag>,
-    /// The non-consent ground used, if any (the FGs are alerted).
-    pub ground: Option<NonConsentGround>,
-    /// The `send_within` deadline, if the kind has one.
-    pub send_deadline: Option<DateTime<Utc>>,
-    /// When an undelivered body expires.
-    pub expires_at: DateTime<Utc>,
-    /// For a breach notice: the cases it concerns and the recipients the broker resolved
-    /// from its flow history ([`crate::breach`]).
-    pub breach: Option<Routing>,
+    verified: VerifiedEnvelope,
+    processing_activity: String,
+    recipients: Vec<(Oin, Role)>,
+    flags: Vec<AcceptFlag>,
+    ground: Option<NonConsentGround>,
+    send_deadline: Option<DateTime<Utc>>,
+    expires_at: DateTime<Utc>,
+    breach: Option<Routing>,
 }
 
 impl Authorised {
     /// The verified header.
     pub fn header(&self) -> &Header {
         self.verified.header()
+    }
+
+    /// The verified envelope.
+    pub fn verified(&self) -> &VerifiedEnvelope {
+        &self.verified
+    }
+
+    /// The processing activity of its purpose (for the audit trail).
+    pub fn processing_activity(&self) -> &str {
+        &self.processing_activity
+    }
+
+    /// The recipients with their role in the case.
+    pub fn recipients(&self) -> &[(Oin, Role)] {
+        &self.recipients
+    }
+
+    /// What the broker noted: late, non-consent ground.
+    pub fn flags(&self) -> &[AcceptFlag] {
+        &self.flags
+    }
+
+    /// The non-consent ground used, if any (the FGs are alerted).
+    pub fn ground(&self) -> Option<NonConsentGround> {
+        self.ground
+    }
+
+    /// The `send_within` deadline, if the kind has one.
+    pub fn send_deadline(&self) -> Option<DateTime<Utc>> {
+        self.send_deadline
+    }
+
+    /// When an undelivered body expires.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.expires_at
+    }
+
+    /// For a breach notice: the cases it concerns and the recipients the broker resolved
+    /// from its flow history ([`crate::breach`]).
+    pub fn breach(&self) -> Option<&Routing> {
+        self.breach.as_ref()
     }
 }
 

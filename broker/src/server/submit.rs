@@ -97,9 +97,9 @@ impl Staged {
         Staged {
             id: h.id,
             kind: h.kind,
-            flags: authorised.flags.clone(),
+            flags: authorised.flags().to_vec(),
             recipients: authorised
-                .recipients
+                .recipients()
                 .iter()
                 .map(|(o, _)| o.clone())
                 .collect(),
@@ -178,7 +178,7 @@ fn about_message(entry: AuditEntry, authorised: &Authorised, oin: &Oin) -> Audit
         .actor(oin)
         .case_ref(&h.case_ref)
         .purpose(&h.purpose)
-        .processing_activity(&authorised.processing_activity)
+        .processing_activity(authorised.processing_activity())
         .kind(h.kind)
         .trace_id(h.trace_id)
 }
@@ -196,19 +196,19 @@ fn accepted_entries(
             .counterparties(recipients.iter())
     };
     let mut entries = vec![base(AuditEntry::ok(AuditEvent::Accepted))];
-    if let Some(ground) = authorised.ground {
+    if let Some(ground) = authorised.ground() {
         entries.push(base(AuditEntry::flagged(
             AuditEvent::NonConsentUse,
             ground.as_str(),
         )));
     }
-    if authorised.flags.contains(&AcceptFlag::Late) {
+    if authorised.flags().contains(&AcceptFlag::Late) {
         entries.push(base(AuditEntry::flagged(
             AuditEvent::DeadlineLate,
             "late_on_arrival",
         )));
     }
-    if let Some(routing) = &authorised.breach {
+    if let Some(routing) = authorised.breach() {
         // One record per affected case, naming every party concerned, so the breach shows
         // in each case's access report and in the report of each party's FG.
         for case in &routing.cases {
@@ -217,7 +217,7 @@ fn accepted_entries(
                     .actor(oin)
                     .case_ref(case)
                     .purpose(&h.purpose)
-                    .processing_activity(&authorised.processing_activity)
+                    .processing_activity(authorised.processing_activity())
                     .kind(h.kind)
                     .message_id(h.id)
                     .trace_id(h.trace_id)

@@ -718,7 +718,7 @@ impl Store {
         // Appended now; the spool stage syncs the spool before the writer writes the
         // metadata that refers to it (everything queued was appended before the stage
         // took it), so the metadata is never on disk without its body.
-        let body_at = self.spool.append(&id, &a.verified.envelope().encode())?;
+        let body_at = self.spool.append(&id, &a.verified().envelope().encode())?;
         meta.body_at = Some(body_at);
         let (done, landed) = oneshot::channel();
         let pending = PendingPut {
@@ -1272,7 +1272,7 @@ mod tests {
     fn envelopes_of(messages: &[Authorised]) -> Vec<Vec<u8>> {
         messages
             .iter()
-            .map(|a| a.verified.envelope().encode())
+            .map(|a| a.verified().envelope().encode())
             .collect()
     }
 
@@ -1448,7 +1448,7 @@ mod tests {
             store.put_message(a, &meta, &trail, vec![]).unwrap();
         }
         // Flip one byte of the first message's body in its segment file.
-        let damaged = messages[0].verified.envelope().encode();
+        let damaged = messages[0].verified().envelope().encode();
         let segment = std::fs::read_dir(&spool_dir)
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -1467,7 +1467,7 @@ mod tests {
 
         // The damaged one is skipped without taking the place of the intact one.
         let (deliveries, _) = store.fetch(&zorg, 1).unwrap();
-        let intact = messages[1].verified.envelope().encode();
+        let intact = messages[1].verified().envelope().encode();
         match deliveries.as_slice() {
             [Delivery::Message { envelope, .. }] => assert_eq!(
                 ketenpost_schemas::protocol::envelope_from_b64(envelope).unwrap(),
