@@ -179,10 +179,16 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
             return Response::Rejected(r);
         }
     };
+    // Named per kind of record, for the crash points.
+    let op = match &effect {
+        ControlEffect::CaseOpened(_) | ControlEffect::CaseChanged { .. } => "case",
+        ControlEffect::ConsentGranted(_) | ControlEffect::ConsentWithdrawn(_) => "consent",
+        ControlEffect::DeletionConfirmed(_) => "confirmation",
+    };
     let (actor, s) = (oin.clone(), shared.clone());
     let outcome = transition(
         shared,
-        "control",
+        op,
         move |v| {
             let deletion = match &effect {
                 ControlEffect::DeletionConfirmed(c) => v.deletion(&c.order_id, &c.party)?,
