@@ -34,7 +34,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::control::{DeletionOrder, SignedRecord};
+use ketenpost_schemas::control::DeletionOrder;
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::protocol::{envelope_to_b64, Delivery};
 use serde::{Deserialize, Serialize};
@@ -1026,23 +1026,6 @@ impl Store {
         Ok(due)
     }
 
-    /// Whether `party` has anything waiting.
-    pub fn has_pending(&self, party: &Oin) -> Result<bool, StoreError> {
-        let prefix = party.as_str().as_bytes();
-        Ok(self.queue.scan_prefix(prefix).next().is_some()
-            || self.notices.scan_prefix(prefix).next().is_some())
-    }
-
-    /// Queue a notice for a party.
-    pub fn push_notice(&self, party: &Oin, record: &SignedRecord) -> Result<u64, StoreError> {
-        let seq = self.db.generate_id()?;
-        self.notices.insert(
-            key2(party.as_str().as_bytes(), &seq.to_be_bytes()),
-            json(record),
-        )?;
-        Ok(seq)
-    }
-
     /// Remove the party's notices up to and including `up_to`.
     pub fn ack_notices(&self, party: &Oin, up_to: u64) -> Result<usize, StoreError> {
         let prefix = party.as_str().as_bytes();
@@ -1058,7 +1041,9 @@ impl Store {
         Ok(n)
     }
 
-    /// Store a case.
+    /// Store a case outside any transition: for tools and tests working on a stopped
+    /// broker's data. The running broker changes cases only through
+    /// [`Store::transition`].
     pub fn put_case(&self, case: &Case) -> Result<(), StoreError> {
         self.cases.insert(case.case_ref.as_str(), json(case))?;
         Ok(())
@@ -1089,25 +1074,6 @@ impl Store {
                 parse(&v, "case")
             })
             .collect()
-    }
-
-    /// Store a consent.
-    pub fn put_consent(&self, c: &Consent) -> Result<(), StoreError> {
-        self.consents
-            .insert(c.record.consent_id.as_bytes(), json(c))?;
-        Ok(())
-    }
-
-    /// Store a deletion order (unconfirmed) or its confirmation.
-    pub fn put_deletion(&self, d: &DeletionState) -> Result<(), StoreError> {
-        self.deletions.insert(
-            key2(
-                d.order.order_id.as_bytes(),
-                d.order.party.as_str().as_bytes(),
-            ),
-            json(d),
-        )?;
-        Ok(())
     }
 
     /// A deletion order for a party.
@@ -1226,6 +1192,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use ketenpost_schemas::control::SignedRecord;
     use ketenpost_schemas::kind::Kind;
     use ketenpost_schemas::protocol::RejectCode;
 
