@@ -490,7 +490,7 @@ fn legal_basis(
     };
     match checks::check_legal_basis(&sharing, rule, &registry, now) {
         Ok(_) => Ok(basis),
-        Err(r) if r.code == RejectCode::Storage => Ok(basis),
+        Err(r) if r.code.is_transient() => Ok(basis),
         Err(r) => Err(Error::refused_early(r)),
     }
 }
@@ -512,6 +512,7 @@ pub fn check_sealed(envelope: &[u8], cx: &Context<'_>, now: DateTime<Utc>) -> Re
         directory: cx.directory,
         limits: &Limits::default(),
         keys: None,
+        max_clock_skew: checks::DEFAULT_CLOCK_SKEW,
     };
     let sealed = checks::Submitted {
         transport: cx.me,
@@ -519,7 +520,7 @@ pub fn check_sealed(envelope: &[u8], cx: &Context<'_>, now: DateTime<Utc>) -> Re
     };
     match checks::check_message(sealed, env, &registry, now) {
         Ok(_) => Ok(()),
-        Err(r) if r.code == RejectCode::Storage => Ok(()),
+        Err(r) if r.code.is_transient() => Ok(()),
         Err(r) => Err(Error::refused_early(r)),
     }
 }

@@ -17,8 +17,13 @@ use ketenpost_schemas::policy::Role;
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection};
 use serde::{Deserialize, Serialize};
 
-use crate::store::Store;
+use crate::store::{Sealed, Store};
 use crate::Error;
+
+impl Sealed for OutboxEntry {
+    const SECRET: &'static [&'static str] = &["reseal"];
+    const WHAT: &'static str = "outbox entry";
+}
 
 /// Where the submission stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,7 +271,7 @@ impl OutboxEntry {
                     flags: vec![AcceptFlag::Duplicate],
                 };
             }
-            SubmitAnswer::Rejected(r) if r.code == RejectCode::Storage => {
+            SubmitAnswer::Rejected(r) if r.code.is_transient() => {
                 self.last_error = Some(format!("broker storage: {}", r.reason));
                 return false;
             }
@@ -302,7 +307,7 @@ impl Store {
         let key = entry.message_id.0.as_bytes();
         {
             let _guard = self.lock();
-            Store::put(&self.outbox, key, entry)?;
+            self.put_sealed(&self.outbox, key, entry)?;
             self.outbox_queue.insert(key, &[])?;
         }
         self.flush().await
@@ -310,12 +315,12 @@ impl Store {
 
     /// An outbox entry.
     pub fn outbox_get(&self, id: &MessageId) -> Result<Option<OutboxEntry>, Error> {
-        Store::get(&self.outbox, "outbox entry", id.0.as_bytes())
+        self.get_sealed(&self.outbox, id.0.as_bytes())
     }
 
     /// Every outbox entry, oldest first.
     pub fn outbox_all(&self) -> Result<Vec<OutboxEntry>, Error> {
-        Store::all(&self.outbox, "outbox entry")
+        self.all_sealed(&self.outbox)
     }
 
     /// The entries still to submit, oldest first, at most `max`.
@@ -323,7 +328,7 @@ impl Store {
         let mut out = Vec::new();
         for k in self.outbox_queue.iter().keys().take(max) {
             let k = k?;
-            match Store::get::<OutboxEntry>(&self.outbox, "outbox entry", &k)? {
+            match self.get_sealed::<OutboxEntry>(&self.outbox, &k)? {
                 Some(e) => out.push(e),
                 None => {
                     self.outbox_queue.remove(&k)?;
@@ -346,13 +351,13 @@ impl Store {
     ) -> Result<Option<OutboxEntry>, Error> {
         let _guard = self.lock();
         let key = id.0.as_bytes();
-        let Some(mut entry) = Store::get::<OutboxEntry>(&self.outbox, "outbox entry", key)? else {
+        let Some(mut entry) = self.get_sealed::<OutboxEntry>(&self.outbox, key)? else {
             return Ok(None);
         };
         if !f(&mut entry) {
             return Ok(Some(entry));
         }
-        Store::put(&self.outbox, key, &entry)?;
+        self.put_sealed(&self.outbox, key, &entry)?;
         if entry.submission != Submission::Queued {
             self.outbox_queue.remove(key)?;
         }

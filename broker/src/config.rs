@@ -18,10 +18,17 @@
 //! directory_sig = "directory.json.sig"
 //! signing_key = "broker/signing.key"   # the broker's own checkpoint key
 //!
-//! [limits]                             # all optional
-//! max_connections = 1024
-//! max_streams_per_connection = 256
+//! [limits]                             # all optional; per party = per OIN
+//! max_connections = 1024               # authenticated connections, all parties
+//! max_connections_per_party = 8
+//! max_streams_per_connection = 128
+//! max_streams_per_party = 256          # requests in flight, across its connections
+//! max_buffered_bytes_per_connection = 33554432
+//! max_buffered_bytes = 536870912       # request bytes buffered, all connections
+//! max_handshakes = 128                 # TLS handshakes in progress (unauthenticated)
+//! handshake_timeout_secs = 10
 //! request_timeout_secs = 30
+//! max_clock_skew_secs = 300            # how far ahead of the broker an event_time may be
 //! max_fetch = 256
 //! max_envelope_bytes = 16777216
 //! cache_mb = 16                        # sled page cache
@@ -31,6 +38,9 @@
 //! checkpoint_interval_secs = 60
 //! sweep_interval_secs = 10
 //! ```
+//!
+//! A production broker refuses to start without a CRL (`tls.crls`); `dev_mode = true` at
+//! the top level allows it, for a local test federation only.
 //!
 //! Relative paths are taken relative to the configuration file's folder.
 
@@ -88,12 +98,31 @@ pub struct FederationFiles {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Most concurrent partner connections.
+    /// Most authenticated partner connections, all parties together.
     pub max_connections: usize,
-    /// Most concurrent requests (streams) per connection.
+    /// Most authenticated connections of one party (OIN). An agent needs one, plus one
+    /// lingering across a restart; the rest is room for its CLI and its FG.
+    pub max_connections_per_party: usize,
+    /// Most concurrent requests (streams) per connection (the QUIC stream limit).
     pub max_streams_per_connection: u32,
+    /// Most requests in flight of one party, across all its connections; one more is
+    /// refused at once with `over_limit`.
+    pub max_streams_per_party: usize,
+    /// Request bytes the broker buffers for one connection; beyond it, reading waits
+    /// (QUIC flow control then slows that peer alone). At least one largest request.
+    pub max_buffered_bytes_per_connection: usize,
+    /// Request bytes the broker buffers for all connections together; a request that
+    /// cannot get its share within the request timeout is refused with `over_limit`.
+    pub max_buffered_bytes: usize,
+    /// Most TLS handshakes in progress (before the peer's identity is known); more
+    /// connection attempts are refused before any TLS work.
+    pub max_handshakes: usize,
+    /// How long a handshake may take.
+    pub handshake_timeout_secs: u64,
     /// How long one request may take to arrive.
     pub request_timeout_secs: u64,
+    /// How far a message's `event_time` may lie ahead of the broker's clock.
+    pub max_clock_skew_secs: u64,
     /// Most deliveries per fetch.
     pub max_fetch: u16,
     /// Largest envelope accepted.
@@ -113,8 +142,15 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: 1024,
-            max_streams_per_connection: 256,
+            max_connections_per_party: 8,
+            max_streams_per_connection: 128,
+            max_streams_per_party: 256,
+            max_buffered_bytes_per_connection: 32 * 1024 * 1024,
+            max_buffered_bytes: 512 * 1024 * 1024,
+            max_handshakes: 128,
+            handshake_timeout_secs: 10,
             request_timeout_secs: 30,
+            max_clock_skew_secs: 300,
             max_fetch: 256,
             max_envelope_bytes: 16 * 1024 * 1024,
             cache_mb: 16,
@@ -157,6 +193,9 @@ pub struct BrokerConfig {
     /// Limits.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Allow starting without a CRL (a local test federation). Never in production.
+    #[serde(default)]
+    pub dev_mode: bool,
     /// Timers.
     #[serde(default)]
     pub timers: TimersConfig,
@@ -207,7 +246,11 @@ impl BrokerConfig {
     pub fn check(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         if l.max_connections == 0
+            || l.max_connections_per_party == 0
             || l.max_streams_per_connection == 0
+            || l.max_streams_per_party == 0
+            || l.max_handshakes == 0
+            || l.handshake_timeout_secs == 0
             || l.max_fetch == 0
             || l.blocking_threads == 0
         {
@@ -216,6 +259,32 @@ impl BrokerConfig {
         if l.max_envelope_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "limits.max_envelope_bytes must be at least 1024".to_owned(),
+            ));
+        }
+        let largest = self.largest_request();
+        if l.max_buffered_bytes_per_connection < largest || l.max_buffered_bytes < largest {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_buffered_bytes_per_connection and limits.max_buffered_bytes must \
+                 hold at least one largest request ({largest} bytes: max_envelope_bytes plus \
+                 the frame head)"
+            )));
+        }
+        if u32::try_from(l.max_buffered_bytes_per_connection).is_err() {
+            return Err(ConfigError::Invalid(
+                "limits.max_buffered_bytes_per_connection must be below 4 GiB".to_owned(),
+            ));
+        }
+        if l.max_clock_skew_secs > 86_400 {
+            return Err(ConfigError::Invalid(
+                "limits.max_clock_skew_secs must be at most 86400 (a day)".to_owned(),
+            ));
+        }
+        if self.tls.crls.is_empty() && !self.dev_mode {
+            return Err(ConfigError::Invalid(
+                "tls.crls is empty: a broker checks partner certificates against the CA's \
+                 revocation list; name the CRL file(s), or set dev_mode = true for a local \
+                 test federation"
+                    .to_owned(),
             ));
         }
         let t = &self.timers;
@@ -256,11 +325,22 @@ impl BrokerConfig {
                 signing_key: fed.broker.signing_key.clone(),
             },
             limits: LimitsConfig::default(),
+            dev_mode: false,
             timers: TimersConfig::default(),
         }
     }
 
     /// The request timeout.
+    /// The largest request frame: an envelope of `max_envelope_bytes` plus the frame head.
+    pub fn largest_request(&self) -> usize {
+        self.limits.max_envelope_bytes.saturating_add(1024)
+    }
+
+    /// How long a handshake may take.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.handshake_timeout_secs)
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.request_timeout_secs)
     }

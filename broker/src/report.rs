@@ -1516,6 +1516,7 @@ mod tests {
                 outcome,
                 reason: reason.map(str::to_owned),
                 trace_id: None,
+                request_digest: None,
                 prev_hash: GENESIS_HASH.into(),
                 hash: format!("{:064x}", self.seq),
             });

@@ -132,6 +132,9 @@ pub enum AuditEvent {
     Accepted,
     /// A submitted message failed a check; nothing was queued.
     Rejected,
+    /// A party went over one of its limits at the broker (connections, requests in
+    /// flight, buffered bytes); recorded once per episode, the reason names the limit.
+    LimitExceeded,
     /// A message was handed to a recipient agent.
     Delivered,
     /// A recipient's signed receipt arrived.
@@ -180,6 +183,7 @@ impl AuditEvent {
         match self {
             AuditEvent::Accepted => "accepted",
             AuditEvent::Rejected => "rejected",
+            AuditEvent::LimitExceeded => "limit_exceeded",
             AuditEvent::Delivered => "delivered",
             AuditEvent::Receipt => "receipt",
             AuditEvent::Expired => "expired",
@@ -285,6 +289,11 @@ pub struct AuditRecord {
     /// W3C trace id, to find the same message in the partners' own logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Lowercase hex SHA-256 of a refused request's bytes, for a refusal made before the
+    /// sender's signature verified: nothing the request claims is recorded then, but its
+    /// sender can still find its own message by this digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_digest: Option<String>,
     /// Hash of the previous record ([`GENESIS_HASH`] for record 1).
     pub prev_hash: String,
     /// Hash of this record's canonical bytes (which are computed with this field empty).
@@ -344,6 +353,7 @@ pub struct AuditEntry {
     reason_code: Option<&'static str>,
     explanation: Option<&'static str>,
     trace_id: Option<String>,
+    request_digest: Option<String>,
 }
 
 impl AuditEntry {
@@ -363,6 +373,7 @@ impl AuditEntry {
             reason_code: None,
             explanation: None,
             trace_id: None,
+            request_digest: None,
         }
     }
 
@@ -456,6 +467,12 @@ impl AuditEntry {
         self
     }
 
+    /// The SHA-256 of a refused request's bytes (see [`AuditRecord::request_digest`]).
+    pub fn request_digest(mut self, bytes: &[u8]) -> Self {
+        self.request_digest = Some(hex::encode(Sha256::digest(bytes)));
+        self
+    }
+
     /// The W3C trace id.
     pub fn trace_id(mut self, trace_id: impl fmt::Display) -> Self {
         self.trace_id = Some(trace_id.to_string());
@@ -528,6 +545,7 @@ impl AuditEntry {
             outcome: self.outcome,
             reason,
             trace_id: self.trace_id,
+            request_digest: self.request_digest,
             prev_hash,
             hash: String::new(),
         }

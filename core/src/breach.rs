@@ -112,8 +112,15 @@ pub struct Involvement {
     pub parties: BTreeMap<Oin, BTreeSet<CaseRef>>,
 }
 
-/// Who was involved in the cases of `scope` within its window (both ends included).
-pub fn involvement(flows: &[Flow], scope: &BreachScope, sender: &Oin) -> Involvement {
+/// Who was involved in the cases of `scope` within its window (both ends included). For a
+/// case where `member(case)` is false (the sender is no longer in its team), only the
+/// flows the sender took part in count.
+pub fn involvement(
+    flows: &[Flow],
+    scope: &BreachScope,
+    sender: &Oin,
+    member: impl Fn(&CaseRef) -> bool,
+) -> Involvement {
     let in_window: Vec<&Flow> = flows
         .iter()
         .filter(|f| f.at >= scope.from && f.at <= scope.until)
@@ -128,7 +135,12 @@ pub fn involvement(flows: &[Flow], scope: &BreachScope, sender: &Oin) -> Involve
         );
     }
     let mut parties: BTreeMap<Oin, BTreeSet<CaseRef>> = BTreeMap::new();
-    for f in in_window.iter().filter(|f| cases.contains(&f.case_ref)) {
+    let took_part = |f: &Flow| &f.sender == sender || f.recipients.contains(sender);
+    for f in in_window
+        .iter()
+        .filter(|f| cases.contains(&f.case_ref))
+        .filter(|f| member(&f.case_ref) || took_part(f))
+    {
         for p in std::iter::once(&f.sender).chain(&f.recipients) {
             parties
                 .entry(p.clone())
@@ -241,11 +253,13 @@ pub fn route(
                     format!("affected case {c} is not registered"),
                 )
             })?;
-        if !case.all_parties().contains(&h.sender) {
+        // A former member may not name the case: the refusal with the expected set would
+        // tell it who exchanged messages about the case after it left.
+        if case.role_of(&h.sender).is_none() {
             return Err(reject(
                 RejectCode::NotInCaseTeam,
                 format!(
-                    "sender {} never was in the team of affected case {c}",
+                    "sender {} is not in the team of affected case {c}",
                     h.sender
                 ),
             ));
@@ -261,15 +275,20 @@ pub fn route(
         }
         FlowHistory::Flows(f) => f,
     };
-    let inv = involvement(&flows, scope, &h.sender);
+    let candidates = involvement(&flows, scope, &h.sender, |_| true);
     // Every affected case is read before routing, so a case the registry cannot read is a
     // `storage` answer, never a silently shorter recipient list.
     let mut cases = BTreeMap::new();
-    for c in &inv.cases {
+    for c in &candidates.cases {
         if let Some(case) = reg.case(c).map_err(crate::checks::unknown)? {
             cases.insert(c.clone(), case);
         }
     }
+    // Of a case the sender has left (found through all_cases_of_sender), only the flows
+    // it took part in itself count: it learns nothing of the case's later traffic.
+    let inv = involvement(&flows, scope, &h.sender, |c| {
+        cases.get(c).is_some_and(|k| k.role_of(&h.sender).is_some())
+    });
     let expected = expected_recipients(
         &inv,
         &h.sender,
@@ -331,6 +350,7 @@ mod tests {
             outcome: Outcome::Ok,
             reason: None,
             trace_id: None,
+            request_digest: None,
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
         }
@@ -380,7 +400,7 @@ mod tests {
             from: t - Duration::days(5),
             until: t,
         };
-        let inv = involvement(&flows, &scope, &oin(1));
+        let inv = involvement(&flows, &scope, &oin(1), |_| true);
         assert_eq!(inv.cases, [a.clone()].into());
         assert_eq!(
             inv.parties.keys().cloned().collect::<Vec<_>>(),
@@ -391,11 +411,18 @@ mod tests {
             all_cases_of_sender: true,
             ..scope
         };
-        let inv = involvement(&flows, &all, &oin(1));
-        assert_eq!(inv.cases, [a, b].into());
+        let inv = involvement(&flows, &all, &oin(1), |_| true);
+        assert_eq!(inv.cases, [a.clone(), b].into());
         assert_eq!(
             inv.parties.keys().cloned().collect::<Vec<_>>(),
             vec![oin(1), oin(2), oin(3), oin(6)]
+        );
+        // Having left case a, the sender learns only of the flows it took part in: not
+        // that 2 sent to 6.
+        let inv = involvement(&flows, &all, &oin(1), |c| c != &a);
+        assert_eq!(
+            inv.parties.keys().cloned().collect::<Vec<_>>(),
+            vec![oin(1), oin(2), oin(3)]
         );
     }
 

@@ -42,7 +42,13 @@ pub struct Env<'a> {
     /// The parties' signing keys, parsed once ([`sender_keys`]); without it, or for a
     /// party missing from it, the key is parsed from the directory.
     pub keys: Option<&'a SenderKeys>,
+    /// How far a header's `event_time` may lie ahead of `now` (the parties' clocks drift);
+    /// a later one is refused as `malformed`. [`DEFAULT_CLOCK_SKEW`] unless configured.
+    pub max_clock_skew: chrono::Duration,
 }
+
+/// The default for [`Env::max_clock_skew`]: five minutes.
+pub const DEFAULT_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
 /// The verifying keys of the directory's parties, by OIN.
 pub type SenderKeys = std::collections::HashMap<Oin, VerifyingKey>;
@@ -190,12 +196,71 @@ fn from_schema(e: SchemaError) -> Rejection {
 }
 
 /// Checks 1-7 for a submitted message. The caller does check 8 (durable write, audit).
+///
+/// [`check_message_facts`] also says what of the refused message is verified.
 pub fn check_message(
     sub: Submitted<'_>,
     env: Env<'_>,
     reg: &impl Registry,
     now: DateTime<Utc>,
 ) -> Result<Authorised, Rejection> {
+    check_message_facts(sub, env, reg, now).map_err(|r| r.rejection)
+}
+
+/// Why a message was refused, and its header when its signature verified (checks 1-2
+/// passed). Only then may an audit record name what the header says: before that, case,
+/// kind and recipients are the unsigned claims of whoever holds a connection.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The refusal.
+    pub rejection: Rejection,
+    /// The verified header; `None` when the message failed before its signature verified.
+    pub verified: Option<Box<Header>>,
+}
+
+/// [`check_message`], keeping the verified header of a refused message.
+pub fn check_message_facts(
+    sub: Submitted<'_>,
+    env: Env<'_>,
+    reg: &impl Registry,
+    now: DateTime<Utc>,
+) -> Result<Authorised, Refusal> {
+    let verified = authenticate(sub, &env).map_err(|rejection| Refusal {
+        rejection,
+        verified: None,
+    })?;
+    match decide(verified.header(), &env, reg, now) {
+        Ok(d) => Ok(Authorised {
+            processing_activity: d.processing_activity,
+            recipients: d.recipients,
+            flags: d.flags,
+            ground: d.ground,
+            send_deadline: d.send_deadline,
+            expires_at: d.expires_at,
+            breach: d.breach,
+            verified,
+        }),
+        Err(rejection) => Err(Refusal {
+            rejection,
+            verified: Some(Box::new(verified.header().clone())),
+        }),
+    }
+}
+
+/// What checks 3-7 decided about an authenticated message.
+struct Decision {
+    processing_activity: String,
+    recipients: Vec<(Oin, Role)>,
+    flags: Vec<AcceptFlag>,
+    ground: Option<NonConsentGround>,
+    send_deadline: Option<DateTime<Utc>>,
+    expires_at: DateTime<Utc>,
+    breach: Option<Routing>,
+}
+
+/// Checks 1-2: the envelope decodes, the connection's party is the header's sender and
+/// an active party, and the header's signature verifies with its key.
+fn authenticate(sub: Submitted<'_>, env: &Env<'_>) -> Result<VerifiedEnvelope, Rejection> {
     // 1. Transport identity = header sender; sender known and not revoked.
     let envelope = Envelope::decode(sub.bytes, env.limits).map_err(from_schema)?;
     let envelope = envelope.into_claimed().map_err(from_schema)?;
@@ -224,11 +289,18 @@ pub fn check_message(
     };
 
     // 2. Signature over the header bytes; body digests; header structure.
-    let verified = envelope
+    envelope
         .verify(env.limits, &sender_key)
-        .map_err(from_schema)?;
-    let h = verified.header();
+        .map_err(from_schema)
+}
 
+/// Checks 3-7 over a verified header.
+fn decide(
+    h: &Header,
+    env: &Env<'_>,
+    reg: &impl Registry,
+    now: DateTime<Utc>,
+) -> Result<Decision, Rejection> {
     // 3. Replay and duplicate protection.
     if reg.seen(&h.id).map_err(unknown)? {
         return Err(reject(
@@ -323,7 +395,21 @@ pub fn check_message(
     // 6. Legal basis.
     let ground = check_legal_basis(&Sharing::of(h, sender_role, &recipients), rule, reg, now)?;
 
-    // 7. Deadline bookkeeping: late is accepted and flagged, never dropped.
+    // 7. Deadline bookkeeping: late is accepted and flagged, never dropped. An event in
+    // the future (beyond clock drift) would move every deadline out: refused.
+    if let Some(event) = h.event_time {
+        if event > now + env.max_clock_skew {
+            return Err(reject(
+                RejectCode::Malformed,
+                format!(
+                    "the header's event_time lies {} s ahead of the receiver's clock (at most \
+                     {} s of clock drift is allowed): an event cannot be in the future",
+                    (event - now).num_seconds(),
+                    env.max_clock_skew.num_seconds()
+                ),
+            ));
+        }
+    }
     let mut flags = Vec::new();
     let send_deadline = match (rule.send_within, h.event_time) {
         (Some(within), Some(event)) => Some(within.deadline(event, &env.policy.calendar)),
@@ -346,7 +432,7 @@ pub fn check_message(
     }
     let expires_at = rule.undelivered_ttl.deadline(now, &env.policy.calendar);
 
-    Ok(Authorised {
+    Ok(Decision {
         processing_activity: purpose.processing_activity.clone(),
         recipients,
         flags,
@@ -354,7 +440,6 @@ pub fn check_message(
         send_deadline,
         expires_at,
         breach,
-        verified,
     })
 }
 
@@ -620,7 +705,7 @@ pub fn check_control(
         }
         Kind::Toestemming => {
             let t: Toestemming = verify_record(rec, &key)?;
-            check_consent_grant(t, rec, env, reg)
+            check_consent_grant(t, rec, env, reg, now)
         }
         Kind::ToestemmingIntrekking => {
             let w: ToestemmingIntrekking = verify_record(rec, &key)?;
@@ -839,6 +924,7 @@ fn check_consent_grant(
     rec: &SignedRecord,
     env: Env<'_>,
     reg: &impl Registry,
+    now: DateTime<Utc>,
 ) -> Result<ControlEffect, Rejection> {
     if t.obtained_by != rec.signer {
         return Err(not_permitted(
@@ -903,6 +989,28 @@ fn check_consent_grant(
         return Err(reject(
             RejectCode::Malformed,
             "valid_until is not after valid_from",
+        ));
+    }
+    // A consent is dated within reach of its case: no earlier than the case's opening
+    // minus the purpose's consent_backdating window, and not obtained in the future.
+    let window = purpose.consent_backdating;
+    let cal = &env.policy.calendar;
+    for (field, at) in [("valid_from", t.valid_from), ("obtained_at", t.obtained_at)] {
+        if window.deadline(at, cal) < case.opened_at {
+            return Err(reject(
+                RejectCode::Malformed,
+                format!(
+                    "{field} lies more than {window} before case {} was opened (the purpose's \
+                     consent_backdating)",
+                    t.case_ref
+                ),
+            ));
+        }
+    }
+    if t.obtained_at > now + env.max_clock_skew {
+        return Err(reject(
+            RejectCode::Malformed,
+            "obtained_at lies in the future",
         ));
     }
     if reg.consent(&t.consent_id).map_err(unknown)?.is_some() {

@@ -203,6 +203,7 @@ impl Fx {
             directory: &self.directory,
             limits: &self.limits,
             keys: None,
+            max_clock_skew: crate::checks::DEFAULT_CLOCK_SKEW,
         }
     }
 

@@ -117,6 +117,9 @@ pub enum RejectCode {
     Conflict,
     /// The broker could not store the message; nothing was accepted.
     Storage,
+    /// The sending party is over one of its limits at the broker (connections, requests in
+    /// flight, buffered bytes); nothing was accepted. Try again later, with fewer at once.
+    OverLimit,
 }
 
 impl RejectCode {
@@ -125,7 +128,7 @@ impl RejectCode {
     pub fn check(self) -> u8 {
         use RejectCode::*;
         match self {
-            Malformed | NotPermitted | Conflict => 0,
+            Malformed | NotPermitted | Conflict | OverLimit => 0,
             TransportIdentity | UnknownSender => 1,
             BadSignature | DigestMismatch => 2,
             Replay => 3,
@@ -174,7 +177,15 @@ impl RejectCode {
             NotPermitted => "not_permitted",
             Conflict => "conflict",
             Storage => "storage",
+            OverLimit => "over_limit",
         }
+    }
+
+    /// Whether the refusal says nothing about the message itself, so that the same
+    /// submission may succeed later (the broker's storage failed, or the sender was over
+    /// a limit). Every other code is final for that message.
+    pub fn is_transient(self) -> bool {
+        matches!(self, RejectCode::Storage | RejectCode::OverLimit)
     }
 }
 
@@ -424,6 +435,25 @@ fn json_frame<T: Serialize>(kind: u8, body: &T) -> Vec<u8> {
     frame(kind, &serde_json::to_vec(body).unwrap_or_default())
 }
 
+/// The head of every frame: the protocol version and the frame kind.
+pub const FRAME_HEAD: usize = 2;
+
+/// The largest frame a request of kind byte `kind` may be, when envelopes may be
+/// `max_envelope` bytes; `None` for a kind that does not exist. Only a submission carries
+/// an envelope; every other request is a small JSON body, and the broker reads no more of
+/// it than this.
+pub fn request_bound(kind: u8, max_envelope: usize) -> Option<usize> {
+    Some(match kind {
+        0x01 => FRAME_HEAD.saturating_add(max_envelope),
+        // A signed control record: a consent names a few parties and purposes.
+        0x04 => 64 * 1024,
+        // A signed receipt: ids, digests and a signature.
+        0x03 => 8 * 1024,
+        0x02 | 0x05..=0x08 => 1024,
+        _ => return None,
+    })
+}
+
 fn split(bytes: &[u8], limit: usize) -> Result<(u8, &[u8]), Error> {
     if bytes.len() > limit {
         return Err(Error::TooLarge {
@@ -604,8 +634,12 @@ mod tests {
             },
         ];
         for r in reqs {
-            assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+            let bytes = r.encode();
+            assert_eq!(Request::decode(&bytes).unwrap(), r);
+            let bound = request_bound(bytes[1], 1 << 20).expect("a known kind");
+            assert!(bytes.len() <= bound, "{r:?} is over its frame bound");
         }
+        assert_eq!(request_bound(0x99, 1 << 20), None);
         let resps = [
             Response::Accepted {
                 message_id: MessageId::new(),

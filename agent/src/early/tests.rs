@@ -62,7 +62,7 @@ fn world(policy_text: &str) -> World {
             roles: vec![Role::new(*role)],
             signing_key: keys::verifying_key_to_text(&k.verifying_key()),
             age_recipient: keys::generate_age_identity().to_public().to_string(),
-            cert_fingerprint: String::new(),
+            cert_fingerprint: "00".repeat(32),
             fg_contact: "fg@example.org".into(),
             revoked: false,
         });
@@ -77,7 +77,7 @@ fn world(policy_text: &str) -> World {
         broker: BrokerEntry {
             name: "broker".into(),
             signing_key: keys::verifying_key_to_text(&broker_key.verifying_key()),
-            cert_fingerprint: String::new(),
+            cert_fingerprint: "00".repeat(32),
         },
         parties,
     };
@@ -250,6 +250,7 @@ impl World {
                 directory: &self.directory,
                 limits: &Limits::default(),
                 keys: None,
+                max_clock_skew: ketenpost_core::checks::DEFAULT_CLOCK_SKEW,
             },
             &reg,
             Utc::now(),

@@ -19,7 +19,8 @@ use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self};
 use ketenpost_schemas::policy::Policy;
 use ketenpost_schemas::protocol::{
-    AcceptFlag, CheckpointWire, Documents, RejectCode, Rejection, Request, Response, MAX_REQUEST,
+    request_bound, AcceptFlag, CheckpointWire, Documents, RejectCode, Rejection, Request, Response,
+    FRAME_HEAD, PROTOCOL_VERSION,
 };
 use tokio::sync::{watch, Notify, RwLock};
 use tokio::task::JoinSet;
@@ -41,9 +42,12 @@ use ketenpost_transport::tls;
 
 pub use ketenpost_schemas::control::BROKER_SIGNER;
 
+pub mod limits;
 mod records;
 mod submit;
 mod sweep;
+
+use limits::{Admission, ConnectionGuard, Limit, Refused};
 
 use records::{control, fetch, receipt};
 use submit::submit;
@@ -67,6 +71,8 @@ struct Shared {
     /// The parties' verifying keys, parsed once.
     sender_keys: checks::SenderKeys,
     waiters: Mutex<HashMap<Oin, Arc<Notify>>>,
+    /// What each party holds of the broker (connections, requests, buffered bytes).
+    admission: Arc<Admission>,
 }
 
 impl Shared {
@@ -80,6 +86,10 @@ impl Shared {
             directory: &self.directory,
             limits: &self.limits,
             keys: Some(&self.sender_keys),
+            // At most a day (the config check), so this cannot overflow.
+            max_clock_skew: chrono::Duration::seconds(
+                i64::try_from(self.config.limits.max_clock_skew_secs).unwrap_or(86_400),
+            ),
         }
     }
 
@@ -101,6 +111,16 @@ impl Shared {
     fn audit(&self, entry: AuditEntry) {
         if let Err(e) = self.audit.append(entry, self.clock.now()) {
             error!(cause = %e, "audit append failed");
+        }
+    }
+
+    /// Audit a party's refusal for a limit, once per episode.
+    fn over_limit(&self, party: &Oin, refused: Refused) {
+        if refused.new_episode {
+            warn!(%party, limit = refused.limit.as_str(), "party over a limit; refusing it until it is back under");
+            self.audit(
+                AuditEntry::refused(AuditEvent::LimitExceeded, refused.limit.as_str()).actor(party),
+            );
         }
     }
 
@@ -218,6 +238,7 @@ impl Broker {
             max_envelope: config.limits.max_envelope_bytes,
             ..Limits::default()
         };
+        let admission = Admission::new(&config.limits);
         let signer: Oin = BROKER_SIGNER.parse()?;
         let sender_keys = checks::sender_keys(&directory);
         let shared = Arc::new(Shared {
@@ -233,6 +254,7 @@ impl Broker {
             registry_lock: RwLock::new(()),
             sender_keys,
             waiters: Mutex::new(HashMap::new()),
+            admission,
         });
         shared.audit(AuditEntry::ok(AuditEvent::BrokerStarted));
         info!(%addr, covenant = %shared.policy.covenant.id, parties = shared.directory.parties.len(), "broker listening");
@@ -325,15 +347,30 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
             _ = stop.changed() => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if connections.len() >= shared.config.limits.max_connections {
-                    warn!("connection limit reached, refusing a connection");
+                // Identity is unknown until the handshake completes: cap the handshakes in
+                // progress, and give each a deadline; per-party limits apply after it.
+                let Some(slot) = shared.admission.handshake() else {
+                    debug!("handshake cap reached, refusing a connection attempt");
                     incoming.refuse();
                     continue;
-                }
+                };
                 let shared = shared.clone();
                 let stop = stop.clone();
                 connections.spawn(async move {
-                    if let Err(e) = connection(incoming, shared, stop).await {
+                    let deadline = shared.config.handshake_timeout();
+                    let conn = match tokio::time::timeout(deadline, incoming).await {
+                        Ok(Ok(conn)) => conn,
+                        Ok(Err(e)) => {
+                            debug!(cause = %e, "handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!("handshake not completed within its deadline");
+                            return;
+                        }
+                    };
+                    drop(slot);
+                    if let Err(e) = connection(conn, shared, stop).await {
                         debug!(cause = %e, "connection ended");
                     }
                 });
@@ -384,11 +421,10 @@ async fn make_checkpoint(shared: &Arc<Shared>) {
 }
 
 async fn connection(
-    incoming: quinn::Incoming,
+    conn: quinn::Connection,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let conn = incoming.await?;
     let oin = match tls::peer_oin(&conn) {
         Ok(oin) => oin,
         Err(e) => {
@@ -402,12 +438,21 @@ async fn connection(
         conn.close(2u32.into(), b"not an active party");
         return Ok(());
     };
+    // The directory loader refuses an entry without a fingerprint, so this always compares.
     let fingerprint = tls::peer_fingerprint(&conn).unwrap_or_default();
-    if !party.cert_fingerprint.is_empty() && party.cert_fingerprint != fingerprint {
+    if party.cert_fingerprint != fingerprint {
         warn!(%oin, "client certificate is not the one the directory lists");
         conn.close(3u32.into(), b"certificate not in directory");
         return Ok(());
     }
+    let guard = match shared.admission.connect(&oin) {
+        Ok(g) => Arc::new(g),
+        Err(refused) => {
+            shared.over_limit(&oin, refused);
+            conn.close(4u32.into(), refused.limit.as_str().as_bytes());
+            return Ok(());
+        }
+    };
     let span = info_span!("connection", %oin, remote = %conn.remote_address());
     async move {
         info!("partner connected");
@@ -419,8 +464,9 @@ async fn connection(
                     Ok((send, recv)) => {
                         let shared = shared.clone();
                         let oin = oin.clone();
+                        let guard = guard.clone();
                         streams.spawn(async move {
-                            if let Err(e) = stream(send, recv, &shared, &oin).await {
+                            if let Err(e) = stream(send, recv, &shared, &oin, &guard).await {
                                 debug!(cause = %e, "stream failed");
                             }
                         }.in_current_span());
@@ -447,35 +493,123 @@ async fn stream(
     mut recv: quinn::RecvStream,
     shared: &Arc<Shared>,
     oin: &Oin,
+    conn: &ConnectionGuard,
 ) -> anyhow::Result<()> {
-    let limit = MAX_REQUEST.min(shared.config.limits.max_envelope_bytes + 1024);
-    let bytes = match tokio::time::timeout(shared.config.request_timeout(), recv.read_to_end(limit))
-        .await
-    {
-        Ok(Ok(b)) => b,
-        Ok(Err(quinn::ReadToEndError::TooLong)) => {
+    let _in_flight = match shared.admission.stream(oin) {
+        Ok(g) => g,
+        Err(refused) => {
+            shared.over_limit(oin, refused);
+            let _ = recv.stop(2u32.into());
+            return answer(&mut send, &over_limit(refused.limit, shared)).await;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + shared.config.request_timeout();
+    let mut held = Vec::new();
+    let bytes = match read_request(&mut recv, conn, deadline, &shared.config, &mut held).await {
+        Ok(b) => b,
+        Err(ReadError::TooLong { kind, limit }) => {
             let r = Rejection::new(
                 RejectCode::Malformed,
-                format!("request is over the limit of {limit} bytes"),
+                format!("a request of type 0x{kind:02x} is over its limit of {limit} bytes"),
             );
+            let _ = recv.stop(1u32.into());
             shared.audit(AuditEntry::refused(AuditEvent::Rejected, r.code.as_str()).actor(oin));
-            send.write_all(&Response::Rejected(r).encode()).await?;
-            send.finish()?;
-            return Ok(());
+            return answer(&mut send, &Response::Rejected(r)).await;
         }
-        Ok(Err(e)) => return Err(e.into()),
-        Err(_) => {
+        Err(ReadError::Budget) => {
+            let refused = shared.admission.refused(oin, Limit::BufferedBytes);
+            shared.over_limit(oin, refused);
+            let _ = recv.stop(2u32.into());
+            return answer(&mut send, &over_limit(Limit::BufferedBytes, shared)).await;
+        }
+        Err(ReadError::Timeout) => {
             let _ = send.reset(1u32.into());
             return Ok(());
         }
+        Err(ReadError::Stream(e)) => return Err(e.into()),
     };
+    shared.admission.recovered(oin, Limit::BufferedBytes);
     let response = match Request::decode(&bytes) {
         Ok(req) => handle(req, shared, oin).await,
         Err(e) => Response::Rejected(Rejection::new(RejectCode::Malformed, e.to_string())),
     };
+    drop(held);
+    answer(&mut send, &response).await
+}
+
+async fn answer(send: &mut quinn::SendStream, response: &Response) -> anyhow::Result<()> {
     send.write_all(&response.encode()).await?;
     send.finish()?;
     Ok(())
+}
+
+fn over_limit(limit: Limit, shared: &Shared) -> Response {
+    Response::Rejected(Rejection::new(
+        RejectCode::OverLimit,
+        limit.explain(&shared.config.limits),
+    ))
+}
+
+/// Why a request could not be read.
+#[derive(Debug)]
+enum ReadError {
+    /// Longer than the bound of its frame kind (or of an unknown kind's head).
+    TooLong { kind: u8, limit: usize },
+    /// The global byte budget stayed exhausted until the request's deadline.
+    Budget,
+    /// The request did not arrive whole before its deadline.
+    Timeout,
+    /// The stream failed.
+    Stream(quinn::ReadError),
+}
+
+/// Read one request frame: the 2-byte head first, then at most the bound of its kind,
+/// reserving every chunk from the connection's and the global byte budget before it is
+/// kept (the reservations go to `held`, to be released once the request is answered).
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+    conn: &ConnectionGuard,
+    deadline: tokio::time::Instant,
+    config: &BrokerConfig,
+    held: &mut Vec<limits::Reservation>,
+) -> Result<Vec<u8>, ReadError> {
+    let mut bytes = Vec::new();
+    let mut limit = FRAME_HEAD;
+    loop {
+        let want = if bytes.len() < FRAME_HEAD {
+            FRAME_HEAD - bytes.len()
+        } else {
+            // One byte past the bound, to tell "exactly the bound" from "over it".
+            (limit + 1).saturating_sub(bytes.len()).min(64 * 1024)
+        };
+        let chunk = match tokio::time::timeout_at(deadline, recv.read_chunk(want, true)).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(Err(e)) => return Err(ReadError::Stream(e)),
+            Ok(Ok(None)) => return Ok(bytes),
+            Ok(Ok(Some(chunk))) => chunk.bytes,
+        };
+        held.push(
+            conn.reserve(chunk.len(), deadline)
+                .await
+                .map_err(|_| ReadError::Budget)?,
+        );
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() >= FRAME_HEAD && limit == FRAME_HEAD {
+            let kind = bytes[1];
+            // An unknown kind or version is read no further: its head decodes to a clear
+            // error. An unknown kind still gets a small bound, so its error can be given.
+            limit = request_bound(kind, config.limits.max_envelope_bytes).unwrap_or(FRAME_HEAD);
+            if bytes[0] != PROTOCOL_VERSION || limit == FRAME_HEAD {
+                return Ok(bytes);
+            }
+        }
+        if bytes.len() > limit {
+            return Err(ReadError::TooLong {
+                kind: bytes[1],
+                limit,
+            });
+        }
+    }
 }
 
 async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
@@ -519,21 +653,28 @@ fn storage_error(e: StoreError) -> Response {
     ))
 }
 
-fn rejected_entry(r: &Rejection, oin: &Oin, bytes: &[u8], limits: &Limits) -> AuditEntry {
-    let mut e = AuditEntry::refused(AuditEvent::Rejected, r.code.as_str()).actor(oin);
-    // What the header claims, when it parses: typed values only (ids, kind), never content.
-    if let Ok(h) = ketenpost_schemas::envelope::Envelope::decode(bytes, limits)
-        .and_then(|env| env.unverified_header())
-    {
-        e = e
-            .kind(h.kind)
-            .case_ref(&h.case_ref)
-            .message_id(h.id)
-            .trace_id(h.trace_id)
-            .counterparties(h.recipients.iter());
-        if let Some(p) = shared_purpose(&h.purpose) {
-            e = e.purpose(p);
-        }
+/// The audit record of a refused submission. Before the sender's signature verified,
+/// nothing the header claims is recorded (any party could name another's case or
+/// partners): only the connection's OIN, the reason and a digest of the bytes. After it,
+/// the verified header's typed values (ids, kind, recipients), never content.
+fn rejected_entry(
+    r: &Rejection,
+    oin: &Oin,
+    bytes: &[u8],
+    verified: Option<&ketenpost_schemas::envelope::Header>,
+) -> AuditEntry {
+    let e = AuditEntry::refused(AuditEvent::Rejected, r.code.as_str()).actor(oin);
+    let Some(h) = verified else {
+        return e.request_digest(bytes);
+    };
+    let mut e = e
+        .kind(h.kind)
+        .case_ref(&h.case_ref)
+        .message_id(h.id)
+        .trace_id(h.trace_id)
+        .counterparties(h.recipients.iter());
+    if let Some(p) = shared_purpose(&h.purpose) {
+        e = e.purpose(p);
     }
     e
 }

@@ -65,7 +65,7 @@ fn stage_check(
     oin: &Oin,
     now: DateTime<Utc>,
 ) -> Result<Authorised, Response> {
-    match checks::check_message(
+    match checks::check_message_facts(
         Submitted {
             transport: oin,
             bytes,
@@ -75,9 +75,10 @@ fn stage_check(
         now,
     ) {
         Ok(a) => Ok(a),
-        Err(r) => {
+        Err(refusal) => {
+            let r = refusal.rejection;
             info!(code = %r.code, check = r.check, "message rejected");
-            shared.audit(rejected_entry(&r, oin, bytes, &shared.limits));
+            shared.audit(rejected_entry(&r, oin, bytes, refusal.verified.as_deref()));
             Err(Response::Rejected(r))
         }
     }
@@ -163,7 +164,7 @@ fn put_failed(
                 RejectCode::Replay,
                 format!("message id {} was accepted before", authorised.header().id),
             );
-            shared.audit(rejected_entry(&r, oin, bytes, &shared.limits));
+            shared.audit(rejected_entry(&r, oin, bytes, Some(authorised.header())));
             Response::Rejected(r)
         }
         e => storage_error(e),
