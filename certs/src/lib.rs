@@ -53,6 +53,7 @@ mod error;
 pub mod federation;
 mod init;
 pub mod pki;
+pub mod revoke;
 pub mod roster;
 
 pub use error::Error;

@@ -1,5 +1,6 @@
-//! `ketenpost-certs`: create a local dev federation. Parses the command line, calls
-//! [`ketenpost_certs::init`] and prints a summary; the work is in the library.
+//! `ketenpost-certs`: create a local dev federation (`init`) and revoke a party's
+//! certificate (`revoke`). Parses the command line, calls the library and prints a
+//! summary; the work is in the library.
 //!
 //! Exit codes: 0 on success, 64 (EX_USAGE) for a usage or configuration error (bad
 //! arguments, unreadable or invalid policy or roster, occupied output directory), 1 for
@@ -28,6 +29,20 @@ enum Command {
     /// Create a dev federation: CA, broker and party certificates and keys, negative test
     /// certificates, and the policy and directory signed by a new federation key.
     Init(InitArgs),
+    /// Revoke a party's TLS certificate: write a new CRL (the federation's ca/crl.pem)
+    /// that lists it besides every certificate revoked before. Restart the broker (or
+    /// let it reload) to apply it.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+struct RevokeArgs {
+    /// The federation directory (made by `init`).
+    #[arg(long, value_name = "DIR")]
+    federation: PathBuf,
+    /// The party whose certificate to revoke.
+    #[arg(long, value_name = "OIN")]
+    oin: String,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +73,33 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Init(args) => init(args),
+        Command::Revoke(args) => revoke(args),
+    }
+}
+
+fn revoke(args: RevokeArgs) -> ExitCode {
+    let result = args
+        .oin
+        .parse::<ketenpost_schemas::ids::Oin>()
+        .map_err(|e| format!("--oin: {e}"))
+        .and_then(|oin| {
+            let fed = Federation::load(&args.federation).map_err(|e| e.to_string())?;
+            ketenpost_certs::revoke::revoke_party_cert(&fed, &oin, chrono::Utc::now())
+                .map(|serial| (oin, serial))
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok((oin, serial)) => {
+            println!(
+                "revoked the certificate of {oin} (serial {}); the CRL is rewritten",
+                hex::encode(serial)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ketenpost-certs: error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -236,6 +236,31 @@ impl Ca {
         self.sign(params, "server certificate")
     }
 
+    /// The CA of an existing federation, from its certificate and key (PEM): to issue
+    /// and revoke after `init`.
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca, Error> {
+        let key = KeyPair::from_pem(key_pem).map_err(Error::generate("CA key (reading it)"))?;
+        let params = CertificateParams::from_ca_cert_pem(cert_pem)
+            .map_err(Error::generate("CA certificate (reading it)"))?;
+        let serial = params
+            .serial_number
+            .as_ref()
+            .map(SerialNumber::to_bytes)
+            .unwrap_or_default();
+        // Re-signing the same name and key gives a certificate that issues as the original:
+        // same issuer name, same key (and so the same key identifier).
+        let cert = params
+            .self_signed(&key)
+            .map_err(Error::generate("CA certificate"))?;
+        let issued = Issued {
+            cert_pem: cert_pem.to_owned(),
+            key_pem: key_pem.to_owned(),
+            der: cert_der_from_pem(cert_pem.as_bytes())?,
+            serial,
+        };
+        Ok(Ca { cert, key, issued })
+    }
+
     /// A CRL (number 1) listing `revoked` serials as key-compromised at `now`, valid until
     /// `next_update`.
     pub fn crl(
@@ -244,10 +269,21 @@ impl Ca {
         now: OffsetDateTime,
         next_update: OffsetDateTime,
     ) -> Result<String, Error> {
+        self.crl_numbered(revoked, 1, now, next_update)
+    }
+
+    /// [`Ca::crl`] with its CRL number (a later CRL has a higher one).
+    pub fn crl_numbered(
+        &self,
+        revoked: &[&[u8]],
+        number: u64,
+        now: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<String, Error> {
         let params = CertificateRevocationListParams {
             this_update: now,
             next_update,
-            crl_number: SerialNumber::from(1u64),
+            crl_number: SerialNumber::from(number),
             issuing_distribution_point: None,
             revoked_certs: revoked
                 .iter()

@@ -248,7 +248,8 @@ impl Record for ExpiryNotice {
     const KIND: Kind = Kind::ExpiryNotice;
 }
 
-/// A control record with the exact bytes that were signed.
+/// A control record with the exact bytes that were signed. The signature covers the
+/// record's kind too ([`Context::Control`]): relabelling a record as another kind breaks it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedRecord {
@@ -266,7 +267,7 @@ impl SignedRecord {
     /// Serialise and sign a record.
     pub fn sign<R: Record>(record: &R, signer: Oin, key: &SigningKey) -> Result<Self, Error> {
         let bytes = serde_json::to_vec(record).map_err(|e| Error::Decode(e.to_string()))?;
-        let sig = keys::sign(key, Context::Control, &bytes);
+        let sig = keys::sign(key, Context::Control(R::KIND), &bytes);
         Ok(SignedRecord {
             kind: R::KIND,
             signer,
@@ -287,7 +288,7 @@ impl SignedRecord {
         let bytes = self.bytes()?;
         let sig = keys::signature_from_text(&self.signature)
             .map_err(|_| Error::BadSignature("record"))?;
-        keys::verify(key, Context::Control, &bytes, &sig, "record")?;
+        keys::verify(key, Context::Control(self.kind), &bytes, &sig, "record")?;
         serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{}: {e}", R::KIND)))
     }
 
@@ -330,6 +331,13 @@ mod tests {
         assert!(signed
             .verify::<DeletionConfirmation>(&key.verifying_key())
             .is_err());
+        // Relabelled as another kind, the signature no longer verifies: the kind is signed.
+        let mut relabelled = signed.clone();
+        relabelled.kind = DeletionConfirmation::KIND;
+        assert_eq!(
+            relabelled.verify::<DeletionConfirmation>(&key.verifying_key()),
+            Err(Error::BadSignature("record"))
+        );
         // Another key is refused.
         let other = keys::generate_signing_key();
         assert!(signed

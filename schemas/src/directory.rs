@@ -74,6 +74,20 @@ pub struct Party {
     pub revoked: bool,
 }
 
+/// A certificate fingerprint is the lowercase hex SHA-256 of the DER certificate: 64
+/// characters. An empty one would switch the broker's certificate pinning off.
+fn check_fingerprint(whose: &str, fp: &str) -> Result<(), Error> {
+    if fp.len() == 64 && fp.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(Error::Directory(format!(
+            "{whose} has no valid cert_fingerprint: it must be the lowercase hex SHA-256 of \
+             its certificate (64 characters), got {} characters",
+            fp.len()
+        )))
+    }
+}
+
 impl Directory {
     /// Parse a directory document (JSON) and check it against the policy.
     pub fn from_json(bytes: &[u8], policy: &Policy) -> Result<Directory, Error> {
@@ -100,6 +114,7 @@ impl Directory {
             )));
         }
         keys::verifying_key_from_text(&self.broker.signing_key)?;
+        check_fingerprint("the broker", &self.broker.cert_fingerprint)?;
         let mut seen = BTreeSet::new();
         for p in &self.parties {
             if !seen.insert(&p.oin) {
@@ -118,6 +133,7 @@ impl Directory {
             }
             keys::verifying_key_from_text(&p.signing_key)?;
             keys::age_recipient_from_text(&p.age_recipient)?;
+            check_fingerprint(&format!("party {}", p.oin), &p.cert_fingerprint)?;
         }
         Ok(())
     }

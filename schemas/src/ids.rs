@@ -271,6 +271,46 @@ impl fmt::Debug for TraceId {
     }
 }
 
+/// Whether `s` is an identifier a header may carry: 1-64 characters of ASCII letters,
+/// digits and `_ . : -`. Every text field of a header is one (or a fixed format such as a
+/// digest), so that no header can carry free text, and with it a name or other personal
+/// data, to the broker.
+pub fn is_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// Deserialize a text field that must be an identifier ([`is_identifier`]).
+pub fn identifier<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if is_identifier(&s) {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(
+            "an identifier of 1-64 letters, digits, '_', '.', ':' or '-' (no free text)",
+        ))
+    }
+}
+
+/// Deserialize a role name that must be an identifier ([`is_identifier`]).
+pub fn role_identifier<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+    identifier(d).map(Role)
+}
+
+/// Deserialize a SHA-256 digest: 64 lowercase hex characters.
+pub fn sha256_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(
+            "a SHA-256 digest of 64 lowercase hex characters",
+        ))
+    }
+}
+
 /// The name of a role, as the policy defines it (`gemeente`, `woningcorporatie`, ...).
 #[derive(
     Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,

@@ -20,29 +20,35 @@ pub enum Context {
     Directory,
     /// The covenant policy, signed by the federation key.
     Policy,
-    /// A control record (consent, case change, receipt, deletion confirmation).
-    Control,
+    /// A control record (consent, case change, receipt, deletion confirmation) of one
+    /// kind: the kind is part of what is signed, so a record signed as one kind never
+    /// verifies as another.
+    Control(crate::kind::Kind),
     /// An audit checkpoint, signed by the broker.
     Checkpoint,
 }
 
 impl Context {
-    fn label(self) -> &'static [u8] {
+    fn label(self) -> &'static str {
         match self {
-            Context::Header => b"header",
-            Context::Directory => b"directory",
-            Context::Policy => b"policy",
-            Context::Control => b"control",
-            Context::Checkpoint => b"checkpoint",
+            Context::Header => "header",
+            Context::Directory => "directory",
+            Context::Policy => "policy",
+            Context::Control(_) => "control",
+            Context::Checkpoint => "checkpoint",
         }
     }
 }
 
 fn framed(context: Context, bytes: &[u8]) -> Vec<u8> {
     let label = context.label();
-    let mut m = Vec::with_capacity(13 + label.len() + 1 + bytes.len());
+    let mut m = Vec::with_capacity(13 + label.len() + 40 + bytes.len());
     m.extend_from_slice(b"ketenpost/v1/");
-    m.extend_from_slice(label);
+    m.extend_from_slice(label.as_bytes());
+    if let Context::Control(kind) = context {
+        m.push(b'/');
+        m.extend_from_slice(kind.as_str().as_bytes());
+    }
     m.push(0);
     m.extend_from_slice(bytes);
     m

@@ -25,6 +25,7 @@
 //! case_retention = "7 years"
 //! case_managers = ["gemeente"]
 //! consent_recorders = ["zorgaanbieder"]
+//! # consent_backdating = "30 days"   # a consent may date from this long before its case
 //!
 //! [purposes.uitstroom.kinds.aanmelding]
 //! senders = ["zorgaanbieder"]
@@ -138,9 +139,16 @@ pub struct Purpose {
     pub case_managers: BTreeSet<Role>,
     /// Roles that may register (and withdraw) a client's consent.
     pub consent_recorders: BTreeSet<Role>,
+    /// How long before its case was opened a consent may have been obtained or take
+    /// effect (`consent_backdating`, default [`DEFAULT_CONSENT_BACKDATING`]): a consent
+    /// cannot be backdated without limit to cover earlier sharing.
+    pub consent_backdating: PolicyDuration,
     /// The kinds this purpose allows, with their rules.
     pub kinds: BTreeMap<Kind, KindRule>,
 }
+
+/// The default consent backdating window of a purpose: 30 days.
+pub const DEFAULT_CONSENT_BACKDATING: PolicyDuration = PolicyDuration::Days(30);
 
 /// The rules for one kind within one purpose.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,6 +263,7 @@ struct RawPurpose {
     case_managers: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     consent_recorders: Vec<Spanned<String>>,
+    consent_backdating: Option<Spanned<String>>,
     kinds: BTreeMap<String, Spanned<RawKind>>,
 }
 
@@ -318,6 +327,18 @@ impl Checker<'_> {
         if raw.roles.is_empty() {
             return self.err(0, "the policy defines no roles".into());
         }
+        // Role and purpose names travel in message headers, which carry identifiers only.
+        for name in raw.roles.keys().chain(raw.purposes.keys()) {
+            if !crate::ids::is_identifier(name) {
+                return self.err(
+                    0,
+                    format!(
+                        "'{name}' is not a valid role or purpose name: 1-64 letters, digits, \
+                         '_', '.', ':' or '-'"
+                    ),
+                );
+            }
+        }
         let roles: BTreeMap<Role, RoleDef> = raw
             .roles
             .into_iter()
@@ -365,6 +386,10 @@ impl Checker<'_> {
             );
         }
         let consent_recorders = self.roles(roles, &rp.consent_recorders)?;
+        let consent_backdating = match &rp.consent_backdating {
+            Some(d) => self.duration(d)?,
+            None => DEFAULT_CONSENT_BACKDATING,
+        };
         let mut kinds = BTreeMap::new();
         for (kname, rk) in rp.kinds {
             let at = rk.span().start;
@@ -405,6 +430,7 @@ impl Checker<'_> {
             case_retention,
             case_managers,
             consent_recorders,
+            consent_backdating,
             kinds,
         })
     }

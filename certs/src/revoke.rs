@@ -1,0 +1,93 @@
+//! Revoking a party's TLS certificate: a new CRL, signed by the federation CA, that lists
+//! its serial besides every serial the current CRL lists.
+//!
+//! The broker checks client certificates against the CRL at every handshake; a revoked
+//! certificate is refused even while the directory still lists the party. (Marking the
+//! party revoked in the directory, which also stops its signatures from verifying, is a
+//! directory change signed with the federation key.)
+
+use std::io::Write as _;
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use ketenpost_schemas::ids::Oin;
+use time::OffsetDateTime;
+
+use crate::federation::Federation;
+use crate::pki::{cert_der_from_pem, Ca};
+use crate::Error;
+
+/// How long a new CRL is valid (its nextUpdate): a year, as the CRL `init` writes.
+const CRL_VALIDITY_DAYS: i64 = 365;
+
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The serial numbers (big-endian bytes) a PEM CRL lists.
+pub fn crl_serials(pem: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem)
+        .map_err(|e| Error::BadCertificate(format!("the CRL is not PEM: {e}")))?;
+    let (_, crl) = x509_parser::parse_x509_crl(&block.contents)
+        .map_err(|e| Error::BadCertificate(format!("the CRL does not parse: {e}")))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect())
+}
+
+/// The serial number (big-endian bytes) of a PEM certificate.
+pub fn cert_serial(pem: &[u8]) -> Result<Vec<u8>, Error> {
+    let der = cert_der_from_pem(pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| Error::BadCertificate(format!("the certificate does not parse: {e}")))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// Revoke the TLS certificate of party `oin`: write a new CRL (to the federation's CRL
+/// file, replaced atomically) listing its serial and every serial revoked before.
+/// Returns the serial revoked. Revoking a revoked certificate again changes nothing but
+/// the CRL's dates.
+pub fn revoke_party_cert(
+    fed: &Federation,
+    oin: &Oin,
+    now: DateTime<Utc>,
+) -> Result<Vec<u8>, Error> {
+    let party = fed
+        .parties
+        .iter()
+        .find(|p| &p.oin == oin)
+        .ok_or_else(|| Error::Roster {
+            path: None,
+            reason: format!("the federation has no party {oin}"),
+        })?;
+    let serial = cert_serial(&read(&party.cert)?)?;
+    let mut serials = crl_serials(&read(&fed.ca.crl)?)?;
+    if !serials.contains(&serial) {
+        serials.push(serial.clone());
+    }
+    let ca = Ca::load(
+        &String::from_utf8_lossy(&read(&fed.ca.cert)?),
+        &String::from_utf8_lossy(&read(&fed.ca.key)?),
+    )?;
+    let at = OffsetDateTime::from_unix_timestamp(now.timestamp())
+        .map_err(|_| Error::Time("the CRL's thisUpdate"))?;
+    let next = at + time::Duration::days(CRL_VALIDITY_DAYS);
+    let number = u64::try_from(now.timestamp()).map_err(|_| Error::Time("the CRL number"))?;
+    let refs: Vec<&[u8]> = serials.iter().map(Vec::as_slice).collect();
+    let pem = ca.crl_numbered(&refs, number, at, next)?;
+    write_atomically(&fed.ca.crl, pem.as_bytes())?;
+    Ok(serial)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension("pem.tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::write(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::write(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::write(path, e))
+}
