@@ -442,7 +442,7 @@ async fn accepted_messages_survive_a_restart_and_go_once_receipted() {
     let env = Envelope::decode(&envelope_from_b64(envelope).unwrap(), &Limits::default()).unwrap();
     let dir = &s.w.directory;
     let v = env
-        .verify(&Limits::default(), |o| {
+        .verify_delivery(&Limits::default(), &corp.oin, |o| {
             dir.active_party(o).and_then(|p| p.verifying_key().ok())
         })
         .unwrap();

@@ -176,7 +176,7 @@ impl World {
                     .unwrap();
                     let dir = &self.directory;
                     let v = env
-                        .verify(&Limits::default(), |o| {
+                        .verify_delivery(&Limits::default(), &p.oin, |o| {
                             dir.active_party(o).and_then(|p| p.verifying_key().ok())
                         })
                         .unwrap();

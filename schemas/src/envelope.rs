@@ -75,6 +75,7 @@ pub enum LegalBasis {
         /// A short code referring to the justification the sender recorded in its own
         /// file (never free text: the header must hold no personal data).
         #[schemars(regex(pattern = r"^[A-Za-z0-9_.:-]{1,64}$"))]
+        #[serde(deserialize_with = "crate::ids::identifier")]
         justification: String,
     },
     /// The kind rests on the covenant itself and needs no consent (a breach notice).
@@ -103,11 +104,13 @@ pub struct BreachScope {
 #[serde(deny_unknown_fields)]
 pub struct BodyRef {
     /// The recipient role whose view this is.
+    #[serde(deserialize_with = "crate::ids::role_identifier")]
     pub view: Role,
     /// The recipients it is encrypted to.
     pub recipients: Vec<Oin>,
     /// SHA-256 (hex) of the ciphertext.
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    #[serde(deserialize_with = "crate::ids::sha256_hex")]
     pub sha256: String,
     /// Length of the ciphertext in bytes.
     pub size: u64,
@@ -122,8 +125,12 @@ pub struct Header {
     /// Message id (UUIDv7).
     pub id: MessageId,
     /// Covenant id.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.:-]{1,64}$"))]
+    #[serde(deserialize_with = "crate::ids::identifier")]
     pub covenant: String,
     /// Purpose id within the covenant; must be the purpose of the case.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.:-]{1,64}$"))]
+    #[serde(deserialize_with = "crate::ids::identifier")]
     pub purpose: String,
     /// Message kind.
     pub kind: Kind,
@@ -379,6 +386,36 @@ impl Envelope {
         claimed.verify(limits, &key)
     }
 
+    /// [`Envelope::verify`] for a delivery to `me` ([`Claimed::verify_delivery`]).
+    pub fn verify_delivery(
+        self,
+        limits: &Limits,
+        me: &Oin,
+        sender_key: impl FnOnce(&Oin) -> Option<VerifyingKey>,
+    ) -> Result<VerifiedEnvelope, Error> {
+        let claimed = self.into_claimed()?;
+        let key = sender_key(&claimed.header.sender)
+            .ok_or_else(|| Error::UnknownSender(claimed.header.sender.to_string()))?;
+        claimed.verify_delivery(limits, &key, me)
+    }
+
+    /// This envelope as delivered to one recipient: the header and signature as they
+    /// are, the body at `index` (the recipient's view), and every other body withheld
+    /// (zero length). The header's digests still prove the one view; the recipient learns
+    /// nothing of the other views' ciphertexts. See [`Claimed::verify_delivery`].
+    pub fn delivery(&self, index: usize) -> Envelope {
+        Envelope {
+            header_bytes: self.header_bytes.clone(),
+            signature: self.signature,
+            bodies: self
+                .bodies
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if i == index { b.clone() } else { Vec::new() })
+                .collect(),
+        }
+    }
+
     /// Parse the header once, to look at what it claims (the sender, to find its key)
     /// and then verify it with [`Claimed::verify`] without parsing it again.
     pub fn into_claimed(self) -> Result<Claimed, Error> {
@@ -421,6 +458,42 @@ impl Claimed {
         for (i, (r, b)) in header.bodies.iter().zip(&envelope.bodies).enumerate() {
             if r.size != b.len() as u64 || r.sha256 != sha256_hex(b) {
                 return Err(Error::DigestMismatch { index: i });
+            }
+        }
+        Ok(VerifiedEnvelope { header, envelope })
+    }
+
+    /// Verify a delivery to `me` ([`Envelope::delivery`]): the header signature and
+    /// structure, the digest of my body, and that every other body is withheld. A
+    /// delivery that carries another recipient's view is refused
+    /// ([`Error::NotOwnView`]): it is not what a broker sends.
+    pub fn verify_delivery(
+        self,
+        limits: &Limits,
+        key: &VerifyingKey,
+        me: &Oin,
+    ) -> Result<VerifiedEnvelope, Error> {
+        let Claimed { header, envelope } = self;
+        let sig = Signature::from_bytes(&envelope.signature);
+        keys::verify(key, Context::Header, &envelope.header_bytes, &sig, "header")?;
+        header.check_structure(limits)?;
+        if header.bodies.len() != envelope.bodies.len() {
+            return Err(Error::Decode(format!(
+                "header lists {} bodies, envelope carries {}",
+                header.bodies.len(),
+                envelope.bodies.len()
+            )));
+        }
+        let (mine, _) = header
+            .body_for(me)
+            .ok_or_else(|| Error::NotARecipient(me.to_string()))?;
+        for (i, (r, b)) in header.bodies.iter().zip(&envelope.bodies).enumerate() {
+            if i == mine {
+                if r.size != b.len() as u64 || r.sha256 != sha256_hex(b) {
+                    return Err(Error::DigestMismatch { index: i });
+                }
+            } else if !b.is_empty() {
+                return Err(Error::NotOwnView { index: i });
             }
         }
         Ok(VerifiedEnvelope { header, envelope })

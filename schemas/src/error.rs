@@ -106,6 +106,18 @@ pub enum Error {
     /// The sender is not in the directory, or is revoked.
     #[error("unknown or revoked sender {0}")]
     UnknownSender(String),
+    /// A delivery carries a body that is not the recipient's own view.
+    #[error("the delivery carries body {index}, which is another recipient's view")]
+    NotOwnView {
+        /// Index of the body in the envelope.
+        index: usize,
+    },
+    /// A body's view is not a role of the recipient.
+    #[error("the body addressed to us is the '{view}' view, which is not a role of ours")]
+    ViewNotOurs {
+        /// The view label.
+        view: String,
+    },
     /// No body of this envelope is addressed to us.
     #[error("no body in this message is addressed to {0}")]
     NotARecipient(String),

@@ -160,7 +160,7 @@ async fn accepted_messages_survive_sigkill_exactly_once() {
                     Envelope::decode(&envelope_from_b64(&envelope).unwrap(), &Limits::default())
                         .unwrap();
                 let v = env
-                    .verify(&Limits::default(), |o| {
+                    .verify_delivery(&Limits::default(), &p.oin, |o| {
                         fed.directory
                             .active_party(o)
                             .and_then(|p| p.verifying_key().ok())

@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ketenpost_schemas::control::DeletionOrder;
+use ketenpost_schemas::envelope::{Envelope, Limits};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::protocol::{envelope_to_b64, Delivery};
 use serde::{Deserialize, Serialize};
@@ -934,7 +935,8 @@ impl Store {
         }
     }
 
-    /// Up to `max` deliveries for `party`: queued messages first, then notices. Also
+    /// Up to `max` deliveries for `party` (each envelope with only `party`'s own view,
+    /// [`Envelope::delivery`]): queued messages first, then notices. Also
     /// returns the messages `party` fetches for the first time, whose fetch the caller
     /// records ([`ketenpost_core::transitions::fetched`]). Reads only.
     pub fn fetch(
@@ -960,9 +962,12 @@ impl Store {
             let Some(body) = self.body(&meta) else {
                 continue;
             };
+            let Some(delivery) = delivery_for(&body, party, &meta) else {
+                continue;
+            };
             out.push(Delivery::Message {
                 seq: seq_of(&k),
-                envelope: envelope_to_b64(&body),
+                envelope: envelope_to_b64(&delivery),
             });
             if !meta.fetched.contains(party) {
                 first_time.push(meta.id);
@@ -1178,6 +1183,34 @@ impl Registry for Store {
 fn unknown(e: StoreError) -> Unknown {
     tracing::error!(cause = %e, "cannot read the registry");
     Unknown(e.to_string())
+}
+
+/// A stored envelope as delivered to `party`: its own view only. `None` (logged) when the
+/// stored envelope does not decode or names no body for `party`, which an accepted message
+/// always does.
+fn delivery_for(stored: &[u8], party: &Oin, meta: &MessageMeta) -> Option<Vec<u8>> {
+    // Decoded without size limits: it passed the submission's limits when it was accepted.
+    let unbounded = Limits {
+        max_header: usize::MAX,
+        max_body: usize::MAX,
+        max_bodies: usize::MAX,
+        max_envelope: usize::MAX,
+        max_recipients: usize::MAX,
+    };
+    let delivery = Envelope::decode(stored, &unbounded).and_then(|env| {
+        let header = env.unverified_header()?;
+        let (index, _) = header
+            .body_for(party)
+            .ok_or_else(|| ketenpost_schemas::Error::NotARecipient(party.to_string()))?;
+        Ok(env.delivery(index).encode())
+    });
+    match delivery {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!(message_id = %meta.id, cause = %e, "cannot make a delivery of a held message");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
