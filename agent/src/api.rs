@@ -347,6 +347,8 @@ pub struct InboxSummary {
     pub answer_due: Option<DateTime<Utc>>,
     /// The deadline the broker reported as passed without our answer.
     pub answer_overdue: Option<DateTime<Utc>>,
+    /// The header's event time disagrees with the payload's own date of the event.
+    pub event_time_mismatch: bool,
     /// For a breach notice: our FG's contact, whom the partner system must hand it to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fg_contact: Option<String>,
@@ -369,6 +371,7 @@ fn summary(core: &Core, e: &InboxEntry) -> InboxSummary {
         acknowledged_at: e.acknowledged_at,
         answer_due: e.answer_due,
         answer_overdue: e.answer_overdue,
+        event_time_mismatch: e.event_time_mismatch,
         fg_contact: (e.kind == Kind::DatalekMelding)
             .then(|| {
                 core.docs()

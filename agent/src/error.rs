@@ -66,6 +66,10 @@ pub enum Error {
     /// The broker could not be reached, or the connection failed.
     #[error("broker unavailable: {0}")]
     Broker(#[from] ketenpost_transport::client::ClientError),
+    /// The key store of the payloads at rest failed, or a key or sealed record in it does
+    /// not open (see [`crate::vault`]).
+    #[error("data key store: {0}")]
+    Vault(String),
     /// The broker answered something this agent did not expect for the request.
     #[error("unexpected answer from the broker: {0}")]
     Unexpected(String),

@@ -21,8 +21,13 @@ use ketenpost_schemas::Error as SchemaError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::store::Store;
+use crate::store::{from_json, Sealed, Store};
 use crate::Error;
+
+impl Sealed for InboxEntry {
+    const SECRET: &'static [&'static str] = &["payload"];
+    const WHAT: &'static str = "inbox entry";
+}
 
 /// A received message, stored until acknowledged (and never past retention).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,7 +66,13 @@ pub struct InboxEntry {
     /// The deadline the broker reported as passed without our answer.
     #[serde(default)]
     pub answer_overdue: Option<DateTime<Utc>>,
-    /// Our view of the payload.
+    /// The header's `event_time` disagrees with the payload's own date of the event
+    /// ([`event_time_mismatch`]): the sender's deadlines may be counted from a wrong time.
+    #[serde(default)]
+    pub event_time_mismatch: bool,
+    /// Our view of the payload; `null` once its data key was destroyed (retention or a
+    /// deletion in progress).
+    #[serde(default)]
     pub payload: Value,
 }
 
@@ -91,7 +102,8 @@ pub struct RefusedMessage {
     /// The claimed case.
     pub case_ref: Option<CaseRef>,
     /// Why, as a code: `malformed`, `unknown_sender`, `bad_signature`, `digest_mismatch`,
-    /// `wrong_covenant`, `not_a_recipient`, `decrypt_failed`, `fields_outside_view`,
+    /// `wrong_covenant`, `not_a_recipient`, `not_own_view`, `view_not_ours`,
+    /// `decrypt_failed`, `fields_outside_view`,
     /// `schema_violation`, `policy`.
     pub code: String,
     /// Why, in words (field names, never values).
@@ -153,18 +165,23 @@ pub fn open_delivery(
         .unverified_header()
         .map_err(|e| Refusal::new(None, "malformed", e.to_string()))?;
     let c = Some(&claimed);
-    let verified = envelope
-        .verify(&limits, |oin| {
-            directory
-                .active_party(oin)
-                .and_then(|p| p.verifying_key().ok())
-        })
-        .map_err(|e| match e {
-            SchemaError::UnknownSender(oin) => Refusal::new(
-                c,
-                "unknown_sender",
-                format!("sender {oin} is not an active party in the directory"),
+    let Some(sender_key) = directory
+        .active_party(&claimed.sender)
+        .and_then(|p| p.verifying_key().ok())
+    else {
+        return Err(Refusal::new(
+            c,
+            "unknown_sender",
+            format!(
+                "sender {} is not an active party in the directory",
+                claimed.sender
             ),
+        ));
+    };
+    let verified = envelope
+        .into_claimed()
+        .and_then(|e| e.verify_delivery(&limits, &sender_key, me))
+        .map_err(|e| match e {
             SchemaError::BadSignature(_) => Refusal::new(
                 c,
                 "bad_signature",
@@ -175,6 +192,12 @@ pub fn open_delivery(
                 "digest_mismatch",
                 format!("body {index} does not match its digest in the header"),
             ),
+            SchemaError::NotARecipient(_) => Refusal::new(
+                c,
+                "not_a_recipient",
+                format!("no body of this message is addressed to {me}"),
+            ),
+            SchemaError::NotOwnView { .. } => Refusal::new(c, "not_own_view", e.to_string()),
             other => Refusal::new(c, "malformed", other.to_string()),
         })?;
     let header = verified.header();
@@ -185,12 +208,31 @@ pub fn open_delivery(
             format!("the message is for covenant '{}'", header.covenant),
         ));
     }
-    if header.body_for(me).is_none() {
-        return Err(Refusal::new(
-            c,
-            "not_a_recipient",
-            format!("no body of this message is addressed to {me}"),
-        ));
+    // The broker checked that each body's view is its recipient's case role; we open
+    // only a view of a role we have, whatever the header says.
+    let my_roles = directory
+        .party(me)
+        .map(|p| p.roles.as_slice())
+        .unwrap_or(&[]);
+    match header.body_for(me) {
+        None => {
+            return Err(Refusal::new(
+                c,
+                "not_a_recipient",
+                format!("no body of this message is addressed to {me}"),
+            ))
+        }
+        Some((_, body)) if !my_roles.contains(&body.view) => {
+            return Err(Refusal::new(
+                c,
+                "view_not_ours",
+                SchemaError::ViewNotOurs {
+                    view: body.view.to_string(),
+                }
+                .to_string(),
+            ))
+        }
+        Some(_) => {}
     }
     seal::open(&verified, me, identity, policy).map_err(|e| match e {
         SchemaError::FieldsOutsideView { .. } => {
@@ -222,6 +264,7 @@ pub fn entry(opened: Opened, policy: &Policy, now: DateTime<Utc>) -> InboxEntry 
         .rule(&opened.header.purpose, opened.header.kind)
         .and_then(|r| r.answer_within)
         .map(|d| d.deadline(now, &policy.calendar));
+    let event_time_mismatch = event_time_mismatch(&opened.header, &opened.payload);
     let h = opened.header;
     InboxEntry {
         message_id: h.id,
@@ -240,7 +283,29 @@ pub fn entry(opened: Opened, policy: &Policy, now: DateTime<Utc>) -> InboxEntry 
         acknowledged_at: None,
         answer_due,
         answer_overdue: None,
+        event_time_mismatch,
         payload: opened.payload,
+    }
+}
+
+/// Whether the header's `event_time` (the sender's claim, from which deadlines count)
+/// disagrees with the date the payload itself gives for the event, where our view has
+/// one: by more than a minute, or for a payload that gives only a day, outside that day.
+pub fn event_time_mismatch(header: &Header, payload: &Value) -> bool {
+    let (Some(claimed), Some(stated)) = (
+        header.event_time,
+        crate::early::event_time_from_payload(header.kind, payload),
+    ) else {
+        return false;
+    };
+    if header.kind == Kind::VerstrekkingDerden {
+        // `stated` is the start of an Amsterdam calendar day, taken as UTC midnight; that
+        // day starts up to two hours earlier in UTC.
+        let from = stated - chrono::Duration::hours(2);
+        let until = stated + chrono::Duration::days(1);
+        !(from..until).contains(&claimed)
+    } else {
+        (claimed - stated).num_seconds().abs() > 60
     }
 }
 
@@ -261,7 +326,7 @@ impl Store {
         let key = entry.message_id.0.as_bytes();
         {
             let _guard = self.lock();
-            Store::put(&self.inbox, key, entry)?;
+            self.put_sealed(&self.inbox, key, entry)?;
             Store::put(&self.receipted, key, receipt)?;
         }
         self.flush().await
@@ -269,12 +334,12 @@ impl Store {
 
     /// An inbox entry.
     pub fn inbox_get(&self, id: &MessageId) -> Result<Option<InboxEntry>, Error> {
-        Store::get(&self.inbox, "inbox entry", id.0.as_bytes())
+        self.get_sealed(&self.inbox, id.0.as_bytes())
     }
 
     /// Every inbox entry, oldest first.
     pub fn inbox_all(&self) -> Result<Vec<InboxEntry>, Error> {
-        Store::all(&self.inbox, "inbox entry")
+        self.all_sealed(&self.inbox)
     }
 
     /// Mark an entry acknowledged (once; a second ack keeps the first time).
@@ -285,12 +350,12 @@ impl Store {
     ) -> Result<Option<InboxEntry>, Error> {
         let _guard = self.lock();
         let key = id.0.as_bytes();
-        let Some(mut e) = Store::get::<InboxEntry>(&self.inbox, "inbox entry", key)? else {
+        let Some(mut e) = self.get_sealed::<InboxEntry>(&self.inbox, key)? else {
             return Ok(None);
         };
         if e.acknowledged_at.is_none() {
             e.acknowledged_at = Some(now);
-            Store::put(&self.inbox, key, &e)?;
+            self.put_sealed(&self.inbox, key, &e)?;
         }
         Ok(Some(e))
     }
@@ -299,17 +364,24 @@ impl Store {
     pub fn inbox_overdue(&self, id: &MessageId, deadline: DateTime<Utc>) -> Result<bool, Error> {
         let _guard = self.lock();
         let key = id.0.as_bytes();
-        let Some(mut e) = Store::get::<InboxEntry>(&self.inbox, "inbox entry", key)? else {
+        let Some(mut e) = self.get_sealed::<InboxEntry>(&self.inbox, key)? else {
             return Ok(false);
         };
         e.answer_overdue = Some(deadline);
-        Store::put(&self.inbox, key, &e)?;
+        self.put_sealed(&self.inbox, key, &e)?;
         Ok(true)
     }
 
-    /// Remove an inbox entry (retention); its receipt stays.
+    /// Remove an inbox entry (retention): its data key first, so the payload cannot be
+    /// opened from what sled's log still holds; its receipt stays.
     pub fn inbox_remove(&self, id: &MessageId) -> Result<(), Error> {
-        self.inbox.remove(id.0.as_bytes())?;
+        let _guard = self.lock();
+        let key = id.0.as_bytes();
+        if let Some(ids) = self.inbox.get(key)? {
+            let ids: crate::store::CaseOnly = from_json("inbox entry", &ids)?;
+            self.vault.destroy_message(&ids.case_ref, id)?;
+        }
+        self.inbox.remove(key)?;
         Ok(())
     }
 
@@ -387,7 +459,7 @@ mod tests {
             roles: vec![Role::new(role)],
             signing_key: keys::verifying_key_to_text(&s.key.verifying_key()),
             age_recipient: s.age.to_public().to_string(),
-            cert_fingerprint: String::new(),
+            cert_fingerprint: "00".repeat(32),
             fg_contact: "fg@example.org".into(),
             revoked: false,
         }
@@ -403,7 +475,7 @@ mod tests {
                 signing_key: keys::verifying_key_to_text(
                     &keys::generate_signing_key().verifying_key(),
                 ),
-                cert_fingerprint: String::new(),
+                cert_fingerprint: "00".repeat(32),
             },
             parties,
         }
@@ -445,6 +517,82 @@ mod tests {
         assert!(opened.payload.get("woonwens").is_some());
         assert!(opened.payload.get("ondersteuning").is_none());
         assert!(opened.payload.get("inkomen").is_none());
+    }
+
+    #[test]
+    fn a_body_labelled_with_another_roles_view_is_refused() {
+        // A sender that gives the corporation the municipality's (wider) view.
+        let policy = Policy::from_toml(WALCHEREN).unwrap();
+        let (zorg, corp) = (side(1), side(2));
+        let dir = directory(vec![
+            party(&zorg, "zorgaanbieder"),
+            party(&corp, "woningcorporatie"),
+        ]);
+        let draft = Draft::new(
+            "uitstroom",
+            Kind::Aanmelding,
+            CaseRef::random(),
+            vec![(corp.oin.clone(), Role::new("gemeente"))],
+            LegalBasis::Consent {
+                consent_id: uuid::Uuid::now_v7(),
+            },
+            serde_json::to_value(Aanmelding::example()).unwrap(),
+        );
+        let sender = Sender {
+            oin: &zorg.oin,
+            key: &zorg.key,
+        };
+        // Sealed against a directory in which the corporation is a municipality.
+        let forged = directory(vec![
+            party(&zorg, "zorgaanbieder"),
+            party(&corp, "gemeente"),
+        ]);
+        let bytes = seal(draft, sender, &policy, &forged, Utc::now())
+            .unwrap()
+            .0
+            .encode();
+        let refusal = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &dir).unwrap_err();
+        assert_eq!(refusal.code, "view_not_ours", "{}", refusal.reason);
+        assert!(refusal.reason.contains("gemeente"), "{}", refusal.reason);
+    }
+
+    #[test]
+    fn a_delivery_carrying_another_recipients_body_is_refused() {
+        let policy = Policy::from_toml(WALCHEREN).unwrap();
+        let (zorg, corp, gem) = (side(1), side(2), side(3));
+        let dir = directory(vec![
+            party(&zorg, "zorgaanbieder"),
+            party(&corp, "woningcorporatie"),
+            party(&gem, "gemeente"),
+        ]);
+        let draft = Draft::new(
+            "uitstroom",
+            Kind::Aanmelding,
+            CaseRef::random(),
+            vec![
+                (corp.oin.clone(), Role::new("woningcorporatie")),
+                (gem.oin.clone(), Role::new("gemeente")),
+            ],
+            LegalBasis::Consent {
+                consent_id: uuid::Uuid::now_v7(),
+            },
+            serde_json::to_value(Aanmelding::example()).unwrap(),
+        );
+        let sender = Sender {
+            oin: &zorg.oin,
+            key: &zorg.key,
+        };
+        let whole = seal(draft, sender, &policy, &dir, Utc::now()).unwrap().0;
+        // The whole envelope (every view) is not what a broker delivers.
+        let refusal =
+            open_delivery(&whole.encode(), &corp.oin, &corp.age, &policy, &dir).unwrap_err();
+        assert_eq!(refusal.code, "not_own_view", "{}", refusal.reason);
+        // The delivery with only our own view opens.
+        let header = whole.unverified_header().unwrap();
+        let (mine, _) = header.body_for(&corp.oin).unwrap();
+        let delivery = whole.delivery(mine).encode();
+        let opened = open_delivery(&delivery, &corp.oin, &corp.age, &policy, &dir).unwrap();
+        assert_eq!(opened.view.as_str(), "woningcorporatie");
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub mod outbox;
 pub mod retention;
 pub mod store;
 pub mod sync;
+pub mod vault;
 
 pub use agent::Agent;
 pub use config::AgentConfig;

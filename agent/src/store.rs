@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `outbox` | message id (16 bytes, time-ordered) | [`OutboxEntry`](crate::outbox::OutboxEntry) |
 //! | `outbox_queue` | message id | empty: the entries still to submit |
-//! | `inbox` | message id | [`InboxEntry`](crate::inbox::InboxEntry), payload included |
+//! | `inbox` | message id | [`InboxEntry`](crate::inbox::InboxEntry), its payload sealed ([`crate::vault`]) |
 //! | `receipted` | message id | [`Receipted`](crate::inbox::Receipted): the signed receipt, kept after the payload goes so a re-delivery is receipted again, not stored again |
 //! | `refused` | message id | [`RefusedMessage`](crate::inbox::RefusedMessage): deliveries the agent would not accept |
 //! | `cases` | case reference | [`KnownCase`] |
@@ -12,6 +12,10 @@
 //! | `deletions` | order id | [`DeletionEntry`](crate::deletion::DeletionEntry) |
 //! | `checkpoints` | seq (big-endian) | the broker's checkpoints seen |
 //! | `meta` | name | the cached signed documents, audit warnings |
+//!
+//! No personal data is stored in the clear: the fields of a record that can hold payload
+//! are sealed under a data key of their message, kept apart in the [`Vault`], and
+//! destroyed before the record is removed (see [`Sealed`]).
 //!
 //! Writes that the partner system or the broker is told about are flushed (fsync) first:
 //! a message is on disk before its id is returned, an inbox entry before its receipt goes
@@ -24,10 +28,30 @@ use std::sync::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use ketenpost_schemas::ids::CaseRef;
+use ketenpost_schemas::ids::{CaseRef, MessageId};
 
 use crate::mirror::{KnownCase, KnownConsent};
+use crate::vault::Vault;
 use crate::Error;
+
+/// A record whose fields [`Sealed::SECRET`] may hold personal data: stored with those
+/// fields sealed under its message's data key ([`Vault::seal`]), as one `sealed` field.
+pub(crate) trait Sealed: Serialize + DeserializeOwned {
+    /// The JSON names of the fields to seal.
+    const SECRET: &'static [&'static str];
+    /// What the record is, for errors.
+    const WHAT: &'static str;
+}
+
+/// The name of the field that holds the sealed fields.
+const SEALED_FIELD: &str = "sealed";
+
+/// The identity every sealed record carries in the clear: its message and case.
+#[derive(serde::Deserialize)]
+struct SealedIds {
+    message_id: MessageId,
+    case_ref: CaseRef,
+}
 
 /// The database and its trees.
 #[derive(Debug)]
@@ -43,6 +67,8 @@ pub struct Store {
     pub(crate) deletions: sled::Tree,
     pub(crate) checkpoints: sled::Tree,
     pub(crate) meta: sled::Tree,
+    /// The data keys of the sealed fields.
+    pub(crate) vault: Vault,
     /// Serialises read-modify-write cycles (never held across an await).
     pub(crate) write: Mutex<()>,
     /// Group commit, see [`Store::flush`].
@@ -92,6 +118,7 @@ impl Store {
             deletions: db.open_tree("deletions")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
+            vault: Vault::open(dir)?,
             db,
             write: Mutex::new(()),
             flushes: Flushes::default(),
@@ -139,6 +166,82 @@ impl Store {
     pub(crate) fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> Result<(), Error> {
         tree.insert(key, to_json(value)?)?;
         Ok(())
+    }
+
+    /// Store a record with its secret fields sealed. Without any secret field left (all
+    /// null or absent), the message's data key is destroyed first: what was sealed under
+    /// it before cannot be opened any more.
+    pub(crate) fn put_sealed<T: Sealed>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), Error> {
+        let mut json =
+            serde_json::to_value(value).map_err(|e| Error::corrupt("record to write", e))?;
+        let ids: SealedIds =
+            serde_json::from_value(json.clone()).map_err(|e| Error::corrupt(T::WHAT, e))?;
+        let obj = json
+            .as_object_mut()
+            .ok_or_else(|| Error::Vault(format!("{} is not a JSON object", T::WHAT)))?;
+        let mut secret = serde_json::Map::new();
+        for name in T::SECRET {
+            if let Some(v) = obj.remove(*name) {
+                if !v.is_null() {
+                    secret.insert((*name).to_owned(), v);
+                }
+            }
+        }
+        if secret.is_empty() {
+            self.vault.destroy_message(&ids.case_ref, &ids.message_id)?;
+        } else {
+            let plain = to_json(&secret)?;
+            let sealed = self.vault.seal(&ids.case_ref, &ids.message_id, &plain)?;
+            obj.insert(SEALED_FIELD.to_owned(), serde_json::Value::String(sealed));
+        }
+        tree.insert(key, to_json(&json)?)?;
+        Ok(())
+    }
+
+    /// Read a record stored by [`Store::put_sealed`]. When its data key was destroyed,
+    /// the record comes back without its secret fields (they are gone).
+    pub(crate) fn get_sealed<T: Sealed>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+    ) -> Result<Option<T>, Error> {
+        tree.get(key)?.map(|v| self.unseal::<T>(&v)).transpose()
+    }
+
+    fn unseal<T: Sealed>(&self, bytes: &[u8]) -> Result<T, Error> {
+        let mut json: serde_json::Value = from_json(T::WHAT, bytes)?;
+        let sealed = json.as_object_mut().and_then(|o| o.remove(SEALED_FIELD));
+        if let Some(sealed) = sealed {
+            let ids: SealedIds =
+                serde_json::from_value(json.clone()).map_err(|e| Error::corrupt(T::WHAT, e))?;
+            let text = sealed.as_str().ok_or_else(|| {
+                Error::Vault(format!("{}: the sealed field is not text", T::WHAT))
+            })?;
+            if let Some(plain) = self
+                .vault
+                .open_sealed(&ids.case_ref, &ids.message_id, text)?
+            {
+                let secret: serde_json::Map<String, serde_json::Value> =
+                    from_json(T::WHAT, &plain)?;
+                if let Some(obj) = json.as_object_mut() {
+                    obj.extend(secret);
+                }
+            }
+        }
+        serde_json::from_value(json).map_err(|e| Error::corrupt(T::WHAT, e))
+    }
+
+    /// Every record of a tree stored by [`Store::put_sealed`], in key order.
+    pub(crate) fn all_sealed<T: Sealed>(&self, tree: &sled::Tree) -> Result<Vec<T>, Error> {
+        tree.iter()
+            .values()
+            .map(|v| v.map_err(Error::from).and_then(|v| self.unseal::<T>(&v)))
+            .collect()
     }
 
     pub(crate) fn all<T: DeserializeOwned>(
@@ -216,11 +319,13 @@ impl Store {
 
     // ---- deleting a case ---------------------------------------------------------------
 
-    /// Delete everything the agent holds about a case: inbox entries with their payloads,
+    /// Delete everything the agent holds about a case: first the data keys of its sealed
+    /// payloads (crypto-shredding, durable before anything else goes), then inbox entries,
     /// receipts kept for re-deliveries, refused deliveries, outbox entries, the mirror of
     /// the case and its consents. Returns how many messages (inbox and outbox) went.
     pub fn delete_case(&self, case_ref: &CaseRef) -> Result<u64, Error> {
         let _guard = self.lock();
+        self.vault.destroy_case(case_ref)?;
         let mut messages = 0u64;
         let matches = |v: &[u8]| -> bool {
             serde_json::from_slice::<CaseOnly>(v).is_ok_and(|c| &c.case_ref == case_ref)
@@ -258,6 +363,6 @@ impl Store {
 
 /// The one field every per-message record has, for scanning by case.
 #[derive(serde::Deserialize)]
-struct CaseOnly {
-    case_ref: CaseRef,
+pub(crate) struct CaseOnly {
+    pub(crate) case_ref: CaseRef,
 }
