@@ -40,6 +40,34 @@ async fn consent(by: &TestAgent, case_ref: &str, roles: &[&str]) -> String {
     c["record"]["consent_id"].as_str().unwrap().to_owned()
 }
 
+/// How many files under `dir` contain `needle` anywhere in their bytes.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> usize {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Whether the agent's vault holds any data key.
+fn has_keys(data: &std::path::Path) -> bool {
+    let cases = data.join("vault").join("cases");
+    std::fs::read_dir(cases).is_ok_and(|d| {
+        d.flatten()
+            .any(|c| std::fs::read_dir(c.path()).is_ok_and(|mut k| k.next().is_some()))
+    })
+}
+
 fn signaal() -> Value {
     serde_json::to_value(Signaal::example()).unwrap()
 }
@@ -431,6 +459,10 @@ async fn a_corporation_receiving_an_aanmelding_stores_only_the_housing_view() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confirmation() {
+    // The payload carries a marker; no file of either agent may ever hold it in the clear.
+    let marker = format!("MARKER-{}", uuid::Uuid::now_v7().simple());
+    let mut payload = signaal();
+    payload["omschrijving"] = json!(format!("{marker} harde muziek na 23.00 uur"));
     let mut net = Net::walcheren().await;
     let g = net.agent("gemeente").await;
     let w = net.agent("woningcorporatie").await;
@@ -440,12 +472,26 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
         .ok(
             "POST",
             "/v1/messages",
-            Some(json!({ "kind": "signaal", "case_ref": case_ref, "to": [{ "oin": w.oin }], "payload": signaal() })),
+            Some(json!({ "kind": "signaal", "case_ref": case_ref, "to": [{ "oin": w.oin }], "payload": payload })),
         )
         .await;
     let id = sent["message_id"].as_str().unwrap().to_owned();
     wait_status(&g, &id, "delivered").await;
-    wait_inbox(&w, &id).await;
+    let held = wait_inbox(&w, &id).await;
+    assert!(held["payload"]["omschrijving"]
+        .as_str()
+        .unwrap()
+        .contains(&marker));
+    // While the message is held: its record is on disk (its id is), the marker is not.
+    let w_data = net.agent_data(&w.oin);
+    let g_data = net.agent_data(&g.oin);
+    assert!(
+        files_containing(&w_data, id.as_bytes()) > 0,
+        "the inbox record is not on disk"
+    );
+    assert_eq!(files_containing(&w_data, marker.as_bytes()), 0);
+    assert_eq!(files_containing(&g_data, marker.as_bytes()), 0);
+    assert!(has_keys(&w_data), "the recipient holds no data key");
     g.ok("POST", &format!("/v1/cases/{case_ref}/close"), None)
         .await;
 
@@ -493,6 +539,11 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
         assert!(acked["acknowledged_at"].is_string());
         let health = a.ok("GET", "/v1/health", None).await;
         assert_eq!(health["deletion_orders_unacknowledged"], 0);
+    }
+    // After the deletion was confirmed: the marker is in no file, and no data key is left.
+    for data in [&w_data, &g_data] {
+        assert_eq!(files_containing(data, marker.as_bytes()), 0);
+        assert!(!has_keys(data), "a data key survived the deletion");
     }
     // The case's data is gone from inbox, outbox and mirror.
     let (status, _, _) = w.fails("GET", &format!("/v1/inbox/{id}"), None).await;

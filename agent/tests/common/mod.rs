@@ -72,6 +72,15 @@ impl Net {
         }
     }
 
+    /// The data directory of the agent of `oin`.
+    pub fn agent_data(&self, oin: &Oin) -> PathBuf {
+        self.tmp
+            .path()
+            .join("agents")
+            .join(oin.as_str())
+            .join("data")
+    }
+
     pub fn broker_data(&self) -> PathBuf {
         self.tmp.path().join("broker")
     }
