@@ -347,6 +347,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn header_texts_are_identifiers_never_free_text() {
+        use crate::envelope::LegalBasis;
+        let ok = r#"{"basis":"non_consent","ground":"acute_danger","justification":"dossier-2026.114:a"}"#;
+        assert!(serde_json::from_str::<LegalBasis>(ok).is_ok());
+        for bad in [
+            "Jan Jansen, BSN 123456782",
+            "",
+            "dossier 114",
+            "één",
+            &"x".repeat(65),
+        ] {
+            let json = serde_json::json!({
+                "basis": "non_consent", "ground": "acute_danger", "justification": bad
+            });
+            assert!(
+                serde_json::from_value::<LegalBasis>(json).is_err(),
+                "{bad:?} was accepted"
+            );
+        }
+        assert!(is_identifier("walcheren-uitstroom"));
+        assert!(!is_identifier("uitstroom naar woning"));
+    }
+
+    #[test]
     fn oin_must_be_twenty_digits() {
         assert!("00000001234567890000".parse::<Oin>().is_ok());
         assert!("0000000123456789000".parse::<Oin>().is_err());

@@ -386,6 +386,28 @@ fn consent_is_registered_by_recorders_and_withdrawn() {
             .code,
         RejectCode::WrongPurpose
     );
+    // Dates: at most the purpose's consent_backdating (30 days) before the case opened
+    // (10 days ago), and never obtained in the future.
+    let mut early = grant.clone();
+    early.consent_id = uuid::Uuid::now_v7();
+    early.valid_from = fx.now - Duration::days(39);
+    early.obtained_at = fx.now - Duration::days(39);
+    assert!(matches!(
+        control(&fx, &fx.zorg, &signed(&early, &fx.zorg)),
+        Ok(ControlEffect::ConsentGranted(_))
+    ));
+    for (valid_from, obtained_at) in [
+        (fx.now - Duration::days(41), fx.now),
+        (fx.now, fx.now - Duration::days(365)),
+        (fx.now, fx.now + Duration::days(1)),
+    ] {
+        let mut bad = grant.clone();
+        bad.consent_id = uuid::Uuid::now_v7();
+        bad.valid_from = valid_from;
+        bad.obtained_at = obtained_at;
+        let r = control(&fx, &fx.zorg, &signed(&bad, &fx.zorg)).unwrap_err();
+        assert_eq!(r.code, RejectCode::Malformed, "{r}");
+    }
     // Withdrawal of the registered consent takes effect now.
     let w = ToestemmingIntrekking {
         consent_id: fx.consent,
