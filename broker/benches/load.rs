@@ -5,6 +5,7 @@
 //! cargo bench -p ketenpost-broker --bench load -- throughput   # one scenario
 //! cargo bench -p ketenpost-broker --bench load -- latency
 //! cargo bench -p ketenpost-broker --bench load -- memory       # 1,000,000 queued; minutes
+//! cargo bench -p ketenpost-broker --bench load -- flood        # p99 alone vs during a flood
 //! cargo bench -p ketenpost-broker --bench load -- throughput --messages=100000 --concurrency=256
 //! ```
 //!
@@ -26,6 +27,11 @@
 //!   flight over the four connections; accepted/s, group commits, latency percentiles.
 //! - `latency`: paced at `--rate` (500) msg/s for `--seconds` (20) after a 2 s warm-up;
 //!   submit-to-accepted percentiles measured from each message's scheduled send time.
+//! - `flood`: the latency scenario's paced load from the four corporations (`--rate`,
+//!   `--seconds`), first alone, then while the municipality floods the broker: it keeps
+//!   opening connections (a handshake each, refused after its 8th), holds 64 requests on
+//!   each connection it keeps that announce a large envelope, send 256 KiB of it and stall,
+//!   and sends oversized frames. Reports the other partners' p50/p99 in both phases.
 //! - `memory`: `--queue` (1,000,000) messages queued for a recipient that never fetches,
 //!   sealed and submitted in batches of `--batch` (25,000); broker RSS at the end and its
 //!   peak, the size of the data directory, and the RSS after a restart on that data.
@@ -179,10 +185,10 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
             continue;
         }
         match a.as_str() {
-            "throughput" | "latency" | "memory" => o.scenarios.push(a.clone()),
+            "throughput" | "latency" | "memory" | "flood" => o.scenarios.push(a.clone()),
             "all" => o
                 .scenarios
-                .extend(["throughput", "latency", "memory"].map(String::from)),
+                .extend(["throughput", "latency", "flood", "memory"].map(String::from)),
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -969,6 +975,154 @@ async fn latency(o: &Opts, sum: &mut Summary) {
     ));
 }
 
+/// What the flooding party managed.
+#[derive(Debug, Default)]
+struct FloodStats {
+    attempts: AtomicUsize,
+    served: AtomicUsize,
+    stalled: AtomicUsize,
+    over_limit: AtomicUsize,
+    oversized: AtomicUsize,
+}
+
+/// Flood the broker as party `who` until `stop`: see the `flood` scenario.
+async fn flooder(
+    addr: SocketAddr,
+    tls: ClientTls,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<FloodStats>,
+) {
+    let mut held: Vec<Client> = Vec::new();
+    let mut stalled = Vec::new();
+    let huge = Request::Submit(vec![0u8; 17 * 1024 * 1024]).encode();
+    while !stop.load(Ordering::Relaxed) {
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let Ok(c) = Client::connect(addr, "localhost", &tls).await else {
+            continue;
+        };
+        match c.request(&Request::GetCheckpoint, REQUEST_TIMEOUT).await {
+            Ok(Response::Checkpoint(_)) => {}
+            _ => continue,
+        }
+        stats.served.fetch_add(1, Ordering::Relaxed);
+        // Requests that announce a large envelope and stall.
+        for _ in 0..64 {
+            let Ok((mut send, mut recv)) = c.connection().open_bi().await else {
+                break;
+            };
+            let mut head = vec![ketenpost_schemas::protocol::PROTOCOL_VERSION, 0x01];
+            head.resize(256 * 1024, 0);
+            let _ = tokio::time::timeout(Duration::from_millis(100), send.write_all(&head)).await;
+            if let Ok(Ok(b)) =
+                tokio::time::timeout(Duration::from_millis(5), recv.read_to_end(4096)).await
+            {
+                if matches!(Response::decode(&b), Ok(Response::Rejected(_))) {
+                    stats.over_limit.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            stats.stalled.fetch_add(1, Ordering::Relaxed);
+            stalled.push((send, recv));
+        }
+        // An oversized frame, refused after its bound.
+        let c2 = c.clone();
+        let huge = huge.clone();
+        let stats2 = stats.clone();
+        tokio::spawn(async move {
+            if let Ok((mut send, mut recv)) = c2.connection().open_bi().await {
+                let _ = tokio::time::timeout(Duration::from_secs(5), send.write_all(&huge)).await;
+                let _ = send.finish();
+                if tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(4096))
+                    .await
+                    .is_ok()
+                {
+                    stats2.oversized.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        held.push(c);
+    }
+    drop(stalled);
+    for c in held {
+        c.close().await;
+    }
+}
+
+async fn flood_scenario(o: &Opts, sum: &mut Summary) {
+    let load = load_average();
+    let b = Bench::new(o);
+    let broker = b.start_broker();
+    b.setup_case(broker.addr).await;
+    let clients = b.sender_clients(broker.addr).await;
+    let warm_n = usize::try_from(o.rate * 2).unwrap();
+    let n = usize::try_from(o.rate * o.seconds).unwrap();
+    let warm = Arc::new(b.seal_many(0, warm_n));
+    let alone_msgs = Arc::new(b.seal_many(warm_n, n));
+    let flood_msgs = Arc::new(b.seal_many(warm_n + n, n));
+    let (w, _) = paced(&clients, warm, o.rate).await;
+    w.check_clean("flood warm-up");
+    let (mut alone, _) = paced(&clients, alone_msgs, o.rate).await;
+    alone.check_clean("flood (alone)");
+
+    let p = &b.fed.parties[0];
+    let tls = ClientTls {
+        ca: b.fed.ca.cert.clone(),
+        cert: p.cert.clone(),
+        key: p.key.clone(),
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stats = Arc::new(FloodStats::default());
+    let mut flooders = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        flooders.spawn(flooder(
+            broker.addr,
+            tls.clone(),
+            stop.clone(),
+            stats.clone(),
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mem_flood = broker.mem();
+    let (mut during, _) = paced(&clients, flood_msgs, o.rate).await;
+    stop.store(true, Ordering::Relaxed);
+    while flooders.join_next().await.is_some() {}
+    during.check_clean("flood (during)");
+    for c in &clients {
+        c.close().await;
+    }
+    broker.stop();
+    let (pa, pd) = (
+        percentiles(&mut alone.latencies_us),
+        percentiles(&mut during.latencies_us),
+    );
+    let ratio = match (pa, pd) {
+        (Some(a), Some(d)) if a.p99 > 0.0 => d.p99 / a.p99,
+        _ => f64::INFINITY,
+    };
+    sum.add(format!(
+        "flood: other partners at {}/s for {} s, alone: {}",
+        o.rate,
+        o.seconds,
+        fmt_pct(pa)
+    ));
+    sum.add(format!(
+        "flood: the same while one partner floods: {} (p99 {ratio:.2}x alone) [target <= 2x: {}]",
+        fmt_pct(pd),
+        verdict(ratio <= 2.0 && during.failures() == 0)
+    ));
+    sum.add(format!(
+        "flood: the flooder tried {} connections, {} were served (8 at a time at most), held \
+         {} stalled 256 KiB requests, got {} over_limit answers, sent {} oversized frames; \
+         broker RSS during the flood {:.0} MiB; machine load average before: {load}",
+        stats.attempts.load(Ordering::Relaxed),
+        stats.served.load(Ordering::Relaxed),
+        stats.stalled.load(Ordering::Relaxed),
+        stats.over_limit.load(Ordering::Relaxed),
+        stats.oversized.load(Ordering::Relaxed),
+        mib(mem_flood.rss_kib)
+    ));
+}
+
 async fn memory(o: &Opts, sum: &mut Summary) {
     let load = load_average();
     let b = Bench::new(o);
@@ -1097,6 +1251,7 @@ fn main() {
             "throughput" => rt.block_on(throughput(&opts, &mut sum)),
             "latency" => rt.block_on(latency(&opts, &mut sum)),
             "memory" => rt.block_on(memory(&opts, &mut sum)),
+            "flood" => rt.block_on(flood_scenario(&opts, &mut sum)),
             _ => unreachable!(),
         }
     }
