@@ -34,6 +34,9 @@
 //! cache_mb = 16                        # sled page cache
 //! blocking_threads = 32                # threads for the checks and store writes
 //!
+//! [metrics]                            # optional: Prometheus /metrics, /healthz, /readyz
+//! listen = "127.0.0.1:9464"
+//!
 //! [timers]                             # all optional
 //! checkpoint_interval_secs = 60
 //! sweep_interval_secs = 10
@@ -159,6 +162,15 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Where the Prometheus metrics and the health endpoints are served (plain HTTP; put it on
+/// an operator's network only). Off unless `listen` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `GET /metrics`, `/healthz` and `/readyz` on this TCP address.
+    pub listen: Option<SocketAddr>,
+}
+
 /// Background timers.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -196,6 +208,9 @@ pub struct BrokerConfig {
     /// Allow starting without a CRL (a local test federation). Never in production.
     #[serde(default)]
     pub dev_mode: bool,
+    /// The metrics and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Timers.
     #[serde(default)]
     pub timers: TimersConfig,
@@ -326,6 +341,7 @@ impl BrokerConfig {
             },
             limits: LimitsConfig::default(),
             dev_mode: false,
+            metrics: MetricsConfig::default(),
             timers: TimersConfig::default(),
         }
     }

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod config;
 pub mod failpoint;
 pub mod fg;
+pub mod metrics;
 pub mod report;
 pub mod server;
 pub mod spool;

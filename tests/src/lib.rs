@@ -234,6 +234,8 @@ pub struct BrokerProcess {
     child: Child,
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// The address of its metrics and health endpoints, when started with `--metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl BrokerProcess {
@@ -284,8 +286,15 @@ impl BrokerProcess {
         });
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = mpsc::channel();
+        let metrics = std::sync::Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+        let metrics_w = metrics.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("metrics on ") {
+                    if let (Ok(mut m), Ok(addr)) = (metrics_w.lock(), a.trim().parse()) {
+                        *m = Some(addr);
+                    }
+                }
                 if let Some(a) = line.strip_prefix("listening on ") {
                     let _ = tx.send(a.trim().to_owned());
                 }
@@ -304,7 +313,13 @@ impl BrokerProcess {
                 );
             }
         };
-        Ok(BrokerProcess { child, addr })
+        // "metrics on" is printed before "listening on".
+        let metrics = metrics.lock().ok().and_then(|m| *m);
+        Ok(BrokerProcess {
+            child,
+            addr,
+            metrics,
+        })
     }
 
     /// Wait (at most `limit`) for the process to end by itself; its status, or `None` when

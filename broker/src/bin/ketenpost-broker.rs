@@ -62,6 +62,10 @@ enum Command {
         /// With --federation: how often the audit trail is checkpointed (1-60 s).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60))]
         checkpoint_interval_secs: Option<u64>,
+        /// Serve Prometheus /metrics, /healthz and /readyz on this TCP address (plain HTTP;
+        /// overrides `[metrics] listen`).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<SocketAddr>,
     },
     /// Print the optional features this binary was built with (the crash tests check
     /// for `failpoints`).
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
             listen,
             sweep_interval_secs,
             checkpoint_interval_secs,
+            metrics,
         } => {
             let config = match (config, federation, data) {
                 (Some(path), _, _) => match BrokerConfig::load(&path) {
@@ -208,6 +213,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            let mut config = config;
+            if metrics.is_some() {
+                config.metrics.listen = metrics;
+            }
             serve(config)
         }
         Command::Features => {
@@ -342,6 +351,9 @@ fn serve(config: BrokerConfig) -> ExitCode {
             }
         };
         // Tell a supervisor (or a test harness) where we listen.
+        if let Some(m) = broker.metrics_addr() {
+            println!("metrics on {m}");
+        }
         println!("listening on {}", broker.local_addr());
         // Freed memory goes back to the system within seconds even while the broker is
         // idle, and the allocator's view is logged every minute and at the signal.

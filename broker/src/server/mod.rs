@@ -43,6 +43,7 @@ use ketenpost_transport::tls;
 pub use ketenpost_schemas::control::BROKER_SIGNER;
 
 pub mod limits;
+mod metrics_http;
 mod records;
 mod submit;
 mod sweep;
@@ -73,6 +74,10 @@ struct Shared {
     waiters: Mutex<HashMap<Oin, Arc<Notify>>>,
     /// What each party holds of the broker (connections, requests, buffered bytes).
     admission: Arc<Admission>,
+    /// Request counters for the metrics.
+    counters: crate::metrics::Counters,
+    /// False once the broker is shutting down (`/readyz`).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -116,6 +121,7 @@ impl Shared {
 
     /// Audit a party's refusal for a limit, once per episode.
     fn over_limit(&self, party: &Oin, refused: Refused) {
+        self.counters.limit(refused.limit.as_str());
         if refused.new_episode {
             warn!(%party, limit = refused.limit.as_str(), "party over a limit; refusing it until it is back under");
             self.audit(
@@ -163,6 +169,7 @@ impl Registry for Live<'_> {
 /// A running broker.
 pub struct Broker {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -255,14 +262,27 @@ impl Broker {
             sender_keys,
             waiters: Mutex::new(HashMap::new()),
             admission,
+            counters: crate::metrics::Counters::default(),
+            ready: std::sync::atomic::AtomicBool::new(true),
         });
         shared.audit(AuditEntry::ok(AuditEvent::BrokerStarted));
         info!(%addr, covenant = %shared.policy.covenant.id, parties = shared.directory.parties.len(), "broker listening");
 
         let (tx, rx) = watch::channel(false);
+        let mut metrics_addr = None;
+        if let Some(at) = shared.config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {at}"))?;
+            let local = listener.local_addr()?;
+            info!(addr = %local, "metrics and health endpoints listening");
+            metrics_addr = Some(local);
+            tokio::spawn(metrics_http::serve(listener, shared.clone(), rx.clone()));
+        }
         let task = tokio::spawn(serve(endpoint, shared.clone(), rx));
         Ok(Broker {
             addr,
+            metrics_addr,
             shared,
             shutdown: tx,
             task,
@@ -272,6 +292,11 @@ impl Broker {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the metrics and health endpoints, when they are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Run one expiry and retention sweep as if the time were `now`. The timers do this
@@ -284,6 +309,9 @@ impl Broker {
 
     /// Stop: no new connections, in-flight requests finish (bounded), last checkpoint, flush.
     pub async fn shutdown(self) {
+        self.shared
+            .ready
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let _ = self.shutdown.send(true);
         if let Err(e) = self.task.await {
             error!(cause = %e, "broker task ended abnormally");
@@ -500,7 +528,7 @@ async fn stream(
         Err(refused) => {
             shared.over_limit(oin, refused);
             let _ = recv.stop(2u32.into());
-            return answer(&mut send, &over_limit(refused.limit, shared)).await;
+            return answer(&mut send, &over_limit(refused.limit, shared), shared).await;
         }
     };
     let deadline = tokio::time::Instant::now() + shared.config.request_timeout();
@@ -514,13 +542,13 @@ async fn stream(
             );
             let _ = recv.stop(1u32.into());
             shared.audit(AuditEntry::refused(AuditEvent::Rejected, r.code.as_str()).actor(oin));
-            return answer(&mut send, &Response::Rejected(r)).await;
+            return answer(&mut send, &Response::Rejected(r), shared).await;
         }
         Err(ReadError::Budget) => {
             let refused = shared.admission.refused(oin, Limit::BufferedBytes);
             shared.over_limit(oin, refused);
             let _ = recv.stop(2u32.into());
-            return answer(&mut send, &over_limit(Limit::BufferedBytes, shared)).await;
+            return answer(&mut send, &over_limit(Limit::BufferedBytes, shared), shared).await;
         }
         Err(ReadError::Timeout) => {
             let _ = send.reset(1u32.into());
@@ -534,10 +562,22 @@ async fn stream(
         Err(e) => Response::Rejected(Rejection::new(RejectCode::Malformed, e.to_string())),
     };
     drop(held);
-    answer(&mut send, &response).await
+    answer(&mut send, &response, shared).await
 }
 
-async fn answer(send: &mut quinn::SendStream, response: &Response) -> anyhow::Result<()> {
+async fn answer(
+    send: &mut quinn::SendStream,
+    response: &Response,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    let (outcome, code) = match response {
+        Response::Accepted { .. } => ("accepted", None),
+        Response::Done => ("done", None),
+        Response::Deliveries(_) => ("deliveries", None),
+        Response::Rejected(r) => ("rejected", Some(r.code.as_str())),
+        _ => ("other", None),
+    };
+    shared.counters.answered(outcome, code);
     send.write_all(&response.encode()).await?;
     send.finish()?;
     Ok(())

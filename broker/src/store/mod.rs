@@ -168,6 +168,8 @@ pub struct Store {
     committer: mpsc::UnboundedSender<CommitMsg>,
     committer_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     flushes: Arc<std::sync::atomic::AtomicU64>,
+    /// Sizes and fsync times of the group commits (for the metrics).
+    commit_stats: Arc<crate::metrics::CommitStats>,
     /// Set when an fsync failed; then no more writes.
     poison: Arc<Poison>,
     puts: Arc<PutCombiner>,
@@ -505,6 +507,7 @@ impl Store {
     pub fn open(db: sled::Db, spool_dir: &std::path::Path) -> Result<Store, StoreError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<CommitMsg>();
         let flushes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let commit_stats = Arc::new(crate::metrics::CommitStats::default());
         let poison = Arc::new(Poison::default());
         let committer_task = Arc::new(std::sync::Mutex::new(None));
         let spool = Arc::new(Spool::open(spool_dir)?);
@@ -541,6 +544,7 @@ impl Store {
             committer: tx,
             committer_task: committer_task.clone(),
             flushes: flushes.clone(),
+            commit_stats: commit_stats.clone(),
             poison: poison.clone(),
             puts: Arc::new(PutCombiner::default()),
             users: None,
@@ -588,6 +592,7 @@ impl Store {
                     }
                 }
                 let (puts, spool) = (puts.clone(), spool.clone());
+                let started = std::time::Instant::now();
                 let result = tokio::task::spawn_blocking(move || {
                     let _io = lock(&puts.io);
                     spool.sync().map_err(|e| e.to_string())?;
@@ -602,6 +607,7 @@ impl Store {
                     poison.set(e);
                 }
                 flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                commit_stats.record(waiters.len(), started.elapsed());
                 for w in waiters {
                     let _ = w.send(result.clone());
                 }
@@ -619,6 +625,34 @@ impl Store {
     /// The underlying database (the audit trail lives in it too).
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// The group commits' sizes and fsync times.
+    pub fn commit_stats(&self) -> &Arc<crate::metrics::CommitStats> {
+        &self.commit_stats
+    }
+
+    /// For the metrics: how many messages are queued for `party`, when the oldest was
+    /// accepted, and how many notices wait for it. Reads the party's queue (its length).
+    pub fn queue_gauges(
+        &self,
+        party: &Oin,
+    ) -> Result<(u64, Option<DateTime<Utc>>, u64), StoreError> {
+        let prefix = party.as_str().as_bytes();
+        let mut depth = 0u64;
+        let mut oldest = None;
+        for item in self.queue.scan_prefix(prefix) {
+            let (_, id) = item?;
+            if oldest.is_none() {
+                if let Some(m) = self.meta.get(&id)? {
+                    let meta: MessageMeta = parse(&m, "message metadata")?;
+                    oldest = Some(meta.accepted_at);
+                }
+            }
+            depth += 1;
+        }
+        let notices = self.notices.scan_prefix(prefix).count() as u64;
+        Ok((depth, oldest, notices))
     }
 
     /// How many group flushes ran (for benchmarks).
@@ -872,8 +906,10 @@ impl Store {
                 if answers {
                     crate::failpoint::hit("answer", "applied");
                 }
+                let started = std::time::Instant::now();
                 match self.db.flush() {
                     Ok(_) => {
+                        self.commit_stats.record(batch.len(), started.elapsed());
                         crate::failpoint::hit("submit", "durable");
                         if answers {
                             crate::failpoint::hit("answer", "durable");

@@ -1,0 +1,303 @@
+//! Operational metrics in the Prometheus text format, and the health endpoints.
+//!
+//! `GET /metrics` (text format 0.0.4), `GET /healthz` (the process serves and its store is
+//! not poisoned) and `GET /readyz` (it also accepts connections: not shutting down) on the
+//! address of `[metrics] listen` (or `serve --metrics ADDR`). Plain HTTP on an operator's
+//! network: the numbers carry OINs and counts, never content or case references.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `ketenpost_broker_requests_total{outcome}` | counter | requests answered: `accepted`, `done`, `deliveries`, `rejected`, `other` |
+//! | `ketenpost_broker_rejected_total{code}` | counter | refusals by rejection code (`over_limit` included) |
+//! | `ketenpost_broker_limit_refusals_total{limit}` | counter | refusals by per-party limit (also the connections closed over a limit) |
+//! | `ketenpost_broker_connections{party}` | gauge | authenticated connections per party (OIN) |
+//! | `ketenpost_broker_queue_depth{party}` | gauge | messages queued for a party (not yet receipted or expired) |
+//! | `ketenpost_broker_queue_oldest_age_seconds{party}` | gauge | age of the oldest message queued for a party |
+//! | `ketenpost_broker_notices_queued{party}` | gauge | broker notices waiting for a party |
+//! | `ketenpost_broker_group_commits_total` | counter | group commits (each one fsync of the database) |
+//! | `ketenpost_broker_group_commit_size` | histogram | messages or transitions per group commit |
+//! | `ketenpost_broker_fsync_seconds` | histogram | how long each group commit's fsync took |
+//! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts sent (none yet: alerts are not built) |
+//! | `ketenpost_broker_up` | gauge | 1 while serving, 0 once the store is poisoned |
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A histogram with fixed upper bounds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    /// The sum, in millionths of the unit.
+    sum_micro: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// A histogram with these upper bounds (ascending; `+Inf` is added).
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micro: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Count one observation.
+    pub fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        // Float to integer: saturating and never negative for these values.
+        let micro = (value.max(0.0) * 1e6) as u64;
+        self.sum_micro.fetch_add(micro, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micro.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// What the store's group commits report.
+#[derive(Debug)]
+pub struct CommitStats {
+    commits: AtomicU64,
+    size: Histogram,
+    fsync: Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            commits: AtomicU64::new(0),
+            size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            fsync: Histogram::new(&[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        }
+    }
+}
+
+impl CommitStats {
+    /// One group commit of `size` writes whose fsync took `took`.
+    pub fn record(&self, size: usize, took: Duration) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.size.observe(size as f64);
+        self.fsync.observe(took.as_secs_f64());
+    }
+
+    /// Group commits so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+}
+
+/// Request counters of a running broker.
+#[derive(Debug, Default)]
+pub struct Counters {
+    outcomes: Mutex<BTreeMap<&'static str, u64>>,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    limits: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
+    let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+    *m.entry(key).or_default() += 1;
+}
+
+fn snapshot(map: &Mutex<BTreeMap<&'static str, u64>>) -> BTreeMap<&'static str, u64> {
+    map.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+impl Counters {
+    /// A request answered with `outcome`; `code` for a refusal.
+    pub fn answered(&self, outcome: &'static str, code: Option<&'static str>) {
+        bump(&self.outcomes, outcome);
+        if let Some(c) = code {
+            bump(&self.rejected, c);
+        }
+    }
+
+    /// A refusal for a per-party limit.
+    pub fn limit(&self, limit: &'static str) {
+        bump(&self.limits, limit);
+    }
+}
+
+/// What one scrape reports besides the counters: read from the store and the admission
+/// state at scrape time.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Per party (OIN): connections, queue depth, oldest queued age (s), notices queued.
+    pub parties: BTreeMap<String, PartyGauges>,
+    /// Whether the store still takes writes.
+    pub up: bool,
+}
+
+/// The gauges of one party.
+#[derive(Debug, Default)]
+pub struct PartyGauges {
+    /// Authenticated connections.
+    pub connections: usize,
+    /// Messages queued.
+    pub queue_depth: u64,
+    /// Age of the oldest queued message, in seconds.
+    pub oldest_age_secs: Option<f64>,
+    /// Broker notices waiting.
+    pub notices: u64,
+}
+
+/// The Prometheus text of the counters, the commit statistics and `gauges`.
+pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> String {
+    let mut out = String::with_capacity(4096);
+    let counter =
+        |out: &mut String, name: &str, help: &str, label: &str, map: BTreeMap<&str, u64>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (k, v) in map {
+                let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+            }
+        };
+    counter(
+        &mut out,
+        "ketenpost_broker_requests_total",
+        "Requests answered, by outcome.",
+        "outcome",
+        snapshot(&counters.outcomes),
+    );
+    counter(
+        &mut out,
+        "ketenpost_broker_rejected_total",
+        "Refusals, by rejection code.",
+        "code",
+        snapshot(&counters.rejected),
+    );
+    counter(
+        &mut out,
+        "ketenpost_broker_limit_refusals_total",
+        "Refusals for a per-party limit, by limit.",
+        "limit",
+        snapshot(&counters.limits),
+    );
+    let gauge =
+        |out: &mut String, name: &str, help: &str, f: &dyn Fn(&PartyGauges) -> Option<f64>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (party, g) in &gauges.parties {
+                if let Some(v) = f(g) {
+                    let _ = writeln!(out, "{name}{{party=\"{party}\"}} {v}");
+                }
+            }
+        };
+    gauge(
+        &mut out,
+        "ketenpost_broker_connections",
+        "Authenticated connections, per party.",
+        &|g| Some(g.connections as f64),
+    );
+    gauge(
+        &mut out,
+        "ketenpost_broker_queue_depth",
+        "Messages queued for a party.",
+        &|g| Some(g.queue_depth as f64),
+    );
+    gauge(
+        &mut out,
+        "ketenpost_broker_queue_oldest_age_seconds",
+        "Age of the oldest message queued for a party.",
+        &|g| g.oldest_age_secs,
+    );
+    gauge(
+        &mut out,
+        "ketenpost_broker_notices_queued",
+        "Broker notices waiting for a party.",
+        &|g| Some(g.notices as f64),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ketenpost_broker_group_commits_total Group commits (one database fsync each)."
+    );
+    let _ = writeln!(out, "# TYPE ketenpost_broker_group_commits_total counter");
+    let _ = writeln!(
+        out,
+        "ketenpost_broker_group_commits_total {}",
+        commits.commits()
+    );
+    commits.size.render(
+        &mut out,
+        "ketenpost_broker_group_commit_size",
+        "Writes per group commit.",
+    );
+    commits.fsync.render(
+        &mut out,
+        "ketenpost_broker_fsync_seconds",
+        "Duration of each group commit's fsync.",
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ketenpost_broker_alerts_sent_total FG alerts sent (alerts are not built yet)."
+    );
+    let _ = writeln!(out, "# TYPE ketenpost_broker_alerts_sent_total counter");
+    let _ = writeln!(out, "ketenpost_broker_alerts_sent_total 0");
+    let _ = writeln!(
+        out,
+        "# HELP ketenpost_broker_up 1 while the broker serves; 0 once its store is poisoned."
+    );
+    let _ = writeln!(out, "# TYPE ketenpost_broker_up gauge");
+    let _ = writeln!(out, "ketenpost_broker_up {}", u8::from(gauges.up));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_has_help_type_and_cumulative_buckets() {
+        let c = Counters::default();
+        c.answered("accepted", None);
+        c.answered("rejected", Some("replay"));
+        c.limit("streams_per_party");
+        let s = CommitStats::default();
+        s.record(3, Duration::from_millis(2));
+        s.record(40, Duration::from_millis(30));
+        let mut g = Gauges {
+            up: true,
+            ..Gauges::default()
+        };
+        g.parties.insert(
+            "00000001000000000001".into(),
+            PartyGauges {
+                connections: 2,
+                queue_depth: 5,
+                oldest_age_secs: Some(1.5),
+                notices: 0,
+            },
+        );
+        let text = render(&c, &s, &g);
+        assert!(text.contains("ketenpost_broker_rejected_total{code=\"replay\"} 1"));
+        assert!(text.contains("ketenpost_broker_group_commit_size_bucket{le=\"4\"} 1"));
+        assert!(text.contains("ketenpost_broker_group_commit_size_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("ketenpost_broker_fsync_seconds_count 2"));
+        assert!(text.contains(
+            "ketenpost_broker_queue_oldest_age_seconds{party=\"00000001000000000001\"} 1.5"
+        ));
+        assert!(text.contains("ketenpost_broker_up 1"));
+    }
+}

@@ -1,0 +1,229 @@
+//! What an operator sees of a running broker process: Prometheus metrics and the health
+//! endpoints.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+
+use ketenpost_schemas::protocol::{Request, Response};
+use ketenpost_schemas::testdata::TEST_POLICY;
+use ketenpost_tests::{case_with_consent, signaal, BrokerProcess, Fed, REQUEST_TIMEOUT};
+
+/// A plain HTTP/1.1 GET; the status code and the body.
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // The bodies here are small: axum sends them with a content-length, not chunked.
+    (status, body.to_owned())
+}
+
+/// One sample: metric name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parse the Prometheus text exposition format (0.0.4) strictly: every line is a `# HELP`,
+/// a `# TYPE` or a sample `name{label="value",...} number`, and every sample belongs to a
+/// metric whose type was declared before it.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut typed: BTreeMap<String, String> = BTreeMap::new();
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split_whitespace().next().unwrap();
+            assert!(valid_name(name), "bad name in {line:?}");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line:?}"
+            );
+            typed.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment {line:?}");
+        let (metric, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        let (name, labels) = match metric.split_once('{') {
+            None => (metric, BTreeMap::new()),
+            Some((n, rest)) => {
+                let inner = rest.strip_suffix('}').unwrap_or_else(|| panic!("{line:?}"));
+                let labels = inner
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').unwrap();
+                        assert!(valid_name(k), "bad label in {line:?}");
+                        let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+                        (k.to_owned(), v.unwrap().to_owned())
+                    })
+                    .collect();
+                (n, labels)
+            }
+        };
+        assert!(valid_name(name), "bad name in {line:?}");
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|b| typed.get(*b).map(String::as_str) == Some("histogram"))
+            .unwrap_or(name);
+        assert!(typed.contains_key(base), "{name} has no # TYPE before it");
+        samples.push((name.to_owned(), labels, value));
+    }
+    samples
+}
+
+fn value(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name && label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v))
+        })
+        .map(|(_, _, v)| *v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
+    let fed = Fed::new(TEST_POLICY, None).unwrap();
+    let (gem, corp, zorg) = (
+        fed.keys(0).unwrap(),
+        fed.keys(1).unwrap(),
+        fed.keys(2).unwrap(),
+    );
+    let broker = BrokerProcess::start_with(
+        &fed,
+        &fed.path("data"),
+        "127.0.0.1:0".parse().unwrap(),
+        &["--metrics", "127.0.0.1:0"],
+        &[],
+    )
+    .unwrap();
+    let m = broker
+        .metrics
+        .expect("the broker says where its metrics are");
+    assert_eq!(get(m, "/healthz").0, 200);
+    assert_eq!(get(m, "/readyz").0, 200);
+    assert_eq!(get(m, "/nothing").0, 404);
+
+    let (gc, cc, zc) = (
+        gem.connect(broker.addr).await.unwrap(),
+        corp.connect(broker.addr).await.unwrap(),
+        zorg.connect(broker.addr).await.unwrap(),
+    );
+    let (case, consent) = case_with_consent(
+        "test",
+        "uitstroom",
+        (&gem, &gc, "gemeente"),
+        &[
+            (&zorg.oin, "zorgaanbieder"),
+            (&corp.oin, "woningcorporatie"),
+        ],
+        (&zorg, &zc),
+        &["gemeente", "zorgaanbieder", "woningcorporatie"],
+    )
+    .await
+    .unwrap();
+    let bytes = fed
+        .seal(
+            &corp,
+            signaal(&case, consent, &[(&zorg.oin, "zorgaanbieder")]).unwrap(),
+        )
+        .unwrap();
+    for _ in 0..2 {
+        // Accepted, then refused as a replay.
+        cc.request(&Request::Submit(bytes.clone()), REQUEST_TIMEOUT)
+            .await
+            .unwrap();
+    }
+
+    let (status, text) = get(m, "/metrics");
+    assert_eq!(status, 200);
+    let samples = parse_prometheus(&text);
+    let names: BTreeSet<&str> = samples.iter().map(|(n, _, _)| n.as_str()).collect();
+    for want in [
+        "ketenpost_broker_requests_total",
+        "ketenpost_broker_rejected_total",
+        "ketenpost_broker_connections",
+        "ketenpost_broker_queue_depth",
+        "ketenpost_broker_queue_oldest_age_seconds",
+        "ketenpost_broker_group_commits_total",
+        "ketenpost_broker_group_commit_size_bucket",
+        "ketenpost_broker_fsync_seconds_count",
+        "ketenpost_broker_alerts_sent_total",
+        "ketenpost_broker_up",
+    ] {
+        assert!(names.contains(want), "{want} missing from:\n{text}");
+    }
+    assert_eq!(
+        value(
+            &samples,
+            "ketenpost_broker_requests_total",
+            Some(("outcome", "accepted"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "ketenpost_broker_rejected_total",
+            Some(("code", "replay"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "ketenpost_broker_queue_depth",
+            Some(("party", zorg.oin.as_str()))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "ketenpost_broker_connections",
+            Some(("party", corp.oin.as_str()))
+        ),
+        Some(1.0)
+    );
+    assert!(value(&samples, "ketenpost_broker_group_commits_total", None).unwrap() >= 1.0);
+    assert!(value(&samples, "ketenpost_broker_fsync_seconds_count", None).unwrap() >= 1.0);
+    assert_eq!(value(&samples, "ketenpost_broker_up", None), Some(1.0));
+    // No content and no case reference in what an operator sees.
+    assert!(!text.contains(case.as_str()));
+    assert!(matches!(
+        zc.request(&Request::GetCheckpoint, REQUEST_TIMEOUT)
+            .await
+            .unwrap(),
+        Response::Checkpoint(_)
+    ));
+    for c in [gc, cc, zc] {
+        c.close().await;
+    }
+    assert!(broker.terminate().unwrap().success());
+}
