@@ -27,6 +27,7 @@
 //! max_buffered_bytes = 536870912       # request bytes buffered, all connections
 //! max_handshakes = 128                 # TLS handshakes in progress (unauthenticated)
 //! handshake_timeout_secs = 10
+//! handshakes_per_sec_per_address = 20  # new connections per second per remote address
 //! request_timeout_secs = 30
 //! max_clock_skew_secs = 300            # how far ahead of the broker an event_time may be
 //! max_fetch = 256
@@ -122,6 +123,9 @@ pub struct LimitsConfig {
     pub max_handshakes: usize,
     /// How long a handshake may take.
     pub handshake_timeout_secs: u64,
+    /// New connections per second one remote address may start (bursts of twice this);
+    /// more are refused before any TLS work.
+    pub handshakes_per_sec_per_address: u32,
     /// How long one request may take to arrive.
     pub request_timeout_secs: u64,
     /// How far a message's `event_time` may lie ahead of the broker's clock.
@@ -152,6 +156,7 @@ impl Default for LimitsConfig {
             max_buffered_bytes: 512 * 1024 * 1024,
             max_handshakes: 128,
             handshake_timeout_secs: 10,
+            handshakes_per_sec_per_address: 20,
             request_timeout_secs: 30,
             max_clock_skew_secs: 300,
             max_fetch: 256,
@@ -266,6 +271,7 @@ impl BrokerConfig {
             || l.max_streams_per_party == 0
             || l.max_handshakes == 0
             || l.handshake_timeout_secs == 0
+            || l.handshakes_per_sec_per_address == 0
             || l.max_fetch == 0
             || l.blocking_threads == 0
         {

@@ -78,12 +78,26 @@ struct Usage {
     streams: usize,
 }
 
+/// A token bucket of handshakes for one remote address.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+/// Most remote addresses tracked for the handshake rate; beyond it, idle (full) buckets
+/// are forgotten. QUIC Initial packets can come from spoofed addresses, so the map must
+/// stay bounded.
+const MAX_TRACKED_ADDRESSES: usize = 16_384;
+
 #[derive(Debug, Default)]
 struct State {
     parties: HashMap<Oin, Usage>,
     connections: usize,
     /// (party, limit) pairs in an episode of refusals: already audited.
     episodes: HashSet<(Oin, Limit)>,
+    /// Handshake token buckets per remote address.
+    buckets: HashMap<std::net::IpAddr, Bucket>,
 }
 
 /// The admission state of a running broker. Cheap to share (`Arc`).
@@ -120,10 +134,42 @@ impl Admission {
         &self.cfg
     }
 
-    /// A slot for one handshake in progress, or `None` when the cap is reached (the
-    /// caller refuses the connection attempt before any TLS work).
-    pub fn handshake(&self) -> Option<OwnedSemaphorePermit> {
+    /// A slot for one handshake in progress from `from`, or `None` when the cap of
+    /// handshakes in progress is reached or `from` is over its handshake rate (the caller
+    /// refuses the connection attempt before any TLS work). A handshake costs the broker
+    /// public-key operations; a party that reconnects in a loop would take the CPU from
+    /// everybody else's requests.
+    pub fn handshake(&self, from: std::net::IpAddr) -> Option<OwnedSemaphorePermit> {
+        if !self.take_token(from, std::time::Instant::now()) {
+            return None;
+        }
         self.handshakes.clone().try_acquire_owned().ok()
+    }
+
+    fn take_token(&self, from: std::net::IpAddr, now: std::time::Instant) -> bool {
+        let rate = self.cfg.handshakes_per_sec_per_address as f64;
+        let burst = rate * 2.0;
+        let mut s = self.state();
+        if s.buckets.len() >= MAX_TRACKED_ADDRESSES && !s.buckets.contains_key(&from) {
+            s.buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst
+            });
+            if s.buckets.len() >= MAX_TRACKED_ADDRESSES {
+                return false;
+            }
+        }
+        let b = s.buckets.entry(from).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -337,6 +383,23 @@ mod tests {
         drop(s1);
         let _s3 = a.stream(&p).expect("room again");
         assert!(a.stream(&p).expect_err("over again").new_episode);
+    }
+
+    #[test]
+    fn handshakes_are_rate_limited_per_address() {
+        let mut c = cfg();
+        c.handshakes_per_sec_per_address = 10;
+        let a = Admission::new(&c);
+        let (x, y): (std::net::IpAddr, std::net::IpAddr) =
+            ("192.0.2.1".parse().expect("ip"), "192.0.2.2".parse().expect("ip"));
+        let t0 = std::time::Instant::now();
+        let taken = (0..100).filter(|_| a.take_token(x, t0)).count();
+        assert_eq!(taken, 20, "the burst is twice the rate");
+        assert!(a.take_token(y, t0), "another address has its own bucket");
+        assert!(!a.take_token(x, t0));
+        let later = t0 + std::time::Duration::from_millis(500);
+        let refilled = (0..100).filter(|_| a.take_token(x, later)).count();
+        assert_eq!(refilled, 5, "half a second refills half the rate");
     }
 
     #[tokio::test]

@@ -377,8 +377,8 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
                 let Some(incoming) = incoming else { break };
                 // Identity is unknown until the handshake completes: cap the handshakes in
                 // progress, and give each a deadline; per-party limits apply after it.
-                let Some(slot) = shared.admission.handshake() else {
-                    debug!("handshake cap reached, refusing a connection attempt");
+                let Some(slot) = shared.admission.handshake(incoming.remote_address().ip()) else {
+                    debug!("handshake cap or rate reached, refusing a connection attempt");
                     incoming.refuse();
                     continue;
                 };
