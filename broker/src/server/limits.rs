@@ -151,9 +151,8 @@ impl Admission {
         let burst = rate * 2.0;
         let mut s = self.state();
         if s.buckets.len() >= MAX_TRACKED_ADDRESSES && !s.buckets.contains_key(&from) {
-            s.buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst
-            });
+            s.buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
             if s.buckets.len() >= MAX_TRACKED_ADDRESSES {
                 return false;
             }
@@ -390,8 +389,10 @@ mod tests {
         let mut c = cfg();
         c.handshakes_per_sec_per_address = 10;
         let a = Admission::new(&c);
-        let (x, y): (std::net::IpAddr, std::net::IpAddr) =
-            ("192.0.2.1".parse().expect("ip"), "192.0.2.2".parse().expect("ip"));
+        let (x, y): (std::net::IpAddr, std::net::IpAddr) = (
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+        );
         let t0 = std::time::Instant::now();
         let taken = (0..100).filter(|_| a.take_token(x, t0)).count();
         assert_eq!(taken, 20, "the burst is twice the rate");
