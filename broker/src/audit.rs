@@ -904,7 +904,17 @@ mod tests {
             db.flush().unwrap();
             trail.head()
         };
-        let db = sled::open(&path).unwrap();
+        // sled's background flusher may hold the first handle's file lock for a moment
+        // after it is dropped: retry (bounded) rather than fail on that.
+        let mut db = sled::open(&path);
+        for _ in 0..100 {
+            if db.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            db = sled::open(&path);
+        }
+        let db = db.unwrap();
         let trail = AuditTrail::open(&db, key()).unwrap();
         assert_eq!(trail.head(), head);
         let r = trail.append(entry(11), t0()).unwrap();
