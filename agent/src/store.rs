@@ -326,6 +326,7 @@ impl Store {
     pub fn delete_case(&self, case_ref: &CaseRef) -> Result<u64, Error> {
         let _guard = self.lock();
         self.vault.destroy_case(case_ref)?;
+        ketenpost_transport::failpoint::hit("agent-deletion", "shredded");
         let mut messages = 0u64;
         let matches = |v: &[u8]| -> bool {
             serde_json::from_slice::<CaseOnly>(v).is_ok_and(|c| &c.case_ref == case_ref)

@@ -224,6 +224,24 @@ async fn scenario(point: &'static str, victim: usize) {
         "{point}: the agent never reached its crash point (built without failpoints?)"
     );
 
+    // No agent holds a data key of the deleted case any more.
+    for i in 0..run.agents.len() {
+        let cases = Run::dir(&run.fed, i).join("data/vault/cases");
+        assert!(
+            cases.is_dir(),
+            "{point}: agent {i} has no vault at {cases:?}"
+        );
+        let keys = std::fs::read_dir(&cases)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|c| std::fs::read_dir(c.path()).ok())
+                    .map(|k| k.count())
+                    .sum::<usize>()
+            })
+            .unwrap_or(0);
+        assert_eq!(keys, 0, "{point}: agent {i} still holds {keys} data keys");
+    }
+
     // Stop everything, then read the broker's trail.
     let agents = std::mem::take(&mut run.agents);
     for a in agents {
@@ -279,6 +297,7 @@ crash_at! {
     agent_crash_after_the_broker_accepted => "agent-submit.answered", CORP;
     agent_crash_after_the_inbox_write => "agent-inbox.durable", ZORG;
     agent_crash_after_the_broker_took_the_receipt => "agent-receipt.answered", ZORG;
+    agent_crash_after_shredding_the_keys => "agent-deletion.shredded", ZORG;
     agent_crash_after_deleting => "agent-deletion.durable", ZORG;
     agent_crash_after_the_broker_took_the_confirmation => "agent-confirmation.answered", ZORG;
 }
