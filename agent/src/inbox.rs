@@ -481,26 +481,31 @@ mod tests {
         }
     }
 
-    /// An aanmelding from the care provider to the corporation, sealed under `policy`.
-    fn sealed(policy: &Policy, dir: &Directory, zorg: &Side, corp: &Side) -> Vec<u8> {
+    /// An aanmelding from `from` to `to` (with the roles given), sealed under `policy`
+    /// and `dir`: the whole envelope, every view.
+    fn aanmelding(policy: &Policy, dir: &Directory, from: &Side, to: &[(&Side, &str)]) -> Envelope {
         let draft = Draft::new(
             "uitstroom",
             Kind::Aanmelding,
             CaseRef::random(),
-            vec![(corp.oin.clone(), Role::new("woningcorporatie"))],
+            to.iter()
+                .map(|(s, r)| (s.oin.clone(), Role::new(*r)))
+                .collect(),
             LegalBasis::Consent {
                 consent_id: uuid::Uuid::now_v7(),
             },
             serde_json::to_value(Aanmelding::example()).unwrap(),
         );
         let sender = Sender {
-            oin: &zorg.oin,
-            key: &zorg.key,
+            oin: &from.oin,
+            key: &from.key,
         };
-        seal(draft, sender, policy, dir, Utc::now())
-            .unwrap()
-            .0
-            .encode()
+        seal(draft, sender, policy, dir, Utc::now()).unwrap().0
+    }
+
+    /// An aanmelding from the care provider to the corporation, sealed under `policy`.
+    fn sealed(policy: &Policy, dir: &Directory, zorg: &Side, corp: &Side) -> Vec<u8> {
+        aanmelding(policy, dir, zorg, &[(corp, "woningcorporatie")]).encode()
     }
 
     #[test]
@@ -528,29 +533,12 @@ mod tests {
             party(&zorg, "zorgaanbieder"),
             party(&corp, "woningcorporatie"),
         ]);
-        let draft = Draft::new(
-            "uitstroom",
-            Kind::Aanmelding,
-            CaseRef::random(),
-            vec![(corp.oin.clone(), Role::new("gemeente"))],
-            LegalBasis::Consent {
-                consent_id: uuid::Uuid::now_v7(),
-            },
-            serde_json::to_value(Aanmelding::example()).unwrap(),
-        );
-        let sender = Sender {
-            oin: &zorg.oin,
-            key: &zorg.key,
-        };
         // Sealed against a directory in which the corporation is a municipality.
         let forged = directory(vec![
             party(&zorg, "zorgaanbieder"),
             party(&corp, "gemeente"),
         ]);
-        let bytes = seal(draft, sender, &policy, &forged, Utc::now())
-            .unwrap()
-            .0
-            .encode();
+        let bytes = aanmelding(&policy, &forged, &zorg, &[(&corp, "gemeente")]).encode();
         let refusal = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &dir).unwrap_err();
         assert_eq!(refusal.code, "view_not_ours", "{}", refusal.reason);
         assert!(refusal.reason.contains("gemeente"), "{}", refusal.reason);
@@ -565,24 +553,12 @@ mod tests {
             party(&corp, "woningcorporatie"),
             party(&gem, "gemeente"),
         ]);
-        let draft = Draft::new(
-            "uitstroom",
-            Kind::Aanmelding,
-            CaseRef::random(),
-            vec![
-                (corp.oin.clone(), Role::new("woningcorporatie")),
-                (gem.oin.clone(), Role::new("gemeente")),
-            ],
-            LegalBasis::Consent {
-                consent_id: uuid::Uuid::now_v7(),
-            },
-            serde_json::to_value(Aanmelding::example()).unwrap(),
+        let whole = aanmelding(
+            &policy,
+            &dir,
+            &zorg,
+            &[(&corp, "woningcorporatie"), (&gem, "gemeente")],
         );
-        let sender = Sender {
-            oin: &zorg.oin,
-            key: &zorg.key,
-        };
-        let whole = seal(draft, sender, &policy, &dir, Utc::now()).unwrap().0;
         // The whole envelope (every view) is not what a broker delivers.
         let refusal =
             open_delivery(&whole.encode(), &corp.oin, &corp.age, &policy, &dir).unwrap_err();

@@ -444,23 +444,7 @@ impl Claimed {
     /// Check the header signature against `key` (the claimed sender's), the header's
     /// structure and every body digest.
     pub fn verify(self, limits: &Limits, key: &VerifyingKey) -> Result<VerifiedEnvelope, Error> {
-        let Claimed { header, envelope } = self;
-        let sig = Signature::from_bytes(&envelope.signature);
-        keys::verify(key, Context::Header, &envelope.header_bytes, &sig, "header")?;
-        header.check_structure(limits)?;
-        if header.bodies.len() != envelope.bodies.len() {
-            return Err(Error::Decode(format!(
-                "header lists {} bodies, envelope carries {}",
-                header.bodies.len(),
-                envelope.bodies.len()
-            )));
-        }
-        for (i, (r, b)) in header.bodies.iter().zip(&envelope.bodies).enumerate() {
-            if r.size != b.len() as u64 || r.sha256 != sha256_hex(b) {
-                return Err(Error::DigestMismatch { index: i });
-            }
-        }
-        Ok(VerifiedEnvelope { header, envelope })
+        self.verify_bodies(limits, key, None)
     }
 
     /// Verify a delivery to `me` ([`Envelope::delivery`]): the header signature and
@@ -473,6 +457,17 @@ impl Claimed {
         key: &VerifyingKey,
         me: &Oin,
     ) -> Result<VerifiedEnvelope, Error> {
+        self.verify_bodies(limits, key, Some(me))
+    }
+
+    /// The signature and structure; then every body's digest (`me` is `None`), or only
+    /// `me`'s body's with every other body withheld.
+    fn verify_bodies(
+        self,
+        limits: &Limits,
+        key: &VerifyingKey,
+        me: Option<&Oin>,
+    ) -> Result<VerifiedEnvelope, Error> {
         let Claimed { header, envelope } = self;
         let sig = Signature::from_bytes(&envelope.signature);
         keys::verify(key, Context::Header, &envelope.header_bytes, &sig, "header")?;
@@ -484,16 +479,23 @@ impl Claimed {
                 envelope.bodies.len()
             )));
         }
-        let (mine, _) = header
-            .body_for(me)
-            .ok_or_else(|| Error::NotARecipient(me.to_string()))?;
+        let mine = match me {
+            None => None,
+            Some(me) => Some(
+                header
+                    .body_for(me)
+                    .ok_or_else(|| Error::NotARecipient(me.to_string()))?
+                    .0,
+            ),
+        };
         for (i, (r, b)) in header.bodies.iter().zip(&envelope.bodies).enumerate() {
-            if i == mine {
-                if r.size != b.len() as u64 || r.sha256 != sha256_hex(b) {
-                    return Err(Error::DigestMismatch { index: i });
+            let withheld = mine.is_some_and(|m| m != i);
+            if withheld {
+                if !b.is_empty() {
+                    return Err(Error::NotOwnView { index: i });
                 }
-            } else if !b.is_empty() {
-                return Err(Error::NotOwnView { index: i });
+            } else if r.size != b.len() as u64 || r.sha256 != sha256_hex(b) {
+                return Err(Error::DigestMismatch { index: i });
             }
         }
         Ok(VerifiedEnvelope { header, envelope })
