@@ -176,12 +176,55 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/consents/{id}/withdraw", post(withdraw_consent))
         .route("/deletion-orders", get(deletion_orders))
         .route("/deletion-orders/{id}/ack", post(ack_deletion));
-    Router::new()
+    let api = Router::new()
         .nest("/v1", v1)
         .fallback(|| async { ApiError(Error::not_found("route", "(see agent/openapi.yaml)")) })
         .layer(middleware::from_fn_with_state(core.clone(), auth))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(core)
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    // For monitoring, without the token: counts and states only.
+    let ops = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    ops.merge(api).with_state(core)
+}
+
+async fn metrics(State(core): State<Arc<Core>>) -> ApiResult<impl IntoResponse> {
+    let h = core.health()?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&h),
+    ))
+}
+
+/// 200 while the agent serves and can read its store.
+async fn healthz(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    match core.health() {
+        Ok(_) => (StatusCode::OK, "ok\n"),
+        Err(e) => {
+            error!(cause = %e, "health check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the agent cannot read its store\n",
+            )
+        }
+    }
+}
+
+/// 200 when the agent can also reach the broker.
+async fn readyz(State(core): State<Arc<Core>>) -> impl IntoResponse {
+    match core.health() {
+        Ok(h) if h.broker_connected => (StatusCode::OK, "ready\n"),
+        Ok(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the broker is not reachable\n",
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent cannot read its store\n",
+        ),
+    }
 }
 
 /// Serve until `stop` turns true.
@@ -611,7 +654,12 @@ mod openapi_tests {
             let line = line.trim();
             if let Some(rest) = line.strip_prefix(".route(\"") {
                 let path = rest.split('"').next().unwrap_or_default();
-                let full = format!("  /v1{path}:");
+                // The monitoring routes sit beside /v1.
+                let full = if ["/metrics", "/healthz", "/readyz"].contains(&path) {
+                    format!("  {path}:")
+                } else {
+                    format!("  /v1{path}:")
+                };
                 assert!(spec.contains(&full), "openapi.yaml lacks {full}");
                 n += 1;
             }

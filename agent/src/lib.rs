@@ -45,6 +45,7 @@ pub mod early;
 mod error;
 pub mod inbox;
 pub mod link;
+pub mod metrics;
 pub mod mirror;
 pub mod ops;
 pub mod outbox;

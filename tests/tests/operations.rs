@@ -1,5 +1,5 @@
-//! What an operator sees of a running broker process: Prometheus metrics and the health
-//! endpoints.
+//! What an operator sees of running broker and agent processes: Prometheus metrics and
+//! the health endpoints.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use ketenpost_schemas::protocol::{Request, Response};
 use ketenpost_schemas::testdata::TEST_POLICY;
+use ketenpost_tests::agents::AgentProcess;
 use ketenpost_tests::{case_with_consent, signaal, BrokerProcess, Fed, REQUEST_TIMEOUT};
 
 /// A plain HTTP/1.1 GET; the status code and the body.
@@ -226,4 +227,54 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
         c.close().await;
     }
     assert!(broker.terminate().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_metrics_need_no_token_and_parse() {
+    let fed = Fed::new(TEST_POLICY, None).unwrap();
+    let broker =
+        BrokerProcess::start(&fed, &fed.path("data"), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let agent = AgentProcess::start(&fed, 1, broker.addr, &fed.path("agent-1")).unwrap();
+    let at = agent.api.addr();
+    assert_eq!(get(at, "/healthz").0, 200);
+    // Ready once it reached the broker (it fetches its documents at start).
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = get(at, "/readyz").0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, 200);
+    let (status, text) = get(at, "/metrics");
+    assert_eq!(status, 200);
+    let samples = parse_prometheus(&text);
+    assert_eq!(
+        value(&samples, "ketenpost_agent_broker_connected", None),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "ketenpost_agent_outbox_queued", None),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&samples, "ketenpost_agent_audit_warnings", None),
+        Some(0.0)
+    );
+    // The API itself still needs the token.
+    assert_eq!(get(at, "/v1/health").0, 401);
+    // With the broker gone, the agent is alive but not ready.
+    assert!(broker.terminate().unwrap().success());
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(at, "/readyz").0;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 503);
+    assert_eq!(get(at, "/healthz").0, 200);
+    agent.terminate().unwrap();
 }
