@@ -29,9 +29,9 @@ enum Command {
     /// Create a dev federation: CA, broker and party certificates and keys, negative test
     /// certificates, and the policy and directory signed by a new federation key.
     Init(InitArgs),
-    /// Revoke a party's TLS certificate: write a new CRL (the federation's ca/crl.pem)
-    /// that lists it besides every certificate revoked before. Restart the broker (or
-    /// let it reload) to apply it.
+    /// Revoke a party: a new CRL (ca/crl.pem) that lists its TLS certificate besides every
+    /// certificate revoked before, and a new directory version (serial + 1, signed) that
+    /// marks it revoked. Restart the broker to apply them.
     Revoke(RevokeArgs),
 }
 
@@ -40,9 +40,13 @@ struct RevokeArgs {
     /// The federation directory (made by `init`).
     #[arg(long, value_name = "DIR")]
     federation: PathBuf,
-    /// The party whose certificate to revoke.
+    /// The party to revoke.
     #[arg(long, value_name = "OIN")]
     oin: String,
+    /// Only the CRL; leave the directory as it is (e.g. a compromised certificate whose
+    /// party gets a new one).
+    #[arg(long)]
+    crl_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -84,16 +88,28 @@ fn revoke(args: RevokeArgs) -> ExitCode {
         .map_err(|e| format!("--oin: {e}"))
         .and_then(|oin| {
             let fed = Federation::load(&args.federation).map_err(|e| e.to_string())?;
-            ketenpost_certs::revoke::revoke_party_cert(&fed, &oin, chrono::Utc::now())
-                .map(|serial| (oin, serial))
-                .map_err(|e| e.to_string())
+            let now = chrono::Utc::now();
+            let serial = ketenpost_certs::revoke::revoke_party_cert(&fed, &oin, now)
+                .map_err(|e| e.to_string())?;
+            let version = if args.crl_only {
+                None
+            } else {
+                Some(
+                    ketenpost_certs::revoke::revoke_in_directory(&fed, &oin, now)
+                        .map_err(|e| e.to_string())?,
+                )
+            };
+            Ok((oin, serial, version))
         });
     match result {
-        Ok((oin, serial)) => {
+        Ok((oin, serial, version)) => {
             println!(
                 "revoked the certificate of {oin} (serial {}); the CRL is rewritten",
                 hex::encode(serial)
             );
+            if let Some(v) = version {
+                println!("{oin} is marked revoked in directory version {v} (signed)");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -2,9 +2,10 @@
 //! its serial besides every serial the current CRL lists.
 //!
 //! The broker checks client certificates against the CRL at every handshake; a revoked
-//! certificate is refused even while the directory still lists the party. (Marking the
-//! party revoked in the directory, which also stops its signatures from verifying, is a
-//! directory change signed with the federation key.)
+//! certificate is refused even while the directory still lists the party. Marking the
+//! party revoked in the directory ([`revoke_in_directory`]) also stops its signatures from
+//! verifying and its name from being a recipient: a new directory version (serial + 1),
+//! signed with the federation key.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -83,8 +84,62 @@ pub fn revoke_party_cert(
     Ok(serial)
 }
 
+/// Mark party `oin` revoked in the federation's directory: a new version (serial + 1,
+/// issued `now`), checked against the policy and signed with the federation key, written
+/// over `directory.json` and its `.sig` (each replaced atomically). Returns the new
+/// serial. A party revoked already is refused, so a serial is never spent on nothing.
+pub fn revoke_in_directory(fed: &Federation, oin: &Oin, now: DateTime<Utc>) -> Result<u64, Error> {
+    let policy = fed.load_policy()?;
+    let mut directory = fed.load_directory(&policy)?;
+    let party = directory
+        .parties
+        .iter_mut()
+        .find(|p| &p.oin == oin)
+        .ok_or_else(|| Error::Roster {
+            path: None,
+            reason: format!("the directory has no party {oin}"),
+        })?;
+    if party.revoked {
+        return Err(Error::Roster {
+            path: None,
+            reason: format!("party {oin} is revoked already"),
+        });
+    }
+    party.revoked = true;
+    directory.serial = directory.serial.saturating_add(1);
+    directory.issued_at = now;
+    directory.check(&policy).map_err(|source| Error::Schemas {
+        what: "new directory",
+        source,
+    })?;
+    let mut json = serde_json::to_vec_pretty(&directory).map_err(|e| Error::Serialize {
+        what: "directory",
+        reason: e.to_string(),
+    })?;
+    json.push(b'\n');
+    let key = ketenpost_schemas::keys::signing_key_from_text(&String::from_utf8_lossy(&read(
+        &fed.federation.signing_key,
+    )?))
+    .map_err(|source| Error::Schemas {
+        what: "federation signing key",
+        source,
+    })?;
+    let sig = ketenpost_schemas::directory::sign_document(
+        &key,
+        ketenpost_schemas::keys::Context::Directory,
+        &json,
+    );
+    // The document, then its signature: a reader in between sees a signature that does
+    // not match and refuses the document (a broker does not start on it).
+    write_atomically(&fed.directory.file, &json)?;
+    write_atomically(&fed.directory.sig, format!("{sig}\n").as_bytes())?;
+    Ok(directory.serial)
+}
+
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension("pem.tmp");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::write(&tmp, e))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())

@@ -531,3 +531,38 @@ fn binary_exits_64_on_usage_errors() {
     let help = Command::new(bin).arg("--help").output().unwrap();
     assert_eq!(help.status.code(), Some(0));
 }
+
+#[test]
+fn revoking_a_party_rewrites_the_crl_and_signs_a_new_directory_version() {
+    let (_dir, fed) = federation();
+    let policy = fed.load_policy().unwrap();
+    let before = fed.load_directory(&policy).unwrap();
+    let oin = fed.parties[1].oin.clone();
+    let old_crl =
+        ketenpost_certs::revoke::crl_serials(&std::fs::read(&fed.ca.crl).unwrap()).unwrap();
+    let now = chrono::Utc::now();
+
+    let serial = ketenpost_certs::revoke::revoke_party_cert(&fed, &oin, now).unwrap();
+    let crl = ketenpost_certs::revoke::crl_serials(&std::fs::read(&fed.ca.crl).unwrap()).unwrap();
+    assert!(crl.contains(&serial), "the party's serial is listed");
+    assert!(
+        old_crl.iter().all(|s| crl.contains(s)),
+        "earlier revocations are kept"
+    );
+    assert_eq!(
+        serial,
+        ketenpost_certs::revoke::cert_serial(&std::fs::read(&fed.parties[1].cert).unwrap())
+            .unwrap()
+    );
+
+    let version = ketenpost_certs::revoke::revoke_in_directory(&fed, &oin, now).unwrap();
+    assert_eq!(version, before.serial + 1);
+    let after = fed.load_directory(&policy).unwrap();
+    assert_eq!(after.serial, version, "the new version verifies");
+    assert!(after.active_party(&oin).is_none());
+    assert!(after.party(&oin).is_some_and(|p| p.revoked));
+    assert!(
+        ketenpost_certs::revoke::revoke_in_directory(&fed, &oin, now).is_err(),
+        "revoking twice spends no serial"
+    );
+}

@@ -393,7 +393,7 @@ async fn a_revoked_certificate_still_listed_in_the_directory_is_refused() {
     let out = std::process::Command::new(binary("ketenpost-certs").unwrap())
         .args(["revoke", "--federation"])
         .arg(&fed.files.dir)
-        .args(["--oin", corp.oin.as_str()])
+        .args(["--oin", corp.oin.as_str(), "--crl-only"])
         .output()
         .unwrap();
     assert!(
