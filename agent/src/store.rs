@@ -69,6 +69,9 @@ pub struct Store {
     pub(crate) meta: sled::Tree,
     /// The data keys of the sealed fields.
     pub(crate) vault: Vault,
+    /// Data keys whose records no longer hold a secret field: destroyed once a flush made
+    /// those records durable (see [`Store::put_sealed`]).
+    shred_after_flush: Mutex<Vec<(CaseRef, MessageId)>>,
     /// Serialises read-modify-write cycles (never held across an await).
     pub(crate) write: Mutex<()>,
     /// Group commit, see [`Store::flush`].
@@ -119,6 +122,7 @@ impl Store {
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
             vault: Vault::open(dir)?,
+            shred_after_flush: Mutex::new(Vec::new()),
             db,
             write: Mutex::new(()),
             flushes: Flushes::default(),
@@ -141,11 +145,29 @@ impl Store {
             return Ok(());
         }
         let number = f.started.fetch_add(1, Ordering::SeqCst) + 1;
+        // The keys whose records were rewritten before this flush started; this flush
+        // makes those records durable, so the keys may go after it.
+        let shred: Vec<(CaseRef, MessageId)> = std::mem::take(
+            &mut *self
+                .shred_after_flush
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| Error::Unexpected(format!("the database flush was interrupted: {e}")))??;
         f.done.store(number, Ordering::SeqCst);
+        for (case, id) in shred {
+            if let Err(e) = self.vault.destroy_message(&case, &id) {
+                // The write is durable either way; try the key again at the next flush.
+                tracing::error!(message = %id, cause = %e, "cannot destroy a data key; will retry");
+                self.shred_after_flush
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((case, id));
+            }
+        }
         Ok(())
     }
 
@@ -169,8 +191,10 @@ impl Store {
     }
 
     /// Store a record with its secret fields sealed. Without any secret field left (all
-    /// null or absent), the message's data key is destroyed first: what was sealed under
-    /// it before cannot be opened any more.
+    /// null or absent), the message's data key is destroyed after the next flush (which
+    /// makes this write durable): what was sealed under it before cannot be opened any
+    /// more. Destroyed before, a crash could leave the older record, still naming its
+    /// sealed fields, without their key.
     pub(crate) fn put_sealed<T: Sealed>(
         &self,
         tree: &sled::Tree,
@@ -192,14 +216,20 @@ impl Store {
                 }
             }
         }
-        if secret.is_empty() {
-            self.vault.destroy_message(&ids.case_ref, &ids.message_id)?;
-        } else {
+        let shred = secret.is_empty() && self.vault.holds_message(&ids.case_ref, &ids.message_id);
+        if !secret.is_empty() {
             let plain = to_json(&secret)?;
             let sealed = self.vault.seal(&ids.case_ref, &ids.message_id, &plain)?;
             obj.insert(SEALED_FIELD.to_owned(), serde_json::Value::String(sealed));
         }
         tree.insert(key, to_json(&json)?)?;
+        // After the write: a flush that takes the list covers it.
+        if shred {
+            self.shred_after_flush
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((ids.case_ref, ids.message_id));
+        }
         Ok(())
     }
 
@@ -366,4 +396,50 @@ impl Store {
 #[derive(serde::Deserialize)]
 pub(crate) struct CaseOnly {
     pub(crate) case_ref: CaseRef,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Rec {
+        message_id: MessageId,
+        case_ref: CaseRef,
+        #[serde(default)]
+        secret: Option<String>,
+    }
+
+    impl Sealed for Rec {
+        const SECRET: &'static [&'static str] = &["secret"];
+        const WHAT: &'static str = "test record";
+    }
+
+    #[tokio::test]
+    async fn a_key_goes_only_after_the_flush_that_made_its_last_write_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.db.open_tree("test").unwrap();
+        let mut rec = Rec {
+            message_id: MessageId::new(),
+            case_ref: CaseRef::random(),
+            secret: Some("marker".into()),
+        };
+        store.put_sealed(&tree, b"k", &rec).unwrap();
+        let raw = tree.get(b"k").unwrap().unwrap();
+        assert!(!raw.windows(6).any(|w| w == b"marker"), "sealed at rest");
+        assert_eq!(
+            store.get_sealed::<Rec>(&tree, b"k").unwrap().as_ref(),
+            Some(&rec)
+        );
+
+        // The secret goes: the key stays until a flush made that write durable.
+        rec.secret = None;
+        store.put_sealed(&tree, b"k", &rec).unwrap();
+        assert!(store.vault.holds_message(&rec.case_ref, &rec.message_id));
+        store.flush().await.unwrap();
+        assert!(!store.vault.holds_message(&rec.case_ref, &rec.message_id));
+        assert_eq!(store.get_sealed::<Rec>(&tree, b"k").unwrap(), Some(rec));
+    }
 }

@@ -301,6 +301,11 @@ impl Vault {
         Ok(n)
     }
 
+    /// Whether message `id` of `case` has a data key.
+    pub fn holds_message(&self, case: &CaseRef, id: &MessageId) -> bool {
+        self.key_path(case, id).exists()
+    }
+
     /// Whether any data key of `case` is left.
     pub fn holds_case(&self, case: &CaseRef) -> bool {
         fs::read_dir(self.case_dir(case)).is_ok_and(|mut d| d.next().is_some())
