@@ -295,6 +295,36 @@ async fn refusals_record_only_verified_facts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_are_read_with_the_bound_of_their_kind() {
+    let s = setup().await;
+    let corp = &s.parties[1];
+    let cc = corp.connect(s.broker.addr).await.unwrap();
+    // A control record may be 64 KiB, a receipt 8 KiB, a fetch 1 KiB: one byte over is
+    // refused without the rest being read.
+    for (kind, bound) in [(0x04u8, 64 * 1024), (0x03, 8 * 1024), (0x02, 1024)] {
+        let mut frame = vec![ketenpost_schemas::protocol::PROTOCOL_VERSION, kind];
+        frame.resize(bound + 1, b' ');
+        let (mut send, mut recv) = cc.connection().open_bi().await.unwrap();
+        // The broker may stop the stream before it has all of it.
+        let _ = send.write_all(&frame).await;
+        let _ = send.finish();
+        let bytes = recv.read_to_end(64 * 1024).await.unwrap();
+        let r = rejection(Response::decode(&bytes).unwrap());
+        assert_eq!(r.code, RejectCode::Malformed, "kind {kind:#04x}: {r}");
+        assert!(r.reason.contains(&bound.to_string()), "{}", r.reason);
+    }
+    // The connection is still served.
+    assert!(matches!(
+        cc.request(&Request::GetCheckpoint, REQUEST_TIMEOUT)
+            .await
+            .unwrap(),
+        Response::Checkpoint(_)
+    ));
+    cc.close().await;
+    assert!(s.broker.terminate().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_far_future_event_time_is_refused() {
     let s = setup().await;
     let (corp, zorg) = (&s.parties[1], &s.parties[2]);
