@@ -78,13 +78,7 @@ pub struct Submitted<'a> {
 #[derive(Debug, Clone)]
 pub struct Authorised {
     verified: VerifiedEnvelope,
-    processing_activity: String,
-    recipients: Vec<(Oin, Role)>,
-    flags: Vec<AcceptFlag>,
-    ground: Option<NonConsentGround>,
-    send_deadline: Option<DateTime<Utc>>,
-    expires_at: DateTime<Utc>,
-    breach: Option<Routing>,
+    decision: Decision,
 }
 
 impl Authorised {
@@ -100,38 +94,38 @@ impl Authorised {
 
     /// The processing activity of its purpose (for the audit trail).
     pub fn processing_activity(&self) -> &str {
-        &self.processing_activity
+        &self.decision.processing_activity
     }
 
     /// The recipients with their role in the case.
     pub fn recipients(&self) -> &[(Oin, Role)] {
-        &self.recipients
+        &self.decision.recipients
     }
 
     /// What the broker noted: late, non-consent ground.
     pub fn flags(&self) -> &[AcceptFlag] {
-        &self.flags
+        &self.decision.flags
     }
 
     /// The non-consent ground used, if any (the FGs are alerted).
     pub fn ground(&self) -> Option<NonConsentGround> {
-        self.ground
+        self.decision.ground
     }
 
     /// The `send_within` deadline, if the kind has one.
     pub fn send_deadline(&self) -> Option<DateTime<Utc>> {
-        self.send_deadline
+        self.decision.send_deadline
     }
 
     /// When an undelivered body expires.
     pub fn expires_at(&self) -> DateTime<Utc> {
-        self.expires_at
+        self.decision.expires_at
     }
 
     /// For a breach notice: the cases it concerns and the recipients the broker resolved
     /// from its flow history ([`crate::breach`]).
     pub fn breach(&self) -> Option<&Routing> {
-        self.breach.as_ref()
+        self.decision.breach.as_ref()
     }
 }
 
@@ -141,7 +135,7 @@ impl MessageMeta {
     pub fn accepted(a: &Authorised, now: DateTime<Utc>) -> MessageMeta {
         let h = a.header();
         let recipients: std::collections::BTreeSet<Oin> =
-            a.recipients.iter().map(|(o, _)| o.clone()).collect();
+            a.recipients().iter().map(|(o, _)| o.clone()).collect();
         MessageMeta {
             id: h.id,
             sender: h.sender.clone(),
@@ -149,7 +143,7 @@ impl MessageMeta {
             purpose: h.purpose.clone(),
             kind: h.kind,
             accepted_at: now,
-            expires_at: a.expires_at,
+            expires_at: a.expires_at(),
             pending: recipients.clone(),
             fetched: std::collections::BTreeSet::new(),
             recipients,
@@ -230,16 +224,7 @@ pub fn check_message_facts(
         verified: None,
     })?;
     match decide(verified.header(), &env, reg, now) {
-        Ok(d) => Ok(Authorised {
-            processing_activity: d.processing_activity,
-            recipients: d.recipients,
-            flags: d.flags,
-            ground: d.ground,
-            send_deadline: d.send_deadline,
-            expires_at: d.expires_at,
-            breach: d.breach,
-            verified,
-        }),
+        Ok(decision) => Ok(Authorised { verified, decision }),
         Err(rejection) => Err(Refusal {
             rejection,
             verified: Some(Box::new(verified.header().clone())),
@@ -248,6 +233,7 @@ pub fn check_message_facts(
 }
 
 /// What checks 3-7 decided about an authenticated message.
+#[derive(Debug, Clone)]
 struct Decision {
     processing_activity: String,
     recipients: Vec<(Oin, Role)>,

@@ -14,11 +14,11 @@ fn a_good_message_passes_every_check() {
     let ok = fx
         .check_as(&fx.corp, &fx.seal(&fx.corp, fx.signaal()))
         .unwrap();
-    assert!(ok.flags.is_empty());
-    assert_eq!(ok.recipients.len(), 2);
-    assert_eq!(ok.processing_activity, "test-uitstroom");
-    assert_eq!(ok.expires_at, fx.now + Duration::days(7));
-    assert!(ok.send_deadline.is_some());
+    assert!(ok.flags().is_empty());
+    assert_eq!(ok.recipients().len(), 2);
+    assert_eq!(ok.processing_activity(), "test-uitstroom");
+    assert_eq!(ok.expires_at(), fx.now + Duration::days(7));
+    assert!(ok.send_deadline().is_some());
 }
 
 #[test]
@@ -162,8 +162,8 @@ fn check_6_legal_basis() {
         justification: "dossier-17".into(),
     };
     let ok = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap();
-    assert_eq!(ok.ground, Some(NonConsentGround::AcuteDanger));
-    assert!(ok.flags.contains(&AcceptFlag::NonConsentGround));
+    assert_eq!(ok.ground(), Some(NonConsentGround::AcuteDanger));
+    assert!(ok.flags().contains(&AcceptFlag::NonConsentGround));
     // A consent that does not cover the recipient's role.
     fx.reg
         .consents
@@ -221,7 +221,11 @@ fn check_7_late_is_accepted_and_flagged() {
         let mut d = fx.signaal();
         d.event_time = Some(fx.now - Duration::hours(hours_ago));
         let ok = fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).unwrap();
-        assert_eq!(ok.flags.contains(&AcceptFlag::Late), late, "{hours_ago} h");
+        assert_eq!(
+            ok.flags().contains(&AcceptFlag::Late),
+            late,
+            "{hours_ago} h"
+        );
     }
     let mut d = fx.signaal();
     d.event_time = None;
@@ -508,9 +512,9 @@ fn a_breach_goes_to_exactly_the_parties_that_exchanged_messages_in_the_window() 
         false,
     );
     let ok = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap();
-    let routing = ok.breach.unwrap();
+    let routing = ok.breach().cloned().unwrap();
     assert_eq!(routing.cases, [fx.case.clone()].into());
-    assert_eq!(ok.recipients.len(), 2);
+    assert_eq!(ok.recipients().len(), 2);
 
     // The whole case team is too many: refused, with the set to seal to.
     let d = breach_draft(
@@ -551,7 +555,7 @@ fn a_breach_goes_to_exactly_the_parties_that_exchanged_messages_in_the_window() 
         .check_as(&fx.zorg, &fx.seal(&fx.zorg, d.clone()))
         .unwrap();
     assert_eq!(
-        ok.breach.unwrap().cases,
+        ok.breach().cloned().unwrap().cases,
         [fx.case.clone(), b.clone()].into()
     );
     // "Every case of this sender in the window" finds the same.
