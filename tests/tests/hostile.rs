@@ -22,6 +22,13 @@ fn rejection(r: Response) -> ketenpost_schemas::protocol::Rejection {
     }
 }
 
+/// Submit `bytes` and return the broker's answer.
+async fn submit(c: &Client, bytes: Vec<u8>) -> Response {
+    c.request(&Request::Submit(bytes), REQUEST_TIMEOUT)
+        .await
+        .unwrap()
+}
+
 /// Every audit record of a stopped broker.
 fn records(data: &Path) -> Vec<AuditRecord> {
     let db = sled::open(data.join("broker.sled")).unwrap();
@@ -168,10 +175,7 @@ async fn a_flooding_partner_does_not_lock_out_another() {
         .fed
         .seal(corp, signaal(&s.case, s.consent, &to).unwrap())
         .unwrap();
-    let r = cc
-        .request(&Request::Submit(bytes), REQUEST_TIMEOUT)
-        .await
-        .unwrap();
+    let r = submit(&cc, bytes).await;
     assert!(matches!(r, Response::Accepted { .. }), "{r:?}");
     let got = fetch_one(&zc).await;
     assert!(matches!(got[0], Delivery::Message { .. }));
@@ -226,20 +230,14 @@ async fn refusals_record_only_verified_facts() {
         .unwrap();
     let hlen = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
     bytes[8 + hlen + 1] ^= 1;
-    let r = cc
-        .request(&Request::Submit(bytes.clone()), REQUEST_TIMEOUT)
-        .await
-        .unwrap();
+    let r = submit(&cc, bytes.clone()).await;
     assert_eq!(rejection(r).code, RejectCode::BadSignature);
     // The same forged case, sent over another party's connection.
     let other = s
         .fed
         .seal(corp, signaal(&forged_case, s.consent, &to).unwrap())
         .unwrap();
-    let r = zc
-        .request(&Request::Submit(other), REQUEST_TIMEOUT)
-        .await
-        .unwrap();
+    let r = submit(&zc, other).await;
     assert_eq!(rejection(r).code, RejectCode::TransportIdentity);
     // A correctly signed message refused later (check 5) is recorded with its facts.
     let unknown_case = CaseRef::random();
@@ -247,10 +245,7 @@ async fn refusals_record_only_verified_facts() {
         .fed
         .seal(corp, signaal(&unknown_case, s.consent, &to).unwrap())
         .unwrap();
-    let r = cc
-        .request(&Request::Submit(signed), REQUEST_TIMEOUT)
-        .await
-        .unwrap();
+    let r = submit(&cc, signed).await;
     assert_eq!(rejection(r).code, RejectCode::UnknownCase);
     cc.close().await;
     zc.close().await;
@@ -332,26 +327,14 @@ async fn a_far_future_event_time_is_refused() {
     let to = [(&zorg.oin, "zorgaanbieder")];
     let mut d = signaal(&s.case, s.consent, &to).unwrap();
     d.event_time = Some(chrono::Utc::now() + chrono::Duration::days(365));
-    let r = cc
-        .request(
-            &Request::Submit(s.fed.seal(corp, d).unwrap()),
-            REQUEST_TIMEOUT,
-        )
-        .await
-        .unwrap();
+    let r = submit(&cc, s.fed.seal(corp, d).unwrap()).await;
     let r = rejection(r);
     assert_eq!(r.code, RejectCode::Malformed);
     assert!(r.reason.contains("event_time"), "{}", r.reason);
     // Within the allowed drift it is fine.
     let mut d = signaal(&s.case, s.consent, &to).unwrap();
     d.event_time = Some(chrono::Utc::now() + chrono::Duration::seconds(60));
-    let r = cc
-        .request(
-            &Request::Submit(s.fed.seal(corp, d).unwrap()),
-            REQUEST_TIMEOUT,
-        )
-        .await
-        .unwrap();
+    let r = submit(&cc, s.fed.seal(corp, d).unwrap()).await;
     assert!(matches!(r, Response::Accepted { .. }), "{r:?}");
     cc.close().await;
     assert!(s.broker.terminate().unwrap().success());
@@ -368,10 +351,7 @@ async fn a_recipient_receives_only_its_own_view() {
         .fed
         .seal(corp, signaal(&s.case, s.consent, &to).unwrap())
         .unwrap();
-    let r = cc
-        .request(&Request::Submit(sent.clone()), REQUEST_TIMEOUT)
-        .await
-        .unwrap();
+    let r = submit(&cc, sent.clone()).await;
     assert!(matches!(r, Response::Accepted { .. }), "{r:?}");
     let Delivery::Message { envelope, .. } = &fetch_one(&zc).await[0] else {
         panic!("expected a message");
