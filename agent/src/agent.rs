@@ -82,7 +82,7 @@ impl Agent {
         let core = Arc::new(Core {
             me: config.oin.clone(),
             signing: keys.signing,
-            age: keys.age,
+            identities: std::iter::once(keys.age).chain(keys.previous_age).collect(),
             federation: keys.federation,
             api_token: keys.api_token,
             me_keys,

@@ -63,6 +63,26 @@ pub enum Command {
     /// Run the agent: fetch and verify the federation documents, serve the API, send and
     /// receive until stopped (SIGINT or SIGTERM).
     Run,
+    /// Make this organisation's keys (signing, age, TLS) in a new folder, with the public
+    /// enrolment request and the certificate request to send to the federation operator.
+    /// Private keys stay here. Needs no configuration file and no running agent.
+    #[command(
+        after_help = "Example:\n  ketenpost-agent keygen --out keys/ --oin 00000009000000000042 --name 'Zorg Nieuw' --fg-contact fg@zorg.example"
+    )]
+    Keygen {
+        /// The folder to write the keys to (created; must not hold keys yet).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Our OIN.
+        #[arg(long)]
+        oin: Oin,
+        /// Our organisation's name.
+        #[arg(long)]
+        name: String,
+        /// How to reach our FG (an office address).
+        #[arg(long)]
+        fg_contact: String,
+    },
     /// Send a message. Prints its id and status (queued).
     #[command(
         after_help = "Example:\n  ketenpost-agent send --kind signaal --case case-... --to woningcorporatie --payload signaal.json"
@@ -358,7 +378,9 @@ fn send_body(a: &SendArgs) -> Result<Value, Error> {
 pub async fn call(cli: &Cli) -> Result<Value, Error> {
     let api = client(cli)?;
     match &cli.command {
-        Command::Run => Err(Error::Invalid("`run` is not an API call".into())),
+        Command::Run | Command::Keygen { .. } => Err(Error::Invalid(
+            "`run` and `keygen` are not API calls".into(),
+        )),
         Command::Send(a) => api.call("POST", "/v1/messages", Some(&send_body(a)?)).await,
         Command::Status { id } => api.call("GET", &format!("/v1/messages/{id}"), None).await,
         Command::Outbox { case_ref } => {

@@ -16,6 +16,7 @@
 //! [keys]
 //! signing_key = "parties/00000001000000000001/signing.key"  # ed25519, headers and records
 //! age_identity = "parties/00000001000000000001/age.key"     # decrypts our views
+//! previous_age_identities = []          # after a key rotation: the former age.key
 //! federation_public_key_file = "federation/signing.pub"    # or federation_public_key = "<base64>"
 //!
 //! [api]
@@ -68,6 +69,11 @@ pub struct KeysSection {
     pub signing_key: PathBuf,
     /// The age identity (`AGE-SECRET-KEY-1...`): decrypts the views addressed to us.
     pub age_identity: PathBuf,
+    /// Age identities from before a key rotation: bodies sealed for them before the
+    /// directory listed the new key can still be opened. Remove them once the rotation's
+    /// overlap has ended and the queue was drained.
+    #[serde(default)]
+    pub previous_age_identities: Vec<PathBuf>,
     /// The federation public key (base64), pinned inline.
     #[serde(default)]
     pub federation_public_key: Option<String>,
@@ -167,6 +173,8 @@ pub struct LoadedKeys {
     pub signing: SigningKey,
     /// Decrypts our views.
     pub age: age::x25519::Identity,
+    /// Decrypts views sealed for our keys before a rotation.
+    pub previous_age: Vec<age::x25519::Identity>,
     /// The pinned federation key.
     pub federation: VerifyingKey,
     /// The API bearer token.
@@ -225,6 +233,9 @@ impl AgentConfig {
         fix(&mut self.tls.key);
         fix(&mut self.keys.signing_key);
         fix(&mut self.keys.age_identity);
+        for p in &mut self.keys.previous_age_identities {
+            fix(p);
+        }
         if let Some(p) = self.keys.federation_public_key_file.as_mut() {
             fix(p);
         }
@@ -298,6 +309,15 @@ impl AgentConfig {
             .map_err(|e| config_error(&self.keys.signing_key, e.to_string()))?;
         let age = keys::age_identity_from_text(&read(&self.keys.age_identity, "age identity")?)
             .map_err(|e| config_error(&self.keys.age_identity, e.to_string()))?;
+        let previous_age = self
+            .keys
+            .previous_age_identities
+            .iter()
+            .map(|p| {
+                keys::age_identity_from_text(&read(p, "previous age identity")?)
+                    .map_err(|e| config_error(p, e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let federation = match (
             &self.keys.federation_public_key,
             &self.keys.federation_public_key_file,
@@ -329,6 +349,7 @@ impl AgentConfig {
         Ok(LoadedKeys {
             signing,
             age,
+            previous_age,
             federation,
             api_token,
         })

@@ -56,21 +56,14 @@ pub struct Me {
 /// Verify signed documents against the pinned federation key and check that the directory
 /// lists this agent, active, with the keys it holds.
 pub fn verify(pinned: &VerifyingKey, docs: &Documents, me: &Me) -> Result<Trusted, Error> {
-    let policy = directory::load_signed_policy(pinned, docs.policy.as_bytes(), &docs.policy_sig)
-        .map_err(|e| {
-            Error::Documents(format!(
-                "the policy does not verify against the pinned federation key: {e}"
-            ))
-        })?;
-    let dir = directory::load_signed_directory(
+    let (policy, dir) = directory::load_signed_documents(
         pinned,
-        docs.directory.as_bytes(),
-        &docs.directory_sig,
-        &policy,
+        (docs.policy.as_bytes(), &docs.policy_sig),
+        (docs.directory.as_bytes(), &docs.directory_sig),
     )
     .map_err(|e| {
         Error::Documents(format!(
-            "the directory does not verify against the pinned federation key: {e}"
+            "the policy and directory do not verify against the pinned federation key: {e}"
         ))
     })?;
     let party = dir.active_party(&me.oin).ok_or_else(|| {
@@ -118,6 +111,13 @@ pub fn may_replace(current: &Trusted, new: &Trusted) -> Result<(), Error> {
         return Err(Error::Documents(format!(
             "the broker serves directory serial {}, older than the accepted serial {}",
             new.directory.serial, current.directory.serial
+        )));
+    }
+    if new.directory.serial == current.directory.serial && new.raw != current.raw {
+        return Err(Error::Documents(format!(
+            "the broker serves other documents under the accepted serial {}; a new \
+             version needs a higher serial",
+            current.directory.serial
         )));
     }
     Ok(())

@@ -154,9 +154,10 @@ impl Refusal {
 pub fn open_delivery(
     bytes: &[u8],
     me: &Oin,
-    identity: &age::x25519::Identity,
+    identities: &[age::x25519::Identity],
     policy: &Policy,
     directory: &Directory,
+    now: DateTime<Utc>,
 ) -> Result<Opened, Refusal> {
     let limits = Limits::default();
     let envelope = Envelope::decode(bytes, &limits)
@@ -165,9 +166,12 @@ pub fn open_delivery(
         .unverified_header()
         .map_err(|e| Refusal::new(None, "malformed", e.to_string()))?;
     let c = Some(&claimed);
-    let Some(sender_key) = directory
+    // The sender's current key, or a previous one inside its rotation overlap: a message
+    // signed just before a rotation is still delivered after it.
+    let Some(sender_keys) = directory
         .active_party(&claimed.sender)
-        .and_then(|p| p.verifying_key().ok())
+        .map(|p| p.verifying_keys_at(now))
+        .filter(|keys| !keys.is_empty())
     else {
         return Err(Refusal::new(
             c,
@@ -180,7 +184,7 @@ pub fn open_delivery(
     };
     let verified = envelope
         .into_claimed()
-        .and_then(|e| e.verify_delivery(&limits, &sender_key, me))
+        .and_then(|e| e.verify_delivery_any(&limits, &sender_keys, me))
         .map_err(|e| match e {
             SchemaError::BadSignature(_) => Refusal::new(
                 c,
@@ -234,7 +238,7 @@ pub fn open_delivery(
         }
         Some(_) => {}
     }
-    seal::open(&verified, me, identity, policy).map_err(|e| match e {
+    seal::open_any(&verified, me, identities, policy).map_err(|e| match e {
         SchemaError::FieldsOutsideView { .. } => {
             Refusal::new(c, "fields_outside_view", e.to_string())
         }
@@ -462,6 +466,7 @@ mod tests {
             cert_fingerprint: "00".repeat(32),
             fg_contact: "fg@example.org".into(),
             revoked: false,
+            previous_keys: Vec::new(),
         }
     }
 
@@ -470,6 +475,7 @@ mod tests {
             covenant: "walcheren".into(),
             serial: 1,
             issued_at: Utc::now(),
+            policy_sha256: "0".repeat(64),
             broker: BrokerEntry {
                 name: "broker".into(),
                 signing_key: keys::verifying_key_to_text(
@@ -517,7 +523,15 @@ mod tests {
             party(&corp, "woningcorporatie"),
         ]);
         let bytes = sealed(&policy, &dir, &zorg, &corp);
-        let opened = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &dir).unwrap();
+        let opened = open_delivery(
+            &bytes,
+            &corp.oin,
+            std::slice::from_ref(&corp.age),
+            &policy,
+            &dir,
+            Utc::now(),
+        )
+        .unwrap();
         assert_eq!(opened.view.as_str(), "woningcorporatie");
         assert!(opened.payload.get("woonwens").is_some());
         assert!(opened.payload.get("ondersteuning").is_none());
@@ -539,7 +553,15 @@ mod tests {
             party(&corp, "gemeente"),
         ]);
         let bytes = aanmelding(&policy, &forged, &zorg, &[(&corp, "gemeente")]).encode();
-        let refusal = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &dir).unwrap_err();
+        let refusal = open_delivery(
+            &bytes,
+            &corp.oin,
+            std::slice::from_ref(&corp.age),
+            &policy,
+            &dir,
+            Utc::now(),
+        )
+        .unwrap_err();
         assert_eq!(refusal.code, "view_not_ours", "{}", refusal.reason);
         assert!(refusal.reason.contains("gemeente"), "{}", refusal.reason);
     }
@@ -560,14 +582,29 @@ mod tests {
             &[(&corp, "woningcorporatie"), (&gem, "gemeente")],
         );
         // The whole envelope (every view) is not what a broker delivers.
-        let refusal =
-            open_delivery(&whole.encode(), &corp.oin, &corp.age, &policy, &dir).unwrap_err();
+        let refusal = open_delivery(
+            &whole.encode(),
+            &corp.oin,
+            std::slice::from_ref(&corp.age),
+            &policy,
+            &dir,
+            Utc::now(),
+        )
+        .unwrap_err();
         assert_eq!(refusal.code, "not_own_view", "{}", refusal.reason);
         // The delivery with only our own view opens.
         let header = whole.unverified_header().unwrap();
         let (mine, _) = header.body_for(&corp.oin).unwrap();
         let delivery = whole.delivery(mine).encode();
-        let opened = open_delivery(&delivery, &corp.oin, &corp.age, &policy, &dir).unwrap();
+        let opened = open_delivery(
+            &delivery,
+            &corp.oin,
+            std::slice::from_ref(&corp.age),
+            &policy,
+            &dir,
+            Utc::now(),
+        )
+        .unwrap();
         assert_eq!(opened.view.as_str(), "woningcorporatie");
     }
 
@@ -587,7 +624,15 @@ mod tests {
             party(&corp, "woningcorporatie"),
         ]);
         let bytes = sealed(&leaky, &dir, &zorg, &corp);
-        let refusal = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &dir).unwrap_err();
+        let refusal = open_delivery(
+            &bytes,
+            &corp.oin,
+            std::slice::from_ref(&corp.age),
+            &policy,
+            &dir,
+            Utc::now(),
+        )
+        .unwrap_err();
         assert_eq!(refusal.code, "fields_outside_view");
         assert!(
             refusal.reason.contains("ondersteuning"),
@@ -616,23 +661,55 @@ mod tests {
         if let Some(last) = tampered.last_mut() {
             *last ^= 1;
         }
-        let r = open_delivery(&tampered, &corp.oin, &corp.age, &policy, &dir).unwrap_err();
+        let r = open_delivery(
+            &tampered,
+            &corp.oin,
+            std::slice::from_ref(&corp.age),
+            &policy,
+            &dir,
+            Utc::now(),
+        )
+        .unwrap_err();
         assert_eq!(r.code, "digest_mismatch");
 
         // The directory lists another key for the sender.
         let mut forged_dir = dir.clone();
         forged_dir.parties[0].signing_key =
             keys::verifying_key_to_text(&keys::generate_signing_key().verifying_key());
-        let r = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &forged_dir).unwrap_err();
+        let r = open_delivery(
+            &bytes,
+            &corp.oin,
+            std::slice::from_ref(&corp.age),
+            &policy,
+            &forged_dir,
+            Utc::now(),
+        )
+        .unwrap_err();
         assert_eq!(r.code, "bad_signature");
 
         // A sender the directory does not know.
         let only_corp = directory(vec![party(&corp, "woningcorporatie")]);
-        let r = open_delivery(&bytes, &corp.oin, &corp.age, &policy, &only_corp).unwrap_err();
+        let r = open_delivery(
+            &bytes,
+            &corp.oin,
+            std::slice::from_ref(&corp.age),
+            &policy,
+            &only_corp,
+            Utc::now(),
+        )
+        .unwrap_err();
         assert_eq!(r.code, "unknown_sender");
 
         // Not for us.
-        let r = open_delivery(&bytes, &stranger.oin, &stranger.age, &policy, &dir).unwrap_err();
+        let r = open_delivery(
+            &bytes,
+            &stranger.oin,
+            std::slice::from_ref(&stranger.age),
+            &policy,
+            &dir,
+            Utc::now(),
+        )
+        .unwrap_err();
         assert_eq!(r.code, "not_a_recipient");
 
         // Garbage never panics.
@@ -642,7 +719,15 @@ mod tests {
             b"KPM1\xff\xff\xff\xff",
             &bytes[..bytes.len() / 2],
         ] {
-            let r = open_delivery(junk, &corp.oin, &corp.age, &policy, &dir).unwrap_err();
+            let r = open_delivery(
+                junk,
+                &corp.oin,
+                std::slice::from_ref(&corp.age),
+                &policy,
+                &dir,
+                Utc::now(),
+            )
+            .unwrap_err();
             assert_eq!(r.code, "malformed");
         }
     }

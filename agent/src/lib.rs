@@ -44,6 +44,7 @@ pub mod documents;
 pub mod early;
 mod error;
 pub mod inbox;
+pub mod keygen;
 pub mod link;
 pub mod metrics;
 pub mod mirror;

@@ -46,8 +46,9 @@ pub struct Core {
     pub(crate) me: Oin,
     /// Our signing key.
     pub(crate) signing: SigningKey,
-    /// Our age identity.
-    pub(crate) age: age::x25519::Identity,
+    /// Every age identity we decrypt with: the current one first, then the ones from
+    /// before a key rotation (bodies sealed for them may still arrive).
+    pub(crate) identities: Vec<age::x25519::Identity>,
     /// The pinned federation key.
     pub(crate) federation: VerifyingKey,
     /// The API bearer token.

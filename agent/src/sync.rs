@@ -293,10 +293,10 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
     };
     let docs = core.docs();
     let me = core.me.clone();
-    let identity = core.age.clone();
+    let identities = core.identities.clone();
     let d = docs.clone();
     let opened = tokio::task::spawn_blocking(move || {
-        inbox::open_delivery(&bytes, &me, &identity, &d.policy, &d.directory)
+        inbox::open_delivery(&bytes, &me, &identities, &d.policy, &d.directory, now)
     })
     .await;
     let opened = match opened {
@@ -456,9 +456,13 @@ async fn handle_notice(core: &Core, rec: &SignedRecord) -> Result<(), Error> {
     match rec.kind {
         Kind::DeliveryReceipt => {
             let docs = core.docs();
-            let key = docs.directory.party(&rec.signer).map(|p| p.verifying_key());
-            let receipt: DeliveryReceipt = match key {
-                Some(Ok(k)) => match rec.verify(&k) {
+            let now = core.clock.now();
+            let keys = docs
+                .directory
+                .party(&rec.signer)
+                .map(|p| p.verifying_keys_at(now));
+            let receipt: DeliveryReceipt = match keys {
+                Some(k) if !k.is_empty() => match rec.verify_any(&k) {
                     Ok(r) => r,
                     Err(e) => {
                         error!(signer = %rec.signer, cause = %e, "forwarded receipt does not verify; ignored");

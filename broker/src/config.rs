@@ -41,6 +41,7 @@
 //! [timers]                             # all optional
 //! checkpoint_interval_secs = 60
 //! sweep_interval_secs = 10
+//! documents_reload_secs = 30           # re-read policy, directory and CRLs; SIGHUP too
 //! ```
 //!
 //! A production broker refuses to start without a CRL (`tls.crls`); `dev_mode = true` at
@@ -184,6 +185,9 @@ pub struct TimersConfig {
     pub checkpoint_interval_secs: u64,
     /// How often expiry and retention are swept.
     pub sweep_interval_secs: u64,
+    /// How often the policy, directory and CRL files are read again; a newer valid
+    /// version is put in force without a restart.
+    pub documents_reload_secs: u64,
 }
 
 impl Default for TimersConfig {
@@ -191,6 +195,7 @@ impl Default for TimersConfig {
         TimersConfig {
             checkpoint_interval_secs: 60,
             sweep_interval_secs: 10,
+            documents_reload_secs: 30,
         }
     }
 }
@@ -317,6 +322,11 @@ impl BrokerConfig {
         if t.sweep_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "timers.sweep_interval_secs must be at least 1".to_owned(),
+            ));
+        }
+        if t.documents_reload_secs == 0 || t.documents_reload_secs > 3600 {
+            return Err(ConfigError::Invalid(
+                "timers.documents_reload_secs must be between 1 and 3600".to_owned(),
             ));
         }
         Ok(())

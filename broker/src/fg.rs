@@ -20,7 +20,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use ketenpost_schemas::calendar::Calendar;
-use ketenpost_schemas::directory::{self, Directory};
+use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::duration::PolicyDuration;
 use ketenpost_schemas::ids::{CaseRef, Oin};
 use ketenpost_schemas::keys;
@@ -171,26 +171,13 @@ impl Session {
         let bad = |what: &str, e: &dyn std::fmt::Display| FgError::Config(format!("{what}: {e}"));
         let fed_key = keys::verifying_key_from_text(&read_text(&f.public_key)?)
             .map_err(|e| bad("federation public key", &e))?;
-        let policy_text = read_text(&f.policy)?;
-        let policy = directory::load_signed_policy(
-            &fed_key,
-            policy_text.as_bytes(),
-            &read_text(&f.policy_sig)?,
-        )
-        .map_err(|e| bad("the policy is not validly signed by the federation key", &e))?;
-        let dir_text = read_text(&f.directory)?;
-        let directory = directory::load_signed_directory(
-            &fed_key,
-            dir_text.as_bytes(),
-            &read_text(&f.directory_sig)?,
-            &policy,
-        )
-        .map_err(|e| {
+        let docs = crate::documents::load(config, &fed_key).map_err(|e| {
             bad(
-                "the directory is not validly signed by the federation key",
+                "the policy and directory are not validly signed by the federation key",
                 &e,
             )
         })?;
+        let (policy, directory) = (docs.policy, docs.directory);
         let key = keys::signing_key_from_text(&read_text(&f.signing_key)?)
             .map_err(|e| bad("broker signing key", &e))?;
         let path = config.data_dir.join("broker.sled");

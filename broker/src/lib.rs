@@ -21,6 +21,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod documents;
 pub mod failpoint;
 pub mod fg;
 pub mod metrics;

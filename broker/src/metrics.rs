@@ -19,6 +19,7 @@
 //! | `ketenpost_broker_fsync_seconds` | histogram | how long each group commit's fsync took |
 //! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts sent (none yet: alerts are not built) |
 //! | `ketenpost_broker_up` | gauge | 1 while serving, 0 once the store is poisoned |
+//! | `ketenpost_broker_documents_serial` | gauge | the directory serial of the federation documents in force |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -148,6 +149,8 @@ pub struct Gauges {
     pub parties: BTreeMap<String, PartyGauges>,
     /// Whether the store still takes writes.
     pub up: bool,
+    /// The directory serial in force.
+    pub documents_serial: u64,
 }
 
 /// The gauges of one party.
@@ -261,6 +264,16 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
     );
     let _ = writeln!(out, "# TYPE ketenpost_broker_up gauge");
     let _ = writeln!(out, "ketenpost_broker_up {}", u8::from(gauges.up));
+    let _ = writeln!(
+        out,
+        "# HELP ketenpost_broker_documents_serial The directory serial of the federation documents in force."
+    );
+    let _ = writeln!(out, "# TYPE ketenpost_broker_documents_serial gauge");
+    let _ = writeln!(
+        out,
+        "ketenpost_broker_documents_serial {}",
+        gauges.documents_serial
+    );
     out
 }
 

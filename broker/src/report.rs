@@ -1517,6 +1517,7 @@ mod tests {
                 reason: reason.map(str::to_owned),
                 trace_id: None,
                 request_digest: None,
+                document_serial: None,
                 prev_hash: GENESIS_HASH.into(),
                 hash: format!("{:064x}", self.seq),
             });

@@ -305,6 +305,7 @@ fn generate(
             cert_fingerprint: pki::fingerprint(&tls.der),
             fg_contact: p.fg_contact(),
             revoked: false,
+            previous_keys: Vec::new(),
         });
     }
 
@@ -313,6 +314,7 @@ fn generate(
         covenant: policy.covenant.id.clone(),
         serial: 1,
         issued_at: now,
+        policy_sha256: ketenpost_schemas::envelope::sha256_hex(policy_bytes),
         broker: BrokerEntry {
             name: BROKER_NAME.into(),
             signing_key: keys::verifying_key_to_text(&broker_signing.verifying_key()),

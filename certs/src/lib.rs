@@ -52,6 +52,7 @@
 mod error;
 pub mod federation;
 mod init;
+pub mod lifecycle;
 pub mod pki;
 pub mod revoke;
 pub mod roster;

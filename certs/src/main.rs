@@ -1,6 +1,8 @@
-//! `ketenpost-certs`: create a local dev federation (`init`) and revoke a party's
-//! certificate (`revoke`). Parses the command line, calls the library and prints a
-//! summary; the work is in the library.
+//! `ketenpost-certs`: the federation operator's tool. Create a local dev federation
+//! (`init`); enrol a partner from its own keys (`enrol`); rotate a partner's keys
+//! (`rotate`); revoke a partner (`revoke`); sign a new policy or directory version
+//! (`policy sign`, `directory sign`). Parses the command line, calls the library and
+//! prints a summary; the work is in the library.
 //!
 //! Exit codes: 0 on success, 64 (EX_USAGE) for a usage or configuration error (bad
 //! arguments, unreadable or invalid policy or roster, occupied output directory), 1 for
@@ -11,7 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use ketenpost_certs::{Federation, InitOptions};
+use ketenpost_certs::{lifecycle, Federation, InitOptions};
+use ketenpost_schemas::directory::EnrolmentRequest;
+use ketenpost_schemas::policy::Role;
 
 /// EX_USAGE from sysexits.h.
 const EXIT_USAGE: u8 = 64;
@@ -31,8 +35,72 @@ enum Command {
     Init(InitArgs),
     /// Revoke a party: a new CRL (ca/crl.pem) that lists its TLS certificate besides every
     /// certificate revoked before, and a new directory version (serial + 1, signed) that
-    /// marks it revoked. Restart the broker to apply them.
+    /// marks it revoked. A running broker applies both at its next reload.
     Revoke(RevokeArgs),
+    /// Enrol a partner that made its own keys (`ketenpost-agent keygen`): issue its TLS
+    /// certificate from its CSR and add it to the directory (a new signed version).
+    Enrol(EnrolArgs),
+    /// Give a listed partner new keys from a new keygen request; the old keys keep
+    /// verifying, and the old certificate keeps connecting, during the overlap.
+    Rotate(RotateArgs),
+    /// Policy versions.
+    Policy {
+        #[command(subcommand)]
+        command: SignCommand,
+    },
+    /// Directory versions.
+    Directory {
+        #[command(subcommand)]
+        command: SignCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SignCommand {
+    /// Sign FILE as the next version (directory serial + 1) and put it in the federation
+    /// directory; running brokers apply it at their next reload, agents at their next
+    /// refresh.
+    Sign {
+        /// The federation directory.
+        #[arg(long, value_name = "DIR")]
+        federation: PathBuf,
+        /// The new policy (TOML) or the edited directory (JSON).
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RequestArgs {
+    /// The federation directory.
+    #[arg(long, value_name = "DIR")]
+    federation: PathBuf,
+    /// The partner's `enrolment.json` (public keys), made by `ketenpost-agent keygen`.
+    #[arg(long, value_name = "FILE")]
+    request: PathBuf,
+    /// The partner's certificate request (`tls.csr`, PEM).
+    #[arg(long, value_name = "FILE")]
+    csr: PathBuf,
+    /// Where to write the partner's new certificate (PEM) to hand it over.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct EnrolArgs {
+    #[command(flatten)]
+    request: RequestArgs,
+    /// The partner's roles under the policy (comma-separated).
+    #[arg(long, value_name = "ROLES", value_delimiter = ',', required = true)]
+    roles: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct RotateArgs {
+    #[command(flatten)]
+    request: RequestArgs,
+    /// How long the old keys and certificate stay valid, in hours (1-720).
+    #[arg(long, default_value_t = 72, value_parser = clap::value_parser!(u32).range(1..=720))]
+    overlap_hours: u32,
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +146,94 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Init(args) => init(args),
         Command::Revoke(args) => revoke(args),
+        Command::Enrol(args) => issue(&args.request, |fed, req, csr, now| {
+            let roles: Vec<Role> = args.roles.iter().map(|r| Role::new(r.trim())).collect();
+            lifecycle::enrol(fed, req, csr, &roles, now)
+        }),
+        Command::Rotate(args) => issue(&args.request, |fed, req, csr, now| {
+            let overlap = chrono::Duration::hours(i64::from(args.overlap_hours));
+            lifecycle::rotate(fed, req, csr, overlap, now)
+        }),
+        Command::Policy {
+            command: SignCommand::Sign { federation, file },
+        } => sign(&federation, &file, "policy", lifecycle::sign_policy),
+        Command::Directory {
+            command: SignCommand::Sign { federation, file },
+        } => sign(&federation, &file, "directory", lifecycle::sign_directory),
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ketenpost-certs: error: {e}");
+    ExitCode::FAILURE
+}
+
+/// Enrol or rotate: read the request and CSR, run `f`, write the certificate.
+fn issue(
+    a: &RequestArgs,
+    f: impl FnOnce(
+        &Federation,
+        &EnrolmentRequest,
+        &str,
+        chrono::DateTime<chrono::Utc>,
+    ) -> Result<lifecycle::Issued, ketenpost_certs::Error>,
+) -> ExitCode {
+    let fed = match Federation::load(&a.federation) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let request: EnrolmentRequest = match std::fs::read(&a.request)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{}: {e}", a.request.display())),
+    };
+    let csr = match std::fs::read_to_string(&a.csr) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{}: {e}", a.csr.display())),
+    };
+    let issued = match f(&fed, &request, &csr, chrono::Utc::now()) {
+        Ok(i) => i,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = std::fs::write(&a.out, issued.cert_pem.as_bytes()) {
+        return fail(format!("{}: {e}", a.out.display()));
+    }
+    println!(
+        "issued the certificate of {} ({}) to {}; directory version {} is signed",
+        request.oin,
+        issued.fingerprint,
+        a.out.display(),
+        issued.serial
+    );
+    ExitCode::SUCCESS
+}
+
+fn sign(
+    federation: &std::path::Path,
+    file: &std::path::Path,
+    what: &str,
+    f: impl FnOnce(
+        &Federation,
+        &[u8],
+        chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, ketenpost_certs::Error>,
+) -> ExitCode {
+    let fed = match Federation::load(federation) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => return fail(format!("{}: {e}", file.display())),
+    };
+    match f(&fed, &bytes, chrono::Utc::now()) {
+        Ok(serial) => {
+            println!("the {what} is signed as version {serial} (directory serial)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 

@@ -133,6 +133,14 @@ fn base_params(validity: Validity, serial: &[u8]) -> CertificateParams {
     params
 }
 
+fn serials_of(params: &CertificateParams) -> Vec<u8> {
+    params
+        .serial_number
+        .as_ref()
+        .map(SerialNumber::to_bytes)
+        .unwrap_or_default()
+}
+
 fn new_key() -> Result<KeyPair, Error> {
     KeyPair::generate().map_err(Error::generate("ECDSA P-256 key"))
 }
@@ -209,6 +217,48 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         self.sign(params, "client certificate")
+    }
+
+    /// A partner's client certificate for the key in its certificate request (PEM), as
+    /// [`Ca::client_cert`] makes them: the request's self-signature must verify, and only
+    /// its public key is used; name, OIN, usages and validity are ours.
+    pub fn client_cert_from_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        oin: &Oin,
+        validity: Validity,
+        serials: &mut Serials,
+    ) -> Result<Issued, Error> {
+        let mut csr =
+            rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(Error::generate(
+                "certificate request (it does not parse or its signature does not verify)",
+            ))?;
+        let mut params = base_params(validity, &serials.next());
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationName, name);
+        let oin_value = PrintableString::try_from(oin.as_str())
+            .map_err(Error::generate("subject serialNumber"))?;
+        dn.push(
+            DnType::CustomDnType(SERIAL_NUMBER_OID.to_vec()),
+            DnValue::PrintableString(oin_value),
+        );
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let serial = serials_of(&params);
+        csr.params = params;
+        let cert = csr
+            .signed_by(&self.cert, &self.key)
+            .map_err(Error::generate("client certificate"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: String::new(),
+            der: cert.der().to_vec(),
+            serial,
+        })
     }
 
     /// The broker's TLS server certificate for loopback: SAN `localhost`, `127.0.0.1`,

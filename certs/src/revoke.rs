@@ -57,15 +57,22 @@ pub fn revoke_party_cert(
     oin: &Oin,
     now: DateTime<Utc>,
 ) -> Result<Vec<u8>, Error> {
-    let party = fed
-        .parties
-        .iter()
-        .find(|p| &p.oin == oin)
-        .ok_or_else(|| Error::Roster {
-            path: None,
-            reason: format!("the federation has no party {oin}"),
-        })?;
-    let serial = cert_serial(&read(&party.cert)?)?;
+    // A party made by `init` has its certificate in the manifest; one enrolled later, in
+    // the folder of issued certificates.
+    let cert = match fed.parties.iter().find(|p| &p.oin == oin) {
+        Some(p) => p.cert.clone(),
+        None => {
+            let issued = crate::lifecycle::issued_cert_path(fed, oin);
+            if !issued.is_file() {
+                return Err(Error::Roster {
+                    path: None,
+                    reason: format!("the federation has no certificate of party {oin}"),
+                });
+            }
+            issued
+        }
+    };
+    let serial = cert_serial(&read(&cert)?)?;
     let mut serials = crl_serials(&read(&fed.ca.crl)?)?;
     if !serials.contains(&serial) {
         serials.push(serial.clone());
@@ -106,37 +113,10 @@ pub fn revoke_in_directory(fed: &Federation, oin: &Oin, now: DateTime<Utc>) -> R
         });
     }
     party.revoked = true;
-    directory.serial = directory.serial.saturating_add(1);
-    directory.issued_at = now;
-    directory.check(&policy).map_err(|source| Error::Schemas {
-        what: "new directory",
-        source,
-    })?;
-    let mut json = serde_json::to_vec_pretty(&directory).map_err(|e| Error::Serialize {
-        what: "directory",
-        reason: e.to_string(),
-    })?;
-    json.push(b'\n');
-    let key = ketenpost_schemas::keys::signing_key_from_text(&String::from_utf8_lossy(&read(
-        &fed.federation.signing_key,
-    )?))
-    .map_err(|source| Error::Schemas {
-        what: "federation signing key",
-        source,
-    })?;
-    let sig = ketenpost_schemas::directory::sign_document(
-        &key,
-        ketenpost_schemas::keys::Context::Directory,
-        &json,
-    );
-    // The document, then its signature: a reader in between sees a signature that does
-    // not match and refuses the document (a broker does not start on it).
-    write_atomically(&fed.directory.file, &json)?;
-    write_atomically(&fed.directory.sig, format!("{sig}\n").as_bytes())?;
-    Ok(directory.serial)
+    crate::lifecycle::publish(fed, None, directory, now)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     let tmp = path.with_file_name(name);

@@ -171,6 +171,10 @@ pub enum AuditEvent {
     AuditRead,
     /// The broker signed a checkpoint of the trail.
     Checkpoint,
+    /// The broker put a new version of the federation documents (policy, directory,
+    /// CRL) in force without a restart, or refused one (older, badly signed, another
+    /// covenant); `document_serial` names the version.
+    DocumentsChanged,
     /// The broker started.
     BrokerStarted,
     /// The broker stopped.
@@ -202,6 +206,7 @@ impl AuditEvent {
             AuditEvent::DeletionConfirmed => "deletion_confirmed",
             AuditEvent::AuditRead => "audit_read",
             AuditEvent::Checkpoint => "checkpoint",
+            AuditEvent::DocumentsChanged => "documents_changed",
             AuditEvent::BrokerStarted => "broker_started",
             AuditEvent::BrokerStopped => "broker_stopped",
         }
@@ -294,6 +299,10 @@ pub struct AuditRecord {
     /// sender can still find its own message by this digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_digest: Option<String>,
+    /// The directory serial of the federation documents a `documents_changed` record is
+    /// about (the version now in force, or the one refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document_serial: Option<u64>,
     /// Hash of the previous record ([`GENESIS_HASH`] for record 1).
     pub prev_hash: String,
     /// Hash of this record's canonical bytes (which are computed with this field empty).
@@ -354,6 +363,7 @@ pub struct AuditEntry {
     explanation: Option<&'static str>,
     trace_id: Option<String>,
     request_digest: Option<String>,
+    document_serial: Option<u64>,
 }
 
 impl AuditEntry {
@@ -374,6 +384,7 @@ impl AuditEntry {
             explanation: None,
             trace_id: None,
             request_digest: None,
+            document_serial: None,
         }
     }
 
@@ -467,6 +478,13 @@ impl AuditEntry {
         self
     }
 
+    /// The directory serial of the federation documents (see
+    /// [`AuditRecord::document_serial`]).
+    pub fn document_serial(mut self, serial: u64) -> Self {
+        self.document_serial = Some(serial);
+        self
+    }
+
     /// The SHA-256 of a refused request's bytes (see [`AuditRecord::request_digest`]).
     pub fn request_digest(mut self, bytes: &[u8]) -> Self {
         self.request_digest = Some(hex::encode(Sha256::digest(bytes)));
@@ -546,6 +564,7 @@ impl AuditEntry {
             reason,
             trace_id: self.trace_id,
             request_digest: self.request_digest,
+            document_serial: self.document_serial,
             prev_hash,
             hash: String::new(),
         }

@@ -351,6 +351,7 @@ mod tests {
             reason: None,
             trace_id: None,
             request_digest: None,
+            document_serial: None,
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
         }

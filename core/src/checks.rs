@@ -51,15 +51,48 @@ pub struct Env<'a> {
 pub const DEFAULT_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
 
 /// The verifying keys of the directory's parties, by OIN.
-pub type SenderKeys = std::collections::HashMap<Oin, VerifyingKey>;
+pub type SenderKeys = std::collections::HashMap<Oin, PartyKeys>;
 
-/// Parse every party's signing key once. A key that does not parse is left out (the check
-/// then reports it for messages from that party).
+/// A party's parsed keys: the current one, and the previous ones with the end of their
+/// rotation overlap.
+#[derive(Debug, Clone)]
+pub struct PartyKeys {
+    current: VerifyingKey,
+    previous: Vec<(VerifyingKey, DateTime<Utc>)>,
+}
+
+impl PartyKeys {
+    /// The keys a signature of the party may verify with at `now`, the current one first.
+    pub fn valid_at(&self, now: DateTime<Utc>) -> Vec<VerifyingKey> {
+        std::iter::once(self.current)
+            .chain(
+                self.previous
+                    .iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(k, _)| *k),
+            )
+            .collect()
+    }
+}
+
+/// Parse every party's signing keys once. A key that does not parse is left out (the
+/// check then reports it for messages from that party).
 pub fn sender_keys(directory: &Directory) -> SenderKeys {
     directory
         .parties
         .iter()
-        .filter_map(|p| Some((p.oin.clone(), p.verifying_key().ok()?)))
+        .filter_map(|p| {
+            let current = p.verifying_key().ok()?;
+            let previous = p
+                .previous_keys
+                .iter()
+                .filter_map(|k| {
+                    let key = ketenpost_schemas::keys::verifying_key_from_text(&k.signing_key);
+                    Some((key.ok()?, k.valid_until))
+                })
+                .collect();
+            Some((p.oin.clone(), PartyKeys { current, previous }))
+        })
         .collect()
 }
 
@@ -219,7 +252,7 @@ pub fn check_message_facts(
     reg: &impl Registry,
     now: DateTime<Utc>,
 ) -> Result<Authorised, Refusal> {
-    let verified = authenticate(sub, &env).map_err(|rejection| Refusal {
+    let verified = authenticate(sub, &env, now).map_err(|rejection| Refusal {
         rejection,
         verified: None,
     })?;
@@ -246,7 +279,11 @@ struct Decision {
 
 /// Checks 1-2: the envelope decodes, the connection's party is the header's sender and
 /// an active party, and the header's signature verifies with its key.
-fn authenticate(sub: Submitted<'_>, env: &Env<'_>) -> Result<VerifiedEnvelope, Rejection> {
+fn authenticate(
+    sub: Submitted<'_>,
+    env: &Env<'_>,
+    now: DateTime<Utc>,
+) -> Result<VerifiedEnvelope, Rejection> {
     // 1. Transport identity = header sender; sender known and not revoked.
     let envelope = Envelope::decode(sub.bytes, env.limits).map_err(from_schema)?;
     let envelope = envelope.into_claimed().map_err(from_schema)?;
@@ -269,14 +306,18 @@ fn authenticate(sub: Submitted<'_>, env: &Env<'_>) -> Result<VerifiedEnvelope, R
             ),
         )
     })?;
-    let sender_key = match env.keys.and_then(|k| k.get(&claimed.sender)) {
-        Some(k) => *k,
-        None => sender.verifying_key().map_err(from_schema)?,
+    let sender_keys = match env.keys.and_then(|k| k.get(&claimed.sender)) {
+        Some(k) => k.valid_at(now),
+        None => {
+            sender.verifying_key().map_err(from_schema)?;
+            sender.verifying_keys_at(now)
+        }
     };
 
-    // 2. Signature over the header bytes; body digests; header structure.
+    // 2. Signature over the header bytes (with the sender's current key, or a previous
+    // one inside its rotation overlap); body digests; header structure.
     envelope
-        .verify(env.limits, &sender_key)
+        .verify_any(env.limits, &sender_keys)
         .map_err(from_schema)
 }
 
@@ -634,11 +675,12 @@ pub enum ControlEffect {
     DeletionConfirmed(DeletionConfirmation),
 }
 
-fn signer_key(
+fn signer_keys(
     rec: &SignedRecord,
     transport: &Oin,
     env: Env<'_>,
-) -> Result<ketenpost_schemas::keys::VerifyingKey, Rejection> {
+    now: DateTime<Utc>,
+) -> Result<Vec<VerifyingKey>, Rejection> {
     if &rec.signer != transport {
         return Err(reject(
             RejectCode::TransportIdentity,
@@ -654,14 +696,15 @@ fn signer_key(
             format!("{} is not an active party in the directory", rec.signer),
         )
     })?;
-    party.verifying_key().map_err(from_schema)
+    party.verifying_key().map_err(from_schema)?;
+    Ok(party.verifying_keys_at(now))
 }
 
 fn verify_record<R: ketenpost_schemas::control::Record>(
     rec: &SignedRecord,
-    key: &ketenpost_schemas::keys::VerifyingKey,
+    keys: &[VerifyingKey],
 ) -> Result<R, Rejection> {
-    rec.verify::<R>(key).map_err(|e| match e {
+    rec.verify_any::<R>(keys).map_err(|e| match e {
         SchemaError::BadSignature(_) => reject(
             RejectCode::BadSignature,
             "the record's signature does not verify with the signer's directory key",
@@ -683,7 +726,7 @@ pub fn check_control(
     deletion_order: impl Fn(&uuid::Uuid, &Oin) -> Lookup<bool>,
     now: DateTime<Utc>,
 ) -> Result<ControlEffect, Rejection> {
-    let key = signer_key(rec, transport, env)?;
+    let key = signer_keys(rec, transport, env, now)?;
     match rec.kind {
         Kind::CaseChange => {
             let change: CaseChange = verify_record(rec, &key)?;
@@ -1016,8 +1059,9 @@ pub fn check_receipt(
     transport: &Oin,
     rec: &SignedRecord,
     env: Env<'_>,
+    now: DateTime<Utc>,
 ) -> Result<DeliveryReceipt, Rejection> {
-    let key = signer_key(rec, transport, env)?;
+    let key = signer_keys(rec, transport, env, now)?;
     if rec.kind != Kind::DeliveryReceipt {
         return Err(reject(RejectCode::Malformed, "expected a delivery_receipt"));
     }

@@ -33,11 +33,13 @@ fn fixtures() -> &'static Fixtures {
             cert_fingerprint: "00".repeat(32),
             fg_contact: "fg@example.org".into(),
             revoked: false,
+            previous_keys: Vec::new(),
         };
         let directory = Directory {
             covenant: "test".into(),
             serial: 1,
             issued_at: Utc::now(),
+            policy_sha256: "0".repeat(64),
             broker: BrokerEntry {
                 name: "broker".into(),
                 signing_key: keys::verifying_key_to_text(

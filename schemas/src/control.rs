@@ -278,6 +278,11 @@ impl SignedRecord {
 
     /// Verify the signature with the signer's key, then parse the record.
     pub fn verify<R: Record>(&self, key: &VerifyingKey) -> Result<R, Error> {
+        self.verify_any(std::slice::from_ref(key))
+    }
+
+    /// [`SignedRecord::verify`] with any of the signer's valid keys (a rotation's overlap).
+    pub fn verify_any<R: Record>(&self, keys: &[VerifyingKey]) -> Result<R, Error> {
         if self.kind != R::KIND {
             return Err(Error::Decode(format!(
                 "record is a {}, expected a {}",
@@ -288,7 +293,7 @@ impl SignedRecord {
         let bytes = self.bytes()?;
         let sig = keys::signature_from_text(&self.signature)
             .map_err(|_| Error::BadSignature("record"))?;
-        keys::verify(key, Context::Control(self.kind), &bytes, &sig, "record")?;
+        keys::verify_any(keys, Context::Control(self.kind), &bytes, &sig, "record")?;
         serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{}: {e}", R::KIND)))
     }
 

@@ -33,6 +33,11 @@ pub struct Directory {
     pub serial: u64,
     /// When the federation operator issued it.
     pub issued_at: DateTime<Utc>,
+    /// SHA-256 (lowercase hex) of the exact policy file this directory goes with. It binds
+    /// the policy to the directory's serial: a policy change is a new directory version,
+    /// and an older policy served with a newer directory does not load (rollback).
+    #[serde(deserialize_with = "crate::ids::sha256_hex")]
+    pub policy_sha256: String,
     /// The broker of this covenant region.
     pub broker: BrokerEntry,
     /// Every party.
@@ -72,6 +77,61 @@ pub struct Party {
     /// A revoked party may neither send nor receive.
     #[serde(default)]
     pub revoked: bool,
+    /// Keys the party had before its last rotations. Each stays valid for verifying what
+    /// the party signed, and its certificate for connecting, until `valid_until`: the
+    /// overlap in which messages signed before the rotation are still delivered and an
+    /// agent switches to its new keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<PreviousKeys>,
+}
+
+/// What a partner sends the federation operator to join (or to rotate its keys): its
+/// public keys, made by `ketenpost-agent keygen` next to a certificate request (CSR) for
+/// its TLS key. Only public halves: private keys never leave the partner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolmentRequest {
+    /// The partner's OIN.
+    pub oin: Oin,
+    /// Organisation name.
+    pub name: String,
+    /// ed25519 public key (base64).
+    pub signing_key: String,
+    /// age X25519 recipient (`age1...`).
+    pub age_recipient: String,
+    /// How to reach the partner's FG (an office address).
+    pub fg_contact: String,
+}
+
+impl EnrolmentRequest {
+    /// Check the keys parse and the texts are plain lines.
+    pub fn check(&self) -> Result<(), Error> {
+        keys::verifying_key_from_text(&self.signing_key)?;
+        keys::age_recipient_from_text(&self.age_recipient)?;
+        for (what, text) in [("name", &self.name), ("fg_contact", &self.fg_contact)] {
+            if text.trim().is_empty() || text.len() > 200 || text.chars().any(char::is_control) {
+                return Err(Error::Directory(format!(
+                    "the enrolment request's {what} must be one line of 1-200 characters"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A party's keys before a rotation, with the end of their overlap window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKeys {
+    /// The former ed25519 public key (base64).
+    pub signing_key: String,
+    /// The former age recipient: bodies are no longer encrypted to it, it is listed so
+    /// the FG can see which key older bodies were sealed for.
+    pub age_recipient: String,
+    /// SHA-256 (hex) of the former mTLS certificate.
+    pub cert_fingerprint: String,
+    /// Until when the former key verifies and the former certificate connects.
+    pub valid_until: DateTime<Utc>,
 }
 
 /// A certificate fingerprint is the lowercase hex SHA-256 of the DER certificate: 64
@@ -134,6 +194,20 @@ impl Directory {
             keys::verifying_key_from_text(&p.signing_key)?;
             keys::age_recipient_from_text(&p.age_recipient)?;
             check_fingerprint(&format!("party {}", p.oin), &p.cert_fingerprint)?;
+            for old in &p.previous_keys {
+                keys::verifying_key_from_text(&old.signing_key)?;
+                keys::age_recipient_from_text(&old.age_recipient)?;
+                check_fingerprint(
+                    &format!("a previous key of party {}", p.oin),
+                    &old.cert_fingerprint,
+                )?;
+                if old.signing_key == p.signing_key {
+                    return Err(Error::Directory(format!(
+                        "party {} lists its current signing key as a previous key",
+                        p.oin
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -165,6 +239,31 @@ impl Party {
     /// The party's signing key.
     pub fn verifying_key(&self) -> Result<VerifyingKey, Error> {
         keys::verifying_key_from_text(&self.signing_key)
+    }
+
+    /// Every key a signature of this party may verify with at `now`: the current one
+    /// first, then the previous keys whose overlap window has not ended. Keys that do not
+    /// parse are left out (the directory check refuses them).
+    pub fn verifying_keys_at(&self, now: DateTime<Utc>) -> Vec<VerifyingKey> {
+        std::iter::once(self.signing_key.as_str())
+            .chain(
+                self.previous_keys
+                    .iter()
+                    .filter(|k| k.valid_until > now)
+                    .map(|k| k.signing_key.as_str()),
+            )
+            .filter_map(|k| keys::verifying_key_from_text(k).ok())
+            .collect()
+    }
+
+    /// Whether a certificate with this fingerprint may connect as this party at `now`:
+    /// the current one, or a previous one inside its overlap window.
+    pub fn accepts_certificate(&self, fingerprint: &str, now: DateTime<Utc>) -> bool {
+        self.cert_fingerprint == fingerprint
+            || self
+                .previous_keys
+                .iter()
+                .any(|k| k.valid_until > now && k.cert_fingerprint == fingerprint)
     }
 
     /// The party's age recipient.
@@ -218,6 +317,27 @@ pub fn load_signed_policy(
         message: "policy is not UTF-8".into(),
     })?;
     Policy::from_toml(text)
+}
+
+/// Verify and parse a signed policy and directory that belong together: both signatures,
+/// the directory against the policy, and the directory's `policy_sha256` against the
+/// policy's exact bytes (so an older policy cannot be served with a newer directory).
+pub fn load_signed_documents(
+    federation: &VerifyingKey,
+    policy: (&[u8], &str),
+    directory: (&[u8], &str),
+) -> Result<(Policy, Directory), Error> {
+    let parsed_policy = load_signed_policy(federation, policy.0, policy.1)?;
+    let dir = load_signed_directory(federation, directory.0, directory.1, &parsed_policy)?;
+    let digest = crate::envelope::sha256_hex(policy.0);
+    if dir.policy_sha256 != digest {
+        return Err(Error::Directory(format!(
+            "directory serial {} goes with another policy (its policy_sha256 is {}, the \
+             policy's digest is {digest})",
+            dir.serial, dir.policy_sha256
+        )));
+    }
+    Ok((parsed_policy, dir))
 }
 
 /// Verify and parse a signed directory.

@@ -444,7 +444,17 @@ impl Claimed {
     /// Check the header signature against `key` (the claimed sender's), the header's
     /// structure and every body digest.
     pub fn verify(self, limits: &Limits, key: &VerifyingKey) -> Result<VerifiedEnvelope, Error> {
-        self.verify_bodies(limits, key, None)
+        self.verify_bodies(limits, std::slice::from_ref(key), None)
+    }
+
+    /// [`Claimed::verify`] with any of the sender's valid keys (its current key and,
+    /// during a rotation's overlap, its previous ones).
+    pub fn verify_any(
+        self,
+        limits: &Limits,
+        keys: &[VerifyingKey],
+    ) -> Result<VerifiedEnvelope, Error> {
+        self.verify_bodies(limits, keys, None)
     }
 
     /// Verify a delivery to `me` ([`Envelope::delivery`]): the header signature and
@@ -457,7 +467,17 @@ impl Claimed {
         key: &VerifyingKey,
         me: &Oin,
     ) -> Result<VerifiedEnvelope, Error> {
-        self.verify_bodies(limits, key, Some(me))
+        self.verify_bodies(limits, std::slice::from_ref(key), Some(me))
+    }
+
+    /// [`Claimed::verify_delivery`] with any of the sender's valid keys.
+    pub fn verify_delivery_any(
+        self,
+        limits: &Limits,
+        keys: &[VerifyingKey],
+        me: &Oin,
+    ) -> Result<VerifiedEnvelope, Error> {
+        self.verify_bodies(limits, keys, Some(me))
     }
 
     /// The signature and structure; then every body's digest (`me` is `None`), or only
@@ -465,12 +485,18 @@ impl Claimed {
     fn verify_bodies(
         self,
         limits: &Limits,
-        key: &VerifyingKey,
+        keys: &[VerifyingKey],
         me: Option<&Oin>,
     ) -> Result<VerifiedEnvelope, Error> {
         let Claimed { header, envelope } = self;
         let sig = Signature::from_bytes(&envelope.signature);
-        keys::verify(key, Context::Header, &envelope.header_bytes, &sig, "header")?;
+        keys::verify_any(
+            keys,
+            Context::Header,
+            &envelope.header_bytes,
+            &sig,
+            "header",
+        )?;
         header.check_structure(limits)?;
         if header.bodies.len() != envelope.bodies.len() {
             return Err(Error::Decode(format!(

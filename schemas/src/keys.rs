@@ -72,6 +72,26 @@ pub fn verify(
         .map_err(|_| Error::BadSignature(what))
 }
 
+/// [`verify`] against a party's valid keys (its current key and, during a rotation's
+/// overlap, its previous ones): valid when any of them verifies.
+pub fn verify_any(
+    keys: &[VerifyingKey],
+    context: Context,
+    bytes: &[u8],
+    signature: &Signature,
+    what: &'static str,
+) -> Result<(), Error> {
+    let framed = framed(context, bytes);
+    if keys
+        .iter()
+        .any(|k| k.verify_strict(&framed, signature).is_ok())
+    {
+        Ok(())
+    } else {
+        Err(Error::BadSignature(what))
+    }
+}
+
 /// A new random signing key.
 pub fn generate_signing_key() -> SigningKey {
     SigningKey::generate(&mut rand::rngs::OsRng)

@@ -201,6 +201,17 @@ pub fn open(
     identity: &age::x25519::Identity,
     policy: &Policy,
 ) -> Result<Opened, Error> {
+    open_any(verified, me, std::slice::from_ref(identity), policy)
+}
+
+/// [`open`] with every identity the recipient holds: its current one and, after a key
+/// rotation, the previous ones that bodies sealed before the rotation were encrypted to.
+pub fn open_any(
+    verified: &VerifiedEnvelope,
+    me: &Oin,
+    identities: &[age::x25519::Identity],
+    policy: &Policy,
+) -> Result<Opened, Error> {
     let header = verified.header();
     let (index, body_ref) = header
         .body_for(me)
@@ -222,7 +233,7 @@ pub fn open(
             body_ref.view, header.kind
         )));
     }
-    let plaintext = decrypt(identity, ciphertext)?;
+    let plaintext = decrypt_any(identities, ciphertext)?;
     let value: Value = serde_json::from_slice(&plaintext)
         .map_err(|_| Error::Decrypt("body is not JSON".into()))?;
     let granted = rule.view(&body_ref.view);
@@ -253,9 +264,17 @@ pub fn encrypt(recipients: &[age::x25519::Recipient], plaintext: &[u8]) -> Resul
 
 /// Decrypt with my identity, refusing plaintexts over [`MAX_PLAINTEXT`].
 pub fn decrypt(identity: &age::x25519::Identity, ciphertext: &[u8]) -> Result<Vec<u8>, Error> {
+    decrypt_any(std::slice::from_ref(identity), ciphertext)
+}
+
+/// [`decrypt`] with any of several identities (current and previous keys).
+pub fn decrypt_any(
+    identities: &[age::x25519::Identity],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, Error> {
     let decryptor = age::Decryptor::new(ciphertext).map_err(|e| Error::Decrypt(e.to_string()))?;
     let reader = decryptor
-        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
         .map_err(|e| Error::Decrypt(e.to_string()))?;
     let mut out = Vec::new();
     reader

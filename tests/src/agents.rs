@@ -203,14 +203,36 @@ impl AgentProcess {
         dir: &Path,
         env: &[(&str, &str)],
     ) -> Result<Starting> {
-        let p = fed
-            .files
-            .parties
-            .get(party)
-            .ok_or_else(|| anyhow!("no party {party}"))?;
+        Self::spawn_spec(&AgentSpec::of(fed, party)?, fed, broker, dir, env)
+    }
+
+    /// Start an agent with an explicit identity (a party enrolled after `init`, or one
+    /// with rotated keys), and wait until its API listens.
+    pub fn start_spec(
+        spec: &AgentSpec,
+        fed: &Fed,
+        broker: SocketAddr,
+        dir: &Path,
+    ) -> Result<AgentProcess> {
+        Self::spawn_spec(spec, fed, broker, dir, &[])?.ready(Instant::now() + STARTUP_WAIT)
+    }
+
+    fn spawn_spec(
+        p: &AgentSpec,
+        fed: &Fed,
+        broker: SocketAddr,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Starting> {
         std::fs::create_dir_all(dir)?;
         let token = format!("kp-test-{}", uuid::Uuid::now_v7().simple());
         std::fs::write(dir.join("api.token"), &token)?;
+        let previous = p
+            .previous_age
+            .iter()
+            .map(|a| toml_path(a))
+            .collect::<Result<Vec<_>>>()?
+            .join(", ");
         let config = format!(
             "oin = {oin}\n\
              data_dir = \"data\"\n\
@@ -227,6 +249,7 @@ impl AgentProcess {
              [keys]\n\
              signing_key = {signing}\n\
              age_identity = {age}\n\
+             previous_age_identities = [{previous}]\n\
              federation_public_key_file = {fedkey}\n\
              \n\
              [api]\n\
@@ -239,7 +262,7 @@ impl AgentProcess {
              retry_max_ms = 500\n\
              request_timeout_ms = 5000\n\
              checkpoint_interval_secs = 1\n\
-             documents_refresh_secs = 3600\n\
+             documents_refresh_secs = {refresh}\n\
              sweep_interval_secs = 1\n\
              startup_wait_secs = 20\n",
             oin = toml_str(p.oin.as_str()),
@@ -250,6 +273,7 @@ impl AgentProcess {
             signing = toml_path(&p.signing_key)?,
             age = toml_path(&p.age_key)?,
             fedkey = toml_path(&fed.files.federation.public_key)?,
+            refresh = p.documents_refresh_secs,
         );
         let config_path = dir.join("agent.toml");
         std::fs::write(&config_path, config)?;
@@ -633,6 +657,51 @@ fn text(v: &Value, what: &str) -> Result<String> {
     v.as_str()
         .map(str::to_owned)
         .ok_or_else(|| anyhow!("no {what} in the answer: {v}"))
+}
+
+/// Who an agent process is: its OIN, names and key files.
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    /// Its organisation.
+    pub oin: Oin,
+    /// Its organisation's name.
+    pub name: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// Its TLS certificate and key.
+    pub cert: PathBuf,
+    /// Its TLS key.
+    pub key: PathBuf,
+    /// Its signing key.
+    pub signing_key: PathBuf,
+    /// Its age identity.
+    pub age_key: PathBuf,
+    /// Its age identities from before a rotation.
+    pub previous_age: Vec<PathBuf>,
+    /// How often it fetches the federation documents (3600 s unless a test needs less).
+    pub documents_refresh_secs: u64,
+}
+
+impl AgentSpec {
+    /// The identity of party `i` of `fed` (roster order).
+    pub fn of(fed: &Fed, i: usize) -> Result<AgentSpec> {
+        let p = fed
+            .files
+            .parties
+            .get(i)
+            .ok_or_else(|| anyhow!("no party {i}"))?;
+        Ok(AgentSpec {
+            oin: p.oin.clone(),
+            name: p.name.clone(),
+            roles: p.roles.clone(),
+            cert: p.cert.clone(),
+            key: p.key.clone(),
+            signing_key: p.signing_key.clone(),
+            age_key: p.age_key.clone(),
+            previous_age: Vec::new(),
+            documents_refresh_secs: 3600,
+        })
+    }
 }
 
 /// A message to send through an agent's API (`POST /v1/messages`).

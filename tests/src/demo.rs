@@ -421,6 +421,7 @@ impl World {
             keys: KeysSection {
                 signing_key: p.signing_key.clone(),
                 age_identity: p.age_key.clone(),
+                previous_age_identities: Vec::new(),
                 federation_public_key: None,
                 federation_public_key_file: Some(self.fed.federation.public_key.clone()),
             },

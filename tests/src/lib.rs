@@ -228,6 +228,61 @@ fn expect_done(r: Response) -> Result<()> {
     }
 }
 
+/// A plain HTTP/1.1 GET (metrics and health endpoints); the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP head in the answer"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow!("no status in the answer"))?
+        .parse()?;
+    // The bodies here are small: axum sends them with a content-length, not chunked.
+    Ok((status, body.to_owned()))
+}
+
+impl BrokerProcess {
+    /// The directory serial the broker has in force, from its metrics (started with
+    /// `--metrics`).
+    pub fn documents_serial(&self) -> Result<u64> {
+        let addr = self
+            .metrics
+            .ok_or_else(|| anyhow!("the broker was started without --metrics"))?;
+        let (_, body) = http_get(addr, "/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("ketenpost_broker_documents_serial "))
+            .ok_or_else(|| anyhow!("no documents serial in the metrics"))?
+            .trim()
+            .parse()
+            .map_err(Into::into)
+    }
+
+    /// Wait (at most `limit`) until the broker has directory serial `serial` in force.
+    pub fn wait_for_serial(&self, serial: u64, limit: Duration) -> Result<()> {
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let now = self.documents_serial()?;
+            if now == serial {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= until {
+                bail!("the broker has serial {now} in force, not {serial}, after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// The broker as a child process.
 #[derive(Debug)]
 pub struct BrokerProcess {

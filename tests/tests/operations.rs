@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 
 use ketenpost_schemas::protocol::{Request, Response};
@@ -13,20 +12,7 @@ use ketenpost_tests::{case_with_consent, signaal, BrokerProcess, Fed, REQUEST_TI
 
 /// A plain HTTP/1.1 GET; the status code and the body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // The bodies here are small: axum sends them with a content-length, not chunked.
-    (status, body.to_owned())
+    ketenpost_tests::http_get(addr, path).unwrap()
 }
 
 /// One sample: metric name, labels, value.

@@ -14,4 +14,5 @@
 
 pub mod client;
 pub mod failpoint;
+pub mod revocation;
 pub mod tls;

@@ -381,6 +381,13 @@ pub fn peer_oin(conn: &quinn::Connection) -> Result<Oin, TlsError> {
     Ok(ketenpost_schemas::cert::oin_from_cert_der(cert.as_ref())?)
 }
 
+/// The serial number of the peer's end-entity certificate (see
+/// [`crate::revocation::cert_serial`]).
+pub fn peer_serial(conn: &quinn::Connection) -> Result<crate::revocation::Serial, TlsError> {
+    let cert = peer_cert(conn)?;
+    crate::revocation::cert_serial(&cert).ok_or(TlsError::NoPeerCertificate)
+}
+
 /// Lowercase hex SHA-256 of the peer's end-entity certificate (DER): the fingerprint the
 /// partner directory lists, so the broker can tell a re-issued or unlisted certificate
 /// from the one the federation registered.

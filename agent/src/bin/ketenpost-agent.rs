@@ -86,6 +86,23 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
+        Command::Keygen {
+            out,
+            oin,
+            name,
+            fg_contact,
+        } => match ketenpost_agent::keygen::keygen(out, oin, name, fg_contact) {
+            Ok(g) => {
+                for f in &g.files {
+                    println!("wrote {}", f.display());
+                }
+                println!(
+                    "send enrolment.json and tls.csr to the federation operator; keep the keys here"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&e),
+        },
         Command::Run => {
             init_tracing();
             match runtime.block_on(run(&cli)) {

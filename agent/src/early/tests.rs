@@ -65,6 +65,7 @@ fn world(policy_text: &str) -> World {
             cert_fingerprint: "00".repeat(32),
             fg_contact: "fg@example.org".into(),
             revoked: false,
+            previous_keys: Vec::new(),
         });
         keys_.push(k);
         oins.push(oin);
@@ -74,6 +75,7 @@ fn world(policy_text: &str) -> World {
         covenant: policy.covenant.id.clone(),
         serial: 1,
         issued_at: Utc::now(),
+        policy_sha256: "0".repeat(64),
         broker: BrokerEntry {
             name: "broker".into(),
             signing_key: keys::verifying_key_to_text(&broker_key.verifying_key()),

@@ -62,6 +62,9 @@ enum Command {
         /// With --federation: how often the audit trail is checkpointed (1-60 s).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60))]
         checkpoint_interval_secs: Option<u64>,
+        /// With --federation: how often the policy, directory and CRL are re-read (1-3600 s).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        documents_reload_secs: Option<u64>,
         /// Serve Prometheus /metrics, /healthz and /readyz on this TCP address (plain HTTP;
         /// overrides `[metrics] listen`).
         #[arg(long, value_name = "ADDR")]
@@ -182,6 +185,7 @@ fn main() -> ExitCode {
             listen,
             sweep_interval_secs,
             checkpoint_interval_secs,
+            documents_reload_secs,
             metrics,
         } => {
             let config = match (config, federation, data) {
@@ -200,6 +204,9 @@ fn main() -> ExitCode {
                         }
                         if let Some(s) = checkpoint_interval_secs {
                             c.timers.checkpoint_interval_secs = s;
+                        }
+                        if let Some(s) = documents_reload_secs {
+                            c.timers.documents_reload_secs = s;
                         }
                         c
                     }
@@ -367,6 +374,21 @@ fn serve(config: BrokerConfig) -> ExitCode {
                 log_memory();
             }
         });
+        // SIGHUP: read the policy, directory and CRLs again now, not at the next timer.
+        #[cfg(unix)]
+        let hangup = {
+            let reloader = broker.reloader();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the federation documents");
+                    reloader.reload().await;
+                }
+            })
+        };
         let result = broker
             .run_until(async {
                 shutdown_signal().await;
@@ -374,6 +396,8 @@ fn serve(config: BrokerConfig) -> ExitCode {
             })
             .await;
         memory_log.abort();
+        #[cfg(unix)]
+        hangup.abort();
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

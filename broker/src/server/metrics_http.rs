@@ -55,7 +55,9 @@ fn gauges(shared: &Shared) -> Gauges {
         up: shared.store.poison().check().is_ok(),
         ..Gauges::default()
     };
-    for p in &shared.directory.parties {
+    let docs = shared.docs();
+    g.documents_serial = docs.serial();
+    for p in &docs.directory.parties {
         let mut pg = PartyGauges {
             connections: shared.admission.connections_of(&p.oin),
             ..PartyGauges::default()

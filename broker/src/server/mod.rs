@@ -13,13 +13,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use ketenpost_schemas::control::SignedRecord;
-use ketenpost_schemas::directory::{self, Directory};
 use ketenpost_schemas::envelope::Limits;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self};
-use ketenpost_schemas::policy::Policy;
 use ketenpost_schemas::protocol::{
-    request_bound, AcceptFlag, CheckpointWire, Documents, RejectCode, Rejection, Request, Response,
+    request_bound, AcceptFlag, CheckpointWire, RejectCode, Rejection, Request, Response,
     FRAME_HEAD, PROTOCOL_VERSION,
 };
 use tokio::sync::{watch, Notify, RwLock};
@@ -30,7 +28,7 @@ use crate::audit::{AuditEntry, AuditEvent, AuditTrail};
 use crate::config::BrokerConfig;
 use crate::store::{Applied, NoticeSigner, PutTicket, Store, StoreError, TxResult, TxView};
 use ketenpost_core::breach::{self as breach_routing, FlowHistory};
-use ketenpost_core::checks::{self, Authorised, ControlEffect, Env, Submitted};
+use ketenpost_core::checks::{self, Authorised, ControlEffect, Submitted};
 use ketenpost_core::clock::{SharedClock, SystemClock};
 use ketenpost_core::deadlines::AnswerClock;
 use ketenpost_core::effects::Effects;
@@ -55,9 +53,15 @@ use submit::submit;
 use sweep::sweep_once;
 
 struct Shared {
-    policy: Policy,
-    directory: Directory,
-    documents: Documents,
+    /// The federation documents in force; replaced whole by a reload.
+    docs: std::sync::RwLock<Arc<crate::documents::Documents>>,
+    /// The pinned federation key the documents are verified against.
+    federation_key: keys::VerifyingKey,
+    /// Bumped after every reload that changed the documents: connections re-check their
+    /// party against the new set.
+    docs_version: watch::Sender<u64>,
+    /// The digest of the last set a reload refused, so a refusal is audited once.
+    docs_refused: Mutex<Option<String>>,
     limits: Limits,
     config: BrokerConfig,
     store: Store,
@@ -69,8 +73,6 @@ struct Shared {
     /// Submits hold it shared while they check and write; control records exclusively, so
     /// a check never reads a case or consent that changes under it.
     registry_lock: RwLock<()>,
-    /// The parties' verifying keys, parsed once.
-    sender_keys: checks::SenderKeys,
     waiters: Mutex<HashMap<Oin, Arc<Notify>>>,
     /// What each party holds of the broker (connections, requests, buffered bytes).
     admission: Arc<Admission>,
@@ -85,17 +87,20 @@ impl Shared {
         self.clock.now()
     }
 
-    fn env(&self) -> Env<'_> {
-        Env {
-            policy: &self.policy,
-            directory: &self.directory,
-            limits: &self.limits,
-            keys: Some(&self.sender_keys),
-            // At most a day (the config check), so this cannot overflow.
-            max_clock_skew: chrono::Duration::seconds(
-                i64::try_from(self.config.limits.max_clock_skew_secs).unwrap_or(86_400),
-            ),
+    /// The federation documents in force now.
+    fn docs(&self) -> Arc<crate::documents::Documents> {
+        match self.docs.read() {
+            Ok(d) => d.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// How far ahead of `now` an `event_time` may lie.
+    fn max_clock_skew(&self) -> chrono::Duration {
+        // At most a day (the config check), so this cannot overflow.
+        chrono::Duration::seconds(
+            i64::try_from(self.config.limits.max_clock_skew_secs).unwrap_or(86_400),
+        )
     }
 
     fn notify(&self, party: &Oin) {
@@ -169,20 +174,44 @@ impl Registry for Live<'_> {
 /// A running broker.
 pub struct Broker {
     addr: SocketAddr,
+    /// Kept to put a new TLS configuration (new CRLs) in force.
+    endpoint: quinn::Endpoint,
     metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Reloads the federation documents of a running broker (see [`Broker::reloader`]).
+#[derive(Clone)]
+pub struct Reloader {
+    /// Weak, so a reloader kept by a signal handler does not hold the broker open.
+    shared: std::sync::Weak<Shared>,
+    endpoint: quinn::Endpoint,
+}
+
+impl Reloader {
+    /// [`Broker::reload_documents`].
+    pub async fn reload(&self) -> Option<u64> {
+        let s = self.shared.upgrade()?;
+        let e = self.endpoint.clone();
+        tokio::task::spawn_blocking(move || reload_documents(&s, &e))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broker").field("addr", &self.addr).finish()
     }
-}
-
-fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
@@ -202,27 +231,13 @@ impl Broker {
         clock: SharedClock,
     ) -> anyhow::Result<Broker> {
         let f = &config.federation;
-        let fed_key = keys::verifying_key_from_text(&read_text(&f.public_key)?)
-            .context("federation public key")?;
-        let policy_bytes = read(&f.policy)?;
-        let policy_sig = read_text(&f.policy_sig)?;
-        let policy = directory::load_signed_policy(&fed_key, &policy_bytes, &policy_sig)
-            .context("the policy is not validly signed by the federation key")?;
-        let dir_bytes = read(&f.directory)?;
-        let dir_sig = read_text(&f.directory_sig)?;
-        let directory = directory::load_signed_directory(&fed_key, &dir_bytes, &dir_sig, &policy)
-            .context("the directory is not validly signed by the federation key")?;
+        let federation_key = crate::documents::federation_key(&config)?;
+        let docs = crate::documents::load(&config, &federation_key)?;
         let key = keys::signing_key_from_text(&read_text(&f.signing_key)?)
             .context("broker signing key")?;
-        if directory.broker_key().ok() != Some(key.verifying_key()) {
+        if docs.directory.broker_key().ok() != Some(key.verifying_key()) {
             anyhow::bail!("the broker signing key does not match the directory's broker key");
         }
-        let documents = Documents {
-            policy: String::from_utf8(policy_bytes).context("policy is not UTF-8")?,
-            policy_sig,
-            directory: String::from_utf8(dir_bytes).context("directory is not UTF-8")?,
-            directory_sig: dir_sig,
-        };
 
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
@@ -247,11 +262,11 @@ impl Broker {
         };
         let admission = Admission::new(&config.limits);
         let signer: Oin = BROKER_SIGNER.parse()?;
-        let sender_keys = checks::sender_keys(&directory);
         let shared = Arc::new(Shared {
-            policy,
-            directory,
-            documents,
+            docs: std::sync::RwLock::new(Arc::new(docs)),
+            federation_key,
+            docs_version: watch::Sender::new(0),
+            docs_refused: Mutex::new(None),
             limits,
             config,
             store,
@@ -259,14 +274,16 @@ impl Broker {
             notice_signer: NoticeSigner { oin: signer, key },
             clock,
             registry_lock: RwLock::new(()),
-            sender_keys,
             waiters: Mutex::new(HashMap::new()),
             admission,
             counters: crate::metrics::Counters::default(),
             ready: std::sync::atomic::AtomicBool::new(true),
         });
         shared.audit(AuditEntry::ok(AuditEvent::BrokerStarted));
-        info!(%addr, covenant = %shared.policy.covenant.id, parties = shared.directory.parties.len(), "broker listening");
+        {
+            let docs = shared.docs();
+            info!(%addr, covenant = %docs.policy.covenant.id, serial = docs.serial(), parties = docs.directory.parties.len(), "broker listening");
+        }
 
         let (tx, rx) = watch::channel(false);
         let mut metrics_addr = None;
@@ -279,14 +296,35 @@ impl Broker {
             metrics_addr = Some(local);
             tokio::spawn(metrics_http::serve(listener, shared.clone(), rx.clone()));
         }
-        let task = tokio::spawn(serve(endpoint, shared.clone(), rx));
+        let task = tokio::spawn(serve(endpoint.clone(), shared.clone(), rx));
         Ok(Broker {
             addr,
+            endpoint,
             metrics_addr,
             shared,
             shutdown: tx,
             task,
         })
+    }
+
+    /// Read the federation documents again now, as the reload timer does; the serial in
+    /// force afterwards when a newer set was put in force. (`ketenpost-broker serve`
+    /// calls it on SIGHUP.)
+    pub async fn reload_documents(&self) -> Option<u64> {
+        self.reloader().reload().await
+    }
+
+    /// A handle that reloads the documents while [`Broker::run_until`] owns the broker.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: Arc::downgrade(&self.shared),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    /// The serial of the directory in force.
+    pub fn document_serial(&self) -> u64 {
+        self.shared.docs().serial()
     }
 
     /// The address it listens on.
@@ -370,6 +408,10 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
     let mut sweep = tokio::time::interval(Duration::from_secs(
         shared.config.timers.sweep_interval_secs,
     ));
+    let mut reload = tokio::time::interval(Duration::from_secs(
+        shared.config.timers.documents_reload_secs,
+    ));
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -409,6 +451,10 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
                 let s = shared.clone();
                 let _ = tokio::task::spawn_blocking(move || sweep_once(&s, s.now())).await;
             }
+            _ = reload.tick() => {
+                let (s, e) = (shared.clone(), endpoint.clone());
+                let _ = tokio::task::spawn_blocking(move || reload_documents(&s, &e)).await;
+            }
         }
     }
     // Shutdown: stop accepting, give in-flight requests a moment, then close.
@@ -431,6 +477,90 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
         }
     }
     info!(group_commits = shared.store.flush_count(), "broker stopped");
+}
+
+/// Read the federation files again and put a newer valid set in force; see
+/// [`crate::documents`]. Returns the serial in force afterwards when it changed anything.
+/// A refused set (older, badly signed, another covenant or broker key) keeps the current
+/// one; it is logged and audited once per distinct set of files.
+fn reload_documents(shared: &Shared, endpoint: &quinn::Endpoint) -> Option<u64> {
+    use crate::documents::{self, Change};
+    let current = shared.docs();
+    let digest = match documents::changed(&shared.config, &current) {
+        Ok(None) => return None,
+        Ok(Some(digest)) => digest,
+        Err(e) => {
+            warn!(cause = %e, "cannot read the federation documents to reload them");
+            return None;
+        }
+    };
+    let refused = |e: documents::DocumentsError, serial: Option<u64>| {
+        let mut last = shared
+            .docs_refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() == Some(digest.as_str()) {
+            return;
+        }
+        *last = Some(digest.clone());
+        error!(cause = %e, serial_in_force = current.serial(), "refusing the new federation documents; keeping the ones in force");
+        let code = match e {
+            documents::DocumentsError::Refused(_) => "version_not_newer",
+            _ => "invalid_documents",
+        };
+        let mut entry = AuditEntry::refused(AuditEvent::DocumentsChanged, code);
+        if let Some(serial) = serial {
+            entry = entry.document_serial(serial);
+        }
+        shared.audit(entry);
+    };
+    let new = match documents::load(&shared.config, &shared.federation_key) {
+        Ok(new) => new,
+        Err(e) => {
+            refused(e, None);
+            return None;
+        }
+    };
+    let change = match current.may_replace(&new) {
+        Ok(change) => change,
+        Err(e) => {
+            refused(e, Some(new.serial()));
+            return None;
+        }
+    };
+    if new.revocations != current.revocations || change == Change::Crls {
+        match tls::server_config_with_streams(
+            &shared.config.tls,
+            shared.config.limits.max_streams_per_connection,
+        ) {
+            Ok(cfg) => endpoint.set_server_config(Some(cfg)),
+            Err(e) => {
+                error!(cause = %e, "cannot build the TLS configuration with the new CRLs; keeping the documents in force");
+                return None;
+            }
+        }
+    }
+    let serial = new.serial();
+    let parties = new.directory.parties.len();
+    match shared.docs.write() {
+        Ok(mut d) => *d = Arc::new(new),
+        Err(p) => *p.into_inner() = Arc::new(new),
+    }
+    shared.docs_version.send_modify(|v| *v += 1);
+    *shared
+        .docs_refused
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = None;
+    info!(serial, parties, change = ?change, "new federation documents in force");
+    shared.audit(
+        AuditEntry::ok(AuditEvent::DocumentsChanged)
+            .reason(match change {
+                Change::Directory => "directory_version",
+                Change::Crls => "crl_update",
+            })
+            .document_serial(serial),
+    );
+    Some(serial)
 }
 
 /// Sign a checkpoint, unless the store is poisoned (no checkpoint may cover records a
@@ -461,16 +591,18 @@ async fn connection(
             return Ok(());
         }
     };
-    let Some(party) = shared.directory.active_party(&oin) else {
-        warn!(%oin, "connection from a party that is not active in the directory");
-        conn.close(2u32.into(), b"not an active party");
-        return Ok(());
-    };
     // The directory loader refuses an entry without a fingerprint, so this always compares.
     let fingerprint = tls::peer_fingerprint(&conn).unwrap_or_default();
-    if party.cert_fingerprint != fingerprint {
-        warn!(%oin, "client certificate is not the one the directory lists");
-        conn.close(3u32.into(), b"certificate not in directory");
+    let serial = tls::peer_serial(&conn).ok();
+    let party = oin.clone();
+    let admits = move |shared: &Shared| {
+        shared
+            .docs()
+            .admits(&party, &fingerprint, serial.as_deref(), shared.now())
+    };
+    if let Err(why) = admits(&shared) {
+        warn!(%oin, reason = why, "connection refused by the directory");
+        conn.close(identity_close_code(why).into(), why.as_bytes());
         return Ok(());
     }
     let guard = match shared.admission.connect(&oin) {
@@ -482,14 +614,30 @@ async fn connection(
         }
     };
     let span = info_span!("connection", %oin, remote = %conn.remote_address());
+    let mut docs_changed = shared.docs_version.subscribe();
     async move {
         info!("partner connected");
         let mut streams = JoinSet::new();
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
+                Ok(()) = docs_changed.changed() => {
+                    // New documents: a party revoked, a certificate replaced or listed in a
+                    // CRL loses its connection now, not at its next reconnect.
+                    if let Err(why) = admits(&shared) {
+                        warn!(reason = why, "the new federation documents no longer admit this connection; closing it");
+                        conn.close(identity_close_code(why).into(), why.as_bytes());
+                        break;
+                    }
+                }
                 s = conn.accept_bi() => match s {
                     Ok((send, recv)) => {
+                        if let Err(why) = admits(&shared) {
+                            // A rotation's overlap for this certificate ended.
+                            warn!(reason = why, "the federation documents no longer admit this connection; closing it");
+                            conn.close(identity_close_code(why).into(), why.as_bytes());
+                            break;
+                        }
                         let shared = shared.clone();
                         let oin = oin.clone();
                         let guard = guard.clone();
@@ -514,6 +662,16 @@ async fn connection(
     }
     .instrument(span)
     .await
+}
+
+/// The QUIC close code for a connection the documents do not admit: 2 not an active
+/// party, 3 a certificate the directory does not list, 5 a revoked certificate.
+fn identity_close_code(why: &str) -> u32 {
+    match why {
+        "not an active party" => 2,
+        "certificate not in directory" => 3,
+        _ => 5,
+    }
 }
 
 async fn stream(
@@ -662,7 +820,7 @@ async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
             Ok(_) => Response::Done,
             Err(e) => storage_error(e),
         },
-        Request::GetDocuments => Response::Documents(shared.documents.clone()),
+        Request::GetDocuments => Response::Documents(shared.docs().raw.clone()),
         Request::GetCheckpoint => match shared.audit.latest_checkpoint() {
             Ok(cp) => Response::Checkpoint(cp.map(|c| CheckpointWire {
                 seq: c.seq,

@@ -100,7 +100,9 @@ pub(super) async fn transition<E: Send + 'static>(
 }
 
 pub(super) async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
-    let r = match checks::check_receipt(oin, rec, shared.env()) {
+    let docs = shared.docs();
+    let env = docs.env(&shared.limits, shared.max_clock_skew());
+    let r = match checks::check_receipt(oin, rec, env, shared.now()) {
         Ok(r) => r,
         Err(rej) => {
             shared.audit(AuditEntry::refused(AuditEvent::Receipt, rej.code.as_str()).actor(oin));
@@ -157,7 +159,9 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
             Err(ketenpost_core::registry::Unknown(e.to_string()))
         }
     };
-    let effect = match checks::check_control(oin, rec, shared.env(), store, order, now) {
+    let docs = shared.docs();
+    let env = docs.env(&shared.limits, shared.max_clock_skew());
+    let effect = match checks::check_control(oin, rec, env, store, order, now) {
         Ok(e) => e,
         Err(r) => {
             info!(code = %r.code, kind = %rec.kind, "control record refused");
@@ -185,7 +189,7 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
         ControlEffect::ConsentGranted(_) | ControlEffect::ConsentWithdrawn(_) => "consent",
         ControlEffect::DeletionConfirmed(_) => "confirmation",
     };
-    let (actor, s) = (oin.clone(), shared.clone());
+    let actor = oin.clone();
     let outcome = transition(
         shared,
         op,
@@ -198,7 +202,7 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
                 effect.clone(),
                 &actor,
                 deletion,
-                &s.policy,
+                &docs.policy,
                 now,
             )))
         },

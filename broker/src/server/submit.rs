@@ -22,8 +22,10 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
     // case change falls between its checks and its write.
     let (s, o) = (shared.clone(), oin.clone());
     let begun = tokio::task::spawn_blocking(move || {
-        let authorised = stage_check(&bytes, &s, &o, now)?;
-        let ticket = stage_write(&authorised, &bytes, &s, &o, now)?;
+        // One set of documents for the whole decision, whatever a reload does meanwhile.
+        let docs = s.docs();
+        let authorised = stage_check(&bytes, &s, &docs, &o, now)?;
+        let ticket = stage_write(&authorised, &bytes, &s, &docs, &o, now)?;
         Ok((authorised, bytes, ticket))
     })
     .await;
@@ -62,6 +64,7 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
 fn stage_check(
     bytes: &[u8],
     shared: &Arc<Shared>,
+    docs: &crate::documents::Documents,
     oin: &Oin,
     now: DateTime<Utc>,
 ) -> Result<Authorised, Response> {
@@ -70,7 +73,7 @@ fn stage_check(
             transport: oin,
             bytes,
         },
-        shared.env(),
+        docs.env(&shared.limits, shared.max_clock_skew()),
         &shared.live(),
         now,
     ) {
@@ -115,12 +118,13 @@ fn stage_write(
     authorised: &Authorised,
     bytes: &[u8],
     shared: &Arc<Shared>,
+    docs: &crate::documents::Documents,
     oin: &Oin,
     now: DateTime<Utc>,
 ) -> Result<PutTicket, Response> {
     let meta = MessageMeta::accepted(authorised, now);
     // The answer clock is written in the message's own transaction.
-    let clock = shared
+    let clock = docs
         .policy
         .rule(&authorised.header().purpose, authorised.header().kind)
         .and_then(|rule| AnswerClock::start(&meta, rule));
@@ -136,7 +140,7 @@ fn stage_write(
             authorised,
             oin,
         ),
-        calendar: shared.policy.calendar.clone(),
+        calendar: docs.policy.calendar.clone(),
     });
     shared
         .store

@@ -40,7 +40,8 @@ pub(super) fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
         }
         Err(e) => error!(cause = %e, "cannot read the expiry index"),
     }
-    let calendar = &shared.policy.calendar;
+    let docs = shared.docs();
+    let calendar = &docs.policy.calendar;
     match store.clocks() {
         Ok(clocks) => {
             for clock in clocks {
@@ -56,7 +57,7 @@ pub(super) fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
                     Ok(transitions::deadline_notices(
                         clock,
                         regievoerder.as_ref(),
-                        &shared.policy,
+                        &docs.policy,
                         now,
                     ))
                 }) {
@@ -82,9 +83,7 @@ pub(super) fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
                 };
                 if apply("deletion", &|v| {
                     Ok(match v.case(&case_ref)? {
-                        Some(case) => {
-                            transitions::order_deletion(case, &clocks, &shared.policy, now)
-                        }
+                        Some(case) => transitions::order_deletion(case, &clocks, &docs.policy, now),
                         None => Effects::default(),
                     })
                 }) {

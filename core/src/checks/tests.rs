@@ -441,9 +441,9 @@ fn receipts_come_from_their_recipient() {
         body_sha256: "ef".repeat(32),
         received_at: fx.now,
     };
-    assert!(check_receipt(&fx.gem.oin, &signed(&r, &fx.gem), fx.env()).is_ok());
+    assert!(check_receipt(&fx.gem.oin, &signed(&r, &fx.gem), fx.env(), Utc::now()).is_ok());
     assert_eq!(
-        check_receipt(&fx.corp.oin, &signed(&r, &fx.corp), fx.env())
+        check_receipt(&fx.corp.oin, &signed(&r, &fx.corp), fx.env(), Utc::now())
             .unwrap_err()
             .code,
         RejectCode::NotPermitted

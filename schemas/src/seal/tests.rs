@@ -49,6 +49,7 @@ impl Fed {
             covenant: "test".into(),
             serial: 1,
             issued_at: Utc::now(),
+            policy_sha256: "0".repeat(64),
             broker: BrokerEntry {
                 name: "broker".into(),
                 signing_key: keys::verifying_key_to_text(
@@ -67,6 +68,7 @@ impl Fed {
                     cert_fingerprint: "00".repeat(32),
                     fg_contact: "fg@example.org".into(),
                     revoked: false,
+                    previous_keys: Vec::new(),
                 })
                 .collect(),
         };
