@@ -23,6 +23,7 @@ async fn impostor(net: &Net, handler: Handler) -> (quinn::Endpoint, SocketAddr) 
         key: net.fed.broker.key.clone(),
         ca: net.fed.ca.cert.clone(),
         crls: vec![],
+        partner_cas: vec![],
     })
     .unwrap();
     let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();

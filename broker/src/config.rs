@@ -8,7 +8,8 @@
 //! cert = "broker/cert.pem"
 //! key = "broker/key.pem"
 //! ca = "ca/ca.pem"
-//! crls = ["ca/crl.pem"]
+//! crls = ["ca/crl.pem"]                # and the CRLs of every partner_cas entry
+//! partner_cas = []                      # external CAs of partner certificates (PKIoverheid)
 //!
 //! [federation]
 //! public_key = "federation/signing.pub"
@@ -254,6 +255,7 @@ impl BrokerConfig {
         fix(&mut self.tls.key);
         fix(&mut self.tls.ca);
         self.tls.crls.iter_mut().for_each(fix);
+        self.tls.partner_cas.iter_mut().for_each(fix);
         let f = &mut self.federation;
         for p in [
             &mut f.public_key,
@@ -346,6 +348,7 @@ impl BrokerConfig {
                 key: fed.broker.key.clone(),
                 ca: fed.ca.cert.clone(),
                 crls: vec![fed.ca.crl.clone()],
+                partner_cas: Vec::new(),
             },
             federation: FederationFiles {
                 public_key: fed.federation.public_key.clone(),

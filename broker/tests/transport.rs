@@ -48,6 +48,7 @@ fn server_tls(fed: &Federation) -> ServerTls {
         key: fed.broker.key.clone(),
         ca: fed.ca.cert.clone(),
         crls: vec![fed.ca.crl.clone()],
+        partner_cas: vec![],
     }
 }
 

@@ -276,3 +276,116 @@ pub fn rotate(
         kept_at,
     })
 }
+
+/// `enrol --cert`: add a partner whose certificate an external CA issued (PKIoverheid:
+/// the OIN in subject serialNumber). The certificate's OIN must be the request's; the
+/// directory pins its fingerprint. The broker must trust that CA (`tls.partner_cas`) and
+/// have its CRL (`tls.crls`).
+pub fn enrol_with_certificate(
+    fed: &Federation,
+    request: &EnrolmentRequest,
+    cert_pem: &str,
+    roles: &[Role],
+    now: DateTime<Utc>,
+) -> Result<Issued, Error> {
+    request.check().map_err(schema("enrolment request"))?;
+    let der = pki::cert_der_from_pem(cert_pem.as_bytes())?;
+    let oin = pki::oin_from_cert_der(&der)?;
+    if oin != request.oin {
+        return Err(roster(format!(
+            "the certificate names OIN {oin} in subject serialNumber, the request {}",
+            request.oin
+        )));
+    }
+    let mut directory = fed.load_directory(&fed.load_policy()?)?;
+    if directory.party(&request.oin).is_some() {
+        return Err(roster(format!(
+            "party {} is in the directory already; rotate its keys instead",
+            request.oin
+        )));
+    }
+    if roles.is_empty() {
+        return Err(roster("a party needs at least one role".into()));
+    }
+    let fingerprint = pki::fingerprint(&der);
+    let dir = fed.dir.join(ISSUED_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::write(&dir, e))?;
+    let kept_at = issued_cert_path(fed, &request.oin);
+    write_atomically(&kept_at, cert_pem.as_bytes())?;
+    directory.parties.push(Party {
+        oin: request.oin.clone(),
+        name: request.name.clone(),
+        roles: roles.to_vec(),
+        signing_key: request.signing_key.clone(),
+        age_recipient: request.age_recipient.clone(),
+        cert_fingerprint: fingerprint.clone(),
+        fg_contact: request.fg_contact.clone(),
+        revoked: false,
+        previous_keys: Vec::new(),
+    });
+    let serial = publish(fed, None, directory, now)?;
+    Ok(Issued {
+        serial,
+        cert_pem: cert_pem.to_owned(),
+        fingerprint,
+        kept_at,
+    })
+}
+
+/// A stand-in for an external CA (the role PKIoverheid plays in production), for tests
+/// and rehearsals: a root CA with an empty CRL that issues partner certificates from
+/// CSRs, PKIoverheid style. Never for production.
+#[derive(Debug, Clone)]
+pub struct ExternalCa {
+    /// The root certificate (PEM): what the broker lists in `tls.partner_cas`.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Its CRL (PEM): what the broker lists in `tls.crls`.
+    pub crl: PathBuf,
+}
+
+impl ExternalCa {
+    /// Create one in `dir` (`ca.pem`, `ca.key`, `crl.pem`).
+    pub fn create(dir: &Path, name: &str, now: DateTime<Utc>) -> Result<ExternalCa, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::write(dir, e))?;
+        let t = OffsetDateTime::from_unix_timestamp(now.timestamp())
+            .map_err(|_| Error::Time("the external CA's validity"))?;
+        let validity = Validity::around(t, -time::Duration::hours(1), time::Duration::days(3650))?;
+        let ca = Ca::new(name, name, validity, &mut Serials::default())?;
+        let crl = ca.crl_numbered(&[], 1, t, t + time::Duration::days(365))?;
+        let files = ExternalCa {
+            cert: dir.join("ca.pem"),
+            key: dir.join("ca.key"),
+            crl: dir.join("crl.pem"),
+        };
+        write_atomically(&files.cert, ca.issued.cert_pem.as_bytes())?;
+        write_atomically(&files.key, ca.issued.key_pem.as_bytes())?;
+        write_atomically(&files.crl, crl.as_bytes())?;
+        Ok(files)
+    }
+
+    /// Issue a partner certificate (PEM) for the key of `csr_pem`.
+    pub fn issue(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        oin: &Oin,
+        now: DateTime<Utc>,
+    ) -> Result<String, Error> {
+        let ca = Ca::load(
+            &String::from_utf8_lossy(&read(&self.cert)?),
+            &String::from_utf8_lossy(&read(&self.key)?),
+        )?;
+        let t = OffsetDateTime::from_unix_timestamp(now.timestamp())
+            .map_err(|_| Error::Time("the certificate's validity"))?;
+        let validity = Validity::around(
+            t,
+            -time::Duration::hours(1),
+            time::Duration::days(LEAF_DAYS),
+        )?;
+        Ok(ca
+            .client_cert_from_csr(csr_pem, name, oin, validity, &mut Serials::default())?
+            .cert_pem)
+    }
+}

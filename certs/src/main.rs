@@ -77,12 +77,22 @@ struct RequestArgs {
     /// The partner's `enrolment.json` (public keys), made by `ketenpost-agent keygen`.
     #[arg(long, value_name = "FILE")]
     request: PathBuf,
-    /// The partner's certificate request (`tls.csr`, PEM).
-    #[arg(long, value_name = "FILE")]
-    csr: PathBuf,
+    /// The partner's certificate request (`tls.csr`, PEM); the federation CA issues the
+    /// certificate.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "cert",
+        requires = "out"
+    )]
+    csr: Option<PathBuf>,
     /// Where to write the partner's new certificate (PEM) to hand it over.
     #[arg(long, value_name = "FILE")]
-    out: PathBuf,
+    out: Option<PathBuf>,
+    /// Instead of --csr: the partner's certificate from an external CA (PKIoverheid), OIN
+    /// in subject serialNumber. The broker must list that CA in `tls.partner_cas`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["csr", "out"])]
+    cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -146,10 +156,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Init(args) => init(args),
         Command::Revoke(args) => revoke(args),
-        Command::Enrol(args) => issue(&args.request, |fed, req, csr, now| {
+        Command::Enrol(args) => {
             let roles: Vec<Role> = args.roles.iter().map(|r| Role::new(r.trim())).collect();
-            lifecycle::enrol(fed, req, csr, &roles, now)
-        }),
+            let external = args.request.cert.is_some();
+            issue(&args.request, |fed, req, pem, now| {
+                if external {
+                    lifecycle::enrol_with_certificate(fed, req, pem, &roles, now)
+                } else {
+                    lifecycle::enrol(fed, req, pem, &roles, now)
+                }
+            })
+        }
         Command::Rotate(args) => issue(&args.request, |fed, req, csr, now| {
             let overlap = chrono::Duration::hours(i64::from(args.overlap_hours));
             lifecycle::rotate(fed, req, csr, overlap, now)
@@ -168,7 +185,8 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Enrol or rotate: read the request and CSR, run `f`, write the certificate.
+/// Enrol or rotate: read the request and the CSR (or the external certificate), run `f`,
+/// write the certificate it issued.
 fn issue(
     a: &RequestArgs,
     f: impl FnOnce(
@@ -189,23 +207,31 @@ fn issue(
         Ok(r) => r,
         Err(e) => return fail(format!("{}: {e}", a.request.display())),
     };
-    let csr = match std::fs::read_to_string(&a.csr) {
-        Ok(c) => c,
-        Err(e) => return fail(format!("{}: {e}", a.csr.display())),
+    let Some(input) = a.cert.as_ref().or(a.csr.as_ref()) else {
+        return fail("give --csr (with --out) or --cert");
     };
-    let issued = match f(&fed, &request, &csr, chrono::Utc::now()) {
+    let pem = match std::fs::read_to_string(input) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("{}: {e}", input.display())),
+    };
+    let issued = match f(&fed, &request, &pem, chrono::Utc::now()) {
         Ok(i) => i,
         Err(e) => return fail(e),
     };
-    if let Err(e) = std::fs::write(&a.out, issued.cert_pem.as_bytes()) {
-        return fail(format!("{}: {e}", a.out.display()));
+    if let Some(out) = &a.out {
+        if let Err(e) = std::fs::write(out, issued.cert_pem.as_bytes()) {
+            return fail(format!("{}: {e}", out.display()));
+        }
+        println!(
+            "issued the certificate of {} ({}) to {}",
+            request.oin,
+            issued.fingerprint,
+            out.display()
+        );
     }
     println!(
-        "issued the certificate of {} ({}) to {}; directory version {} is signed",
-        request.oin,
-        issued.fingerprint,
-        a.out.display(),
-        issued.serial
+        "{} is in directory version {} (signed); running brokers apply it at their next reload",
+        request.oin, issued.serial
     );
     ExitCode::SUCCESS
 }

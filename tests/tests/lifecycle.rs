@@ -369,3 +369,236 @@ async fn rotation_policy_change_rollback_and_revocation_apply_live() -> Result<(
     ensure!(audit.verified.is_intact(), "{:?}", audit.verified);
     Ok(())
 }
+
+/// A partner with a certificate from an external CA (a second test CA playing
+/// PKIoverheid, the OIN in subject serialNumber) enrols with that certificate; the broker
+/// trusts the CA through `--partner-ca` with its CRL, and the partner exchanges messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_with_an_external_ca_certificate_is_accepted() -> Result<()> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let fed = Fed::new(&seed_policy("flevoland")?, None)?;
+    let pkio = lifecycle::ExternalCa::create(
+        &fed.path("pkio"),
+        "Test PKIoverheid Private Services CA",
+        Utc::now(),
+    )?;
+    let oin: Oin = "00000009000000000077".parse()?;
+    let name = "Woonstichting Extern";
+    let keys = fed.path("extern-keys");
+    let (request, csr) = keygen(&keys, &oin, name)?;
+    let cert_pem = pkio.issue(&csr, name, &oin, Utc::now())?;
+    let cert = keys.join("tls.crt");
+    std::fs::write(&cert, &cert_pem)?;
+    let issued = lifecycle::enrol_with_certificate(
+        &fed.files,
+        &request,
+        &cert_pem,
+        &[Role::new("woningcorporatie")],
+        Utc::now(),
+    )?;
+    ensure!(issued.serial == 2);
+    // The certificate's OIN must be the request's.
+    let mut other = request.clone();
+    other.oin = "00000009000000000078".parse()?;
+    ensure!(
+        lifecycle::enrol_with_certificate(&fed.files, &other, &cert_pem, &[], Utc::now()).is_err(),
+        "a certificate for another OIN was enrolled"
+    );
+
+    let ca = pkio.cert.to_string_lossy().into_owned();
+    let crl = pkio.crl.to_string_lossy().into_owned();
+    let broker = BrokerProcess::start_with(
+        &fed,
+        &fed.path("broker"),
+        "127.0.0.1:0".parse()?,
+        &["--partner-ca", &ca, "--crl", &crl],
+        &[],
+    )?;
+    let zorg = AgentProcess::start_spec(
+        &spec(&fed, "zorgaanbieder")?,
+        &fed,
+        broker.addr,
+        &fed.path("zorg"),
+    )?;
+    let corp = AgentProcess::start_spec(
+        &spec_from_keygen(&keys, &cert, &oin, name, "woningcorporatie"),
+        &fed,
+        broker.addr,
+        &fed.path("extern"),
+    )?;
+    let case = zorg.open_case("uitstroom", &[&corp.oin]).await?;
+    let consent = zorg
+        .grant_consent(&case, &["zorgaanbieder", "woningcorporatie"], "toestemming")
+        .await?;
+    let signal = corp
+        .send(
+            &Outgoing::new(
+                "signaal",
+                &case,
+                signaal_payload("geluidsoverlast", Utc::now() - chrono::Duration::hours(1))?,
+            )
+            .to(&zorg.oin)
+            .purpose("uitstroom")
+            .consent(&consent),
+        )
+        .await?;
+    zorg.wait_for_message(&signal, WAIT).await?;
+    Ok(())
+}
+
+/// Run a workspace binary; its exit success and its stdout and stderr together.
+fn run(name: &str, args: &[&str]) -> Result<(bool, String)> {
+    let out = std::process::Command::new(ketenpost_tests::binary(name)?)
+        .args(args)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+/// The operator's commands as an operator types them: `ketenpost-agent keygen` at the
+/// partner, then `ketenpost-certs enrol`, `rotate`, `policy sign` and `directory sign`,
+/// each making the next signed version that loads; mistakes are refused with a reason.
+#[test]
+fn the_operator_commands_enrol_rotate_and_sign_numbered_versions() -> Result<()> {
+    let fed = Fed::new(&seed_policy("flevoland")?, None)?;
+    let f = fed.files.dir.to_string_lossy().into_owned();
+    let p = |name: &str| fed.path(name).to_string_lossy().into_owned();
+    let keygen = |dir: &str| {
+        run(
+            "ketenpost-agent",
+            &[
+                "keygen",
+                "--out",
+                dir,
+                "--oin",
+                "00000009000000000042",
+                "--name",
+                "Woonstichting Nieuw",
+                "--fg-contact",
+                "fg@nieuw.example",
+            ],
+        )
+    };
+    let (ok, said) = keygen(&p("k1"))?;
+    ensure!(ok, "keygen: {said}");
+    let (ok, said) = keygen(&p("k1"))?;
+    ensure!(
+        !ok && said.contains("never overwrites"),
+        "keygen again: {said}"
+    );
+
+    let enrol = |dir: &str| {
+        run(
+            "ketenpost-certs",
+            &[
+                "enrol",
+                "--federation",
+                &f,
+                "--request",
+                &format!("{dir}/enrolment.json"),
+                "--csr",
+                &format!("{dir}/tls.csr"),
+                "--out",
+                &format!("{dir}/tls.crt"),
+                "--roles",
+                "woningcorporatie",
+            ],
+        )
+    };
+    let (ok, said) = enrol(&p("k1"))?;
+    ensure!(ok && said.contains("directory version 2"), "enrol: {said}");
+    let (ok, said) = enrol(&p("k1"))?;
+    ensure!(!ok && said.contains("rotate"), "enrol twice: {said}");
+
+    let (ok, said) = keygen(&p("k2"))?;
+    ensure!(ok, "keygen for the rotation: {said}");
+    let (ok, said) = run(
+        "ketenpost-certs",
+        &[
+            "rotate",
+            "--federation",
+            &f,
+            "--request",
+            &format!("{}/enrolment.json", p("k2")),
+            "--csr",
+            &format!("{}/tls.csr", p("k2")),
+            "--out",
+            &format!("{}/tls.crt", p("k2")),
+            "--overlap-hours",
+            "24",
+        ],
+    )?;
+    ensure!(ok && said.contains("directory version 3"), "rotate: {said}");
+    let policy = fed.files.load_policy()?;
+    let dir = fed.files.load_directory(&policy)?;
+    let rotated = dir
+        .party(&"00000009000000000042".parse()?)
+        .context("the enrolled party")?;
+    ensure!(rotated.previous_keys.len() == 1, "{rotated:?}");
+
+    // A new policy version; one of another covenant is refused.
+    let text = std::fs::read_to_string(&fed.files.policy.file)?;
+    let edited = fed.path("policy-v2.toml");
+    std::fs::write(&edited, text + "\n# v2\n")?;
+    let (ok, said) = run(
+        "ketenpost-certs",
+        &[
+            "policy",
+            "sign",
+            "--federation",
+            &f,
+            &edited.to_string_lossy(),
+        ],
+    )?;
+    ensure!(ok && said.contains("version 4"), "policy sign: {said}");
+    let foreign = fed.path("foreign.toml");
+    std::fs::write(&foreign, seed_policy("walcheren")?)?;
+    let (ok, said) = run(
+        "ketenpost-certs",
+        &[
+            "policy",
+            "sign",
+            "--federation",
+            &f,
+            &foreign.to_string_lossy(),
+        ],
+    )?;
+    ensure!(!ok && said.contains("covenant"), "foreign policy: {said}");
+
+    // An edited directory: serial, date and policy digest are the tool's to set.
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&fed.files.directory.file)?)?;
+    json["parties"][0]["fg_contact"] = json!("fg-nieuw@gemeente.example");
+    json["serial"] = json!(1);
+    let edited = fed.path("directory-edited.json");
+    std::fs::write(&edited, serde_json::to_vec_pretty(&json)?)?;
+    let (ok, said) = run(
+        "ketenpost-certs",
+        &[
+            "directory",
+            "sign",
+            "--federation",
+            &f,
+            &edited.to_string_lossy(),
+        ],
+    )?;
+    ensure!(ok && said.contains("version 5"), "directory sign: {said}");
+    let key = fed.files.federation_public_key()?;
+    let (_, dir) = ketenpost_schemas::directory::load_signed_documents(
+        &key,
+        (
+            &std::fs::read(&fed.files.policy.file)?,
+            &std::fs::read_to_string(&fed.files.policy.sig)?,
+        ),
+        (
+            &std::fs::read(&fed.files.directory.file)?,
+            &std::fs::read_to_string(&fed.files.directory.sig)?,
+        ),
+    )?;
+    ensure!(dir.serial == 5 && dir.parties[0].fg_contact == "fg-nieuw@gemeente.example");
+    Ok(())
+}

@@ -67,9 +67,14 @@ pub struct ServerTls {
     pub ca: PathBuf,
     /// Certificate revocation lists of the federation CA, PEM or DER. With at least one CRL,
     /// every partner certificate must have a known, unrevoked status; with none, revocation
-    /// is not checked (a warning is logged).
+    /// is not checked (a warning is logged). With `partner_cas`, list their CRLs here too.
     #[serde(default)]
     pub crls: Vec<PathBuf>,
+    /// External CAs that also issue partner certificates (PEM roots), e.g. the PKIoverheid
+    /// Private Root CA: partners present their chain (end-entity and intermediates), the
+    /// OIN in subject serialNumber. The directory still pins each certificate.
+    #[serde(default)]
+    pub partner_cas: Vec<PathBuf>,
 }
 
 /// The files an agent's (or a test's) TLS configuration is built from.
@@ -240,13 +245,18 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 
 fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
+    add_roots(&mut roots, path)?;
+    Ok(roots)
+}
+
+fn add_roots(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
     for cert in load_certs(path)? {
         roots.add(cert).map_err(|e| TlsError::BadCa {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
     }
-    Ok(roots)
+    Ok(())
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -264,7 +274,11 @@ fn config_err(what: &'static str) -> impl FnOnce(rustls::Error) -> TlsError {
 /// on its own (e.g. that a TLS 1.2 client is refused).
 pub fn server_rustls_config(paths: &ServerTls) -> Result<rustls::ServerConfig, TlsError> {
     let provider = provider();
-    let roots = Arc::new(load_roots(&paths.ca)?);
+    let mut roots = load_roots(&paths.ca)?;
+    for path in &paths.partner_cas {
+        add_roots(&mut roots, path)?;
+    }
+    let roots = Arc::new(roots);
     let mut crls = Vec::new();
     for path in &paths.crls {
         crls.extend(load_crls(path)?);

@@ -65,6 +65,13 @@ enum Command {
         /// With --federation: how often the policy, directory and CRL are re-read (1-3600 s).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
         documents_reload_secs: Option<u64>,
+        /// With --federation: also accept partner certificates from this external CA (PEM
+        /// root, e.g. PKIoverheid); repeatable. Give its CRL with --crl.
+        #[arg(long, value_name = "FILE")]
+        partner_ca: Vec<PathBuf>,
+        /// With --federation: an extra CRL (PEM or DER), e.g. an external CA's; repeatable.
+        #[arg(long, value_name = "FILE")]
+        crl: Vec<PathBuf>,
         /// Serve Prometheus /metrics, /healthz and /readyz on this TCP address (plain HTTP;
         /// overrides `[metrics] listen`).
         #[arg(long, value_name = "ADDR")]
@@ -186,6 +193,8 @@ fn main() -> ExitCode {
             sweep_interval_secs,
             checkpoint_interval_secs,
             documents_reload_secs,
+            partner_ca,
+            crl,
             metrics,
         } => {
             let config = match (config, federation, data) {
@@ -208,6 +217,8 @@ fn main() -> ExitCode {
                         if let Some(s) = documents_reload_secs {
                             c.timers.documents_reload_secs = s;
                         }
+                        c.tls.partner_cas.extend(partner_ca);
+                        c.tls.crls.extend(crl);
                         c
                     }
                     Err(e) => {
