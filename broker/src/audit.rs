@@ -384,6 +384,14 @@ pub struct ChainLock<'a> {
 pub struct ChainCursor(ChainHead);
 
 impl ChainLock<'_> {
+    /// The head of the chain while it is locked.
+    pub fn head(&self) -> Head {
+        Head {
+            seq: self.head.seq,
+            hash: self.head.hash.clone(),
+        }
+    }
+
     /// A cursor at the current head.
     pub fn cursor(&self) -> ChainCursor {
         ChainCursor(ChainHead {

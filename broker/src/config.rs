@@ -43,6 +43,9 @@
 //! checkpoint_interval_secs = 60
 //! sweep_interval_secs = 10
 //! documents_reload_secs = 30           # re-read policy, directory and CRLs; SIGHUP too
+//!
+//! [backup]                             # optional
+//! dir = "/var/backups/ketenpost"       # SIGUSR1 writes an online backup in a new folder here
 //! ```
 //!
 //! A production broker refuses to start without a CRL (`tls.crls`); `dev_mode = true` at
@@ -201,6 +204,14 @@ impl Default for TimersConfig {
     }
 }
 
+/// Online backups.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Where SIGUSR1 writes a backup: a new folder per backup, named by the UTC time.
+    pub dir: Option<PathBuf>,
+}
+
 /// The whole broker configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -225,6 +236,9 @@ pub struct BrokerConfig {
     /// Timers.
     #[serde(default)]
     pub timers: TimersConfig,
+    /// Online backups (optional).
+    #[serde(default)]
+    pub backup: BackupConfig,
 }
 
 impl BrokerConfig {
@@ -256,6 +270,9 @@ impl BrokerConfig {
         fix(&mut self.tls.ca);
         self.tls.crls.iter_mut().for_each(fix);
         self.tls.partner_cas.iter_mut().for_each(fix);
+        if let Some(d) = self.backup.dir.as_mut() {
+            fix(d);
+        }
         let f = &mut self.federation;
         for p in [
             &mut f.public_key,
@@ -362,6 +379,7 @@ impl BrokerConfig {
             dev_mode: false,
             metrics: MetricsConfig::default(),
             timers: TimersConfig::default(),
+            backup: BackupConfig::default(),
         }
     }
 

@@ -175,6 +175,8 @@ pub enum AuditEvent {
     /// CRL) in force without a restart, or refused one (older, badly signed, another
     /// covenant); `document_serial` names the version.
     DocumentsChanged,
+    /// An operator took an online backup of the broker's data.
+    BackupTaken,
     /// The broker started.
     BrokerStarted,
     /// The broker stopped.
@@ -207,6 +209,7 @@ impl AuditEvent {
             AuditEvent::AuditRead => "audit_read",
             AuditEvent::Checkpoint => "checkpoint",
             AuditEvent::DocumentsChanged => "documents_changed",
+            AuditEvent::BackupTaken => "backup_taken",
             AuditEvent::BrokerStarted => "broker_started",
             AuditEvent::BrokerStopped => "broker_stopped",
         }

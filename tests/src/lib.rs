@@ -133,6 +133,7 @@ impl Fed {
 
 /// What a party signs, decrypts and connects with.
 #[allow(missing_debug_implementations)]
+#[derive(Clone)]
 pub struct PartyKeys {
     /// Its OIN.
     pub oin: Oin,
@@ -228,6 +229,60 @@ fn expect_done(r: Response) -> Result<()> {
     }
 }
 
+/// Fetch everything queued for `p`, open (verify and decrypt) each message and receipt
+/// it, until the queue is empty; how often each message id came.
+pub async fn drain(
+    fed: &Fed,
+    p: &PartyKeys,
+    c: &Client,
+) -> Result<std::collections::BTreeMap<ketenpost_schemas::ids::MessageId, usize>> {
+    use ketenpost_schemas::envelope::{Envelope, Limits};
+    use ketenpost_schemas::protocol::{envelope_from_b64, Delivery};
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..10_000 {
+        let Response::Deliveries(items) = c
+            .request(
+                &Request::Fetch {
+                    max: 256,
+                    wait_ms: 0,
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await?
+        else {
+            bail!("a fetch was not answered with deliveries");
+        };
+        if items.is_empty() {
+            return Ok(seen);
+        }
+        for item in items {
+            let Delivery::Message { envelope, .. } = item else {
+                continue;
+            };
+            let env = Envelope::decode(&envelope_from_b64(&envelope)?, &Limits::default())?;
+            let v = env.verify_delivery(&Limits::default(), &p.oin, |o| {
+                fed.directory
+                    .active_party(o)
+                    .and_then(|p| p.verifying_key().ok())
+            })?;
+            let opened = ketenpost_schemas::seal::open(&v, &p.oin, &p.age, &fed.policy)?;
+            *seen.entry(opened.header.id).or_default() += 1;
+            let receipt = ketenpost_schemas::control::DeliveryReceipt {
+                message_id: opened.header.id,
+                recipient: p.oin.clone(),
+                body_sha256: opened.body_sha256.clone(),
+                received_at: Utc::now(),
+            };
+            let rec = SignedRecord::sign(&receipt, p.oin.clone(), &p.key)?;
+            match c.request(&Request::Receipt(rec), REQUEST_TIMEOUT).await? {
+                Response::Done => {}
+                other => bail!("a receipt was answered {other:?}"),
+            }
+        }
+    }
+    bail!("the queue did not empty")
+}
+
 /// A plain HTTP/1.1 GET (metrics and health endpoints); the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
@@ -291,6 +346,8 @@ pub struct BrokerProcess {
     pub addr: SocketAddr,
     /// The address of its metrics and health endpoints, when started with `--metrics`.
     pub metrics: Option<SocketAddr>,
+    /// The backups it said it wrote (`backup written to DIR` on stdout).
+    backups: mpsc::Receiver<PathBuf>,
 }
 
 impl BrokerProcess {
@@ -341,6 +398,7 @@ impl BrokerProcess {
         });
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let (tx, rx) = mpsc::channel();
+        let (backup_tx, backups) = mpsc::channel();
         let metrics = std::sync::Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
         let metrics_w = metrics.clone();
         std::thread::spawn(move || {
@@ -352,6 +410,9 @@ impl BrokerProcess {
                 }
                 if let Some(a) = line.strip_prefix("listening on ") {
                     let _ = tx.send(a.trim().to_owned());
+                }
+                if let Some(d) = line.strip_prefix("backup written to ") {
+                    let _ = backup_tx.send(PathBuf::from(d.trim()));
                 }
             }
         });
@@ -374,6 +435,7 @@ impl BrokerProcess {
             child,
             addr,
             metrics,
+            backups,
         })
     }
 
@@ -397,6 +459,17 @@ impl BrokerProcess {
         self.child.kill()?;
         self.child.wait()?;
         Ok(())
+    }
+
+    /// Ask for an online backup (SIGUSR1; the broker needs `--backup-dir`) and wait (at
+    /// most `limit`) until it says where it wrote it.
+    pub fn backup(&self, limit: Duration) -> Result<PathBuf> {
+        Command::new("kill")
+            .args(["-USR1", &self.child.id().to_string()])
+            .status()?;
+        self.backups
+            .recv_timeout(limit)
+            .map_err(|_| anyhow!("no backup written within {limit:?}"))
     }
 
     /// SIGTERM and wait (at most 15 s) for a clean exit.

@@ -6,9 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ketenpost_schemas::envelope::{Envelope, Limits};
 use ketenpost_schemas::ids::MessageId;
-use ketenpost_schemas::protocol::{envelope_from_b64, Delivery, RejectCode, Request, Response};
+use ketenpost_schemas::protocol::{RejectCode, Request, Response};
 use ketenpost_schemas::testdata::TEST_POLICY;
 use ketenpost_tests::{case_with_consent, signaal, BrokerProcess, Fed, REQUEST_TIMEOUT};
 use tokio::sync::Mutex;
@@ -134,58 +133,7 @@ async fn accepted_messages_survive_sigkill_exactly_once() {
     // Every accepted message reaches each recipient exactly once, and nothing else does.
     for p in [&zorg, &gem] {
         let c = p.connect(addr).await.unwrap();
-        let mut seen: BTreeMap<MessageId, usize> = BTreeMap::new();
-        for _ in 0..100 {
-            let Response::Deliveries(items) = c
-                .request(
-                    &Request::Fetch {
-                        max: 256,
-                        wait_ms: 0,
-                    },
-                    REQUEST_TIMEOUT,
-                )
-                .await
-                .unwrap()
-            else {
-                panic!()
-            };
-            if items.is_empty() {
-                break;
-            }
-            for item in items {
-                let Delivery::Message { envelope, .. } = item else {
-                    continue;
-                };
-                let env =
-                    Envelope::decode(&envelope_from_b64(&envelope).unwrap(), &Limits::default())
-                        .unwrap();
-                let v = env
-                    .verify_delivery(&Limits::default(), &p.oin, |o| {
-                        fed.directory
-                            .active_party(o)
-                            .and_then(|p| p.verifying_key().ok())
-                    })
-                    .unwrap();
-                let opened =
-                    ketenpost_schemas::seal::open(&v, &p.oin, &p.age, &fed.policy).unwrap();
-                *seen.entry(opened.header.id).or_default() += 1;
-                let receipt = ketenpost_schemas::control::DeliveryReceipt {
-                    message_id: opened.header.id,
-                    recipient: p.oin.clone(),
-                    body_sha256: opened.body_sha256.clone(),
-                    received_at: chrono::Utc::now(),
-                };
-                let rec =
-                    ketenpost_schemas::control::SignedRecord::sign(&receipt, p.oin.clone(), &p.key)
-                        .unwrap();
-                assert_eq!(
-                    c.request(&Request::Receipt(rec), REQUEST_TIMEOUT)
-                        .await
-                        .unwrap(),
-                    Response::Done
-                );
-            }
-        }
+        let seen = ketenpost_tests::drain(&fed, p, &c).await.unwrap();
         let got: BTreeSet<MessageId> = seen.keys().copied().collect();
         assert_eq!(
             got, accepted,

@@ -41,6 +41,8 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at start; boxing the large `Serve` variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serve: accept partner connections until SIGINT or SIGTERM.
     Serve {
@@ -72,10 +74,24 @@ enum Command {
         /// With --federation: an extra CRL (PEM or DER), e.g. an external CA's; repeatable.
         #[arg(long, value_name = "FILE")]
         crl: Vec<PathBuf>,
+        /// Where SIGUSR1 writes an online backup (a new folder per backup, named by the
+        /// time; overrides `[backup] dir`).
+        #[arg(long, value_name = "DIR")]
+        backup_dir: Option<PathBuf>,
         /// Serve Prometheus /metrics, /healthz and /readyz on this TCP address (plain HTTP;
         /// overrides `[metrics] listen`).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
+    },
+    /// Restore an online backup (made on SIGUSR1) into a new, empty data directory; then
+    /// start the broker on it. Check it first with `audit verify`.
+    Restore {
+        /// The backup folder (holds BACKUP.json).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The new data directory.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
     },
     /// Print the optional features this binary was built with (the crash tests check
     /// for `failpoints`).
@@ -195,6 +211,7 @@ fn main() -> ExitCode {
             documents_reload_secs,
             partner_ca,
             crl,
+            backup_dir,
             metrics,
         } => {
             let config = match (config, federation, data) {
@@ -235,8 +252,27 @@ fn main() -> ExitCode {
             if metrics.is_some() {
                 config.metrics.listen = metrics;
             }
+            if backup_dir.is_some() {
+                config.backup.dir = backup_dir;
+            }
             serve(config)
         }
+        Command::Restore { from, data } => match ketenpost_broker::store::restore(&from, &data) {
+            Ok(m) => {
+                println!(
+                    "restored the backup of {} into {}: {} messages, audit trail up to record {}",
+                    m.taken_at.to_rfc3339(),
+                    data.display(),
+                    m.messages,
+                    m.audit_seq
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ketenpost-broker: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Features => {
             if ketenpost_broker::failpoint::ENABLED {
                 println!("failpoints");
@@ -346,6 +382,7 @@ fn fg_report(kind: ReportKind, a: Box<FgArgs>) -> Result<(), FgError> {
 }
 
 fn serve(config: BrokerConfig) -> ExitCode {
+    let backup_dir_of_config = config.backup.dir.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(config.limits.blocking_threads)
@@ -400,6 +437,31 @@ fn serve(config: BrokerConfig) -> ExitCode {
                 }
             })
         };
+        // SIGUSR1: an online backup into a new folder under `[backup] dir`.
+        #[cfg(unix)]
+        let usr1 = {
+            let reloader = broker.reloader();
+            let dir = backup_dir_of_config.clone();
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+                    return;
+                };
+                while usr1.recv().await.is_some() {
+                    let Some(dir) = &dir else {
+                        tracing::warn!(
+                            "SIGUSR1: no backup folder configured ([backup] dir or --backup-dir)"
+                        );
+                        continue;
+                    };
+                    let dest =
+                        dir.join(chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string());
+                    if reloader.backup(&dest).await.is_ok() {
+                        println!("backup written to {}", dest.display());
+                    }
+                }
+            })
+        };
         let result = broker
             .run_until(async {
                 shutdown_signal().await;
@@ -409,6 +471,8 @@ fn serve(config: BrokerConfig) -> ExitCode {
         memory_log.abort();
         #[cfg(unix)]
         hangup.abort();
+        #[cfg(unix)]
+        usr1.abort();
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -62,6 +62,9 @@ struct Shared {
     docs_version: watch::Sender<u64>,
     /// The digest of the last set a reload refused, so a refusal is audited once.
     docs_refused: Mutex<Option<String>>,
+    /// The endpoint, to put a new TLS configuration (new CRLs) in force; taken at
+    /// shutdown so nothing keeps the socket open.
+    endpoint: Mutex<Option<quinn::Endpoint>>,
     limits: Limits,
     config: BrokerConfig,
     store: Store,
@@ -174,8 +177,6 @@ impl Registry for Live<'_> {
 /// A running broker.
 pub struct Broker {
     addr: SocketAddr,
-    /// Kept to put a new TLS configuration (new CRLs) in force.
-    endpoint: quinn::Endpoint,
     metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
@@ -187,15 +188,46 @@ pub struct Broker {
 pub struct Reloader {
     /// Weak, so a reloader kept by a signal handler does not hold the broker open.
     shared: std::sync::Weak<Shared>,
-    endpoint: quinn::Endpoint,
 }
 
 impl Reloader {
+    /// [`Broker::backup`], while [`Broker::run_until`] owns the broker.
+    pub async fn backup(
+        &self,
+        dest: &std::path::Path,
+    ) -> Result<crate::store::BackupManifest, crate::store::BackupError> {
+        let s = self
+            .shared
+            .upgrade()
+            .ok_or(crate::store::BackupError::Store(StoreError::Closed))?;
+        let dest = dest.to_owned();
+        let result = tokio::task::spawn_blocking(move || {
+            let m = s.store.backup(&s.audit, &dest, s.now());
+            (m, s)
+        })
+        .await;
+        match result {
+            Ok((Ok(m), s)) => {
+                info!(
+                    audit_seq = m.audit_seq,
+                    messages = m.messages,
+                    "backup written"
+                );
+                s.audit(AuditEntry::ok(AuditEvent::BackupTaken));
+                Ok(m)
+            }
+            Ok((Err(e), _)) => {
+                error!(cause = %e, "backup failed");
+                Err(e)
+            }
+            Err(_) => Err(crate::store::BackupError::Store(StoreError::Closed)),
+        }
+    }
+
     /// [`Broker::reload_documents`].
     pub async fn reload(&self) -> Option<u64> {
         let s = self.shared.upgrade()?;
-        let e = self.endpoint.clone();
-        tokio::task::spawn_blocking(move || reload_documents(&s, &e))
+        tokio::task::spawn_blocking(move || reload_documents(&s))
             .await
             .ok()
             .flatten()
@@ -267,6 +299,7 @@ impl Broker {
             federation_key,
             docs_version: watch::Sender::new(0),
             docs_refused: Mutex::new(None),
+            endpoint: Mutex::new(None),
             limits,
             config,
             store,
@@ -296,10 +329,12 @@ impl Broker {
             metrics_addr = Some(local);
             tokio::spawn(metrics_http::serve(listener, shared.clone(), rx.clone()));
         }
-        let task = tokio::spawn(serve(endpoint.clone(), shared.clone(), rx));
+        if let Ok(mut e) = shared.endpoint.lock() {
+            *e = Some(endpoint.clone());
+        }
+        let task = tokio::spawn(serve(endpoint, shared.clone(), rx));
         Ok(Broker {
             addr,
-            endpoint,
             metrics_addr,
             shared,
             shutdown: tx,
@@ -318,8 +353,16 @@ impl Broker {
     pub fn reloader(&self) -> Reloader {
         Reloader {
             shared: Arc::downgrade(&self.shared),
-            endpoint: self.endpoint.clone(),
         }
+    }
+
+    /// Take a consistent snapshot of the running broker into `dest` (a new or empty
+    /// folder); see [`crate::store::BackupManifest`]. Writes wait while it copies.
+    pub async fn backup(
+        &self,
+        dest: &std::path::Path,
+    ) -> Result<crate::store::BackupManifest, crate::store::BackupError> {
+        self.reloader().backup(dest).await
     }
 
     /// The serial of the directory in force.
@@ -452,12 +495,15 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
                 let _ = tokio::task::spawn_blocking(move || sweep_once(&s, s.now())).await;
             }
             _ = reload.tick() => {
-                let (s, e) = (shared.clone(), endpoint.clone());
-                let _ = tokio::task::spawn_blocking(move || reload_documents(&s, &e)).await;
+                let s = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || reload_documents(&s)).await;
             }
         }
     }
     // Shutdown: stop accepting, give in-flight requests a moment, then close.
+    if let Ok(mut e) = shared.endpoint.lock() {
+        *e = None;
+    }
     endpoint.set_server_config(None);
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), drain)
@@ -483,7 +529,7 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
 /// [`crate::documents`]. Returns the serial in force afterwards when it changed anything.
 /// A refused set (older, badly signed, another covenant or broker key) keeps the current
 /// one; it is logged and audited once per distinct set of files.
-fn reload_documents(shared: &Shared, endpoint: &quinn::Endpoint) -> Option<u64> {
+fn reload_documents(shared: &Shared) -> Option<u64> {
     use crate::documents::{self, Change};
     let current = shared.docs();
     let digest = match documents::changed(&shared.config, &current) {
@@ -533,7 +579,11 @@ fn reload_documents(shared: &Shared, endpoint: &quinn::Endpoint) -> Option<u64> 
             &shared.config.tls,
             shared.config.limits.max_streams_per_connection,
         ) {
-            Ok(cfg) => endpoint.set_server_config(Some(cfg)),
+            Ok(cfg) => {
+                if let Ok(Some(endpoint)) = shared.endpoint.lock().as_deref() {
+                    endpoint.set_server_config(Some(cfg));
+                }
+            }
             Err(e) => {
                 error!(cause = %e, "cannot build the TLS configuration with the new CRLs; keeping the documents in force");
                 return None;

@@ -48,7 +48,9 @@ use ketenpost_core::checks::Authorised;
 use ketenpost_core::deadlines::AnswerClock;
 use ketenpost_core::message::{BodyAt, MessageMeta};
 
+mod backup;
 mod transition;
+pub use backup::{manifest, restore, BackupError, BackupManifest, BACKUP_MANIFEST};
 use ketenpost_core::registry::{Case, Consent, Lookup, Registry, Unknown};
 pub use transition::{Applied, NoticeSigner, TxResult, TxView};
 
