@@ -66,6 +66,10 @@ enum Command {
         /// overrides `[metrics] listen`).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
+        /// Also serve the protocol over TLS 1.3 on this TCP address, for partners whose
+        /// network blocks UDP (overrides `[tcp] listen`).
+        #[arg(long, value_name = "ADDR")]
+        tcp: Option<SocketAddr>,
     },
     /// Print the optional features this binary was built with (the crash tests check
     /// for `failpoints`).
@@ -183,6 +187,7 @@ fn main() -> ExitCode {
             sweep_interval_secs,
             checkpoint_interval_secs,
             metrics,
+            tcp,
         } => {
             let config = match (config, federation, data) {
                 (Some(path), _, _) => match BrokerConfig::load(&path) {
@@ -216,6 +221,9 @@ fn main() -> ExitCode {
             let mut config = config;
             if metrics.is_some() {
                 config.metrics.listen = metrics;
+            }
+            if tcp.is_some() {
+                config.tcp.listen = tcp;
             }
             serve(config)
         }
@@ -353,6 +361,9 @@ fn serve(config: BrokerConfig) -> ExitCode {
         // Tell a supervisor (or a test harness) where we listen.
         if let Some(m) = broker.metrics_addr() {
             println!("metrics on {m}");
+        }
+        if let Some(t) = broker.tcp_addr() {
+            println!("tcp on {t}");
         }
         println!("listening on {}", broker.local_addr());
         // Freed memory goes back to the system within seconds even while the broker is
