@@ -383,8 +383,11 @@ pub fn tcp_acceptor(rustls: rustls::ServerConfig) -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(rustls))
 }
 
-/// An agent's connector for TLS over TCP: [`client_rustls_config`], as for QUIC.
-pub fn tcp_client_config(paths: &ClientTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+/// An agent's TLS-over-TCP client configuration (shared, cheap to clone).
+pub type TcpClientConfig = Arc<rustls::ClientConfig>;
+
+/// An agent's TLS-over-TCP client configuration: [`client_rustls_config`], as for QUIC.
+pub fn tcp_client_config(paths: &ClientTls) -> Result<TcpClientConfig, TlsError> {
     Ok(Arc::new(client_rustls_config(paths)?))
 }
 
