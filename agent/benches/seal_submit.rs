@@ -294,6 +294,8 @@ impl Net {
             broker: BrokerSection {
                 address: self.broker_addr().to_string(),
                 server_name: "localhost".into(),
+                transport: Default::default(),
+                tcp_address: None,
             },
             tls: ClientTls {
                 ca: self.fed.ca.cert.clone(),

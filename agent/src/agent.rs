@@ -53,11 +53,7 @@ impl Agent {
             signing: keys.signing.verifying_key(),
             age_recipient: keys.age.to_public().to_string(),
         };
-        let link = BrokerLink::new(
-            config.broker.address.clone(),
-            config.broker.server_name.clone(),
-            &config.tls,
-        )?;
+        let link = BrokerLink::new(&config.broker, &config.tls)?;
         let store = Store::open(&config.data_dir)?;
         let docs = initial_documents(&config, &keys.federation, &me_keys, &store, &link).await?;
         store.meta_put(DOCUMENTS, &docs.raw)?;

@@ -7,6 +7,8 @@
 //! [broker]
 //! address = "broker.example.nl:4433"    # host:port (UDP, QUIC)
 //! server_name = "broker.example.nl"     # name on the broker's certificate
+//! transport = "auto"                     # "quic", "tcp" or "auto" (default)
+//! tcp_address = "broker.example.nl:4433" # host:port of the broker's TLS over TCP (optional)
 //!
 //! [tls]                                  # mTLS towards the broker
 //! ca = "ca/ca.pem"
@@ -51,6 +53,21 @@ use serde::Deserialize;
 
 use crate::Error;
 
+/// How the agent reaches the broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportMode {
+    /// QUIC (UDP) only, to `broker.address`.
+    Quic,
+    /// TLS 1.3 over TCP only, to `broker.tcp_address` (which must be set): for networks
+    /// that block or throttle UDP.
+    Tcp,
+    /// QUIC first; when a QUIC connection cannot be made, TLS over TCP to
+    /// `broker.tcp_address` (logged as a warning). Without a `tcp_address`, QUIC only.
+    #[default]
+    Auto,
+}
+
 /// Where the broker is.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +76,13 @@ pub struct BrokerSection {
     pub address: String,
     /// The DNS name the broker's certificate must be valid for.
     pub server_name: String,
+    /// QUIC, TLS over TCP, or QUIC with a fallback to TCP (the default).
+    #[serde(default)]
+    pub transport: TransportMode,
+    /// `host:port` of the broker's TLS-over-TCP listener (its `[tcp] listen`); resolved at
+    /// every (re)connect. Needed for `transport = "tcp"`; without it `auto` means QUIC.
+    #[serde(default)]
+    pub tcp_address: Option<String>,
 }
 
 /// The agent's own keys and the pinned federation key.
@@ -273,6 +297,21 @@ impl AgentConfig {
                 format!("broker.address '{}' must be host:port", self.broker.address),
             ));
         }
+        match (&self.broker.tcp_address, self.broker.transport) {
+            (None, TransportMode::Tcp) => {
+                return Err(config_error(
+                    none,
+                    "broker.transport = \"tcp\" needs broker.tcp_address (host:port)",
+                ))
+            }
+            (Some(a), _) if !a.contains(':') => {
+                return Err(config_error(
+                    none,
+                    format!("broker.tcp_address '{a}' must be host:port"),
+                ))
+            }
+            _ => {}
+        }
         let t = &self.timing;
         if t.retry_min_ms == 0 || t.retry_max_ms < t.retry_min_ms {
             return Err(config_error(
@@ -426,6 +465,27 @@ token_file = "api.token"
             "federation_public_key = \"x\"\nfederation_public_key_file",
         );
         assert!(AgentConfig::from_toml(&both).unwrap().check().is_err());
+    }
+
+    #[test]
+    fn the_transport_defaults_to_auto_and_tcp_needs_an_address() {
+        let cfg = AgentConfig::from_toml(GOOD).unwrap();
+        assert_eq!(cfg.broker.transport, TransportMode::Auto);
+        assert_eq!(cfg.broker.tcp_address, None);
+        let with = |extra: &str| {
+            AgentConfig::from_toml(&GOOD.replace(
+                "server_name = \"localhost\"",
+                &format!("server_name = \"localhost\"\n{extra}"),
+            ))
+        };
+        let tcp = with("transport = \"tcp\"").unwrap();
+        let err = tcp.check().unwrap_err().to_string();
+        assert!(err.contains("tcp_address"), "{err}");
+        let tcp = with("transport = \"tcp\"\ntcp_address = \"127.0.0.1:4434\"").unwrap();
+        tcp.check().unwrap();
+        assert_eq!(tcp.broker.transport, TransportMode::Tcp);
+        assert!(with("tcp_address = \"nohost\"").unwrap().check().is_err());
+        assert!(with("transport = \"udp\"").is_err());
     }
 
     #[test]

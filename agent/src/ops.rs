@@ -179,6 +179,10 @@ pub struct Health {
     pub directory_serial: u64,
     /// Whether the last broker request got through.
     pub broker_connected: bool,
+    /// How the agent reaches the broker now, `quic` or `tcp` (see `broker.transport`);
+    /// absent while not connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_transport: Option<String>,
     /// Messages waiting for submission.
     pub outbox_queued: usize,
     /// Received messages not yet acknowledged.
@@ -715,6 +719,7 @@ impl Core {
             covenant: docs.policy.covenant.id.clone(),
             directory_serial: docs.serial(),
             broker_connected: self.link.is_connected(),
+            broker_transport: self.link.transport().map(|t| t.as_str().to_owned()),
             outbox_queued: self.store.outbox_queued_len(),
             inbox_unacknowledged: self.inbox(false)?.len(),
             refused_deliveries: self.store.refused.len(),

@@ -1007,7 +1007,8 @@ async fn flooder(
         stats.served.fetch_add(1, Ordering::Relaxed);
         // Requests that announce a large envelope and stall.
         for _ in 0..64 {
-            let Ok((mut send, mut recv)) = c.connection().open_bi().await else {
+            let Ok((mut send, mut recv)) = c.connection().expect("a QUIC client").open_bi().await
+            else {
                 break;
             };
             let mut head = vec![ketenpost_schemas::protocol::PROTOCOL_VERSION, 0x01];
@@ -1029,7 +1030,9 @@ async fn flooder(
         let huge = huge.clone();
         let stats2 = stats.clone();
         tokio::spawn(async move {
-            if let Ok((mut send, mut recv)) = c2.connection().open_bi().await {
+            if let Ok((mut send, mut recv)) =
+                c2.connection().expect("a QUIC client").open_bi().await
+            {
                 let _ = tokio::time::timeout(Duration::from_secs(5), send.write_all(&huge)).await;
                 let _ = send.finish();
                 if tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(4096))

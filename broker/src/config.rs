@@ -36,6 +36,9 @@
 //! cache_mb = 16                        # sled page cache
 //! blocking_threads = 32                # threads for the checks and store writes
 //!
+//! [tcp]                                # optional: the same protocol over TLS 1.3 on TCP,
+//! listen = "0.0.0.0:4433"              # for partners whose network blocks UDP
+//!
 //! [metrics]                            # optional: Prometheus /metrics, /healthz, /readyz
 //! listen = "127.0.0.1:9464"
 //!
@@ -181,6 +184,16 @@ pub struct MetricsConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Where the broker also serves the protocol over TLS 1.3 on TCP, for partners whose
+/// network blocks or throttles UDP. Off unless `listen` is set. The same certificates, CRLs
+/// and limits apply as over QUIC.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// The TCP address (it may share the port number of the UDP `listen` address).
+    pub listen: Option<SocketAddr>,
+}
+
 /// Background timers.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -216,7 +229,7 @@ pub struct BackupConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// UDP address to listen on.
+    /// UDP address to listen on (QUIC).
     pub listen: SocketAddr,
     /// Where sled keeps queues, registries and the audit trail.
     pub data_dir: PathBuf,
@@ -230,6 +243,9 @@ pub struct BrokerConfig {
     /// Allow starting without a CRL (a local test federation). Never in production.
     #[serde(default)]
     pub dev_mode: bool,
+    /// TLS over TCP beside QUIC.
+    #[serde(default)]
+    pub tcp: TcpConfig,
     /// The metrics and health endpoints.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -377,6 +393,7 @@ impl BrokerConfig {
             },
             limits: LimitsConfig::default(),
             dev_mode: false,
+            tcp: TcpConfig::default(),
             metrics: MetricsConfig::default(),
             timers: TimersConfig::default(),
             backup: BackupConfig::default(),

@@ -115,6 +115,7 @@ pub struct Counters {
     outcomes: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     limits: Mutex<BTreeMap<&'static str, u64>>,
+    connections: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
@@ -138,6 +139,11 @@ impl Counters {
     /// A refusal for a per-party limit.
     pub fn limit(&self, limit: &'static str) {
         bump(&self.limits, limit);
+    }
+
+    /// A partner connection admitted over `transport` (`quic` or `tcp`).
+    pub fn connected(&self, transport: &'static str) {
+        bump(&self.connections, transport);
     }
 }
 
@@ -197,6 +203,13 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
         "Refusals for a per-party limit, by limit.",
         "limit",
         snapshot(&counters.limits),
+    );
+    counter(
+        &mut out,
+        "ketenpost_broker_connections_total",
+        "Partner connections admitted, by transport (quic, tcp).",
+        "transport",
+        snapshot(&counters.connections),
     );
     let gauge =
         |out: &mut String, name: &str, help: &str, f: &dyn Fn(&PartyGauges) -> Option<f64>| {
@@ -287,6 +300,7 @@ mod tests {
         c.answered("accepted", None);
         c.answered("rejected", Some("replay"));
         c.limit("streams_per_party");
+        c.connected("tcp");
         let s = CommitStats::default();
         s.record(3, Duration::from_millis(2));
         s.record(40, Duration::from_millis(30));
@@ -312,5 +326,6 @@ mod tests {
             "ketenpost_broker_queue_oldest_age_seconds{party=\"00000001000000000001\"} 1.5"
         ));
         assert!(text.contains("ketenpost_broker_up 1"));
+        assert!(text.contains("ketenpost_broker_connections_total{transport=\"tcp\"} 1"));
     }
 }

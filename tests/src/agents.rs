@@ -104,6 +104,55 @@ fn api_addr_in(line: &str) -> Option<SocketAddr> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// How an agent reaches the broker: the keys of its `[broker]` section besides the name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerAt {
+    /// `address`: the broker's QUIC endpoint.
+    pub quic: SocketAddr,
+    /// `tcp_address`: the broker's TLS-over-TCP listener, if given.
+    pub tcp: Option<SocketAddr>,
+    /// `transport` (`quic`, `tcp`, `auto`); `None` leaves it to the default (`auto`).
+    pub transport: Option<&'static str>,
+}
+
+impl From<SocketAddr> for BrokerAt {
+    fn from(quic: SocketAddr) -> BrokerAt {
+        BrokerAt {
+            quic,
+            tcp: None,
+            transport: None,
+        }
+    }
+}
+
+impl BrokerAt {
+    /// The `transport` and `tcp_address` lines (each ending in a newline), or nothing.
+    fn toml(&self) -> Result<String> {
+        let mut out = String::new();
+        if let Some(t) = self.transport {
+            out.push_str(&format!("transport = {}\n", toml_str(t)));
+        }
+        if let Some(a) = self.tcp {
+            out.push_str(&format!("tcp_address = {}\n", toml_str(&a.to_string())));
+        }
+        Ok(out)
+    }
+}
+
+/// How the agents of a [`Region`] reach its broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentLink {
+    /// QUIC, as every agent did before TCP existed (`auto` without a TCP address); the
+    /// broker serves no TCP.
+    Quic,
+    /// `transport = "tcp"`. The agents' QUIC `address` is a UDP port that never answers,
+    /// so nothing they did can have gone over QUIC.
+    Tcp,
+    /// `transport = "auto"` with the QUIC `address` a UDP port that never answers, as on a
+    /// network that drops UDP: every agent must fall back to TCP.
+    AutoFallback,
+}
+
 /// An agent that was spawned and has not yet said where its API listens.
 #[derive(Debug)]
 struct Starting {
@@ -140,6 +189,17 @@ impl AgentProcess {
     /// `dir`, run the agent against the broker at `broker`, and wait (at most
     /// [`STARTUP_WAIT`]) until its API listens.
     pub fn start(fed: &Fed, party: usize, broker: SocketAddr, dir: &Path) -> Result<AgentProcess> {
+        Self::start_at(fed, party, &broker.into(), dir)
+    }
+
+    /// [`AgentProcess::start`] with the agent's whole `[broker]` reach: its QUIC address,
+    /// the broker's TCP address and the transport.
+    pub fn start_at(
+        fed: &Fed,
+        party: usize,
+        broker: &BrokerAt,
+        dir: &Path,
+    ) -> Result<AgentProcess> {
         Self::spawn(fed, party, broker, dir, &[])?.ready(Instant::now() + STARTUP_WAIT)
     }
 
@@ -152,7 +212,7 @@ impl AgentProcess {
         dir: &Path,
         env: &[(&str, &str)],
     ) -> Result<AgentProcess> {
-        Self::spawn(fed, party, broker, dir, env)?.ready(Instant::now() + STARTUP_WAIT)
+        Self::spawn(fed, party, &broker.into(), dir, env)?.ready(Instant::now() + STARTUP_WAIT)
     }
 
     /// Wait (at most `limit`) for the process to end by itself; its status, or `None`.
@@ -174,7 +234,7 @@ impl AgentProcess {
     pub fn start_all(
         fed: &Fed,
         parties: &[usize],
-        broker: SocketAddr,
+        broker: &BrokerAt,
         root: &Path,
     ) -> Result<Vec<AgentProcess>> {
         let mut starting = Vec::new();
@@ -199,7 +259,7 @@ impl AgentProcess {
     fn spawn(
         fed: &Fed,
         party: usize,
-        broker: SocketAddr,
+        broker: &BrokerAt,
         dir: &Path,
         env: &[(&str, &str)],
     ) -> Result<Starting> {
@@ -211,16 +271,16 @@ impl AgentProcess {
     pub fn start_spec(
         spec: &AgentSpec,
         fed: &Fed,
-        broker: SocketAddr,
+        broker: impl Into<BrokerAt>,
         dir: &Path,
     ) -> Result<AgentProcess> {
-        Self::spawn_spec(spec, fed, broker, dir, &[])?.ready(Instant::now() + STARTUP_WAIT)
+        Self::spawn_spec(spec, fed, &broker.into(), dir, &[])?.ready(Instant::now() + STARTUP_WAIT)
     }
 
     fn spawn_spec(
         p: &AgentSpec,
         fed: &Fed,
-        broker: SocketAddr,
+        broker: &BrokerAt,
         dir: &Path,
         env: &[(&str, &str)],
     ) -> Result<Starting> {
@@ -240,6 +300,7 @@ impl AgentProcess {
              [broker]\n\
              address = {broker}\n\
              server_name = \"localhost\"\n\
+             {transport}\
              \n\
              [tls]\n\
              ca = {ca}\n\
@@ -266,7 +327,8 @@ impl AgentProcess {
              sweep_interval_secs = 1\n\
              startup_wait_secs = 20\n",
             oin = toml_str(p.oin.as_str()),
-            broker = toml_str(&broker.to_string()),
+            broker = toml_str(&broker.quic.to_string()),
+            transport = broker.toml()?,
             ca = toml_path(&fed.files.ca.cert)?,
             cert = toml_path(&p.cert)?,
             key = toml_path(&p.key)?,
@@ -933,6 +995,11 @@ pub struct Region {
     broker: Option<BrokerProcess>,
     data: PathBuf,
     agents: Vec<AgentProcess>,
+    /// How the agents reach the broker.
+    link: AgentLink,
+    /// A bound UDP socket nobody reads: the agents' QUIC address when QUIC must not work
+    /// (held for the region's life, so the port cannot be taken by something that answers).
+    _silent_udp: Option<std::net::UdpSocket>,
 }
 
 impl fmt::Debug for Region {
@@ -949,20 +1016,90 @@ impl Region {
     /// Build a federation from `policy` (and `roster`, default one party per role), start
     /// the broker on `127.0.0.1:0`, and the agents of the first party with each of `roles`.
     pub fn start(policy: &str, roster: Option<&str>, roles: &[&str]) -> Result<Region> {
+        Region::start_with(policy, roster, roles, AgentLink::Quic)
+    }
+
+    /// [`Region::start`] with the agents reaching the broker by `link`; for `Tcp` and
+    /// `AutoFallback` the broker also serves TLS over TCP (`--tcp 127.0.0.1:0`).
+    pub fn start_with(
+        policy: &str,
+        roster: Option<&str>,
+        roles: &[&str],
+        link: AgentLink,
+    ) -> Result<Region> {
         let fed = Fed::new(policy, roster)?;
         let data = fed.path("broker-data");
-        let broker = BrokerProcess::start(&fed, &data, "127.0.0.1:0".parse()?)?;
+        let loopback: SocketAddr = "127.0.0.1:0".parse()?;
+        let broker = match link {
+            AgentLink::Quic => BrokerProcess::start(&fed, &data, loopback)?,
+            AgentLink::Tcp | AgentLink::AutoFallback => {
+                BrokerProcess::start_with(&fed, &data, loopback, &["--tcp", "127.0.0.1:0"], &[])?
+            }
+        };
+        let (at, silent) = match link {
+            AgentLink::Quic => (BrokerAt::from(broker.addr), None),
+            AgentLink::Tcp | AgentLink::AutoFallback => {
+                let silent = std::net::UdpSocket::bind(loopback)?;
+                let at = BrokerAt {
+                    quic: silent.local_addr()?,
+                    tcp: Some(
+                        broker
+                            .tcp
+                            .ok_or_else(|| anyhow!("the broker did not say 'tcp on'"))?,
+                    ),
+                    transport: Some(if link == AgentLink::Tcp {
+                        "tcp"
+                    } else {
+                        "auto"
+                    }),
+                };
+                (at, Some(silent))
+            }
+        };
         let parties = roles
             .iter()
             .map(|r| party_with_role(&fed, r))
             .collect::<Result<Vec<_>>>()?;
-        let agents = AgentProcess::start_all(&fed, &parties, broker.addr, &fed.path("agents"))?;
+        let agents = AgentProcess::start_all(&fed, &parties, &at, &fed.path("agents"))?;
         Ok(Region {
             fed,
             broker: Some(broker),
             data,
             agents,
+            link,
+            _silent_udp: silent,
         })
+    }
+
+    /// Check that every agent reaches the broker the way the region's [`AgentLink`] says:
+    /// its health names the transport in use, and with `AutoFallback` its log has the
+    /// fallback warning. Call it after the scenario, before [`Region::finish`].
+    pub async fn check_link(&self) -> Result<()> {
+        let want = match self.link {
+            AgentLink::Quic => "quic",
+            AgentLink::Tcp | AgentLink::AutoFallback => "tcp",
+        };
+        for a in &self.agents {
+            let health = a.health().await?;
+            if health["broker_transport"] != want {
+                bail!(
+                    "{} reaches the broker by {}, not {want}",
+                    a.name,
+                    health["broker_transport"]
+                );
+            }
+            let log = std::fs::read_to_string(a.dir.join("agent.log"))?;
+            let fell_back = log.contains("QUIC to the broker failed; using TCP");
+            if fell_back != (self.link == AgentLink::AutoFallback) {
+                bail!(
+                    "{}: fallback warning {} in its log\n{}",
+                    a.name,
+                    if fell_back { "found" } else { "missing" },
+                    a.log_tail()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The broker's address.

@@ -412,6 +412,8 @@ impl World {
             broker: BrokerSection {
                 address: broker.to_owned(),
                 server_name: "localhost".into(),
+                transport: Default::default(),
+                tcp_address: None,
             },
             tls: ClientTls {
                 ca: self.fed.ca.cert.clone(),

@@ -1,5 +1,6 @@
 //! Harness for the end-to-end tests: a dev federation in a temporary directory, the broker
-//! as a real process on a loopback port, and parties that connect to it over QUIC.
+//! as a real process on a loopback port, and parties that connect to it over QUIC (or, with
+//! `--tcp`, over TLS on TCP).
 //!
 //! Every wait is bounded in time; processes are killed when their handle drops.
 #![forbid(unsafe_code)]
@@ -348,6 +349,8 @@ pub struct BrokerProcess {
     pub metrics: Option<SocketAddr>,
     /// The backups it said it wrote (`backup written to DIR` on stdout).
     backups: mpsc::Receiver<PathBuf>,
+    /// The address of its TLS-over-TCP listener, when started with `--tcp`.
+    pub tcp: Option<SocketAddr>,
 }
 
 impl BrokerProcess {
@@ -401,11 +404,18 @@ impl BrokerProcess {
         let (backup_tx, backups) = mpsc::channel();
         let metrics = std::sync::Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
         let metrics_w = metrics.clone();
+        let tcp = std::sync::Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+        let tcp_w = tcp.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(a) = line.strip_prefix("metrics on ") {
                     if let (Ok(mut m), Ok(addr)) = (metrics_w.lock(), a.trim().parse()) {
                         *m = Some(addr);
+                    }
+                }
+                if let Some(a) = line.strip_prefix("tcp on ") {
+                    if let (Ok(mut t), Ok(addr)) = (tcp_w.lock(), a.trim().parse()) {
+                        *t = Some(addr);
                     }
                 }
                 if let Some(a) = line.strip_prefix("listening on ") {
@@ -429,13 +439,15 @@ impl BrokerProcess {
                 );
             }
         };
-        // "metrics on" is printed before "listening on".
+        // "metrics on" and "tcp on" are printed before "listening on".
         let metrics = metrics.lock().ok().and_then(|m| *m);
+        let tcp = tcp.lock().ok().and_then(|t| *t);
         Ok(BrokerProcess {
             child,
             addr,
             metrics,
             backups,
+            tcp,
         })
     }
 

@@ -17,7 +17,7 @@ use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::payload::{Aanmeldbericht, Aanmelding};
 use ketenpost_tests::agents::{
     datalek_payload, keys_of, reactie_payload, seed_policy, signaal_payload, view_fields,
-    AgentProcess, AuditLog, Outgoing, Region, WAIT,
+    AgentLink, AgentProcess, AuditLog, Outgoing, Region, WAIT,
 };
 use serde_json::{json, Value};
 
@@ -66,11 +66,23 @@ fn intact(audit: &AuditLog) -> Result<()> {
 /// to the parties concerned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walcheren_team_thuis_with_consent_and_a_breach_notice_within_48_hours() -> Result<()> {
+    walcheren(AgentLink::Quic).await
+}
+
+/// The same scenario with every agent on TLS over TCP (`transport = "tcp"`), as in a
+/// network that blocks UDP; the agents' QUIC address never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walcheren_over_tcp() -> Result<()> {
+    walcheren(AgentLink::Tcp).await
+}
+
+async fn walcheren(link: AgentLink) -> Result<()> {
     let _one_at_a_time = SERIAL.lock().await;
-    let region = Region::start(
+    let region = Region::start_with(
         &seed_policy("walcheren")?,
         None,
         &["gemeente", "woningcorporatie", "zorgaanbieder"],
+        link,
     )?;
     let gem = region.agent("gemeente")?;
     let corp = region.agent("woningcorporatie")?;
@@ -204,6 +216,7 @@ async fn walcheren_team_thuis_with_consent_and_a_breach_notice_within_48_hours()
         zorg.oin.to_string(),
         oins(&[gem, zorg]),
     );
+    region.check_link().await?;
     let audit = region.finish()?;
     intact(&audit)?;
     let opened = audit
@@ -245,11 +258,23 @@ async fn walcheren_team_thuis_with_consent_and_a_breach_notice_within_48_hours()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flevoland_a_corporation_signal_is_answered_by_the_care_provider_within_24_hours(
 ) -> Result<()> {
+    flevoland(AgentLink::Quic).await
+}
+
+/// The same scenario with `transport = "auto"` where the broker's QUIC port does not answer
+/// (UDP dropped): every agent falls back to TCP, says so in its log, and the scenario runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flevoland_auto_falls_back_to_tcp_when_quic_does_not_answer() -> Result<()> {
+    flevoland(AgentLink::AutoFallback).await
+}
+
+async fn flevoland(link: AgentLink) -> Result<()> {
     let _one_at_a_time = SERIAL.lock().await;
-    let region = Region::start(
+    let region = Region::start_with(
         &seed_policy("flevoland")?,
         None,
         &["woningcorporatie", "zorgaanbieder"],
+        link,
     )?;
     let corp = region.agent("woningcorporatie")?;
     let zorg = region.agent("zorgaanbieder")?;
@@ -322,6 +347,7 @@ async fn flevoland_a_corporation_signal_is_answered_by_the_care_provider_within_
     zorg.wait_for_status(&answer, "delivered", WAIT).await?;
 
     let zorg_oin = zorg.oin.to_string();
+    region.check_link().await?;
     let audit = region.finish()?;
     intact(&audit)?;
     audit.expect(AuditEvent::Accepted, &signal)?;

@@ -143,7 +143,8 @@ async fn a_flooding_partner_does_not_lock_out_another() {
     let mut over_limit = 0;
     for c in &held {
         for _ in 0..40 {
-            let Ok((mut send, mut recv)) = c.connection().open_bi().await else {
+            let Ok((mut send, mut recv)) = c.connection().expect("a QUIC client").open_bi().await
+            else {
                 continue;
             };
             let mut head = vec![ketenpost_schemas::protocol::PROTOCOL_VERSION, 0x01];
@@ -299,7 +300,12 @@ async fn frames_are_read_with_the_bound_of_their_kind() {
     for (kind, bound) in [(0x04u8, 64 * 1024), (0x03, 8 * 1024), (0x02, 1024)] {
         let mut frame = vec![ketenpost_schemas::protocol::PROTOCOL_VERSION, kind];
         frame.resize(bound + 1, b' ');
-        let (mut send, mut recv) = cc.connection().open_bi().await.unwrap();
+        let (mut send, mut recv) = cc
+            .connection()
+            .expect("a QUIC client")
+            .open_bi()
+            .await
+            .unwrap();
         // The broker may stop the stream before it has all of it.
         let _ = send.write_all(&frame).await;
         let _ = send.finish();

@@ -1,9 +1,12 @@
-//! The QUIC + mTLS transport configuration of broker and agents.
+//! The QUIC + mTLS transport configuration of broker and agents, and the same rustls
+//! configurations for TLS over TCP (the fallback for networks that block UDP, see
+//! [`crate::tcp`]).
 //!
 //! Both sides speak TLS 1.3 only, use the `ring` provider and negotiate the ALPN id
 //! [`ALPN`]. QUIC needs nothing older; the rustls configurations list TLS 1.3 alone as
-//! well, so they cannot fall back even when used over plain TLS (the workspace also builds
-//! rustls without its `tls12` feature). The broker *requires* a client
+//! well, so they cannot fall back when used over TCP either (the workspace also builds
+//! rustls without its `tls12` feature). QUIC and TCP share one rustls configuration per
+//! side: the same client-certificate verifier, the same CRLs. The broker *requires* a client
 //! certificate issued by the federation CA and checks it against the federation's CRLs, so a
 //! foreign, expired or revoked certificate fails in the handshake, before a single stream is
 //! opened. The OIN in that certificate (subject serialNumber, as PKIoverheid puts it) is the
@@ -325,7 +328,16 @@ pub fn server_config_with_streams(
     paths: &ServerTls,
     max_streams: u32,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let crypto = QuicServerConfig::try_from(server_rustls_config(paths)?)?;
+    quic_server_config(server_rustls_config(paths)?, max_streams)
+}
+
+/// The QUIC server configuration around a ready [`server_rustls_config`] (a broker that
+/// also serves TLS over TCP builds the rustls configuration once, for both).
+pub fn quic_server_config(
+    rustls: rustls::ServerConfig,
+    max_streams: u32,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let crypto = QuicServerConfig::try_from(rustls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = base_transport();
     transport
@@ -379,25 +391,61 @@ fn base_transport() -> TransportConfig {
     transport
 }
 
+/// The broker's acceptor for TLS over TCP, around a ready [`server_rustls_config`]: the
+/// same verifier and CRLs as its QUIC endpoint.
+pub fn tcp_acceptor(rustls: rustls::ServerConfig) -> tokio_rustls::TlsAcceptor {
+    tokio_rustls::TlsAcceptor::from(Arc::new(rustls))
+}
+
+/// An agent's TLS-over-TCP client configuration (shared, cheap to clone).
+pub type TcpClientConfig = Arc<rustls::ClientConfig>;
+
+/// An agent's TLS-over-TCP client configuration: [`client_rustls_config`], as for QUIC.
+pub fn tcp_client_config(paths: &ClientTls) -> Result<TcpClientConfig, TlsError> {
+    Ok(Arc::new(client_rustls_config(paths)?))
+}
+
+/// An established connection whose peer presented a (verified) certificate chain: a QUIC
+/// connection, or a TLS-over-TCP stream on the broker's side. [`peer_oin`] and
+/// [`peer_fingerprint`] read either.
+pub trait PeerCertificates {
+    /// The peer's end-entity certificate (DER), if it presented one.
+    fn end_entity(&self) -> Option<CertificateDer<'static>>;
+}
+
+impl PeerCertificates for quinn::Connection {
+    fn end_entity(&self) -> Option<CertificateDer<'static>> {
+        self.peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|chain| chain.into_iter().next())
+    }
+}
+
+impl<IO> PeerCertificates for tokio_rustls::server::TlsStream<IO> {
+    fn end_entity(&self) -> Option<CertificateDer<'static>> {
+        let (_, conn) = self.get_ref();
+        conn.peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.clone().into_owned())
+    }
+}
+
 /// The DER of the peer's end-entity certificate on an established connection.
-fn peer_cert(conn: &quinn::Connection) -> Result<CertificateDer<'static>, TlsError> {
-    conn.peer_identity()
-        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|chain| chain.into_iter().next())
-        .ok_or(TlsError::NoPeerCertificate)
+fn peer_cert(conn: &impl PeerCertificates) -> Result<CertificateDer<'static>, TlsError> {
+    conn.end_entity().ok_or(TlsError::NoPeerCertificate)
 }
 
 /// The OIN of the organisation on the other end of a connection: the subject serialNumber
 /// (OID 2.5.4.5) of its verified client certificate. This is the sender identity the broker
 /// holds every submitted message against (check 1).
-pub fn peer_oin(conn: &quinn::Connection) -> Result<Oin, TlsError> {
+pub fn peer_oin(conn: &impl PeerCertificates) -> Result<Oin, TlsError> {
     let cert = peer_cert(conn)?;
     Ok(ketenpost_schemas::cert::oin_from_cert_der(cert.as_ref())?)
 }
 
 /// The serial number of the peer's end-entity certificate (see
 /// [`crate::revocation::cert_serial`]).
-pub fn peer_serial(conn: &quinn::Connection) -> Result<crate::revocation::Serial, TlsError> {
+pub fn peer_serial(conn: &impl PeerCertificates) -> Result<crate::revocation::Serial, TlsError> {
     let cert = peer_cert(conn)?;
     crate::revocation::cert_serial(&cert).ok_or(TlsError::NoPeerCertificate)
 }
@@ -405,7 +453,7 @@ pub fn peer_serial(conn: &quinn::Connection) -> Result<crate::revocation::Serial
 /// Lowercase hex SHA-256 of the peer's end-entity certificate (DER): the fingerprint the
 /// partner directory lists, so the broker can tell a re-issued or unlisted certificate
 /// from the one the federation registered.
-pub fn peer_fingerprint(conn: &quinn::Connection) -> Result<String, TlsError> {
+pub fn peer_fingerprint(conn: &impl PeerCertificates) -> Result<String, TlsError> {
     let cert = peer_cert(conn)?;
     Ok(ketenpost_schemas::cert::fingerprint(cert.as_ref()))
 }

@@ -140,6 +140,8 @@ impl Net {
             broker: BrokerSection {
                 address: broker.to_string(),
                 server_name: "localhost".into(),
+                transport: Default::default(),
+                tcp_address: None,
             },
             tls: ClientTls {
                 ca: self.fed.ca.cert.clone(),

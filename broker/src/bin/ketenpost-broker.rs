@@ -82,6 +82,10 @@ enum Command {
         /// overrides `[metrics] listen`).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<SocketAddr>,
+        /// Also serve the protocol over TLS 1.3 on this TCP address, for partners whose
+        /// network blocks UDP (overrides `[tcp] listen`).
+        #[arg(long, value_name = "ADDR")]
+        tcp: Option<SocketAddr>,
     },
     /// Restore an online backup (made on SIGUSR1) into a new, empty data directory; then
     /// start the broker on it. Check it first with `audit verify`.
@@ -213,6 +217,7 @@ fn main() -> ExitCode {
             crl,
             backup_dir,
             metrics,
+            tcp,
         } => {
             let config = match (config, federation, data) {
                 (Some(path), _, _) => match BrokerConfig::load(&path) {
@@ -254,6 +259,9 @@ fn main() -> ExitCode {
             }
             if backup_dir.is_some() {
                 config.backup.dir = backup_dir;
+            }
+            if tcp.is_some() {
+                config.tcp.listen = tcp;
             }
             serve(config)
         }
@@ -408,6 +416,9 @@ fn serve(config: BrokerConfig) -> ExitCode {
         // Tell a supervisor (or a test harness) where we listen.
         if let Some(m) = broker.metrics_addr() {
             println!("metrics on {m}");
+        }
+        if let Some(t) = broker.tcp_addr() {
+            println!("tcp on {t}");
         }
         println!("listening on {}", broker.local_addr());
         // Freed memory goes back to the system within seconds even while the broker is

@@ -1,9 +1,19 @@
-//! The broker server: QUIC with mTLS, one task per connection, one request per stream.
+//! The broker server: QUIC with mTLS, one task per connection, one request per stream;
+//! optionally the same protocol over TLS 1.3 on TCP (`[tcp] listen`), for partners whose
+//! network blocks UDP.
 //!
 //! [`Broker::start`] loads and verifies the federation's documents, opens the store and
-//! the audit trail, binds the endpoint and spawns the accept loop and the timers
-//! (checkpoints, expiry and retention sweeps). [`Broker::shutdown`] stops accepting,
-//! lets in-flight requests finish (bounded), writes a last checkpoint and flushes.
+//! the audit trail, binds the endpoint (and the TCP listener) and spawns the accept loop
+//! and the timers (checkpoints, expiry and retention sweeps). [`Broker::shutdown`] stops
+//! accepting, lets in-flight requests finish (bounded), writes a last checkpoint and
+//! flushes.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `exchange` | what both transports share: the connection checks, a request from its bytes to its counted answer |
+//! | `quic` | QUIC connections: one request per stream |
+//! | `tcp` | TLS-over-TCP connections: length-prefixed frames, one exchange at a time |
+//! | [`limits`] | per-party admission |
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,12 +27,11 @@ use ketenpost_schemas::envelope::Limits;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self};
 use ketenpost_schemas::protocol::{
-    request_bound, AcceptFlag, CheckpointWire, RejectCode, Rejection, Request, Response,
-    FRAME_HEAD, PROTOCOL_VERSION,
+    AcceptFlag, CheckpointWire, RejectCode, Rejection, Request, Response,
 };
 use tokio::sync::{watch, Notify, RwLock};
 use tokio::task::JoinSet;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, warn};
 
 use crate::audit::{AuditEntry, AuditEvent, AuditTrail};
 use crate::config::BrokerConfig;
@@ -40,13 +49,16 @@ use ketenpost_transport::tls;
 
 pub use ketenpost_schemas::control::BROKER_SIGNER;
 
+mod exchange;
 pub mod limits;
 mod metrics_http;
+mod quic;
 mod records;
 mod submit;
 mod sweep;
+mod tcp;
 
-use limits::{Admission, ConnectionGuard, Limit, Refused};
+use limits::{Admission, Refused};
 
 use records::{control, fetch, receipt};
 use submit::submit;
@@ -65,6 +77,8 @@ struct Shared {
     /// The endpoint, to put a new TLS configuration (new CRLs) in force; taken at
     /// shutdown so nothing keeps the socket open.
     endpoint: Mutex<Option<quinn::Endpoint>>,
+    /// The TLS-over-TCP acceptor in force (with the CRLs in force), when TCP is on.
+    tcp_acceptor: Mutex<Option<tokio_rustls::TlsAcceptor>>,
     limits: Limits,
     config: BrokerConfig,
     store: Store,
@@ -177,6 +191,7 @@ impl Registry for Live<'_> {
 /// A running broker.
 pub struct Broker {
     addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
@@ -282,11 +297,29 @@ impl Broker {
         let store = Store::open(db.clone(), &config.data_dir.join("spool"))?;
         let audit = Arc::new(AuditTrail::open(&db, key.clone())?);
 
+        // One rustls configuration (verifier, CRLs) for QUIC and TCP alike.
+        let rustls = tls::server_rustls_config(&config.tls)?;
         let server_config =
-            tls::server_config_with_streams(&config.tls, config.limits.max_streams_per_connection)?;
+            tls::quic_server_config(rustls.clone(), config.limits.max_streams_per_connection)?;
         let endpoint = tls::endpoint(config.listen, Some(server_config))
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = endpoint.local_addr()?;
+        let tcp = match config.tcp.listen {
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen for TLS over TCP on {at}"))?;
+                Some(TcpSide {
+                    listener,
+                    acceptor: tls::tcp_acceptor(rustls),
+                })
+            }
+            None => None,
+        };
+        let tcp_addr = match &tcp {
+            Some(t) => Some(t.listener.local_addr()?),
+            None => None,
+        };
 
         let limits = Limits {
             max_envelope: config.limits.max_envelope_bytes,
@@ -300,6 +333,7 @@ impl Broker {
             docs_version: watch::Sender::new(0),
             docs_refused: Mutex::new(None),
             endpoint: Mutex::new(None),
+            tcp_acceptor: Mutex::new(tcp.as_ref().map(|t| t.acceptor.clone())),
             limits,
             config,
             store,
@@ -317,6 +351,9 @@ impl Broker {
             let docs = shared.docs();
             info!(%addr, covenant = %docs.policy.covenant.id, serial = docs.serial(), parties = docs.directory.parties.len(), "broker listening");
         }
+        if let Some(at) = tcp_addr {
+            info!(addr = %at, "TLS over TCP listening");
+        }
 
         let (tx, rx) = watch::channel(false);
         let mut metrics_addr = None;
@@ -332,9 +369,10 @@ impl Broker {
         if let Ok(mut e) = shared.endpoint.lock() {
             *e = Some(endpoint.clone());
         }
-        let task = tokio::spawn(serve(endpoint, shared.clone(), rx));
+        let task = tokio::spawn(serve(endpoint, tcp, shared.clone(), rx));
         Ok(Broker {
             addr,
+            tcp_addr,
             metrics_addr,
             shared,
             shutdown: tx,
@@ -373,6 +411,11 @@ impl Broker {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the TLS-over-TCP listener, when it is on (`[tcp] listen`).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
 
     /// The address of the metrics and health endpoints, when they are on.
@@ -443,7 +486,26 @@ impl Broker {
     }
 }
 
-async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// The TLS-over-TCP listener and the acceptor with the broker's rustls configuration.
+struct TcpSide {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+/// The next TCP connection, or never when TCP is off.
+async fn accept_tcp(tcp: Option<&TcpSide>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match tcp {
+        Some(t) => t.listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn serve(
+    endpoint: quinn::Endpoint,
+    mut tcp: Option<TcpSide>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
     let mut checkpoint = tokio::time::interval(Duration::from_secs(
         shared.config.timers.checkpoint_interval_secs,
@@ -483,11 +545,39 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
                         }
                     };
                     drop(slot);
-                    if let Err(e) = connection(conn, shared, stop).await {
+                    if let Err(e) = quic::connection(conn, shared, stop).await {
                         debug!(cause = %e, "connection ended");
                     }
                 });
             }
+            accepted = accept_tcp(tcp.as_ref()) => match accepted {
+                Ok((stream, remote)) => {
+                    // The same handshake admission as QUIC's, before any TLS work.
+                    let Some(slot) = shared.admission.handshake(remote.ip()) else {
+                        debug!("handshake cap or rate reached, refusing a TCP connection");
+                        continue;
+                    };
+                    // The acceptor in force: a reload may have put new CRLs in it.
+                    let acceptor = shared.tcp_acceptor.lock().ok().and_then(|a| a.clone());
+                    let Some(acceptor) = acceptor else {
+                        continue;
+                    };
+                    connections.spawn(tcp::handshake(
+                        stream,
+                        remote,
+                        acceptor,
+                        slot,
+                        shared.clone(),
+                        stop.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was taken:
+                    // pause a moment rather than spin.
+                    debug!(cause = %e, "TCP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = checkpoint.tick() => make_checkpoint(&shared).await,
             _ = sweep.tick() => {
@@ -505,6 +595,7 @@ async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, mut stop: watch::
         *e = None;
     }
     endpoint.set_server_config(None);
+    tcp.take();
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), drain)
         .await
@@ -575,13 +666,22 @@ fn reload_documents(shared: &Shared) -> Option<u64> {
         }
     };
     if new.revocations != current.revocations || change == Change::Crls {
-        match tls::server_config_with_streams(
-            &shared.config.tls,
-            shared.config.limits.max_streams_per_connection,
-        ) {
-            Ok(cfg) => {
+        let built = tls::server_rustls_config(&shared.config.tls).and_then(|rustls| {
+            let quic = tls::quic_server_config(
+                rustls.clone(),
+                shared.config.limits.max_streams_per_connection,
+            )?;
+            Ok((quic, tls::tcp_acceptor(rustls)))
+        });
+        match built {
+            Ok((quic, tcp)) => {
                 if let Ok(Some(endpoint)) = shared.endpoint.lock().as_deref() {
-                    endpoint.set_server_config(Some(cfg));
+                    endpoint.set_server_config(Some(quic));
+                }
+                if let Ok(mut acceptor) = shared.tcp_acceptor.lock() {
+                    if acceptor.is_some() {
+                        *acceptor = Some(tcp);
+                    }
                 }
             }
             Err(e) => {
@@ -625,238 +725,6 @@ async fn make_checkpoint(shared: &Arc<Shared>) {
         Ok(Err(e @ crate::audit::AuditError::Storage(_))) => shared.store.poison().set(e),
         Ok(Err(e)) => error!(cause = %e, "audit checkpoint failed"),
         Err(e) => error!(cause = %e, "audit checkpoint task failed"),
-    }
-}
-
-async fn connection(
-    conn: quinn::Connection,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let oin = match tls::peer_oin(&conn) {
-        Ok(oin) => oin,
-        Err(e) => {
-            warn!(cause = %e, "client certificate carries no usable OIN");
-            conn.close(1u32.into(), b"no OIN in certificate");
-            return Ok(());
-        }
-    };
-    // The directory loader refuses an entry without a fingerprint, so this always compares.
-    let fingerprint = tls::peer_fingerprint(&conn).unwrap_or_default();
-    let serial = tls::peer_serial(&conn).ok();
-    let party = oin.clone();
-    let admits = move |shared: &Shared| {
-        shared
-            .docs()
-            .admits(&party, &fingerprint, serial.as_deref(), shared.now())
-    };
-    if let Err(why) = admits(&shared) {
-        warn!(%oin, reason = why, "connection refused by the directory");
-        conn.close(identity_close_code(why).into(), why.as_bytes());
-        return Ok(());
-    }
-    let guard = match shared.admission.connect(&oin) {
-        Ok(g) => Arc::new(g),
-        Err(refused) => {
-            shared.over_limit(&oin, refused);
-            conn.close(4u32.into(), refused.limit.as_str().as_bytes());
-            return Ok(());
-        }
-    };
-    let span = info_span!("connection", %oin, remote = %conn.remote_address());
-    let mut docs_changed = shared.docs_version.subscribe();
-    async move {
-        info!("partner connected");
-        let mut streams = JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = stop.changed() => break,
-                Ok(()) = docs_changed.changed() => {
-                    // New documents: a party revoked, a certificate replaced or listed in a
-                    // CRL loses its connection now, not at its next reconnect.
-                    if let Err(why) = admits(&shared) {
-                        warn!(reason = why, "the new federation documents no longer admit this connection; closing it");
-                        conn.close(identity_close_code(why).into(), why.as_bytes());
-                        break;
-                    }
-                }
-                s = conn.accept_bi() => match s {
-                    Ok((send, recv)) => {
-                        if let Err(why) = admits(&shared) {
-                            // A rotation's overlap for this certificate ended.
-                            warn!(reason = why, "the federation documents no longer admit this connection; closing it");
-                            conn.close(identity_close_code(why).into(), why.as_bytes());
-                            break;
-                        }
-                        let shared = shared.clone();
-                        let oin = oin.clone();
-                        let guard = guard.clone();
-                        streams.spawn(async move {
-                            if let Err(e) = stream(send, recv, &shared, &oin, &guard).await {
-                                debug!(cause = %e, "stream failed");
-                            }
-                        }.in_current_span());
-                    }
-                    Err(e) => {
-                        debug!(cause = %e, "partner disconnected");
-                        break;
-                    }
-                },
-                Some(_) = streams.join_next(), if !streams.is_empty() => {}
-            }
-        }
-        // Let in-flight requests finish their commit and answer.
-        let drain = async { while streams.join_next().await.is_some() {} };
-        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-        Ok(())
-    }
-    .instrument(span)
-    .await
-}
-
-/// The QUIC close code for a connection the documents do not admit: 2 not an active
-/// party, 3 a certificate the directory does not list, 5 a revoked certificate.
-fn identity_close_code(why: &str) -> u32 {
-    match why {
-        "not an active party" => 2,
-        "certificate not in directory" => 3,
-        _ => 5,
-    }
-}
-
-async fn stream(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-    shared: &Arc<Shared>,
-    oin: &Oin,
-    conn: &ConnectionGuard,
-) -> anyhow::Result<()> {
-    let _in_flight = match shared.admission.stream(oin) {
-        Ok(g) => g,
-        Err(refused) => {
-            shared.over_limit(oin, refused);
-            let _ = recv.stop(2u32.into());
-            return answer(&mut send, &over_limit(refused.limit, shared), shared).await;
-        }
-    };
-    let deadline = tokio::time::Instant::now() + shared.config.request_timeout();
-    let mut held = Vec::new();
-    let bytes = match read_request(&mut recv, conn, deadline, &shared.config, &mut held).await {
-        Ok(b) => b,
-        Err(ReadError::TooLong { kind, limit }) => {
-            let r = Rejection::new(
-                RejectCode::Malformed,
-                format!("a request of type 0x{kind:02x} is over its limit of {limit} bytes"),
-            );
-            let _ = recv.stop(1u32.into());
-            shared.audit(AuditEntry::refused(AuditEvent::Rejected, r.code.as_str()).actor(oin));
-            return answer(&mut send, &Response::Rejected(r), shared).await;
-        }
-        Err(ReadError::Budget) => {
-            let refused = shared.admission.refused(oin, Limit::BufferedBytes);
-            shared.over_limit(oin, refused);
-            let _ = recv.stop(2u32.into());
-            return answer(&mut send, &over_limit(Limit::BufferedBytes, shared), shared).await;
-        }
-        Err(ReadError::Timeout) => {
-            let _ = send.reset(1u32.into());
-            return Ok(());
-        }
-        Err(ReadError::Stream(e)) => return Err(e.into()),
-    };
-    shared.admission.recovered(oin, Limit::BufferedBytes);
-    let response = match Request::decode(&bytes) {
-        Ok(req) => handle(req, shared, oin).await,
-        Err(e) => Response::Rejected(Rejection::new(RejectCode::Malformed, e.to_string())),
-    };
-    drop(held);
-    answer(&mut send, &response, shared).await
-}
-
-async fn answer(
-    send: &mut quinn::SendStream,
-    response: &Response,
-    shared: &Shared,
-) -> anyhow::Result<()> {
-    let (outcome, code) = match response {
-        Response::Accepted { .. } => ("accepted", None),
-        Response::Done => ("done", None),
-        Response::Deliveries(_) => ("deliveries", None),
-        Response::Rejected(r) => ("rejected", Some(r.code.as_str())),
-        _ => ("other", None),
-    };
-    shared.counters.answered(outcome, code);
-    send.write_all(&response.encode()).await?;
-    send.finish()?;
-    Ok(())
-}
-
-fn over_limit(limit: Limit, shared: &Shared) -> Response {
-    Response::Rejected(Rejection::new(
-        RejectCode::OverLimit,
-        limit.explain(&shared.config.limits),
-    ))
-}
-
-/// Why a request could not be read.
-#[derive(Debug)]
-enum ReadError {
-    /// Longer than the bound of its frame kind (or of an unknown kind's head).
-    TooLong { kind: u8, limit: usize },
-    /// The global byte budget stayed exhausted until the request's deadline.
-    Budget,
-    /// The request did not arrive whole before its deadline.
-    Timeout,
-    /// The stream failed.
-    Stream(quinn::ReadError),
-}
-
-/// Read one request frame: the 2-byte head first, then at most the bound of its kind,
-/// reserving every chunk from the connection's and the global byte budget before it is
-/// kept (the reservations go to `held`, to be released once the request is answered).
-async fn read_request(
-    recv: &mut quinn::RecvStream,
-    conn: &ConnectionGuard,
-    deadline: tokio::time::Instant,
-    config: &BrokerConfig,
-    held: &mut Vec<limits::Reservation>,
-) -> Result<Vec<u8>, ReadError> {
-    let mut bytes = Vec::new();
-    let mut limit = FRAME_HEAD;
-    loop {
-        let want = if bytes.len() < FRAME_HEAD {
-            FRAME_HEAD - bytes.len()
-        } else {
-            // One byte past the bound, to tell "exactly the bound" from "over it".
-            (limit + 1).saturating_sub(bytes.len()).min(64 * 1024)
-        };
-        let chunk = match tokio::time::timeout_at(deadline, recv.read_chunk(want, true)).await {
-            Err(_) => return Err(ReadError::Timeout),
-            Ok(Err(e)) => return Err(ReadError::Stream(e)),
-            Ok(Ok(None)) => return Ok(bytes),
-            Ok(Ok(Some(chunk))) => chunk.bytes,
-        };
-        held.push(
-            conn.reserve(chunk.len(), deadline)
-                .await
-                .map_err(|_| ReadError::Budget)?,
-        );
-        bytes.extend_from_slice(&chunk);
-        if bytes.len() >= FRAME_HEAD && limit == FRAME_HEAD {
-            let kind = bytes[1];
-            // An unknown kind or version is read no further: its head decodes to a clear
-            // error. An unknown kind still gets a small bound, so its error can be given.
-            limit = request_bound(kind, config.limits.max_envelope_bytes).unwrap_or(FRAME_HEAD);
-            if bytes[0] != PROTOCOL_VERSION || limit == FRAME_HEAD {
-                return Ok(bytes);
-            }
-        }
-        if bytes.len() > limit {
-            return Err(ReadError::TooLong {
-                kind: bytes[1],
-                limit,
-            });
-        }
     }
 }
 
