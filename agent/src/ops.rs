@@ -206,6 +206,7 @@ pub(crate) fn kind_of(r: &Response) -> &'static str {
         Response::Checkpoint(_) => "checkpoint",
         Response::Done => "done",
         Response::Extends(_) => "extends",
+        Response::FgReport(_) => "fg_report",
         Response::Error { .. } => "error",
     }
 }

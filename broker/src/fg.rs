@@ -7,13 +7,14 @@
 //! to the same hash chain the broker writes, so the chain stays valid and `audit verify`
 //! still passes; if the read cannot be recorded, nothing is read.
 //!
-//! # The broker must be stopped
-//! sled allows one process per database: while the broker runs, its database is locked
-//! and [`Session::open`] fails with [`FgError::BrokerRunning`]. Run the reports with the
-//! broker stopped (a maintenance window), or on a copy of the data directory taken from
-//! a filesystem snapshot; a read on a copy is recorded in the copy only, so keep the copy
-//! with the report. (An FG request in the protocol, with an FG credential, would let FGs
-//! read a running broker; it is not built yet.)
+//! # Live and offline
+//! An FG reads a running broker over the protocol (`FgRead`) with an FG certificate the
+//! directory lists (`fgs`): the broker scopes the report to that FG and records the read
+//! with the verified organisation (`server/fg.rs`). [`Session`] is the forensic path: it
+//! opens a stopped broker's data directory (or a backup); sled allows one process per
+//! database, so while the broker runs [`Session::open`] fails with
+//! [`FgError::BrokerRunning`]. Such a read is recorded as offline, naming nobody: nobody's
+//! identity was checked. Both paths share [`Query`] and [`render`].
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -26,6 +27,7 @@ use ketenpost_schemas::ids::{CaseRef, Oin};
 use ketenpost_schemas::keys;
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::Policy;
+use ketenpost_schemas::protocol::FgQuery;
 
 use crate::audit::{AuditEntry, AuditError, AuditEvent, AuditRecord, AuditTrail, Head, Outcome};
 use crate::config::BrokerConfig;
@@ -89,7 +91,38 @@ pub enum ReportKind {
     Html,
 }
 
+impl FromStr for ReportKind {
+    type Err = FgError;
+    fn from_str(s: &str) -> Result<Self, FgError> {
+        Ok(match s {
+            "flows" => ReportKind::Flows,
+            "refusals" => ReportKind::Refusals,
+            "grounds" => ReportKind::Grounds,
+            "deadlines" => ReportKind::Deadlines,
+            "breaches" => ReportKind::Breaches,
+            "consents" => ReportKind::Consents,
+            "deletions" => ReportKind::Deletions,
+            "access" => ReportKind::Access,
+            "records" => ReportKind::Records,
+            "html" => ReportKind::Html,
+            other => {
+                return Err(FgError::Usage(format!(
+                    "unknown report '{other}': flows, refusals, grounds, deadlines, breaches, \
+                     consents, deletions, access, records or html"
+                )))
+            }
+        })
+    }
+}
+
 impl ReportKind {
+    /// The name of the report (`flows`, ...), as the CLI and [`FgQuery::report`] say it.
+    pub fn name(self) -> &'static str {
+        self.code()
+            .trim_start_matches("report_")
+            .trim_start_matches("export_")
+    }
+
     /// The reason code of the `audit_read` record.
     pub fn code(self) -> &'static str {
         match self {
@@ -120,6 +153,163 @@ pub enum Format {
     Jsonl,
     /// The self-contained HTML report.
     Html,
+}
+
+impl Format {
+    /// The default format of a report.
+    pub fn default_for(kind: ReportKind) -> Format {
+        match kind {
+            ReportKind::Html => Format::Html,
+            ReportKind::Records => Format::Jsonl,
+            _ => Format::Text,
+        }
+    }
+
+    /// The name of the format.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Text => "text",
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::Jsonl => "jsonl",
+            Format::Html => "html",
+        }
+    }
+
+    /// The media type of a report in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain",
+            Format::Json => "application/json",
+            Format::Csv => "text/csv",
+            Format::Jsonl => "application/jsonl",
+            Format::Html => "text/html",
+        }
+    }
+}
+
+/// What an FG asked for, checked: the report, its format and the filter. The same for a
+/// live read (an [`FgQuery`] over the protocol) and an offline one (the CLI's flags).
+#[derive(Clone, Debug)]
+pub struct Query {
+    /// The report.
+    pub kind: ReportKind,
+    /// Its format.
+    pub format: Format,
+    /// Which records.
+    pub filter: Filter,
+}
+
+impl Query {
+    /// Parse and check an FG's request; the error names the bad value.
+    pub fn parse(q: &FgQuery) -> Result<Query, FgError> {
+        let kind: ReportKind = q.report.parse()?;
+        let format = match &q.format {
+            Some(f) => f.parse()?,
+            None => Format::default_for(kind),
+        };
+        let outcome = match q.outcome.as_deref() {
+            None => None,
+            Some("ok") => Some(Outcome::Ok),
+            Some("refused") => Some(Outcome::Refused),
+            Some("flagged") => Some(Outcome::Flagged),
+            Some(o) => {
+                return Err(FgError::Usage(format!(
+                    "unknown outcome '{o}': ok, refused or flagged"
+                )))
+            }
+        };
+        let party = q
+            .party
+            .as_deref()
+            .map(|p| {
+                p.parse()
+                    .map_err(|_| FgError::Usage(format!("'{p}' is not an OIN (20 digits)")))
+            })
+            .transpose()?;
+        let filter = Filter {
+            from: q.from.as_deref().map(parse_time).transpose()?,
+            until: q.until.as_deref().map(parse_time).transpose()?,
+            party,
+            case_ref: q.case_ref.clone(),
+            purpose: q.purpose.clone(),
+            kind: q.kind.clone(),
+            outcome,
+        };
+        if kind == ReportKind::Access && filter.case_ref.is_none() {
+            return Err(FgError::Usage(
+                "the access report needs --case <case reference>".into(),
+            ));
+        }
+        Ok(Query {
+            kind,
+            format,
+            filter,
+        })
+    }
+
+    /// The `audit_read` record of this read, before anything is read. A live read names
+    /// the FG's organisation, whose certificate the broker verified; an offline read (of a
+    /// stopped broker's data directory) names nobody, since nobody's identity was checked.
+    pub fn audit_entry(&self, reader: Reader<'_>) -> AuditEntry {
+        let mut entry = AuditEntry::new(AuditEvent::AuditRead, Outcome::Ok);
+        entry = match reader {
+            Reader::Live {
+                oin,
+                federation: false,
+            } => entry
+                .actor(oin)
+                .reason_explained(self.kind.code(), "live, FG certificate"),
+            Reader::Live {
+                oin,
+                federation: true,
+            } => entry
+                .actor(oin)
+                .reason_explained(self.kind.code(), "live, federation FG certificate"),
+            Reader::Offline => {
+                entry.reason_explained(self.kind.code(), "offline, identity not verified")
+            }
+        };
+        let f = &self.filter;
+        if let Some(c) = &f.case_ref {
+            entry = entry.case_ref(c);
+        }
+        if let Some(p) = &f.party {
+            entry = entry.counterparty(p);
+        }
+        if let Some(p) = &f.purpose {
+            entry = entry.purpose(p);
+        }
+        if let Some(k) = &f.kind {
+            entry = entry.kind(k);
+        }
+        entry
+    }
+}
+
+/// Who reads, for the `audit_read` record.
+#[derive(Clone, Copy, Debug)]
+pub enum Reader<'a> {
+    /// Over the protocol with an FG certificate the directory lists.
+    Live {
+        /// The FG's organisation.
+        oin: &'a Oin,
+        /// The federation's FG (scope covenant).
+        federation: bool,
+    },
+    /// The data directory of a stopped broker, read by whoever can read it.
+    Offline,
+}
+
+/// What a report is rendered against besides the records.
+#[derive(Clone, Copy, Debug)]
+pub struct ReportContext<'a> {
+    /// The covenant policy.
+    pub policy: &'a Policy,
+    /// The partner directory (for names).
+    pub directory: &'a Directory,
+    /// The trail's head when the report was read.
+    pub head: (u64, &'a str),
 }
 
 impl FromStr for Format {
@@ -230,35 +420,24 @@ impl Session {
     /// Check a filter's values against the policy, so a typo is an error rather than an
     /// empty report.
     pub fn check_filter(&self, filter: &Filter) -> Result<(), FgError> {
-        if let Some(c) = &filter.case_ref {
-            CaseRef::from_str(c)
-                .map_err(|_| FgError::Usage(format!("'{c}' is not a case reference")))?;
-        }
-        if let Some(k) = &filter.kind {
-            Kind::from_str(k).map_err(|_| FgError::Usage(format!("unknown kind '{k}'")))?;
-        }
-        if let Some(p) = &filter.purpose {
-            let known = self
-                .policy
-                .purposes
-                .values()
-                .any(|q| &q.id == p || &q.processing_activity == p);
-            if !known {
-                return Err(FgError::Usage(format!(
-                    "the policy has no purpose or processing activity '{p}'"
-                )));
-            }
-        }
-        if let (Some(f), Some(u)) = (filter.from, filter.until) {
-            if f >= u {
-                return Err(FgError::Usage("--from must be before --until".into()));
-            }
-        }
-        Ok(())
+        check_filter(&self.policy, filter)
     }
 
-    /// Record the read, then read: the records `viewer` may see that pass `filter`, in
-    /// trail order. The `audit_read` record is written and flushed before anything is read.
+    /// The head of the trail.
+    pub fn head(&self) -> Head {
+        self.trail.head()
+    }
+
+    /// What a report of this session is rendered against, at trail head `head`.
+    pub fn context<'a>(&'a self, head: &'a Head) -> ReportContext<'a> {
+        ReportContext {
+            policy: &self.policy,
+            directory: &self.directory,
+            head: (head.seq, &head.hash),
+        }
+    }
+
+    /// [`Session::read_query`] for a report with its default format.
     pub fn read(
         &self,
         viewer: &Viewer,
@@ -266,37 +445,61 @@ impl Session {
         report: ReportKind,
         now: DateTime<Utc>,
     ) -> Result<Vec<AuditRecord>, FgError> {
-        self.check_filter(filter)?;
-        let mut entry = AuditEntry::new(AuditEvent::AuditRead, Outcome::Ok);
-        entry = match viewer {
-            Viewer::Organisation(o) => entry.actor(o).reason(report.code()),
-            Viewer::Federation => entry.reason_explained(report.code(), "federation FG"),
+        let query = Query {
+            kind: report,
+            format: Format::default_for(report),
+            filter: filter.clone(),
         };
-        if let Some(c) = &filter.case_ref {
-            entry = entry.case_ref(c);
-        }
-        if let Some(p) = &filter.party {
-            entry = entry.counterparty(p);
-        }
-        if let Some(p) = &filter.purpose {
-            entry = entry.purpose(p);
-        }
-        if let Some(k) = &filter.kind {
-            entry = entry.kind(k);
-        }
-        self.trail.append(entry, now)?;
-        self.db.flush()?;
-        let records = self.trail.records_between(
-            filter.from.unwrap_or(DateTime::<Utc>::MIN_UTC),
-            filter.until.unwrap_or(DateTime::<Utc>::MAX_UTC),
-        )?;
-        Ok(report::scope(records, viewer, filter))
+        self.read_query(viewer, &query, now)
     }
 
-    /// The head of the trail.
-    pub fn head(&self) -> Head {
-        self.trail.head()
+    /// Record the read (offline: no identity), then read the records `viewer` may see
+    /// that pass the query's filter, in trail order.
+    pub fn read_query(
+        &self,
+        viewer: &Viewer,
+        query: &Query,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AuditRecord>, FgError> {
+        check_filter(&self.policy, &query.filter)?;
+        self.trail.append(query.audit_entry(Reader::Offline), now)?;
+        self.db.flush()?;
+        let f = &query.filter;
+        let records = self.trail.records_between(
+            f.from.unwrap_or(DateTime::<Utc>::MIN_UTC),
+            f.until.unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )?;
+        Ok(report::scope(records, viewer, f))
     }
+}
+
+/// Check a filter's values against the policy, so a typo is an error rather than an
+/// empty report.
+pub fn check_filter(policy: &Policy, filter: &Filter) -> Result<(), FgError> {
+    if let Some(c) = &filter.case_ref {
+        CaseRef::from_str(c)
+            .map_err(|_| FgError::Usage(format!("'{c}' is not a case reference")))?;
+    }
+    if let Some(k) = &filter.kind {
+        Kind::from_str(k).map_err(|_| FgError::Usage(format!("unknown kind '{k}'")))?;
+    }
+    if let Some(p) = &filter.purpose {
+        let known = policy
+            .purposes
+            .values()
+            .any(|q| &q.id == p || &q.processing_activity == p);
+        if !known {
+            return Err(FgError::Usage(format!(
+                "the policy has no purpose or processing activity '{p}'"
+            )));
+        }
+    }
+    if let (Some(f), Some(u)) = (filter.from, filter.until) {
+        if f >= u {
+            return Err(FgError::Usage("--from must be before --until".into()));
+        }
+    }
+    Ok(())
 }
 
 /// A time from the command line: RFC 3339, or a date (`2025-03-01`) meaning 00:00 in
@@ -327,20 +530,19 @@ pub fn render(
     records: &[AuditRecord],
     viewer: &Viewer,
     filter: &Filter,
-    session: &Session,
+    cx: ReportContext<'_>,
     now: DateTime<Utc>,
 ) -> Result<String, FgError> {
-    let policy = &session.policy;
+    let policy = cx.policy;
     if format == Format::Html || kind == ReportKind::Html {
-        let head = session.head();
         return Ok(report::html(&HtmlReport {
             viewer,
             filter,
             records,
             policy,
-            directory: &session.directory,
+            directory: cx.directory,
             generated_at: now,
-            head: (head.seq, head.hash),
+            head: (cx.head.0, cx.head.1.to_owned()),
         }));
     }
     if kind == ReportKind::Records {

@@ -7,7 +7,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::directory::{self, Directory};
+use ketenpost_schemas::directory::{self, Directory, FgScope};
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self, VerifyingKey};
 use ketenpost_schemas::policy::{Policy, Role};
@@ -54,6 +54,25 @@ pub struct Federation {
     /// Every party, in roster order.
     #[serde(rename = "party")]
     pub parties: Vec<PartyFiles>,
+    /// The FGs' credentials: one per party, then the federation's FG.
+    #[serde(default, rename = "fg")]
+    pub fgs: Vec<FgFiles>,
+}
+
+/// An FG's certificate and key, listed in the directory's `fgs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FgFiles {
+    /// The OIN of the FG's organisation (in the certificate's subject serialNumber).
+    pub oin: Oin,
+    /// The FG's name in the directory.
+    pub name: String,
+    /// Whose records it reads.
+    pub scope: FgScope,
+    /// Its client certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM), mode 0600.
+    pub key: PathBuf,
 }
 
 /// The federation key pair.
@@ -194,6 +213,16 @@ impl Federation {
         Ok(fed)
     }
 
+    /// The FG credential of `oin`'s organisation with `scope`.
+    pub fn fg(&self, oin: &Oin, scope: FgScope) -> Option<&FgFiles> {
+        self.fgs.iter().find(|f| &f.oin == oin && f.scope == scope)
+    }
+
+    /// The federation FG's credential.
+    pub fn federation_fg(&self) -> Option<&FgFiles> {
+        self.fgs.iter().find(|f| f.scope == FgScope::Covenant)
+    }
+
     /// The party with this OIN.
     pub fn party(&self, oin: &Oin) -> Option<&PartyFiles> {
         self.parties.iter().find(|p| &p.oin == oin)
@@ -257,6 +286,9 @@ impl Federation {
             &mut self.negative.wrong_oin.cert,
             &mut self.negative.wrong_oin.key,
         ];
+        for f in &mut self.fgs {
+            v.extend([&mut f.cert, &mut f.key]);
+        }
         for p in &mut self.parties {
             v.extend([
                 &mut p.dir,

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use age::secrecy::ExposeSecret;
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::directory::{self, BrokerEntry, Directory, Party, MAX_DOCUMENT_BYTES};
+use ketenpost_schemas::directory::{
+    self, BrokerEntry, Directory, FgEntry, FgScope, Party, MAX_DOCUMENT_BYTES,
+};
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self, Context};
 use ketenpost_schemas::policy::{Policy, Role};
@@ -21,8 +23,8 @@ use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
 use crate::federation::{
-    BrokerFiles, CaFiles, CertFiles, Federation, FederationKeyFiles, NegativeFiles, PartyFiles,
-    SignedFile, MANIFEST_FILE, MANIFEST_FORMAT,
+    BrokerFiles, CaFiles, CertFiles, Federation, FederationKeyFiles, FgFiles, NegativeFiles,
+    PartyFiles, SignedFile, MANIFEST_FILE, MANIFEST_FORMAT,
 };
 use crate::pki::{self, Ca, Issued, Serials, Validity, BROKER_SERVER_NAMES};
 use crate::roster::{dev_oin, Roster};
@@ -48,6 +50,7 @@ pub const WRITTEN_ENTRIES: &[&str] = &[
     "ca",
     "broker",
     "parties",
+    "fg",
     "negative",
     "policy.toml",
     "policy.toml.sig",
@@ -309,12 +312,51 @@ fn generate(
         });
     }
 
+    // FG credentials: one per party's FG (its organisation's records) and one for the
+    // federation's FG (every record), held by the first party's organisation.
+    let mut fg_entries = Vec::new();
+    let mut fgs = Vec::new();
+    let federation_fg = roster.parties.first().map(|p| {
+        (
+            p.oin.clone(),
+            format!("FG federatie {}", policy.covenant.id),
+            FgScope::Covenant,
+            PathBuf::from("fg").join("federation"),
+        )
+    });
+    let own_fgs = roster.parties.iter().map(|p| {
+        (
+            p.oin.clone(),
+            format!("FG {}", p.name),
+            FgScope::Organisation,
+            PathBuf::from("fg").join(p.oin.as_str()),
+        )
+    });
+    for (oin, name, scope, dir) in own_fgs.chain(federation_fg) {
+        let tls = ca.client_cert(&name, &oin, leaf, &mut serials)?;
+        let (cert, key) = files.cert_pair(&dir, &tls);
+        fg_entries.push(FgEntry {
+            oin: oin.clone(),
+            name: name.clone(),
+            cert_fingerprint: pki::fingerprint(&tls.der),
+            scope,
+        });
+        fgs.push(FgFiles {
+            oin,
+            name,
+            scope,
+            cert,
+            key,
+        });
+    }
+
     // The signed documents: the policy exactly as given, the directory as pretty JSON.
     let directory = Directory {
         covenant: policy.covenant.id.clone(),
         serial: 1,
         issued_at: now,
         policy_sha256: ketenpost_schemas::envelope::sha256_hex(policy_bytes),
+        fgs: fg_entries,
         broker: BrokerEntry {
             name: BROKER_NAME.into(),
             signing_key: keys::verifying_key_to_text(&broker_signing.verifying_key()),
@@ -406,6 +448,7 @@ fn generate(
         broker,
         negative,
         parties,
+        fgs,
     };
     let manifest_text = toml::to_string(&manifest).map_err(|e| Error::Serialize {
         what: "federation.toml",

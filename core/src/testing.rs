@@ -117,6 +117,7 @@ impl Fx {
             serial: 1,
             issued_at: Utc::now(),
             policy_sha256: "0".repeat(64),
+            fgs: Vec::new(),
             broker: BrokerEntry {
                 name: "broker".into(),
                 signing_key: keys::verifying_key_to_text(

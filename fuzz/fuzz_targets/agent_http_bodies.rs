@@ -40,6 +40,7 @@ fn fixtures() -> &'static Fixtures {
             serial: 1,
             issued_at: Utc::now(),
             policy_sha256: "0".repeat(64),
+            fgs: Vec::new(),
             broker: BrokerEntry {
                 name: "broker".into(),
                 signing_key: keys::verifying_key_to_text(

@@ -42,6 +42,35 @@ pub struct Directory {
     pub broker: BrokerEntry,
     /// Every party.
     pub parties: Vec<Party>,
+    /// The FGs who may read the running broker's audit trail, each with its own
+    /// certificate and scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fgs: Vec<FgEntry>,
+}
+
+/// Whose records an FG may read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FgScope {
+    /// The records its own organisation is party to.
+    Organisation,
+    /// Every record of the covenant: the federation's FG.
+    Covenant,
+}
+
+/// An FG's credential: the certificate (with the organisation's OIN in subject
+/// serialNumber) its reports are read with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FgEntry {
+    /// The OIN of the FG's organisation (a party, for scope `organisation`).
+    pub oin: Oin,
+    /// What the FG is called in reports (a function, e.g. "FG Gemeente Vlissingen").
+    pub name: String,
+    /// SHA-256 (hex) of the FG's certificate.
+    pub cert_fingerprint: String,
+    /// Whose records it reads.
+    pub scope: FgScope,
 }
 
 /// The broker's entry: the key its audit checkpoints are signed with.
@@ -209,7 +238,35 @@ impl Directory {
                 }
             }
         }
+        let mut fg_certs = BTreeSet::new();
+        for f in &self.fgs {
+            check_fingerprint(&format!("the FG of {}", f.oin), &f.cert_fingerprint)?;
+            if !fg_certs.insert(&f.cert_fingerprint)
+                || self
+                    .parties
+                    .iter()
+                    .any(|p| p.cert_fingerprint == f.cert_fingerprint)
+            {
+                return Err(Error::Directory(format!(
+                    "the FG certificate of {} is listed twice, or is a party's own certificate",
+                    f.oin
+                )));
+            }
+            if f.scope == FgScope::Organisation && self.party(&f.oin).is_none() {
+                return Err(Error::Directory(format!(
+                    "the FG of {} reads its organisation's records, but {} is not a party",
+                    f.oin, f.oin
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// The FG whose certificate has this fingerprint and OIN.
+    pub fn fg(&self, oin: &Oin, fingerprint: &str) -> Option<&FgEntry> {
+        self.fgs
+            .iter()
+            .find(|f| &f.oin == oin && f.cert_fingerprint == fingerprint)
     }
 
     /// The entry of a party, revoked or not.

@@ -18,6 +18,7 @@
 //! | 0x06 | `GetDocuments` | `{}` | `Documents` |
 //! | 0x07 | `GetCheckpoint` | `{}` | `Checkpoint` |
 //! | 0x08 | `ProveExtends` | `{seq, hash}` | `Extends` |
+//! | 0x09 | `FgRead` | `{report, format, filter}`: an FG's report, over an FG certificate only | `FgReport` or `Rejected` |
 //!
 //! | type | response | body |
 //! |---|---|---|
@@ -28,6 +29,7 @@
 //! | 0x85 | `Checkpoint` | the broker's latest signed audit checkpoint |
 //! | 0x86 | `Done` | `{}` |
 //! | 0x87 | `Extends` | `{extends}` |
+//! | 0x88 | `FgReport` | `{content_type, body}`: the report as the FG asked for it |
 //! | 0x8f | `Error` | `{code, message}`: a request the broker could not handle |
 //!
 //! A breach notice (`datalek_melding`) is routed by the broker to exactly the parties that
@@ -349,6 +351,52 @@ pub enum Request {
         /// Its head hash.
         hash: String,
     },
+    /// An FG reads a report of the running broker. Only a connection with an FG
+    /// certificate the directory lists is answered; the report is scoped to that FG.
+    FgRead(FgQuery),
+}
+
+/// What an FG asks the broker for: a report, its format, and filters over the trail.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FgQuery {
+    /// The report: `flows`, `refusals`, `grounds`, `deadlines`, `breaches`, `consents`,
+    /// `deletions`, `access`, `records` or `html`.
+    pub report: String,
+    /// `text`, `json`, `csv`, `jsonl` (records) or `html`; the report's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Only records from this time on (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Only records before this time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Only records naming this party (OIN) as actor or counterparty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub party: Option<String>,
+    /// Only records about this case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case_ref: Option<String>,
+    /// Only records under this purpose or processing activity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Only records of this kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only records with this outcome: `ok`, `refused` or `flagged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+/// An FG's report as the broker rendered it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FgReport {
+    /// `text/plain`, `application/json`, `text/csv`, `application/jsonl` or `text/html`.
+    pub content_type: String,
+    /// The report.
+    pub body: String,
 }
 
 /// The broker's answer.
@@ -369,6 +417,8 @@ pub enum Response {
     Documents(Documents),
     /// The latest checkpoint, if any.
     Checkpoint(Option<CheckpointWire>),
+    /// An FG's report.
+    FgReport(FgReport),
     /// Done.
     Done,
     /// Whether the trail still extends the given checkpoint.
@@ -450,6 +500,8 @@ pub fn request_bound(kind: u8, max_envelope: usize) -> Option<usize> {
         // A signed receipt: ids, digests and a signature.
         0x03 => 8 * 1024,
         0x02 | 0x05..=0x08 => 1024,
+        // An FG's report request: a report name, a format and a few filter values.
+        0x09 => 4 * 1024,
         _ => return None,
     })
 }
@@ -493,6 +545,7 @@ impl Request {
             Request::Control(r) => json_frame(0x04, r),
             Request::Ack { up_to } => json_frame(0x05, &AckBody { up_to: *up_to }),
             Request::GetDocuments => frame(0x06, b"{}"),
+            Request::FgRead(q) => json_frame(0x09, q),
             Request::GetCheckpoint => frame(0x07, b"{}"),
             Request::ProveExtends { seq, hash } => json_frame(
                 0x08,
@@ -522,6 +575,7 @@ impl Request {
                 up_to: json::<AckBody>(body, "ack")?.up_to,
             },
             0x06 => Request::GetDocuments,
+            0x09 => Request::FgRead(json(body, "fg read")?),
             0x07 => Request::GetCheckpoint,
             0x08 => {
                 let b: ProveBody = json(body, "prove")?;
@@ -557,6 +611,7 @@ impl Response {
             Response::Checkpoint(c) => json_frame(0x85, c),
             Response::Done => frame(0x86, b"{}"),
             Response::Extends(e) => json_frame(0x87, &ExtendsBody { extends: *e }),
+            Response::FgReport(r) => json_frame(0x88, r),
             Response::Error { code, message } => json_frame(
                 0x8f,
                 &ErrorBody {
@@ -584,6 +639,7 @@ impl Response {
             0x85 => Response::Checkpoint(json(body, "checkpoint")?),
             0x86 => Response::Done,
             0x87 => Response::Extends(json::<ExtendsBody>(body, "extends")?.extends),
+            0x88 => Response::FgReport(json(body, "fg report")?),
             0x8f => {
                 let b: ErrorBody = json(body, "error")?;
                 Response::Error {

@@ -1991,13 +1991,14 @@ fn act6<W: Write>(
 
     if let Some(path) = &opts.html_report {
         let records = session.read(&viewer, &filter, ReportKind::Html, now)?;
+        let head = session.head();
         let html = fg::render(
             ReportKind::Html,
             Format::Html,
             &records,
             &viewer,
             &filter,
-            &session,
+            session.context(&head),
             now,
         )?;
         std::fs::write(path, html).with_context(|| format!("cannot write {}", path.display()))?;

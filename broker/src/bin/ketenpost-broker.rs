@@ -8,12 +8,12 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 use clap::{Parser, Subcommand};
-use ketenpost_broker::audit::{self, Outcome};
+use ketenpost_broker::audit;
 use ketenpost_broker::config::BrokerConfig;
-use ketenpost_broker::fg::{parse_time, render, FgError, Format, ReportKind, Session};
-use ketenpost_broker::report::Filter;
+use ketenpost_broker::fg::{render, FgError, Query, ReportKind, Session};
 use ketenpost_broker::server::Broker;
 use ketenpost_schemas::keys;
+use ketenpost_schemas::protocol::{FgQuery, Request, Response};
 
 /// glibc's malloc spent about a quarter of the broker's CPU under load (its
 /// arenas consolidating the many small allocations of sled and the checks); mimalloc does
@@ -140,15 +140,16 @@ enum AuditCommand {
     Html(Box<FgArgs>),
 }
 
-/// What every FG report takes. The broker must be stopped (its database is locked while it
-/// runs), or point --data at a copy of its data directory.
+/// What every FG report takes. Live: `--broker ADDR` with an FG certificate; the broker
+/// scopes the report to that FG. Offline (forensic): a stopped broker's data directory or a
+/// backup, with `--as OIN` or `--federation-fg` choosing the scope.
 #[derive(clap::Args, Debug)]
 struct FgArgs {
     /// The broker's TOML configuration (for its data directory and the federation files).
     #[arg(long, conflicts_with = "federation")]
     config: Option<PathBuf>,
     /// A dev federation made by `ketenpost-certs init`, instead of --config.
-    #[arg(long, requires = "data")]
+    #[arg(long)]
     federation: Option<PathBuf>,
     /// With --federation: the broker's data directory.
     #[arg(long)]
@@ -186,6 +187,22 @@ struct FgArgs {
     /// Write to this file instead of standard output.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Read a running broker at this address (QUIC) with an FG certificate, instead of a
+    /// stopped broker's data directory.
+    #[arg(long, value_name = "ADDR")]
+    broker: Option<SocketAddr>,
+    /// With --broker: the FG's certificate (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "ca"])]
+    tls_cert: Option<PathBuf>,
+    /// With --broker: the FG's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// With --broker: the federation CA the broker's certificate chains to.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// With --broker: the name on the broker's certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
 }
 
 fn init_tracing(json: bool) {
@@ -320,6 +337,36 @@ fn main() -> ExitCode {
 }
 
 fn fg_report(kind: ReportKind, a: Box<FgArgs>) -> Result<(), FgError> {
+    let query = FgQuery {
+        report: kind.name().to_owned(),
+        format: a.format.clone(),
+        from: a.from.clone(),
+        until: a.until.clone(),
+        party: a.party.clone(),
+        case_ref: a.case.clone(),
+        purpose: a.purpose.clone(),
+        kind: a.kind.clone(),
+        outcome: a.outcome.clone(),
+    };
+    // Checked here too, so a typo fails before anything is read or recorded.
+    let parsed = Query::parse(&query)?;
+    let text = match a.broker {
+        Some(addr) => live_report(addr, &a, &query)?,
+        None => offline_report(&a, &parsed)?,
+    };
+    match &a.out {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|e| FgError::Config(format!("cannot write {}: {e}", path.display()))),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+/// A report of a stopped broker's data directory (or a backup): recorded as an offline
+/// read; `--as` or `--federation-fg` only choose the scope.
+fn offline_report(a: &FgArgs, query: &Query) -> Result<String, FgError> {
     let config = match (&a.config, &a.federation, &a.data) {
         (Some(path), _, _) => {
             BrokerConfig::load(path).map_err(|e| FgError::Config(e.to_string()))?
@@ -331,62 +378,97 @@ fn fg_report(kind: ReportKind, a: Box<FgArgs>) -> Result<(), FgError> {
         }
         _ => {
             return Err(FgError::Usage(
-                "audit reports need --config FILE, or --federation DIR --data DIR".into(),
+                "an offline report needs --config FILE, or --federation DIR --data DIR; a live \
+                 one --broker ADDR"
+                    .into(),
             ))
         }
     };
-    let format: Format = match (&a.format, kind) {
-        (Some(f), _) => f.parse()?,
-        (None, ReportKind::Html) => Format::Html,
-        (None, ReportKind::Records) => Format::Jsonl,
-        (None, _) => Format::Text,
-    };
     let session = Session::open(&config)?;
     let viewer = session.viewer(a.as_oin.as_deref(), a.federation_fg)?;
-    let outcome = match a.outcome.as_deref() {
-        None => None,
-        Some("ok") => Some(Outcome::Ok),
-        Some("refused") => Some(Outcome::Refused),
-        Some("flagged") => Some(Outcome::Flagged),
-        Some(o) => {
-            return Err(FgError::Usage(format!(
-                "unknown outcome '{o}': ok, refused or flagged"
-            )))
-        }
-    };
-    let party = a
-        .party
-        .as_deref()
-        .map(|p| {
-            p.parse()
-                .map_err(|_| FgError::Usage(format!("'{p}' is not an OIN (20 digits)")))
-        })
-        .transpose()?;
-    let filter = Filter {
-        from: a.from.as_deref().map(parse_time).transpose()?,
-        until: a.until.as_deref().map(parse_time).transpose()?,
-        party,
-        case_ref: a.case.clone(),
-        purpose: a.purpose.clone(),
-        kind: a.kind.clone(),
-        outcome,
-    };
-    if kind == ReportKind::Access && filter.case_ref.is_none() {
-        return Err(FgError::Usage(
-            "the access report needs --case <case reference>".into(),
-        ));
-    }
     let now = Utc::now();
-    let records = session.read(&viewer, &filter, kind, now)?;
-    let text = render(kind, format, &records, &viewer, &filter, &session, now)?;
-    match &a.out {
-        Some(path) => std::fs::write(path, text)
-            .map_err(|e| FgError::Config(format!("cannot write {}: {e}", path.display()))),
-        None => {
-            print!("{text}");
-            Ok(())
+    let records = session.read_query(&viewer, query, now)?;
+    let head = session.head();
+    render(
+        query.kind,
+        query.format,
+        &records,
+        &viewer,
+        &query.filter,
+        session.context(&head),
+        now,
+    )
+}
+
+/// A report of a running broker, read with an FG certificate: `--tls-cert`, `--tls-key`
+/// and `--ca`, or with `--federation DIR` the FG credential of `--as OIN` (or of the
+/// federation's FG with `--federation-fg`) from a dev federation.
+fn live_report(addr: SocketAddr, a: &FgArgs, query: &FgQuery) -> Result<String, FgError> {
+    let tls =
+        match (&a.tls_cert, &a.tls_key, &a.ca, &a.federation) {
+            (Some(cert), Some(key), Some(ca), _) => ketenpost_transport::tls::ClientTls {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (None, None, None, Some(fed)) => {
+                let f = ketenpost_certs::Federation::load(fed)
+                    .map_err(|e| FgError::Config(format!("federation {}: {e}", fed.display())))?;
+                let cred = match (a.as_oin.as_deref(), a.federation_fg) {
+                    (Some(o), false) => {
+                        let oin = o.parse().map_err(|_| {
+                            FgError::Usage(format!("'{o}' is not an OIN (20 digits)"))
+                        })?;
+                        f.fg(&oin, ketenpost_schemas::directory::FgScope::Organisation)
+                    }
+                    (None, true) => f.federation_fg(),
+                    _ => {
+                        return Err(FgError::Usage(
+                            "say whose FG credential to use: --as <OIN> or --federation-fg".into(),
+                        ))
+                    }
+                }
+                .ok_or_else(|| FgError::Usage("the federation has no such FG credential".into()))?;
+                ketenpost_transport::tls::ClientTls {
+                    ca: f.ca.cert.clone(),
+                    cert: cred.cert.clone(),
+                    key: cred.key.clone(),
+                }
+            }
+            _ => return Err(FgError::Usage(
+                "a live report needs --tls-cert, --tls-key and --ca (the FG's certificate), or \
+                 --federation DIR with --as OIN or --federation-fg"
+                    .into(),
+            )),
+        };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| FgError::Config(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let client = ketenpost_transport::client::Client::connect(addr, &a.server_name, &tls)
+            .await
+            .map_err(|e| FgError::Config(format!("cannot connect to the broker at {addr}: {e}")))?;
+        let answer = client
+            .request(
+                &Request::FgRead(query.clone()),
+                std::time::Duration::from_secs(120),
+            )
+            .await;
+        client.close().await;
+        match answer {
+            Ok(Response::FgReport(r)) => Ok(r.body),
+            Ok(Response::Rejected(r)) => Err(FgError::Usage(format!(
+                "the broker refused the report ({}): {}",
+                r.code, r.reason
+            ))),
+            Ok(other) => Err(FgError::Config(format!("unexpected answer: {other:?}"))),
+            Err(e) => Err(FgError::Config(format!(
+                "the broker did not answer the report (is this an FG certificate the \
+                 directory lists?): {e}"
+            ))),
         }
-    }
+    })
 }
 
 fn serve(config: BrokerConfig) -> ExitCode {

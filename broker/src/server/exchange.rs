@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use ketenpost_schemas::directory::FgScope;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::protocol::{
     request_bound, RejectCode, Rejection, Request, Response, FRAME_HEAD, PROTOCOL_VERSION,
@@ -72,20 +73,50 @@ pub(super) struct Admitted {
     pub(super) identity: Identity,
 }
 
+/// Who is on the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Caller {
+    /// A party's agent: it sends and receives messages and records.
+    Party,
+    /// An FG with its own certificate: it reads reports, nothing else.
+    Fg(FgScope),
+}
+
 /// The certificate a connection authenticated with.
 #[derive(Clone, Debug)]
 pub(super) struct Identity {
     oin: Oin,
     fingerprint: String,
     serial: Option<Vec<u8>>,
+    /// Decided at the connection's start; a reload never turns one into the other.
+    pub(super) caller: Caller,
 }
 
 impl Identity {
     /// Whether the federation documents in force (they change on a reload) still admit
-    /// this connection: an active party, a certificate the directory lists (or a previous
-    /// one inside its rotation overlap), not on a CRL.
+    /// this connection. A party: active, a certificate the directory lists (or a previous
+    /// one inside its rotation overlap). An FG: its certificate listed under `fgs` with the
+    /// same scope. Neither on a CRL.
     pub(super) fn check(&self, shared: &Shared) -> Result<(), Refusal> {
-        match shared.docs().admits(
+        let docs = shared.docs();
+        if let Caller::Fg(scope) = self.caller {
+            let listed = docs
+                .directory
+                .fg(&self.oin, &self.fingerprint)
+                .is_some_and(|f| f.scope == scope);
+            if !listed {
+                return Err(Refusal::NotInDirectory);
+            }
+            if self
+                .serial
+                .as_deref()
+                .is_some_and(|s| docs.revocations.revokes(s))
+            {
+                return Err(Refusal::Revoked);
+            }
+            return Ok(());
+        }
+        match docs.admits(
             &self.oin,
             &self.fingerprint,
             self.serial.as_deref(),
@@ -115,10 +146,18 @@ pub(super) fn admit(
         }
     };
     // The directory loader refuses an entry without a fingerprint, so this always compares.
+    let fingerprint = tls::peer_fingerprint(conn).unwrap_or_default();
+    // An FG's certificate carries its organisation's OIN too; the directory tells it
+    // apart from the organisation's agent by its fingerprint.
+    let caller = match shared.docs().directory.fg(&oin, &fingerprint) {
+        Some(fg) => Caller::Fg(fg.scope),
+        None => Caller::Party,
+    };
     let identity = Identity {
         oin: oin.clone(),
-        fingerprint: tls::peer_fingerprint(conn).unwrap_or_default(),
+        fingerprint,
         serial: tls::peer_serial(conn).ok(),
+        caller,
     };
     if let Err(refusal) = identity.check(shared) {
         warn!(%oin, %transport, reason = ?refusal, "connection refused by the federation documents");
@@ -169,6 +208,7 @@ pub(super) async fn request(
     shared: &Arc<Shared>,
     oin: &Oin,
     conn: &ConnectionGuard,
+    caller: Caller,
 ) -> anyhow::Result<()> {
     let _in_flight = match shared.admission.stream(oin) {
         Ok(g) => g,
@@ -205,7 +245,23 @@ pub(super) async fn request(
     };
     shared.admission.recovered(oin, Limit::BufferedBytes);
     let response = match Request::decode(&bytes) {
-        Ok(req) => handle(req, shared, oin).await,
+        Ok(req) => match (caller, req) {
+            (Caller::Fg(scope), Request::FgRead(q)) => super::fg::read(q, shared, oin, scope).await,
+            (Caller::Fg(_), _) => Response::Rejected(Rejection::new(
+                RejectCode::NotPermitted,
+                "an FG certificate reads reports (FgRead) and nothing else",
+            )),
+            (Caller::Party, Request::FgRead(_)) => {
+                shared.audit(
+                    AuditEntry::refused(AuditEvent::AuditRead, "not_an_fg_certificate").actor(oin),
+                );
+                Response::Rejected(Rejection::new(
+                    RejectCode::NotPermitted,
+                    "FG reports need an FG certificate the directory lists; this is a party's",
+                ))
+            }
+            (Caller::Party, req) => handle(req, shared, oin).await,
+        },
         Err(e) => Response::Rejected(Rejection::new(RejectCode::Malformed, e.to_string())),
     };
     drop(held);

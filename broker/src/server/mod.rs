@@ -50,6 +50,7 @@ use ketenpost_transport::tls;
 pub use ketenpost_schemas::control::BROKER_SIGNER;
 
 mod exchange;
+mod fg;
 pub mod limits;
 mod metrics_http;
 mod quic;
@@ -739,6 +740,11 @@ async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
             Err(e) => storage_error(e),
         },
         Request::GetDocuments => Response::Documents(shared.docs().raw.clone()),
+        // Answered for FG certificates only (`exchange::request`); never reaches here.
+        Request::FgRead(_) => Response::Rejected(Rejection::new(
+            RejectCode::NotPermitted,
+            "FG reports need an FG certificate the directory lists",
+        )),
         Request::GetCheckpoint => match shared.audit.latest_checkpoint() {
             Ok(cp) => Response::Checkpoint(cp.map(|c| CheckpointWire {
                 seq: c.seq,

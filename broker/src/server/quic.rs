@@ -57,9 +57,10 @@ pub(super) async fn connection(
                         let shared = shared.clone();
                         let oin = oin.clone();
                         let guard = guard.clone();
+                        let caller = identity.caller;
                         streams.spawn(async move {
                             let mut io = QuicIo { send, recv };
-                            if let Err(e) = request(&mut io, &shared, &oin, &guard).await {
+                            if let Err(e) = request(&mut io, &shared, &oin, &guard, caller).await {
                                 debug!(cause = %e, "stream failed");
                             }
                         }.in_current_span());

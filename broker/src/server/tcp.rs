@@ -115,7 +115,7 @@ async fn connection(
                 remaining: len,
                 in_step: true,
             };
-            if let Err(e) = request(&mut io, &shared, &oin, &guard).await {
+            if let Err(e) = request(&mut io, &shared, &oin, &guard, identity.caller).await {
                 debug!(cause = %e, "request failed");
                 break;
             }
