@@ -47,6 +47,12 @@
 //! sweep_interval_secs = 10
 //! documents_reload_secs = 30           # re-read policy, directory and CRLs; SIGHUP too
 //!
+//! [alerts]                             # optional: FG alerts by webhook
+//! interval_ms = 1000
+//! [[alerts.webhook]]
+//! for = "federation"                   # or a party's OIN: alerts about that party
+//! url = "http://127.0.0.1:8088/ketenpost-alerts"
+//!
 //! [backup]                             # optional
 //! dir = "/var/backups/ketenpost"       # SIGUSR1 writes an online backup in a new folder here
 //! ```
@@ -217,6 +223,38 @@ impl Default for TimersConfig {
     }
 }
 
+/// FG alerts: who is told, and how.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// How often the trail is scanned for alert events and failed deliveries retried
+    /// (100-60000 ms).
+    pub interval_ms: u64,
+    /// The webhooks.
+    pub webhook: Vec<WebhookConfig>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            interval_ms: 1000,
+            webhook: Vec::new(),
+        }
+    }
+}
+
+/// One FG's webhook: an HTTP endpoint that takes a POST of a signed JSON alert.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Whose FG it is: a party's OIN (alerts about records that involve that party), or
+    /// `federation` (every alert).
+    #[serde(rename = "for")]
+    pub for_: String,
+    /// Where to POST, `http://host:port/path`.
+    pub url: String,
+}
+
 /// Online backups.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -255,6 +293,9 @@ pub struct BrokerConfig {
     /// Online backups (optional).
     #[serde(default)]
     pub backup: BackupConfig,
+    /// FG alerts (optional).
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 impl BrokerConfig {
@@ -359,6 +400,22 @@ impl BrokerConfig {
                 "timers.sweep_interval_secs must be at least 1".to_owned(),
             ));
         }
+        let a = &self.alerts;
+        if !(100..=60_000).contains(&a.interval_ms) {
+            return Err(ConfigError::Invalid(
+                "alerts.interval_ms must be between 100 and 60000".to_owned(),
+            ));
+        }
+        for w in &a.webhook {
+            if w.for_ != "federation" && w.for_.parse::<ketenpost_schemas::ids::Oin>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "alerts.webhook: for = '{}' is neither 'federation' nor an OIN",
+                    w.for_
+                )));
+            }
+            crate::alerts::Endpoint::parse(&w.url)
+                .map_err(|e| ConfigError::Invalid(format!("alerts.webhook: {e}")))?;
+        }
         if t.documents_reload_secs == 0 || t.documents_reload_secs > 3600 {
             return Err(ConfigError::Invalid(
                 "timers.documents_reload_secs must be between 1 and 3600".to_owned(),
@@ -397,6 +454,7 @@ impl BrokerConfig {
             metrics: MetricsConfig::default(),
             timers: TimersConfig::default(),
             backup: BackupConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 

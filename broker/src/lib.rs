@@ -19,6 +19,7 @@
 //! | [`fg`] | the `ketenpost-broker audit` reports over a stopped broker's data directory |
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod audit;
 pub mod config;
 pub mod documents;

@@ -17,7 +17,7 @@
 //! | `ketenpost_broker_group_commits_total` | counter | group commits (each one fsync of the database) |
 //! | `ketenpost_broker_group_commit_size` | histogram | messages or transitions per group commit |
 //! | `ketenpost_broker_fsync_seconds` | histogram | how long each group commit's fsync took |
-//! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts sent (none yet: alerts are not built) |
+//! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts accepted by their webhooks |
 //! | `ketenpost_broker_up` | gauge | 1 while serving, 0 once the store is poisoned |
 //! | `ketenpost_broker_documents_serial` | gauge | the directory serial of the federation documents in force |
 
@@ -116,6 +116,7 @@ pub struct Counters {
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     limits: Mutex<BTreeMap<&'static str, u64>>,
     connections: Mutex<BTreeMap<&'static str, u64>>,
+    alerts_sent: AtomicU64,
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
@@ -134,6 +135,11 @@ impl Counters {
         if let Some(c) = code {
             bump(&self.rejected, c);
         }
+    }
+
+    /// An FG alert accepted by its receiver.
+    pub fn alert_sent(&self) {
+        self.alerts_sent.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A refusal for a per-party limit.
@@ -267,10 +273,14 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
     );
     let _ = writeln!(
         out,
-        "# HELP ketenpost_broker_alerts_sent_total FG alerts sent (alerts are not built yet)."
+        "# HELP ketenpost_broker_alerts_sent_total FG alerts accepted by their webhooks."
     );
     let _ = writeln!(out, "# TYPE ketenpost_broker_alerts_sent_total counter");
-    let _ = writeln!(out, "ketenpost_broker_alerts_sent_total 0");
+    let _ = writeln!(
+        out,
+        "ketenpost_broker_alerts_sent_total {}",
+        counters.alerts_sent.load(Ordering::Relaxed)
+    );
     let _ = writeln!(
         out,
         "# HELP ketenpost_broker_up 1 while the broker serves; 0 once its store is poisoned."

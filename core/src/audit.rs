@@ -177,6 +177,8 @@ pub enum AuditEvent {
     DocumentsChanged,
     /// An operator took an online backup of the broker's data.
     BackupTaken,
+    /// An FG alert was accepted by its receiver (reason: the event alerted about).
+    AlertSent,
     /// The broker started.
     BrokerStarted,
     /// The broker stopped.
@@ -210,6 +212,7 @@ impl AuditEvent {
             AuditEvent::Checkpoint => "checkpoint",
             AuditEvent::DocumentsChanged => "documents_changed",
             AuditEvent::BackupTaken => "backup_taken",
+            AuditEvent::AlertSent => "alert_sent",
             AuditEvent::BrokerStarted => "broker_started",
             AuditEvent::BrokerStopped => "broker_stopped",
         }

@@ -26,6 +26,8 @@ pub enum Context {
     Control(crate::kind::Kind),
     /// An audit checkpoint, signed by the broker.
     Checkpoint,
+    /// An FG alert the broker sends to a webhook.
+    Alert,
 }
 
 impl Context {
@@ -36,6 +38,7 @@ impl Context {
             Context::Policy => "policy",
             Context::Control(_) => "control",
             Context::Checkpoint => "checkpoint",
+            Context::Alert => "alert",
         }
     }
 }

@@ -74,6 +74,10 @@ enum Command {
         /// With --federation: an extra CRL (PEM or DER), e.g. an external CA's; repeatable.
         #[arg(long, value_name = "FILE")]
         crl: Vec<PathBuf>,
+        /// Send FG alerts to a webhook: `federation=URL` (every alert) or `OIN=URL` (alerts
+        /// about that party); repeatable, added to `[[alerts.webhook]]`.
+        #[arg(long, value_name = "FOR=URL")]
+        alert_webhook: Vec<String>,
         /// Where SIGUSR1 writes an online backup (a new folder per backup, named by the
         /// time; overrides `[backup] dir`).
         #[arg(long, value_name = "DIR")]
@@ -233,6 +237,7 @@ fn main() -> ExitCode {
             partner_ca,
             crl,
             backup_dir,
+            alert_webhook,
             metrics,
             tcp,
         } => {
@@ -279,6 +284,23 @@ fn main() -> ExitCode {
             }
             if tcp.is_some() {
                 config.tcp.listen = tcp;
+            }
+            for hook in alert_webhook {
+                let Some((for_, url)) = hook.split_once('=') else {
+                    eprintln!("ketenpost-broker: --alert-webhook wants FOR=URL, got '{hook}'");
+                    return ExitCode::from(EXIT_CONFIG);
+                };
+                config
+                    .alerts
+                    .webhook
+                    .push(ketenpost_broker::config::WebhookConfig {
+                        for_: for_.to_owned(),
+                        url: url.to_owned(),
+                    });
+            }
+            if let Err(e) = config.check() {
+                eprintln!("ketenpost-broker: {e}");
+                return ExitCode::from(EXIT_CONFIG);
             }
             serve(config)
         }

@@ -49,6 +49,7 @@ use ketenpost_transport::tls;
 
 pub use ketenpost_schemas::control::BROKER_SIGNER;
 
+mod alerting;
 mod exchange;
 mod fg;
 pub mod limits;
@@ -370,6 +371,8 @@ impl Broker {
         if let Ok(mut e) = shared.endpoint.lock() {
             *e = Some(endpoint.clone());
         }
+        alerting::init_cursor(&shared)?;
+        tokio::spawn(alerting::run(shared.clone(), rx.clone()));
         let task = tokio::spawn(serve(endpoint, tcp, shared.clone(), rx));
         Ok(Broker {
             addr,

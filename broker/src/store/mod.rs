@@ -48,6 +48,7 @@ use ketenpost_core::checks::Authorised;
 use ketenpost_core::deadlines::AnswerClock;
 use ketenpost_core::message::{BodyAt, MessageMeta};
 
+pub mod alerts;
 mod backup;
 mod transition;
 pub use backup::{manifest, restore, BackupError, BackupManifest, BACKUP_MANIFEST};
@@ -167,6 +168,8 @@ pub struct Store {
     consents: sled::Tree,
     deletions: sled::Tree,
     deadlines: sled::Tree,
+    alerts: sled::Tree,
+    alerts_state: sled::Tree,
     committer: mpsc::UnboundedSender<CommitMsg>,
     committer_task: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     flushes: Arc<std::sync::atomic::AtomicU64>,
@@ -543,6 +546,8 @@ impl Store {
             consents: db.open_tree("consents")?,
             deletions: db.open_tree("deletions")?,
             deadlines: db.open_tree("deadlines")?,
+            alerts: db.open_tree("alerts")?,
+            alerts_state: db.open_tree("alerts_state")?,
             committer: tx,
             committer_task: committer_task.clone(),
             flushes: flushes.clone(),

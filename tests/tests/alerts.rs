@@ -1,0 +1,221 @@
+//! FG alerts reach their webhooks (real processes): a message sent on a non-consent ground
+//! is alerted once to the federation FG's webhook and once to the webhook of a party it
+//! involves, which fails at first and gets it after it recovers; each body is signed by
+//! the broker, and each accepted alert is in the audit trail.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ketenpost_broker::audit::AuditEvent;
+use ketenpost_schemas::envelope::LegalBasis;
+use ketenpost_schemas::keys::{self, Context};
+use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::policy::{NonConsentGround, Role};
+use ketenpost_schemas::protocol::{Request, Response};
+use ketenpost_schemas::seal::Draft;
+use ketenpost_schemas::testdata::TEST_POLICY;
+use ketenpost_tests::agents::AuditLog;
+use ketenpost_tests::{case_with_consent, BrokerProcess, Fed, REQUEST_TIMEOUT};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// What a webhook receiver got: alert id, signature header, body.
+type Got = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A webhook receiver on loopback that answers 503 to its first `fail_first` requests.
+async fn receiver(fail_first: usize) -> (String, Got, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got: Got = Arc::default();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (g, a) = (got.clone(), attempts.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (g, a) = (g.clone(), a.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                        .map(|v| v.trim().to_owned())
+                        .unwrap_or_default()
+                };
+                let len: usize = header("content-length").parse().unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = buf[head_end..head_end + len].to_vec();
+                // Header values keep their case: take them from the raw head.
+                let raw = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let raw_header = |name: &str| {
+                    raw.lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(": ")?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                        })
+                        .unwrap_or_default()
+                };
+                let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+                let answer: &[u8] = if n <= fail_first {
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    g.lock().unwrap().push((
+                        raw_header("x-ketenpost-alert-id"),
+                        raw_header("x-ketenpost-signature"),
+                        body,
+                    ));
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                };
+                let _ = s.write_all(answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (url, got, attempts)
+}
+
+async fn wait_for(got: &Got, n: usize) {
+    let until = std::time::Instant::now() + Duration::from_secs(40);
+    while got.lock().unwrap().len() < n && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_consent_use_is_alerted_once_per_webhook_and_a_failing_webhook_gets_it_later() {
+    let fed = Fed::new(TEST_POLICY, None).unwrap();
+    // Default roster: gemeente, woningcorporatie, zorgaanbieder.
+    let (gem, corp, zorg) = (
+        fed.keys(0).unwrap(),
+        fed.keys(1).unwrap(),
+        fed.keys(2).unwrap(),
+    );
+    let (federation_url, federation_got, _) = receiver(0).await;
+    let (corp_url, corp_got, corp_attempts) = receiver(2).await;
+    let data = fed.path("data");
+    let hooks = [
+        format!("federation={federation_url}"),
+        format!("{}={corp_url}", corp.oin),
+    ];
+    let broker = BrokerProcess::start_with(
+        &fed,
+        &data,
+        "127.0.0.1:0".parse().unwrap(),
+        &[
+            "--alert-webhook",
+            &hooks[0],
+            "--alert-webhook",
+            &hooks[1],
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+    .unwrap();
+    let (gc, zc) = (
+        gem.connect(broker.addr).await.unwrap(),
+        zorg.connect(broker.addr).await.unwrap(),
+    );
+    let (case, _) = case_with_consent(
+        "test",
+        "uitstroom",
+        (&gem, &gc, "gemeente"),
+        &[
+            (&zorg.oin, "zorgaanbieder"),
+            (&corp.oin, "woningcorporatie"),
+        ],
+        (&zorg, &zc),
+        &["gemeente"],
+    )
+    .await
+    .unwrap();
+    // An aanmelding on the acute-danger ground: no consent covers the corporation.
+    let mut draft = Draft::new(
+        "uitstroom",
+        Kind::Aanmelding,
+        case.clone(),
+        vec![
+            (gem.oin.clone(), Role::new("gemeente")),
+            (corp.oin.clone(), Role::new("woningcorporatie")),
+        ],
+        LegalBasis::NonConsent {
+            ground: NonConsentGround::AcuteDanger,
+            justification: "art-6-1-d".into(),
+        },
+        serde_json::to_value(ketenpost_schemas::payload::Aanmelding::example()).unwrap(),
+    );
+    draft.event_time = Some(chrono::Utc::now() - chrono::Duration::minutes(5));
+    let bytes = fed.seal(&zorg, draft).unwrap();
+    let answer = zc
+        .request(&Request::Submit(bytes), REQUEST_TIMEOUT)
+        .await
+        .unwrap();
+    let Response::Accepted { message_id, .. } = answer else {
+        panic!("the aanmelding was not accepted: {answer:?}")
+    };
+
+    wait_for(&federation_got, 1).await;
+    wait_for(&corp_got, 1).await;
+    // A moment more: a second delivery of the same alert would show now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let broker_key = fed.directory.broker_key().unwrap();
+    for (who, got) in [("federation", &federation_got), ("corporation", &corp_got)] {
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 1, "the {who} webhook got {} alerts", got.len());
+        let (id, sig, body) = &got[0];
+        let alert: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(alert["event"], "non_consent_use", "{alert}");
+        assert_eq!(alert["reason"], "acute_danger", "{alert}");
+        assert_eq!(alert["message_id"], message_id.to_string(), "{alert}");
+        assert_eq!(&alert["id"], id.as_str(), "{alert}");
+        let names: Vec<&str> = alert["parties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.is_empty()), "{alert}");
+        let sig = keys::signature_from_text(sig).unwrap();
+        keys::verify(&broker_key, Context::Alert, body, &sig, "alert")
+            .expect("the alert is signed by the broker");
+    }
+    assert!(
+        corp_attempts.load(Ordering::SeqCst) >= 3,
+        "the failing webhook was not retried"
+    );
+    gc.close().await;
+    zc.close().await;
+    broker.terminate().unwrap();
+
+    let log = AuditLog::read(&fed, &data).unwrap();
+    let sent = log.of(AuditEvent::AlertSent);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent
+        .iter()
+        .all(|r| r.reason.as_deref() == Some("non_consent_use")
+            && r.message_id.as_deref() == Some(message_id.to_string().as_str())));
+    assert!(sent
+        .iter()
+        .any(|r| r.counterparties == vec![corp.oin.to_string()]));
+    assert!(log.verified.is_intact(), "{:?}", log.verified);
+}
