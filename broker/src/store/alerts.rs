@@ -18,6 +18,9 @@ use crate::audit::{AuditEntry, AuditTrail};
 
 const CURSOR: &[u8] = b"cursor";
 
+/// An alert as queued: its key ([`alert_key`]) and its JSON body.
+pub type QueuedAlert = (Vec<u8>, Vec<u8>);
+
 /// The key of an alert for receiver `receiver` about audit record `seq`.
 pub fn alert_key(receiver: u32, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(12);
@@ -50,11 +53,7 @@ impl Store {
     }
 
     /// Stage `alerts` (key, JSON) and move the cursor to `cursor`, in one transaction.
-    pub fn stage_alerts(
-        &self,
-        cursor: u64,
-        alerts: &[(Vec<u8>, Vec<u8>)],
-    ) -> Result<(), StoreError> {
+    pub fn stage_alerts(&self, cursor: u64, alerts: &[QueuedAlert]) -> Result<(), StoreError> {
         self.poison.check()?;
         (&self.alerts, &self.alerts_state)
             .transaction(|(queue, state)| {
@@ -68,7 +67,7 @@ impl Store {
     }
 
     /// Every alert waiting for its receiver, in key order (per receiver, oldest first).
-    pub fn pending_alerts(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn pending_alerts(&self) -> Result<Vec<QueuedAlert>, StoreError> {
         self.alerts
             .iter()
             .map(|item| {
