@@ -523,6 +523,97 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, FgError> {
     Ok(PolicyDuration::Workdays(0).deadline(noon_before, &Calendar::dutch()))
 }
 
+/// Table cells with organisations named: every OIN of the directory (a cell, or a word
+/// of a cell listing several) becomes "Name (OIN)".
+fn named(rows: Vec<Vec<String>>, directory: &Directory) -> Vec<Vec<String>> {
+    rows.into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|cell| {
+                    cell.split(' ')
+                        .map(|w| {
+                            let listed = w
+                                .parse::<Oin>()
+                                .is_ok_and(|oin| directory.party(&oin).is_some());
+                            if listed {
+                                report::label(directory, w)
+                            } else {
+                                w.to_owned()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// JSON rows with a `names` object beside each row: the directory name of every OIN the
+/// row mentions. The rows themselves keep their fields, so consumers stay compatible.
+fn with_names(value: serde_json::Value, directory: &Directory) -> serde_json::Value {
+    fn oins(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => {
+                out.extend(s.split(' ').map(str::to_owned));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| oins(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| oins(x, out)),
+            _ => {}
+        }
+    }
+    let serde_json::Value::Array(rows) = value else {
+        return value;
+    };
+    serde_json::Value::Array(
+        rows.into_iter()
+            .map(|mut row| {
+                let mut found = Vec::new();
+                oins(&row, &mut found);
+                let names: serde_json::Map<String, serde_json::Value> = found
+                    .into_iter()
+                    .filter_map(|w| {
+                        let p = directory.party(&w.parse::<Oin>().ok()?)?;
+                        Some((w, serde_json::Value::String(p.name.clone())))
+                    })
+                    .collect();
+                if let serde_json::Value::Object(o) = &mut row {
+                    o.insert("names".into(), serde_json::Value::Object(names));
+                }
+                row
+            })
+            .collect(),
+    )
+}
+
+/// For a text report: each purpose the records are about, with its processing activity,
+/// legal basis and case retention from the policy.
+fn purposes_preamble(records: &[AuditRecord], policy: &Policy) -> String {
+    let mut seen = std::collections::BTreeSet::new();
+    for r in records {
+        if let Some(p) = &r.purpose {
+            seen.insert(p.as_str());
+        }
+    }
+    let mut out = String::new();
+    for id in seen {
+        if let Some(p) = policy
+            .purposes
+            .values()
+            .find(|p| p.id == id || p.processing_activity == id)
+        {
+            out.push_str(&format!(
+                "purpose {} ({}): processing activity {}, legal basis {}, case retention {}\n",
+                p.id, p.name, p.processing_activity, p.legal_basis, p.case_retention
+            ));
+        }
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
 /// Write a report of `records` (already scoped) in `format`.
 pub fn render(
     kind: ReportKind,
@@ -589,23 +680,30 @@ pub fn render(
             "jsonl is the export format of `audit records`; use json, csv or text here".into(),
         ));
     }
+    let directory = cx.directory;
     macro_rules! out {
         ($rows:expr, $cells:path) => {{
             let rows = $rows;
             match format {
-                Format::Json => serde_json::to_string_pretty(&rows)
-                    .map(|mut s| {
-                        s.push('\n');
-                        s
-                    })
-                    .map_err(|e| FgError::Usage(e.to_string())),
+                Format::Json => {
+                    let value =
+                        serde_json::to_value(&rows).map_err(|e| FgError::Usage(e.to_string()))?;
+                    serde_json::to_string_pretty(&with_names(value, directory))
+                        .map(|mut s| {
+                            s.push('\n');
+                            s
+                        })
+                        .map_err(|e| FgError::Usage(e.to_string()))
+                }
                 Format::Csv => {
                     let (h, r) = $cells(&rows);
-                    Ok(report::csv_table(&h, &r))
+                    Ok(report::csv_table(&h, &named(r, directory)))
                 }
                 _ => {
                     let (h, r) = $cells(&rows);
-                    Ok(report::text_table(&h, &r))
+                    let mut text = purposes_preamble(records, policy);
+                    text.push_str(&report::text_table(&h, &named(r, directory)));
+                    Ok(text)
                 }
             }
         }};

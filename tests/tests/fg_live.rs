@@ -113,6 +113,42 @@ async fn fgs_read_a_running_broker_each_within_their_scope_and_every_read_is_rec
         ]);
         assert!(ok && !text.is_empty(), "{report}: {text}");
     }
+    // Organisations by name, and the purpose's legal basis and retention.
+    let (ok, text) = audit(&[
+        "flows",
+        "--broker",
+        &addr,
+        "--federation",
+        &f,
+        "--federation-fg",
+    ]);
+    assert!(ok, "{text}");
+    let corp_name = &fed.files.parties[1].name;
+    assert!(
+        text.contains(&format!("{corp_name} ({})", corp.oin)),
+        "no organisation names in:\n{text}"
+    );
+    assert!(
+        text.contains("legal basis") && text.contains("case retention"),
+        "{text}"
+    );
+    let (ok, json) = audit(&[
+        "flows",
+        "--broker",
+        &addr,
+        "--federation",
+        &f,
+        "--federation-fg",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{json}");
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        rows[0]["names"][corp.oin.as_str()],
+        serde_json::json!(corp_name),
+        "{rows}"
+    );
 
     // A party's own (agent) certificate gets no report.
     let refused = cc
