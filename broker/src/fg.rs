@@ -523,32 +523,6 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, FgError> {
     Ok(PolicyDuration::Workdays(0).deadline(noon_before, &Calendar::dutch()))
 }
 
-/// Table cells with organisations named: every OIN of the directory (a cell, or a word
-/// of a cell listing several) becomes "Name (OIN)".
-fn named(rows: Vec<Vec<String>>, directory: &Directory) -> Vec<Vec<String>> {
-    rows.into_iter()
-        .map(|row| {
-            row.into_iter()
-                .map(|cell| {
-                    cell.split(' ')
-                        .map(|w| {
-                            let listed = w
-                                .parse::<Oin>()
-                                .is_ok_and(|oin| directory.party(&oin).is_some());
-                            if listed {
-                                report::label(directory, w)
-                            } else {
-                                w.to_owned()
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// JSON rows with a `names` object beside each row: the directory name of every OIN the
 /// row mentions. The rows themselves keep their fields, so consumers stay compatible.
 fn with_names(value: serde_json::Value, directory: &Directory) -> serde_json::Value {
@@ -697,12 +671,12 @@ pub fn render(
                 }
                 Format::Csv => {
                     let (h, r) = $cells(&rows);
-                    Ok(report::csv_table(&h, &named(r, directory)))
+                    Ok(report::csv_table(&h, &report::named_cells(r, directory)))
                 }
                 _ => {
                     let (h, r) = $cells(&rows);
                     let mut text = purposes_preamble(records, policy);
-                    text.push_str(&report::text_table(&h, &named(r, directory)));
+                    text.push_str(&report::text_table(&h, &report::named_cells(r, directory)));
                     Ok(text)
                 }
             }

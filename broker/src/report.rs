@@ -157,6 +157,116 @@ fn reason_code(r: &AuditRecord) -> String {
         .unwrap_or_else(|| "-".to_owned())
 }
 
+/// Table cells with organisations named: every OIN of the directory (a cell, or a word
+/// of a cell listing several) becomes "Name (OIN)".
+pub fn named_cells(rows: Vec<Vec<String>>, directory: &Directory) -> Vec<Vec<String>> {
+    rows.into_iter()
+        .map(|row| {
+            row.into_iter()
+                .map(|cell| {
+                    cell.split(' ')
+                        .map(|w| {
+                            let listed = w
+                                .parse::<Oin>()
+                                .is_ok_and(|oin| directory.party(&oin).is_some());
+                            if listed {
+                                label(directory, w)
+                            } else {
+                                w.to_owned()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A party's name shortened for a picture or a column head: at most `max` characters.
+fn short(name: &str, max: usize) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() <= max {
+        return name.to_owned();
+    }
+    // Keep the start and the end: names in one region often differ only at the end
+    // ("... Noord", "... Zuid").
+    let tail = max / 3;
+    let head = max.saturating_sub(tail + 1);
+    let mut s: String = chars[..head].iter().collect();
+    s.push('…');
+    s.extend(&chars[chars.len() - tail..]);
+    s
+}
+
+/// The number each party has in the picture and the matrix: its place among the parties
+/// that appear, in OIN order, from 1.
+fn numbers<'a>(parties: impl IntoIterator<Item = &'a str>) -> BTreeMap<&'a str, usize> {
+    parties
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (p, i + 1))
+        .collect()
+}
+
+/// The directory name of `oin`, or "unknown party".
+fn name_of(directory: &Directory, oin: &str) -> String {
+    directory
+        .parties
+        .iter()
+        .find(|d| d.oin.as_str() == oin)
+        .map(|d| d.name.clone())
+        .unwrap_or_else(|| "unknown party".to_owned())
+}
+
+/// The sender × recipient matrix of accepted messages (refused in brackets), the picture's
+/// companion that stays legible for any number of parties.
+pub fn flow_matrix(rows: &[FlowRow], directory: &Directory) -> String {
+    let edges = edges(rows);
+    let senders: BTreeSet<&str> = edges.iter().map(|e| e.from.as_str()).collect();
+    let recipients: BTreeSet<&str> = edges.iter().map(|e| e.to.as_str()).collect();
+    let number = numbers(edges.iter().flat_map(|e| [e.from.as_str(), e.to.as_str()]));
+    let mut out =
+        String::from("<table id=\"flow-matrix\" class=\"matrix\"><thead><tr><th>from \\ to</th>");
+    for r in &recipients {
+        let _ = write!(
+            out,
+            "<th title=\"{}\">{}</th>",
+            escape(&label(directory, r)),
+            number.get(r).copied().unwrap_or(0)
+        );
+    }
+    out.push_str("</tr></thead><tbody>");
+    for s in &senders {
+        let _ = write!(
+            out,
+            "<tr><th class=\"name\" title=\"{}\">{} {}</th>",
+            escape(&label(directory, s)),
+            number.get(s).copied().unwrap_or(0),
+            escape(&short(&name_of(directory, s), 40))
+        );
+        for r in &recipients {
+            match edges.iter().find(|e| e.from == *s && e.to == *r) {
+                Some(e) => {
+                    let accepted: u64 = e.kinds.values().sum();
+                    let refused = if e.refused > 0 {
+                        format!(" <span class=\"refused\">({})</span>", e.refused)
+                    } else {
+                        String::new()
+                    };
+                    let _ = write!(out, "<td>{accepted}{refused}</td>");
+                }
+                None => out.push_str("<td class=\"zero\">·</td>"),
+            }
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
 /// "Name (OIN)" from the directory, or the OIN alone.
 pub fn label(directory: &Directory, oin: &str) -> String {
     match directory.parties.iter().find(|p| p.oin.as_str() == oin) {
@@ -936,10 +1046,17 @@ pub fn flow_graph_svg(rows: &[FlowRow], directory: &Directory) -> String {
             (*p, (cx + radius * a.cos(), cy + radius * a.sin()))
         })
         .collect();
+    // Beyond six parties the labels on the arrows would overlap: the counts are then in
+    // each arrow's tooltip and in the matrix beside the picture.
+    let labelled = n <= 6;
     let mut svg = String::new();
+    // Room left and right of the circle for the names of the outermost parties.
+    let pad = 150.0;
     let _ = write!(
         svg,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" id="flow-graph" viewBox="0 0 {s} {s}" width="{s}" height="{s}" role="img" aria-label="Flows between parties">"##,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" id="flow-graph" viewBox="{x0} 0 {w} {s}" width="{w}" height="{s}" role="img" aria-label="Flows between parties">"##,
+        x0 = -pad,
+        w = SVG_SIZE + 2.0 * pad,
         s = SVG_SIZE
     );
     svg.push_str(
@@ -986,18 +1103,30 @@ pub fn flow_graph_svg(rows: &[FlowRow], directory: &Directory) -> String {
         // outside it, on the side of its own direction.
         let off = bend * 0.5 + 12.0;
         let (lx, ly) = ((sx + ex) / 2.0 - uy * off, (sy + ey) / 2.0 + ux * off + 4.0);
+        let text = if labelled {
+            format!(
+                r##"<text x="{lx:.1}" y="{ly:.1}" text-anchor="middle" font-size="11" fill="#222" stroke="#fff" stroke-width="3" paint-order="stroke">{}</text>"##,
+                escape(&label)
+            )
+        } else {
+            String::new()
+        };
         let _ = write!(
             svg,
-            r##"<g class="{class}" data-from="{from}" data-to="{to}" data-kinds="{kinds}" data-refused="{refused}" data-late="{late}"><path d="M {sx:.1} {sy:.1} Q {mx:.1} {my:.1} {ex:.1} {ey:.1}" fill="none" stroke="{stroke}" stroke-width="{w:.1}"{dash} marker-end="url(#{marker})"/><text x="{lx:.1}" y="{ly:.1}" text-anchor="middle" font-size="11" fill="#222" stroke="#fff" stroke-width="3" paint-order="stroke">{label}</text>"##,
+            r##"<g class="{class}" data-from="{from}" data-to="{to}" data-kinds="{kinds}" data-refused="{refused}" data-late="{late}"><title>{title}</title><path d="M {sx:.1} {sy:.1} Q {mx:.1} {my:.1} {ex:.1} {ey:.1}" fill="none" stroke="{stroke}" stroke-width="{w:.1}"{dash} marker-end="url(#{marker})"/>{text}"##,
             from = escape(&e.from),
             to = escape(&e.to),
             kinds = escape(&kinds.join(";")),
             refused = e.refused,
             late = e.late,
+            title = escape(&format!(
+                "{} to {}: {label}",
+                name_of(directory, &e.from),
+                name_of(directory, &e.to)
+            )),
             w = 1.5 + (e.kinds.values().sum::<u64>() as f64).ln_1p(),
-            label = escape(&label),
         );
-        if e.late > 0 {
+        if e.late > 0 && labelled {
             let _ = write!(
                 svg,
                 r##"<text class="late-mark" x="{lx:.1}" y="{:.1}" text-anchor="middle" font-size="11" font-weight="bold" fill="#d35400" stroke="#fff" stroke-width="3" paint-order="stroke">late {}</text>"##,
@@ -1007,21 +1136,36 @@ pub fn flow_graph_svg(rows: &[FlowRow], directory: &Directory) -> String {
         }
         svg.push_str("</g>");
     }
+    let number = numbers(parties.iter().copied());
     for (p, (x, y)) in &pos {
-        let name = directory
-            .parties
-            .iter()
-            .find(|d| d.oin.as_str() == *p)
-            .map(|d| d.name.clone())
-            .unwrap_or_else(|| "unknown party".to_owned());
+        let name = name_of(directory, p);
+        // Names outside the circle of nodes, away from the arrows inside it; on the left
+        // and right they run outward from the node, so they never cross the picture's edge.
+        // With many parties every name runs outward, so neighbours at the top and bottom
+        // do not write over each other.
+        let (anchor, tx, ny, oy) = if labelled && (*x - cx).abs() < radius * 0.5 {
+            let (ny, oy) = if *y < cy {
+                (y - 51.0, y - 38.0)
+            } else {
+                (y + 46.0, y + 59.0)
+            };
+            ("middle", *x, ny, oy)
+        } else {
+            let (dx, dy) = (x - cx, y - cy);
+            let len = (dx * dx + dy * dy).sqrt().max(1.0);
+            let (ux, uy) = (dx / len, dy / len);
+            let (tx, ty) = (x + ux * 36.0, y + uy * 36.0);
+            let anchor = if *x < cx { "end" } else { "start" };
+            (anchor, tx, ty - 2.0, ty + 11.0)
+        };
         let _ = write!(
             svg,
-            r##"<g class="node" data-oin="{oin}"><circle cx="{x:.1}" cy="{y:.1}" r="30" fill="#eaf2f8" stroke="#2e86c1" stroke-width="2"/><text x="{x:.1}" y="{ny:.1}" text-anchor="middle" font-size="12" font-weight="bold">{name}</text><text x="{x:.1}" y="{oy:.1}" text-anchor="middle" font-size="10" fill="#555">{oin}</text></g>"##,
+            r##"<g class="node" data-oin="{oin}"><title>{full}</title><circle cx="{x:.1}" cy="{y:.1}" r="30" fill="#eaf2f8" stroke="#2e86c1" stroke-width="2"/><text x="{x:.1}" y="{ty:.1}" text-anchor="middle" font-size="16" font-weight="bold" fill="#1b4f72">{n}</text><text x="{tx:.1}" y="{ny:.1}" text-anchor="{anchor}" font-size="12" font-weight="bold">{name}</text><text x="{tx:.1}" y="{oy:.1}" text-anchor="{anchor}" font-size="10" fill="#555">{oin}</text></g>"##,
             oin = escape(p),
-            // Labels outside the circle of nodes, away from the arrows inside it.
-            ny = if *y < cy { y - 51.0 } else { y + 46.0 },
-            oy = if *y < cy { y - 38.0 } else { y + 59.0 },
-            name = escape(&name),
+            full = escape(&label(directory, p)),
+            n = number.get(p).copied().unwrap_or(0),
+            ty = y + 6.0,
+            name = escape(&short(&name, 30)),
         );
     }
     svg.push_str("</svg>");
@@ -1048,7 +1192,25 @@ pub struct HtmlReport<'a> {
     pub head: (u64, String),
 }
 
-fn table(out: &mut String, id: &str, title: &str, header: &[&str], rows: &[Vec<String>]) {
+/// [`table_raw`] with organisations named in the cells.
+fn table(
+    out: &mut String,
+    directory: &Directory,
+    id: &str,
+    title: &str,
+    header: &[&str],
+    rows: &[Vec<String>],
+) {
+    table_raw(
+        out,
+        id,
+        title,
+        header,
+        &named_cells(rows.to_vec(), directory),
+    );
+}
+
+fn table_raw(out: &mut String, id: &str, title: &str, header: &[&str], rows: &[Vec<String>]) {
     let _ = write!(out, "<section id=\"{id}\"><h2>{}</h2>", escape(title));
     if rows.is_empty() {
         out.push_str("<p class=\"none\">None in this selection.</p></section>");
@@ -1376,11 +1538,14 @@ fn filter_text(f: &Filter) -> String {
     parts.join(", ")
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}\
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ccc}\
-table{border-collapse:collapse;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}\
+table{border-collapse:collapse;font-size:.8em;width:100%}th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:break-word}thead th{white-space:nowrap}\
 th{background:#f4f6f7}p.none{color:#777}.legend span{margin-right:2em}\
-dl{display:grid;grid-template-columns:max-content auto;gap:2px 1em}dt{font-weight:bold}";
+table.matrix{width:auto}table.matrix td,table.matrix thead th{text-align:center;min-width:1.8em}table.matrix th.name{white-space:nowrap}table.matrix td.zero{color:#bbb}span.refused{color:#c0392b}\
+#flow-graph{max-width:100%;height:auto}\
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 1em}dt{font-weight:bold}\
+@page{size:A4;margin:12mm}@media print{body{margin:0;max-width:none}h2{break-after:avoid}tr{break-inside:avoid}#flow-graph{max-height:170mm}}";
 
 /// The self-contained HTML report: scope, the flow graph, and every report as a table
 /// (the access report too when the filter names a case). No scripts, no external files.
@@ -1414,45 +1579,94 @@ pub fn html(report: &HtmlReport<'_>) -> String {
          <span style=\"color:#d35400\">orange: late messages</span></p>",
     );
     out.push_str(&flow_graph_svg(&flow_rows, report.directory));
+    out.push_str("<h2>Messages from sender to recipient</h2><p class=\"legend\"><span>accepted messages; refused in brackets; parties by their number in the picture</span></p>");
+    out.push_str(&flow_matrix(&flow_rows, report.directory));
     out.push_str("</section>");
-    let parties: Vec<Vec<String>> = edges(&flow_rows)
+    let flow_edges = edges(&flow_rows);
+    let number = numbers(
+        flow_edges
+            .iter()
+            .flat_map(|e| [e.from.as_str(), e.to.as_str()]),
+    );
+    let parties: Vec<Vec<String>> = number
         .iter()
-        .flat_map(|e| [e.from.clone(), e.to.clone()])
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .map(|o| vec![o.clone(), label(report.directory, &o)])
+        .map(|(o, n)| vec![n.to_string(), (*o).to_owned(), name_of(report.directory, o)])
         .collect();
-    table(&mut out, "parties", "Parties", &["oin", "party"], &parties);
+    table_raw(
+        &mut out,
+        "parties",
+        "Parties (numbered as in the picture)",
+        &["#", "oin", "party"],
+        &parties,
+    );
     let (h, r) = rows::flows(&flow_rows);
-    table(&mut out, "flows", "Flows per purpose and kind", &h, &r);
+    table(
+        &mut out,
+        report.directory,
+        "flows",
+        "Flows per purpose and kind",
+        &h,
+        &r,
+    );
     let (h, r) = rows::refusals(&refusals(recs));
-    table(&mut out, "refusals", "Refusals by reason", &h, &r);
+    table(
+        &mut out,
+        report.directory,
+        "refusals",
+        "Refusals by reason",
+        &h,
+        &r,
+    );
     let (h, r) = rows::grounds(&grounds(recs));
     table(
         &mut out,
+        report.directory,
         "grounds",
         "Non-consent grounds used (review each)",
         &h,
         &r,
     );
     let (h, r) = rows::deadlines(&deadlines(recs));
-    table(&mut out, "deadlines", "Late and overdue deadlines", &h, &r);
+    table(
+        &mut out,
+        report.directory,
+        "deadlines",
+        "Late and overdue deadlines",
+        &h,
+        &r,
+    );
     let (h, r) = rows::breaches(&breaches(recs));
-    table(&mut out, "breaches", "Breach notices", &h, &r);
+    table(
+        &mut out,
+        report.directory,
+        "breaches",
+        "Breach notices",
+        &h,
+        &r,
+    );
     let (h, r) = rows::consents(&consents(recs));
     table(
         &mut out,
+        report.directory,
         "consents",
         "Consents granted and withdrawn",
         &h,
         &r,
     );
     let (h, r) = rows::deletions(&deletions(recs));
-    table(&mut out, "deletions", "Deletion orders", &h, &r);
+    table(
+        &mut out,
+        report.directory,
+        "deletions",
+        "Deletion orders",
+        &h,
+        &r,
+    );
     if let Some(case) = &report.filter.case_ref {
         let (h, r) = rows::access(&access(recs, case, report.policy));
         table(
             &mut out,
+            report.directory,
             "access",
             &format!("Access report for case {case}"),
             &h,

@@ -864,15 +864,7 @@ fn assert_balanced(xml: &str) {
 /// Open the report in headless Chromium when it is installed (CI installs it) and check
 /// that the rendered DOM has the graph. Skipped, with a note, when it is not.
 fn open_in_chromium(path: &Path) {
-    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
+    let Some(browser) = chromium() else {
         eprintln!("note: chromium is not installed; the HTML report was checked structurally only");
         return;
     };
@@ -904,4 +896,151 @@ fn open_in_chromium(path: &Path) {
         dom.contains("class=\"edge"),
         "no edges in the rendered graph"
     );
+}
+
+/// The HTML report of a covenant with fifteen parties: every party drawn with its name
+/// inside the picture, no overlapping arrow labels (the counts move to the tooltips and
+/// the sender × recipient matrix), names in the tables; rendered by headless Chromium at
+/// 1,400 px wide and printed to an A4 PDF.
+#[test]
+fn the_html_report_stays_legible_for_fifteen_parties_and_prints_on_a4() {
+    use ketenpost_broker::audit::{AuditEntry, AuditEvent, ChainHead};
+    use ketenpost_broker::report::{self, Filter, HtmlReport, Viewer};
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.toml"), TEST_POLICY).unwrap();
+    let mut roster = String::new();
+    let roles = ["gemeente", "woningcorporatie", "zorgaanbieder"];
+    for i in 0..15 {
+        roster.push_str(&format!(
+            "[[party]]\nname = \"Stichting Regionale Samenwerking Noord {i:02}\"\noin = \"000000090000000001{i:02}\"\nroles = [\"{}\"]\n\n",
+            roles[i % 3]
+        ));
+    }
+    std::fs::write(dir.path().join("roster.toml"), roster).unwrap();
+    let mut opts = InitOptions::new(dir.path().join("policy.toml"), dir.path().join("fed"));
+    opts.roster = Some(dir.path().join("roster.toml"));
+    let fed = ketenpost_certs::init(&opts).unwrap();
+    let policy = fed.load_policy().unwrap();
+    let directory = fed.load_directory(&policy).unwrap();
+
+    // Every party sends to the next three; every fifth flow is also refused once.
+    let now = Utc::now();
+    let mut head = ChainHead::genesis();
+    let mut records = Vec::new();
+    let oins: Vec<String> = directory
+        .parties
+        .iter()
+        .map(|p| p.oin.to_string())
+        .collect();
+    for (i, from) in oins.iter().enumerate() {
+        for step in 1..=3 {
+            let to = &oins[(i + step) % oins.len()];
+            let mut entries = vec![AuditEntry::ok(AuditEvent::Accepted)];
+            if (i + step) % 5 == 0 {
+                entries.push(AuditEntry::refused(AuditEvent::Rejected, "no_consent"));
+            }
+            for e in entries {
+                let e = e
+                    .actor(from)
+                    .counterparties([to])
+                    .kind("signaal")
+                    .purpose("uitstroom")
+                    .message_id(MessageId::new());
+                let r = head.next(e, now).unwrap();
+                head.advance(&r);
+                records.push(r);
+            }
+        }
+    }
+    let last = records.last().unwrap().clone();
+    let html = report::html(&HtmlReport {
+        viewer: &Viewer::Federation,
+        filter: &Filter::default(),
+        records: &records,
+        policy: &policy,
+        directory: &directory,
+        generated_at: now,
+        head: (last.seq, last.hash.clone()),
+    });
+    assert_eq!(
+        html.matches("class=\"node\"").count(),
+        15,
+        "every party is drawn"
+    );
+    assert!(
+        !html.contains("text-anchor=\"middle\" font-size=\"11\""),
+        "arrow labels are drawn for fifteen parties; they overlap"
+    );
+    assert!(
+        html.contains("id=\"flow-matrix\""),
+        "no sender × recipient matrix"
+    );
+    assert!(
+        html.contains("Stichting Regionale Samenwerking Noord 07 (00000009000000000107)"),
+        "the tables name the organisations"
+    );
+    assert!(html.contains("@page{size:A4"), "no A4 print style");
+    let path = dir.path().join("report.html");
+    std::fs::write(&path, &html).unwrap();
+    let svg = &html[html.find("<svg").unwrap()..html.find("</svg>").unwrap() + 6];
+    assert_balanced(svg);
+    open_in_chromium(&path);
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("report.png");
+    let pdf = dir.path().join("report.pdf");
+    for arg in [
+        format!("--screenshot={}", shot.display()),
+        format!("--print-to-pdf={}", pdf.display()),
+    ] {
+        let out = std::process::Command::new(&browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--window-size=1400,2400",
+                "--no-pdf-header-footer",
+                &format!("--user-data-dir={}", profile.path().display()),
+                &arg,
+                &format!("file://{}", path.display()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // KETENPOST_KEEP_REPORT=DIR keeps the screenshot and the PDF for a person to look at.
+    if let Some(keep) = std::env::var_os("KETENPOST_KEEP_REPORT") {
+        let keep = PathBuf::from(keep);
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(&shot, keep.join("report.png")).unwrap();
+        std::fs::copy(&pdf, keep.join("report.pdf")).unwrap();
+    }
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "the screenshot is missing or blank ({} bytes)",
+        png.len()
+    );
+    let pdf = std::fs::read(&pdf).unwrap();
+    assert!(pdf.starts_with(b"%PDF"), "no PDF printed");
+}
+
+/// The Chromium binary, when installed.
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
 }
