@@ -996,7 +996,7 @@ fn the_html_report_stays_legible_for_fifteen_parties_and_prints_on_a4() {
         format!("--screenshot={}", shot.display()),
         format!("--print-to-pdf={}", pdf.display()),
     ] {
-        let out = std::process::Command::new(&browser)
+        let out = std::process::Command::new(browser)
             .args([
                 "--headless",
                 "--no-sandbox",
