@@ -26,6 +26,7 @@ pub mod documents;
 pub mod failpoint;
 pub mod fg;
 pub mod metrics;
+pub mod rehearsal;
 pub mod report;
 pub mod server;
 pub mod spool;

@@ -152,6 +152,43 @@ async fn a_backup_under_load_restores_to_a_broker_that_verifies_and_delivers_wha
     );
     assert!(ok, "audit verify of the restored data: {said}");
 
+    // A drill on the backup: eight days on, the undelivered signals have expired (their
+    // TTL is 7 days) and their answers are overdue. The backup itself is not changed.
+    let manifest_before = std::fs::read(dest.join("BACKUP.json")).unwrap();
+    let at = (chrono::Utc::now() + chrono::Duration::days(8)).to_rfc3339();
+    let (ok, said) = run(
+        "ketenpost-broker",
+        &[
+            "rehearse",
+            "--backup",
+            &dest.to_string_lossy(),
+            "--federation",
+            &fed.files.dir.to_string_lossy(),
+            "--at",
+            &at,
+            "--format",
+            "json",
+        ],
+    );
+    assert!(ok, "rehearse: {said}");
+    // stdout (the JSON) comes first in `said`, the drill broker's log after it.
+    let drill: serde_json::Value = serde_json::Deserializer::from_str(&said)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let expired = drill["counts"]["expired"].as_u64().unwrap_or(0);
+    assert!(
+        expired >= before.len() as u64,
+        "the drill expired {expired} of {} messages: {}",
+        before.len(),
+        drill["counts"]
+    );
+    assert_eq!(
+        std::fs::read(dest.join("BACKUP.json")).unwrap(),
+        manifest_before
+    );
+
     let broker = BrokerProcess::start(&fed, &restored, "127.0.0.1:0".parse().unwrap()).unwrap();
     let zc = zorg.connect(broker.addr).await.unwrap();
     let seen = drain(&fed, &zorg, &zc).await.unwrap();

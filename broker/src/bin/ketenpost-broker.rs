@@ -91,6 +91,26 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         tcp: Option<SocketAddr>,
     },
+    /// Rehearse deadlines and retention: run the broker's sweep at a later time on a
+    /// scratch copy of an online backup, and print what it would do (expiries, deadline
+    /// notices, deletion orders). The backup is not changed; nothing is sent.
+    Rehearse {
+        /// The backup folder (holds BACKUP.json).
+        #[arg(long, value_name = "DIR")]
+        backup: PathBuf,
+        /// The broker's configuration (for the federation files).
+        #[arg(long, conflicts_with = "federation")]
+        config: Option<PathBuf>,
+        /// A dev federation made by `ketenpost-certs init`, instead of --config.
+        #[arg(long)]
+        federation: Option<PathBuf>,
+        /// When the drill stands: RFC 3339, or a date (00:00 Amsterdam time).
+        #[arg(long)]
+        at: String,
+        /// text (default) or json.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
     /// Restore an online backup (made on SIGUSR1) into a new, empty data directory; then
     /// start the broker on it. Check it first with `audit verify`.
     Restore {
@@ -304,6 +324,13 @@ fn main() -> ExitCode {
             }
             serve(config)
         }
+        Command::Rehearse {
+            backup,
+            config,
+            federation,
+            at,
+            format,
+        } => rehearse(&backup, config, federation, &at, &format),
         Command::Restore { from, data } => match ketenpost_broker::store::restore(&from, &data) {
             Ok(m) => {
                 println!(
@@ -491,6 +518,107 @@ fn live_report(addr: SocketAddr, a: &FgArgs, query: &FgQuery) -> Result<String, 
             ))),
         }
     })
+}
+
+fn rehearse(
+    backup: &std::path::Path,
+    config: Option<PathBuf>,
+    federation: Option<PathBuf>,
+    at: &str,
+    format: &str,
+) -> ExitCode {
+    let fail = |code: u8, e: &dyn std::fmt::Display| {
+        eprintln!("ketenpost-broker: {e}");
+        ExitCode::from(code)
+    };
+    let at = match ketenpost_broker::fg::parse_time(at) {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_CONFIG, &e),
+    };
+    if !matches!(format, "text" | "json") {
+        return fail(
+            EXIT_CONFIG,
+            &format!("unknown format '{format}': text or json"),
+        );
+    }
+    let config = match (config, federation) {
+        (Some(path), _) => match BrokerConfig::load(&path) {
+            Ok(c) => c,
+            Err(e) => return fail(EXIT_CONFIG, &e),
+        },
+        (None, Some(fed)) => match ketenpost_certs::Federation::load(&fed) {
+            Ok(f) => BrokerConfig::for_federation(
+                &f,
+                backup.to_owned(),
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+            ),
+            Err(e) => return fail(EXIT_CONFIG, &e),
+        },
+        (None, None) => {
+            return fail(
+                EXIT_CONFIG,
+                &"rehearse needs --config FILE or --federation DIR",
+            )
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(1, &e),
+    };
+    let drill = match runtime.block_on(ketenpost_broker::rehearsal::rehearse(config, backup, at)) {
+        Ok(d) => d,
+        Err(e) => return fail(1, &e),
+    };
+    if format == "json" {
+        let body = serde_json::json!({
+            "at": drill.at.to_rfc3339(),
+            "counts": drill.counts,
+            "records": drill.records,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "Rehearsal at {}: what the broker's sweep would do then.",
+        drill.at.to_rfc3339()
+    );
+    if drill.counts.is_empty() {
+        println!("Nothing: no message expires, no answer is overdue, no retention ends.");
+    }
+    for (event, n) in &drill.counts {
+        println!("  {event}: {n}");
+    }
+    let rows: Vec<Vec<String>> = drill
+        .records
+        .iter()
+        .map(|r| {
+            vec![
+                r.event.to_string(),
+                r.case_ref.clone().unwrap_or_else(|| "-".into()),
+                r.kind.clone().unwrap_or_else(|| "-".into()),
+                r.actor.clone().unwrap_or_else(|| "-".into()),
+                r.counterparties.join(" "),
+                r.reason.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        println!();
+        print!(
+            "{}",
+            ketenpost_broker::report::text_table(
+                &["event", "case_ref", "kind", "actor", "parties", "reason"],
+                &rows
+            )
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn serve(config: BrokerConfig) -> ExitCode {
