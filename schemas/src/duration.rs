@@ -98,9 +98,19 @@ fn add_local_months(from: DateTime<Utc>, months: u32) -> Option<DateTime<Utc>> {
 /// the year 9999 could not be written as an RFC 3339 date.
 pub const MAX_YEARS: u32 = 100;
 
-/// The unit words: (variant, singular English, plural English, singular Dutch, plural
-/// Dutch, the most of that unit in [`MAX_YEARS`]).
-const UNITS: [(fn(u32) -> PolicyDuration, &str, &str, &str, &str, u32); 6] = [
+/// One unit: (variant, singular English, plural English, singular Dutch, plural Dutch, the
+/// most of that unit in [`MAX_YEARS`]).
+type UnitWords = (
+    fn(u32) -> PolicyDuration,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    u32,
+);
+
+/// The unit words.
+const UNITS: [UnitWords; 6] = [
     (
         PolicyDuration::Hours,
         "hour",
