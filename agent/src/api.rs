@@ -172,6 +172,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/cases/{case_ref}/members", post(add_member))
         .route("/cases/{case_ref}/members/{oin}", delete(remove_member))
         .route("/cases/{case_ref}/close", post(close_case))
+        .route("/cases/{case_ref}/deletion-orders", post(order_deletion))
         .route("/consents", get(consents).post(grant_consent))
         .route("/consents/{id}/withdraw", post(withdraw_consent))
         .route("/deletion-orders", get(deletion_orders))
@@ -582,6 +583,34 @@ async fn close_case(
     let c = core
         .change_case(&case_ref, CaseOp::Close, q.purpose)
         .await?;
+    Ok(Json(case_answer(&core, &case_ref, c)))
+}
+
+/// `POST /v1/cases/{case}/deletion-orders`: the regievoerder orders parties to delete the
+/// case's data now (a data subject's erasure request, an upheld objection, consent
+/// withdrawn with deletion, or a handover).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeletionOrderRequest {
+    reason: ketenpost_schemas::control::DeletionReason,
+    #[serde(default)]
+    parties: Vec<Oin>,
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+async fn order_deletion(
+    State(core): State<Arc<Core>>,
+    Path(case_ref): Path<String>,
+    bytes: Bytes,
+) -> ApiResult<Json<Value>> {
+    let case_ref: CaseRef = parse("case reference", &case_ref)?;
+    let q: DeletionOrderRequest = parse_json(&bytes)?;
+    let op = CaseOp::OrderDeletion {
+        reason: q.reason,
+        parties: q.parties,
+    };
+    let c = core.change_case(&case_ref, op, q.purpose).await?;
     Ok(Json(case_answer(&core, &case_ref, c)))
 }
 

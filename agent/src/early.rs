@@ -635,7 +635,9 @@ pub fn check_case_change(
     }
     let Some(case) = case else { return Ok(()) };
     let purpose: Option<&Purpose> = policy.purposes.get(&case.purpose);
-    if case.is_closed() {
+    // A data subject's deletion request may come after the case closed (the broker knows
+    // whether its data is deleted already).
+    if case.is_closed() && !matches!(op, CaseOp::OrderDeletion { .. }) {
         return Err(refuse(
             RejectCode::CaseClosed,
             format!("case {} is closed", case.case_ref),

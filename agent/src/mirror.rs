@@ -95,6 +95,16 @@ impl KnownCase {
                 self.members.remove(oin);
             }
             CaseOp::Close => self.closed_at = Some(now),
+            CaseOp::OrderDeletion { parties, .. } => {
+                if parties.is_empty() {
+                    // Every holder deletes: the case ends.
+                    self.closed_at.get_or_insert(now);
+                } else {
+                    for p in parties {
+                        self.members.remove(p);
+                    }
+                }
+            }
         }
         self.updated_at = now;
     }
@@ -218,6 +228,7 @@ impl Registry for MirrorRegistry<'_> {
                     opened_at: self.now,
                     closed_at: c.closed_at,
                     deletion_ordered_at: None,
+                    deleted_by: Default::default(),
                 })),
                 None => Err(Unknown("the case's regievoerder is not known here".into())),
             },

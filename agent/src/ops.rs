@@ -742,5 +742,6 @@ fn op_name(op: &CaseOp) -> &'static str {
         CaseOp::AddMember { .. } => "add_member",
         CaseOp::RemoveMember { .. } => "remove_member",
         CaseOp::Close => "close",
+        CaseOp::OrderDeletion { .. } => "order_deletion",
     }
 }

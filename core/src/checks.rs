@@ -9,12 +9,12 @@
 //! Control records (consent, case changes, deletion confirmations) and receipts are
 //! decided here too. Nothing in this module does I/O or reads a clock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use ketenpost_schemas::control::{
-    CaseChange, CaseOp, DeletionConfirmation, DeliveryReceipt, SignedRecord, Toestemming,
-    ToestemmingIntrekking,
+    CaseChange, CaseOp, DeletionConfirmation, DeletionReason, DeliveryReceipt, SignedRecord,
+    Toestemming, ToestemmingIntrekking,
 };
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::{Envelope, Header, LegalBasis, Limits, VerifiedEnvelope};
@@ -673,6 +673,17 @@ pub enum ControlEffect {
     ConsentWithdrawn(Consent),
     /// A party confirmed a deletion order.
     DeletionConfirmed(DeletionConfirmation),
+    /// The regievoerder ordered parties to delete a case's data now.
+    DeletionRequested {
+        /// The case after the order (ordered parties out of the team, or ended).
+        case: Case,
+        /// The signed change.
+        change: CaseChange,
+        /// Why.
+        reason: DeletionReason,
+        /// Who must delete.
+        ordered: BTreeSet<Oin>,
+    },
 }
 
 fn signer_keys(
@@ -863,6 +874,7 @@ fn check_case_change(
                 opened_at: now,
                 closed_at: None,
                 deletion_ordered_at: None,
+                deleted_by: Default::default(),
             };
             Ok(ControlEffect::CaseOpened(case))
         }
@@ -885,7 +897,10 @@ fn check_case_change(
                     ),
                 ));
             }
-            if !case.is_open() {
+            // A data subject's request may come after the case closed, until its data is
+            // deleted; every other change needs an open case.
+            let deletion = matches!(op, CaseOp::OrderDeletion { .. });
+            if (!deletion && !case.is_open()) || case.deletion_ordered_at.is_some() {
                 return Err(reject(
                     RejectCode::CaseClosed,
                     format!("case {} is closed", case.case_ref),
@@ -938,6 +953,9 @@ fn check_case_change(
                     case.former_members.insert(oin.clone());
                 }
                 CaseOp::Close => case.closed_at = Some(now),
+                CaseOp::OrderDeletion { reason, parties } => {
+                    return order_deletion_now(case, change.clone(), *reason, parties, now);
+                }
                 CaseOp::Open { .. } => {
                     // Handled in the outer match.
                     return Err(reject(RejectCode::Conflict, "case exists already"));
@@ -946,6 +964,62 @@ fn check_case_change(
             Ok(ControlEffect::CaseChanged { case, change })
         }
     }
+}
+
+/// An ad-hoc deletion order of the regievoerder (checked to be the signer's case above):
+/// the parties named must hold the case's data; retention is not an ad-hoc reason; a
+/// handover names who hands over, never the regievoerder itself.
+fn order_deletion_now(
+    mut case: Case,
+    change: CaseChange,
+    reason: DeletionReason,
+    parties: &[Oin],
+    now: DateTime<Utc>,
+) -> Result<ControlEffect, Rejection> {
+    if reason == DeletionReason::RetentionEnded {
+        return Err(reject(
+            RejectCode::Conflict,
+            "retention deletion orders come from the broker when the retention ends",
+        ));
+    }
+    let holders = case.holders();
+    if let Some(p) = parties.iter().find(|p| !holders.contains(p)) {
+        return Err(reject(
+            RejectCode::Conflict,
+            format!("{p} holds no data of case {}", case.case_ref),
+        ));
+    }
+    if reason == DeletionReason::Handover
+        && (parties.is_empty() || parties.contains(&case.regievoerder))
+    {
+        return Err(reject(
+            RejectCode::Conflict,
+            "a handover names the parties that hand over, and not the regievoerder",
+        ));
+    }
+    let ordered: BTreeSet<Oin> = if parties.is_empty() {
+        holders.clone()
+    } else {
+        parties.iter().cloned().collect()
+    };
+    if ordered == holders {
+        // Every holder deletes: the case ends here, and retention orders nothing more.
+        case.closed_at.get_or_insert(now);
+        case.deletion_ordered_at = Some(now);
+    } else {
+        for p in &ordered {
+            if case.members.remove(p).is_some() {
+                case.former_members.insert(p.clone());
+            }
+            case.deleted_by.insert(p.clone());
+        }
+    }
+    Ok(ControlEffect::DeletionRequested {
+        case,
+        change,
+        reason,
+        ordered,
+    })
 }
 
 fn check_consent_grant(

@@ -35,6 +35,10 @@ pub struct Case {
     /// When the deletion orders went out.
     #[serde(default)]
     pub deletion_ordered_at: Option<DateTime<Utc>>,
+    /// Parties ordered to delete before the case ended (a handover, an objection upheld
+    /// against them): they hold nothing more, and no later order names them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub deleted_by: BTreeSet<Oin>,
 }
 
 impl Case {
@@ -49,6 +53,16 @@ impl Case {
     }
 
     /// Every party that holds or held the case's data.
+    /// The parties that still hold the case's data and get its deletion orders: every
+    /// member and former member, less those ordered to delete already.
+    pub fn holders(&self) -> BTreeSet<Oin> {
+        self.all_parties()
+            .into_iter()
+            .filter(|p| !self.deleted_by.contains(p))
+            .collect()
+    }
+
+    /// Every party that was ever in the case team.
     pub fn all_parties(&self) -> BTreeSet<Oin> {
         self.members
             .keys()

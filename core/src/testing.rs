@@ -157,6 +157,7 @@ impl Fx {
                 opened_at: now - Duration::days(10),
                 closed_at: None,
                 deletion_ordered_at: None,
+                deleted_by: Default::default(),
             },
         );
         reg.consents.insert(

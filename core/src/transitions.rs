@@ -316,6 +316,25 @@ pub fn deletion_order_id(case: &Case, closed_at: DateTime<Utc>) -> uuid::Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
+/// The id of an ad-hoc deletion order: derived from the case, the signed request's time
+/// and reason, so the decision made again names the same order.
+pub fn adhoc_order_id(
+    case: &Case,
+    change: &ketenpost_schemas::control::CaseChange,
+    reason: DeletionReason,
+) -> uuid::Uuid {
+    let mut h = Sha256::new();
+    h.update(b"ketenpost ad-hoc deletion order\0");
+    h.update(case.case_ref.as_str().as_bytes());
+    h.update(b"\0");
+    h.update(change.at.timestamp_micros().to_be_bytes());
+    h.update(reason.as_str().as_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
 /// A case whose retention may have ended: when it has (closed, retention counted from
 /// the closure passed, no order yet), every party that holds or held its data gets a
 /// deletion order, the case records that the orders went out, and its answer clocks
@@ -337,7 +356,7 @@ pub fn order_deletion(
         return fx;
     }
     let order_id = deletion_order_id(&case, closed);
-    for party in case.all_parties() {
+    for party in case.holders() {
         let order = DeletionOrder {
             order_id,
             case_ref: case.case_ref.clone(),
@@ -402,7 +421,9 @@ pub fn control(
             let (event, other) = match &change.change {
                 CaseOp::AddMember { oin, .. } => (AuditEvent::CaseMemberAdded, Some(oin)),
                 CaseOp::RemoveMember { oin } => (AuditEvent::CaseMemberRemoved, Some(oin)),
-                CaseOp::Close | CaseOp::Open { .. } => (AuditEvent::CaseClosed, None),
+                CaseOp::Close | CaseOp::Open { .. } | CaseOp::OrderDeletion { .. } => {
+                    (AuditEvent::CaseClosed, None)
+                }
             };
             let mut e = AuditEntry::ok(event)
                 .case_ref(&case.case_ref)
@@ -413,6 +434,42 @@ pub fn control(
             }
             fx.writes.push(Write::Case(case));
             e
+        }
+        ControlEffect::DeletionRequested {
+            case,
+            change,
+            reason,
+            ordered,
+        } => {
+            let order_id = adhoc_order_id(&case, &change, reason);
+            let activity = activity(&case.purpose);
+            for party in &ordered {
+                let order = DeletionOrder {
+                    order_id,
+                    case_ref: case.case_ref.clone(),
+                    reason,
+                    party: party.clone(),
+                    issued_at: now,
+                    delete_by: now + Duration::days(DELETE_WITHIN_DAYS),
+                };
+                fx.writes.push(Write::Deletion(DeletionState {
+                    order: order.clone(),
+                    confirmed_at: None,
+                }));
+                fx.audit.push(
+                    AuditEntry::ok(AuditEvent::DeletionOrdered)
+                        .actor(actor)
+                        .case_ref(&case.case_ref)
+                        .purpose(&case.purpose)
+                        .processing_activity(&activity)
+                        .message_id(order_id)
+                        .counterparty(party)
+                        .reason(reason.as_str()),
+                );
+                fx.notify(party, Notice::DeletionOrder(order));
+            }
+            fx.writes.push(Write::Case(case));
+            return fx;
         }
         ControlEffect::ConsentGranted(c) => {
             let e = AuditEntry::ok(AuditEvent::ConsentGranted)

@@ -115,6 +115,18 @@ pub enum CaseOp {
     },
     /// Close the case; the case retention starts.
     Close,
+    /// Order parties to delete the case's data now, for a data subject's request or a
+    /// handover, by the case's regievoerder. Each party gets a deletion order it confirms,
+    /// as after retention. With no parties named, every party that holds the case's data
+    /// (members and former members) is ordered and the case ends; named parties leave the
+    /// case team.
+    OrderDeletion {
+        /// Why.
+        reason: DeletionReason,
+        /// The parties that must delete; empty: every holder.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        parties: Vec<Oin>,
+    },
 }
 
 /// A change to a case, signed by the party that makes it.
@@ -147,6 +159,25 @@ pub enum DeletionReason {
     RetentionEnded,
     /// The case was handed over; data must be deleted "direct" (004:408-410).
     Handover,
+    /// The data subject's right to erasure (AVG art. 17; 004:671-676, 004:862-924).
+    Erasure,
+    /// The data subject's objection was upheld (AVG art. 21; 000:1754-1757).
+    Objection,
+    /// The data subject withdrew consent and asked for deletion.
+    ConsentWithdrawn,
+}
+
+impl DeletionReason {
+    /// The reason code, as in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeletionReason::RetentionEnded => "retention_ended",
+            DeletionReason::Handover => "handover",
+            DeletionReason::Erasure => "erasure",
+            DeletionReason::Objection => "objection",
+            DeletionReason::ConsentWithdrawn => "consent_withdrawn",
+        }
+    }
 }
 
 /// The broker's order to delete a case's data (004:700-710).

@@ -118,6 +118,7 @@ impl World {
                 opened_at: now - Duration::hours(1),
                 closed_at: closed.then_some(now - Duration::minutes(1)),
                 deletion_ordered_at: None,
+                deleted_by: Default::default(),
             },
             consents: Vec::new(),
         }

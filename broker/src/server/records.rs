@@ -188,6 +188,7 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
         ControlEffect::CaseOpened(_) | ControlEffect::CaseChanged { .. } => "case",
         ControlEffect::ConsentGranted(_) | ControlEffect::ConsentWithdrawn(_) => "consent",
         ControlEffect::DeletionConfirmed(_) => "confirmation",
+        ControlEffect::DeletionRequested { .. } => "deletion",
     };
     let actor = oin.clone();
     let outcome = transition(
