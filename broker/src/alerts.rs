@@ -8,6 +8,7 @@
 //! | `breach_notice` | a breach notice (datalek-melding) was routed |
 //! | `deadline_notice` | an answer is overdue and the broker told the parties |
 //! | `deadline_late` | a message arrived after its deadline, or an answer came late |
+//! | `deletion_overdue` | a party did not confirm a deletion order within its term |
 //!
 //! Each alert goes to every webhook configured `for` a party the record involves (its
 //! actor or a counterparty: that party's FG), and to every `federation` webhook. The body
@@ -48,6 +49,7 @@ pub fn alerts_about(event: AuditEvent) -> bool {
             | AuditEvent::BreachNotice
             | AuditEvent::DeadlineNotice
             | AuditEvent::DeadlineLate
+            | AuditEvent::DeletionOverdue
     )
 }
 

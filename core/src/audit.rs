@@ -167,6 +167,9 @@ pub enum AuditEvent {
     DeletionOrdered,
     /// A party confirmed (signed) that it deleted a case's messages.
     DeletionConfirmed,
+    /// A deletion order passed its term without the party's confirmation; the FGs are
+    /// alerted.
+    DeletionOverdue,
     /// Someone (an FG) read the audit trail.
     AuditRead,
     /// The broker signed a checkpoint of the trail.
@@ -208,6 +211,7 @@ impl AuditEvent {
             AuditEvent::BreachNotice => "breach_notice",
             AuditEvent::DeletionOrdered => "deletion_ordered",
             AuditEvent::DeletionConfirmed => "deletion_confirmed",
+            AuditEvent::DeletionOverdue => "deletion_overdue",
             AuditEvent::AuditRead => "audit_read",
             AuditEvent::Checkpoint => "checkpoint",
             AuditEvent::DocumentsChanged => "documents_changed",

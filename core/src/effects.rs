@@ -30,6 +30,9 @@ pub struct DeletionState {
     pub order: DeletionOrder,
     /// When the party confirmed it.
     pub confirmed_at: Option<DateTime<Utc>>,
+    /// When the broker recorded that the order was past its `delete_by` unconfirmed (once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue_at: Option<DateTime<Utc>>,
 }
 
 /// One record to write or remove.

@@ -316,6 +316,27 @@ pub fn deletion_order_id(case: &Case, closed_at: DateTime<Utc>) -> uuid::Uuid {
     uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
+/// A deletion order past its `delete_by` without a confirmation: recorded once
+/// (`deletion_overdue`, flagged, naming the party), which alerts the FGs.
+pub fn deletion_overdue(state: Option<DeletionState>, now: DateTime<Utc>) -> Effects {
+    let mut fx = Effects::default();
+    let Some(mut d) = state else {
+        return fx;
+    };
+    if d.confirmed_at.is_some() || d.overdue_at.is_some() || now <= d.order.delete_by {
+        return fx;
+    }
+    fx.audit.push(
+        AuditEntry::flagged(AuditEvent::DeletionOverdue, d.order.reason.as_str())
+            .case_ref(&d.order.case_ref)
+            .message_id(d.order.order_id)
+            .counterparty(&d.order.party),
+    );
+    d.overdue_at = Some(now);
+    fx.writes.push(Write::Deletion(d));
+    fx
+}
+
 /// The id of an ad-hoc deletion order: derived from the case, the signed request's time
 /// and reason, so the decision made again names the same order.
 pub fn adhoc_order_id(
@@ -368,6 +389,7 @@ pub fn order_deletion(
         fx.writes.push(Write::Deletion(DeletionState {
             order: order.clone(),
             confirmed_at: None,
+            overdue_at: None,
         }));
         fx.audit.push(
             AuditEntry::ok(AuditEvent::DeletionOrdered)
@@ -455,6 +477,7 @@ pub fn control(
                 fx.writes.push(Write::Deletion(DeletionState {
                     order: order.clone(),
                     confirmed_at: None,
+                    overdue_at: None,
                 }));
                 fx.audit.push(
                     AuditEntry::ok(AuditEvent::DeletionOrdered)
@@ -505,4 +528,46 @@ pub fn control(
     };
     fx.audit.push(entry.actor(actor));
     fx
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod deletion_overdue_tests {
+    use super::*;
+    use ketenpost_schemas::control::DeletionReason;
+
+    fn state(delete_by: DateTime<Utc>) -> DeletionState {
+        DeletionState {
+            order: DeletionOrder {
+                order_id: uuid::Uuid::now_v7(),
+                case_ref: "case-aaaaaaaaaaaaaaaaaaaaaaaaaa".parse().unwrap(),
+                reason: DeletionReason::Erasure,
+                party: "00000001000002000001".parse().unwrap(),
+                issued_at: delete_by - Duration::days(DELETE_WITHIN_DAYS),
+                delete_by,
+            },
+            confirmed_at: None,
+            overdue_at: None,
+        }
+    }
+
+    #[test]
+    fn an_unconfirmed_order_past_its_term_is_recorded_once_and_a_confirmed_one_never() {
+        let now = Utc::now();
+        let due = state(now - Duration::hours(1));
+        let fx = deletion_overdue(Some(due.clone()), now);
+        assert_eq!(fx.audit.len(), 1);
+        let Some(Write::Deletion(noted)) = fx.writes.first() else {
+            panic!("the order's state is not written: {:?}", fx.writes)
+        };
+        assert_eq!(noted.overdue_at, Some(now));
+        // Decided again on the state it produced: nothing more.
+        assert!(deletion_overdue(Some(noted.clone()), now).is_empty());
+        // Not yet due, or confirmed: nothing.
+        assert!(deletion_overdue(Some(state(now + Duration::hours(1))), now).is_empty());
+        let mut confirmed = due;
+        confirmed.confirmed_at = Some(now - Duration::days(1));
+        assert!(deletion_overdue(Some(confirmed), now).is_empty());
+        assert!(deletion_overdue(None, now).is_empty());
+    }
 }

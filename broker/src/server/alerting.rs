@@ -166,6 +166,7 @@ fn event_code(event: &str) -> &'static str {
         "breach_notice" => "breach_notice",
         "deadline_notice" => "deadline_notice",
         "deadline_late" => "deadline_late",
+        "deletion_overdue" => "deletion_overdue",
         _ => "alert",
     }
 }

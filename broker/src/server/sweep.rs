@@ -93,6 +93,25 @@ pub(super) fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
         }
         Err(e) => error!(cause = %e, "cannot read the cases"),
     }
+    match store.deletions() {
+        Ok(orders) => {
+            for d in orders {
+                if d.confirmed_at.is_some() || d.overdue_at.is_some() || now <= d.order.delete_by {
+                    continue;
+                }
+                let (order, party) = (d.order.order_id, d.order.party.clone());
+                if apply("deletion-overdue", &|v| {
+                    Ok(transitions::deletion_overdue(
+                        v.deletion(&order, &party)?,
+                        now,
+                    ))
+                }) {
+                    warn!(order = %order, %party, "a deletion order is past its term unconfirmed");
+                }
+            }
+        }
+        Err(e) => error!(cause = %e, "cannot read the deletion orders"),
+    }
     if !done.iter().any(|(_, a)| a.changed) {
         return;
     }

@@ -34,7 +34,6 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::control::DeletionOrder;
 use ketenpost_schemas::envelope::{Envelope, Limits};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::protocol::{envelope_to_b64, Delivery};
@@ -136,14 +135,7 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
-/// A deletion order and whether it was confirmed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeletionState {
-    /// The order.
-    pub order: DeletionOrder,
-    /// When the party confirmed it.
-    pub confirmed_at: Option<DateTime<Utc>>,
-}
+pub use ketenpost_core::effects::DeletionState;
 
 /// The outcome of a receipt.
 #[derive(Clone, Debug, PartialEq, Eq)]
