@@ -43,15 +43,40 @@ enum Command {
     /// Give a listed partner new keys from a new keygen request; the old keys keep
     /// verifying, and the old certificate keeps connecting, during the overlap.
     Rotate(RotateArgs),
-    /// Policy versions.
+    /// Policy versions, checks and the FG's explanation.
     Policy {
         #[command(subcommand)]
-        command: SignCommand,
+        command: PolicyCommand,
     },
     /// Directory versions.
     Directory {
         #[command(subcommand)]
         command: SignCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Sign FILE as the next version (directory serial + 1); see `directory sign`.
+    Sign {
+        /// The federation directory.
+        #[arg(long, value_name = "DIR")]
+        federation: PathBuf,
+        /// The new policy (TOML).
+        file: PathBuf,
+    },
+    /// Check a policy file: exit 0 when it is valid, else 65 with the line, column and
+    /// what is wrong.
+    Check {
+        /// The policy (TOML).
+        file: PathBuf,
+    },
+    /// Print the policy as a table an FG can read and sign off: per purpose and kind, who
+    /// may send to whom, which fields and categories each role sees, the legal basis and
+    /// grounds, and the terms.
+    Explain {
+        /// The policy (TOML).
+        file: PathBuf,
     },
 }
 
@@ -172,12 +197,51 @@ fn main() -> ExitCode {
             lifecycle::rotate(fed, req, csr, overlap, now)
         }),
         Command::Policy {
-            command: SignCommand::Sign { federation, file },
+            command: PolicyCommand::Sign { federation, file },
         } => sign(&federation, &file, "policy", lifecycle::sign_policy),
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => match read_policy(&file) {
+            Ok(p) => {
+                println!(
+                    "{}: valid policy for covenant '{}' ({} purposes)",
+                    file.display(),
+                    p.covenant.id,
+                    p.purposes.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_DATA)
+            }
+        },
+        Command::Policy {
+            command: PolicyCommand::Explain { file },
+        } => match read_policy(&file) {
+            Ok(p) => {
+                print!("{}", ketenpost_schemas::explain::explain(&p));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_DATA)
+            }
+        },
         Command::Directory {
             command: SignCommand::Sign { federation, file },
         } => sign(&federation, &file, "directory", lifecycle::sign_directory),
     }
+}
+
+/// EX_DATAERR from sysexits.h: the input file is not valid.
+const EXIT_DATA: u8 = 65;
+
+/// Read and check a policy file; the error names the file, line and column.
+fn read_policy(file: &std::path::Path) -> Result<ketenpost_schemas::policy::Policy, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    ketenpost_schemas::policy::Policy::from_toml(&text)
+        .map_err(|e| format!("{}: {e}", file.display()))
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {

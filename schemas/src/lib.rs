@@ -46,6 +46,7 @@ pub mod directory;
 pub mod duration;
 pub mod envelope;
 mod error;
+pub mod explain;
 pub mod ids;
 pub mod keys;
 pub mod kind;

@@ -1,0 +1,146 @@
+//! `policy explain`: a policy as a table an FG can read and sign off. Per purpose: its
+//! processing activity, legal basis, case managers, consent recorders and case
+//! retention; per kind: who may send to whom, which fields and categories each recipient
+//! role sees, the consent rule and non-consent grounds, and the terms.
+
+use std::fmt::Write as _;
+
+use crate::payload;
+use crate::policy::{ConsentRule, Policy};
+
+/// The plain-text explanation of `policy`.
+pub fn explain(policy: &Policy) -> String {
+    let mut out = String::new();
+    let c = &policy.covenant;
+    let _ = writeln!(out, "Covenant {} ({})", c.name, c.id);
+    let _ = writeln!(out, "Source: {}", c.source);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Roles:");
+    for (role, def) in &policy.roles {
+        let _ = writeln!(out, "  {role}: {}", def.description);
+    }
+    for p in policy.purposes.values() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Purpose {} ({})", p.id, p.name);
+        let _ = writeln!(out, "  processing activity: {}", p.processing_activity);
+        let _ = writeln!(out, "  legal basis: {}", p.legal_basis);
+        let _ = writeln!(out, "  case managers: {}", join(&p.case_managers));
+        let _ = writeln!(out, "  consent recorders: {}", join(&p.consent_recorders));
+        let _ = writeln!(out, "  case retention after closing: {}", p.case_retention);
+        let _ = writeln!(
+            out,
+            "  a consent may be dated back at most: {}",
+            p.consent_backdating
+        );
+        for (kind, rule) in &p.kinds {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "  Kind {kind}");
+            let _ = writeln!(
+                out,
+                "    from {} to {}",
+                join(&rule.senders),
+                join(&rule.recipients)
+            );
+            let consent = match rule.consent {
+                ConsentRule::Required => "a valid consent of the client is required",
+                ConsentRule::NotRequired => "no consent: the covenant itself is the basis",
+            };
+            let _ = writeln!(out, "    consent: {consent}");
+            if !rule.non_consent_grounds.is_empty() {
+                let grounds: Vec<String> = rule
+                    .non_consent_grounds
+                    .iter()
+                    .map(|g| g.to_string())
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "    without consent only on: {} (each use alerts the FGs)",
+                    grounds.join(", ")
+                );
+            }
+            if let Some(t) = &rule.send_within {
+                let _ = writeln!(out, "    send within: {t} of the event");
+            }
+            if let Some(t) = &rule.answer_within {
+                let answers: Vec<String> =
+                    rule.answer_kinds.iter().map(|k| k.to_string()).collect();
+                let _ = writeln!(
+                    out,
+                    "    answer within: {t} of delivery (answers: {})",
+                    answers.join(", ")
+                );
+            }
+            let _ = writeln!(
+                out,
+                "    undelivered bodies expire after: {}",
+                rule.undelivered_ttl
+            );
+            if rule.notify_case_managers {
+                let _ = writeln!(out, "    case managers are told of every breach notice");
+            }
+            let fields = payload::fields_of(*kind).unwrap_or(&[]);
+            for (role, view) in &rule.views {
+                let cats: Vec<String> = view.iter().map(|c| c.to_string()).collect();
+                let seen: Vec<&str> = fields
+                    .iter()
+                    .filter(|(_, cat)| view.contains(cat))
+                    .map(|(f, _)| *f)
+                    .collect();
+                let withheld: Vec<&str> = fields
+                    .iter()
+                    .filter(|(_, cat)| !view.contains(cat))
+                    .map(|(f, _)| *f)
+                    .collect();
+                let _ = writeln!(out, "    {role} sees [{}]", cats.join(", "));
+                let _ = writeln!(out, "      fields: {}", list(&seen));
+                if !withheld.is_empty() {
+                    let _ = writeln!(out, "      withheld: {}", list(&withheld));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn join<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let v: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn list(items: &[&str]) -> String {
+    if items.is_empty() {
+        "(none)".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_purpose_kind_and_view_is_explained() {
+        let policy = Policy::from_toml(crate::testdata::TEST_POLICY).unwrap();
+        let text = explain(&policy);
+        for p in policy.purposes.values() {
+            assert!(text.contains(&format!("Purpose {}", p.id)), "{text}");
+            for (kind, rule) in &p.kinds {
+                assert!(text.contains(&format!("Kind {kind}")), "{text}");
+                for role in rule.views.keys() {
+                    assert!(text.contains(&format!("{role} sees")), "{text}");
+                }
+            }
+        }
+        assert!(text.contains("legal basis: consent"), "{text}");
+        assert!(
+            text.contains("without consent only on: acute_danger"),
+            "{text}"
+        );
+    }
+}
