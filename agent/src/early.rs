@@ -163,6 +163,19 @@ pub fn check_send(
         )
     })?;
 
+    // The covenant's own required items for this kind (e.g. a breach notice's items a-e).
+    let missing = ketenpost_schemas::payload::missing_fields(&rule.required_fields, &req.payload);
+    if !missing.is_empty() {
+        return Err(refuse(
+            RejectCode::Malformed,
+            format!(
+                "the covenant requires {} in a {} under purpose '{purpose_id}'",
+                missing.join(", "),
+                req.kind
+            ),
+        ));
+    }
+
     // 5. Need-to-know, as far as the mirror can tell.
     if let Some(case) = cx.case {
         if case.purpose != purpose_id {

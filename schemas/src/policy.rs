@@ -35,6 +35,7 @@
 //! undelivered_ttl = "14 days"
 //! views.gemeente = ["identity", "contact", "housing", "support"]
 //! # notify_case_managers = true   # datalek_melding only: always tell the case's managers
+//! # required_fields = ["oorzaak"]  # payload fields the covenant requires for this kind
 //! ```
 //!
 //! [`Policy::from_toml`] rejects a bad policy with the line and column of the problem.
@@ -175,6 +176,10 @@ pub struct KindRule {
     /// in the purpose's `case_managers`, e.g. Enschede's procesmanager, 004:608-614) are
     /// told of every breach, whether or not they exchanged messages about the case.
     pub notify_case_managers: bool,
+    /// Payload fields this covenant requires for the kind beyond its schema (e.g. the
+    /// breach items a covenant lists): a message without one is refused by the sending
+    /// agent, naming the field.
+    pub required_fields: BTreeSet<String>,
 }
 
 /// A parsed and checked covenant policy.
@@ -284,6 +289,8 @@ struct RawKind {
     undelivered_ttl: Spanned<String>,
     #[serde(default)]
     notify_case_managers: Option<Spanned<bool>>,
+    #[serde(default)]
+    required_fields: Vec<Spanned<String>>,
 }
 
 struct Checker<'a> {
@@ -580,6 +587,17 @@ impl Checker<'_> {
             Some(flag) => *flag.get_ref(),
             None => false,
         };
+        let fields = crate::payload::fields_of(kind).unwrap_or(&[]);
+        let mut required_fields = BTreeSet::new();
+        for f in &rk.required_fields {
+            if !fields.iter().any(|(name, _)| name == f.get_ref()) {
+                return self.err(
+                    f.span().start,
+                    format!("{kind}: '{}' is not a field of its payload", f.get_ref()),
+                );
+            }
+            required_fields.insert(f.get_ref().clone());
+        }
         Ok(KindRule {
             senders,
             recipients,
@@ -591,6 +609,7 @@ impl Checker<'_> {
             answer_kinds,
             undelivered_ttl,
             notify_case_managers,
+            required_fields,
         })
     }
 

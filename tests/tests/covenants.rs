@@ -192,6 +192,29 @@ async fn walcheren(link: AgentLink) -> Result<()> {
             )?,
         ))
         .await?;
+    // 000:1780-1802: a notice without its cause (item v) is refused by the sending agent,
+    // which names the missing item.
+    let mut without_cause = datalek_payload(
+        &[&case],
+        now - Duration::hours(1),
+        now,
+        now + Duration::minutes(10),
+    )?;
+    without_cause
+        .as_object_mut()
+        .context("payload")?
+        .remove("oorzaak");
+    let (status, code, message) = corp
+        .refusal(
+            "POST",
+            "/v1/messages",
+            Some(Outgoing::new("datalek_melding", &case, without_cause).json()),
+        )
+        .await?;
+    ensure!(
+        status == 422 && code == "malformed" && message.contains("oorzaak"),
+        "{status} {code} {message}"
+    );
     let done = corp.wait_for_status(&breach, "delivered", WAIT).await?;
     ensure!(recipients(&done) == oins(&[gem, zorg]), "{done}");
     ensure!(!flags(&done).contains(&"late"), "{done}");

@@ -107,6 +107,21 @@ pub fn validate(kind: Kind, payload: &Value) -> Result<(), Error> {
     validate_against(kind, &*validator(kind, None)?, payload)
 }
 
+/// The fields of `required` that `payload` leaves out: absent, null, an empty string or
+/// an empty list.
+pub fn missing_fields(required: &BTreeSet<String>, payload: &Value) -> Vec<String> {
+    required
+        .iter()
+        .filter(|f| match payload.get(f.as_str()) {
+            None | Some(Value::Null) => true,
+            Some(Value::String(s)) => s.trim().is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(_) => false,
+        })
+        .cloned()
+        .collect()
+}
+
 /// Validate the view of `kind` for a role granted `granted`: fields outside the view are
 /// reported as [`Error::FieldsOutsideView`] before any other check.
 pub fn validate_view(
