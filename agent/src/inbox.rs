@@ -262,10 +262,12 @@ pub fn sender_role(header: &Header, policy: &Policy, directory: &Directory) -> O
 }
 
 /// The inbox entry for an opened message; `answer_due` from the policy's `answer_within`
-/// for the kind, counted from now (delivery), as the broker counts it.
+/// for the kind, counted from now (delivery), as the broker counts it, when our role in
+/// the message owes an answer (`answer_by`).
 pub fn entry(opened: Opened, policy: &Policy, now: DateTime<Utc>) -> InboxEntry {
     let answer_due = policy
         .rule(&opened.header.purpose, opened.header.kind)
+        .filter(|r| r.answer_by.is_empty() || r.answer_by.contains(&opened.view))
         .and_then(|r| r.answer_within)
         .map(|d| d.deadline(now, &policy.calendar));
     let event_time_mismatch = event_time_mismatch(&opened.header, &opened.payload);

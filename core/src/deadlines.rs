@@ -142,7 +142,33 @@ impl AnswerClock {
     /// A clock for an accepted message of a kind whose rule has an `answer_within`, owed
     /// by every recipient; `None` when the rule sets no answer term.
     pub fn start(msg: &MessageMeta, rule: &KindRule) -> Option<AnswerClock> {
+        AnswerClock::start_for(msg, rule, &[])
+    }
+
+    /// [`AnswerClock::start`] knowing each recipient's role in the message: when the
+    /// policy names the roles that owe an answer (`answer_by`), only recipients in one of
+    /// them owe one; no clock when none does.
+    pub fn start_for(
+        msg: &MessageMeta,
+        rule: &KindRule,
+        roles: &[(Oin, ketenpost_schemas::policy::Role)],
+    ) -> Option<AnswerClock> {
         let answer_within = rule.answer_within?;
+        let owes = |r: &Oin| {
+            rule.answer_by.is_empty()
+                || roles
+                    .iter()
+                    .any(|(o, role)| o == r && rule.answer_by.contains(role))
+        };
+        let owed: BTreeMap<Oin, Owed> = msg
+            .recipients
+            .iter()
+            .filter(|r| owes(r))
+            .map(|r| (r.clone(), Owed::default()))
+            .collect();
+        if owed.is_empty() {
+            return None;
+        }
         Some(AnswerClock {
             message_id: msg.id,
             case_ref: msg.case_ref.clone(),
@@ -152,11 +178,7 @@ impl AnswerClock {
             accepted_at: msg.accepted_at,
             answer_within,
             answer_kinds: rule.answer_kinds.clone(),
-            owed: msg
-                .recipients
-                .iter()
-                .map(|r| (r.clone(), Owed::default()))
-                .collect(),
+            owed,
         })
     }
 
@@ -531,5 +553,49 @@ mod tests {
         let c = clock("5 workdays", utc(2025, 3, 4, 9, 0));
         let back: AnswerClock = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod answer_by_tests {
+    use super::*;
+    use chrono::Utc;
+    use ketenpost_schemas::policy::{Policy, Role};
+
+    #[test]
+    fn only_the_roles_that_owe_an_answer_are_owed_and_notified() {
+        let policy = Policy::from_toml(ketenpost_schemas::testdata::TEST_POLICY).unwrap();
+        let mut rule = policy.rule("uitstroom", Kind::Signaal).unwrap().clone();
+        rule.answer_within = Some("24 hours".parse().unwrap());
+        rule.answer_by = [Role::new("zorgaanbieder")].into();
+        let (gem, zorg): (Oin, Oin) = (
+            "00000001000001000001".parse().unwrap(),
+            "00000001000003000001".parse().unwrap(),
+        );
+        let at = Utc::now();
+        let meta = MessageMeta {
+            id: MessageId::new(),
+            sender: "00000001000002000001".parse().unwrap(),
+            case_ref: CaseRef::random(),
+            purpose: "uitstroom".into(),
+            kind: Kind::Signaal,
+            accepted_at: at,
+            expires_at: at + chrono::Duration::days(7),
+            pending: [gem.clone(), zorg.clone()].into(),
+            fetched: BTreeSet::new(),
+            recipients: [gem.clone(), zorg.clone()].into(),
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            body_at: None,
+            queue_seqs: Default::default(),
+        };
+        let roles = [
+            (gem.clone(), Role::new("gemeente")),
+            (zorg.clone(), Role::new("zorgaanbieder")),
+        ];
+        let clock = AnswerClock::start_for(&meta, &rule, &roles).unwrap();
+        assert_eq!(clock.owed.keys().collect::<Vec<_>>(), vec![&zorg]);
+        // No recipient owes an answer: no clock at all.
+        assert!(AnswerClock::start_for(&meta, &rule, &roles[..1]).is_none());
     }
 }

@@ -36,6 +36,7 @@
 //! views.gemeente = ["identity", "contact", "housing", "support"]
 //! # notify_case_managers = true   # datalek_melding only: always tell the case's managers
 //! # required_fields = ["oorzaak"]  # payload fields the covenant requires for this kind
+//! # answer_by = ["zorgaanbieder"]  # the recipient roles that owe the answer (default: all)
 //! ```
 //!
 //! [`Policy::from_toml`] rejects a bad policy with the line and column of the problem.
@@ -180,6 +181,9 @@ pub struct KindRule {
     /// breach items a covenant lists): a message without one is refused by the sending
     /// agent, naming the field.
     pub required_fields: BTreeSet<String>,
+    /// The recipient roles that owe an answer within `answer_within`; empty: every
+    /// recipient does. Overdue notices go only to those that owe one.
+    pub answer_by: BTreeSet<Role>,
 }
 
 /// A parsed and checked covenant policy.
@@ -291,6 +295,8 @@ struct RawKind {
     notify_case_managers: Option<Spanned<bool>>,
     #[serde(default)]
     required_fields: Vec<Spanned<String>>,
+    #[serde(default)]
+    answer_by: Vec<Spanned<String>>,
 }
 
 struct Checker<'a> {
@@ -598,6 +604,26 @@ impl Checker<'_> {
             }
             required_fields.insert(f.get_ref().clone());
         }
+        let mut answer_by = BTreeSet::new();
+        for r in &rk.answer_by {
+            let role = Role::new(r.get_ref());
+            if !recipients.contains(&role) {
+                return self.err(
+                    r.span().start,
+                    format!(
+                        "{kind}: answer_by role '{}' is not one of its recipients",
+                        r.get_ref()
+                    ),
+                );
+            }
+            answer_by.insert(role);
+        }
+        if !answer_by.is_empty() && answer_within.is_none() {
+            return self.err(
+                rk.answer_by[0].span().start,
+                format!("{kind}: answer_by needs answer_within"),
+            );
+        }
         Ok(KindRule {
             senders,
             recipients,
@@ -610,6 +636,7 @@ impl Checker<'_> {
             undelivered_ttl,
             notify_case_managers,
             required_fields,
+            answer_by,
         })
     }
 

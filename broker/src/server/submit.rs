@@ -127,7 +127,7 @@ fn stage_write(
     let clock = docs
         .policy
         .rule(&authorised.header().purpose, authorised.header().kind)
-        .and_then(|rule| AnswerClock::start(&meta, rule));
+        .and_then(|rule| AnswerClock::start_for(&meta, rule, authorised.recipients()));
     let entries = accepted_entries(authorised, &meta.recipients, oin);
     // An answer's bookkeeping (the answered message's clock) goes in the same transaction.
     let h = authorised.header();
