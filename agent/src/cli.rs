@@ -444,9 +444,10 @@ pub async fn call(cli: &Cli) -> Result<Value, Error> {
                     query.push(format!("{name}={utc}"));
                 }
             }
-            let path = match query.is_empty() {
-                true => "/v1/audit".to_owned(),
-                false => format!("/v1/audit?{}", query.join("&")),
+            let path = if query.is_empty() {
+                "/v1/audit".to_owned()
+            } else {
+                format!("/v1/audit?{}", query.join("&"))
             };
             let lines = api.get_bytes(&path).await?;
             let records = lines.iter().filter(|b| **b == b'\n').count();
