@@ -57,7 +57,8 @@ async fn an_early_refusal_is_in_the_agents_trail_and_in_its_fgs_refusals_report(
 
     // A case without any consent: a signal from the corporation to the care provider is
     // refused by the corporation's own agent, before anything reaches the broker.
-    let case = zorg.open_case("uitstroom", &[&corp.oin]).await?;
+    let gem = region.agent("gemeente")?;
+    let case = gem.open_case("uitstroom", &[&corp.oin, &zorg.oin]).await?;
     let signal = Outgoing::new(
         "signaal",
         &case,
