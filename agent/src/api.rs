@@ -24,6 +24,8 @@
 //! | `POST /v1/consents/{id}/withdraw` | record a withdrawal |
 //! | `GET /v1/deletion-orders` | deletion orders carried out |
 //! | `POST /v1/deletion-orders/{id}/ack` | the partner system deleted its copies |
+//! | `GET /v1/audit` | the agent's own audit trail as JSON lines, `?from=&until=` (RFC 3339) |
+//! | `GET /v1/audit/verify` | check that trail's hash chain |
 
 use std::sync::Arc;
 
@@ -176,7 +178,9 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/consents", get(consents).post(grant_consent))
         .route("/consents/{id}/withdraw", post(withdraw_consent))
         .route("/deletion-orders", get(deletion_orders))
-        .route("/deletion-orders/{id}/ack", post(ack_deletion));
+        .route("/deletion-orders/{id}/ack", post(ack_deletion))
+        .route("/audit", get(audit_export))
+        .route("/audit/verify", get(audit_verify));
     let api = Router::new()
         .nest("/v1", v1)
         .fallback(|| async { ApiError(Error::not_found("route", "(see agent/openapi.yaml)")) })
@@ -669,6 +673,59 @@ mod tests {
         assert!(!same(b"abcdef", b"abcdeg"));
         assert!(!same(b"abc", b"abcdef"));
     }
+}
+
+/// `?from=&until=` of the audit export.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditRange {
+    from: Option<String>,
+    until: Option<String>,
+}
+
+fn parse_time(name: &str, text: &str) -> ApiResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| ApiError(Error::Invalid(format!("'{name}' is not an RFC 3339 time"))))
+}
+
+/// The agent's audit records dated in `[from, until)`, one per line, exactly as stored.
+async fn audit_export(
+    State(core): State<Arc<Core>>,
+    Query(q): Query<AuditRange>,
+) -> ApiResult<impl IntoResponse> {
+    let from = q
+        .from
+        .as_deref()
+        .map(|t| parse_time("from", t))
+        .transpose()?;
+    let until = q
+        .until
+        .as_deref()
+        .map(|t| parse_time("until", t))
+        .transpose()?;
+    let records = core.store.audit.export(from, until).map_err(Error::from)?;
+    let mut body = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum());
+    for r in records {
+        body.extend_from_slice(&r);
+        body.push(b'\n');
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/jsonl")],
+        body,
+    ))
+}
+
+/// Whether the agent's audit trail is intact: `{records, intact, first_broken}`.
+async fn audit_verify(State(core): State<Arc<Core>>) -> ApiResult<Json<Value>> {
+    let v = core.store.audit.verify().map_err(Error::from)?;
+    Ok(Json(json!({
+        "records": v.records,
+        "intact": v.intact,
+        "first_broken": v.first_broken,
+        "problem": v.problem,
+    })))
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ Exit codes:
   74  I/O error (database, listening socket)
   77  the API token was refused
 
+`audit verify` exits 2 when the agent's audit trail is broken (as `ketenpost-broker audit
+verify` does), printing the first broken record.
+
 `run` also exits 65 when the broker's policy or directory is not validly signed by the
 pinned federation key: the agent refuses to run on it.";
 
@@ -131,6 +134,30 @@ pub enum Command {
     },
     /// Show the agent's health: broker connection, counters, audit warnings.
     Health,
+    /// The agent's own audit trail, for the FG: export it, or verify its hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Write the agent's audit records as JSON lines (the broker's record format), for
+    /// `ketenpost-broker audit <report> --agent-trail FILE`.
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only records at or after this time (RFC 3339). A partial export does not
+        /// verify on its own; merge a whole one.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only records before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Verify the hash chain of the agent's audit trail; exit code 2 when it is broken.
+    Verify,
 }
 
 /// `send` arguments.
@@ -402,6 +429,45 @@ pub async fn call(cli: &Cli) -> Result<Value, Error> {
         Command::DeletionOrders { ack: None } => api.call("GET", "/v1/deletion-orders", None).await,
         Command::Case(c) => case(&api, c).await,
         Command::Consent(c) => consent(&api, c).await,
+        Command::Audit(AuditCommand::Verify) => api.call("GET", "/v1/audit/verify", None).await,
+        Command::Audit(AuditCommand::Export { out, from, until }) => {
+            let mut query = Vec::new();
+            for (name, value) in [("from", from), ("until", until)] {
+                if let Some(v) = value {
+                    let t = chrono::DateTime::parse_from_rfc3339(v).map_err(|_| {
+                        Error::Invalid(format!("--{name} '{v}' is not an RFC 3339 time"))
+                    })?;
+                    // Percent-free: a UTC time with a `Z` needs no escaping.
+                    let utc = t
+                        .with_timezone(&chrono::Utc)
+                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+                    query.push(format!("{name}={utc}"));
+                }
+            }
+            let path = if query.is_empty() {
+                "/v1/audit".to_owned()
+            } else {
+                format!("/v1/audit?{}", query.join("&"))
+            };
+            let lines = api.get_bytes(&path).await?;
+            let records = lines.iter().filter(|b| **b == b'\n').count();
+            match out {
+                Some(file) => {
+                    std::fs::write(file, &lines)
+                        .map_err(|e| Error::io(format!("cannot write {}", file.display()), e))?;
+                    Ok(json!({ "records": records, "out": file }))
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout()
+                        .lock()
+                        .write_all(&lines)
+                        .map_err(|e| Error::io("cannot write standard output", e))?;
+                    // Printed already: nothing more to print.
+                    Ok(Value::Null)
+                }
+            }
+        }
     }
 }
 

@@ -77,7 +77,19 @@ impl ApiClient {
         body: Option<&Value>,
     ) -> Result<Value, Error> {
         match tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, body)).await {
-            Ok(r) => r,
+            Ok(Ok((_, bytes))) => serde_json::from_slice(&bytes)
+                .map_err(|e| self.unreachable(format!("answer is not JSON: {e}"))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(self.unreachable(format!("no answer within {CALL_TIMEOUT:?}"))),
+        }
+    }
+
+    /// `GET path` for an answer that is not one JSON value (the audit export's JSON
+    /// lines): its bytes, or [`Error::Api`] for an error answer.
+    pub async fn get_bytes(&self, path: &str) -> Result<Bytes, Error> {
+        match tokio::time::timeout(CALL_TIMEOUT, self.exchange("GET", path, None)).await {
+            Ok(Ok((_, bytes))) => Ok(bytes),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(self.unreachable(format!("no answer within {CALL_TIMEOUT:?}"))),
         }
     }
@@ -94,7 +106,7 @@ impl ApiClient {
         method: &str,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Value, Error> {
+    ) -> Result<(hyper::StatusCode, Bytes), Error> {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| self.unreachable(e.to_string()))?;
@@ -130,8 +142,7 @@ impl ApiClient {
             .to_bytes();
         conn.abort();
         if status.is_success() {
-            return serde_json::from_slice(&collected)
-                .map_err(|e| self.unreachable(format!("answer is not JSON: {e}")));
+            return Ok((status, collected));
         }
         let err: ErrorBody = serde_json::from_slice(&collected).unwrap_or(ErrorBody {
             code: "http_error".into(),

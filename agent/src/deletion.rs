@@ -4,6 +4,7 @@
 //! the order in the API so the partner system deletes its own copies too.
 
 use chrono::{DateTime, Utc};
+use ketenpost_core::audit::{AuditEntry, AuditEvent};
 use ketenpost_schemas::control::{
     DeletionConfirmation, DeletionOrder, DeletionReason, SignedRecord,
 };
@@ -100,6 +101,14 @@ impl Store {
         let deleted = self.delete_case(&order.case_ref)?;
         let entry = make(deleted)?;
         Store::put(&self.deletions, order.order_id.as_bytes(), &entry)?;
+        // The order id stands where the broker's own record of the confirmation puts it.
+        self.audit(
+            AuditEntry::ok(AuditEvent::DeletionConfirmed)
+                .actor(&order.party)
+                .case_ref(&order.case_ref)
+                .message_id(order.order_id),
+            entry.deleted_at,
+        );
         self.flush().await?;
         Ok(entry)
     }

@@ -9,6 +9,7 @@
 //! expire and tells the sender.
 
 use chrono::{DateTime, Utc};
+use ketenpost_core::audit::AuditEntry;
 use ketenpost_schemas::control::{DeliveryReceipt, SignedRecord};
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::{Envelope, Header, LegalBasis, Limits};
@@ -131,6 +132,16 @@ impl Refusal {
             claimed: claimed.map(|h| Box::new(h.clone())),
             code,
             reason: reason.into(),
+        }
+    }
+
+    /// The header, when the refusal came after the sender's signature verified (so what
+    /// it says is the sender's signed statement); `None` before that (`malformed`,
+    /// `unknown_sender`, `bad_signature`), when the header is only a claim.
+    pub fn verified_header(&self) -> Option<&Header> {
+        match self.code {
+            "malformed" | "unknown_sender" | "bad_signature" => None,
+            _ => self.claimed.as_deref(),
         }
     }
 
@@ -328,13 +339,21 @@ pub fn receipt(entry: &InboxEntry, me: &Oin, key: &SigningKey) -> Result<SignedR
 
 impl Store {
     /// Store a received message with its receipt, and flush, before the receipt goes out.
-    pub async fn inbox_insert(&self, entry: &InboxEntry, receipt: &Receipted) -> Result<(), Error> {
+    /// Its audit record (`audit`) goes into the agent's trail after both writes, and is
+    /// made durable by the same flush.
+    pub async fn inbox_insert(
+        &self,
+        entry: &InboxEntry,
+        receipt: &Receipted,
+        audit: AuditEntry,
+    ) -> Result<(), Error> {
         let key = entry.message_id.0.as_bytes();
         {
             let _guard = self.lock();
             self.put_sealed(&self.inbox, key, entry)?;
             Store::put(&self.receipted, key, receipt)?;
         }
+        self.audit(audit, entry.received_at);
         self.flush().await
     }
 

@@ -16,6 +16,7 @@
 //! | [`inbox`] | opening a delivery (pure), inbox entries, receipts, refused deliveries |
 //! | [`deletion`] | deletion orders carried out and their signed confirmations |
 //! | [`retention`] | local retention decisions, pure |
+//! | [`audit`] | the agent's own hash-chained audit trail (early refusals, broker answers, receipts, refused deliveries, deletions) |
 //! | [`checkpoints`] | the broker's audit checkpoints seen, and the verdict on a new one |
 //! | [`store`] | the sled database |
 //! | [`link`] | the broker connection, reconnecting |
@@ -34,6 +35,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod audit;
 pub mod backoff;
 pub mod checkpoints;
 pub mod cli;

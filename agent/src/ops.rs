@@ -19,8 +19,9 @@ use ketenpost_schemas::protocol::{Request, Response};
 use ketenpost_schemas::seal::{self, Draft, Sender};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::{error, info};
 
+use ketenpost_core::audit::{AuditEntry, AuditEvent};
 use ketenpost_core::clock::SharedClock;
 use ketenpost_transport::failpoint;
 
@@ -244,7 +245,7 @@ impl Core {
     // ---- sending -----------------------------------------------------------------------
 
     /// Check, seal and store a message; it is on disk before this returns its entry.
-    pub async fn send(&self, req: SendRequest) -> Result<OutboxEntry, Error> {
+    pub async fn send(&self, mut req: SendRequest) -> Result<OutboxEntry, Error> {
         let now = self.clock.now();
         let docs = self.docs();
         payload::validate(req.kind, &req.payload)?;
@@ -257,11 +258,10 @@ impl Core {
             case: case.as_ref(),
             consents: &consents,
         };
-        let resolved = early::check_send(&req, &cx, now).inspect_err(|e| {
-            if let Error::Refused { rejection, .. } = e {
-                info!(code = %rejection.code, kind = %req.kind, case = %req.case_ref, "message refused early");
-            }
-        })?;
+        let resolved = match early::check_send(&req, &cx, now) {
+            Ok(r) => r,
+            Err(e) => return Err(self.refused_early(e, &req, None, now).await),
+        };
         let parts = Reseal {
             purpose: resolved.purpose,
             legal_basis: resolved.legal_basis,
@@ -269,7 +269,8 @@ impl Core {
             in_reply_to: req.in_reply_to,
             trace_id: req.trace_id.unwrap_or_else(TraceId::random),
             breach_scope: resolved.breach_scope,
-            payload: req.payload,
+            // Taken, not cloned: the request stays whole enough to audit a refusal.
+            payload: std::mem::take(&mut req.payload),
             reseals: 0,
         };
         let (envelope, header) = self
@@ -281,11 +282,9 @@ impl Core {
                 &parts,
             )
             .await?;
-        early::check_sealed(&envelope, &cx, now).inspect_err(|e| {
-            if let Error::Refused { rejection, .. } = e {
-                info!(code = %rejection.code, kind = %req.kind, case = %req.case_ref, "message refused early");
-            }
-        })?;
+        if let Err(e) = early::check_sealed(&envelope, &cx, now) {
+            return Err(self.refused_early(e, &req, Some(&header), now).await);
+        }
         let mut entry = OutboxEntry::sealed(&header, &envelope, &resolved.recipients);
         if req.kind == Kind::DatalekMelding {
             entry.reseal = Some(parts);
@@ -301,6 +300,61 @@ impl Core {
             "message queued"
         );
         Ok(entry)
+    }
+
+    /// Log and audit an early refusal (any other error passes through untouched), and
+    /// hand the error back for the API's 422. The record holds only what this agent put
+    /// in its own request: our OIN, the kind and case, a purpose the policy knows, the
+    /// recipients named by OIN, and once sealed the message id, recipients and trace id.
+    async fn refused_early(
+        &self,
+        e: Error,
+        req: &SendRequest,
+        header: Option<&Header>,
+        now: DateTime<Utc>,
+    ) -> Error {
+        let Error::Refused { rejection, .. } = &e else {
+            return e;
+        };
+        info!(code = %rejection.code, kind = %req.kind, case = %req.case_ref, "message refused early");
+        let docs = self.docs();
+        let code = rejection.code.as_str();
+        let mut entry = AuditEntry::refused(AuditEvent::EarlyRefused, code)
+            .reason_explained(code, "refused by the sending agent")
+            .actor(&self.me)
+            .kind(req.kind)
+            .case_ref(&req.case_ref);
+        let purpose = match header {
+            Some(h) => Some(h.purpose.clone()),
+            None => req.purpose.clone().or_else(|| {
+                self.store
+                    .case(&req.case_ref)
+                    .ok()
+                    .flatten()
+                    .map(|c| c.purpose)
+            }),
+        };
+        // Only a purpose the policy defines: a request may name anything.
+        if let Some(p) = purpose.and_then(|p| docs.policy.purposes.get(&p).map(|d| (p, d))) {
+            entry = entry
+                .purpose(&p.0)
+                .processing_activity(&p.1.processing_activity);
+        }
+        entry = match header {
+            Some(h) => entry
+                .message_id(h.id)
+                .trace_id(h.trace_id)
+                .counterparties(h.recipients.iter()),
+            None => entry.counterparties(req.to.iter().filter_map(|t| match t {
+                early::To::Oin(o) => Some(o),
+                early::To::Role(_) => None,
+            })),
+        };
+        self.store.audit(entry, now);
+        if let Err(flush) = self.store.flush().await {
+            error!(cause = %flush, "cannot flush the audit record of an early refusal");
+        }
+        e
     }
 
     /// Seal a message (off the async threads: age encryption and signing are CPU work).

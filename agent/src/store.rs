@@ -12,6 +12,7 @@
 //! | `deletions` | order id | [`DeletionEntry`](crate::deletion::DeletionEntry) |
 //! | `checkpoints` | seq (big-endian) | the broker's checkpoints seen |
 //! | `meta` | name | the cached signed documents, audit warnings |
+//! | `audit` | seq (big-endian) | the agent's own audit trail ([`crate::audit`]): hash-chained [`AuditRecord`](ketenpost_core::audit::AuditRecord)s |
 //!
 //! No personal data is stored in the clear: the fields of a record that can hold payload
 //! are sealed under a data key of their message, kept apart in the [`Vault`], and
@@ -25,11 +26,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use ketenpost_core::audit::AuditEntry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use ketenpost_schemas::ids::{CaseRef, MessageId};
 
+use crate::audit::AuditTrail;
 use crate::mirror::{KnownCase, KnownConsent};
 use crate::vault::Vault;
 use crate::Error;
@@ -67,6 +70,8 @@ pub struct Store {
     pub(crate) deletions: sled::Tree,
     pub(crate) checkpoints: sled::Tree,
     pub(crate) meta: sled::Tree,
+    /// The agent's own audit trail, for its FG.
+    pub(crate) audit: AuditTrail,
     /// The data keys of the sealed fields.
     pub(crate) vault: Vault,
     /// Data keys whose records no longer hold a secret field: destroyed once a flush made
@@ -121,6 +126,7 @@ impl Store {
             deletions: db.open_tree("deletions")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
+            audit: AuditTrail::open(&db)?,
             vault: Vault::open(dir)?,
             shred_after_flush: Mutex::new(Vec::new()),
             db,
@@ -169,6 +175,21 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The agent's own audit trail.
+    pub fn audit_trail(&self) -> &AuditTrail {
+        &self.audit
+    }
+
+    /// Append to the agent's audit trail; durable with the next flush. A failure is
+    /// logged (event and reason code only) and otherwise ignored: the fact recorded has
+    /// happened already, and failing its request would not undo it (see [`crate::audit`]).
+    pub(crate) fn audit(&self, entry: AuditEntry, now: chrono::DateTime<chrono::Utc>) {
+        let event = entry.event();
+        if let Err(e) = self.audit.append(entry, now) {
+            tracing::error!(event = %event, cause = %e, "cannot append to the agent's audit trail");
+        }
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ketenpost_core::audit::Checkpoint;
+use ketenpost_core::audit::{AuditEntry, AuditEvent, Checkpoint};
 use ketenpost_schemas::control::{
     DeadlineNotice, DeletionOrder, DeliveryReceipt, ExpiryNotice, Record, SignedRecord,
 };
@@ -158,10 +158,16 @@ async fn submit_one(core: &Core, entry: crate::outbox::OutboxEntry) -> bool {
         }
     }
     let mut settled = false;
+    let now = core.clock.now();
     let result = core.store.outbox_update(&id, |e| {
-        settled = e.answered(answer.clone(), core.clock.now());
+        settled = e.answered(answer.clone(), now);
         true
     });
+    if settled && result.is_ok() {
+        if let Some(audit) = broker_answer_entry(core, &entry, &answer) {
+            core.store.audit(audit, now);
+        }
+    }
     match (&answer, result) {
         (_, Err(e)) => error!(message = %id, cause = %e, "cannot record the broker's answer"),
         (SubmitAnswer::Accepted(flags), _) => {
@@ -182,6 +188,40 @@ async fn submit_one(core: &Core, entry: crate::outbox::OutboxEntry) -> bool {
         }
     }
     settled
+}
+
+/// The agent's audit record of the broker's final answer to one of our submissions.
+fn broker_answer_entry(
+    core: &Core,
+    entry: &crate::outbox::OutboxEntry,
+    answer: &SubmitAnswer,
+) -> Option<AuditEntry> {
+    let audit = match answer {
+        SubmitAnswer::Accepted(_) => AuditEntry::ok(AuditEvent::Accepted),
+        // Our own id again: the broker accepted it before and its answer was lost.
+        SubmitAnswer::Rejected(r) if r.code == RejectCode::Replay => {
+            AuditEntry::ok(AuditEvent::Accepted)
+                .reason_explained("replay", "accepted earlier; its first answer was lost")
+        }
+        SubmitAnswer::Rejected(r) => {
+            let code = r.code.as_str();
+            AuditEntry::refused(AuditEvent::Rejected, code)
+                .reason_explained(code, "refused by the broker")
+        }
+        SubmitAnswer::Failed(_) => return None,
+    };
+    let docs = core.docs();
+    let mut audit = audit
+        .actor(&core.me)
+        .kind(entry.kind)
+        .case_ref(&entry.case_ref)
+        .message_id(entry.message_id)
+        .purpose(&entry.purpose)
+        .counterparties(entry.recipients.iter().map(|r| &r.oin));
+    if let Some(p) = docs.policy.purposes.get(&entry.purpose) {
+        audit = audit.processing_activity(&p.processing_activity);
+    }
+    Some(audit)
 }
 
 // ---- fetch -------------------------------------------------------------------------------
@@ -287,7 +327,7 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
                 code: "malformed",
                 reason: e.to_string(),
             };
-            note_refusal(core, key.as_bytes(), &refusal, now);
+            note_refusal(core, key.as_bytes(), envelope_b64.as_bytes(), &refusal, now);
             return false;
         }
     };
@@ -306,7 +346,7 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
                 Some(h) => h.id.0.as_bytes().to_vec(),
                 None => sha256_hex(envelope_b64.as_bytes()).into_bytes(),
             };
-            note_refusal(core, &key, &refusal, now);
+            note_refusal(core, &key, envelope_b64.as_bytes(), &refusal, now);
             return false;
         }
         Err(e) => {
@@ -350,7 +390,19 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
             warn!(message = %id, cause = %e, "cannot update the case mirror");
         }
     }
-    if let Err(e) = core.store.inbox_insert(&entry, &receipted).await {
+    let mut audit = AuditEntry::ok(AuditEvent::Receipt)
+        .actor(&core.me)
+        .counterparty(&entry.sender)
+        .kind(entry.kind)
+        .case_ref(&entry.case_ref)
+        .message_id(id)
+        .trace_id(entry.trace_id);
+    if let Some(p) = docs.policy.purposes.get(&entry.purpose) {
+        audit = audit
+            .purpose(&entry.purpose)
+            .processing_activity(&p.processing_activity);
+    }
+    if let Err(e) = core.store.inbox_insert(&entry, &receipted, audit).await {
         error!(message = %id, cause = %e, "cannot store a received message; not receipted");
         return false;
     }
@@ -380,9 +432,20 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
     send_receipt(core, &receipted).await
 }
 
-fn note_refusal(core: &Core, key: &[u8], refusal: &inbox::Refusal, now: chrono::DateTime<Utc>) {
+fn note_refusal(
+    core: &Core,
+    key: &[u8],
+    delivered: &[u8],
+    refusal: &inbox::Refusal,
+    now: chrono::DateTime<Utc>,
+) {
     let record = refusal.to_record(now);
-    match core.store.refused_note(key, record) {
+    let noted = core.store.refused_note(key, record);
+    if let Ok(true) = noted {
+        core.store
+            .audit(delivery_refused_entry(core, delivered, refusal), now);
+    }
+    match noted {
         Ok(true) => warn!(
             code = refusal.code,
             message = ?refusal.claimed.as_ref().map(|h| h.id),
@@ -392,6 +455,34 @@ fn note_refusal(core: &Core, key: &[u8], refusal: &inbox::Refusal, now: chrono::
         ),
         Ok(false) => debug!(code = refusal.code, "refused delivery came again"),
         Err(e) => error!(cause = %e, "cannot record a refused delivery"),
+    }
+}
+
+/// The agent's audit record of a delivery it refused. Before the sender's signature
+/// verified, nothing the header claims is a fact: the record names our OIN, the code and
+/// the SHA-256 of the delivered bytes only. After it, the verified ids, kind and sender.
+fn delivery_refused_entry(core: &Core, delivered: &[u8], refusal: &inbox::Refusal) -> AuditEntry {
+    let code = refusal.code;
+    let audit = AuditEntry::refused(AuditEvent::DeliveryRefused, code)
+        .reason_explained(code, "refused by the receiving agent")
+        .actor(&core.me);
+    match refusal.verified_header() {
+        None => audit.request_digest(delivered),
+        Some(h) => {
+            let mut audit = audit
+                .kind(h.kind)
+                .case_ref(&h.case_ref)
+                .message_id(h.id)
+                .trace_id(h.trace_id)
+                .counterparty(&h.sender);
+            let docs = core.docs();
+            if let Some(p) = docs.policy.purposes.get(&h.purpose) {
+                audit = audit
+                    .purpose(&h.purpose)
+                    .processing_activity(&p.processing_activity);
+            }
+            audit
+        }
     }
 }
 

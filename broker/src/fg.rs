@@ -54,6 +54,15 @@ pub enum FgError {
     /// The audit trail could not be read or extended.
     #[error("audit trail: {0}")]
     Audit(#[from] AuditError),
+    /// An agent's exported trail (`--agent-trail`) cannot be read, or its hash chain is
+    /// broken; none of it is used.
+    #[error("agent trail {}: {message}", .file.display())]
+    AgentTrail {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong (names the first broken record, never its content).
+        message: String,
+    },
 }
 
 impl FgError {
@@ -471,6 +480,67 @@ impl Session {
         )?;
         Ok(report::scope(records, viewer, f))
     }
+}
+
+/// Read an agent's exported audit trail (`ketenpost-agent audit export`: JSON lines of
+/// [`AuditRecord`], exactly as the agent stores them) and verify its hash chain from
+/// record 1. A broken or partial file is refused whole, naming the first broken record.
+pub fn read_agent_trail(path: &Path) -> Result<Vec<AuditRecord>, FgError> {
+    let bad = |message: String| FgError::AgentTrail {
+        file: path.to_owned(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let verdict = ketenpost_core::audit::verify_exported(lines.iter().copied());
+    if let Some(seq) = verdict.first_broken {
+        return Err(bad(format!(
+            "the hash chain is broken at record {seq} ({}); refusing the whole file",
+            verdict.problem.as_deref().unwrap_or("broken")
+        )));
+    }
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| crate::audit::parse_record(i as u64 + 1, l).map_err(|e| bad(e.to_string())))
+        .collect()
+}
+
+/// Whether an agent's record is one the broker's trail cannot hold: a message its agent
+/// refused before it reached the broker, or a delivery its agent refused. The agent's
+/// other records (the broker's answers, receipts, deletions) are the same facts the
+/// broker records itself; they stay out of the reports so nothing is counted twice.
+pub fn agent_only(r: &AuditRecord) -> bool {
+    matches!(
+        r.event,
+        AuditEvent::EarlyRefused | AuditEvent::DeliveryRefused
+    )
+}
+
+/// Add the records of agents' trails to a report's (already scoped) broker records, in
+/// time order: only [`agent_only`] records, only those the filter keeps, and for an
+/// organisation's FG only those of its own agent (the actor is that organisation).
+pub fn merge_agent_records(
+    mut records: Vec<AuditRecord>,
+    agent: Vec<AuditRecord>,
+    viewer: &Viewer,
+    filter: &Filter,
+) -> Vec<AuditRecord> {
+    let mine = |r: &AuditRecord| match viewer {
+        Viewer::Federation => true,
+        Viewer::Organisation(oin) => r.actor.as_deref() == Some(oin.as_str()),
+    };
+    records.extend(
+        agent
+            .into_iter()
+            .filter(|r| agent_only(r) && mine(r) && filter.matches(r)),
+    );
+    // Stable: records of one instant keep the broker's order first.
+    records.sort_by_key(|r| r.time);
+    records
 }
 
 /// Check a filter's values against the policy, so a typo is an error rather than an

@@ -186,6 +186,12 @@ pub enum AuditEvent {
     BrokerStarted,
     /// The broker stopped.
     BrokerStopped,
+    /// The sending agent refused a message before it reached the broker (early check);
+    /// written only to the agent's own trail, so the broker's trail never holds it.
+    EarlyRefused,
+    /// The receiving agent refused a delivery (bad signature, a field outside its view,
+    /// ...); written only to the agent's own trail.
+    DeliveryRefused,
 }
 
 impl AuditEvent {
@@ -219,6 +225,8 @@ impl AuditEvent {
             AuditEvent::AlertSent => "alert_sent",
             AuditEvent::BrokerStarted => "broker_started",
             AuditEvent::BrokerStopped => "broker_stopped",
+            AuditEvent::EarlyRefused => "early_refused",
+            AuditEvent::DeliveryRefused => "delivery_refused",
         }
     }
 }
@@ -396,6 +404,11 @@ impl AuditEntry {
             request_digest: None,
             document_serial: None,
         }
+    }
+
+    /// The event of this entry.
+    pub fn event(&self) -> AuditEvent {
+        self.event
     }
 
     /// An entry for `event` that went as asked.
@@ -805,6 +818,71 @@ pub fn parse_record(seq: u64, bytes: &[u8]) -> Result<AuditRecord, AuditError> {
         });
     }
     Ok(record)
+}
+
+/// What [`verify_exported`] found in a sequence of records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainVerdict {
+    /// How many records were read.
+    pub records: u64,
+    /// Whether every record is in place, unaltered and linked to the one before it.
+    pub intact: bool,
+    /// The seq (position, 1-based) of the first broken record, if any.
+    pub first_broken: Option<u64>,
+    /// What is wrong with it (never record content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// Check a whole trail given as its stored records, in seq order: each one the exact
+/// bytes of a record as stored (an agent's trail, or an export of it as JSON lines).
+///
+/// The trail must start at record 1 and run without gaps; every record must parse, be
+/// stored canonically, hash to its `hash`, carry the previous record's hash as
+/// `prev_hash` ([`GENESIS_HASH`] for record 1), and not be dated before the record
+/// before it. Stops at the first broken record. Pure; never panics on damaged input.
+pub fn verify_exported<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> ChainVerdict {
+    let mut head = ChainHead::genesis();
+    let mut count = 0u64;
+    for bytes in records {
+        count += 1;
+        let expected = head.seq.saturating_add(1);
+        let broken = |why: String| ChainVerdict {
+            records: count,
+            intact: false,
+            first_broken: Some(expected),
+            problem: Some(why),
+        };
+        let record = match parse_record(expected, bytes) {
+            Ok(r) => r,
+            Err(AuditError::Corrupt { reason, .. }) => {
+                return broken(format!("record {expected}: {reason}"))
+            }
+            Err(e) => return broken(format!("record {expected}: {e}")),
+        };
+        let canonical = serde_json::to_vec(&record).ok();
+        if canonical.as_deref() != Some(bytes) || !record.hash_is_valid().unwrap_or(false) {
+            return broken(format!("record {expected} was altered"));
+        }
+        if record.prev_hash != head.hash {
+            return broken(format!(
+                "record {expected} does not follow record {}",
+                head.seq
+            ));
+        }
+        if head.time.is_some_and(|t| record.time < t) {
+            return broken(format!(
+                "record {expected} is dated before the record before it"
+            ));
+        }
+        head.advance(&record);
+    }
+    ChainVerdict {
+        records: count,
+        intact: true,
+        first_broken: None,
+        problem: None,
+    }
 }
 
 /// Parse the checkpoint stored under `seq`.

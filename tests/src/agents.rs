@@ -1128,6 +1128,13 @@ impl Region {
     /// Stop the agents (SIGTERM) and the broker (SIGTERM, clean exit), then verify and read
     /// the broker's audit trail.
     pub fn finish(mut self) -> Result<AuditLog> {
+        self.stop()?;
+        AuditLog::read(&self.fed, &self.data)
+    }
+
+    /// Stop the agents and the broker (as [`Region::finish`]) but keep the federation and
+    /// the data directories, e.g. to run `ketenpost-broker audit` on them.
+    pub fn stop(&mut self) -> Result<()> {
         for a in std::mem::take(&mut self.agents) {
             a.terminate()?;
         }
@@ -1137,7 +1144,12 @@ impl Region {
                 bail!("the broker exited with {status}");
             }
         }
-        AuditLog::read(&self.fed, &self.data)
+        Ok(())
+    }
+
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use ketenpost_agent::cli::{self, Cli, Command};
+use ketenpost_agent::cli::{self, AuditCommand, Cli, Command};
 use ketenpost_agent::{Agent, AgentConfig, Error};
 use tracing_subscriber::EnvFilter;
 
@@ -114,12 +114,20 @@ fn main() -> ExitCode {
             }
         }
         _ => match runtime.block_on(cli::call(&cli)) {
+            // Written by the command itself (an audit export to standard output).
+            Ok(serde_json::Value::Null) => ExitCode::SUCCESS,
             Ok(answer) => {
                 let text =
                     serde_json::to_string_pretty(&answer).unwrap_or_else(|_| answer.to_string());
                 // A closed pipe (`| head`) is not an error worth a panic.
                 let _ = writeln!(std::io::stdout().lock(), "{text}");
-                ExitCode::SUCCESS
+                let broken_trail = matches!(cli.command, Command::Audit(AuditCommand::Verify))
+                    && answer.get("intact") != Some(&serde_json::Value::Bool(true));
+                if broken_trail {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(e) => report(&e),
         },

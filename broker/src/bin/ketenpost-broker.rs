@@ -10,7 +10,9 @@ use chrono::Utc;
 use clap::{Parser, Subcommand};
 use ketenpost_broker::audit;
 use ketenpost_broker::config::BrokerConfig;
-use ketenpost_broker::fg::{render, FgError, Query, ReportKind, Session};
+use ketenpost_broker::fg::{
+    merge_agent_records, read_agent_trail, render, FgError, Query, ReportKind, Session,
+};
 use ketenpost_broker::server::Broker;
 use ketenpost_schemas::keys;
 use ketenpost_schemas::protocol::{FgQuery, Request, Response};
@@ -227,6 +229,11 @@ struct FgArgs {
     /// With --broker: the name on the broker's certificate.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// Offline only: an agent's exported audit trail (`ketenpost-agent audit export`),
+    /// repeatable. Its hash chain is verified; its early refusals and refused deliveries
+    /// are added to the report.
+    #[arg(long, value_name = "FILE", conflicts_with = "broker")]
+    agent_trail: Vec<PathBuf>,
 }
 
 fn init_tracing(json: bool) {
@@ -435,8 +442,14 @@ fn offline_report(a: &FgArgs, query: &Query) -> Result<String, FgError> {
     };
     let session = Session::open(&config)?;
     let viewer = session.viewer(a.as_oin.as_deref(), a.federation_fg)?;
+    // Read (and verify) every agent trail before the read is recorded.
+    let mut agent = Vec::new();
+    for file in &a.agent_trail {
+        agent.extend(read_agent_trail(file)?);
+    }
     let now = Utc::now();
     let records = session.read_query(&viewer, query, now)?;
+    let records = merge_agent_records(records, agent, &viewer, &query.filter);
     let head = session.head();
     render(
         query.kind,
