@@ -172,11 +172,62 @@ fn issue(
         validity,
         &mut Serials::default(),
     )?;
+    let kept = keep_certificate(fed, &request.oin, &issued.cert_pem)?;
+    Ok((issued, kept))
+}
+
+/// Keep a copy of the certificate of `oin` in the federation (for a later `revoke`).
+fn keep_certificate(fed: &Federation, oin: &Oin, cert_pem: &str) -> Result<PathBuf, Error> {
     let dir = fed.dir.join(ISSUED_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| Error::write(&dir, e))?;
-    let kept = issued_cert_path(fed, &request.oin);
-    write_atomically(&kept, issued.cert_pem.as_bytes())?;
-    Ok((issued, kept))
+    let kept = issued_cert_path(fed, oin);
+    write_atomically(&kept, cert_pem.as_bytes())?;
+    Ok(kept)
+}
+
+/// A certificate for a party being enrolled: its PEM, its DER, where the federation keeps it.
+type EnrolledCertificate = (String, Vec<u8>, PathBuf);
+
+/// Add the party of `request` with `roles`, its certificate made (or checked) by
+/// `certificate` once the request is known to be new, as the next directory version.
+fn enrol_party(
+    fed: &Federation,
+    request: &EnrolmentRequest,
+    roles: &[Role],
+    now: DateTime<Utc>,
+    certificate: impl FnOnce() -> Result<EnrolledCertificate, Error>,
+) -> Result<Issued, Error> {
+    request.check().map_err(schema("enrolment request"))?;
+    let mut directory = fed.load_directory(&fed.load_policy()?)?;
+    if directory.party(&request.oin).is_some() {
+        return Err(roster(format!(
+            "party {} is in the directory already; rotate its keys instead",
+            request.oin
+        )));
+    }
+    if roles.is_empty() {
+        return Err(roster("a party needs at least one role".into()));
+    }
+    let (cert_pem, der, kept_at) = certificate()?;
+    let fingerprint = pki::fingerprint(&der);
+    directory.parties.push(Party {
+        oin: request.oin.clone(),
+        name: request.name.clone(),
+        roles: roles.to_vec(),
+        signing_key: request.signing_key.clone(),
+        age_recipient: request.age_recipient.clone(),
+        cert_fingerprint: fingerprint.clone(),
+        fg_contact: request.fg_contact.clone(),
+        revoked: false,
+        previous_keys: Vec::new(),
+    });
+    let serial = publish(fed, None, directory, now)?;
+    Ok(Issued {
+        serial,
+        cert_pem,
+        fingerprint,
+        kept_at,
+    })
 }
 
 /// Where the federation keeps the latest certificate it issued to `oin` from a request.
@@ -193,36 +244,9 @@ pub fn enrol(
     roles: &[Role],
     now: DateTime<Utc>,
 ) -> Result<Issued, Error> {
-    request.check().map_err(schema("enrolment request"))?;
-    let mut directory = fed.load_directory(&fed.load_policy()?)?;
-    if directory.party(&request.oin).is_some() {
-        return Err(roster(format!(
-            "party {} is in the directory already; rotate its keys instead",
-            request.oin
-        )));
-    }
-    if roles.is_empty() {
-        return Err(roster("a party needs at least one role".into()));
-    }
-    let (issued, kept_at) = issue(fed, request, csr_pem, now)?;
-    let fingerprint = pki::fingerprint(&issued.der);
-    directory.parties.push(Party {
-        oin: request.oin.clone(),
-        name: request.name.clone(),
-        roles: roles.to_vec(),
-        signing_key: request.signing_key.clone(),
-        age_recipient: request.age_recipient.clone(),
-        cert_fingerprint: fingerprint.clone(),
-        fg_contact: request.fg_contact.clone(),
-        revoked: false,
-        previous_keys: Vec::new(),
-    });
-    let serial = publish(fed, None, directory, now)?;
-    Ok(Issued {
-        serial,
-        cert_pem: issued.cert_pem,
-        fingerprint,
-        kept_at,
+    enrol_party(fed, request, roles, now, || {
+        let (issued, kept_at) = issue(fed, request, csr_pem, now)?;
+        Ok((issued.cert_pem, issued.der, kept_at))
     })
 }
 
@@ -288,7 +312,6 @@ pub fn enrol_with_certificate(
     roles: &[Role],
     now: DateTime<Utc>,
 ) -> Result<Issued, Error> {
-    request.check().map_err(schema("enrolment request"))?;
     let der = pki::cert_der_from_pem(cert_pem.as_bytes())?;
     let oin = pki::oin_from_cert_der(&der)?;
     if oin != request.oin {
@@ -297,38 +320,9 @@ pub fn enrol_with_certificate(
             request.oin
         )));
     }
-    let mut directory = fed.load_directory(&fed.load_policy()?)?;
-    if directory.party(&request.oin).is_some() {
-        return Err(roster(format!(
-            "party {} is in the directory already; rotate its keys instead",
-            request.oin
-        )));
-    }
-    if roles.is_empty() {
-        return Err(roster("a party needs at least one role".into()));
-    }
-    let fingerprint = pki::fingerprint(&der);
-    let dir = fed.dir.join(ISSUED_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| Error::write(&dir, e))?;
-    let kept_at = issued_cert_path(fed, &request.oin);
-    write_atomically(&kept_at, cert_pem.as_bytes())?;
-    directory.parties.push(Party {
-        oin: request.oin.clone(),
-        name: request.name.clone(),
-        roles: roles.to_vec(),
-        signing_key: request.signing_key.clone(),
-        age_recipient: request.age_recipient.clone(),
-        cert_fingerprint: fingerprint.clone(),
-        fg_contact: request.fg_contact.clone(),
-        revoked: false,
-        previous_keys: Vec::new(),
-    });
-    let serial = publish(fed, None, directory, now)?;
-    Ok(Issued {
-        serial,
-        cert_pem: cert_pem.to_owned(),
-        fingerprint,
-        kept_at,
+    enrol_party(fed, request, roles, now, || {
+        let kept_at = keep_certificate(fed, &request.oin, cert_pem)?;
+        Ok((cert_pem.to_owned(), der, kept_at))
     })
 }
 

@@ -790,6 +790,19 @@ impl Outgoing {
         self
     }
 
+    /// A signal of `category` about `case` to `to` under purpose `uitstroom` and `consent`,
+    /// observed an hour ago: the signal most scenarios send.
+    pub fn uitstroom_signaal(case: &str, category: &str, to: &Oin, consent: &str) -> Result<Self> {
+        Ok(Outgoing::new(
+            "signaal",
+            case,
+            signaal_payload(category, Utc::now() - chrono::Duration::hours(1))?,
+        )
+        .to(to)
+        .purpose("uitstroom")
+        .consent(consent))
+    }
+
     /// A recipient by OIN.
     pub fn to(self, oin: &Oin) -> Self {
         self.push_to(json!({ "oin": oin }))

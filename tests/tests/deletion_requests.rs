@@ -7,9 +7,8 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use chrono::Utc;
 use ketenpost_broker::audit::AuditEvent;
-use ketenpost_tests::agents::{seed_policy, signaal_payload, AgentProcess, Outgoing, Region, WAIT};
+use ketenpost_tests::agents::{seed_policy, AgentProcess, Outgoing, Region, WAIT};
 use serde_json::{json, Value};
 
 /// The deletion orders an agent has carried out and confirmed, waited for (at most `WAIT`).
@@ -57,16 +56,12 @@ async fn a_handover_deletes_at_the_parties_that_hand_over_and_an_erasure_at_ever
         )
         .await?;
     let signal = corp
-        .send(
-            &Outgoing::new(
-                "signaal",
-                &case,
-                signaal_payload("geluidsoverlast", Utc::now() - chrono::Duration::hours(1))?,
-            )
-            .to(&zorg.oin)
-            .purpose("uitstroom")
-            .consent(&consent),
-        )
+        .send(&Outgoing::uitstroom_signaal(
+            &case,
+            "geluidsoverlast",
+            &zorg.oin,
+            &consent,
+        )?)
         .await?;
     zorg.wait_for_message(&signal, WAIT).await?;
 

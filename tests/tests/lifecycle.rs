@@ -14,8 +14,7 @@ use ketenpost_schemas::directory::EnrolmentRequest;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::policy::Role;
 use ketenpost_tests::agents::{
-    reactie_payload, seed_policy, signaal_payload, AgentProcess, AgentSpec, AuditLog, Outgoing,
-    WAIT,
+    reactie_payload, seed_policy, AgentProcess, AgentSpec, AuditLog, Outgoing, WAIT,
 };
 use ketenpost_tests::{BrokerProcess, Fed};
 use serde_json::json;
@@ -155,16 +154,12 @@ async fn a_partner_enrols_from_its_own_csr_and_exchanges_messages_without_a_rest
         )
         .await?;
     let signal = corp
-        .send(
-            &Outgoing::new(
-                "signaal",
-                &case,
-                signaal_payload("geluidsoverlast", Utc::now() - chrono::Duration::hours(1))?,
-            )
-            .to(&zorg.oin)
-            .purpose("uitstroom")
-            .consent(&consent),
-        )
+        .send(&Outgoing::uitstroom_signaal(
+            &case,
+            "geluidsoverlast",
+            &zorg.oin,
+            &consent,
+        )?)
         .await?;
     let got = zorg.wait_for_message(&signal, WAIT).await?;
     ensure!(got["sender"] == json!(corp.oin), "{got}");
@@ -217,16 +212,8 @@ async fn rotation_policy_change_rollback_and_revocation_apply_live() -> Result<(
             "toestemming uitstromer",
         )
         .await?;
-    let signal = |category: &str| -> Result<Outgoing> {
-        Ok(Outgoing::new(
-            "signaal",
-            &case,
-            signaal_payload(category, Utc::now() - chrono::Duration::hours(1))?,
-        )
-        .to(&zorg_spec.oin)
-        .purpose("uitstroom")
-        .consent(&consent))
-    };
+    let signal =
+        |category: &str| Outgoing::uitstroom_signaal(&case, category, &zorg_spec.oin, &consent);
 
     // 1. Rotation. The care provider is away; the corporation signs a signal with its old
     // key, and the broker queues it.
@@ -431,16 +418,12 @@ async fn a_partner_with_an_external_ca_certificate_is_accepted() -> Result<()> {
         .grant_consent(&case, &["zorgaanbieder", "woningcorporatie"], "toestemming")
         .await?;
     let signal = corp
-        .send(
-            &Outgoing::new(
-                "signaal",
-                &case,
-                signaal_payload("geluidsoverlast", Utc::now() - chrono::Duration::hours(1))?,
-            )
-            .to(&zorg.oin)
-            .purpose("uitstroom")
-            .consent(&consent),
-        )
+        .send(&Outgoing::uitstroom_signaal(
+            &case,
+            "geluidsoverlast",
+            &zorg.oin,
+            &consent,
+        )?)
         .await?;
     zorg.wait_for_message(&signal, WAIT).await?;
     Ok(())
