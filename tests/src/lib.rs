@@ -163,6 +163,75 @@ impl PartyKeys {
     }
 }
 
+/// The test covenant's three parties (default roster: gemeente, woningcorporatie,
+/// zorgaanbieder) connected to a broker, with a case the gemeente opened and the
+/// zorgaanbieder's consent for `consent_roles`.
+#[allow(missing_debug_implementations)]
+pub struct Trio {
+    /// The gemeente's keys and its connection.
+    pub gem: PartyKeys,
+    /// The woningcorporatie's keys.
+    pub corp: PartyKeys,
+    /// The zorgaanbieder's keys.
+    pub zorg: PartyKeys,
+    /// The gemeente's connection.
+    pub gc: Client,
+    /// The woningcorporatie's connection.
+    pub cc: Client,
+    /// The zorgaanbieder's connection.
+    pub zc: Client,
+    /// The case.
+    pub case: CaseRef,
+    /// The consent.
+    pub consent: uuid::Uuid,
+}
+
+impl Trio {
+    /// Connect the three parties of `fed` to the broker at `addr` and set up the case.
+    pub async fn start(fed: &Fed, addr: SocketAddr, consent_roles: &[&str]) -> Result<Trio> {
+        let (gem, corp, zorg) = (fed.keys(0)?, fed.keys(1)?, fed.keys(2)?);
+        let (gc, cc, zc) = (
+            gem.connect(addr).await?,
+            corp.connect(addr).await?,
+            zorg.connect(addr).await?,
+        );
+        let (case, consent) = case_with_consent(
+            "test",
+            "uitstroom",
+            (&gem, &gc, "gemeente"),
+            &[
+                (&zorg.oin, "zorgaanbieder"),
+                (&corp.oin, "woningcorporatie"),
+            ],
+            (&zorg, &zc),
+            consent_roles,
+        )
+        .await?;
+        Ok(Trio {
+            gem,
+            corp,
+            zorg,
+            gc,
+            cc,
+            zc,
+            case,
+            consent,
+        })
+    }
+
+    /// The corporation's signal to the care provider in the case, sealed.
+    pub fn signal(&self, fed: &Fed) -> Result<Vec<u8>> {
+        fed.seal(
+            &self.corp,
+            signaal(
+                &self.case,
+                self.consent,
+                &[(&self.zorg.oin, "zorgaanbieder")],
+            )?,
+        )
+    }
+}
+
 /// Open a case as `manager` (with `role`) and add `members`; register a consent by
 /// `recorder` covering `roles`. Returns the case and the consent id.
 pub async fn case_with_consent(

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ketenpost_schemas::ids::MessageId;
 use ketenpost_schemas::protocol::{Request, Response};
 use ketenpost_schemas::testdata::TEST_POLICY;
-use ketenpost_tests::{binary, case_with_consent, drain, signaal, BrokerProcess, Fed};
+use ketenpost_tests::{binary, drain, signaal, BrokerProcess, Fed, Trio};
 
 fn run(name: &str, args: &[&str]) -> (bool, String) {
     let out = std::process::Command::new(binary(name).unwrap())
@@ -31,11 +31,6 @@ fn run(name: &str, args: &[&str]) -> (bool, String) {
 async fn a_backup_under_load_restores_to_a_broker_that_verifies_and_delivers_what_was_accepted_before(
 ) {
     let fed = Fed::new(TEST_POLICY, None).unwrap();
-    let (gem, corp, zorg) = (
-        fed.keys(0).unwrap(),
-        fed.keys(1).unwrap(),
-        fed.keys(2).unwrap(),
-    );
     let backups = fed.path("backups");
     let broker = BrokerProcess::start_with(
         &fed,
@@ -45,24 +40,21 @@ async fn a_backup_under_load_restores_to_a_broker_that_verifies_and_delivers_wha
         &[],
     )
     .unwrap();
-    let (gc, cc, zc) = (
-        gem.connect(broker.addr).await.unwrap(),
-        corp.connect(broker.addr).await.unwrap(),
-        zorg.connect(broker.addr).await.unwrap(),
-    );
-    let (case, consent) = case_with_consent(
-        "test",
-        "uitstroom",
-        (&gem, &gc, "gemeente"),
-        &[
-            (&zorg.oin, "zorgaanbieder"),
-            (&corp.oin, "woningcorporatie"),
-        ],
-        (&zorg, &zc),
+    let trio = Trio::start(
+        &fed,
+        broker.addr,
         &["gemeente", "zorgaanbieder", "woningcorporatie"],
     )
     .await
     .unwrap();
+    let Trio {
+        corp,
+        zorg,
+        cc,
+        case,
+        consent,
+        ..
+    } = trio;
 
     // Load: four submitters send signals until told to stop, noting what was accepted.
     let accepted: Arc<Mutex<Vec<MessageId>>> = Arc::default();

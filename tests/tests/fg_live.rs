@@ -8,7 +8,7 @@ use ketenpost_broker::audit::{AuditEvent, Outcome};
 use ketenpost_schemas::protocol::{FgQuery, RejectCode, Request, Response};
 use ketenpost_schemas::testdata::TEST_POLICY;
 use ketenpost_tests::agents::AuditLog;
-use ketenpost_tests::{binary, case_with_consent, signaal, BrokerProcess, Fed, REQUEST_TIMEOUT};
+use ketenpost_tests::{binary, signaal, BrokerProcess, Fed, Trio, REQUEST_TIMEOUT};
 
 /// `ketenpost-broker audit <args>`: success and stdout, or stderr.
 fn audit(args: &[&str]) -> (bool, String) {
@@ -29,31 +29,25 @@ fn audit(args: &[&str]) -> (bool, String) {
 async fn fgs_read_a_running_broker_each_within_their_scope_and_every_read_is_recorded() {
     let fed = Fed::new(TEST_POLICY, None).unwrap();
     // Default roster: gemeente, woningcorporatie, zorgaanbieder.
-    let (gem, corp, zorg) = (
-        fed.keys(0).unwrap(),
-        fed.keys(1).unwrap(),
-        fed.keys(2).unwrap(),
-    );
     let data = fed.path("data");
     let broker = BrokerProcess::start(&fed, &data, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let (gc, cc, zc) = (
-        gem.connect(broker.addr).await.unwrap(),
-        corp.connect(broker.addr).await.unwrap(),
-        zorg.connect(broker.addr).await.unwrap(),
-    );
-    let (case, consent) = case_with_consent(
-        "test",
-        "uitstroom",
-        (&gem, &gc, "gemeente"),
-        &[
-            (&zorg.oin, "zorgaanbieder"),
-            (&corp.oin, "woningcorporatie"),
-        ],
-        (&zorg, &zc),
+    let trio = Trio::start(
+        &fed,
+        broker.addr,
         &["gemeente", "zorgaanbieder", "woningcorporatie"],
     )
     .await
     .unwrap();
+    let Trio {
+        gem,
+        corp,
+        zorg,
+        gc,
+        cc,
+        zc,
+        case,
+        consent,
+    } = trio;
     // A signal from the corporation to the care provider: the municipality is not in it.
     let bytes = fed
         .seal(
