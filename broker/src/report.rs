@@ -34,7 +34,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::kind::Kind;
-use ketenpost_schemas::policy::{ConsentRule, Policy};
+use ketenpost_schemas::policy::{ConsentRule, Policy, Role};
 use serde::Serialize;
 
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
@@ -136,6 +136,7 @@ fn narrow(mut r: AuditRecord, viewer: &Viewer) -> Option<AuditRecord> {
     }
     if r.counterparties.iter().any(|c| c == me) {
         r.counterparties = vec![me.to_owned()];
+        r.recipient_views.retain(|o, _| o == me);
         return Some(r);
     }
     None
@@ -735,6 +736,9 @@ pub struct AccessRow {
     pub kind: String,
     /// The legal ground: `consent`, `covenant`, or `non_consent:<ground>`.
     pub ground: String,
+    /// The data categories the recipient received: its view's categories under the policy
+    /// (`-` for records from before views were recorded).
+    pub categories: String,
     /// When the recipient's signed receipt arrived; `None`: not (yet) received.
     pub received_at: Option<String>,
     /// The message.
@@ -782,6 +786,22 @@ pub fn access(records: &[AuditRecord], case_ref: &str, policy: &Policy) -> Vec<A
             None => "-".into(),
         }
     };
+    // The categories of the view the recipient got the message in, under the policy.
+    let categories = |r: &AuditRecord, to: &str| -> String {
+        let view = r.recipient_views.get(to).map(|v| Role::new(v.as_str()));
+        let rule = r
+            .kind
+            .as_deref()
+            .and_then(|k| k.parse::<Kind>().ok())
+            .and_then(|k| policy.rule(r.purpose.as_deref()?, k));
+        match (view, rule) {
+            (Some(v), Some(rule)) => {
+                let cats: Vec<String> = rule.view(&v).iter().map(|c| c.to_string()).collect();
+                cats.join(" ")
+            }
+            _ => "-".into(),
+        }
+    };
     let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
     let mut rows = Vec::new();
     for r in records.iter().filter(|r| r.outcome == Outcome::Ok) {
@@ -807,6 +827,7 @@ pub fn access(records: &[AuditRecord], case_ref: &str, policy: &Policy) -> Vec<A
                 processing_activity: opt(&r.processing_activity),
                 kind: opt(&r.kind),
                 ground: ground(r),
+                categories: categories(r, to),
                 received_at: receipts.get(&(id.as_str(), to.as_str())).cloned(),
                 message_id: id.clone(),
             });
@@ -1453,6 +1474,7 @@ pub mod rows {
                 "processing_activity",
                 "kind",
                 "ground",
+                "categories",
                 "received_at",
                 "message_id",
             ],
@@ -1466,6 +1488,7 @@ pub mod rows {
                         a.processing_activity.clone(),
                         a.kind.clone(),
                         a.ground.clone(),
+                        a.categories.clone(),
                         a.received_at.clone().unwrap_or_else(|| "-".into()),
                         a.message_id.clone(),
                     ]
@@ -1732,6 +1755,7 @@ mod tests {
                 trace_id: None,
                 request_digest: None,
                 document_serial: None,
+                recipient_views: Default::default(),
                 prev_hash: GENESIS_HASH.into(),
                 hash: format!("{:064x}", self.seq),
             });

@@ -321,6 +321,10 @@ pub struct AuditRecord {
     /// about (the version now in force, or the one refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document_serial: Option<u64>,
+    /// For an accepted message: the role (view) each recipient got it in, by OIN, from the
+    /// verified header; with the policy it says which data categories each received.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub recipient_views: std::collections::BTreeMap<String, String>,
     /// Hash of the previous record ([`GENESIS_HASH`] for record 1).
     pub prev_hash: String,
     /// Hash of this record's canonical bytes (which are computed with this field empty).
@@ -382,6 +386,7 @@ pub struct AuditEntry {
     trace_id: Option<String>,
     request_digest: Option<String>,
     document_serial: Option<u64>,
+    recipient_views: std::collections::BTreeMap<String, String>,
 }
 
 impl AuditEntry {
@@ -403,6 +408,7 @@ impl AuditEntry {
             trace_id: None,
             request_digest: None,
             document_serial: None,
+            recipient_views: Default::default(),
         }
     }
 
@@ -501,6 +507,18 @@ impl AuditEntry {
         self
     }
 
+    /// The role each recipient got the message in (see [`AuditRecord::recipient_views`]).
+    pub fn recipient_views<'a, O: fmt::Display + 'a, R: fmt::Display + 'a>(
+        mut self,
+        views: impl IntoIterator<Item = &'a (O, R)>,
+    ) -> Self {
+        self.recipient_views = views
+            .into_iter()
+            .map(|(o, r)| (o.to_string(), r.to_string()))
+            .collect();
+        self
+    }
+
     /// The directory serial of the federation documents (see
     /// [`AuditRecord::document_serial`]).
     pub fn document_serial(mut self, serial: u64) -> Self {
@@ -528,6 +546,10 @@ impl AuditEntry {
         }
         for c in &self.counterparties {
             check_oin("counterparties", c)?;
+        }
+        for (o, role) in &self.recipient_views {
+            check_oin("recipient_views", o)?;
+            check_name("recipient_views", Some(role))?;
         }
         check_token("user", self.user.as_deref(), 64)?;
         check_token("case_ref", self.case_ref.as_deref(), MAX_ID_LEN)?;
@@ -588,6 +610,7 @@ impl AuditEntry {
             trace_id: self.trace_id,
             request_digest: self.request_digest,
             document_serial: self.document_serial,
+            recipient_views: self.recipient_views,
             prev_hash,
             hash: String::new(),
         }

@@ -144,6 +144,36 @@ async fn fgs_read_a_running_broker_each_within_their_scope_and_every_read_is_rec
         "{rows}"
     );
 
+    // The access report says which data categories each recipient received: the care
+    // provider's view of a signal is `case`.
+    let case_text = case.to_string();
+    let (ok, json) = audit(&[
+        "access",
+        "--broker",
+        &addr,
+        "--federation",
+        &f,
+        "--federation-fg",
+        "--case",
+        &case_text,
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{json}");
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let signal_row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["message_id"] == serde_json::json!(id))
+        .unwrap_or_else(|| panic!("the signal is not in the access report: {rows}"));
+    assert_eq!(
+        signal_row["recipient"],
+        serde_json::json!(zorg.oin),
+        "{rows}"
+    );
+    assert_eq!(signal_row["categories"], "case", "{rows}");
+
     // A party's own (agent) certificate gets no report.
     let refused = cc
         .request(

@@ -200,7 +200,8 @@ fn accepted_entries(
             .message_id(h.id)
             .counterparties(recipients.iter())
     };
-    let mut entries = vec![base(AuditEntry::ok(AuditEvent::Accepted))];
+    let mut entries =
+        vec![base(AuditEntry::ok(AuditEvent::Accepted)).recipient_views(authorised.recipients())];
     if let Some(ground) = authorised.ground() {
         entries.push(base(AuditEntry::flagged(
             AuditEvent::NonConsentUse,
