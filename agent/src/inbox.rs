@@ -532,6 +532,23 @@ mod tests {
     }
 
     /// An aanmelding from the care provider to the corporation, sealed under `policy`.
+    /// Open `bytes` as delivered to `to`, now.
+    fn open_as(
+        bytes: &[u8],
+        to: &Side,
+        policy: &Policy,
+        dir: &Directory,
+    ) -> Result<Opened, Refusal> {
+        open_delivery(
+            bytes,
+            &to.oin,
+            std::slice::from_ref(&to.age),
+            policy,
+            dir,
+            Utc::now(),
+        )
+    }
+
     fn sealed(policy: &Policy, dir: &Directory, zorg: &Side, corp: &Side) -> Vec<u8> {
         aanmelding(policy, dir, zorg, &[(corp, "woningcorporatie")]).encode()
     }
@@ -545,15 +562,7 @@ mod tests {
             party(&corp, "woningcorporatie"),
         ]);
         let bytes = sealed(&policy, &dir, &zorg, &corp);
-        let opened = open_delivery(
-            &bytes,
-            &corp.oin,
-            std::slice::from_ref(&corp.age),
-            &policy,
-            &dir,
-            Utc::now(),
-        )
-        .unwrap();
+        let opened = open_as(&bytes, &corp, &policy, &dir).unwrap();
         assert_eq!(opened.view.as_str(), "woningcorporatie");
         assert!(opened.payload.get("woonwens").is_some());
         assert!(opened.payload.get("ondersteuning").is_none());
@@ -575,15 +584,7 @@ mod tests {
             party(&corp, "gemeente"),
         ]);
         let bytes = aanmelding(&policy, &forged, &zorg, &[(&corp, "gemeente")]).encode();
-        let refusal = open_delivery(
-            &bytes,
-            &corp.oin,
-            std::slice::from_ref(&corp.age),
-            &policy,
-            &dir,
-            Utc::now(),
-        )
-        .unwrap_err();
+        let refusal = open_as(&bytes, &corp, &policy, &dir).unwrap_err();
         assert_eq!(refusal.code, "view_not_ours", "{}", refusal.reason);
         assert!(refusal.reason.contains("gemeente"), "{}", refusal.reason);
     }
@@ -604,29 +605,13 @@ mod tests {
             &[(&corp, "woningcorporatie"), (&gem, "gemeente")],
         );
         // The whole envelope (every view) is not what a broker delivers.
-        let refusal = open_delivery(
-            &whole.encode(),
-            &corp.oin,
-            std::slice::from_ref(&corp.age),
-            &policy,
-            &dir,
-            Utc::now(),
-        )
-        .unwrap_err();
+        let refusal = open_as(&whole.encode(), &corp, &policy, &dir).unwrap_err();
         assert_eq!(refusal.code, "not_own_view", "{}", refusal.reason);
         // The delivery with only our own view opens.
         let header = whole.unverified_header().unwrap();
         let (mine, _) = header.body_for(&corp.oin).unwrap();
         let delivery = whole.delivery(mine).encode();
-        let opened = open_delivery(
-            &delivery,
-            &corp.oin,
-            std::slice::from_ref(&corp.age),
-            &policy,
-            &dir,
-            Utc::now(),
-        )
-        .unwrap();
+        let opened = open_as(&delivery, &corp, &policy, &dir).unwrap();
         assert_eq!(opened.view.as_str(), "woningcorporatie");
     }
 
@@ -646,15 +631,7 @@ mod tests {
             party(&corp, "woningcorporatie"),
         ]);
         let bytes = sealed(&leaky, &dir, &zorg, &corp);
-        let refusal = open_delivery(
-            &bytes,
-            &corp.oin,
-            std::slice::from_ref(&corp.age),
-            &policy,
-            &dir,
-            Utc::now(),
-        )
-        .unwrap_err();
+        let refusal = open_as(&bytes, &corp, &policy, &dir).unwrap_err();
         assert_eq!(refusal.code, "fields_outside_view");
         assert!(
             refusal.reason.contains("ondersteuning"),
@@ -683,55 +660,23 @@ mod tests {
         if let Some(last) = tampered.last_mut() {
             *last ^= 1;
         }
-        let r = open_delivery(
-            &tampered,
-            &corp.oin,
-            std::slice::from_ref(&corp.age),
-            &policy,
-            &dir,
-            Utc::now(),
-        )
-        .unwrap_err();
+        let r = open_as(&tampered, &corp, &policy, &dir).unwrap_err();
         assert_eq!(r.code, "digest_mismatch");
 
         // The directory lists another key for the sender.
         let mut forged_dir = dir.clone();
         forged_dir.parties[0].signing_key =
             keys::verifying_key_to_text(&keys::generate_signing_key().verifying_key());
-        let r = open_delivery(
-            &bytes,
-            &corp.oin,
-            std::slice::from_ref(&corp.age),
-            &policy,
-            &forged_dir,
-            Utc::now(),
-        )
-        .unwrap_err();
+        let r = open_as(&bytes, &corp, &policy, &forged_dir).unwrap_err();
         assert_eq!(r.code, "bad_signature");
 
         // A sender the directory does not know.
         let only_corp = directory(vec![party(&corp, "woningcorporatie")]);
-        let r = open_delivery(
-            &bytes,
-            &corp.oin,
-            std::slice::from_ref(&corp.age),
-            &policy,
-            &only_corp,
-            Utc::now(),
-        )
-        .unwrap_err();
+        let r = open_as(&bytes, &corp, &policy, &only_corp).unwrap_err();
         assert_eq!(r.code, "unknown_sender");
 
         // Not for us.
-        let r = open_delivery(
-            &bytes,
-            &stranger.oin,
-            std::slice::from_ref(&stranger.age),
-            &policy,
-            &dir,
-            Utc::now(),
-        )
-        .unwrap_err();
+        let r = open_as(&bytes, &stranger, &policy, &dir).unwrap_err();
         assert_eq!(r.code, "not_a_recipient");
 
         // Garbage never panics.
@@ -741,15 +686,7 @@ mod tests {
             b"KPM1\xff\xff\xff\xff",
             &bytes[..bytes.len() / 2],
         ] {
-            let r = open_delivery(
-                junk,
-                &corp.oin,
-                std::slice::from_ref(&corp.age),
-                &policy,
-                &dir,
-                Utc::now(),
-            )
-            .unwrap_err();
+            let r = open_as(junk, &corp, &policy, &dir).unwrap_err();
             assert_eq!(r.code, "malformed");
         }
     }

@@ -28,20 +28,22 @@ use crate::config::BrokerConfig;
 #[non_exhaustive]
 pub enum DocumentsError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    // The causes are in the message, not chained as sources, so `{:#}` does not print
+    // them twice.
+    #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
         path: String,
         /// Why.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A signature, a document or a key is invalid.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Invalid {
         /// Which document.
         what: &'static str,
         /// What is wrong.
-        source: ketenpost_schemas::Error,
+        cause: ketenpost_schemas::Error,
     },
     /// A CRL could not be read or parsed.
     #[error(transparent)]
@@ -78,9 +80,9 @@ struct Files {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, DocumentsError> {
-    std::fs::read(path).map_err(|source| DocumentsError::Read {
+    std::fs::read(path).map_err(|cause| DocumentsError::Read {
         path: path.display().to_string(),
-        source,
+        cause,
     })
 }
 
@@ -89,7 +91,7 @@ fn read_files(config: &BrokerConfig) -> Result<Files, DocumentsError> {
     let text = |p: &Path| {
         String::from_utf8(read(p)?).map_err(|_| DocumentsError::Invalid {
             what: "signature file",
-            source: ketenpost_schemas::Error::BadSignature("document"),
+            cause: ketenpost_schemas::Error::BadSignature("document"),
         })
     };
     Ok(Files {
@@ -136,7 +138,7 @@ pub fn changed(
 pub fn load(config: &BrokerConfig, federation: &VerifyingKey) -> Result<Documents, DocumentsError> {
     let files = read_files(config)?;
     let digest = digest_of(&files);
-    let invalid = |what| move |source| DocumentsError::Invalid { what, source };
+    let invalid = |what| move |cause| DocumentsError::Invalid { what, cause };
     let (policy, directory) = directory::load_signed_documents(
         federation,
         (&files.policy, &files.policy_sig),
@@ -152,7 +154,7 @@ pub fn load(config: &BrokerConfig, federation: &VerifyingKey) -> Result<Document
     let raw = protocol::Documents {
         policy: String::from_utf8(files.policy).map_err(|_| DocumentsError::Invalid {
             what: "policy",
-            source: ketenpost_schemas::Error::Policy {
+            cause: ketenpost_schemas::Error::Policy {
                 line: None,
                 column: None,
                 message: "policy is not UTF-8".into(),
@@ -161,7 +163,7 @@ pub fn load(config: &BrokerConfig, federation: &VerifyingKey) -> Result<Document
         policy_sig: files.policy_sig,
         directory: String::from_utf8(files.directory).map_err(|_| DocumentsError::Invalid {
             what: "directory",
-            source: ketenpost_schemas::Error::Directory("directory is not UTF-8".into()),
+            cause: ketenpost_schemas::Error::Directory("directory is not UTF-8".into()),
         })?,
         directory_sig: files.directory_sig,
     };
@@ -179,10 +181,22 @@ pub fn load(config: &BrokerConfig, federation: &VerifyingKey) -> Result<Document
 pub fn federation_key(config: &BrokerConfig) -> Result<VerifyingKey, DocumentsError> {
     let path = &config.federation.public_key;
     let text = String::from_utf8(read(path)?).unwrap_or_default();
-    keys::verifying_key_from_text(&text).map_err(|source| DocumentsError::Invalid {
+    keys::verifying_key_from_text(&text).map_err(|cause| DocumentsError::Invalid {
         what: "federation public key",
-        source,
+        cause,
     })
+}
+
+/// Why the documents in force do not admit a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// The OIN is not an active party.
+    NotActive,
+    /// The certificate is not the one the directory lists (nor a previous one in its
+    /// rotation overlap).
+    NotInDirectory,
+    /// A CRL in force lists the certificate.
+    Revoked,
 }
 
 /// What a reload changes.
@@ -252,23 +266,23 @@ impl Documents {
 
     /// Whether a connection with this certificate may act as `oin` under these documents
     /// at `now`: an active party, the certificate the directory lists (or a previous one in
-    /// its rotation overlap), not revoked by a CRL. The reason when not, for the log and
-    /// the connection close.
+    /// its rotation overlap), not revoked by a CRL.
     pub fn admits(
         &self,
         oin: &Oin,
         fingerprint: &str,
         serial: Option<&[u8]>,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), &'static str> {
-        let Some(party) = self.directory.active_party(oin) else {
-            return Err("not an active party");
-        };
+    ) -> Result<(), NotAdmitted> {
+        let party = self
+            .directory
+            .active_party(oin)
+            .ok_or(NotAdmitted::NotActive)?;
         if !party.accepts_certificate(fingerprint, now) {
-            return Err("certificate not in directory");
+            return Err(NotAdmitted::NotInDirectory);
         }
         if serial.is_some_and(|s| self.revocations.revokes(s)) {
-            return Err("certificate revoked");
+            return Err(NotAdmitted::Revoked);
         }
         Ok(())
     }

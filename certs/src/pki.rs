@@ -133,6 +133,31 @@ fn base_params(validity: Validity, serial: &[u8]) -> CertificateParams {
     params
 }
 
+/// The parameters of a partner's client certificate, PKIoverheid style: CN and O the
+/// organisation's name, serialNumber its OIN, EKU clientAuth.
+fn client_params(
+    name: &str,
+    oin: &Oin,
+    validity: Validity,
+    serials: &mut Serials,
+) -> Result<CertificateParams, Error> {
+    let mut params = base_params(validity, &serials.next());
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn.push(DnType::OrganizationName, name);
+    let oin_value =
+        PrintableString::try_from(oin.as_str()).map_err(Error::generate("subject serialNumber"))?;
+    dn.push(
+        DnType::CustomDnType(SERIAL_NUMBER_OID.to_vec()),
+        DnValue::PrintableString(oin_value),
+    );
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
 fn serials_of(params: &CertificateParams) -> Vec<u8> {
     params
         .serial_number
@@ -177,11 +202,7 @@ impl Ca {
 
     fn sign(&self, params: CertificateParams, what: &'static str) -> Result<Issued, Error> {
         let key = new_key()?;
-        let serial = params
-            .serial_number
-            .as_ref()
-            .map(SerialNumber::to_bytes)
-            .unwrap_or_default();
+        let serial = serials_of(&params);
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(Error::generate(what))?;
@@ -202,20 +223,7 @@ impl Ca {
         validity: Validity,
         serials: &mut Serials,
     ) -> Result<Issued, Error> {
-        let mut params = base_params(validity, &serials.next());
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        dn.push(DnType::OrganizationName, name);
-        let oin_value = PrintableString::try_from(oin.as_str())
-            .map_err(Error::generate("subject serialNumber"))?;
-        dn.push(
-            DnType::CustomDnType(SERIAL_NUMBER_OID.to_vec()),
-            DnValue::PrintableString(oin_value),
-        );
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
+        let params = client_params(name, oin, validity, serials)?;
         self.sign(params, "client certificate")
     }
 
@@ -234,20 +242,7 @@ impl Ca {
             rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(Error::generate(
                 "certificate request (it does not parse or its signature does not verify)",
             ))?;
-        let mut params = base_params(validity, &serials.next());
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        dn.push(DnType::OrganizationName, name);
-        let oin_value = PrintableString::try_from(oin.as_str())
-            .map_err(Error::generate("subject serialNumber"))?;
-        dn.push(
-            DnType::CustomDnType(SERIAL_NUMBER_OID.to_vec()),
-            DnValue::PrintableString(oin_value),
-        );
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
+        let params = client_params(name, oin, validity, serials)?;
         let serial = serials_of(&params);
         csr.params = params;
         let cert = csr

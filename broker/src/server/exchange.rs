@@ -19,6 +19,7 @@ use super::limits::{self, ConnectionGuard, Limit};
 use super::{handle, Shared};
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::config::BrokerConfig;
+use crate::documents::NotAdmitted;
 
 /// Why a connection that completed its TLS handshake is not served. Over QUIC the
 /// connection is closed with [`Refusal::code`] and [`Refusal::reason`]; TCP has no such
@@ -116,17 +117,17 @@ impl Identity {
             }
             return Ok(());
         }
-        match docs.admits(
+        docs.admits(
             &self.oin,
             &self.fingerprint,
             self.serial.as_deref(),
             shared.now(),
-        ) {
-            Ok(()) => Ok(()),
-            Err("not an active party") => Err(Refusal::NotActive),
-            Err("certificate not in directory") => Err(Refusal::NotInDirectory),
-            Err(_) => Err(Refusal::Revoked),
-        }
+        )
+        .map_err(|why| match why {
+            NotAdmitted::NotActive => Refusal::NotActive,
+            NotAdmitted::NotInDirectory => Refusal::NotInDirectory,
+            NotAdmitted::Revoked => Refusal::Revoked,
+        })
     }
 }
 

@@ -622,3 +622,51 @@ fn a_revoked_party_gets_no_breach_notice() {
     );
     assert!(fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).is_ok());
 }
+
+#[test]
+fn ad_hoc_deletion_orders_come_from_the_regievoerder_for_holders_only() {
+    use ketenpost_schemas::control::DeletionReason;
+    let fx = Fx::new();
+    let order = |by: &P, reason, parties: Vec<Oin>| {
+        change(&fx, &fx.case, by, CaseOp::OrderDeletion { reason, parties })
+    };
+    let refused = |by: &P, c: &CaseChange| control(&fx, by, &signed(c, by)).unwrap_err().code;
+    // Only the case's manager orders.
+    let by_member = order(&fx.zorg, DeletionReason::Erasure, vec![]);
+    assert_eq!(refused(&fx.zorg, &by_member), RejectCode::NotPermitted);
+    // Retention orders are the broker's; a handover names others than the regievoerder;
+    // only parties that hold the case's data can be ordered.
+    for bad in [
+        order(&fx.gem, DeletionReason::RetentionEnded, vec![]),
+        order(&fx.gem, DeletionReason::Handover, vec![]),
+        order(&fx.gem, DeletionReason::Handover, vec![fx.gem.oin.clone()]),
+        order(
+            &fx.gem,
+            DeletionReason::Objection,
+            vec![fx.corp2.oin.clone()],
+        ),
+    ] {
+        assert_eq!(refused(&fx.gem, &bad), RejectCode::Conflict, "{bad:?}");
+    }
+    // A handover: the party leaves the team and is marked as having deleted.
+    let handover = order(&fx.gem, DeletionReason::Handover, vec![fx.corp.oin.clone()]);
+    match control(&fx, &fx.gem, &signed(&handover, &fx.gem)).unwrap() {
+        ControlEffect::DeletionRequested { case, ordered, .. } => {
+            assert_eq!(ordered, [fx.corp.oin.clone()].into());
+            assert!(!case.members.contains_key(&fx.corp.oin));
+            assert!(case.deleted_by.contains(&fx.corp.oin));
+            assert!(case.is_open());
+        }
+        other => panic!("{other:?}"),
+    }
+    // An erasure orders every holder and ends the case.
+    let erasure = order(&fx.gem, DeletionReason::Erasure, vec![]);
+    match control(&fx, &fx.gem, &signed(&erasure, &fx.gem)).unwrap() {
+        ControlEffect::DeletionRequested { case, ordered, .. } => {
+            assert_eq!(ordered, case.all_parties());
+            assert_eq!(case.deletion_ordered_at, Some(fx.now));
+            assert!(!case.is_open());
+        }
+        other => panic!("{other:?}"),
+    }
+}
