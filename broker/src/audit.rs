@@ -451,6 +451,23 @@ pub enum ProblemKind {
     CheckpointMismatch,
 }
 
+impl ProblemKind {
+    /// The snake_case code, as an audit reason.
+    pub fn code(self) -> &'static str {
+        match self {
+            ProblemKind::Missing => "missing",
+            ProblemKind::Unreadable => "unreadable",
+            ProblemKind::Misplaced => "misplaced",
+            ProblemKind::Altered => "altered",
+            ProblemKind::Unlinked => "unlinked",
+            ProblemKind::OutOfOrder => "out_of_order",
+            ProblemKind::CheckpointUnreadable => "checkpoint_unreadable",
+            ProblemKind::CheckpointBadSignature => "checkpoint_bad_signature",
+            ProblemKind::CheckpointMismatch => "checkpoint_mismatch",
+        }
+    }
+}
+
 /// One problem [`verify_chain`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {

@@ -47,11 +47,22 @@
 //! sweep_interval_secs = 10
 //! documents_reload_secs = 30           # re-read policy, directory and CRLs; SIGHUP too
 //!
-//! [alerts]                             # optional: FG alerts by webhook
+//! [alerts]                             # optional: FG alerts by webhook and/or e-mail
 //! interval_ms = 1000
+//! verify_interval_secs = 3600          # re-verify the audit trail; damage is alerted
 //! [[alerts.webhook]]
 //! for = "federation"                   # or a party's OIN: alerts about that party
 //! url = "http://127.0.0.1:8088/ketenpost-alerts"
+//! [[alerts.email]]
+//! for = "00000001234567890000"         # or "federation"
+//! to = "fg@gemeente.example"
+//! [alerts.smtp]                        # needed when there is an [[alerts.email]]
+//! relay = "smtp.regio.example"         # host, or host:port
+//! security = "starttls"                # starttls (port 587) | tls (465) | none (loopback only, 25)
+//! from = "ketenpost-broker@regio.example"
+//! # ca = "smtp-ca.pem"                 # an extra trust anchor beside the system's
+//! # username = "ketenpost"
+//! # password_file = "smtp.password"
 //!
 //! [backup]                             # optional
 //! dir = "/var/backups/ketenpost"       # SIGUSR1 writes an online backup in a new folder here
@@ -232,6 +243,14 @@ pub struct AlertsConfig {
     pub interval_ms: u64,
     /// The webhooks.
     pub webhook: Vec<WebhookConfig>,
+    /// The e-mail receivers (they need `smtp`).
+    pub email: Vec<EmailConfig>,
+    /// The SMTP relay e-mail alerts go through.
+    pub smtp: Option<SmtpConfig>,
+    /// How often the running broker verifies its whole audit trail (hash chain and
+    /// checkpoints), 60-86400 s; the first time right after the start. Damage is recorded
+    /// (`audit_verification_failed`) and alerted.
+    pub verify_interval_secs: u64,
 }
 
 impl Default for AlertsConfig {
@@ -239,8 +258,96 @@ impl Default for AlertsConfig {
         AlertsConfig {
             interval_ms: 1000,
             webhook: Vec::new(),
+            email: Vec::new(),
+            smtp: None,
+            verify_interval_secs: 3600,
         }
     }
+}
+
+impl AlertsConfig {
+    /// Every receiver, numbered: the webhooks first, then the e-mail addresses. An alert's
+    /// queue key holds this number, so keep the order when changing the configuration.
+    pub fn receivers(&self) -> Vec<ReceiverConfig> {
+        let hooks = self.webhook.iter().map(|w| ReceiverConfig {
+            for_: w.for_.clone(),
+            to: Destination::Webhook(w.url.clone()),
+        });
+        let mails = self.email.iter().map(|m| ReceiverConfig {
+            for_: m.for_.clone(),
+            to: Destination::Email(m.to.clone()),
+        });
+        hooks.chain(mails).collect()
+    }
+
+    /// Whether any receiver is configured.
+    pub fn any(&self) -> bool {
+        !self.webhook.is_empty() || !self.email.is_empty()
+    }
+}
+
+/// One receiver of alerts: whose FG it is and where the alert goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiverConfig {
+    /// A party's OIN, or `federation`.
+    pub for_: String,
+    /// Where.
+    pub to: Destination,
+}
+
+/// Where an alert is delivered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// POSTed to this URL.
+    Webhook(String),
+    /// Mailed to this address through `[alerts.smtp]`.
+    Email(String),
+}
+
+/// One FG's e-mail address.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// Whose FG it is: a party's OIN, or `federation`.
+    #[serde(rename = "for")]
+    pub for_: String,
+    /// The address.
+    pub to: String,
+}
+
+/// How the broker reaches its SMTP relay.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `host` or `host:port`; the port defaults by `security` (587, 465, 25).
+    pub relay: String,
+    /// Transport security.
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    /// The sender address of the alerts.
+    pub from: String,
+    /// An extra trust anchor (PEM) for the relay's certificate, beside the system's.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The user name, when the relay wants a login (with `password_file`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file holding the password (one line).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// Transport security towards the SMTP relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpSecurity {
+    /// Plain SMTP upgraded with STARTTLS, which must succeed (default; port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS; port 465).
+    Tls,
+    /// No encryption: only for a relay on the loopback interface (port 25).
+    None,
 }
 
 /// One FG's webhook: an HTTP endpoint that takes a POST of a signed JSON alert.
@@ -330,6 +437,12 @@ impl BrokerConfig {
         if let Some(d) = self.backup.dir.as_mut() {
             fix(d);
         }
+        if let Some(smtp) = self.alerts.smtp.as_mut() {
+            smtp.ca
+                .iter_mut()
+                .chain(smtp.password_file.iter_mut())
+                .for_each(fix);
+        }
         let f = &mut self.federation;
         for p in [
             &mut f.public_key,
@@ -415,6 +528,31 @@ impl BrokerConfig {
             }
             crate::alerts::Endpoint::parse(&w.url)
                 .map_err(|e| ConfigError::Invalid(format!("alerts.webhook: {e}")))?;
+        }
+        for m in &a.email {
+            if m.for_ != "federation" && m.for_.parse::<ketenpost_schemas::ids::Oin>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "alerts.email: for = '{}' is neither 'federation' nor an OIN",
+                    m.for_
+                )));
+            }
+            crate::alerts::email::mailbox(&m.to)
+                .map_err(|e| ConfigError::Invalid(format!("alerts.email: {e}")))?;
+        }
+        match &a.smtp {
+            None if !a.email.is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "alerts.email needs [alerts.smtp] (relay, security, from)".to_owned(),
+                ))
+            }
+            None => {}
+            Some(smtp) => crate::alerts::email::check(smtp)
+                .map_err(|e| ConfigError::Invalid(format!("alerts.smtp: {e}")))?,
+        }
+        if !(60..=86_400).contains(&a.verify_interval_secs) {
+            return Err(ConfigError::Invalid(
+                "alerts.verify_interval_secs must be between 60 and 86400".to_owned(),
+            ));
         }
         if t.documents_reload_secs == 0 || t.documents_reload_secs > 3600 {
             return Err(ConfigError::Invalid(

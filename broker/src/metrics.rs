@@ -17,7 +17,8 @@
 //! | `ketenpost_broker_group_commits_total` | counter | group commits (each one fsync of the database) |
 //! | `ketenpost_broker_group_commit_size` | histogram | messages or transitions per group commit |
 //! | `ketenpost_broker_fsync_seconds` | histogram | how long each group commit's fsync took |
-//! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts accepted by their webhooks |
+//! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts accepted by their receivers (webhooks, mail relay) |
+//! | `ketenpost_broker_audit_trail_intact` | gauge | 1 when the last verification of the audit trail found it intact, 0 when damaged (absent until the first) |
 //! | `ketenpost_broker_up` | gauge | 1 while serving, 0 once the store is poisoned |
 //! | `ketenpost_broker_documents_serial` | gauge | the directory serial of the federation documents in force |
 
@@ -117,6 +118,8 @@ pub struct Counters {
     limits: Mutex<BTreeMap<&'static str, u64>>,
     connections: Mutex<BTreeMap<&'static str, u64>>,
     alerts_sent: AtomicU64,
+    /// 0: not verified yet; 1: intact; 2: damaged.
+    trail: AtomicU64,
 }
 
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) {
@@ -140,6 +143,12 @@ impl Counters {
     /// An FG alert accepted by its receiver.
     pub fn alert_sent(&self) {
         self.alerts_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The outcome of the last verification of the audit trail.
+    pub fn trail_verified(&self, intact: bool) {
+        self.trail
+            .store(if intact { 1 } else { 2 }, Ordering::Relaxed);
     }
 
     /// A refusal for a per-party limit.
@@ -273,7 +282,7 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
     );
     let _ = writeln!(
         out,
-        "# HELP ketenpost_broker_alerts_sent_total FG alerts accepted by their webhooks."
+        "# HELP ketenpost_broker_alerts_sent_total FG alerts accepted by their receivers."
     );
     let _ = writeln!(out, "# TYPE ketenpost_broker_alerts_sent_total counter");
     let _ = writeln!(
@@ -281,6 +290,19 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
         "ketenpost_broker_alerts_sent_total {}",
         counters.alerts_sent.load(Ordering::Relaxed)
     );
+    let trail = counters.trail.load(Ordering::Relaxed);
+    if trail != 0 {
+        let _ = writeln!(
+            out,
+            "# HELP ketenpost_broker_audit_trail_intact 1 when the last verification found the audit trail intact."
+        );
+        let _ = writeln!(out, "# TYPE ketenpost_broker_audit_trail_intact gauge");
+        let _ = writeln!(
+            out,
+            "ketenpost_broker_audit_trail_intact {}",
+            u8::from(trail == 1)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP ketenpost_broker_up 1 while the broker serves; 0 once its store is poisoned."

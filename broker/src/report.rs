@@ -1755,6 +1755,7 @@ mod tests {
                 trace_id: None,
                 request_digest: None,
                 document_serial: None,
+                broken_seq: None,
                 recipient_views: Default::default(),
                 prev_hash: GENESIS_HASH.into(),
                 hash: format!("{:064x}", self.seq),

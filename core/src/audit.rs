@@ -182,6 +182,9 @@ pub enum AuditEvent {
     BackupTaken,
     /// An FG alert was accepted by its receiver (reason: the event alerted about).
     AlertSent,
+    /// The running broker verified its own trail and found damage (reason: the kind of
+    /// damage; `broken_seq`: the first damaged record); the FGs are alerted.
+    AuditVerificationFailed,
     /// The broker started.
     BrokerStarted,
     /// The broker stopped.
@@ -223,6 +226,7 @@ impl AuditEvent {
             AuditEvent::DocumentsChanged => "documents_changed",
             AuditEvent::BackupTaken => "backup_taken",
             AuditEvent::AlertSent => "alert_sent",
+            AuditEvent::AuditVerificationFailed => "audit_verification_failed",
             AuditEvent::BrokerStarted => "broker_started",
             AuditEvent::BrokerStopped => "broker_stopped",
             AuditEvent::EarlyRefused => "early_refused",
@@ -321,6 +325,9 @@ pub struct AuditRecord {
     /// about (the version now in force, or the one refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub document_serial: Option<u64>,
+    /// For `audit_verification_failed`: the first record where the trail is damaged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_seq: Option<u64>,
     /// For an accepted message: the role (view) each recipient got it in, by OIN, from the
     /// verified header; with the policy it says which data categories each received.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -386,6 +393,7 @@ pub struct AuditEntry {
     trace_id: Option<String>,
     request_digest: Option<String>,
     document_serial: Option<u64>,
+    broken_seq: Option<u64>,
     recipient_views: std::collections::BTreeMap<String, String>,
 }
 
@@ -408,6 +416,7 @@ impl AuditEntry {
             trace_id: None,
             request_digest: None,
             document_serial: None,
+            broken_seq: None,
             recipient_views: Default::default(),
         }
     }
@@ -526,6 +535,12 @@ impl AuditEntry {
         self
     }
 
+    /// The first damaged record (for `audit_verification_failed`).
+    pub fn broken_seq(mut self, seq: u64) -> Self {
+        self.broken_seq = Some(seq);
+        self
+    }
+
     /// The SHA-256 of a refused request's bytes (see [`AuditRecord::request_digest`]).
     pub fn request_digest(mut self, bytes: &[u8]) -> Self {
         self.request_digest = Some(hex::encode(Sha256::digest(bytes)));
@@ -610,6 +625,7 @@ impl AuditEntry {
             trace_id: self.trace_id,
             request_digest: self.request_digest,
             document_serial: self.document_serial,
+            broken_seq: self.broken_seq,
             recipient_views: self.recipient_views,
             prev_hash,
             hash: String::new(),

@@ -352,6 +352,7 @@ mod tests {
             trace_id: None,
             request_digest: None,
             document_serial: None,
+            broken_seq: None,
             recipient_views: Default::default(),
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),

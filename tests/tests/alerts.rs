@@ -1,7 +1,10 @@
 //! FG alerts reach their webhooks (real processes): a message sent on a non-consent ground
 //! is alerted once to the federation FG's webhook and once to the webhook of a party it
 //! involves, which fails at first and gets it after it recovers; each body is signed by
-//! the broker, and each accepted alert is in the audit trail.
+//! the broker, and each accepted alert is in the audit trail. The same alert reaches an
+//! FG's mailbox through an SMTP relay that refuses it at first. A trail damaged while the
+//! broker was down is found by the broker's own verification at its next start and
+//! alerted.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -101,37 +104,15 @@ async fn wait_for(got: &Got, n: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_non_consent_use_is_alerted_once_per_webhook_and_a_failing_webhook_gets_it_later() {
-    let fed = Fed::new(TEST_POLICY, None).unwrap();
-    // Default roster: gemeente, woningcorporatie, zorgaanbieder.
+/// Open a case with a consent for the gemeente only, then send an aanmelding from the
+/// zorgaanbieder to the gemeente and the corporation on the acute-danger ground: one
+/// `non_consent_use` record. Returns the message id.
+async fn send_on_acute_danger(fed: &Fed, broker: &BrokerProcess) -> String {
     let (gem, corp, zorg) = (
         fed.keys(0).unwrap(),
         fed.keys(1).unwrap(),
         fed.keys(2).unwrap(),
     );
-    let (federation_url, federation_got, _) = receiver(0).await;
-    let (corp_url, corp_got, corp_attempts) = receiver(2).await;
-    let data = fed.path("data");
-    let hooks = [
-        format!("federation={federation_url}"),
-        format!("{}={corp_url}", corp.oin),
-    ];
-    let broker = BrokerProcess::start_with(
-        &fed,
-        &data,
-        "127.0.0.1:0".parse().unwrap(),
-        &[
-            "--alert-webhook",
-            &hooks[0],
-            "--alert-webhook",
-            &hooks[1],
-            "--metrics",
-            "127.0.0.1:0",
-        ],
-        &[],
-    )
-    .unwrap();
     let (gc, zc) = (
         gem.connect(broker.addr).await.unwrap(),
         zorg.connect(broker.addr).await.unwrap(),
@@ -174,6 +155,40 @@ async fn a_non_consent_use_is_alerted_once_per_webhook_and_a_failing_webhook_get
         panic!("the aanmelding was not accepted: {answer:?}")
     };
 
+    gc.close().await;
+    zc.close().await;
+    message_id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_consent_use_is_alerted_once_per_webhook_and_a_failing_webhook_gets_it_later() {
+    let fed = Fed::new(TEST_POLICY, None).unwrap();
+    // Default roster: gemeente, woningcorporatie, zorgaanbieder.
+    let corp = fed.keys(1).unwrap();
+    let (federation_url, federation_got, _) = receiver(0).await;
+    let (corp_url, corp_got, corp_attempts) = receiver(2).await;
+    let data = fed.path("data");
+    let hooks = [
+        format!("federation={federation_url}"),
+        format!("{}={corp_url}", corp.oin),
+    ];
+    let broker = BrokerProcess::start_with(
+        &fed,
+        &data,
+        "127.0.0.1:0".parse().unwrap(),
+        &[
+            "--alert-webhook",
+            &hooks[0],
+            "--alert-webhook",
+            &hooks[1],
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        &[],
+    )
+    .unwrap();
+    let message_id = send_on_acute_danger(&fed, &broker).await;
+
     wait_for(&federation_got, 1).await;
     wait_for(&corp_got, 1).await;
     // A moment more: a second delivery of the same alert would show now.
@@ -203,8 +218,6 @@ async fn a_non_consent_use_is_alerted_once_per_webhook_and_a_failing_webhook_get
         corp_attempts.load(Ordering::SeqCst) >= 3,
         "the failing webhook was not retried"
     );
-    gc.close().await;
-    zc.close().await;
     broker.terminate().unwrap();
 
     let log = AuditLog::read(&fed, &data).unwrap();
@@ -218,4 +231,232 @@ async fn a_non_consent_use_is_alerted_once_per_webhook_and_a_failing_webhook_get
         .iter()
         .any(|r| r.counterparties == vec![corp.oin.to_string()]));
     assert!(log.verified.is_intact(), "{:?}", log.verified);
+}
+
+/// What an SMTP relay on loopback got: one entry per accepted mail, its raw DATA.
+type Mails = Arc<Mutex<Vec<String>>>;
+
+/// A minimal SMTP relay on loopback (plaintext, as `security = "none"` allows there) that
+/// answers 451 to the DATA of its first `fail_first` mails.
+async fn smtp_relay(fail_first: usize) -> (String, Mails, Arc<AtomicUsize>) {
+    use tokio::io::AsyncBufReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mails: Mails = Arc::default();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (m, a) = (mails.clone(), attempts.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let (m, a) = (m.clone(), a.clone());
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                let _ = w.write_all(b"220 fg.test ESMTP\r\n").await;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                    let answer: &[u8] = match verb.as_str() {
+                        "EHLO" | "HELO" => b"250 fg.test\r\n",
+                        "DATA" => {
+                            let _ = w.write_all(b"354 go ahead\r\n").await;
+                            let mut data = String::new();
+                            while let Ok(Some(l)) = lines.next_line().await {
+                                if l == "." {
+                                    break;
+                                }
+                                data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                                data.push('\n');
+                            }
+                            let n = a.fetch_add(1, Ordering::SeqCst) + 1;
+                            if n <= fail_first {
+                                b"451 4.3.0 try again later\r\n"
+                            } else {
+                                m.lock().unwrap().push(data);
+                                b"250 2.0.0 queued\r\n"
+                            }
+                        }
+                        "QUIT" => {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        }
+                        _ => b"250 OK\r\n",
+                    };
+                    if w.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, mails, attempts)
+}
+
+/// The decoded text of a quoted-printable mail body.
+fn quoted_printable(body: &str) -> String {
+    let mut out = Vec::new();
+    for line in body.lines() {
+        let (line, soft) = match line.strip_suffix('=') {
+            Some(l) => (l, true),
+            None => (line, false),
+        };
+        let bytes = line.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'=' {
+                if let Ok(b) = u8::from_str_radix(line.get(i + 1..i + 3).unwrap_or(""), 16) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        if !soft {
+            out.push(b'\n');
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_is_mailed_to_the_fgs_mailbox_once_after_the_relay_recovers() {
+    let fed = Fed::new(TEST_POLICY, None).unwrap();
+    let (relay, mails, attempts) = smtp_relay(1).await;
+    let data = fed.path("data");
+    let broker = BrokerProcess::start_with(
+        &fed,
+        &data,
+        "127.0.0.1:0".parse().unwrap(),
+        &[
+            "--alert-email",
+            "federation=fg@federatie.test",
+            "--smtp-relay",
+            &relay,
+            "--smtp-security",
+            "none",
+            "--smtp-from",
+            "broker@federatie.test",
+        ],
+        &[],
+    )
+    .unwrap();
+    let message_id = send_on_acute_danger(&fed, &broker).await;
+    let until = std::time::Instant::now() + Duration::from_secs(40);
+    while mails.lock().unwrap().is_empty() && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A moment more: a second mail of the same alert would show now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.terminate().unwrap();
+
+    let mails = mails.lock().unwrap();
+    assert_eq!(mails.len(), 1, "the FG got {} mails", mails.len());
+    assert!(
+        attempts.load(Ordering::SeqCst) >= 2,
+        "the refused mail was not retried"
+    );
+    let raw = &mails[0];
+    let (head, body) = raw.split_once("\n\n").unwrap();
+    assert!(head.contains("To: fg@federatie.test"), "{head}");
+    assert!(
+        head.contains("Subject: [ketenpost] data shared without consent"),
+        "{head}"
+    );
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let text = quoted_printable(body);
+    assert!(text.contains("acute_danger"), "{text}");
+    // The signed JSON, byte for byte, verifies under the broker's key.
+    let json = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("the signed alert is in the mail");
+    let alert: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(alert["event"], "non_consent_use");
+    assert_eq!(alert["message_id"], message_id.as_str());
+    assert_eq!(alert["id"], header("X-Ketenpost-Alert-Id").as_str());
+    for party in alert["parties"].as_array().unwrap() {
+        let name = party["name"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("{name} ({})", party["oin"].as_str().unwrap())),
+            "{text}"
+        );
+    }
+    let sig = keys::signature_from_text(&header("X-Ketenpost-Signature")).unwrap();
+    keys::verify(
+        &fed.directory.broker_key().unwrap(),
+        Context::Alert,
+        json.as_bytes(),
+        &sig,
+        "alert",
+    )
+    .expect("the mailed alert is signed by the broker");
+    let log = AuditLog::read(&fed, &data).unwrap();
+    assert_eq!(log.of(AuditEvent::AlertSent).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trail_damaged_while_the_broker_was_down_is_alerted_at_its_next_start() {
+    let fed = Fed::new(TEST_POLICY, None).unwrap();
+    let data = fed.path("data");
+    let start = |hook: &str| {
+        let hook = format!("federation={hook}");
+        BrokerProcess::start_with(
+            &fed,
+            &data,
+            "127.0.0.1:0".parse().unwrap(),
+            &["--alert-webhook", &hook],
+            &[],
+        )
+        .unwrap()
+    };
+    let (url, got, _) = receiver(0).await;
+    let broker = start(&url);
+    send_on_acute_danger(&fed, &broker).await;
+    wait_for(&got, 1).await;
+    broker.terminate().unwrap();
+    assert!(AuditLog::read(&fed, &data).unwrap().verified.is_intact());
+
+    // While the broker is down, someone edits record 3 in place.
+    let tampered = 3u64;
+    {
+        let db = sled::open(data.join("broker.sled")).unwrap();
+        let tree = db.open_tree(ketenpost_broker::audit::RECORDS_TREE).unwrap();
+        let key = ketenpost_core::audit::seq_key(tampered);
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&tree.get(key).unwrap().unwrap()).unwrap();
+        record["actor"] = serde_json::Value::String("00000009999999999999".into());
+        tree.insert(key, serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+
+    let broker = start(&url);
+    let until = std::time::Instant::now() + Duration::from_secs(40);
+    let found = loop {
+        let found = got.lock().unwrap().iter().find_map(|(_, _, body)| {
+            let alert: serde_json::Value = serde_json::from_slice(body).ok()?;
+            (alert["event"] == "audit_verification_failed").then_some(alert)
+        });
+        if found.is_some() || std::time::Instant::now() > until {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    broker.terminate().unwrap();
+    let alert = found.expect("the damaged trail was alerted");
+    assert_eq!(alert["broken_seq"], tampered, "{alert}");
+    assert_eq!(alert["reason"], "altered", "{alert}");
+    let log = AuditLog::read(&fed, &data).unwrap();
+    let failed = log.of(AuditEvent::AuditVerificationFailed);
+    assert_eq!(failed.len(), 1, "recorded once: {failed:?}");
+    assert_eq!(failed[0].broken_seq, Some(tampered));
 }

@@ -80,6 +80,24 @@ enum Command {
         /// about that party); repeatable, added to `[[alerts.webhook]]`.
         #[arg(long, value_name = "FOR=URL")]
         alert_webhook: Vec<String>,
+        /// Mail FG alerts: `federation=ADDRESS` or `OIN=ADDRESS`; repeatable, added to
+        /// `[[alerts.email]]`; needs an SMTP relay (`--smtp-relay` or `[alerts.smtp]`).
+        #[arg(long, value_name = "FOR=ADDRESS")]
+        alert_email: Vec<String>,
+        /// The SMTP relay for e-mail alerts, `host[:port]` (sets `[alerts.smtp] relay`).
+        #[arg(long, value_name = "HOST[:PORT]", requires = "smtp_from")]
+        smtp_relay: Option<String>,
+        /// The relay's transport security: starttls (default), tls, or none (loopback only).
+        #[arg(
+            long,
+            value_name = "MODE",
+            default_value = "starttls",
+            requires = "smtp_relay"
+        )]
+        smtp_security: String,
+        /// The sender address of alert mails.
+        #[arg(long, value_name = "ADDRESS", requires = "smtp_relay")]
+        smtp_from: Option<String>,
         /// Where SIGUSR1 writes an online backup (a new folder per backup, named by the
         /// time; overrides `[backup] dir`).
         #[arg(long, value_name = "DIR")]
@@ -265,6 +283,10 @@ fn main() -> ExitCode {
             crl,
             backup_dir,
             alert_webhook,
+            alert_email,
+            smtp_relay,
+            smtp_security,
+            smtp_from,
             metrics,
             tcp,
         } => {
@@ -324,6 +346,41 @@ fn main() -> ExitCode {
                         for_: for_.to_owned(),
                         url: url.to_owned(),
                     });
+            }
+            for mail in alert_email {
+                let Some((for_, to)) = mail.split_once('=') else {
+                    eprintln!("ketenpost-broker: --alert-email wants FOR=ADDRESS, got '{mail}'");
+                    return ExitCode::from(EXIT_CONFIG);
+                };
+                config
+                    .alerts
+                    .email
+                    .push(ketenpost_broker::config::EmailConfig {
+                        for_: for_.to_owned(),
+                        to: to.to_owned(),
+                    });
+            }
+            if let (Some(relay), Some(from)) = (smtp_relay, smtp_from) {
+                use ketenpost_broker::config::{SmtpConfig, SmtpSecurity};
+                let security = match smtp_security.as_str() {
+                    "starttls" => SmtpSecurity::Starttls,
+                    "tls" => SmtpSecurity::Tls,
+                    "none" => SmtpSecurity::None,
+                    other => {
+                        eprintln!(
+                            "ketenpost-broker: --smtp-security is starttls, tls or none, not '{other}'"
+                        );
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                };
+                config.alerts.smtp = Some(SmtpConfig {
+                    relay,
+                    security,
+                    from,
+                    ca: None,
+                    username: None,
+                    password_file: None,
+                });
             }
             if let Err(e) = config.check() {
                 eprintln!("ketenpost-broker: {e}");

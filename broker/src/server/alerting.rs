@@ -1,5 +1,6 @@
 //! The alert dispatcher: turns new audit records into alerts (see [`crate::alerts`]) and
-//! sends them to the FGs' webhooks until each is accepted.
+//! sends them to the FGs' webhooks and mailboxes until each is accepted; and the trail
+//! watch, which verifies the broker's own audit trail while it runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -9,8 +10,10 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::Shared;
-use crate::alerts::{self, Alert, Endpoint};
+use crate::alerts::email::Mailer;
+use crate::alerts::{self, Alert, Endpoint, PostError};
 use crate::audit::{AuditEntry, AuditEvent};
+use crate::config::{Destination, ReceiverConfig};
 use crate::store::alerts::{alert_key, split_alert_key};
 use crate::store::StoreError;
 
@@ -23,31 +26,71 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// upgraded broker does not alert about its history). Later starts continue from the
 /// cursor, so nothing that happened while the broker was down is missed.
 pub(super) fn init_cursor(shared: &Shared) -> Result<(), StoreError> {
-    if shared.config.alerts.webhook.is_empty() || shared.store.has_alert_cursor()? {
+    if !shared.config.alerts.any() || shared.store.has_alert_cursor()? {
         return Ok(());
     }
     shared.store.stage_alerts(shared.audit.head().seq, &[])
 }
 
+/// How one receiver is reached.
+enum Channel {
+    Webhook(Endpoint),
+    Email(Arc<Mailer>, String),
+}
+
+impl Channel {
+    async fn deliver(&self, id: &str, body: Vec<u8>, signature: &str) -> Result<(), PostError> {
+        match self {
+            Channel::Webhook(endpoint) => alerts::post(endpoint, id, body, signature).await,
+            Channel::Email(mailer, to) => {
+                let alert: Alert = serde_json::from_slice(&body)
+                    .map_err(|e| PostError::Transport(format!("unreadable queued alert: {e}")))?;
+                mailer.send(to, &alert, &body, signature).await
+            }
+        }
+    }
+}
+
+/// The channel of every receiver; `None` for one that cannot be set up (logged once).
+fn channels(shared: &Shared, receivers: &[ReceiverConfig]) -> Vec<Option<Channel>> {
+    let mailer = shared
+        .config
+        .alerts
+        .smtp
+        .as_ref()
+        .map(|smtp| Mailer::new(smtp).map(Arc::new));
+    receivers
+        .iter()
+        .map(|r| match &r.to {
+            Destination::Webhook(url) => match Endpoint::parse(url) {
+                Ok(e) => Some(Channel::Webhook(e)),
+                Err(e) => {
+                    error!(cause = %e, "webhook ignored");
+                    None
+                }
+            },
+            Destination::Email(to) => match &mailer {
+                Some(Ok(m)) => Some(Channel::Email(m.clone(), to.clone())),
+                Some(Err(e)) => {
+                    error!(cause = %e, "e-mail alerts off: the SMTP relay cannot be set up");
+                    None
+                }
+                None => None,
+            },
+        })
+        .collect()
+}
+
 pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let webhooks = shared.config.alerts.webhook.clone();
+    let webhooks = shared.config.alerts.receivers();
     if webhooks.is_empty() {
         return;
     }
-    let endpoints: Vec<Option<Endpoint>> = webhooks
-        .iter()
-        .map(|w| match Endpoint::parse(&w.url) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                error!(cause = %e, "webhook ignored");
-                None
-            }
-        })
-        .collect();
+    let endpoints = channels(&shared, &webhooks);
     let every = Duration::from_millis(shared.config.alerts.interval_ms);
     // Per receiver: when to try again, and the wait after the next failure.
     let mut backoff: HashMap<u32, (tokio::time::Instant, Duration)> = HashMap::new();
-    info!(webhooks = webhooks.len(), "FG alerts on");
+    info!(receivers = webhooks.len(), "FG alerts on");
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -84,7 +127,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             let id = format!("{receiver}-{seq}");
             let signature = alerts::sign(&shared.notice_signer.key, &body);
             let alert: Option<Alert> = serde_json::from_slice(&body).ok();
-            match alerts::post(endpoint, &id, body, &signature).await {
+            match endpoint.deliver(&id, body, &signature).await {
                 Ok(()) => {
                     backoff.remove(&receiver);
                     let mut entry = AuditEntry::ok(AuditEvent::AlertSent);
@@ -125,7 +168,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                         .get(&receiver)
                         .map_or(every, |(_, w)| (*w * 2).min(MAX_BACKOFF));
                     backoff.insert(receiver, (now + wait, wait));
-                    warn!(receiver, cause = %e, retry_in = ?wait, "an FG webhook did not accept an alert; retrying");
+                    warn!(receiver, cause = %e, retry_in = ?wait, "an FG receiver did not accept an alert; retrying");
                 }
             }
         }
@@ -133,7 +176,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 /// Stage the alerts of the records after the cursor; how many.
-fn stage(shared: &Shared, webhooks: &[crate::config::WebhookConfig]) -> Result<usize, StoreError> {
+fn stage(shared: &Shared, webhooks: &[ReceiverConfig]) -> Result<usize, StoreError> {
     let cursor = shared.store.alert_cursor()?;
     let head = shared.audit.head().seq;
     if head <= cursor {
@@ -167,6 +210,58 @@ fn event_code(event: &str) -> &'static str {
         "deadline_notice" => "deadline_notice",
         "deadline_late" => "deadline_late",
         "deletion_overdue" => "deletion_overdue",
+        "audit_verification_failed" => "audit_verification_failed",
         _ => "alert",
+    }
+}
+
+/// Verify the whole audit trail (hash chain and checkpoints) right after the start and then
+/// every `alerts.verify_interval_secs`. Damage is logged every time and recorded once per
+/// distinct damage (first broken record and number of problems) in this run, as an
+/// `audit_verification_failed` record, which is alerted like the other FG events.
+pub(super) async fn watch_trail(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(shared.config.alerts.verify_interval_secs);
+    let mut reported: Option<(u64, usize)> = None;
+    loop {
+        let s = shared.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            crate::audit::verify_chain(s.store.db(), &s.audit.verifying_key())
+        })
+        .await;
+        match verified {
+            Ok(Ok(report)) => match report.problems.first() {
+                None => {
+                    reported = None;
+                    shared.counters.trail_verified(true);
+                    debug!(records = report.records, "audit trail verified: intact");
+                }
+                Some(first) => {
+                    shared.counters.trail_verified(false);
+                    let damage = (first.seq, report.problems.len());
+                    error!(
+                        first_broken = first.seq,
+                        problems = report.problems.len(),
+                        what = first.what.code(),
+                        "the audit trail does not verify; run `ketenpost-broker audit verify`"
+                    );
+                    if reported != Some(damage) {
+                        shared.audit(
+                            AuditEntry::flagged(
+                                AuditEvent::AuditVerificationFailed,
+                                first.what.code(),
+                            )
+                            .broken_seq(first.seq),
+                        );
+                        reported = Some(damage);
+                    }
+                }
+            },
+            Ok(Err(e)) => error!(cause = %e, "cannot verify the audit trail"),
+            Err(e) => error!(cause = %e, "audit verification task failed"),
+        }
+        tokio::select! {
+            _ = stop.changed() => break,
+            () = tokio::time::sleep(every) => {}
+        }
     }
 }

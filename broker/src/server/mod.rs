@@ -373,6 +373,7 @@ impl Broker {
         }
         alerting::init_cursor(&shared)?;
         tokio::spawn(alerting::run(shared.clone(), rx.clone()));
+        tokio::spawn(alerting::watch_trail(shared.clone(), rx.clone()));
         let task = tokio::spawn(serve(endpoint, tcp, shared.clone(), rx));
         Ok(Broker {
             addr,

@@ -1,4 +1,5 @@
-//! FG alerts: the audit events an FG must hear about at once, sent to their webhooks.
+//! FG alerts: the audit events an FG must hear about at once, sent to their webhooks and
+//! mailboxes.
 //!
 //! The broker turns these audit records into alerts:
 //!
@@ -9,9 +10,11 @@
 //! | `deadline_notice` | an answer is overdue and the broker told the parties |
 //! | `deadline_late` | a message arrived after its deadline, or an answer came late |
 //! | `deletion_overdue` | a party did not confirm a deletion order within its term |
+//! | `audit_verification_failed` | the running broker's check of its own trail found damage |
 //!
-//! Each alert goes to every webhook configured `for` a party the record involves (its
-//! actor or a counterparty: that party's FG), and to every `federation` webhook. The body
+//! Each alert goes to every receiver (webhook or e-mail address, see [`email`]) configured
+//! `for` a party the record involves (its actor or a counterparty: that party's FG), and
+//! to every `federation` receiver. The body
 //! is the record's typed facts and the organisations' names, never content:
 //!
 //! ```json
@@ -25,7 +28,10 @@
 //! signature (base64) over the body in the `alert` context; the broker's public key is in
 //! the signed directory. A receiver answering 2xx has accepted it; then the alert is
 //! removed and an `alert_sent` record names the event and the receiver. Anything else is
-//! retried, oldest first per receiver, with a backoff up to a minute, until accepted.
+//! retried, oldest first per receiver, with a backoff up to a minute, until accepted. A
+//! mail is accepted when the SMTP relay takes it.
+
+pub mod email;
 
 use std::time::Duration;
 
@@ -36,7 +42,7 @@ use ketenpost_schemas::keys::{self, Context, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEvent, AuditRecord};
-use crate::config::WebhookConfig;
+use crate::config::ReceiverConfig;
 
 /// How long one POST may take.
 pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +56,7 @@ pub fn alerts_about(event: AuditEvent) -> bool {
             | AuditEvent::DeadlineNotice
             | AuditEvent::DeadlineLate
             | AuditEvent::DeletionOverdue
+            | AuditEvent::AuditVerificationFailed
     )
 }
 
@@ -87,6 +94,9 @@ pub struct Alert {
     pub parties: Vec<Named>,
     /// The broker's name.
     pub broker: String,
+    /// For `audit_verification_failed`: the first damaged record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_seq: Option<u64>,
 }
 
 impl Alert {
@@ -121,16 +131,19 @@ impl Alert {
             purpose: record.purpose.clone(),
             parties,
             broker: directory.broker.name.clone(),
+            broken_seq: record.broken_seq,
         }
     }
 }
 
-/// The receivers (indexes into `webhooks`) of an alert about `record`.
-pub fn receivers(record: &AuditRecord, webhooks: &[WebhookConfig]) -> Vec<u32> {
+/// The receivers (indexes into `receivers`, see
+/// [`AlertsConfig::receivers`](crate::config::AlertsConfig::receivers)) of an alert about
+/// `record`.
+pub fn receivers(record: &AuditRecord, receivers: &[ReceiverConfig]) -> Vec<u32> {
     let involved = |oin: &str| {
         record.actor.as_deref() == Some(oin) || record.counterparties.iter().any(|c| c == oin)
     };
-    webhooks
+    receivers
         .iter()
         .enumerate()
         .filter(|(_, w)| w.for_ == "federation" || involved(&w.for_))
