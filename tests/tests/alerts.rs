@@ -4,7 +4,8 @@
 //! the broker, and each accepted alert is in the audit trail. The same alert reaches an
 //! FG's mailbox through an SMTP relay that refuses it at first. A trail damaged while the
 //! broker was down is found by the broker's own verification at its next start and
-//! alerted.
+//! alerted. A broker killed (SIGKILL) at each point of the alert path sends the alert
+//! after its restart, under the same id, and records it once.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -459,4 +460,62 @@ async fn a_trail_damaged_while_the_broker_was_down_is_alerted_at_its_next_start(
     let failed = log.of(AuditEvent::AuditVerificationFailed);
     assert_eq!(failed.len(), 1, "recorded once: {failed:?}");
     assert_eq!(failed[0].broken_seq, Some(tampered));
+}
+
+/// Kill the broker at `point` of the alert path, restart it without the crash point, and
+/// check that the alert still arrives, always under the one id (a receiver drops a second
+/// copy), and that the trail records its delivery exactly once.
+async fn an_alert_survives_a_crash_at(point: &str) {
+    let fed = Fed::new(TEST_POLICY, None).unwrap();
+    let data = fed.path("data");
+    let (url, got, _) = receiver(0).await;
+    let hook = format!("federation={url}");
+    let point_path = std::path::PathBuf::from(point);
+    let start = |env: &[(&str, &std::path::Path)]| {
+        BrokerProcess::start_with(
+            &fed,
+            &data,
+            "127.0.0.1:0".parse().unwrap(),
+            &["--alert-webhook", &hook],
+            env,
+        )
+        .unwrap()
+    };
+    let mut broker = start(&[("KETENPOST_FAILPOINT", &point_path)]);
+    send_on_acute_danger(&fed, &broker).await;
+    let died = broker.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(
+        died.is_some(),
+        "{point}: the broker never reached its crash point"
+    );
+    let broker = start(&[]);
+    wait_for(&got, 1).await;
+    // A moment more: a copy the restarted broker sends again would show now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    broker.terminate().unwrap();
+
+    let got = got.lock().unwrap();
+    assert!(!got.is_empty(), "{point}: the alert never arrived");
+    let ids: std::collections::BTreeSet<&str> = got.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "{point}: one alert under one id, got {ids:?}");
+    assert!(got.len() <= 2, "{point}: sent {} times", got.len());
+    let log = AuditLog::read(&fed, &data).unwrap();
+    assert_eq!(log.of(AuditEvent::NonConsentUse).len(), 1, "{point}");
+    assert_eq!(log.of(AuditEvent::AlertSent).len(), 1, "{point}");
+    assert!(log.verified.is_intact(), "{point}: {:?}", log.verified);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_survives_a_crash_after_it_is_staged() {
+    an_alert_survives_a_crash_at("alert.staged").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_survives_a_crash_after_its_receiver_accepted_it() {
+    an_alert_survives_a_crash_at("alert.accepted").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_survives_a_crash_after_its_delivery_is_recorded() {
+    an_alert_survives_a_crash_at("alert.recorded").await;
 }

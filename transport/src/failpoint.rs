@@ -11,7 +11,9 @@
 //! The broker's points: the stages of a transition (`Store::transition`): `applied` (the
 //! transaction is in sled, not yet durable) and `durable` (flushed; bodies not yet
 //! destroyed, caller not yet answered). Submissions: `submit.applied` and
-//! `submit.durable` in the writer thread. The agent's points are named `agent-...`. The
+//! `submit.durable` in the writer thread. FG alerts: `alert.staged` (alerts queued and the
+//! cursor moved, not yet durable), `alert.accepted` (a receiver took an alert, not yet
+//! recorded) and `alert.recorded` (its `alert_sent` record is in sled). The agent's points are named `agent-...`. The
 //! crash tests list every point they use.
 
 /// The environment variable that names the point to crash at.

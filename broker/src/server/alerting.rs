@@ -129,6 +129,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             let alert: Option<Alert> = serde_json::from_slice(&body).ok();
             match endpoint.deliver(&id, body, &signature).await {
                 Ok(()) => {
+                    crate::failpoint::hit("alert", "accepted");
                     backoff.remove(&receiver);
                     let mut entry = AuditEntry::ok(AuditEvent::AlertSent);
                     if let Some(a) = &alert {
@@ -153,6 +154,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     .await;
                     match done {
                         Ok(Ok(())) => {
+                            crate::failpoint::hit("alert", "recorded");
                             shared.counters.alert_sent();
                             info!(receiver, seq, "FG alert accepted");
                         }
@@ -199,6 +201,9 @@ fn stage(shared: &Shared, webhooks: &[ReceiverConfig]) -> Result<usize, StoreErr
         }
     }
     shared.store.stage_alerts(last, &staged)?;
+    if !staged.is_empty() {
+        crate::failpoint::hit("alert", "staged");
+    }
     Ok(staged.len())
 }
 
