@@ -486,11 +486,20 @@ impl Session {
 /// [`AuditRecord`], exactly as the agent stores them) and verify its hash chain from
 /// record 1. A broken or partial file is refused whole, naming the first broken record.
 pub fn read_agent_trail(path: &Path) -> Result<Vec<AuditRecord>, FgError> {
-    let bad = |message: String| FgError::AgentTrail {
+    let bytes = std::fs::read(path).map_err(|e| FgError::AgentTrail {
         file: path.to_owned(),
+        message: format!("cannot read it: {e}"),
+    })?;
+    parse_agent_trail(&bytes, path)
+}
+
+/// Parse and verify an agent's exported trail (see [`read_agent_trail`]); `source` names
+/// it in errors (its file, or its place in a live read).
+pub fn parse_agent_trail(bytes: &[u8], source: &Path) -> Result<Vec<AuditRecord>, FgError> {
+    let bad = |message: String| FgError::AgentTrail {
+        file: source.to_owned(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
     let lines: Vec<&[u8]> = bytes
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())

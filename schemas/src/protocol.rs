@@ -387,6 +387,12 @@ pub struct FgQuery {
     /// Only records with this outcome: `ok`, `refused` or `flagged`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// Agents' exported trails (`ketenpost-agent audit export`, JSON lines) to merge into
+    /// the report: the broker verifies each hash chain whole and adds only what its own
+    /// trail cannot hold (early and delivery refusals), for an organisation's FG only its
+    /// own organisation's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_trails: Vec<String>,
 }
 
 /// An FG's report as the broker rendered it.
@@ -488,10 +494,13 @@ fn json_frame<T: Serialize>(kind: u8, body: &T) -> Vec<u8> {
 /// The head of every frame: the protocol version and the frame kind.
 pub const FRAME_HEAD: usize = 2;
 
+/// The largest `FgRead` frame: room for the agents' trails an FG brings.
+pub const FG_READ_MAX: usize = 16 * 1024 * 1024;
+
 /// The largest frame a request of kind byte `kind` may be, when envelopes may be
 /// `max_envelope` bytes; `None` for a kind that does not exist. Only a submission carries
-/// an envelope; every other request is a small JSON body, and the broker reads no more of
-/// it than this.
+/// an envelope, and an FG's read the trails it brings; every other request is a small JSON
+/// body, and the broker reads no more of it than this.
 pub fn request_bound(kind: u8, max_envelope: usize) -> Option<usize> {
     Some(match kind {
         0x01 => FRAME_HEAD.saturating_add(max_envelope),
@@ -500,8 +509,9 @@ pub fn request_bound(kind: u8, max_envelope: usize) -> Option<usize> {
         // A signed receipt: ids, digests and a signature.
         0x03 => 8 * 1024,
         0x02 | 0x05..=0x08 => 1024,
-        // An FG's report request: a report name, a format and a few filter values.
-        0x09 => 4 * 1024,
+        // An FG's report request: a report name, a format, a few filter values and the
+        // agents' trails the FG brings to merge.
+        0x09 => FG_READ_MAX,
         _ => return None,
     })
 }

@@ -2,8 +2,9 @@
 //! agent refuses early never reaches the broker, yet its FG finds it. The agent records the
 //! refusal in its hash-chained trail; `ketenpost-agent audit export` and `audit verify` read
 //! it over the agent's API; `ketenpost-broker audit refusals --agent-trail` verifies the
-//! export and shows the refusal under its code for the refusing organisation only; a
-//! tampered export is refused whole, naming the broken record.
+//! export and shows the refusal under its code for the refusing organisation only, read
+//! live from the running broker (which verifies and merges the trail the FG brings) and
+//! offline; a tampered export is refused whole, naming the broken record.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -121,11 +122,45 @@ async fn an_early_refusal_is_in_the_agents_trail_and_in_its_fgs_refusals_report(
         "{verdict}"
     );
 
+    // Live: the corporation's FG brings its agent's trail to a read of the running broker
+    // and finds the refusal; the care provider's FG, bringing the same file, does not.
+    let fed = path_arg(&region.fed.files.dir);
+    let trail = path_arg(&export);
+    let broker = region.broker_addr()?.to_string();
+    let live = |who: &str| {
+        broker_audit(&[
+            "refusals",
+            "--broker",
+            &broker,
+            "--federation",
+            &fed,
+            "--as",
+            who,
+            "--format",
+            "json",
+            "--agent-trail",
+            &trail,
+        ])
+    };
+    let out = live(&corp_oin)?;
+    ensure!(out.status.success(), "live: {}", text(&out.stderr));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout)?;
+    ensure!(
+        rows.iter()
+            .any(|r| r["event"] == "early_refused" && r["party"] == corp_oin.as_str()),
+        "live: {rows:?}"
+    );
+    let out = live(&zorg_oin)?;
+    ensure!(out.status.success(), "live: {}", text(&out.stderr));
+    ensure!(
+        !text(&out.stdout).contains("early_refused"),
+        "live: {}",
+        text(&out.stdout)
+    );
+
     // The broker never saw it; with the agent's trail the FG of the corporation does.
     region.stop()?;
-    let fed = path_arg(&region.fed.files.dir);
     let data = path_arg(region.data_dir());
-    let trail = path_arg(&export);
     let refusals = |who: &str, trail: &str| {
         broker_audit(&[
             "refusals",

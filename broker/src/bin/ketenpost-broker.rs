@@ -247,10 +247,10 @@ struct FgArgs {
     /// With --broker: the name on the broker's certificate.
     #[arg(long, default_value = "localhost")]
     server_name: String,
-    /// Offline only: an agent's exported audit trail (`ketenpost-agent audit export`),
-    /// repeatable. Its hash chain is verified; its early refusals and refused deliveries
-    /// are added to the report.
-    #[arg(long, value_name = "FILE", conflicts_with = "broker")]
+    /// An agent's exported audit trail (`ketenpost-agent audit export`), repeatable. Its
+    /// hash chain is verified (live: by the broker); its early refusals and refused
+    /// deliveries are added to the report, for an organisation's FG only its own.
+    #[arg(long, value_name = "FILE")]
     agent_trail: Vec<PathBuf>,
 }
 
@@ -460,6 +460,7 @@ fn fg_report(kind: ReportKind, a: Box<FgArgs>) -> Result<(), FgError> {
         purpose: a.purpose.clone(),
         kind: a.kind.clone(),
         outcome: a.outcome.clone(),
+        agent_trails: Vec::new(),
     };
     // Checked here too, so a typo fails before anything is read or recorded.
     let parsed = Query::parse(&query)?;
@@ -564,15 +565,21 @@ fn live_report(addr: SocketAddr, a: &FgArgs, query: &FgQuery) -> Result<String, 
         .enable_all()
         .build()
         .map_err(|e| FgError::Config(format!("cannot start the runtime: {e}")))?;
+    // The agents' trails go along whole; the broker verifies and merges them.
+    let mut query = query.clone();
+    for file in &a.agent_trail {
+        let text = std::fs::read_to_string(file).map_err(|e| FgError::AgentTrail {
+            file: file.clone(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        query.agent_trails.push(text);
+    }
     runtime.block_on(async {
         let client = ketenpost_transport::client::Client::connect(addr, &a.server_name, &tls)
             .await
             .map_err(|e| FgError::Config(format!("cannot connect to the broker at {addr}: {e}")))?;
         let answer = client
-            .request(
-                &Request::FgRead(query.clone()),
-                std::time::Duration::from_secs(120),
-            )
+            .request(&Request::FgRead(query), std::time::Duration::from_secs(120))
             .await;
         client.close().await;
         match answer {

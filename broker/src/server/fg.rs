@@ -1,7 +1,8 @@
 //! Live FG reads: `FgRead` over a connection whose certificate the directory lists under
 //! `fgs`. The report is scoped to the FG (its organisation's records, or every record for
 //! the federation's FG), and the read is recorded first, with the verified organisation:
-//! if the `audit_read` record cannot be made durable, nothing is read.
+//! if the `audit_read` record cannot be made durable, nothing is read. Agents' trails the
+//! FG brings (`--agent-trail`) are verified and merged as in an offline read.
 
 use std::sync::Arc;
 
@@ -24,6 +25,18 @@ pub(super) async fn read(q: FgQuery, shared: &Arc<Shared>, oin: &Oin, scope: FgS
         Ok(query) => query,
         Err(e) => return Response::Rejected(Rejection::new(RejectCode::Malformed, e.to_string())),
     };
+    // The trails the FG brings are verified before the read is recorded: a broken one
+    // refuses the whole read.
+    let mut agent = Vec::new();
+    for (i, trail) in q.agent_trails.iter().enumerate() {
+        let source = std::path::PathBuf::from(format!("agent trail {}", i + 1));
+        match fg::parse_agent_trail(trail.as_bytes(), &source) {
+            Ok(records) => agent.extend(records),
+            Err(e) => {
+                return Response::Rejected(Rejection::new(RejectCode::Malformed, e.to_string()))
+            }
+        }
+    }
     let now = shared.now();
     let reader = Reader::Live {
         oin,
@@ -50,6 +63,7 @@ pub(super) async fn read(q: FgQuery, shared: &Arc<Shared>, oin: &Oin, scope: FgS
                 f.until.unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC),
             )?;
             let records = crate::report::scope(records, &viewer, f);
+            let records = fg::merge_agent_records(records, agent, &viewer, f);
             let head = s.audit.head();
             let cx = ReportContext {
                 policy: &docs.policy,
