@@ -519,25 +519,22 @@ impl BrokerConfig {
                 "alerts.interval_ms must be between 100 and 60000".to_owned(),
             ));
         }
-        for w in &a.webhook {
-            if w.for_ != "federation" && w.for_.parse::<ketenpost_schemas::ids::Oin>().is_err() {
+        for r in a.receivers() {
+            let section = match r.to {
+                Destination::Webhook(_) => "alerts.webhook",
+                Destination::Email(_) => "alerts.email",
+            };
+            if r.for_ != "federation" && r.for_.parse::<ketenpost_schemas::ids::Oin>().is_err() {
                 return Err(ConfigError::Invalid(format!(
-                    "alerts.webhook: for = '{}' is neither 'federation' nor an OIN",
-                    w.for_
+                    "{section}: for = '{}' is neither 'federation' nor an OIN",
+                    r.for_
                 )));
             }
-            crate::alerts::Endpoint::parse(&w.url)
-                .map_err(|e| ConfigError::Invalid(format!("alerts.webhook: {e}")))?;
-        }
-        for m in &a.email {
-            if m.for_ != "federation" && m.for_.parse::<ketenpost_schemas::ids::Oin>().is_err() {
-                return Err(ConfigError::Invalid(format!(
-                    "alerts.email: for = '{}' is neither 'federation' nor an OIN",
-                    m.for_
-                )));
+            match &r.to {
+                Destination::Webhook(url) => crate::alerts::Endpoint::parse(url).map(drop),
+                Destination::Email(to) => crate::alerts::email::mailbox(to).map(drop),
             }
-            crate::alerts::email::mailbox(&m.to)
-                .map_err(|e| ConfigError::Invalid(format!("alerts.email: {e}")))?;
+            .map_err(|e| ConfigError::Invalid(format!("{section}: {e}")))?;
         }
         match &a.smtp {
             None if !a.email.is_empty() => {

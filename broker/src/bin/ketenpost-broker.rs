@@ -334,31 +334,27 @@ fn main() -> ExitCode {
             if tcp.is_some() {
                 config.tcp.listen = tcp;
             }
-            for hook in alert_webhook {
-                let Some((for_, url)) = hook.split_once('=') else {
-                    eprintln!("ketenpost-broker: --alert-webhook wants FOR=URL, got '{hook}'");
+            let receivers = alert_webhook
+                .iter()
+                .map(|a| ("--alert-webhook", "FOR=URL", a))
+                .chain(
+                    alert_email
+                        .iter()
+                        .map(|a| ("--alert-email", "FOR=ADDRESS", a)),
+                );
+            for (flag, shape, arg) in receivers {
+                let Some((for_, to)) = arg.split_once('=') else {
+                    eprintln!("ketenpost-broker: {flag} wants {shape}, got '{arg}'");
                     return ExitCode::from(EXIT_CONFIG);
                 };
-                config
-                    .alerts
-                    .webhook
-                    .push(ketenpost_broker::config::WebhookConfig {
-                        for_: for_.to_owned(),
-                        url: url.to_owned(),
-                    });
-            }
-            for mail in alert_email {
-                let Some((for_, to)) = mail.split_once('=') else {
-                    eprintln!("ketenpost-broker: --alert-email wants FOR=ADDRESS, got '{mail}'");
-                    return ExitCode::from(EXIT_CONFIG);
-                };
-                config
-                    .alerts
-                    .email
-                    .push(ketenpost_broker::config::EmailConfig {
-                        for_: for_.to_owned(),
-                        to: to.to_owned(),
-                    });
+                let (for_, to) = (for_.to_owned(), to.to_owned());
+                if flag == "--alert-webhook" {
+                    let hook = ketenpost_broker::config::WebhookConfig { for_, url: to };
+                    config.alerts.webhook.push(hook);
+                } else {
+                    let mail = ketenpost_broker::config::EmailConfig { for_, to };
+                    config.alerts.email.push(mail);
+                }
             }
             if let (Some(relay), Some(from)) = (smtp_relay, smtp_from) {
                 use ketenpost_broker::config::{SmtpConfig, SmtpSecurity};
