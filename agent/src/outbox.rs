@@ -123,6 +123,9 @@ pub struct Reseal {
     pub trace_id: TraceId,
     /// The affected cases and window.
     pub breach_scope: Option<BreachScope>,
+    /// The messages a correctie corrects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrects: Vec<MessageId>,
     /// The full payload.
     pub payload: serde_json::Value,
     /// How often it was sealed again (bounded by [`MAX_RESEALS`]).
@@ -303,12 +306,17 @@ pub enum SubmitAnswer {
 
 impl Store {
     /// Store a new sealed message and flush, before its id is handed out.
-    pub async fn outbox_insert(&self, entry: &OutboxEntry) -> Result<(), Error> {
+    pub async fn outbox_insert(
+        &self,
+        entry: &OutboxEntry,
+        identifiers: &[[u8; 32]],
+    ) -> Result<(), Error> {
         let key = entry.message_id.0.as_bytes();
         {
             let _guard = self.lock();
             self.put_sealed(&self.outbox, key, entry)?;
             self.outbox_queue.insert(key, &[])?;
+            self.index_identifiers(&entry.case_ref, identifiers)?;
         }
         self.flush().await
     }

@@ -94,6 +94,8 @@ pub enum ReportKind {
     Deletions,
     /// The data subject's access report for one case.
     Access,
+    /// Data subjects' requests (access, ad-hoc deletion, correction), their state and term.
+    Requests,
     /// The (filtered) records themselves, for export.
     Records,
     /// The HTML report with every table and the flow graph.
@@ -112,12 +114,13 @@ impl FromStr for ReportKind {
             "consents" => ReportKind::Consents,
             "deletions" => ReportKind::Deletions,
             "access" => ReportKind::Access,
+            "requests" => ReportKind::Requests,
             "records" => ReportKind::Records,
             "html" => ReportKind::Html,
             other => {
                 return Err(FgError::Usage(format!(
                     "unknown report '{other}': flows, refusals, grounds, deadlines, breaches, \
-                     consents, deletions, access, records or html"
+                     consents, deletions, access, requests, records or html"
                 )))
             }
         })
@@ -143,6 +146,7 @@ impl ReportKind {
             ReportKind::Consents => "report_consents",
             ReportKind::Deletions => "report_deletions",
             ReportKind::Access => "report_access",
+            ReportKind::Requests => "report_requests",
             ReportKind::Records => "export_records",
             ReportKind::Html => "report_html",
         }
@@ -766,6 +770,7 @@ pub fn render(
             })?;
             out!(report::access(records, case, policy), report::rows::access)
         }
+        ReportKind::Requests => out!(crate::requests::requests(records, now), crate::requests::cells),
         ReportKind::Records | ReportKind::Html => Err(FgError::Usage("unreachable".into())),
     }
 }

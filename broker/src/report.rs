@@ -807,8 +807,9 @@ pub fn access(records: &[AuditRecord], case_ref: &str, policy: &Policy) -> Vec<A
     for r in records.iter().filter(|r| r.outcome == Outcome::Ok) {
         let counts = match r.event {
             AuditEvent::Accepted => about(r),
-            // A breach notice about this case whose header named another case.
-            AuditEvent::BreachNotice => about(r),
+            // A breach notice or correction about this case whose header named another
+            // case.
+            AuditEvent::BreachNotice | AuditEvent::Correction => about(r),
             _ => false,
         };
         if !counts {
@@ -1685,6 +1686,15 @@ pub fn html(report: &HtmlReport<'_>) -> String {
         &h,
         &r,
     );
+    let (h, r) = crate::requests::cells(&crate::requests::requests(recs, report.generated_at));
+    table(
+        &mut out,
+        report.directory,
+        "requests",
+        "Data subjects' requests (access, deletion, correction) and their terms",
+        &h,
+        &r,
+    );
     if let Some(case) = &report.filter.case_ref {
         let (h, r) = rows::access(&access(recs, case, report.policy));
         table(
@@ -1756,6 +1766,7 @@ mod tests {
                 request_digest: None,
                 document_serial: None,
                 recipient_views: Default::default(),
+                due_at: None,
                 prev_hash: GENESIS_HASH.into(),
                 hash: format!("{:064x}", self.seq),
             });
