@@ -153,12 +153,7 @@ impl Store {
             let case = std::str::from_utf8(&k[32..])
                 .ok()
                 .and_then(|s| s.parse::<CaseRef>().ok())
-                .ok_or_else(|| {
-                    Error::corrupt(
-                        "identifier index entry",
-                        std::io::Error::other("no case reference"),
-                    )
-                })?;
+                .ok_or_else(|| Error::corrupt("identifier index entry", "no case reference"))?;
             out.push(case);
         }
         Ok(out)

@@ -218,7 +218,7 @@ fn accepted_entries(
         // One record per affected case, naming every party concerned, so the breach (or
         // the correction) shows in each case's access report and in the report of each
         // party's FG.
-        let (event, reason) = if h.kind == Kind::Correctie {
+        let (event, reason) = if h.kind == ketenpost_schemas::kind::Kind::Correctie {
             (AuditEvent::Correction, "routed_to_recipients_of_corrected_data")
         } else {
             (AuditEvent::BreachNotice, "routed_to_parties_concerned")
