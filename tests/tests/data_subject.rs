@@ -150,7 +150,9 @@ async fn a_correctie_reaches_exactly_the_recipients_and_an_access_answer_covers_
     for c in cases {
         ensure!(
             c["legal_basis"].as_str().is_some_and(|s| !s.is_empty())
-                && c["retention"].as_str().is_some_and(|s| s.contains("year")),
+                && c["retention"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with("after the case ends")),
             "{c}"
         );
         let aanmelding = c["flows"]
@@ -179,7 +181,7 @@ async fn a_correctie_reaches_exactly_the_recipients_and_an_access_answer_covers_
         .api
         .get_bytes(&format!("/v1/access-requests/{request_id}/answer.html"))
         .await?;
-    let html = String::from_utf8(html)?;
+    let html = String::from_utf8(html.to_vec())?;
     for n in [&gem_name, &zorg_name, &corp_name] {
         ensure!(html.contains(n.as_str()), "{n} is not named in the answer");
     }
