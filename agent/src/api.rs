@@ -179,7 +179,10 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/consents/{id}/withdraw", post(withdraw_consent))
         .route("/deletion-orders", get(deletion_orders))
         .route("/deletion-orders/{id}/ack", post(ack_deletion))
-        .route("/access-requests", get(access_requests).post(new_access_request))
+        .route(
+            "/access-requests",
+            get(access_requests).post(new_access_request),
+        )
         .route("/access-requests/{id}", get(access_request))
         .route("/access-requests/{id}/answer.html", get(access_answer_html))
         .route("/access-requests/{id}/answered", post(access_answered))

@@ -22,6 +22,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use ketenpost_core::audit::{AuditEntry, AuditEvent};
 use ketenpost_schemas::ids::CaseRef;
 use ketenpost_schemas::kind::{Category, Kind};
 use ketenpost_schemas::payload;
@@ -353,6 +354,7 @@ impl crate::ops::Core {
             request.facts = Some(facts);
         }
         self.store.put_access_request(&request)?;
+        self.audit_access(&request, AuditEvent::AccessRequested, now);
         self.store.flush().await?;
         tracing::info!(request = %request.id, cases = request.case_refs.len(), "access request registered");
         Ok(request)
@@ -373,9 +375,30 @@ impl crate::ops::Core {
         }
         request.answered_at = Some(now);
         self.store.put_access_request(&request)?;
+        self.audit_access(&request, AuditEvent::AccessAnswered, now);
         self.store.flush().await?;
         tracing::info!(request = %request.id, "access request answered");
         Ok(request)
+    }
+
+    /// The agent's own record of the request (or its answer): one per case, as the
+    /// broker writes them, or one without a case when none was found; that one only the
+    /// agent's trail holds (`ketenpost-broker audit requests --agent-trail`).
+    fn audit_access(&self, r: &AccessRequest, event: AuditEvent, now: DateTime<Utc>) {
+        let entry = || {
+            let e = AuditEntry::ok(event).actor(&self.me).message_id(r.id);
+            if event == AuditEvent::AccessRequested {
+                e.due_at(r.due_at)
+            } else {
+                e
+            }
+        };
+        if r.case_refs.is_empty() {
+            self.store.audit(entry(), now);
+        }
+        for c in &r.case_refs {
+            self.store.audit(entry().case_ref(c), now);
+        }
     }
 
     async fn ask_access_facts(

@@ -514,14 +514,16 @@ pub fn read_agent_trail(path: &Path) -> Result<Vec<AuditRecord>, FgError> {
 }
 
 /// Whether an agent's record is one the broker's trail cannot hold: a message its agent
-/// refused before it reached the broker, or a delivery its agent refused. The agent's
+/// refused before it reached the broker, a delivery its agent refused, or an access
+/// request (and its answer) for which the agent found no case to ask about. The agent's
 /// other records (the broker's answers, receipts, deletions) are the same facts the
 /// broker records itself; they stay out of the reports so nothing is counted twice.
 pub fn agent_only(r: &AuditRecord) -> bool {
-    matches!(
-        r.event,
-        AuditEvent::EarlyRefused | AuditEvent::DeliveryRefused
-    )
+    match r.event {
+        AuditEvent::EarlyRefused | AuditEvent::DeliveryRefused => true,
+        AuditEvent::AccessRequested | AuditEvent::AccessAnswered => r.case_ref.is_none(),
+        _ => false,
+    }
 }
 
 /// Add the records of agents' trails to a report's (already scoped) broker records, in
@@ -770,7 +772,10 @@ pub fn render(
             })?;
             out!(report::access(records, case, policy), report::rows::access)
         }
-        ReportKind::Requests => out!(crate::requests::requests(records, now), crate::requests::cells),
+        ReportKind::Requests => out!(
+            crate::requests::requests(records, now),
+            crate::requests::cells
+        ),
         ReportKind::Records | ReportKind::Html => Err(FgError::Usage("unreachable".into())),
     }
 }

@@ -286,7 +286,12 @@ mod tests {
         erasure.due_at = Some(t + Duration::days(14));
         let mut erasure3 = erasure.clone();
         erasure3.counterparties = vec![oin(3)];
-        let confirmed = rec(AuditEvent::DeletionConfirmed, t + Duration::days(1), 2, "o1");
+        let confirmed = rec(
+            AuditEvent::DeletionConfirmed,
+            t + Duration::days(1),
+            2,
+            "o1",
+        );
         let mut retention = rec(AuditEvent::DeletionOrdered, t, 1, "o2");
         retention.reason = Some("retention_ended".into());
         let mut correction = rec(AuditEvent::Accepted, t, 1, "m1");
@@ -306,7 +311,11 @@ mod tests {
         ];
         let rows = requests(&records, Utc::now());
         let state = |id: &str| rows.iter().find(|r| r.id == id).unwrap().state;
-        assert_eq!(rows.len(), 4, "the retention order is no data subject's request");
+        assert_eq!(
+            rows.len(),
+            4,
+            "the retention order is no data subject's request"
+        );
         assert_eq!(state("r1"), RequestState::Done);
         assert_eq!(state("r2"), RequestState::Late);
         // One of two holders confirmed, past the term.

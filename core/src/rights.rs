@@ -115,7 +115,12 @@ mod tests {
         let mut reg = MemRegistry::default();
         reg.cases.insert(a.case_ref.clone(), a.clone());
         reg.cases.insert(b.case_ref.clone(), b.clone());
-        assert_eq!(check_access(&query(&[&a, &b]), &oin(1), &reg).unwrap().len(), 2);
+        assert_eq!(
+            check_access(&query(&[&a, &b]), &oin(1), &reg)
+                .unwrap()
+                .len(),
+            2
+        );
         // A former member of b, never in a.
         assert!(check_access(&query(&[&b]), &oin(3), &reg).is_ok());
         let refused = check_access(&query(&[&a, &b]), &oin(3), &reg).unwrap_err();

@@ -39,7 +39,8 @@
 //! recipients it expects; when they are not that set, the broker answers `Rejected` with
 //! code `breach_recipients` and the set in the reason, which
 //! [`Rejection::expected_recipients`] reads back, and the agent reseals to it. No extra
-//! frame is needed.
+//! frame is needed. A `correctie` is routed and resealed the same way, to the parties of
+//! the messages it corrects.
 
 use std::fmt;
 
@@ -99,8 +100,9 @@ pub enum RejectCode {
     /// A recipient's role may not receive this kind.
     RecipientRoleNotAllowed,
     /// A breach notice (datalek_melding) is not addressed to exactly the parties that
-    /// exchanged messages about the affected cases in its window; the rejection carries
-    /// the set it must go to ([`Rejection::expected_recipients`]).
+    /// exchanged messages about the affected cases in its window, or a correctie not to
+    /// exactly the parties of the messages it corrects; the rejection carries the set it
+    /// must go to ([`Rejection::expected_recipients`]).
     BreachRecipients,
     /// A body's view is not the recipient's role, or grants other categories.
     ViewMismatch,

@@ -217,14 +217,20 @@ async fn a_correctie_reaches_exactly_the_recipients_and_an_access_answer_covers_
         .iter()
         .find(|r| r["id"] == request_id.as_str())
         .with_context(|| format!("the access request is not in {live}"))?;
-    ensure!(access["request"] == "access" && access["state"] == "open", "{access}");
+    ensure!(
+        access["request"] == "access" && access["state"] == "open",
+        "{access}"
+    );
     ensure!(
         access["due_at"]
             .as_str()
             .is_some_and(|d| d.starts_with(&answer["due_at"].as_str().unwrap_or("-")[..10])),
         "{access} vs {answer}"
     );
-    ensure!(access["cases"].as_array().map(Vec::len) == Some(2), "{access}");
+    ensure!(
+        access["cases"].as_array().map(Vec::len) == Some(2),
+        "{access}"
+    );
     // The correction is in it too, done once its one recipient receipted it.
     ensure!(
         rows.as_array()

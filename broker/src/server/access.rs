@@ -110,7 +110,9 @@ fn case_facts(
 ) -> CaseFacts {
     let purpose = policy.purposes.get(&case.purpose);
     let named = |text: &str| -> Option<Organisation> {
-        text.parse::<Oin>().ok().map(|o| organisation(&o, directory))
+        text.parse::<Oin>()
+            .ok()
+            .map(|o| organisation(&o, directory))
     };
     let flows = report::access(records, case.case_ref.as_str(), policy)
         .into_iter()

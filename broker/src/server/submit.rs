@@ -219,7 +219,10 @@ fn accepted_entries(
         // the correction) shows in each case's access report and in the report of each
         // party's FG.
         let (event, reason) = if h.kind == ketenpost_schemas::kind::Kind::Correctie {
-            (AuditEvent::Correction, "routed_to_recipients_of_corrected_data")
+            (
+                AuditEvent::Correction,
+                "routed_to_recipients_of_corrected_data",
+            )
         } else {
             (AuditEvent::BreachNotice, "routed_to_parties_concerned")
         };

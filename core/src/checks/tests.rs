@@ -523,7 +523,10 @@ fn a_correctie_goes_to_exactly_the_parties_of_the_messages_it_corrects() {
     let to_gem: MessageId = flows[2].message_id.parse().unwrap();
     let d = correctie_draft(&fx, &[(&fx.gem, "gemeente")], vec![to_gem]);
     let ok = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap();
-    assert_eq!(ok.recipients(), [(fx.gem.oin.clone(), Role::new("gemeente"))]);
+    assert_eq!(
+        ok.recipients(),
+        [(fx.gem.oin.clone(), Role::new("gemeente"))]
+    );
     assert_eq!(ok.breach().unwrap().cases, [fx.case.clone()].into());
 
     // Sealed to the case team: refused, with exactly the recipients of the message.
