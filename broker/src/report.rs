@@ -146,12 +146,12 @@ fn opt(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".to_owned())
 }
 
-fn time_text(t: &DateTime<Utc>) -> String {
+pub(crate) fn time_text(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// The reason code of a record (the part before `": "`).
-fn reason_code(r: &AuditRecord) -> String {
+pub(crate) fn reason_code(r: &AuditRecord) -> String {
     r.reason
         .as_deref()
         .map(|s| s.split(": ").next().unwrap_or(s).to_owned())

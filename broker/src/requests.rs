@@ -14,10 +14,11 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
+use crate::report::{reason_code, time_text};
 
 /// Where a request stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -70,17 +71,6 @@ pub struct RequestRow {
     pub state: RequestState,
 }
 
-fn time_text(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-fn reason_code(r: &AuditRecord) -> &str {
-    r.reason
-        .as_deref()
-        .map(|s| s.split(": ").next().unwrap_or(s))
-        .unwrap_or("-")
-}
-
 struct Building {
     row: RequestRow,
     due: Option<DateTime<Utc>>,
@@ -125,7 +115,7 @@ pub fn requests(records: &[AuditRecord], now: DateTime<Utc>) -> Vec<RequestRow> 
         match r.event {
             AuditEvent::AccessRequested => opened.push((open(id, "access", r), r)),
             AuditEvent::DeletionOrdered if reason_code(r) != "retention_ended" => {
-                opened.push((open(id, reason_code(r), r), r))
+                opened.push((open(id, &reason_code(r), r), r))
             }
             AuditEvent::Accepted if r.kind.as_deref() == Some("correctie") => {
                 opened.push((open(id, "correction", r), r))
