@@ -179,6 +179,13 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/consents/{id}/withdraw", post(withdraw_consent))
         .route("/deletion-orders", get(deletion_orders))
         .route("/deletion-orders/{id}/ack", post(ack_deletion))
+        .route(
+            "/access-requests",
+            get(access_requests).post(new_access_request),
+        )
+        .route("/access-requests/{id}", get(access_request))
+        .route("/access-requests/{id}/answer.html", get(access_answer_html))
+        .route("/access-requests/{id}/answered", post(access_answered))
         .route("/audit", get(audit_export))
         .route("/audit/verify", get(audit_verify));
     let api = Router::new()
@@ -653,6 +660,74 @@ async fn withdraw_consent(
 
 async fn deletion_orders(State(core): State<Arc<Core>>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "deletion_orders": core.deletion_orders()? })))
+}
+
+/// An access request with its state now.
+fn access_json(core: &Core, r: &crate::rights::AccessRequest) -> Value {
+    let mut v = json!(r);
+    v["state"] = json!(r.state(core.clock.now()));
+    v
+}
+
+async fn new_access_request(
+    State(core): State<Arc<Core>>,
+    bytes: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let req: crate::rights::NewAccessRequest = parse_json(&bytes)?;
+    let r = core.access_request(req).await?;
+    Ok((StatusCode::CREATED, Json(access_json(&core, &r))))
+}
+
+async fn access_requests(State(core): State<Arc<Core>>) -> ApiResult<Json<Value>> {
+    let all: Vec<Value> = core
+        .store
+        .access_requests()?
+        .iter()
+        .map(|r| access_json(&core, r))
+        .collect();
+    Ok(Json(json!({ "access_requests": all })))
+}
+
+fn find_access_request(core: &Core, id: &str) -> Result<crate::rights::AccessRequest, ApiError> {
+    let id: uuid::Uuid = parse("access request id", id)?;
+    Ok(core
+        .store
+        .access_request(&id)?
+        .ok_or_else(|| Error::not_found("access request", id))?)
+}
+
+async fn access_request(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let r = find_access_request(&core, &id)?;
+    Ok(Json(access_json(&core, &r)))
+}
+
+/// The answer for the person, as HTML (organisations by name).
+async fn access_answer_html(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let r = find_access_request(&core, &id)?;
+    let docs = core.docs();
+    let me = docs
+        .directory
+        .party(core.oin())
+        .map_or_else(|| core.oin().to_string(), |p| p.name.clone());
+    Ok((
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        crate::rights::answer_html(&r, &me),
+    ))
+}
+
+async fn access_answered(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id: uuid::Uuid = parse("access request id", &id)?;
+    let r = core.access_answered(&id).await?;
+    Ok(Json(access_json(&core, &r)))
 }
 
 async fn ack_deletion(

@@ -137,6 +137,43 @@ pub enum Command {
     /// The agent's own audit trail, for the FG: export it, or verify its hash chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A data subject's access requests (AVG art. 15): register one, list, show, write
+    /// the answer for the person, record it answered.
+    #[command(subcommand)]
+    Access(AccessCommand),
+}
+
+/// `access` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AccessCommand {
+    /// Register a person's request: reads the BSN or other identifier from standard input
+    /// (so it is in no shell history or process list), finds the person's cases and asks
+    /// the broker for their facts.
+    New {
+        /// The day the request was received (YYYY-MM-DD; default today).
+        #[arg(long)]
+        received_on: Option<chrono::NaiveDate>,
+    },
+    /// List the access requests with their state and term.
+    List,
+    /// Show one request and its answer (JSON).
+    Show {
+        /// The request id.
+        id: uuid::Uuid,
+    },
+    /// Write the answer for the person as HTML.
+    Answer {
+        /// The request id.
+        id: uuid::Uuid,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Record that the person has the answer (also at the broker, for the FG report).
+    Answered {
+        /// The request id.
+        id: uuid::Uuid,
+    },
 }
 
 /// `audit` subcommands.
@@ -428,6 +465,7 @@ pub async fn call(cli: &Cli) -> Result<Value, Error> {
         }
         Command::DeletionOrders { ack: None } => api.call("GET", "/v1/deletion-orders", None).await,
         Command::Case(c) => case(&api, c).await,
+        Command::Access(c) => access(&api, c).await,
         Command::Consent(c) => consent(&api, c).await,
         Command::Audit(AuditCommand::Verify) => api.call("GET", "/v1/audit/verify", None).await,
         Command::Audit(AuditCommand::Export { out, from, until }) => {
@@ -464,6 +502,51 @@ pub async fn call(cli: &Cli) -> Result<Value, Error> {
                         .write_all(&lines)
                         .map_err(|e| Error::io("cannot write standard output", e))?;
                     // Printed already: nothing more to print.
+                    Ok(Value::Null)
+                }
+            }
+        }
+    }
+}
+
+async fn access(api: &ApiClient, c: &AccessCommand) -> Result<Value, Error> {
+    match c {
+        AccessCommand::New { received_on } => {
+            let mut identifier = String::new();
+            std::io::stdin()
+                .read_line(&mut identifier)
+                .map_err(|e| Error::io("cannot read the identifier from standard input", e))?;
+            let mut body = json!({ "identifier": identifier.trim() });
+            if let Some(d) = received_on {
+                body["received_on"] = json!(d);
+            }
+            api.call("POST", "/v1/access-requests", Some(&body)).await
+        }
+        AccessCommand::List => api.call("GET", "/v1/access-requests", None).await,
+        AccessCommand::Show { id } => {
+            api.call("GET", &format!("/v1/access-requests/{id}"), None)
+                .await
+        }
+        AccessCommand::Answered { id } => {
+            api.call("POST", &format!("/v1/access-requests/{id}/answered"), None)
+                .await
+        }
+        AccessCommand::Answer { id, out } => {
+            let html = api
+                .get_bytes(&format!("/v1/access-requests/{id}/answer.html"))
+                .await?;
+            match out {
+                Some(file) => {
+                    std::fs::write(file, &html)
+                        .map_err(|e| Error::io(format!("cannot write {}", file.display()), e))?;
+                    Ok(json!({ "out": file }))
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout()
+                        .lock()
+                        .write_all(&html)
+                        .map_err(|e| Error::io("cannot write standard output", e))?;
                     Ok(Value::Null)
                 }
             }

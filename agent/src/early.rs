@@ -27,6 +27,7 @@ use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::{BreachScope, LegalBasis, Limits};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin, TraceId};
 use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::payload;
 use ketenpost_schemas::policy::{ConsentRule, KindRule, Policy, Purpose, Role};
 use ketenpost_schemas::protocol::{RejectCode, Rejection};
 use serde::{Deserialize, Serialize};
@@ -108,6 +109,8 @@ pub struct Resolved {
     pub event_time: Option<DateTime<Utc>>,
     /// The breach scope of a datalek_melding, from its payload.
     pub breach_scope: Option<BreachScope>,
+    /// The messages a correctie corrects, from its payload.
+    pub corrects: Vec<MessageId>,
 }
 
 fn refuse(code: RejectCode, reason: impl Into<String>) -> Error {
@@ -223,6 +226,11 @@ pub fn check_send(
     } else {
         None
     };
+    let corrects = if req.kind == Kind::Correctie {
+        corrects_from_payload(&req.payload)?
+    } else {
+        Vec::new()
+    };
     Ok(Resolved {
         purpose: purpose_id,
         sender_role,
@@ -230,6 +238,7 @@ pub fn check_send(
         legal_basis,
         event_time,
         breach_scope,
+        corrects,
     })
 }
 
@@ -278,13 +287,13 @@ fn resolve_recipients(
     rule: &KindRule,
     purpose_id: &str,
 ) -> Result<Vec<(Oin, Role)>, Error> {
-    let breach = req.kind == Kind::DatalekMelding;
+    let breach = req.kind.routed_by_audit();
     if req.to.is_empty() {
         if !breach {
             return Err(invalid("name at least one recipient"));
         }
-        // A breach notice goes where the broker's routing says; the first guess is the
-        // case team as far as the agent knows it.
+        // A breach notice or correction goes where the broker's routing says; the first
+        // guess is the case team as far as the agent knows it.
         let team: Vec<(Oin, Role)> = cx
             .case
             .map(|c| {
@@ -552,6 +561,20 @@ pub fn event_time_from_payload(kind: Kind, payload: &Value) -> Option<DateTime<U
         }
         _ => None,
     }
+}
+
+/// The messages a correctie payload corrects (`berichten`); a correctie that corrects no
+/// field is refused here, as the payload schema cannot say "at least one list".
+pub fn corrects_from_payload(payload: &Value) -> Result<Vec<MessageId>, Error> {
+    let correctie: payload::Correctie = serde_json::from_value(payload.clone())
+        .map_err(|_| invalid("the correctie payload does not parse"))?;
+    if correctie.is_empty() {
+        return Err(invalid(
+            "a correctie corrects at least one field (identiteit, contact, wonen, inkomen, \
+             schulden, ondersteuning, justitie or casus)",
+        ));
+    }
+    Ok(correctie.berichten)
 }
 
 /// The breach scope a datalek_melding payload describes.

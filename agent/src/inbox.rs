@@ -352,6 +352,8 @@ impl Store {
             let _guard = self.lock();
             self.put_sealed(&self.inbox, key, entry)?;
             Store::put(&self.receipted, key, receipt)?;
+            let blinds = crate::rights::blinds_of(&self.vault, entry.kind, &entry.payload);
+            self.index_identifiers(&entry.case_ref, &blinds)?;
         }
         self.audit(audit, entry.received_at);
         self.flush().await

@@ -53,6 +53,7 @@ pub mod mirror;
 pub mod ops;
 pub mod outbox;
 pub mod retention;
+pub mod rights;
 pub mod store;
 pub mod sync;
 pub mod vault;

@@ -282,6 +282,7 @@ mod tests {
             in_reply_to: None,
             trace_id: TraceId::random(),
             breach_scope: None,
+            corrects: Vec::new(),
             bodies: to
                 .into_iter()
                 .map(|(o, r)| BodyRef {

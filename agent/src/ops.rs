@@ -208,6 +208,7 @@ pub(crate) fn kind_of(r: &Response) -> &'static str {
         Response::Done => "done",
         Response::Extends(_) => "extends",
         Response::FgReport(_) => "fg_report",
+        Response::AccessFacts(_) => "access_facts",
         Response::Error { .. } => "error",
     }
 }
@@ -262,6 +263,7 @@ impl Core {
             Ok(r) => r,
             Err(e) => return Err(self.refused_early(e, &req, None, now).await),
         };
+        let identifiers = crate::rights::blinds_of(&self.store.vault, req.kind, &req.payload);
         let parts = Reseal {
             purpose: resolved.purpose,
             legal_basis: resolved.legal_basis,
@@ -269,6 +271,7 @@ impl Core {
             in_reply_to: req.in_reply_to,
             trace_id: req.trace_id.unwrap_or_else(TraceId::random),
             breach_scope: resolved.breach_scope,
+            corrects: resolved.corrects,
             // Taken, not cloned: the request stays whole enough to audit a refusal.
             payload: std::mem::take(&mut req.payload),
             reseals: 0,
@@ -286,10 +289,10 @@ impl Core {
             return Err(self.refused_early(e, &req, Some(&header), now).await);
         }
         let mut entry = OutboxEntry::sealed(&header, &envelope, &resolved.recipients);
-        if req.kind == Kind::DatalekMelding {
+        if req.kind.routed_by_audit() {
             entry.reseal = Some(parts);
         }
-        self.store.outbox_insert(&entry).await?;
+        self.store.outbox_insert(&entry, &identifiers).await?;
         failpoint::hit("agent-outbox", "durable");
         self.outbox_wake.notify_one();
         info!(
@@ -379,6 +382,7 @@ impl Core {
         draft.event_time = parts.event_time;
         draft.in_reply_to = parts.in_reply_to;
         draft.breach_scope = parts.breach_scope.clone();
+        draft.corrects = parts.corrects.clone();
         draft.trace_id = parts.trace_id;
         let me = self.me.clone();
         let key = self.signing.clone();

@@ -98,8 +98,8 @@ pub struct OutboxEntry {
     pub overdue: Vec<Overdue>,
     /// The sealed envelope (base64) until the broker answered.
     pub envelope: Option<String>,
-    /// For a breach notice only, until the broker answered: what is needed to seal it
-    /// again to the recipients the broker resolves (see [`Reseal`]).
+    /// For a breach notice or a correctie only, until the broker answered: what is needed
+    /// to seal it again to the recipients the broker resolves (see [`Reseal`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reseal: Option<Reseal>,
 }
@@ -108,7 +108,9 @@ pub struct OutboxEntry {
 /// cases; only the broker knows them. It refuses a notice sealed to another set with
 /// `breach_recipients` and the set it must go to, and the agent seals it again, under the
 /// same message id, to exactly that set. For that the agent keeps the notice's payload
-/// (and only a breach notice's) until the broker answered; it is dropped then.
+/// (and only a breach notice's or a correctie's, which is routed the same way to the
+/// parties that received the data it corrects) until the broker answered; it is dropped
+/// then.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reseal {
     /// The purpose.
@@ -123,6 +125,9 @@ pub struct Reseal {
     pub trace_id: TraceId,
     /// The affected cases and window.
     pub breach_scope: Option<BreachScope>,
+    /// The messages a correctie corrects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrects: Vec<MessageId>,
     /// The full payload.
     pub payload: serde_json::Value,
     /// How often it was sealed again (bounded by [`MAX_RESEALS`]).
@@ -303,12 +308,17 @@ pub enum SubmitAnswer {
 
 impl Store {
     /// Store a new sealed message and flush, before its id is handed out.
-    pub async fn outbox_insert(&self, entry: &OutboxEntry) -> Result<(), Error> {
+    pub async fn outbox_insert(
+        &self,
+        entry: &OutboxEntry,
+        identifiers: &[[u8; 32]],
+    ) -> Result<(), Error> {
         let key = entry.message_id.0.as_bytes();
         {
             let _guard = self.lock();
             self.put_sealed(&self.outbox, key, entry)?;
             self.outbox_queue.insert(key, &[])?;
+            self.index_identifiers(&entry.case_ref, identifiers)?;
         }
         self.flush().await
     }

@@ -11,6 +11,8 @@
 //! | `consents` | consent id | [`KnownConsent`] |
 //! | `deletions` | order id | [`DeletionEntry`](crate::deletion::DeletionEntry) |
 //! | `checkpoints` | seq (big-endian) | the broker's checkpoints seen |
+//! | `identifiers` | blind index key (32 bytes) ‖ case reference | empty: the keyed blind index of identifiers in payloads ([`crate::rights`]) |
+//! | `access_requests` | request id | [`AccessRequest`](crate::rights::AccessRequest): a data subject's access request, without the identifier |
 //! | `meta` | name | the cached signed documents, audit warnings |
 //! | `audit` | seq (big-endian) | the agent's own audit trail ([`crate::audit`]): hash-chained [`AuditRecord`](ketenpost_core::audit::AuditRecord)s |
 //!
@@ -70,6 +72,8 @@ pub struct Store {
     pub(crate) deletions: sled::Tree,
     pub(crate) checkpoints: sled::Tree,
     pub(crate) meta: sled::Tree,
+    pub(crate) identifiers: sled::Tree,
+    pub(crate) access_requests: sled::Tree,
     /// The agent's own audit trail, for its FG.
     pub(crate) audit: AuditTrail,
     /// The data keys of the sealed fields.
@@ -126,6 +130,8 @@ impl Store {
             deletions: db.open_tree("deletions")?,
             checkpoints: db.open_tree("checkpoints")?,
             meta: db.open_tree("meta")?,
+            identifiers: db.open_tree("identifiers")?,
+            access_requests: db.open_tree("access_requests")?,
             audit: AuditTrail::open(&db)?,
             vault: Vault::open(dir)?,
             shred_after_flush: Mutex::new(Vec::new()),
@@ -409,6 +415,7 @@ impl Store {
             }
         }
         self.cases.remove(case_ref.as_str().as_bytes())?;
+        self.unindex_case(case_ref)?;
         Ok(messages)
     }
 }

@@ -380,9 +380,9 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
         receipt,
         confirmed: false,
     };
-    // A breach notice's recipients are everyone concerned, not the case team: it teaches
-    // nothing about the team.
-    if header.kind != Kind::DatalekMelding {
+    // A breach notice's or correction's recipients are everyone concerned, not the case
+    // team: it teaches nothing about the team.
+    if !header.kind.routed_by_audit() {
         let learned = core.store.update_case(&entry.case_ref, |existing| {
             Some(KnownCase::learn(existing, &header, sender_role, now))
         });

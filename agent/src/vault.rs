@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! <data_dir>/vault/agent.key                      the agent's key-wrapping key (0600)
+//! <data_dir>/vault/index.key                      the key of the identifier index (0600)
 //! <data_dir>/vault/cases/<case>/<message>.key     a data key, wrapped by the agent's key
 //! ```
 //!
@@ -42,6 +43,9 @@ const SEAL_CONTEXT: &[u8] = b"ketenpost-agent sealed field v1\0";
 pub struct Vault {
     dir: PathBuf,
     wrapping: XChaCha20Poly1305,
+    /// The key of the blind index of identifiers (`crate::rights`): without it, an index
+    /// entry cannot be linked to a BSN by trying every number.
+    index: [u8; KEY_LEN],
 }
 
 impl std::fmt::Debug for Vault {
@@ -103,6 +107,25 @@ fn shred_file(path: &Path) -> Result<bool, Error> {
     }
 }
 
+/// Read the 32-byte key `<dir>/<name>`, or make and store one on first use.
+fn read_or_create_key(dir: &Path, name: &str) -> Result<Key, Error> {
+    let key_path = dir.join(name);
+    match fs::read(&key_path) {
+        Ok(bytes) if bytes.len() == KEY_LEN => Ok(Key::clone_from_slice(&bytes)),
+        Ok(_) => Err(Error::Vault(format!(
+            "{} is not a {KEY_LEN}-byte key; restore it from the backup",
+            key_path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = XChaCha20Poly1305::generate_key(&mut OsRng);
+            write_durably(&key_path, key.as_slice())?;
+            sync_dir(dir)?;
+            Ok(key)
+        }
+        Err(e) => Err(Error::io(format!("cannot read {}", key_path.display()), e)),
+    }
+}
+
 impl Vault {
     /// Open the vault in `<data_dir>/vault`, creating it and the agent's wrapping key on
     /// first use.
@@ -110,27 +133,25 @@ impl Vault {
         let dir = data_dir.join("vault");
         fs::create_dir_all(dir.join("cases"))
             .map_err(io(format!("cannot create {}", dir.display())))?;
-        let key_path = dir.join("agent.key");
-        let key = match fs::read(&key_path) {
-            Ok(bytes) if bytes.len() == KEY_LEN => Key::clone_from_slice(&bytes),
-            Ok(_) => {
-                return Err(Error::Vault(format!(
-                    "{} is not a {KEY_LEN}-byte key; restore it from the backup",
-                    key_path.display()
-                )))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = XChaCha20Poly1305::generate_key(&mut OsRng);
-                write_durably(&key_path, key.as_slice())?;
-                sync_dir(&dir)?;
-                key
-            }
-            Err(e) => return Err(Error::io(format!("cannot read {}", key_path.display()), e)),
-        };
+        let key = read_or_create_key(&dir, "agent.key")?;
+        let index = read_or_create_key(&dir, "index.key")?;
         Ok(Vault {
             dir,
             wrapping: XChaCha20Poly1305::new(&key),
+            index: index.into(),
         })
+    }
+
+    /// The blind index key of `identifier` (already normalised): HMAC-SHA256 under the
+    /// agent's index key.
+    pub fn blind(&self, identifier: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        // HMAC takes a key of any length; a 32-byte key cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.index)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"));
+        mac.update(b"ketenpost-agent identifier v1\0");
+        mac.update(identifier.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     fn case_dir(&self, case: &CaseRef) -> PathBuf {

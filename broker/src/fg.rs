@@ -94,6 +94,8 @@ pub enum ReportKind {
     Deletions,
     /// The data subject's access report for one case.
     Access,
+    /// Data subjects' requests (access, ad-hoc deletion, correction), their state and term.
+    Requests,
     /// The (filtered) records themselves, for export.
     Records,
     /// The HTML report with every table and the flow graph.
@@ -112,12 +114,13 @@ impl FromStr for ReportKind {
             "consents" => ReportKind::Consents,
             "deletions" => ReportKind::Deletions,
             "access" => ReportKind::Access,
+            "requests" => ReportKind::Requests,
             "records" => ReportKind::Records,
             "html" => ReportKind::Html,
             other => {
                 return Err(FgError::Usage(format!(
                     "unknown report '{other}': flows, refusals, grounds, deadlines, breaches, \
-                     consents, deletions, access, records or html"
+                     consents, deletions, access, requests, records or html"
                 )))
             }
         })
@@ -143,6 +146,7 @@ impl ReportKind {
             ReportKind::Consents => "report_consents",
             ReportKind::Deletions => "report_deletions",
             ReportKind::Access => "report_access",
+            ReportKind::Requests => "report_requests",
             ReportKind::Records => "export_records",
             ReportKind::Html => "report_html",
         }
@@ -519,14 +523,16 @@ pub fn parse_agent_trail(bytes: &[u8], source: &Path) -> Result<Vec<AuditRecord>
 }
 
 /// Whether an agent's record is one the broker's trail cannot hold: a message its agent
-/// refused before it reached the broker, or a delivery its agent refused. The agent's
+/// refused before it reached the broker, a delivery its agent refused, or an access
+/// request (and its answer) for which the agent found no case to ask about. The agent's
 /// other records (the broker's answers, receipts, deletions) are the same facts the
 /// broker records itself; they stay out of the reports so nothing is counted twice.
 pub fn agent_only(r: &AuditRecord) -> bool {
-    matches!(
-        r.event,
-        AuditEvent::EarlyRefused | AuditEvent::DeliveryRefused
-    )
+    match r.event {
+        AuditEvent::EarlyRefused | AuditEvent::DeliveryRefused => true,
+        AuditEvent::AccessRequested | AuditEvent::AccessAnswered => r.case_ref.is_none(),
+        _ => false,
+    }
 }
 
 /// Add the records of agents' trails to a report's (already scoped) broker records, in
@@ -775,6 +781,10 @@ pub fn render(
             })?;
             out!(report::access(records, case, policy), report::rows::access)
         }
+        ReportKind::Requests => out!(
+            crate::requests::requests(records, now),
+            crate::requests::cells
+        ),
         ReportKind::Records | ReportKind::Html => Err(FgError::Usage("unreachable".into())),
     }
 }

@@ -11,6 +11,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`report`] | the FG's view of the audit trail: filters, reports, JSONL/CSV/HTML exports, pure |
+//! | [`requests`] | the FG's report of data subjects' requests (access, deletion, correction) with their terms, pure |
 //! | [`config`] | the TOML configuration, parsed once |
 //! | [`server`] | the QUIC server: connections, requests, timers, shutdown; submit, records and sweep submodules |
 //! | [`store`] | sled trees: message metadata, per-recipient queues, notices, registries, group commit |
@@ -28,6 +29,7 @@ pub mod fg;
 pub mod metrics;
 pub mod rehearsal;
 pub mod report;
+pub mod requests;
 pub mod server;
 pub mod spool;
 pub mod store;

@@ -146,12 +146,12 @@ fn opt(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".to_owned())
 }
 
-fn time_text(t: &DateTime<Utc>) -> String {
+pub(crate) fn time_text(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// The reason code of a record (the part before `": "`).
-fn reason_code(r: &AuditRecord) -> String {
+pub(crate) fn reason_code(r: &AuditRecord) -> String {
     r.reason
         .as_deref()
         .map(|s| s.split(": ").next().unwrap_or(s).to_owned())
@@ -807,8 +807,9 @@ pub fn access(records: &[AuditRecord], case_ref: &str, policy: &Policy) -> Vec<A
     for r in records.iter().filter(|r| r.outcome == Outcome::Ok) {
         let counts = match r.event {
             AuditEvent::Accepted => about(r),
-            // A breach notice about this case whose header named another case.
-            AuditEvent::BreachNotice => about(r),
+            // A breach notice or correction about this case whose header named another
+            // case.
+            AuditEvent::BreachNotice | AuditEvent::Correction => about(r),
             _ => false,
         };
         if !counts {
@@ -1685,6 +1686,15 @@ pub fn html(report: &HtmlReport<'_>) -> String {
         &h,
         &r,
     );
+    let (h, r) = crate::requests::cells(&crate::requests::requests(recs, report.generated_at));
+    table(
+        &mut out,
+        report.directory,
+        "requests",
+        "Data subjects' requests (access, deletion, correction) and their terms",
+        &h,
+        &r,
+    );
     if let Some(case) = &report.filter.case_ref {
         let (h, r) = rows::access(&access(recs, case, report.policy));
         table(
@@ -1757,6 +1767,7 @@ mod tests {
                 document_serial: None,
                 broken_seq: None,
                 recipient_views: Default::default(),
+                due_at: None,
                 prev_hash: GENESIS_HASH.into(),
                 hash: format!("{:064x}", self.seq),
             });

@@ -163,6 +163,15 @@ pub enum AuditEvent {
     DeadlineNotice,
     /// A breach notice (datalek-melding) was routed.
     BreachNotice,
+    /// A correction (correctie, AVG art. 16) was routed to the parties that received the
+    /// data it corrects; one record per affected case.
+    Correction,
+    /// A case manager's agent registered a data subject's access request (AVG art. 15)
+    /// and asked for the facts of its cases; one record per case, the request id in
+    /// `message_id`, and in `due_at` the end of the one-month term (004:844-846).
+    AccessRequested,
+    /// The access request was answered to the person (`message_id`: the request id).
+    AccessAnswered,
     /// A deletion order went to the parties holding a case's messages.
     DeletionOrdered,
     /// A party confirmed (signed) that it deleted a case's messages.
@@ -218,6 +227,9 @@ impl AuditEvent {
             AuditEvent::DeadlineLate => "deadline_late",
             AuditEvent::DeadlineNotice => "deadline_notice",
             AuditEvent::BreachNotice => "breach_notice",
+            AuditEvent::Correction => "correction",
+            AuditEvent::AccessRequested => "access_requested",
+            AuditEvent::AccessAnswered => "access_answered",
             AuditEvent::DeletionOrdered => "deletion_ordered",
             AuditEvent::DeletionConfirmed => "deletion_confirmed",
             AuditEvent::DeletionOverdue => "deletion_overdue",
@@ -332,6 +344,10 @@ pub struct AuditRecord {
     /// verified header; with the policy it says which data categories each received.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub recipient_views: std::collections::BTreeMap<String, String>,
+    /// For a record that starts a term owed to a data subject (an access request): when
+    /// the answer is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<DateTime<Utc>>,
     /// Hash of the previous record ([`GENESIS_HASH`] for record 1).
     pub prev_hash: String,
     /// Hash of this record's canonical bytes (which are computed with this field empty).
@@ -395,6 +411,7 @@ pub struct AuditEntry {
     document_serial: Option<u64>,
     broken_seq: Option<u64>,
     recipient_views: std::collections::BTreeMap<String, String>,
+    due_at: Option<DateTime<Utc>>,
 }
 
 impl AuditEntry {
@@ -418,6 +435,7 @@ impl AuditEntry {
             document_serial: None,
             broken_seq: None,
             recipient_views: Default::default(),
+            due_at: None,
         }
     }
 
@@ -528,6 +546,12 @@ impl AuditEntry {
         self
     }
 
+    /// When the term the record starts ends (see [`AuditRecord::due_at`]).
+    pub fn due_at(mut self, due: DateTime<Utc>) -> Self {
+        self.due_at = Some(due);
+        self
+    }
+
     /// The directory serial of the federation documents (see
     /// [`AuditRecord::document_serial`]).
     pub fn document_serial(mut self, serial: u64) -> Self {
@@ -627,6 +651,7 @@ impl AuditEntry {
             document_serial: self.document_serial,
             broken_seq: self.broken_seq,
             recipient_views: self.recipient_views,
+            due_at: self.due_at,
             prev_hash,
             hash: String::new(),
         }

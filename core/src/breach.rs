@@ -1,4 +1,11 @@
-//! Breach routing: who must receive a datalek-melding (breach notice).
+//! Breach routing: who must receive a datalek-melding (breach notice), and a correctie.
+//!
+//! A correctie (AVG art. 16, 004:671-676) is routed the same way, by message instead of
+//! by window: it names the messages whose content it corrects ([`Header::corrects`]), and
+//! goes to every party of those messages but its sender: the sender and the recipients of
+//! each ([`correction_involvement`]), in the first role the correctie rule lets receive
+//! it. The sender must have sent or received every message it corrects. The refusal and
+//! the reseal are those of a breach notice.
 //!
 //! A breach notice names the affected case references and a time window, or "every case
 //! of this sender in this window" ([`BreachScope`]). The covenants want it to reach the
@@ -44,9 +51,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use chrono::{DateTime, Utc};
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::{BreachScope, Header};
-use ketenpost_schemas::ids::{CaseRef, Oin};
+use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
+use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::{KindRule, Role};
 use ketenpost_schemas::protocol::{RejectCode, Rejection};
 
@@ -204,10 +213,18 @@ fn reject(code: RejectCode, reason: impl Into<String>) -> Rejection {
     Rejection::new(code, reason)
 }
 
-/// Check 5 for a datalek-melding: the scope is sound, the sender is (or was) in the team
-/// of every case it names, and the header's recipients and views are exactly the
-/// resolved set. `Ok(None)` when the registry keeps no flow history (then the caller
-/// checks the case team as for any message).
+/// How far before a corrected message's id time (UUIDv7) its acceptance may lie in the
+/// flow history: more than any clock drift the checks allow.
+const ID_TIME_MARGIN: chrono::Duration = chrono::Duration::days(1);
+
+/// Check 5 for a message routed by the audit trail ([`Kind::routed_by_audit`]): a
+/// datalek_melding goes to the parties of its scope ([`BreachScope`]), a correctie to
+/// the parties of the messages it corrects ([`Header::corrects`]). The scope is checked,
+/// then the header's recipients and views must be exactly the resolved set. `Ok(None)`
+/// when the registry keeps no flow history (then the caller checks the case team as for
+/// any message).
+///
+/// [`Kind::routed_by_audit`]: ketenpost_schemas::kind::Kind::routed_by_audit
 pub fn route(
     h: &Header,
     rule: &KindRule,
@@ -216,6 +233,66 @@ pub fn route(
     reg: &impl Registry,
     directory: &Directory,
 ) -> Result<Option<Routing>, Rejection> {
+    let (flows, inv, cases) = if h.kind == Kind::Correctie {
+        let Some(flows) = corrected_flows(h, reg)? else {
+            return Ok(None);
+        };
+        let inv = correction_involvement(&flows, &h.corrects, &h.sender)?;
+        if !inv.cases.contains(&h.case_ref) {
+            return Err(reject(
+                RejectCode::Malformed,
+                format!(
+                    "the correctie's case {} is not the case of a message it corrects",
+                    h.case_ref
+                ),
+            ));
+        }
+        let cases = read_cases(&inv.cases, reg)?;
+        (flows, inv, cases)
+    } else {
+        let scope = check_scope(h, reg)?;
+        let flows = match flow_history(reg, scope.from)? {
+            Some(f) => f,
+            None => return Ok(None),
+        };
+        let candidates = involvement(&flows, scope, &h.sender, |_| true);
+        let cases = read_cases(&candidates.cases, reg)?;
+        // Of a case the sender has left (found through all_cases_of_sender), only the
+        // flows it took part in itself count: it learns nothing of the case's later
+        // traffic.
+        let inv = involvement(&flows, scope, &h.sender, |c| {
+            cases.get(c).is_some_and(|k| k.role_of(&h.sender).is_some())
+        });
+        (flows, inv, cases)
+    };
+    drop(flows);
+    let expected = expected_recipients(
+        &inv,
+        &h.sender,
+        |c| cases.get(c).cloned(),
+        notice_case,
+        rule,
+        case_managers,
+        directory,
+    );
+    let addressed: BTreeMap<&Oin, &Role> = h
+        .bodies
+        .iter()
+        .flat_map(|b| b.recipients.iter().map(move |r| (r, &b.view)))
+        .collect();
+    let wanted: BTreeMap<&Oin, &Role> = expected.iter().map(|(o, r)| (o, r)).collect();
+    if expected.is_empty() || addressed != wanted || h.recipients.len() != expected.len() {
+        return Err(Rejection::breach_recipients(&expected));
+    }
+    Ok(Some(Routing {
+        recipients: expected,
+        cases: inv.cases,
+    }))
+}
+
+/// A breach notice's scope, checked: sound, and every case it names registered with the
+/// sender in its team.
+fn check_scope<'h>(h: &'h Header, reg: &impl Registry) -> Result<&'h BreachScope, Rejection> {
     let scope = h.breach_scope.as_ref().ok_or_else(|| {
         reject(
             RejectCode::Malformed,
@@ -265,52 +342,91 @@ pub fn route(
             ));
         }
     }
-    let flows = match reg.flows_since(scope.from) {
-        FlowHistory::NotKept => return Ok(None),
-        FlowHistory::Unavailable => {
-            return Err(reject(
-                RejectCode::Storage,
-                "the broker could not read its flow history; nothing was accepted, try again",
-            ))
+    Ok(scope)
+}
+
+/// The flows accepted since `from`; `None` when the registry keeps no history.
+fn flow_history(reg: &impl Registry, from: DateTime<Utc>) -> Result<Option<Vec<Flow>>, Rejection> {
+    match reg.flows_since(from) {
+        FlowHistory::NotKept => Ok(None),
+        FlowHistory::Unavailable => Err(reject(
+            RejectCode::Storage,
+            "the broker could not read its flow history; nothing was accepted, try again",
+        )),
+        FlowHistory::Flows(f) => Ok(Some(f)),
+    }
+}
+
+/// The flows from the time the oldest corrected message was made (its UUIDv7 time, less
+/// [`ID_TIME_MARGIN`]): a message is accepted after it is made.
+fn corrected_flows(h: &Header, reg: &impl Registry) -> Result<Option<Vec<Flow>>, Rejection> {
+    let from = h
+        .corrects
+        .iter()
+        .map(|id| {
+            id.0.get_timestamp()
+                .and_then(|t| {
+                    let (secs, nanos) = t.to_unix();
+                    DateTime::<Utc>::from_timestamp(i64::try_from(secs).ok()?, nanos)
+                })
+                .map_or(DateTime::<Utc>::MIN_UTC, |t| t - ID_TIME_MARGIN)
+        })
+        .min()
+        .ok_or_else(|| {
+            reject(
+                RejectCode::Malformed,
+                "a correctie names the messages it corrects",
+            )
+        })?;
+    flow_history(reg, from)
+}
+
+/// Who received the messages a correction from `sender` corrects: every party of each
+/// message (its sender and its recipients that did not let it expire), with the message's
+/// case. The sender must have sent or received each of them; a message it had no part
+/// in is refused like one that does not exist, so the refusal tells nothing about it.
+pub fn correction_involvement(
+    flows: &[Flow],
+    corrects: &[MessageId],
+    sender: &Oin,
+) -> Result<Involvement, Rejection> {
+    let mut inv = Involvement::default();
+    for id in corrects {
+        let text = id.to_string();
+        let flow = flows
+            .iter()
+            .find(|f| f.message_id == text)
+            .filter(|f| &f.sender == sender || f.recipients.contains(sender))
+            .ok_or_else(|| {
+                reject(
+                    RejectCode::NotPermitted,
+                    format!("message {id} is not one this sender sent or received"),
+                )
+            })?;
+        inv.cases.insert(flow.case_ref.clone());
+        for p in std::iter::once(&flow.sender).chain(&flow.recipients) {
+            inv.parties
+                .entry(p.clone())
+                .or_default()
+                .insert(flow.case_ref.clone());
         }
-        FlowHistory::Flows(f) => f,
-    };
-    let candidates = involvement(&flows, scope, &h.sender, |_| true);
-    // Every affected case is read before routing, so a case the registry cannot read is a
-    // `storage` answer, never a silently shorter recipient list.
+    }
+    Ok(inv)
+}
+
+/// Every case of `refs` the registry knows, each read before routing, so a case the
+/// registry cannot read is a `storage` answer, never a silently shorter recipient list.
+fn read_cases(
+    refs: &BTreeSet<CaseRef>,
+    reg: &impl Registry,
+) -> Result<BTreeMap<CaseRef, Case>, Rejection> {
     let mut cases = BTreeMap::new();
-    for c in &candidates.cases {
+    for c in refs {
         if let Some(case) = reg.case(c).map_err(crate::checks::unknown)? {
             cases.insert(c.clone(), case);
         }
     }
-    // Of a case the sender has left (found through all_cases_of_sender), only the flows
-    // it took part in itself count: it learns nothing of the case's later traffic.
-    let inv = involvement(&flows, scope, &h.sender, |c| {
-        cases.get(c).is_some_and(|k| k.role_of(&h.sender).is_some())
-    });
-    let expected = expected_recipients(
-        &inv,
-        &h.sender,
-        |c| cases.get(c).cloned(),
-        notice_case,
-        rule,
-        case_managers,
-        directory,
-    );
-    let addressed: BTreeMap<&Oin, &Role> = h
-        .bodies
-        .iter()
-        .flat_map(|b| b.recipients.iter().map(move |r| (r, &b.view)))
-        .collect();
-    let wanted: BTreeMap<&Oin, &Role> = expected.iter().map(|(o, r)| (o, r)).collect();
-    if expected.is_empty() || addressed != wanted || h.recipients.len() != expected.len() {
-        return Err(Rejection::breach_recipients(&expected));
-    }
-    Ok(Some(Routing {
-        recipients: expected,
-        cases: inv.cases,
-    }))
+    Ok(cases)
 }
 
 #[cfg(test)]
@@ -318,7 +434,6 @@ pub fn route(
 mod tests {
     use super::*;
     use chrono::Duration;
-    use chrono::{DateTime, Utc};
 
     use crate::audit::GENESIS_HASH;
 
@@ -354,6 +469,7 @@ mod tests {
             document_serial: None,
             broken_seq: None,
             recipient_views: Default::default(),
+            due_at: None,
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
         }

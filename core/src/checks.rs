@@ -382,8 +382,9 @@ fn decide(
             ),
         ));
     }
-    // A breach notice may still concern a closed case (its data are still held).
-    if !case.is_open() && h.kind != Kind::DatalekMelding {
+    // A breach notice or a correction may still concern a closed case (its data are
+    // still held).
+    if !case.is_open() && !h.kind.routed_by_audit() {
         return Err(reject(
             RejectCode::CaseClosed,
             format!("case {} is closed", h.case_ref),
@@ -408,8 +409,9 @@ fn decide(
         ));
     }
     // A breach notice goes to exactly the parties that exchanged messages about the
-    // affected cases in its window, which need not all be in this case's team.
-    let breach = if h.kind == Kind::DatalekMelding {
+    // affected cases in its window, a correction to the parties of the messages it
+    // corrects: they need not all be in this case's team.
+    let breach = if h.kind.routed_by_audit() {
         breach::route(h, rule, &purpose.case_managers, &case, reg, env.directory)?
     } else {
         None

@@ -11,6 +11,7 @@
 //! | [`registry`] | cases and consents as data, and the [`Registry`](registry::Registry) view the checks read |
 //! | [`deadlines`] | `send_within` and `answer_within`: answer clocks and due notices |
 //! | [`breach`] | breach routing: who exchanged messages about the affected cases |
+//! | [`rights`] | the data subject's access request: who may ask, and the answer's term |
 //! | [`message`] | what the broker keeps about a queued message besides its body |
 //! | [`audit`] | audit records, entries, the hash chain and signed checkpoints |
 //! | [`clock`] | the [`Clock`](clock::Clock) every `now` comes from |
@@ -26,6 +27,7 @@ pub mod deadlines;
 pub mod effects;
 pub mod message;
 pub mod registry;
+pub mod rights;
 pub mod transitions;
 
 #[cfg(any(test, feature = "testing"))]

@@ -216,6 +216,9 @@ impl Fx {
             Kind::Aanmelding => serde_json::to_value(Aanmelding::example()).unwrap(),
             Kind::Signaal => serde_json::to_value(Signaal::example()).unwrap(),
             Kind::DatalekMelding => serde_json::to_value(DatalekMelding::example()).unwrap(),
+            Kind::Correctie => {
+                serde_json::to_value(ketenpost_schemas::payload::Correctie::example()).unwrap()
+            }
             _ => unreachable!(),
         };
         let mut d = Draft::new(

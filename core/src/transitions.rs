@@ -398,6 +398,7 @@ pub fn order_deletion(
                 .processing_activity(&purpose.processing_activity)
                 .message_id(order_id)
                 .counterparty(&party)
+                .due_at(order.delete_by)
                 .reason("retention_ended"),
         );
         fx.notify(&party, Notice::DeletionOrder(order));
@@ -487,6 +488,7 @@ pub fn control(
                         .processing_activity(&activity)
                         .message_id(order_id)
                         .counterparty(party)
+                        .due_at(order.delete_by)
                         .reason(reason.as_str()),
                 );
                 fx.notify(party, Notice::DeletionOrder(order));

@@ -215,6 +215,15 @@ pub(crate) fn amsterdam_to_utc(local: NaiveDateTime) -> Option<DateTime<Utc>> {
     local.checked_sub_signed(shift).map(|utc| utc.and_utc())
 }
 
+/// The end of the calendar day `date` in Amsterdam: the first instant of the next day
+/// there (an exclusive bound, as [`Calendar::add_workdays`] gives). Saturates at the end of
+/// chrono's range.
+pub fn end_of_local_day(date: NaiveDate) -> DateTime<Utc> {
+    date.checked_add_days(Days::new(1))
+        .and_then(|next| amsterdam_to_utc(next.and_time(chrono::NaiveTime::MIN)))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// The workday calendar of a policy: the Dutch national holidays plus configured extra days.
 ///
 /// A workday is a Monday to Friday that is not a holiday. The national holidays are

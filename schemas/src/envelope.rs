@@ -116,6 +116,9 @@ pub struct BodyRef {
     pub size: u64,
 }
 
+/// Most messages one correctie may correct.
+pub const MAX_CORRECTED: usize = 100;
+
 /// The header: everything the broker may see.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +159,10 @@ pub struct Header {
     /// For a breach notice: which cases and window it concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breach_scope: Option<BreachScope>,
+    /// For a correctie: the messages whose content it corrects (at most
+    /// [`MAX_CORRECTED`]). The broker routes it to every party that received them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrects: Vec<MessageId>,
     /// One entry per body, in body order.
     pub bodies: Vec<BodyRef>,
 }
@@ -208,6 +215,18 @@ impl Header {
             return Err(Error::Decode(
                 "a breach scope belongs on a datalek_melding and only there".into(),
             ));
+        }
+        if self.corrects.is_empty() == (self.kind == Kind::Correctie) {
+            return Err(Error::Decode(
+                "the corrected messages belong on a correctie, and a correctie names them".into(),
+            ));
+        }
+        if self.corrects.len() > MAX_CORRECTED {
+            return Err(Error::TooLarge {
+                what: "list of corrected messages",
+                size: self.corrects.len(),
+                limit: MAX_CORRECTED,
+            });
         }
         Ok(())
     }

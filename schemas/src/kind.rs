@@ -29,6 +29,9 @@ pub enum Kind {
     DatalekMelding,
     /// Notice of a disclosure to a third party under a court order or legal duty (000:1762-1766).
     VerstrekkingDerden,
+    /// A correction of data already shared, to every party that received them (AVG art.
+    /// 16; 004:671-676, 000:1754-1757).
+    Correctie,
     /// A consent grant (000:289-297). Control.
     Toestemming,
     /// Withdrawal of a consent (004:754-758). Control.
@@ -49,13 +52,14 @@ pub enum Kind {
 
 impl Kind {
     /// All kinds, in declaration order.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Aanmelding,
         Kind::Aanmeldbericht,
         Kind::Signaal,
         Kind::Reactie,
         Kind::DatalekMelding,
         Kind::VerstrekkingDerden,
+        Kind::Correctie,
         Kind::Toestemming,
         Kind::ToestemmingIntrekking,
         Kind::CaseChange,
@@ -67,18 +71,26 @@ impl Kind {
     ];
 
     /// The kinds whose payload is end-to-end encrypted case content.
-    pub const CONTENT: [Kind; 6] = [
+    pub const CONTENT: [Kind; 7] = [
         Kind::Aanmelding,
         Kind::Aanmeldbericht,
         Kind::Signaal,
         Kind::Reactie,
         Kind::DatalekMelding,
         Kind::VerstrekkingDerden,
+        Kind::Correctie,
     ];
 
     /// Whether the payload is encrypted case content (as opposed to a control record).
     pub fn is_content(self) -> bool {
         Self::CONTENT.contains(&self)
+    }
+
+    /// Whether the broker resolves the recipients from its audit trail (the parties that
+    /// received the affected data) rather than the case team: a breach notice and a
+    /// correction (`core::breach`).
+    pub fn routed_by_audit(self) -> bool {
+        matches!(self, Kind::DatalekMelding | Kind::Correctie)
     }
 
     /// The snake_case name used in policies, headers and schema file names.
@@ -90,6 +102,7 @@ impl Kind {
             Kind::Reactie => "reactie",
             Kind::DatalekMelding => "datalek_melding",
             Kind::VerstrekkingDerden => "verstrekking_derden",
+            Kind::Correctie => "correctie",
             Kind::Toestemming => "toestemming",
             Kind::ToestemmingIntrekking => "toestemming_intrekking",
             Kind::CaseChange => "case_change",

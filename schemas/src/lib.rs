@@ -16,6 +16,7 @@
 //! | [`keys`] | key material formats (ed25519 signing keys, age identities) |
 //! | [`cert`] | the OIN and fingerprint of a partner's X.509 certificate |
 //! | [`protocol`] | the broker protocol: request and response frames, rejection codes |
+//! | [`rights`] | the data subject's access request (AVG art. 15): query and facts |
 //!
 //! ## Dutch words used in this crate
 //! The covenants are Dutch; where they name a concept that has no exact English word, the
@@ -53,6 +54,7 @@ pub mod kind;
 pub mod payload;
 pub mod policy;
 pub mod protocol;
+pub mod rights;
 pub mod seal;
 
 /// Fixtures for tests and examples (not part of the stable API).

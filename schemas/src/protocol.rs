@@ -19,6 +19,7 @@
 //! | 0x07 | `GetCheckpoint` | `{}` | `Checkpoint` |
 //! | 0x08 | `ProveExtends` | `{seq, hash}` | `Extends` |
 //! | 0x09 | `FgRead` | `{report, format, filter}`: an FG's report, over an FG certificate only | `FgReport` or `Rejected` |
+//! | 0x0a | `AccessFacts` | [`AccessQuery`]: the facts of a data subject's cases (AVG art. 15), recorded with the request's term | `AccessFacts` or `Rejected` |
 //!
 //! | type | response | body |
 //! |---|---|---|
@@ -30,6 +31,7 @@
 //! | 0x86 | `Done` | `{}` |
 //! | 0x87 | `Extends` | `{extends}` |
 //! | 0x88 | `FgReport` | `{content_type, body}`: the report as the FG asked for it |
+//! | 0x89 | `AccessFacts` | [`AccessFacts`]: per case the parties, flows, categories, purpose, legal basis, retention |
 //! | 0x8f | `Error` | `{code, message}`: a request the broker could not handle |
 //!
 //! A breach notice (`datalek_melding`) is routed by the broker to exactly the parties that
@@ -37,7 +39,8 @@
 //! recipients it expects; when they are not that set, the broker answers `Rejected` with
 //! code `breach_recipients` and the set in the reason, which
 //! [`Rejection::expected_recipients`] reads back, and the agent reseals to it. No extra
-//! frame is needed.
+//! frame is needed. A `correctie` is routed and resealed the same way, to the parties of
+//! the messages it corrects.
 
 use std::fmt;
 
@@ -49,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::SignedRecord;
 use crate::ids::{MessageId, Oin};
 use crate::policy::Role;
+use crate::rights::{AccessFacts, AccessQuery};
 use crate::Error;
 
 /// The protocol version this crate speaks.
@@ -96,8 +100,9 @@ pub enum RejectCode {
     /// A recipient's role may not receive this kind.
     RecipientRoleNotAllowed,
     /// A breach notice (datalek_melding) is not addressed to exactly the parties that
-    /// exchanged messages about the affected cases in its window; the rejection carries
-    /// the set it must go to ([`Rejection::expected_recipients`]).
+    /// exchanged messages about the affected cases in its window, or a correctie not to
+    /// exactly the parties of the messages it corrects; the rejection carries the set it
+    /// must go to ([`Rejection::expected_recipients`]).
     BreachRecipients,
     /// A body's view is not the recipient's role, or grants other categories.
     ViewMismatch,
@@ -354,6 +359,9 @@ pub enum Request {
     /// An FG reads a report of the running broker. Only a connection with an FG
     /// certificate the directory lists is answered; the report is scoped to that FG.
     FgRead(FgQuery),
+    /// A case manager's agent asks for the facts of a data subject's cases (AVG art. 15);
+    /// answered only for cases the party is or was a member of.
+    AccessFacts(AccessQuery),
 }
 
 /// What an FG asks the broker for: a report, its format, and filters over the trail.
@@ -425,6 +433,8 @@ pub enum Response {
     Checkpoint(Option<CheckpointWire>),
     /// An FG's report.
     FgReport(FgReport),
+    /// The facts of a data subject's cases.
+    AccessFacts(AccessFacts),
     /// Done.
     Done,
     /// Whether the trail still extends the given checkpoint.
@@ -512,6 +522,8 @@ pub fn request_bound(kind: u8, max_envelope: usize) -> Option<usize> {
         // An FG's report request: a report name, a format, a few filter values and the
         // agents' trails the FG brings to merge.
         0x09 => FG_READ_MAX,
+        // An access query: a request id, a day and at most MAX_ACCESS_CASES case refs.
+        0x0a => 64 * 1024,
         _ => return None,
     })
 }
@@ -556,6 +568,7 @@ impl Request {
             Request::Ack { up_to } => json_frame(0x05, &AckBody { up_to: *up_to }),
             Request::GetDocuments => frame(0x06, b"{}"),
             Request::FgRead(q) => json_frame(0x09, q),
+            Request::AccessFacts(q) => json_frame(0x0a, q),
             Request::GetCheckpoint => frame(0x07, b"{}"),
             Request::ProveExtends { seq, hash } => json_frame(
                 0x08,
@@ -586,6 +599,7 @@ impl Request {
             },
             0x06 => Request::GetDocuments,
             0x09 => Request::FgRead(json(body, "fg read")?),
+            0x0a => Request::AccessFacts(json(body, "access query")?),
             0x07 => Request::GetCheckpoint,
             0x08 => {
                 let b: ProveBody = json(body, "prove")?;
@@ -622,6 +636,7 @@ impl Response {
             Response::Done => frame(0x86, b"{}"),
             Response::Extends(e) => json_frame(0x87, &ExtendsBody { extends: *e }),
             Response::FgReport(r) => json_frame(0x88, r),
+            Response::AccessFacts(f) => json_frame(0x89, f),
             Response::Error { code, message } => json_frame(
                 0x8f,
                 &ErrorBody {
@@ -650,6 +665,7 @@ impl Response {
             0x86 => Response::Done,
             0x87 => Response::Extends(json::<ExtendsBody>(body, "extends")?.extends),
             0x88 => Response::FgReport(json(body, "fg report")?),
+            0x89 => Response::AccessFacts(json(body, "access facts")?),
             0x8f => {
                 let b: ErrorBody = json(body, "error")?;
                 Response::Error {
@@ -698,6 +714,14 @@ mod tests {
                 seq: 3,
                 hash: "ab".into(),
             },
+            Request::AccessFacts(AccessQuery {
+                request_id: uuid::Uuid::from_u128(7),
+                received_on: chrono::NaiveDate::from_ymd_opt(2026, 1, 31).unwrap(),
+                case_refs: (0..crate::rights::MAX_ACCESS_CASES)
+                    .map(|_| crate::ids::CaseRef::random())
+                    .collect(),
+                answered_at: None,
+            }),
         ];
         for r in reqs {
             let bytes = r.encode();

@@ -50,6 +50,8 @@ pub struct Draft {
     pub trace_id: TraceId,
     /// Breach scope of a datalek_melding.
     pub breach_scope: Option<BreachScope>,
+    /// The messages a correctie corrects.
+    pub corrects: Vec<MessageId>,
     /// The full payload; each recipient gets its view of it.
     pub payload: Value,
 }
@@ -75,6 +77,7 @@ impl Draft {
             in_reply_to: None,
             trace_id: TraceId::random(),
             breach_scope: None,
+            corrects: Vec::new(),
             payload,
         }
     }
@@ -170,6 +173,7 @@ pub fn seal(
         in_reply_to: draft.in_reply_to,
         trace_id: draft.trace_id,
         breach_scope: draft.breach_scope,
+        corrects: draft.corrects,
         bodies: refs,
     };
     header.check_structure(&crate::envelope::Limits::default())?;

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use ketenpost_broker::audit::AuditEvent;
 use ketenpost_tests::agents::{seed_policy, AgentProcess, Outgoing, Region, WAIT};
 use serde_json::{json, Value};
@@ -164,5 +164,24 @@ async fn a_handover_deletes_at_the_parties_that_hand_over_and_an_erasure_at_ever
             "{oin} did not confirm: {confirmed:?}"
         );
     }
+    // The FG's requests report: the handover and the erasure, each done within its term
+    // once every party ordered confirmed.
+    let requests = ketenpost_broker::requests::requests(&audit.records, chrono::Utc::now());
+    let of = |reason: &str| requests.iter().find(|r| r.request == reason);
+    let handover = of("handover").context("no handover in the requests report")?;
+    ensure!(handover.parties == [corp_oin.clone()], "{handover:?}");
+    let erasure = of("erasure").context("no erasure in the requests report")?;
+    let mut parties = erasure.parties.clone();
+    parties.sort();
+    let mut want = vec![zorg_oin.clone(), gem_oin.clone()];
+    want.sort();
+    ensure!(parties == want, "{erasure:?}");
+    for r in [handover, erasure] {
+        ensure!(
+            r.state == ketenpost_broker::requests::RequestState::Done && r.due_at.is_some(),
+            "{r:?}"
+        );
+    }
+    ensure!(requests.len() == 2, "{requests:?}");
     Ok(())
 }

@@ -178,6 +178,9 @@ enum AuditCommand {
     Deletions(Box<FgArgs>),
     /// The data subject's access report for one case (needs --case).
     Access(Box<FgArgs>),
+    /// Data subjects' requests: access requests, ad-hoc deletion orders by reason and
+    /// corrections, each with its state, term and whether it is late.
+    Requests(Box<FgArgs>),
     /// The filtered records themselves: --format jsonl (Logboek Dataverwerkingen), csv or text.
     Records(Box<FgArgs>),
     /// A self-contained HTML report with a graph of the flows and every table (--out FILE).
@@ -426,6 +429,7 @@ fn main() -> ExitCode {
                 AuditCommand::Consents(a) => (ReportKind::Consents, a),
                 AuditCommand::Deletions(a) => (ReportKind::Deletions, a),
                 AuditCommand::Access(a) => (ReportKind::Access, a),
+                AuditCommand::Requests(a) => (ReportKind::Requests, a),
                 AuditCommand::Records(a) => (ReportKind::Records, a),
                 AuditCommand::Html(a) => (ReportKind::Html, a),
                 AuditCommand::Verify { .. } => return ExitCode::from(EXIT_CONFIG),

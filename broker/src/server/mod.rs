@@ -49,6 +49,7 @@ use ketenpost_transport::tls;
 
 pub use ketenpost_schemas::control::BROKER_SIGNER;
 
+mod access;
 mod alerting;
 mod exchange;
 mod fg;
@@ -744,6 +745,7 @@ async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
             Err(e) => storage_error(e),
         },
         Request::GetDocuments => Response::Documents(shared.docs().raw.clone()),
+        Request::AccessFacts(q) => access::facts(q, shared, oin).await,
         // Answered for FG certificates only (`exchange::request`); never reaches here.
         Request::FgRead(_) => Response::Rejected(Rejection::new(
             RejectCode::NotPermitted,

@@ -215,11 +215,20 @@ fn accepted_entries(
         )));
     }
     if let Some(routing) = authorised.breach() {
-        // One record per affected case, naming every party concerned, so the breach shows
-        // in each case's access report and in the report of each party's FG.
+        // One record per affected case, naming every party concerned, so the breach (or
+        // the correction) shows in each case's access report and in the report of each
+        // party's FG.
+        let (event, reason) = if h.kind == ketenpost_schemas::kind::Kind::Correctie {
+            (
+                AuditEvent::Correction,
+                "routed_to_recipients_of_corrected_data",
+            )
+        } else {
+            (AuditEvent::BreachNotice, "routed_to_parties_concerned")
+        };
         for case in &routing.cases {
             entries.push(
-                AuditEntry::ok(AuditEvent::BreachNotice)
+                AuditEntry::ok(event)
                     .actor(oin)
                     .case_ref(case)
                     .purpose(&h.purpose)
@@ -228,7 +237,7 @@ fn accepted_entries(
                     .message_id(h.id)
                     .trace_id(h.trace_id)
                     .counterparties(recipients.iter())
-                    .reason("routed_to_parties_concerned"),
+                    .reason(reason),
             );
         }
     }

@@ -454,9 +454,15 @@ fn receipts_come_from_their_recipient() {
 
 use crate::breach::Flow;
 
+/// A flow accepted at `at`, its message id made then (a UUIDv7 of that time).
 fn flow(at: DateTime<Utc>, case: &CaseRef, from: &P, to: &[&P]) -> Flow {
+    let made = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        u64::try_from(at.timestamp()).unwrap(),
+        at.timestamp_subsec_nanos(),
+    );
     Flow {
-        message_id: MessageId::new().to_string(),
+        message_id: MessageId(uuid::Uuid::new_v7(made)).to_string(),
         case_ref: case.clone(),
         sender: from.oin.clone(),
         recipients: to.iter().map(|p| p.oin.clone()).collect(),
@@ -499,6 +505,62 @@ fn breach_draft(fx: &Fx, to: &[(&P, &str)], cases: Vec<CaseRef>, all: bool) -> D
         until: fx.now,
     });
     d
+}
+
+/// A correctie of `corrects` from a sender to `to`.
+fn correctie_draft(fx: &Fx, to: &[(&P, &str)], corrects: Vec<MessageId>) -> Draft {
+    let mut d = fx.draft(Kind::Correctie, to);
+    d.legal_basis = LegalBasis::Covenant;
+    d.corrects = corrects;
+    d
+}
+
+#[test]
+fn a_correctie_goes_to_exactly_the_parties_of_the_messages_it_corrects() {
+    let (fx, _) = breach_fx();
+    let flows = fx.reg.flows.clone().unwrap();
+    // zorg -> gem about the main case; corp is in the team and sent zorg another message.
+    let to_gem: MessageId = flows[2].message_id.parse().unwrap();
+    let d = correctie_draft(&fx, &[(&fx.gem, "gemeente")], vec![to_gem]);
+    let ok = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap();
+    assert_eq!(
+        ok.recipients(),
+        [(fx.gem.oin.clone(), Role::new("gemeente"))]
+    );
+    assert_eq!(ok.breach().unwrap().cases, [fx.case.clone()].into());
+
+    // Sealed to the case team: refused, with exactly the recipients of the message.
+    let d = correctie_draft(
+        &fx,
+        &[(&fx.corp, "woningcorporatie"), (&fx.gem, "gemeente")],
+        vec![to_gem],
+    );
+    let r = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap_err();
+    assert_eq!(r.code, RejectCode::BreachRecipients);
+    assert_eq!(
+        r.expected_recipients(),
+        Some(vec![(fx.gem.oin.clone(), Role::new("gemeente"))])
+    );
+
+    // Two messages: the one corp sent zorg as well; zorg corrects, so corp and gem.
+    let from_corp: MessageId = flows[1].message_id.parse().unwrap();
+    let d = correctie_draft(
+        &fx,
+        &[(&fx.corp, "woningcorporatie"), (&fx.gem, "gemeente")],
+        vec![to_gem, from_corp],
+    );
+    assert!(fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).is_ok());
+
+    // The recipient may correct it too: back to its sender.
+    let d = correctie_draft(&fx, &[(&fx.zorg, "zorgaanbieder")], vec![to_gem]);
+    assert!(fx.check_as(&fx.gem, &fx.seal(&fx.gem, d)).is_ok());
+
+    // A party that had no part in the message cannot name it, nor a message the broker
+    // never accepted; both are refused alike.
+    let d = correctie_draft(&fx, &[(&fx.zorg, "zorgaanbieder")], vec![to_gem]);
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::NotPermitted));
+    let d = correctie_draft(&fx, &[(&fx.gem, "gemeente")], vec![MessageId::new()]);
+    assert_eq!(fx.code(&fx.zorg, d), Some(RejectCode::NotPermitted));
 }
 
 #[test]

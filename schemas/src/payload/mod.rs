@@ -8,6 +8,7 @@
 
 mod aanmelding;
 mod casus;
+mod correctie;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -19,6 +20,7 @@ use serde_json::{Map, Value};
 
 pub use aanmelding::*;
 pub use casus::*;
+pub use correctie::*;
 
 use crate::error::Violation;
 use crate::kind::{Category, Kind};
@@ -42,6 +44,7 @@ pub fn fields_of(kind: Kind) -> Option<&'static [(&'static str, Category)]> {
         Kind::Reactie => Reactie::FIELDS,
         Kind::DatalekMelding => DatalekMelding::FIELDS,
         Kind::VerstrekkingDerden => VerstrekkingDerden::FIELDS,
+        Kind::Correctie => Correctie::FIELDS,
         _ => return None,
     })
 }
@@ -64,6 +67,7 @@ pub fn schema_of(kind: Kind) -> Value {
         Kind::Reactie => schemars::schema_for!(Reactie),
         Kind::DatalekMelding => schemars::schema_for!(DatalekMelding),
         Kind::VerstrekkingDerden => schemars::schema_for!(VerstrekkingDerden),
+        Kind::Correctie => schemars::schema_for!(Correctie),
         Kind::Toestemming => schemars::schema_for!(crate::control::Toestemming),
         Kind::ToestemmingIntrekking => {
             schemars::schema_for!(crate::control::ToestemmingIntrekking)

@@ -15,6 +15,7 @@ fn example(kind: Kind) -> Value {
         Kind::Reactie => serde_json::to_value(Reactie::example()).unwrap(),
         Kind::DatalekMelding => serde_json::to_value(DatalekMelding::example()).unwrap(),
         Kind::VerstrekkingDerden => serde_json::to_value(VerstrekkingDerden::example()).unwrap(),
+        Kind::Correctie => serde_json::to_value(Correctie::example()).unwrap(),
         other => panic!("no example for {other}"),
     }
 }

@@ -310,6 +310,7 @@ fn a_body_with_fields_outside_the_view_is_refused() {
         in_reply_to: None,
         trace_id: TraceId::random(),
         breach_scope: None,
+        corrects: Vec::new(),
         bodies: vec![BodyRef {
             view: corp.role.clone(),
             recipients: vec![corp.oin.clone()],
