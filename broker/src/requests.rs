@@ -257,6 +257,7 @@ mod tests {
             document_serial: None,
             recipient_views: Default::default(),
             due_at: None,
+            broken_seq: None,
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
         }
