@@ -207,8 +207,7 @@ impl KindName {
         let valid = !b.is_empty()
             && b.len() <= Self::MAX
             && b[0].is_ascii_lowercase()
-            && b
-                .iter()
+            && b.iter()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_');
         if !valid {
             return None;
@@ -343,7 +342,10 @@ mod tests {
         assert!(k.is_content() && !k.is_builtin());
         assert_eq!(k.as_str(), "risicotaxatie");
         assert_eq!(serde_json::to_string(&k).unwrap(), "\"risicotaxatie\"");
-        assert_eq!(serde_json::from_str::<Kind>("\"risicotaxatie\"").unwrap(), k);
+        assert_eq!(
+            serde_json::from_str::<Kind>("\"risicotaxatie\"").unwrap(),
+            k
+        );
         let longest = "a".repeat(KindName::MAX);
         assert_eq!(longest.parse::<Kind>().unwrap().as_str(), longest);
         // The order of covenant kinds is the order of their names.

@@ -174,7 +174,10 @@ async fn a_covenant_kind_and_categorised_free_text_reach_each_role_as_its_view()
     ensure!(at_regie["payload"] == signaal, "{at_regie}");
 
     let at_ggz = ggz.wait_for_message(&id, WAIT).await?;
-    ensure!(at_ggz["payload"]["toelichting_zorg"] == SUPPORT_TEXT, "{at_ggz}");
+    ensure!(
+        at_ggz["payload"]["toelichting_zorg"] == SUPPORT_TEXT,
+        "{at_ggz}"
+    );
     ensure!(at_ggz["payload"]["omschrijving"] == signaal["omschrijving"]);
     nowhere(&at_ggz, JUSTICE_TEXT, "ggz")?;
     nowhere(&at_ggz, HOUSING_TEXT, "ggz")?;
@@ -211,10 +214,6 @@ async fn a_covenant_kind_and_categorised_free_text_reach_each_role_as_its_view()
     ensure!(code == "invalid_payload", "{code}");
 
     let audit = region.finish()?;
-    ensure!(
-        audit.verified.is_intact(),
-        "{:?}",
-        audit.verified.problems
-    );
+    ensure!(audit.verified.is_intact(), "{:?}", audit.verified.problems);
     Ok(())
 }

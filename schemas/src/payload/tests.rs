@@ -122,7 +122,11 @@ fn a_corporation_view_of_an_aanmelding_holds_no_support_or_justice_fields() {
     }
     for f in schema.fields() {
         if matches!(f.category, Category::Support | Category::Justice) {
-            assert!(view.get(&f.name).is_none(), "{} leaked into the view", f.name);
+            assert!(
+                view.get(&f.name).is_none(),
+                "{} leaked into the view",
+                f.name
+            );
         }
     }
     validate_view(schema, "woningcorporatie", &granted, &view).unwrap();
@@ -176,8 +180,11 @@ fn a_covenant_schema_is_read_by_its_categories() {
     // additionalProperties is forced to false: an uncategorised field is refused.
     let err = validate(&s, &json!({"niveau": "hoog", "extra": "x"})).unwrap_err();
     assert!(err.to_string().contains("extra"), "{err}");
-    validate(&s, &json!({"niveau": "hoog", "justitie": "j", "zorg": {"aanbieder": "a"}}))
-        .unwrap();
+    validate(
+        &s,
+        &json!({"niveau": "hoog", "justitie": "j", "zorg": {"aanbieder": "a"}}),
+    )
+    .unwrap();
     let support: BTreeSet<Category> = [Category::Case, Category::Support].into();
     let view = project(
         &s,
@@ -217,8 +224,7 @@ fn a_covenant_schema_without_categories_is_refused_naming_the_field() {
         (
             {
                 let mut v = risicotaxatie();
-                v["properties"]["zorg"]["properties"]["aanbieder"]["x-category"] =
-                    json!("justice");
+                v["properties"]["zorg"]["properties"]["aanbieder"]["x-category"] = json!("justice");
                 v
             },
             Some("zorg"),
@@ -261,7 +267,11 @@ fn a_covenant_schema_without_categories_is_refused_naming_the_field() {
             "shared definitions",
         ),
         (json!({"type": "array"}), None, "type"),
-        (json!({"type": "object", "properties": {}}), None, "no properties"),
+        (
+            json!({"type": "object", "properties": {}}),
+            None,
+            "no properties",
+        ),
     ];
     for (schema, field, needle) in cases {
         let problem = KindSchema::new(covenant_kind(), "", schema).unwrap_err();
@@ -284,7 +294,10 @@ fn json_schema_files_match_the_types() {
         .into_iter()
         .map(|k| {
             let dir = if k.is_content() { "kinds/" } else { "" };
-            (format!("{dir}{}.schema.json", k.as_str()), schema_of(k).unwrap())
+            (
+                format!("{dir}{}.schema.json", k.as_str()),
+                schema_of(k).unwrap(),
+            )
         })
         .collect();
     expected.push((

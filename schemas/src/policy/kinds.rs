@@ -275,7 +275,10 @@ views.ggz = ["case", "support"]
         let (line, column, msg) = error_of(&bad);
         assert_eq!(line, Some(line_of(&bad, "\"zorgcontext\"")), "{msg}");
         assert_eq!(column, Some(5), "{msg}");
-        assert!(msg.contains("zorgcontext") && msg.contains("x-category"), "{msg}");
+        assert!(
+            msg.contains("zorgcontext") && msg.contains("x-category"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -305,13 +308,21 @@ views.ggz = ["case", "support"]
                 "[kinds.signaal]",
                 "'signaal' is a built-in kind",
             ),
-            ("[kinds.risicotaxatie]", "[kinds.Risico]", "not a valid kind name"),
+            (
+                "[kinds.risicotaxatie]",
+                "[kinds.Risico]",
+                "not a valid kind name",
+            ),
             (
                 "schema = '''",
                 "schema_file = \"risico.json\"\nschema = '''",
                 "schema_file is not supported",
             ),
-            ("\"required\": [", "\"required\" [", "the schema is not JSON"),
+            (
+                "\"required\": [",
+                "\"required\" [",
+                "the schema is not JSON",
+            ),
             (
                 "\"enum\": [\"laag\", \"midden\", \"hoog\"]",
                 "\"type\": \"nonsense\"",
