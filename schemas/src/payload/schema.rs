@@ -375,12 +375,11 @@ fn local_refs(v: &Value) -> Result<(), String> {
     })
 }
 
+/// A check of one object of a schema; `true` for the first object visited.
+type Visit<'a> = dyn FnMut(&Map<String, Value>, bool) -> Result<(), String> + 'a;
+
 /// Visit every object in `v`, depth first; the first object visited is flagged `top`.
-fn walk(
-    v: &Value,
-    top: bool,
-    f: &mut dyn FnMut(&Map<String, Value>, bool) -> Result<(), String>,
-) -> Result<(), String> {
+fn walk(v: &Value, top: bool, f: &mut Visit<'_>) -> Result<(), String> {
     match v {
         Value::Object(obj) => {
             f(obj, top)?;
