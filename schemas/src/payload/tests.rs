@@ -338,3 +338,53 @@ fn json_schema_files_match_the_types() {
          KETENPOST_BLESS=1 cargo test -p ketenpost-schemas json_schema_files"
     );
 }
+
+/// Need-to-know in every seed policy, free text included: for every purpose, kind and
+/// recipient role, the view holds only fields of granted categories, and text of another
+/// category (e.g. a signal's justice context) is nowhere in it.
+#[test]
+fn every_seed_view_holds_only_its_categories_free_text_included() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let policy =
+            crate::policy::Policy::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for purpose in policy.purposes.values() {
+            for (kind, rule) in &purpose.kinds {
+                let schema = policy.kind_schema(*kind).unwrap();
+                let mut full = example(*kind);
+                let mut marked = Vec::new();
+                for f in schema.fields() {
+                    if f.name.starts_with("toelichting_") {
+                        let text = format!("MARKER-{}-{}", f.category, f.name);
+                        full[f.name.as_str()] = json!(text);
+                        marked.push((f.category, text));
+                    }
+                }
+                validate(schema, &full).unwrap_or_else(|e| panic!("{kind}: {e}"));
+                for (role, granted) in &rule.views {
+                    let view = project(schema, granted, full.as_object().unwrap());
+                    for key in view.as_object().unwrap().keys() {
+                        assert!(granted.contains(&schema.category(key).unwrap()));
+                    }
+                    let text = view.to_string();
+                    for (category, marker) in &marked {
+                        assert_eq!(
+                            text.contains(marker.as_str()),
+                            granted.contains(category),
+                            "{}: {kind} for {role}: {marker}",
+                            path.display()
+                        );
+                    }
+                    validate_view(schema, role.as_str(), granted, &view).unwrap();
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} views checked");
+}
