@@ -346,13 +346,14 @@ impl Store {
         entry: &InboxEntry,
         receipt: &Receipted,
         audit: AuditEntry,
+        schema: Option<&ketenpost_schemas::payload::KindSchema>,
     ) -> Result<(), Error> {
         let key = entry.message_id.0.as_bytes();
         {
             let _guard = self.lock();
             self.put_sealed(&self.inbox, key, entry)?;
             Store::put(&self.receipted, key, receipt)?;
-            let blinds = crate::rights::blinds_of(&self.vault, entry.kind, &entry.payload);
+            let blinds = crate::rights::blinds_of(&self.vault, schema, &entry.payload);
             self.index_identifiers(&entry.case_ref, &blinds)?;
         }
         self.audit(audit, entry.received_at);

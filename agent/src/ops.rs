@@ -249,7 +249,10 @@ impl Core {
     pub async fn send(&self, mut req: SendRequest) -> Result<OutboxEntry, Error> {
         let now = self.clock.now();
         let docs = self.docs();
-        payload::validate(req.kind, &req.payload)?;
+        // A kind the policy does not know has no schema; the early checks refuse it below.
+        if let Some(schema) = docs.policy.kind_schema(req.kind) {
+            payload::validate(schema, &req.payload)?;
+        }
         let case = self.store.case(&req.case_ref)?;
         let consents = self.store.consents(Some(&req.case_ref))?;
         let cx = early::Context {
@@ -263,7 +266,11 @@ impl Core {
             Ok(r) => r,
             Err(e) => return Err(self.refused_early(e, &req, None, now).await),
         };
-        let identifiers = crate::rights::blinds_of(&self.store.vault, req.kind, &req.payload);
+        let identifiers = crate::rights::blinds_of(
+            &self.store.vault,
+            docs.policy.kind_schema(req.kind),
+            &req.payload,
+        );
         let parts = Reseal {
             purpose: resolved.purpose,
             legal_basis: resolved.legal_basis,

@@ -24,8 +24,8 @@ use serde_json::Value;
 
 use ketenpost_core::audit::{AuditEntry, AuditEvent};
 use ketenpost_schemas::ids::CaseRef;
-use ketenpost_schemas::kind::{Category, Kind};
-use ketenpost_schemas::payload;
+use ketenpost_schemas::kind::Category;
+use ketenpost_schemas::payload::KindSchema;
 use ketenpost_schemas::rights::AccessFacts;
 
 use crate::store::Store;
@@ -53,8 +53,9 @@ pub fn normalise(identifier: &str) -> Option<String> {
     (!n.is_empty() && n.len() <= MAX_IDENTIFIER).then_some(n)
 }
 
-/// The normalised identifiers in the identity-category fields of a payload of `kind`.
-pub fn identifiers_of(kind: Kind, payload: &Value) -> Vec<String> {
+/// The normalised identifiers in the identity-category fields of a payload whose kind has
+/// `schema` (built in or declared by the covenant; `None`: no fields known, nothing found).
+pub fn identifiers_of(schema: Option<&KindSchema>, payload: &Value) -> Vec<String> {
     fn walk(v: &Value, out: &mut Vec<String>) {
         match v {
             Value::Object(map) => {
@@ -75,11 +76,13 @@ pub fn identifiers_of(kind: Kind, payload: &Value) -> Vec<String> {
     let Some(obj) = payload.as_object() else {
         return out;
     };
-    for (name, category) in payload::fields_of(kind).unwrap_or(&[]) {
-        if *category != Category::Identity {
+    let fields = schema.map(KindSchema::fields).unwrap_or(&[]);
+    for field in fields {
+        if field.category != Category::Identity {
             continue;
         }
-        match obj.get(*name) {
+        let name = field.name.as_str();
+        match obj.get(name) {
             Some(Value::String(s)) if is_identifier_field(name) => out.extend(normalise(s)),
             Some(v) => walk(v, &mut out),
             None => {}
@@ -91,8 +94,8 @@ pub fn identifiers_of(kind: Kind, payload: &Value) -> Vec<String> {
 }
 
 /// The blind index keys of a payload's identifiers.
-pub fn blinds_of(vault: &Vault, kind: Kind, payload: &Value) -> Vec<[u8; 32]> {
-    identifiers_of(kind, payload)
+pub fn blinds_of(vault: &Vault, schema: Option<&KindSchema>, payload: &Value) -> Vec<[u8; 32]> {
+    identifiers_of(schema, payload)
         .iter()
         .map(|i| vault.blind(i))
         .collect()
@@ -267,17 +270,18 @@ pub fn answer_html(r: &AccessRequest, controller: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use ketenpost_schemas::payload::{Aanmeldbericht, Aanmelding, Signaal};
+    use ketenpost_schemas::kind::Kind;
+    use ketenpost_schemas::payload::{self, Aanmeldbericht, Aanmelding, Signaal};
 
     #[test]
     fn identifiers_come_from_identity_fields_only_and_are_normalised() {
         let a = serde_json::to_value(Aanmelding::example()).unwrap();
-        assert_eq!(identifiers_of(Kind::Aanmelding, &a), vec!["111222333"]);
+        assert_eq!(identifiers_of(payload::builtin(Kind::Aanmelding), &a), vec!["111222333"]);
         let mut b = serde_json::to_value(Aanmeldbericht::example()).unwrap();
         b["burgerservicenummer_hoofdbewoner"] = "111 2.22-333".into();
-        assert_eq!(identifiers_of(Kind::Aanmeldbericht, &b), vec!["111222333"]);
+        assert_eq!(identifiers_of(payload::builtin(Kind::Aanmeldbericht), &b), vec!["111222333"]);
         let s = serde_json::to_value(Signaal::example()).unwrap();
-        assert!(identifiers_of(Kind::Signaal, &s).is_empty());
+        assert!(identifiers_of(payload::builtin(Kind::Signaal), &s).is_empty());
         assert_eq!(normalise(" AB-12 "), Some("ab12".into()));
         assert_eq!(normalise(" - "), None);
     }

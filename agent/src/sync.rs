@@ -402,7 +402,10 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
             .purpose(&entry.purpose)
             .processing_activity(&p.processing_activity);
     }
-    if let Err(e) = core.store.inbox_insert(&entry, &receipted, audit).await {
+    if let Err(e) = core
+        .store
+        .inbox_insert(&entry, &receipted, audit, docs.policy.kind_schema(entry.kind))
+        .await {
         error!(message = %id, cause = %e, "cannot store a received message; not receipted");
         return false;
     }

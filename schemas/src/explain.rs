@@ -1,11 +1,11 @@
-//! `policy explain`: a policy as a table an FG can read and sign off. Per purpose: its
+//! `policy explain`: a policy as a table an FG can read and sign off. The kinds the
+//! covenant declares itself, with every field and its data category; per purpose: its
 //! processing activity, legal basis, case managers, consent recorders and case
 //! retention; per kind: who may send to whom, which fields and categories each recipient
 //! role sees, the consent rule and non-consent grounds, and the terms.
 
 use std::fmt::Write as _;
 
-use crate::payload;
 use crate::policy::{ConsentRule, Policy};
 
 /// The plain-text explanation of `policy`.
@@ -18,6 +18,16 @@ pub fn explain(policy: &Policy) -> String {
     let _ = writeln!(out, "Roles:");
     for (role, def) in &policy.roles {
         let _ = writeln!(out, "  {role}: {}", def.description);
+    }
+    if !policy.declared_kinds.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Kinds this covenant declares:");
+        for schema in policy.declared_kinds.values() {
+            let _ = writeln!(out, "  {}: {}", schema.kind(), schema.description());
+            for f in schema.fields() {
+                let _ = writeln!(out, "    {} ({})", f.name, f.category);
+            }
+        }
     }
     for p in policy.purposes.values() {
         let _ = writeln!(out);
@@ -78,18 +88,18 @@ pub fn explain(policy: &Policy) -> String {
             if rule.notify_case_managers {
                 let _ = writeln!(out, "    case managers are told of every breach notice");
             }
-            let fields = payload::fields_of(*kind).unwrap_or(&[]);
+            let fields = policy.kind_schema(*kind).map_or(&[][..], |s| s.fields());
             for (role, view) in &rule.views {
                 let cats: Vec<String> = view.iter().map(|c| c.to_string()).collect();
                 let seen: Vec<&str> = fields
                     .iter()
-                    .filter(|(_, cat)| view.contains(cat))
-                    .map(|(f, _)| *f)
+                    .filter(|f| view.contains(&f.category))
+                    .map(|f| f.name.as_str())
                     .collect();
                 let withheld: Vec<&str> = fields
                     .iter()
-                    .filter(|(_, cat)| !view.contains(cat))
-                    .map(|(f, _)| *f)
+                    .filter(|f| !view.contains(&f.category))
+                    .map(|f| f.name.as_str())
                     .collect();
                 let _ = writeln!(out, "    {role} sees [{}]", cats.join(", "));
                 let _ = writeln!(out, "      fields: {}", list(&seen));

@@ -5,12 +5,12 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`ids`] | organisation ids (OIN), message ids, case references, trace ids |
-//! | [`kind`] | the message kinds and the data categories a field can belong to |
-//! | [`payload`] | typed payloads of every kind, their JSON Schemas and validation |
+//! | [`kind`] | the message kinds (built in, or declared by a covenant) and the data categories a field can belong to |
+//! | [`payload`] | typed payloads of the built-in kinds, every content kind's schema with its categories ([`payload::KindSchema`]), views and validation |
 //! | [`control`] | records the broker reads itself: consent, case lifecycle, receipts, deletion |
 //! | [`envelope`] | the wire envelope: signed header, one age-encrypted body per view |
 //! | [`seal`] | building views per recipient role, sealing and opening envelopes |
-//! | [`policy`] | the covenant as code: roles, purposes, kinds, views, deadlines, retention |
+//! | [`policy`] | the covenant as code: roles, declared kinds, purposes, kinds, views, deadlines, retention |
 //! | [`duration`], [`calendar`] | policy durations, including Dutch workdays |
 //! | [`directory`] | the partner directory and federation signatures |
 //! | [`keys`] | key material formats (ed25519 signing keys, age identities) |

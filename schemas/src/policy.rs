@@ -39,7 +39,12 @@
 //! # answer_by = ["zorgaanbieder"]  # the recipient roles that owe the answer (default: all)
 //! ```
 //!
+//! A covenant may declare kinds of its own with their schemas (`[kinds.<name>]`, see
+//! [`kinds`]).
+//!
 //! [`Policy::from_toml`] rejects a bad policy with the line and column of the problem.
+
+mod kinds;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -50,10 +55,10 @@ use toml::Spanned;
 use crate::calendar::Calendar;
 use crate::duration::PolicyDuration;
 use crate::kind::{Category, Kind};
-use crate::payload;
 use crate::Error;
 
 pub use crate::ids::Role;
+pub use kinds::DeclaredKinds;
 
 /// A ground for sharing without the client's consent (e.g. 002:333-344, afspraak 8f).
 #[derive(
@@ -197,12 +202,15 @@ pub struct Policy {
     pub purposes: BTreeMap<String, Purpose>,
     /// The workday calendar (national holidays plus the policy's extra ones).
     pub calendar: Calendar,
+    /// The content kinds the covenant declares itself (`[kinds.<name>]`), with their
+    /// schemas; see [`Policy::kind_schema`].
+    pub declared_kinds: DeclaredKinds,
 }
 
 impl Policy {
     /// Parse and check a policy. The error names the line and what is wrong.
     pub fn from_toml(text: &str) -> Result<Policy, Error> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        let mut raw: RawPolicy = toml::from_str(text).map_err(|e| {
             let (line, column) = match e.span() {
                 Some(span) => line_col(text, span.start),
                 None => (None, None),
@@ -213,7 +221,12 @@ impl Policy {
                 message: e.message().to_owned(),
             }
         })?;
-        Checker { text }.check(raw)
+        let declared = kinds::declare(text, std::mem::take(&mut raw.kinds))?;
+        Checker {
+            text,
+            declared: &declared,
+        }
+        .check(raw)
     }
 
     /// The rule for a kind within a purpose, if the purpose allows the kind.
@@ -242,6 +255,8 @@ struct RawPolicy {
     covenant: RawCovenant,
     roles: BTreeMap<String, RawRole>,
     purposes: BTreeMap<String, RawPurpose>,
+    #[serde(default)]
+    kinds: BTreeMap<String, Spanned<kinds::RawKindDecl>>,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +316,8 @@ struct RawKind {
 
 struct Checker<'a> {
     text: &'a str,
+    /// The kinds the policy declares, checked before the purposes that use them.
+    declared: &'a DeclaredKinds,
 }
 
 impl Checker<'_> {
@@ -381,6 +398,7 @@ impl Checker<'_> {
             roles,
             purposes,
             calendar: Calendar::with_extra_holidays(extra),
+            declared_kinds: self.declared.clone(),
         })
     }
 
@@ -406,17 +424,26 @@ impl Checker<'_> {
         let mut kinds = BTreeMap::new();
         for (kname, rk) in rp.kinds {
             let at = rk.span().start;
-            let kind: Kind = match kname.parse() {
-                Ok(k) => k,
-                Err(_) => return self.err(at, format!("unknown message kind '{kname}'")),
+            let kind = match kname.parse::<Kind>() {
+                Ok(k) if k.is_builtin() || self.declared.contains_key(&k) => k,
+                _ => {
+                    return self.err(
+                        at,
+                        format!(
+                            "unknown message kind '{kname}' (a covenant's own kind needs a \
+                             [kinds.{kname}] table with its schema)"
+                        ),
+                    )
+                }
             };
             if !kind.is_content() {
                 return self.err(
                     at,
                     format!(
-                        "kind '{kname}' is a control record; only content kinds \
-                         (aanmelding, aanmeldbericht, signaal, reactie, datalek_melding, \
-                         verstrekking_derden) are configured per purpose"
+                        "kind '{kname}' is a control record; only content kinds (the \
+                         built-in aanmelding, aanmeldbericht, signaal, reactie, \
+                         datalek_melding, verstrekking_derden, or a declared kind) are \
+                         configured per purpose"
                     ),
                 );
             }
@@ -462,7 +489,10 @@ impl Checker<'_> {
         if recipients.is_empty() {
             return self.err(rk.recipients.span().start, format!("{kind}: no recipients"));
         }
-        let used = payload::categories_of(kind);
+        let Some(schema) = self.kind_schema(kind) else {
+            return self.err(0, format!("{kind}: no schema for this kind"));
+        };
+        let used = schema.categories();
         let mut views = BTreeMap::new();
         for (role, cats) in &rk.views {
             let r = Role::new(role.clone());
@@ -565,7 +595,7 @@ impl Checker<'_> {
         let mut answer_kinds = BTreeSet::new();
         for k in &rk.answer_kinds {
             match k.get_ref().parse::<Kind>() {
-                Ok(k) if k.is_content() => {
+                Ok(k) if k.is_content() && self.kind_schema(k).is_some() => {
                     answer_kinds.insert(k);
                 }
                 _ => {
@@ -593,10 +623,9 @@ impl Checker<'_> {
             Some(flag) => *flag.get_ref(),
             None => false,
         };
-        let fields = crate::payload::fields_of(kind).unwrap_or(&[]);
         let mut required_fields = BTreeSet::new();
         for f in &rk.required_fields {
-            if !fields.iter().any(|(name, _)| name == f.get_ref()) {
+            if schema.category(f.get_ref()).is_none() {
                 return self.err(
                     f.span().start,
                     format!("{kind}: '{}' is not a field of its payload", f.get_ref()),

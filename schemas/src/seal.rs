@@ -112,7 +112,10 @@ pub fn seal(
             draft.purpose, draft.kind
         ))
     })?;
-    payload::validate(draft.kind, &draft.payload)?;
+    let schema = policy
+        .kind_schema(draft.kind)
+        .ok_or_else(|| Error::Seal(format!("the policy has no schema for {}", draft.kind)))?;
+    payload::validate(schema, &draft.payload)?;
     let full = draft
         .payload
         .as_object()
@@ -138,7 +141,7 @@ pub fn seal(
     let mut refs = Vec::with_capacity(by_role.len());
     let mut bodies = Vec::with_capacity(by_role.len());
     for (role, oins) in by_role {
-        let view = payload::project(draft.kind, &rule.view(&role), full);
+        let view = payload::project(schema, &rule.view(&role), full);
         let plaintext = serde_json::to_vec(&view).map_err(|e| Error::Seal(e.to_string()))?;
         let mut recipients = Vec::with_capacity(oins.len());
         for oin in &oins {
@@ -240,8 +243,11 @@ pub fn open_any(
     let plaintext = decrypt_any(identities, ciphertext)?;
     let value: Value = serde_json::from_slice(&plaintext)
         .map_err(|_| Error::Decrypt("body is not JSON".into()))?;
+    let schema = policy
+        .kind_schema(header.kind)
+        .ok_or_else(|| Error::Seal(format!("the policy has no schema for {}", header.kind)))?;
     let granted = rule.view(&body_ref.view);
-    payload::validate_view(header.kind, body_ref.view.as_str(), &granted, &value)?;
+    payload::validate_view(schema, body_ref.view.as_str(), &granted, &value)?;
     Ok(Opened {
         header: header.clone(),
         view: body_ref.view.clone(),

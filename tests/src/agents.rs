@@ -32,7 +32,7 @@ use ketenpost_broker::audit::{self, AuditEvent, AuditRecord, AuditTrail, Outcome
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys;
 use ketenpost_schemas::kind::Kind;
-use ketenpost_schemas::payload::{self, DatalekMelding, Reactie, Signaal};
+use ketenpost_schemas::payload::{DatalekMelding, Reactie, Signaal};
 use ketenpost_schemas::policy::{Policy, Role};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -913,12 +913,10 @@ pub fn view_fields(
         .views
         .get(&Role::new(role))
         .ok_or_else(|| anyhow!("the policy gives {role} no view of {kind}"))?;
-    let allowed: BTreeSet<&str> = payload::fields_of(k)
-        .unwrap_or(&[])
-        .iter()
-        .filter(|(_, c)| granted.contains(c))
-        .map(|(n, _)| *n)
-        .collect();
+    let schema = policy
+        .kind_schema(k)
+        .ok_or_else(|| anyhow!("the policy has no schema for {kind}"))?;
+    let allowed: BTreeSet<&str> = schema.fields_in_view(granted).collect();
     Ok(keys_of(payload)
         .into_iter()
         .filter(|f| allowed.contains(f.as_str()))

@@ -643,7 +643,7 @@ fn field_names(v: &Value) -> BTreeSet<String> {
 
 /// The data category of a top-level field of `kind`.
 fn category(kind: Kind, field: &str) -> Option<Category> {
-    payload::fields_of(kind)?
+    payload::type_fields(kind)?
         .iter()
         .find(|(n, _)| *n == field)
         .map(|(_, c)| *c)
@@ -651,7 +651,7 @@ fn category(kind: Kind, field: &str) -> Option<Category> {
 
 /// Field names in the order the payload type declares them.
 fn ordered(kind: Kind, fields: &BTreeSet<String>) -> String {
-    payload::fields_of(kind)
+    payload::type_fields(kind)
         .unwrap_or(&[])
         .iter()
         .filter(|(n, _)| fields.contains(*n))
@@ -662,7 +662,7 @@ fn ordered(kind: Kind, fields: &BTreeSet<String>) -> String {
 
 /// Field names in the order the payload type declares them, each with its category.
 fn listed(kind: Kind, fields: &BTreeSet<String>) -> String {
-    let order = payload::fields_of(kind).unwrap_or(&[]);
+    let order = payload::type_fields(kind).unwrap_or(&[]);
     order
         .iter()
         .filter(|(n, _)| fields.contains(*n))
@@ -2067,7 +2067,7 @@ pub fn personal_values() -> Result<BTreeSet<String>> {
     }
     let mut out = BTreeSet::new();
     let aanmelding = serde_json::to_value(Aanmelding::example())?;
-    for (field, cat) in payload::fields_of(Kind::Aanmelding).unwrap_or(&[]) {
+    for (field, cat) in payload::type_fields(Kind::Aanmelding).unwrap_or(&[]) {
         if matches!(cat, Category::Identity | Category::Contact) {
             if let Some(v) = aanmelding.get(*field) {
                 strings(v, &mut out);

@@ -32,8 +32,15 @@
 //!   workdays (000:1762-1766, 001:623-625). The notice says on which ground, to whom and
 //!   what; the two-workday term runs from the moment the obligation was received.
 //!
-//! All fields are case-process data ([`Category::Case`]), except the identities of the
-//! persons a breach concerns, which are identity data.
+//! The fields are case-process data ([`Category::Case`]), except the identities of the
+//! persons a breach concerns, which are identity data, and the categorised free text of a
+//! signal, an answer and a disclosure notice: `toelichting_zorg` (support),
+//! `toelichting_justitie` (justice), `toelichting_wonen` (housing) and
+//! `toelichting_financien` (debt). The covenants let the parties share what each needs
+//! for its own task only (e.g. 000:297-301, 003:1615-1626, 004:472-480): a police signal's
+//! justice context is not for the corporation, the care provider's care context is not for
+//! the police. Case-process fields such as `omschrijving` should say what happened without
+//! that context; the categorised fields carry it to the roles whose view grants it.
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use schemars::JsonSchema;
@@ -70,6 +77,23 @@ pub struct Signaal {
     /// well (000:1150-1154, 001:246-248).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tijdens_waakvlamperiode: Option<bool>,
+    /// Care and support context of the signal, seen only by roles granted `support`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_zorg: Option<String>,
+    /// Justice context (police, probation, court) of the signal, seen only by roles
+    /// granted `justice`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_justitie: Option<String>,
+    /// Housing and tenancy context of the signal, seen only by roles granted `housing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_wonen: Option<String>,
+    /// Debts and arrears context of the signal, seen only by roles granted `debt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_financien: Option<String>,
 }
 
 impl Payload for Signaal {
@@ -81,6 +105,10 @@ impl Payload for Signaal {
         ("urgentie", Category::Case),
         ("huurachterstand_ontstaan_op", Category::Case),
         ("tijdens_waakvlamperiode", Category::Case),
+        ("toelichting_zorg", Category::Support),
+        ("toelichting_justitie", Category::Justice),
+        ("toelichting_wonen", Category::Housing),
+        ("toelichting_financien", Category::Debt),
     ];
 }
 
@@ -144,6 +172,23 @@ pub struct Reactie {
     /// Date of the next contact or evaluation, if agreed (001:453, 001:468-469).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vervolg_op: Option<NaiveDate>,
+    /// Care and support context of the answer, seen only by roles granted `support`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_zorg: Option<String>,
+    /// Justice context (police, probation, court) of the answer, seen only by roles
+    /// granted `justice`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_justitie: Option<String>,
+    /// Housing and tenancy context of the answer, seen only by roles granted `housing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_wonen: Option<String>,
+    /// Debts and arrears context of the answer, seen only by roles granted `debt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_financien: Option<String>,
 }
 
 impl Payload for Reactie {
@@ -153,6 +198,10 @@ impl Payload for Reactie {
         ("status", Category::Case),
         ("toelichting", Category::Case),
         ("vervolg_op", Category::Case),
+        ("toelichting_zorg", Category::Support),
+        ("toelichting_justitie", Category::Justice),
+        ("toelichting_wonen", Category::Housing),
+        ("toelichting_financien", Category::Debt),
     ];
 }
 
@@ -293,6 +342,23 @@ pub struct VerstrekkingDerden {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 8000))]
     pub toelichting: Option<String>,
+    /// Care and support context of the disclosure, seen only by roles granted `support`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_zorg: Option<String>,
+    /// Justice context (police, probation, court) of the disclosure, seen only by roles
+    /// granted `justice`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_justitie: Option<String>,
+    /// Housing and tenancy context of the disclosure, seen only by roles granted `housing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_wonen: Option<String>,
+    /// Debts and arrears context of the disclosure, seen only by roles granted `debt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8000))]
+    pub toelichting_financien: Option<String>,
 }
 
 impl Payload for VerstrekkingDerden {
@@ -304,6 +370,10 @@ impl Payload for VerstrekkingDerden {
         ("verplichting_ontvangen_op", Category::Case),
         ("verstrekt_op", Category::Case),
         ("toelichting", Category::Case),
+        ("toelichting_zorg", Category::Support),
+        ("toelichting_justitie", Category::Justice),
+        ("toelichting_wonen", Category::Housing),
+        ("toelichting_financien", Category::Debt),
     ];
 }
 
@@ -347,6 +417,10 @@ impl Signaal {
             urgentie: Urgentie::Normaal,
             huurachterstand_ontstaan_op: None,
             tijdens_waakvlamperiode: Some(true),
+            toelichting_zorg: None,
+            toelichting_justitie: None,
+            toelichting_wonen: None,
+            toelichting_financien: None,
         }
     }
 }
@@ -364,6 +438,10 @@ impl Reactie {
                 "Begeleiding tijdelijk opgeschaald naar drie contacten per week.".into(),
             ),
             vervolg_op: Some(day(2025, 5, 26)),
+            toelichting_zorg: None,
+            toelichting_justitie: None,
+            toelichting_wonen: None,
+            toelichting_financien: None,
         }
     }
 }
@@ -420,6 +498,10 @@ impl VerstrekkingDerden {
             toelichting: Some(
                 "Vordering in het kader van een onderzoek naar een calamiteit.".into(),
             ),
+            toelichting_zorg: None,
+            toelichting_justitie: None,
+            toelichting_wonen: None,
+            toelichting_financien: None,
         }
     }
 }
@@ -439,7 +521,9 @@ mod tests {
         assert_fields_match::<Signaal>();
         assert_example_valid(&Signaal::example());
         assert_rejects_unknown(&Signaal::example());
-        assert!(Signaal::FIELDS.iter().all(|(_, c)| *c == Category::Case));
+        assert!(Signaal::FIELDS
+            .iter()
+            .all(|(n, c)| *c == Category::Case || n.starts_with("toelichting_")));
         let bad: Result<Signaal, _> = serde_json::from_value(json!({
             "categorie": "inbraak",
             "waargenomen_op": "2025-05-12T22:30:00Z",
@@ -459,7 +543,9 @@ mod tests {
         assert_fields_match::<Reactie>();
         assert_example_valid(&Reactie::example());
         assert_rejects_unknown(&Reactie::example());
-        assert!(Reactie::FIELDS.iter().all(|(_, c)| *c == Category::Case));
+        assert!(Reactie::FIELDS
+            .iter()
+            .all(|(n, c)| *c == Category::Case || n.starts_with("toelichting_")));
         let schema = schemars::schema_for!(Reactie).to_value();
         let validator = jsonschema::validator_for(&schema).unwrap();
         let mut none = serde_json::to_value(Reactie::example()).unwrap();
@@ -504,7 +590,7 @@ mod tests {
         assert_rejects_unknown(&VerstrekkingDerden::example());
         assert!(VerstrekkingDerden::FIELDS
             .iter()
-            .all(|(_, c)| *c == Category::Case));
+            .all(|(n, c)| *c == Category::Case || n.starts_with("toelichting_")));
         for g in [
             "rechterlijk_bevel",
             "dagvaarding",

@@ -151,19 +151,23 @@ impl Correctie {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::payload::{project, validate, validate_view};
+    use crate::payload::{builtin, project, validate, validate_view, KindSchema};
     use std::collections::BTreeSet;
+
+    fn schema() -> &'static KindSchema {
+        builtin(Kind::Correctie).unwrap()
+    }
 
     #[test]
     fn a_view_holds_only_the_corrections_of_its_categories() {
         let full = serde_json::to_value(Correctie::example()).unwrap();
-        validate(Kind::Correctie, &full).unwrap();
+        validate(schema(), &full).unwrap();
         let housing: BTreeSet<Category> = [Category::Case, Category::Identity].into();
-        let view = project(Kind::Correctie, &housing, full.as_object().unwrap());
+        let view = project(schema(), &housing, full.as_object().unwrap());
         assert!(view.get("identiteit").is_some());
         assert!(view.get("ondersteuning").is_none());
-        validate_view(Kind::Correctie, "woningcorporatie", &housing, &view).unwrap();
-        let err = validate_view(Kind::Correctie, "woningcorporatie", &housing, &full);
+        validate_view(schema(), "woningcorporatie", &housing, &view).unwrap();
+        let err = validate_view(schema(), "woningcorporatie", &housing, &full);
         assert!(err.is_err());
     }
 
@@ -171,7 +175,7 @@ mod tests {
     fn a_correction_names_a_message_and_corrects_something() {
         let mut v = serde_json::to_value(Correctie::example()).unwrap();
         v["berichten"] = serde_json::json!([]);
-        assert!(validate(Kind::Correctie, &v).is_err());
+        assert!(validate(schema(), &v).is_err());
         let mut empty = Correctie::example();
         assert!(!empty.is_empty());
         empty.identiteit.clear();

@@ -1,14 +1,18 @@
-//! Typed payloads of every content kind, their data categories, JSON Schemas and validation.
+//! Payloads of every content kind: the typed payloads of the built-in kinds, the schema of
+//! every kind with its data categories ([`KindSchema`]), views and validation.
 //!
-//! A payload is a JSON object. Every top-level field belongs to one [`Category`]; a
-//! recipient role's *view* of a payload holds exactly the top-level fields whose category
-//! the policy grants that role. The schema of a view is the kind's schema with the other
-//! properties removed and `additionalProperties: false`, so a body holding a field outside
-//! the view fails validation by name.
+//! A payload is a JSON object. Every top-level field belongs to one [`Category`], named by
+//! `x-category` in its kind's schema; a recipient role's *view* of a payload holds exactly
+//! the top-level fields whose category the policy grants that role. The schema of a view
+//! is the kind's schema with the other properties removed and `additionalProperties:
+//! false`, so a body holding a field outside the view fails validation by name. Built-in
+//! and covenant-declared kinds go through the same functions; find a kind's schema with
+//! [`Policy::kind_schema`](crate::policy::Policy::kind_schema).
 
 mod aanmelding;
 mod casus;
 mod correctie;
+mod schema;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -21,22 +25,26 @@ use serde_json::{Map, Value};
 pub use aanmelding::*;
 pub use casus::*;
 pub use correctie::*;
+pub use schema::{builtin, Field, KindSchema, SchemaProblem, MAX_SCHEMA_BYTES, X_CATEGORY};
 
 use crate::error::Violation;
 use crate::kind::{Category, Kind};
 use crate::Error;
 
-/// A payload type of one content kind.
+/// A payload type of one built-in content kind.
 pub trait Payload: Serialize + DeserializeOwned + JsonSchema {
     /// The kind this payload belongs to.
     const KIND: Kind;
-    /// The category of every top-level field, by its JSON name. Every property of the
-    /// type's schema appears here exactly once (a test checks this).
+    /// The category of every top-level field, by its JSON name: the `x-category` the
+    /// shipped schema file gives each property. Every property of the type's schema
+    /// appears here exactly once (a test checks this).
     const FIELDS: &'static [(&'static str, Category)];
 }
 
-/// The field table of a content kind, or `None` for a control kind.
-pub fn fields_of(kind: Kind) -> Option<&'static [(&'static str, Category)]> {
+/// The field table of a built-in content kind's Rust type, in declaration order, or `None`
+/// for other kinds. This is where the shipped schema files take `x-category` from; at run
+/// time views go by a kind's [`KindSchema`].
+pub fn type_fields(kind: Kind) -> Option<&'static [(&'static str, Category)]> {
     Some(match kind {
         Kind::Aanmelding => Aanmelding::FIELDS,
         Kind::Aanmeldbericht => Aanmeldbericht::FIELDS,
@@ -49,17 +57,11 @@ pub fn fields_of(kind: Kind) -> Option<&'static [(&'static str, Category)]> {
     })
 }
 
-/// The categories used by a content kind's fields.
-pub fn categories_of(kind: Kind) -> BTreeSet<Category> {
-    fields_of(kind)
-        .unwrap_or(&[])
-        .iter()
-        .map(|(_, c)| *c)
-        .collect()
-}
-
-/// The JSON Schema (draft 2020-12) of a kind's payload, generated from the Rust type.
-pub fn schema_of(kind: Kind) -> Value {
+/// The JSON Schema (draft 2020-12) of a built-in kind's payload, generated from the Rust
+/// type; for a content kind with `x-category` on every property (from
+/// [`Payload::FIELDS`]). This is what the shipped schema files hold; `None` for a
+/// covenant kind, whose schema is in its policy.
+pub fn schema_of(kind: Kind) -> Option<Value> {
     let schema = match kind {
         Kind::Aanmelding => schemars::schema_for!(Aanmelding),
         Kind::Aanmeldbericht => schemars::schema_for!(Aanmeldbericht),
@@ -80,35 +82,24 @@ pub fn schema_of(kind: Kind) -> Value {
         Kind::DeliveryReceipt => schemars::schema_for!(crate::control::DeliveryReceipt),
         Kind::DeadlineNotice => schemars::schema_for!(crate::control::DeadlineNotice),
         Kind::ExpiryNotice => schemars::schema_for!(crate::control::ExpiryNotice),
+        Kind::Covenant(_) => return None,
     };
-    schema.to_value()
-}
-
-/// The schema of one view: only the properties whose category is granted, nothing else
-/// allowed, and only the granted required fields required.
-pub fn view_schema_of(kind: Kind, granted: &BTreeSet<Category>) -> Value {
-    let mut schema = schema_of(kind);
-    let allowed: BTreeSet<&str> = fields_of(kind)
-        .unwrap_or(&[])
-        .iter()
-        .filter(|(_, c)| granted.contains(c))
-        .map(|(n, _)| *n)
-        .collect();
-    if let Some(obj) = schema.as_object_mut() {
-        if let Some(Value::Object(props)) = obj.get_mut("properties") {
-            props.retain(|k, _| allowed.contains(k.as_str()));
+    let mut schema = schema.to_value();
+    if let (Some(table), Some(Value::Object(props))) =
+        (type_fields(kind), schema.get_mut("properties"))
+    {
+        for (name, category) in table {
+            if let Some(Value::Object(prop)) = props.get_mut(*name) {
+                prop.insert(X_CATEGORY.into(), Value::String(category.as_str().into()));
+            }
         }
-        if let Some(Value::Array(req)) = obj.get_mut("required") {
-            req.retain(|v| v.as_str().is_some_and(|s| allowed.contains(s)));
-        }
-        obj.insert("additionalProperties".into(), Value::Bool(false));
     }
-    schema
+    Some(schema)
 }
 
-/// Validate a whole payload of `kind` against its schema.
-pub fn validate(kind: Kind, payload: &Value) -> Result<(), Error> {
-    validate_against(kind, &*validator(kind, None)?, payload)
+/// Validate a whole payload against its kind's schema.
+pub fn validate(schema: &KindSchema, payload: &Value) -> Result<(), Error> {
+    validate_against(schema.kind(), &*validator(schema, None)?, payload)
 }
 
 /// The fields of `required` that `payload` leaves out: absent, null, an empty string or
@@ -126,87 +117,74 @@ pub fn missing_fields(required: &BTreeSet<String>, payload: &Value) -> Vec<Strin
         .collect()
 }
 
-/// Validate the view of `kind` for a role granted `granted`: fields outside the view are
+/// Validate the view of a kind for a role granted `granted`: fields outside the view are
 /// reported as [`Error::FieldsOutsideView`] before any other check.
 pub fn validate_view(
-    kind: Kind,
+    schema: &KindSchema,
     role: &str,
     granted: &BTreeSet<Category>,
     payload: &Value,
 ) -> Result<(), Error> {
-    let outside = fields_outside(kind, granted, payload);
+    let outside = schema.fields_outside(granted, payload);
     if !outside.is_empty() {
         return Err(Error::FieldsOutsideView {
-            kind,
+            kind: schema.kind(),
             role: role.to_owned(),
             fields: outside,
         });
     }
-    validate_against(kind, &*validator(kind, Some(granted))?, payload)
+    validate_against(schema.kind(), &*validator(schema, Some(granted))?, payload)
 }
+
+/// Cut a full payload down to the view for `granted`: keep only granted top-level fields.
+pub fn project(
+    schema: &KindSchema,
+    granted: &BTreeSet<Category>,
+    payload: &Map<String, Value>,
+) -> Value {
+    schema.project(granted, payload)
+}
+
+/// The most compiled validators kept; past it the cache starts over.
+const VALIDATOR_CACHE: usize = 512;
 
 /// The compiled validator of a kind's schema, or of one view of it. Compiling a schema
 /// costs about a millisecond, two hundred times the validation itself, so each is compiled
-/// once per process. The cache is bounded: one entry per kind and set of categories.
+/// once per process, keyed by the schema's digest (a policy update that changes a
+/// covenant kind's schema gets new entries). The cache is bounded by
+/// [`VALIDATOR_CACHE`]: when it is full it is emptied and refilled as needed.
 fn validator(
-    kind: Kind,
+    schema: &KindSchema,
     granted: Option<&BTreeSet<Category>>,
 ) -> Result<Arc<jsonschema::Validator>, Error> {
-    type Cache = Mutex<HashMap<(Kind, Option<BTreeSet<Category>>), Arc<jsonschema::Validator>>>;
+    type Key = ([u8; 32], Option<BTreeSet<Category>>);
+    type Cache = Mutex<HashMap<Key, Arc<jsonschema::Validator>>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Cache::default);
     // Entries are only ever inserted whole: a poisoned lock still holds a usable map.
     let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
-    let key = (kind, granted.cloned());
+    let key = (*schema.digest(), granted.cloned());
     if let Some(v) = lock().get(&key) {
         return Ok(v.clone());
     }
-    let schema = match granted {
-        None => schema_of(kind),
-        Some(g) => view_schema_of(kind, g),
+    let json = match granted {
+        None => schema.schema().clone(),
+        Some(g) => schema.view_schema(g),
     };
-    let compiled = jsonschema::validator_for(&schema).map_err(|e| Error::Schema {
-        kind,
+    let compiled = jsonschema::validator_for(&json).map_err(|e| Error::Schema {
+        kind: schema.kind(),
         violations: vec![Violation {
             path: String::new(),
             message: format!("schema itself is invalid: {}", e.kind_description()),
         }],
     })?;
     let compiled = Arc::new(compiled);
-    lock().insert(key, compiled.clone());
-    Ok(compiled)
-}
-
-/// The top-level fields of `payload` that are not in the view for `granted`.
-pub fn fields_outside(kind: Kind, granted: &BTreeSet<Category>, payload: &Value) -> Vec<String> {
-    let table = fields_of(kind).unwrap_or(&[]);
-    match payload.as_object() {
-        Some(obj) => obj
-            .keys()
-            .filter(|k| {
-                !table
-                    .iter()
-                    .any(|(n, c)| n == &k.as_str() && granted.contains(c))
-            })
-            .cloned()
-            .collect(),
-        None => Vec::new(),
+    let mut map = lock();
+    if map.len() >= VALIDATOR_CACHE {
+        map.clear();
     }
-}
-
-/// Cut a full payload down to the view for `granted`: keep only granted top-level fields.
-pub fn project(kind: Kind, granted: &BTreeSet<Category>, payload: &Map<String, Value>) -> Value {
-    let table = fields_of(kind).unwrap_or(&[]);
-    let view: Map<String, Value> = payload
-        .iter()
-        .filter(|(k, _)| {
-            table
-                .iter()
-                .any(|(n, c)| n == &k.as_str() && granted.contains(c))
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    Value::Object(view)
+    map.insert(key, compiled.clone());
+    Ok(compiled)
 }
 
 fn validate_against(

@@ -140,8 +140,8 @@ fn unknown_kind_category_ground_and_consent_are_refused() {
         ),
         (
             "views.zorgaanbieder = [\"case\"]",
-            "views.zorgaanbieder = [\"justice\"]",
-            "category 'justice' does not occur in this kind",
+            "views.zorgaanbieder = [\"identity\"]",
+            "category 'identity' does not occur in this kind",
         ),
         (
             "case_managers = [\"gemeente\"]",
