@@ -646,8 +646,22 @@ pub fn check_case_change(
             ));
         }
     }
+    if let CaseOp::ReviewDue { .. } = op {
+        return Err(refuse(
+            RejectCode::NotPermitted,
+            "a review notice comes from the broker, not from a party",
+        ));
+    }
     let Some(case) = case else { return Ok(()) };
     let purpose: Option<&Purpose> = policy.purposes.get(&case.purpose);
+    if let (CaseOp::EnterPhase { phase }, Some(p)) = (op, purpose) {
+        if !p.phases.iter().any(|x| &x.name == phase) {
+            return Err(refuse(
+                RejectCode::Conflict,
+                format!("purpose '{}' has no phase '{phase}'", case.purpose),
+            ));
+        }
+    }
     // A data subject's deletion request may come after the case closed (the broker knows
     // whether its data is deleted already).
     if case.is_closed() && !matches!(op, CaseOp::OrderDeletion { .. }) {

@@ -1,6 +1,6 @@
 //! `policy explain`: a policy as a table an FG can read and sign off. Per purpose: its
-//! processing activity, legal basis, case managers, consent recorders and case
-//! retention; per kind: who may send to whom, which fields and categories each recipient
+//! processing activity, legal basis, case managers, consent recorders, case retention and
+//! phases (with the kinds each allows and its terms); per kind: who may send to whom, which fields and categories each recipient
 //! role sees, the consent rule and non-consent grounds, and the terms.
 
 use std::fmt::Write as _;
@@ -32,6 +32,26 @@ pub fn explain(policy: &Policy) -> String {
             "  a consent may be dated back at most: {}",
             p.consent_backdating
         );
+        if p.phases.is_empty() {
+            let _ = writeln!(out, "  phases: none (an open case allows every kind)");
+        } else {
+            let _ = writeln!(out, "  phases (a case opens in the first):");
+            for ph in &p.phases {
+                let mut terms = Vec::new();
+                if let Some(t) = &ph.review_within {
+                    terms.push(format!("review after {t}"));
+                }
+                if let Some(t) = &ph.close_after {
+                    terms.push(format!("closed by the broker after {t}"));
+                }
+                let terms = if terms.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", terms.join("; "))
+                };
+                let _ = writeln!(out, "    {}: {}{terms}", ph.name, join(&ph.kinds));
+            }
+        }
         for (kind, rule) in &p.kinds {
             let _ = writeln!(out);
             let _ = writeln!(out, "  Kind {kind}");

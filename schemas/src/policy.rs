@@ -55,6 +55,9 @@ use crate::Error;
 
 pub use crate::ids::Role;
 
+pub mod phases;
+pub use phases::Phase;
+
 /// A ground for sharing without the client's consent (e.g. 002:333-344, afspraak 8f).
 #[derive(
     Clone,
@@ -147,6 +150,9 @@ pub struct Purpose {
     pub consent_backdating: PolicyDuration,
     /// The kinds this purpose allows, with their rules.
     pub kinds: BTreeMap<Kind, KindRule>,
+    /// The phases of its cases, in order; empty: one implicit phase with every kind
+    /// (see [`phases`]).
+    pub phases: Vec<Phase>,
 }
 
 /// The default consent backdating window of a purpose: 30 days.
@@ -274,6 +280,8 @@ struct RawPurpose {
     consent_recorders: Vec<Spanned<String>>,
     consent_backdating: Option<Spanned<String>>,
     kinds: BTreeMap<String, Spanned<RawKind>>,
+    #[serde(default)]
+    phases: Vec<phases::RawPhase>,
 }
 
 #[derive(Deserialize)]
@@ -435,6 +443,7 @@ impl Checker<'_> {
         if kinds.is_empty() {
             return self.err(0, format!("purpose '{id}' allows no message kinds"));
         }
+        let phases = self.phases(&id, &kinds.keys().copied().collect(), rp.phases)?;
         Ok(Purpose {
             id,
             name: rp.name,
@@ -445,6 +454,7 @@ impl Checker<'_> {
             consent_recorders,
             consent_backdating,
             kinds,
+            phases,
         })
     }
 
