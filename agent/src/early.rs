@@ -195,9 +195,28 @@ pub fn check_send(
     let legal_basis = legal_basis(req, cx, rule, &purpose_id, &sender_role, &recipients, now)?;
 
     // 7. What the broker's deadline bookkeeping needs.
-    let event_time = req
-        .event_time
-        .or_else(|| event_time_from_payload(req.kind, &req.payload));
+    // A kind whose term runs from a payload fact (`event_time_from`) takes its event time
+    // from that fact, never by hand.
+    let anchored = ketenpost_schemas::policy::anchors::event_time(
+        &rule.event_time_from,
+        &req.payload,
+    )
+    .map_err(invalid)?;
+    let event_time = match anchored {
+        Some((field, at)) => {
+            if req.event_time.is_some_and(|t| t != at) {
+                return Err(invalid(format!(
+                    "the event_time of a {} comes from its payload field '{field}'; leave it \
+                     out or give the same time",
+                    req.kind
+                )));
+            }
+            Some(at)
+        }
+        None => req
+            .event_time
+            .or_else(|| event_time_from_payload(req.kind, &req.payload)),
+    };
     if rule.send_within.is_some() && event_time.is_none() {
         return Err(invalid(format!(
             "{} has a send_within deadline, so it needs an event_time",

@@ -79,7 +79,15 @@ pub fn explain(policy: &Policy) -> String {
                 );
             }
             if let Some(t) = &rule.send_within {
-                let _ = writeln!(out, "    send within: {t} of the event");
+                if rule.event_time_from.is_empty() {
+                    let _ = writeln!(out, "    send within: {t} of the event");
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "    send within: {t} of the payload's {} (the first given)",
+                        rule.event_time_from.join(", else ")
+                    );
+                }
             }
             if let Some(t) = &rule.answer_within {
                 let answers: Vec<String> =

@@ -55,6 +55,7 @@ use crate::Error;
 
 pub use crate::ids::Role;
 
+pub mod anchors;
 pub mod phases;
 pub use phases::Phase;
 
@@ -190,6 +191,9 @@ pub struct KindRule {
     /// The recipient roles that owe an answer within `answer_within`; empty: every
     /// recipient does. Overdue notices go only to those that owe one.
     pub answer_by: BTreeSet<Role>,
+    /// The payload fields the `send_within` term runs from, in order: the first present
+    /// gives the header's `event_time` ([`anchors`]); empty: the kind's own event field.
+    pub event_time_from: Vec<String>,
 }
 
 /// A parsed and checked covenant policy.
@@ -305,6 +309,8 @@ struct RawKind {
     required_fields: Vec<Spanned<String>>,
     #[serde(default)]
     answer_by: Vec<Spanned<String>>,
+    #[serde(default)]
+    event_time_from: Vec<Spanned<String>>,
 }
 
 struct Checker<'a> {
@@ -634,6 +640,7 @@ impl Checker<'_> {
                 format!("{kind}: answer_by needs answer_within"),
             );
         }
+        let event_time_from = self.anchors(kind, &rk.event_time_from)?;
         Ok(KindRule {
             senders,
             recipients,
@@ -647,6 +654,7 @@ impl Checker<'_> {
             notify_case_managers,
             required_fields,
             answer_by,
+            event_time_from,
         })
     }
 
