@@ -197,11 +197,9 @@ pub fn check_send(
     // 7. What the broker's deadline bookkeeping needs.
     // A kind whose term runs from a payload fact (`event_time_from`) takes its event time
     // from that fact, never by hand.
-    let anchored = ketenpost_schemas::policy::anchors::event_time(
-        &rule.event_time_from,
-        &req.payload,
-    )
-    .map_err(invalid)?;
+    let anchored =
+        ketenpost_schemas::policy::anchors::event_time(&rule.event_time_from, &req.payload)
+            .map_err(invalid)?;
     let event_time = match anchored {
         Some((field, at)) => {
             if req.event_time.is_some_and(|t| t != at) {

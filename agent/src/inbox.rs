@@ -580,7 +580,10 @@ mod tests {
     fn a_rent_arrears_signal_whose_event_time_is_not_its_anchor_is_refused() {
         let policy = Policy::from_toml(WALCHEREN).unwrap();
         let (corp, gem) = (side(1), side(2));
-        let dir = directory(vec![party(&corp, "woningcorporatie"), party(&gem, "gemeente")]);
+        let dir = directory(vec![
+            party(&corp, "woningcorporatie"),
+            party(&gem, "gemeente"),
+        ]);
         let mut payload =
             serde_json::to_value(ketenpost_schemas::payload::Signaal::example()).unwrap();
         payload["categorie"] = serde_json::json!("huurachterstand");
@@ -601,7 +604,10 @@ mod tests {
                 oin: &corp.oin,
                 key: &corp.key,
             };
-            seal(draft, sender, &policy, &dir, Utc::now()).unwrap().0.encode()
+            seal(draft, sender, &policy, &dir, Utc::now())
+                .unwrap()
+                .0
+                .encode()
         };
         // 000:1150-1154: the term runs from the day the arrears arose.
         let arose: DateTime<Utc> = "2025-03-01T00:00:00Z".parse().unwrap();

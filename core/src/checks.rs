@@ -974,10 +974,7 @@ fn check_case_change(
                     if !purpose.phases.iter().any(|p| &p.name == phase) {
                         return Err(reject(
                             RejectCode::Conflict,
-                            format!(
-                                "purpose '{}' has no phase '{phase}'",
-                                change.purpose
-                            ),
+                            format!("purpose '{}' has no phase '{phase}'", change.purpose),
                         ));
                     }
                     let current = phases::find(&purpose.phases, case.phase.as_deref());

@@ -10,8 +10,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use ketenpost_schemas::control::{
-    CaseChange, CaseOp, DeadlineNotice, DeletionOrder, DeletionReason, DeliveryReceipt, ExpiryNotice,
-    SignedRecord,
+    CaseChange, CaseOp, DeadlineNotice, DeletionOrder, DeletionReason, DeliveryReceipt,
+    ExpiryNotice, SignedRecord,
 };
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::policy::Policy;
@@ -455,7 +455,8 @@ pub fn phase_terms(case: Case, policy: &Policy, broker: &Oin, now: DateTime<Utc>
     };
     if let Some(after) = phase.close_after {
         if after.deadline(since, cal) <= now {
-            fx.audit.push(entry(AuditEntry::ok(AuditEvent::CaseClosed)).reason("close_after"));
+            fx.audit
+                .push(entry(AuditEntry::ok(AuditEvent::CaseClosed)).reason("close_after"));
             let notice = change(CaseOp::Close);
             for member in case.members.keys() {
                 fx.notify(member, Notice::Case(notice.clone()));
@@ -737,8 +738,13 @@ mod phase_terms_tests {
         case.phase = Some("waakvlam".into());
         case.phase_since = Some(fx.now);
         case.review_noticed_at = Some(fx.now + Duration::weeks(1));
-        assert!(phase_terms(case.clone(), &fx.strict, &broker(), fx.now + Duration::weeks(3))
-            .is_empty());
+        assert!(phase_terms(
+            case.clone(),
+            &fx.strict,
+            &broker(),
+            fx.now + Duration::weeks(3)
+        )
+        .is_empty());
         let at = fx.now + Duration::weeks(4);
         let closed = phase_terms(case.clone(), &fx.strict, &broker(), at);
         let told: Vec<Oin> = notices(&closed).iter().map(|(to, _)| to.clone()).collect();

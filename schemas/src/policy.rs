@@ -37,6 +37,13 @@
 //! # notify_case_managers = true   # datalek_melding only: always tell the case's managers
 //! # required_fields = ["oorzaak"]  # payload fields the covenant requires for this kind
 //! # answer_by = ["zorgaanbieder"]  # the recipient roles that owe the answer (default: all)
+//! # event_time_from = ["waargenomen_op"]  # payload fields the term runs from ([`anchors`])
+//!
+//! # [[purposes.uitstroom.phases]]   # the phases of its cases, in order ([`phases`])
+//! # name = "waakvlam"
+//! # kinds = ["signaal"]
+//! # review_within = "3 months"
+//! # close_after = "12 months"
 //! ```
 //!
 //! [`Policy::from_toml`] rejects a bad policy with the line and column of the problem.

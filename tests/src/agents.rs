@@ -1095,7 +1095,10 @@ impl Region {
             Vec::new()
         };
         let agent_env: Vec<(&str, &str)> = if clocked {
-            vec![(ketenpost_transport::failpoint::CLOCK_ENV, clock_text.as_str())]
+            vec![(
+                ketenpost_transport::failpoint::CLOCK_ENV,
+                clock_text.as_str(),
+            )]
         } else {
             Vec::new()
         };

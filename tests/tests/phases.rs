@@ -92,7 +92,10 @@ async fn a_waakvlam_signal_is_accepted_after_team_thuis_and_refused_after_the_ca
             Some(json!({ "phase": "nazorg" })),
         )
         .await?;
-    ensure!((status, code.as_str()) == (422, "conflict"), "{status} {code}");
+    ensure!(
+        (status, code.as_str()) == (422, "conflict"),
+        "{status} {code}"
+    );
 
     // 000:1290-1301: Team Thuis ends, the waakvlamafspraak begins.
     let moved = enter_phase(gem, &case, "waakvlam").await?;
@@ -198,10 +201,7 @@ async fn the_broker_notices_a_review_and_closes_a_case_at_the_end_of_its_phase()
 
     // Two weeks and a day in the active phase: the gemeente is told to review the case.
     region.set_clock(15 * day)?;
-    let reviewed = case_until(gem, &case, "review notice", |c| {
-        c["review_due"].is_string()
-    })
-    .await?;
+    let reviewed = case_until(gem, &case, "review notice", |c| c["review_due"].is_string()).await?;
     ensure!(reviewed["closed_at"].is_null(), "{reviewed}");
 
     // The waakvlam: the review is settled, signals still travel.
@@ -237,7 +237,11 @@ async fn the_broker_notices_a_review_and_closes_a_case_at_the_end_of_its_phase()
             .collect::<Vec<_>>()
     };
     let reviews = of(AuditEvent::CaseReviewDue);
-    ensure!(reviews.len() == 1, "review notices recorded: {}", reviews.len());
+    ensure!(
+        reviews.len() == 1,
+        "review notices recorded: {}",
+        reviews.len()
+    );
     ensure!(
         reviews[0].counterparties == vec![gemeente],
         "the review notice went to {:?}, not the gemeente alone",

@@ -161,6 +161,8 @@ impl World {
                 complete: true,
                 knowledge: Knowledge::Managed,
                 closed_at: c.closed_at,
+                phase: c.phase.clone(),
+                review_due: None,
                 updated_at: Utc::now(),
             },
             f.consents

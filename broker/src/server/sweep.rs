@@ -76,9 +76,7 @@ pub(super) fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
                     let broker = &shared.notice_signer.oin;
                     if apply("phase", &|v| {
                         Ok(match v.case(&case_ref)? {
-                            Some(case) => {
-                                transitions::phase_terms(case, &docs.policy, broker, now)
-                            }
+                            Some(case) => transitions::phase_terms(case, &docs.policy, broker, now),
                             None => Effects::default(),
                         })
                     }) {

@@ -752,7 +752,10 @@ fn a_case_manager_moves_the_case_and_its_phase_bounds_the_kinds() {
     };
     assert_eq!(case.phase.as_deref(), Some("waakvlam"));
     assert_eq!(case.phase_since, Some(fx.now));
-    assert_eq!(case.review_noticed_at, None, "a new phase has its own review");
+    assert_eq!(
+        case.review_noticed_at, None,
+        "a new phase has its own review"
+    );
     fx.reg.cases.insert(fx.case.clone(), case);
 
     // In the waakvlam: a signal passes, an aanmelding is refused at check 5, a breach

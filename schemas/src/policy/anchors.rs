@@ -84,7 +84,10 @@ mod tests {
 
     #[test]
     fn the_first_present_anchor_gives_the_event_time() {
-        let fields = vec!["huurachterstand_ontstaan_op".to_owned(), "waargenomen_op".to_owned()];
+        let fields = vec![
+            "huurachterstand_ontstaan_op".to_owned(),
+            "waargenomen_op".to_owned(),
+        ];
         let both = json!({
             "huurachterstand_ontstaan_op": "2025-03-01",
             "waargenomen_op": "2025-04-02T10:00:00Z",
@@ -98,6 +101,9 @@ mod tests {
         assert_eq!(event_time(&fields, &json!({})).unwrap(), None);
         let bad = json!({ "huurachterstand_ontstaan_op": "gisteren" });
         let e = event_time(&fields, &bad).unwrap_err();
-        assert!(e.contains("huurachterstand_ontstaan_op") && !e.contains("gisteren"), "{e}");
+        assert!(
+            e.contains("huurachterstand_ontstaan_op") && !e.contains("gisteren"),
+            "{e}"
+        );
     }
 }

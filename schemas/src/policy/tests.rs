@@ -233,16 +233,38 @@ fn phases_are_declared_in_order_with_their_kinds_and_terms() {
         purpose.phases[0].kinds,
         purpose.kinds.keys().copied().collect()
     );
-    assert_eq!(purpose.phases[0].review_within, Some(PolicyDuration::Months(3)));
-    assert_eq!(purpose.phases[1].close_after, Some(PolicyDuration::Months(12)));
+    assert_eq!(
+        purpose.phases[0].review_within,
+        Some(PolicyDuration::Months(3))
+    );
+    assert_eq!(
+        purpose.phases[1].close_after,
+        Some(PolicyDuration::Months(12))
+    );
     // The case opens in the first phase; the waakvlam allows only signals (and a breach
     // notice always travels).
     assert!(phases::allows(&purpose.phases, None, Kind::Aanmelding));
-    assert!(!phases::allows(&purpose.phases, Some("waakvlam"), Kind::Aanmelding));
-    assert!(phases::allows(&purpose.phases, Some("waakvlam"), Kind::Signaal));
-    assert!(phases::allows(&purpose.phases, Some("waakvlam"), Kind::DatalekMelding));
+    assert!(!phases::allows(
+        &purpose.phases,
+        Some("waakvlam"),
+        Kind::Aanmelding
+    ));
+    assert!(phases::allows(
+        &purpose.phases,
+        Some("waakvlam"),
+        Kind::Signaal
+    ));
+    assert!(phases::allows(
+        &purpose.phases,
+        Some("waakvlam"),
+        Kind::DatalekMelding
+    ));
     // A phase the policy no longer declares allows nothing but breach notices.
-    assert!(!phases::allows(&purpose.phases, Some("gone"), Kind::Signaal));
+    assert!(!phases::allows(
+        &purpose.phases,
+        Some("gone"),
+        Kind::Signaal
+    ));
     // A purpose without phases allows every kind.
     assert!(phases::allows(&[], Some("anything"), Kind::Aanmelding));
 }
