@@ -411,6 +411,27 @@ pub fn order_deletion(
     fx
 }
 
+/// Whether a term of `case`'s current phase is due at `now`, so that [`phase_terms`] would
+/// change something: the sweep reads it outside a transaction to skip every other case.
+pub fn phase_term_due(case: &Case, policy: &Policy, now: DateTime<Utc>) -> bool {
+    if !case.is_open() {
+        return false;
+    }
+    let Some(purpose) = policy.purposes.get(&case.purpose) else {
+        return false;
+    };
+    let Some(phase) =
+        ketenpost_schemas::policy::phases::find(&purpose.phases, case.phase.as_deref())
+    else {
+        return false;
+    };
+    let since = case.phase_started();
+    let passed = |d: Option<ketenpost_schemas::duration::PolicyDuration>| {
+        d.is_some_and(|d| d.deadline(since, &policy.calendar) <= now)
+    };
+    passed(phase.close_after) || (case.review_noticed_at.is_none() && passed(phase.review_within))
+}
+
 /// The terms of an open case's current phase at `now` (see
 /// [`phases`](ketenpost_schemas::policy::phases)):
 ///
@@ -709,8 +730,10 @@ mod phase_terms_tests {
     fn a_phase_due_for_review_tells_the_case_managers_once() {
         let (fx, case) = phased();
         // Opened 10 days ago: the active phase's 2 weeks have not passed.
+        assert!(!phase_term_due(&case, &fx.strict, fx.now));
         assert!(phase_terms(case.clone(), &fx.strict, &broker(), fx.now).is_empty());
         let later = fx.now + Duration::days(5);
+        assert!(phase_term_due(&case, &fx.strict, later));
         let due = phase_terms(case.clone(), &fx.strict, &broker(), later);
         // The gemeente and the dual party (a gemeente in this case) manage it; nobody else
         // is told.
@@ -729,6 +752,7 @@ mod phase_terms_tests {
         assert_eq!(noted.review_noticed_at, Some(later));
         assert!(noted.is_open());
         // Decided again on the state it produced: nothing more.
+        assert!(!phase_term_due(noted, &fx.strict, later));
         assert!(phase_terms(noted.clone(), &fx.strict, &broker(), later).is_empty());
     }
 
@@ -746,6 +770,7 @@ mod phase_terms_tests {
         )
         .is_empty());
         let at = fx.now + Duration::weeks(4);
+        assert!(phase_term_due(&case, &fx.strict, at));
         let closed = phase_terms(case.clone(), &fx.strict, &broker(), at);
         let told: Vec<Oin> = notices(&closed).iter().map(|(to, _)| to.clone()).collect();
         assert_eq!(told, case.members.keys().cloned().collect::<Vec<_>>());

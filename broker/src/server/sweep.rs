@@ -72,6 +72,9 @@ pub(super) fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
         Ok(cases) => {
             for case in cases {
                 if case.is_open() {
+                    if !transitions::phase_term_due(&case, &docs.policy, now) {
+                        continue;
+                    }
                     let case_ref = case.case_ref.clone();
                     let broker = &shared.notice_signer.oin;
                     if apply("phase", &|v| {
