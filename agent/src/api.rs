@@ -174,6 +174,7 @@ pub fn router(core: Arc<Core>) -> Router {
         .route("/cases/{case_ref}/members", post(add_member))
         .route("/cases/{case_ref}/members/{oin}", delete(remove_member))
         .route("/cases/{case_ref}/close", post(close_case))
+        .route("/cases/{case_ref}/phase", post(enter_phase))
         .route("/cases/{case_ref}/deletion-orders", post(order_deletion))
         .route("/consents", get(consents).post(grant_consent))
         .route("/consents/{id}/withdraw", post(withdraw_consent))
@@ -593,6 +594,36 @@ async fn close_case(
     let q: PurposeOnly = parse_json(&bytes)?;
     let c = core
         .change_case(&case_ref, CaseOp::Close, q.purpose)
+        .await?;
+    Ok(Json(case_answer(&core, &case_ref, c)))
+}
+
+/// `POST /v1/cases/{case}/phase` with `{"phase": "waakvlam"}`: move the case to another
+/// phase of its purpose.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhaseRequest {
+    phase: String,
+    #[serde(default)]
+    purpose: Option<String>,
+}
+
+async fn enter_phase(
+    State(core): State<Arc<Core>>,
+    Path(case_ref): Path<String>,
+    bytes: Bytes,
+) -> ApiResult<Json<Value>> {
+    let case_ref: CaseRef = parse("case reference", &case_ref)?;
+    let q: PhaseRequest = parse_json(&bytes)?;
+    if !ketenpost_schemas::ids::is_identifier(&q.phase) {
+        return Err(crate::error::Error::Invalid(
+            "'phase' must be a phase name of the policy (1-64 letters, digits, '_', '.', ':' or '-')"
+                .into(),
+        )
+        .into());
+    }
+    let c = core
+        .change_case(&case_ref, CaseOp::EnterPhase { phase: q.phase }, q.purpose)
         .await?;
     Ok(Json(case_answer(&core, &case_ref, c)))
 }

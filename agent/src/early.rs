@@ -198,9 +198,26 @@ pub fn check_send(
     let legal_basis = legal_basis(req, cx, rule, &purpose_id, &sender_role, &recipients, now)?;
 
     // 7. What the broker's deadline bookkeeping needs.
-    let event_time = req
-        .event_time
-        .or_else(|| event_time_from_payload(req.kind, &req.payload));
+    // A kind whose term runs from a payload fact (`event_time_from`) takes its event time
+    // from that fact, never by hand.
+    let anchored =
+        ketenpost_schemas::policy::anchors::event_time(&rule.event_time_from, &req.payload)
+            .map_err(invalid)?;
+    let event_time = match anchored {
+        Some((field, at)) => {
+            if req.event_time.is_some_and(|t| t != at) {
+                return Err(invalid(format!(
+                    "the event_time of a {} comes from its payload field '{field}'; leave it \
+                     out or give the same time",
+                    req.kind
+                )));
+            }
+            Some(at)
+        }
+        None => req
+            .event_time
+            .or_else(|| event_time_from_payload(req.kind, &req.payload)),
+    };
     if rule.send_within.is_some() && event_time.is_none() {
         return Err(invalid(format!(
             "{} has a send_within deadline, so it needs an event_time",
@@ -669,8 +686,22 @@ pub fn check_case_change(
             ));
         }
     }
+    if let CaseOp::ReviewDue { .. } = op {
+        return Err(refuse(
+            RejectCode::NotPermitted,
+            "a review notice comes from the broker, not from a party",
+        ));
+    }
     let Some(case) = case else { return Ok(()) };
     let purpose: Option<&Purpose> = policy.purposes.get(&case.purpose);
+    if let (CaseOp::EnterPhase { phase }, Some(p)) = (op, purpose) {
+        if !p.phases.iter().any(|x| &x.name == phase) {
+            return Err(refuse(
+                RejectCode::Conflict,
+                format!("purpose '{}' has no phase '{phase}'", case.purpose),
+            ));
+        }
+    }
     // A data subject's deletion request may come after the case closed (the broker knows
     // whether its data is deleted already).
     if case.is_closed() && !matches!(op, CaseOp::OrderDeletion { .. }) {

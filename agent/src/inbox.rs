@@ -249,7 +249,7 @@ pub fn open_delivery(
         }
         Some(_) => {}
     }
-    seal::open_any(&verified, me, identities, policy).map_err(|e| match e {
+    let opened = seal::open_any(&verified, me, identities, policy).map_err(|e| match e {
         SchemaError::FieldsOutsideView { .. } => {
             Refusal::new(c, "fields_outside_view", e.to_string())
         }
@@ -258,7 +258,30 @@ pub fn open_delivery(
             Refusal::new(c, "decrypt_failed", e.to_string())
         }
         other => Refusal::new(c, "policy", other.to_string()),
-    })
+    })?;
+    check_anchor(&opened, policy).map_err(|reason| Refusal::new(c, "event_time_anchor", reason))?;
+    Ok(opened)
+}
+
+/// A kind whose term runs from a payload fact (`event_time_from`): the header's
+/// `event_time`, from which the broker counts the sender's deadline, must be the time that
+/// fact gives in our view of the payload. Where our view holds none of the anchor fields
+/// there is nothing to compare.
+fn check_anchor(opened: &Opened, policy: &Policy) -> Result<(), String> {
+    let h = &opened.header;
+    let Some(rule) = policy.rule(&h.purpose, h.kind) else {
+        return Ok(());
+    };
+    let anchored =
+        ketenpost_schemas::policy::anchors::event_time(&rule.event_time_from, &opened.payload)?;
+    match anchored {
+        Some((field, at)) if h.event_time != Some(at) => Err(format!(
+            "the header's event_time is not the time of the payload's '{field}', from which \
+             the {} deadline runs",
+            h.kind
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The role a sender must have had: its one directory role that may send the kind.
@@ -554,6 +577,51 @@ mod tests {
 
     fn sealed(policy: &Policy, dir: &Directory, zorg: &Side, corp: &Side) -> Vec<u8> {
         aanmelding(policy, dir, zorg, &[(corp, "woningcorporatie")]).encode()
+    }
+
+    #[test]
+    fn a_rent_arrears_signal_whose_event_time_is_not_its_anchor_is_refused() {
+        let policy = Policy::from_toml(WALCHEREN).unwrap();
+        let (corp, gem) = (side(1), side(2));
+        let dir = directory(vec![
+            party(&corp, "woningcorporatie"),
+            party(&gem, "gemeente"),
+        ]);
+        let mut payload =
+            serde_json::to_value(ketenpost_schemas::payload::Signaal::example()).unwrap();
+        payload["categorie"] = serde_json::json!("huurachterstand");
+        payload["huurachterstand_ontstaan_op"] = serde_json::json!("2025-03-01");
+        let signal = |event_time: DateTime<Utc>| {
+            let mut draft = Draft::new(
+                "uitstroom",
+                Kind::Signaal,
+                CaseRef::random(),
+                vec![(gem.oin.clone(), Role::new("gemeente"))],
+                LegalBasis::Consent {
+                    consent_id: uuid::Uuid::now_v7(),
+                },
+                payload.clone(),
+            );
+            draft.event_time = Some(event_time);
+            let sender = Sender {
+                oin: &corp.oin,
+                key: &corp.key,
+            };
+            seal(draft, sender, &policy, &dir, Utc::now())
+                .unwrap()
+                .0
+                .encode()
+        };
+        // 000:1150-1154: the term runs from the day the arrears arose.
+        let arose: DateTime<Utc> = "2025-03-01T00:00:00Z".parse().unwrap();
+        assert!(open_as(&signal(arose), &gem, &policy, &dir).is_ok());
+        // A sender that counts from the observation instead (a later event time, so a
+        // later deadline) is refused, naming the anchor and no value.
+        let observed: DateTime<Utc> = payload["waargenomen_op"].as_str().unwrap().parse().unwrap();
+        let refusal = open_as(&signal(observed), &gem, &policy, &dir).unwrap_err();
+        assert_eq!(refusal.code, "event_time_anchor", "{}", refusal.reason);
+        assert!(refusal.reason.contains("huurachterstand_ontstaan_op"));
+        assert!(!refusal.reason.contains("2025"), "{}", refusal.reason);
     }
 
     #[test]

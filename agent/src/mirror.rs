@@ -53,8 +53,17 @@ pub struct KnownCase {
     pub complete: bool,
     /// How the agent knows the case.
     pub knowledge: Knowledge,
-    /// When it was closed, when this agent closed it; local retention counts from here.
+    /// When it was closed, when this agent closed it or the broker told it that it closed
+    /// the case at the end of its phase; local retention counts from here.
     pub closed_at: Option<DateTime<Utc>>,
+    /// The phase the case is in, when this agent moved it there (`None`: the purpose's
+    /// first phase, or not known here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// When the broker told this agent (a case manager) that the case's phase was due for
+    /// review; cleared when the case moves to another phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_due: Option<DateTime<Utc>>,
     /// Last change of this entry.
     pub updated_at: DateTime<Utc>,
 }
@@ -76,6 +85,8 @@ impl KnownCase {
             complete: true,
             knowledge: Knowledge::Managed,
             closed_at: None,
+            phase: None,
+            review_due: None,
             updated_at: now,
         }
     }
@@ -94,7 +105,14 @@ impl KnownCase {
             CaseOp::RemoveMember { oin } => {
                 self.members.remove(oin);
             }
-            CaseOp::Close => self.closed_at = Some(now),
+            CaseOp::Close => {
+                self.closed_at.get_or_insert(now);
+            }
+            CaseOp::EnterPhase { phase } => {
+                self.phase = Some(phase.clone());
+                self.review_due = None;
+            }
+            CaseOp::ReviewDue { due, .. } => self.review_due = Some(*due),
             CaseOp::OrderDeletion { parties, .. } => {
                 if parties.is_empty() {
                     // Every holder deletes: the case ends.
@@ -131,6 +149,8 @@ impl KnownCase {
             complete: false,
             knowledge: Knowledge::Learned,
             closed_at: None,
+            phase: None,
+            review_due: None,
             updated_at: now,
         });
         if case.purpose != header.purpose {
@@ -229,6 +249,9 @@ impl Registry for MirrorRegistry<'_> {
                     closed_at: c.closed_at,
                     deletion_ordered_at: None,
                     deleted_by: Default::default(),
+                    phase: c.phase.clone(),
+                    phase_since: None,
+                    review_noticed_at: None,
                 })),
                 None => Err(Unknown("the case's regievoerder is not known here".into())),
             },

@@ -632,6 +632,8 @@ impl Core {
                     complete: false,
                     knowledge: Knowledge::Registered,
                     closed_at: None,
+                    phase: None,
+                    review_due: None,
                     updated_at: now,
                 });
                 if c.knowledge != Knowledge::Managed {
@@ -807,6 +809,8 @@ fn op_name(op: &CaseOp) -> &'static str {
         CaseOp::AddMember { .. } => "add_member",
         CaseOp::RemoveMember { .. } => "remove_member",
         CaseOp::Close => "close",
+        CaseOp::EnterPhase { .. } => "enter_phase",
+        CaseOp::ReviewDue { .. } => "review_due",
         CaseOp::OrderDeletion { .. } => "order_deletion",
     }
 }

@@ -276,10 +276,16 @@ mod tests {
     #[test]
     fn identifiers_come_from_identity_fields_only_and_are_normalised() {
         let a = serde_json::to_value(Aanmelding::example()).unwrap();
-        assert_eq!(identifiers_of(payload::builtin(Kind::Aanmelding), &a), vec!["111222333"]);
+        assert_eq!(
+            identifiers_of(payload::builtin(Kind::Aanmelding), &a),
+            vec!["111222333"]
+        );
         let mut b = serde_json::to_value(Aanmeldbericht::example()).unwrap();
         b["burgerservicenummer_hoofdbewoner"] = "111 2.22-333".into();
-        assert_eq!(identifiers_of(payload::builtin(Kind::Aanmeldbericht), &b), vec!["111222333"]);
+        assert_eq!(
+            identifiers_of(payload::builtin(Kind::Aanmeldbericht), &b),
+            vec!["111222333"]
+        );
         let s = serde_json::to_value(Signaal::example()).unwrap();
         assert!(identifiers_of(payload::builtin(Kind::Signaal), &s).is_empty());
         assert_eq!(normalise(" AB-12 "), Some("ab12".into()));

@@ -18,7 +18,8 @@ use std::time::Duration;
 use chrono::Utc;
 use ketenpost_core::audit::{AuditEntry, AuditEvent, Checkpoint};
 use ketenpost_schemas::control::{
-    DeadlineNotice, DeletionOrder, DeliveryReceipt, ExpiryNotice, Record, SignedRecord,
+    CaseChange, CaseOp, DeadlineNotice, DeletionOrder, DeliveryReceipt, ExpiryNotice, Record,
+    SignedRecord,
 };
 use ketenpost_schemas::envelope::sha256_hex;
 use ketenpost_schemas::kind::Kind;
@@ -404,8 +405,14 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
     }
     if let Err(e) = core
         .store
-        .inbox_insert(&entry, &receipted, audit, docs.policy.kind_schema(entry.kind))
-        .await {
+        .inbox_insert(
+            &entry,
+            &receipted,
+            audit,
+            docs.policy.kind_schema(entry.kind),
+        )
+        .await
+    {
         error!(message = %id, cause = %e, "cannot store a received message; not receipted");
         return false;
     }
@@ -619,6 +626,36 @@ async fn handle_notice(core: &Core, rec: &SignedRecord) -> Result<(), Error> {
                     core.store.inbox_overdue(&n.message_id, n.deadline)?;
                 }
                 warn!(message = %n.message_id, owed_by = %n.owed_by, deadline = %n.deadline, "answer overdue");
+            }
+            Ok(())
+        }
+        Kind::CaseChange => {
+            // The broker's own case changes: a case it closed at the end of its phase, or
+            // its notice that a case is due for review.
+            let Some(change) = broker_record::<CaseChange>(core, rec) else {
+                return Ok(());
+            };
+            if !matches!(change.change, CaseOp::Close | CaseOp::ReviewDue { .. }) {
+                error!(case = %change.case_ref, "broker case change of a kind it does not make; ignored");
+                return Ok(());
+            }
+            let now = core.clock.now();
+            let docs = core.docs();
+            let purpose = docs.policy.purposes.get(&change.purpose);
+            let known = core.store.update_case(&change.case_ref, |c| {
+                c.map(|mut c| {
+                    c.apply(&change.change, purpose, now);
+                    c
+                })
+            })?;
+            core.store.flush().await?;
+            match &change.change {
+                CaseOp::Close => {
+                    warn!(case = %change.case_ref, known = known.is_some(), "the broker closed the case at the end of its phase")
+                }
+                _ => {
+                    warn!(case = %change.case_ref, known = known.is_some(), "the case is due for review")
+                }
             }
             Ok(())
         }

@@ -153,8 +153,14 @@ pub enum AuditEvent {
     CaseMemberAdded,
     /// A party left a case team.
     CaseMemberRemoved,
-    /// A case was closed; its retention clock started.
+    /// A case was closed; its retention clock started. The reason is `close_after` when
+    /// the broker closed it at the end of its phase.
     CaseClosed,
+    /// A case moved to another phase of its purpose (the reason names the phase).
+    CasePhaseChanged,
+    /// A case's phase reached its review term; its case managers were told (the reason
+    /// names the phase).
+    CaseReviewDue,
     /// A message was sent on a non-consent ground; the FGs are alerted.
     NonConsentUse,
     /// A deadline was missed (a message late on arrival, or an answer overdue).
@@ -223,6 +229,8 @@ impl AuditEvent {
             AuditEvent::CaseMemberAdded => "case_member_added",
             AuditEvent::CaseMemberRemoved => "case_member_removed",
             AuditEvent::CaseClosed => "case_closed",
+            AuditEvent::CasePhaseChanged => "case_phase_changed",
+            AuditEvent::CaseReviewDue => "case_review_due",
             AuditEvent::NonConsentUse => "non_consent_use",
             AuditEvent::DeadlineLate => "deadline_late",
             AuditEvent::DeadlineNotice => "deadline_notice",

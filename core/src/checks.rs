@@ -21,7 +21,7 @@ use ketenpost_schemas::envelope::{Envelope, Header, LegalBasis, Limits, Verified
 use ketenpost_schemas::ids::{CaseRef, Oin};
 use ketenpost_schemas::keys::VerifyingKey;
 use ketenpost_schemas::kind::Kind;
-use ketenpost_schemas::policy::{ConsentRule, KindRule, NonConsentGround, Policy, Role};
+use ketenpost_schemas::policy::{phases, ConsentRule, KindRule, NonConsentGround, Policy, Role};
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection};
 use ketenpost_schemas::Error as SchemaError;
 
@@ -388,6 +388,20 @@ fn decide(
         return Err(reject(
             RejectCode::CaseClosed,
             format!("case {} is closed", h.case_ref),
+        ));
+    }
+    if !phases::allows(&purpose.phases, case.phase.as_deref(), h.kind) {
+        return Err(reject(
+            RejectCode::KindNotInPhase,
+            format!(
+                "case {} is in phase '{}', which does not allow {}",
+                h.case_ref,
+                case.phase
+                    .as_deref()
+                    .or(purpose.phases.first().map(|p| p.name.as_str()))
+                    .unwrap_or_default(),
+                h.kind
+            ),
         ));
     }
     let sender_role = case.role_of(&h.sender).ok_or_else(|| {
@@ -877,6 +891,9 @@ fn check_case_change(
                 closed_at: None,
                 deletion_ordered_at: None,
                 deleted_by: Default::default(),
+                phase: None,
+                phase_since: None,
+                review_noticed_at: None,
             };
             Ok(ControlEffect::CaseOpened(case))
         }
@@ -955,6 +972,29 @@ fn check_case_change(
                     case.former_members.insert(oin.clone());
                 }
                 CaseOp::Close => case.closed_at = Some(now),
+                CaseOp::EnterPhase { phase } => {
+                    if !purpose.phases.iter().any(|p| &p.name == phase) {
+                        return Err(reject(
+                            RejectCode::Conflict,
+                            format!("purpose '{}' has no phase '{phase}'", change.purpose),
+                        ));
+                    }
+                    let current = phases::find(&purpose.phases, case.phase.as_deref());
+                    if current.is_some_and(|p| &p.name == phase) {
+                        return Err(reject(
+                            RejectCode::Conflict,
+                            format!("case {} is in phase '{phase}' already", case.case_ref),
+                        ));
+                    }
+                    case.phase = Some(phase.clone());
+                    case.phase_since = Some(now);
+                    case.review_noticed_at = None;
+                }
+                CaseOp::ReviewDue { .. } => {
+                    return Err(not_permitted(
+                        "a review notice comes from the broker, not from a party".into(),
+                    ));
+                }
                 CaseOp::OrderDeletion { reason, parties } => {
                     return order_deletion_now(case, change.clone(), *reason, parties, now);
                 }

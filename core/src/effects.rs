@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 use ketenpost_schemas::control::{
-    DeadlineNotice, DeletionOrder, ExpiryNotice, Record, SignedRecord,
+    CaseChange, DeadlineNotice, DeletionOrder, ExpiryNotice, Record, SignedRecord,
 };
 use ketenpost_schemas::ids::{MessageId, Oin};
 use ketenpost_schemas::kind::Kind;
@@ -77,6 +77,9 @@ pub enum Notice {
     Deadline(DeadlineNotice),
     /// Delete a case's data.
     DeletionOrder(DeletionOrder),
+    /// A change the broker made to a case itself (closed by its phase's `close_after`), or
+    /// its notice that a case is due for review: a case change signed by the broker.
+    Case(CaseChange),
 }
 
 impl Notice {
@@ -87,6 +90,7 @@ impl Notice {
             Notice::Expiry(_) => ExpiryNotice::KIND,
             Notice::Deadline(_) => DeadlineNotice::KIND,
             Notice::DeletionOrder(_) => DeletionOrder::KIND,
+            Notice::Case(_) => CaseChange::KIND,
         }
     }
 }

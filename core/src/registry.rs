@@ -39,12 +39,27 @@ pub struct Case {
     /// against them): they hold nothing more, and no later order names them.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub deleted_by: BTreeSet<Oin>,
+    /// The phase of its purpose the case is in ([`Phase`](ketenpost_schemas::policy::Phase));
+    /// `None`: the purpose's first phase, the one it opened in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// When it entered that phase; `None`: when it opened. The phase's terms count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<DateTime<Utc>>,
+    /// When the case managers were told this phase is due for review (once per phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_noticed_at: Option<DateTime<Utc>>,
 }
 
 impl Case {
     /// Whether the case is open.
     pub fn is_open(&self) -> bool {
         self.closed_at.is_none()
+    }
+
+    /// When the current phase began.
+    pub fn phase_started(&self) -> DateTime<Utc> {
+        self.phase_since.unwrap_or(self.opened_at)
     }
 
     /// The role of a member.

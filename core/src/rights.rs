@@ -97,6 +97,9 @@ mod tests {
             closed_at: None,
             deletion_ordered_at: None,
             deleted_by: Default::default(),
+            phase: None,
+            phase_since: None,
+            review_noticed_at: None,
         }
     }
 

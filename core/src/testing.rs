@@ -158,6 +158,9 @@ impl Fx {
                 closed_at: None,
                 deletion_ordered_at: None,
                 deleted_by: Default::default(),
+                phase: None,
+                phase_since: None,
+                review_noticed_at: None,
             },
         );
         reg.consents.insert(

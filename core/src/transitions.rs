@@ -10,8 +10,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use ketenpost_schemas::control::{
-    CaseOp, DeadlineNotice, DeletionOrder, DeletionReason, DeliveryReceipt, ExpiryNotice,
-    SignedRecord,
+    CaseChange, CaseOp, DeadlineNotice, DeletionOrder, DeletionReason, DeliveryReceipt,
+    ExpiryNotice, SignedRecord,
 };
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::policy::Policy;
@@ -412,6 +412,114 @@ pub fn order_deletion(
     fx
 }
 
+/// Whether a term of `case`'s current phase is due at `now`, so that [`phase_terms`] would
+/// change something: the sweep reads it outside a transaction to skip every other case.
+pub fn phase_term_due(case: &Case, policy: &Policy, now: DateTime<Utc>) -> bool {
+    if !case.is_open() {
+        return false;
+    }
+    let Some(purpose) = policy.purposes.get(&case.purpose) else {
+        return false;
+    };
+    let Some(phase) =
+        ketenpost_schemas::policy::phases::find(&purpose.phases, case.phase.as_deref())
+    else {
+        return false;
+    };
+    let since = case.phase_started();
+    let passed = |d: Option<ketenpost_schemas::duration::PolicyDuration>| {
+        d.is_some_and(|d| d.deadline(since, &policy.calendar) <= now)
+    };
+    passed(phase.close_after) || (case.review_noticed_at.is_none() && passed(phase.review_within))
+}
+
+/// The terms of an open case's current phase at `now` (see
+/// [`phases`](ketenpost_schemas::policy::phases)):
+///
+/// - `close_after` passed: the broker closes the case (its retention starts from now),
+///   records `case_closed` / `close_after`, and tells every member with a case change
+///   (`Close`) it signs itself.
+/// - `review_within` passed and not yet told in this phase: each member that manages the
+///   case gets a `ReviewDue` notice, once, recorded as `case_review_due`.
+///
+/// Anything else (closed, no phases, not yet due, told already) changes nothing, so the
+/// decision made again on the state it produced does nothing.
+///
+/// `broker` is the OIN the broker signs its own records with (the changes name it as
+/// their maker).
+pub fn phase_terms(case: Case, policy: &Policy, broker: &Oin, now: DateTime<Utc>) -> Effects {
+    let mut fx = Effects::default();
+    if !case.is_open() {
+        return fx;
+    }
+    let Some(purpose) = policy.purposes.get(&case.purpose) else {
+        return fx;
+    };
+    let Some(phase) =
+        ketenpost_schemas::policy::phases::find(&purpose.phases, case.phase.as_deref())
+    else {
+        return fx;
+    };
+    let since = case.phase_started();
+    let cal = &policy.calendar;
+    let entry = |e: AuditEntry| {
+        e.case_ref(&case.case_ref)
+            .purpose(&case.purpose)
+            .processing_activity(&purpose.processing_activity)
+    };
+    let change = |op: CaseOp| CaseChange {
+        case_ref: case.case_ref.clone(),
+        covenant: case.covenant.clone(),
+        purpose: case.purpose.clone(),
+        change: op,
+        by: broker.clone(),
+        at: now,
+    };
+    if let Some(after) = phase.close_after {
+        if after.deadline(since, cal) <= now {
+            fx.audit
+                .push(entry(AuditEntry::ok(AuditEvent::CaseClosed)).reason("close_after"));
+            let notice = change(CaseOp::Close);
+            for member in case.members.keys() {
+                fx.notify(member, Notice::Case(notice.clone()));
+            }
+            let mut case = case;
+            case.closed_at = Some(now);
+            fx.writes.push(Write::Case(case));
+            return fx;
+        }
+    }
+    let Some(review) = phase.review_within else {
+        return fx;
+    };
+    let due = review.deadline(since, cal);
+    if due > now || case.review_noticed_at.is_some() {
+        return fx;
+    }
+    let managers: Vec<&Oin> = case
+        .members
+        .iter()
+        .filter(|(_, role)| purpose.case_managers.contains(*role))
+        .map(|(oin, _)| oin)
+        .collect();
+    fx.audit.push(
+        entry(AuditEntry::ok(AuditEvent::CaseReviewDue))
+            .counterparties(managers.iter().copied())
+            .reason("review_within"),
+    );
+    let notice = change(CaseOp::ReviewDue {
+        phase: phase.name.clone(),
+        due,
+    });
+    for m in managers {
+        fx.notify(m, Notice::Case(notice.clone()));
+    }
+    let mut case = case;
+    case.review_noticed_at = Some(now);
+    fx.writes.push(Write::Case(case));
+    fx
+}
+
 /// A control record the checks accepted ([`crate::checks::check_control`]) from `actor`:
 /// what it writes and the audit entry that records it. `deletion` is the order's state
 /// for a deletion confirmation, as the store holds it now; confirming an order that is
@@ -444,6 +552,8 @@ pub fn control(
             let (event, other) = match &change.change {
                 CaseOp::AddMember { oin, .. } => (AuditEvent::CaseMemberAdded, Some(oin)),
                 CaseOp::RemoveMember { oin } => (AuditEvent::CaseMemberRemoved, Some(oin)),
+                CaseOp::EnterPhase { .. } => (AuditEvent::CasePhaseChanged, None),
+                CaseOp::ReviewDue { .. } => (AuditEvent::CaseReviewDue, None),
                 CaseOp::Close | CaseOp::Open { .. } | CaseOp::OrderDeletion { .. } => {
                     (AuditEvent::CaseClosed, None)
                 }
@@ -571,5 +681,113 @@ mod deletion_overdue_tests {
         confirmed.confirmed_at = Some(now - Duration::days(1));
         assert!(deletion_overdue(Some(confirmed), now).is_empty());
         assert!(deletion_overdue(None, now).is_empty());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod phase_terms_tests {
+    use super::*;
+    use crate::testing::Fx;
+    use ketenpost_schemas::duration::PolicyDuration;
+    use ketenpost_schemas::policy::Phase;
+
+    fn broker() -> Oin {
+        ketenpost_schemas::control::BROKER_SIGNER.parse().unwrap()
+    }
+
+    fn phased() -> (Fx, Case) {
+        let mut fx = Fx::new();
+        let purpose = fx.strict.purposes.get_mut("uitstroom").unwrap();
+        let all = purpose.kinds.keys().copied().collect();
+        purpose.phases = vec![
+            Phase {
+                name: "actief".into(),
+                kinds: all,
+                review_within: Some(PolicyDuration::Weeks(2)),
+                close_after: None,
+            },
+            Phase {
+                name: "waakvlam".into(),
+                kinds: [ketenpost_schemas::kind::Kind::Signaal].into(),
+                review_within: Some(PolicyDuration::Weeks(1)),
+                close_after: Some(PolicyDuration::Weeks(4)),
+            },
+        ];
+        let case = fx.reg.cases[&fx.case].clone();
+        (fx, case)
+    }
+
+    fn notices(fx: &Effects) -> Vec<(Oin, CaseOp)> {
+        fx.notices
+            .iter()
+            .map(|(to, n)| match n {
+                Notice::Case(c) => (to.clone(), c.change.clone()),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_phase_due_for_review_tells_the_case_managers_once() {
+        let (fx, case) = phased();
+        // Opened 10 days ago: the active phase's 2 weeks have not passed.
+        assert!(!phase_term_due(&case, &fx.strict, fx.now));
+        assert!(phase_terms(case.clone(), &fx.strict, &broker(), fx.now).is_empty());
+        let later = fx.now + Duration::days(5);
+        assert!(phase_term_due(&case, &fx.strict, later));
+        let due = phase_terms(case.clone(), &fx.strict, &broker(), later);
+        // The gemeente and the dual party (a gemeente in this case) manage it; nobody else
+        // is told.
+        let told: Vec<Oin> = notices(&due).into_iter().map(|(to, _)| to).collect();
+        assert_eq!(told, vec![fx.gem.oin.clone(), fx.dual.oin.clone()]);
+        assert!(matches!(
+            &notices(&due)[0].1,
+            CaseOp::ReviewDue { phase, due } if phase == "actief"
+                && *due == case.opened_at + Duration::weeks(2)
+        ));
+        assert_eq!(due.audit.len(), 1);
+        assert_eq!(due.audit[0].event(), AuditEvent::CaseReviewDue);
+        let Some(Write::Case(noted)) = due.writes.first() else {
+            panic!("{:?}", due.writes)
+        };
+        assert_eq!(noted.review_noticed_at, Some(later));
+        assert!(noted.is_open());
+        // Decided again on the state it produced: nothing more.
+        assert!(!phase_term_due(noted, &fx.strict, later));
+        assert!(phase_terms(noted.clone(), &fx.strict, &broker(), later).is_empty());
+    }
+
+    #[test]
+    fn the_end_of_a_phase_closes_the_case_and_tells_every_member() {
+        let (fx, mut case) = phased();
+        case.phase = Some("waakvlam".into());
+        case.phase_since = Some(fx.now);
+        case.review_noticed_at = Some(fx.now + Duration::weeks(1));
+        assert!(phase_terms(
+            case.clone(),
+            &fx.strict,
+            &broker(),
+            fx.now + Duration::weeks(3)
+        )
+        .is_empty());
+        let at = fx.now + Duration::weeks(4);
+        assert!(phase_term_due(&case, &fx.strict, at));
+        let closed = phase_terms(case.clone(), &fx.strict, &broker(), at);
+        let told: Vec<Oin> = notices(&closed).iter().map(|(to, _)| to.clone()).collect();
+        assert_eq!(told, case.members.keys().cloned().collect::<Vec<_>>());
+        assert!(notices(&closed).iter().all(|(_, op)| *op == CaseOp::Close));
+        assert_eq!(closed.audit.len(), 1);
+        assert_eq!(closed.audit[0].event(), AuditEvent::CaseClosed);
+        let Some(Write::Case(done)) = closed.writes.first() else {
+            panic!("{:?}", closed.writes)
+        };
+        // Its retention counts from now.
+        assert_eq!(done.closed_at, Some(at));
+        assert!(phase_terms(done.clone(), &fx.strict, &broker(), at).is_empty());
+        // Without phases nothing ever happens.
+        let mut plain = fx.strict.clone();
+        plain.purposes.get_mut("uitstroom").unwrap().phases.clear();
+        assert!(phase_terms(case, &plain, &broker(), at + Duration::days(400)).is_empty());
     }
 }

@@ -113,8 +113,28 @@ pub enum CaseOp {
         /// The party.
         oin: Oin,
     },
-    /// Close the case; the case retention starts.
+    /// Close the case; the case retention starts. The broker signs this itself when a
+    /// phase's `close_after` passes, and tells the case team.
     Close,
+    /// Move the open case to another phase of its purpose (e.g. from the active Team Thuis
+    /// period to the "waakvlam", 000:1290-1303); the phase's kinds and terms apply from now.
+    EnterPhase {
+        /// The phase, as the policy names it.
+        #[serde(deserialize_with = "crate::ids::identifier")]
+        #[schemars(regex(pattern = r"^[A-Za-z0-9_.:-]{1,64}$"))]
+        phase: String,
+    },
+    /// The broker's notice to the case managers that the case has been in `phase` for the
+    /// phase's `review_within`: it is due for review (move it on or close it). Only the
+    /// broker issues it; a party's record of this kind is refused.
+    ReviewDue {
+        /// The phase the case is in.
+        #[serde(deserialize_with = "crate::ids::identifier")]
+        #[schemars(regex(pattern = r"^[A-Za-z0-9_.:-]{1,64}$"))]
+        phase: String,
+        /// When the review was due.
+        due: DateTime<Utc>,
+    },
     /// Order parties to delete the case's data now, for a data subject's request or a
     /// handover, by the case's regievoerder. Each party gets a deletion order it confirms,
     /// as after retention. With no parties named, every party that holds the case's data

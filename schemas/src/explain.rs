@@ -1,7 +1,8 @@
 //! `policy explain`: a policy as a table an FG can read and sign off. The kinds the
 //! covenant declares itself, with every field and its data category; per purpose: its
-//! processing activity, legal basis, case managers, consent recorders and case
-//! retention; per kind: who may send to whom, which fields and categories each recipient
+//! processing activity, legal basis, case managers, consent recorders, case retention and
+//! phases (with the kinds each allows and its terms); per kind: who may send to whom,
+//! which fields and categories each recipient
 //! role sees, the consent rule and non-consent grounds, and the terms.
 
 use std::fmt::Write as _;
@@ -42,6 +43,26 @@ pub fn explain(policy: &Policy) -> String {
             "  a consent may be dated back at most: {}",
             p.consent_backdating
         );
+        if p.phases.is_empty() {
+            let _ = writeln!(out, "  phases: none (an open case allows every kind)");
+        } else {
+            let _ = writeln!(out, "  phases (a case opens in the first):");
+            for ph in &p.phases {
+                let mut terms = Vec::new();
+                if let Some(t) = &ph.review_within {
+                    terms.push(format!("review after {t}"));
+                }
+                if let Some(t) = &ph.close_after {
+                    terms.push(format!("closed by the broker after {t}"));
+                }
+                let terms = if terms.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", terms.join("; "))
+                };
+                let _ = writeln!(out, "    {}: {}{terms}", ph.name, join(&ph.kinds));
+            }
+        }
         for (kind, rule) in &p.kinds {
             let _ = writeln!(out);
             let _ = writeln!(out, "  Kind {kind}");
@@ -69,7 +90,15 @@ pub fn explain(policy: &Policy) -> String {
                 );
             }
             if let Some(t) = &rule.send_within {
-                let _ = writeln!(out, "    send within: {t} of the event");
+                if rule.event_time_from.is_empty() {
+                    let _ = writeln!(out, "    send within: {t} of the event");
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "    send within: {t} of the payload's {} (the first given)",
+                        rule.event_time_from.join(", else ")
+                    );
+                }
             }
             if let Some(t) = &rule.answer_within {
                 let answers: Vec<String> =
@@ -152,5 +181,91 @@ mod tests {
             text.contains("without consent only on: acute_danger"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod seed_readme_tests {
+    use super::*;
+    use crate::kind::Kind;
+
+    const README: &str = include_str!("../policies/README.md");
+    const SEEDS: [(&str, &str); 5] = [
+        ("walcheren.toml", include_str!("../policies/walcheren.toml")),
+        ("flevoland.toml", include_str!("../policies/flevoland.toml")),
+        ("friesland.toml", include_str!("../policies/friesland.toml")),
+        (
+            "kennemerland.toml",
+            include_str!("../policies/kennemerland.toml"),
+        ),
+        ("enschede.toml", include_str!("../policies/enschede.toml")),
+    ];
+
+    /// The README's table row of a seed file: its cells.
+    fn row(file: &str) -> Vec<&'static str> {
+        let line = README
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{file}` |")))
+            .unwrap_or_else(|| panic!("schemas/policies/README.md has no row for {file}"));
+        line.trim_matches('|').split(" | ").map(str::trim).collect()
+    }
+
+    /// Each seed's row in `schemas/policies/README.md` names exactly the purposes and
+    /// kinds `policy explain` prints for it, and every phase it declares.
+    #[test]
+    fn policy_explain_on_each_seed_matches_its_readme_row() {
+        for (file, text) in SEEDS {
+            let policy = Policy::from_toml(text).unwrap();
+            let explained = explain(&policy);
+            let cells = row(file);
+            let [_, _, purposes, kinds, notable] = cells[..] else {
+                panic!("{file}: the row has {} cells, not 5", cells.len())
+            };
+            // Purposes: the backticked names of the third column.
+            let named: std::collections::BTreeSet<&str> =
+                purposes.split('`').skip(1).step_by(2).collect();
+            let explained_purposes: std::collections::BTreeSet<&str> = explained
+                .lines()
+                .filter_map(|l| l.strip_prefix("Purpose "))
+                .filter_map(|l| l.split(' ').next())
+                .collect();
+            assert_eq!(named, explained_purposes, "{file}: purposes");
+            // Kinds: the kind names in the fourth column, against every kind explained.
+            let in_readme: std::collections::BTreeSet<Kind> = kinds
+                .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .filter_map(|w| w.parse::<Kind>().ok())
+                // Any word is a well-formed covenant kind name; count only the kinds the
+                // policy knows.
+                .filter(|k| k.is_builtin() || policy.kind_schema(*k).is_some())
+                .collect();
+            let in_explain: std::collections::BTreeSet<Kind> = explained
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Kind "))
+                .filter_map(|k| k.parse::<Kind>().ok())
+                .collect();
+            assert_eq!(in_readme, in_explain, "{file}: kinds");
+            // Phases: each one explain prints is named in the notable rules.
+            for p in policy.purposes.values() {
+                for ph in &p.phases {
+                    assert!(
+                        explained.contains(&format!("    {}: ", ph.name)),
+                        "{file}: explain does not show phase {}",
+                        ph.name
+                    );
+                    assert!(
+                        notable.contains(&ph.name),
+                        "{file}: the README row does not name phase '{}'",
+                        ph.name
+                    );
+                }
+                if p.phases.is_empty() {
+                    assert!(
+                        !notable.contains("phases"),
+                        "{file}: the README names phases"
+                    );
+                }
+            }
+        }
     }
 }

@@ -37,6 +37,13 @@
 //! # notify_case_managers = true   # datalek_melding only: always tell the case's managers
 //! # required_fields = ["oorzaak"]  # payload fields the covenant requires for this kind
 //! # answer_by = ["zorgaanbieder"]  # the recipient roles that owe the answer (default: all)
+//! # event_time_from = ["waargenomen_op"]  # payload fields the term runs from ([`anchors`])
+//!
+//! # [[purposes.uitstroom.phases]]   # the phases of its cases, in order ([`phases`])
+//! # name = "waakvlam"
+//! # kinds = ["signaal"]
+//! # review_within = "3 months"
+//! # close_after = "12 months"
 //! ```
 //!
 //! A covenant may declare kinds of its own with their schemas (`[kinds.<name>]`, see
@@ -59,6 +66,10 @@ use crate::Error;
 
 pub use crate::ids::Role;
 pub use kinds::DeclaredKinds;
+
+pub mod anchors;
+pub mod phases;
+pub use phases::Phase;
 
 /// A ground for sharing without the client's consent (e.g. 002:333-344, afspraak 8f).
 #[derive(
@@ -152,6 +163,9 @@ pub struct Purpose {
     pub consent_backdating: PolicyDuration,
     /// The kinds this purpose allows, with their rules.
     pub kinds: BTreeMap<Kind, KindRule>,
+    /// The phases of its cases, in order; empty: one implicit phase with every kind
+    /// (see [`phases`]).
+    pub phases: Vec<Phase>,
 }
 
 /// The default consent backdating window of a purpose: 30 days.
@@ -189,6 +203,9 @@ pub struct KindRule {
     /// The recipient roles that owe an answer within `answer_within`; empty: every
     /// recipient does. Overdue notices go only to those that owe one.
     pub answer_by: BTreeSet<Role>,
+    /// The payload fields the `send_within` term runs from, in order: the first present
+    /// gives the header's `event_time` ([`anchors`]); empty: the kind's own event field.
+    pub event_time_from: Vec<String>,
 }
 
 /// A parsed and checked covenant policy.
@@ -289,6 +306,8 @@ struct RawPurpose {
     consent_recorders: Vec<Spanned<String>>,
     consent_backdating: Option<Spanned<String>>,
     kinds: BTreeMap<String, Spanned<RawKind>>,
+    #[serde(default)]
+    phases: Vec<phases::RawPhase>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +331,8 @@ struct RawKind {
     required_fields: Vec<Spanned<String>>,
     #[serde(default)]
     answer_by: Vec<Spanned<String>>,
+    #[serde(default)]
+    event_time_from: Vec<Spanned<String>>,
 }
 
 struct Checker<'a> {
@@ -462,6 +483,7 @@ impl Checker<'_> {
         if kinds.is_empty() {
             return self.err(0, format!("purpose '{id}' allows no message kinds"));
         }
+        let phases = self.phases(&id, &kinds.keys().copied().collect(), rp.phases)?;
         Ok(Purpose {
             id,
             name: rp.name,
@@ -472,6 +494,7 @@ impl Checker<'_> {
             consent_recorders,
             consent_backdating,
             kinds,
+            phases,
         })
     }
 
@@ -653,6 +676,7 @@ impl Checker<'_> {
                 format!("{kind}: answer_by needs answer_within"),
             );
         }
+        let event_time_from = self.anchors(kind, &rk.event_time_from)?;
         Ok(KindRule {
             senders,
             recipients,
@@ -666,6 +690,7 @@ impl Checker<'_> {
             notify_case_managers,
             required_fields,
             answer_by,
+            event_time_from,
         })
     }
 

@@ -93,6 +93,9 @@ pub enum RejectCode {
     UnknownCase,
     /// The case is closed.
     CaseClosed,
+    /// The case's current phase does not allow this kind (e.g. an aanmelding during the
+    /// waakvlam).
+    KindNotInPhase,
     /// The message's purpose is not the purpose of its case (purpose binding).
     WrongPurpose,
     /// A recipient (or the sender) is not in the case team.
@@ -142,6 +145,7 @@ impl RejectCode {
             WrongCovenant | UnknownPurpose | KindNotAllowed | SenderRoleNotAllowed => 4,
             UnknownCase
             | CaseClosed
+            | KindNotInPhase
             | WrongPurpose
             | NotInCaseTeam
             | RecipientRoleNotAllowed
@@ -170,6 +174,7 @@ impl RejectCode {
             SenderRoleNotAllowed => "sender_role_not_allowed",
             UnknownCase => "unknown_case",
             CaseClosed => "case_closed",
+            KindNotInPhase => "kind_not_in_phase",
             WrongPurpose => "wrong_purpose",
             NotInCaseTeam => "not_in_case_team",
             RecipientRoleNotAllowed => "recipient_role_not_allowed",

@@ -237,6 +237,17 @@ impl AgentProcess {
         broker: &BrokerAt,
         root: &Path,
     ) -> Result<Vec<AgentProcess>> {
+        Self::start_all_with_env(fed, parties, broker, root, &[])
+    }
+
+    /// [`AgentProcess::start_all`] with extra environment variables for every agent.
+    pub fn start_all_with_env(
+        fed: &Fed,
+        parties: &[usize],
+        broker: &BrokerAt,
+        root: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Vec<AgentProcess>> {
         let mut starting = Vec::new();
         for &i in parties {
             let p = fed
@@ -249,7 +260,7 @@ impl AgentProcess {
                 i,
                 broker,
                 &root.join(p.oin.as_str()),
-                &[],
+                env,
             )?);
         }
         let deadline = Instant::now() + STARTUP_WAIT;
@@ -1038,14 +1049,66 @@ impl Region {
         roles: &[&str],
         link: AgentLink,
     ) -> Result<Region> {
+        Region::start_inner(policy, roster, roles, link, false)
+    }
+
+    /// [`Region::start`] with broker and agents on one test clock: the file
+    /// [`Region::clock_file`] holds how many seconds the region runs ahead of real time
+    /// (written `0` here), so a test moves every process through months without sleeping.
+    pub fn start_clocked(policy: &str, roles: &[&str]) -> Result<Region> {
+        Region::start_inner(policy, None, roles, AgentLink::Quic, true)
+    }
+
+    /// The test clock file of a region started with [`Region::start_clocked`].
+    pub fn clock_file(&self) -> PathBuf {
+        self.fed.path("clock")
+    }
+
+    /// Move the region's test clock to `seconds` ahead of real time.
+    pub fn set_clock(&self, seconds: i64) -> Result<()> {
+        Ok(std::fs::write(self.clock_file(), seconds.to_string())?)
+    }
+
+    fn start_inner(
+        policy: &str,
+        roster: Option<&str>,
+        roles: &[&str],
+        link: AgentLink,
+        clocked: bool,
+    ) -> Result<Region> {
         let fed = Fed::new(policy, roster)?;
         let data = fed.path("broker-data");
         let loopback: SocketAddr = "127.0.0.1:0".parse()?;
+        let clock = fed.path("clock");
+        let clock_text = clock
+            .to_str()
+            .ok_or_else(|| anyhow!("the clock file's path is not UTF-8"))?
+            .to_owned();
+        if clocked {
+            std::fs::write(&clock, "0")?;
+        }
+        let broker_env: Vec<(&str, &Path)> = if clocked {
+            vec![(ketenpost_transport::failpoint::CLOCK_ENV, clock.as_path())]
+        } else {
+            Vec::new()
+        };
+        let agent_env: Vec<(&str, &str)> = if clocked {
+            vec![(
+                ketenpost_transport::failpoint::CLOCK_ENV,
+                clock_text.as_str(),
+            )]
+        } else {
+            Vec::new()
+        };
         let broker = match link {
-            AgentLink::Quic => BrokerProcess::start(&fed, &data, loopback)?,
-            AgentLink::Tcp | AgentLink::AutoFallback => {
-                BrokerProcess::start_with(&fed, &data, loopback, &["--tcp", "127.0.0.1:0"], &[])?
-            }
+            AgentLink::Quic => BrokerProcess::start_with(&fed, &data, loopback, &[], &broker_env)?,
+            AgentLink::Tcp | AgentLink::AutoFallback => BrokerProcess::start_with(
+                &fed,
+                &data,
+                loopback,
+                &["--tcp", "127.0.0.1:0"],
+                &broker_env,
+            )?,
         };
         let (at, silent) = match link {
             AgentLink::Quic => (BrokerAt::from(broker.addr), None),
@@ -1071,7 +1134,8 @@ impl Region {
             .iter()
             .map(|r| party_with_role(&fed, r))
             .collect::<Result<Vec<_>>>()?;
-        let agents = AgentProcess::start_all(&fed, &parties, &at, &fed.path("agents"))?;
+        let agents =
+            AgentProcess::start_all_with_env(&fed, &parties, &at, &fed.path("agents"), &agent_env)?;
         Ok(Region {
             fed,
             broker: Some(broker),

@@ -47,7 +47,12 @@ async fn shutdown_signal() {
 
 async fn run(cli: &Cli) -> Result<(), Error> {
     let config = AgentConfig::load(&cli.config)?;
-    let agent = Agent::start(config).await?;
+    // A test build (feature `failpoints`) reads its clock from KETENPOST_TEST_CLOCK_FILE
+    // when set, as the broker does; otherwise the system clock.
+    let agent = match ketenpost_transport::failpoint::test_clock() {
+        Some(clock) => Agent::start_with_clock(config, clock).await?,
+        None => Agent::start(config).await?,
+    };
     agent.run_until(shutdown_signal()).await;
     Ok(())
 }

@@ -119,6 +119,9 @@ impl World {
                 closed_at: closed.then_some(now - Duration::minutes(1)),
                 deletion_ordered_at: None,
                 deleted_by: Default::default(),
+                phase: None,
+                phase_since: None,
+                review_noticed_at: None,
             },
             consents: Vec::new(),
         }
@@ -158,6 +161,8 @@ impl World {
                 complete: true,
                 knowledge: Knowledge::Managed,
                 closed_at: c.closed_at,
+                phase: c.phase.clone(),
+                review_due: None,
                 updated_at: Utc::now(),
             },
             f.consents

@@ -1,10 +1,11 @@
-//! The sweep: expiry, deadline notices and deletion orders, each a decision of the core
-//! applied in its own transaction.
+//! The sweep: expiry, deadline notices, case phase terms (review notices, automatic close)
+//! and deletion orders, each a decision of the core applied in its own transaction.
 
 use super::*;
 
 /// One sweep at `now`: expire undelivered bodies, send the deadline notices that are due,
-/// and order deletions for cases whose retention ended. Each is a decision of the core
+/// apply the terms of open cases' phases, and order deletions for cases whose retention
+/// ended. Each is a decision of the core
 /// applied in its own transaction; a decision that fails is logged and skipped, the others
 /// go on. One flush makes everything applied durable before any body it released is
 /// destroyed and any party is woken. Blocking.
@@ -70,7 +71,23 @@ pub(super) fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
     match store.cases() {
         Ok(cases) => {
             for case in cases {
-                if case.closed_at.is_none() || case.deletion_ordered_at.is_some() {
+                if case.is_open() {
+                    if !transitions::phase_term_due(&case, &docs.policy, now) {
+                        continue;
+                    }
+                    let case_ref = case.case_ref.clone();
+                    let broker = &shared.notice_signer.oin;
+                    if apply("phase", &|v| {
+                        Ok(match v.case(&case_ref)? {
+                            Some(case) => transitions::phase_terms(case, &docs.policy, broker, now),
+                            None => Effects::default(),
+                        })
+                    }) {
+                        info!(case = %case_ref, "a case phase's term passed: notices sent");
+                    }
+                    continue;
+                }
+                if case.deletion_ordered_at.is_some() {
                     continue;
                 }
                 let case_ref = case.case_ref.clone();

@@ -259,6 +259,7 @@ fn sign(notice: &Notice, signer: &NoticeSigner) -> Result<SignedRecord, StoreErr
         Notice::Expiry(n) => SignedRecord::sign(n, signer.oin.clone(), &signer.key),
         Notice::Deadline(n) => SignedRecord::sign(n, signer.oin.clone(), &signer.key),
         Notice::DeletionOrder(n) => SignedRecord::sign(n, signer.oin.clone(), &signer.key),
+        Notice::Case(n) => SignedRecord::sign(n, signer.oin.clone(), &signer.key),
     };
     signed.map_err(|e| StoreError::Corrupt {
         what: "notice",

@@ -732,3 +732,104 @@ fn ad_hoc_deletion_orders_come_from_the_regievoerder_for_holders_only() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The strict test policy with an active phase and a waakvlam that allows only signals.
+fn phased(fx: &mut Fx) {
+    use ketenpost_schemas::duration::PolicyDuration;
+    use ketenpost_schemas::policy::Phase;
+    let purpose = fx.strict.purposes.get_mut("uitstroom").unwrap();
+    let all = purpose.kinds.keys().copied().collect();
+    purpose.phases = vec![
+        Phase {
+            name: "actief".into(),
+            kinds: all,
+            review_within: Some(PolicyDuration::Weeks(2)),
+            close_after: None,
+        },
+        Phase {
+            name: "waakvlam".into(),
+            kinds: [Kind::Signaal].into(),
+            review_within: None,
+            close_after: Some(PolicyDuration::Weeks(4)),
+        },
+    ];
+}
+
+#[test]
+fn a_case_manager_moves_the_case_and_its_phase_bounds_the_kinds() {
+    let mut fx = Fx::new();
+    phased(&mut fx);
+    // The first phase allows every kind.
+    let d = fx.draft(Kind::Aanmelding, &[(&fx.gem, "gemeente")]);
+    assert_eq!(fx.code(&fx.zorg, d), None);
+
+    // Only a case manager moves the case, only to a declared phase, not to where it is.
+    let to = |phase: &str| CaseOp::EnterPhase {
+        phase: phase.into(),
+    };
+    let by_corp = change(&fx, &fx.case, &fx.corp, to("waakvlam"));
+    assert_eq!(
+        control(&fx, &fx.corp, &signed(&by_corp, &fx.corp))
+            .unwrap_err()
+            .code,
+        RejectCode::NotPermitted
+    );
+    let unknown = change(&fx, &fx.case, &fx.gem, to("nazorg"));
+    assert_eq!(
+        control(&fx, &fx.gem, &signed(&unknown, &fx.gem))
+            .unwrap_err()
+            .code,
+        RejectCode::Conflict
+    );
+    let same = change(&fx, &fx.case, &fx.gem, to("actief"));
+    assert_eq!(
+        control(&fx, &fx.gem, &signed(&same, &fx.gem))
+            .unwrap_err()
+            .code,
+        RejectCode::Conflict
+    );
+    // A party cannot forge the broker's review notice.
+    let review = change(
+        &fx,
+        &fx.case,
+        &fx.gem,
+        CaseOp::ReviewDue {
+            phase: "actief".into(),
+            due: fx.now,
+        },
+    );
+    assert_eq!(
+        control(&fx, &fx.gem, &signed(&review, &fx.gem))
+            .unwrap_err()
+            .code,
+        RejectCode::NotPermitted
+    );
+    let mut noticed = fx.reg.cases[&fx.case].clone();
+    noticed.review_noticed_at = Some(fx.now - Duration::hours(1));
+    fx.reg.cases.insert(fx.case.clone(), noticed);
+    let moved = change(&fx, &fx.case, &fx.gem, to("waakvlam"));
+    let case = match control(&fx, &fx.gem, &signed(&moved, &fx.gem)).unwrap() {
+        ControlEffect::CaseChanged { case, .. } => case,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(case.phase.as_deref(), Some("waakvlam"));
+    assert_eq!(case.phase_since, Some(fx.now));
+    assert_eq!(
+        case.review_noticed_at, None,
+        "a new phase has its own review"
+    );
+    fx.reg.cases.insert(fx.case.clone(), case);
+
+    // In the waakvlam: a signal passes, an aanmelding is refused at check 5, a breach
+    // notice still travels (checked by its own routing, not by the phase).
+    assert_eq!(fx.code(&fx.corp, fx.signaal()), None);
+    let d = fx.draft(Kind::Aanmelding, &[(&fx.gem, "gemeente")]);
+    let r = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap_err();
+    assert_eq!((r.code, r.check), (RejectCode::KindNotInPhase, 5));
+    assert!(r.reason.contains("waakvlam"), "{}", r.reason);
+    assert!(ketenpost_schemas::policy::phases::allows(
+        &fx.strict.purposes["uitstroom"].phases,
+        Some("waakvlam"),
+        Kind::DatalekMelding
+    ));
+}

@@ -210,3 +210,103 @@ fn every_seed_policy_loads() {
         ]
     );
 }
+
+const PHASES: &str = r#"
+[[purposes.uitstroom.phases]]
+name = "actief"
+review_within = "3 months"
+
+[[purposes.uitstroom.phases]]
+name = "waakvlam"
+kinds = ["signaal"]
+close_after = "12 months"
+"#;
+
+#[test]
+fn phases_are_declared_in_order_with_their_kinds_and_terms() {
+    let p = Policy::from_toml(&format!("{GOOD}{PHASES}")).unwrap();
+    let purpose = &p.purposes["uitstroom"];
+    let names: Vec<&str> = purpose.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["actief", "waakvlam"]);
+    // Without `kinds`, a phase allows every kind of its purpose.
+    assert_eq!(
+        purpose.phases[0].kinds,
+        purpose.kinds.keys().copied().collect()
+    );
+    assert_eq!(
+        purpose.phases[0].review_within,
+        Some(PolicyDuration::Months(3))
+    );
+    assert_eq!(
+        purpose.phases[1].close_after,
+        Some(PolicyDuration::Months(12))
+    );
+    // The case opens in the first phase; the waakvlam allows only signals (and a breach
+    // notice always travels).
+    assert!(phases::allows(&purpose.phases, None, Kind::Aanmelding));
+    assert!(!phases::allows(
+        &purpose.phases,
+        Some("waakvlam"),
+        Kind::Aanmelding
+    ));
+    assert!(phases::allows(
+        &purpose.phases,
+        Some("waakvlam"),
+        Kind::Signaal
+    ));
+    assert!(phases::allows(
+        &purpose.phases,
+        Some("waakvlam"),
+        Kind::DatalekMelding
+    ));
+    // A phase the policy no longer declares allows nothing but breach notices.
+    assert!(!phases::allows(
+        &purpose.phases,
+        Some("gone"),
+        Kind::Signaal
+    ));
+    // A purpose without phases allows every kind.
+    assert!(phases::allows(&[], Some("anything"), Kind::Aanmelding));
+}
+
+#[test]
+fn bad_phases_are_refused_with_their_line() {
+    let bad = |phases: &str, want: &str| {
+        let text = format!("{GOOD}{phases}");
+        match Policy::from_toml(&text) {
+            Err(Error::Policy {
+                line: Some(line),
+                message,
+                ..
+            }) => {
+                assert!(message.contains(want), "{message}");
+                assert!(line > GOOD.lines().count(), "line {line}: {message}");
+            }
+            other => panic!("{phases}: {other:?}"),
+        }
+    };
+    bad(
+        "[[purposes.uitstroom.phases]]\nname = \"waakvlam\"\nkinds = [\"reactie\"]\n",
+        "'reactie' is not a kind of purpose 'uitstroom'",
+    );
+    bad(
+        "[[purposes.uitstroom.phases]]\nname = \"closed\"\n",
+        "'closed' is not a phase",
+    );
+    bad(
+        "[[purposes.uitstroom.phases]]\nname = \"a\"\n[[purposes.uitstroom.phases]]\nname = \"a\"\n",
+        "declares phase 'a' twice",
+    );
+    bad(
+        "[[purposes.uitstroom.phases]]\nname = \"na zorg\"\n",
+        "not a valid name",
+    );
+    bad(
+        "[[purposes.uitstroom.phases]]\nname = \"a\"\nclose_after = \"48h\"\n",
+        "",
+    );
+    bad(
+        "[[purposes.uitstroom.phases]]\nname = \"a\"\nreview = \"3 months\"\n",
+        "unknown field",
+    );
+}
