@@ -65,8 +65,8 @@ enum PolicyCommand {
         /// The new policy (TOML).
         file: PathBuf,
     },
-    /// Check a policy file: exit 0 when it is valid, else 65 with the line, column and
-    /// what is wrong.
+    /// Check a policy file: exit 0 when it is valid, else 65 with every problem found,
+    /// each with its line, column and what is wrong.
     Check {
         /// The policy (TOML).
         file: PathBuf,
@@ -201,21 +201,36 @@ fn main() -> ExitCode {
         } => sign(&federation, &file, "policy", lifecycle::sign_policy),
         Command::Policy {
             command: PolicyCommand::Check { file },
-        } => match read_policy(&file) {
-            Ok(p) => {
-                println!(
-                    "{}: valid policy for covenant '{}' ({} purposes)",
-                    file.display(),
-                    p.covenant.id,
-                    p.purposes.len()
-                );
-                ExitCode::SUCCESS
+        } => {
+            let checked = std::fs::read_to_string(&file)
+                .map_err(|e| vec![format!("{}: {e}", file.display())])
+                .and_then(|text| {
+                    ketenpost_schemas::policy::Policy::check_all(&text).map_err(|errors| {
+                        errors
+                            .iter()
+                            .map(|e| format!("{}: {e}", file.display()))
+                            .collect()
+                    })
+                });
+            match checked {
+                Ok(p) => {
+                    println!(
+                        "{}: valid policy for covenant '{}' ({} purposes)",
+                        file.display(),
+                        p.covenant.id,
+                        p.purposes.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!("{} problem(s)", problems.len());
+                    ExitCode::from(EXIT_DATA)
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_DATA)
-            }
-        },
+        }
         Command::Policy {
             command: PolicyCommand::Explain { file },
         } => match read_policy(&file) {

@@ -225,25 +225,49 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Parse and check a policy. The error names the line and what is wrong.
+    /// Parse and check a policy. The error names the line and what is wrong (the first
+    /// problem in the file; [`Policy::check_all`] gives every one).
     pub fn from_toml(text: &str) -> Result<Policy, Error> {
+        Policy::check_all(text).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Parse and check a policy, reporting every problem found, in the order of the file
+    /// (never an empty list). A syntax error stops the reading, so it comes alone; a
+    /// problem in one kind rule or one purpose does not hide those in the others. A
+    /// problem in a purpose's kind rules leaves its phases unchecked, so that no phase is
+    /// blamed for a kind that was refused already.
+    pub fn check_all(text: &str) -> Result<Policy, Vec<Error>> {
         let mut raw: RawPolicy = toml::from_str(text).map_err(|e| {
             let (line, column) = match e.span() {
                 Some(span) => line_col(text, span.start),
                 None => (None, None),
             };
-            Error::Policy {
+            vec![Error::Policy {
                 line,
                 column,
                 message: e.message().to_owned(),
-            }
+            }]
         })?;
-        let declared = kinds::declare(text, std::mem::take(&mut raw.kinds))?;
-        Checker {
+        let declared = kinds::declare(text, std::mem::take(&mut raw.kinds)).map_err(|e| vec![e])?;
+        let checker = Checker {
             text,
             declared: &declared,
-        }
-        .check(raw)
+            more: std::cell::RefCell::default(),
+        };
+        let result = checker.check(raw);
+        let mut errors = checker.more.into_inner();
+        let policy = match result {
+            Ok(policy) if errors.is_empty() => return Ok(policy),
+            Ok(_) => None,
+            Err(e) => Some(e),
+        };
+        errors.extend(policy);
+        let at = |e: &Error| match e {
+            Error::Policy { line, column, .. } => (line.unwrap_or(0), column.unwrap_or(0)),
+            _ => (0, 0),
+        };
+        errors.sort_by_key(at);
+        Err(errors)
     }
 
     /// The rule for a kind within a purpose, if the purpose allows the kind.
@@ -339,16 +363,45 @@ struct Checker<'a> {
     text: &'a str,
     /// The kinds the policy declares, checked before the purposes that use them.
     declared: &'a DeclaredKinds,
+    /// Problems found so far beside the one a check returns: each purpose and each kind
+    /// rule is checked even when another one failed.
+    more: std::cell::RefCell<Vec<Error>>,
 }
 
 impl Checker<'_> {
     fn err<T>(&self, at: usize, message: String) -> Result<T, Error> {
+        Err(self.problem(at, message))
+    }
+
+    fn problem(&self, at: usize, message: String) -> Error {
         let (line, column) = line_col(self.text, at);
-        Err(Error::Policy {
+        Error::Policy {
             line,
             column,
             message,
-        })
+        }
+    }
+
+    /// The value of a check, or `None` with its problem noted.
+    fn kept<T>(&self, checked: Result<T, Error>) -> Option<T> {
+        checked.map_err(|e| self.note(e)).ok()
+    }
+
+    /// Keep a problem and go on checking.
+    fn note(&self, e: Error) {
+        self.more.borrow_mut().push(e);
+    }
+
+    /// If problems were noted since there were `before`, return the last one (the caller
+    /// stops; [`Policy::check_all`] reports them all).
+    fn stop_if_noted(&self, before: usize) -> Result<(), Error> {
+        let mut more = self.more.borrow_mut();
+        if more.len() > before {
+            if let Some(e) = more.pop() {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn check(&self, raw: RawPolicy) -> Result<Policy, Error> {
@@ -406,10 +459,16 @@ impl Checker<'_> {
             return self.err(0, "the policy defines no purposes".into());
         }
         let mut purposes = BTreeMap::new();
+        let before = self.more.borrow().len();
         for (pid, rp) in raw.purposes {
-            let purpose = self.purpose(&roles, pid.clone(), rp)?;
-            purposes.insert(pid, purpose);
+            match self.purpose(&roles, pid.clone(), rp) {
+                Ok(purpose) => {
+                    purposes.insert(pid, purpose);
+                }
+                Err(e) => self.note(e),
+            }
         }
+        self.stop_if_noted(before)?;
         Ok(Policy {
             covenant: Covenant {
                 id: raw.covenant.id.into_inner(),
@@ -429,18 +488,25 @@ impl Checker<'_> {
         id: String,
         rp: RawPurpose,
     ) -> Result<Purpose, Error> {
-        let case_retention = self.duration(&rp.case_retention)?;
-        let case_managers = self.roles(roles, rp.case_managers.get_ref())?;
-        if case_managers.is_empty() {
-            return self.err(
+        // Every problem of the purpose's own keys and of each kind rule is noted; the
+        // purpose stops after them all.
+        let before = self.more.borrow().len();
+        let case_retention = self.kept(self.duration(&rp.case_retention));
+        let case_managers = self
+            .kept(self.roles(roles, rp.case_managers.get_ref()))
+            .unwrap_or_default();
+        if case_managers.is_empty() && self.more.borrow().len() == before {
+            self.note(self.problem(
                 rp.case_managers.span().start,
                 format!("purpose '{id}' names no case_managers: nobody could open a case"),
-            );
+            ));
         }
-        let consent_recorders = self.roles(roles, &rp.consent_recorders)?;
+        let consent_recorders = self
+            .kept(self.roles(roles, &rp.consent_recorders))
+            .unwrap_or_default();
         let consent_backdating = match &rp.consent_backdating {
-            Some(d) => self.duration(d)?,
-            None => DEFAULT_CONSENT_BACKDATING,
+            Some(d) => self.kept(self.duration(d)),
+            None => Some(DEFAULT_CONSENT_BACKDATING),
         };
         let mut kinds = BTreeMap::new();
         for (kname, rk) in rp.kinds {
@@ -448,38 +514,52 @@ impl Checker<'_> {
             let kind = match kname.parse::<Kind>() {
                 Ok(k) if k.is_builtin() || self.declared.contains_key(&k) => k,
                 _ => {
-                    return self.err(
+                    self.note(self.problem(
                         at,
                         format!(
                             "unknown message kind '{kname}' (a covenant's own kind needs a \
                              [kinds.{kname}] table with its schema)"
                         ),
-                    )
+                    ));
+                    continue;
                 }
             };
             if !kind.is_content() {
-                return self.err(
+                self.note(self.problem(
                     at,
                     format!(
                         "kind '{kname}' is a control record; only content kinds (the \
                          built-in aanmelding, aanmeldbericht, signaal, reactie, \
-                         datalek_melding, verstrekking_derden, or a declared kind) are \
-                         configured per purpose"
+                         datalek_melding, verstrekking_derden, correctie, or a declared \
+                         kind) are configured per purpose"
                     ),
-                );
+                ));
+                continue;
             }
-            let rule = self.kind(roles, kind, rk.into_inner())?;
+            let rule = match self.kind(roles, kind, rk.into_inner()) {
+                Ok(rule) => rule,
+                Err(e) => {
+                    self.note(e);
+                    continue;
+                }
+            };
             if rule.consent == ConsentRule::Required && consent_recorders.is_empty() {
-                return self.err(
+                self.note(self.problem(
                     at,
                     format!(
                         "kind '{kname}' requires consent but purpose '{id}' names no \
                          consent_recorders"
                     ),
-                );
+                ));
+                continue;
             }
             kinds.insert(kind, rule);
         }
+        self.stop_if_noted(before)?;
+        let (Some(case_retention), Some(consent_backdating)) = (case_retention, consent_backdating)
+        else {
+            return self.err(0, format!("purpose '{id}' is incomplete"));
+        };
         if kinds.is_empty() {
             return self.err(0, format!("purpose '{id}' allows no message kinds"));
         }

@@ -551,6 +551,23 @@ fn the_operator_commands_enrol_rotate_and_sign_numbered_versions() -> Result<()>
         ],
     )?;
     ensure!(!ok && said.contains("covenant"), "foreign policy: {said}");
+    // `policy check` names every problem, each with its line.
+    let broken = fed.path("broken.toml");
+    std::fs::write(
+        &broken,
+        seed_policy("walcheren")?
+            .replacen("undelivered_ttl = \"", "undelivered_ttl = \"x", 1)
+            .replacen("case_retention = \"", "case_retention = \"y", 1),
+    )?;
+    let (ok, said) = run(
+        "ketenpost-certs",
+        &["policy", "check", &broken.to_string_lossy()],
+    )?;
+    ensure!(
+        !ok && said.contains("2 problem(s)")
+            && said.matches("broken.toml: policy line ").count() == 2,
+        "policy check: {said}"
+    );
 
     // An edited directory: serial, date and policy digest are the tool's to set.
     let mut json: serde_json::Value =

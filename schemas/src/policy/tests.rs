@@ -310,3 +310,62 @@ fn bad_phases_are_refused_with_their_line() {
         "unknown field",
     );
 }
+
+#[test]
+fn check_all_reports_every_problem_in_the_order_of_the_file() {
+    // Three problems: an unknown role in one kind, a bad duration in another, and a whole
+    // second purpose with an unknown kind.
+    let bad = GOOD
+        .replace(
+            "senders = [\"zorgaanbieder\"]",
+            "senders = [\"zorgverlener\"]",
+        )
+        .replace("send_within = \"48 hours\"", "send_within = \"48h\"")
+        + r#"
+[purposes.tweede]
+name = "Second"
+processing_activity = "test-tweede"
+legal_basis = "consent"
+case_retention = "1 year"
+case_managers = ["gemeente"]
+consent_recorders = ["zorgaanbieder"]
+
+[purposes.tweede.kinds.brief]
+senders = ["gemeente"]
+recipients = ["zorgaanbieder"]
+consent = "required"
+undelivered_ttl = "7 days"
+views.zorgaanbieder = ["case"]
+"#;
+    let errors = Policy::check_all(&bad).unwrap_err();
+    let found: Vec<(Option<usize>, String)> = errors
+        .iter()
+        .map(|e| match e {
+            Error::Policy { line, message, .. } => (*line, message.clone()),
+            other => panic!("not a policy error: {other:?}"),
+        })
+        .collect();
+    assert_eq!(found.len(), 3, "{found:#?}");
+    assert_eq!(
+        found[0].0,
+        Some(line_of(&bad, "zorgverlener")),
+        "{found:#?}"
+    );
+    assert!(
+        found[0].1.contains("unknown role 'zorgverlener'"),
+        "{found:#?}"
+    );
+    assert_eq!(found[1].0, Some(line_of(&bad, "\"48h\"")), "{found:#?}");
+    assert_eq!(
+        found[2].0,
+        Some(line_of(&bad, "kinds.brief]")),
+        "{found:#?}"
+    );
+    assert!(
+        found[2].1.contains("unknown message kind 'brief'"),
+        "{found:#?}"
+    );
+    // The first of them is what from_toml reports.
+    assert_eq!(error_of(&bad), found[0]);
+    assert!(Policy::check_all(GOOD).is_ok());
+}
