@@ -63,27 +63,8 @@ impl AuditTrail {
     /// does not hash right: extending it would bury the damage.
     pub fn open(db: &sled::Db) -> Result<AuditTrail, AuditError> {
         let records = db.open_tree(RECORDS_TREE).map_err(storage)?;
-        let head = match records.last().map_err(storage)? {
-            None => ChainHead::genesis(),
-            Some((key, value)) => {
-                let seq = key_seq(&key).ok_or_else(|| AuditError::Corrupt {
-                    seq: 0,
-                    reason: "the last entry has a malformed key".into(),
-                })?;
-                let record = parse_record(seq, &value)?;
-                if !record.hash_is_valid()? {
-                    return Err(AuditError::Corrupt {
-                        seq,
-                        reason: "its hash does not match its content".into(),
-                    });
-                }
-                ChainHead {
-                    seq,
-                    hash: record.hash,
-                    time: Some(record.time),
-                }
-            }
-        };
+        let last = records.last().map_err(storage)?;
+        let head = ChainHead::recover(last.as_ref().map(|(k, v)| (k.as_ref(), v.as_ref())))?;
         Ok(AuditTrail {
             records,
             head: Mutex::new(head),

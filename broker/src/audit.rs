@@ -68,31 +68,8 @@ impl AuditTrail {
     pub fn open(db: &sled::Db, signer: SigningKey) -> Result<Self, AuditError> {
         let records = db.open_tree(RECORDS_TREE).map_err(storage)?;
         let checkpoints = db.open_tree(CHECKPOINTS_TREE).map_err(storage)?;
-        let head = match records.last().map_err(storage)? {
-            None => ChainHead {
-                seq: 0,
-                hash: GENESIS_HASH.to_owned(),
-                time: None,
-            },
-            Some((key, value)) => {
-                let seq = key_seq(&key).ok_or_else(|| AuditError::Corrupt {
-                    seq: 0,
-                    reason: "the last entry has a malformed key".into(),
-                })?;
-                let record = parse_record(seq, &value)?;
-                if !record.hash_is_valid()? {
-                    return Err(AuditError::Corrupt {
-                        seq,
-                        reason: "its hash does not match its content".into(),
-                    });
-                }
-                ChainHead {
-                    seq,
-                    hash: record.hash,
-                    time: Some(record.time),
-                }
-            }
-        };
+        let last = records.last().map_err(storage)?;
+        let head = ChainHead::recover(last.as_ref().map(|(k, v)| (k.as_ref(), v.as_ref())))?;
         if let Some((key, value)) = checkpoints.last().map_err(storage)? {
             let cp_seq = key_seq(&key).unwrap_or(0);
             let cp: Checkpoint =

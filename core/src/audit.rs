@@ -729,6 +729,31 @@ pub struct ChainHead {
 }
 
 impl ChainHead {
+    /// The head of a stored trail from its last entry (key and value as stored; `None`:
+    /// an empty trail). Refuses ([`AuditError::Corrupt`]) a last record that does not
+    /// parse or does not hash right: extending it would bury the damage.
+    pub fn recover(last: Option<(&[u8], &[u8])>) -> Result<ChainHead, AuditError> {
+        let Some((key, value)) = last else {
+            return Ok(ChainHead::genesis());
+        };
+        let seq = key_seq(key).ok_or_else(|| AuditError::Corrupt {
+            seq: 0,
+            reason: "the last entry has a malformed key".into(),
+        })?;
+        let record = parse_record(seq, value)?;
+        if !record.hash_is_valid()? {
+            return Err(AuditError::Corrupt {
+                seq,
+                reason: "its hash does not match its content".into(),
+            });
+        }
+        Ok(ChainHead {
+            seq,
+            hash: record.hash,
+            time: Some(record.time),
+        })
+    }
+
     /// The head of an empty trail.
     pub fn genesis() -> ChainHead {
         ChainHead {
