@@ -527,7 +527,7 @@ fn legal_basis(
         legal_basis: &basis,
         ..base
     };
-    match checks::check_legal_basis(&sharing, rule, &registry, now) {
+    match checks::check_legal_basis(&sharing, rule, &cx.policy.grounds, &registry, now) {
         Ok(_) => Ok(basis),
         Err(r) if r.code.is_transient() => Ok(basis),
         Err(r) => Err(Error::refused_early(r)),

@@ -397,9 +397,13 @@ pub struct GroundRow {
     pub kind: String,
     /// The message, to find the sender's justification in its own file.
     pub message_id: String,
+    /// Whether the FGs were alerted (the policy flags the ground); an unflagged ground is
+    /// only recorded, for this review.
+    pub alerted: bool,
 }
 
-/// Every use of a non-consent ground.
+/// Every use of a named ground (instead of consent, or outside the ordinary course of a
+/// non-consent basis).
 pub fn grounds(records: &[AuditRecord]) -> Vec<GroundRow> {
     records
         .iter()
@@ -413,6 +417,7 @@ pub fn grounds(records: &[AuditRecord]) -> Vec<GroundRow> {
             purpose: opt(&r.purpose),
             kind: opt(&r.kind),
             message_id: opt(&r.message_id),
+            alerted: r.outcome == Outcome::Flagged,
         })
         .collect()
 }
@@ -734,7 +739,8 @@ pub struct AccessRow {
     pub processing_activity: String,
     /// The kind of message.
     pub kind: String,
-    /// The legal ground: `consent`, `covenant`, or `non_consent:<ground>`.
+    /// The legal ground: `consent`, the kind's art. 6 basis (`public_task`, ...),
+    /// `covenant` (an older policy naming none), or `non_consent:<ground>`.
     pub ground: String,
     /// The data categories the recipient received: its view's categories under the policy
     /// (`-` for records from before views were recorded).
@@ -780,9 +786,10 @@ pub fn access(records: &[AuditRecord], case_ref: &str, policy: &Policy) -> Vec<A
             .as_deref()
             .and_then(|k| k.parse::<Kind>().ok())
             .and_then(|k| policy.rule(r.purpose.as_deref()?, k));
-        match rule.map(|r| r.consent) {
-            Some(ConsentRule::Required) => "consent".into(),
-            Some(ConsentRule::NotRequired) => "covenant".into(),
+        match rule.map(|r| (r.consent, r.basis)) {
+            Some((ConsentRule::Required, _)) => "consent".into(),
+            Some((ConsentRule::NotRequired, Some(basis))) => basis.as_str().into(),
+            Some((ConsentRule::NotRequired, None)) => "covenant".into(),
             None => "-".into(),
         }
     };
@@ -1326,6 +1333,7 @@ pub mod rows {
                 "purpose",
                 "kind",
                 "message_id",
+                "alerted",
             ],
             rows.iter()
                 .map(|g| {
@@ -1338,6 +1346,7 @@ pub mod rows {
                         g.purpose.clone(),
                         g.kind.clone(),
                         g.message_id.clone(),
+                        if g.alerted { "yes" } else { "no" }.to_owned(),
                     ]
                 })
                 .collect(),
@@ -1646,7 +1655,7 @@ pub fn html(report: &HtmlReport<'_>) -> String {
         &mut out,
         report.directory,
         "grounds",
-        "Non-consent grounds used (review each)",
+        "Grounds used instead of consent or outside the ordinary basis (review each)",
         &h,
         &r,
     );

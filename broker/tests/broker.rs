@@ -20,7 +20,7 @@ use ketenpost_schemas::ids::{CaseRef, Oin};
 use ketenpost_schemas::keys::{self, SigningKey};
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::payload::{Aanmelding, Signaal};
-use ketenpost_schemas::policy::{NonConsentGround, Policy, Role};
+use ketenpost_schemas::policy::{Ground, Policy, Role};
 use ketenpost_schemas::protocol::{
     envelope_from_b64, AcceptFlag, Delivery, RejectCode, Request, Response,
 };
@@ -363,13 +363,13 @@ async fn every_check_refuses_with_its_own_code() {
     assert_eq!(code(s.submit(corp, d).await), RejectCode::NoConsent);
     let mut d = s.signaal(&[(zorg, "zorgaanbieder")]);
     d.legal_basis = LegalBasis::NonConsent {
-        ground: NonConsentGround::AcuteDanger,
+        ground: Ground::new("acute_danger").unwrap(),
         justification: "file-123".into(),
     };
     assert_eq!(code(s.submit(corp, d).await), RejectCode::GroundNotAllowed);
     let mut d = s.aanmelding();
     d.legal_basis = LegalBasis::NonConsent {
-        ground: NonConsentGround::AcuteDanger,
+        ground: Ground::new("acute_danger").unwrap(),
         justification: "file-123".into(),
     };
     assert_eq!(

@@ -412,7 +412,7 @@ pub struct AuditEntry {
     kind: Option<String>,
     message_id: Option<String>,
     counterparties: Vec<String>,
-    reason_code: Option<&'static str>,
+    reason_code: Option<std::borrow::Cow<'static, str>>,
     explanation: Option<&'static str>,
     trace_id: Option<String>,
     request_digest: Option<String>,
@@ -530,14 +530,23 @@ impl AuditEntry {
     /// `not_in_case_team`). Only a `&'static str` is accepted so that nothing read from
     /// the network can end up here.
     pub fn reason(mut self, code: &'static str) -> Self {
-        self.reason_code = Some(code);
+        self.reason_code = Some(code.into());
+        self.explanation = None;
+        self
+    }
+
+    /// The name of the ground a message was sent on as the reason code. It comes from a
+    /// header, but only once the checks found it among the policy's grounds (a policy
+    /// identifier, never free text).
+    pub fn reason_ground(mut self, ground: &ketenpost_schemas::policy::Ground) -> Self {
+        self.reason_code = Some(ground.as_str().to_owned().into());
         self.explanation = None;
         self
     }
 
     /// A reason code with a short fixed explanation; stored as `"code: explanation"`.
     pub fn reason_explained(mut self, code: &'static str, explanation: &'static str) -> Self {
-        self.reason_code = Some(code);
+        self.reason_code = Some(code.into());
         self.explanation = Some(explanation);
         self
     }
@@ -605,7 +614,7 @@ impl AuditEntry {
         check_token("trace_id", self.trace_id.as_deref(), MAX_ID_LEN)?;
         check_name("purpose", self.purpose.as_deref())?;
         check_name("processing_activity", self.processing_activity.as_deref())?;
-        if let Some(code) = self.reason_code {
+        if let Some(code) = self.reason_code.as_deref() {
             let ok = !code.is_empty()
                 && code.len() <= MAX_ID_LEN
                 && code.bytes().all(|b| {
@@ -630,7 +639,7 @@ impl AuditEntry {
     }
 
     fn reason_text(&self) -> Option<String> {
-        match (self.reason_code, self.explanation) {
+        match (self.reason_code.as_deref(), self.explanation) {
             (Some(c), Some(e)) => Some(format!("{c}: {e}")),
             (Some(c), None) => Some(c.to_owned()),
             (None, Some(e)) => Some(e.to_owned()),

@@ -21,7 +21,7 @@ use ketenpost_schemas::envelope::{Envelope, Header, LegalBasis, Limits, Verified
 use ketenpost_schemas::ids::{CaseRef, Oin};
 use ketenpost_schemas::keys::VerifyingKey;
 use ketenpost_schemas::kind::Kind;
-use ketenpost_schemas::policy::{phases, ConsentRule, KindRule, NonConsentGround, Policy, Role};
+use ketenpost_schemas::policy::{phases, ConsentRule, Ground, Grounds, KindRule, Policy, Role};
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection};
 use ketenpost_schemas::Error as SchemaError;
 
@@ -140,9 +140,15 @@ impl Authorised {
         &self.decision.flags
     }
 
-    /// The non-consent ground used, if any (the FGs are alerted).
-    pub fn ground(&self) -> Option<NonConsentGround> {
-        self.decision.ground
+    /// The named ground the message was sent on, if any.
+    pub fn ground(&self) -> Option<&Ground> {
+        self.decision.ground.as_ref()
+    }
+
+    /// Whether the ground it was sent on alerts the FGs (the policy flags it); `false`
+    /// without a ground.
+    pub fn ground_alerts_fg(&self) -> bool {
+        self.decision.ground_alerts_fg
     }
 
     /// The `send_within` deadline, if the kind has one.
@@ -271,7 +277,8 @@ struct Decision {
     processing_activity: String,
     recipients: Vec<(Oin, Role)>,
     flags: Vec<AcceptFlag>,
-    ground: Option<NonConsentGround>,
+    ground: Option<Ground>,
+    ground_alerts_fg: bool,
     send_deadline: Option<DateTime<Utc>>,
     expires_at: DateTime<Utc>,
     breach: Option<Routing>,
@@ -436,7 +443,16 @@ fn decide(
     };
 
     // 6. Legal basis.
-    let ground = check_legal_basis(&Sharing::of(h, sender_role, &recipients), rule, reg, now)?;
+    let ground = check_legal_basis(
+        &Sharing::of(h, sender_role, &recipients),
+        rule,
+        &env.policy.grounds,
+        reg,
+        now,
+    )?;
+    let ground_alerts_fg = ground
+        .as_ref()
+        .is_some_and(|g| env.policy.grounds.alerts_fg(g));
 
     // 7. Deadline bookkeeping: late is accepted and flagged, never dropped. An event in
     // the future (beyond clock drift) would move every deadline out: refused.
@@ -480,6 +496,7 @@ fn decide(
         recipients,
         flags,
         ground,
+        ground_alerts_fg,
         send_deadline,
         expires_at,
         breach,
@@ -564,22 +581,93 @@ impl<'a> Sharing<'a> {
     }
 }
 
-/// Check 6: the legal basis of `s` under its kind's `rule`. Returns the non-consent ground
-/// used, if any. A consent the registry cannot tell about is a `storage` answer (an
-/// agent: the broker decides).
+/// Check 6: the legal basis of `s` under its kind's `rule`, with the policy's `grounds`.
+/// Returns the named ground used, if any.
+///
+/// - Basis consent: a covering consent, or one of the kind's grounds instead.
+/// - Any other basis: `covenant` in the header, or one of the kind's grounds; with
+///   `ground_required` a ground is the only way.
+///
+/// A ground's justification code must be one the covenant allows with it. A consent the
+/// registry cannot tell about is a `storage` answer (an agent: the broker decides).
 pub fn check_legal_basis(
     s: &Sharing<'_>,
     rule: &KindRule,
+    grounds: &Grounds,
     reg: &impl Registry,
     now: DateTime<Utc>,
-) -> Result<Option<NonConsentGround>, Rejection> {
+) -> Result<Option<Ground>, Rejection> {
+    let named = |ground: &Ground| -> Result<String, Rejection> {
+        let others = if rule.grounds.is_empty() {
+            "none".to_owned()
+        } else {
+            rule.grounds
+                .iter()
+                .map(|g| g.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(reject(
+            RejectCode::GroundNotAllowed,
+            format!(
+                "the policy does not allow ground '{ground}' for {} under purpose '{}' \
+                 (allowed: {others})",
+                s.kind, s.purpose
+            ),
+        ))
+    };
     match (s.legal_basis, rule.consent) {
-        (LegalBasis::Covenant, ConsentRule::NotRequired) => Ok(None),
-        (_, ConsentRule::NotRequired) => Err(reject(
+        (LegalBasis::NonConsent { .. }, ConsentRule::NotRequired) if rule.grounds.is_empty() => {
+            Err(reject(
+                RejectCode::LegalBasisMismatch,
+                format!(
+                    "{} rests on {} and names no grounds; send it with legal basis 'covenant'",
+                    s.kind,
+                    rule.basis.map_or("the covenant itself", |b| b.article())
+                ),
+            ))
+        }
+        (
+            LegalBasis::NonConsent {
+                ground,
+                justification,
+            },
+            _,
+        ) => {
+            if !rule.grounds.contains(ground) {
+                named(ground)?;
+            }
+            if let Some(why) = grounds.refuse_justification(ground, justification) {
+                return Err(reject(RejectCode::GroundNotAllowed, why));
+            }
+            Ok(Some(ground.clone()))
+        }
+        (LegalBasis::Covenant, ConsentRule::NotRequired) if rule.ground_required => Err(reject(
             RejectCode::LegalBasisMismatch,
             format!(
-                "{} rests on the covenant itself; send it with legal basis 'covenant'",
-                s.kind
+                "{} under purpose '{}' may be sent only on one of its grounds ({}), \
+                     each reviewed by the FGs",
+                s.kind,
+                s.purpose,
+                rule.grounds
+                    .iter()
+                    .map(|g| g.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        (LegalBasis::Covenant, ConsentRule::NotRequired) => Ok(None),
+        (LegalBasis::Consent { .. }, ConsentRule::NotRequired) => Err(reject(
+            RejectCode::LegalBasisMismatch,
+            format!(
+                "{} does not rest on consent but on {}; send it with legal basis 'covenant'{}",
+                s.kind,
+                rule.basis.map_or("the covenant itself", |b| b.article()),
+                if rule.ground_required {
+                    " and one of its grounds"
+                } else {
+                    ""
+                }
             ),
         )),
         (LegalBasis::Covenant, ConsentRule::Required) => Err(reject(
@@ -589,19 +677,6 @@ pub fn check_legal_basis(
                 s.kind
             ),
         )),
-        (LegalBasis::NonConsent { ground, .. }, ConsentRule::Required) => {
-            if rule.non_consent_grounds.contains(ground) {
-                Ok(Some(*ground))
-            } else {
-                Err(reject(
-                    RejectCode::GroundNotAllowed,
-                    format!(
-                        "the policy does not allow ground '{ground}' for {} under purpose '{}'",
-                        s.kind, s.purpose
-                    ),
-                ))
-            }
-        }
         (LegalBasis::Consent { consent_id }, ConsentRule::Required) => {
             let consent = reg.consent(consent_id).map_err(unknown)?.ok_or_else(|| {
                 reject(

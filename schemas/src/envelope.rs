@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use crate::ids::{CaseRef, MessageId, Oin, TraceId};
 use crate::keys::{self, Context, Signature, VerifyingKey};
 use crate::kind::Kind;
-use crate::policy::{NonConsentGround, Role};
+use crate::policy::{Ground, Role};
 use crate::Error;
 
 /// Magic bytes and format version at the start of every envelope.
@@ -68,12 +68,16 @@ pub enum LegalBasis {
         /// The consent's id.
         consent_id: uuid::Uuid,
     },
-    /// A ground the policy allows instead of consent; the FGs are alerted.
+    /// A ground the policy allows for the kind (`grounds`): instead of consent, or outside
+    /// the ordinary course of a non-consent basis; a flagged ground alerts the FGs.
     NonConsent {
-        /// Which ground.
-        ground: NonConsentGround,
-        /// A short code referring to the justification the sender recorded in its own
-        /// file (never free text: the header must hold no personal data).
+        /// Which ground (`acute_danger`, `legal_duty`, `conflict_van_plichten`,
+        /// `meldrecht`, or one the policy declares).
+        ground: Ground,
+        /// A justification code: one of the covenant's list (`[justifications]`), or,
+        /// where the covenant keeps none, a short code referring to the justification the
+        /// sender recorded in its own file (never free text: the header must hold no
+        /// personal data).
         #[schemars(regex(pattern = r"^[A-Za-z0-9_.:-]{1,64}$"))]
         #[serde(deserialize_with = "crate::ids::identifier")]
         justification: String,

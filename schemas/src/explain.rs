@@ -3,11 +3,14 @@
 //! processing activity, legal basis, case managers, consent recorders, case retention and
 //! phases (with the kinds each allows and its terms); per kind: who may send to whom,
 //! which fields and categories each recipient
-//! role sees, the consent rule and non-consent grounds, and the terms.
+//! role sees, the legal basis and the grounds a sender may name (and whether each alerts
+//! the FGs), and the terms. The grounds and the covenant's justification codes come first,
+//! and a purpose through which health or justice data travel without an art. 9 or art. 10
+//! condition is pointed out.
 
 use std::fmt::Write as _;
 
-use crate::policy::{ConsentRule, Policy};
+use crate::policy::{grounds::SPECIAL_CATEGORIES, Art6Basis, ConsentRule, Policy};
 
 /// The plain-text explanation of `policy`.
 pub fn explain(policy: &Policy) -> String {
@@ -30,11 +33,89 @@ pub fn explain(policy: &Policy) -> String {
             }
         }
     }
+    let used: std::collections::BTreeSet<_> = policy
+        .purposes
+        .values()
+        .flat_map(|p| p.kinds.values())
+        .flat_map(|r| r.grounds.iter())
+        .collect();
+    if !used.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Grounds a sender may name:");
+        for g in used {
+            let Some(def) = policy.grounds.get(g) else {
+                continue;
+            };
+            let source = if def.source.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", def.source)
+            };
+            let alert = if def.alert_fg {
+                "each use alerts the FGs"
+            } else {
+                "recorded for the FGs' review, no alert"
+            };
+            let _ = writeln!(out, "  {g}: {}{source}; {alert}", def.description);
+            if let Some(codes) = &def.justifications {
+                let _ = writeln!(out, "    justifications: {}", join(codes));
+            }
+        }
+    }
+    if policy.grounds.justifications.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "Justification codes: no closed list; a sender gives a code into its own file"
+        );
+    } else {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Justification codes (a sender names one of these):");
+        for (code, text) in &policy.grounds.justifications {
+            let _ = writeln!(out, "  {code}: {text}");
+        }
+    }
     for p in policy.purposes.values() {
         let _ = writeln!(out);
         let _ = writeln!(out, "Purpose {} ({})", p.id, p.name);
         let _ = writeln!(out, "  processing activity: {}", p.processing_activity);
         let _ = writeln!(out, "  legal basis: {}", p.legal_basis);
+        match p.basis {
+            Some(b) => {
+                let _ = writeln!(out, "  art. 6 basis: {b} ({})", b.article());
+            }
+            None => {
+                let _ = writeln!(out, "  art. 6 basis: not declared (see the legal basis)");
+            }
+        }
+        for (cat, article) in SPECIAL_CATEGORIES {
+            let travels = p
+                .kinds
+                .values()
+                .any(|r| r.views.values().any(|v| v.contains(&cat)));
+            match p.special_data.get(&cat) {
+                Some(sd) => {
+                    let source = if sd.source.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", sd.source)
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  {cat} data, {article}: {}{source}",
+                        sd.condition.article()
+                    );
+                }
+                None if travels => {
+                    let _ = writeln!(
+                        out,
+                        "  {cat} data, {article}: travel, but NO CONDITION IS DECLARED \
+                         (special_data.{cat})"
+                    );
+                }
+                None => {}
+            }
+        }
         let _ = writeln!(out, "  case managers: {}", join(&p.case_managers));
         let _ = writeln!(out, "  consent recorders: {}", join(&p.consent_recorders));
         let _ = writeln!(out, "  case retention after closing: {}", p.case_retention);
@@ -72,22 +153,30 @@ pub fn explain(policy: &Policy) -> String {
                 join(&rule.senders),
                 join(&rule.recipients)
             );
-            let consent = match rule.consent {
-                ConsentRule::Required => "a valid consent of the client is required",
-                ConsentRule::NotRequired => "no consent: the covenant itself is the basis",
+            let consent = match (rule.consent, rule.basis) {
+                (ConsentRule::Required, _) => "a valid consent of the client is required",
+                (ConsentRule::NotRequired, Some(b)) if b != Art6Basis::Consent => b.article(),
+                (ConsentRule::NotRequired, _) => "no consent: the covenant itself is the basis",
             };
-            let _ = writeln!(out, "    consent: {consent}");
-            if !rule.non_consent_grounds.is_empty() {
+            let _ = writeln!(out, "    basis: {consent}");
+            if !rule.grounds.is_empty() {
                 let grounds: Vec<String> = rule
-                    .non_consent_grounds
+                    .grounds
                     .iter()
-                    .map(|g| g.to_string())
+                    .map(|g| {
+                        if policy.grounds.alerts_fg(g) {
+                            format!("{g} (alerts the FGs)")
+                        } else {
+                            format!("{g} (recorded)")
+                        }
+                    })
                     .collect();
-                let _ = writeln!(
-                    out,
-                    "    without consent only on: {} (each use alerts the FGs)",
-                    grounds.join(", ")
-                );
+                let lead = match (rule.consent, rule.ground_required) {
+                    (ConsentRule::Required, _) => "without consent only on",
+                    (ConsentRule::NotRequired, true) => "every message must name a ground",
+                    (ConsentRule::NotRequired, false) => "a sender may name",
+                };
+                let _ = writeln!(out, "    {lead}: {}", grounds.join(", "));
             }
             if let Some(t) = &rule.send_within {
                 if rule.event_time_from.is_empty() {
@@ -178,7 +267,7 @@ mod tests {
         }
         assert!(text.contains("legal basis: consent"), "{text}");
         assert!(
-            text.contains("without consent only on: acute_danger"),
+            text.contains("without consent only on: acute_danger (alerts the FGs)"),
             "{text}"
         );
     }

@@ -54,7 +54,6 @@
 mod kinds;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -68,47 +67,10 @@ pub use crate::ids::Role;
 pub use kinds::DeclaredKinds;
 
 pub mod anchors;
+pub mod grounds;
 pub mod phases;
+pub use grounds::{Art6Basis, Ground, GroundDef, Grounds, SpecialCondition, SpecialData};
 pub use phases::Phase;
-
-/// A ground for sharing without the client's consent (e.g. 002:333-344, afspraak 8f).
-#[derive(
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Debug,
-    Serialize,
-    Deserialize,
-    schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum NonConsentGround {
-    /// Acute danger to life, serious harm to the client or another, or to public safety
-    /// (002:333-340, 8f-i).
-    AcuteDanger,
-    /// Sharing is necessary to fulfil a legal obligation (002:341-342, 8f-ii).
-    LegalDuty,
-}
-
-impl NonConsentGround {
-    /// The snake_case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NonConsentGround::AcuteDanger => "acute_danger",
-            NonConsentGround::LegalDuty => "legal_duty",
-        }
-    }
-}
-
-impl fmt::Display for NonConsentGround {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Whether a kind may be sent only under the client's consent.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -151,6 +113,12 @@ pub struct Purpose {
     pub processing_activity: String,
     /// The legal basis of the processing, in words with its source.
     pub legal_basis: String,
+    /// The AVG art. 6(1) basis (`basis`); `None` in an older policy that names it in
+    /// words only. Each kind may name its own ([`KindRule::basis`]).
+    pub basis: Option<Art6Basis>,
+    /// The art. 9(2) or art. 10 condition under which each special category (`support`,
+    /// `justice`) is processed for this purpose ([`grounds::SPECIAL_CATEGORIES`]).
+    pub special_data: BTreeMap<Category, SpecialData>,
     /// How long after a case closes its data must be deleted everywhere.
     pub case_retention: PolicyDuration,
     /// Roles that may open and close a case and manage its team.
@@ -180,10 +148,18 @@ pub struct KindRule {
     pub recipients: BTreeSet<Role>,
     /// The categories each recipient role sees (its view). Every recipient role has one.
     pub views: BTreeMap<Role, BTreeSet<Category>>,
-    /// Whether consent is required.
+    /// Whether consent is required: its basis is consent ([`grounds`]).
     pub consent: ConsentRule,
-    /// Grounds that may replace consent for this kind; using one alerts the FGs.
-    pub non_consent_grounds: BTreeSet<NonConsentGround>,
+    /// The AVG art. 6(1) basis the kind is sent under: its own `basis`, else the
+    /// purpose's; `None` for an older policy's `consent = "not_required"` without one.
+    pub basis: Option<Art6Basis>,
+    /// The named grounds a sender may invoke for this kind: instead of consent, or (with
+    /// a non-consent basis) to share outside its ordinary course. A flagged ground alerts
+    /// the FGs ([`GroundDef::alert_fg`]).
+    pub grounds: BTreeSet<Ground>,
+    /// Every message must invoke one of `grounds` (a basis whose sharing the FGs review
+    /// case by case).
+    pub ground_required: bool,
     /// Deadline from the event time (observed-at, discovered-at) to acceptance.
     pub send_within: Option<PolicyDuration>,
     /// Deadline from delivery to the answer that refers to the message.
@@ -222,6 +198,8 @@ pub struct Policy {
     /// The content kinds the covenant declares itself (`[kinds.<name>]`), with their
     /// schemas; see [`Policy::kind_schema`].
     pub declared_kinds: DeclaredKinds,
+    /// The grounds senders may invoke and the covenant's justification codes.
+    pub grounds: Grounds,
 }
 
 impl Policy {
@@ -249,9 +227,22 @@ impl Policy {
             }]
         })?;
         let declared = kinds::declare(text, std::mem::take(&mut raw.kinds)).map_err(|e| vec![e])?;
+        let grounds = grounds::grounds(
+            std::mem::take(&mut raw.grounds),
+            std::mem::take(&mut raw.justifications),
+        )
+        .map_err(|(at, message)| {
+            let (line, column) = line_col(text, at);
+            vec![Error::Policy {
+                line,
+                column,
+                message,
+            }]
+        })?;
         let checker = Checker {
             text,
             declared: &declared,
+            grounds: &grounds,
             more: std::cell::RefCell::default(),
         };
         let result = checker.check(raw);
@@ -298,6 +289,10 @@ struct RawPolicy {
     purposes: BTreeMap<String, RawPurpose>,
     #[serde(default)]
     kinds: BTreeMap<String, Spanned<kinds::RawKindDecl>>,
+    #[serde(default)]
+    grounds: BTreeMap<Spanned<String>, grounds::RawGround>,
+    #[serde(default)]
+    justifications: BTreeMap<String, Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +319,9 @@ struct RawPurpose {
     name: String,
     processing_activity: String,
     legal_basis: String,
+    basis: Option<Spanned<String>>,
+    #[serde(default)]
+    special_data: BTreeMap<Spanned<String>, grounds::RawSpecialData>,
     case_retention: Spanned<String>,
     case_managers: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
@@ -341,9 +339,11 @@ struct RawKind {
     recipients: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     views: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
-    consent: Spanned<String>,
-    #[serde(default)]
-    non_consent_grounds: Vec<Spanned<String>>,
+    consent: Option<Spanned<String>>,
+    basis: Option<Spanned<String>>,
+    #[serde(default, alias = "non_consent_grounds")]
+    grounds: Vec<Spanned<String>>,
+    ground_required: Option<Spanned<bool>>,
     send_within: Option<Spanned<String>>,
     answer_within: Option<Spanned<String>>,
     #[serde(default)]
@@ -363,6 +363,8 @@ struct Checker<'a> {
     text: &'a str,
     /// The kinds the policy declares, checked before the purposes that use them.
     declared: &'a DeclaredKinds,
+    /// The grounds the policy knows, checked before the kinds that name them.
+    grounds: &'a Grounds,
     /// Problems found so far beside the one a check returns: each purpose and each kind
     /// rule is checked even when another one failed.
     more: std::cell::RefCell<Vec<Error>>,
@@ -479,6 +481,7 @@ impl Checker<'_> {
             purposes,
             calendar: Calendar::with_extra_holidays(extra),
             declared_kinds: self.declared.clone(),
+            grounds: self.grounds.clone(),
         })
     }
 
@@ -508,6 +511,13 @@ impl Checker<'_> {
             Some(d) => self.kept(self.duration(d)),
             None => Some(DEFAULT_CONSENT_BACKDATING),
         };
+        let basis = rp
+            .basis
+            .as_ref()
+            .and_then(|b| self.kept(grounds::basis(b).or_else(|(at, m)| self.err(at, m))));
+        let special_data = self
+            .kept(grounds::special_data(rp.special_data).or_else(|(at, m)| self.err(at, m)))
+            .unwrap_or_default();
         let mut kinds = BTreeMap::new();
         for (kname, rk) in rp.kinds {
             let at = rk.span().start;
@@ -536,7 +546,7 @@ impl Checker<'_> {
                 ));
                 continue;
             }
-            let rule = match self.kind(roles, kind, rk.into_inner()) {
+            let rule = match self.kind(roles, kind, basis, rk.into_inner()) {
                 Ok(rule) => rule,
                 Err(e) => {
                     self.note(e);
@@ -569,6 +579,8 @@ impl Checker<'_> {
             name: rp.name,
             processing_activity: rp.processing_activity,
             legal_basis: rp.legal_basis,
+            basis,
+            special_data,
             case_retention,
             case_managers,
             consent_recorders,
@@ -582,6 +594,7 @@ impl Checker<'_> {
         &self,
         roles: &BTreeMap<Role, RoleDef>,
         kind: Kind,
+        purpose_basis: Option<Art6Basis>,
         rk: RawKind,
     ) -> Result<KindRule, Error> {
         let senders = self.roles(roles, rk.senders.get_ref())?;
@@ -650,41 +663,50 @@ impl Checker<'_> {
                 ),
             );
         }
-        let consent = match rk.consent.get_ref().as_str() {
-            "required" => ConsentRule::Required,
-            "not_required" => ConsentRule::NotRequired,
-            other => {
-                return self.err(
-                    rk.consent.span().start,
-                    format!(
-                        "{kind}: consent must be \"required\" or \"not_required\", not '{other}'"
-                    ),
-                )
-            }
-        };
+        let (consent, basis) = self.kind_basis(kind, purpose_basis, &rk)?;
         let mut grounds = BTreeSet::new();
-        for g in &rk.non_consent_grounds {
-            let ground = match g.get_ref().as_str() {
-                "acute_danger" => NonConsentGround::AcuteDanger,
-                "legal_duty" => NonConsentGround::LegalDuty,
-                other => {
+        for g in &rk.grounds {
+            match Ground::new(g.get_ref()).filter(|g| self.grounds.get(g).is_some()) {
+                Some(ground) => {
+                    grounds.insert(ground);
+                }
+                None => {
                     return self.err(
                         g.span().start,
                         format!(
-                            "{kind}: unknown non-consent ground '{other}' (expected acute_danger \
-                             or legal_duty)"
+                            "{kind}: unknown ground '{}' (known: {}; declare others in \
+                             [grounds.<name>])",
+                            g.get_ref(),
+                            self.grounds
+                                .defs
+                                .keys()
+                                .map(|g| g.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     )
                 }
-            };
-            grounds.insert(ground);
+            }
         }
-        if consent == ConsentRule::NotRequired && !grounds.is_empty() {
-            return self.err(
-                rk.consent.span().start,
-                format!("{kind}: non_consent_grounds only make sense when consent is required"),
-            );
-        }
+        let ground_required = match &rk.ground_required {
+            Some(flag) if *flag.get_ref() && consent == ConsentRule::Required => {
+                return self.err(
+                    flag.span().start,
+                    format!(
+                        "{kind}: ground_required is for a kind whose basis is not consent \
+                         (under consent, grounds replace it only where needed)"
+                    ),
+                )
+            }
+            Some(flag) if *flag.get_ref() && grounds.is_empty() => {
+                return self.err(
+                    flag.span().start,
+                    format!("{kind}: ground_required needs the grounds it may be sent on"),
+                )
+            }
+            Some(flag) => *flag.get_ref(),
+            None => false,
+        };
         let send_within = rk
             .send_within
             .as_ref()
@@ -762,7 +784,9 @@ impl Checker<'_> {
             recipients,
             views,
             consent,
-            non_consent_grounds: grounds,
+            basis,
+            grounds,
+            ground_required,
             send_within,
             answer_within,
             answer_kinds,
@@ -772,6 +796,75 @@ impl Checker<'_> {
             answer_by,
             event_time_from,
         })
+    }
+
+    /// A kind's consent rule and art. 6 basis: its own `basis`, its `consent` key (older
+    /// policies), or the purpose's basis, in that order; the two keys must agree.
+    fn kind_basis(
+        &self,
+        kind: Kind,
+        purpose_basis: Option<Art6Basis>,
+        rk: &RawKind,
+    ) -> Result<(ConsentRule, Option<Art6Basis>), Error> {
+        let consent = match rk.consent.as_ref() {
+            None => None,
+            Some(c) => match c.get_ref().as_str() {
+                "required" => Some(ConsentRule::Required),
+                "not_required" => Some(ConsentRule::NotRequired),
+                other => {
+                    return self.err(
+                        c.span().start,
+                        format!(
+                            "{kind}: consent must be \"required\" or \"not_required\", not \
+                             '{other}'"
+                        ),
+                    )
+                }
+            },
+        };
+        let own = match &rk.basis {
+            Some(b) => Some(grounds::basis(b).or_else(|(at, m)| self.err(at, m))?),
+            None => None,
+        };
+        let rule_of = |b: Art6Basis| {
+            if b == Art6Basis::Consent {
+                ConsentRule::Required
+            } else {
+                ConsentRule::NotRequired
+            }
+        };
+        match (own, consent) {
+            (Some(b), Some(c)) if rule_of(b) != c => self.err(
+                rk.consent.as_ref().map_or(0, |c| c.span().start),
+                format!(
+                    "{kind}: basis '{b}' and consent = \"{}\" disagree (the basis alone \
+                     is enough)",
+                    if c == ConsentRule::Required {
+                        "required"
+                    } else {
+                        "not_required"
+                    }
+                ),
+            ),
+            (Some(b), _) => Ok((rule_of(b), Some(b))),
+            (None, Some(ConsentRule::Required)) => {
+                Ok((ConsentRule::Required, Some(Art6Basis::Consent)))
+            }
+            (None, Some(ConsentRule::NotRequired)) => Ok((
+                ConsentRule::NotRequired,
+                purpose_basis.filter(|b| *b != Art6Basis::Consent),
+            )),
+            (None, None) => match purpose_basis {
+                Some(b) => Ok((rule_of(b), Some(b))),
+                None => self.err(
+                    rk.senders.span().start,
+                    format!(
+                        "{kind}: no legal basis: give the kind a basis (or consent = \
+                         \"required\" / \"not_required\"), or its purpose a basis"
+                    ),
+                ),
+            },
+        }
     }
 
     fn roles(

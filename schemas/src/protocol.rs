@@ -117,7 +117,8 @@ pub enum RejectCode {
     ConsentNotValid,
     /// The consent does not cover this sender, recipient, case or purpose.
     ConsentScope,
-    /// The non-consent ground is not allowed for this kind.
+    /// The named ground is not allowed for this kind, or its justification code is not one
+    /// the covenant allows with it.
     GroundNotAllowed,
     /// The kind's legal basis does not fit (e.g. a consent-free kind sent "under consent").
     LegalBasisMismatch,
@@ -276,7 +277,8 @@ impl fmt::Display for Rejection {
 pub enum AcceptFlag {
     /// It arrived after its `send_within` deadline.
     Late,
-    /// It was sent under a non-consent ground; the FGs are alerted.
+    /// It was sent under a named ground (instead of consent, or outside the ordinary
+    /// course of its basis); a flagged ground alerts the FGs.
     NonConsentGround,
     /// It was already accepted before (an idempotent resubmission).
     Duplicate,

@@ -53,7 +53,8 @@ pub struct DataFlow {
     pub recipient: Organisation,
     /// The data categories the recipient received (its view under the policy).
     pub categories: Vec<String>,
-    /// The legal basis: `consent`, `covenant`, or `non_consent:<ground>`.
+    /// The legal basis: `consent`, the kind's art. 6 basis (`public_task`, ...),
+    /// `covenant` (an older policy naming none), or `non_consent:<ground>`.
     pub ground: String,
     /// When the recipient receipted it; `None`: not (yet) received.
     #[serde(default, skip_serializing_if = "Option::is_none")]

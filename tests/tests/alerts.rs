@@ -16,7 +16,7 @@ use ketenpost_broker::audit::AuditEvent;
 use ketenpost_schemas::envelope::LegalBasis;
 use ketenpost_schemas::keys::{self, Context};
 use ketenpost_schemas::kind::Kind;
-use ketenpost_schemas::policy::{NonConsentGround, Role};
+use ketenpost_schemas::policy::{Ground, Role};
 use ketenpost_schemas::protocol::{Request, Response};
 use ketenpost_schemas::seal::Draft;
 use ketenpost_schemas::testdata::TEST_POLICY;
@@ -141,7 +141,7 @@ async fn send_on_acute_danger(fed: &Fed, broker: &BrokerProcess) -> String {
             (corp.oin.clone(), Role::new("woningcorporatie")),
         ],
         LegalBasis::NonConsent {
-            ground: NonConsentGround::AcuteDanger,
+            ground: Ground::new("acute_danger").unwrap(),
             justification: "art-6-1-d".into(),
         },
         serde_json::to_value(ketenpost_schemas::payload::Aanmelding::example()).unwrap(),

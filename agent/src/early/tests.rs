@@ -555,7 +555,7 @@ fn ground_not_allowed_agrees() {
     let f = w.facts(false);
     let mut req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
     let basis = LegalBasis::NonConsent {
-        ground: ketenpost_schemas::policy::NonConsentGround::AcuteDanger,
+        ground: ketenpost_schemas::policy::Ground::new("acute_danger").unwrap(),
         justification: "J-1".into(),
     };
     req.legal_basis = Some(basis.clone());

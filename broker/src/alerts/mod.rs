@@ -5,7 +5,7 @@
 //!
 //! | event | when |
 //! |---|---|
-//! | `non_consent_use` | a message was sent on a non-consent ground (acute danger, a legal duty) |
+//! | `non_consent_use` | a message was sent on a ground the policy flags (`alert_fg`, the default: acute danger, a legal duty, ...); an unflagged ground is recorded (outcome `ok`), not alerted |
 //! | `breach_notice` | a breach notice (datalek-melding) was routed |
 //! | `deadline_notice` | an answer is overdue and the broker told the parties |
 //! | `deadline_late` | a message arrived after its deadline, or an answer came late |
@@ -47,12 +47,19 @@ use crate::config::ReceiverConfig;
 /// How long one POST may take.
 pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether an audit record is one an FG is alerted about.
-pub fn alerts_about(event: AuditEvent) -> bool {
+/// Whether an audit record is one an FG is alerted about. A use of a ground is, when the
+/// policy flags it (the record's outcome is `flagged`).
+pub fn alerts_about(record: &AuditRecord) -> bool {
+    match record.event {
+        AuditEvent::NonConsentUse => record.outcome == crate::audit::Outcome::Flagged,
+        event => alerts_about_event(event),
+    }
+}
+
+fn alerts_about_event(event: AuditEvent) -> bool {
     matches!(
         event,
-        AuditEvent::NonConsentUse
-            | AuditEvent::BreachNotice
+        AuditEvent::BreachNotice
             | AuditEvent::DeadlineNotice
             | AuditEvent::DeadlineLate
             | AuditEvent::DeletionOverdue

@@ -191,7 +191,7 @@ fn stage(shared: &Shared, webhooks: &[ReceiverConfig]) -> Result<usize, StoreErr
     for record in shared.audit.iter_range(cursor + 1, until) {
         let record = record?;
         last = record.seq;
-        if !alerts::alerts_about(record.event) {
+        if !alerts::alerts_about(&record) {
             continue;
         }
         for receiver in alerts::receivers(&record, webhooks) {

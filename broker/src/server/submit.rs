@@ -2,6 +2,7 @@
 //! answer clock (the store's writer thread), the answer bookkeeping, the answer.
 
 use super::*;
+use crate::audit::Outcome;
 use crate::store::PendingAnswer;
 
 /// What a submission staged in the store, to be committed and answered.
@@ -202,11 +203,17 @@ fn accepted_entries(
     };
     let mut entries =
         vec![base(AuditEntry::ok(AuditEvent::Accepted)).recipient_views(authorised.recipients())];
+    // A ground the policy flags is alerted (its record is `flagged`); an unflagged one is
+    // recorded for the FGs' grounds report only.
     if let Some(ground) = authorised.ground() {
-        entries.push(base(AuditEntry::flagged(
-            AuditEvent::NonConsentUse,
-            ground.as_str(),
-        )));
+        let outcome = if authorised.ground_alerts_fg() {
+            Outcome::Flagged
+        } else {
+            Outcome::Ok
+        };
+        entries.push(base(
+            AuditEntry::new(AuditEvent::NonConsentUse, outcome).reason_ground(ground),
+        ));
     }
     if authorised.flags().contains(&AcceptFlag::Late) {
         entries.push(base(AuditEntry::flagged(

@@ -151,18 +151,18 @@ fn check_6_legal_basis() {
     // A ground the policy does not allow for signaal.
     let mut d = fx.signaal();
     d.legal_basis = LegalBasis::NonConsent {
-        ground: NonConsentGround::LegalDuty,
+        ground: Ground::new("legal_duty").unwrap(),
         justification: "dossier-17".into(),
     };
     assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::GroundNotAllowed));
     // A ground the policy allows for aanmelding: accepted and flagged.
     let mut d = fx.draft(Kind::Aanmelding, &[(&fx.gem, "gemeente")]);
     d.legal_basis = LegalBasis::NonConsent {
-        ground: NonConsentGround::AcuteDanger,
+        ground: Ground::new("acute_danger").unwrap(),
         justification: "dossier-17".into(),
     };
     let ok = fx.check_as(&fx.zorg, &fx.seal(&fx.zorg, d)).unwrap();
-    assert_eq!(ok.ground(), Some(NonConsentGround::AcuteDanger));
+    assert_eq!(ok.ground(), Some(&Ground::new("acute_danger").unwrap()));
     assert!(ok.flags().contains(&AcceptFlag::NonConsentGround));
     // A consent that does not cover the recipient's role.
     fx.reg

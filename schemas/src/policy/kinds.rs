@@ -77,6 +77,7 @@ pub(super) fn declare(
     let checker = Checker {
         text,
         declared: &DeclaredKinds::new(),
+        grounds: &super::Grounds::default(),
         more: std::cell::RefCell::default(),
     };
     let mut out = DeclaredKinds::new();

@@ -61,8 +61,8 @@ fn a_good_policy_loads() {
     let rule = p.rule("uitstroom", Kind::Aanmelding).unwrap();
     assert_eq!(rule.consent, ConsentRule::Required);
     assert!(rule
-        .non_consent_grounds
-        .contains(&NonConsentGround::AcuteDanger));
+        .grounds
+        .contains(&Ground::new(Ground::ACUTE_DANGER).unwrap()));
     assert_eq!(
         rule.view(&Role::new("woningcorporatie")),
         [Category::Identity, Category::Contact, Category::Housing].into()
@@ -128,11 +128,7 @@ fn unknown_kind_category_ground_and_consent_are_refused() {
             "[\"medisch\"]",
             "unknown data category 'medisch'",
         ),
-        (
-            "\"acute_danger\"",
-            "\"vibes\"",
-            "unknown non-consent ground 'vibes'",
-        ),
+        ("\"acute_danger\"", "\"vibes\"", "unknown ground 'vibes'"),
         (
             "consent = \"required\"\nnon",
             "consent = \"maybe\"\nnon",
@@ -368,4 +364,171 @@ views.zorgaanbieder = ["case"]
     // The first of them is what from_toml reports.
     assert_eq!(error_of(&bad), found[0]);
     assert!(Policy::check_all(GOOD).is_ok());
+}
+
+/// A Zorg- en Veiligheidshuis-like purpose on a public task: no consent recorders, a
+/// signal that may only travel on a flagged legal duty, an unflagged meldrecht with its own
+/// justification codes, art. 9 and art. 10 conditions.
+const PUBLIC_TASK: &str = r#"
+[covenant]
+id = "zvh"
+name = "Zorg- en Veiligheidshuis"
+
+[justifications]
+wettelijke-taak = "a statutory task of the receiving party"
+meldcode-stap-5 = "step 5 of the meldcode: reporting to Veilig Thuis"
+
+[grounds.meldrecht]
+alert_fg = false
+justifications = ["meldcode-stap-5"]
+
+[grounds.politiewet_art_16]
+description = "Politie: verstrekking aan derden op grond van de Wet politiegegevens"
+source = "Wpg art. 16 lid 1"
+
+[roles.gemeente]
+[roles.politie]
+[roles.ggz]
+
+[purposes.zvh]
+name = "Persoonsgerichte aanpak"
+processing_activity = "zvh-pga"
+legal_basis = "Gemeentewet art. 160; Wpg art. 16 (convenant 3.1)"
+basis = "public_task"
+special_data.support = { condition = "substantial_public_interest", source = "UAVG art. 30(3)" }
+special_data.justice = { condition = "member_state_law", source = "UAVG art. 33(1)" }
+case_retention = "2 years"
+case_managers = ["gemeente"]
+
+[purposes.zvh.kinds.signaal]
+senders = ["politie"]
+recipients = ["gemeente", "ggz"]
+grounds = ["legal_duty", "politiewet_art_16"]
+ground_required = true
+undelivered_ttl = "7 days"
+views.gemeente = ["case", "justice"]
+views.ggz = ["case", "support"]
+
+[purposes.zvh.kinds.reactie]
+senders = ["ggz", "gemeente"]
+recipients = ["gemeente", "politie"]
+grounds = ["meldrecht"]
+undelivered_ttl = "7 days"
+views.gemeente = ["case"]
+views.politie = ["case"]
+"#;
+
+#[test]
+fn a_public_task_purpose_needs_no_consent_recorders_and_names_its_grounds() {
+    let p = Policy::from_toml(PUBLIC_TASK).unwrap();
+    let zvh = &p.purposes["zvh"];
+    assert_eq!(zvh.basis, Some(Art6Basis::PublicTask));
+    assert!(zvh.consent_recorders.is_empty());
+    assert_eq!(
+        zvh.special_data[&Category::Justice].condition,
+        SpecialCondition::MemberStateLaw
+    );
+    let signaal = p.rule("zvh", Kind::Signaal).unwrap();
+    assert_eq!(signaal.consent, ConsentRule::NotRequired);
+    assert_eq!(signaal.basis, Some(Art6Basis::PublicTask));
+    assert!(signaal.ground_required);
+    let legal_duty = Ground::new(Ground::LEGAL_DUTY).unwrap();
+    let meldrecht = Ground::new(Ground::MELDRECHT).unwrap();
+    let own = Ground::new("politiewet_art_16").unwrap();
+    assert!(signaal.grounds.contains(&legal_duty) && signaal.grounds.contains(&own));
+    // Built-in grounds alert unless the policy says otherwise; declared ones too.
+    assert!(p.grounds.alerts_fg(&legal_duty));
+    assert!(p.grounds.alerts_fg(&own));
+    assert!(!p.grounds.alerts_fg(&meldrecht));
+    // The closed list of justification codes, narrowed per ground.
+    assert_eq!(
+        p.grounds
+            .refuse_justification(&legal_duty, "wettelijke-taak"),
+        None
+    );
+    assert!(p
+        .grounds
+        .refuse_justification(&legal_duty, "dossier-17")
+        .is_some_and(|m| m.contains("not in the covenant's list")));
+    assert!(p
+        .grounds
+        .refuse_justification(&meldrecht, "wettelijke-taak")
+        .is_some_and(|m| m.contains("meldcode-stap-5")));
+    let explained = crate::explain::explain(&p);
+    for expect in [
+        "art. 6 basis: public_task (AVG art. 6(1)(e), public task)",
+        "justice data, art. 10 (criminal-law data): AVG art. 10, authorised by law",
+        "every message must name a ground: legal_duty (alerts the FGs), politiewet_art_16 (alerts the FGs)",
+        "a sender may name: meldrecht (recorded)",
+        "meldcode-stap-5: step 5 of the meldcode",
+    ] {
+        assert!(explained.contains(expect), "'{expect}' not in:\n{explained}");
+    }
+}
+
+#[test]
+fn the_legal_basis_model_refuses_what_cannot_hold() {
+    let cases = [
+        (
+            "basis = \"public_task\"",
+            "basis = \"public_interest\"",
+            "unknown legal basis 'public_interest'",
+        ),
+        (
+            "condition = \"member_state_law\"",
+            "condition = \"care\"",
+            "is an art. 9(2) condition, but justice data fall under art. 10",
+        ),
+        (
+            "special_data.support",
+            "special_data.housing",
+            "only support (art. 9) and justice (art. 10)",
+        ),
+        (
+            "grounds = [\"meldrecht\"]",
+            "grounds = [\"noodweer\"]",
+            "unknown ground 'noodweer'",
+        ),
+        (
+            "justifications = [\"meldcode-stap-5\"]",
+            "justifications = [\"stap-6\"]",
+            "justification 'stap-6' is not in [justifications]",
+        ),
+        (
+            "description = \"Politie: verstrekking",
+            "source = \"Politie: verstrekking",
+            "duplicate key",
+        ),
+        (
+            "grounds = [\"meldrecht\"]",
+            "consent = \"required\"\ngrounds = [\"meldrecht\"]",
+            "names no consent_recorders",
+        ),
+        (
+            "ground_required = true",
+            "ground_required = true\nbasis = \"consent\"",
+            "ground_required is for a kind whose basis is not consent",
+        ),
+        (
+            "grounds = [\"meldrecht\"]",
+            "basis = \"public_task\"\nconsent = \"required\"\ngrounds = [\"meldrecht\"]",
+            "basis 'public_task' and consent = \"required\" disagree",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        let bad = PUBLIC_TASK.replacen(from, to, 1);
+        assert_ne!(bad, PUBLIC_TASK, "replacement of {from} did nothing");
+        let (line, msg) = error_of(&bad);
+        assert!(msg.contains(expect), "expected '{expect}' in '{msg}'");
+        assert!(line.is_some(), "no line for '{expect}'");
+    }
+    // A declared ground without a description: nobody could tell what it means.
+    let bad = PUBLIC_TASK.replace(
+        "description = \"Politie: verstrekking aan derden op grond van de Wet politiegegevens\"\n",
+        "",
+    );
+    assert!(error_of(&bad).1.contains("needs a description"));
+    // Without any basis the kind cannot be sent at all.
+    let bad = PUBLIC_TASK.replace("basis = \"public_task\"\n", "");
+    assert!(error_of(&bad).1.contains("no legal basis"), "{bad}");
 }
