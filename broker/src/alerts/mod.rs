@@ -247,3 +247,56 @@ pub async fn post(
         Err(_) => Err(PostError::Timeout),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Outcome, GENESIS_HASH};
+
+    fn rec(event: AuditEvent, outcome: Outcome, reason: &str) -> AuditRecord {
+        AuditRecord {
+            seq: 1,
+            time: chrono::Utc::now(),
+            event,
+            actor: Some(format!("{:020}", 1)),
+            user: None,
+            case_ref: Some("case-a".into()),
+            purpose: None,
+            processing_activity: None,
+            kind: Some("signaal".into()),
+            message_id: Some("m1".into()),
+            counterparties: Vec::new(),
+            outcome,
+            reason: Some(reason.into()),
+            trace_id: None,
+            request_digest: None,
+            document_serial: None,
+            recipient_views: Default::default(),
+            due_at: None,
+            broken_seq: None,
+            prev_hash: GENESIS_HASH.into(),
+            hash: String::new(),
+        }
+    }
+
+    /// A ground the policy flags is alerted; one it does not flag is recorded only.
+    #[test]
+    fn only_a_flagged_ground_is_alerted() {
+        assert!(alerts_about(&rec(
+            AuditEvent::NonConsentUse,
+            Outcome::Flagged,
+            "legal_duty"
+        )));
+        assert!(!alerts_about(&rec(
+            AuditEvent::NonConsentUse,
+            Outcome::Ok,
+            "meldrecht"
+        )));
+        assert!(alerts_about(&rec(
+            AuditEvent::BreachNotice,
+            Outcome::Ok,
+            "routed_to_parties_concerned"
+        )));
+        assert!(!alerts_about(&rec(AuditEvent::Accepted, Outcome::Ok, "x")));
+    }
+}

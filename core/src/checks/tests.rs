@@ -833,3 +833,103 @@ fn a_case_manager_moves_the_case_and_its_phase_bounds_the_kinds() {
         Kind::DatalekMelding
     ));
 }
+
+/// A public-task kind whose every message must name a flagged ground: no consent is
+/// looked at, the ground and its justification code are checked against the policy, and
+/// an unflagged ground goes through without an FG alert.
+#[test]
+fn a_public_task_kind_goes_on_its_grounds_and_their_justification_codes() {
+    use ketenpost_schemas::policy::{Art6Basis, GroundDef};
+    let mut fx = Fx::new();
+    let legal_duty = Ground::new(Ground::LEGAL_DUTY).unwrap();
+    let meldrecht = Ground::new(Ground::MELDRECHT).unwrap();
+    {
+        let p = &mut fx.strict;
+        let rule = p
+            .purposes
+            .get_mut("uitstroom")
+            .unwrap()
+            .kinds
+            .get_mut(&Kind::Signaal)
+            .unwrap();
+        rule.consent = ConsentRule::NotRequired;
+        rule.basis = Some(Art6Basis::PublicTask);
+        rule.grounds = [legal_duty.clone(), meldrecht.clone()].into();
+        rule.ground_required = true;
+        p.grounds
+            .justifications
+            .insert("wettelijke-taak".into(), "a statutory task".into());
+        p.grounds
+            .justifications
+            .insert("meldcode".into(), "the meldcode".into());
+        let m: &mut GroundDef = p.grounds.defs.get_mut(&meldrecht).unwrap();
+        m.alert_fg = false;
+        m.justifications = Some(["meldcode".to_owned()].into());
+    }
+    let on = |ground: &Ground, code: &str| {
+        let mut d = fx.signaal();
+        d.legal_basis = LegalBasis::NonConsent {
+            ground: ground.clone(),
+            justification: code.into(),
+        };
+        d
+    };
+    // On the flagged legal duty with a listed code: accepted, flagged, alerting.
+    let ok = fx
+        .check_as(
+            &fx.corp,
+            &fx.seal(&fx.corp, on(&legal_duty, "wettelijke-taak")),
+        )
+        .unwrap();
+    assert_eq!(ok.ground(), Some(&legal_duty));
+    assert!(ok.ground_alerts_fg());
+    assert!(ok.flags().contains(&AcceptFlag::NonConsentGround));
+    // On the unflagged meldrecht: accepted, recorded, no alert.
+    let ok = fx
+        .check_as(&fx.corp, &fx.seal(&fx.corp, on(&meldrecht, "meldcode")))
+        .unwrap();
+    assert!(!ok.ground_alerts_fg());
+    // A code outside the covenant's list, or one the ground does not allow.
+    assert_eq!(
+        fx.code(&fx.corp, on(&legal_duty, "dossier-17")),
+        Some(RejectCode::GroundNotAllowed)
+    );
+    assert_eq!(
+        fx.code(&fx.corp, on(&meldrecht, "wettelijke-taak")),
+        Some(RejectCode::GroundNotAllowed)
+    );
+    // A ground the kind does not name.
+    assert_eq!(
+        fx.code(
+            &fx.corp,
+            on(
+                &Ground::new(Ground::ACUTE_DANGER).unwrap(),
+                "wettelijke-taak"
+            )
+        ),
+        Some(RejectCode::GroundNotAllowed)
+    );
+    // Without a ground, or "under consent" (even a valid one): refused.
+    let mut d = fx.signaal();
+    d.legal_basis = LegalBasis::Covenant;
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::LegalBasisMismatch));
+    let mut d = fx.signaal();
+    d.legal_basis = LegalBasis::Consent {
+        consent_id: fx.consent,
+    };
+    assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::LegalBasisMismatch));
+    // Without ground_required the basis alone carries it.
+    fx.strict
+        .purposes
+        .get_mut("uitstroom")
+        .unwrap()
+        .kinds
+        .get_mut(&Kind::Signaal)
+        .unwrap()
+        .ground_required = false;
+    let mut d = fx.signaal();
+    d.legal_basis = LegalBasis::Covenant;
+    let ok = fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).unwrap();
+    assert_eq!(ok.ground(), None);
+    assert!(!ok.flags().contains(&AcceptFlag::NonConsentGround));
+}
