@@ -221,10 +221,13 @@ pub struct SendArgs {
     /// Send under this consent (default: a matching consent on file at the agent).
     #[arg(long, conflicts_with = "ground")]
     pub consent: Option<uuid::Uuid>,
-    /// Send under a non-consent ground the policy allows: acute_danger or legal_duty.
+    /// Send on a named ground the policy allows for the kind (acute_danger, legal_duty,
+    /// conflict_van_plichten, meldrecht, or one the covenant declares): instead of
+    /// consent, or where the kind's basis requires a ground (`policy explain` lists them).
     #[arg(long, requires = "justification")]
     pub ground: Option<String>,
-    /// The code of the justification recorded in your own file (no free text).
+    /// The justification code: one of the covenant's list (`policy explain` shows it), or,
+    /// where the covenant keeps none, a code into your own file (no free text).
     #[arg(long)]
     pub justification: Option<String>,
     /// The event time (RFC 3339); by default taken from the payload.
