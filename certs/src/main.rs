@@ -220,6 +220,9 @@ fn main() -> ExitCode {
                         p.covenant.id,
                         p.purposes.len()
                     );
+                    for gap in ketenpost_schemas::explain::gaps(&p) {
+                        println!("note: {gap}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(problems) => {

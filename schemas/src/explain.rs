@@ -230,6 +230,35 @@ pub fn explain(policy: &Policy) -> String {
     out
 }
 
+/// What a policy leaves for its FG to decide, though it loads: a purpose without an
+/// art. 6 basis, or through which health or justice data travel without the art. 9 or
+/// art. 10 condition. `policy check` prints these as notes.
+pub fn gaps(policy: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in policy.purposes.values() {
+        if p.basis.is_none() {
+            out.push(format!(
+                "purpose '{}' names no art. 6 basis (basis = \"consent\", \"public_task\", ...)",
+                p.id
+            ));
+        }
+        for (cat, article) in SPECIAL_CATEGORIES {
+            let travels = p
+                .kinds
+                .values()
+                .any(|r| r.views.values().any(|v| v.contains(&cat)));
+            if travels && !p.special_data.contains_key(&cat) {
+                out.push(format!(
+                    "purpose '{}': {cat} data travel, but it names no {article} condition \
+                     (special_data.{cat})",
+                    p.id
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn join<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
     let v: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
     if v.is_empty() {
@@ -356,5 +385,38 @@ mod seed_readme_tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod gap_tests {
+    use super::*;
+
+    /// The seeds declare every basis and condition; the test covenant, written before the
+    /// legal-basis model, declares none, and each gap is named.
+    #[test]
+    fn gaps_name_a_missing_basis_and_special_data_condition() {
+        for seed in [
+            include_str!("../policies/walcheren.toml"),
+            include_str!("../policies/flevoland.toml"),
+            include_str!("../policies/friesland.toml"),
+            include_str!("../policies/kennemerland.toml"),
+            include_str!("../policies/enschede.toml"),
+        ] {
+            let p = Policy::from_toml(seed).unwrap();
+            assert_eq!(gaps(&p), Vec::<String>::new(), "{}", p.covenant.id);
+        }
+        let p = Policy::from_toml(crate::testdata::TEST_POLICY).unwrap();
+        let gaps = gaps(&p);
+        assert!(
+            gaps.iter()
+                .any(|g| g.contains("purpose 'uitstroom' names no art. 6 basis")),
+            "{gaps:?}"
+        );
+        assert!(
+            gaps.iter().any(|g| g.contains("support data travel")),
+            "{gaps:?}"
+        );
     }
 }
