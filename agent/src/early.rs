@@ -166,6 +166,23 @@ pub fn check_send(
         )
     })?;
 
+    // (5) The case's state as far as this agent knows it for certain: a close or a phase
+    // move it made or the broker told it of. Not knowing the phase is the broker's to
+    // decide.
+    if let Some(c) = cx
+        .case
+        .filter(|c| c.purpose == purpose_id && (c.closed_at.is_some() || c.phase.is_some()))
+    {
+        checks::check_case_state(
+            &req.case_ref,
+            c.closed_at.is_some(),
+            c.phase.as_deref(),
+            purpose,
+            req.kind,
+        )
+        .map_err(Error::refused_early)?;
+    }
+
     // The covenant's own required items for this kind (e.g. a breach notice's items a-e).
     let missing = ketenpost_schemas::payload::missing_fields(&rule.required_fields, &req.payload);
     if !missing.is_empty() {

@@ -53,11 +53,11 @@ pub struct KnownCase {
     pub complete: bool,
     /// How the agent knows the case.
     pub knowledge: Knowledge,
-    /// When it was closed, when this agent closed it or the broker told it that it closed
-    /// the case at the end of its phase; local retention counts from here.
+    /// When it was closed: by this agent, or as the broker told it (a case manager closed
+    /// it, or the broker did at the end of its phase); local retention counts from here.
     pub closed_at: Option<DateTime<Utc>>,
-    /// The phase the case is in, when this agent moved it there (`None`: the purpose's
-    /// first phase, or not known here).
+    /// The phase the case is in, when this agent moved it there or the broker told it of
+    /// a case manager's move (`None`: the purpose's first phase, or not known here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// When the broker told this agent (a case manager) that the case's phase was due for

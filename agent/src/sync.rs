@@ -630,12 +630,16 @@ async fn handle_notice(core: &Core, rec: &SignedRecord) -> Result<(), Error> {
             Ok(())
         }
         Kind::CaseChange => {
-            // The broker's own case changes: a case it closed at the end of its phase, or
-            // its notice that a case is due for review.
+            // Case changes the broker passes on: a case it closed at the end of its phase,
+            // its notice that a case is due for review, and a case manager's phase move
+            // or close (so this agent's early checks know what the case allows).
             let Some(change) = broker_record::<CaseChange>(core, rec) else {
                 return Ok(());
             };
-            if !matches!(change.change, CaseOp::Close | CaseOp::ReviewDue { .. }) {
+            if !matches!(
+                change.change,
+                CaseOp::Close | CaseOp::ReviewDue { .. } | CaseOp::EnterPhase { .. }
+            ) {
                 error!(case = %change.case_ref, "broker case change of a kind it does not make; ignored");
                 return Ok(());
             }
@@ -650,8 +654,11 @@ async fn handle_notice(core: &Core, rec: &SignedRecord) -> Result<(), Error> {
             })?;
             core.store.flush().await?;
             match &change.change {
+                CaseOp::EnterPhase { phase } => {
+                    info!(case = %change.case_ref, known = known.is_some(), phase = %phase, "the case moved to another phase")
+                }
                 CaseOp::Close => {
-                    warn!(case = %change.case_ref, known = known.is_some(), "the broker closed the case at the end of its phase")
+                    warn!(case = %change.case_ref, known = known.is_some(), by = %change.by, "the case was closed")
                 }
                 _ => {
                     warn!(case = %change.case_ref, known = known.is_some(), "the case is due for review")

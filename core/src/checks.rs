@@ -389,28 +389,13 @@ fn decide(
             ),
         ));
     }
-    // A breach notice or a correction may still concern a closed case (its data are
-    // still held).
-    if !case.is_open() && !h.kind.routed_by_audit() {
-        return Err(reject(
-            RejectCode::CaseClosed,
-            format!("case {} is closed", h.case_ref),
-        ));
-    }
-    if !phases::allows(&purpose.phases, case.phase.as_deref(), h.kind) {
-        return Err(reject(
-            RejectCode::KindNotInPhase,
-            format!(
-                "case {} is in phase '{}', which does not allow {}",
-                h.case_ref,
-                case.phase
-                    .as_deref()
-                    .or(purpose.phases.first().map(|p| p.name.as_str()))
-                    .unwrap_or_default(),
-                h.kind
-            ),
-        ));
-    }
+    check_case_state(
+        &h.case_ref,
+        !case.is_open(),
+        case.phase.as_deref(),
+        purpose,
+        h.kind,
+    )?;
     let sender_role = case.role_of(&h.sender).ok_or_else(|| {
         reject(
             RejectCode::NotInCaseTeam,
@@ -501,6 +486,37 @@ fn decide(
         expires_at,
         breach,
     })
+}
+
+/// Part of check 5: whether a message of `kind` may be sent in a case that is `closed` or
+/// in `phase` (`None`: the purpose's first phase). A breach notice or a correction may still
+/// concern a closed case (its data are still held) and passes every phase. The agent runs
+/// it on what it knows for certain (a close or a phase move the broker told it of).
+pub fn check_case_state(
+    case_ref: &CaseRef,
+    closed: bool,
+    phase: Option<&str>,
+    purpose: &ketenpost_schemas::policy::Purpose,
+    kind: Kind,
+) -> Result<(), Rejection> {
+    if closed && !kind.routed_by_audit() {
+        return Err(reject(
+            RejectCode::CaseClosed,
+            format!("case {case_ref} is closed"),
+        ));
+    }
+    if !phases::allows(&purpose.phases, phase, kind) {
+        return Err(reject(
+            RejectCode::KindNotInPhase,
+            format!(
+                "case {case_ref} is in phase '{}', which does not allow {kind}",
+                phase
+                    .or(purpose.phases.first().map(|p| p.name.as_str()))
+                    .unwrap_or_default(),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_recipients(

@@ -565,6 +565,14 @@ pub fn control(
             if let Some(o) = other {
                 e = e.counterparty(o);
             }
+            // The other members' agents learn of a phase move or a close at once (the
+            // broker signs the notice), so that their own early checks refuse what the
+            // case no longer allows instead of sending it to be refused here.
+            if matches!(change.change, CaseOp::EnterPhase { .. } | CaseOp::Close) {
+                for member in case.members.keys().filter(|m| *m != actor) {
+                    fx.notify(member, Notice::Case(change.clone()));
+                }
+            }
             fx.writes.push(Write::Case(case));
             e
         }
@@ -756,6 +764,64 @@ mod phase_terms_tests {
         // Decided again on the state it produced: nothing more.
         assert!(!phase_term_due(noted, &fx.strict, later));
         assert!(phase_terms(noted.clone(), &fx.strict, &broker(), later).is_empty());
+    }
+
+    /// A case manager's phase move and close reach every other member; a member change
+    /// does not (the new member's agent registers the case itself).
+    #[test]
+    fn a_managers_phase_move_and_close_are_passed_to_the_other_members() {
+        let (fx, mut case) = phased();
+        let change = |op: CaseOp| CaseChange {
+            case_ref: case.case_ref.clone(),
+            covenant: case.covenant.clone(),
+            purpose: case.purpose.clone(),
+            change: op,
+            by: fx.gem.oin.clone(),
+            at: fx.now,
+        };
+        let others: Vec<Oin> = case
+            .members
+            .keys()
+            .filter(|m| **m != fx.gem.oin)
+            .cloned()
+            .collect();
+        case.phase = Some("waakvlam".into());
+        for op in [
+            CaseOp::EnterPhase {
+                phase: "waakvlam".into(),
+            },
+            CaseOp::Close,
+        ] {
+            let moved = control(
+                ControlEffect::CaseChanged {
+                    case: case.clone(),
+                    change: change(op.clone()),
+                },
+                &fx.gem.oin,
+                None,
+                &fx.strict,
+                fx.now,
+            );
+            let told = notices(&moved);
+            assert_eq!(
+                told.iter().map(|(to, _)| to.clone()).collect::<Vec<_>>(),
+                others
+            );
+            assert!(told.iter().all(|(_, o)| *o == op));
+        }
+        let added = control(
+            ControlEffect::CaseChanged {
+                case: case.clone(),
+                change: change(CaseOp::RemoveMember {
+                    oin: fx.corp.oin.clone(),
+                }),
+            },
+            &fx.gem.oin,
+            None,
+            &fx.strict,
+            fx.now,
+        );
+        assert!(added.notices.is_empty());
     }
 
     #[test]
