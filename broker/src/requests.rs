@@ -230,7 +230,6 @@ pub fn cells(rows: &[RequestRow]) -> (Vec<&'static str>, Vec<Vec<String>>) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::audit::GENESIS_HASH;
     use chrono::Duration;
 
     fn oin(n: u64) -> String {
@@ -239,27 +238,10 @@ mod tests {
 
     fn rec(event: AuditEvent, at: DateTime<Utc>, actor: u64, id: &str) -> AuditRecord {
         AuditRecord {
-            seq: 0,
-            time: at,
-            event,
             actor: Some(oin(actor)),
-            user: None,
             case_ref: Some("case-a".into()),
-            purpose: None,
-            processing_activity: None,
-            kind: None,
             message_id: Some(id.into()),
-            counterparties: Vec::new(),
-            outcome: Outcome::Ok,
-            reason: None,
-            trace_id: None,
-            request_digest: None,
-            document_serial: None,
-            recipient_views: Default::default(),
-            due_at: None,
-            broken_seq: None,
-            prev_hash: GENESIS_HASH.into(),
-            hash: String::new(),
+            ..crate::audit::bare_record(event, at)
         }
     }
 

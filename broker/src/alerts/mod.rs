@@ -251,31 +251,13 @@ pub async fn post(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{Outcome, GENESIS_HASH};
+    use crate::audit::Outcome;
 
     fn rec(event: AuditEvent, outcome: Outcome, reason: &str) -> AuditRecord {
         AuditRecord {
-            seq: 1,
-            time: chrono::Utc::now(),
-            event,
-            actor: Some(format!("{:020}", 1)),
-            user: None,
-            case_ref: Some("case-a".into()),
-            purpose: None,
-            processing_activity: None,
-            kind: Some("signaal".into()),
-            message_id: Some("m1".into()),
-            counterparties: Vec::new(),
             outcome,
             reason: Some(reason.into()),
-            trace_id: None,
-            request_digest: None,
-            document_serial: None,
-            recipient_views: Default::default(),
-            due_at: None,
-            broken_seq: None,
-            prev_hash: GENESIS_HASH.into(),
-            hash: String::new(),
+            ..crate::audit::bare_record(event, chrono::Utc::now())
         }
     }
 
