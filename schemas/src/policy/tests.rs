@@ -369,3 +369,76 @@ views.zorgaanbieder = ["case"]
     assert_eq!(error_of(&bad), found[0]);
     assert!(Policy::check_all(GOOD).is_ok());
 }
+
+/// A policy file as JSON, the way an editor's TOML tooling hands it to the schema.
+fn as_json(text: &str) -> serde_json::Value {
+    toml::from_str(text).unwrap()
+}
+
+/// The shipped JSON Schema of the policy file accepts every seed policy (and the test
+/// covenant), and refuses a misspelled key, a wrong category and a loose duration, each
+/// of which `Policy::from_toml` refuses too.
+#[test]
+fn the_policy_file_schema_accepts_the_seeds_and_refuses_mistakes() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shipped: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("json/policy.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, super::json_schema(), "bless schemas/json");
+    let validator = jsonschema::validator_for(&shipped).unwrap();
+    let mut seeds = vec![crate::testdata::TEST_POLICY.to_owned()];
+    for entry in std::fs::read_dir(dir.join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            seeds.push(std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    assert_eq!(seeds.len(), 6);
+    for text in &seeds {
+        let errors: Vec<String> = validator
+            .iter_errors(&as_json(text))
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    let walcheren = std::fs::read_to_string(dir.join("policies/walcheren.toml")).unwrap();
+    let mistakes = [
+        ("undelivered_ttl = ", "undelivred_ttl = ", "undelivred_ttl"),
+        (
+            "views.gemeente = [\"case\"",
+            "views.gemeente = [\"helth\"",
+            "helth",
+        ),
+        ("\"48 hours\"", "\"48h\"", "48h"),
+        (
+            "case_retention = \"",
+            "case_retension = \"",
+            "case_retension",
+        ),
+    ];
+    for (from, to, named) in mistakes {
+        assert!(walcheren.contains(from), "{from}");
+        let bad = walcheren.replacen(from, to, 1);
+        assert!(Policy::from_toml(&bad).is_err(), "{to}");
+        let errors: Vec<String> = validator
+            .iter_errors(&as_json(&bad))
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.iter().any(|e| e.contains(named)), "{to}: {errors:?}");
+    }
+    // A schema in a file needs its digest; both inline and file is refused.
+    let kind = |decl: &str| {
+        as_json(&format!(
+            "{}\n[kinds.risicotaxatie]\n{decl}\n",
+            crate::testdata::TEST_POLICY
+        ))
+    };
+    let sha = format!("schema_sha256 = \"{}\"", "0".repeat(64));
+    assert!(validator.is_valid(&kind(&format!("schema_file = \"kinds/r.json\"\n{sha}"))));
+    assert!(!validator.is_valid(&kind("schema_file = \"kinds/r.json\"")));
+    assert!(!validator.is_valid(&kind(&format!(
+        "schema = '{{}}'\nschema_file = \"kinds/r.json\"\n{sha}"
+    ))));
+    assert!(!validator.is_valid(&kind(&format!("schema_file = \"../r.json\"\n{sha}"))));
+}
