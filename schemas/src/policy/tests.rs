@@ -442,3 +442,39 @@ fn the_policy_file_schema_accepts_the_seeds_and_refuses_mistakes() {
     ))));
     assert!(!validator.is_valid(&kind(&format!("schema_file = \"../r.json\"\n{sha}"))));
 }
+
+/// The README's "Every key" table names every key of the policy file (every property in
+/// its JSON Schema), so a key added to a raw struct cannot go undocumented.
+#[test]
+fn the_readme_documents_every_policy_key() {
+    fn keys(schema: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match schema {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                map.values().for_each(|v| keys(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = BTreeSet::new();
+    keys(&super::json_schema(), &mut all);
+    assert!(all.len() > 30, "{all:?}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme.find("### Every key").unwrap();
+    let end = start + readme[start + 1..].find("\n### ").unwrap();
+    let table = &readme[start..end];
+    let missing: Vec<&String> = all
+        .iter()
+        .filter(|k| {
+            // A key, `views.<role>`, or a table such as `[roles.<role>]`.
+            [format!("`{k}`"), format!("`{k}.<"), format!("`[{k}")]
+                .iter()
+                .all(|written| !table.contains(written.as_str()))
+        })
+        .collect();
+    assert!(missing.is_empty(), "README's 'Every key' lacks {missing:?}");
+}
