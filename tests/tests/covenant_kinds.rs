@@ -273,6 +273,34 @@ async fn a_covenant_kind_with_its_schema_in_a_file_travels_with_its_views() -> R
         !ok && said.contains("kind 'risicotaxatie'") && said.contains("schema_sha256 pins"),
         "policy check of a changed file: {said}"
     );
+    let federation = region.fed.path("fed");
+    let federation = federation.to_string_lossy();
+    let (ok, said) = certs(&[
+        "policy",
+        "sign",
+        "--federation",
+        &federation,
+        &source.to_string_lossy(),
+    ])?;
+    ensure!(
+        !ok && said.contains("schema_sha256 pins"),
+        "policy sign of a changed file: {said}"
+    );
+    // The file as pinned again: `policy sign` makes the next version, self-contained.
+    std::fs::write(region.fed.path("kinds/risicotaxatie.schema.json"), &schema)?;
+    let (ok, said) = certs(&[
+        "policy",
+        "sign",
+        "--federation",
+        &federation,
+        &source.to_string_lossy(),
+    ])?;
+    ensure!(ok && said.contains("version 2"), "policy sign: {said}");
+    let signed = std::fs::read_to_string(&region.fed.files.policy.file)?;
+    ensure!(
+        !signed.contains("schema_file") && signed.contains(&inline),
+        "{signed}"
+    );
 
     let regie = region.agent("procesregisseur")?;
     let politie = region.agent("politie")?;
