@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 
 use age::secrecy::ExposeSecret;
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::directory::{
-    self, BrokerEntry, Directory, FgEntry, FgScope, Party, MAX_DOCUMENT_BYTES,
-};
+use ketenpost_schemas::directory::{self, BrokerEntry, Directory, FgEntry, FgScope, Party};
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self, Context};
 use ketenpost_schemas::policy::{Policy, Role};
@@ -66,7 +64,8 @@ const CA_DAYS: i64 = 3 * 365;
 /// What [`init`] should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitOptions {
-    /// The covenant policy (TOML). Copied byte for byte and signed.
+    /// The covenant policy (TOML). Copied byte for byte and signed; a kind's
+    /// `schema_file` is put inline first ([`crate::policy_file`]).
     pub policy: PathBuf,
     /// The output directory; created if missing.
     pub out: PathBuf,
@@ -96,8 +95,7 @@ impl InitOptions {
 /// Create a complete dev federation (see the crate docs for the layout) and return it as
 /// loaded back from its manifest.
 pub fn init(opts: &InitOptions) -> Result<Federation, Error> {
-    let policy_bytes = fs::read(&opts.policy).map_err(|e| Error::read(&opts.policy, e))?;
-    let policy = parse_policy(&opts.policy, &policy_bytes)?;
+    let (policy_bytes, policy) = crate::policy_file::signable(&opts.policy)?;
     let roster = match &opts.roster {
         Some(path) => {
             let text = fs::read_to_string(path).map_err(|e| Error::read(path, e))?;
@@ -125,28 +123,6 @@ pub fn init(opts: &InitOptions) -> Result<Federation, Error> {
     }
     write_files(&opts.out, &files)?;
     Federation::load(&opts.out)
-}
-
-fn parse_policy(path: &Path, bytes: &[u8]) -> Result<Policy, Error> {
-    let bad = |source| Error::Policy {
-        path: path.to_path_buf(),
-        source,
-    };
-    if bytes.len() > MAX_DOCUMENT_BYTES {
-        return Err(bad(ketenpost_schemas::Error::TooLarge {
-            what: "policy",
-            size: bytes.len(),
-            limit: MAX_DOCUMENT_BYTES,
-        }));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| {
-        bad(ketenpost_schemas::Error::Policy {
-            line: None,
-            column: None,
-            message: "policy is not UTF-8".into(),
-        })
-    })?;
-    Policy::from_toml(text).map_err(bad)
 }
 
 fn with_roster_path(e: Error, path: &Path) -> Error {

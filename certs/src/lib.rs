@@ -42,6 +42,7 @@
 //! | [`federation`] | the manifest and [`Federation`], the federation read back from disk |
 //! | [`roster`] | which parties exist: one per role by default, or a roster file |
 //! | [`pki`] | CA, certificates, CRL; [`oin_from_cert_der`] and [`fingerprint`] |
+//! | [`policy_file`] | a policy file on disk with its kinds' schema files, made self-contained for signing |
 //!
 //! Private keys are created with mode 0600 at `open` time (never chmod-ed later) and
 //! nothing is overwritten unless `force` is given. This tool is for development and tests
@@ -54,6 +55,7 @@ pub mod federation;
 mod init;
 pub mod lifecycle;
 pub mod pki;
+pub mod policy_file;
 pub mod revoke;
 pub mod roster;
 

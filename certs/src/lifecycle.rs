@@ -127,7 +127,8 @@ fn parse_policy(bytes: &[u8]) -> Result<Policy, Error> {
     Policy::from_toml(text).map_err(schema("new policy"))
 }
 
-/// `policy sign`: put `policy` (a TOML file's exact bytes) in force as the next version.
+/// `policy sign`: put `policy` (a self-contained TOML text's exact bytes, see
+/// [`crate::policy_file::signable`]) in force as the next version.
 /// The directory is carried over (new serial, bound to the new policy) and must still fit
 /// it: every role a party has must exist.
 pub fn sign_policy(fed: &Federation, policy: &[u8], now: DateTime<Utc>) -> Result<u64, Error> {

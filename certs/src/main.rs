@@ -71,6 +71,9 @@ enum PolicyCommand {
         /// The policy (TOML).
         file: PathBuf,
     },
+    /// Print the JSON Schema of the policy file (draft-07), for editors that validate a
+    /// policy as it is written; the same as schemas/json/policy.schema.json.
+    Schema,
     /// Print the policy as a table an FG can read and sign off: per purpose and kind, who
     /// may send to whom, which fields and categories each role sees, the legal basis and
     /// grounds, and the terms.
@@ -198,19 +201,19 @@ fn main() -> ExitCode {
         }),
         Command::Policy {
             command: PolicyCommand::Sign { federation, file },
-        } => sign(&federation, &file, "policy", lifecycle::sign_policy),
+        } => match ketenpost_certs::policy_file::signable(&file) {
+            Ok((bytes, _)) => sign(&federation, &bytes, "policy", lifecycle::sign_policy),
+            Err(e) => fail(e),
+        },
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => {
-            let checked = std::fs::read_to_string(&file)
-                .map_err(|e| vec![format!("{}: {e}", file.display())])
-                .and_then(|text| {
-                    ketenpost_schemas::policy::Policy::check_all(&text).map_err(|errors| {
-                        errors
-                            .iter()
-                            .map(|e| format!("{}: {e}", file.display()))
-                            .collect()
-                    })
+            let checked =
+                ketenpost_certs::policy_file::check_all(&file).map_err(|errors| -> Vec<String> {
+                    errors
+                        .iter()
+                        .map(|e| format!("{}: {e}", file.display()))
+                        .collect()
                 });
             match checked {
                 Ok(p) => {
@@ -235,6 +238,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Policy {
+            command: PolicyCommand::Schema,
+        } => match serde_json::to_string_pretty(&ketenpost_schemas::policy::json_schema()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Policy {
             command: PolicyCommand::Explain { file },
         } => match read_policy(&file) {
             Ok(p) => {
@@ -248,7 +260,10 @@ fn main() -> ExitCode {
         },
         Command::Directory {
             command: SignCommand::Sign { federation, file },
-        } => sign(&federation, &file, "directory", lifecycle::sign_directory),
+        } => match std::fs::read(&file) {
+            Ok(bytes) => sign(&federation, &bytes, "directory", lifecycle::sign_directory),
+            Err(e) => fail(format!("{}: {e}", file.display())),
+        },
     }
 }
 
@@ -257,9 +272,8 @@ const EXIT_DATA: u8 = 65;
 
 /// Read and check a policy file; the error names the file, line and column.
 fn read_policy(file: &std::path::Path) -> Result<ketenpost_schemas::policy::Policy, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    ketenpost_schemas::policy::Policy::from_toml(&text)
-        .map_err(|e| format!("{}: {e}", file.display()))
+    ketenpost_certs::policy_file::check_all(file)
+        .map_err(|mut errors| format!("{}: {}", file.display(), errors.swap_remove(0)))
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
@@ -320,7 +334,7 @@ fn issue(
 
 fn sign(
     federation: &std::path::Path,
-    file: &std::path::Path,
+    bytes: &[u8],
     what: &str,
     f: impl FnOnce(
         &Federation,
@@ -332,11 +346,7 @@ fn sign(
         Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
-        Err(e) => return fail(format!("{}: {e}", file.display())),
-    };
-    match f(&fed, &bytes, chrono::Utc::now()) {
+    match f(&fed, bytes, chrono::Utc::now()) {
         Ok(serial) => {
             println!("the {what} is signed as version {serial} (directory serial)");
             ExitCode::SUCCESS

@@ -36,10 +36,7 @@ pub fn lenient() -> String {
     let signaal = uit["signaal"].as_table_mut().unwrap();
     signaal["recipients"] =
         toml::Value::from(vec!["zorgaanbieder", "gemeente", "woningcorporatie"]);
-    signaal.insert(
-        "non_consent_grounds".into(),
-        toml::Value::from(vec!["legal_duty"]),
-    );
+    signaal.insert("grounds".into(), toml::Value::from(vec!["legal_duty"]));
     signaal["views"]
         .as_table_mut()
         .unwrap()

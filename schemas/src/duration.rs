@@ -272,16 +272,43 @@ impl JsonSchema for PolicyDuration {
         "ketenpost_schemas::duration::PolicyDuration".into()
     }
 
-    /// A string of a positive whole number and a unit. The pattern only checks the shape:
-    /// units are case-insensitive and bilingual, which a JSON Schema pattern cannot say
-    /// readably, so the unit itself is checked when the policy is parsed.
+    /// A string in the strict grammar: [`PolicyDuration::pattern`], which also holds the
+    /// agreement of unit and number; the upper bound of 100 years is checked when the
+    /// policy is parsed.
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "type": "string",
-            "pattern": "^[1-9][0-9]{0,5} (hours?|days?|weeks?|months?|years?|workdays?|uur|dag|dagen|week|weken|maand|maanden|jaar|werkdag|werkdagen)$",
+            "pattern": PolicyDuration::pattern(),
             "description": "A whole number from 1, one space and a unit that agrees with it: hour(s) or uur, day(s) or dag/dagen, week(s) or week/weken, month(s) or maand/maanden, year(s) or jaar, workday(s) or werkdag/werkdagen; at most 100 years. E.g. \"48 hours\", \"1 werkdag\", \"5 werkdagen\".",
             "examples": ["48 hours", "5 workdays", "7 years"]
         })
+    }
+}
+
+impl PolicyDuration {
+    /// A regular expression (ECMA 262, as JSON Schema uses) for the grammar of
+    /// [`PolicyDuration::from_str`]: no leading zero, one space, a unit word that agrees
+    /// with the number, and no more digits than the unit's bound has. Only the exact bound
+    /// (e.g. 876000 hours, 100 years) is left to the parser.
+    pub fn pattern() -> String {
+        let mut alternatives = Vec::new();
+        for (_, one, many, een, meer, max) in UNITS {
+            let words = |a: &str, b: &str| {
+                if a == b {
+                    a.to_owned()
+                } else {
+                    format!("{a}|{b}")
+                }
+            };
+            alternatives.push(format!("1 (?:{})", words(one, een)));
+            let digits = max.to_string().len();
+            alternatives.push(format!(
+                "(?:[2-9]|[1-9][0-9]{{1,{}}}) (?:{})",
+                digits - 1,
+                words(many, meer)
+            ));
+        }
+        format!("^(?:{})$", alternatives.join("|"))
     }
 }
 
@@ -444,7 +471,83 @@ mod tests {
         let schema = schemars::schema_for!(PolicyDuration);
         let value = serde_json::to_value(&schema).unwrap();
         assert_eq!(value["type"], "string");
-        assert!(value["pattern"].is_string());
+        assert_eq!(value["pattern"], PolicyDuration::pattern());
+    }
+
+    /// The JSON Schema pattern and the parser agree on the grammar; only the exact upper
+    /// bounds, beyond the pattern's digit counts, are the parser's alone.
+    #[test]
+    fn the_pattern_follows_the_grammar() {
+        let re = regex_lite(&PolicyDuration::pattern());
+        let samples = [
+            "1 hour",
+            "48 hours",
+            "1 uur",
+            "24 uur",
+            "1 day",
+            "3 days",
+            "1 dag",
+            "3 dagen",
+            "1 week",
+            "2 weeks",
+            "2 weken",
+            "1 month",
+            "3 months",
+            "1 maand",
+            "3 maanden",
+            "1 year",
+            "7 years",
+            "1 jaar",
+            "7 jaar",
+            "1 workday",
+            "5 workdays",
+            "1 werkdag",
+            "5 werkdagen",
+            "876000 hours",
+            "36500 days",
+            "100 years",
+            "26000 workdays",
+            "0 days",
+            "01 day",
+            "1 days",
+            "2 day",
+            "2 werkdag",
+            "1 werkdagen",
+            "48h",
+            "48  hours",
+            "48 Hours",
+            " 48 hours",
+            "48 hours ",
+            "1 day 4 hours",
+            "-1 day",
+            "1.5 days",
+            "",
+            "3 minutes",
+            "2 fortnights",
+            "1000000 hours",
+            "1000 years",
+            "123456 days",
+        ];
+        for text in samples {
+            assert_eq!(
+                re(text),
+                text.parse::<PolicyDuration>().is_ok(),
+                "{text:?} under {}",
+                PolicyDuration::pattern()
+            );
+        }
+        // Within the digits of the bound but over it: the parser refuses what the pattern
+        // lets through.
+        assert!(re("876001 hours") && "876001 hours".parse::<PolicyDuration>().is_err());
+        assert!(re("101 years") && "101 years".parse::<PolicyDuration>().is_err());
+    }
+
+    /// Whether `text` matches `pattern`, by the JSON Schema validator the crate uses.
+    fn regex_lite(pattern: &str) -> impl Fn(&str) -> bool {
+        let validator =
+            jsonschema::validator_for(&serde_json::json!({ "type": "string", "pattern": pattern }))
+                .unwrap();
+        move |text| validator.is_valid(&serde_json::json!(text))
     }
 
     #[test]

@@ -46,10 +46,12 @@
 //! # close_after = "12 months"
 //! ```
 //!
-//! A covenant may declare kinds of its own with their schemas (`[kinds.<name>]`, see
-//! [`kinds`]).
+//! A covenant may declare kinds of its own with their schemas (`[kinds.<name>]`, inline
+//! or in a file, see [`kinds`]).
 //!
 //! [`Policy::from_toml`] rejects a bad policy with the line and column of the problem.
+//! [`json_schema`] is the JSON Schema of the policy file itself, generated from the raw
+//! structs a policy is read into (`schemas/json/policy.schema.json`).
 
 mod kinds;
 
@@ -64,16 +66,18 @@ use crate::kind::{Category, Kind};
 use crate::Error;
 
 pub use crate::ids::Role;
-pub use kinds::DeclaredKinds;
+pub use kinds::{DeclaredKinds, SchemaFiles};
 
 pub mod anchors;
+mod file_schema;
 pub mod grounds;
+pub use file_schema::json_schema;
 pub mod phases;
 pub use grounds::{Art6Basis, Ground, GroundDef, Grounds, SpecialCondition, SpecialData};
 pub use phases::Phase;
 
 /// Whether a kind may be sent only under the client's consent.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsentRule {
     /// A valid, unwithdrawn consent covering sender, recipients and purpose is needed,
@@ -203,18 +207,63 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Parse and check a policy. The error names the line and what is wrong (the first
-    /// problem in the file; [`Policy::check_all`] gives every one).
+    /// Parse and check a self-contained policy (as signed: every declared kind's schema
+    /// inline). The error names the line and what is wrong (the first problem in the
+    /// file; [`Policy::check_all`] gives every one).
     pub fn from_toml(text: &str) -> Result<Policy, Error> {
-        Policy::check_all(text).map_err(|mut errors| errors.swap_remove(0))
+        Policy::from_toml_with(text, &kinds::no_files)
+    }
+
+    /// Parse and check a policy whose kinds may name their schema in a file
+    /// (`schema_file`), read with `files` (normally relative to the policy file's
+    /// directory).
+    pub fn from_toml_with(text: &str, files: SchemaFiles<'_>) -> Result<Policy, Error> {
+        Policy::check_all_with(text, files).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Parse and check a self-contained policy, reporting every problem found; see
+    /// [`Policy::check_all_with`].
+    pub fn check_all(text: &str) -> Result<Policy, Vec<Error>> {
+        Policy::check_all_with(text, &kinds::no_files)
+    }
+
+    /// The policy `text` made self-contained for signing: every kind's `schema_file` is
+    /// read with `files`, checked against its `schema_sha256` and put inline, so that the
+    /// signed text broker and agents receive holds the schema itself. Returns the new text
+    /// and its policy (the same as `text` checked with `files`); a policy without
+    /// `schema_file`s comes back unchanged.
+    pub fn self_contained(
+        text: &str,
+        files: SchemaFiles<'_>,
+    ) -> Result<(String, Policy), Vec<Error>> {
+        let policy = Policy::check_all_with(text, files)?;
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            vec![Error::Policy {
+                line: None,
+                column: None,
+                message: e.message().to_owned(),
+            }]
+        })?;
+        let inlined = kinds::inline_files(text, &raw.kinds, files).map_err(|e| vec![e])?;
+        let again = Policy::check_all(&inlined)?;
+        if again != policy {
+            return Err(vec![Error::Policy {
+                line: None,
+                column: None,
+                message: "the policy with its schema files put inline differs from the policy \
+                          as written"
+                    .into(),
+            }]);
+        }
+        Ok((inlined, again))
     }
 
     /// Parse and check a policy, reporting every problem found, in the order of the file
     /// (never an empty list). A syntax error stops the reading, so it comes alone; a
     /// problem in one kind rule or one purpose does not hide those in the others. A
     /// problem in a purpose's kind rules leaves its phases unchecked, so that no phase is
-    /// blamed for a kind that was refused already.
-    pub fn check_all(text: &str) -> Result<Policy, Vec<Error>> {
+    /// blamed for a kind that was refused already. `schema_file`s are read with `files`.
+    pub fn check_all_with(text: &str, files: SchemaFiles<'_>) -> Result<Policy, Vec<Error>> {
         let mut raw: RawPolicy = toml::from_str(text).map_err(|e| {
             let (line, column) = match e.span() {
                 Some(span) => line_col(text, span.start),
@@ -226,7 +275,8 @@ impl Policy {
                 message: e.message().to_owned(),
             }]
         })?;
-        let declared = kinds::declare(text, std::mem::take(&mut raw.kinds)).map_err(|e| vec![e])?;
+        let declared =
+            kinds::declare(text, std::mem::take(&mut raw.kinds), files).map_err(|e| vec![e])?;
         let grounds = grounds::grounds(
             std::mem::take(&mut raw.grounds),
             std::mem::take(&mut raw.justifications),
@@ -280,82 +330,195 @@ impl KindRule {
 }
 
 // ---- raw form, as written -------------------------------------------------------------
+//
+// These structs are what a policy file is read into, and the JSON Schema of the policy
+// file is generated from them ([`file_schema`]): every field's doc comment is its
+// description there. A new key is a field with a doc comment; a `Spanned<T>` field adds
+// `#[schemars(with = "T")]` (a name type of `file_schema` where the text has a pattern).
 
-#[derive(Deserialize)]
+/// A covenant policy: the covenant, its roles, its purposes with the message kinds each
+/// allows, and the kinds the covenant declares itself.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "ketenpost covenant policy")]
 struct RawPolicy {
+    /// The covenant this policy belongs to.
     covenant: RawCovenant,
+    /// The roles parties can have, by name (an identifier: it travels in headers).
+    #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z0-9_.:-]{1,64}$" }))]
     roles: BTreeMap<String, RawRole>,
+    /// The processing purposes, by id (an identifier). A case belongs to one purpose.
+    #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z0-9_.:-]{1,64}$" }))]
     purposes: BTreeMap<String, RawPurpose>,
+    /// Message kinds the covenant declares itself, by name (1-40 of a-z, 0-9, '_',
+    /// starting with a letter; not a built-in kind's name), each with its payload schema.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, kinds::RawKindDecl>")]
+    #[schemars(extend("propertyNames" = { "pattern": "^[a-z][a-z0-9_]{0,39}$" }))]
     kinds: BTreeMap<String, Spanned<kinds::RawKindDecl>>,
+    /// Grounds a sender may name, by name: a built-in one adjusted (acute_danger,
+    /// legal_duty, conflict_van_plichten, meldrecht) or one the covenant declares.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, grounds::RawGround>")]
+    #[schemars(extend("propertyNames" = { "pattern": "^[a-z0-9_]{1,64}$" }))]
     grounds: BTreeMap<Spanned<String>, grounds::RawGround>,
+    /// The covenant's closed list of justification codes (an identifier each), with what
+    /// each means: a message sent on a ground names one.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    #[schemars(extend("propertyNames" = { "pattern": "^[A-Za-z0-9_.:-]{1,64}$" }))]
     justifications: BTreeMap<String, Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+/// The covenant a policy belongs to.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Covenant")]
 struct RawCovenant {
+    /// Short stable id (lowercase letters, digits, '-'), carried in every envelope header.
+    #[schemars(with = "file_schema::CovenantId")]
     id: Spanned<String>,
+    /// The covenant's own name.
     name: String,
+    /// The source document the rules are taken from (e.g. a seed file name).
     #[serde(default)]
     source: String,
+    /// Days off (YYYY-MM-DD) beyond the Dutch national holidays, for workday terms.
     #[serde(default)]
+    #[schemars(with = "Vec<file_schema::Date>")]
     extra_holidays: Vec<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+/// A role parties can have.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Role")]
 struct RawRole {
+    /// What the role is, in words.
     #[serde(default)]
     description: String,
 }
 
-#[derive(Deserialize)]
+/// One processing purpose: a processing activity with its legal basis, retention, case
+/// managers and the message kinds it allows.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Purpose")]
 struct RawPurpose {
+    /// Human name of the purpose.
     name: String,
+    /// The processing activity id, as in the parties' registers (Logboek
+    /// Dataverwerkingen); it is recorded in the audit trail.
     processing_activity: String,
+    /// The legal basis of the processing, in words with its source (shown to the FG and
+    /// in answers to access requests).
     legal_basis: String,
+    /// The AVG art. 6(1) basis of the purpose: consent, contract, legal_obligation,
+    /// vital_interest, public_task or legitimate_interest. Each kind may name its own.
+    #[schemars(with = "Option<grounds::Art6Basis>")]
     basis: Option<Spanned<String>>,
+    /// The condition under which special data travel for this purpose, per special
+    /// category: `support` (AVG art. 9(2)) and `justice` (AVG art. 10).
     #[serde(default)]
+    #[schemars(with = "grounds::RawSpecialDataTable")]
     special_data: BTreeMap<Spanned<String>, grounds::RawSpecialData>,
+    /// How long after a case closes its data must be deleted everywhere (deletion
+    /// orders follow).
+    #[schemars(with = "PolicyDuration")]
     case_retention: Spanned<String>,
+    /// Roles that may open and close a case, manage its team and move it between phases.
+    #[schemars(with = "Vec<file_schema::Identifier>")]
     case_managers: Spanned<Vec<Spanned<String>>>,
+    /// Roles that may register and withdraw a client's consent; needed when a kind
+    /// requires consent.
     #[serde(default)]
+    #[schemars(with = "Vec<file_schema::Identifier>")]
     consent_recorders: Vec<Spanned<String>>,
+    /// How long before its case was opened a consent may have been obtained or take
+    /// effect (default "30 days").
+    #[schemars(with = "Option<PolicyDuration>")]
     consent_backdating: Option<Spanned<String>>,
+    /// The message kinds this purpose allows, by kind name (a built-in kind or one
+    /// declared under [kinds]), each with its rules.
+    #[schemars(with = "BTreeMap<String, RawKind>")]
+    #[schemars(extend("propertyNames" = { "pattern": "^[a-z][a-z0-9_]{0,39}$" }))]
     kinds: BTreeMap<String, Spanned<RawKind>>,
+    /// The phases its cases go through, in order; a case opens in the first. Without
+    /// phases every kind of the purpose is allowed while the case is open.
     #[serde(default)]
     phases: Vec<phases::RawPhase>,
 }
 
-#[derive(Deserialize)]
+/// The rules for one message kind within a purpose.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "KindRule")]
 struct RawKind {
+    /// Roles that may send this kind.
+    #[schemars(with = "Vec<file_schema::Identifier>")]
     senders: Spanned<Vec<Spanned<String>>>,
+    /// Roles that may receive this kind (need-to-know); each needs a view.
+    #[schemars(with = "Vec<file_schema::Identifier>")]
     recipients: Spanned<Vec<Spanned<String>>>,
+    /// Per recipient role, the data categories of the payload it sees (its view); the
+    /// fields of other categories never reach it. Only categories the kind's schema uses.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, Vec<Category>>")]
     views: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    /// Whether the client's consent is required to send this kind ("required" is
+    /// basis "consent"; "not_required" rests on the purpose's other basis, or on the
+    /// covenant itself). Optional when the kind or its purpose names a basis.
+    #[schemars(with = "Option<ConsentRule>")]
     consent: Option<Spanned<String>>,
+    /// The AVG art. 6(1) basis this kind is sent under (default: its purpose's).
+    #[schemars(with = "Option<grounds::Art6Basis>")]
     basis: Option<Spanned<String>>,
+    /// Named grounds a sender may invoke for this kind: instead of consent, or outside
+    /// the ordinary course of a non-consent basis (built in: acute_danger, legal_duty,
+    /// conflict_van_plichten, meldrecht; others declared under [grounds]). Also read as
+    /// `non_consent_grounds`, its older name.
     #[serde(default, alias = "non_consent_grounds")]
+    #[schemars(with = "Vec<Ground>")]
     grounds: Vec<Spanned<String>>,
+    /// Every message of this kind must name one of its grounds (a kind whose basis is
+    /// not consent).
+    #[schemars(with = "Option<bool>")]
     ground_required: Option<Spanned<bool>>,
+    /// Term from the event time to acceptance by the broker (a late message is accepted
+    /// and flagged).
+    #[schemars(with = "Option<PolicyDuration>")]
     send_within: Option<Spanned<String>>,
+    /// Term from delivery to the answer that refers to the message (in_reply_to).
+    #[schemars(with = "Option<PolicyDuration>")]
     answer_within: Option<Spanned<String>>,
+    /// The kinds that count as an answer (default: reactie, when answer_within is set).
     #[serde(default)]
+    #[schemars(with = "Vec<Kind>")]
     answer_kinds: Vec<Spanned<String>>,
+    /// How long the broker keeps an undelivered body before it expires (the sender is
+    /// told).
+    #[schemars(with = "PolicyDuration")]
     undelivered_ttl: Spanned<String>,
+    /// datalek_melding only: also tell the managers of the affected cases (default
+    /// false).
     #[serde(default)]
+    #[schemars(with = "Option<bool>")]
     notify_case_managers: Option<Spanned<bool>>,
+    /// Payload fields the covenant requires beyond the kind's schema; the sending agent
+    /// refuses a message without one, naming the field.
     #[serde(default)]
+    #[schemars(with = "Vec<file_schema::FieldName>")]
     required_fields: Vec<Spanned<String>>,
+    /// The recipient roles that owe an answer within answer_within (default: every
+    /// recipient); only they get an answer clock and overdue notices.
     #[serde(default)]
+    #[schemars(with = "Vec<file_schema::Identifier>")]
     answer_by: Vec<Spanned<String>>,
+    /// The payload fields (a date or date-time) the send_within term runs from, in
+    /// order: the first present sets the header's event_time (default: the kind's own
+    /// event field).
     #[serde(default)]
+    #[schemars(with = "Vec<file_schema::FieldName>")]
     event_time_from: Vec<Spanned<String>>,
 }
 

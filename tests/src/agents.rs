@@ -1049,14 +1049,29 @@ impl Region {
         roles: &[&str],
         link: AgentLink,
     ) -> Result<Region> {
-        Region::start_inner(policy, roster, roles, link, false)
+        Region::start_inner(Fed::new(policy, roster)?, roles, link, false)
+    }
+
+    /// [`Region::start`] with files beside the policy (relative path, content), such as
+    /// the schema files its kinds name (`schema_file`).
+    pub fn start_with_files(
+        policy: &str,
+        files: &[(&str, &str)],
+        roles: &[&str],
+    ) -> Result<Region> {
+        Region::start_inner(
+            Fed::with_files(policy, None, files)?,
+            roles,
+            AgentLink::Quic,
+            false,
+        )
     }
 
     /// [`Region::start`] with broker and agents on one test clock: the file
     /// [`Region::clock_file`] holds how many seconds the region runs ahead of real time
     /// (written `0` here), so a test moves every process through months without sleeping.
     pub fn start_clocked(policy: &str, roles: &[&str]) -> Result<Region> {
-        Region::start_inner(policy, None, roles, AgentLink::Quic, true)
+        Region::start_inner(Fed::new(policy, None)?, roles, AgentLink::Quic, true)
     }
 
     /// The test clock file of a region started with [`Region::start_clocked`].
@@ -1069,14 +1084,7 @@ impl Region {
         Ok(std::fs::write(self.clock_file(), seconds.to_string())?)
     }
 
-    fn start_inner(
-        policy: &str,
-        roster: Option<&str>,
-        roles: &[&str],
-        link: AgentLink,
-        clocked: bool,
-    ) -> Result<Region> {
-        let fed = Fed::new(policy, roster)?;
+    fn start_inner(fed: Fed, roles: &[&str], link: AgentLink, clocked: bool) -> Result<Region> {
         let data = fed.path("broker-data");
         let loopback: SocketAddr = "127.0.0.1:0".parse()?;
         let clock = fed.path("clock");

@@ -74,8 +74,21 @@ pub struct Fed {
 impl Fed {
     /// A federation from a policy text and an optional roster text.
     pub fn new(policy: &str, roster: Option<&str>) -> Result<Fed> {
+        Fed::with_files(policy, roster, &[])
+    }
+
+    /// [`Fed::new`] with files beside the policy (relative path, content), such as the
+    /// schema files its kinds name.
+    pub fn with_files(policy: &str, roster: Option<&str>, files: &[(&str, &str)]) -> Result<Fed> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("policy.toml"), policy)?;
+        for (path, content) in files {
+            let path = dir.path().join(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, content)?;
+        }
         let mut opts = InitOptions::new(dir.path().join("policy.toml"), dir.path().join("fed"));
         if let Some(r) = roster {
             std::fs::write(dir.path().join("roster.toml"), r)?;

@@ -217,3 +217,164 @@ async fn a_covenant_kind_and_categorised_free_text_reach_each_role_as_its_view()
     ensure!(audit.verified.is_intact(), "{:?}", audit.verified.problems);
     Ok(())
 }
+
+/// The risicotaxatie schema of [`POLICY`], as a file of its own.
+fn risicotaxatie_schema() -> Result<String> {
+    let start = POLICY
+        .find("schema = '''\n")
+        .ok_or_else(|| anyhow::anyhow!("POLICY has an inline schema"))?
+        + "schema = '''\n".len();
+    let len = POLICY[start..]
+        .find("'''")
+        .ok_or_else(|| anyhow::anyhow!("the inline schema ends"))?;
+    Ok(POLICY[start..start + len].to_owned())
+}
+
+/// A covenant kind whose schema is a file beside the policy (`schema_file`, pinned by
+/// `schema_sha256`): `ketenpost-certs init` signs the policy with the file's schema inline,
+/// the broker serves that signed text, and the agents validate, project and open the
+/// kind by it, each recipient role getting its own view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_covenant_kind_with_its_schema_in_a_file_travels_with_its_views() -> Result<()> {
+    let _one_at_a_time = SERIAL.lock().await;
+    let schema = risicotaxatie_schema()?;
+    let sha = ketenpost_schemas::envelope::sha256_hex(schema.as_bytes());
+    let inline = format!("schema = '''\n{schema}'''");
+    ensure!(POLICY.contains(&inline));
+    let policy_text = POLICY.replace(
+        &inline,
+        &format!("schema_file = \"kinds/risicotaxatie.schema.json\"\nschema_sha256 = \"{sha}\""),
+    );
+    let region = Region::start_with_files(
+        &policy_text,
+        &[("kinds/risicotaxatie.schema.json", &schema)],
+        &["procesregisseur", "politie", "ggz"],
+    )?;
+    // What was signed, and what the broker serves, holds the schema itself.
+    let signed = std::fs::read_to_string(&region.fed.files.policy.file)?;
+    ensure!(!signed.contains("schema_file"), "{signed}");
+    ensure!(signed.contains(&inline), "{signed}");
+    ensure!(signed.contains(&sha), "{signed}");
+    // The operator's tools read the file beside the policy and check its digest.
+    let source = region.fed.path("policy.toml");
+    let (ok, said) = certs(&["policy", "check", &source.to_string_lossy()])?;
+    ensure!(ok && said.contains("valid policy"), "policy check: {said}");
+    let (ok, said) = certs(&["policy", "explain", &source.to_string_lossy()])?;
+    ensure!(
+        ok && said.contains("justitiele_context (justice)"),
+        "policy explain: {said}"
+    );
+    std::fs::write(
+        region.fed.path("kinds/risicotaxatie.schema.json"),
+        schema.replace("8000", "9000"),
+    )?;
+    let (ok, said) = certs(&["policy", "check", &source.to_string_lossy()])?;
+    ensure!(
+        !ok && said.contains("kind 'risicotaxatie'") && said.contains("schema_sha256 pins"),
+        "policy check of a changed file: {said}"
+    );
+    let federation = region.fed.path("fed");
+    let federation = federation.to_string_lossy();
+    let (ok, said) = certs(&[
+        "policy",
+        "sign",
+        "--federation",
+        &federation,
+        &source.to_string_lossy(),
+    ])?;
+    ensure!(
+        !ok && said.contains("schema_sha256 pins"),
+        "policy sign of a changed file: {said}"
+    );
+    // The file as pinned again: `policy sign` makes the next version, self-contained.
+    std::fs::write(region.fed.path("kinds/risicotaxatie.schema.json"), &schema)?;
+    let (ok, said) = certs(&[
+        "policy",
+        "sign",
+        "--federation",
+        &federation,
+        &source.to_string_lossy(),
+    ])?;
+    ensure!(ok && said.contains("version 2"), "policy sign: {said}");
+    let signed = std::fs::read_to_string(&region.fed.files.policy.file)?;
+    ensure!(
+        !signed.contains("schema_file") && signed.contains(&inline),
+        "{signed}"
+    );
+
+    let regie = region.agent("procesregisseur")?;
+    let politie = region.agent("politie")?;
+    let ggz = region.agent("ggz")?;
+
+    let case = regie.open_case("casus", &[&politie.oin, &ggz.oin]).await?;
+    let taxatie = json!({
+        "risiconiveau": "midden",
+        "opgesteld_op": "2026-12-01",
+        "justitiele_context": JUSTICE_TEXT,
+        "zorgcontext": { "behandelaar": "FACT-team Zuid", "beeld": SUPPORT_TEXT },
+    });
+    let id = regie
+        .send(
+            &Outgoing::new("risicotaxatie", &case, taxatie.clone())
+                .to_role("politie")
+                .to_role("ggz"),
+        )
+        .await?;
+    regie.wait_for_status(&id, "delivered", WAIT).await?;
+
+    let at_politie = politie.wait_for_message(&id, WAIT).await?;
+    ensure!(at_politie["kind"] == "risicotaxatie", "{at_politie}");
+    let want = set(&["risiconiveau", "opgesteld_op", "justitiele_context"]);
+    ensure!(keys_of(&at_politie["payload"]) == want, "{at_politie}");
+    nowhere(&at_politie, SUPPORT_TEXT, "politie")?;
+
+    let at_ggz = ggz.wait_for_message(&id, WAIT).await?;
+    let want = set(&["risiconiveau", "opgesteld_op", "zorgcontext"]);
+    ensure!(keys_of(&at_ggz["payload"]) == want, "{at_ggz}");
+    ensure!(at_ggz["payload"]["zorgcontext"] == taxatie["zorgcontext"]);
+    nowhere(&at_ggz, JUSTICE_TEXT, "ggz")?;
+
+    // The file's schema is enforced: a field it does not declare is refused.
+    let mut extra = taxatie.clone();
+    extra["notitie"] = json!("vrije tekst zonder categorie");
+    let code = regie
+        .send_refused(
+            &Outgoing::new("risicotaxatie", &case, extra).to_role("ggz"),
+            WAIT,
+        )
+        .await?;
+    ensure!(code == "invalid_payload", "{code}");
+
+    let audit = region.finish()?;
+    ensure!(audit.verified.is_intact(), "{:?}", audit.verified.problems);
+    Ok(())
+}
+
+/// Run `ketenpost-certs` with `args`: whether it succeeded, and what it said.
+fn certs(args: &[&str]) -> Result<(bool, String)> {
+    let out = std::process::Command::new(ketenpost_tests::binary("ketenpost-certs")?)
+        .args(args)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+/// `ketenpost-certs policy schema` prints the shipped JSON Schema of the policy file.
+#[test]
+fn policy_schema_prints_the_shipped_schema() -> Result<()> {
+    let (ok, said) = certs(&["policy", "schema"])?;
+    ensure!(ok, "{said}");
+    let printed: Value = serde_json::from_str(&said)?;
+    let shipped: Value = serde_json::from_str(&std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/json/policy.schema.json"),
+    )?)?;
+    ensure!(
+        printed == shipped,
+        "policy schema differs from schemas/json/policy.schema.json"
+    );
+    Ok(())
+}

@@ -313,6 +313,7 @@ fn json_schema_files_match_the_types() {
         "directory.schema.json".into(),
         schemars::schema_for!(crate::directory::Directory).to_value(),
     ));
+    expected.push(("policy.schema.json".into(), crate::policy::json_schema()));
     let mut drift = Vec::new();
     for (name, schema) in &expected {
         let path = schema_dir().join(name);
@@ -388,4 +389,53 @@ fn every_seed_view_holds_only_its_categories_free_text_included() {
         }
     }
     assert!(checked > 100, "only {checked} views checked");
+}
+
+/// The README's table of the built-in kinds' fields and their categories (between its
+/// `kind-fields` markers), generated from the shipped schemas. Run with
+/// `KETENPOST_BLESS=1 cargo test -p ketenpost-schemas readme_kind_fields` to rewrite it.
+#[test]
+fn readme_kind_fields_table_matches_the_schemas() {
+    const START: &str = "<!-- kind-fields: generated from schemas/json/kinds by the test readme_kind_fields_table_matches_the_schemas -->\n";
+    const END: &str = "<!-- kind-fields end -->\n";
+    let mut table = String::from("| kind | category | fields |\n|---|---|---|\n");
+    for kind in Kind::CONTENT {
+        let schema = builtin(kind).unwrap();
+        for category in Category::ALL {
+            let fields: Vec<String> = schema
+                .fields()
+                .iter()
+                .filter(|f| f.category == category)
+                .map(|f| format!("`{}`", f.name))
+                .collect();
+            if !fields.is_empty() {
+                table.push_str(&format!(
+                    "| `{kind}` | `{category}` | {} |\n",
+                    fields.join(", ")
+                ));
+            }
+        }
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let start = readme
+        .find(START)
+        .expect("the README has the kind-fields marker")
+        + START.len();
+    let end = start
+        + readme[start..]
+            .find(END)
+            .expect("the kind-fields end marker");
+    if std::env::var_os("KETENPOST_BLESS").is_some() {
+        let mut new = readme.clone();
+        new.replace_range(start..end, &table);
+        std::fs::write(&path, new).unwrap();
+    } else {
+        assert_eq!(
+            readme[start..end],
+            table,
+            "README.md's kind-fields table drifted; regenerate with KETENPOST_BLESS=1 \
+             cargo test -p ketenpost-schemas readme_kind_fields"
+        );
+    }
 }

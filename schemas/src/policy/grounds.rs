@@ -188,6 +188,19 @@ impl Art6Basis {
     }
 }
 
+impl schemars::JsonSchema for Art6Basis {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Art6Basis".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An AVG art. 6(1) basis: consent (a), contract (b), legal_obligation (c), vital_interest (d), public_task (e), legitimate_interest (f).",
+            "type": "string",
+            "enum": Art6Basis::ALL.map(|b| b.as_str()),
+        })
+    }
+}
+
 impl fmt::Display for Art6Basis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -274,6 +287,19 @@ impl SpecialCondition {
 
     fn parse(s: &str) -> Option<SpecialCondition> {
         SpecialCondition::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl schemars::JsonSchema for SpecialCondition {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SpecialCondition".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "An AVG art. 9(2) condition (explicit_consent, social_security, vital_interest, legal_claims, substantial_public_interest, care, public_health) for support data, or an art. 10 condition (official_authority, member_state_law) for justice data.",
+            "type": "string",
+            "enum": SpecialCondition::ALL.map(|c| c.as_str()),
+        })
     }
 }
 
@@ -400,27 +426,51 @@ impl Default for Grounds {
 
 // ---- raw form, as written -------------------------------------------------------------
 
-/// A `[grounds.<name>]` table as written.
-#[derive(Deserialize)]
+/// A ground a sender may name: a built-in one adjusted, or one the covenant declares.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "GroundDecl")]
 pub(super) struct RawGround {
+    /// What the ground is, in words (required for a ground that is not built in).
     #[serde(default)]
     description: Option<String>,
+    /// Where the covenant or the law provides it.
     #[serde(default)]
     source: Option<String>,
+    /// Whether each use alerts the FGs (default true); otherwise it is recorded for
+    /// their grounds report only.
     #[serde(default)]
     alert_fg: Option<bool>,
+    /// The justification codes (from [justifications]) a sender may give with this
+    /// ground (default: all of them).
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
     justifications: Option<Vec<Spanned<String>>>,
 }
 
-/// A `special_data.<category>` entry as written.
-#[derive(Deserialize)]
+/// The condition under which one special category travels for a purpose.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "SpecialData")]
 pub(super) struct RawSpecialData {
+    /// The AVG art. 9(2) condition (support) or art. 10 condition (justice).
+    #[schemars(with = "SpecialCondition")]
     condition: Spanned<String>,
+    /// Where the covenant or the law says so, in words.
     #[serde(default)]
     source: String,
+}
+
+/// The `special_data` table of a purpose, for the policy file's schema: one entry per
+/// special category.
+#[derive(schemars::JsonSchema)]
+#[schemars(deny_unknown_fields, rename = "SpecialDataTable")]
+#[allow(dead_code)]
+pub(super) struct RawSpecialDataTable {
+    /// Health and support data (AVG art. 9): an art. 9(2) condition.
+    support: Option<RawSpecialData>,
+    /// Criminal-law data (AVG art. 10): an art. 10 condition.
+    justice: Option<RawSpecialData>,
 }
 
 /// A problem at a byte offset of the policy text.

@@ -20,8 +20,20 @@
 //! '''
 //! ```
 //!
-//! The schema is inline, so the federation's signature over the policy covers it. A
-//! declared kind is then allowed per purpose like a built-in one
+//! The schema is inline, so the federation's signature over the policy covers it. The
+//! policy as written may instead name a file beside it, pinned by its digest:
+//!
+//! ```toml
+//! [kinds.risicotaxatie]
+//! schema_file = "kinds/risicotaxatie.schema.json"
+//! schema_sha256 = "<64 hex digits: the SHA-256 of the file>"
+//! ```
+//!
+//! Such a policy is read with [`Policy::from_toml_with`] and a reader of its files (the
+//! operator's tools read them relative to the policy file's directory), and signed
+//! self-contained: [`Policy::self_contained`] puts each file's schema inline, its digest
+//! kept, because broker and agents receive only the signed text. [`Policy::from_toml`]
+//! refuses a `schema_file`. A declared kind is then allowed per purpose like a built-in one
 //! (`[purposes.<p>.kinds.risicotaxatie]`), with views by the categories its schema uses.
 //! The built-in content kinds are described the same way by their shipped schema files
 //! ([`crate::payload::builtin`]); a policy cannot redefine them.
@@ -35,22 +47,41 @@ use toml::Spanned;
 
 use super::{Checker, Policy};
 use crate::kind::Kind;
-use crate::payload::{self, KindSchema, MAX_SCHEMA_BYTES};
+use crate::payload::{self, KindSchema};
 use crate::Error;
+
+mod files;
+pub use files::SchemaFiles;
+use files::SchemaSource;
+pub(super) use files::{inline_files, no_files};
 
 /// The kinds a policy declares, by kind.
 pub type DeclaredKinds = BTreeMap<Kind, Arc<KindSchema>>;
 
-/// A `[kinds.<name>]` table as written.
-#[derive(Deserialize)]
+/// A message kind the covenant declares: its description and its payload's JSON Schema
+/// (draft 2020-12), inline or in a file, in which every top-level property carries its
+/// data category (x-category).
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("not" = { "required": ["schema", "schema_file"] }))]
+#[schemars(extend("dependencies" = { "schema_file": ["schema_sha256"] }))]
+#[schemars(rename = "DeclaredKind")]
 pub(super) struct RawKindDecl {
+    /// What the kind is, in words (shown by policy explain).
     #[serde(default)]
     description: String,
+    /// The payload's JSON Schema, inline (a TOML multi-line literal string). Give this or
+    /// schema_file.
+    #[schemars(with = "Option<String>")]
     schema: Option<Spanned<String>>,
-    /// Refused with an explanation: a schema in a separate file is not yet served to the
-    /// agents with the signed policy.
+    /// The payload's JSON Schema in a file, relative to the policy file's directory;
+    /// needs schema_sha256. Signing puts it inline.
+    #[schemars(with = "Option<super::file_schema::SchemaPath>")]
     schema_file: Option<Spanned<String>>,
+    /// The SHA-256 of the schema's bytes (of schema_file, or of the inline schema), so
+    /// that the federation's signature over the policy covers the schema.
+    #[schemars(with = "Option<super::file_schema::Sha256Hex>")]
+    schema_sha256: Option<Spanned<String>>,
 }
 
 impl Policy {
@@ -69,10 +100,11 @@ fn lookup(declared: &DeclaredKinds, kind: Kind) -> Option<&KindSchema> {
     }
 }
 
-/// Check the `[kinds.*]` tables of the policy `text`.
+/// Check the `[kinds.*]` tables of the policy `text`, reading `schema_file`s with `files`.
 pub(super) fn declare(
     text: &str,
     raw: BTreeMap<String, Spanned<RawKindDecl>>,
+    files: SchemaFiles<'_>,
 ) -> Result<DeclaredKinds, Error> {
     let checker = Checker {
         text,
@@ -106,34 +138,20 @@ pub(super) fn declare(
             }
         };
         let decl = decl.into_inner();
-        if let Some(file) = &decl.schema_file {
-            return checker.err(
-                file.span().start,
-                format!(
-                    "kind '{name}': schema_file is not supported; put the schema inline \
-                     (schema = '''{{...}}''') so that the federation's signature over the \
-                     policy covers it"
-                ),
-            );
-        }
-        let Some(schema) = decl.schema else {
-            return checker.err(at, format!("kind '{name}' has no schema"));
+        let source = checker.schema_source(&name, at, &decl, files)?;
+        let (json, start) = match &source {
+            SchemaSource::Inline(schema) => (schema.get_ref().as_str(), schema.span().start),
+            SchemaSource::File { json, at, .. } => (json.as_str(), *at),
         };
-        let start = schema.span().start;
-        if schema.get_ref().len() > MAX_SCHEMA_BYTES {
-            return checker.err(
-                start,
-                format!("kind '{name}': the schema is larger than {MAX_SCHEMA_BYTES} bytes"),
-            );
-        }
-        let value: Value = match serde_json::from_str(schema.get_ref()) {
+        let value: Value = match serde_json::from_str(json) {
             Ok(v) => v,
             Err(e) => {
                 return checker.err(
                     start,
                     format!(
-                        "kind '{name}': the schema is not JSON (line {} column {} of the \
+                        "kind '{name}': the schema{} is not JSON (line {} column {} of the \
                          schema: {})",
+                        source.file_note(),
                         e.line(),
                         e.column(),
                         json_error_class(&e)
@@ -142,12 +160,17 @@ pub(super) fn declare(
             }
         };
         let checked = KindSchema::new(kind, &decl.description, value).or_else(|problem| {
-            let at = problem
-                .field
-                .as_deref()
-                .and_then(|f| locate(text, schema.span(), f))
-                .unwrap_or(start);
-            checker.err(at, format!("kind '{name}': {problem}"))
+            let located = match &source {
+                SchemaSource::Inline(schema) => problem
+                    .field
+                    .as_deref()
+                    .and_then(|f| locate(text, schema.span(), f)),
+                SchemaSource::File { .. } => None,
+            };
+            checker.err(
+                located.unwrap_or(start),
+                format!("kind '{name}'{}: {problem}", source.file_note()),
+            )
         })?;
         out.insert(kind, Arc::new(checked));
     }
@@ -318,7 +341,7 @@ views.ggz = ["case", "support"]
             (
                 "schema = '''",
                 "schema_file = \"risico.json\"\nschema = '''",
-                "schema_file is not supported",
+                "both schema and schema_file are given",
             ),
             (
                 "\"required\": [",
@@ -338,5 +361,155 @@ views.ggz = ["case", "support"]
             assert!(msg.contains(needle), "{needle}: {msg}");
             assert!(line.is_some(), "{msg}");
         }
+    }
+
+    /// The schema of [`POLICY`]'s risicotaxatie, as a file.
+    fn schema_text() -> String {
+        let start = POLICY.find("schema = '''\n").unwrap() + "schema = '''\n".len();
+        let end = start + POLICY[start..].find("'''").unwrap();
+        POLICY[start..end].to_owned()
+    }
+
+    /// [`POLICY`] with the risicotaxatie schema in `kinds/risicotaxatie.schema.json`,
+    /// pinned by `sha`.
+    fn file_policy(sha: &str) -> String {
+        let inline = format!("schema = '''\n{}'''", schema_text());
+        assert!(POLICY.contains(&inline));
+        POLICY.replace(
+            &inline,
+            &format!(
+                "schema_file = \"kinds/risicotaxatie.schema.json\"\nschema_sha256 = \"{sha}\""
+            ),
+        )
+    }
+
+    /// Files by path, with their content.
+    type Files = &'static [(&'static str, &'static str)];
+
+    fn reader(
+        files: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Result<Vec<u8>, String> {
+        move |path| {
+            files
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, text)| text.as_bytes().to_vec())
+                .ok_or_else(|| "No such file or directory".to_owned())
+        }
+    }
+
+    fn leaked(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    fn file_error_of(text: &str, files: SchemaFiles<'_>) -> (Option<usize>, String) {
+        match Policy::from_toml_with(text, files) {
+            Err(Error::Policy { line, message, .. }) => (line, message),
+            other => panic!("expected a policy error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_schema_in_a_file_is_read_pinned_and_put_inline_for_signing() {
+        let schema = leaked(schema_text());
+        let sha = crate::envelope::sha256_hex(schema.as_bytes());
+        let text = file_policy(&sha);
+        let files: &'static [(&str, &str)] =
+            Box::leak(vec![("kinds/risicotaxatie.schema.json", schema)].into_boxed_slice());
+        let read = reader(files);
+        let from_file = Policy::from_toml_with(&text, &read).unwrap();
+        assert_eq!(from_file, Policy::from_toml(POLICY).unwrap());
+        // Signed as it is, broker and agents could not read the file: refused, by name.
+        let (line, _, msg) = error_of(&text);
+        assert_eq!(line, Some(line_of(&text, "schema_file")), "{msg}");
+        assert!(msg.contains("self-contained"), "{msg}");
+        // Made self-contained, it is the same policy, the digest still pinned.
+        let (inlined, policy) = Policy::self_contained(&text, &read).unwrap();
+        assert_eq!(policy, from_file);
+        assert_eq!(Policy::from_toml(&inlined).unwrap(), from_file);
+        assert!(!inlined.contains("schema_file"), "{inlined}");
+        assert!(
+            inlined.contains(&format!("schema_sha256 = \"{sha}\"")),
+            "{inlined}"
+        );
+        // A policy without files comes back byte for byte.
+        assert_eq!(Policy::self_contained(POLICY, &read).unwrap().0, POLICY);
+    }
+
+    #[test]
+    fn schema_file_problems_are_refused_naming_the_kind_at_the_line() {
+        let schema = leaked(schema_text());
+        let sha = crate::envelope::sha256_hex(schema.as_bytes());
+        let text = file_policy(&sha);
+        let good: &'static [(&str, &str)] =
+            Box::leak(vec![("kinds/risicotaxatie.schema.json", schema)].into_boxed_slice());
+        let changed = leaked(schema.replace("8000", "9000"));
+        let tampered: &'static [(&str, &str)] =
+            Box::leak(vec![("kinds/risicotaxatie.schema.json", changed)].into_boxed_slice());
+        let cases: Vec<(String, Files, &str, &str)> = vec![
+            (
+                text.clone(),
+                tampered,
+                "schema_file",
+                "but schema_sha256 pins",
+            ),
+            (
+                text.clone(),
+                &[],
+                "schema_file",
+                "cannot be read: No such file",
+            ),
+            (
+                text.replace("schema_file", "schema = '{}'\nschema_file"),
+                good,
+                "schema_file",
+                "both schema and schema_file are given",
+            ),
+            (
+                text.replace(&format!("schema_sha256 = \"{sha}\""), ""),
+                good,
+                "schema_file",
+                "schema_file needs schema_sha256",
+            ),
+            (
+                text.replace(&sha, &sha.to_uppercase()),
+                good,
+                "schema_sha256",
+                "64 lowercase hex digits",
+            ),
+            (
+                text.replace("kinds/risicotaxatie", "../risicotaxatie"),
+                good,
+                "schema_file",
+                "not a plain relative path",
+            ),
+            (
+                POLICY.replace(
+                    "schema = '''",
+                    &format!("schema_sha256 = \"{}\"\nschema = '''", "0".repeat(64)),
+                ),
+                good,
+                "schema = '''",
+                "but schema_sha256 pins",
+            ),
+        ];
+        for (bad, files, at, needle) in cases {
+            let read = reader(files);
+            let (line, msg) = file_error_of(&bad, &read);
+            assert!(msg.contains("kind 'risicotaxatie'"), "{needle}: {msg}");
+            assert!(msg.contains(needle), "{needle}: {msg}");
+            assert_eq!(line, Some(line_of(&bad, at)), "{needle}: {msg}");
+            assert!(Policy::self_contained(&bad, &read).is_err(), "{needle}");
+        }
+        // A field problem in the file is named with the file.
+        let uncategorised = leaked(schema.replace(r#""x-category": "support", "#, ""));
+        let sha = crate::envelope::sha256_hex(uncategorised.as_bytes());
+        let files: &'static [(&str, &str)] =
+            Box::leak(vec![("kinds/risicotaxatie.schema.json", uncategorised)].into_boxed_slice());
+        let (_, msg) = file_error_of(&file_policy(&sha), &reader(files));
+        assert!(
+            msg.contains("(file 'kinds/risicotaxatie.schema.json')") && msg.contains("zorgcontext"),
+            "{msg}"
+        );
     }
 }

@@ -43,14 +43,25 @@ pub struct Phase {
     pub close_after: Option<PolicyDuration>,
 }
 
-/// A phase as written.
-#[derive(Deserialize)]
+/// One phase of a purpose's cases, as written.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Phase")]
 pub(super) struct RawPhase {
+    /// The phase's name (an identifier; not "closed").
+    #[schemars(with = "super::file_schema::Identifier")]
     pub(super) name: Spanned<String>,
+    /// The kinds a message may have while a case is in the phase (default: every kind of
+    /// the purpose); datalek_melding and correctie travel in every phase.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<Kind>>")]
     pub(super) kinds: Option<Vec<Spanned<String>>>,
+    /// After this long in the phase the case managers are told the case is due for
+    /// review (once per time the phase is entered).
+    #[schemars(with = "Option<PolicyDuration>")]
     pub(super) review_within: Option<Spanned<String>>,
+    /// After this long in the phase the broker closes the case (its retention starts).
+    #[schemars(with = "Option<PolicyDuration>")]
     pub(super) close_after: Option<Spanned<String>>,
 }
 

@@ -532,3 +532,112 @@ fn the_legal_basis_model_refuses_what_cannot_hold() {
     let bad = PUBLIC_TASK.replace("basis = \"public_task\"\n", "");
     assert!(error_of(&bad).1.contains("no legal basis"), "{bad}");
 }
+
+/// A policy file as JSON, the way an editor's TOML tooling hands it to the schema.
+fn as_json(text: &str) -> serde_json::Value {
+    toml::from_str(text).unwrap()
+}
+
+/// The shipped JSON Schema of the policy file accepts every seed policy (and the test
+/// covenant), and refuses a misspelled key, a wrong category and a loose duration, each
+/// of which `Policy::from_toml` refuses too.
+#[test]
+fn the_policy_file_schema_accepts_the_seeds_and_refuses_mistakes() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shipped: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("json/policy.schema.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, super::json_schema(), "bless schemas/json");
+    let validator = jsonschema::validator_for(&shipped).unwrap();
+    let mut seeds = vec![crate::testdata::TEST_POLICY.to_owned()];
+    for entry in std::fs::read_dir(dir.join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            seeds.push(std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    assert_eq!(seeds.len(), 6);
+    for text in &seeds {
+        let errors: Vec<String> = validator
+            .iter_errors(&as_json(text))
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    let walcheren = std::fs::read_to_string(dir.join("policies/walcheren.toml")).unwrap();
+    let mistakes = [
+        ("undelivered_ttl = ", "undelivred_ttl = ", "undelivred_ttl"),
+        (
+            "views.gemeente = [\"case\"",
+            "views.gemeente = [\"helth\"",
+            "helth",
+        ),
+        ("\"48 hours\"", "\"48h\"", "48h"),
+        (
+            "case_retention = \"",
+            "case_retension = \"",
+            "case_retension",
+        ),
+    ];
+    for (from, to, named) in mistakes {
+        assert!(walcheren.contains(from), "{from}");
+        let bad = walcheren.replacen(from, to, 1);
+        assert!(Policy::from_toml(&bad).is_err(), "{to}");
+        let errors: Vec<String> = validator
+            .iter_errors(&as_json(&bad))
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.iter().any(|e| e.contains(named)), "{to}: {errors:?}");
+    }
+    // A schema in a file needs its digest; both inline and file is refused.
+    let kind = |decl: &str| {
+        as_json(&format!(
+            "{}\n[kinds.risicotaxatie]\n{decl}\n",
+            crate::testdata::TEST_POLICY
+        ))
+    };
+    let sha = format!("schema_sha256 = \"{}\"", "0".repeat(64));
+    assert!(validator.is_valid(&kind(&format!("schema_file = \"kinds/r.json\"\n{sha}"))));
+    assert!(!validator.is_valid(&kind("schema_file = \"kinds/r.json\"")));
+    assert!(!validator.is_valid(&kind(&format!(
+        "schema = '{{}}'\nschema_file = \"kinds/r.json\"\n{sha}"
+    ))));
+    assert!(!validator.is_valid(&kind(&format!("schema_file = \"../r.json\"\n{sha}"))));
+}
+
+/// The README's "Every key" table names every key of the policy file (every property in
+/// its JSON Schema), so a key added to a raw struct cannot go undocumented.
+#[test]
+fn the_readme_documents_every_policy_key() {
+    fn keys(schema: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match schema {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                map.values().for_each(|v| keys(v, out));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = BTreeSet::new();
+    keys(&super::json_schema(), &mut all);
+    assert!(all.len() > 30, "{all:?}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme.find("### Every key").unwrap();
+    let end = start + readme[start + 1..].find("\n### ").unwrap();
+    let table = &readme[start..end];
+    let missing: Vec<&String> = all
+        .iter()
+        .filter(|k| {
+            // A key, `views.<role>`, or a table such as `[roles.<role>]`.
+            [format!("`{k}`"), format!("`{k}.<"), format!("`[{k}")]
+                .iter()
+                .all(|written| !table.contains(written.as_str()))
+        })
+        .collect();
+    assert!(missing.is_empty(), "README's 'Every key' lacks {missing:?}");
+}
