@@ -121,6 +121,10 @@ pub enum RejectCode {
     GroundNotAllowed,
     /// The kind's legal basis does not fit (e.g. a consent-free kind sent "under consent").
     LegalBasisMismatch,
+    /// The message's answer request does not fit the policy: its kind carries none
+    /// (`answer_request_max` unset), its due date is not after the message's creation or
+    /// lies beyond the policy's bound, or it names a role no recipient receives in.
+    AnswerRequestNotAllowed,
     /// The party may not perform this operation (case management, consent registration).
     NotPermitted,
     /// The record is inconsistent with the broker's registries.
@@ -153,6 +157,7 @@ impl RejectCode {
             | BreachRecipients => 5,
             NoConsent | ConsentWithdrawn | ConsentNotValid | ConsentScope | GroundNotAllowed
             | LegalBasisMismatch => 6,
+            AnswerRequestNotAllowed => 7,
             Storage => 8,
         }
     }
@@ -186,6 +191,7 @@ impl RejectCode {
             ConsentScope => "consent_scope",
             GroundNotAllowed => "ground_not_allowed",
             LegalBasisMismatch => "legal_basis_mismatch",
+            AnswerRequestNotAllowed => "answer_request_not_allowed",
             NotPermitted => "not_permitted",
             Conflict => "conflict",
             Storage => "storage",
@@ -280,6 +286,10 @@ pub enum AcceptFlag {
     NonConsentGround,
     /// It was already accepted before (an idempotent resubmission).
     Duplicate,
+    /// It answers a message (`in_reply_to`, an answer kind, from a party that owed the
+    /// answer) after that party's answer deadline; the FG's deadline report shows it as
+    /// `answer_late`.
+    LateAnswer,
 }
 
 /// One item of a fetch: a message for me, or a notice.
