@@ -725,7 +725,7 @@ mod answer_request_tests {
         assert!(c.owed[&oin(2)].request_only);
         // Not delivered: no deadline yet; delivered: the due date itself.
         assert_eq!(c.deadline(&oin(2), &Calendar::dutch()), None);
-        assert!(c.delivered(&oin(1), at()) == false);
+        assert!(!c.delivered(&oin(1), at()));
         assert!(c.delivered(&oin(2), at()));
         assert_eq!(c.deadline(&oin(2), &Calendar::dutch()), Some(due));
         let regie = oin(7);
