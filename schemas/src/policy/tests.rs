@@ -413,6 +413,29 @@ fn a_term_on_optional_anchors_binds_only_the_messages_that_carry_one() {
     );
     assert!(rule.term_needs_anchor);
     assert_eq!(rule.send_within, Some(PolicyDuration::Weeks(2)));
+    // The aanmeldformulier's term runs from its registration date, from the start of that
+    // day in Amsterdam; an MO registratieformulier's from the day the opvang began; a
+    // plaatsing form that names neither has no event time and so no term.
+    let mut form = serde_json::to_value(crate::payload::Aanmelding::example()).unwrap();
+    let (field, at) = anchors::event_time(&rule.event_time_from, &form)
+        .unwrap()
+        .unwrap();
+    assert_eq!(field, "datum_aanmelding_transferpunt");
+    assert_eq!(at.to_rfc3339(), "2025-03-03T23:00:00+00:00");
+    form["formulier"] = serde_json::json!("registratie");
+    form["instroom_opvang_op"] = serde_json::json!("2025-02-20");
+    let (field, _) = anchors::event_time(&rule.event_time_from, &form)
+        .unwrap()
+        .unwrap();
+    assert_eq!(field, "instroom_opvang_op");
+    let plaatsing = form.as_object_mut().unwrap();
+    plaatsing.remove("instroom_opvang_op");
+    plaatsing.remove("datum_aanmelding_transferpunt");
+    plaatsing.insert("formulier".into(), serde_json::json!("plaatsing"));
+    assert_eq!(
+        anchors::event_time(&rule.event_time_from, &form).unwrap(),
+        None
+    );
     let walcheren = Policy::from_toml(include_str!("../../policies/walcheren.toml")).unwrap();
     // Walcheren's signal falls back on waargenomen_op, which every signal has.
     assert!(
