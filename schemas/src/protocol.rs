@@ -785,6 +785,15 @@ mod tests {
             serde_json::to_value(RejectCode::WrongPurpose).unwrap(),
             serde_json::json!(RejectCode::WrongPurpose.as_str())
         );
+        assert_eq!(RejectCode::AnswerRequestNotAllowed.check(), 7);
+        assert_eq!(
+            serde_json::to_value(RejectCode::AnswerRequestNotAllowed).unwrap(),
+            serde_json::json!(RejectCode::AnswerRequestNotAllowed.as_str())
+        );
+        assert_eq!(
+            serde_json::to_value(AcceptFlag::LateAnswer).unwrap(),
+            serde_json::json!("late_answer")
+        );
     }
 
     proptest! {
