@@ -439,6 +439,7 @@ fn send_request(team: &Team) -> SendRequest {
         }),
         event_time: None,
         in_reply_to: None,
+        answer_request: None,
         trace_id: None,
         payload: aanmelding_4k(),
     }

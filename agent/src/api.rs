@@ -399,8 +399,10 @@ pub struct InboxSummary {
     pub received_at: DateTime<Utc>,
     /// When the partner system acknowledged it.
     pub acknowledged_at: Option<DateTime<Utc>>,
-    /// When the covenant wants an answer from us.
+    /// When an answer is due from us: the covenant's term, or the sender's request.
     pub answer_due: Option<DateTime<Utc>>,
+    /// The sender asked us for an answer by a due date with this message.
+    pub answer_requested: bool,
     /// The deadline the broker reported as passed without our answer.
     pub answer_overdue: Option<DateTime<Utc>>,
     /// The header's event time disagrees with the payload's own date of the event.
@@ -426,6 +428,7 @@ fn summary(core: &Core, e: &InboxEntry) -> InboxSummary {
         received_at: e.received_at,
         acknowledged_at: e.acknowledged_at,
         answer_due: e.answer_due,
+        answer_requested: e.answer_requested,
         answer_overdue: e.answer_overdue,
         event_time_mismatch: e.event_time_mismatch,
         fg_contact: (e.kind == Kind::DatalekMelding)

@@ -236,6 +236,13 @@ pub struct SendArgs {
     /// The message this answers.
     #[arg(long)]
     pub in_reply_to: Option<MessageId>,
+    /// Ask for an answer by this time (RFC 3339), within the kind's answer_request_max.
+    #[arg(long)]
+    pub answer_due: Option<String>,
+    /// The recipient role that owes that answer (default: every recipient). Repeat for
+    /// more.
+    #[arg(long = "answer-by", requires = "answer_due")]
+    pub answer_by: Vec<String>,
 }
 
 /// `case` subcommands.
@@ -437,6 +444,13 @@ fn send_body(a: &SendArgs) -> Result<Value, Error> {
     }
     if let Some(r) = a.in_reply_to {
         body.insert("in_reply_to".into(), json!(r));
+    }
+    if let Some(due) = &a.answer_due {
+        let mut request = json!({ "due": due });
+        if !a.answer_by.is_empty() {
+            request["by"] = json!(a.answer_by);
+        }
+        body.insert("answer_request".into(), request);
     }
     Ok(Value::Object(body))
 }

@@ -21,10 +21,10 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, NaiveTime, Utc};
+use chrono::{DateTime, Utc};
 use ketenpost_schemas::control::{CaseOp, Toestemming};
 use ketenpost_schemas::directory::Directory;
-use ketenpost_schemas::envelope::{BreachScope, LegalBasis, Limits};
+use ketenpost_schemas::envelope::{AnswerRequest, BreachScope, LegalBasis, Limits};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin, TraceId};
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::payload;
@@ -72,6 +72,10 @@ pub struct SendRequest {
     /// The message this answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_reply_to: Option<MessageId>,
+    /// Ask the recipients in some roles (all when `by` is empty) for an answer by `due`;
+    /// the policy bounds it per kind (`answer_request_max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_request: Option<AnswerRequest>,
     /// A W3C trace id to carry; a fresh one by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<TraceId>,
@@ -235,7 +239,9 @@ pub fn check_send(
             .event_time
             .or_else(|| event_time_from_payload(req.kind, &req.payload)),
     };
-    if rule.send_within.is_some() && event_time.is_none() {
+    // A term anchored only on optional payload facts binds only a message that carries
+    // one.
+    if rule.send_within.is_some() && event_time.is_none() && !rule.term_needs_anchor {
         return Err(invalid(format!(
             "{} has a send_within deadline, so it needs an event_time",
             req.kind
@@ -260,6 +266,17 @@ pub fn check_send(
     } else {
         None
     };
+    if let Some(request) = &req.answer_request {
+        checks::check_answer_request(
+            (req.kind, &purpose_id),
+            request,
+            rule,
+            &recipients,
+            cx.policy,
+            now,
+        )
+        .map_err(Error::refused_early)?;
+    }
     let corrects = if req.kind == Kind::Correctie {
         corrects_from_payload(&req.payload)?
     } else {
@@ -582,8 +599,10 @@ pub fn check_sealed(envelope: &[u8], cx: &Context<'_>, now: DateTime<Utc>) -> Re
 }
 
 /// The event time a payload carries: a signal's `waargenomen_op`, a breach's `ontdekt_op`,
-/// the day a disclosure obligation was received (`verplichting_ontvangen_op`, start of the
-/// day in UTC, which is the same calendar day in Amsterdam).
+/// the day a disclosure obligation was received (`verplichting_ontvangen_op`, from the start
+/// of that day in Amsterdam, as a date anchor counts: [`start_of_local_day`]).
+///
+/// [`start_of_local_day`]: ketenpost_schemas::calendar::start_of_local_day
 pub fn event_time_from_payload(kind: Kind, payload: &Value) -> Option<DateTime<Utc>> {
     let field = |name: &str| payload.get(name).and_then(Value::as_str);
     match kind {
@@ -591,7 +610,7 @@ pub fn event_time_from_payload(kind: Kind, payload: &Value) -> Option<DateTime<U
         Kind::DatalekMelding => field("ontdekt_op")?.parse().ok(),
         Kind::VerstrekkingDerden => {
             let day: chrono::NaiveDate = field("verplichting_ontvangen_op")?.parse().ok()?;
-            Some(day.and_time(NaiveTime::MIN).and_utc())
+            Some(ketenpost_schemas::calendar::start_of_local_day(day))
         }
         _ => None,
     }

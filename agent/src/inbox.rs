@@ -61,9 +61,14 @@ pub struct InboxEntry {
     pub body_sha256: String,
     /// When the partner system acknowledged it.
     pub acknowledged_at: Option<DateTime<Utc>>,
-    /// When the covenant wants an answer from us, if it sets a term for this kind.
+    /// When an answer is due from us: the covenant's term for this kind, or the due date
+    /// the sender asked for (`answer_requested`), whichever is earlier.
     #[serde(default)]
     pub answer_due: Option<DateTime<Utc>>,
+    /// The sender asked us for an answer with this message (its answer request names our
+    /// role, or every recipient).
+    #[serde(default)]
+    pub answer_requested: bool,
     /// The deadline the broker reported as passed without our answer.
     #[serde(default)]
     pub answer_overdue: Option<DateTime<Utc>>,
@@ -297,13 +302,24 @@ pub fn sender_role(header: &Header, policy: &Policy, directory: &Directory) -> O
 
 /// The inbox entry for an opened message; `answer_due` from the policy's `answer_within`
 /// for the kind, counted from now (delivery), as the broker counts it, when our role in
-/// the message owes an answer (`answer_by`).
+/// the message owes an answer (`answer_by`), or the due date of the message's answer
+/// request when it names our role (or no role), whichever is earlier.
 pub fn entry(opened: Opened, policy: &Policy, now: DateTime<Utc>) -> InboxEntry {
-    let answer_due = policy
+    let standing = policy
         .rule(&opened.header.purpose, opened.header.kind)
         .filter(|r| r.answer_by.is_empty() || r.answer_by.contains(&opened.view))
         .and_then(|r| r.answer_within)
         .map(|d| d.deadline(now, &policy.calendar));
+    let requested = opened
+        .header
+        .answer_request
+        .as_ref()
+        .filter(|q| q.by.is_empty() || q.by.contains(&opened.view))
+        .map(|q| q.due);
+    let answer_due = match (standing, requested) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let event_time_mismatch = event_time_mismatch(&opened.header, &opened.payload);
     let h = opened.header;
     InboxEntry {
@@ -322,6 +338,7 @@ pub fn entry(opened: Opened, policy: &Policy, now: DateTime<Utc>) -> InboxEntry 
         body_sha256: opened.body_sha256,
         acknowledged_at: None,
         answer_due,
+        answer_requested: requested.is_some(),
         answer_overdue: None,
         event_time_mismatch,
         payload: opened.payload,
@@ -612,8 +629,9 @@ mod tests {
                 .0
                 .encode()
         };
-        // 000:1150-1154: the term runs from the day the arrears arose.
-        let arose: DateTime<Utc> = "2025-03-01T00:00:00Z".parse().unwrap();
+        // 000:1150-1154: the term runs from the day the arrears arose, from its start in
+        // Amsterdam (winter time: 23:00 UTC the day before).
+        let arose: DateTime<Utc> = "2025-02-28T23:00:00Z".parse().unwrap();
         assert!(open_as(&signal(arose), &gem, &policy, &dir).is_ok());
         // A sender that counts from the observation instead (a later event time, so a
         // later deadline) is refused, naming the anchor and no value.

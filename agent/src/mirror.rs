@@ -306,6 +306,7 @@ mod tests {
             trace_id: TraceId::random(),
             breach_scope: None,
             corrects: Vec::new(),
+            answer_request: None,
             bodies: to
                 .into_iter()
                 .map(|(o, r)| BodyRef {

@@ -279,6 +279,7 @@ impl Core {
             trace_id: req.trace_id.unwrap_or_else(TraceId::random),
             breach_scope: resolved.breach_scope,
             corrects: resolved.corrects,
+            answer_request: req.answer_request.clone(),
             // Taken, not cloned: the request stays whole enough to audit a refusal.
             payload: std::mem::take(&mut req.payload),
             reseals: 0,
@@ -390,6 +391,7 @@ impl Core {
         draft.in_reply_to = parts.in_reply_to;
         draft.breach_scope = parts.breach_scope.clone();
         draft.corrects = parts.corrects.clone();
+        draft.answer_request = parts.answer_request.clone();
         draft.trace_id = parts.trace_id;
         let me = self.me.clone();
         let key = self.signing.clone();

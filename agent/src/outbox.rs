@@ -128,6 +128,9 @@ pub struct Reseal {
     /// The messages a correctie corrects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrects: Vec<MessageId>,
+    /// The message's request for an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_request: Option<ketenpost_schemas::envelope::AnswerRequest>,
     /// The full payload.
     pub payload: serde_json::Value,
     /// How often it was sealed again (bounded by [`MAX_RESEALS`]).

@@ -17,7 +17,9 @@ use ketenpost_schemas::control::{
     Toestemming, ToestemmingIntrekking,
 };
 use ketenpost_schemas::directory::Directory;
-use ketenpost_schemas::envelope::{Envelope, Header, LegalBasis, Limits, VerifiedEnvelope};
+use ketenpost_schemas::envelope::{
+    AnswerRequest, Envelope, Header, LegalBasis, Limits, VerifiedEnvelope,
+};
 use ketenpost_schemas::ids::{CaseRef, Oin};
 use ketenpost_schemas::keys::VerifyingKey;
 use ketenpost_schemas::kind::Kind;
@@ -457,6 +459,9 @@ fn decide(
     let mut flags = Vec::new();
     let send_deadline = match (rule.send_within, h.event_time) {
         (Some(within), Some(event)) => Some(within.deadline(event, &env.policy.calendar)),
+        // A term anchored only on optional payload facts binds only the messages that
+        // carry one (the receiving agent checks the header against the payload).
+        (Some(_), None) if rule.term_needs_anchor => None,
         (Some(_), None) => {
             return Err(reject(
                 RejectCode::Malformed,
@@ -473,6 +478,16 @@ fn decide(
     }
     if ground.is_some() {
         flags.push(AcceptFlag::NonConsentGround);
+    }
+    if let Some(request) = &h.answer_request {
+        check_answer_request(
+            (h.kind, &h.purpose),
+            request,
+            rule,
+            &recipients,
+            env.policy,
+            now,
+        )?;
     }
     let expires_at = rule.undelivered_ttl.deadline(now, &env.policy.calendar);
 
@@ -514,6 +529,52 @@ pub fn check_case_state(
                     .or(purpose.phases.first().map(|p| p.name.as_str()))
                     .unwrap_or_default(),
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check 7 for a message's answer request: its kind may carry one (`answer_request_max`),
+/// its due date lies after `now` and at most `answer_request_max` after it, and each role
+/// it names is the role of a recipient. The sending agent runs it too, before sealing.
+pub fn check_answer_request(
+    (kind, purpose): (Kind, &str),
+    request: &AnswerRequest,
+    rule: &KindRule,
+    recipients: &[(Oin, Role)],
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<(), Rejection> {
+    let refuse = |reason: String| Err(reject(RejectCode::AnswerRequestNotAllowed, reason));
+    let Some(max) = rule.answer_request_max else {
+        return refuse(format!(
+            "{kind} under purpose '{purpose}' carries no answer request (the policy sets \
+             no answer_request_max for it)"
+        ));
+    };
+    if let Some(role) = request
+        .by
+        .iter()
+        .find(|role| !recipients.iter().any(|(_, r)| r == *role))
+    {
+        return refuse(format!(
+            "the answer request names role '{role}', which no recipient of the message has"
+        ));
+    }
+    if request.due <= now {
+        return refuse(format!(
+            "the answer request is due {}, which is not after the broker's acceptance at {}",
+            request.due.to_rfc3339(),
+            now.to_rfc3339()
+        ));
+    }
+    let bound = max.deadline(now, &policy.calendar);
+    if deadlines::is_late(bound, request.due) {
+        return refuse(format!(
+            "the answer request is due {}, beyond the policy's bound for {kind}: at most \
+             {max} after acceptance, so by {}",
+            request.due.to_rfc3339(),
+            bound.to_rfc3339()
         ));
     }
     Ok(())

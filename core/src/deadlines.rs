@@ -19,6 +19,14 @@
 //!   sled tree `deadlines` (see `ketenpost_broker::store`), so they outlive the message body, which
 //!   is deleted as soon as every recipient receipted it.
 //!
+//! A message may also carry an **answer request** (the header's
+//! [`AnswerRequest`]): its sender asks the recipients in some roles (all, by default) to
+//! answer by a due date, which the policy bounds per kind (`answer_request_max`, checked
+//! by [`crate::checks`]). Those recipients owe an answer by that date, once the message
+//! was delivered to them; a recipient that also owes one under the kind's standing
+//! `answer_within` owes it by the earlier of the two. Everything else (who answers, the
+//! notices, late answers) is the same for both.
+//!
 //! # What counts as an answer
 //! A message `M` answers message `X` for recipient `R` when `M.in_reply_to == X`, `M`'s kind
 //! is one of the `answer_kinds` of `X`'s kind rule, and `M`'s sender is `R`, a recipient of
@@ -47,6 +55,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Utc};
 use ketenpost_schemas::calendar::Calendar;
 use ketenpost_schemas::duration::PolicyDuration;
+use ketenpost_schemas::envelope::AnswerRequest;
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::KindRule;
@@ -74,9 +83,9 @@ pub struct AnswerClock {
     pub sender: Oin,
     /// When the broker accepted it.
     pub accepted_at: DateTime<Utc>,
-    /// The term, as the policy said when the message was accepted (a later policy does not
-    /// move a running deadline).
-    pub answer_within: PolicyDuration,
+    /// The standing term, as the policy said when the message was accepted (a later
+    /// policy does not move a running deadline); `None` when only an answer request binds.
+    pub answer_within: Option<PolicyDuration>,
     /// The kinds that count as an answer.
     pub answer_kinds: BTreeSet<Kind>,
     /// What each recipient owes.
@@ -92,6 +101,13 @@ pub struct Owed {
     pub answered: Option<Answer>,
     /// When the broker sent the deadline notice for it.
     pub notified_at: Option<DateTime<Utc>>,
+    /// The due date of the message's answer request, when it binds this recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<DateTime<Utc>>,
+    /// Only the answer request binds this recipient, not the kind's standing
+    /// `answer_within` (its role is not in `answer_by`, or the kind has no such term).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub request_only: bool,
 }
 
 /// An answer that was seen.
@@ -153,18 +169,49 @@ impl AnswerClock {
         rule: &KindRule,
         roles: &[(Oin, ketenpost_schemas::policy::Role)],
     ) -> Option<AnswerClock> {
-        let answer_within = rule.answer_within?;
-        let owes = |r: &Oin| {
-            rule.answer_by.is_empty()
+        AnswerClock::start_with(msg, rule, roles, None)
+    }
+
+    /// [`AnswerClock::start_for`] with the message's answer request, if it carries one
+    /// (checked against the policy before): the recipients in its roles (every recipient
+    /// when it names none) owe an answer by its due date too. No clock when nobody owes
+    /// anything.
+    pub fn start_with(
+        msg: &MessageMeta,
+        rule: &KindRule,
+        roles: &[(Oin, ketenpost_schemas::policy::Role)],
+        request: Option<&AnswerRequest>,
+    ) -> Option<AnswerClock> {
+        let in_roles = |r: &Oin, wanted: &[&ketenpost_schemas::policy::Role]| {
+            wanted.is_empty()
                 || roles
                     .iter()
-                    .any(|(o, role)| o == r && rule.answer_by.contains(role))
+                    .any(|(o, role)| o == r && wanted.contains(&role))
+        };
+        let answer_by: Vec<_> = rule.answer_by.iter().collect();
+        let standing = |r: &Oin| rule.answer_within.is_some() && in_roles(r, &answer_by);
+        let requested = |r: &Oin| {
+            request.and_then(|q| {
+                let by: Vec<_> = q.by.iter().collect();
+                in_roles(r, &by).then_some(q.due)
+            })
         };
         let owed: BTreeMap<Oin, Owed> = msg
             .recipients
             .iter()
-            .filter(|r| owes(r))
-            .map(|r| (r.clone(), Owed::default()))
+            .filter_map(|r| {
+                let (standing, requested_by) = (standing(r), requested(r));
+                (standing || requested_by.is_some()).then(|| {
+                    (
+                        r.clone(),
+                        Owed {
+                            requested_by,
+                            request_only: !standing,
+                            ..Owed::default()
+                        },
+                    )
+                })
+            })
             .collect();
         if owed.is_empty() {
             return None;
@@ -176,17 +223,27 @@ impl AnswerClock {
             kind: msg.kind,
             sender: msg.sender.clone(),
             accepted_at: msg.accepted_at,
-            answer_within,
+            answer_within: rule.answer_within,
             answer_kinds: rule.answer_kinds.clone(),
             owed,
         })
     }
 
-    /// The deadline of `party`: `answer_within` after the message was delivered to it.
-    /// `None` before delivery, or when the party owes nothing.
+    /// The deadline of `party`: `answer_within` after the message was delivered to it, or
+    /// the due date of the message's answer request, whichever is earlier (each where it
+    /// binds the party). `None` before delivery, or when the party owes nothing. A request
+    /// whose due date passed before the message was delivered is overdue at once.
     pub fn deadline(&self, party: &Oin, calendar: &Calendar) -> Option<DateTime<Utc>> {
-        let delivered = self.owed.get(party)?.delivered_at?;
-        Some(self.answer_within.deadline(delivered, calendar))
+        let owed = self.owed.get(party)?;
+        let delivered = owed.delivered_at?;
+        let standing = self
+            .answer_within
+            .filter(|_| !owed.request_only)
+            .map(|w| w.deadline(delivered, calendar));
+        match (standing, owed.requested_by) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Record the delivery (the receipt) to `party`. Returns whether the clock changed (a
@@ -597,5 +654,151 @@ mod answer_by_tests {
         assert_eq!(clock.owed.keys().collect::<Vec<_>>(), vec![&zorg]);
         // No recipient owes an answer: no clock at all.
         assert!(AnswerClock::start_for(&meta, &rule, &roles[..1]).is_none());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod answer_request_tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+    use ketenpost_schemas::policy::{Policy, Role};
+
+    fn oin(n: u64) -> Oin {
+        format!("{n:020}").parse().unwrap()
+    }
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 3, 4, 9, 0, 0).unwrap()
+    }
+
+    /// A signal from 3 to a gemeente (1) and a zorgaanbieder (2), accepted at [`at`].
+    fn meta() -> MessageMeta {
+        let recipients: BTreeSet<Oin> = [oin(1), oin(2)].into();
+        MessageMeta {
+            id: MessageId::new(),
+            sender: oin(3),
+            case_ref: CaseRef::random(),
+            purpose: "uitstroom".into(),
+            kind: Kind::Signaal,
+            accepted_at: at(),
+            expires_at: at() + Duration::days(7),
+            pending: recipients.clone(),
+            fetched: BTreeSet::new(),
+            recipients,
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            body_at: None,
+            queue_seqs: Default::default(),
+        }
+    }
+
+    fn roles() -> [(Oin, Role); 2] {
+        [
+            (oin(1), Role::new("gemeente")),
+            (oin(2), Role::new("zorgaanbieder")),
+        ]
+    }
+
+    fn rule(answer_within: Option<&str>) -> KindRule {
+        let policy = Policy::from_toml(ketenpost_schemas::testdata::TEST_POLICY).unwrap();
+        let mut r = policy.rule("uitstroom", Kind::Signaal).unwrap().clone();
+        r.answer_within = answer_within.map(|w| w.parse().unwrap());
+        r.answer_by = BTreeSet::new();
+        r.answer_kinds = [Kind::Reactie].into();
+        r
+    }
+
+    fn request(by: &[&str], due: DateTime<Utc>) -> AnswerRequest {
+        AnswerRequest {
+            by: by.iter().map(|r| Role::new(*r)).collect(),
+            due,
+        }
+    }
+
+    #[test]
+    fn a_request_binds_only_its_roles_and_only_they_are_notified() {
+        let due = at() + Duration::days(3);
+        let req = request(&["zorgaanbieder"], due);
+        // No standing term: only the request binds, and only the zorgaanbieder.
+        let mut c = AnswerClock::start_with(&meta(), &rule(None), &roles(), Some(&req)).unwrap();
+        assert_eq!(c.owed.keys().collect::<Vec<_>>(), vec![&oin(2)]);
+        assert!(c.owed[&oin(2)].request_only);
+        // Not delivered: no deadline yet; delivered: the due date itself.
+        assert_eq!(c.deadline(&oin(2), &Calendar::dutch()), None);
+        assert!(!c.delivered(&oin(1), at()));
+        assert!(c.delivered(&oin(2), at()));
+        assert_eq!(c.deadline(&oin(2), &Calendar::dutch()), Some(due));
+        let regie = oin(7);
+        assert!(take_due(&mut c, &Calendar::dutch(), due, Some(&regie)).is_empty());
+        let notices = take_due(
+            &mut c,
+            &Calendar::dutch(),
+            due + Duration::seconds(1),
+            Some(&regie),
+        );
+        assert_eq!(notices.len(), 1);
+        assert_eq!(notices[0].owed_by, oin(2));
+        // The gemeente, which owes nothing, is not told.
+        assert_eq!(notices[0].to, [oin(2), oin(3), regie].into());
+        // Without a request and without a standing term there is no clock.
+        assert!(AnswerClock::start_with(&meta(), &rule(None), &roles(), None).is_none());
+    }
+
+    #[test]
+    fn a_request_without_roles_binds_every_recipient() {
+        let req = request(&[], at() + Duration::days(3));
+        let c = AnswerClock::start_with(&meta(), &rule(None), &roles(), Some(&req)).unwrap();
+        assert_eq!(c.owed.len(), 2);
+    }
+
+    #[test]
+    fn the_earlier_of_standing_term_and_request_counts() {
+        let cal = Calendar::dutch();
+        // Standing 5 days of delivery for everyone; the zorgaanbieder is asked sooner.
+        let sooner = at() + Duration::days(1);
+        let req = request(&["zorgaanbieder"], sooner);
+        let mut c =
+            AnswerClock::start_with(&meta(), &rule(Some("5 days")), &roles(), Some(&req)).unwrap();
+        c.delivered(&oin(1), at());
+        c.delivered(&oin(2), at());
+        assert_eq!(c.deadline(&oin(1), &cal), Some(at() + Duration::days(5)));
+        assert_eq!(c.deadline(&oin(2), &cal), Some(sooner));
+        assert!(!c.owed[&oin(2)].request_only);
+        // A request later than the standing term does not extend it.
+        let later = request(&["zorgaanbieder"], at() + Duration::days(9));
+        let mut c = AnswerClock::start_with(&meta(), &rule(Some("5 days")), &roles(), Some(&later))
+            .unwrap();
+        c.delivered(&oin(2), at());
+        assert_eq!(c.deadline(&oin(2), &cal), Some(at() + Duration::days(5)));
+        // An answer after the requested due date is late.
+        let mut c = AnswerClock::start_with(&meta(), &rule(None), &roles(), Some(&req)).unwrap();
+        c.delivered(&oin(2), at());
+        let reply = Reply {
+            id: MessageId::new(),
+            sender: &oin(2),
+            kind: Kind::Reactie,
+            in_reply_to: Some(c.message_id),
+        };
+        let answered = c
+            .answer(reply, sooner + Duration::seconds(1), &cal)
+            .unwrap();
+        assert!(answered.late);
+        assert_eq!(answered.deadline, Some(sooner));
+    }
+
+    #[test]
+    fn a_clock_of_before_answer_requests_still_reads() {
+        // A clock as stored before answer requests: a plain answer_within, no request
+        // fields on the owed entries.
+        let c = AnswerClock::start(&meta(), &rule(Some("24 hours"))).unwrap();
+        let mut v = serde_json::to_value(&c).unwrap();
+        v["answer_within"] = serde_json::json!("24 hours");
+        for o in v["owed"].as_object_mut().unwrap().values_mut() {
+            let o = o.as_object_mut().unwrap();
+            o.remove("requested_by");
+            o.remove("request_only");
+        }
+        let back: AnswerClock = serde_json::from_value(v).unwrap();
+        assert_eq!(back, c);
     }
 }

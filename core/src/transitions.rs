@@ -275,20 +275,24 @@ pub fn deadline_notices(
 /// message's answer clock as the store holds it now: the first answer of each party that
 /// owes one is recorded; a late one is audited as `deadline_late` / `answer_late` with
 /// `late_entry` (the entry about the reply, without message id and counterparty), naming
-/// the message answered and its sender. Anything else changes nothing.
+/// the message answered and its sender. Anything else changes nothing. Besides the
+/// effects, what was recorded: the caller flags a late answer on the reply's own
+/// acceptance ([`AcceptFlag::LateAnswer`]).
+///
+/// [`AcceptFlag::LateAnswer`]: ketenpost_schemas::protocol::AcceptFlag::LateAnswer
 pub fn answered(
     reply: crate::deadlines::Reply<'_>,
     clock: Option<AnswerClock>,
     late_entry: AuditEntry,
     calendar: &ketenpost_schemas::calendar::Calendar,
     now: DateTime<Utc>,
-) -> Effects {
+) -> (Effects, Option<deadlines::Answered>) {
     let mut fx = Effects::default();
     let Some(mut clock) = clock else {
-        return fx;
+        return (fx, None);
     };
     let Some(answer) = clock.answer(reply, now, calendar) else {
-        return fx;
+        return (fx, None);
     };
     if answer.late {
         fx.audit.push(
@@ -298,7 +302,7 @@ pub fn answered(
         );
     }
     put_clock(&mut fx, clock);
-    fx
+    (fx, Some(answer))
 }
 
 /// The id of the deletion order for a case closed at `closed_at`: derived from both, so

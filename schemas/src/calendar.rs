@@ -215,6 +215,17 @@ pub(crate) fn amsterdam_to_utc(local: NaiveDateTime) -> Option<DateTime<Utc>> {
     local.checked_sub_signed(shift).map(|utc| utc.and_utc())
 }
 
+/// The start of the calendar day `date` in Amsterdam, the covenants' local time: the first
+/// instant Amsterdam clocks show that date (midnight, 22:00 or 23:00 UTC the day before).
+/// Saturates at the edges of chrono's range.
+pub fn start_of_local_day(date: NaiveDate) -> DateTime<Utc> {
+    amsterdam_to_utc(date.and_time(chrono::NaiveTime::MIN)).unwrap_or(if date.year() < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
+}
+
 /// The end of the calendar day `date` in Amsterdam: the first instant of the next day
 /// there (an exclusive bound, as [`Calendar::add_workdays`] gives). Saturates at the end of
 /// chrono's range.

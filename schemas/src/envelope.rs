@@ -103,6 +103,27 @@ pub struct BreachScope {
     pub until: DateTime<Utc>,
 }
 
+/// A request for an answer carried by one message: the sender asks the recipients in the
+/// roles `by` (every recipient when empty) to answer by `due`. The policy bounds it per
+/// kind (`answer_request_max`, the longest term from acceptance a sender may ask); a kind
+/// without that key carries no request. The broker starts the answer clock for the owing
+/// recipients with this due date, and only they get overdue notices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerRequest {
+    /// The recipient roles that owe the answer, each a role some recipient receives the
+    /// message in (its body's view); empty: every recipient owes one.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::ids::role_identifiers"
+    )]
+    pub by: Vec<Role>,
+    /// When the answer is due: an instant after the message's creation, at most the
+    /// policy's `answer_request_max` after the broker accepts it.
+    pub due: DateTime<Utc>,
+}
+
 /// One body of the envelope: the view for one recipient role.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +188,10 @@ pub struct Header {
     /// [`MAX_CORRECTED`]). The broker routes it to every party that received them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrects: Vec<MessageId>,
+    /// A request for an answer by a due date ([`AnswerRequest`]), beside any standing
+    /// `answer_within` of the kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_request: Option<AnswerRequest>,
     /// One entry per body, in body order.
     pub bodies: Vec<BodyRef>,
 }
@@ -224,6 +249,16 @@ impl Header {
             return Err(Error::Decode(
                 "the corrected messages belong on a correctie, and a correctie names them".into(),
             ));
+        }
+        if let Some(req) = &self.answer_request {
+            // Whether the roles are recipients' and the due date within the policy's bound
+            // is the broker's check 7 (`answer_request_not_allowed`).
+            let mut named = BTreeSet::new();
+            if let Some(twice) = req.by.iter().find(|r| !named.insert(*r)) {
+                return Err(Error::Decode(format!(
+                    "the answer request names role '{twice}' twice"
+                )));
+            }
         }
         if self.corrects.len() > MAX_CORRECTED {
             return Err(Error::TooLarge {

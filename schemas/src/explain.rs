@@ -184,8 +184,13 @@ pub fn explain(policy: &Policy) -> String {
                 } else {
                     let _ = writeln!(
                         out,
-                        "    send within: {t} of the payload's {} (the first given)",
-                        rule.event_time_from.join(", else ")
+                        "    send within: {t} of the payload's {} (the first given){}",
+                        rule.event_time_from.join(", else "),
+                        if rule.term_needs_anchor {
+                            "; a message without one has no term"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }
@@ -196,6 +201,12 @@ pub fn explain(policy: &Policy) -> String {
                     out,
                     "    answer within: {t} of delivery (answers: {})",
                     answers.join(", ")
+                );
+            }
+            if let Some(t) = &rule.answer_request_max {
+                let _ = writeln!(
+                    out,
+                    "    a message may ask an answer due within: {t} of acceptance"
                 );
             }
             let _ = writeln!(

@@ -299,6 +299,18 @@ pub fn role_identifier<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Role, D
     identifier(d).map(Role)
 }
 
+/// Deserialize a list of role names that must each be an identifier ([`is_identifier`]).
+pub fn role_identifiers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Role>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    if names.iter().all(|n| is_identifier(n)) {
+        Ok(names.into_iter().map(Role).collect())
+    } else {
+        Err(serde::de::Error::custom(
+            "role names of 1-64 letters, digits, '_', '.', ':' or '-' (no free text)",
+        ))
+    }
+}
+
 /// Deserialize a SHA-256 digest: 64 lowercase hex characters.
 pub fn sha256_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;

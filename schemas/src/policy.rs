@@ -37,6 +37,7 @@
 //! # notify_case_managers = true   # datalek_melding only: always tell the case's managers
 //! # required_fields = ["oorzaak"]  # payload fields the covenant requires for this kind
 //! # answer_by = ["zorgaanbieder"]  # the recipient roles that owe the answer (default: all)
+//! # answer_request_max = "10 workdays"  # a message may ask for an answer due within this
 //! # event_time_from = ["waargenomen_op"]  # payload fields the term runs from ([`anchors`])
 //!
 //! # [[purposes.uitstroom.phases]]   # the phases of its cases, in order ([`phases`])
@@ -186,6 +187,14 @@ pub struct KindRule {
     /// The payload fields the `send_within` term runs from, in order: the first present
     /// gives the header's `event_time` ([`anchors`]); empty: the kind's own event field.
     pub event_time_from: Vec<String>,
+    /// The term applies only to a message whose payload carries one of its anchors: every
+    /// field of `event_time_from` is optional in the kind's schema, so a message without
+    /// one (e.g. a form of a phase the term does not bind) has no `event_time` and no term.
+    pub term_needs_anchor: bool,
+    /// The longest term, from the broker's acceptance, a sender may ask an answer in with
+    /// a single message's answer request ([`crate::envelope::AnswerRequest`]); `None`: the
+    /// kind carries no request.
+    pub answer_request_max: Option<PolicyDuration>,
 }
 
 /// A parsed and checked covenant policy.
@@ -520,6 +529,11 @@ struct RawKind {
     #[serde(default)]
     #[schemars(with = "Vec<file_schema::FieldName>")]
     event_time_from: Vec<Spanned<String>>,
+    /// The longest term after acceptance a sender may ask an answer within, in the
+    /// message's own answer request (header answer_request); without it the kind carries
+    /// no request.
+    #[schemars(with = "Option<PolicyDuration>")]
+    answer_request_max: Option<Spanned<String>>,
 }
 
 struct Checker<'a> {
@@ -897,7 +911,12 @@ impl Checker<'_> {
                 }
             }
         }
-        if answer_kinds.is_empty() && answer_within.is_some() {
+        let answer_request_max = rk
+            .answer_request_max
+            .as_ref()
+            .map(|d| self.duration(d))
+            .transpose()?;
+        if answer_kinds.is_empty() && (answer_within.is_some() || answer_request_max.is_some()) {
             answer_kinds.insert(Kind::Reactie);
         }
         let undelivered_ttl = self.duration(&rk.undelivered_ttl)?;
@@ -942,6 +961,8 @@ impl Checker<'_> {
             );
         }
         let event_time_from = self.anchors(kind, &rk.event_time_from)?;
+        let term_needs_anchor =
+            !event_time_from.is_empty() && event_time_from.iter().all(|f| !schema.is_required(f));
         Ok(KindRule {
             senders,
             recipients,
@@ -958,6 +979,8 @@ impl Checker<'_> {
             required_fields,
             answer_by,
             event_time_from,
+            term_needs_anchor,
+            answer_request_max,
         })
     }
 

@@ -122,6 +122,10 @@ pub enum RejectCode {
     GroundNotAllowed,
     /// The kind's legal basis does not fit (e.g. a consent-free kind sent "under consent").
     LegalBasisMismatch,
+    /// The message's answer request does not fit the policy: its kind carries none
+    /// (`answer_request_max` unset), its due date is not after the message's creation or
+    /// lies beyond the policy's bound, or it names a role no recipient receives in.
+    AnswerRequestNotAllowed,
     /// The party may not perform this operation (case management, consent registration).
     NotPermitted,
     /// The record is inconsistent with the broker's registries.
@@ -154,6 +158,7 @@ impl RejectCode {
             | BreachRecipients => 5,
             NoConsent | ConsentWithdrawn | ConsentNotValid | ConsentScope | GroundNotAllowed
             | LegalBasisMismatch => 6,
+            AnswerRequestNotAllowed => 7,
             Storage => 8,
         }
     }
@@ -187,6 +192,7 @@ impl RejectCode {
             ConsentScope => "consent_scope",
             GroundNotAllowed => "ground_not_allowed",
             LegalBasisMismatch => "legal_basis_mismatch",
+            AnswerRequestNotAllowed => "answer_request_not_allowed",
             NotPermitted => "not_permitted",
             Conflict => "conflict",
             Storage => "storage",
@@ -282,6 +288,10 @@ pub enum AcceptFlag {
     NonConsentGround,
     /// It was already accepted before (an idempotent resubmission).
     Duplicate,
+    /// It answers a message (`in_reply_to`, an answer kind, from a party that owed the
+    /// answer) after that party's answer deadline; the FG's deadline report shows it as
+    /// `answer_late`.
+    LateAnswer,
 }
 
 /// One item of a fetch: a message for me, or a notice.
@@ -776,6 +786,15 @@ mod tests {
         assert_eq!(
             serde_json::to_value(RejectCode::WrongPurpose).unwrap(),
             serde_json::json!(RejectCode::WrongPurpose.as_str())
+        );
+        assert_eq!(RejectCode::AnswerRequestNotAllowed.check(), 7);
+        assert_eq!(
+            serde_json::to_value(RejectCode::AnswerRequestNotAllowed).unwrap(),
+            serde_json::json!(RejectCode::AnswerRequestNotAllowed.as_str())
+        );
+        assert_eq!(
+            serde_json::to_value(AcceptFlag::LateAnswer).unwrap(),
+            serde_json::json!("late_answer")
         );
     }
 

@@ -52,6 +52,8 @@ pub struct Draft {
     pub breach_scope: Option<BreachScope>,
     /// The messages a correctie corrects.
     pub corrects: Vec<MessageId>,
+    /// A request for an answer by a due date.
+    pub answer_request: Option<crate::envelope::AnswerRequest>,
     /// The full payload; each recipient gets its view of it.
     pub payload: Value,
 }
@@ -78,6 +80,7 @@ impl Draft {
             trace_id: TraceId::random(),
             breach_scope: None,
             corrects: Vec::new(),
+            answer_request: None,
             payload,
         }
     }
@@ -177,6 +180,7 @@ pub fn seal(
         trace_id: draft.trace_id,
         breach_scope: draft.breach_scope,
         corrects: draft.corrects,
+        answer_request: draft.answer_request,
         bodies: refs,
     };
     header.check_structure(&crate::envelope::Limits::default())?;

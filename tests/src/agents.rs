@@ -855,6 +855,16 @@ impl Outgoing {
         self
     }
 
+    /// Ask the recipients in `by` (every recipient when empty) for an answer by `due`.
+    pub fn answer_request(mut self, by: &[&str], due: DateTime<Utc>) -> Self {
+        let mut request = json!({ "due": due });
+        if !by.is_empty() {
+            request["by"] = json!(by);
+        }
+        self.body.insert("answer_request".into(), request);
+        self
+    }
+
     /// The kind.
     pub fn kind(&self) -> &str {
         self.body

@@ -525,6 +525,7 @@ fn request(kind: Kind, case: &CaseRef, to: Vec<To>, payload: Value) -> SendReque
         legal_basis: None,
         event_time: None,
         in_reply_to: None,
+        answer_request: None,
         trace_id: None,
         payload,
     }

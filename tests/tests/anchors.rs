@@ -51,11 +51,12 @@ async fn the_rent_arrears_term_runs_from_the_day_the_arrears_arose() -> Result<(
     let late = corp.send(&arrears(40)?).await?;
     let status = corp.wait_for_status(&late, "delivered", WAIT).await?;
     ensure!(flags(&status).contains(&"late"), "{status}");
-    // The header's event time is the day the arrears arose.
+    // The header's event time is the start of the day the arrears arose, in Amsterdam.
     let at_gem = gem.wait_for_message(&late, WAIT).await?;
     let event: chrono::DateTime<Utc> = serde_json::from_value(at_gem["event_time"].clone())?;
+    let arose = (Utc::now() - Duration::days(40)).date_naive();
     ensure!(
-        event.date_naive() == (Utc::now() - Duration::days(40)).date_naive(),
+        event == ketenpost_schemas::calendar::start_of_local_day(arose),
         "{at_gem}"
     );
 

@@ -278,6 +278,7 @@ fn signaal(case_ref: &CaseRef, to: Vec<To>) -> SendRequest {
         legal_basis: None,
         event_time: None,
         in_reply_to: None,
+        answer_request: None,
         trace_id: None,
         payload: serde_json::to_value(Signaal::example()).unwrap(),
     }

@@ -39,10 +39,17 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
     // when the connection goes.
     let (s, o) = (shared.clone(), oin.clone());
     let finish = tokio::spawn(async move {
-        if let Err(e) = ticket.landed().await {
-            return Err(put_failed(e, &authorised, &s, &o, &bytes));
+        let landed = match ticket.landed().await {
+            Ok(landed) => landed,
+            Err(e) => return Err(put_failed(e, &authorised, &s, &o, &bytes)),
+        };
+        let mut staged = Staged::of(&authorised);
+        // A late answer carries `late_answer` itself (the answered message's clock, in
+        // the same transaction, decided it).
+        if landed.late_answer {
+            staged.flags.push(AcceptFlag::LateAnswer);
         }
-        Ok(Staged::of(&authorised))
+        Ok(staged)
     });
     let staged = match finish.await {
         Ok(Ok(staged)) => staged,
@@ -124,11 +131,19 @@ fn stage_write(
     now: DateTime<Utc>,
 ) -> Result<PutTicket, Response> {
     let meta = MessageMeta::accepted(authorised, now);
-    // The answer clock is written in the message's own transaction.
+    // The answer clock (the kind's standing term and the message's own answer request,
+    // checked in check 7) is written in the message's own transaction.
     let clock = docs
         .policy
         .rule(&authorised.header().purpose, authorised.header().kind)
-        .and_then(|rule| AnswerClock::start_for(&meta, rule, authorised.recipients()));
+        .and_then(|rule| {
+            AnswerClock::start_with(
+                &meta,
+                rule,
+                authorised.recipients(),
+                authorised.header().answer_request.as_ref(),
+            )
+        });
     let entries = accepted_entries(authorised, &meta.recipients, oin);
     // An answer's bookkeeping (the answered message's clock) goes in the same transaction.
     let h = authorised.header();

@@ -227,7 +227,7 @@ struct PendingPut {
     trail: Arc<AuditTrail>,
     now: DateTime<Utc>,
     /// Told by whoever applies it: written and flushed, or why not.
-    done: oneshot::Sender<Result<(), PutFailed>>,
+    done: oneshot::Sender<Result<Landed, PutFailed>>,
 }
 
 /// The spool stage of message writes: take what is queued, sync the spool (every body
@@ -285,25 +285,33 @@ fn forget_bodies<'a>(spool: &Spool, puts: impl IntoIterator<Item = &'a PendingPu
 /// ticket says so.
 #[derive(Debug)]
 #[must_use = "a write has not landed until its ticket says so"]
-pub struct PutTicket(oneshot::Receiver<Result<(), PutFailed>>);
+pub struct PutTicket(oneshot::Receiver<Result<Landed, PutFailed>>);
+
+/// What the transaction that wrote a message decided beside the write itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Landed {
+    /// The message answers another after the answer deadline of its sender (decided
+    /// against the answered message's clock in the same transaction).
+    pub late_answer: bool,
+}
 
 impl PutTicket {
     /// Wait for the outcome.
-    pub async fn landed(self) -> Result<(), StoreError> {
+    pub async fn landed(self) -> Result<Landed, StoreError> {
         put_outcome(self.0.await)
     }
 
     /// Wait for the outcome, blocking the thread (never on an async worker).
-    pub fn wait(self) -> Result<(), StoreError> {
+    pub fn wait(self) -> Result<Landed, StoreError> {
         put_outcome(self.0.blocking_recv())
     }
 }
 
 fn put_outcome(
-    r: Result<Result<(), PutFailed>, oneshot::error::RecvError>,
-) -> Result<(), StoreError> {
+    r: Result<Result<Landed, PutFailed>, oneshot::error::RecvError>,
+) -> Result<Landed, StoreError> {
     match r {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(landed)) => Ok(landed),
         Ok(Err(PutFailed::Duplicate)) => Err(StoreError::Duplicate),
         Ok(Err(PutFailed::Sled(e))) => Err(StoreError::Sled(e)),
         Ok(Err(PutFailed::Audit(reason))) => Err(StoreError::Corrupt {
@@ -727,7 +735,9 @@ impl Store {
         trail: &Arc<AuditTrail>,
         audit: Vec<AuditEntry>,
     ) -> Result<(), StoreError> {
-        self.begin_put(a, meta, trail, audit, None, None)?.wait()
+        self.begin_put(a, meta, trail, audit, None, None)?
+            .wait()
+            .map(|_| ())
     }
 
     /// [`Store::put_message`] without waiting: the body is appended to the spool and the
@@ -835,13 +845,15 @@ impl Store {
             .transaction(|(seen, meta_t, queue, expiry, deadlines, records)| {
                 // Rerun from scratch if sled retries the transaction.
                 let mut cursor = chain.cursor();
-                let mut written = Vec::with_capacity(batch.len());
+                // Per message: `None` when it was not written (a duplicate), else what landed.
+                let mut written: Vec<Option<Landed>> = Vec::with_capacity(batch.len());
                 let mut ids = std::collections::HashSet::with_capacity(batch.len());
                 for p in &batch {
                     if !ids.insert(p.id) || seen.get(p.id)?.is_some() {
-                        written.push(false);
+                        written.push(None);
                         continue;
                     }
+                    let mut landed = Landed::default();
                     seen.insert(&p.id, p.accepted_at.as_slice())?;
                     meta_t.insert(&p.id, p.meta.as_slice())?;
                     expiry.insert(p.due.as_slice(), &p.body_at.to_bytes())?;
@@ -871,13 +883,14 @@ impl Store {
                             kind: a.kind,
                             in_reply_to: Some(a.answered),
                         };
-                        let fx = ketenpost_core::transitions::answered(
+                        let (fx, answer) = ketenpost_core::transitions::answered(
                             reply,
                             clock,
                             a.late_entry.clone(),
                             &a.calendar,
                             p.now,
                         );
+                        landed.late_answer = answer.is_some_and(|a| a.late);
                         for w in &fx.writes {
                             match w {
                                 ketenpost_core::effects::Write::Clock(c) => {
@@ -893,7 +906,7 @@ impl Store {
                             chain.stage(&mut cursor, entry, p.now, records)?;
                         }
                     }
-                    written.push(true);
+                    written.push(Some(landed));
                 }
                 Ok((written, cursor))
             });
@@ -940,13 +953,11 @@ impl Store {
                     batch
                         .iter()
                         .zip(&written)
-                        .filter(|(_, w)| !**w)
+                        .filter(|(_, w)| w.is_none())
                         .map(|(p, _)| p),
                 );
                 for (p, w) in batch.into_iter().zip(written) {
-                    let _ = p
-                        .done
-                        .send(if w { Ok(()) } else { Err(PutFailed::Duplicate) });
+                    let _ = p.done.send(w.ok_or(PutFailed::Duplicate));
                 }
             }
             Err(e) => {

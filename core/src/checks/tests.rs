@@ -933,3 +933,92 @@ fn a_public_task_kind_goes_on_its_grounds_and_their_justification_codes() {
     assert_eq!(ok.ground(), None);
     assert!(!ok.flags().contains(&AcceptFlag::NonConsentGround));
 }
+
+/// Check 7 for a message's own answer request: the kind must allow one
+/// (`answer_request_max`), its due date must lie after acceptance and within the bound, and
+/// its roles must be recipients' roles.
+#[test]
+fn check_7_answer_request() {
+    use ketenpost_schemas::envelope::AnswerRequest;
+    let mut fx = Fx::new();
+    let ask = |by: &[&str], due: DateTime<Utc>| {
+        let mut d = fx.signaal();
+        d.answer_request = Some(AnswerRequest {
+            by: by.iter().map(|r| Role::new(*r)).collect(),
+            due,
+        });
+        d
+    };
+    // The test policy's signaal sets no answer_request_max: it carries no request.
+    let d = ask(&["zorgaanbieder"], fx.now + Duration::days(2));
+    let r = fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).unwrap_err();
+    assert_eq!((r.code, r.check), (RejectCode::AnswerRequestNotAllowed, 7));
+    assert!(r.reason.contains("answer_request_max"), "{}", r.reason);
+
+    fx.strict
+        .purposes
+        .get_mut("uitstroom")
+        .unwrap()
+        .kinds
+        .get_mut(&Kind::Signaal)
+        .unwrap()
+        .answer_request_max = Some("10 days".parse().unwrap());
+    let now = fx.now;
+    let ask = |by: &[&str], due: DateTime<Utc>| {
+        let mut d = fx.signaal();
+        d.answer_request = Some(AnswerRequest {
+            by: by.iter().map(|r| Role::new(*r)).collect(),
+            due,
+        });
+        d
+    };
+    // Within the bound, exactly at it, and for every recipient: accepted.
+    for d in [
+        ask(&["zorgaanbieder"], now + Duration::days(2)),
+        ask(&["zorgaanbieder"], now + Duration::days(10)),
+        ask(&[], now + Duration::days(1)),
+    ] {
+        assert!(fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).is_ok());
+    }
+    // One second past the bound: refused, naming the bound.
+    let d = ask(
+        &["zorgaanbieder"],
+        now + Duration::days(10) + Duration::seconds(1),
+    );
+    let r = fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).unwrap_err();
+    assert_eq!(r.code, RejectCode::AnswerRequestNotAllowed);
+    assert!(r.reason.contains("at most 10 days"), "{}", r.reason);
+    // Due at or before acceptance: refused.
+    for due in [now, now - Duration::hours(1)] {
+        let d = ask(&["zorgaanbieder"], due);
+        let r = fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).unwrap_err();
+        assert_eq!(r.code, RejectCode::AnswerRequestNotAllowed, "{}", r.reason);
+    }
+    // A role no recipient has (the corporation is the sender, not a recipient).
+    let d = ask(&["woningcorporatie"], now + Duration::days(1));
+    let r = fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).unwrap_err();
+    assert_eq!(r.code, RejectCode::AnswerRequestNotAllowed);
+    assert!(r.reason.contains("'woningcorporatie'"), "{}", r.reason);
+}
+
+/// A term anchored only on optional payload fields binds only a message that carries one:
+/// without an event time such a message has no send deadline, where another kind's
+/// message is refused.
+#[test]
+fn check_7_a_term_that_needs_an_anchor_binds_only_anchored_messages() {
+    let mut fx = Fx::new();
+    let mut d = fx.signaal();
+    d.event_time = None;
+    assert_eq!(fx.code(&fx.corp, d.clone()), Some(RejectCode::Malformed));
+    fx.strict
+        .purposes
+        .get_mut("uitstroom")
+        .unwrap()
+        .kinds
+        .get_mut(&Kind::Signaal)
+        .unwrap()
+        .term_needs_anchor = true;
+    let ok = fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).unwrap();
+    assert_eq!(ok.send_deadline(), None);
+    assert!(ok.flags().is_empty());
+}

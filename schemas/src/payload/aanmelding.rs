@@ -91,9 +91,18 @@ use crate::kind::{Category, Kind};
 pub struct Aanmelding {
     /// Which form this referral is (002:1286-1288, 003:520).
     pub formulier: Formulier,
-    /// Date the client was registered with the Transferpunt (002:1364-1365).
+    /// Date the client was registered with the Transferpunt (002:1364-1365). On the
+    /// aanmeldformulier it is the day its term runs from: "Binnen 2 weken na registratie
+    /// wordt het aanmeldformulier ... ingevuld" (002:1438).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datum_aanmelding_transferpunt: Option<NaiveDate>,
+    /// The day an MO uitstromer entered the maatschappelijke opvang, given on its
+    /// registratieformulier: the registration with the gemeente van herkomst and the
+    /// Transferpunt is due "binnen twee weken na instroom in Maatschappelijke Opvang"
+    /// (002:606-608). A term fact of the referral, so category `case` (the stay itself is
+    /// `woonhistorie.start_verblijf_opvang`, housing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instroom_opvang_op: Option<NaiveDate>,
     /// Who the client is (002:1296-1326, 002:1263-1265, 003:624).
     pub identiteit: Identiteit,
     /// The household the dwelling is asked for (003:862-870, 003:1374-1378).
@@ -144,6 +153,7 @@ impl Payload for Aanmelding {
     const FIELDS: &'static [(&'static str, Category)] = &[
         ("formulier", Category::Case),
         ("datum_aanmelding_transferpunt", Category::Case),
+        ("instroom_opvang_op", Category::Case),
         ("identiteit", Category::Identity),
         ("huishouden", Category::Identity),
         ("contact", Category::Contact),
@@ -825,6 +835,7 @@ impl Aanmelding {
         Aanmelding {
             formulier: Formulier::Aanmelding,
             datum_aanmelding_transferpunt: Some(date(2025, 3, 4)),
+            instroom_opvang_op: None,
             identiteit: Identiteit {
                 achternaam_voorletters: "Voorbeeld, J.P.".into(),
                 burgerservicenummer: "111222333".into(),

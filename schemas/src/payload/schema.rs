@@ -265,6 +265,14 @@ impl KindSchema {
         &self.schema
     }
 
+    /// Whether the schema requires the top-level field `name`.
+    pub fn is_required(&self, name: &str) -> bool {
+        self.schema
+            .get("required")
+            .and_then(Value::as_array)
+            .is_some_and(|r| r.iter().any(|f| f.as_str() == Some(name)))
+    }
+
     /// The top-level fields and their categories, in the order of the schema.
     pub fn fields(&self) -> &[Field] {
         &self.fields

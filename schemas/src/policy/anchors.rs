@@ -11,9 +11,11 @@
 //! ```
 //!
 //! A field holds an RFC 3339 date-time, or a `YYYY-MM-DD` date, which counts from the start
-//! of that day in UTC.
+//! of that day in Europe/Amsterdam, the covenants' local time (00:00 local is 23:00 UTC the
+//! day before in winter, 22:00 in summer): a term of "1 month after the arrears arose" on
+//! 1 March begins when that day begins where the covenant's parties are.
 
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 use toml::Spanned;
 
@@ -35,7 +37,7 @@ pub fn event_time<'a>(
             return Ok(Some((f, t)));
         }
         if let Ok(d) = text.parse::<NaiveDate>() {
-            return Ok(Some((f, d.and_time(NaiveTime::MIN).and_utc())));
+            return Ok(Some((f, crate::calendar::start_of_local_day(d))));
         }
         return Err(format!(
             "'{f}' is the anchor of the kind's deadline and must be a date or an RFC 3339 \
@@ -97,7 +99,8 @@ mod tests {
         });
         let (f, t) = event_time(&fields, &both).unwrap().unwrap();
         assert_eq!(f, "huurachterstand_ontstaan_op");
-        assert_eq!(t.to_rfc3339(), "2025-03-01T00:00:00+00:00");
+        // The start of 1 March in Amsterdam (winter time, UTC+1).
+        assert_eq!(t.to_rfc3339(), "2025-02-28T23:00:00+00:00");
         let observed = json!({ "huurachterstand_ontstaan_op": null, "waargenomen_op": "2025-04-02T10:00:00Z" });
         let (f, _) = event_time(&fields, &observed).unwrap().unwrap();
         assert_eq!(f, "waargenomen_op");
@@ -107,6 +110,30 @@ mod tests {
         assert!(
             e.contains("huurachterstand_ontstaan_op") && !e.contains("gisteren"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_date_counts_from_the_start_of_that_day_in_amsterdam_across_a_dst_change() {
+        let fields = vec!["op".to_owned()];
+        let at = |d: &str| event_time(&fields, &json!({ "op": d })).unwrap().unwrap().1;
+        // Summer time began on Sunday 30 March 2025 at 02:00 local (01:00 UTC): the day
+        // before starts at 23:00 UTC, that day itself still at 23:00 UTC (midnight came
+        // before the jump), the day after at 22:00 UTC.
+        assert_eq!(at("2025-03-29").to_rfc3339(), "2025-03-28T23:00:00+00:00");
+        assert_eq!(at("2025-03-30").to_rfc3339(), "2025-03-29T23:00:00+00:00");
+        assert_eq!(at("2025-03-31").to_rfc3339(), "2025-03-30T22:00:00+00:00");
+        // Winter time came back on Sunday 26 October 2025 at 03:00 local (01:00 UTC).
+        assert_eq!(at("2025-10-26").to_rfc3339(), "2025-10-25T22:00:00+00:00");
+        assert_eq!(at("2025-10-27").to_rfc3339(), "2025-10-26T23:00:00+00:00");
+        // The day across the change is 23 hours long in spring and 25 in autumn, so a
+        // one-day term from a date ends at the next local midnight.
+        assert_eq!((at("2025-03-31") - at("2025-03-30")).num_hours(), 23);
+        assert_eq!((at("2025-10-27") - at("2025-10-26")).num_hours(), 25);
+        // A date-time keeps its own instant.
+        assert_eq!(
+            at("2025-03-30T12:00:00+02:00").to_rfc3339(),
+            "2025-03-30T10:00:00+00:00"
         );
     }
 }

@@ -641,3 +641,79 @@ fn the_readme_documents_every_policy_key() {
         .collect();
     assert!(missing.is_empty(), "README's 'Every key' lacks {missing:?}");
 }
+
+#[test]
+fn answer_request_max_bounds_a_kind_and_defaults_its_answer_kinds() {
+    let text = GOOD.replace(
+        "send_within = \"48 hours\"\nanswer_within = \"24 hours\"",
+        "send_within = \"48 hours\"\nanswer_request_max = \"10 workdays\"",
+    );
+    assert_ne!(text, GOOD);
+    let p = Policy::from_toml(&text).unwrap();
+    let rule = p.rule("uitstroom", Kind::Signaal).unwrap();
+    assert_eq!(rule.answer_within, None);
+    assert_eq!(rule.answer_request_max, Some(PolicyDuration::Workdays(10)));
+    // Something must count as the answer asked for.
+    assert_eq!(rule.answer_kinds, [Kind::Reactie].into());
+    // Absent: the kind carries no request.
+    let p = Policy::from_toml(GOOD).unwrap();
+    assert_eq!(
+        p.rule("uitstroom", Kind::Aanmelding)
+            .unwrap()
+            .answer_request_max,
+        None
+    );
+    // A bad term names its line.
+    let bad = GOOD.replace(
+        "answer_within = \"24 hours\"",
+        "answer_within = \"24 hours\"\nanswer_request_max = \"soon\"",
+    );
+    let e = Policy::from_toml(&bad).unwrap_err().to_string();
+    assert!(e.contains("line"), "{e}");
+}
+
+/// Friesland's aanmelding (002:1438, 002:606-608): its two-week term runs from the
+/// payload's registration or opvang date, both optional, so a form without either (vervolg
+/// wonen, plaatsing) has no term; a kind whose anchor is required always has one.
+#[test]
+fn a_term_on_optional_anchors_binds_only_the_messages_that_carry_one() {
+    let friesland = Policy::from_toml(include_str!("../../policies/friesland.toml")).unwrap();
+    let rule = friesland.rule("uitstroom", Kind::Aanmelding).unwrap();
+    assert_eq!(
+        rule.event_time_from,
+        ["instroom_opvang_op", "datum_aanmelding_transferpunt"]
+    );
+    assert!(rule.term_needs_anchor);
+    assert_eq!(rule.send_within, Some(PolicyDuration::Weeks(2)));
+    // The aanmeldformulier's term runs from its registration date, from the start of that
+    // day in Amsterdam; an MO registratieformulier's from the day the opvang began; a
+    // plaatsing form that names neither has no event time and so no term.
+    let mut form = serde_json::to_value(crate::payload::Aanmelding::example()).unwrap();
+    let (field, at) = anchors::event_time(&rule.event_time_from, &form)
+        .unwrap()
+        .unwrap();
+    assert_eq!(field, "datum_aanmelding_transferpunt");
+    assert_eq!(at.to_rfc3339(), "2025-03-03T23:00:00+00:00");
+    form["formulier"] = serde_json::json!("registratie");
+    form["instroom_opvang_op"] = serde_json::json!("2025-02-20");
+    let (field, _) = anchors::event_time(&rule.event_time_from, &form)
+        .unwrap()
+        .unwrap();
+    assert_eq!(field, "instroom_opvang_op");
+    let plaatsing = form.as_object_mut().unwrap();
+    plaatsing.remove("instroom_opvang_op");
+    plaatsing.remove("datum_aanmelding_transferpunt");
+    plaatsing.insert("formulier".into(), serde_json::json!("plaatsing"));
+    assert_eq!(
+        anchors::event_time(&rule.event_time_from, &form).unwrap(),
+        None
+    );
+    let walcheren = Policy::from_toml(include_str!("../../policies/walcheren.toml")).unwrap();
+    // Walcheren's signal falls back on waargenomen_op, which every signal has.
+    assert!(
+        !walcheren
+            .rule("uitstroom", Kind::Signaal)
+            .unwrap()
+            .term_needs_anchor
+    );
+}

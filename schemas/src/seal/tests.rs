@@ -312,6 +312,7 @@ fn a_body_with_fields_outside_the_view_is_refused() {
         trace_id: TraceId::random(),
         breach_scope: None,
         corrects: Vec::new(),
+        answer_request: None,
         bodies: vec![BodyRef {
             view: corp.role.clone(),
             recipients: vec![corp.oin.clone()],
