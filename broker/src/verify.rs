@@ -1,17 +1,11 @@
-//! Batch verification of the header signatures of concurrent submissions.
+//! Batch verification of ed25519 signatures with exactly `verify_strict`'s verdict, and
+//! why the broker does not use it (issue 16; measured with
+//! `cargo bench -p ketenpost-broker --bench verify`).
 //!
-//! A submission's signature is checked by the core (`core::checks`, check 2) with
-//! [`keys::verify_any`]: ed25519 `verify_strict`. Verifying the signatures of many
-//! submissions in one multi-scalar multiplication costs about half as much per signature
-//! (see `cargo bench -p ketenpost-broker --bench verify`), so the submit path sends each
-//! submission's header signature to the [`Verifier`] first; the verifier thread takes every
-//! signature waiting at that moment (at most [`MAX_BATCH`]) and verifies them together. A
-//! signature the batch proves is handed to the core as [`PreVerified`], which answers the
-//! core's signature check for exactly that key, message and signature; for everything else
-//! the core verifies as before. The decision, its order and its refusal are the core's in
-//! every case.
-//!
-//! What a passing batch proves is what `verify_strict` checks, for every signature in it:
+//! A submission's header signature is checked by the core (`core::checks`, check 2) with
+//! `keys::verify_any`: ed25519 `verify_strict`, one signature at a time. [`verify_all`]
+//! verifies many signatures in one multi-scalar multiplication and says, for each, what
+//! `verify_strict` would say:
 //!
 //! - `s` is canonical, and `R` decodes, is canonically encoded and is not of small order;
 //! - the key is not of small order and has no torsion component (checked once per key);
@@ -19,57 +13,40 @@
 //!   `[8]·Σ zᵢ(Rᵢ + kᵢAᵢ − sᵢB) = 0` (random 128-bit `zᵢ`) holds for each signature exactly
 //!   when `sᵢB − kᵢAᵢ = Rᵢ`, the equation `verify_strict` checks, does.
 //!
-//! When the batch equation fails, each signature of the batch is verified on its own with
-//! `verify_strict`: one bad signature costs its batch a second pass, and refuses only its
-//! own message (with `bad_signature`, from the core, as before).
+//! When the batch equation fails, each signature is verified on its own: one bad
+//! signature refuses only its own item.
+//!
+//! The third point is what costs: without it a batch of 64 takes about 11 µs a signature
+//! against 84 µs one at a time, but then a signer could add a small torsion point to its
+//! own `R` and have a message accepted that `verify_strict` (and so every recipient's
+//! agent) refuses. With it (a scalar multiplication by ℓ per signature) the batch costs
+//! more than verifying one at a time (2026-12-02: 105 µs against 84 µs a signature at 64),
+//! because that check costs as much as a verification. Batching is therefore not wired
+//! into the submit path: the decision stays `verify_strict`'s for every message, at its
+//! cost. The benchmark keeps the numbers current.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
 
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use ed25519_dalek::{Signature, VerifyingKey};
-use ketenpost_schemas::keys::{self, Context};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha512};
 
 /// Most signatures verified in one batch.
 pub const MAX_BATCH: usize = 64;
 
-/// One signature to verify: the signed bytes as [`keys::verify_any`] frames them.
+/// One signature to verify: the signed bytes as `keys::verify_any` frames them.
 #[derive(Debug, Clone)]
 pub struct Item {
     /// The key it must verify with.
     pub key: VerifyingKey,
-    /// The framed message ([`keys::framed`]).
+    /// The framed message (`keys::framed`).
     pub message: Vec<u8>,
     /// The signature.
     pub signature: Signature,
-}
-
-/// Proof that a batch verified one header signature: the core's check 2 is answered
-/// from it for exactly this key, these header bytes and this signature.
-#[derive(Debug, Clone)]
-pub struct PreVerified {
-    key: VerifyingKey,
-    header_bytes: Vec<u8>,
-    signature: Signature,
-}
-
-impl PreVerified {
-    /// Whether this proof covers `signature` over `header_bytes` by one of `keys`.
-    pub fn covers(
-        &self,
-        keys: &[VerifyingKey],
-        header_bytes: &[u8],
-        signature: &Signature,
-    ) -> bool {
-        keys.contains(&self.key)
-            && self.signature == *signature
-            && self.header_bytes == header_bytes
-    }
 }
 
 /// What [`verify_all`] learnt about a key: whether a batch may vouch for it.
@@ -172,111 +149,10 @@ fn strict(item: &Item) -> bool {
         .is_ok()
 }
 
-/// The header bytes and the signature of an encoded envelope (see
-/// `ketenpost_schemas::envelope::Envelope::decode`), without decoding the rest; `None` when
-/// its frame does not start as an envelope's within `limits`.
-pub fn header_and_signature<'a>(
-    bytes: &'a [u8],
-    limits: &ketenpost_schemas::envelope::Limits,
-) -> Option<(&'a [u8], Signature)> {
-    if bytes.len() > limits.max_envelope {
-        return None;
-    }
-    let (magic, rest) = bytes.split_first_chunk::<4>()?;
-    if *magic != ketenpost_schemas::envelope::MAGIC {
-        return None;
-    }
-    let (len, rest) = rest.split_first_chunk::<4>()?;
-    let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
-    if len > limits.max_header || rest.len() < len + 64 {
-        return None;
-    }
-    let (header, rest) = rest.split_at(len);
-    let (signature, _) = rest.split_first_chunk::<64>()?;
-    Some((header, Signature::from_bytes(signature)))
-}
-
-/// One signature waiting for its batch.
-struct Job {
-    item: Item,
-    header_bytes: Vec<u8>,
-    answer: tokio::sync::oneshot::Sender<Option<PreVerified>>,
-}
-
-/// The verifier thread: batches the header signatures of concurrent submissions.
-#[derive(Clone)]
-pub struct Verifier {
-    tx: mpsc::Sender<Job>,
-}
-
-impl std::fmt::Debug for Verifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Verifier")
-    }
-}
-
-impl Verifier {
-    /// Start the verifier thread; it ends when every handle is dropped.
-    pub fn start() -> std::io::Result<Verifier> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("ketenpost-verify".into())
-            .spawn(move || {
-                let mut keys_seen = HashMap::new();
-                while let Ok(first) = rx.recv() {
-                    let mut jobs = vec![first];
-                    while jobs.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(j) => jobs.push(j),
-                            Err(_) => break,
-                        }
-                    }
-                    if keys_seen.len() > 4096 {
-                        keys_seen.clear();
-                    }
-                    let items: Vec<Item> = jobs.iter().map(|j| j.item.clone()).collect();
-                    let ok = verify_all(&items, &mut keys_seen);
-                    for (job, ok) in jobs.into_iter().zip(ok) {
-                        let proof = ok.then(|| PreVerified {
-                            key: job.item.key,
-                            header_bytes: job.header_bytes,
-                            signature: job.item.signature,
-                        });
-                        let _ = job.answer.send(proof);
-                    }
-                }
-            })?;
-        Ok(Verifier { tx })
-    }
-
-    /// Verify `signature` over `header_bytes` (an envelope header) with `key` in the next
-    /// batch; `None` when it does not verify with that key (or the thread is gone): then
-    /// the core verifies it itself.
-    pub async fn header(
-        &self,
-        key: VerifyingKey,
-        header_bytes: &[u8],
-        signature: Signature,
-    ) -> Option<PreVerified> {
-        let (answer, rx) = tokio::sync::oneshot::channel();
-        let job = Job {
-            item: Item {
-                key,
-                message: keys::framed(Context::Header, header_bytes),
-                signature,
-            },
-            header_bytes: header_bytes.to_vec(),
-            answer,
-        };
-        self.tx.send(job).ok()?;
-        rx.await.ok().flatten()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ketenpost_schemas::keys::generate_signing_key;
+    use ketenpost_schemas::keys::{self, generate_signing_key, Context};
 
     fn items(n: usize) -> Vec<Item> {
         (0..n)

@@ -252,21 +252,7 @@ pub fn check_message_facts(
     reg: &impl Registry,
     now: DateTime<Utc>,
 ) -> Result<Authorised, Refusal> {
-    check_message_facts_with(sub, env, reg, now, &|_, _, _| false)
-}
-
-/// [`check_message_facts`], where `pre_verified` may vouch for the header signature of
-/// check 2 (see `Claimed::verify_any_with`: the broker's batch verification). It is asked
-/// at the same point of the checks; when it answers `false` the signature is verified as
-/// in [`check_message_facts`]. Every other check, its order and every refusal are the same.
-pub fn check_message_facts_with(
-    sub: Submitted<'_>,
-    env: Env<'_>,
-    reg: &impl Registry,
-    now: DateTime<Utc>,
-    pre_verified: &dyn Fn(&[VerifyingKey], &[u8], &ed25519_dalek::Signature) -> bool,
-) -> Result<Authorised, Refusal> {
-    let verified = authenticate(sub, &env, now, pre_verified).map_err(|rejection| Refusal {
+    let verified = authenticate(sub, &env, now).map_err(|rejection| Refusal {
         rejection,
         verified: None,
     })?;
@@ -297,7 +283,6 @@ fn authenticate(
     sub: Submitted<'_>,
     env: &Env<'_>,
     now: DateTime<Utc>,
-    pre_verified: &dyn Fn(&[VerifyingKey], &[u8], &ed25519_dalek::Signature) -> bool,
 ) -> Result<VerifiedEnvelope, Rejection> {
     // 1. Transport identity = header sender; sender known and not revoked.
     let envelope = Envelope::decode(sub.bytes, env.limits).map_err(from_schema)?;
@@ -332,7 +317,7 @@ fn authenticate(
     // 2. Signature over the header bytes (with the sender's current key, or a previous
     // one inside its rotation overlap); body digests; header structure.
     envelope
-        .verify_any_with(env.limits, &sender_keys, pre_verified)
+        .verify_any(env.limits, &sender_keys)
         .map_err(from_schema)
 }
 

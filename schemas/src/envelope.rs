@@ -384,11 +384,6 @@ impl Envelope {
         &self.header_bytes
     }
 
-    /// The header signature, unverified.
-    pub fn signature(&self) -> Signature {
-        Signature::from_bytes(&self.signature)
-    }
-
     /// The body ciphertexts.
     pub fn bodies(&self) -> &[Vec<u8>] {
         &self.bodies
@@ -481,19 +476,6 @@ impl Claimed {
         self.verify_bodies(limits, keys, None)
     }
 
-    /// [`Claimed::verify_any`], where `pre_verified` may vouch for the header signature
-    /// (called with the keys, the header bytes and the signature; e.g. a batch of
-    /// signatures verified together). When it answers `false` the signature is verified
-    /// here as in [`Claimed::verify_any`]; everything else is checked the same either way.
-    pub fn verify_any_with(
-        self,
-        limits: &Limits,
-        keys: &[VerifyingKey],
-        pre_verified: &dyn Fn(&[VerifyingKey], &[u8], &Signature) -> bool,
-    ) -> Result<VerifiedEnvelope, Error> {
-        self.verify_bodies_with(limits, keys, None, pre_verified)
-    }
-
     /// Verify a delivery to `me` ([`Envelope::delivery`]): the header signature and
     /// structure, the digest of my body, and that every other body is withheld. A
     /// delivery that carries another recipient's view is refused
@@ -525,27 +507,15 @@ impl Claimed {
         keys: &[VerifyingKey],
         me: Option<&Oin>,
     ) -> Result<VerifiedEnvelope, Error> {
-        self.verify_bodies_with(limits, keys, me, &|_, _, _| false)
-    }
-
-    fn verify_bodies_with(
-        self,
-        limits: &Limits,
-        keys: &[VerifyingKey],
-        me: Option<&Oin>,
-        pre_verified: &dyn Fn(&[VerifyingKey], &[u8], &Signature) -> bool,
-    ) -> Result<VerifiedEnvelope, Error> {
         let Claimed { header, envelope } = self;
         let sig = Signature::from_bytes(&envelope.signature);
-        if !pre_verified(keys, &envelope.header_bytes, &sig) {
-            keys::verify_any(
-                keys,
-                Context::Header,
-                &envelope.header_bytes,
-                &sig,
-                "header",
-            )?;
-        }
+        keys::verify_any(
+            keys,
+            Context::Header,
+            &envelope.header_bytes,
+            &sig,
+            "header",
+        )?;
         header.check_structure(limits)?;
         if header.bodies.len() != envelope.bodies.len() {
             return Err(Error::Decode(format!(

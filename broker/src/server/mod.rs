@@ -100,8 +100,6 @@ struct Shared {
     counters: crate::metrics::Counters,
     /// False once the broker is shutting down (`/readyz`).
     ready: std::sync::atomic::AtomicBool,
-    /// Verifies the header signatures of concurrent submissions in batches.
-    verifier: crate::verify::Verifier,
 }
 
 impl Shared {
@@ -350,8 +348,6 @@ impl Broker {
             admission,
             counters: crate::metrics::Counters::default(),
             ready: std::sync::atomic::AtomicBool::new(true),
-            verifier: crate::verify::Verifier::start()
-                .context("cannot start the signature verifier")?,
         });
         shared.audit(AuditEntry::ok(AuditEvent::BrokerStarted));
         {

@@ -14,10 +14,6 @@ struct Staged {
 
 pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> Response {
     let now = shared.now();
-    // Check 2's signature, verified in a batch with the other submissions of the moment
-    // (`crate::verify`); the core asks this proof at its check 2 and verifies itself
-    // whatever it does not cover.
-    let proof = pre_verify(&bytes, shared, oin, now).await;
     let guard = shared.registry_lock.read().await;
     // The checks and the start of the write (appending the body to the spool) run on a
     // blocking thread; the store's writer thread writes and flushes the message with the
@@ -28,7 +24,7 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
     let begun = tokio::task::spawn_blocking(move || {
         // One set of documents for the whole decision, whatever a reload does meanwhile.
         let docs = s.docs();
-        let authorised = stage_check(&bytes, &s, &docs, &o, now, proof.as_ref())?;
+        let authorised = stage_check(&bytes, &s, &docs, &o, now)?;
         let ticket = stage_write(&authorised, &bytes, &s, &docs, &o, now)?;
         Ok((authorised, bytes, ticket))
     })
@@ -71,9 +67,8 @@ fn stage_check(
     docs: &crate::documents::Documents,
     oin: &Oin,
     now: DateTime<Utc>,
-    proof: Option<&crate::verify::PreVerified>,
 ) -> Result<Authorised, Response> {
-    match checks::check_message_facts_with(
+    match checks::check_message_facts(
         Submitted {
             transport: oin,
             bytes,
@@ -81,7 +76,6 @@ fn stage_check(
         docs.env(&shared.limits, shared.max_clock_skew()),
         &shared.live(),
         now,
-        &|keys, header, signature| proof.is_some_and(|p| p.covers(keys, header, signature)),
     ) {
         Ok(a) => Ok(a),
         Err(refusal) => {
@@ -91,25 +85,6 @@ fn stage_check(
             Err(Response::Rejected(r))
         }
     }
-}
-
-/// The header signature of a submission, verified in the verifier's next batch with the
-/// current key of the connection's party (the sender check 1 requires); `None` when the
-/// envelope's frame does not parse, the party has no key, or the signature does not verify
-/// with that key: then the core's check 2 verifies (and refuses) as always.
-async fn pre_verify(
-    bytes: &[u8],
-    shared: &Arc<Shared>,
-    oin: &Oin,
-    now: DateTime<Utc>,
-) -> Option<crate::verify::PreVerified> {
-    let (header, signature) = crate::verify::header_and_signature(bytes, &shared.limits)?;
-    let key = {
-        let docs = shared.docs();
-        let env = docs.env(&shared.limits, shared.max_clock_skew());
-        *env.keys?.get(oin)?.valid_at(now).first()?
-    };
-    shared.verifier.header(key, header, signature).await
 }
 
 fn submit_task_failed(e: &tokio::task::JoinError) -> Response {
