@@ -6,6 +6,7 @@
 //! cargo bench -p ketenpost-broker --bench load -- latency
 //! cargo bench -p ketenpost-broker --bench load -- memory       # 1,000,000 queued; minutes
 //! cargo bench -p ketenpost-broker --bench load -- flood        # p99 alone vs during a flood
+//! cargo bench -p ketenpost-broker --bench load -- e2e          # submit -> delivered -> receipt
 //! cargo bench -p ketenpost-broker --bench load -- throughput --messages=100000 --concurrency=256
 //! ```
 //!
@@ -32,6 +33,17 @@
 //!   opening connections (a handshake each, refused after its 8th), holds 64 requests on
 //!   each connection it keeps that announce a large envelope, send 256 KiB of it and stall,
 //!   and sends oversized frames. Reports the other partners' p50/p99 in both phases.
+//! - `e2e`: end to end, every step durable. The zorgaanbieder long-polls (`Fetch`, up to
+//!   256 at a time, waiting up to 1 s), and for every delivered message signs a
+//!   `DeliveryReceipt` and sends it (all receipts of one fetch concurrently, then the next
+//!   fetch); the broker deletes the body when the receipt is durable and forwards the
+//!   receipt to the sender, whose connection long-polls its notices and acknowledges them
+//!   (`Ack`). First `--messages` messages as fast as the flood of `throughput`
+//!   (`--concurrency`): end-to-end msg/s (first submit to last receipt answered) and
+//!   submit-to-delivered percentiles; then paced at `--e2e-rate` (1,000) msg/s for
+//!   `--seconds` after a 2 s warm-up: submit-to-accepted, submit-to-delivered and
+//!   submit-to-receipted percentiles from each message's scheduled send time. At the end
+//!   a fetch must find the recipient's queue empty.
 //! - `memory`: `--queue` (1,000,000) messages queued for a recipient that never fetches,
 //!   sealed and submitted in batches of `--batch` (25,000); broker RSS at the end and its
 //!   peak, the size of the data directory, and the RSS after a restart on that data.
@@ -47,7 +59,7 @@ use std::io::BufRead as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +68,7 @@ use ketenpost_certs::{Federation, InitOptions};
 use ketenpost_schemas::control::{CaseChange, CaseOp, Record, SignedRecord, Toestemming};
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::LegalBasis;
-use ketenpost_schemas::ids::{CaseRef, Oin};
+use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::keys::{self, SigningKey};
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::payload::Signaal;
@@ -149,6 +161,8 @@ struct Opts {
     batch: usize,
     /// `limits.cache_mb` for the broker; `None` leaves the broker's default.
     cache_mb: Option<u64>,
+    /// The paced part of the `e2e` scenario, msg/s.
+    e2e_rate: u64,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -161,6 +175,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         queue: 1_000_000,
         batch: 25_000,
         cache_mb: None,
+        e2e_rate: 1_000,
     };
     for a in args {
         if a == "--bench" {
@@ -180,15 +195,16 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
                 "queue" => o.queue = n_usize,
                 "batch" => o.batch = n_usize,
                 "cache-mb" => o.cache_mb = Some(n),
+                "e2e-rate" => o.e2e_rate = n,
                 _ => return Err(format!("unknown option {a}")),
             }
             continue;
         }
         match a.as_str() {
-            "throughput" | "latency" | "memory" | "flood" => o.scenarios.push(a.clone()),
+            "throughput" | "latency" | "memory" | "flood" | "e2e" => o.scenarios.push(a.clone()),
             "all" => o
                 .scenarios
-                .extend(["throughput", "latency", "flood", "memory"].map(String::from)),
+                .extend(["throughput", "latency", "e2e", "flood", "memory"].map(String::from)),
             _ => return Err(format!("unknown argument {a}")),
         }
     }
@@ -589,8 +605,9 @@ impl Bench {
         zorg.close().await;
     }
 
-    /// One sealed signaal from sender `s` (roster index) to the zorgaanbieder.
-    fn seal_one(&self, s: usize, pad: usize) -> Vec<u8> {
+    /// One sealed signaal from sender `s` (roster index) to the zorgaanbieder: its id and
+    /// its envelope.
+    fn seal_one(&self, s: usize, pad: usize) -> (MessageId, Vec<u8>) {
         let mut payload = Signaal::example();
         payload.waargenomen_op = Utc::now() - chrono::Duration::hours(2);
         if pad > 0 {
@@ -608,7 +625,7 @@ impl Bench {
             serde_json::to_value(payload).unwrap(),
         );
         d.event_time = Some(Utc::now() - chrono::Duration::hours(2));
-        seal(
+        let sealed = seal(
             d,
             Sender {
                 oin: self.oin(s),
@@ -618,21 +635,20 @@ impl Bench {
             &self.directory,
             Utc::now(),
         )
-        .unwrap()
-        .0
-        .encode()
+        .unwrap();
+        (sealed.1.id, sealed.0.encode())
     }
 
     /// The padding that makes an envelope about [`ENVELOPE_BYTES`]; none if it is larger
     /// already.
     fn calibrate(&self) -> usize {
-        let base = self.seal_one(SENDERS[0], 0).len();
+        let base = self.seal_one(SENDERS[0], 0).1.len();
         if base >= ENVELOPE_BYTES {
             return 0;
         }
         let mut pad = ENVELOPE_BYTES - base;
         for _ in 0..8 {
-            let size = self.seal_one(SENDERS[0], pad).len();
+            let size = self.seal_one(SENDERS[0], pad).1.len();
             if size == ENVELOPE_BYTES || (size < ENVELOPE_BYTES && ENVELOPE_BYTES - size < 8) {
                 break;
             }
@@ -662,10 +678,8 @@ impl Bench {
                         (lo..hi)
                             .map(|k| {
                                 let conn = (first + k) % SENDERS.len();
-                                Msg {
-                                    conn,
-                                    bytes: self.seal_one(SENDERS[conn], self.pad),
-                                }
+                                let (id, bytes) = self.seal_one(SENDERS[conn], self.pad);
+                                Msg { conn, id, bytes }
                             })
                             .collect::<Vec<_>>()
                     })
@@ -690,6 +704,8 @@ impl Bench {
 struct Msg {
     /// Which sender connection submits it.
     conn: usize,
+    /// Its message id.
+    id: MessageId,
     bytes: Vec<u8>,
 }
 
@@ -797,11 +813,22 @@ async fn submit(client: &Client, bytes: &[u8]) -> Result<Response, String> {
 
 /// Submit every message as fast as possible with `concurrency` requests in flight.
 async fn flood(clients: &[Client], msgs: Arc<Vec<Msg>>, concurrency: usize) -> Outcome {
+    flood_tracked(clients, msgs, concurrency, None).await
+}
+
+/// [`flood`], noting each submission's start in `track`.
+async fn flood_tracked(
+    clients: &[Client],
+    msgs: Arc<Vec<Msg>>,
+    concurrency: usize,
+    track: Option<Arc<Track>>,
+) -> Outcome {
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + PHASE_LIMIT;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency.min(msgs.len()) {
         let (clients, msgs, next) = (clients.to_vec(), msgs.clone(), next.clone());
+        let track = track.clone();
         tasks.spawn(async move {
             let mut out = Outcome::default();
             loop {
@@ -811,6 +838,9 @@ async fn flood(clients: &[Client], msgs: Arc<Vec<Msg>>, concurrency: usize) -> O
                 }
                 let m = &msgs[i];
                 let t0 = Instant::now();
+                if let Some(t) = &track {
+                    t.note(&t.submitted, i, t0);
+                }
                 let r = submit(&clients[m.conn], &m.bytes).await;
                 out.record(r, t0.elapsed());
             }
@@ -826,6 +856,16 @@ async fn flood(clients: &[Client], msgs: Arc<Vec<Msg>>, concurrency: usize) -> O
 
 /// Submit messages paced at `rate` per second; latency counts from each scheduled time.
 async fn paced(clients: &[Client], msgs: Arc<Vec<Msg>>, rate: u64) -> (Outcome, usize) {
+    paced_tracked(clients, msgs, rate, None).await
+}
+
+/// [`paced`], noting each message's scheduled send time in `track`.
+async fn paced_tracked(
+    clients: &[Client],
+    msgs: Arc<Vec<Msg>>,
+    rate: u64,
+    track: Option<Arc<Track>>,
+) -> (Outcome, usize) {
     let interval = Duration::from_nanos(1_000_000_000 / rate);
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -835,6 +875,9 @@ async fn paced(clients: &[Client], msgs: Arc<Vec<Msg>>, rate: u64) -> (Outcome, 
     for i in 0..msgs.len() {
         let due = start + interval * u32::try_from(i).unwrap();
         tokio::time::sleep_until(due).await;
+        if let Some(t) = &track {
+            t.note(&t.submitted, i, due.into_std());
+        }
         let (client, msgs) = (clients[msgs[i].conn].clone(), msgs.clone());
         let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
         tasks.spawn(async move {
@@ -1225,6 +1268,369 @@ async fn memory(o: &Opts, sum: &mut Summary) {
     ));
 }
 
+// ---------------------------------------------------------------------------------------
+// End to end
+
+/// When each message of one phase was submitted, delivered and receipted (microseconds
+/// since `epoch`, `u64::MAX` while not yet), by its index in the phase.
+struct Track {
+    epoch: Instant,
+    index: std::collections::HashMap<MessageId, usize>,
+    submitted: Vec<AtomicU64>,
+    delivered: Vec<AtomicU64>,
+    receipted: Vec<AtomicU64>,
+    /// Receipts answered `done`.
+    done: AtomicUsize,
+    /// How many receipts end the phase: every message, or as many as were accepted once
+    /// the submissions are over.
+    expected: AtomicUsize,
+    /// Deliveries of a message delivered before (a fetch before its receipt was durable).
+    redelivered: AtomicUsize,
+    /// Deliveries of messages of no phase, receipts not answered `done`.
+    stray: AtomicUsize,
+    failed_receipts: AtomicUsize,
+}
+
+impl Track {
+    fn new(msgs: &[Msg]) -> Track {
+        let n = msgs.len();
+        let none = || (0..n).map(|_| AtomicU64::new(u64::MAX)).collect::<Vec<_>>();
+        Track {
+            epoch: Instant::now(),
+            index: msgs.iter().enumerate().map(|(i, m)| (m.id, i)).collect(),
+            submitted: none(),
+            delivered: none(),
+            receipted: none(),
+            done: AtomicUsize::new(0),
+            expected: AtomicUsize::new(n),
+            redelivered: AtomicUsize::new(0),
+            stray: AtomicUsize::new(0),
+            failed_receipts: AtomicUsize::new(0),
+        }
+    }
+
+    fn note(&self, what: &[AtomicU64], i: usize, at: Instant) {
+        let us = u64::try_from(at.saturating_duration_since(self.epoch).as_micros())
+            .unwrap_or(u64::MAX - 1);
+        what[i].store(us, Ordering::Relaxed);
+    }
+
+    /// Microseconds from submission to `what` of every message that got there.
+    fn since_submit(&self, what: &[AtomicU64]) -> Vec<u64> {
+        self.submitted
+            .iter()
+            .zip(what)
+            .filter_map(|(s, w)| {
+                let (s, w) = (s.load(Ordering::Relaxed), w.load(Ordering::Relaxed));
+                (s != u64::MAX && w != u64::MAX).then_some(w.saturating_sub(s))
+            })
+            .collect()
+    }
+
+    /// From the first submission to the last receipt answered, seconds.
+    fn span_secs(&self) -> f64 {
+        let first = self
+            .submitted
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        let last = self
+            .receipted
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|&v| v != u64::MAX)
+            .max()
+            .unwrap_or(first);
+        last.saturating_sub(first) as f64 / 1e6
+    }
+}
+
+/// The recipient (the zorgaanbieder), as an agent would be: long-poll a fetch, sign a
+/// receipt for every delivered message and send them all, then fetch again; until every
+/// message of `track` is receipted or `stop` is set. Nothing is decrypted: the receipt
+/// names the digest the header lists for the recipient's view.
+async fn recipient(
+    c: Client,
+    me: Oin,
+    key: SigningKey,
+    track: Arc<Track>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Client {
+    let limits = ketenpost_schemas::envelope::Limits::default();
+    let deadline = Instant::now() + PHASE_LIMIT;
+    while track.done.load(Ordering::Relaxed) < track.expected.load(Ordering::Relaxed)
+        && !stop.load(Ordering::Relaxed)
+        && Instant::now() < deadline
+    {
+        let r = c
+            .request(
+                &Request::Fetch {
+                    max: 256,
+                    wait_ms: 500,
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await;
+        let at = Instant::now();
+        let items = match r {
+            Ok(Response::Deliveries(items)) => items,
+            other => panic!("a fetch was answered {other:?}"),
+        };
+        let mut receipts = tokio::task::JoinSet::new();
+        for item in items {
+            let ketenpost_schemas::protocol::Delivery::Message { envelope, .. } = item else {
+                continue;
+            };
+            let bytes = ketenpost_schemas::protocol::envelope_from_b64(&envelope).unwrap();
+            let env = ketenpost_schemas::envelope::Envelope::decode(&bytes, &limits).unwrap();
+            let header = env.unverified_header().unwrap();
+            let Some(&i) = track.index.get(&header.id) else {
+                track.stray.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            if track.delivered[i].load(Ordering::Relaxed) == u64::MAX {
+                track.note(&track.delivered, i, at);
+            } else {
+                track.redelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            let (_, view) = header.body_for(&me).unwrap();
+            let receipt = ketenpost_schemas::control::DeliveryReceipt {
+                message_id: header.id,
+                recipient: me.clone(),
+                body_sha256: view.sha256.clone(),
+                received_at: Utc::now(),
+            };
+            let rec = SignedRecord::sign(&receipt, me.clone(), &key).unwrap();
+            let (c, track) = (c.clone(), track.clone());
+            receipts.spawn(async move {
+                match c.request(&Request::Receipt(rec), REQUEST_TIMEOUT).await {
+                    Ok(Response::Done) => {
+                        track.note(&track.receipted, i, Instant::now());
+                        track.done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        track.failed_receipts.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        while receipts.join_next().await.is_some() {}
+    }
+    c
+}
+
+/// A sender's connection long-polls its notices (the forwarded receipts) and
+/// acknowledges them, until `stop`. Counts the notices.
+async fn notice_drain(
+    c: Client,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    notices: Arc<AtomicUsize>,
+) {
+    let deadline = Instant::now() + PHASE_LIMIT;
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let r = c
+            .request(
+                &Request::Fetch {
+                    max: 256,
+                    wait_ms: 200,
+                },
+                REQUEST_TIMEOUT,
+            )
+            .await;
+        let items = match r {
+            Ok(Response::Deliveries(items)) => items,
+            other => panic!("a sender's fetch was answered {other:?}"),
+        };
+        let up_to = items
+            .iter()
+            .filter_map(|d| match d {
+                ketenpost_schemas::protocol::Delivery::Notice { seq, .. } => Some(*seq),
+                ketenpost_schemas::protocol::Delivery::Message { .. } => None,
+            })
+            .max();
+        if let Some(up_to) = up_to {
+            notices.fetch_add(items.len(), Ordering::Relaxed);
+            match c.request(&Request::Ack { up_to }, REQUEST_TIMEOUT).await {
+                Ok(Response::Done) => {}
+                other => panic!("an ack was answered {other:?}"),
+            }
+        }
+    }
+}
+
+/// One end-to-end phase: the recipient and the senders' notice loops run while `submit`
+/// submits the phase's messages; returns the submissions' outcome when every message is
+/// receipted (or the phase's bound ran out).
+async fn e2e_phase<F>(
+    b: &Bench,
+    addr: SocketAddr,
+    clients: &[Client],
+    track: Arc<Track>,
+    submit: F,
+) -> (Outcome, usize)
+where
+    F: std::future::Future<Output = Outcome>,
+{
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let zorg = b.connect(addr, ZORG).await;
+    let rx = tokio::spawn(recipient(
+        zorg,
+        b.oin(ZORG).clone(),
+        b.keys[ZORG].clone(),
+        track.clone(),
+        stop.clone(),
+    ));
+    let notices = Arc::new(AtomicUsize::new(0));
+    let mut drains = tokio::task::JoinSet::new();
+    for c in clients {
+        drains.spawn(notice_drain(c.clone(), stop.clone(), notices.clone()));
+    }
+    let out = submit.await;
+    track.expected.store(out.accepted, Ordering::Relaxed);
+    let zorg = tokio::time::timeout(PHASE_LIMIT, rx).await;
+    stop.store(true, Ordering::Relaxed);
+    while drains.join_next().await.is_some() {}
+    let zorg = zorg.expect("the recipient did not finish in time").unwrap();
+    zorg.close().await;
+    (out, notices.load(Ordering::Relaxed))
+}
+
+async fn e2e(o: &Opts, sum: &mut Summary) {
+    let load = load_average();
+    let b = Bench::new(o);
+    let broker = b.start_broker();
+    b.setup_case(broker.addr).await;
+    let clients = b.sender_clients(broker.addr).await;
+
+    // Saturation: submit as fast as the throughput scenario while the recipient keeps up.
+    let msgs = Arc::new(b.seal_many(0, o.messages));
+    let track = Arc::new(Track::new(&msgs));
+    let cpu0 = broker.cpu_secs();
+    let t = Instant::now();
+    let (mut out, notices) = e2e_phase(
+        &b,
+        broker.addr,
+        &clients,
+        track.clone(),
+        flood_tracked(&clients, msgs.clone(), o.concurrency, Some(track.clone())),
+    )
+    .await;
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = broker.cpu_secs() - cpu0;
+    out.check_clean("e2e");
+    let done = track.done.load(Ordering::Relaxed);
+    let span = track.span_secs();
+    let rate = done as f64 / span.max(1e-9);
+    sum.add(format!(
+        "e2e: {done} of {} messages accepted, delivered and receipted in {span:.2} s = \
+         {rate:.0} msg/s end to end ({} accepted, {} in flight; {} redelivered, {} failed \
+         receipts, {notices} notices acked by the senders)",
+        o.messages,
+        out.accepted,
+        o.concurrency,
+        track.redelivered.load(Ordering::Relaxed),
+        track.failed_receipts.load(Ordering::Relaxed),
+    ));
+    sum.add(format!(
+        "e2e: at saturation: submit->accepted {}",
+        fmt_pct(percentiles(&mut out.latencies_us))
+    ));
+    sum.add(format!(
+        "e2e: at saturation: submit->delivered {}",
+        fmt_pct(percentiles(&mut track.since_submit(&track.delivered)))
+    ));
+    sum.add(format!(
+        "e2e: broker CPU {cpu:.1} s over {wall:.1} s ({:.0} us per message end to end)",
+        1e6 * cpu / done.max(1) as f64
+    ));
+
+    // Paced: what a partner sees at a moderate load.
+    let warm_n = usize::try_from(o.e2e_rate * 2).unwrap();
+    let n = usize::try_from(o.e2e_rate * o.seconds).unwrap();
+    let warm = Arc::new(b.seal_many(o.messages, warm_n));
+    let paced_msgs = Arc::new(b.seal_many(o.messages + warm_n, n));
+    let wtrack = Arc::new(Track::new(&warm));
+    let (w, _) = e2e_phase(&b, broker.addr, &clients, wtrack.clone(), async {
+        paced_tracked(&clients, warm.clone(), o.e2e_rate, Some(wtrack.clone()))
+            .await
+            .0
+    })
+    .await;
+    w.check_clean("e2e warm-up");
+    let ptrack = Arc::new(Track::new(&paced_msgs));
+    let cpu0 = broker.cpu_secs();
+    let t = Instant::now();
+    let (mut p_out, _) = e2e_phase(&b, broker.addr, &clients, ptrack.clone(), async {
+        paced_tracked(
+            &clients,
+            paced_msgs.clone(),
+            o.e2e_rate,
+            Some(ptrack.clone()),
+        )
+        .await
+        .0
+    })
+    .await;
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = broker.cpu_secs() - cpu0;
+    p_out.check_clean("e2e paced");
+    let accepted = percentiles(&mut p_out.latencies_us);
+    let delivered = percentiles(&mut ptrack.since_submit(&ptrack.delivered));
+    let receipted = percentiles(&mut ptrack.since_submit(&ptrack.receipted));
+    sum.add(format!(
+        "e2e: paced at {}/s for {} s ({} receipted of {n}): submit->accepted {} \
+         [target p99 < 5 ms: {}]",
+        o.e2e_rate,
+        o.seconds,
+        ptrack.done.load(Ordering::Relaxed),
+        fmt_pct(accepted),
+        verdict(accepted.is_some_and(|p| p.p99 < 5.0) && p_out.failures() == 0)
+    ));
+    sum.add(format!(
+        "e2e: paced: submit->delivered {} [target p99 < 10 ms: {}]",
+        fmt_pct(delivered),
+        verdict(delivered.is_some_and(|p| p.p99 < 10.0))
+    ));
+    sum.add(format!(
+        "e2e: paced: submit->receipted {}; broker CPU {:.0}% of one core",
+        fmt_pct(receipted),
+        100.0 * cpu / secs
+    ));
+
+    // Every body deleted: the recipient's queue is empty.
+    let zorg = b.connect(broker.addr, ZORG).await;
+    let left = match zorg
+        .request(
+            &Request::Fetch {
+                max: 256,
+                wait_ms: 0,
+            },
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .unwrap()
+    {
+        Response::Deliveries(d) => d
+            .iter()
+            .filter(|d| matches!(d, ketenpost_schemas::protocol::Delivery::Message { .. }))
+            .count(),
+        other => panic!("{other:?}"),
+    };
+    zorg.close().await;
+    for c in &clients {
+        c.close().await;
+    }
+    let commits = broker.stop().commits;
+    let (apparent, _) = disk_usage(&b.data());
+    sum.add(format!(
+        "e2e: after the run the recipient's queue holds {left} messages; data directory \
+         {:.0} MiB; group commits over the whole run: {}; machine load average before: {load}",
+        apparent as f64 / 1048576.0,
+        commits.map_or("unknown".into(), |c| c.to_string())
+    ));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -1255,6 +1661,7 @@ fn main() {
             "latency" => rt.block_on(latency(&opts, &mut sum)),
             "memory" => rt.block_on(memory(&opts, &mut sum)),
             "flood" => rt.block_on(flood_scenario(&opts, &mut sum)),
+            "e2e" => rt.block_on(e2e(&opts, &mut sum)),
             _ => unreachable!(),
         }
     }

@@ -17,6 +17,7 @@
 //! | [`store`] | sled trees: message metadata, per-recipient queues, notices, registries, group commit |
 //! | [`spool`] | message bodies in append-only segment files, zeroed in place when deleted |
 //! | [`audit`] | the hash-chained audit trail, signed checkpoints, `audit verify` |
+//! | [`verify`] | batch verification of signatures with `verify_strict`'s verdict: measured, not used (see its docs) |
 //! | [`fg`] | the `ketenpost-broker audit` reports over a stopped broker's data directory |
 #![forbid(unsafe_code)]
 
@@ -33,3 +34,4 @@ pub mod requests;
 pub mod server;
 pub mod spool;
 pub mod store;
+pub mod verify;

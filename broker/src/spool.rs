@@ -427,11 +427,16 @@ impl Spool {
         Ok(true)
     }
 
-    /// Every live (not deleted) record in the closed segments that are kept, in order:
-    /// where it is and whose it is. A record cut short at the end of a segment (an append
-    /// that a crash interrupted, whose metadata therefore never landed) ends the walk of
-    /// that segment. Start-up only.
-    pub fn live_records(&self) -> Result<Vec<(BodyAt, [u8; 16])>, SpoolError> {
+    /// Call `visit` with every live (not deleted) record in the closed segments that are
+    /// kept, in order: where it is and whose it is. Nothing is collected, so a spool with
+    /// a million bodies costs no memory here. A record cut short at the end of a segment
+    /// (an append that a crash interrupted, whose metadata therefore never landed) ends the
+    /// walk of that segment. `visit` may destroy the record it is given
+    /// ([`Spool::destroy_unreferenced`]). Start-up only.
+    pub fn visit_live_records<E: From<SpoolError>>(
+        &self,
+        mut visit: impl FnMut(BodyAt, [u8; 16]) -> Result<(), E>,
+    ) -> Result<(), E> {
         let active = lock(&self.active).segment;
         let mut files: Vec<(u32, Arc<File>)> = self
             .files
@@ -442,7 +447,6 @@ impl Spool {
             .map(|(s, f)| (*s, f.clone()))
             .collect();
         files.sort_by_key(|(s, _)| *s);
-        let mut out = Vec::new();
         for (segment, file) in files {
             let size = file.metadata().map_err(io("read segment size"))?.len();
             let mut offset = 0u64;
@@ -462,23 +466,22 @@ impl Spool {
                 if offset + HEADER + u64::from(len) > size {
                     break;
                 }
-                if magic == MAGIC.as_slice() {
-                    out.push((
-                        BodyAt {
-                            segment,
-                            offset,
-                            len,
-                        },
-                        id,
-                    ));
-                }
+                let live = magic == MAGIC.as_slice();
+                let at = BodyAt {
+                    segment,
+                    offset,
+                    len,
+                };
                 offset += HEADER + u64::from(len);
+                if live {
+                    visit(at, id)?;
+                }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// Destroy a live record that no metadata refers to (found by [`Spool::live_records`]
+    /// Destroy a live record that no metadata refers to (found by [`Spool::visit_live_records`]
     /// at start-up): zeroed like a deleted body, without counting it, since it never was.
     pub fn destroy_unreferenced(&self, at: &BodyAt, id: &[u8; 16]) -> Result<bool, SpoolError> {
         let _one_at_a_time = lock(&self.deleting);

@@ -577,3 +577,59 @@ async fn a_bad_config_exits_64() {
     let out = cli(&["serve", "--config", "/nonexistent/broker.toml"]);
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// Concurrent submissions are verified in batches (`ketenpost_broker::verify`): one bad
+/// signature among them refuses only its own message, with the refusal a lone bad
+/// signature gets (check 2, `bad_signature`, the same reason), and every other is accepted.
+#[tokio::test]
+async fn one_bad_signature_among_concurrent_submissions_refuses_only_it() {
+    let s = scene().await;
+    let (zorg, corp) = (&s.zorg, &s.corp);
+    let tamper = |mut bytes: Vec<u8>| {
+        // The first byte of the signature, after the magic, the length and the header.
+        let hlen = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        bytes[8 + hlen] ^= 0x01;
+        bytes
+    };
+    // Alone: today's refusal.
+    let alone = match send(
+        corp,
+        Request::Submit(tamper(
+            s.w.seal(corp, s.signaal(&[(zorg, "zorgaanbieder")])),
+        )),
+    )
+    .await
+    {
+        Response::Rejected(r) => r,
+        other => panic!("expected a rejection, got {other:?}"),
+    };
+    assert_eq!(alone.code, RejectCode::BadSignature);
+
+    for round in 0..3 {
+        let mut msgs: Vec<Vec<u8>> = (0..32)
+            .map(|_| s.w.seal(corp, s.signaal(&[(zorg, "zorgaanbieder")])))
+            .collect();
+        let bad = 7 + round * 9;
+        msgs[bad] = tamper(msgs[bad].clone());
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, m) in msgs.into_iter().enumerate() {
+            let c = corp.client.clone();
+            tasks.spawn(async move { (i, c.request(&Request::Submit(m), T).await.unwrap()) });
+        }
+        let mut accepted_n = 0;
+        while let Some(r) = tasks.join_next().await {
+            match r.unwrap() {
+                (i, Response::Rejected(r)) => {
+                    assert_eq!(i, bad, "only the tampered message is refused");
+                    assert_eq!(r, alone, "the same refusal as a lone bad signature");
+                }
+                (i, Response::Accepted { .. }) => {
+                    assert_ne!(i, bad);
+                    accepted_n += 1;
+                }
+                (_, other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(accepted_n, 31);
+    }
+}

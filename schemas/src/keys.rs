@@ -43,7 +43,8 @@ impl Context {
     }
 }
 
-fn framed(context: Context, bytes: &[u8]) -> Vec<u8> {
+/// The bytes a signature in `context` covers: a domain label, then `bytes`.
+pub fn framed(context: Context, bytes: &[u8]) -> Vec<u8> {
     let label = context.label();
     let mut m = Vec::with_capacity(13 + label.len() + 40 + bytes.len());
     m.extend_from_slice(b"ketenpost/v1/");

@@ -1,0 +1,112 @@
+//! Micro-benchmark of header signature verification: per signature, `verify_strict` one at
+//! a time against the broker's batch verification ([`ketenpost_broker::verify::verify_all`])
+//! in batches of 16 and 64, and what a failing batch costs.
+//!
+//! ```text
+//! cargo bench -p ketenpost-broker --bench verify
+//! ```
+//!
+//! The messages are 700-byte headers framed as the envelope's signature covers them, each
+//! signed by one of six keys (the load benchmark's parties). Each figure is the best of
+//! five rounds of about 0.5 s (the machine is shared; the best round is the least
+//! disturbed). Without `--bench` on the command line it does nothing.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ketenpost_broker::verify::{verify_all, Item};
+use ketenpost_schemas::keys::{self, Context};
+
+fn items(n: usize) -> Vec<Item> {
+    let keys: Vec<_> = (0..6).map(|_| keys::generate_signing_key()).collect();
+    (0..n)
+        .map(|i| {
+            let k = &keys[i % keys.len()];
+            let mut header = format!("{{\"n\":{i},\"pad\":\"");
+            header.push_str(&"x".repeat(700 - header.len() - 2));
+            header.push_str("\"}");
+            let message = keys::framed(Context::Header, header.as_bytes());
+            let signature = ed25519_dalek::Signer::sign(k, &message);
+            Item {
+                key: k.verifying_key(),
+                message,
+                signature,
+            }
+        })
+        .collect()
+}
+
+/// Microseconds per signature of `f` over `per_round` signatures, best of five rounds.
+fn best_us(per_round: usize, mut f: impl FnMut()) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut n = 0;
+        while t.elapsed() < Duration::from_millis(500) {
+            f();
+            n += per_round;
+        }
+        best = best.min(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    }
+    best
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "verify: a benchmark; run it with `cargo bench -p ketenpost-broker --bench verify`"
+        );
+        return;
+    }
+    let all = items(64);
+    let single = best_us(all.len(), || {
+        for it in &all {
+            assert!(it.key.verify_strict(&it.message, &it.signature).is_ok());
+        }
+    });
+    println!("verify_strict, one at a time:        {single:6.1} us per signature");
+    for n in [2, 16, 64] {
+        let batch = &all[..n];
+        let mut seen = HashMap::new();
+        let us = best_us(n, || {
+            assert!(verify_all(batch, &mut seen).iter().all(|ok| *ok));
+        });
+        println!(
+            "batch of {n:2}:                        {us:6.1} us per signature ({:.2}x)",
+            single / us
+        );
+    }
+    let mut bad = all.clone();
+    bad[17].message.push(b'!');
+    let mut seen = HashMap::new();
+    let us = best_us(bad.len(), || {
+        let ok = verify_all(&bad, &mut seen);
+        assert_eq!(ok.iter().filter(|ok| !**ok).count(), 1);
+    });
+    println!(
+        "batch of 64 with one bad signature:  {us:6.1} us per signature (the batch, then each \
+         on its own)"
+    );
+    // The parts: what the exact (torsion-free R) check costs per signature.
+    let r: Vec<_> = all
+        .iter()
+        .map(|it| {
+            curve25519_dalek::edwards::CompressedEdwardsY(*it.signature.r_bytes())
+                .decompress()
+                .unwrap()
+        })
+        .collect();
+    let us = best_us(r.len(), || {
+        for p in &r {
+            assert!(ketenpost_broker::verify::torsion_free(p));
+        }
+    });
+    println!("of which: R torsion-free (vartime):  {us:6.1} us per signature");
+    let us = best_us(r.len(), || {
+        for p in &r {
+            assert!(p.is_torsion_free());
+        }
+    });
+    println!("(R torsion-free, constant time:     {us:6.1} us per signature)");
+}
