@@ -1204,6 +1204,29 @@ impl Region {
             .addr)
     }
 
+    /// The uitstroom team most scenarios start from: the gemeente opens a case with the
+    /// corporation and the care provider, both register it, and the care provider records
+    /// the client's consent (`document`) for the three roles. Returns the case and the
+    /// consent id.
+    pub async fn uitstroom_team(&self, document: &str) -> Result<(String, String)> {
+        let (gem, corp, zorg) = (
+            self.agent("gemeente")?,
+            self.agent("woningcorporatie")?,
+            self.agent("zorgaanbieder")?,
+        );
+        let case = gem.open_case("uitstroom", &[&corp.oin, &zorg.oin]).await?;
+        zorg.register_case_from(gem, &case).await?;
+        corp.register_case_from(gem, &case).await?;
+        let consent = zorg
+            .grant_consent(
+                &case,
+                &["gemeente", "woningcorporatie", "zorgaanbieder"],
+                document,
+            )
+            .await?;
+        Ok((case, consent))
+    }
+
     /// The running agent of the party with `role`.
     pub fn agent(&self, role: &str) -> Result<&AgentProcess> {
         self.agents

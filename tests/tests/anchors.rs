@@ -25,16 +25,8 @@ async fn the_rent_arrears_term_runs_from_the_day_the_arrears_arose() -> Result<(
     )?;
     let gem = region.agent("gemeente")?;
     let corp = region.agent("woningcorporatie")?;
-    let zorg = region.agent("zorgaanbieder")?;
-    let case = gem.open_case("uitstroom", &[&corp.oin, &zorg.oin]).await?;
-    zorg.register_case_from(gem, &case).await?;
-    corp.register_case_from(gem, &case).await?;
-    let consent = zorg
-        .grant_consent(
-            &case,
-            &["gemeente", "woningcorporatie", "zorgaanbieder"],
-            "Welkom in de Wijk Overeenkomst (000:293-297), test",
-        )
+    let (case, consent) = region
+        .uitstroom_team("Welkom in de Wijk Overeenkomst (000:293-297), test")
         .await?;
     // Observed an hour ago either way.
     let arrears = |arose_days_ago: i64| -> Result<Outgoing> {

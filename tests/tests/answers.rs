@@ -64,16 +64,7 @@ async fn only_the_recipient_asked_owes_the_answer_and_its_late_answer_is_flagged
     let gem = region.agent("gemeente")?;
     let corp = region.agent("woningcorporatie")?;
     let zorg = region.agent("zorgaanbieder")?;
-    let case = gem.open_case("uitstroom", &[&corp.oin, &zorg.oin]).await?;
-    zorg.register_case_from(gem, &case).await?;
-    corp.register_case_from(gem, &case).await?;
-    let consent = zorg
-        .grant_consent(
-            &case,
-            &["gemeente", "woningcorporatie", "zorgaanbieder"],
-            "test consent",
-        )
-        .await?;
+    let (case, consent) = region.uitstroom_team("test consent").await?;
     let signal = |due: DateTime<Utc>| -> Result<Outgoing> {
         Ok(
             Outgoing::uitstroom_signaal(&case, "geluidsoverlast", &gem.oin, &consent)?

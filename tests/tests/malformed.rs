@@ -15,19 +15,9 @@ async fn a_malformed_payload_is_refused_with_its_field_path() -> Result<()> {
         None,
         &["gemeente", "woningcorporatie", "zorgaanbieder"],
     )?;
-    let gem = region.agent("gemeente")?;
     let corp = region.agent("woningcorporatie")?;
     let zorg = region.agent("zorgaanbieder")?;
-    let case = gem.open_case("uitstroom", &[&corp.oin, &zorg.oin]).await?;
-    zorg.register_case_from(gem, &case).await?;
-    let consent = zorg
-        .grant_consent(
-            &case,
-            &["gemeente", "woningcorporatie", "zorgaanbieder"],
-            "consent",
-        )
-        .await?;
-    corp.register_case_from(gem, &case).await?;
+    let (case, consent) = region.uitstroom_team("consent").await?;
 
     // A signal whose category is not one of the covenant's, with a secret-looking value.
     let mut payload = signaal_payload("geluidsoverlast", chrono::Utc::now())?;

@@ -57,26 +57,6 @@ async fn wait_for_case(
     }
 }
 
-/// Open a case with the corporation and the care provider in its team, and the care
-/// provider's registration of the client's consent for all three roles.
-async fn team(
-    gem: &AgentProcess,
-    corp: &AgentProcess,
-    zorg: &AgentProcess,
-) -> Result<(String, String)> {
-    let case = gem.open_case("uitstroom", &[&corp.oin, &zorg.oin]).await?;
-    zorg.register_case_from(gem, &case).await?;
-    corp.register_case_from(gem, &case).await?;
-    let consent = zorg
-        .grant_consent(
-            &case,
-            &["gemeente", "woningcorporatie", "zorgaanbieder"],
-            CONSENT_DOCUMENT,
-        )
-        .await?;
-    Ok((case, consent))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waakvlam_signal_is_accepted_after_team_thuis_and_refused_after_the_case_closes(
 ) -> Result<()> {
@@ -89,7 +69,7 @@ async fn a_waakvlam_signal_is_accepted_after_team_thuis_and_refused_after_the_ca
     let gem = region.agent("gemeente")?;
     let corp = region.agent("woningcorporatie")?;
     let zorg = region.agent("zorgaanbieder")?;
-    let (case, consent) = team(gem, corp, zorg).await?;
+    let (case, consent) = region.uitstroom_team(CONSENT_DOCUMENT).await?;
 
     // Team Thuis (the first phase): a signal travels.
     let first = corp.send(&huurachterstand(&case, gem, &consent)?).await?;
@@ -232,8 +212,7 @@ async fn the_broker_notices_a_review_and_closes_a_case_at_the_end_of_its_phase()
     )?;
     let gem = region.agent("gemeente")?;
     let corp = region.agent("woningcorporatie")?;
-    let zorg = region.agent("zorgaanbieder")?;
-    let (case, consent) = team(gem, corp, zorg).await?;
+    let (case, consent) = region.uitstroom_team(CONSENT_DOCUMENT).await?;
     let day = 24 * 3600;
 
     // Two weeks and a day in the active phase: the gemeente is told to review the case.
