@@ -274,6 +274,15 @@ impl Fx {
             .map(|r| r.code)
     }
 
+    /// The strict policy's signaal rule, to change for one test.
+    pub fn signaal_rule(&mut self) -> &mut ketenpost_schemas::policy::KindRule {
+        self.strict
+            .purposes
+            .get_mut("uitstroom")
+            .and_then(|p| p.kinds.get_mut(&Kind::Signaal))
+            .expect("the test policy's uitstroom purpose allows signaal")
+    }
+
     pub fn signaal(&self) -> Draft {
         self.draft(
             Kind::Signaal,

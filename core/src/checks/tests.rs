@@ -844,18 +844,12 @@ fn a_public_task_kind_goes_on_its_grounds_and_their_justification_codes() {
     let legal_duty = Ground::new(Ground::LEGAL_DUTY).unwrap();
     let meldrecht = Ground::new(Ground::MELDRECHT).unwrap();
     {
-        let p = &mut fx.strict;
-        let rule = p
-            .purposes
-            .get_mut("uitstroom")
-            .unwrap()
-            .kinds
-            .get_mut(&Kind::Signaal)
-            .unwrap();
+        let rule = fx.signaal_rule();
         rule.consent = ConsentRule::NotRequired;
         rule.basis = Some(Art6Basis::PublicTask);
         rule.grounds = [legal_duty.clone(), meldrecht.clone()].into();
         rule.ground_required = true;
+        let p = &mut fx.strict;
         p.grounds
             .justifications
             .insert("wettelijke-taak".into(), "a statutory task".into());
@@ -919,14 +913,7 @@ fn a_public_task_kind_goes_on_its_grounds_and_their_justification_codes() {
     };
     assert_eq!(fx.code(&fx.corp, d), Some(RejectCode::LegalBasisMismatch));
     // Without ground_required the basis alone carries it.
-    fx.strict
-        .purposes
-        .get_mut("uitstroom")
-        .unwrap()
-        .kinds
-        .get_mut(&Kind::Signaal)
-        .unwrap()
-        .ground_required = false;
+    fx.signaal_rule().ground_required = false;
     let mut d = fx.signaal();
     d.legal_basis = LegalBasis::Covenant;
     let ok = fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).unwrap();
@@ -955,14 +942,7 @@ fn check_7_answer_request() {
     assert_eq!((r.code, r.check), (RejectCode::AnswerRequestNotAllowed, 7));
     assert!(r.reason.contains("answer_request_max"), "{}", r.reason);
 
-    fx.strict
-        .purposes
-        .get_mut("uitstroom")
-        .unwrap()
-        .kinds
-        .get_mut(&Kind::Signaal)
-        .unwrap()
-        .answer_request_max = Some("10 days".parse().unwrap());
+    fx.signaal_rule().answer_request_max = Some("10 days".parse().unwrap());
     let now = fx.now;
     let ask = |by: &[&str], due: DateTime<Utc>| {
         let mut d = fx.signaal();
@@ -1010,14 +990,7 @@ fn check_7_a_term_that_needs_an_anchor_binds_only_anchored_messages() {
     let mut d = fx.signaal();
     d.event_time = None;
     assert_eq!(fx.code(&fx.corp, d.clone()), Some(RejectCode::Malformed));
-    fx.strict
-        .purposes
-        .get_mut("uitstroom")
-        .unwrap()
-        .kinds
-        .get_mut(&Kind::Signaal)
-        .unwrap()
-        .term_needs_anchor = true;
+    fx.signaal_rule().term_needs_anchor = true;
     let ok = fx.check_as(&fx.corp, &fx.seal(&fx.corp, d)).unwrap();
     assert_eq!(ok.send_deadline(), None);
     assert!(ok.flags().is_empty());
