@@ -389,11 +389,25 @@ impl ChainLock<'_> {
         records: &sled::transaction::TransactionalTree,
     ) -> Result<(), sled::transaction::ConflictableTransactionError<AuditError>> {
         use sled::transaction::ConflictableTransactionError::Abort;
-        let record = cursor.0.next(entry, now).map_err(Abort)?;
-        let bytes = serde_json::to_vec(&record).map_err(|e| Abort(AuditError::Serialize(e)))?;
-        records.insert(&seq_key(record.seq), bytes)?;
-        cursor.0.advance(&record);
+        let (key, bytes) = self.prepare(cursor, entry, now).map_err(Abort)?;
+        records.insert(&key, bytes)?;
         Ok(())
+    }
+
+    /// The record for `entry` after `cursor`, as the key and value to write, and move the
+    /// cursor to it: [`ChainLock::stage`] without the write, so a transaction that was
+    /// prepared under this lock only inserts (sled keeps every reader waiting while a
+    /// transaction runs). The entry must have passed `AuditEntry::validate`.
+    pub fn prepare(
+        &self,
+        cursor: &mut ChainCursor,
+        entry: AuditEntry,
+        now: DateTime<Utc>,
+    ) -> Result<([u8; 8], Vec<u8>), AuditError> {
+        let record = cursor.0.next(entry, now)?;
+        let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
+        cursor.0.advance(&record);
+        Ok((seq_key(record.seq), bytes))
     }
 
     /// The transaction committed: the head is where `cursor` ended.

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{AuditEntry, AuditTrail};
+use crate::audit::{AuditEntry, AuditTrail, ChainCursor, ChainLock};
 use crate::spool::{Spool, SpoolError};
 use ketenpost_core::checks::Authorised;
 use ketenpost_core::deadlines::AnswerClock;
@@ -77,6 +77,10 @@ pub enum StoreError {
     /// The group committer is gone (the broker is shutting down).
     #[error("the store is shutting down")]
     Closed,
+    /// A write was prepared against a state that kept changing before it could be applied;
+    /// nothing was written.
+    #[error("storage: the write met concurrent changes; nothing was written, try again")]
+    Contended,
     /// The writer thread could not be started.
     #[error("cannot start the store's writer thread: {0}")]
     Thread(std::io::Error),
@@ -281,6 +285,31 @@ fn forget_bodies<'a>(spool: &Spool, puts: impl IntoIterator<Item = &'a PendingPu
     }
 }
 
+/// How often the writer prepares a batch again when the state it read changed before its
+/// transaction (which the chain lock it holds rules out; the check is a safety net).
+const MAX_PUT_ATTEMPTS: u32 = 8;
+
+/// The transaction of a prepared batch found the state it was prepared against changed.
+#[derive(Debug)]
+struct Stale;
+
+/// One message of a batch as decided before its transaction.
+struct Prepared {
+    /// Its audit records, chained: keys and values.
+    records: Vec<([u8; 8], Vec<u8>)>,
+    /// For an answer: the answered message's clock.
+    answer: Option<AnsweredClock>,
+    landed: Landed,
+}
+
+/// The answered message's clock: what the decision read (the transaction checks that it
+/// still reads so) and what it writes in its place (`Some(None)`: remove it).
+struct AnsweredClock {
+    key: [u8; 16],
+    read: Option<Vec<u8>>,
+    write: Option<Option<Vec<u8>>>,
+}
+
 /// A message write on its way: it landed (on disk, with its audit records) when the
 /// ticket says so.
 #[derive(Debug)]
@@ -323,6 +352,7 @@ fn put_outcome(
             reason,
         }),
         Ok(Err(PutFailed::Closed)) => Err(StoreError::Closed),
+        Ok(Err(PutFailed::Contended)) => Err(StoreError::Contended),
         Err(_) => Err(StoreError::Corrupt {
             what: "message write",
             reason: "the combined transaction that held it did not finish".to_owned(),
@@ -343,6 +373,8 @@ enum PutFailed {
     Spool(String),
     /// The writer thread is gone (the store is closing).
     Closed,
+    /// What the batch was prepared against kept changing: the whole batch fails.
+    Contended,
 }
 
 /// Group commit of message writes (see the module docs): a submission queues its writes
@@ -839,91 +871,174 @@ impl Store {
         }
     }
 
+    /// Decide, for each message of a batch, everything its transaction will write: whether
+    /// it is a duplicate, its audit records (chained after `chain`'s head, serialised and
+    /// hashed), and for an answer the answered message's clock. Reads only; the caller
+    /// holds the chain lock, and the writer thread is the only writer of `seen`.
+    fn prepare_puts(
+        &self,
+        batch: &[PendingPut],
+        chain: &ChainLock<'_>,
+    ) -> Result<(Vec<Option<Prepared>>, ChainCursor), PutFailed> {
+        let audit_failed = |e: crate::audit::AuditError| PutFailed::Audit(e.to_string());
+        let mut cursor = chain.cursor();
+        let mut ids = std::collections::HashSet::with_capacity(batch.len());
+        // The clocks the batch writes so far, as a later answer in it must see them.
+        let mut clocks: std::collections::HashMap<[u8; 16], Option<Vec<u8>>> =
+            std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(batch.len());
+        for p in batch {
+            if !ids.insert(p.id) || self.seen.get(p.id).map_err(PutFailed::Sled)?.is_some() {
+                out.push(None);
+                continue;
+            }
+            if let Some(clock) = &p.clock {
+                clocks.insert(p.id, Some(clock.clone()));
+            }
+            let mut records = Vec::with_capacity(p.audit.len() + 1);
+            for entry in &p.audit {
+                records.push(
+                    chain
+                        .prepare(&mut cursor, entry.clone(), p.now)
+                        .map_err(audit_failed)?,
+                );
+            }
+            let mut landed = Landed::default();
+            let answer = match &p.answer {
+                None => None,
+                Some(a) => {
+                    let key = *a.answered.0.as_bytes();
+                    let read = match clocks.get(&key) {
+                        Some(v) => v.clone(),
+                        None => self
+                            .deadlines
+                            .get(key)
+                            .map_err(PutFailed::Sled)?
+                            .map(|v| v.to_vec()),
+                    };
+                    // A clock that does not parse is logged, never a reason to lose the
+                    // answer itself.
+                    let clock = read.as_deref().and_then(|v| {
+                        parse::<AnswerClock>(v, "answer clock")
+                            .inspect_err(|e| tracing::error!(cause = %e, "answer clock unreadable"))
+                            .ok()
+                    });
+                    let reply = ketenpost_core::deadlines::Reply {
+                        id: MessageId(uuid::Uuid::from_bytes(p.id)),
+                        sender: &a.sender,
+                        kind: a.kind,
+                        in_reply_to: Some(a.answered),
+                    };
+                    let (fx, answer) = ketenpost_core::transitions::answered(
+                        reply,
+                        clock,
+                        a.late_entry.clone(),
+                        &a.calendar,
+                        p.now,
+                    );
+                    landed.late_answer = answer.is_some_and(|a| a.late);
+                    let mut write = None;
+                    for w in &fx.writes {
+                        match w {
+                            ketenpost_core::effects::Write::Clock(c) => write = Some(Some(json(c))),
+                            ketenpost_core::effects::Write::RemoveClock(_) => write = Some(None),
+                            _ => {}
+                        }
+                    }
+                    for entry in fx.audit {
+                        records.push(
+                            chain
+                                .prepare(&mut cursor, entry, p.now)
+                                .map_err(audit_failed)?,
+                        );
+                    }
+                    if let Some(w) = &write {
+                        clocks.insert(key, w.clone());
+                    }
+                    Some(AnsweredClock { key, read, write })
+                }
+            };
+            out.push(Some(Prepared {
+                records,
+                answer,
+                landed,
+            }));
+        }
+        Ok((out, cursor))
+    }
+
     /// Apply queued message writes in one transaction, flush, and tell each writer its
-    /// outcome.
+    /// outcome. Everything is decided before the transaction ([`Store::prepare_puts`]):
+    /// while a sled transaction runs, every reader waits (the checks of the next
+    /// submissions among them), so the transaction itself only writes.
     fn apply_puts(&self, batch: Vec<PendingPut>, trail: &AuditTrail) {
         if batch.is_empty() {
             return;
         }
         let chain = trail.lock_chain();
-        let result = (
-            &self.seen,
-            &self.meta,
-            &self.queue,
-            &self.expiry,
-            &self.deadlines,
-            trail.records_tree(),
-        )
-            .transaction(|(seen, meta_t, queue, expiry, deadlines, records)| {
-                // Rerun from scratch if sled retries the transaction.
-                let mut cursor = chain.cursor();
-                // Per message: `None` when it was not written (a duplicate), else what landed.
-                let mut written: Vec<Option<Landed>> = Vec::with_capacity(batch.len());
-                let mut ids = std::collections::HashSet::with_capacity(batch.len());
-                for p in &batch {
-                    if !ids.insert(p.id) || seen.get(p.id)?.is_some() {
-                        written.push(None);
-                        continue;
-                    }
-                    let mut landed = Landed::default();
-                    seen.insert(&p.id, p.accepted_at.as_slice())?;
-                    meta_t.insert(&p.id, p.meta.as_slice())?;
-                    expiry.insert(p.due.as_slice(), &p.body_at.to_bytes())?;
-                    for qkey in &p.queue {
-                        queue.insert(qkey.as_slice(), &p.id)?;
-                    }
-                    if let Some(clock) = &p.clock {
-                        deadlines.insert(&p.id, clock.as_slice())?;
-                    }
-                    for entry in &p.audit {
-                        chain.stage(&mut cursor, entry.clone(), p.now, records)?;
-                    }
-                    if let Some(a) = &p.answer {
-                        let key = a.answered.0.as_bytes();
-                        // A clock that does not parse is logged, never a reason to lose the
-                        // answer itself.
-                        let clock = deadlines.get(key)?.and_then(|v| {
-                            parse::<AnswerClock>(&v, "answer clock")
-                                .inspect_err(
-                                    |e| tracing::error!(cause = %e, "answer clock unreadable"),
-                                )
-                                .ok()
-                        });
-                        let reply = ketenpost_core::deadlines::Reply {
-                            id: MessageId(uuid::Uuid::from_bytes(p.id)),
-                            sender: &a.sender,
-                            kind: a.kind,
-                            in_reply_to: Some(a.answered),
-                        };
-                        let (fx, answer) = ketenpost_core::transitions::answered(
-                            reply,
-                            clock,
-                            a.late_entry.clone(),
-                            &a.calendar,
-                            p.now,
-                        );
-                        landed.late_answer = answer.is_some_and(|a| a.late);
-                        for w in &fx.writes {
-                            match w {
-                                ketenpost_core::effects::Write::Clock(c) => {
-                                    deadlines.insert(key, json(c))?;
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let (prepared, cursor) = match self.prepare_puts(&batch, &chain) {
+                Ok(prepared) => prepared,
+                Err(e) => break Err(e),
+            };
+            let tx = (
+                &self.seen,
+                &self.meta,
+                &self.queue,
+                &self.expiry,
+                &self.deadlines,
+                trail.records_tree(),
+            )
+                .transaction(|(seen, meta_t, queue, expiry, deadlines, records)| {
+                    use sled::transaction::ConflictableTransactionError::Abort;
+                    for (p, prep) in batch.iter().zip(&prepared) {
+                        let Some(prep) = prep else { continue };
+                        // What was read before the transaction still holds (only the
+                        // writer writes `seen`; every other writer of a clock holds the
+                        // chain lock, as this one does); checked all the same.
+                        if seen.get(p.id)?.is_some() {
+                            return Err(Abort(Stale));
+                        }
+                        seen.insert(&p.id, p.accepted_at.as_slice())?;
+                        meta_t.insert(&p.id, p.meta.as_slice())?;
+                        expiry.insert(p.due.as_slice(), &p.body_at.to_bytes())?;
+                        for qkey in &p.queue {
+                            queue.insert(qkey.as_slice(), &p.id)?;
+                        }
+                        if let Some(clock) = &p.clock {
+                            deadlines.insert(&p.id, clock.as_slice())?;
+                        }
+                        if let Some(a) = &prep.answer {
+                            if deadlines.get(a.key)?.as_deref() != a.read.as_deref() {
+                                return Err(Abort(Stale));
+                            }
+                            match &a.write {
+                                Some(Some(clock)) => {
+                                    deadlines.insert(&a.key, clock.as_slice())?;
                                 }
-                                ketenpost_core::effects::Write::RemoveClock(_) => {
-                                    deadlines.remove(key)?;
+                                Some(None) => {
+                                    deadlines.remove(&a.key)?;
                                 }
-                                _ => {}
+                                None => {}
                             }
                         }
-                        for entry in fx.audit {
-                            chain.stage(&mut cursor, entry, p.now, records)?;
+                        for (key, record) in &prep.records {
+                            records.insert(key, record.as_slice())?;
                         }
                     }
-                    written.push(Some(landed));
-                }
-                Ok((written, cursor))
-            });
+                    Ok(())
+                });
+            match tx {
+                Ok(()) => break Ok((prepared, cursor)),
+                Err(TransactionError::Abort(Stale)) if attempts < MAX_PUT_ATTEMPTS => {}
+                Err(TransactionError::Abort(Stale)) => break Err(PutFailed::Contended),
+                Err(TransactionError::Storage(e)) => break Err(PutFailed::Sled(e)),
+            }
+        };
         let outcome = match result {
-            Ok((written, cursor)) => {
+            Ok((prepared, cursor)) => {
                 chain.advance(cursor);
                 let answers = batch.iter().any(|p| p.answer.is_some());
                 crate::failpoint::hit("submit", "applied");
@@ -940,7 +1055,10 @@ impl Store {
                         }
                         self.flushes
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Ok(written)
+                        Ok(prepared
+                            .into_iter()
+                            .map(|p| p.map(|p| p.landed))
+                            .collect::<Vec<_>>())
                     }
                     Err(e) => {
                         // The transaction is in sled and may reach the disk later: its
@@ -954,8 +1072,7 @@ impl Store {
                     }
                 }
             }
-            Err(TransactionError::Storage(e)) => Err(PutFailed::Sled(e)),
-            Err(TransactionError::Abort(e)) => Err(PutFailed::Audit(e.to_string())),
+            Err(e) => Err(e),
         };
         // A writer that stopped waiting (its connection went) no longer hears the outcome.
         match outcome {
