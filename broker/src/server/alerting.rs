@@ -238,7 +238,7 @@ pub(super) async fn watch_trail(shared: Arc<Shared>, mut stop: watch::Receiver<b
                 None => {
                     reported = None;
                     shared.counters.trail_verified(true);
-                    debug!(records = report.records, "audit trail verified: intact");
+                    info!(records = report.records, "audit trail verified: intact");
                 }
                 Some(first) => {
                     shared.counters.trail_verified(false);

@@ -66,8 +66,9 @@ pub(super) enum Durability {
     Lazy,
 }
 
-/// Apply one decision of the core in one transaction ([`Store::transition`]), make it
-/// durable, then destroy the bodies it released and wake the parties it notified.
+/// Apply one decision of the core ([`Store::begin_transition`]: in the writer thread's
+/// next transaction), make it durable, then destroy the bodies it released and wake the
+/// parties it notified.
 pub(super) async fn transition<E: Send + 'static>(
     shared: &Arc<Shared>,
     op: &'static str,
@@ -75,24 +76,21 @@ pub(super) async fn transition<E: Send + 'static>(
     now: DateTime<Utc>,
     durability: Durability,
 ) -> Result<Result<(), E>, StoreError> {
-    let s = shared.clone();
-    let applied = tokio::task::spawn_blocking(move || {
-        s.store
-            .transition(op, &s.audit, &s.notice_signer, now, decide)
-    })
-    .await
-    .map_err(|_| StoreError::Closed)??;
-    let applied = match applied {
+    // Queued for the store's writer thread: applied with the other decisions and message
+    // writes of its round, flushed with them when it must be durable (or releases
+    // bodies, which are destroyed once it is).
+    let ticket = shared.store.begin_transition(
+        op,
+        &shared.audit,
+        &shared.notice_signer,
+        now,
+        durability == Durability::Commit,
+        decide,
+    )?;
+    let applied = match ticket.done().await? {
         Ok(a) => a,
         Err(refused) => return Ok(Err(refused)),
     };
-    // A decision that changes nothing still waits for the commit before its answer: it may
-    // repeat one whose commit is in flight (a receipt sent again), and must not answer
-    // `done` before that is durable.
-    if durability == Durability::Commit || !applied.destroy.is_empty() {
-        shared.store.commit().await?;
-    }
-    shared.store.finish(op, &applied);
     for p in &applied.wake {
         shared.notify(p);
     }

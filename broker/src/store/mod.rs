@@ -52,7 +52,8 @@ mod backup;
 mod transition;
 pub use backup::{manifest, restore, BackupError, BackupManifest, BACKUP_MANIFEST};
 use ketenpost_core::registry::{Case, Consent, Lookup, Registry, Unknown};
-pub use transition::{Applied, NoticeSigner, TxResult, TxView};
+use transition::PendingTransition;
+pub use transition::{Applied, NoticeSigner, TransitionTicket, TxResult, TxView};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -242,38 +243,69 @@ fn sync_loop(
     puts: &PutCombiner,
     spool: &Spool,
     poison: &Poison,
-    synced: &std::sync::mpsc::Sender<Vec<PendingPut>>,
+    synced: &std::sync::mpsc::Sender<Round>,
 ) {
     loop {
-        let batch = {
+        let round = {
             let mut queue = lock(&puts.queue);
-            while queue.puts.is_empty() && !queue.closing {
+            while queue.puts.is_empty() && queue.transitions.is_empty() && !queue.closing {
                 queue = puts
                     .wake
                     .wait(queue)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-            if queue.puts.is_empty() {
+            if queue.puts.is_empty() && queue.transitions.is_empty() {
                 return;
             }
-            std::mem::take(&mut queue.puts)
+            Round {
+                puts: std::mem::take(&mut queue.puts),
+                transitions: std::mem::take(&mut queue.transitions),
+            }
         };
-        let failed = match spool.sync() {
-            Ok(()) => match synced.send(batch) {
+        // Decisions write no bodies: a round of decisions alone needs no sync.
+        let spooled = if round.puts.is_empty() {
+            Ok(())
+        } else {
+            spool.sync()
+        };
+        let failed = match spooled {
+            Ok(()) => match synced.send(round) {
                 Ok(()) => continue,
                 Err(back) => (back.0, PutFailed::Closed),
             },
             Err(e) => {
                 poison.set(&e);
-                (batch, PutFailed::Spool(e.to_string()))
+                (round, PutFailed::Spool(e.to_string()))
             }
         };
-        let (batch, why) = failed;
-        forget_bodies(spool, &batch);
-        for p in batch {
+        let (round, why) = failed;
+        forget_bodies(spool, &round.puts);
+        for p in round.puts {
             let _ = p.done.send(Err(why.clone()));
         }
+        for t in round.transitions {
+            let _ = t.done.send(Err(why.clone().into_store_error()));
+        }
     }
+}
+
+/// What a batch of message writes did: per message what landed (`None`: a duplicate), or
+/// why the whole batch failed.
+type Written = Result<Vec<Option<Landed>>, PutFailed>;
+
+/// `items` in runs that share one audit trail (a broker has one), in order.
+fn by_trail<T>(
+    items: Vec<T>,
+    trail: impl Fn(&T) -> &Arc<AuditTrail>,
+) -> Vec<(Arc<AuditTrail>, Vec<T>)> {
+    let mut runs: Vec<(Arc<AuditTrail>, Vec<T>)> = Vec::new();
+    for item in items {
+        match runs.last_mut() {
+            Some((t, run)) if Arc::ptr_eq(t, trail(&item)) => run.push(item),
+            _ => runs.push((trail(&item).clone(), vec![item])),
+        }
+    }
+    runs
 }
 
 /// Delete the spooled bodies of writes that did not land.
@@ -341,22 +373,30 @@ fn put_outcome(
 ) -> Result<Landed, StoreError> {
     match r {
         Ok(Ok(landed)) => Ok(landed),
-        Ok(Err(PutFailed::Duplicate)) => Err(StoreError::Duplicate),
-        Ok(Err(PutFailed::Sled(e))) => Err(StoreError::Sled(e)),
-        Ok(Err(PutFailed::Audit(reason))) => Err(StoreError::Corrupt {
-            what: "audit record",
-            reason,
-        }),
-        Ok(Err(PutFailed::Spool(reason))) => Err(StoreError::Corrupt {
-            what: "message body",
-            reason,
-        }),
-        Ok(Err(PutFailed::Closed)) => Err(StoreError::Closed),
-        Ok(Err(PutFailed::Contended)) => Err(StoreError::Contended),
+        Ok(Err(failed)) => Err(failed.into_store_error()),
         Err(_) => Err(StoreError::Corrupt {
             what: "message write",
             reason: "the combined transaction that held it did not finish".to_owned(),
         }),
+    }
+}
+
+impl PutFailed {
+    fn into_store_error(self) -> StoreError {
+        match self {
+            PutFailed::Duplicate => StoreError::Duplicate,
+            PutFailed::Sled(e) => StoreError::Sled(e),
+            PutFailed::Audit(reason) => StoreError::Corrupt {
+                what: "audit record",
+                reason,
+            },
+            PutFailed::Spool(reason) => StoreError::Corrupt {
+                what: "message body",
+                reason,
+            },
+            PutFailed::Closed => StoreError::Closed,
+            PutFailed::Contended => StoreError::Contended,
+        }
     }
 }
 
@@ -396,7 +436,23 @@ struct PutCombiner {
 #[derive(Default)]
 struct PutQueue {
     puts: Vec<PendingPut>,
+    transitions: Vec<PendingTransition>,
     closing: bool,
+}
+
+/// What the spool stage passes on to the writer thread: message writes whose bodies are
+/// synced, and queued decisions ([`Store::begin_transition`]).
+#[derive(Default)]
+struct Round {
+    puts: Vec<PendingPut>,
+    transitions: Vec<PendingTransition>,
+}
+
+impl Round {
+    fn extend(&mut self, more: Round) {
+        self.puts.extend(more.puts);
+        self.transitions.extend(more.transitions);
+    }
 }
 
 impl PutCombiner {
@@ -849,25 +905,126 @@ impl Store {
         Ok(PutTicket(landed))
     }
 
-    /// The writer thread: apply what the spool stage passes on, one combined transaction
-    /// per trail (a broker has one), until the spool stage stops.
-    fn write_loop(self, synced: &std::sync::mpsc::Receiver<Vec<PendingPut>>) {
-        while let Ok(mut batch) = synced.recv() {
-            // Whatever else was synced meanwhile goes in the same transaction.
+    /// The writer thread: per round of what the spool stage passes on, one transaction of
+    /// message writes and one of decisions (each per trail; a broker has one), then one
+    /// flush for both, until the spool stage stops.
+    fn write_loop(self, synced: &std::sync::mpsc::Receiver<Round>) {
+        while let Ok(mut round) = synced.recv() {
+            // Whatever else was synced meanwhile goes in the same transactions.
             while let Ok(more) = synced.try_recv() {
-                batch.extend(more);
+                round.extend(more);
             }
-            while let Some(trail) = batch.first().map(|p| p.trail.clone()) {
-                let same = batch
+            // Not during a group committer's flush.
+            let _io = lock(&self.puts.io);
+            let puts: Vec<_> = by_trail(round.puts, |p| &p.trail)
+                .into_iter()
+                .map(|(trail, batch)| {
+                    let written = self.apply_puts(&batch, &trail);
+                    (batch, written)
+                })
+                .collect();
+            let decided: Vec<_> = by_trail(round.transitions, |t| &t.trail)
+                .into_iter()
+                .flat_map(|(trail, batch)| self.apply_transitions(batch, &trail))
+                .collect();
+            self.settle(puts, decided);
+        }
+    }
+
+    /// Make a round durable and answer it: flush once (if anything in it needs to be
+    /// durable), then tell every message write its outcome and finish every decision
+    /// (destroy the bodies it released) before telling it.
+    fn settle(
+        &self,
+        puts: Vec<(Vec<PendingPut>, Written)>,
+        decided: Vec<(PendingTransition, Result<Option<Applied>, StoreError>)>,
+    ) {
+        let landed = |w: &Written| w.as_ref().is_ok_and(|w| w.iter().any(Option::is_some));
+        let written = puts.iter().any(|(_, w)| landed(w));
+        let answers = puts.iter().any(|(batch, w)| {
+            w.as_ref().is_ok_and(|w| {
+                batch
                     .iter()
-                    .position(|p| !Arc::ptr_eq(&p.trail, &trail))
-                    .unwrap_or(batch.len());
-                let rest = batch.split_off(same);
-                // Not during a flush.
-                let _io = lock(&self.puts.io);
-                self.apply_puts(batch, &trail);
-                batch = rest;
+                    .zip(w)
+                    .any(|(p, w)| w.is_some() && p.answer.is_some())
+            })
+        });
+        let must_flush = written
+            || decided
+                .iter()
+                .any(|(t, r)| matches!(r, Ok(Some(a)) if t.durable || !a.destroy.is_empty()));
+        if written {
+            crate::failpoint::hit("submit", "applied");
+        }
+        if answers {
+            crate::failpoint::hit("answer", "applied");
+        }
+        for (t, r) in &decided {
+            if matches!(r, Ok(Some(_))) {
+                crate::failpoint::hit(t.op, "applied");
             }
+        }
+        if must_flush {
+            let started = std::time::Instant::now();
+            if let Err(e) = self.db.flush() {
+                // The transactions are in sled and may reach the disk later: their bodies
+                // stay. Everyone hears an error; the store is poisoned (the kernel may have
+                // dropped the pages) and the broker stops.
+                self.poison.set(&e);
+                for (batch, _) in puts {
+                    for p in batch {
+                        let _ = p.done.send(Err(PutFailed::Sled(e.clone())));
+                    }
+                }
+                for (t, r) in decided {
+                    let r = match r {
+                        Ok(Some(_)) => Err(StoreError::Sled(e.clone())),
+                        other => other,
+                    };
+                    let _ = t.done.send(r);
+                }
+                return;
+            }
+            let size = puts.iter().map(|(b, _)| b.len()).sum::<usize>() + decided.len();
+            self.commit_stats.record(size, started.elapsed());
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if written {
+            crate::failpoint::hit("submit", "durable");
+        }
+        if answers {
+            crate::failpoint::hit("answer", "durable");
+        }
+        // A writer that stopped waiting (its connection went) no longer hears the outcome.
+        for (batch, written) in puts {
+            match written {
+                Ok(written) => {
+                    forget_bodies(
+                        &self.spool,
+                        batch
+                            .iter()
+                            .zip(&written)
+                            .filter(|(_, w)| w.is_none())
+                            .map(|(p, _)| p),
+                    );
+                    for (p, w) in batch.into_iter().zip(written) {
+                        let _ = p.done.send(w.ok_or(PutFailed::Duplicate));
+                    }
+                }
+                Err(e) => {
+                    forget_bodies(&self.spool, &batch);
+                    for p in batch {
+                        let _ = p.done.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for (t, r) in decided {
+            if let Ok(Some(applied)) = &r {
+                self.finish(t.op, applied);
+            }
+            let _ = t.done.send(r);
         }
     }
 
@@ -967,19 +1124,16 @@ impl Store {
         Ok((out, cursor))
     }
 
-    /// Apply queued message writes in one transaction, flush, and tell each writer its
-    /// outcome. Everything is decided before the transaction ([`Store::prepare_puts`]):
+    /// Apply queued message writes in one transaction (not yet durable: the writer flushes
+    /// the round, [`Store::settle`]); per message, what landed, or `None` for a duplicate. Everything is decided before the transaction ([`Store::prepare_puts`]):
     /// while a sled transaction runs, every reader waits (the checks of the next
     /// submissions among them), so the transaction itself only writes.
-    fn apply_puts(&self, batch: Vec<PendingPut>, trail: &AuditTrail) {
-        if batch.is_empty() {
-            return;
-        }
+    fn apply_puts(&self, batch: &[PendingPut], trail: &AuditTrail) -> Written {
         let chain = trail.lock_chain();
         let mut attempts = 0;
         let result = loop {
             attempts += 1;
-            let (prepared, cursor) = match self.prepare_puts(&batch, &chain) {
+            let (prepared, cursor) = match self.prepare_puts(batch, &chain) {
                 Ok(prepared) => prepared,
                 Err(e) => break Err(e),
             };
@@ -1037,65 +1191,9 @@ impl Store {
                 Err(TransactionError::Storage(e)) => break Err(PutFailed::Sled(e)),
             }
         };
-        let outcome = match result {
-            Ok((prepared, cursor)) => {
-                chain.advance(cursor);
-                let answers = batch.iter().any(|p| p.answer.is_some());
-                crate::failpoint::hit("submit", "applied");
-                if answers {
-                    crate::failpoint::hit("answer", "applied");
-                }
-                let started = std::time::Instant::now();
-                match self.db.flush() {
-                    Ok(_) => {
-                        self.commit_stats.record(batch.len(), started.elapsed());
-                        crate::failpoint::hit("submit", "durable");
-                        if answers {
-                            crate::failpoint::hit("answer", "durable");
-                        }
-                        self.flushes
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        Ok(prepared
-                            .into_iter()
-                            .map(|p| p.map(|p| p.landed))
-                            .collect::<Vec<_>>())
-                    }
-                    Err(e) => {
-                        // The transaction is in sled and may reach the disk later: its
-                        // bodies stay. The writers hear an error; the store is poisoned
-                        // (the kernel may have dropped the pages) and the broker stops.
-                        self.poison.set(&e);
-                        for p in batch {
-                            let _ = p.done.send(Err(PutFailed::Sled(e.clone())));
-                        }
-                        return;
-                    }
-                }
-            }
-            Err(e) => Err(e),
-        };
-        // A writer that stopped waiting (its connection went) no longer hears the outcome.
-        match outcome {
-            Ok(written) => {
-                forget_bodies(
-                    &self.spool,
-                    batch
-                        .iter()
-                        .zip(&written)
-                        .filter(|(_, w)| w.is_none())
-                        .map(|(p, _)| p),
-                );
-                for (p, w) in batch.into_iter().zip(written) {
-                    let _ = p.done.send(w.ok_or(PutFailed::Duplicate));
-                }
-            }
-            Err(e) => {
-                forget_bodies(&self.spool, &batch);
-                for p in batch {
-                    let _ = p.done.send(Err(e.clone()));
-                }
-            }
-        }
+        let (prepared, cursor) = result?;
+        chain.advance(cursor);
+        Ok(prepared.into_iter().map(|p| p.map(|p| p.landed)).collect())
     }
 
     /// The body of a held message, or `None` (logged) when the spool cannot give it.

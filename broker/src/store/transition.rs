@@ -15,6 +15,7 @@
 //! bodies nothing refers to, which [`Store::reconcile`] destroys at the next start.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ketenpost_core::deadlines::AnswerClock;
@@ -25,6 +26,7 @@ use ketenpost_schemas::control::SignedRecord;
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::keys::SigningKey;
 use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
+use tokio::sync::oneshot;
 
 use super::{expiry_key, json, key2, parse, Store, StoreError};
 use crate::audit::{AuditTrail, ChainLock};
@@ -117,6 +119,65 @@ pub struct Applied {
     pub changed: bool,
 }
 
+/// A decision with its refusal left in the caller's hands: `Err(())` means refused.
+type Decide<'a> = dyn Fn(&TxView<'_>) -> TxResult<Result<Effects, ()>> + 'a;
+
+/// A queued [`Decide`], which crosses to the writer thread.
+type QueuedDecide = Box<dyn Fn(&TxView<'_>) -> TxResult<Result<Effects, ()>> + Send>;
+
+/// One decision of a combined transaction.
+struct Job<'a> {
+    now: DateTime<Utc>,
+    signer: &'a NoticeSigner,
+    decide: &'a Decide<'a>,
+}
+
+/// A decision queued for the writer thread ([`Store::begin_transition`]).
+pub(super) struct PendingTransition {
+    pub(super) op: &'static str,
+    now: DateTime<Utc>,
+    /// The caller needs it durable before it answers (a decision that releases bodies is
+    /// made durable anyway).
+    pub(super) durable: bool,
+    decide: QueuedDecide,
+    signer: NoticeSigner,
+    pub(super) trail: Arc<AuditTrail>,
+    /// Applied (durable as asked, bodies destroyed), refused (`None`), or why not.
+    pub(super) done: oneshot::Sender<Result<Option<Applied>, StoreError>>,
+}
+
+/// A queued decision on its way; [`TransitionTicket::done`] says how it ended.
+#[must_use = "a decision has not been applied until its ticket says so"]
+pub struct TransitionTicket<E> {
+    rx: oneshot::Receiver<Result<Option<Applied>, StoreError>>,
+    refused: Arc<std::sync::Mutex<Option<E>>>,
+}
+
+impl<E> std::fmt::Debug for TransitionTicket<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransitionTicket").finish_non_exhaustive()
+    }
+}
+
+impl<E> TransitionTicket<E> {
+    /// Wait until the decision is applied (made durable when asked, its bodies destroyed)
+    /// or refused.
+    pub async fn done(self) -> Result<Result<Applied, E>, StoreError> {
+        match self.rx.await {
+            Ok(Ok(Some(applied))) => Ok(Ok(applied)),
+            Ok(Ok(None)) => match super::lock(&self.refused).take() {
+                Some(refused) => Ok(Err(refused)),
+                None => Err(StoreError::Corrupt {
+                    what: "decision",
+                    reason: "refused without a reason".to_owned(),
+                }),
+            },
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+}
+
 impl Store {
     /// Run `decide` over the store's state and apply its effects, in one transaction.
     ///
@@ -133,110 +194,225 @@ impl Store {
         decide: impl Fn(&TxView<'_>) -> TxResult<Result<Effects, E>>,
     ) -> Result<Result<Applied, E>, StoreError> {
         self.poison.check()?;
+        let refused = std::sync::Mutex::new(None);
+        let erased = |v: &TxView<'_>| {
+            decide(v).map(|r| {
+                r.map_err(|e| {
+                    *super::lock(&refused) = Some(e);
+                })
+            })
+        };
+        let job = Job {
+            now,
+            signer,
+            decide: &erased,
+        };
+        let applied = self
+            .apply_decisions(trail, &[job])?
+            .pop()
+            .unwrap_or(Err(StoreError::Closed))?;
+        match applied {
+            Some(applied) => {
+                failpoint::hit(op, "applied");
+                Ok(Ok(applied))
+            }
+            None => match super::lock(&refused).take() {
+                Some(e) => Ok(Err(e)),
+                None => Err(StoreError::Corrupt {
+                    what: "decision",
+                    reason: "refused without a reason".to_owned(),
+                }),
+            },
+        }
+    }
+
+    /// [`Store::transition`] by the writer thread: queued, applied in one transaction with
+    /// the other decisions queued beside it, and flushed with them (and with the message
+    /// writes of the same round) when `durable` or when it releases bodies, which are then
+    /// destroyed. The ticket says when it is done.
+    pub fn begin_transition<E: Send + 'static>(
+        &self,
+        op: &'static str,
+        trail: &Arc<AuditTrail>,
+        signer: &NoticeSigner,
+        now: DateTime<Utc>,
+        durable: bool,
+        decide: impl Fn(&TxView<'_>) -> TxResult<Result<Effects, E>> + Send + 'static,
+    ) -> Result<TransitionTicket<E>, StoreError> {
+        self.poison.check()?;
+        let refused = Arc::new(std::sync::Mutex::new(None));
+        let slot = refused.clone();
+        let decide = move |v: &TxView<'_>| {
+            decide(v).map(|r| {
+                r.map_err(|e| {
+                    *super::lock(&slot) = Some(e);
+                })
+            })
+        };
+        let (done, rx) = oneshot::channel();
+        let pending = PendingTransition {
+            op,
+            now,
+            durable,
+            decide: Box::new(decide),
+            signer: signer.clone(),
+            trail: trail.clone(),
+            done,
+        };
+        {
+            let mut queue = super::lock(&self.puts.queue);
+            if queue.closing {
+                return Err(StoreError::Closed);
+            }
+            queue.transitions.push(pending);
+        }
+        self.puts.wake.notify_one();
+        Ok(TransitionTicket { rx, refused })
+    }
+
+    /// The writer thread's part of [`Store::begin_transition`]: apply `batch` in one
+    /// transaction (not yet durable).
+    pub(super) fn apply_transitions(
+        &self,
+        batch: Vec<PendingTransition>,
+        trail: &AuditTrail,
+    ) -> Vec<(PendingTransition, Result<Option<Applied>, StoreError>)> {
+        let jobs: Vec<Job<'_>> = batch
+            .iter()
+            .map(|t| Job {
+                now: t.now,
+                signer: &t.signer,
+                decide: t.decide.as_ref(),
+            })
+            .collect();
+        let outcome = self
+            .poison
+            .check()
+            .and_then(|()| self.apply_decisions(trail, &jobs));
+        drop(jobs);
+        match outcome {
+            Ok(results) => batch.into_iter().zip(results).collect(),
+            Err(e) => batch
+                .into_iter()
+                .map(|t| {
+                    let again = match &e {
+                        StoreError::Sled(e) => StoreError::Sled(e.clone()),
+                        StoreError::Poisoned(cause) => StoreError::Poisoned(cause.clone()),
+                        other => StoreError::Corrupt {
+                            what: "decision",
+                            reason: other.to_string(),
+                        },
+                    };
+                    (t, Err(again))
+                })
+                .collect(),
+        }
+    }
+
+    /// Run `jobs` in order over the store's state, each seeing what those before it wrote,
+    /// and write their effects in ONE transaction, audit records included. Per job:
+    /// applied (not yet durable), refused (`None`: nothing of it written), or failed (a
+    /// record it read does not parse: it is left out and the others run again without
+    /// it). A storage error fails them all.
+    fn apply_decisions(
+        &self,
+        trail: &AuditTrail,
+        jobs: &[Job<'_>],
+    ) -> Result<Vec<Result<Option<Applied>, StoreError>>, StoreError> {
+        use ConflictableTransactionError::{Abort, Conflict, Storage};
         let chain: ChainLock<'_> = trail.lock_chain();
-        let outcome = (
-            &self.meta,
-            &self.expiry,
-            &self.queue,
-            &self.notices,
-            &self.cases,
-            &self.consents,
-            &self.deletions,
-            &self.deadlines,
-            trail.records_tree(),
-        )
-            .transaction(
-                |(meta, expiry, queue, notices, cases, consents, deletions, deadlines, records)| {
-                    let view = TxView {
+        let mut left_out: Vec<Option<StoreError>> = jobs.iter().map(|_| None).collect();
+        // Each attempt either commits or leaves one more job out: at most `jobs.len() + 1`.
+        let (decided, cursor) = loop {
+            let attempt = (
+                &self.meta,
+                &self.expiry,
+                &self.queue,
+                &self.notices,
+                &self.cases,
+                &self.consents,
+                &self.deletions,
+                &self.deadlines,
+                trail.records_tree(),
+            )
+                .transaction(
+                    |(
                         meta,
+                        expiry,
+                        queue,
+                        notices,
                         cases,
+                        consents,
                         deletions,
                         deadlines,
-                    };
-                    let fx = match decide(&view)? {
-                        Ok(fx) => fx,
-                        Err(refused) => return Ok(Err(refused)),
-                    };
-                    let changed = !fx.is_empty();
-                    for w in &fx.writes {
-                        match w {
-                            Write::Meta(m) => {
-                                meta.insert(m.id.0.as_bytes(), json(m))?;
+                        records,
+                    )| {
+                        let view = TxView {
+                            meta,
+                            cases,
+                            deletions,
+                            deadlines,
+                        };
+                        let trees = Trees {
+                            meta,
+                            expiry,
+                            queue,
+                            notices,
+                            cases,
+                            consents,
+                            deletions,
+                            deadlines,
+                            records,
+                        };
+                        // Rerun from scratch if sled retries the transaction.
+                        let mut cursor = chain.cursor();
+                        let mut decided = Vec::with_capacity(jobs.len());
+                        for (i, job) in jobs.iter().enumerate() {
+                            if left_out[i].is_some() {
+                                decided.push(None);
+                                continue;
                             }
-                            Write::RemoveMeta { id, expires_at } => {
-                                let id = id.0.as_bytes();
-                                meta.remove(id)?;
-                                expiry.remove(expiry_key(*expires_at, id))?;
-                            }
-                            Write::RemoveQueued { party, seq } => {
-                                queue
-                                    .remove(key2(party.as_str().as_bytes(), &seq.to_be_bytes()))?;
-                            }
-                            Write::Case(c) => {
-                                cases.insert(c.case_ref.as_str(), json(c))?;
-                            }
-                            Write::Consent(c) => {
-                                consents.insert(c.record.consent_id.as_bytes(), json(c))?;
-                            }
-                            Write::Deletion(d) => {
-                                deletions.insert(
-                                    key2(
-                                        d.order.order_id.as_bytes(),
-                                        d.order.party.as_str().as_bytes(),
-                                    ),
-                                    json(d),
-                                )?;
-                            }
-                            Write::Clock(c) => {
-                                deadlines.insert(c.message_id.0.as_bytes(), json(c))?;
-                            }
-                            Write::RemoveClock(id) => {
-                                deadlines.remove(id.0.as_bytes())?;
-                            }
+                            let failed = |e: ConflictableTransactionError<StoreError>| match e {
+                                Abort(e) => Abort((i, e)),
+                                Conflict => Conflict,
+                                Storage(e) => Storage(e),
+                            };
+                            let fx = match (job.decide)(&view).map_err(failed)? {
+                                Ok(fx) => fx,
+                                Err(()) => {
+                                    decided.push(None);
+                                    continue;
+                                }
+                            };
+                            trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
+                            decided.push(Some(fx));
                         }
-                    }
-                    for (party, notice) in &fx.notices {
-                        let record =
-                            sign(notice, signer).map_err(ConflictableTransactionError::Abort)?;
-                        let seq = notices.generate_id()?;
-                        notices.insert(
-                            key2(party.as_str().as_bytes(), &seq.to_be_bytes()),
-                            json(&record),
-                        )?;
-                    }
-                    // Rerun from scratch if sled retries the transaction.
-                    let mut cursor = chain.cursor();
-                    for entry in &fx.audit {
-                        chain
-                            .stage(&mut cursor, entry.clone(), now, records)
-                            .map_err(|e| match e {
-                                ConflictableTransactionError::Abort(e) => {
-                                    ConflictableTransactionError::Abort(StoreError::Audit(e))
-                                }
-                                ConflictableTransactionError::Conflict => {
-                                    ConflictableTransactionError::Conflict
-                                }
-                                ConflictableTransactionError::Storage(e) => {
-                                    ConflictableTransactionError::Storage(e)
-                                }
-                            })?;
-                    }
-                    Ok(Ok((fx, changed, cursor)))
-                },
-            )
-            .map_err(StoreError::from)?;
-        let (fx, changed, cursor) = match outcome {
-            Ok(done) => done,
-            Err(refused) => return Ok(Err(refused)),
+                        Ok((decided, cursor))
+                    },
+                );
+            match attempt {
+                Ok(done) => break done,
+                Err(sled::transaction::TransactionError::Abort((i, e))) => left_out[i] = Some(e),
+                Err(sled::transaction::TransactionError::Storage(e)) => {
+                    return Err(StoreError::Sled(e))
+                }
+            }
         };
         chain.advance(cursor);
-        failpoint::hit(op, "applied");
-        Ok(Ok(Applied {
-            audited: fx.audit.len(),
-            destroy: fx.destroy,
-            wake: fx.wake,
-            changed,
-        }))
+        Ok(decided
+            .into_iter()
+            .zip(left_out)
+            .map(|(fx, failed)| match (fx, failed) {
+                (_, Some(e)) => Err(e),
+                (None, None) => Ok(None),
+                (Some(fx), None) => Ok(Some(Applied {
+                    audited: fx.audit.len(),
+                    changed: !fx.is_empty(),
+                    destroy: fx.destroy,
+                    wake: fx.wake,
+                })),
+            })
+            .collect())
     }
 
     /// After the transaction of `applied` is durable: destroy the bodies it released.
@@ -249,6 +425,94 @@ impl Store {
                 tracing::error!(message_id = %d.id, cause = %e, "cannot destroy a released body");
             }
         }
+    }
+}
+
+/// The trees a decision writes, inside its transaction.
+struct Trees<'a> {
+    meta: &'a TransactionalTree,
+    expiry: &'a TransactionalTree,
+    queue: &'a TransactionalTree,
+    notices: &'a TransactionalTree,
+    cases: &'a TransactionalTree,
+    consents: &'a TransactionalTree,
+    deletions: &'a TransactionalTree,
+    deadlines: &'a TransactionalTree,
+    records: &'a TransactionalTree,
+}
+
+impl Trees<'_> {
+    /// Write one decision's effects: its records, its notices (signed by the broker) and
+    /// its audit records, chained after `cursor`.
+    fn write(
+        &self,
+        fx: &Effects,
+        job: &Job<'_>,
+        chain: &ChainLock<'_>,
+        cursor: &mut crate::audit::ChainCursor,
+    ) -> TxResult<()> {
+        for w in &fx.writes {
+            match w {
+                Write::Meta(m) => {
+                    self.meta.insert(m.id.0.as_bytes(), json(m))?;
+                }
+                Write::RemoveMeta { id, expires_at } => {
+                    let id = id.0.as_bytes();
+                    self.meta.remove(id)?;
+                    self.expiry.remove(expiry_key(*expires_at, id))?;
+                }
+                Write::RemoveQueued { party, seq } => {
+                    self.queue
+                        .remove(key2(party.as_str().as_bytes(), &seq.to_be_bytes()))?;
+                }
+                Write::Case(c) => {
+                    self.cases.insert(c.case_ref.as_str(), json(c))?;
+                }
+                Write::Consent(c) => {
+                    self.consents
+                        .insert(c.record.consent_id.as_bytes(), json(c))?;
+                }
+                Write::Deletion(d) => {
+                    self.deletions.insert(
+                        key2(
+                            d.order.order_id.as_bytes(),
+                            d.order.party.as_str().as_bytes(),
+                        ),
+                        json(d),
+                    )?;
+                }
+                Write::Clock(c) => {
+                    self.deadlines.insert(c.message_id.0.as_bytes(), json(c))?;
+                }
+                Write::RemoveClock(id) => {
+                    self.deadlines.remove(id.0.as_bytes())?;
+                }
+            }
+        }
+        for (party, notice) in &fx.notices {
+            let record = sign(notice, job.signer).map_err(ConflictableTransactionError::Abort)?;
+            let seq = self.notices.generate_id()?;
+            self.notices.insert(
+                key2(party.as_str().as_bytes(), &seq.to_be_bytes()),
+                json(&record),
+            )?;
+        }
+        for entry in &fx.audit {
+            chain
+                .stage(cursor, entry.clone(), job.now, self.records)
+                .map_err(|e| match e {
+                    ConflictableTransactionError::Abort(e) => {
+                        ConflictableTransactionError::Abort(StoreError::Audit(e))
+                    }
+                    ConflictableTransactionError::Conflict => {
+                        ConflictableTransactionError::Conflict
+                    }
+                    ConflictableTransactionError::Storage(e) => {
+                        ConflictableTransactionError::Storage(e)
+                    }
+                })?;
+        }
+        Ok(())
     }
 }
 
