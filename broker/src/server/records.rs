@@ -12,10 +12,16 @@ pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u3
         let notified = notify.notified();
         match shared.store.fetch(oin, max) {
             Ok((items, first)) => {
+                // Deliver only what is durable: a message, receipt or notice read here may
+                // come from a transaction whose flush is still to come. A flush after this
+                // point makes everything written before it durable.
+                let mut durable = false;
                 if !first.is_empty() {
                     // The first fetch of each message is recorded (fetched flag and the
-                    // `delivered` record, one transaction). It needs no commit of its own:
-                    // lost in a crash, both are written again at the next fetch.
+                    // `delivered` record, one transaction). Lost in a crash, both would be
+                    // written again at the next fetch; it is made durable here only because
+                    // its flush (the writer's, with the rest of its round) is the one the
+                    // delivery needs anyway.
                     let party = oin.clone();
                     let now = shared.now();
                     if let Err(e) = transition(
@@ -29,19 +35,19 @@ pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u3
                             Ok(Ok::<_, std::convert::Infallible>(fx))
                         },
                         now,
-                        Durability::Lazy,
                     )
                     .await
                     {
                         return storage_error(e);
                     }
+                    durable = true;
                 }
                 if !items.is_empty() {
-                    // Deliver only what is durable: a message, receipt or notice read here
-                    // may come from a transaction whose flush is still to come. The group
-                    // commit makes everything written before this point durable.
-                    if let Err(e) = shared.store.commit().await {
-                        return storage_error(e);
+                    // Only redeliveries: the group commit.
+                    if !durable {
+                        if let Err(e) = shared.store.commit().await {
+                            return storage_error(e);
+                        }
                     }
                     return Response::Deliveries(items);
                 }
@@ -57,24 +63,14 @@ pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u3
     }
 }
 
-/// When a transition's transaction must be on disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Durability {
-    /// Before the caller is answered (and before any body it released is destroyed).
-    Commit,
-    /// With the next group commit, unless it released a body (then before it is destroyed).
-    Lazy,
-}
-
 /// Apply one decision of the core ([`Store::begin_transition`]: in the writer thread's
-/// next transaction), make it durable, then destroy the bodies it released and wake the
-/// parties it notified.
+/// next transaction), make it durable before the answer (the writer's flush of its round),
+/// then destroy the bodies it released and wake the parties it notified.
 pub(super) async fn transition<E: Send + 'static>(
     shared: &Arc<Shared>,
     op: &'static str,
     decide: impl Fn(&TxView<'_>) -> TxResult<Result<Effects, E>> + Send + 'static,
     now: DateTime<Utc>,
-    durability: Durability,
 ) -> Result<Result<(), E>, StoreError> {
     // Queued for the store's writer thread: applied with the other decisions and message
     // writes of its round, flushed with them when it must be durable (or releases
@@ -84,7 +80,7 @@ pub(super) async fn transition<E: Send + 'static>(
         &shared.audit,
         &shared.notice_signer,
         now,
-        durability == Durability::Commit,
+        true,
         decide,
     )?;
     let applied = match ticket.done().await? {
@@ -129,7 +125,6 @@ pub(super) async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
             ))
         },
         now,
-        Durability::Commit,
     )
     .await;
     match outcome {
@@ -206,7 +201,6 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
             )))
         },
         now,
-        Durability::Commit,
     )
     .await;
     match outcome {
