@@ -1498,9 +1498,11 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use ketenpost_core::effects::Effects;
     use ketenpost_schemas::control::SignedRecord;
     use ketenpost_schemas::kind::Kind;
     use ketenpost_schemas::protocol::RejectCode;
+    use sled::transaction::ConflictableTransactionError;
 
     /// `n` authorised signalen from a corporation to a zorgaanbieder, and the
     /// zorgaanbieder.
@@ -1831,6 +1833,99 @@ mod tests {
             assert_eq!(destroyed, 1, "the body goes with the last receipt, once");
         }
         assert_eq!((store.bodies_held(), store.queued()), (0, 0));
+        rt.block_on(store.close());
+    }
+
+    /// Decisions queued for the writer thread together: each sees what the ones before it
+    /// wrote (the second receipt releases the body, once), a refusal and a decision that
+    /// fails take nothing down with them, and every applied one is durable and finished
+    /// (its body destroyed) when its ticket says done.
+    #[test]
+    fn queued_decisions_are_applied_together_and_fail_alone() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, trail) = open_in(dir.path());
+        let fx = ketenpost_core::testing::Fx::new();
+        let draft = fx.draft(
+            Kind::Signaal,
+            &[(&fx.zorg, "zorgaanbieder"), (&fx.gem, "gemeente")],
+        );
+        let a = fx.check_as(&fx.corp, &fx.seal(&fx.corp, draft)).unwrap();
+        let meta = MessageMeta::accepted(&a, Utc::now());
+        store.put_message(&a, &meta, &trail, vec![]).unwrap();
+        let id = a.header().id;
+        let now = Utc::now();
+        let queue_receipt = |who: &Oin| {
+            let sha = a.header().body_for(who).unwrap().1.sha256.clone();
+            let r = ketenpost_schemas::control::DeliveryReceipt {
+                message_id: id,
+                recipient: who.clone(),
+                body_sha256: sha,
+                received_at: now,
+            };
+            let forwarded = SignedRecord {
+                kind: Kind::DeliveryReceipt,
+                signer: who.clone(),
+                record: String::new(),
+                signature: String::new(),
+            };
+            let digest = store.view_digest(&id, who).unwrap();
+            let who = who.clone();
+            store
+                .begin_transition("receipt", &trail, &signer(), now, true, move |v| {
+                    Ok(ketenpost_core::transitions::receipt(
+                        &who,
+                        &r,
+                        &forwarded,
+                        v.meta(&id)?,
+                        digest.as_deref(),
+                        v.clock(&id)?,
+                        now,
+                    ))
+                })
+                .unwrap()
+        };
+        let records_before = trail.head().seq;
+        let first = queue_receipt(&fx.zorg.oin);
+        let failing = store
+            .begin_transition("receipt", &trail, &signer(), now, true, |_v| {
+                Err::<Result<Effects, ()>, _>(ConflictableTransactionError::Abort(
+                    StoreError::Corrupt {
+                        what: "message metadata",
+                        reason: "test".into(),
+                    },
+                ))
+            })
+            .unwrap();
+        let refused = store
+            .begin_transition("receipt", &trail, &signer(), now, true, |_v| {
+                Ok(Err::<Effects, _>("refused"))
+            })
+            .unwrap();
+        let second = queue_receipt(&fx.gem.oin);
+        let (first, failing, refused, second) = rt.block_on(async {
+            (
+                first.done().await,
+                failing.done().await,
+                refused.done().await,
+                second.done().await,
+            )
+        });
+        let (first, second) = (first.unwrap().unwrap(), second.unwrap().unwrap());
+        assert!(
+            matches!(failing, Err(StoreError::Corrupt { .. })),
+            "{failing:?}"
+        );
+        assert!(matches!(refused, Ok(Err("refused"))), "{refused:?}");
+        assert_eq!(first.destroy.len() + second.destroy.len(), 1);
+        assert_eq!((store.bodies_held(), store.queued()), (0, 0));
+        assert!(store.meta(&id).unwrap().is_none());
+        // Both receipts audited, nothing of the others.
+        assert_eq!(
+            trail.head().seq - records_before,
+            (first.audited + second.audited) as u64
+        );
         rt.block_on(store.close());
     }
 
