@@ -381,15 +381,17 @@ impl ChainLock<'_> {
     /// Write the record for `entry` after `cursor` into `records` (the transactional view
     /// of [`AuditTrail::records_tree`]) and move the cursor to it. The entry must have
     /// passed `AuditEntry::validate`.
-    pub fn stage(
+    pub fn stage<E: From<AuditError>>(
         &self,
         cursor: &mut ChainCursor,
         entry: AuditEntry,
         now: DateTime<Utc>,
         records: &sled::transaction::TransactionalTree,
-    ) -> Result<(), sled::transaction::ConflictableTransactionError<AuditError>> {
+    ) -> Result<(), sled::transaction::ConflictableTransactionError<E>> {
         use sled::transaction::ConflictableTransactionError::Abort;
-        let (key, bytes) = self.prepare(cursor, entry, now).map_err(Abort)?;
+        let (key, bytes) = self
+            .prepare(cursor, entry, now)
+            .map_err(|e| Abort(E::from(e)))?;
         records.insert(&key, bytes)?;
         Ok(())
     }

@@ -93,19 +93,7 @@ impl Store {
             .transaction(|(queue, records)| {
                 queue.remove(key)?;
                 let mut cursor = chain.cursor();
-                chain
-                    .stage(&mut cursor, entry.clone(), now, records)
-                    .map_err(|e| match e {
-                        ConflictableTransactionError::Abort(e) => {
-                            ConflictableTransactionError::Abort(StoreError::Audit(e))
-                        }
-                        ConflictableTransactionError::Conflict => {
-                            ConflictableTransactionError::Conflict
-                        }
-                        ConflictableTransactionError::Storage(e) => {
-                            ConflictableTransactionError::Storage(e)
-                        }
-                    })?;
+                chain.stage(&mut cursor, entry.clone(), now, records)?;
                 Ok(cursor)
             })
             .map_err(StoreError::from)?;

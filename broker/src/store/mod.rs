@@ -1495,6 +1495,38 @@ mod tests {
         }
     }
 
+    /// The decision of `recipient`'s receipt of message `id`, as the server makes it.
+    fn receipt_decision(
+        store: &Store,
+        recipient: &Oin,
+        id: &MessageId,
+        sha: &str,
+        forwarded: &SignedRecord,
+        now: DateTime<Utc>,
+    ) -> impl Fn(&TxView<'_>) -> TxResult<Result<Effects, ketenpost_schemas::protocol::Rejection>>
+           + Send
+           + 'static {
+        let r = ketenpost_schemas::control::DeliveryReceipt {
+            message_id: *id,
+            recipient: recipient.clone(),
+            body_sha256: sha.into(),
+            received_at: now,
+        };
+        let digest = store.view_digest(id, recipient).unwrap();
+        let (recipient, forwarded, id) = (recipient.clone(), forwarded.clone(), *id);
+        move |v| {
+            Ok(ketenpost_core::transitions::receipt(
+                &recipient,
+                &r,
+                &forwarded,
+                v.meta(&id)?,
+                digest.as_deref(),
+                v.clock(&id)?,
+                now,
+            ))
+        }
+    }
+
     /// A receipt applied as the server applies it: one transition, flush, then finish.
     fn receipt(
         store: &Store,
@@ -1505,25 +1537,9 @@ mod tests {
         forwarded: &SignedRecord,
     ) -> Result<Applied, ketenpost_schemas::protocol::Rejection> {
         let now = Utc::now();
-        let r = ketenpost_schemas::control::DeliveryReceipt {
-            message_id: *id,
-            recipient: recipient.clone(),
-            body_sha256: sha.into(),
-            received_at: now,
-        };
-        let digest = store.view_digest(id, recipient).unwrap();
+        let decide = receipt_decision(store, recipient, id, sha, forwarded, now);
         let out = store
-            .transition("receipt", trail, &signer(), now, |v| {
-                Ok(ketenpost_core::transitions::receipt(
-                    recipient,
-                    &r,
-                    forwarded,
-                    v.meta(id)?,
-                    digest.as_deref(),
-                    v.clock(id)?,
-                    now,
-                ))
-            })
+            .transition("receipt", trail, &signer(), now, decide)
             .unwrap();
         if let Ok(a) = &out {
             store.flush().unwrap();
@@ -1787,32 +1803,15 @@ mod tests {
         let now = Utc::now();
         let queue_receipt = |who: &Oin| {
             let sha = a.header().body_for(who).unwrap().1.sha256.clone();
-            let r = ketenpost_schemas::control::DeliveryReceipt {
-                message_id: id,
-                recipient: who.clone(),
-                body_sha256: sha,
-                received_at: now,
-            };
             let forwarded = SignedRecord {
                 kind: Kind::DeliveryReceipt,
                 signer: who.clone(),
                 record: String::new(),
                 signature: String::new(),
             };
-            let digest = store.view_digest(&id, who).unwrap();
-            let who = who.clone();
+            let decide = receipt_decision(&store, who, &id, &sha, &forwarded, now);
             store
-                .begin_transition("receipt", &trail, &signer(), now, true, move |v| {
-                    Ok(ketenpost_core::transitions::receipt(
-                        &who,
-                        &r,
-                        &forwarded,
-                        v.meta(&id)?,
-                        digest.as_deref(),
-                        v.clock(&id)?,
-                        now,
-                    ))
-                })
+                .begin_transition("receipt", &trail, &signer(), now, true, decide)
                 .unwrap()
         };
         let records_before = trail.head().seq;

@@ -356,68 +356,44 @@ impl Store {
                 &self.deadlines,
                 trail.records_tree(),
             )
-                .transaction(
-                    |(
-                        seen,
-                        meta,
-                        expiry,
-                        queue,
-                        notices,
-                        cases,
-                        consents,
-                        deletions,
-                        deadlines,
-                        records,
-                    )| {
-                        let trees = Trees {
-                            seen,
-                            meta,
-                            expiry,
-                            queue,
-                            notices,
-                            cases,
-                            consents,
-                            deletions,
-                            deadlines,
-                            records,
-                        };
-                        for (p, prep) in puts.iter().zip(&prepared) {
-                            if let Some(prep) = prep {
-                                trees.put(p, prep)?;
-                            }
+                .transaction(|views| {
+                    let trees = Trees::of(views);
+                    for (p, prep) in puts.iter().zip(&prepared) {
+                        if let Some(prep) = prep {
+                            trees.put(p, prep)?;
                         }
-                        let view = TxView {
-                            meta,
-                            cases,
-                            deletions,
-                            deadlines,
+                    }
+                    let view = TxView {
+                        meta: trees.meta,
+                        cases: trees.cases,
+                        deletions: trees.deletions,
+                        deadlines: trees.deadlines,
+                    };
+                    // Rerun from scratch if sled retries the transaction.
+                    let mut cursor = start.clone();
+                    let mut decided = Vec::with_capacity(jobs.len());
+                    for (i, job) in jobs.iter().enumerate() {
+                        if left_out[i].is_some() {
+                            decided.push(None);
+                            continue;
+                        }
+                        let failed = |e: ConflictableTransactionError<StoreError>| match e {
+                            Abort(e) => Abort(RoundAbort::Job(i, e)),
+                            Conflict => Conflict,
+                            Storage(e) => Storage(e),
                         };
-                        // Rerun from scratch if sled retries the transaction.
-                        let mut cursor = start.clone();
-                        let mut decided = Vec::with_capacity(jobs.len());
-                        for (i, job) in jobs.iter().enumerate() {
-                            if left_out[i].is_some() {
+                        let fx = match (job.decide)(&view).map_err(failed)? {
+                            Ok(fx) => fx,
+                            Err(()) => {
                                 decided.push(None);
                                 continue;
                             }
-                            let failed = |e: ConflictableTransactionError<StoreError>| match e {
-                                Abort(e) => Abort(RoundAbort::Job(i, e)),
-                                Conflict => Conflict,
-                                Storage(e) => Storage(e),
-                            };
-                            let fx = match (job.decide)(&view).map_err(failed)? {
-                                Ok(fx) => fx,
-                                Err(()) => {
-                                    decided.push(None);
-                                    continue;
-                                }
-                            };
-                            trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
-                            decided.push(Some(fx));
-                        }
-                        Ok((decided, cursor))
-                    },
-                );
+                        };
+                        trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
+                        decided.push(Some(fx));
+                    }
+                    Ok((decided, cursor))
+                });
             match attempt {
                 Ok((decided, cursor)) => break (prepared, decided, cursor),
                 Err(TransactionError::Abort(RoundAbort::Job(i, e))) => left_out[i] = Some(e),
@@ -483,7 +459,37 @@ struct Trees<'a> {
     records: &'a TransactionalTree,
 }
 
-impl Trees<'_> {
+/// The transactional views of the ten trees a round writes, in [`Trees`]' order.
+type RoundViews = (
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+);
+
+impl<'a> Trees<'a> {
+    /// The trees of a round's transaction (see [`Store::apply_all`] for the order).
+    fn of(v: &'a RoundViews) -> Trees<'a> {
+        Trees {
+            seen: &v.0,
+            meta: &v.1,
+            expiry: &v.2,
+            queue: &v.3,
+            notices: &v.4,
+            cases: &v.5,
+            consents: &v.6,
+            deletions: &v.7,
+            deadlines: &v.8,
+            records: &v.9,
+        }
+    }
+
     /// Write one prepared message: its dedup entry, metadata, expiry and queue entries,
     /// answer clock, the answered message's clock, and its audit records.
     fn put(
@@ -584,19 +590,7 @@ impl Trees<'_> {
             )?;
         }
         for entry in &fx.audit {
-            chain
-                .stage(cursor, entry.clone(), job.now, self.records)
-                .map_err(|e| match e {
-                    ConflictableTransactionError::Abort(e) => {
-                        ConflictableTransactionError::Abort(StoreError::Audit(e))
-                    }
-                    ConflictableTransactionError::Conflict => {
-                        ConflictableTransactionError::Conflict
-                    }
-                    ConflictableTransactionError::Storage(e) => {
-                        ConflictableTransactionError::Storage(e)
-                    }
-                })?;
+            chain.stage(cursor, entry.clone(), job.now, self.records)?;
         }
         Ok(())
     }
