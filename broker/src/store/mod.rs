@@ -1495,6 +1495,22 @@ mod tests {
         }
     }
 
+    /// A signaal from the corporation to the zorgaanbieder and the gemeente, stored.
+    fn put_signaal(
+        fx: &ketenpost_core::testing::Fx,
+        store: &Store,
+        trail: &Arc<AuditTrail>,
+    ) -> Authorised {
+        let draft = fx.draft(
+            Kind::Signaal,
+            &[(&fx.zorg, "zorgaanbieder"), (&fx.gem, "gemeente")],
+        );
+        let a = fx.check_as(&fx.corp, &fx.seal(&fx.corp, draft)).unwrap();
+        let meta = MessageMeta::accepted(&a, Utc::now());
+        store.put_message(&a, &meta, trail, vec![]).unwrap();
+        a
+    }
+
     /// The decision of `recipient`'s receipt of message `id`, as the server makes it.
     fn receipt_decision(
         store: &Store,
@@ -1722,13 +1738,7 @@ mod tests {
         let fx = ketenpost_core::testing::Fx::new();
         let (zorg, gem) = (fx.zorg.oin.clone(), fx.gem.oin.clone());
         for _ in 0..20 {
-            let draft = fx.draft(
-                Kind::Signaal,
-                &[(&fx.zorg, "zorgaanbieder"), (&fx.gem, "gemeente")],
-            );
-            let a = fx.check_as(&fx.corp, &fx.seal(&fx.corp, draft)).unwrap();
-            let meta = MessageMeta::accepted(&a, Utc::now());
-            store.put_message(&a, &meta, &trail, vec![]).unwrap();
+            let a = put_signaal(&fx, &store, &trail);
             let id = a.header().id;
             let forwarded = SignedRecord {
                 kind: Kind::DeliveryReceipt,
@@ -1792,13 +1802,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, trail) = open_in(dir.path());
         let fx = ketenpost_core::testing::Fx::new();
-        let draft = fx.draft(
-            Kind::Signaal,
-            &[(&fx.zorg, "zorgaanbieder"), (&fx.gem, "gemeente")],
-        );
-        let a = fx.check_as(&fx.corp, &fx.seal(&fx.corp, draft)).unwrap();
-        let meta = MessageMeta::accepted(&a, Utc::now());
-        store.put_message(&a, &meta, &trail, vec![]).unwrap();
+        let a = put_signaal(&fx, &store, &trail);
         let id = a.header().id;
         let now = Utc::now();
         let queue_receipt = |who: &Oin| {
