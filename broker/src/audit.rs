@@ -357,7 +357,7 @@ pub struct ChainLock<'a> {
 
 /// Where a transaction's records continue the chain; start one per transaction attempt
 /// with [`ChainLock::cursor`], since sled may run the transaction closure more than once.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ChainCursor(ChainHead);
 
 impl ChainLock<'_> {

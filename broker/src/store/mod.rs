@@ -38,7 +38,7 @@ use ketenpost_schemas::envelope::{Envelope, Limits};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::protocol::{envelope_to_b64, Delivery};
 use serde::{Deserialize, Serialize};
-use sled::transaction::TransactionError;
+use sled::transaction::{TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::{AuditEntry, AuditTrail, ChainCursor, ChainLock};
@@ -52,8 +52,8 @@ mod backup;
 mod transition;
 pub use backup::{manifest, restore, BackupError, BackupManifest, BACKUP_MANIFEST};
 use ketenpost_core::registry::{Case, Consent, Lookup, Registry, Unknown};
+use transition::PendingTransition;
 pub use transition::{Applied, NoticeSigner, TransitionTicket, TxResult, TxView};
-use transition::{Decided, PendingTransition};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -321,6 +321,10 @@ fn forget_bodies<'a>(spool: &Spool, puts: impl IntoIterator<Item = &'a PendingPu
 /// transaction (which the chain lock it holds rules out; the check is a safety net).
 const MAX_PUT_ATTEMPTS: u32 = 8;
 
+/// The transaction of a prepared batch found the state it was prepared against changed.
+#[derive(Debug)]
+struct Stale;
+
 /// One message of a batch as decided before its transaction.
 struct Prepared {
     /// Its audit records, chained: keys and values.
@@ -392,7 +396,6 @@ impl PutFailed {
             },
             PutFailed::Closed => StoreError::Closed,
             PutFailed::Contended => StoreError::Contended,
-            PutFailed::Poisoned(cause) => StoreError::Poisoned(cause),
         }
     }
 }
@@ -412,8 +415,6 @@ enum PutFailed {
     Closed,
     /// What the batch was prepared against kept changing: the whole batch fails.
     Contended,
-    /// An fsync failed earlier: nothing more is written.
-    Poisoned(String),
 }
 
 /// Group commit of message writes (see the module docs): a submission queues its writes
@@ -915,23 +916,17 @@ impl Store {
             }
             // Not during a group committer's flush.
             let _io = lock(&self.puts.io);
-            // Per trail (a broker has one): its message writes and its decisions in one
-            // transaction.
-            let mut puts = Vec::new();
-            let mut decided = Vec::new();
-            let mut transitions = by_trail(round.transitions, |t| &t.trail);
-            for (trail, batch) in by_trail(round.puts, |p| &p.trail) {
-                let theirs = match transitions.iter().position(|(t, _)| Arc::ptr_eq(t, &trail)) {
-                    Some(i) => transitions.remove(i).1,
-                    None => Vec::new(),
-                };
-                let (written, these) = self.apply_round(&trail, &batch, theirs);
-                puts.push((batch, written));
-                decided.extend(these);
-            }
-            for (trail, batch) in transitions {
-                decided.extend(self.apply_round(&trail, &[], batch).1);
-            }
+            let puts: Vec<_> = by_trail(round.puts, |p| &p.trail)
+                .into_iter()
+                .map(|(trail, batch)| {
+                    let written = self.apply_puts(&batch, &trail);
+                    (batch, written)
+                })
+                .collect();
+            let decided: Vec<_> = by_trail(round.transitions, |t| &t.trail)
+                .into_iter()
+                .flat_map(|(trail, batch)| self.apply_transitions(batch, &trail))
+                .collect();
             self.settle(puts, decided);
         }
     }
@@ -939,7 +934,11 @@ impl Store {
     /// Make a round durable and answer it: flush once (if anything in it needs to be
     /// durable), then tell every message write its outcome and finish every decision
     /// (destroy the bodies it released) before telling it.
-    fn settle(&self, puts: Vec<(Vec<PendingPut>, Written)>, decided: Vec<Decided>) {
+    fn settle(
+        &self,
+        puts: Vec<(Vec<PendingPut>, Written)>,
+        decided: Vec<(PendingTransition, Result<Option<Applied>, StoreError>)>,
+    ) {
         let landed = |w: &Written| w.as_ref().is_ok_and(|w| w.iter().any(Option::is_some));
         let written = puts.iter().any(|(_, w)| landed(w));
         let answers = puts.iter().any(|(batch, w)| {
@@ -1123,6 +1122,78 @@ impl Store {
             }));
         }
         Ok((out, cursor))
+    }
+
+    /// Apply queued message writes in one transaction (not yet durable: the writer flushes
+    /// the round, [`Store::settle`]); per message, what landed, or `None` for a duplicate. Everything is decided before the transaction ([`Store::prepare_puts`]):
+    /// while a sled transaction runs, every reader waits (the checks of the next
+    /// submissions among them), so the transaction itself only writes.
+    fn apply_puts(&self, batch: &[PendingPut], trail: &AuditTrail) -> Written {
+        let chain = trail.lock_chain();
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let (prepared, cursor) = match self.prepare_puts(batch, &chain) {
+                Ok(prepared) => prepared,
+                Err(e) => break Err(e),
+            };
+            let tx = (
+                &self.seen,
+                &self.meta,
+                &self.queue,
+                &self.expiry,
+                &self.deadlines,
+                trail.records_tree(),
+            )
+                .transaction(|(seen, meta_t, queue, expiry, deadlines, records)| {
+                    use sled::transaction::ConflictableTransactionError::Abort;
+                    for (p, prep) in batch.iter().zip(&prepared) {
+                        let Some(prep) = prep else { continue };
+                        // What was read before the transaction still holds (only the
+                        // writer writes `seen`; every other writer of a clock holds the
+                        // chain lock, as this one does); checked all the same.
+                        if seen.get(p.id)?.is_some() {
+                            return Err(Abort(Stale));
+                        }
+                        seen.insert(&p.id, p.accepted_at.as_slice())?;
+                        meta_t.insert(&p.id, p.meta.as_slice())?;
+                        expiry.insert(p.due.as_slice(), &p.body_at.to_bytes())?;
+                        for qkey in &p.queue {
+                            queue.insert(qkey.as_slice(), &p.id)?;
+                        }
+                        if let Some(clock) = &p.clock {
+                            deadlines.insert(&p.id, clock.as_slice())?;
+                        }
+                        if let Some(a) = &prep.answer {
+                            if deadlines.get(a.key)?.as_deref() != a.read.as_deref() {
+                                return Err(Abort(Stale));
+                            }
+                            match &a.write {
+                                Some(Some(clock)) => {
+                                    deadlines.insert(&a.key, clock.as_slice())?;
+                                }
+                                Some(None) => {
+                                    deadlines.remove(&a.key)?;
+                                }
+                                None => {}
+                            }
+                        }
+                        for (key, record) in &prep.records {
+                            records.insert(key, record.as_slice())?;
+                        }
+                    }
+                    Ok(())
+                });
+            match tx {
+                Ok(()) => break Ok((prepared, cursor)),
+                Err(TransactionError::Abort(Stale)) if attempts < MAX_PUT_ATTEMPTS => {}
+                Err(TransactionError::Abort(Stale)) => break Err(PutFailed::Contended),
+                Err(TransactionError::Storage(e)) => break Err(PutFailed::Sled(e)),
+            }
+        };
+        let (prepared, cursor) = result?;
+        chain.advance(cursor);
+        Ok(prepared.into_iter().map(|p| p.map(|p| p.landed)).collect())
     }
 
     /// The body of a held message, or `None` (logged) when the spool cannot give it.

@@ -25,15 +25,10 @@ use ketenpost_core::registry::Case;
 use ketenpost_schemas::control::SignedRecord;
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::keys::SigningKey;
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
-};
+use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 use tokio::sync::oneshot;
 
-use super::{
-    expiry_key, json, key2, parse, Landed, PendingPut, Prepared, PutFailed, Store, StoreError,
-    Written, MAX_PUT_ATTEMPTS,
-};
+use super::{expiry_key, json, key2, parse, Store, StoreError};
 use crate::audit::{AuditTrail, ChainLock};
 use crate::failpoint;
 
@@ -151,17 +146,6 @@ pub(super) struct PendingTransition {
     pub(super) done: oneshot::Sender<Result<Option<Applied>, StoreError>>,
 }
 
-/// A queued decision and how it ended: applied (not yet durable), refused (`None`), or why
-/// not.
-pub(super) type Decided = (PendingTransition, Result<Option<Applied>, StoreError>);
-
-/// What a round's transaction did: per message what landed (`None`: a duplicate); per
-/// decision applied, refused (`None`) or why not.
-type RoundApplied = (
-    Vec<Option<Landed>>,
-    Vec<Result<Option<Applied>, StoreError>>,
-);
-
 /// A queued decision on its way; [`TransitionTicket::done`] says how it ended.
 #[must_use = "a decision has not been applied until its ticket says so"]
 pub struct TransitionTicket<E> {
@@ -224,9 +208,7 @@ impl Store {
             decide: &erased,
         };
         let applied = self
-            .apply_all(trail, &[], &[job])
-            .map_err(PutFailed::into_store_error)?
-            .1
+            .apply_decisions(trail, &[job])?
             .pop()
             .unwrap_or(Err(StoreError::Closed))?;
         match applied {
@@ -288,16 +270,14 @@ impl Store {
         Ok(TransitionTicket { rx, refused })
     }
 
-    /// The writer thread's round for one trail: the message writes `puts` (prepared as
-    /// [`Store::prepare_puts`] decides) and the queued decisions `transitions`, in ONE
-    /// transaction (not yet durable: the writer flushes the round).
-    pub(super) fn apply_round(
+    /// The writer thread's part of [`Store::begin_transition`]: apply `batch` in one
+    /// transaction (not yet durable).
+    pub(super) fn apply_transitions(
         &self,
+        batch: Vec<PendingTransition>,
         trail: &AuditTrail,
-        puts: &[PendingPut],
-        transitions: Vec<PendingTransition>,
-    ) -> (Written, Vec<Decided>) {
-        let jobs: Vec<Job<'_>> = transitions
+    ) -> Vec<(PendingTransition, Result<Option<Applied>, StoreError>)> {
+        let jobs: Vec<Job<'_>> = batch
             .iter()
             .map(|t| Job {
                 now: t.now,
@@ -305,47 +285,46 @@ impl Store {
                 decide: t.decide.as_ref(),
             })
             .collect();
-        let outcome = match self.poison.check() {
-            Ok(()) => self.apply_all(trail, puts, &jobs),
-            Err(StoreError::Poisoned(cause)) => Err(PutFailed::Poisoned(cause)),
-            Err(other) => Err(PutFailed::Poisoned(other.to_string())),
-        };
+        let outcome = self
+            .poison
+            .check()
+            .and_then(|()| self.apply_decisions(trail, &jobs));
         drop(jobs);
         match outcome {
-            Ok((landed, decided)) => (Ok(landed), transitions.into_iter().zip(decided).collect()),
-            Err(why) => {
-                let decided = transitions
-                    .into_iter()
-                    .map(|t| (t, Err(why.clone().into_store_error())))
-                    .collect();
-                (Err(why), decided)
-            }
+            Ok(results) => batch.into_iter().zip(results).collect(),
+            Err(e) => batch
+                .into_iter()
+                .map(|t| {
+                    let again = match &e {
+                        StoreError::Sled(e) => StoreError::Sled(e.clone()),
+                        StoreError::Poisoned(cause) => StoreError::Poisoned(cause.clone()),
+                        other => StoreError::Corrupt {
+                            what: "decision",
+                            reason: other.to_string(),
+                        },
+                    };
+                    (t, Err(again))
+                })
+                .collect(),
         }
     }
 
-    /// Write the prepared message writes `puts`, then run `jobs` in order over the store's
-    /// state, each seeing what was written before it, and write their effects: ONE
-    /// transaction, audit records included. Per message: what landed, or `None` for a
-    /// duplicate. Per job: applied (not yet durable), refused (`None`: nothing of it
-    /// written), or failed (a record it read does not parse: it is left out and the rest
-    /// runs again without it). A storage error, or an audit record that cannot be made,
-    /// fails them all.
-    fn apply_all(
+    /// Run `jobs` in order over the store's state, each seeing what those before it wrote,
+    /// and write their effects in ONE transaction, audit records included. Per job:
+    /// applied (not yet durable), refused (`None`: nothing of it written), or failed (a
+    /// record it read does not parse: it is left out and the others run again without
+    /// it). A storage error fails them all.
+    fn apply_decisions(
         &self,
         trail: &AuditTrail,
-        puts: &[PendingPut],
         jobs: &[Job<'_>],
-    ) -> Result<RoundApplied, PutFailed> {
+    ) -> Result<Vec<Result<Option<Applied>, StoreError>>, StoreError> {
         use ConflictableTransactionError::{Abort, Conflict, Storage};
         let chain: ChainLock<'_> = trail.lock_chain();
         let mut left_out: Vec<Option<StoreError>> = jobs.iter().map(|_| None).collect();
-        let mut stale = 0;
-        // Each attempt commits, leaves one more job out, or finds what the message writes
-        // were prepared against changed (at most `MAX_PUT_ATTEMPTS` times).
-        let (prepared, decided, cursor) = loop {
-            let (prepared, start) = self.prepare_puts(puts, &chain)?;
+        // Each attempt either commits or leaves one more job out: at most `jobs.len() + 1`.
+        let (decided, cursor) = loop {
             let attempt = (
-                &self.seen,
                 &self.meta,
                 &self.expiry,
                 &self.queue,
@@ -356,59 +335,71 @@ impl Store {
                 &self.deadlines,
                 trail.records_tree(),
             )
-                .transaction(|views| {
-                    let trees = Trees::of(views);
-                    for (p, prep) in puts.iter().zip(&prepared) {
-                        if let Some(prep) = prep {
-                            trees.put(p, prep)?;
-                        }
-                    }
-                    let view = TxView {
-                        meta: trees.meta,
-                        cases: trees.cases,
-                        deletions: trees.deletions,
-                        deadlines: trees.deadlines,
-                    };
-                    // Rerun from scratch if sled retries the transaction.
-                    let mut cursor = start.clone();
-                    let mut decided = Vec::with_capacity(jobs.len());
-                    for (i, job) in jobs.iter().enumerate() {
-                        if left_out[i].is_some() {
-                            decided.push(None);
-                            continue;
-                        }
-                        let failed = |e: ConflictableTransactionError<StoreError>| match e {
-                            Abort(e) => Abort(RoundAbort::Job(i, e)),
-                            Conflict => Conflict,
-                            Storage(e) => Storage(e),
+                .transaction(
+                    |(
+                        meta,
+                        expiry,
+                        queue,
+                        notices,
+                        cases,
+                        consents,
+                        deletions,
+                        deadlines,
+                        records,
+                    )| {
+                        let view = TxView {
+                            meta,
+                            cases,
+                            deletions,
+                            deadlines,
                         };
-                        let fx = match (job.decide)(&view).map_err(failed)? {
-                            Ok(fx) => fx,
-                            Err(()) => {
+                        let trees = Trees {
+                            meta,
+                            expiry,
+                            queue,
+                            notices,
+                            cases,
+                            consents,
+                            deletions,
+                            deadlines,
+                            records,
+                        };
+                        // Rerun from scratch if sled retries the transaction.
+                        let mut cursor = chain.cursor();
+                        let mut decided = Vec::with_capacity(jobs.len());
+                        for (i, job) in jobs.iter().enumerate() {
+                            if left_out[i].is_some() {
                                 decided.push(None);
                                 continue;
                             }
-                        };
-                        trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
-                        decided.push(Some(fx));
-                    }
-                    Ok((decided, cursor))
-                });
+                            let failed = |e: ConflictableTransactionError<StoreError>| match e {
+                                Abort(e) => Abort((i, e)),
+                                Conflict => Conflict,
+                                Storage(e) => Storage(e),
+                            };
+                            let fx = match (job.decide)(&view).map_err(failed)? {
+                                Ok(fx) => fx,
+                                Err(()) => {
+                                    decided.push(None);
+                                    continue;
+                                }
+                            };
+                            trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
+                            decided.push(Some(fx));
+                        }
+                        Ok((decided, cursor))
+                    },
+                );
             match attempt {
-                Ok((decided, cursor)) => break (prepared, decided, cursor),
-                Err(TransactionError::Abort(RoundAbort::Job(i, e))) => left_out[i] = Some(e),
-                Err(TransactionError::Abort(RoundAbort::Stale)) => {
-                    stale += 1;
-                    if stale >= MAX_PUT_ATTEMPTS {
-                        return Err(PutFailed::Contended);
-                    }
+                Ok(done) => break done,
+                Err(sled::transaction::TransactionError::Abort((i, e))) => left_out[i] = Some(e),
+                Err(sled::transaction::TransactionError::Storage(e)) => {
+                    return Err(StoreError::Sled(e))
                 }
-                Err(TransactionError::Storage(e)) => return Err(PutFailed::Sled(e)),
             }
         };
         chain.advance(cursor);
-        let landed = prepared.into_iter().map(|p| p.map(|p| p.landed)).collect();
-        let decided = decided
+        Ok(decided
             .into_iter()
             .zip(left_out)
             .map(|(fx, failed)| match (fx, failed) {
@@ -421,8 +412,7 @@ impl Store {
                     wake: fx.wake,
                 })),
             })
-            .collect();
-        Ok((landed, decided))
+            .collect())
     }
 
     /// After the transaction of `applied` is durable: destroy the bodies it released.
@@ -438,16 +428,8 @@ impl Store {
     }
 }
 
-/// Why a round's transaction stopped: the state its message writes were prepared against
-/// changed, or one decision failed.
-enum RoundAbort {
-    Stale,
-    Job(usize, StoreError),
-}
-
-/// The trees a round writes, inside its transaction.
+/// The trees a decision writes, inside its transaction.
 struct Trees<'a> {
-    seen: &'a TransactionalTree,
     meta: &'a TransactionalTree,
     expiry: &'a TransactionalTree,
     queue: &'a TransactionalTree,
@@ -459,81 +441,7 @@ struct Trees<'a> {
     records: &'a TransactionalTree,
 }
 
-/// The transactional views of the ten trees a round writes, in [`Trees`]' order.
-type RoundViews = (
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-);
-
-impl<'a> Trees<'a> {
-    /// The trees of a round's transaction (see [`Store::apply_all`] for the order).
-    fn of(v: &'a RoundViews) -> Trees<'a> {
-        Trees {
-            seen: &v.0,
-            meta: &v.1,
-            expiry: &v.2,
-            queue: &v.3,
-            notices: &v.4,
-            cases: &v.5,
-            consents: &v.6,
-            deletions: &v.7,
-            deadlines: &v.8,
-            records: &v.9,
-        }
-    }
-
-    /// Write one prepared message: its dedup entry, metadata, expiry and queue entries,
-    /// answer clock, the answered message's clock, and its audit records.
-    fn put(
-        &self,
-        p: &PendingPut,
-        prep: &Prepared,
-    ) -> Result<(), ConflictableTransactionError<RoundAbort>> {
-        use ConflictableTransactionError::Abort;
-        // What was read before the transaction still holds (only the writer writes
-        // `seen`; every other writer of a clock holds the chain lock, as this one does);
-        // checked all the same.
-        if self.seen.get(p.id)?.is_some() {
-            return Err(Abort(RoundAbort::Stale));
-        }
-        self.seen.insert(&p.id, p.accepted_at.as_slice())?;
-        self.meta.insert(&p.id, p.meta.as_slice())?;
-        self.expiry
-            .insert(p.due.as_slice(), &p.body_at.to_bytes())?;
-        for qkey in &p.queue {
-            self.queue.insert(qkey.as_slice(), &p.id)?;
-        }
-        if let Some(clock) = &p.clock {
-            self.deadlines.insert(&p.id, clock.as_slice())?;
-        }
-        if let Some(a) = &prep.answer {
-            if self.deadlines.get(a.key)?.as_deref() != a.read.as_deref() {
-                return Err(Abort(RoundAbort::Stale));
-            }
-            match &a.write {
-                Some(Some(clock)) => {
-                    self.deadlines.insert(&a.key, clock.as_slice())?;
-                }
-                Some(None) => {
-                    self.deadlines.remove(&a.key)?;
-                }
-                None => {}
-            }
-        }
-        for (key, record) in &prep.records {
-            self.records.insert(key, record.as_slice())?;
-        }
-        Ok(())
-    }
-
+impl Trees<'_> {
     /// Write one decision's effects: its records, its notices (signed by the broker) and
     /// its audit records, chained after `cursor`.
     fn write(
