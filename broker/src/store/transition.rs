@@ -150,7 +150,36 @@ pub(super) struct PendingTransition {
 #[must_use = "a decision has not been applied until its ticket says so"]
 pub struct TransitionTicket<E> {
     rx: oneshot::Receiver<Result<Option<Applied>, StoreError>>,
-    refused: Arc<std::sync::Mutex<Option<E>>>,
+    refused: Refused<E>,
+}
+
+/// Where a decision leaves its refusal, so that the store's transaction code needs no
+/// refusal type: the decision it runs answers `Err(())`, and the caller takes the reason.
+struct Refused<E>(Arc<std::sync::Mutex<Option<E>>>);
+
+impl<E> Refused<E> {
+    fn new() -> Refused<E> {
+        Refused(Arc::new(std::sync::Mutex::new(None)))
+    }
+
+    /// `decide` with its refusal kept here.
+    fn erase(
+        &self,
+        decide: impl Fn(&TxView<'_>) -> TxResult<Result<Effects, E>>,
+    ) -> impl Fn(&TxView<'_>) -> TxResult<Result<Effects, ()>> {
+        let slot = self.0.clone();
+        move |v| decide(v).map(|r| r.map_err(|e| *super::lock(&slot) = Some(e)))
+    }
+
+    /// What the decision refused with, once it answered `Err(())`.
+    fn take(&self) -> Result<E, StoreError> {
+        super::lock(&self.0)
+            .take()
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "decision",
+                reason: "refused without a reason".to_owned(),
+            })
+    }
 }
 
 impl<E> std::fmt::Debug for TransitionTicket<E> {
@@ -165,13 +194,7 @@ impl<E> TransitionTicket<E> {
     pub async fn done(self) -> Result<Result<Applied, E>, StoreError> {
         match self.rx.await {
             Ok(Ok(Some(applied))) => Ok(Ok(applied)),
-            Ok(Ok(None)) => match super::lock(&self.refused).take() {
-                Some(refused) => Ok(Err(refused)),
-                None => Err(StoreError::Corrupt {
-                    what: "decision",
-                    reason: "refused without a reason".to_owned(),
-                }),
-            },
+            Ok(Ok(None)) => self.refused.take().map(Err),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(StoreError::Closed),
         }
@@ -194,14 +217,8 @@ impl Store {
         decide: impl Fn(&TxView<'_>) -> TxResult<Result<Effects, E>>,
     ) -> Result<Result<Applied, E>, StoreError> {
         self.poison.check()?;
-        let refused = std::sync::Mutex::new(None);
-        let erased = |v: &TxView<'_>| {
-            decide(v).map(|r| {
-                r.map_err(|e| {
-                    *super::lock(&refused) = Some(e);
-                })
-            })
-        };
+        let refused = Refused::new();
+        let erased = refused.erase(decide);
         let job = Job {
             now,
             signer,
@@ -216,13 +233,7 @@ impl Store {
                 failpoint::hit(op, "applied");
                 Ok(Ok(applied))
             }
-            None => match super::lock(&refused).take() {
-                Some(e) => Ok(Err(e)),
-                None => Err(StoreError::Corrupt {
-                    what: "decision",
-                    reason: "refused without a reason".to_owned(),
-                }),
-            },
+            None => refused.take().map(Err),
         }
     }
 
@@ -240,15 +251,8 @@ impl Store {
         decide: impl Fn(&TxView<'_>) -> TxResult<Result<Effects, E>> + Send + 'static,
     ) -> Result<TransitionTicket<E>, StoreError> {
         self.poison.check()?;
-        let refused = Arc::new(std::sync::Mutex::new(None));
-        let slot = refused.clone();
-        let decide = move |v: &TxView<'_>| {
-            decide(v).map(|r| {
-                r.map_err(|e| {
-                    *super::lock(&slot) = Some(e);
-                })
-            })
-        };
+        let refused = Refused::new();
+        let decide = refused.erase(decide);
         let (done, rx) = oneshot::channel();
         let pending = PendingTransition {
             op,
@@ -335,61 +339,34 @@ impl Store {
                 &self.deadlines,
                 trail.records_tree(),
             )
-                .transaction(
-                    |(
-                        meta,
-                        expiry,
-                        queue,
-                        notices,
-                        cases,
-                        consents,
-                        deletions,
-                        deadlines,
-                        records,
-                    )| {
-                        let view = TxView {
-                            meta,
-                            cases,
-                            deletions,
-                            deadlines,
+                .transaction(|views| {
+                    let trees = Trees::of(views);
+                    let view = trees.view();
+                    // Rerun from scratch if sled retries the transaction.
+                    let mut cursor = chain.cursor();
+                    let mut decided = Vec::with_capacity(jobs.len());
+                    for (i, job) in jobs.iter().enumerate() {
+                        if left_out[i].is_some() {
+                            decided.push(None);
+                            continue;
+                        }
+                        let failed = |e: ConflictableTransactionError<StoreError>| match e {
+                            Abort(e) => Abort((i, e)),
+                            Conflict => Conflict,
+                            Storage(e) => Storage(e),
                         };
-                        let trees = Trees {
-                            meta,
-                            expiry,
-                            queue,
-                            notices,
-                            cases,
-                            consents,
-                            deletions,
-                            deadlines,
-                            records,
-                        };
-                        // Rerun from scratch if sled retries the transaction.
-                        let mut cursor = chain.cursor();
-                        let mut decided = Vec::with_capacity(jobs.len());
-                        for (i, job) in jobs.iter().enumerate() {
-                            if left_out[i].is_some() {
+                        let fx = match (job.decide)(&view).map_err(failed)? {
+                            Ok(fx) => fx,
+                            Err(()) => {
                                 decided.push(None);
                                 continue;
                             }
-                            let failed = |e: ConflictableTransactionError<StoreError>| match e {
-                                Abort(e) => Abort((i, e)),
-                                Conflict => Conflict,
-                                Storage(e) => Storage(e),
-                            };
-                            let fx = match (job.decide)(&view).map_err(failed)? {
-                                Ok(fx) => fx,
-                                Err(()) => {
-                                    decided.push(None);
-                                    continue;
-                                }
-                            };
-                            trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
-                            decided.push(Some(fx));
-                        }
-                        Ok((decided, cursor))
-                    },
-                );
+                        };
+                        trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
+                        decided.push(Some(fx));
+                    }
+                    Ok((decided, cursor))
+                });
             match attempt {
                 Ok(done) => break done,
                 Err(sled::transaction::TransactionError::Abort((i, e))) => left_out[i] = Some(e),
@@ -441,7 +418,46 @@ struct Trees<'a> {
     records: &'a TransactionalTree,
 }
 
-impl Trees<'_> {
+/// The transactional views of the nine trees a decision writes, in [`Trees`]' order.
+type TreeViews = (
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+    TransactionalTree,
+);
+
+impl<'a> Trees<'a> {
+    /// The trees of a decisions' transaction, opened over (meta, expiry, queue, notices,
+    /// cases, consents, deletions, deadlines, records) in [`Store::apply_decisions`].
+    fn of(v: &'a TreeViews) -> Trees<'a> {
+        Trees {
+            meta: &v.0,
+            expiry: &v.1,
+            queue: &v.2,
+            notices: &v.3,
+            cases: &v.4,
+            consents: &v.5,
+            deletions: &v.6,
+            deadlines: &v.7,
+            records: &v.8,
+        }
+    }
+
+    /// What a decision may read.
+    fn view(&self) -> TxView<'a> {
+        TxView {
+            meta: self.meta,
+            cases: self.cases,
+            deletions: self.deletions,
+            deadlines: self.deadlines,
+        }
+    }
+
     /// Write one decision's effects: its records, its notices (signed by the broker) and
     /// its audit records, chained after `cursor`.
     fn write(
