@@ -76,3 +76,6 @@ pub struct MessageMeta {
     #[serde(default)]
     pub queue_seqs: BTreeMap<Oin, u64>,
 }
+
+mod codec;
+pub use codec::{MetaFormatError, FORMAT_V1};

@@ -504,6 +504,15 @@ fn parse<T: for<'a> Deserialize<'a>>(bytes: &[u8], what: &'static str) -> Result
     })
 }
 
+/// A message's stored metadata ([`MessageMeta::from_bytes`]: binary, or JSON written by
+/// an older version).
+fn meta_of(bytes: &[u8]) -> Result<MessageMeta, StoreError> {
+    MessageMeta::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        what: "message metadata",
+        reason: e.to_string(),
+    })
+}
+
 fn key2(a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(a.len() + b.len());
     k.extend_from_slice(a);
@@ -556,7 +565,7 @@ fn reconcile(
             return Ok(());
         }
         let owner = match meta.get(id)? {
-            Some(v) => Some(parse::<MessageMeta>(&v, "message metadata")?),
+            Some(v) => Some(meta_of(&v)?),
             None => None,
         };
         match owner {
@@ -752,7 +761,7 @@ impl Store {
             let (_, id) = item?;
             if oldest.is_none() {
                 if let Some(m) = self.meta.get(&id)? {
-                    let meta: MessageMeta = parse(&m, "message metadata")?;
+                    let meta = meta_of(&m)?;
                     oldest = Some(meta.accepted_at);
                 }
             }
@@ -870,7 +879,7 @@ impl Store {
             id,
             accepted_at: now.to_rfc3339().into_bytes(),
             body_at,
-            meta: json(&meta),
+            meta: meta.to_bytes(),
             due: expiry_key(meta.expires_at, &id),
             clock: clock.map(json),
             queue: meta
@@ -1231,7 +1240,7 @@ impl Store {
                 // The message is gone (receipted or expired meanwhile): nothing to deliver.
                 continue;
             };
-            let meta: MessageMeta = parse(&m, "message metadata")?;
+            let meta = meta_of(&m)?;
             let Some(body) = self.body(&meta) else {
                 continue;
             };
@@ -1270,7 +1279,7 @@ impl Store {
         let Some(v) = self.meta.get(id.0.as_bytes())? else {
             return Ok(None);
         };
-        let meta: MessageMeta = parse(&v, "message metadata")?;
+        let meta = meta_of(&v)?;
         let Some(body) = self.body(&meta) else {
             return Ok(None);
         };
@@ -1391,7 +1400,7 @@ impl Store {
     pub fn meta(&self, id: &MessageId) -> Result<Option<MessageMeta>, StoreError> {
         self.meta
             .get(id.0.as_bytes())?
-            .map(|v| parse(&v, "message metadata"))
+            .map(|v| meta_of(&v))
             .transpose()
     }
 }
@@ -1743,6 +1752,58 @@ mod tests {
     }
 
     #[test]
+    fn metadata_an_older_version_wrote_as_json_is_delivered_receipted_and_rewritten() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let (messages, zorg) = authorised(1);
+        let id = messages[0].header().id;
+        {
+            let (store, trail) = open_in(dir.path());
+            put_all(&store, &trail, &messages);
+            let stored = store.meta.get(id.0.as_bytes()).unwrap().unwrap();
+            assert_eq!(stored[0], ketenpost_core::message::FORMAT_V1);
+            let meta = meta_of(&stored).unwrap();
+            store.meta.insert(id.0.as_bytes(), json(&meta)).unwrap();
+            store.flush().unwrap();
+            rt.block_on(store.close());
+        }
+        let (store, trail) = open_in(dir.path());
+        let (deliveries, first) = store.fetch(&zorg, 10).unwrap();
+        assert_eq!((deliveries.len(), first), (1, vec![id]));
+        // A change writes it in the binary form.
+        let fetched = store
+            .transition("fetch", &trail, &signer(), Utc::now(), |v| {
+                Ok(Ok::<_, ()>(ketenpost_core::transitions::fetched(
+                    &zorg,
+                    v.meta(&id)?,
+                )))
+            })
+            .unwrap();
+        assert!(fetched.is_ok());
+        store.flush().unwrap();
+        let stored = store.meta.get(id.0.as_bytes()).unwrap().unwrap();
+        assert_eq!(stored[0], ketenpost_core::message::FORMAT_V1);
+        assert!(meta_of(&stored).unwrap().fetched.contains(&zorg));
+        let sha = messages[0]
+            .header()
+            .body_for(&zorg)
+            .unwrap()
+            .1
+            .sha256
+            .clone();
+        let forwarded = SignedRecord {
+            kind: Kind::DeliveryReceipt,
+            signer: zorg.clone(),
+            record: String::new(),
+            signature: String::new(),
+        };
+        let outcome = receipt(&store, &trail, &zorg, &id, &sha, &forwarded).unwrap();
+        assert_eq!(outcome.destroy.len(), 1);
+        rt.block_on(store.close());
+    }
+
+    #[test]
     fn a_damaged_body_is_neither_delivered_nor_receipted_and_blocks_nothing() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let _in_runtime = rt.enter();
@@ -1947,8 +2008,7 @@ mod tests {
             // What a crash after a durable receipt and before the body was destroyed
             // leaves: the first message's metadata is gone, its body is not.
             let id = messages[0].header().id;
-            let meta: MessageMeta =
-                parse(&store.meta.get(id.0.as_bytes()).unwrap().unwrap(), "meta").unwrap();
+            let meta = meta_of(&store.meta.get(id.0.as_bytes()).unwrap().unwrap()).unwrap();
             store.meta.remove(id.0.as_bytes()).unwrap();
             store
                 .expiry

@@ -82,7 +82,12 @@ fn read<T: for<'de> serde::Deserialize<'de>>(
 impl TxView<'_> {
     /// A message's metadata.
     pub fn meta(&self, id: &MessageId) -> TxResult<Option<MessageMeta>> {
-        read(self.meta, id.0.as_bytes(), "message metadata")
+        match self.meta.get(id.0.as_bytes())? {
+            None => Ok(None),
+            Some(v) => super::meta_of(&v)
+                .map(Some)
+                .map_err(ConflictableTransactionError::Abort),
+        }
     }
 
     /// A message's answer clock.
@@ -470,7 +475,7 @@ impl<'a> Trees<'a> {
         for w in &fx.writes {
             match w {
                 Write::Meta(m) => {
-                    self.meta.insert(m.id.0.as_bytes(), json(m))?;
+                    self.meta.insert(m.id.0.as_bytes(), m.to_bytes())?;
                 }
                 Write::RemoveMeta { id, expires_at } => {
                     let id = id.0.as_bytes();
