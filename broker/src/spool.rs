@@ -198,7 +198,19 @@ impl Spool {
 
     /// Count a body found in the metadata at start-up (see [`Spool::remove_empty`]).
     pub fn register(&self, at: &BodyAt) {
-        *lock(&self.live).entry(at.segment).or_insert(0) += 1;
+        self.register_count(at.segment, 1);
+    }
+
+    /// Count `n` bodies of `segment` found in the metadata at start-up.
+    pub fn register_count(&self, segment: u32, n: u64) {
+        if n > 0 {
+            *lock(&self.live).entry(segment).or_insert(0) += n;
+        }
+    }
+
+    /// How many bodies each segment holds, as the metadata counted them at start-up.
+    pub fn held(&self) -> HashMap<u32, u64> {
+        lock(&self.live).clone()
     }
 
     /// Uncount a body found in the metadata that the spool does not hold (see
@@ -435,6 +447,15 @@ impl Spool {
     /// ([`Spool::destroy_unreferenced`]). Start-up only.
     pub fn visit_live_records<E: From<SpoolError>>(
         &self,
+        visit: impl FnMut(BodyAt, [u8; 16]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.visit_live_records_in(|_| true, visit)
+    }
+
+    /// [`Spool::visit_live_records`] in the closed segments `which` selects.
+    pub fn visit_live_records_in<E: From<SpoolError>>(
+        &self,
+        which: impl Fn(u32) -> bool,
         mut visit: impl FnMut(BodyAt, [u8; 16]) -> Result<(), E>,
     ) -> Result<(), E> {
         let active = lock(&self.active).segment;
@@ -443,7 +464,7 @@ impl Spool {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|(s, _)| **s != active)
+            .filter(|(s, _)| **s != active && which(**s))
             .map(|(s, f)| (*s, f.clone()))
             .collect();
         files.sort_by_key(|(s, _)| *s);

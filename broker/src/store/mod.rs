@@ -12,6 +12,7 @@
 //! | `consents` | consent id | [`Consent`] (JSON) |
 //! | `deletions` | order id ‖ party OIN | [`DeletionState`] (JSON) |
 //! | `deadlines` | message id | [`AnswerClock`] (JSON): answer deadlines, kept after the body is gone, until every answer is in or the case's deletion is ordered |
+//! | `segments` | spool segment (u32, big-endian) | how many bodies in that segment the metadata refers to (u64, big-endian), written in the transactions that write and remove metadata; and the key `counted` once the counts are kept, so that a start need not read every message ([`Store::open`]) |
 //!
 //! A message is written in three steps, and is on disk when its [`PutTicket`] says it
 //! landed ([`Store::put_message`] waits for that):
@@ -165,6 +166,7 @@ pub struct Store {
     consents: sled::Tree,
     deletions: sled::Tree,
     deadlines: sled::Tree,
+    segments: sled::Tree,
     alerts: sled::Tree,
     alerts_state: sled::Tree,
     committer: mpsc::UnboundedSender<CommitMsg>,
@@ -607,12 +609,158 @@ fn reconcile(
     Ok(())
 }
 
+/// The key in `segments` that says the counts are kept.
+const COUNTED: &[u8] = b"counted";
+
+/// A count in `segments`; anything but 8 bytes counts as 0, which the next start finds
+/// does not match the spool, and counts again.
+fn count_of(v: Option<&[u8]>) -> u64 {
+    v.and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// Add `delta` to the bodies `segment` holds, inside a transaction (a count of 0 is
+/// removed, as the segment is).
+fn count_bodies(
+    segments: &sled::transaction::TransactionalTree,
+    segment: u32,
+    delta: i64,
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    let key = segment.to_be_bytes();
+    let now = count_of(segments.get(key)?.as_deref()).saturating_add_signed(delta);
+    if now == 0 {
+        segments.remove(&key)?;
+    } else {
+        segments.insert(&key, &now.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+/// Replace the counts with `held` and mark them kept, in one batch.
+fn write_counts(
+    segments: &sled::Tree,
+    held: &std::collections::HashMap<u32, u64>,
+) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    for item in segments.iter().keys() {
+        batch.remove(item?);
+    }
+    for (segment, n) in held {
+        batch.insert(&segment.to_be_bytes(), &n.to_be_bytes());
+    }
+    batch.insert(COUNTED, &[1]);
+    segments.apply_batch(batch)?;
+    Ok(())
+}
+
+/// The start of a store that keeps counts: the spool's live records are counted per
+/// segment (record headers only, nothing of sled), and only a segment whose count differs
+/// from what the metadata counted is read record by record: each record is looked up in
+/// the metadata, and one no metadata refers to is destroyed. That is where a crash leaves
+/// its traces: bodies appended whose metadata never landed, and bodies released by a
+/// durable decision before they were destroyed. A segment that holds fewer bodies than
+/// the metadata counted has lost some (damage); they are logged, as in
+/// [`reconcile`]. An orphan and a lost body in the same segment cancel out; a full
+/// check of every message is what a store without counts gets ([`reconcile_by_walk`]).
+fn reconcile_counted(
+    spool: &Spool,
+    meta: &sled::Tree,
+    segments: &sled::Tree,
+) -> Result<(), StoreError> {
+    use std::collections::{BTreeSet, HashMap};
+    let mut counted: HashMap<u32, u64> = HashMap::new();
+    for item in segments.iter() {
+        let (k, v) = item?;
+        if let Ok(segment) = <[u8; 4]>::try_from(k.as_ref()) {
+            counted.insert(u32::from_be_bytes(segment), count_of(Some(&v)));
+        }
+    }
+    let mut live: HashMap<u32, u64> = HashMap::new();
+    spool.visit_live_records(|at, _| {
+        *live.entry(at.segment).or_insert(0) += 1;
+        Ok::<(), StoreError>(())
+    })?;
+    let all: BTreeSet<u32> = counted.keys().chain(live.keys()).copied().collect();
+    let get = |m: &HashMap<u32, u64>, s: &u32| m.get(s).copied().unwrap_or(0);
+    let unsure: BTreeSet<u32> = all
+        .iter()
+        .filter(|s| get(&counted, s) != get(&live, s))
+        .copied()
+        .collect();
+    let mut kept: HashMap<u32, u64> = HashMap::new();
+    let mut orphans = 0usize;
+    spool.visit_live_records_in(
+        |s| unsure.contains(&s),
+        |at, id| {
+            let referenced = match meta.get(id)? {
+                Some(v) => meta_of(&v)?.body_at == Some(at),
+                None => false,
+            };
+            if referenced {
+                *kept.entry(at.segment).or_insert(0) += 1;
+            } else if spool.destroy_unreferenced(&at, &id)? {
+                orphans += 1;
+            }
+            Ok::<(), StoreError>(())
+        },
+    )?;
+    let (mut bodies, mut dangling) = (0u64, 0u64);
+    for s in &all {
+        let held = if unsure.contains(s) {
+            get(&kept, s)
+        } else {
+            get(&live, s)
+        };
+        dangling += get(&counted, s).saturating_sub(held);
+        spool.register_count(*s, held);
+        bodies += held;
+    }
+    spool.sync()?;
+    tracing::info!(
+        bodies,
+        segments = all.len(),
+        segments_checked = unsure.len(),
+        orphan_bodies_destroyed = orphans,
+        metadata_without_body = dangling,
+        "spool reconciled with the metadata's counts"
+    );
+    if dangling > 0 {
+        tracing::error!(
+            metadata_without_body = dangling,
+            "messages whose body is missing from the spool: they cannot be delivered"
+        );
+    }
+    Ok(())
+}
+
+/// The start of a store without counts: every body location is read from the `expiry`
+/// tree (16 bytes a message while the store opens, 16 MB for a million queued, sorted by
+/// position and given back before the broker serves), then [`reconcile`].
+fn reconcile_by_walk(
+    spool: &Spool,
+    meta: &sled::Tree,
+    expiry: &sled::Tree,
+) -> Result<(), StoreError> {
+    let mut referenced = Vec::new();
+    for item in expiry.iter() {
+        let (_, v) = item?;
+        if let Some(at) = BodyAt::from_bytes(&v) {
+            spool.register(&at);
+            referenced.push(at);
+        }
+    }
+    referenced.sort_unstable_by_key(|a| (a.segment, a.offset));
+    referenced.dedup_by_key(|a| (a.segment, a.offset));
+    reconcile(spool, meta, expiry, &referenced)
+}
+
 impl Store {
     /// Open the store in `db`, with the bodies' spool in `spool_dir`, and start its group
     /// committer. Must run inside a tokio runtime.
     ///
-    /// Reads the body location of every message held, to know which spool segments are
-    /// still needed, and removes the others.
+    /// Reconciles the spool with the metadata ([`reconcile_counted`]: per segment, from
+    /// the counts in `segments`; a store an older version wrote is read message by message
+    /// once, [`reconcile_by_walk`]), and removes the segments no message needs.
     pub fn open(db: sled::Db, spool_dir: &std::path::Path) -> Result<Store, StoreError> {
         let (tx, mut rx) = mpsc::unbounded_channel::<CommitMsg>();
         let flushes = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -622,24 +770,19 @@ impl Store {
         let spool = Arc::new(Spool::open(spool_dir)?);
         let expiry = db.open_tree("expiry")?;
         let meta = db.open_tree("meta")?;
+        let segments = db.open_tree("segments")?;
         // What sled recovered after a crash may still be in the page cache only: make it
         // durable before bodies are destroyed on its word.
         db.flush()?;
-        // Every body held has one expiry entry, which says where it is: 16 bytes a
-        // message while the store opens (16 MB for a million queued), sorted by position,
-        // given back before the broker serves.
-        let mut referenced = Vec::new();
-        for item in expiry.iter() {
-            let (_, v) = item?;
-            if let Some(at) = BodyAt::from_bytes(&v) {
-                spool.register(&at);
-                referenced.push(at);
-            }
+        if segments.contains_key(COUNTED)? {
+            reconcile_counted(&spool, &meta, &segments)?;
+        } else {
+            // Written by a version that kept no counts: read every message's body location
+            // once, and keep the counts from now on.
+            reconcile_by_walk(&spool, &meta, &expiry)?;
+            write_counts(&segments, &spool.held())?;
+            db.flush()?;
         }
-        referenced.sort_unstable_by_key(|a| (a.segment, a.offset));
-        referenced.dedup_by_key(|a| (a.segment, a.offset));
-        reconcile(&spool, &meta, &expiry, &referenced)?;
-        drop(referenced);
         let removed = spool.remove_empty()?;
         if removed > 0 {
             tracing::info!(removed, "spool segments without bodies removed");
@@ -655,6 +798,7 @@ impl Store {
             consents: db.open_tree("consents")?,
             deletions: db.open_tree("deletions")?,
             deadlines: db.open_tree("deadlines")?,
+            segments,
             alerts: db.open_tree("alerts")?,
             alerts_state: db.open_tree("alerts_state")?,
             committer: tx,
@@ -1152,47 +1296,55 @@ impl Store {
                 &self.queue,
                 &self.expiry,
                 &self.deadlines,
+                &self.segments,
                 trail.records_tree(),
             )
-                .transaction(|(seen, meta_t, queue, expiry, deadlines, records)| {
-                    use sled::transaction::ConflictableTransactionError::Abort;
-                    for (p, prep) in batch.iter().zip(&prepared) {
-                        let Some(prep) = prep else { continue };
-                        // What was read before the transaction still holds (only the
-                        // writer writes `seen`; every other writer of a clock holds the
-                        // chain lock, as this one does); checked all the same.
-                        if seen.get(p.id)?.is_some() {
-                            return Err(Abort(Stale));
-                        }
-                        seen.insert(&p.id, p.accepted_at.as_slice())?;
-                        meta_t.insert(&p.id, p.meta.as_slice())?;
-                        expiry.insert(p.due.as_slice(), &p.body_at.to_bytes())?;
-                        for qkey in &p.queue {
-                            queue.insert(qkey.as_slice(), &p.id)?;
-                        }
-                        if let Some(clock) = &p.clock {
-                            deadlines.insert(&p.id, clock.as_slice())?;
-                        }
-                        if let Some(a) = &prep.answer {
-                            if deadlines.get(a.key)?.as_deref() != a.read.as_deref() {
+                .transaction(
+                    |(seen, meta_t, queue, expiry, deadlines, segments, records)| {
+                        use sled::transaction::ConflictableTransactionError::Abort;
+                        let mut held = std::collections::BTreeMap::<u32, i64>::new();
+                        for (p, prep) in batch.iter().zip(&prepared) {
+                            let Some(prep) = prep else { continue };
+                            // What was read before the transaction still holds (only the
+                            // writer writes `seen`; every other writer of a clock holds the
+                            // chain lock, as this one does); checked all the same.
+                            if seen.get(p.id)?.is_some() {
                                 return Err(Abort(Stale));
                             }
-                            match &a.write {
-                                Some(Some(clock)) => {
-                                    deadlines.insert(&a.key, clock.as_slice())?;
-                                }
-                                Some(None) => {
-                                    deadlines.remove(&a.key)?;
-                                }
-                                None => {}
+                            seen.insert(&p.id, p.accepted_at.as_slice())?;
+                            meta_t.insert(&p.id, p.meta.as_slice())?;
+                            expiry.insert(p.due.as_slice(), &p.body_at.to_bytes())?;
+                            for qkey in &p.queue {
+                                queue.insert(qkey.as_slice(), &p.id)?;
                             }
+                            if let Some(clock) = &p.clock {
+                                deadlines.insert(&p.id, clock.as_slice())?;
+                            }
+                            if let Some(a) = &prep.answer {
+                                if deadlines.get(a.key)?.as_deref() != a.read.as_deref() {
+                                    return Err(Abort(Stale));
+                                }
+                                match &a.write {
+                                    Some(Some(clock)) => {
+                                        deadlines.insert(&a.key, clock.as_slice())?;
+                                    }
+                                    Some(None) => {
+                                        deadlines.remove(&a.key)?;
+                                    }
+                                    None => {}
+                                }
+                            }
+                            for (key, record) in &prep.records {
+                                records.insert(key, record.as_slice())?;
+                            }
+                            *held.entry(p.body_at.segment).or_insert(0) += 1;
                         }
-                        for (key, record) in &prep.records {
-                            records.insert(key, record.as_slice())?;
+                        for (segment, n) in held {
+                            count_bodies(segments, segment, n)?;
                         }
-                    }
-                    Ok(())
-                });
+                        Ok(())
+                    },
+                );
             match tx {
                 Ok(()) => break Ok((prepared, cursor)),
                 Err(TransactionError::Abort(Stale)) if attempts < MAX_PUT_ATTEMPTS => {}
@@ -2002,26 +2154,38 @@ mod tests {
         let open = || open_in(dir.path());
         let (messages, _) = authorised(2);
         let envelopes = envelopes_of(&messages);
+        let unlanded = b"a body appended by a submission that never landed".to_vec();
         {
             let (store, trail) = open();
             put_all(&store, &trail, &messages);
-            // What a crash after a durable receipt and before the body was destroyed
+            // What a crash after a durable expiry and before the body was destroyed
             // leaves: the first message's metadata is gone, its body is not.
             let id = messages[0].header().id;
-            let meta = meta_of(&store.meta.get(id.0.as_bytes()).unwrap().unwrap()).unwrap();
-            store.meta.remove(id.0.as_bytes()).unwrap();
-            store
-                .expiry
-                .remove(expiry_key(meta.expires_at, id.0.as_bytes()))
+            let later = Utc::now() + Duration::days(400);
+            let applied = store
+                .transition("expire", &trail, &signer(), later, |v| {
+                    Ok(Ok::<_, std::convert::Infallible>(
+                        ketenpost_core::transitions::expire(v.meta(&id)?, v.clock(&id)?, later),
+                    ))
+                })
+                .unwrap()
                 .unwrap();
+            assert_eq!(applied.destroy.len(), 1);
+            // And a crash between a body's append and its metadata's transaction.
+            store.spool.append(&[7; 16], &unlanded).unwrap();
             store.flush().unwrap();
             rt.block_on(store.close());
         }
         assert!(on_disk(&spool_dir, &envelopes[0]));
+        assert!(on_disk(&spool_dir, &unlanded));
         let (store, _trail) = open();
         assert!(
             !on_disk(&spool_dir, &envelopes[0]),
-            "the orphan is destroyed"
+            "the released body is destroyed"
+        );
+        assert!(
+            !on_disk(&spool_dir, &unlanded),
+            "the unlanded body is destroyed"
         );
         assert!(
             on_disk(&spool_dir, &envelopes[1]),
@@ -2029,6 +2193,44 @@ mod tests {
         );
         assert_eq!(store.bodies_held(), 1);
         rt.block_on(store.close());
+    }
+
+    #[test]
+    fn a_store_without_body_counts_is_counted_once_at_its_first_start() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let open = || open_in(dir.path());
+        let (messages, zorg) = authorised(3);
+        let counts = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
+            store
+                .segments
+                .iter()
+                .map(|i| {
+                    let (k, v) = i.unwrap();
+                    (k.to_vec(), v.to_vec())
+                })
+                .collect()
+        };
+        let kept = {
+            let (store, trail) = open();
+            put_all(&store, &trail, &messages);
+            let kept = counts(&store);
+            assert!(kept.contains(&(COUNTED.to_vec(), vec![1])));
+            assert!(kept.contains(&(1u32.to_be_bytes().to_vec(), 3u64.to_be_bytes().to_vec())));
+            // As an older version left it: no counts.
+            store.segments.clear().unwrap();
+            store.flush().unwrap();
+            rt.block_on(store.close());
+            kept
+        };
+        for _ in 0..2 {
+            let (store, _trail) = open();
+            assert_eq!(counts(&store), kept, "counted from the metadata, then kept");
+            assert_eq!(store.bodies_held(), 3);
+            assert_eq!(store.fetch(&zorg, 10).unwrap().0.len(), 3);
+            rt.block_on(store.close());
+        }
     }
 
     #[test]

@@ -333,7 +333,7 @@ impl Store {
         let mut left_out: Vec<Option<StoreError>> = jobs.iter().map(|_| None).collect();
         // Each attempt either commits or leaves one more job out: at most `jobs.len() + 1`.
         let (decided, cursor) = loop {
-            let attempt = (
+            let attempt = [
                 &self.meta,
                 &self.expiry,
                 &self.queue,
@@ -342,36 +342,38 @@ impl Store {
                 &self.consents,
                 &self.deletions,
                 &self.deadlines,
+                &self.segments,
                 trail.records_tree(),
-            )
-                .transaction(|views| {
-                    let trees = Trees::of(views);
-                    let view = trees.view();
-                    // Rerun from scratch if sled retries the transaction.
-                    let mut cursor = chain.cursor();
-                    let mut decided = Vec::with_capacity(jobs.len());
-                    for (i, job) in jobs.iter().enumerate() {
-                        if left_out[i].is_some() {
+            ]
+            .as_slice()
+            .transaction(|views| {
+                let trees = Trees::of(views).map_err(Storage)?;
+                let view = trees.view();
+                // Rerun from scratch if sled retries the transaction.
+                let mut cursor = chain.cursor();
+                let mut decided = Vec::with_capacity(jobs.len());
+                for (i, job) in jobs.iter().enumerate() {
+                    if left_out[i].is_some() {
+                        decided.push(None);
+                        continue;
+                    }
+                    let failed = |e: ConflictableTransactionError<StoreError>| match e {
+                        Abort(e) => Abort((i, e)),
+                        Conflict => Conflict,
+                        Storage(e) => Storage(e),
+                    };
+                    let fx = match (job.decide)(&view).map_err(failed)? {
+                        Ok(fx) => fx,
+                        Err(()) => {
                             decided.push(None);
                             continue;
                         }
-                        let failed = |e: ConflictableTransactionError<StoreError>| match e {
-                            Abort(e) => Abort((i, e)),
-                            Conflict => Conflict,
-                            Storage(e) => Storage(e),
-                        };
-                        let fx = match (job.decide)(&view).map_err(failed)? {
-                            Ok(fx) => fx,
-                            Err(()) => {
-                                decided.push(None);
-                                continue;
-                            }
-                        };
-                        trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
-                        decided.push(Some(fx));
-                    }
-                    Ok((decided, cursor))
-                });
+                    };
+                    trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
+                    decided.push(Some(fx));
+                }
+                Ok((decided, cursor))
+            });
             match attempt {
                 Ok(done) => break done,
                 Err(sled::transaction::TransactionError::Abort((i, e))) => left_out[i] = Some(e),
@@ -420,37 +422,35 @@ struct Trees<'a> {
     consents: &'a TransactionalTree,
     deletions: &'a TransactionalTree,
     deadlines: &'a TransactionalTree,
+    segments: &'a TransactionalTree,
     records: &'a TransactionalTree,
 }
 
-/// The transactional views of the nine trees a decision writes, in [`Trees`]' order.
-type TreeViews = (
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-);
-
 impl<'a> Trees<'a> {
     /// The trees of a decisions' transaction, opened over (meta, expiry, queue, notices,
-    /// cases, consents, deletions, deadlines, records) in [`Store::apply_decisions`].
-    fn of(v: &'a TreeViews) -> Trees<'a> {
-        Trees {
-            meta: &v.0,
-            expiry: &v.1,
-            queue: &v.2,
-            notices: &v.3,
-            cases: &v.4,
-            consents: &v.5,
-            deletions: &v.6,
-            deadlines: &v.7,
-            records: &v.8,
-        }
+    /// cases, consents, deletions, deadlines, segments, records) in
+    /// [`Store::apply_decisions`].
+    fn of(v: &'a [TransactionalTree]) -> Result<Trees<'a>, sled::Error> {
+        let [meta, expiry, queue, notices, cases, consents, deletions, deadlines, segments, records] =
+            v
+        else {
+            return Err(sled::Error::Unsupported(format!(
+                "a decision's transaction opened {} trees, not 10",
+                v.len()
+            )));
+        };
+        Ok(Trees {
+            meta,
+            expiry,
+            queue,
+            notices,
+            cases,
+            consents,
+            deletions,
+            deadlines,
+            segments,
+            records,
+        })
     }
 
     /// What a decision may read.
@@ -509,6 +509,9 @@ impl<'a> Trees<'a> {
                     self.deadlines.remove(id.0.as_bytes())?;
                 }
             }
+        }
+        for d in &fx.destroy {
+            super::count_bodies(self.segments, d.at.segment, -1)?;
         }
         for (party, notice) in &fx.notices {
             let record = sign(notice, job.signer).map_err(ConflictableTransactionError::Abort)?;

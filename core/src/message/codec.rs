@@ -266,9 +266,13 @@ mod tests {
         let at = DateTime::from_timestamp(1_764_600_000, 123_456_789).expect("valid time");
         let (a, b, c) = (oin(1), oin(2), oin(3));
         MessageMeta {
-            id: MessageId(uuid::Uuid::from_u128(0x0193_0000_0000_7000_8000_0000_0000_0042)),
+            id: MessageId(uuid::Uuid::from_u128(
+                0x0193_0000_0000_7000_8000_0000_0000_0042,
+            )),
             sender: oin(9),
-            case_ref: "case-abcdefghijklmnopqrstuvwxyz".parse().expect("valid case ref"),
+            case_ref: "case-abcdefghijklmnopqrstuvwxyz"
+                .parse()
+                .expect("valid case ref"),
             purpose: "overlast-aanpak".to_owned(),
             kind: Kind::Signaal,
             accepted_at: at,
