@@ -50,6 +50,7 @@ use ketenpost_core::message::{BodyAt, MessageMeta};
 
 pub mod alerts;
 mod backup;
+mod cache;
 mod transition;
 pub use backup::{manifest, restore, BackupError, BackupManifest, BACKUP_MANIFEST};
 use ketenpost_core::registry::{Case, Consent, Lookup, Registry, Unknown};
@@ -94,6 +95,13 @@ pub enum StoreError {
     /// stops and exits non-zero, and the next start recovers from what is on disk.
     #[error("the store is poisoned by a failed fsync ({0}); restart the broker")]
     Poisoned(String),
+}
+
+/// The checks' read cache of the registries ([`cache`]).
+#[derive(Debug, Default)]
+struct RegistryCache {
+    cases: cache::Cached<CaseRef, Case>,
+    consents: cache::Cached<uuid::Uuid, Consent>,
 }
 
 /// Set once an fsync fails (see [`StoreError::Poisoned`]).
@@ -167,6 +175,8 @@ pub struct Store {
     deletions: sled::Tree,
     deadlines: sled::Tree,
     segments: sled::Tree,
+    /// The checks' read cache of `cases` and `consents`.
+    registry_cache: Arc<RegistryCache>,
     alerts: sled::Tree,
     alerts_state: sled::Tree,
     committer: mpsc::UnboundedSender<CommitMsg>,
@@ -799,6 +809,7 @@ impl Store {
             deletions: db.open_tree("deletions")?,
             deadlines: db.open_tree("deadlines")?,
             segments,
+            registry_cache: Arc::default(),
             alerts: db.open_tree("alerts")?,
             alerts_state: db.open_tree("alerts_state")?,
             committer: tx,
@@ -1485,23 +1496,28 @@ impl Store {
     /// [`Store::transition`].
     pub fn put_case(&self, case: &Case) -> Result<(), StoreError> {
         self.cases.insert(case.case_ref.as_str(), json(case))?;
+        self.registry_cache.cases.invalidate();
         Ok(())
     }
 
     /// A case by reference; an error when it cannot be read or does not parse.
     pub fn get_case(&self, case_ref: &CaseRef) -> Result<Option<Case>, StoreError> {
-        self.cases
-            .get(case_ref.as_str())?
-            .map(|v| parse(&v, "case"))
-            .transpose()
+        self.registry_cache.cases.get(case_ref, || {
+            self.cases
+                .get(case_ref.as_str())?
+                .map(|v| parse(&v, "case"))
+                .transpose()
+        })
     }
 
     /// A consent by id; an error when it cannot be read or does not parse.
     pub fn get_consent(&self, id: &uuid::Uuid) -> Result<Option<Consent>, StoreError> {
-        self.consents
-            .get(id.as_bytes())?
-            .map(|v| parse(&v, "consent"))
-            .transpose()
+        self.registry_cache.consents.get(id, || {
+            self.consents
+                .get(id.as_bytes())?
+                .map(|v| parse(&v, "consent"))
+                .transpose()
+        })
     }
 
     /// Every case.
@@ -1692,11 +1708,26 @@ mod tests {
 
     /// The store and audit trail in `dir`, as the broker opens them.
     fn open_in(dir: &std::path::Path) -> (Store, Arc<AuditTrail>) {
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
+        // sled releases its file lock when its own IO threads let go of the database
+        // dropped just before, which can be a moment after the last handle: a bounded
+        // wait for that, nothing else.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::Config::new()
+                .path(dir.join("db"))
+                .flush_every_ms(None)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot open the test database: {e}"),
+            }
+        };
         let store = Store::open(db.clone(), &dir.join("spool")).unwrap();
         let trail = Arc::new(
             crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap(),

@@ -383,6 +383,14 @@ impl Store {
             }
         };
         chain.advance(cursor);
+        let wrote =
+            |f: fn(&Write) -> bool| decided.iter().flatten().any(|fx| fx.writes.iter().any(f));
+        if wrote(|w| matches!(w, Write::Case(_))) {
+            self.registry_cache.cases.invalidate();
+        }
+        if wrote(|w| matches!(w, Write::Consent(_))) {
+            self.registry_cache.consents.invalidate();
+        }
         Ok(decided
             .into_iter()
             .zip(left_out)
