@@ -43,13 +43,9 @@ pub(super) fn sweep_once(shared: &Shared, now: DateTime<Utc>) {
     }
     let docs = shared.docs();
     let calendar = &docs.policy.calendar;
-    match store.clocks() {
-        Ok(clocks) => {
-            for clock in clocks {
-                if clock.overdue(calendar, now).is_empty() {
-                    continue;
-                }
-                let id = clock.message_id;
+    match store.overdue_clocks(calendar, now) {
+        Ok(overdue) => {
+            for id in overdue {
                 if apply("deadline", &|v| {
                     let Some(clock) = v.clock(&id)? else {
                         return Ok(Effects::default());

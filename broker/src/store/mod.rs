@@ -1587,15 +1587,23 @@ impl Store {
             .transpose()
     }
 
-    /// Every clock, for the deadline sweep.
-    pub fn clocks(&self) -> Result<Vec<AnswerClock>, StoreError> {
-        self.deadlines
-            .iter()
-            .map(|r| {
-                let (_, v) = r?;
-                parse(&v, "answer clock")
-            })
-            .collect()
+    /// The ids of the answer clocks with a term overdue at `now` that no notice covers yet
+    /// ([`AnswerClock::overdue`]), read one clock at a time: the sweep holds the overdue
+    /// ones only, however many clocks run.
+    pub fn overdue_clocks(
+        &self,
+        calendar: &ketenpost_schemas::calendar::Calendar,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        let mut ids = Vec::new();
+        for item in self.deadlines.iter() {
+            let (_, v) = item?;
+            let clock: AnswerClock = parse(&v, "answer clock")?;
+            if !clock.overdue(calendar, now).is_empty() {
+                ids.push(clock.message_id);
+            }
+        }
+        Ok(ids)
     }
 
     /// The ids of the answer clocks of a case.
