@@ -208,7 +208,7 @@ impl Spool {
         }
     }
 
-    /// How many bodies each segment holds, as the metadata counted them at start-up.
+    /// How many bodies each segment holds now, by segment.
     pub fn held(&self) -> HashMap<u32, u64> {
         lock(&self.live).clone()
     }

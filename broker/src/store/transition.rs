@@ -71,9 +71,18 @@ fn read<T: for<'de> serde::Deserialize<'de>>(
     key: &[u8],
     what: &'static str,
 ) -> TxResult<Option<T>> {
+    read_as(tree, key, |v| parse(v, what))
+}
+
+/// The value under `key`, decoded by `decode`.
+fn read_as<T>(
+    tree: &TransactionalTree,
+    key: &[u8],
+    decode: impl FnOnce(&[u8]) -> Result<T, StoreError>,
+) -> TxResult<Option<T>> {
     match tree.get(key)? {
         None => Ok(None),
-        Some(v) => parse(&v, what)
+        Some(v) => decode(&v)
             .map(Some)
             .map_err(ConflictableTransactionError::Abort),
     }
@@ -82,12 +91,7 @@ fn read<T: for<'de> serde::Deserialize<'de>>(
 impl TxView<'_> {
     /// A message's metadata.
     pub fn meta(&self, id: &MessageId) -> TxResult<Option<MessageMeta>> {
-        match self.meta.get(id.0.as_bytes())? {
-            None => Ok(None),
-            Some(v) => super::meta_of(&v)
-                .map(Some)
-                .map_err(ConflictableTransactionError::Abort),
-        }
+        read_as(self.meta, id.0.as_bytes(), super::meta_of)
     }
 
     /// A message's answer clock.
