@@ -576,18 +576,14 @@ fn reconcile(
             bodies += 1;
             return Ok(());
         }
-        let owner = match meta.get(id)? {
-            Some(v) => Some(meta_of(&v)?),
-            None => None,
-        };
-        match owner {
-            Some(m) if m.body_at == Some(at) => {
+        match owner_of(meta, at, &id)? {
+            Some(m) => {
                 expiry.insert(expiry_key(m.expires_at, &id), &at.to_bytes())?;
                 spool.register(&at);
                 bodies += 1;
                 restored += 1;
             }
-            _ => {
+            None => {
                 if spool.destroy_unreferenced(&at, &id)? {
                     orphans += 1;
                 }
@@ -610,13 +606,31 @@ fn reconcile(
         metadata_without_body = dangling,
         "spool reconciled with the metadata"
     );
+    report_dangling(dangling as u64);
+    Ok(())
+}
+
+/// The metadata that refers to the spool record `at` of message `id`, if any.
+fn owner_of(
+    meta: &sled::Tree,
+    at: BodyAt,
+    id: &[u8; 16],
+) -> Result<Option<MessageMeta>, StoreError> {
+    Ok(match meta.get(id)? {
+        Some(v) => Some(meta_of(&v)?).filter(|m| m.body_at == Some(at)),
+        None => None,
+    })
+}
+
+/// Log metadata whose body the spool does not hold (damage: the spool syncs every body
+/// before its metadata is written).
+fn report_dangling(dangling: u64) {
     if dangling > 0 {
         tracing::error!(
             metadata_without_body = dangling,
             "messages whose body is missing from the spool: they cannot be delivered"
         );
     }
-    Ok(())
 }
 
 /// The key in `segments` that says the counts are kept.
@@ -702,11 +716,7 @@ fn reconcile_counted(
     spool.visit_live_records_in(
         |s| unsure.contains(&s),
         |at, id| {
-            let referenced = match meta.get(id)? {
-                Some(v) => meta_of(&v)?.body_at == Some(at),
-                None => false,
-            };
-            if referenced {
+            if owner_of(meta, at, &id)?.is_some() {
                 *kept.entry(at.segment).or_insert(0) += 1;
             } else if spool.destroy_unreferenced(&at, &id)? {
                 orphans += 1;
@@ -734,12 +744,7 @@ fn reconcile_counted(
         metadata_without_body = dangling,
         "spool reconciled with the metadata's counts"
     );
-    if dangling > 0 {
-        tracing::error!(
-            metadata_without_body = dangling,
-            "messages whose body is missing from the spool: they cannot be delivered"
-        );
-    }
+    report_dangling(dangling);
     Ok(())
 }
 
