@@ -3,7 +3,7 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `meta` | message id | [`MessageMeta`] (JSON): where its body is in the spool, its queue entries, who still has to receipt it, when it expires |
+//! | `meta` | message id | [`MessageMeta`] (binary, [`MessageMeta::to_bytes`]; JSON when an older version wrote it): where its body is in the spool, its queue entries, who still has to receipt it, when it expires |
 //! | `queue` | recipient OIN ‖ seq | message id |
 //! | `notices` | party OIN ‖ seq | a signed notice for the party (receipt, expiry, deletion order) |
 //! | `expiry` | expires-at (ms, big-endian) ‖ message id | where the body is in the spool ([`BodyAt::to_bytes`]): the sweep reads only what is due, and a start reads which spool segments are in use |
@@ -22,7 +22,8 @@
 //!    once for all of it, so no metadata is ever on disk without its body;
 //! 3. the writer thread (`ketenpost-writer`) writes everything the spool stage passed on in
 //!    one sled transaction (dedup entry, metadata, expiry entry, one queue entry per
-//!    recipient, and the audit records), flushes it, and tells every waiting submission.
+//!    recipient, the audit records, and the body counts of the spool segments), flushes
+//!    it, and tells every waiting submission.
 //!
 //! While the writer writes and flushes one batch, the spool stage syncs the next and more
 //! submissions queue up, so the batches grow with the load (about 40-60 messages each at
