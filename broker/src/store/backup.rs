@@ -134,7 +134,7 @@ impl Store {
         drop(copy);
         let spool_bytes = self.spool.copy_to(&spool_dest).map_err(StoreError::from)?;
         let head = chain.head();
-        let messages = self.meta.len() as u64;
+        let messages = self.bodies_held()?;
         drop(chain);
         let manifest = BackupManifest {
             format: 1,

@@ -91,7 +91,7 @@ fn read_as<T>(
 impl TxView<'_> {
     /// A message's metadata.
     pub fn meta(&self, id: &MessageId) -> TxResult<Option<MessageMeta>> {
-        read_as(self.meta, id.0.as_bytes(), super::meta_of)
+        Ok(read_as(self.meta, id.0.as_bytes(), super::meta_of)?.flatten())
     }
 
     /// A message's answer clock.
@@ -491,7 +491,8 @@ impl<'a> Trees<'a> {
                 }
                 Write::RemoveMeta { id, expires_at } => {
                     let id = id.0.as_bytes();
-                    self.meta.remove(id)?;
+                    // The id stays, as the dedup entry.
+                    self.meta.insert(id, super::SETTLED)?;
                     self.expiry.remove(expiry_key(*expires_at, id))?;
                 }
                 Write::RemoveQueued { party, seq } => {
