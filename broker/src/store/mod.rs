@@ -4,7 +4,7 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `meta` | message id | while the broker holds the message, its [`MessageMeta`] (binary, [`MessageMeta::to_bytes`]; JSON when an older version wrote it): where its body is in the spool, its queue entries, who still has to receipt it, when it expires. Once it is receipted or expired, the one byte [`SETTLED`]. Every id ever accepted stays: this tree is the dedup set too, kept for as long as the audit trail |
-//! | `queue` | recipient OIN ‖ seq | message id |
+//! | `queue_blocks` | recipient OIN ‖ (seq >> 4) | the recipient's queue entries within that run of 16 sequence numbers: (seq, message id), sorted ([`queue`]) |
 //! | `notices` | party OIN ‖ seq | a signed notice for the party (receipt, expiry, deletion order) |
 //! | `expiry` | expires-at (ms, big-endian) ‖ message id | where the body is in the spool ([`BodyAt::to_bytes`]): the sweep reads only what is due, and a start reads which spool segments are in use |
 //! | `cases` | case ref | [`Case`] (JSON) |
@@ -20,8 +20,8 @@
 //! 2. the spool stage (thread `ketenpost-spool`) takes everything queued and syncs the spool
 //!    once for all of it, so no metadata is ever on disk without its body;
 //! 3. the writer thread (`ketenpost-writer`) writes everything the spool stage passed on in
-//!    one sled transaction (metadata, which is the dedup entry too, expiry entry, one queue entry per
-//!    recipient, the audit records, and the body counts of the spool segments), flushes
+//!    one sled transaction (metadata, which is the dedup entry too, expiry entry, a queue entry
+//!    per recipient in its block, the audit records, and the body counts of the spool segments), flushes
 //!    it, and tells every waiting submission.
 //!
 //! While the writer writes and flushes one batch, the spool stage syncs the next and more
@@ -51,6 +51,7 @@ use ketenpost_core::message::{BodyAt, MessageMeta};
 pub mod alerts;
 mod backup;
 mod cache;
+mod queue;
 mod transition;
 pub use backup::{manifest, restore, BackupError, BackupManifest, BACKUP_MANIFEST};
 use ketenpost_core::registry::{Case, Consent, Lookup, Registry, Unknown};
@@ -232,8 +233,8 @@ struct PendingPut {
     body_at: BodyAt,
     meta: Vec<u8>,
     due: Vec<u8>,
-    /// Per recipient: the `queue` key.
-    queue: Vec<Vec<u8>>,
+    /// Per recipient: its queue block's key and the entry's sequence number.
+    queue: Vec<(Vec<u8>, u64)>,
     /// Its answer clock, if its kind has an answer deadline (written in the same
     /// transaction, so no receipt can come before it and no clock outlives a failed write).
     clock: Option<Vec<u8>>,
@@ -844,6 +845,8 @@ impl Store {
             db.flush()?;
         }
         settle_legacy_dedup(&db, &meta)?;
+        let queue = db.open_tree(queue::TREE)?;
+        queue::migrate(&db, &queue)?;
         let removed = spool.remove_empty()?;
         if removed > 0 {
             tracing::info!(removed, "spool segments without bodies removed");
@@ -852,7 +855,7 @@ impl Store {
             spool: spool.clone(),
             meta,
             expiry,
-            queue: db.open_tree("queue")?,
+            queue,
             notices: db.open_tree("notices")?,
             cases: db.open_tree("cases")?,
             consents: db.open_tree("consents")?,
@@ -963,13 +966,15 @@ impl Store {
         let mut depth = 0u64;
         let mut oldest = None;
         for item in self.queue.scan_prefix(prefix) {
-            let (_, id) = item?;
-            if oldest.is_none() {
-                if let Some(meta) = held_meta(&self.meta, &id)? {
-                    oldest = Some(meta.accepted_at);
+            let (_, block) = item?;
+            for (_, id) in queue::entries(&block)? {
+                if oldest.is_none() {
+                    if let Some(meta) = held_meta(&self.meta, &id)? {
+                        oldest = Some(meta.accepted_at);
+                    }
                 }
+                depth += 1;
             }
-            depth += 1;
         }
         let notices = self.notices.scan_prefix(prefix).count() as u64;
         Ok((depth, oldest, notices))
@@ -1088,7 +1093,7 @@ impl Store {
             queue: meta
                 .queue_seqs
                 .iter()
-                .map(|(r, seq)| key2(r.as_str().as_bytes(), &seq.to_be_bytes()))
+                .map(|(r, seq)| (queue::block_key(r, *seq), *seq))
                 .collect(),
             audit: audit
                 .into_iter()
@@ -1371,8 +1376,12 @@ impl Store {
                             }
                             meta_t.insert(&p.id, p.meta.as_slice())?;
                             expiry.insert(p.due.as_slice(), &p.body_at.to_bytes())?;
-                            for qkey in &p.queue {
-                                queue.insert(qkey.as_slice(), &p.id)?;
+                            for (block, seq) in &p.queue {
+                                let old = queue.get(block)?;
+                                queue.insert(
+                                    block.as_slice(),
+                                    queue::with_entry(old.as_deref(), *seq, &p.id),
+                                )?;
                             }
                             if let Some(clock) = &p.clock {
                                 deadlines.insert(&p.id, clock.as_slice())?;
@@ -1440,27 +1449,17 @@ impl Store {
         let mut first_time = Vec::new();
         // Entries that cannot be delivered are skipped and do not count against `max`,
         // but the scan is bounded.
-        for item in self.queue.scan_prefix(prefix).take(max.saturating_mul(4)) {
-            if out.len() >= max {
-                break;
-            }
-            let (k, id) = item?;
-            let Some(meta) = held_meta(&self.meta, &id)? else {
-                // The message is gone (receipted or expired meanwhile): nothing to deliver.
-                continue;
-            };
-            let Some(body) = self.body(&meta) else {
-                continue;
-            };
-            let Some(delivery) = delivery_for(&body, party, &meta) else {
-                continue;
-            };
-            out.push(Delivery::Message {
-                seq: seq_of(&k),
-                envelope: envelope_to_b64(&delivery),
-            });
-            if !meta.fetched.contains(party) {
-                first_time.push(meta.id);
+        let mut scanned = 0usize;
+        'blocks: for item in self.queue.scan_prefix(prefix) {
+            let (_, block) = item?;
+            for (seq, id) in queue::entries(&block)? {
+                if out.len() >= max || scanned >= max.saturating_mul(4) {
+                    break 'blocks;
+                }
+                scanned += 1;
+                if let Some(delivery) = self.deliverable(party, seq, &id, &mut first_time)? {
+                    out.push(delivery);
+                }
             }
         }
         if out.len() < max {
@@ -1473,6 +1472,34 @@ impl Store {
             }
         }
         Ok((out, first_time))
+    }
+
+    /// Queue entry `seq` of message `id` as delivered to `party`; `None` when the message
+    /// is gone (receipted or expired meanwhile) or its body cannot be read. Notes a
+    /// first delivery in `first_time`.
+    fn deliverable(
+        &self,
+        party: &Oin,
+        seq: u64,
+        id: &[u8; 16],
+        first_time: &mut Vec<MessageId>,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let Some(meta) = held_meta(&self.meta, id)? else {
+            return Ok(None);
+        };
+        let Some(body) = self.body(&meta) else {
+            return Ok(None);
+        };
+        let Some(delivery) = delivery_for(&body, party, &meta) else {
+            return Ok(None);
+        };
+        if !meta.fetched.contains(party) {
+            first_time.push(meta.id);
+        }
+        Ok(Some(Delivery::Message {
+            seq,
+            envelope: envelope_to_b64(&delivery),
+        }))
     }
 
     /// The SHA-256 the header of a held message lists for `recipient`'s view: what that
@@ -1598,9 +1625,14 @@ impl Store {
             .collect()
     }
 
-    /// Number of queued (recipient, message) pairs.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
+    /// Number of queued (recipient, message) pairs (reads every queue block).
+    pub fn queued(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.queue.iter() {
+            let (_, block) = item?;
+            n += queue::entries(&block)?.count();
+        }
+        Ok(n)
     }
 
     /// Number of messages (and bodies) held: the sum of the spool segments' counts,
@@ -1982,7 +2014,10 @@ mod tests {
         assert_eq!(expired, vec![messages[1].header().id]);
         store.flush().unwrap();
         assert!(!on_disk(&spool_dir, &envelopes[1]), "expired body gone");
-        assert_eq!((store.bodies_held().unwrap(), store.queued()), (0, 0));
+        assert_eq!(
+            (store.bodies_held().unwrap(), store.queued().unwrap()),
+            (0, 0)
+        );
         assert!(store
             .fetch(&zorg, 10)
             .unwrap()
@@ -2128,6 +2163,45 @@ mod tests {
     }
 
     #[test]
+    fn queue_entries_an_older_version_kept_one_key_each_move_into_blocks() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let (messages, zorg) = authorised(40);
+        let before;
+        {
+            let (store, trail) = open_in(dir.path());
+            put_all(&store, &trail, &messages);
+            before = store.fetch(&zorg, 100).unwrap();
+            assert_eq!(before.0.len(), 40);
+            // As an older version left them: one key per entry in `queue`, no blocks.
+            let legacy = store.db.open_tree(queue::LEGACY_TREE).unwrap();
+            for item in store.queue.iter() {
+                let (block, entries) = item.unwrap();
+                let party = &block[..block.len() - 8];
+                for (seq, id) in queue::entries(&entries).unwrap() {
+                    legacy.insert(key2(party, &seq.to_be_bytes()), &id).unwrap();
+                }
+                store.queue.remove(block).unwrap();
+            }
+            assert_eq!(legacy.len(), 40);
+            store.flush().unwrap();
+            rt.block_on(store.close());
+        }
+        let (store, _trail) = open_in(dir.path());
+        assert!(!store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == queue::LEGACY_TREE.as_bytes()));
+        assert_eq!(store.queued().unwrap(), 40);
+        // Fewer keys than entries, and the same deliveries in the same order.
+        assert!(store.queue.len() < 40);
+        assert_eq!(store.fetch(&zorg, 100).unwrap(), before);
+        rt.block_on(store.close());
+    }
+
+    #[test]
     fn a_damaged_body_is_neither_delivered_nor_receipted_and_blocks_nothing() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let _in_runtime = rt.enter();
@@ -2243,7 +2317,10 @@ mod tests {
                 .sum();
             assert_eq!(destroyed, 1, "the body goes with the last receipt, once");
         }
-        assert_eq!((store.bodies_held().unwrap(), store.queued()), (0, 0));
+        assert_eq!(
+            (store.bodies_held().unwrap(), store.queued().unwrap()),
+            (0, 0)
+        );
         rt.block_on(store.close());
     }
 
@@ -2307,7 +2384,10 @@ mod tests {
         );
         assert!(matches!(refused, Ok(Err("refused"))), "{refused:?}");
         assert_eq!(first.destroy.len() + second.destroy.len(), 1);
-        assert_eq!((store.bodies_held().unwrap(), store.queued()), (0, 0));
+        assert_eq!(
+            (store.bodies_held().unwrap(), store.queued().unwrap()),
+            (0, 0)
+        );
         assert!(store.meta(&id).unwrap().is_none());
         // Both receipts audited, nothing of the others.
         assert_eq!(
@@ -2489,7 +2569,7 @@ mod tests {
             assert!(store.seen(&id).unwrap());
         }
         assert_eq!(store.bodies_held().unwrap(), messages.len() as u64);
-        assert_eq!(store.queued(), messages.len());
+        assert_eq!(store.queued().unwrap(), messages.len());
         // One audit record per accepted message, none for a duplicate, chained.
         assert_eq!(trail.head().seq, messages.len() as u64);
         let report = crate::audit::verify_chain(&db, &trail.verifying_key()).unwrap();

@@ -496,8 +496,13 @@ impl<'a> Trees<'a> {
                     self.expiry.remove(expiry_key(*expires_at, id))?;
                 }
                 Write::RemoveQueued { party, seq } => {
-                    self.queue
-                        .remove(key2(party.as_str().as_bytes(), &seq.to_be_bytes()))?;
+                    let block = super::queue::block_key(party, *seq);
+                    if let Some(old) = self.queue.get(&block)? {
+                        match super::queue::without_entry(&old, *seq) {
+                            Some(rest) => self.queue.insert(block, rest)?,
+                            None => self.queue.remove(block)?,
+                        };
+                    }
                 }
                 Write::Case(c) => {
                     self.cases.insert(c.case_ref.as_str(), json(c))?;
