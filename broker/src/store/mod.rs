@@ -6,7 +6,7 @@
 //! | `meta` | message id | while the broker holds the message, its [`MessageMeta`] (binary, [`MessageMeta::to_bytes`]; JSON when an older version wrote it): where its body is in the spool, its queue entries, who still has to receipt it, when it expires. Once it is receipted or expired, the one byte [`SETTLED`]. Every id ever accepted stays: this tree is the dedup set too, kept for as long as the audit trail |
 //! | `queue_blocks` | recipient OIN ‖ (seq >> 4) | the recipient's queue entries within that run of 16 sequence numbers: (seq, message id), sorted ([`queue`]) |
 //! | `notices` | party OIN ‖ seq | a signed notice for the party (receipt, expiry, deletion order) |
-//! | `expiry` | expires-at (ms, big-endian) ‖ message id | where the body is in the spool ([`BodyAt::to_bytes`]): the sweep reads only what is due, and a start reads which spool segments are in use |
+//! | `expiry_blocks` | expires-at (ms) >> 4, big-endian | the messages expiring within that run of 16 ms: (expires-at ms, message id), sorted ([`expiry`]): the sweep reads only what is due |
 //! | `cases` | case ref | [`Case`] (JSON) |
 //! | `consents` | consent id | [`Consent`] (JSON) |
 //! | `deletions` | order id ‖ party OIN | [`DeletionState`] (JSON) |
@@ -50,7 +50,9 @@ use ketenpost_core::message::{BodyAt, MessageMeta};
 
 pub mod alerts;
 mod backup;
+mod blocks;
 mod cache;
+mod expiry;
 mod queue;
 mod transition;
 pub use backup::{manifest, restore, BackupError, BackupManifest, BACKUP_MANIFEST};
@@ -232,7 +234,7 @@ struct PendingPut {
     /// Appended to the spool, not yet synced.
     body_at: BodyAt,
     meta: Vec<u8>,
-    due: Vec<u8>,
+    expires_at: DateTime<Utc>,
     /// Per recipient: its queue block's key and the entry's sequence number.
     queue: Vec<(Vec<u8>, u64)>,
     /// Its answer clock, if its kind has an answer deadline (written in the same
@@ -783,6 +785,54 @@ fn reconcile_by_walk(
     reconcile(spool, meta, expiry, &referenced)
 }
 
+/// Move the entries of an older version's tree `legacy` (one key per entry) into the
+/// blocks of `to`, then drop `legacy`: `parse` gives an entry's block key, the entry and
+/// how many of its first bytes make it the same entry ([`blocks::with`]). Run at every
+/// start until `legacy` is gone; a crash halfway leaves it in place and the next start
+/// moves its entries again, each replacing itself.
+fn migrate_legacy(
+    db: &sled::Db,
+    legacy: &str,
+    what: &'static str,
+    parse: impl Fn(&[u8], &[u8]) -> Option<(Vec<u8>, [u8; blocks::ENTRY], usize)>,
+    to: &sled::Tree,
+) -> Result<(), StoreError> {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == legacy.as_bytes())
+    {
+        return Ok(());
+    }
+    let old = db.open_tree(legacy)?;
+    let (mut moved, mut unreadable) = (0u64, 0u64);
+    for item in old.iter() {
+        let (k, v) = item?;
+        let Some((key, entry, same)) = parse(&k, &v) else {
+            unreadable += 1;
+            continue;
+        };
+        let block = to.get(&key)?;
+        to.insert(key, blocks::with(block.as_deref(), &entry, same))?;
+        moved += 1;
+    }
+    db.flush()?;
+    drop(old);
+    db.drop_tree(legacy)?;
+    db.flush()?;
+    if moved > 0 || unreadable > 0 {
+        tracing::info!(what, moved, "an older version's index moved into blocks");
+    }
+    if unreadable > 0 {
+        tracing::error!(
+            what,
+            unreadable,
+            "entries of an older version's index that do not parse, left out"
+        );
+    }
+    Ok(())
+}
+
 /// A store an older version wrote kept its dedup set in a tree of its own, `seen`: each
 /// id there without a key in `meta` (its message no longer held) gets the [`SETTLED`]
 /// marker, and `seen` is dropped. Run at every start until it is gone; a crash halfway
@@ -829,7 +879,7 @@ impl Store {
         let poison = Arc::new(Poison::default());
         let committer_task = Arc::new(std::sync::Mutex::new(None));
         let spool = Arc::new(Spool::open(spool_dir)?);
-        let expiry = db.open_tree("expiry")?;
+        let expiry = db.open_tree(expiry::TREE)?;
         let meta = db.open_tree("meta")?;
         let segments = db.open_tree("segments")?;
         // What sled recovered after a crash may still be in the page cache only: make it
@@ -840,11 +890,12 @@ impl Store {
         } else {
             // Written by a version that kept no counts: read every message's body location
             // once, and keep the counts from now on.
-            reconcile_by_walk(&spool, &meta, &expiry)?;
+            reconcile_by_walk(&spool, &meta, &db.open_tree(expiry::LEGACY_TREE)?)?;
             write_counts(&segments, &spool.held())?;
             db.flush()?;
         }
         settle_legacy_dedup(&db, &meta)?;
+        expiry::migrate(&db, &expiry)?;
         let queue = db.open_tree(queue::TREE)?;
         queue::migrate(&db, &queue)?;
         let removed = spool.remove_empty()?;
@@ -1088,7 +1139,7 @@ impl Store {
             id,
             body_at,
             meta: meta.to_bytes(),
-            due: expiry_key(meta.expires_at, &id),
+            expires_at: meta.expires_at,
             clock: clock.map(json),
             queue: meta
                 .queue_seqs
@@ -1375,13 +1426,9 @@ impl Store {
                                 return Err(Abort(Stale));
                             }
                             meta_t.insert(&p.id, p.meta.as_slice())?;
-                            expiry.insert(p.due.as_slice(), &p.body_at.to_bytes())?;
+                            expiry::add_in(expiry, p.expires_at, &p.id)?;
                             for (block, seq) in &p.queue {
-                                let old = queue.get(block)?;
-                                queue.insert(
-                                    block.as_slice(),
-                                    queue::with_entry(old.as_deref(), *seq, &p.id),
-                                )?;
+                                queue::add_in(queue, block, *seq, &p.id)?;
                             }
                             if let Some(clock) = &p.clock {
                                 deadlines.insert(&p.id, clock.as_slice())?;
@@ -1529,20 +1576,24 @@ impl Store {
     /// The messages whose undelivered TTL has passed at `now` (by the expiry index, so
     /// only what is due is read). An index entry whose message is gone is removed.
     pub fn due(&self, now: DateTime<Utc>) -> Result<Vec<MessageId>, StoreError> {
-        let upto = u64::try_from(now.timestamp_millis()).unwrap_or(0);
-        // Only the keys that are due: everything below (now + 1 ms, id 0).
-        let end = upto.saturating_add(1).to_be_bytes();
         let mut due = Vec::new();
-        for item in self.expiry.range(..end.as_slice()) {
-            let (key, _) = item?;
-            let Some(id) = key.get(8..).and_then(|b| <[u8; 16]>::try_from(b).ok()) else {
-                continue;
-            };
-            if held_meta(&self.meta, &id)?.is_some() {
-                due.push(MessageId(uuid::Uuid::from_bytes(id)));
-            } else {
-                self.expiry.remove(&key)?;
+        let mut gone = Vec::new();
+        // The blocks up to the one `now` falls in; of that one, only what is due.
+        for item in self.expiry.range(..=expiry::due_keys(now)) {
+            let (_, block) = item?;
+            for (ms, id) in expiry::entries(&block)? {
+                if !expiry::is_due(ms, now) {
+                    break;
+                }
+                if held_meta(&self.meta, &id)?.is_some() {
+                    due.push(MessageId(uuid::Uuid::from_bytes(id)));
+                } else {
+                    gone.push((ms, id));
+                }
             }
+        }
+        for (ms, id) in gone {
+            expiry::remove(&self.expiry, ms, &id)?;
         }
         Ok(due)
     }
@@ -2198,6 +2249,51 @@ mod tests {
         // Fewer keys than entries, and the same deliveries in the same order.
         assert!(store.queue.len() < 40);
         assert_eq!(store.fetch(&zorg, 100).unwrap(), before);
+        rt.block_on(store.close());
+    }
+
+    #[test]
+    fn expiry_entries_an_older_version_kept_one_key_each_move_into_blocks() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let (messages, _) = authorised(30);
+        let mut ids: Vec<MessageId> = messages.iter().map(|a| a.header().id).collect();
+        ids.sort();
+        {
+            let (store, trail) = open_in(dir.path());
+            put_all(&store, &trail, &messages);
+            // As an older version left them: expires-at ‖ id → body, one key each.
+            let legacy = store.db.open_tree(expiry::LEGACY_TREE).unwrap();
+            for item in store.expiry.iter() {
+                let (block, entries) = item.unwrap();
+                for (_, id) in expiry::entries(&entries).unwrap() {
+                    let meta = store.meta(&MessageId(uuid::Uuid::from_bytes(id))).unwrap();
+                    let meta = meta.unwrap();
+                    legacy
+                        .insert(
+                            expiry_key(meta.expires_at, &id),
+                            &meta.body_at.unwrap().to_bytes(),
+                        )
+                        .unwrap();
+                }
+                store.expiry.remove(block).unwrap();
+            }
+            assert_eq!(legacy.len(), 30);
+            store.flush().unwrap();
+            rt.block_on(store.close());
+        }
+        let (store, _trail) = open_in(dir.path());
+        assert!(!store
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == expiry::LEGACY_TREE.as_bytes()));
+        assert!(store.expiry.len() < 30);
+        assert!(store.due(Utc::now()).unwrap().is_empty());
+        let mut due = store.due(Utc::now() + Duration::days(400)).unwrap();
+        due.sort();
+        assert_eq!(due, ids);
         rt.block_on(store.close());
     }
 

@@ -28,7 +28,7 @@ use ketenpost_schemas::keys::SigningKey;
 use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 use tokio::sync::oneshot;
 
-use super::{expiry_key, json, key2, parse, Store, StoreError};
+use super::{json, key2, parse, Store, StoreError};
 use crate::audit::{AuditTrail, ChainLock};
 use crate::failpoint;
 
@@ -493,16 +493,10 @@ impl<'a> Trees<'a> {
                     let id = id.0.as_bytes();
                     // The id stays, as the dedup entry.
                     self.meta.insert(id, super::SETTLED)?;
-                    self.expiry.remove(expiry_key(*expires_at, id))?;
+                    super::expiry::remove_in(self.expiry, *expires_at, id)?;
                 }
                 Write::RemoveQueued { party, seq } => {
-                    let block = super::queue::block_key(party, *seq);
-                    if let Some(old) = self.queue.get(&block)? {
-                        match super::queue::without_entry(&old, *seq) {
-                            Some(rest) => self.queue.insert(block, rest)?,
-                            None => self.queue.remove(block)?,
-                        };
-                    }
+                    super::queue::remove_in(self.queue, party, *seq)?;
                 }
                 Write::Case(c) => {
                     self.cases.insert(c.case_ref.as_str(), json(c))?;
