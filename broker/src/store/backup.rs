@@ -41,7 +41,8 @@ pub struct BackupManifest {
     pub audit_seq: u64,
     /// The hash of that record.
     pub audit_head_hash: String,
-    /// Messages held (metadata entries).
+    /// Messages held (the spool segments' body counts; `meta` also keeps the ids of
+    /// settled messages, as the dedup set).
     pub messages: u64,
     /// Bytes of spool segments copied.
     pub spool_bytes: u64,

@@ -8,9 +8,13 @@
 //! broker's memory with a long queue.
 //!
 //! An entry is a number (big-endian) and a message id, 24 bytes; a block keeps its entries
-//! sorted by their bytes. Every change of a block is a read and a write inside the
-//! transaction that makes it: sled runs one transaction at a time, so no two changes of a
-//! block can lose each other.
+//! sorted by their bytes. A state change of a block is a read and a write inside the
+//! transaction that makes it ([`add_in`], [`remove_in`]): sled runs one transaction at a
+//! time, so no two changes of a block can lose each other. The two changes outside a
+//! transaction are safe too: the sweep's clean-up of an expiry entry whose message is gone
+//! is an atomic compare-and-swap update of the one key, retried when a transaction changed
+//! it meanwhile, and the move of an older version's index runs at start, before anything
+//! else writes.
 
 use super::StoreError;
 

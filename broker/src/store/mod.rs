@@ -6,7 +6,7 @@
 //! | `meta` | message id | while the broker holds the message, its [`MessageMeta`] (binary, [`MessageMeta::to_bytes`]; JSON when an older version wrote it): where its body is in the spool, its queue entries, who still has to receipt it, when it expires. Once it is receipted or expired, the one byte [`SETTLED`]. Every id ever accepted stays: this tree is the dedup set too, kept for as long as the audit trail |
 //! | `queue_blocks` | recipient OIN ‖ (seq >> 4) | the recipient's queue entries within that run of 16 sequence numbers: (seq, message id), sorted ([`queue`]) |
 //! | `notices` | party OIN ‖ seq | a signed notice for the party (receipt, expiry, deletion order) |
-//! | `expiry_blocks` | expires-at (ms) >> 4, big-endian | the messages expiring within that run of 16 ms: (expires-at ms, message id), sorted ([`expiry`]): the sweep reads only what is due |
+//! | `expiry_blocks` | expires-at (ms) >> 10 ‖ slot (first queue seq >> 4), big-endian | the messages of that slot expiring within that run of about a second, at most 16: (expires-at ms, message id), sorted ([`expiry`]): the sweep reads only what is due |
 //! | `cases` | case ref | [`Case`] (JSON) |
 //! | `consents` | consent id | [`Consent`] (JSON) |
 //! | `deletions` | order id ‖ party OIN | [`DeletionState`] (JSON) |
@@ -234,7 +234,8 @@ struct PendingPut {
     /// Appended to the spool, not yet synced.
     body_at: BodyAt,
     meta: Vec<u8>,
-    expires_at: DateTime<Utc>,
+    /// The metadata as written, for its expiry entry.
+    held: MessageMeta,
     /// Per recipient: its queue block's key and the entry's sequence number.
     queue: Vec<(Vec<u8>, u64)>,
     /// Its answer clock, if its kind has an answer deadline (written in the same
@@ -566,7 +567,8 @@ fn seq_of(key: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-/// Start-up reconciliation of the spool with the metadata.
+/// Start-up reconciliation of the spool with the metadata, for a store an older version
+/// wrote without body counts ([`reconcile_by_walk`]; `expiry` is that version's tree).
 ///
 /// - A live body that no expiry entry points at is looked up in the metadata: if its
 ///   message still refers to it (an expiry entry lost by an older version), the body is
@@ -764,9 +766,12 @@ fn reconcile_counted(
     Ok(())
 }
 
-/// The start of a store without counts: every body location is read from the `expiry`
-/// tree (16 bytes a message while the store opens, 16 MB for a million queued, sorted by
-/// position and given back before the broker serves), then [`reconcile`].
+/// The start of a store without counts (an older version's): every body location is read
+/// from that version's expiry tree ([`expiry::LEGACY_TREE`], one key per message, its body
+/// location as the value; 16 bytes a message while the store opens, 16 MB for a million
+/// queued, sorted by position and given back before the broker serves), then
+/// [`reconcile`], which writes lost entries back into that tree; [`expiry::migrate`] moves
+/// it into blocks afterwards.
 fn reconcile_by_walk(
     spool: &Spool,
     meta: &sled::Tree,
@@ -785,6 +790,17 @@ fn reconcile_by_walk(
     reconcile(spool, meta, expiry, &referenced)
 }
 
+/// What becomes of an entry of an older version's index ([`migrate_legacy`]).
+enum Legacy {
+    /// Into the block under this key, as this entry, the same as an entry there whose
+    /// first so many bytes are equal.
+    Move(Vec<u8>, [u8; blocks::ENTRY], usize),
+    /// Nothing: it names a message no longer held.
+    Stale,
+    /// Nothing, and logged: it does not parse.
+    Unreadable,
+}
+
 /// Move the entries of an older version's tree `legacy` (one key per entry) into the
 /// blocks of `to`, then drop `legacy`: `parse` gives an entry's block key, the entry and
 /// how many of its first bytes make it the same entry ([`blocks::with`]). Run at every
@@ -794,7 +810,7 @@ fn migrate_legacy(
     db: &sled::Db,
     legacy: &str,
     what: &'static str,
-    parse: impl Fn(&[u8], &[u8]) -> Option<(Vec<u8>, [u8; blocks::ENTRY], usize)>,
+    parse: impl Fn(&[u8], &[u8]) -> Result<Legacy, StoreError>,
     to: &sled::Tree,
 ) -> Result<(), StoreError> {
     if !db
@@ -808,9 +824,13 @@ fn migrate_legacy(
     let (mut moved, mut unreadable) = (0u64, 0u64);
     for item in old.iter() {
         let (k, v) = item?;
-        let Some((key, entry, same)) = parse(&k, &v) else {
-            unreadable += 1;
-            continue;
+        let (key, entry, same) = match parse(&k, &v)? {
+            Legacy::Move(key, entry, same) => (key, entry, same),
+            Legacy::Stale => continue,
+            Legacy::Unreadable => {
+                unreadable += 1;
+                continue;
+            }
         };
         let block = to.get(&key)?;
         to.insert(key, blocks::with(block.as_deref(), &entry, same))?;
@@ -895,7 +915,7 @@ impl Store {
             db.flush()?;
         }
         settle_legacy_dedup(&db, &meta)?;
-        expiry::migrate(&db, &expiry)?;
+        expiry::migrate(&db, &meta, &expiry)?;
         let queue = db.open_tree(queue::TREE)?;
         queue::migrate(&db, &queue)?;
         let removed = spool.remove_empty()?;
@@ -1018,7 +1038,10 @@ impl Store {
         let mut oldest = None;
         for item in self.queue.scan_prefix(prefix) {
             let (_, block) = item?;
-            for (_, id) in queue::entries(&block)? {
+            let Some(entries) = queue_entries(&block) else {
+                continue;
+            };
+            for (_, id) in entries {
                 if oldest.is_none() {
                     if let Some(meta) = held_meta(&self.meta, &id)? {
                         oldest = Some(meta.accepted_at);
@@ -1139,7 +1162,7 @@ impl Store {
             id,
             body_at,
             meta: meta.to_bytes(),
-            expires_at: meta.expires_at,
+            held: meta.clone(),
             clock: clock.map(json),
             queue: meta
                 .queue_seqs
@@ -1426,7 +1449,7 @@ impl Store {
                                 return Err(Abort(Stale));
                             }
                             meta_t.insert(&p.id, p.meta.as_slice())?;
-                            expiry::add_in(expiry, p.expires_at, &p.id)?;
+                            expiry::add_in(expiry, &p.held)?;
                             for (block, seq) in &p.queue {
                                 queue::add_in(queue, block, *seq, &p.id)?;
                             }
@@ -1499,7 +1522,10 @@ impl Store {
         let mut scanned = 0usize;
         'blocks: for item in self.queue.scan_prefix(prefix) {
             let (_, block) = item?;
-            for (seq, id) in queue::entries(&block)? {
+            let Some(entries) = queue_entries(&block) else {
+                continue;
+            };
+            for (seq, id) in entries {
                 if out.len() >= max || scanned >= max.saturating_mul(4) {
                     break 'blocks;
                 }
@@ -1578,22 +1604,32 @@ impl Store {
     pub fn due(&self, now: DateTime<Utc>) -> Result<Vec<MessageId>, StoreError> {
         let mut due = Vec::new();
         let mut gone = Vec::new();
-        // The blocks up to the one `now` falls in; of that one, only what is due.
-        for item in self.expiry.range(..=expiry::due_keys(now)) {
-            let (_, block) = item?;
-            for (ms, id) in expiry::entries(&block)? {
+        // The buckets up to the one `now` falls in; of that one, only what is due.
+        for item in self.expiry.range(..=expiry::last_due_key(now)) {
+            let (key, block) = item?;
+            // A damaged block is logged and passed over: it must not stop every other
+            // message's expiry.
+            let entries = match expiry::entries(&block) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::error!(cause = %e, "an expiry block that does not parse, passed over");
+                    continue;
+                }
+            };
+            for (ms, id) in entries {
                 if !expiry::is_due(ms, now) {
                     break;
                 }
-                if held_meta(&self.meta, &id)?.is_some() {
-                    due.push(MessageId(uuid::Uuid::from_bytes(id)));
-                } else {
-                    gone.push((ms, id));
+                // Held or not, without decoding: metadata that does not decode fails its
+                // own expiry, not the sweep.
+                match self.meta.get(id)? {
+                    Some(v) if v != SETTLED => due.push(MessageId(uuid::Uuid::from_bytes(id))),
+                    _ => gone.push((key.clone(), ms, id)),
                 }
             }
         }
-        for (ms, id) in gone {
-            expiry::remove(&self.expiry, ms, &id)?;
+        for (key, ms, id) in gone {
+            expiry::remove(&self.expiry, &key, ms, &id)?;
         }
         Ok(due)
     }
@@ -1767,6 +1803,16 @@ impl Registry for Store {
             .contains_key(id.0.as_bytes())
             .map_err(|e| unknown(e.into()))
     }
+}
+
+/// The entries of a queue block; `None`, logged, for a damaged one, which is passed over
+/// so that it stops no other delivery.
+fn queue_entries(block: &[u8]) -> Option<impl Iterator<Item = (u64, [u8; 16])> + '_> {
+    queue::entries(block)
+        .inspect_err(
+            |e| tracing::error!(cause = %e, "a queue block that does not parse, passed over"),
+        )
+        .ok()
 }
 
 /// A store error as the registry's "cannot tell", logged here with its cause (the check
@@ -2294,6 +2340,62 @@ mod tests {
         let mut due = store.due(Utc::now() + Duration::days(400)).unwrap();
         due.sort();
         assert_eq!(due, ids);
+        rt.block_on(store.close());
+    }
+
+    #[test]
+    fn messages_that_expire_at_one_moment_share_blocks_of_at_most_sixteen() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let (messages, _) = authorised(50);
+        let (store, trail) = open_in(dir.path());
+        // As a TTL in workdays gives: every message of a day expires at one midnight.
+        let midnight = Utc::now() + Duration::days(3);
+        for a in &messages {
+            let mut meta = MessageMeta::accepted(a, Utc::now());
+            meta.expires_at = midnight;
+            store.put_message(a, &meta, &trail, vec![]).unwrap();
+        }
+        let sizes: Vec<usize> = store
+            .expiry
+            .iter()
+            .map(|item| expiry::entries(&item.unwrap().1).unwrap().count())
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 50);
+        assert!(sizes.iter().all(|&n| n <= 16), "{sizes:?}");
+        assert!(sizes.len() < 50, "{sizes:?}");
+        assert!(store
+            .due(midnight - Duration::milliseconds(1))
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.due(midnight).unwrap().len(), 50);
+        // Expired, every entry is gone with its message.
+        assert_eq!(expire(&store, &trail, midnight).len(), 50);
+        assert_eq!(store.expiry.len(), 0);
+        rt.block_on(store.close());
+    }
+
+    #[test]
+    fn a_damaged_queue_or_expiry_block_is_passed_over_and_stops_nothing_else() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _in_runtime = rt.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let (messages, zorg) = authorised(2);
+        let (store, trail) = open_in(dir.path());
+        // Sequence numbers from 32 on, so that the damaged block 0 comes first.
+        for _ in 0..32 {
+            store.db.generate_id().unwrap();
+        }
+        put_all(&store, &trail, &messages);
+        // A block of the wrong length, before every other one, in both indexes.
+        let mut early = zorg.as_str().as_bytes().to_vec();
+        early.extend_from_slice(&[0; 8]);
+        store.queue.insert(early, &[1u8; 5][..]).unwrap();
+        store.expiry.insert([0u8; 16], &[1u8; 5][..]).unwrap();
+        assert_eq!(store.fetch(&zorg, 10).unwrap().0.len(), 2);
+        let later = Utc::now() + Duration::days(400);
+        assert_eq!(store.due(later).unwrap().len(), 2);
         rt.block_on(store.close());
     }
 

@@ -73,12 +73,14 @@ pub(super) fn migrate(db: &sled::Db, queue: &sled::Tree) -> Result<(), super::St
         LEGACY_TREE,
         "queue entries",
         |k, v| {
-            let cut = k.len().checked_sub(8)?;
-            let id = <[u8; 16]>::try_from(v).ok()?;
-            let (party, seq) = k.split_at(cut);
-            let seq = u64::from_be_bytes(seq.try_into().ok()?);
-            let key = super::key2(party, &(seq >> BLOCK_BITS).to_be_bytes());
-            Some((key, blocks::entry(seq, &id), 8))
+            let parsed = k.len().checked_sub(8).and_then(|cut| {
+                let id = <[u8; 16]>::try_from(v).ok()?;
+                let (party, seq) = k.split_at(cut);
+                let seq = u64::from_be_bytes(seq.try_into().ok()?);
+                let key = super::key2(party, &(seq >> BLOCK_BITS).to_be_bytes());
+                Some(super::Legacy::Move(key, blocks::entry(seq, &id), 8))
+            });
+            Ok(parsed.unwrap_or(super::Legacy::Unreadable))
         },
         queue,
     )

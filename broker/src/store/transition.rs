@@ -489,11 +489,16 @@ impl<'a> Trees<'a> {
                 Write::Meta(m) => {
                     self.meta.insert(m.id.0.as_bytes(), m.to_bytes())?;
                 }
-                Write::RemoveMeta { id, expires_at } => {
-                    let id = id.0.as_bytes();
+                Write::RemoveMeta { id, .. } => {
+                    // Its expiry entry's block follows from the metadata (expiry time and
+                    // queue sequence numbers), read before it goes.
+                    if let Some(held) =
+                        read_as(self.meta, id.0.as_bytes(), super::meta_of)?.flatten()
+                    {
+                        super::expiry::remove_in(self.expiry, &held)?;
+                    }
                     // The id stays, as the dedup entry.
-                    self.meta.insert(id, super::SETTLED)?;
-                    super::expiry::remove_in(self.expiry, *expires_at, id)?;
+                    self.meta.insert(id.0.as_bytes(), super::SETTLED)?;
                 }
                 Write::RemoveQueued { party, seq } => {
                     super::queue::remove_in(self.queue, party, *seq)?;
