@@ -790,6 +790,13 @@ fn reconcile_by_walk(
     reconcile(spool, meta, expiry, &referenced)
 }
 
+/// Whether `db` holds a tree `name` (without creating it, as opening it would).
+fn has_tree(db: &sled::Db, name: &str) -> bool {
+    db.tree_names()
+        .iter()
+        .any(|n| n.as_ref() == name.as_bytes())
+}
+
 /// What becomes of an entry of an older version's index ([`migrate_legacy`]).
 enum Legacy {
     /// Into the block under this key, as this entry, the same as an entry there whose
@@ -813,11 +820,7 @@ fn migrate_legacy(
     parse: impl Fn(&[u8], &[u8]) -> Result<Legacy, StoreError>,
     to: &sled::Tree,
 ) -> Result<(), StoreError> {
-    if !db
-        .tree_names()
-        .iter()
-        .any(|n| n.as_ref() == legacy.as_bytes())
-    {
+    if !has_tree(db, legacy) {
         return Ok(());
     }
     let old = db.open_tree(legacy)?;
@@ -859,8 +862,8 @@ fn migrate_legacy(
 /// leaves `seen` in place, and the next start does it again (an id already in `meta` is
 /// left as it is).
 fn settle_legacy_dedup(db: &sled::Db, meta: &sled::Tree) -> Result<(), StoreError> {
-    const LEGACY: &[u8] = b"seen";
-    if !db.tree_names().iter().any(|n| n.as_ref() == LEGACY) {
+    const LEGACY: &str = "seen";
+    if !has_tree(db, LEGACY) {
         return Ok(());
     }
     let seen = db.open_tree(LEGACY)?;
@@ -2239,7 +2242,7 @@ mod tests {
             rt.block_on(store.close());
         }
         let (store, trail) = open_in(dir.path());
-        assert!(!store.db.tree_names().iter().any(|n| n.as_ref() == b"seen"));
+        assert!(!has_tree(&store.db, "seen"));
         assert_eq!(
             store.meta.get(ids[0].0.as_bytes()).unwrap().as_deref(),
             Some(SETTLED)
@@ -2286,11 +2289,7 @@ mod tests {
             rt.block_on(store.close());
         }
         let (store, _trail) = open_in(dir.path());
-        assert!(!store
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == queue::LEGACY_TREE.as_bytes()));
+        assert!(!has_tree(&store.db, queue::LEGACY_TREE));
         assert_eq!(store.queued().unwrap(), 40);
         // Fewer keys than entries, and the same deliveries in the same order.
         assert!(store.queue.len() < 40);
@@ -2330,11 +2329,7 @@ mod tests {
             rt.block_on(store.close());
         }
         let (store, _trail) = open_in(dir.path());
-        assert!(!store
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == expiry::LEGACY_TREE.as_bytes()));
+        assert!(!has_tree(&store.db, expiry::LEGACY_TREE));
         assert!(store.expiry.len() < 30);
         assert!(store.due(Utc::now()).unwrap().is_empty());
         let mut due = store.due(Utc::now() + Duration::days(400)).unwrap();
