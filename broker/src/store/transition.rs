@@ -492,9 +492,7 @@ impl<'a> Trees<'a> {
                 Write::RemoveMeta { id, .. } => {
                     // Its expiry entry's block follows from the metadata (expiry time and
                     // queue sequence numbers), read before it goes.
-                    if let Some(held) =
-                        read_as(self.meta, id.0.as_bytes(), super::meta_of)?.flatten()
-                    {
+                    if let Some(held) = self.view().meta(id)? {
                         super::expiry::remove_in(self.expiry, &held)?;
                     }
                     // The id stays, as the dedup entry.
