@@ -18,9 +18,12 @@
 //! | `ketenpost_broker_group_commit_size` | histogram | messages or transitions per group commit |
 //! | `ketenpost_broker_fsync_seconds` | histogram | how long each group commit's fsync took |
 //! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts accepted by their receivers (webhooks, mail relay) |
+//! | `ketenpost_broker_alert_passes_total` | counter | passes of the alert dispatcher over its queue (staging, then one try per due alert) |
+//! | `ketenpost_broker_alerts_pending` | gauge | FG alerts staged and not yet accepted, after the last pass (absent until the first) |
 //! | `ketenpost_broker_audit_trail_intact` | gauge | 1 when the last verification of the audit trail found it intact, 0 when damaged (absent until the first) |
 //! | `ketenpost_broker_up` | gauge | 1 while serving, 0 once the store is poisoned |
 //! | `ketenpost_broker_documents_serial` | gauge | the directory serial of the federation documents in force |
+//! | `ketenpost_broker_documents_refused_total` | counter | sets of changed federation documents refused (each distinct set once) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -118,6 +121,9 @@ pub struct Counters {
     limits: Mutex<BTreeMap<&'static str, u64>>,
     connections: Mutex<BTreeMap<&'static str, u64>>,
     alerts_sent: AtomicU64,
+    alert_passes: AtomicU64,
+    documents_refused: AtomicU64,
+    alerts_pending: AtomicU64,
     /// 0: not verified yet; 1: intact; 2: damaged.
     trail: AtomicU64,
 }
@@ -143,6 +149,17 @@ impl Counters {
     /// An FG alert accepted by its receiver.
     pub fn alert_sent(&self) {
         self.alerts_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A pass of the alert dispatcher ended with `pending` alerts not yet accepted.
+    pub fn alert_pass(&self, pending: u64) {
+        self.alerts_pending.store(pending, Ordering::Relaxed);
+        self.alert_passes.fetch_add(1, Ordering::Release);
+    }
+
+    /// A changed set of federation documents was refused.
+    pub fn documents_refused(&self) {
+        self.documents_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The outcome of the last verification of the audit trail.
@@ -290,6 +307,38 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
         "ketenpost_broker_alerts_sent_total {}",
         counters.alerts_sent.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP ketenpost_broker_documents_refused_total Sets of changed federation documents refused."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE ketenpost_broker_documents_refused_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "ketenpost_broker_documents_refused_total {}",
+        counters.documents_refused.load(Ordering::Relaxed)
+    );
+    let passes = counters.alert_passes.load(Ordering::Acquire);
+    let _ = writeln!(
+        out,
+        "# HELP ketenpost_broker_alert_passes_total Passes of the FG alert dispatcher over its queue."
+    );
+    let _ = writeln!(out, "# TYPE ketenpost_broker_alert_passes_total counter");
+    let _ = writeln!(out, "ketenpost_broker_alert_passes_total {passes}");
+    if passes > 0 {
+        let _ = writeln!(
+            out,
+            "# HELP ketenpost_broker_alerts_pending FG alerts staged and not yet accepted by their receivers, after the last pass."
+        );
+        let _ = writeln!(out, "# TYPE ketenpost_broker_alerts_pending gauge");
+        let _ = writeln!(
+            out,
+            "ketenpost_broker_alerts_pending {}",
+            counters.alerts_pending.load(Ordering::Relaxed)
+        );
+    }
     let trail = counters.trail.load(Ordering::Relaxed);
     if trail != 0 {
         let _ = writeln!(

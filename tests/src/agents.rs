@@ -165,6 +165,8 @@ struct Starting {
     roles: Vec<Role>,
     dir: PathBuf,
     token: String,
+    /// The thread that reads its stderr; it ends when the process has closed it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// `ketenpost-agent run` as a child process, with a client for its HTTP API.
@@ -371,7 +373,7 @@ impl AgentProcess {
         let log = LogTail::default();
         let (tx, ready) = mpsc::channel();
         let tail = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = writeln!(file, "{line}");
                 if let Some(addr) = api_addr_in(&line) {
@@ -389,6 +391,7 @@ impl AgentProcess {
             roles: p.roles.clone(),
             dir: dir.to_owned(),
             token,
+            reader: Some(reader),
         })
     }
 
@@ -675,8 +678,11 @@ impl Starting {
                         format!("it did not open its API within {STARTUP_WAIT:?}")
                     }
                 };
-                // Let the reader thread pass on the last lines.
-                std::thread::sleep(Duration::from_millis(100));
+                // The process is gone and its stderr closed: the reader passes on the
+                // last lines and ends.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 bail!(
                     "agent of {} ({}) did not start: {exit}\n{}",
                     self.name,

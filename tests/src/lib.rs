@@ -405,6 +405,43 @@ impl BrokerProcess {
             .map_err(Into::into)
     }
 
+    /// One sample of the broker's metrics (started with `--metrics`); `None` when absent.
+    pub fn metric(&self, name: &str) -> Result<Option<u64>> {
+        let addr = self
+            .metrics
+            .ok_or_else(|| anyhow!("the broker was started without --metrics"))?;
+        let (_, body) = http_get(addr, "/metrics")?;
+        let prefix = format!("{name} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().parse().map_err(Into::into))
+            .transpose()
+    }
+
+    /// Wait (at most `limit`) until the alert dispatcher has made two passes in a row
+    /// that left no alert pending: every alert staged was accepted and recorded, and a
+    /// whole pass after that sent nothing more. A copy sent twice would have arrived.
+    pub fn wait_alerts_settled(&self, limit: Duration) -> Result<()> {
+        let until = std::time::Instant::now() + limit;
+        let mut settled_at: Option<u64> = None;
+        loop {
+            let passes = self
+                .metric("ketenpost_broker_alert_passes_total")?
+                .unwrap_or(0);
+            let pending = self.metric("ketenpost_broker_alerts_pending")?;
+            match (pending, settled_at) {
+                (Some(0), Some(p)) if passes > p => return Ok(()),
+                (Some(0), None) => settled_at = Some(passes),
+                (Some(0), Some(_)) => {}
+                _ => settled_at = None,
+            }
+            if std::time::Instant::now() >= until {
+                bail!("alerts still pending ({pending:?}) after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Wait (at most `limit`) until the broker has directory serial `serial` in force.
     pub fn wait_for_serial(&self, serial: u64, limit: Duration) -> Result<()> {
         let until = std::time::Instant::now() + limit;
@@ -472,7 +509,7 @@ impl BrokerProcess {
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let log_w = log.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(mut l) = log_w.lock() {
                     if l.len() < 200 {
@@ -513,7 +550,8 @@ impl BrokerProcess {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
+                // Its stderr is closed now: the reader passes on the last lines and ends.
+                let _ = stderr_reader.join();
                 let said = log.lock().map(|l| l.join("\n")).unwrap_or_default();
                 bail!(
                     "the broker did not start within 30 s (a stale binary? run `cargo test \

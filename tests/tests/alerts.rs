@@ -192,8 +192,7 @@ async fn a_non_consent_use_is_alerted_once_per_webhook_and_a_failing_webhook_get
 
     wait_for(&federation_got, 1).await;
     wait_for(&corp_got, 1).await;
-    // A moment more: a second delivery of the same alert would show now.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| broker.wait_alerts_settled(Duration::from_secs(40))).unwrap();
     let broker_key = fed.directory.broker_key().unwrap();
     for (who, got) in [("federation", &federation_got), ("corporation", &corp_got)] {
         let got = got.lock().unwrap();
@@ -340,6 +339,8 @@ async fn an_alert_is_mailed_to_the_fgs_mailbox_once_after_the_relay_recovers() {
             "none",
             "--smtp-from",
             "broker@federatie.test",
+            "--metrics",
+            "127.0.0.1:0",
         ],
         &[],
     )
@@ -349,8 +350,7 @@ async fn an_alert_is_mailed_to_the_fgs_mailbox_once_after_the_relay_recovers() {
     while mails.lock().unwrap().is_empty() && std::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A moment more: a second mail of the same alert would show now.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| broker.wait_alerts_settled(Duration::from_secs(40))).unwrap();
     broker.terminate().unwrap();
 
     let mails = mails.lock().unwrap();
@@ -476,7 +476,7 @@ async fn an_alert_survives_a_crash_at(point: &str) {
             &fed,
             &data,
             "127.0.0.1:0".parse().unwrap(),
-            &["--alert-webhook", &hook],
+            &["--alert-webhook", &hook, "--metrics", "127.0.0.1:0"],
             env,
         )
         .unwrap()
@@ -490,8 +490,7 @@ async fn an_alert_survives_a_crash_at(point: &str) {
     );
     let broker = start(&[]);
     wait_for(&got, 1).await;
-    // A moment more: a copy the restarted broker sends again would show now.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| broker.wait_alerts_settled(Duration::from_secs(40))).unwrap();
     broker.terminate().unwrap();
 
     let got = got.lock().unwrap();

@@ -98,7 +98,11 @@ async fn a_backup_under_load_restores_to_a_broker_that_verifies_and_delivers_wha
     let before: BTreeSet<MessageId> = accepted.lock().unwrap().iter().copied().collect();
     assert!(before.len() >= 200, "the load did not get going");
     let dest = tokio::task::block_in_place(|| broker.backup(Duration::from_secs(60))).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load goes on during and after the backup: wait for more accepted after it.
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while accepted.lock().unwrap().len() <= before.len() + 10 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     while load.join_next().await.is_some() {}
     let after = accepted.lock().unwrap().len();

@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use ketenpost_broker::audit::AuditEvent;
@@ -103,8 +102,9 @@ async fn a_correctie_reaches_exactly_the_recipients_and_an_access_answer_covers_
         at_gem["payload"]["identiteit"][0]["juist"] == "Voorbeeld-de Vries",
         "{at_gem}"
     );
-    // The corporation, in the team but never given the aanmelding, gets nothing.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The corporation, in the team but never given the aanmelding, gets nothing: the
+    // recipients, fixed when the broker accepted the correctie, are the gemeente alone,
+    // and its own inbox holds nothing of it.
     ensure!(
         !corp.has_received(&corrected).await?,
         "the corporation received a correction of data it never had"

@@ -301,10 +301,25 @@ async fn rotation_policy_change_rollback_and_revocation_apply_live() -> Result<(
         .iter()
         .map(|(path, _)| (path.clone(), saved(path)))
         .collect();
+    let refused = broker
+        .metric("ketenpost_broker_documents_refused_total")?
+        .unwrap_or(0);
     for (path, bytes) in &old_files {
         std::fs::write(path, bytes)?;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The broker looks at the files, refuses them and counts the refusal.
+    let until = std::time::Instant::now() + WAIT;
+    while broker
+        .metric("ketenpost_broker_documents_refused_total")?
+        .unwrap_or(0)
+        == refused
+    {
+        ensure!(
+            std::time::Instant::now() < until,
+            "the broker never refused the rolled-back files"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     ensure!(broker.documents_serial()? == v2, "the broker rolled back");
     for (path, bytes) in &new_files {
         std::fs::write(path, bytes)?;

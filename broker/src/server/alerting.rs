@@ -112,6 +112,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
         };
         let mut failed: HashSet<u32> = HashSet::new();
+        let mut left = pending.len() as u64;
         for (key, body) in pending {
             let Some((receiver, seq)) = split_alert_key(&key) else {
                 continue;
@@ -156,6 +157,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                         Ok(Ok(())) => {
                             crate::failpoint::hit("alert", "recorded");
                             shared.counters.alert_sent();
+                            left -= 1;
                             info!(receiver, seq, "FG alert accepted");
                         }
                         Ok(Err(e)) => {
@@ -174,6 +176,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
+        shared.counters.alert_pass(left);
     }
 }
 

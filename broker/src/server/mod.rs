@@ -656,6 +656,7 @@ fn reload_documents(shared: &Shared) -> Option<u64> {
             entry = entry.document_serial(serial);
         }
         shared.audit(entry);
+        shared.counters.documents_refused();
     };
     let new = match documents::load(&shared.config, &shared.federation_key) {
         Ok(new) => new,
