@@ -28,7 +28,8 @@ use ketenpost_schemas::keys::SigningKey;
 use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 use tokio::sync::oneshot;
 
-use super::{json, key2, parse, Store, StoreError};
+use super::codec::{json, key2, parse};
+use super::{Store, StoreError};
 use crate::audit::{AuditTrail, ChainLock};
 use crate::failpoint;
 

@@ -1,0 +1,206 @@
+//! What leaves the store: a party's deliveries and notices, and the messages due to expire.
+
+use chrono::{DateTime, Utc};
+use ketenpost_schemas::envelope::{Envelope, Limits};
+use ketenpost_schemas::ids::{MessageId, Oin};
+use ketenpost_schemas::protocol::{envelope_to_b64, Delivery};
+
+use super::codec::{held_meta, parse, seq_of, SETTLED};
+use super::{expiry, queue, Store, StoreError};
+use ketenpost_core::message::MessageMeta;
+
+impl Store {
+    /// The body of a held message, or `None` (logged) when the spool cannot give it.
+    pub(super) fn body(&self, meta: &MessageMeta) -> Option<Vec<u8>> {
+        let at = meta.body_at.as_ref()?;
+        match self.spool.read(at, meta.id.0.as_bytes()) {
+            Ok(body) => Some(body),
+            Err(e) => {
+                tracing::error!(message_id = %meta.id, cause = %e, "cannot read a message body");
+                None
+            }
+        }
+    }
+
+    /// Up to `max` deliveries for `party` (each envelope with only `party`'s own view,
+    /// [`Envelope::delivery`]): queued messages first, then notices. Also
+    /// returns the messages `party` fetches for the first time, whose fetch the caller
+    /// records ([`ketenpost_core::transitions::fetched`]). Reads only.
+    pub fn fetch(
+        &self,
+        party: &Oin,
+        max: usize,
+    ) -> Result<(Vec<Delivery>, Vec<MessageId>), StoreError> {
+        let prefix = party.as_str().as_bytes();
+        let mut out = Vec::new();
+        let mut first_time = Vec::new();
+        // Entries that cannot be delivered are skipped and do not count against `max`,
+        // but the scan is bounded.
+        let mut scanned = 0usize;
+        'blocks: for item in self.queue.scan_prefix(prefix) {
+            let (_, block) = item?;
+            let Some(entries) = queue_entries(&block) else {
+                continue;
+            };
+            for (seq, id) in entries {
+                if out.len() >= max || scanned >= max.saturating_mul(4) {
+                    break 'blocks;
+                }
+                scanned += 1;
+                if let Some(delivery) = self.deliverable(party, seq, &id, &mut first_time)? {
+                    out.push(delivery);
+                }
+            }
+        }
+        if out.len() < max {
+            for item in self.notices.scan_prefix(prefix).take(max - out.len()) {
+                let (k, v) = item?;
+                out.push(Delivery::Notice {
+                    seq: seq_of(&k),
+                    record: parse(&v, "notice")?,
+                });
+            }
+        }
+        Ok((out, first_time))
+    }
+
+    /// Queue entry `seq` of message `id` as delivered to `party`; `None` when the message
+    /// is gone (receipted or expired meanwhile) or its body cannot be read. Notes a
+    /// first delivery in `first_time`.
+    pub(super) fn deliverable(
+        &self,
+        party: &Oin,
+        seq: u64,
+        id: &[u8; 16],
+        first_time: &mut Vec<MessageId>,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let Some(meta) = held_meta(&self.meta, id)? else {
+            return Ok(None);
+        };
+        let Some(body) = self.body(&meta) else {
+            return Ok(None);
+        };
+        let Some(delivery) = delivery_for(&body, party, &meta) else {
+            return Ok(None);
+        };
+        if !meta.fetched.contains(party) {
+            first_time.push(meta.id);
+        }
+        Ok(Some(Delivery::Message {
+            seq,
+            envelope: envelope_to_b64(&delivery),
+        }))
+    }
+
+    /// The SHA-256 the header of a held message lists for `recipient`'s view: what that
+    /// recipient's receipt must name. `None` when the broker holds no such message, its
+    /// body cannot be read, or the recipient has no view in it. A body never changes, so
+    /// this may be read outside the transaction that applies the receipt.
+    pub fn view_digest(
+        &self,
+        id: &MessageId,
+        recipient: &Oin,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(meta) = held_meta(&self.meta, id.0.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some(body) = self.body(&meta) else {
+            return Ok(None);
+        };
+        Ok(ketenpost_schemas::envelope::Envelope::decode(
+            &body,
+            &ketenpost_schemas::envelope::Limits::default(),
+        )
+        .ok()
+        .and_then(|e| e.unverified_header().ok())
+        .and_then(|h| h.body_for(recipient).map(|(_, b)| b.sha256.clone())))
+    }
+
+    /// The messages whose undelivered TTL has passed at `now` (by the expiry index, so
+    /// only what is due is read). An index entry whose message is gone is removed.
+    pub fn due(&self, now: DateTime<Utc>) -> Result<Vec<MessageId>, StoreError> {
+        let mut due = Vec::new();
+        let mut gone = Vec::new();
+        // The buckets up to the one `now` falls in; of that one, only what is due.
+        for item in self.expiry.range(..=expiry::last_due_key(now)) {
+            let (key, block) = item?;
+            // A damaged block is logged and passed over: it must not stop every other
+            // message's expiry.
+            let entries = match expiry::entries(&block) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::error!(cause = %e, "an expiry block that does not parse, passed over");
+                    continue;
+                }
+            };
+            for (ms, id) in entries {
+                if !expiry::is_due(ms, now) {
+                    break;
+                }
+                // Held or not, without decoding: metadata that does not decode fails its
+                // own expiry, not the sweep.
+                match self.meta.get(id)? {
+                    Some(v) if v != SETTLED => due.push(MessageId(uuid::Uuid::from_bytes(id))),
+                    _ => gone.push((key.clone(), ms, id)),
+                }
+            }
+        }
+        for (key, ms, id) in gone {
+            expiry::remove(&self.expiry, &key, ms, &id)?;
+        }
+        Ok(due)
+    }
+
+    /// Remove the party's notices up to and including `up_to`.
+    pub fn ack_notices(&self, party: &Oin, up_to: u64) -> Result<usize, StoreError> {
+        let prefix = party.as_str().as_bytes();
+        let mut n = 0;
+        for item in self.notices.scan_prefix(prefix) {
+            let (k, _) = item?;
+            if seq_of(&k) > up_to {
+                break;
+            }
+            self.notices.remove(k)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The entries of a queue block; `None`, logged, for a damaged one, which is passed over
+/// so that it stops no other delivery.
+pub(super) fn queue_entries(block: &[u8]) -> Option<impl Iterator<Item = (u64, [u8; 16])> + '_> {
+    queue::entries(block)
+        .inspect_err(
+            |e| tracing::error!(cause = %e, "a queue block that does not parse, passed over"),
+        )
+        .ok()
+}
+
+/// A stored envelope as delivered to `party`: its own view only. `None` (logged) when the
+/// stored envelope does not decode or names no body for `party`, which an accepted message
+/// always does.
+pub(super) fn delivery_for(stored: &[u8], party: &Oin, meta: &MessageMeta) -> Option<Vec<u8>> {
+    // Decoded without size limits: it passed the submission's limits when it was accepted.
+    let unbounded = Limits {
+        max_header: usize::MAX,
+        max_body: usize::MAX,
+        max_bodies: usize::MAX,
+        max_envelope: usize::MAX,
+        max_recipients: usize::MAX,
+    };
+    let delivery = Envelope::decode(stored, &unbounded).and_then(|env| {
+        let header = env.unverified_header()?;
+        let (index, _) = header
+            .body_for(party)
+            .ok_or_else(|| ketenpost_schemas::Error::NotARecipient(party.to_string()))?;
+        Ok(env.delivery(index).encode())
+    });
+    match delivery {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::error!(message_id = %meta.id, cause = %e, "cannot make a delivery of a held message");
+            None
+        }
+    }
+}

@@ -1,0 +1,720 @@
+//! The put pipeline: a message's body to the spool, the spool synced once for a batch, then
+//! its metadata, queue and expiry entries and audit records in one sled transaction and
+//! one flush (see the [module docs](super)).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use ketenpost_schemas::ids::{MessageId, Oin};
+use sled::transaction::{TransactionError, Transactional};
+use tokio::sync::oneshot;
+
+use super::codec::{json, parse};
+use super::reconcile::count_bodies;
+use super::transition::{Applied, PendingTransition};
+use super::{expiry, queue, Poison, Store, StoreError};
+use crate::audit::{AuditEntry, AuditTrail, ChainCursor, ChainLock};
+use crate::spool::Spool;
+use ketenpost_core::checks::Authorised;
+use ketenpost_core::deadlines::AnswerClock;
+use ketenpost_core::message::{BodyAt, MessageMeta};
+
+/// See [`Store::users`].
+#[derive(Debug)]
+pub(super) struct Users(pub(super) Arc<PutCombiner>);
+
+impl Drop for Users {
+    fn drop(&mut self) {
+        // The database is released when the last handle is gone, and can be opened again
+        // at once.
+        self.0.stop();
+    }
+}
+
+/// An accepted message that answers another (`in_reply_to`): its bookkeeping is decided
+/// ([`ketenpost_core::transitions::answered`]) and written in the message's own
+/// transaction, so an accepted answer is never lost from the answered message's clock.
+#[derive(Debug, Clone)]
+pub struct PendingAnswer {
+    /// The message answered.
+    pub answered: MessageId,
+    /// The answer's sender.
+    pub sender: Oin,
+    /// The answer's kind.
+    pub kind: ketenpost_schemas::kind::Kind,
+    /// The audit entry about the answer, for a late one (message id and counterparty are
+    /// filled in by the decision).
+    pub late_entry: AuditEntry,
+    /// The covenant's calendar (workday deadlines).
+    pub calendar: ketenpost_schemas::calendar::Calendar,
+}
+
+/// One message's writes, queued for the next combined transaction (see
+/// [`Store::put_message`]).
+pub(super) struct PendingPut {
+    /// Its answer bookkeeping, when it answers another message.
+    pub(super) answer: Option<PendingAnswer>,
+    pub(super) id: [u8; 16],
+    /// Appended to the spool, not yet synced.
+    pub(super) body_at: BodyAt,
+    pub(super) meta: Vec<u8>,
+    /// The metadata as written, for its expiry entry.
+    pub(super) held: MessageMeta,
+    /// Per recipient: its queue block's key and the entry's sequence number.
+    pub(super) queue: Vec<(Vec<u8>, u64)>,
+    /// Its answer clock, if its kind has an answer deadline (written in the same
+    /// transaction, so no receipt can come before it and no clock outlives a failed write).
+    pub(super) clock: Option<Vec<u8>>,
+    /// The audit records of accepting it (validated), dated `now`, for this trail.
+    pub(super) audit: Vec<AuditEntry>,
+    pub(super) trail: Arc<AuditTrail>,
+    pub(super) now: DateTime<Utc>,
+    /// Told by whoever applies it: written and flushed, or why not.
+    pub(super) done: oneshot::Sender<Result<Landed, PutFailed>>,
+}
+
+/// The spool stage of message writes: take what is queued, sync the spool (every body
+/// queued was appended before it was queued), and pass it on to the writer thread, so the
+/// metadata is never on disk without its body. Stops when the store closes and the queue
+/// is empty.
+pub(super) fn sync_loop(
+    puts: &PutCombiner,
+    spool: &Spool,
+    poison: &Poison,
+    synced: &std::sync::mpsc::Sender<Round>,
+) {
+    loop {
+        let round = {
+            let mut queue = lock(&puts.queue);
+            while queue.puts.is_empty() && queue.transitions.is_empty() && !queue.closing {
+                queue = puts
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if queue.puts.is_empty() && queue.transitions.is_empty() {
+                return;
+            }
+            Round {
+                puts: std::mem::take(&mut queue.puts),
+                transitions: std::mem::take(&mut queue.transitions),
+            }
+        };
+        // Decisions write no bodies: a round of decisions alone needs no sync.
+        let spooled = if round.puts.is_empty() {
+            Ok(())
+        } else {
+            spool.sync()
+        };
+        let failed = match spooled {
+            Ok(()) => match synced.send(round) {
+                Ok(()) => continue,
+                Err(back) => (back.0, PutFailed::Closed),
+            },
+            Err(e) => {
+                poison.set(&e);
+                (round, PutFailed::Spool(e.to_string()))
+            }
+        };
+        let (round, why) = failed;
+        forget_bodies(spool, &round.puts);
+        for p in round.puts {
+            let _ = p.done.send(Err(why.clone()));
+        }
+        for t in round.transitions {
+            let _ = t.done.send(Err(why.clone().into_store_error()));
+        }
+    }
+}
+
+/// What a batch of message writes did: per message what landed (`None`: a duplicate), or
+/// why the whole batch failed.
+pub(super) type Written = Result<Vec<Option<Landed>>, PutFailed>;
+
+/// `items` in runs that share one audit trail (a broker has one), in order.
+pub(super) fn by_trail<T>(
+    items: Vec<T>,
+    trail: impl Fn(&T) -> &Arc<AuditTrail>,
+) -> Vec<(Arc<AuditTrail>, Vec<T>)> {
+    let mut runs: Vec<(Arc<AuditTrail>, Vec<T>)> = Vec::new();
+    for item in items {
+        match runs.last_mut() {
+            Some((t, run)) if Arc::ptr_eq(t, trail(&item)) => run.push(item),
+            _ => runs.push((trail(&item).clone(), vec![item])),
+        }
+    }
+    runs
+}
+
+/// Delete the spooled bodies of writes that did not land.
+pub(super) fn forget_bodies<'a>(spool: &Spool, puts: impl IntoIterator<Item = &'a PendingPut>) {
+    for p in puts {
+        if let Err(e) = spool.delete(&p.body_at, &p.id) {
+            tracing::error!(cause = %e, "cannot delete the body of a message not accepted");
+        }
+    }
+}
+
+/// How often the writer prepares a batch again when the state it read changed before its
+/// transaction (which the chain lock it holds rules out; the check is a safety net).
+pub(super) const MAX_PUT_ATTEMPTS: u32 = 8;
+
+/// The transaction of a prepared batch found the state it was prepared against changed.
+#[derive(Debug)]
+pub(super) struct Stale;
+
+/// One message of a batch as decided before its transaction.
+pub(super) struct Prepared {
+    /// Its audit records, chained: keys and values.
+    pub(super) records: Vec<([u8; 8], Vec<u8>)>,
+    /// For an answer: the answered message's clock.
+    pub(super) answer: Option<AnsweredClock>,
+    pub(super) landed: Landed,
+}
+
+/// The answered message's clock: what the decision read (the transaction checks that it
+/// still reads so) and what it writes in its place (`Some(None)`: remove it).
+pub(super) struct AnsweredClock {
+    pub(super) key: [u8; 16],
+    pub(super) read: Option<Vec<u8>>,
+    pub(super) write: Option<Option<Vec<u8>>>,
+}
+
+/// A message write on its way: it landed (on disk, with its audit records) when the
+/// ticket says so.
+#[derive(Debug)]
+#[must_use = "a write has not landed until its ticket says so"]
+pub struct PutTicket(oneshot::Receiver<Result<Landed, PutFailed>>);
+
+/// What the transaction that wrote a message decided beside the write itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Landed {
+    /// The message answers another after the answer deadline of its sender (decided
+    /// against the answered message's clock in the same transaction).
+    pub late_answer: bool,
+}
+
+impl PutTicket {
+    /// Wait for the outcome.
+    pub async fn landed(self) -> Result<Landed, StoreError> {
+        put_outcome(self.0.await)
+    }
+
+    /// Wait for the outcome, blocking the thread (never on an async worker).
+    pub fn wait(self) -> Result<Landed, StoreError> {
+        put_outcome(self.0.blocking_recv())
+    }
+}
+
+pub(super) fn put_outcome(
+    r: Result<Result<Landed, PutFailed>, oneshot::error::RecvError>,
+) -> Result<Landed, StoreError> {
+    match r {
+        Ok(Ok(landed)) => Ok(landed),
+        Ok(Err(failed)) => Err(failed.into_store_error()),
+        Err(_) => Err(StoreError::Corrupt {
+            what: "message write",
+            reason: "the combined transaction that held it did not finish".to_owned(),
+        }),
+    }
+}
+
+impl PutFailed {
+    pub(super) fn into_store_error(self) -> StoreError {
+        match self {
+            PutFailed::Duplicate => StoreError::Duplicate,
+            PutFailed::Sled(e) => StoreError::Sled(e),
+            PutFailed::Audit(reason) => StoreError::Corrupt {
+                what: "audit record",
+                reason,
+            },
+            PutFailed::Spool(reason) => StoreError::Corrupt {
+                what: "message body",
+                reason,
+            },
+            PutFailed::Closed => StoreError::Closed,
+            PutFailed::Contended => StoreError::Contended,
+        }
+    }
+}
+
+/// Why a combined message write did not land.
+#[derive(Clone, Debug)]
+pub(super) enum PutFailed {
+    /// The id is in the dedup set (or twice in the batch): only this message fails.
+    Duplicate,
+    /// sled failed the transaction or the flush: the whole batch fails.
+    Sled(sled::Error),
+    /// An audit record could not be made: the whole batch fails.
+    Audit(String),
+    /// The spool could not make the batch's bodies durable: the whole batch fails.
+    Spool(String),
+    /// The writer thread is gone (the store is closing).
+    Closed,
+    /// What the batch was prepared against kept changing: the whole batch fails.
+    Contended,
+}
+
+/// Group commit of message writes (see the module docs): a submission queues its writes
+/// and waits for its [`PutTicket`] without holding a thread; the spool stage takes
+/// everything queued and syncs the spool, and the writer thread applies it in one
+/// transaction and flushes it. `io` is held by the group committer while it flushes and
+/// by a combined write: a sled transaction that
+/// starts during a flush waits for it holding sled's internal lock exclusively, which
+/// stalls every read (the checks) until the flush ends.
+#[derive(Default)]
+pub(super) struct PutCombiner {
+    pub(super) queue: std::sync::Mutex<PutQueue>,
+    pub(super) wake: std::sync::Condvar,
+    pub(super) io: std::sync::Mutex<()>,
+    /// The spool stage and the writer thread.
+    pub(super) writer: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+pub(super) struct PutQueue {
+    pub(super) puts: Vec<PendingPut>,
+    pub(super) transitions: Vec<PendingTransition>,
+    pub(super) closing: bool,
+}
+
+/// What the spool stage passes on to the writer thread: message writes whose bodies are
+/// synced, and queued decisions ([`Store::begin_transition`]).
+#[derive(Default)]
+pub(super) struct Round {
+    pub(super) puts: Vec<PendingPut>,
+    pub(super) transitions: Vec<PendingTransition>,
+}
+
+impl Round {
+    pub(super) fn extend(&mut self, more: Round) {
+        self.puts.extend(more.puts);
+        self.transitions.extend(more.transitions);
+    }
+}
+
+impl PutCombiner {
+    /// Stop the spool stage and the writer thread once everything queued is written,
+    /// and wait for them. Blocking.
+    pub(super) fn stop(&self) {
+        lock(&self.queue).closing = true;
+        self.wake.notify_all();
+        let threads = std::mem::take(&mut *lock(&self.writer));
+        for t in threads {
+            // Neither thread ever holds the last handle, but never join oneself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PutCombiner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutCombiner").finish_non_exhaustive()
+    }
+}
+
+pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The queue, the IO token and the thread handles hold no invariant a panic could break.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A message to the group committer.
+#[derive(Debug)]
+pub(super) enum CommitMsg {
+    /// Flush this database, then answer. The committer holds the database only while it
+    /// flushes, so dropping every store handle closes it.
+    Commit(oneshot::Sender<Result<(), String>>, sled::Db),
+    /// Flush and stop, releasing the committer's handle on the database.
+    Close,
+}
+
+impl Store {
+    /// Write an authorised message with its `meta` ([`MessageMeta::accepted`], which also
+    /// dates it): dedup entry, body, metadata, expiry entry, one queue
+    /// entry per recipient and the `audit` records of accepting it (appended to `trail`),
+    /// in one transaction, and flush it: when this returns `Ok` the message and its audit
+    /// records are on disk. Fails with [`StoreError::Duplicate`] when the id was accepted
+    /// before; then nothing of it is written.
+    ///
+    /// Concurrent calls are combined: the store's writer thread applies everything queued
+    /// in a single transaction and a single flush (see the module docs). Each message is
+    /// still all-or-nothing, and a duplicate only fails its own call.
+    /// An audit entry that does not validate is left out and logged (it cannot happen for
+    /// the entries the server builds).
+    ///
+    /// Blocks until the write landed; [`Store::begin_put`] is the same without the wait.
+    pub fn put_message(
+        &self,
+        a: &Authorised,
+        meta: &MessageMeta,
+        trail: &Arc<AuditTrail>,
+        audit: Vec<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        self.begin_put(a, meta, trail, audit, None, None)?
+            .wait()
+            .map(|_| ())
+    }
+
+    /// [`Store::put_message`] without waiting: the body is appended to the spool and the
+    /// rest queued for the writer thread's next combined transaction. The ticket says
+    /// when it landed.
+    pub fn begin_put(
+        &self,
+        a: &Authorised,
+        meta: &MessageMeta,
+        trail: &Arc<AuditTrail>,
+        audit: Vec<AuditEntry>,
+        clock: Option<&AnswerClock>,
+        answer: Option<PendingAnswer>,
+    ) -> Result<PutTicket, StoreError> {
+        self.poison.check()?;
+        let id = *meta.id.0.as_bytes();
+        let now = meta.accepted_at;
+        let mut meta = meta.clone();
+        for r in &meta.recipients {
+            meta.queue_seqs.insert(r.clone(), self.db.generate_id()?);
+        }
+        // Appended now; the spool stage syncs the spool before the writer writes the
+        // metadata that refers to it (everything queued was appended before the stage
+        // took it), so the metadata is never on disk without its body.
+        let body_at = self.spool.append(&id, &a.verified().envelope().encode())?;
+        meta.body_at = Some(body_at);
+        let (done, landed) = oneshot::channel();
+        let pending = PendingPut {
+            answer,
+            id,
+            body_at,
+            meta: meta.to_bytes(),
+            held: meta.clone(),
+            clock: clock.map(json),
+            queue: meta
+                .queue_seqs
+                .iter()
+                .map(|(r, seq)| (queue::block_key(r, *seq), *seq))
+                .collect(),
+            audit: audit
+                .into_iter()
+                .filter(|e| match e.validate() {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::error!(cause = %err, "audit entry left out");
+                        false
+                    }
+                })
+                .collect(),
+            now,
+            trail: trail.clone(),
+            done,
+        };
+        {
+            let mut queue = lock(&self.puts.queue);
+            if queue.closing {
+                drop(queue);
+                forget_bodies(&self.spool, [&pending]);
+                return Err(StoreError::Closed);
+            }
+            queue.puts.push(pending);
+        }
+        self.puts.wake.notify_one();
+        Ok(PutTicket(landed))
+    }
+
+    /// The writer thread: per round of what the spool stage passes on, one transaction of
+    /// message writes and one of decisions (each per trail; a broker has one), then one
+    /// flush for both, until the spool stage stops.
+    pub(super) fn write_loop(self, synced: &std::sync::mpsc::Receiver<Round>) {
+        while let Ok(mut round) = synced.recv() {
+            // Whatever else was synced meanwhile goes in the same transactions.
+            while let Ok(more) = synced.try_recv() {
+                round.extend(more);
+            }
+            // Not during a group committer's flush.
+            let _io = lock(&self.puts.io);
+            let puts: Vec<_> = by_trail(round.puts, |p| &p.trail)
+                .into_iter()
+                .map(|(trail, batch)| {
+                    let written = self.apply_puts(&batch, &trail);
+                    (batch, written)
+                })
+                .collect();
+            let decided: Vec<_> = by_trail(round.transitions, |t| &t.trail)
+                .into_iter()
+                .flat_map(|(trail, batch)| self.apply_transitions(batch, &trail))
+                .collect();
+            self.settle(puts, decided);
+        }
+    }
+
+    /// Make a round durable and answer it: flush once (if anything in it needs to be
+    /// durable), then tell every message write its outcome and finish every decision
+    /// (destroy the bodies it released) before telling it.
+    pub(super) fn settle(
+        &self,
+        puts: Vec<(Vec<PendingPut>, Written)>,
+        decided: Vec<(PendingTransition, Result<Option<Applied>, StoreError>)>,
+    ) {
+        let landed = |w: &Written| w.as_ref().is_ok_and(|w| w.iter().any(Option::is_some));
+        let written = puts.iter().any(|(_, w)| landed(w));
+        let answers = puts.iter().any(|(batch, w)| {
+            w.as_ref().is_ok_and(|w| {
+                batch
+                    .iter()
+                    .zip(w)
+                    .any(|(p, w)| w.is_some() && p.answer.is_some())
+            })
+        });
+        let must_flush = written
+            || decided
+                .iter()
+                .any(|(t, r)| matches!(r, Ok(Some(a)) if t.durable || !a.destroy.is_empty()));
+        if written {
+            crate::failpoint::hit("submit", "applied");
+        }
+        if answers {
+            crate::failpoint::hit("answer", "applied");
+        }
+        for (t, r) in &decided {
+            if matches!(r, Ok(Some(_))) {
+                crate::failpoint::hit(t.op, "applied");
+            }
+        }
+        if must_flush {
+            let started = std::time::Instant::now();
+            if let Err(e) = self.db.flush() {
+                // The transactions are in sled and may reach the disk later: their bodies
+                // stay. Everyone hears an error; the store is poisoned (the kernel may have
+                // dropped the pages) and the broker stops.
+                self.poison.set(&e);
+                for (batch, _) in puts {
+                    for p in batch {
+                        let _ = p.done.send(Err(PutFailed::Sled(e.clone())));
+                    }
+                }
+                for (t, r) in decided {
+                    let r = match r {
+                        Ok(Some(_)) => Err(StoreError::Sled(e.clone())),
+                        other => other,
+                    };
+                    let _ = t.done.send(r);
+                }
+                return;
+            }
+            let size = puts.iter().map(|(b, _)| b.len()).sum::<usize>() + decided.len();
+            self.commit_stats.record(size, started.elapsed());
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if written {
+            crate::failpoint::hit("submit", "durable");
+        }
+        if answers {
+            crate::failpoint::hit("answer", "durable");
+        }
+        // A writer that stopped waiting (its connection went) no longer hears the outcome.
+        for (batch, written) in puts {
+            match written {
+                Ok(written) => {
+                    forget_bodies(
+                        &self.spool,
+                        batch
+                            .iter()
+                            .zip(&written)
+                            .filter(|(_, w)| w.is_none())
+                            .map(|(p, _)| p),
+                    );
+                    for (p, w) in batch.into_iter().zip(written) {
+                        let _ = p.done.send(w.ok_or(PutFailed::Duplicate));
+                    }
+                }
+                Err(e) => {
+                    forget_bodies(&self.spool, &batch);
+                    for p in batch {
+                        let _ = p.done.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for (t, r) in decided {
+            if let Ok(Some(applied)) = &r {
+                self.finish(t.op, applied);
+            }
+            let _ = t.done.send(r);
+        }
+    }
+
+    /// Decide, for each message of a batch, everything its transaction will write: whether
+    /// it is a duplicate, its audit records (chained after `chain`'s head, serialised and
+    /// hashed), and for an answer the answered message's clock. Reads only; the caller
+    /// holds the chain lock, and the writer thread is the only writer of new `meta` keys.
+    pub(super) fn prepare_puts(
+        &self,
+        batch: &[PendingPut],
+        chain: &ChainLock<'_>,
+    ) -> Result<(Vec<Option<Prepared>>, ChainCursor), PutFailed> {
+        let audit_failed = |e: crate::audit::AuditError| PutFailed::Audit(e.to_string());
+        let mut cursor = chain.cursor();
+        let mut ids = std::collections::HashSet::with_capacity(batch.len());
+        // The clocks the batch writes so far, as a later answer in it must see them.
+        let mut clocks: std::collections::HashMap<[u8; 16], Option<Vec<u8>>> =
+            std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(batch.len());
+        for p in batch {
+            if !ids.insert(p.id) || self.meta.contains_key(p.id).map_err(PutFailed::Sled)? {
+                out.push(None);
+                continue;
+            }
+            if let Some(clock) = &p.clock {
+                clocks.insert(p.id, Some(clock.clone()));
+            }
+            let mut records = Vec::with_capacity(p.audit.len() + 1);
+            for entry in &p.audit {
+                records.push(
+                    chain
+                        .prepare(&mut cursor, entry.clone(), p.now)
+                        .map_err(audit_failed)?,
+                );
+            }
+            let mut landed = Landed::default();
+            let answer = match &p.answer {
+                None => None,
+                Some(a) => {
+                    let key = *a.answered.0.as_bytes();
+                    let read = match clocks.get(&key) {
+                        Some(v) => v.clone(),
+                        None => self
+                            .deadlines
+                            .get(key)
+                            .map_err(PutFailed::Sled)?
+                            .map(|v| v.to_vec()),
+                    };
+                    // A clock that does not parse is logged, never a reason to lose the
+                    // answer itself.
+                    let clock = read.as_deref().and_then(|v| {
+                        parse::<AnswerClock>(v, "answer clock")
+                            .inspect_err(|e| tracing::error!(cause = %e, "answer clock unreadable"))
+                            .ok()
+                    });
+                    let reply = ketenpost_core::deadlines::Reply {
+                        id: MessageId(uuid::Uuid::from_bytes(p.id)),
+                        sender: &a.sender,
+                        kind: a.kind,
+                        in_reply_to: Some(a.answered),
+                    };
+                    let (fx, answer) = ketenpost_core::transitions::answered(
+                        reply,
+                        clock,
+                        a.late_entry.clone(),
+                        &a.calendar,
+                        p.now,
+                    );
+                    landed.late_answer = answer.is_some_and(|a| a.late);
+                    let mut write = None;
+                    for w in &fx.writes {
+                        match w {
+                            ketenpost_core::effects::Write::Clock(c) => write = Some(Some(json(c))),
+                            ketenpost_core::effects::Write::RemoveClock(_) => write = Some(None),
+                            _ => {}
+                        }
+                    }
+                    for entry in fx.audit {
+                        records.push(
+                            chain
+                                .prepare(&mut cursor, entry, p.now)
+                                .map_err(audit_failed)?,
+                        );
+                    }
+                    if let Some(w) = &write {
+                        clocks.insert(key, w.clone());
+                    }
+                    Some(AnsweredClock { key, read, write })
+                }
+            };
+            out.push(Some(Prepared {
+                records,
+                answer,
+                landed,
+            }));
+        }
+        Ok((out, cursor))
+    }
+
+    /// Apply queued message writes in one transaction (not yet durable: the writer flushes
+    /// the round, [`Store::settle`]); per message, what landed, or `None` for a duplicate. Everything is decided before the transaction ([`Store::prepare_puts`]):
+    /// while a sled transaction runs, every reader waits (the checks of the next
+    /// submissions among them), so the transaction itself only writes.
+    pub(super) fn apply_puts(&self, batch: &[PendingPut], trail: &AuditTrail) -> Written {
+        let chain = trail.lock_chain();
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            let (prepared, cursor) = match self.prepare_puts(batch, &chain) {
+                Ok(prepared) => prepared,
+                Err(e) => break Err(e),
+            };
+            let tx = (
+                &self.meta,
+                &self.queue,
+                &self.expiry,
+                &self.deadlines,
+                &self.segments,
+                trail.records_tree(),
+            )
+                .transaction(
+                    |(meta_t, queue, expiry, deadlines, segments, records)| {
+                        use sled::transaction::ConflictableTransactionError::Abort;
+                        let mut held = std::collections::BTreeMap::<u32, i64>::new();
+                        for (p, prep) in batch.iter().zip(&prepared) {
+                            let Some(prep) = prep else { continue };
+                            // What was read before the transaction still holds (only the
+                            // writer adds ids to `meta`; every other writer of a clock holds
+                            // the chain lock, as this one does); checked all the same.
+                            if meta_t.get(p.id)?.is_some() {
+                                return Err(Abort(Stale));
+                            }
+                            meta_t.insert(&p.id, p.meta.as_slice())?;
+                            expiry::add_in(expiry, &p.held)?;
+                            for (block, seq) in &p.queue {
+                                queue::add_in(queue, block, *seq, &p.id)?;
+                            }
+                            if let Some(clock) = &p.clock {
+                                deadlines.insert(&p.id, clock.as_slice())?;
+                            }
+                            if let Some(a) = &prep.answer {
+                                if deadlines.get(a.key)?.as_deref() != a.read.as_deref() {
+                                    return Err(Abort(Stale));
+                                }
+                                match &a.write {
+                                    Some(Some(clock)) => {
+                                        deadlines.insert(&a.key, clock.as_slice())?;
+                                    }
+                                    Some(None) => {
+                                        deadlines.remove(&a.key)?;
+                                    }
+                                    None => {}
+                                }
+                            }
+                            for (key, record) in &prep.records {
+                                records.insert(key, record.as_slice())?;
+                            }
+                            *held.entry(p.body_at.segment).or_insert(0) += 1;
+                        }
+                        for (segment, n) in held {
+                            count_bodies(segments, segment, n)?;
+                        }
+                        Ok(())
+                    },
+                );
+            match tx {
+                Ok(()) => break Ok((prepared, cursor)),
+                Err(TransactionError::Abort(Stale)) if attempts < MAX_PUT_ATTEMPTS => {}
+                Err(TransactionError::Abort(Stale)) => break Err(PutFailed::Contended),
+                Err(TransactionError::Storage(e)) => break Err(PutFailed::Sled(e)),
+            }
+        };
+        let (prepared, cursor) = result?;
+        chain.advance(cursor);
+        Ok(prepared.into_iter().map(|p| p.map(|p| p.landed)).collect())
+    }
+}

@@ -1,0 +1,936 @@
+//! The store's tests: writes, receipts, expiry, restarts and the moves of older versions.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Barrier;
+
+use chrono::Duration;
+use ketenpost_schemas::keys::SigningKey;
+
+use std::collections::BTreeSet;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use ketenpost_core::checks::Authorised;
+use ketenpost_core::message::MessageMeta;
+use ketenpost_core::registry::Registry as _;
+use ketenpost_schemas::ids::{MessageId, Oin};
+use ketenpost_schemas::protocol::Delivery;
+
+use super::codec::{expiry_key, json};
+use super::reconcile::has_tree;
+use super::*;
+use crate::audit::{AuditEntry, AuditTrail};
+use ketenpost_core::effects::Effects;
+use ketenpost_schemas::control::SignedRecord;
+use ketenpost_schemas::kind::Kind;
+use ketenpost_schemas::protocol::RejectCode;
+use sled::transaction::ConflictableTransactionError;
+
+/// `n` authorised signalen from a corporation to a zorgaanbieder, and the
+/// zorgaanbieder.
+fn authorised(n: usize) -> (Vec<Authorised>, Oin) {
+    let fx = ketenpost_core::testing::Fx::new();
+    let messages = (0..n)
+        .map(|_| {
+            let draft = fx.draft(Kind::Signaal, &[(&fx.zorg, "zorgaanbieder")]);
+            fx.check_as(&fx.corp, &fx.seal(&fx.corp, draft)).unwrap()
+        })
+        .collect();
+    (messages, fx.zorg.oin.clone())
+}
+
+/// Whether `needle` occurs in any file under `dir`.
+fn on_disk(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            return on_disk(&path, needle);
+        }
+        let bytes = std::fs::read(path).unwrap();
+        bytes.windows(needle.len()).any(|w| w == needle)
+    })
+}
+
+/// The store and audit trail in `dir`, as the broker opens them.
+fn open_in(dir: &std::path::Path) -> (Store, Arc<AuditTrail>) {
+    // sled releases its file lock when its own IO threads let go of the database
+    // dropped just before, which can be a moment after the last handle: a bounded
+    // wait for that, nothing else.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::Config::new()
+            .path(dir.join("db"))
+            .flush_every_ms(None)
+            .open()
+        {
+            Ok(db) => break db,
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot open the test database: {e}"),
+        }
+    };
+    let store = Store::open(db.clone(), &dir.join("spool")).unwrap();
+    let trail =
+        Arc::new(crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap());
+    (store, trail)
+}
+
+/// The sealed envelopes of `messages`.
+fn envelopes_of(messages: &[Authorised]) -> Vec<Vec<u8>> {
+    messages
+        .iter()
+        .map(|a| a.verified().envelope().encode())
+        .collect()
+}
+
+/// Write every message, as accepted now.
+fn put_all(store: &Store, trail: &Arc<AuditTrail>, messages: &[Authorised]) {
+    for a in messages {
+        let meta = MessageMeta::accepted(a, Utc::now());
+        store.put_message(a, &meta, trail, vec![]).unwrap();
+    }
+}
+
+fn signer() -> NoticeSigner {
+    NoticeSigner {
+        oin: ketenpost_schemas::control::BROKER_SIGNER.parse().unwrap(),
+        key: SigningKey::from_bytes(&[7u8; 32]),
+    }
+}
+
+/// A signaal from the corporation to the zorgaanbieder and the gemeente, stored.
+fn put_signaal(
+    fx: &ketenpost_core::testing::Fx,
+    store: &Store,
+    trail: &Arc<AuditTrail>,
+) -> Authorised {
+    let draft = fx.draft(
+        Kind::Signaal,
+        &[(&fx.zorg, "zorgaanbieder"), (&fx.gem, "gemeente")],
+    );
+    let a = fx.check_as(&fx.corp, &fx.seal(&fx.corp, draft)).unwrap();
+    let meta = MessageMeta::accepted(&a, Utc::now());
+    store.put_message(&a, &meta, trail, vec![]).unwrap();
+    a
+}
+
+/// The decision of `recipient`'s receipt of message `id`, as the server makes it.
+fn receipt_decision(
+    store: &Store,
+    recipient: &Oin,
+    id: &MessageId,
+    sha: &str,
+    forwarded: &SignedRecord,
+    now: DateTime<Utc>,
+) -> impl Fn(&TxView<'_>) -> TxResult<Result<Effects, ketenpost_schemas::protocol::Rejection>>
+       + Send
+       + 'static {
+    let r = ketenpost_schemas::control::DeliveryReceipt {
+        message_id: *id,
+        recipient: recipient.clone(),
+        body_sha256: sha.into(),
+        received_at: now,
+    };
+    let digest = store.view_digest(id, recipient).unwrap();
+    let (recipient, forwarded, id) = (recipient.clone(), forwarded.clone(), *id);
+    move |v| {
+        Ok(ketenpost_core::transitions::receipt(
+            &recipient,
+            &r,
+            &forwarded,
+            v.meta(&id)?,
+            digest.as_deref(),
+            v.clock(&id)?,
+            now,
+        ))
+    }
+}
+
+/// A receipt applied as the server applies it: one transition, flush, then finish.
+fn receipt(
+    store: &Store,
+    trail: &AuditTrail,
+    recipient: &Oin,
+    id: &MessageId,
+    sha: &str,
+    forwarded: &SignedRecord,
+) -> Result<Applied, ketenpost_schemas::protocol::Rejection> {
+    let now = Utc::now();
+    let decide = receipt_decision(store, recipient, id, sha, forwarded, now);
+    let out = store
+        .transition("receipt", trail, &signer(), now, decide)
+        .unwrap();
+    if let Ok(a) = &out {
+        store.flush().unwrap();
+        store.finish("receipt", a);
+    }
+    out
+}
+
+/// The expiry sweep at `now`: how many messages expired.
+fn expire(store: &Store, trail: &AuditTrail, now: DateTime<Utc>) -> Vec<MessageId> {
+    let mut expired = Vec::new();
+    let mut done = Vec::new();
+    for id in store.due(now).unwrap() {
+        let a = store
+            .transition("expire", trail, &signer(), now, |v| {
+                Ok(Ok::<_, std::convert::Infallible>(
+                    ketenpost_core::transitions::expire(v.meta(&id)?, v.clock(&id)?, now),
+                ))
+            })
+            .unwrap()
+            .unwrap();
+        if a.changed {
+            expired.push(id);
+        }
+        done.push(a);
+    }
+    store.flush().unwrap();
+    for a in &done {
+        store.finish("expire", a);
+    }
+    expired
+}
+
+#[test]
+fn a_body_is_spooled_until_receipted_or_expired_and_survives_a_restart() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let open = || open_in(dir.path());
+    let (messages, zorg) = authorised(2);
+    let envelopes = envelopes_of(&messages);
+    {
+        let (store, trail) = open();
+        put_all(&store, &trail, &messages);
+        rt.block_on(store.close());
+    }
+    // After a restart both are still delivered, byte for byte.
+    let (store, trail) = open();
+    let (deliveries, first) = store.fetch(&zorg, 10).unwrap();
+    assert_eq!(first.len(), 2);
+    let fetched: Vec<Vec<u8>> = deliveries
+        .iter()
+        .map(|d| match d {
+            Delivery::Message { envelope, .. } => {
+                ketenpost_schemas::protocol::envelope_from_b64(envelope).unwrap()
+            }
+            other => panic!("not a message: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        fetched.iter().collect::<BTreeSet<_>>(),
+        envelopes.iter().collect::<BTreeSet<_>>()
+    );
+    let forwarded = SignedRecord {
+        kind: Kind::DeliveryReceipt,
+        signer: zorg.clone(),
+        record: String::new(),
+        signature: String::new(),
+    };
+    let first_id = messages[0].header().id;
+    let sha = messages[0]
+        .header()
+        .body_for(&zorg)
+        .unwrap()
+        .1
+        .sha256
+        .clone();
+    // A receipt for another body is not one for this message.
+    let wrong = receipt(
+        &store,
+        &trail,
+        &zorg,
+        &first_id,
+        &"00".repeat(32),
+        &forwarded,
+    );
+    assert_eq!(wrong.unwrap_err().code, RejectCode::Conflict);
+    let outcome = receipt(&store, &trail, &zorg, &first_id, &sha, &forwarded).unwrap();
+    assert_eq!(
+        outcome.destroy.len(),
+        1,
+        "the last receipt releases the body"
+    );
+    store.flush().unwrap();
+    assert!(!on_disk(&spool_dir, &envelopes[0]), "receipted body gone");
+    assert!(on_disk(&spool_dir, &envelopes[1]), "the other is kept");
+    // The same receipt again: the message is gone, so it is not queued any more.
+    let again = receipt(&store, &trail, &zorg, &first_id, &sha, &forwarded);
+    assert_eq!(again.unwrap_err().code, RejectCode::Conflict);
+    // The second expires unreceipted.
+    let expired = expire(&store, &trail, Utc::now() + Duration::days(400));
+    assert_eq!(expired, vec![messages[1].header().id]);
+    store.flush().unwrap();
+    assert!(!on_disk(&spool_dir, &envelopes[1]), "expired body gone");
+    assert_eq!(
+        (store.bodies_held().unwrap(), store.queued().unwrap()),
+        (0, 0)
+    );
+    assert!(store
+        .fetch(&zorg, 10)
+        .unwrap()
+        .0
+        .iter()
+        .all(|d| !matches!(d, Delivery::Message { .. })));
+    rt.block_on(store.close());
+}
+
+#[test]
+fn metadata_an_older_version_wrote_as_json_is_delivered_receipted_and_rewritten() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, zorg) = authorised(1);
+    let id = messages[0].header().id;
+    {
+        let (store, trail) = open_in(dir.path());
+        put_all(&store, &trail, &messages);
+        let stored = store.meta.get(id.0.as_bytes()).unwrap().unwrap();
+        assert_eq!(stored[0], ketenpost_core::message::FORMAT_V1);
+        let meta = meta_of(&stored).unwrap();
+        store.meta.insert(id.0.as_bytes(), json(&meta)).unwrap();
+        store.flush().unwrap();
+        rt.block_on(store.close());
+    }
+    let (store, trail) = open_in(dir.path());
+    let (deliveries, first) = store.fetch(&zorg, 10).unwrap();
+    assert_eq!((deliveries.len(), first), (1, vec![id]));
+    // A change writes it in the binary form.
+    let fetched = store
+        .transition("fetch", &trail, &signer(), Utc::now(), |v| {
+            Ok(Ok::<_, ()>(ketenpost_core::transitions::fetched(
+                &zorg,
+                v.meta(&id)?,
+            )))
+        })
+        .unwrap();
+    assert!(fetched.is_ok());
+    store.flush().unwrap();
+    let stored = store.meta.get(id.0.as_bytes()).unwrap().unwrap();
+    assert_eq!(stored[0], ketenpost_core::message::FORMAT_V1);
+    assert!(meta_of(&stored).unwrap().unwrap().fetched.contains(&zorg));
+    let sha = messages[0]
+        .header()
+        .body_for(&zorg)
+        .unwrap()
+        .1
+        .sha256
+        .clone();
+    let forwarded = SignedRecord {
+        kind: Kind::DeliveryReceipt,
+        signer: zorg.clone(),
+        record: String::new(),
+        signature: String::new(),
+    };
+    let outcome = receipt(&store, &trail, &zorg, &id, &sha, &forwarded).unwrap();
+    assert_eq!(outcome.destroy.len(), 1);
+    rt.block_on(store.close());
+}
+
+#[test]
+fn a_settled_message_keeps_its_id_as_the_dedup_entry_and_nothing_else() {
+    use ketenpost_core::registry::Registry;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, zorg) = authorised(2);
+    let (store, trail) = open_in(dir.path());
+    put_all(&store, &trail, &messages);
+    assert_eq!(store.bodies_held().unwrap(), 2);
+    let later = Utc::now() + Duration::days(400);
+    assert_eq!(expire(&store, &trail, later).len(), 2);
+    for a in &messages {
+        let id = a.header().id;
+        assert_eq!(store.meta(&id).unwrap(), None);
+        assert_eq!(
+            store.meta.get(id.0.as_bytes()).unwrap().as_deref(),
+            Some(SETTLED)
+        );
+        assert!(Registry::seen(&store, &id).unwrap());
+        assert_eq!(store.view_digest(&id, &zorg).unwrap(), None);
+    }
+    assert_eq!(store.bodies_held().unwrap(), 0);
+    assert!(store.due(later).unwrap().is_empty());
+    assert!(store.fetch(&zorg, 10).unwrap().0.is_empty());
+    // Accepting one of them again is a duplicate, and changes nothing.
+    let meta = MessageMeta::accepted(&messages[0], Utc::now());
+    assert!(matches!(
+        store.put_message(&messages[0], &meta, &trail, vec![]),
+        Err(StoreError::Duplicate)
+    ));
+    assert_eq!(store.bodies_held().unwrap(), 0);
+    let (fresh, _) = authorised(1);
+    assert!(!Registry::seen(&store, &fresh[0].header().id).unwrap());
+    rt.block_on(store.close());
+}
+
+#[test]
+fn the_dedup_set_an_older_version_kept_apart_moves_into_the_metadata() {
+    use ketenpost_core::registry::Registry;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, zorg) = authorised(3);
+    let ids: Vec<MessageId> = messages.iter().map(|a| a.header().id).collect();
+    {
+        let (store, trail) = open_in(dir.path());
+        put_all(&store, &trail, &messages[..1]);
+        let later = Utc::now() + Duration::days(400);
+        assert_eq!(expire(&store, &trail, later), ids[..1]);
+        put_all(&store, &trail, &messages[1..]);
+        // As an older version left it: every accepted id in `seen`, and no key in
+        // `meta` for a message no longer held (the first, expired).
+        let seen = store.db.open_tree("seen").unwrap();
+        for id in &ids {
+            seen.insert(id.0.as_bytes(), Utc::now().to_rfc3339().as_bytes())
+                .unwrap();
+        }
+        store.meta.remove(ids[0].0.as_bytes()).unwrap();
+        store.flush().unwrap();
+        rt.block_on(store.close());
+    }
+    let (store, trail) = open_in(dir.path());
+    assert!(!has_tree(&store.db, "seen"));
+    assert_eq!(
+        store.meta.get(ids[0].0.as_bytes()).unwrap().as_deref(),
+        Some(SETTLED)
+    );
+    for id in &ids {
+        assert!(Registry::seen(&store, id).unwrap());
+    }
+    // The messages still held are untouched, and delivered.
+    assert_eq!(store.bodies_held().unwrap(), 2);
+    let (deliveries, _) = store.fetch(&zorg, 10).unwrap();
+    assert_eq!(deliveries.len(), 2);
+    let meta = MessageMeta::accepted(&messages[0], Utc::now());
+    assert!(matches!(
+        store.put_message(&messages[0], &meta, &trail, vec![]),
+        Err(StoreError::Duplicate)
+    ));
+    rt.block_on(store.close());
+}
+
+#[test]
+fn queue_entries_an_older_version_kept_one_key_each_move_into_blocks() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, zorg) = authorised(40);
+    let before;
+    {
+        let (store, trail) = open_in(dir.path());
+        put_all(&store, &trail, &messages);
+        before = store.fetch(&zorg, 100).unwrap();
+        assert_eq!(before.0.len(), 40);
+        // As an older version left them: one key per entry in `queue`. The first
+        // block stays, as a start that moved it and crashed before dropping `queue`
+        // leaves it.
+        let legacy = store.db.open_tree(queue::LEGACY_TREE).unwrap();
+        for (i, item) in store.queue.iter().enumerate() {
+            let (block, entries) = item.unwrap();
+            let party = &block[..block.len() - 8];
+            for (seq, id) in queue::entries(&entries).unwrap() {
+                legacy.insert(key2(party, &seq.to_be_bytes()), &id).unwrap();
+            }
+            if i > 0 {
+                store.queue.remove(block).unwrap();
+            }
+        }
+        assert_eq!(legacy.len(), 40);
+        store.flush().unwrap();
+        rt.block_on(store.close());
+    }
+    let (store, _trail) = open_in(dir.path());
+    assert!(!has_tree(&store.db, queue::LEGACY_TREE));
+    // Each entry once, the ones moved before included.
+    assert_eq!(store.queued().unwrap(), 40);
+    // Fewer keys than entries, and the same deliveries in the same order.
+    assert!(store.queue.len() < 40);
+    assert_eq!(store.fetch(&zorg, 100).unwrap(), before);
+    rt.block_on(store.close());
+}
+
+#[test]
+fn expiry_entries_an_older_version_kept_one_key_each_move_into_blocks() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, _) = authorised(30);
+    let mut ids: Vec<MessageId> = messages.iter().map(|a| a.header().id).collect();
+    ids.sort();
+    {
+        let (store, trail) = open_in(dir.path());
+        put_all(&store, &trail, &messages);
+        // As an older version left them: expires-at ‖ id → body, one key each.
+        let legacy = store.db.open_tree(expiry::LEGACY_TREE).unwrap();
+        // The first block stays, as a move cut short by a crash leaves it.
+        for (i, item) in store.expiry.iter().enumerate() {
+            let (block, entries) = item.unwrap();
+            for (_, id) in expiry::entries(&entries).unwrap() {
+                let meta = store.meta(&MessageId(uuid::Uuid::from_bytes(id))).unwrap();
+                let meta = meta.unwrap();
+                legacy
+                    .insert(
+                        expiry_key(meta.expires_at, &id),
+                        &meta.body_at.unwrap().to_bytes(),
+                    )
+                    .unwrap();
+            }
+            if i > 0 {
+                store.expiry.remove(block).unwrap();
+            }
+        }
+        assert_eq!(legacy.len(), 30);
+        store.flush().unwrap();
+        rt.block_on(store.close());
+    }
+    let (store, _trail) = open_in(dir.path());
+    assert!(!has_tree(&store.db, expiry::LEGACY_TREE));
+    assert!(store.expiry.len() < 30);
+    assert!(store.due(Utc::now()).unwrap().is_empty());
+    let mut due = store.due(Utc::now() + Duration::days(400)).unwrap();
+    due.sort();
+    assert_eq!(due, ids);
+    rt.block_on(store.close());
+}
+
+#[test]
+fn messages_that_expire_at_one_moment_share_blocks_of_at_most_sixteen() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, _) = authorised(50);
+    let (store, trail) = open_in(dir.path());
+    // As a TTL in workdays gives: every message of a day expires at one midnight.
+    let midnight = Utc::now() + Duration::days(3);
+    for a in &messages {
+        let mut meta = MessageMeta::accepted(a, Utc::now());
+        meta.expires_at = midnight;
+        store.put_message(a, &meta, &trail, vec![]).unwrap();
+    }
+    let sizes: Vec<usize> = store
+        .expiry
+        .iter()
+        .map(|item| expiry::entries(&item.unwrap().1).unwrap().count())
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 50);
+    assert!(sizes.iter().all(|&n| n <= 16), "{sizes:?}");
+    assert!(sizes.len() < 50, "{sizes:?}");
+    assert!(store
+        .due(midnight - Duration::milliseconds(1))
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.due(midnight).unwrap().len(), 50);
+    // Expired, every entry is gone with its message.
+    assert_eq!(expire(&store, &trail, midnight).len(), 50);
+    assert_eq!(store.expiry.len(), 0);
+    rt.block_on(store.close());
+}
+
+#[test]
+fn a_damaged_queue_or_expiry_block_is_passed_over_and_stops_nothing_else() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, zorg) = authorised(2);
+    let (store, trail) = open_in(dir.path());
+    // Sequence numbers from 32 on, so that the damaged block 0 comes first.
+    for _ in 0..32 {
+        store.db.generate_id().unwrap();
+    }
+    put_all(&store, &trail, &messages);
+    // A block of the wrong length, before every other one, in both indexes.
+    let mut early = zorg.as_str().as_bytes().to_vec();
+    early.extend_from_slice(&[0; 8]);
+    store.queue.insert(early, &[1u8; 5][..]).unwrap();
+    store.expiry.insert([0u8; 16], &[1u8; 5][..]).unwrap();
+    assert_eq!(store.fetch(&zorg, 10).unwrap().0.len(), 2);
+    let later = Utc::now() + Duration::days(400);
+    assert_eq!(store.due(later).unwrap().len(), 2);
+    rt.block_on(store.close());
+}
+
+#[test]
+fn a_damaged_body_is_neither_delivered_nor_receipted_and_blocks_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let (store, trail) = open_in(dir.path());
+    let (messages, zorg) = authorised(2);
+    for a in &messages {
+        let meta = MessageMeta::accepted(a, Utc::now());
+        store.put_message(a, &meta, &trail, vec![]).unwrap();
+    }
+    // Flip one byte of the first message's body in its segment file.
+    let damaged = messages[0].verified().envelope().encode();
+    let segment = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let bytes = std::fs::read(p).unwrap();
+            bytes.windows(damaged.len()).any(|w| w == damaged)
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let at = bytes
+        .windows(damaged.len())
+        .position(|w| w == damaged)
+        .unwrap();
+    bytes[at + damaged.len() / 2] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+
+    // The damaged one is skipped without taking the place of the intact one.
+    let (deliveries, _) = store.fetch(&zorg, 1).unwrap();
+    let intact = messages[1].verified().envelope().encode();
+    match deliveries.as_slice() {
+        [Delivery::Message { envelope, .. }] => assert_eq!(
+            ketenpost_schemas::protocol::envelope_from_b64(envelope).unwrap(),
+            intact
+        ),
+        other => panic!("expected the intact message alone: {other:?}"),
+    }
+    // A receipt cannot be checked against a body that does not read: refused, kept.
+    let forwarded = SignedRecord {
+        kind: Kind::DeliveryReceipt,
+        signer: zorg.clone(),
+        record: String::new(),
+        signature: String::new(),
+    };
+    let first = messages[0].header();
+    let sha = first.body_for(&zorg).unwrap().1.sha256.clone();
+    let refused = receipt(&store, &trail, &zorg, &first.id, &sha, &forwarded);
+    assert_eq!(refused.unwrap_err().code, RejectCode::Conflict);
+    assert_eq!(store.bodies_held().unwrap(), 2);
+    rt.block_on(store.close());
+}
+
+/// Two recipients receipt the same message at the same moment while a third fetch
+/// changes its metadata: neither receipt is refused (the receipt race), and the body
+/// goes with the last one.
+#[test]
+fn concurrent_receipts_of_one_message_are_all_accepted() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, trail) = open_in(dir.path());
+    let fx = ketenpost_core::testing::Fx::new();
+    let (zorg, gem) = (fx.zorg.oin.clone(), fx.gem.oin.clone());
+    for _ in 0..20 {
+        let a = put_signaal(&fx, &store, &trail);
+        let id = a.header().id;
+        let forwarded = SignedRecord {
+            kind: Kind::DeliveryReceipt,
+            signer: zorg.clone(),
+            record: String::new(),
+            signature: String::new(),
+        };
+        let barrier = Barrier::new(3);
+        let outcomes = std::thread::scope(|s| {
+            let fetcher = s.spawn(|| {
+                barrier.wait();
+                let (_, first) = store.fetch(&gem, 10).unwrap();
+                let _applied = store
+                    .transition("fetch", &trail, &signer(), Utc::now(), |v| {
+                        let mut fx = ketenpost_core::effects::Effects::default();
+                        for id in &first {
+                            fx.extend(ketenpost_core::transitions::fetched(&gem, v.meta(id)?));
+                        }
+                        Ok(Ok::<_, std::convert::Infallible>(fx))
+                    })
+                    .unwrap()
+                    .unwrap();
+            });
+            let receipts: Vec<_> = [&zorg, &gem]
+                .map(|who| {
+                    let sha = a.header().body_for(who).unwrap().1.sha256.clone();
+                    let (store, trail, forwarded, barrier) = (&store, &trail, &forwarded, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        receipt(store, trail, who, &id, &sha, forwarded)
+                    })
+                })
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect();
+            fetcher.join().unwrap();
+            receipts
+        });
+        for o in &outcomes {
+            assert!(o.is_ok(), "a legitimate receipt was refused: {o:?}");
+        }
+        let destroyed: usize = outcomes
+            .iter()
+            .map(|o| o.as_ref().unwrap().destroy.len())
+            .sum();
+        assert_eq!(destroyed, 1, "the body goes with the last receipt, once");
+    }
+    assert_eq!(
+        (store.bodies_held().unwrap(), store.queued().unwrap()),
+        (0, 0)
+    );
+    rt.block_on(store.close());
+}
+
+/// Decisions queued for the writer thread together: each sees what the ones before it
+/// wrote (the second receipt releases the body, once), a refusal and a decision that
+/// fails take nothing down with them, and every applied one is durable and finished
+/// (its body destroyed) when its ticket says done.
+#[test]
+fn queued_decisions_are_applied_together_and_fail_alone() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, trail) = open_in(dir.path());
+    let fx = ketenpost_core::testing::Fx::new();
+    let a = put_signaal(&fx, &store, &trail);
+    let id = a.header().id;
+    let now = Utc::now();
+    let queue_receipt = |who: &Oin| {
+        let sha = a.header().body_for(who).unwrap().1.sha256.clone();
+        let forwarded = SignedRecord {
+            kind: Kind::DeliveryReceipt,
+            signer: who.clone(),
+            record: String::new(),
+            signature: String::new(),
+        };
+        let decide = receipt_decision(&store, who, &id, &sha, &forwarded, now);
+        store
+            .begin_transition("receipt", &trail, &signer(), now, true, decide)
+            .unwrap()
+    };
+    let records_before = trail.head().seq;
+    let first = queue_receipt(&fx.zorg.oin);
+    let failing = store
+        .begin_transition("receipt", &trail, &signer(), now, true, |_v| {
+            Err::<Result<Effects, ()>, _>(ConflictableTransactionError::Abort(
+                StoreError::Corrupt {
+                    what: "message metadata",
+                    reason: "test".into(),
+                },
+            ))
+        })
+        .unwrap();
+    let refused = store
+        .begin_transition("receipt", &trail, &signer(), now, true, |_v| {
+            Ok(Err::<Effects, _>("refused"))
+        })
+        .unwrap();
+    let second = queue_receipt(&fx.gem.oin);
+    let (first, failing, refused, second) = rt.block_on(async {
+        (
+            first.done().await,
+            failing.done().await,
+            refused.done().await,
+            second.done().await,
+        )
+    });
+    let (first, second) = (first.unwrap().unwrap(), second.unwrap().unwrap());
+    assert!(
+        matches!(failing, Err(StoreError::Corrupt { .. })),
+        "{failing:?}"
+    );
+    assert!(matches!(refused, Ok(Err("refused"))), "{refused:?}");
+    assert_eq!(first.destroy.len() + second.destroy.len(), 1);
+    assert_eq!(
+        (store.bodies_held().unwrap(), store.queued().unwrap()),
+        (0, 0)
+    );
+    assert!(store.meta(&id).unwrap().is_none());
+    // Both receipts audited, nothing of the others.
+    assert_eq!(
+        trail.head().seq - records_before,
+        (first.audited + second.audited) as u64
+    );
+    rt.block_on(store.close());
+}
+
+#[test]
+fn a_start_destroys_bodies_that_no_metadata_refers_to() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let open = || open_in(dir.path());
+    let (messages, _) = authorised(2);
+    let envelopes = envelopes_of(&messages);
+    let unlanded = b"a body appended by a submission that never landed".to_vec();
+    {
+        let (store, trail) = open();
+        put_all(&store, &trail, &messages);
+        // What a crash after a durable expiry and before the body was destroyed
+        // leaves: the first message's metadata is gone, its body is not.
+        let id = messages[0].header().id;
+        let later = Utc::now() + Duration::days(400);
+        let applied = store
+            .transition("expire", &trail, &signer(), later, |v| {
+                Ok(Ok::<_, std::convert::Infallible>(
+                    ketenpost_core::transitions::expire(v.meta(&id)?, v.clock(&id)?, later),
+                ))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(applied.destroy.len(), 1);
+        // And a crash between a body's append and its metadata's transaction.
+        store.spool.append(&[7; 16], &unlanded).unwrap();
+        store.flush().unwrap();
+        rt.block_on(store.close());
+    }
+    assert!(on_disk(&spool_dir, &envelopes[0]));
+    assert!(on_disk(&spool_dir, &unlanded));
+    let (store, _trail) = open();
+    assert!(
+        !on_disk(&spool_dir, &envelopes[0]),
+        "the released body is destroyed"
+    );
+    assert!(
+        !on_disk(&spool_dir, &unlanded),
+        "the unlanded body is destroyed"
+    );
+    assert!(
+        on_disk(&spool_dir, &envelopes[1]),
+        "the referenced body stays"
+    );
+    assert_eq!(store.bodies_held().unwrap(), 1);
+    rt.block_on(store.close());
+}
+
+#[test]
+fn a_store_without_body_counts_is_counted_once_at_its_first_start() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let open = || open_in(dir.path());
+    let (messages, zorg) = authorised(3);
+    let counts = |store: &Store| -> Vec<(Vec<u8>, Vec<u8>)> {
+        store
+            .segments
+            .iter()
+            .map(|i| {
+                let (k, v) = i.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    };
+    let kept = {
+        let (store, trail) = open();
+        put_all(&store, &trail, &messages);
+        let kept = counts(&store);
+        assert!(kept.contains(&(COUNTED.to_vec(), vec![1])));
+        assert!(kept.contains(&(1u32.to_be_bytes().to_vec(), 3u64.to_be_bytes().to_vec())));
+        // As an older version left it: no counts.
+        store.segments.clear().unwrap();
+        store.flush().unwrap();
+        rt.block_on(store.close());
+        kept
+    };
+    for _ in 0..2 {
+        let (store, _trail) = open();
+        assert_eq!(counts(&store), kept, "counted from the metadata, then kept");
+        assert_eq!(store.bodies_held().unwrap(), 3);
+        assert_eq!(store.fetch(&zorg, 10).unwrap().0.len(), 3);
+        rt.block_on(store.close());
+    }
+}
+
+#[test]
+fn dropping_every_handle_releases_the_database() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..3 {
+        let db = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .expect("the previous store released the database");
+        let store = Store::open(db, &dir.path().join("spool")).unwrap();
+        let copy = store.clone();
+        drop(store);
+        assert_eq!(copy.bodies_held().unwrap(), 0);
+        drop(copy);
+    }
+}
+
+#[test]
+fn concurrent_puts_share_transactions_and_a_duplicate_fails_alone() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
+    let store = Store::open(db.clone(), &dir.path().join("spool")).unwrap();
+    let trail =
+        Arc::new(crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap());
+    // Every message twice, so duplicates meet in one combined transaction as well as
+    // across transactions.
+    let (messages, _) = authorised(24);
+    let threads = 8;
+    let barrier = Barrier::new(threads);
+    let outcomes: Vec<(MessageId, Result<(), StoreError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (store, messages, barrier, trail) = (&store, &messages, &barrier, &trail);
+                s.spawn(move || {
+                    barrier.wait();
+                    (0..messages.len() * 2)
+                        .filter(|i| i % threads == t)
+                        .map(|i| {
+                            let a = &messages[i % messages.len()];
+                            {
+                                let entry = AuditEntry::ok(crate::audit::AuditEvent::Accepted)
+                                    .actor(&a.header().sender)
+                                    .message_id(a.header().id);
+                                (
+                                    a.header().id,
+                                    store.put_message(
+                                        a,
+                                        &MessageMeta::accepted(a, Utc::now()),
+                                        trail,
+                                        vec![entry],
+                                    ),
+                                )
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    for a in &messages {
+        let id = a.header().id;
+        let mine: Vec<_> = outcomes.iter().filter(|(i, _)| *i == id).collect();
+        assert_eq!(mine.len(), 2);
+        let ok = mine.iter().filter(|(_, r)| r.is_ok()).count();
+        let dup = mine
+            .iter()
+            .filter(|(_, r)| matches!(r, Err(StoreError::Duplicate)))
+            .count();
+        assert_eq!((ok, dup), (1, 1), "{id}: {mine:?}");
+        assert!(store.seen(&id).unwrap());
+    }
+    assert_eq!(store.bodies_held().unwrap(), messages.len() as u64);
+    assert_eq!(store.queued().unwrap(), messages.len());
+    // One audit record per accepted message, none for a duplicate, chained.
+    assert_eq!(trail.head().seq, messages.len() as u64);
+    let report = crate::audit::verify_chain(&db, &trail.verifying_key()).unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records, messages.len() as u64);
+    // Each combined write was flushed.
+    assert!(store.flush_count() >= 1);
+    assert!(store.flush_count() <= messages.len() as u64);
+    rt.block_on(store.close());
+}
