@@ -3,7 +3,7 @@
 //! The broker's trail cannot show what never reached the broker: a message the agent
 //! refused early, a delivery the agent refused, a case it deleted. This trail records
 //! those, and the broker's answers to our submissions, in the broker's own format and with
-//! the broker's chain rule ([`ketenpost_core::audit`]): one [`AuditRecord`] per event,
+//! the broker's chain rule ([`ketenpost_audit`]): one [`AuditRecord`] per event,
 //! numbered from 1, each carrying the hash of the one before. It lives in the sled tree
 //! [`RECORDS_TREE`] of the agent's database, keyed by [`seq_key`], and is appended under
 //! one mutex around the [`ChainHead`], so seqs stay contiguous.
@@ -36,7 +36,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use ketenpost_core::audit::{
+use ketenpost_audit::{
     key_seq, parse_record, seq_key, verify_exported, AuditEntry, AuditError, AuditRecord,
     ChainHead, ChainVerdict,
 };
@@ -132,7 +132,7 @@ impl AuditTrail {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use ketenpost_core::audit::{AuditEvent, GENESIS_HASH};
+    use ketenpost_audit::{AuditEvent, GENESIS_HASH};
 
     const ME: &str = "00000001000001000001";
 

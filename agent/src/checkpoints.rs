@@ -9,7 +9,7 @@
 //! level and in `GET /v1/health`, and keeps the earlier checkpoint as evidence.
 
 use chrono::{DateTime, Utc};
-use ketenpost_core::audit::Checkpoint;
+use ketenpost_audit::Checkpoint;
 use serde::{Deserialize, Serialize};
 
 use crate::store::Store;

@@ -4,7 +4,7 @@
 //! the order in the API so the partner system deletes its own copies too.
 
 use chrono::{DateTime, Utc};
-use ketenpost_core::audit::{AuditEntry, AuditEvent};
+use ketenpost_audit::{AuditEntry, AuditEvent};
 use ketenpost_schemas::control::{
     DeletionConfirmation, DeletionOrder, DeletionReason, SignedRecord,
 };

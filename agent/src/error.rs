@@ -66,7 +66,7 @@ pub enum Error {
     /// The agent's own audit trail cannot be read, or its head is corrupt (see
     /// [`crate::audit`]).
     #[error("agent audit trail: {0}")]
-    Audit(#[from] ketenpost_core::audit::AuditError),
+    Audit(#[from] ketenpost_audit::AuditError),
     /// The broker could not be reached, or the connection failed.
     #[error("broker unavailable: {0}")]
     Broker(#[from] ketenpost_transport::client::ClientError),

@@ -9,7 +9,7 @@
 //! expire and tells the sender.
 
 use chrono::{DateTime, Utc};
-use ketenpost_core::audit::AuditEntry;
+use ketenpost_audit::AuditEntry;
 use ketenpost_schemas::control::{DeliveryReceipt, SignedRecord};
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::{Envelope, Header, LegalBasis, Limits};

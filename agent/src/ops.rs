@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{error, info};
 
-use ketenpost_core::audit::{AuditEntry, AuditEvent};
+use ketenpost_audit::{AuditEntry, AuditEvent};
 use ketenpost_core::clock::SharedClock;
 use ketenpost_transport::failpoint;
 

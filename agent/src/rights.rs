@@ -22,7 +22,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use ketenpost_core::audit::{AuditEntry, AuditEvent};
+use ketenpost_audit::{AuditEntry, AuditEvent};
 use ketenpost_schemas::ids::CaseRef;
 use ketenpost_schemas::kind::Category;
 use ketenpost_schemas::payload::KindSchema;

@@ -14,7 +14,7 @@
 //! | `identifiers` | blind index key (32 bytes) ‖ case reference | empty: the keyed blind index of identifiers in payloads ([`crate::rights`]) |
 //! | `access_requests` | request id | [`AccessRequest`](crate::rights::AccessRequest): a data subject's access request, without the identifier |
 //! | `meta` | name | the cached signed documents, audit warnings |
-//! | `audit` | seq (big-endian) | the agent's own audit trail ([`crate::audit`]): hash-chained [`AuditRecord`](ketenpost_core::audit::AuditRecord)s |
+//! | `audit` | seq (big-endian) | the agent's own audit trail ([`crate::audit`]): hash-chained [`AuditRecord`](ketenpost_audit::AuditRecord)s |
 //!
 //! No personal data is stored in the clear: the fields of a record that can hold payload
 //! are sealed under a data key of their message, kept apart in the [`Vault`], and
@@ -28,7 +28,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use ketenpost_core::audit::AuditEntry;
+use ketenpost_audit::AuditEntry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use ketenpost_core::audit::{AuditEntry, AuditEvent, Checkpoint};
+use ketenpost_audit::{AuditEntry, AuditEvent, Checkpoint};
 use ketenpost_schemas::control::{
     CaseChange, CaseOp, DeadlineNotice, DeletionOrder, DeliveryReceipt, ExpiryNotice, Record,
     SignedRecord,

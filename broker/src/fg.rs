@@ -508,7 +508,7 @@ pub fn parse_agent_trail(bytes: &[u8], source: &Path) -> Result<Vec<AuditRecord>
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .collect();
-    let verdict = ketenpost_core::audit::verify_exported(lines.iter().copied());
+    let verdict = ketenpost_audit::verify_exported(lines.iter().copied());
     if let Some(seq) = verdict.first_broken {
         return Err(bad(format!(
             "the hash chain is broken at record {seq} ({}); refusing the whole file",

@@ -59,8 +59,8 @@ use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::{KindRule, Role};
 use ketenpost_schemas::protocol::{RejectCode, Rejection};
 
-use crate::audit::{AuditEvent, AuditRecord, Outcome};
 use crate::registry::{Case, Registry};
+use ketenpost_audit::{AuditEvent, AuditRecord, Outcome};
 
 pub use crate::registry::{Flow, FlowHistory};
 
@@ -435,7 +435,7 @@ mod tests {
     use super::*;
     use chrono::Duration;
 
-    use crate::audit::GENESIS_HASH;
+    use ketenpost_audit::GENESIS_HASH;
 
     fn oin(n: u64) -> Oin {
         format!("{n:020}").parse().unwrap()

@@ -18,10 +18,10 @@ use ketenpost_schemas::ids::{MessageId, Oin};
 use ketenpost_schemas::kind::Kind;
 use serde::{Deserialize, Serialize};
 
-use crate::audit::AuditEntry;
 use crate::deadlines::AnswerClock;
 use crate::message::{BodyAt, MessageMeta};
 use crate::registry::{Case, Consent};
+use ketenpost_audit::AuditEntry;
 
 /// A deletion order and whether it was confirmed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

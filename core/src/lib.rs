@@ -13,13 +13,12 @@
 //! | [`breach`] | breach routing: who exchanged messages about the affected cases |
 //! | [`rights`] | the data subject's access request: who may ask, and the answer's term |
 //! | [`message`] | what the broker keeps about a queued message besides its body |
-//! | [`audit`] | audit records, entries, the hash chain and signed checkpoints |
+//! | (`ketenpost-audit`) | audit records, entries, the hash chain and signed checkpoints: a crate of its own, below this one |
 //! | [`clock`] | the [`Clock`](clock::Clock) every `now` comes from |
 //! | [`transitions`] | receipts, fetches, expiry, deadline notices, deletion orders, control records: decisions returning [`Effects`](effects::Effects) |
 //! | [`effects`] | what a decision changes, applied by a store in one transaction |
 #![forbid(unsafe_code)]
 
-pub mod audit;
 pub mod breach;
 pub mod checks;
 pub mod clock;

@@ -18,12 +18,12 @@ use ketenpost_schemas::policy::Policy;
 use ketenpost_schemas::protocol::{RejectCode, Rejection};
 use sha2::{Digest, Sha256};
 
-use crate::audit::{AuditEntry, AuditEvent};
 use crate::checks::ControlEffect;
 use crate::deadlines::{self, AnswerClock};
 use crate::effects::{DeletionState, Destroy, Effects, Notice, Write};
 use crate::message::MessageMeta;
 use crate::registry::Case;
+use ketenpost_audit::{AuditEntry, AuditEvent};
 
 /// How long a deletion order gives a party to delete.
 pub const DELETE_WITHIN_DAYS: i64 = 7;

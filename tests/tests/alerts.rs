@@ -431,7 +431,7 @@ async fn a_trail_damaged_while_the_broker_was_down_is_alerted_at_its_next_start(
     {
         let db = sled::open(data.join("broker.sled")).unwrap();
         let tree = db.open_tree(ketenpost_broker::audit::RECORDS_TREE).unwrap();
-        let key = ketenpost_core::audit::seq_key(tampered);
+        let key = ketenpost_audit::seq_key(tampered);
         let mut record: serde_json::Value =
             serde_json::from_slice(&tree.get(key).unwrap().unwrap()).unwrap();
         record["actor"] = serde_json::Value::String("00000009999999999999".into());

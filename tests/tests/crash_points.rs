@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ketenpost_core::audit::{parse_record, AuditEvent, AuditRecord, Outcome};
+use ketenpost_audit::{parse_record, AuditEvent, AuditRecord, Outcome};
 use ketenpost_schemas::control::{
     CaseChange, CaseOp, DeadlineNotice, DeletionConfirmation, DeletionOrder, DeliveryReceipt,
     ExpiryNotice, Record, SignedRecord,
@@ -553,7 +553,7 @@ fn check_disk(
         .iter()
         .map(|r| {
             let (k, v) = r.unwrap();
-            parse_record(ketenpost_core::audit::key_seq(&k).unwrap(), &v).unwrap()
+            parse_record(ketenpost_audit::key_seq(&k).unwrap(), &v).unwrap()
         })
         .collect();
     let count = |event: AuditEvent, f: &dyn Fn(&AuditRecord) -> bool| {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ketenpost_core::audit::{parse_record, AuditEvent, AuditRecord};
+use ketenpost_audit::{parse_record, AuditEvent, AuditRecord};
 use ketenpost_schemas::envelope::{Envelope, Limits};
 use ketenpost_schemas::ids::CaseRef;
 use ketenpost_schemas::protocol::{envelope_from_b64, Delivery, RejectCode, Request, Response};
@@ -37,7 +37,7 @@ fn records(data: &Path) -> Vec<AuditRecord> {
         .iter()
         .map(|r| {
             let (k, v) = r.unwrap();
-            parse_record(ketenpost_core::audit::key_seq(&k).unwrap(), &v).unwrap()
+            parse_record(ketenpost_audit::key_seq(&k).unwrap(), &v).unwrap()
         })
         .collect()
 }

@@ -1,0 +1,119 @@
+//! The chain: its head, the next record chained to it, and the keys records are stored under.
+
+use crate::record::{AuditEntry, AuditError, AuditRecord, GENESIS_HASH};
+use crate::verify::json_error_class;
+
+use chrono::{DateTime, Utc};
+
+/// The head of the chain: the last record's seq and hash (0 and [`GENESIS_HASH`] when the
+/// trail is empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Seq of the last record; 0 for an empty trail.
+    pub seq: u64,
+    /// Hash of the last record.
+    pub hash: String,
+}
+
+/// The head of the chain plus the last record's time: what the next record is chained
+/// to. [`ChainHead::next`] builds that record; [`ChainHead::advance`] moves the head onto
+/// it once it is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Seq of the last record; 0 for an empty trail.
+    pub seq: u64,
+    /// Hash of the last record ([`GENESIS_HASH`] for an empty trail).
+    pub hash: String,
+    /// Time of the last record; record times never go backwards.
+    pub time: Option<DateTime<Utc>>,
+}
+
+impl ChainHead {
+    /// The head of a stored trail from its last entry (key and value as stored; `None`:
+    /// an empty trail). Refuses ([`AuditError::Corrupt`]) a last record that does not
+    /// parse or does not hash right: extending it would bury the damage.
+    pub fn recover(last: Option<(&[u8], &[u8])>) -> Result<ChainHead, AuditError> {
+        let Some((key, value)) = last else {
+            return Ok(ChainHead::genesis());
+        };
+        let seq = key_seq(key).ok_or_else(|| AuditError::Corrupt {
+            seq: 0,
+            reason: "the last entry has a malformed key".into(),
+        })?;
+        let record = parse_record(seq, value)?;
+        if !record.hash_is_valid()? {
+            return Err(AuditError::Corrupt {
+                seq,
+                reason: "its hash does not match its content".into(),
+            });
+        }
+        Ok(ChainHead {
+            seq,
+            hash: record.hash,
+            time: Some(record.time),
+        })
+    }
+
+    /// The head of an empty trail.
+    pub fn genesis() -> ChainHead {
+        ChainHead {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+            time: None,
+        }
+    }
+
+    /// The record that follows this head, with its hash filled in, dated
+    /// `max(now, time of the previous record)`. The entry is validated first.
+    pub fn next(&self, entry: AuditEntry, now: DateTime<Utc>) -> Result<AuditRecord, AuditError> {
+        entry.validate()?;
+        let seq = self.seq.checked_add(1).ok_or(AuditError::Full)?;
+        let time = match self.time {
+            Some(t) if t > now => t,
+            _ => now,
+        };
+        let mut record = entry.into_record(seq, time, self.hash.clone());
+        record.hash = record.compute_hash()?;
+        Ok(record)
+    }
+
+    /// Move the head onto `record` (written after it).
+    pub fn advance(&mut self, record: &AuditRecord) {
+        self.seq = record.seq;
+        self.hash.clone_from(&record.hash);
+        self.time = Some(record.time);
+    }
+
+    /// The head without its time.
+    pub fn head(&self) -> Head {
+        Head {
+            seq: self.seq,
+            hash: self.hash.clone(),
+        }
+    }
+}
+
+/// The key of a seq in the store: its big-endian bytes, so key order is seq order.
+pub fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// The seq of a store key ([`seq_key`]'s inverse).
+pub fn key_seq(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+/// Parse the record stored under `seq`, checking it says it is record `seq`.
+pub fn parse_record(seq: u64, bytes: &[u8]) -> Result<AuditRecord, AuditError> {
+    let record: AuditRecord = serde_json::from_slice(bytes).map_err(|e| AuditError::Corrupt {
+        seq,
+        reason: format!("does not parse ({})", json_error_class(&e)),
+    })?;
+    if record.seq != seq {
+        return Err(AuditError::Corrupt {
+            seq,
+            reason: format!("the entry for record {seq} holds record {}", record.seq),
+        });
+    }
+    Ok(record)
+}
