@@ -987,9 +987,9 @@ pub fn check_control(
                     format!("consent {} belongs to another case", w.consent_id),
                 ));
             }
-            let case = reg.case(&w.case_ref).map_err(unknown)?;
+            // The case is read only when the signer is not the consent's own recorder.
             let may = consent.record.obtained_by == rec.signer
-                || case.as_ref().is_some_and(|c| {
+                || reg.case(&w.case_ref).map_err(unknown)?.is_some_and(|c| {
                     c.role_of(&rec.signer).is_some_and(|r| {
                         env.policy
                             .purposes
@@ -1072,17 +1072,20 @@ fn check_case_change(
         .ok_or_else(|| reject(RejectCode::UnknownSender, "signer is not active"))?;
     match &change.change {
         CaseOp::Open { role } => {
-            if reg.case(&change.case_ref).map_err(unknown)?.is_some() {
-                return Err(reject(
-                    RejectCode::Conflict,
-                    format!("case {} exists already", change.case_ref),
-                ));
-            }
+            // Who may open comes before whether the reference is taken: a party that may
+            // not open cases learns nothing about the references in use, and the sending
+            // agent, which cannot know them, refuses it too.
             if !signer.has_role(role) || !purpose.case_managers.contains(role) {
                 return Err(not_permitted(format!(
                     "{} may not open a case under purpose '{}' as '{role}'",
                     rec.signer, change.purpose
                 )));
+            }
+            if reg.case(&change.case_ref).map_err(unknown)?.is_some() {
+                return Err(reject(
+                    RejectCode::Conflict,
+                    format!("case {} exists already", change.case_ref),
+                ));
             }
             let case = Case {
                 case_ref: change.case_ref.clone(),
