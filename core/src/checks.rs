@@ -1398,5 +1398,8 @@ pub fn check_receipt(
     Ok(r)
 }
 
+mod payload;
+pub use payload::check_payload;
+
 #[cfg(test)]
 mod tests;
