@@ -11,7 +11,7 @@
 //! | [`config`] | the TOML configuration, parsed once; key files and the API token |
 //! | [`documents`] | the signed policy and directory, verified against the pinned federation key |
 //! | [`mirror`] | the local copy of cases and consents the agent knows (the broker is authoritative) |
-//! | [`early`] | the early policy check, pure: refuses with the broker's codes before anything is stored |
+//! | [`resolve`] | the early policy check, pure: refuses with the broker's codes before anything is stored |
 //! | [`outbox`] | outbox entries and their status: queued, accepted, rejected, delivered, expired |
 //! | [`inbox`] | opening a delivery (pure), inbox entries, receipts, refused deliveries |
 //! | [`deletion`] | deletion orders carried out and their signed confirmations |
@@ -43,7 +43,6 @@ pub mod client;
 pub mod config;
 pub mod deletion;
 pub mod documents;
-pub mod early;
 mod error;
 pub mod inbox;
 pub mod keygen;
@@ -52,6 +51,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod ops;
 pub mod outbox;
+pub mod resolve;
 pub mod retention;
 pub mod rights;
 pub mod store;
@@ -62,3 +62,4 @@ pub use agent::Agent;
 pub use config::AgentConfig;
 pub use error::{Error, RefusedBy};
 pub use ops::Core;
+pub use resolve::{SendRequest, To};

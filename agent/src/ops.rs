@@ -28,7 +28,7 @@ use ketenpost_transport::failpoint;
 use crate::config::AgentConfig;
 use crate::deletion::DeletionEntry;
 use crate::documents::{Me, Trusted};
-use crate::early::{self, SendRequest};
+use crate::resolve::{self, SendRequest};
 use crate::inbox::{InboxEntry, RefusedMessage};
 use crate::link::BrokerLink;
 use crate::mirror::{Knowledge, KnownCase, KnownConsent};
@@ -255,14 +255,14 @@ impl Core {
         }
         let case = self.store.case(&req.case_ref)?;
         let consents = self.store.consents(Some(&req.case_ref))?;
-        let cx = early::Context {
+        let cx = resolve::Context {
             me: &self.me,
             policy: &docs.policy,
             directory: &docs.directory,
             case: case.as_ref(),
             consents: &consents,
         };
-        let resolved = match early::check_send(&req, &cx, now) {
+        let resolved = match resolve::check_send(&req, &cx, now) {
             Ok(r) => r,
             Err(e) => return Err(self.refused_early(e, &req, None, now).await),
         };
@@ -293,7 +293,7 @@ impl Core {
                 &parts,
             )
             .await?;
-        if let Err(e) = early::check_sealed(&envelope, &cx, now) {
+        if let Err(e) = resolve::check_sealed(&envelope, &cx, now) {
             return Err(self.refused_early(e, &req, Some(&header), now).await);
         }
         let mut entry = OutboxEntry::sealed(&header, &envelope, &resolved.recipients);
@@ -357,8 +357,8 @@ impl Core {
                 .trace_id(h.trace_id)
                 .counterparties(h.recipients.iter()),
             None => entry.counterparties(req.to.iter().filter_map(|t| match t {
-                early::To::Oin(o) => Some(o),
-                early::To::Role(_) => None,
+                resolve::To::Oin(o) => Some(o),
+                resolve::To::Role(_) => None,
             })),
         };
         self.store.audit(entry, now);
@@ -493,7 +493,7 @@ impl Core {
     pub async fn open_case(&self, req: OpenCase) -> Result<KnownCase, Error> {
         let now = self.clock.now();
         let docs = self.docs();
-        let role = early::check_open(
+        let role = resolve::check_open(
             &self.me,
             &req.purpose,
             req.role.as_ref(),
@@ -528,7 +528,7 @@ impl Core {
         let now = self.clock.now();
         let docs = self.docs();
         let known = self.store.case(case_ref)?;
-        early::check_case_change(&self.me, known.as_ref(), &op, &docs.policy, &docs.directory)?;
+        resolve::check_case_change(&self.me, known.as_ref(), &op, &docs.policy, &docs.directory)?;
         let purpose = match (&known, purpose) {
             (Some(c), _) => c.purpose.clone(),
             (None, Some(p)) => p,
@@ -700,7 +700,7 @@ impl Core {
             obtained_by: self.me.clone(),
             obtained_at: req.obtained_at.unwrap_or(now),
         };
-        early::check_consent_grant(&self.me, &record, case.as_ref(), &docs.policy)?;
+        resolve::check_consent_grant(&self.me, &record, case.as_ref(), &docs.policy)?;
         self.submit_control(SignedRecord::sign(&record, self.me.clone(), &self.signing)?)
             .await?;
         let consent = KnownConsent {
@@ -721,7 +721,7 @@ impl Core {
     ) -> Result<Option<KnownConsent>, Error> {
         let now = self.clock.now();
         let known = self.store.consent(consent_id)?;
-        early::check_withdrawal(known.as_ref())?;
+        resolve::check_withdrawal(known.as_ref())?;
         let case_ref = match (&known, req.case_ref) {
             (Some(c), _) => c.record.case_ref.clone(),
             (None, Some(c)) => c,
