@@ -1,39 +1,47 @@
-//! The early policy check: refuse before storing or sending what the broker would refuse.
+//! Resolve a send request into a message; the checks are core's.
 //!
-//! Two steps, both pure functions of the request, the policy, the directory, the agent's
-//! local [mirror](crate::mirror) and `now`:
+//! The agent refuses early, before it stores or sends, what the broker would refuse, and it
+//! does so with the broker's own engine (`ketenpost_core::checks`) over its local
+//! [mirror](crate::mirror) as the registry. All pure functions of the request, the policy,
+//! the directory, the mirror and `now`:
 //!
-//! 1. [`check_send`] *resolves* a request into a message: its purpose, its recipients and
-//!    the view (role) each gets, its legal basis (the consent on file that covers it, with
-//!    the core's own [`check_consent`](ketenpost_core::checks::check_consent)), its event
-//!    time and breach scope. It refuses, with the broker's codes, only where a request
-//!    cannot be resolved (no role of ours may send it, no recipient with that role, no
-//!    consent on file).
-//! 2. [`check_sealed`] runs the broker's own checks
-//!    ([`check_message`](ketenpost_core::checks::check_message)) over the sealed envelope,
-//!    with the mirror as the registry: one policy engine for broker and agent.
+//! 1. [`resolve`] turns a [`SendRequest`] into what a sealed message needs: its purpose,
+//!    its recipients and the view (role) each gets, its legal basis (the newest consent on
+//!    file that covers it), its event time, breach scope and the messages a correctie
+//!    corrects. It states no rule of its own: where a request cannot be resolved without
+//!    one (no such purpose or kind, no role of ours that may send it, a recipient outside a
+//!    team the agent knows whole, no consent that covers it) the refusal is core's
+//!    ([`checks::kind_rule`], [`checks::check_sender_role`], [`checks::check_recipient_role`],
+//!    [`checks::check_legal_basis`], ...), in the broker's order. It also runs the checks
+//!    only an agent can run, over the payload the broker never sees
+//!    ([`checks::check_payload`]).
+//! 2. [`check_sealed`] runs the broker's checks of a message
+//!    ([`check_message`](checks::check_message)) over the sealed envelope.
+//! 3. [`check_control`] runs the broker's checks of a control record
+//!    ([`check_control`](checks::check_control): opening or changing a case, registering
+//!    or withdrawing a consent) over the signed record, before it is submitted.
 //!
 //! The rule is **refuse only when sure**: the mirror is a partial copy of the broker's
-//! registries, so where it does not know (a case the agent never heard of, a consent
-//! another party registered, a team it did not manage) the check lets the message through
-//! and the broker decides. A refusal here is never one the broker would not also give on
-//! the same facts; a pass here is no promise the broker accepts.
-
-use std::collections::BTreeSet;
+//! registries and answers "unknown" where it cannot tell (a case the agent never heard of
+//! or whose team it does not know whole, a consent another party registered); a check
+//! that meets "unknown" lets the message or record through and the broker decides. A
+//! refusal here is never one the broker would not also give on the same facts; a pass
+//! here is no promise the broker accepts.
 
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::control::{CaseOp, Toestemming};
+use ketenpost_schemas::control::SignedRecord;
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::{AnswerRequest, BreachScope, LegalBasis, Limits};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin, TraceId};
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::payload;
-use ketenpost_schemas::policy::{ConsentRule, KindRule, Policy, Purpose, Role};
+use ketenpost_schemas::policy::{ConsentRule, KindRule, Policy, Role};
 use ketenpost_schemas::protocol::{RejectCode, Rejection};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use ketenpost_core::checks::{self, Sharing};
+use ketenpost_core::registry::Unknown;
 
 use crate::mirror::{KnownCase, KnownConsent, MirrorRegistry};
 use crate::Error;
@@ -98,7 +106,30 @@ pub struct Context<'a> {
     pub consents: &'a [KnownConsent],
 }
 
-/// A request that passed the early check, with everything resolved for sealing.
+impl<'a> Context<'a> {
+    /// The mirror as the registry core's checks read.
+    pub fn registry(&self) -> MirrorRegistry<'a> {
+        MirrorRegistry {
+            case: self.case,
+            consents: self.consents,
+        }
+    }
+
+    fn env<'l>(&self, limits: &'l Limits) -> checks::Env<'l>
+    where
+        'a: 'l,
+    {
+        checks::Env {
+            policy: self.policy,
+            directory: self.directory,
+            limits,
+            keys: None,
+            max_clock_skew: checks::DEFAULT_CLOCK_SKEW,
+        }
+    }
+}
+
+/// A request resolved for sealing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resolved {
     /// The purpose.
@@ -125,22 +156,18 @@ fn invalid(reason: impl Into<String>) -> Error {
     Error::Invalid(reason.into())
 }
 
-/// Check a message before it is stored, and resolve its recipients and legal basis.
-pub fn check_send(
-    req: &SendRequest,
-    cx: &Context<'_>,
-    now: DateTime<Utc>,
-) -> Result<Resolved, Error> {
-    let me = cx.me;
-    // 1. The sender must be an active party.
-    let my_party = cx.directory.active_party(me).ok_or_else(|| {
-        refuse(
-            RejectCode::UnknownSender,
-            format!("{me} is not an active party in the directory"),
-        )
-    })?;
+/// What a kind's rule is checked against: the kind, the purpose and its rule.
+type What<'a> = (Kind, &'a str, &'a KindRule);
 
-    // 4. Purpose and kind exist; (5) the purpose is the case's.
+/// Resolve a request into what its sealed message needs; refuse, with core's refusal, only
+/// where it cannot be resolved or core's payload checks refuse it.
+pub fn resolve(req: &SendRequest, cx: &Context<'_>, now: DateTime<Utc>) -> Result<Resolved, Error> {
+    let me = cx.me;
+    let early = Error::refused_early;
+    // 1. Our own roles, from the directory.
+    let my_party = checks::active_sender(cx.directory, me).map_err(early)?;
+
+    // 4. The purpose (by default the case's) and the kind's rule under it.
     let purpose_id = match (&req.purpose, cx.case) {
         (Some(p), _) => p.clone(),
         (None, Some(c)) => c.purpose.clone(),
@@ -151,69 +178,33 @@ pub fn check_send(
             )))
         }
     };
-    let purpose = cx.policy.purposes.get(&purpose_id).ok_or_else(|| {
-        refuse(
-            RejectCode::UnknownPurpose,
-            format!("the policy has no purpose '{purpose_id}'"),
-        )
-    })?;
-    if !req.kind.is_content() {
-        return Err(refuse(
-            RejectCode::KindNotAllowed,
-            format!("{} is a control record, not a message", req.kind),
-        ));
-    }
-    let rule = purpose.kinds.get(&req.kind).ok_or_else(|| {
-        refuse(
-            RejectCode::KindNotAllowed,
-            format!("purpose '{purpose_id}' does not allow {}", req.kind),
-        )
-    })?;
+    let (purpose, rule) = checks::kind_rule(cx.policy, &purpose_id, req.kind).map_err(early)?;
+    let what: What<'_> = (req.kind, &purpose_id, rule);
 
-    // (5) The case's state as far as this agent knows it for certain: a close or a phase
+    // 5. What the agent knows for certain of the case: its purpose, and a close or a phase
     // move it made or the broker told it of. Not knowing the phase is the broker's to
     // decide.
-    if let Some(c) = cx
-        .case
-        .filter(|c| c.purpose == purpose_id && (c.closed_at.is_some() || c.phase.is_some()))
-    {
-        checks::check_case_state(
-            &req.case_ref,
-            c.closed_at.is_some(),
-            c.phase.as_deref(),
-            purpose,
-            req.kind,
-        )
-        .map_err(Error::refused_early)?;
-    }
-
-    // The covenant's own required items for this kind (e.g. a breach notice's items a-e).
-    let missing = ketenpost_schemas::payload::missing_fields(&rule.required_fields, &req.payload);
-    if !missing.is_empty() {
-        return Err(refuse(
-            RejectCode::Malformed,
-            format!(
-                "the covenant requires {} in a {} under purpose '{purpose_id}'",
-                missing.join(", "),
-                req.kind
-            ),
-        ));
-    }
-
-    // 5. Need-to-know, as far as the mirror can tell.
-    if let Some(case) = cx.case {
-        if case.purpose != purpose_id {
-            return Err(refuse(
-                RejectCode::WrongPurpose,
-                format!(
-                    "case {} belongs to purpose '{}', the message names '{purpose_id}'",
-                    case.case_ref, case.purpose
-                ),
-            ));
+    if let Some(c) = cx.case {
+        checks::check_case_purpose(&req.case_ref, &c.purpose, &purpose_id).map_err(early)?;
+        if c.closed_at.is_some() || c.phase.is_some() {
+            checks::check_case_state(
+                &req.case_ref,
+                c.closed_at.is_some(),
+                c.phase.as_deref(),
+                purpose,
+                req.kind,
+            )
+            .map_err(early)?;
         }
     }
-    let sender_role = sender_role(me, &my_party.roles, cx.case, rule, req, &purpose_id)?;
-    let recipients = resolve_recipients(req, cx, rule, &purpose_id)?;
+
+    // What only the sender can check: the payload (the covenant's required fields, a
+    // correctie that corrects something).
+    checks::check_payload(what, &req.payload).map_err(early)?;
+
+    // 5. The roles of sender and recipients.
+    let sender_role = sender_role(me, &my_party.roles, cx.case, what, &req.case_ref)?;
+    let recipients = resolve_recipients(req, cx, what)?;
 
     // 6. Legal basis.
     let legal_basis = legal_basis(req, cx, rule, &purpose_id, &sender_role, &recipients, now)?;
@@ -239,30 +230,10 @@ pub fn check_send(
             .event_time
             .or_else(|| event_time_from_payload(req.kind, &req.payload)),
     };
-    // A term anchored only on optional payload facts binds only a message that carries
-    // one.
-    if rule.send_within.is_some() && event_time.is_none() && !rule.term_needs_anchor {
-        return Err(invalid(format!(
-            "{} has a send_within deadline, so it needs an event_time",
-            req.kind
-        )));
-    }
     let breach_scope = if req.kind == Kind::DatalekMelding {
-        let scope = breach_scope_from_payload(&req.payload).ok_or_else(|| {
+        Some(breach_scope_from_payload(&req.payload).ok_or_else(|| {
             invalid("a datalek_melding payload needs tijdvak_van and tijdvak_tot")
-        })?;
-        if !scope.case_refs.is_empty() && !scope.case_refs.contains(&req.case_ref) {
-            return Err(invalid(format!(
-                "the notice's case {} is not one of its betrokken_casussen",
-                req.case_ref
-            )));
-        }
-        if scope.case_refs.is_empty() && !scope.all_cases_of_sender {
-            return Err(invalid(
-                "a datalek_melding names betrokken_casussen or alle_casussen_van_afzender",
-            ));
-        }
-        Some(scope)
+        })?)
     } else {
         None
     };
@@ -275,7 +246,7 @@ pub fn check_send(
             cx.policy,
             now,
         )
-        .map_err(Error::refused_early)?;
+        .map_err(early)?;
     }
     let corrects = if req.kind == Kind::Correctie {
         corrects_from_payload(&req.payload)?
@@ -293,51 +264,38 @@ pub fn check_send(
     })
 }
 
+/// Our role in the case: the one the mirror knows, else the first of our directory roles
+/// that may send the kind (a case role is always one of the party's directory roles).
 fn sender_role(
     me: &Oin,
     my_roles: &[Role],
     case: Option<&KnownCase>,
-    rule: &KindRule,
-    req: &SendRequest,
-    purpose_id: &str,
+    what: What<'_>,
+    case_ref: &CaseRef,
 ) -> Result<Role, Error> {
-    let not_allowed = |role: &str| {
-        refuse(
-            RejectCode::SenderRoleNotAllowed,
-            format!(
-                "role '{role}' may not send {} under purpose '{purpose_id}'",
-                req.kind
-            ),
-        )
+    let known = case.and_then(|c| c.members.get(me));
+    // Not in a team the agent knows whole: core's refusal, in the broker's order (check 5
+    // before the legal basis of check 6, which is resolved next).
+    let role = if known.is_some() || case.is_some_and(|c| c.complete) {
+        known
+    } else {
+        let may_send = my_roles.iter().find(|r| what.2.senders.contains(*r));
+        match may_send.or(my_roles.first()) {
+            Some(r) => Some(r),
+            None => return Err(invalid(format!("{me} has no role in the directory"))),
+        }
     };
-    match case.and_then(|c| c.members.get(me)) {
-        Some(role) if rule.senders.contains(role) => Ok(role.clone()),
-        Some(role) => Err(not_allowed(role.as_str())),
-        // Refused here, in the broker's order (check 5 before the legal basis of check 6,
-        // which this step resolves next).
-        None if case.is_some_and(|c| c.complete) => Err(refuse(
-            RejectCode::NotInCaseTeam,
-            format!("sender {me} is not in the team of case {}", req.case_ref),
-        )),
-        None => match my_roles.iter().find(|r| rule.senders.contains(*r)) {
-            Some(r) => Ok(r.clone()),
-            None => Err(not_allowed(
-                &my_roles
-                    .iter()
-                    .map(Role::as_str)
-                    .collect::<Vec<_>>()
-                    .join("/"),
-            )),
-        },
-    }
+    checks::check_sender_role(what, case_ref, me, role)
+        .cloned()
+        .map_err(Error::refused_early)
 }
 
 fn resolve_recipients(
     req: &SendRequest,
     cx: &Context<'_>,
-    rule: &KindRule,
-    purpose_id: &str,
+    what: What<'_>,
 ) -> Result<Vec<(Oin, Role)>, Error> {
+    let rule = what.2;
     let breach = req.kind.routed_by_audit();
     if req.to.is_empty() {
         if !breach {
@@ -364,14 +322,10 @@ fn resolve_recipients(
         }
         return Ok(team);
     }
-    let role_not_allowed = |who: &str, role: &Role| {
-        refuse(
-            RejectCode::RecipientRoleNotAllowed,
-            format!(
-                "{who}role '{role}' may not receive {} under purpose '{purpose_id}'",
-                req.kind
-            ),
-        )
+    let check = |oin: &Oin, role: Option<&Role>| {
+        checks::check_recipient_role(what, &req.case_ref, oin, role)
+            .cloned()
+            .map_err(Error::refused_early)
     };
     // A breach notice is routed by the broker to everyone who exchanged messages about
     // the affected cases, team or not: no team check for its recipients.
@@ -388,9 +342,6 @@ fn resolve_recipients(
                 if !cx.policy.has_role(role) {
                     return Err(invalid(format!("the policy has no role '{role}'")));
                 }
-                if !rule.recipients.contains(role) {
-                    return Err(role_not_allowed("", role));
-                }
                 let case = cx.case.ok_or_else(|| {
                     invalid(format!(
                         "recipients by role need the case team, and case {} is not known to \
@@ -405,6 +356,7 @@ fn resolve_recipients(
                     .map(|(o, _)| o)
                     .collect();
                 if found.is_empty() {
+                    // Nobody to address: in a team the agent knows whole there is none.
                     return Err(if complete {
                         refuse(
                             RejectCode::NotInCaseTeam,
@@ -419,23 +371,16 @@ fn resolve_recipients(
                     });
                 }
                 for oin in found {
-                    push(oin.clone(), role.clone());
+                    push(oin.clone(), check(oin, Some(role))?);
                 }
             }
             To::Oin(oin) => {
                 if oin == cx.me {
                     return Err(invalid("the sender cannot be a recipient"));
                 }
-                // Refused here, in the broker's order (check 5 before the legal basis).
                 let known = cx.case.and_then(|c| c.members.get(oin));
                 if known.is_none() && complete {
-                    return Err(refuse(
-                        RejectCode::NotInCaseTeam,
-                        format!(
-                            "recipient {oin} is not in the team of case {}",
-                            req.case_ref
-                        ),
-                    ));
+                    check(oin, None)?;
                 }
                 let party = cx.directory.active_party(oin).ok_or_else(|| {
                     invalid(format!(
@@ -443,32 +388,17 @@ fn resolve_recipients(
                          encrypted to it"
                     ))
                 })?;
+                // The role the mirror knows, else the first of its directory roles that may
+                // receive the kind (a case role is always one of the party's directory roles).
                 let role = match known {
-                    Some(role) if rule.recipients.contains(role) => role.clone(),
-                    Some(role) => {
-                        return Err(role_not_allowed(&format!("recipient {oin} has "), role))
+                    Some(role) => role,
+                    None => {
+                        let may = party.roles.iter().find(|r| rule.recipients.contains(*r));
+                        may.or(party.roles.first())
+                            .ok_or_else(|| invalid(format!("{oin} has no role in the directory")))?
                     }
-                    None => match party.roles.iter().find(|r| rule.recipients.contains(*r)) {
-                        Some(r) => r.clone(),
-                        None => {
-                            // A case role is always one of the party's directory roles.
-                            let roles = party
-                                .roles
-                                .iter()
-                                .map(Role::as_str)
-                                .collect::<Vec<_>>()
-                                .join("/");
-                            return Err(refuse(
-                                RejectCode::RecipientRoleNotAllowed,
-                                format!(
-                                    "recipient {oin} has role '{roles}', which may not receive \
-                                     {} under purpose '{purpose_id}'",
-                                    req.kind
-                                ),
-                            ));
-                        }
-                    },
                 };
+                let role = check(oin, Some(role))?;
                 if !party.has_role(&role) {
                     return Err(invalid(format!(
                         "{oin} does not have role '{role}' in the directory"
@@ -490,11 +420,7 @@ fn legal_basis(
     recipients: &[(Oin, Role)],
     now: DateTime<Utc>,
 ) -> Result<LegalBasis, Error> {
-    let registry = MirrorRegistry {
-        case: cx.case,
-        consents: cx.consents,
-        now,
-    };
+    let registry = cx.registry();
     let base = Sharing {
         covenant: &cx.policy.covenant.id,
         case_ref: &req.case_ref,
@@ -508,7 +434,9 @@ fn legal_basis(
     let basis = match (&req.legal_basis, rule.consent) {
         (Some(b), _) => b.clone(),
         (None, ConsentRule::NotRequired) => LegalBasis::Covenant,
-        // The consent to use: the newest one on file that covers this message.
+        // The consent to use: the newest one on file that covers this message. With
+        // none, the first reason core gave against one on file; with none on file, the
+        // covenant, which core refuses for a kind that needs consent.
         (None, ConsentRule::Required) => {
             let mut first_refusal = None;
             let mut best: Option<&KnownConsent> = None;
@@ -539,20 +467,13 @@ fn legal_basis(
                     }
                 }
             }
-            return match (best, first_refusal) {
-                (Some(c), _) => Ok(LegalBasis::Consent {
+            match (best, first_refusal) {
+                (Some(c), _) => LegalBasis::Consent {
                     consent_id: c.record.consent_id,
-                }),
-                (None, Some(refusal)) => Err(Error::refused_early(refusal)),
-                (None, None) => Err(refuse(
-                    RejectCode::NoConsent,
-                    format!(
-                        "{} requires consent and no consent for case {} is on file at this \
-                         agent: register one, or name the consent_id another party registered",
-                        req.kind, req.case_ref
-                    ),
-                )),
-            };
+                },
+                (None, Some(refusal)) => return Err(Error::refused_early(refusal)),
+                (None, None) => LegalBasis::Covenant,
+            }
         }
     };
     // The broker's own check 6 over what this agent knows: a consent it does not know
@@ -571,27 +492,48 @@ fn legal_basis(
 /// After sealing: the broker's own checks ([`checks::check_message`]) over the sealed
 /// envelope, with this agent's mirror as the registry ([`MirrorRegistry`]). What they
 /// refuse, the broker would refuse on the same facts; where the mirror cannot tell (a
-/// `storage` answer), the broker decides. This is the one policy engine: the checks above
-/// only resolve a request into a message (purpose, recipients and their views, legal
-/// basis) and refuse where it cannot be resolved.
+/// `storage` answer), the broker decides.
 pub fn check_sealed(envelope: &[u8], cx: &Context<'_>, now: DateTime<Utc>) -> Result<(), Error> {
-    let registry = MirrorRegistry {
-        case: cx.case,
-        consents: cx.consents,
-        now,
-    };
-    let env = checks::Env {
-        policy: cx.policy,
-        directory: cx.directory,
-        limits: &Limits::default(),
-        keys: None,
-        max_clock_skew: checks::DEFAULT_CLOCK_SKEW,
-    };
     let sealed = checks::Submitted {
         transport: cx.me,
         bytes: envelope,
     };
-    match checks::check_message(sealed, env, &registry, now) {
+    let limits = Limits::default();
+    unless_unknown(checks::check_message(
+        sealed,
+        cx.env(&limits),
+        &cx.registry(),
+        now,
+    ))
+}
+
+/// Before submitting: the broker's own check of a control record
+/// ([`checks::check_control`]: opening or changing a case, registering or withdrawing a
+/// consent), signed as it will be sent, with this agent's mirror as the registry. `cx`
+/// holds the record's case and its consents as far as the agent knows them. Where the
+/// mirror cannot tell, the broker decides.
+pub fn check_control(
+    rec: &SignedRecord,
+    cx: &Context<'_>,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    // Deletion orders are the broker's to know.
+    let order = |_: &uuid::Uuid, _: &Oin| Err(Unknown("deletion orders are the broker's".into()));
+    let limits = Limits::default();
+    unless_unknown(checks::check_control(
+        cx.me,
+        rec,
+        cx.env(&limits),
+        &cx.registry(),
+        order,
+        now,
+    ))
+}
+
+/// A verdict of core's over the mirror: a refusal is the agent's early refusal; where the
+/// mirror could not tell (a transient `storage` answer), the broker decides.
+fn unless_unknown<T>(verdict: Result<T, Rejection>) -> Result<(), Error> {
+    match verdict {
         Ok(_) => Ok(()),
         Err(r) if r.code.is_transient() => Ok(()),
         Err(r) => Err(Error::refused_early(r)),
@@ -616,17 +558,11 @@ pub fn event_time_from_payload(kind: Kind, payload: &Value) -> Option<DateTime<U
     }
 }
 
-/// The messages a correctie payload corrects (`berichten`); a correctie that corrects no
-/// field is refused here, as the payload schema cannot say "at least one list".
+/// The messages a correctie payload corrects (`berichten`); [`checks::check_payload`]
+/// refuses one that corrects nothing.
 pub fn corrects_from_payload(payload: &Value) -> Result<Vec<MessageId>, Error> {
     let correctie: payload::Correctie = serde_json::from_value(payload.clone())
         .map_err(|_| invalid("the correctie payload does not parse"))?;
-    if correctie.is_empty() {
-        return Err(invalid(
-            "a correctie corrects at least one field (identiteit, contact, wonen, inkomen, \
-             schulden, ondersteuning, justitie or casus)",
-        ));
-    }
     Ok(correctie.berichten)
 }
 
@@ -650,206 +586,29 @@ pub fn breach_scope_from_payload(payload: &Value) -> Option<BreachScope> {
     })
 }
 
-/// Check opening a case; returns the role to open it as (the given one, or the first of
-/// our roles that may manage cases under the purpose).
-pub fn check_open(
+/// The role to open a case under `purpose` as: the one given, else the first of our
+/// directory roles that may manage its cases, else our first (core refuses it).
+pub fn open_role(
     me: &Oin,
-    purpose_id: &str,
+    purpose: &str,
     role: Option<&Role>,
     policy: &Policy,
     directory: &Directory,
 ) -> Result<Role, Error> {
-    let purpose = policy.purposes.get(purpose_id).ok_or_else(|| {
-        refuse(
-            RejectCode::UnknownPurpose,
-            format!("the policy has no purpose '{purpose_id}'"),
-        )
-    })?;
-    let party = directory.active_party(me).ok_or_else(|| {
-        refuse(
-            RejectCode::UnknownSender,
-            format!("{me} is not an active party in the directory"),
-        )
-    })?;
-    let chosen = match role {
-        Some(r) => Some(r.clone()),
-        None => party
-            .roles
-            .iter()
-            .find(|r| purpose.case_managers.contains(*r))
-            .cloned(),
-    };
-    match chosen {
-        Some(r) if party.has_role(&r) && purpose.case_managers.contains(&r) => Ok(r),
-        _ => Err(refuse(
-            RejectCode::NotPermitted,
-            format!(
-                "{me} may not open a case under purpose '{purpose_id}' (case managers: {})",
-                join(&purpose.case_managers)
-            ),
-        )),
+    if let Some(r) = role {
+        return Ok(r.clone());
     }
-}
-
-fn join(roles: &BTreeSet<Role>) -> String {
+    let roles = directory
+        .party(me)
+        .map(|p| p.roles.as_slice())
+        .unwrap_or_default();
+    let managers = policy.purposes.get(purpose).map(|p| &p.case_managers);
     roles
         .iter()
-        .map(Role::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Check a change to a case this agent knows: only a case manager in the team may change
-/// it, and only while it is open. With an unknown case the broker decides.
-pub fn check_case_change(
-    me: &Oin,
-    case: Option<&KnownCase>,
-    op: &CaseOp,
-    policy: &Policy,
-    directory: &Directory,
-) -> Result<(), Error> {
-    if let CaseOp::AddMember { oin, role } = op {
-        let party = directory.active_party(oin).ok_or_else(|| {
-            refuse(
-                RejectCode::UnknownSender,
-                format!("{oin} is not an active party"),
-            )
-        })?;
-        if !party.has_role(role) {
-            return Err(refuse(
-                RejectCode::Conflict,
-                format!("{oin} does not have role '{role}' in the directory"),
-            ));
-        }
-    }
-    if let CaseOp::ReviewDue { .. } = op {
-        return Err(refuse(
-            RejectCode::NotPermitted,
-            "a review notice comes from the broker, not from a party",
-        ));
-    }
-    let Some(case) = case else { return Ok(()) };
-    let purpose: Option<&Purpose> = policy.purposes.get(&case.purpose);
-    if let (CaseOp::EnterPhase { phase }, Some(p)) = (op, purpose) {
-        if !p.phases.iter().any(|x| &x.name == phase) {
-            return Err(refuse(
-                RejectCode::Conflict,
-                format!("purpose '{}' has no phase '{phase}'", case.purpose),
-            ));
-        }
-    }
-    // A data subject's deletion request may come after the case closed (the broker knows
-    // whether its data is deleted already).
-    if case.is_closed() && !matches!(op, CaseOp::OrderDeletion { .. }) {
-        return Err(refuse(
-            RejectCode::CaseClosed,
-            format!("case {} is closed", case.case_ref),
-        ));
-    }
-    let manager = case
-        .members
-        .get(me)
-        .is_some_and(|r| purpose.is_some_and(|p| p.case_managers.contains(r)));
-    if !manager && (case.complete || case.members.contains_key(me)) {
-        return Err(refuse(
-            RejectCode::NotPermitted,
-            format!("{me} does not manage case {}", case.case_ref),
-        ));
-    }
-    match op {
-        CaseOp::AddMember { oin, .. } if case.members.contains_key(oin) => Err(refuse(
-            RejectCode::Conflict,
-            format!("{oin} is already in the team of case {}", case.case_ref),
-        )),
-        CaseOp::RemoveMember { oin } if case.regievoerder.as_ref() == Some(oin) => Err(refuse(
-            RejectCode::Conflict,
-            "the regievoerder cannot leave its own case; close it instead",
-        )),
-        CaseOp::RemoveMember { oin } if case.complete && !case.members.contains_key(oin) => {
-            Err(refuse(
-                RejectCode::Conflict,
-                format!("{oin} is not in the team of case {}", case.case_ref),
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Check registering a consent this agent obtained.
-pub fn check_consent_grant(
-    me: &Oin,
-    t: &Toestemming,
-    case: Option<&KnownCase>,
-    policy: &Policy,
-) -> Result<(), Error> {
-    let purpose = policy.purposes.get(&t.purpose).ok_or_else(|| {
-        refuse(
-            RejectCode::UnknownPurpose,
-            format!("the policy has no purpose '{}'", t.purpose),
-        )
-    })?;
-    if let Some(case) = case {
-        if case.purpose != t.purpose {
-            return Err(refuse(
-                RejectCode::WrongPurpose,
-                format!(
-                    "case {} belongs to purpose '{}', the consent names '{}'",
-                    t.case_ref, case.purpose, t.purpose
-                ),
-            ));
-        }
-        if case.is_closed() {
-            return Err(refuse(
-                RejectCode::CaseClosed,
-                format!("case {} is closed", t.case_ref),
-            ));
-        }
-        match case.members.get(me) {
-            Some(role) if !purpose.consent_recorders.contains(role) => {
-                return Err(refuse(
-                    RejectCode::NotPermitted,
-                    format!(
-                        "role '{role}' may not register consent under purpose '{}'",
-                        t.purpose
-                    ),
-                ))
-            }
-            None if case.complete => {
-                return Err(refuse(
-                    RejectCode::NotInCaseTeam,
-                    format!("{me} is not in the team of case {}", t.case_ref),
-                ))
-            }
-            _ => {}
-        }
-    }
-    if t.parties.is_empty() && t.roles.is_empty() {
-        return Err(refuse(
-            RejectCode::Malformed,
-            "the consent names no parties or roles",
-        ));
-    }
-    if let Some(r) = t.roles.iter().find(|r| !policy.has_role(r)) {
-        return Err(refuse(RejectCode::Malformed, format!("unknown role '{r}'")));
-    }
-    if t.valid_until.is_some_and(|u| u <= t.valid_from) {
-        return Err(refuse(
-            RejectCode::Malformed,
-            "valid_until is not after valid_from",
-        ));
-    }
-    Ok(())
-}
-
-/// Check withdrawing a consent this agent knows: not twice.
-pub fn check_withdrawal(consent: Option<&KnownConsent>) -> Result<(), Error> {
-    match consent {
-        Some(c) if c.withdrawn_at.is_some() => Err(refuse(
-            RejectCode::Conflict,
-            format!("consent {} was already withdrawn", c.record.consent_id),
-        )),
-        _ => Ok(()),
-    }
+        .find(|r| managers.is_some_and(|m| m.contains(*r)))
+        .or(roles.first())
+        .cloned()
+        .ok_or_else(|| invalid(format!("{me} has no role in the directory")))
 }
 
 #[cfg(test)]
