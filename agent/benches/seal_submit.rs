@@ -53,10 +53,10 @@ use chrono::Utc;
 use ketenpost_agent::config::{
     AgentConfig, ApiSection, BrokerSection, InboxSection, KeysSection, TimingSection,
 };
-use ketenpost_agent::early::{SendRequest, To};
 use ketenpost_agent::ops::{AddMember, GrantConsent, Member, OpenCase, RegisterCase};
 use ketenpost_agent::outbox::Status;
 use ketenpost_agent::Agent;
+use ketenpost_agent::{SendRequest, To};
 use ketenpost_broker::config::BrokerConfig;
 use ketenpost_broker::server::Broker;
 use ketenpost_certs::{Federation, InitOptions};

@@ -48,10 +48,10 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{error, warn};
 
-use crate::early::SendRequest;
 use crate::inbox::InboxEntry;
 use crate::ops::{AddMember, Core, GrantConsent, OpenCase, RegisterCase, WithdrawConsent};
 use crate::outbox::{OutboxEntry, Overdue, RecipientStatus, Status, Submission};
+use crate::resolve::SendRequest;
 use crate::Error;
 
 /// Largest request body: a payload up to the 4 MiB plaintext limit, plus JSON overhead.

@@ -351,7 +351,7 @@ pub fn entry(opened: Opened, policy: &Policy, now: DateTime<Utc>) -> InboxEntry 
 pub fn event_time_mismatch(header: &Header, payload: &Value) -> bool {
     let (Some(claimed), Some(stated)) = (
         header.event_time,
-        crate::early::event_time_from_payload(header.kind, payload),
+        crate::resolve::event_time_from_payload(header.kind, payload),
     ) else {
         return false;
     };

@@ -11,7 +11,7 @@
 //! | [`config`] | the TOML configuration, parsed once; key files and the API token |
 //! | [`documents`] | the signed policy and directory, verified against the pinned federation key |
 //! | [`mirror`] | the local copy of cases and consents the agent knows (the broker is authoritative) |
-//! | [`early`] | the early policy check, pure: refuses with the broker's codes before anything is stored |
+//! | [`resolve`] | a send request resolved into a message, and the early refusal: core's checks over the mirror, before anything is stored or sent |
 //! | [`outbox`] | outbox entries and their status: queued, accepted, rejected, delivered, expired |
 //! | [`inbox`] | opening a delivery (pure), inbox entries, receipts, refused deliveries |
 //! | [`deletion`] | deletion orders carried out and their signed confirmations |
@@ -27,7 +27,7 @@
 //! | [`api`] | the local HTTP API (axum) |
 //! | [`client`], [`cli`] | the API client and the command line over it |
 //!
-//! Decisions (the early check, retention, checkpoint verdicts, opening a delivery, status)
+//! Decisions (resolving a request, retention, checkpoint verdicts, opening a delivery, status)
 //! are pure functions that take `now`; I/O lives in [`store`], [`link`], [`sync`] and
 //! [`api`]. Nothing logs or returns payload content or personal data: logs carry message
 //! ids, kinds, case references (pseudonyms), OINs and codes.
@@ -43,7 +43,6 @@ pub mod client;
 pub mod config;
 pub mod deletion;
 pub mod documents;
-pub mod early;
 mod error;
 pub mod inbox;
 pub mod keygen;
@@ -52,6 +51,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod ops;
 pub mod outbox;
+pub mod resolve;
 pub mod retention;
 pub mod rights;
 pub mod store;
@@ -62,3 +62,4 @@ pub use agent::Agent;
 pub use config::AgentConfig;
 pub use error::{Error, RefusedBy};
 pub use ops::Core;
+pub use resolve::{SendRequest, To};

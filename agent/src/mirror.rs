@@ -12,10 +12,10 @@
 //!
 //! A case's team is *complete* only when every change to it went through this agent: it
 //! opened the case and added no other case manager (who could change the team too). Only
-//! then may the early check say "not in the case team"; otherwise it leaves that to the
+//! then may core's checks over it say "not in the case team"; otherwise they leave that to the
 //! broker. Everything here is plain data with pure updates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use ketenpost_core::breach::FlowHistory;
@@ -49,6 +49,10 @@ pub struct KnownCase {
     pub members: BTreeMap<Oin, Role>,
     /// The regievoerder, when known.
     pub regievoerder: Option<Oin>,
+    /// Members this agent removed from the team: they may still hold the case's data (and
+    /// a deletion order may name them), as the broker's `Case::former_members` says.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub former_members: BTreeSet<Oin>,
     /// Whether `members` is the whole team (see the module docs).
     pub complete: bool,
     /// How the agent knows the case.
@@ -82,6 +86,7 @@ impl KnownCase {
             purpose,
             members: [(me.clone(), role)].into(),
             regievoerder: Some(me),
+            former_members: BTreeSet::new(),
             complete: true,
             knowledge: Knowledge::Managed,
             closed_at: None,
@@ -103,7 +108,9 @@ impl KnownCase {
                 self.members.insert(oin.clone(), role.clone());
             }
             CaseOp::RemoveMember { oin } => {
-                self.members.remove(oin);
+                if self.members.remove(oin).is_some() {
+                    self.former_members.insert(oin.clone());
+                }
             }
             CaseOp::Close => {
                 self.closed_at.get_or_insert(now);
@@ -146,6 +153,7 @@ impl KnownCase {
             purpose: header.purpose.clone(),
             members: BTreeMap::new(),
             regievoerder: None,
+            former_members: BTreeSet::new(),
             complete: false,
             knowledge: Knowledge::Learned,
             closed_at: None,
@@ -223,15 +231,17 @@ impl From<&KnownConsent> for Consent {
 /// - a consent is known when this agent registered it; others are unknown (another party
 ///   may have registered them);
 /// - a message id is never seen: the agent minted it;
-/// - the flow history for breach routing is the broker's alone.
+/// - the flow history for breach routing is the broker's alone;
+/// - a case's `opened_at` is not kept here: it reads as the earliest time, so the consent
+///   backdating check (the one check that reads it) never refuses here.
+///
+/// The same view serves messages (`check_message`) and control records (`check_control`).
 #[derive(Clone, Copy, Debug)]
 pub struct MirrorRegistry<'a> {
-    /// The case of the message, when the agent knows it.
+    /// The case of the message or record, when the agent knows it.
     pub case: Option<&'a KnownCase>,
     /// The consents the agent knows for that case.
     pub consents: &'a [KnownConsent],
-    /// Stands in for the case's `opened_at`, which no check reads.
-    pub now: DateTime<Utc>,
 }
 
 impl Registry for MirrorRegistry<'_> {
@@ -244,8 +254,8 @@ impl Registry for MirrorRegistry<'_> {
                     purpose: c.purpose.clone(),
                     regievoerder: regievoerder.clone(),
                     members: c.members.clone(),
-                    former_members: Default::default(),
-                    opened_at: self.now,
+                    former_members: c.former_members.clone(),
+                    opened_at: DateTime::<Utc>::MIN_UTC,
                     closed_at: c.closed_at,
                     deletion_ordered_at: None,
                     deleted_by: Default::default(),

@@ -28,11 +28,11 @@ use ketenpost_transport::failpoint;
 use crate::config::AgentConfig;
 use crate::deletion::DeletionEntry;
 use crate::documents::{Me, Trusted};
-use crate::early::{self, SendRequest};
 use crate::inbox::{InboxEntry, RefusedMessage};
 use crate::link::BrokerLink;
 use crate::mirror::{Knowledge, KnownCase, KnownConsent};
 use crate::outbox::{OutboxEntry, Reseal};
+use crate::resolve::{self, SendRequest};
 use crate::store::Store;
 use crate::Error;
 
@@ -249,20 +249,20 @@ impl Core {
     pub async fn send(&self, mut req: SendRequest) -> Result<OutboxEntry, Error> {
         let now = self.clock.now();
         let docs = self.docs();
-        // A kind the policy does not know has no schema; the early checks refuse it below.
+        // A kind the policy does not know has no schema; resolving refuses it below.
         if let Some(schema) = docs.policy.kind_schema(req.kind) {
             payload::validate(schema, &req.payload)?;
         }
         let case = self.store.case(&req.case_ref)?;
         let consents = self.store.consents(Some(&req.case_ref))?;
-        let cx = early::Context {
+        let cx = resolve::Context {
             me: &self.me,
             policy: &docs.policy,
             directory: &docs.directory,
             case: case.as_ref(),
             consents: &consents,
         };
-        let resolved = match early::check_send(&req, &cx, now) {
+        let resolved = match resolve::resolve(&req, &cx, now) {
             Ok(r) => r,
             Err(e) => return Err(self.refused_early(e, &req, None, now).await),
         };
@@ -293,7 +293,7 @@ impl Core {
                 &parts,
             )
             .await?;
-        if let Err(e) = early::check_sealed(&envelope, &cx, now) {
+        if let Err(e) = resolve::check_sealed(&envelope, &cx, now) {
             return Err(self.refused_early(e, &req, Some(&header), now).await);
         }
         let mut entry = OutboxEntry::sealed(&header, &envelope, &resolved.recipients);
@@ -357,8 +357,8 @@ impl Core {
                 .trace_id(h.trace_id)
                 .counterparties(h.recipients.iter()),
             None => entry.counterparties(req.to.iter().filter_map(|t| match t {
-                early::To::Oin(o) => Some(o),
-                early::To::Role(_) => None,
+                resolve::To::Oin(o) => Some(o),
+                resolve::To::Role(_) => None,
             })),
         };
         self.store.audit(entry, now);
@@ -489,11 +489,31 @@ impl Core {
         }
     }
 
+    /// The broker's check of a signed control record over what this agent knows of its
+    /// case and consents ([`resolve::check_control`]), before it is submitted.
+    fn check_control(
+        &self,
+        rec: &SignedRecord,
+        docs: &Trusted,
+        case: Option<&KnownCase>,
+        consents: &[KnownConsent],
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let cx = resolve::Context {
+            me: &self.me,
+            policy: &docs.policy,
+            directory: &docs.directory,
+            case,
+            consents,
+        };
+        resolve::check_control(rec, &cx, now)
+    }
+
     /// Open a case as its regievoerder.
     pub async fn open_case(&self, req: OpenCase) -> Result<KnownCase, Error> {
         let now = self.clock.now();
         let docs = self.docs();
-        let role = early::check_open(
+        let role = resolve::open_role(
             &self.me,
             &req.purpose,
             req.role.as_ref(),
@@ -509,8 +529,10 @@ impl Core {
             by: self.me.clone(),
             at: now,
         };
-        self.submit_control(SignedRecord::sign(&change, self.me.clone(), &self.signing)?)
-            .await?;
+        let rec = SignedRecord::sign(&change, self.me.clone(), &self.signing)?;
+        let known = self.store.case(&case_ref)?;
+        self.check_control(&rec, &docs, known.as_ref(), &[], now)?;
+        self.submit_control(rec).await?;
         let case = KnownCase::opened(case_ref, req.purpose, self.me.clone(), role, now);
         self.store.put_case(&case)?;
         self.store.flush().await?;
@@ -528,7 +550,6 @@ impl Core {
         let now = self.clock.now();
         let docs = self.docs();
         let known = self.store.case(case_ref)?;
-        early::check_case_change(&self.me, known.as_ref(), &op, &docs.policy, &docs.directory)?;
         let purpose = match (&known, purpose) {
             (Some(c), _) => c.purpose.clone(),
             (None, Some(p)) => p,
@@ -546,8 +567,9 @@ impl Core {
             by: self.me.clone(),
             at: now,
         };
-        self.submit_control(SignedRecord::sign(&change, self.me.clone(), &self.signing)?)
-            .await?;
+        let rec = SignedRecord::sign(&change, self.me.clone(), &self.signing)?;
+        self.check_control(&rec, &docs, known.as_ref(), &[], now)?;
+        self.submit_control(rec).await?;
         let p = docs.policy.purposes.get(&purpose);
         let updated = self.store.update_case(case_ref, |c| {
             c.map(|mut c| {
@@ -631,6 +653,7 @@ impl Core {
                     purpose: req.purpose.clone(),
                     members: Default::default(),
                     regievoerder: None,
+                    former_members: Default::default(),
                     complete: false,
                     knowledge: Knowledge::Registered,
                     closed_at: None,
@@ -700,9 +723,10 @@ impl Core {
             obtained_by: self.me.clone(),
             obtained_at: req.obtained_at.unwrap_or(now),
         };
-        early::check_consent_grant(&self.me, &record, case.as_ref(), &docs.policy)?;
-        self.submit_control(SignedRecord::sign(&record, self.me.clone(), &self.signing)?)
-            .await?;
+        let rec = SignedRecord::sign(&record, self.me.clone(), &self.signing)?;
+        let consents = self.store.consents(Some(&record.case_ref))?;
+        self.check_control(&rec, &docs, case.as_ref(), &consents, now)?;
+        self.submit_control(rec).await?;
         let consent = KnownConsent {
             record,
             withdrawn_at: None,
@@ -721,7 +745,6 @@ impl Core {
     ) -> Result<Option<KnownConsent>, Error> {
         let now = self.clock.now();
         let known = self.store.consent(consent_id)?;
-        early::check_withdrawal(known.as_ref())?;
         let case_ref = match (&known, req.case_ref) {
             (Some(c), _) => c.record.case_ref.clone(),
             (None, Some(c)) => c,
@@ -738,8 +761,11 @@ impl Core {
             withdrawn_at: at,
             recorded_by: self.me.clone(),
         };
-        self.submit_control(SignedRecord::sign(&record, self.me.clone(), &self.signing)?)
-            .await?;
+        let rec = SignedRecord::sign(&record, self.me.clone(), &self.signing)?;
+        let case = self.store.case(&record.case_ref)?;
+        let consents = self.store.consents(Some(&record.case_ref))?;
+        self.check_control(&rec, &self.docs(), case.as_ref(), &consents, now)?;
+        self.submit_control(rec).await?;
         let updated = match known {
             Some(mut c) => {
                 // As the broker records it: effective now at the latest.

@@ -306,15 +306,7 @@ fn authenticate(
             ),
         ));
     }
-    let sender = env.directory.active_party(&claimed.sender).ok_or_else(|| {
-        reject(
-            RejectCode::UnknownSender,
-            format!(
-                "sender {} is not an active party in the directory",
-                claimed.sender
-            ),
-        )
-    })?;
+    let sender = active_sender(env.directory, &claimed.sender)?;
     let sender_keys = match env.keys.and_then(|k| k.get(&claimed.sender)) {
         Some(k) => k.valid_at(now),
         None => {
@@ -355,24 +347,7 @@ fn decide(
             ),
         ));
     }
-    let purpose = env.policy.purposes.get(&h.purpose).ok_or_else(|| {
-        reject(
-            RejectCode::UnknownPurpose,
-            format!("the policy has no purpose '{}'", h.purpose),
-        )
-    })?;
-    if !h.kind.is_content() {
-        return Err(reject(
-            RejectCode::KindNotAllowed,
-            format!("{} is a control record, not a message", h.kind),
-        ));
-    }
-    let rule = purpose.kinds.get(&h.kind).ok_or_else(|| {
-        reject(
-            RejectCode::KindNotAllowed,
-            format!("purpose '{}' does not allow {}", h.purpose, h.kind),
-        )
-    })?;
+    let (purpose, rule) = kind_rule(env.policy, &h.purpose, h.kind)?;
 
     // 5. Need-to-know: the case exists under this purpose, sender and every recipient are
     // in its team, and each recipient's role may receive this kind, in its own view.
@@ -382,15 +357,7 @@ fn decide(
             format!("case {} is not registered", h.case_ref),
         )
     })?;
-    if case.purpose != h.purpose {
-        return Err(reject(
-            RejectCode::WrongPurpose,
-            format!(
-                "case {} belongs to purpose '{}', the message names '{}'",
-                h.case_ref, case.purpose, h.purpose
-            ),
-        ));
-    }
+    check_case_purpose(&h.case_ref, &case.purpose, &h.purpose)?;
     check_case_state(
         &h.case_ref,
         !case.is_open(),
@@ -398,24 +365,12 @@ fn decide(
         purpose,
         h.kind,
     )?;
-    let sender_role = case.role_of(&h.sender).ok_or_else(|| {
-        reject(
-            RejectCode::NotInCaseTeam,
-            format!(
-                "sender {} is not in the team of case {}",
-                h.sender, h.case_ref
-            ),
-        )
-    })?;
-    if !rule.senders.contains(sender_role) {
-        return Err(reject(
-            RejectCode::SenderRoleNotAllowed,
-            format!(
-                "role '{sender_role}' may not send {} under purpose '{}'",
-                h.kind, h.purpose
-            ),
-        ));
-    }
+    let sender_role = check_sender_role(
+        (h.kind, &h.purpose, rule),
+        &h.case_ref,
+        &h.sender,
+        case.role_of(&h.sender),
+    )?;
     // A breach notice goes to exactly the parties that exchanged messages about the
     // affected cases in its window, a correction to the parties of the messages it
     // corrects: they need not all be in this case's team.
@@ -501,6 +456,116 @@ fn decide(
         expires_at,
         breach,
     })
+}
+
+/// Check 1's directory part: `oin` is an active party. The sending agent runs it on itself
+/// before it resolves a request.
+pub fn active_sender<'d>(
+    directory: &'d Directory,
+    oin: &Oin,
+) -> Result<&'d ketenpost_schemas::directory::Party, Rejection> {
+    directory.active_party(oin).ok_or_else(|| {
+        reject(
+            RejectCode::UnknownSender,
+            format!("sender {oin} is not an active party in the directory"),
+        )
+    })
+}
+
+/// Check 4's policy part: the purpose exists and allows `kind`, a content kind; its rule.
+/// The sending agent resolves a request with it (the rule names senders, recipients, the
+/// legal basis and the terms).
+pub fn kind_rule<'p>(
+    policy: &'p Policy,
+    purpose: &str,
+    kind: Kind,
+) -> Result<(&'p ketenpost_schemas::policy::Purpose, &'p KindRule), Rejection> {
+    let p = policy.purposes.get(purpose).ok_or_else(|| {
+        reject(
+            RejectCode::UnknownPurpose,
+            format!("the policy has no purpose '{purpose}'"),
+        )
+    })?;
+    if !kind.is_content() {
+        return Err(reject(
+            RejectCode::KindNotAllowed,
+            format!("{kind} is a control record, not a message"),
+        ));
+    }
+    let rule = p.kinds.get(&kind).ok_or_else(|| {
+        reject(
+            RejectCode::KindNotAllowed,
+            format!("purpose '{purpose}' does not allow {kind}"),
+        )
+    })?;
+    Ok((p, rule))
+}
+
+/// Part of check 5: a message names the purpose of its case.
+pub fn check_case_purpose(
+    case_ref: &CaseRef,
+    case_purpose: &str,
+    purpose: &str,
+) -> Result<(), Rejection> {
+    if case_purpose != purpose {
+        return Err(reject(
+            RejectCode::WrongPurpose,
+            format!(
+                "case {case_ref} belongs to purpose '{case_purpose}', the message names \
+                 '{purpose}'"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Part of check 5: the sender has `role` in the case (`None`: not in its team), and that
+/// role may send the kind under the purpose (`(kind, purpose, rule)`).
+pub fn check_sender_role<'r>(
+    (kind, purpose, rule): (Kind, &str, &KindRule),
+    case_ref: &CaseRef,
+    sender: &Oin,
+    role: Option<&'r Role>,
+) -> Result<&'r Role, Rejection> {
+    let role = role.ok_or_else(|| {
+        reject(
+            RejectCode::NotInCaseTeam,
+            format!("sender {sender} is not in the team of case {case_ref}"),
+        )
+    })?;
+    if !rule.senders.contains(role) {
+        return Err(reject(
+            RejectCode::SenderRoleNotAllowed,
+            format!("role '{role}' may not send {kind} under purpose '{purpose}'"),
+        ));
+    }
+    Ok(role)
+}
+
+/// Part of check 5: a recipient has `role` in the case (`None`: not in its team), and that
+/// role may receive the kind under the purpose (`(kind, purpose, rule)`).
+pub fn check_recipient_role<'r>(
+    (kind, purpose, rule): (Kind, &str, &KindRule),
+    case_ref: &CaseRef,
+    recipient: &Oin,
+    role: Option<&'r Role>,
+) -> Result<&'r Role, Rejection> {
+    let role = role.ok_or_else(|| {
+        reject(
+            RejectCode::NotInCaseTeam,
+            format!("recipient {recipient} is not in the team of case {case_ref}"),
+        )
+    })?;
+    if !rule.recipients.contains(role) {
+        return Err(reject(
+            RejectCode::RecipientRoleNotAllowed,
+            format!(
+                "recipient {recipient} has role '{role}', which may not receive {kind} under \
+                 purpose '{purpose}'"
+            ),
+        ));
+    }
+    Ok(role)
 }
 
 /// Part of check 5: whether a message of `kind` may be sent in a case that is `closed` or
@@ -592,21 +657,8 @@ fn check_recipients(
         .flat_map(|b| b.recipients.iter().map(move |r| (r, &b.view)))
         .collect();
     for r in &h.recipients {
-        let role = case.role_of(r).ok_or_else(|| {
-            reject(
-                RejectCode::NotInCaseTeam,
-                format!("recipient {r} is not in the team of case {}", h.case_ref),
-            )
-        })?;
-        if !rule.recipients.contains(role) {
-            return Err(reject(
-                RejectCode::RecipientRoleNotAllowed,
-                format!(
-                    "recipient {r} has role '{role}', which may not receive {} under purpose '{}'",
-                    h.kind, h.purpose
-                ),
-            ));
-        }
+        let role =
+            check_recipient_role((h.kind, &h.purpose, rule), &h.case_ref, r, case.role_of(r))?;
         if views.get(r) != Some(&role) {
             return Err(reject(
                 RejectCode::ViewMismatch,
@@ -935,9 +987,9 @@ pub fn check_control(
                     format!("consent {} belongs to another case", w.consent_id),
                 ));
             }
-            let case = reg.case(&w.case_ref).map_err(unknown)?;
+            // The case is read only when the signer is not the consent's own recorder.
             let may = consent.record.obtained_by == rec.signer
-                || case.as_ref().is_some_and(|c| {
+                || reg.case(&w.case_ref).map_err(unknown)?.is_some_and(|c| {
                     c.role_of(&rec.signer).is_some_and(|r| {
                         env.policy
                             .purposes
@@ -1020,17 +1072,20 @@ fn check_case_change(
         .ok_or_else(|| reject(RejectCode::UnknownSender, "signer is not active"))?;
     match &change.change {
         CaseOp::Open { role } => {
-            if reg.case(&change.case_ref).map_err(unknown)?.is_some() {
-                return Err(reject(
-                    RejectCode::Conflict,
-                    format!("case {} exists already", change.case_ref),
-                ));
-            }
+            // Who may open comes before whether the reference is taken: a party that may
+            // not open cases learns nothing about the references in use, and the sending
+            // agent, which cannot know them, refuses it too.
             if !signer.has_role(role) || !purpose.case_managers.contains(role) {
                 return Err(not_permitted(format!(
                     "{} may not open a case under purpose '{}' as '{role}'",
                     rec.signer, change.purpose
                 )));
+            }
+            if reg.case(&change.case_ref).map_err(unknown)?.is_some() {
+                return Err(reject(
+                    RejectCode::Conflict,
+                    format!("case {} exists already", change.case_ref),
+                ));
             }
             let case = Case {
                 case_ref: change.case_ref.clone(),
@@ -1342,6 +1397,9 @@ pub fn check_receipt(
     }
     Ok(r)
 }
+
+mod payload;
+pub use payload::check_payload;
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use chrono::Utc;
-use ketenpost_agent::early::{check_send, Context, SendRequest};
+use ketenpost_agent::resolve::{resolve, Context, SendRequest};
 use ketenpost_agent::ops::{AddMember, GrantConsent, OpenCase, RegisterCase, WithdrawConsent};
 use ketenpost_schemas::directory::{BrokerEntry, Directory, Party};
 use ketenpost_schemas::ids::Oin;
@@ -79,5 +79,5 @@ fuzz_target!(|data: &[u8]| {
         case: None,
         consents: &[],
     };
-    let _ = check_send(&req, &cx, Utc::now());
+    let _ = resolve(&req, &cx, Utc::now());
 });

@@ -29,13 +29,13 @@ use chrono::{DateTime, Months, SecondsFormat, Utc};
 use ketenpost_agent::config::{
     AgentConfig, ApiSection, BrokerSection, InboxSection, KeysSection, TimingSection,
 };
-use ketenpost_agent::early::{SendRequest, To};
 use ketenpost_agent::inbox::InboxEntry;
 use ketenpost_agent::ops::{
     AddMember, GrantConsent, Member, OpenCase, RegisterCase, WithdrawConsent,
 };
 use ketenpost_agent::outbox::{OutboxEntry, Status, Submission};
 use ketenpost_agent::{Agent, Core, RefusedBy};
+use ketenpost_agent::{SendRequest, To};
 use ketenpost_broker::audit::{self, AuditRecord};
 use ketenpost_broker::config::BrokerConfig;
 use ketenpost_broker::fg::{self, Format, ReportKind, Session};

@@ -1,12 +1,13 @@
-//! The early check must agree with the broker: for every refusal it gives, the broker's
-//! own `check_message`, run on the message the agent would otherwise have sealed and on
-//! the same facts, gives the same code.
+//! The early refusal must agree with the broker: for every refusal it gives, the broker's
+//! own `check_message` (or `check_control`), run on the message (or record) the agent would
+//! otherwise have sent and on the same facts, gives the same code.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{Duration, Utc};
 use ketenpost_core::checks::{check_message, Env, Submitted};
 use ketenpost_core::registry::{Case, Consent, MemRegistry};
 use ketenpost_schemas::control::Toestemming;
+use ketenpost_schemas::control::{CaseChange, CaseOp, Record, SignedRecord, ToestemmingIntrekking};
 use ketenpost_schemas::directory::{BrokerEntry, Directory, Party};
 use ketenpost_schemas::envelope::Limits;
 use ketenpost_schemas::keys::{self, SigningKey};
@@ -158,6 +159,7 @@ impl World {
                 purpose: c.purpose.clone(),
                 members: c.members.clone(),
                 regievoerder: Some(c.regievoerder.clone()),
+                former_members: c.former_members.clone(),
                 complete: true,
                 knowledge: Knowledge::Managed,
                 closed_at: c.closed_at,
@@ -190,7 +192,7 @@ impl World {
             consents: mirror.as_ref().map(|m| m.1.as_slice()).unwrap_or(&[]),
         };
         // What `Agent::send` does: resolve, seal, then the broker's checks over the mirror.
-        let resolved = check_send(req, &cx, Utc::now())?;
+        let resolved = resolve(req, &cx, Utc::now())?;
         let mut draft = Draft::new(
             resolved.purpose.clone(),
             req.kind,
@@ -203,6 +205,79 @@ impl World {
         draft.breach_scope = resolved.breach_scope.clone();
         check_sealed(&self.seal_as(sender, draft), &cx, Utc::now())?;
         Ok(resolved)
+    }
+
+    /// What `Core` does with a control record: sign it as it will be sent, then the
+    /// broker's `check_control` over the mirror of `f` (`None`: a case the agent does not
+    /// know).
+    fn agent_control<R: Record>(
+        &self,
+        signer: usize,
+        record: &R,
+        f: Option<&Facts>,
+    ) -> Option<RejectCode> {
+        let mirror = f.map(|f| self.mirror(f));
+        let cx = Context {
+            me: &self.oins[signer],
+            policy: &self.policy,
+            directory: &self.directory,
+            case: mirror.as_ref().map(|m| &m.0),
+            consents: mirror.as_ref().map(|m| m.1.as_slice()).unwrap_or(&[]),
+        };
+        let rec =
+            SignedRecord::sign(record, self.oins[signer].clone(), &self.keys[signer]).unwrap();
+        match check_control(&rec, &cx, Utc::now()) {
+            Ok(()) => None,
+            Err(Error::Refused { rejection, by }) => {
+                assert_eq!(by, crate::RefusedBy::Agent);
+                Some(rejection.code)
+            }
+            Err(other) => panic!("not a refusal: {other}"),
+        }
+    }
+
+    /// What the broker says about the same control record on the facts `f`.
+    fn broker_control<R: Record>(
+        &self,
+        signer: usize,
+        record: &R,
+        f: &Facts,
+    ) -> Option<RejectCode> {
+        let rec =
+            SignedRecord::sign(record, self.oins[signer].clone(), &self.keys[signer]).unwrap();
+        let mut reg = MemRegistry::default();
+        reg.cases.insert(f.case.case_ref.clone(), f.case.clone());
+        for c in &f.consents {
+            reg.consents.insert(c.record.consent_id, c.clone());
+        }
+        let env = Env {
+            policy: &self.policy,
+            directory: &self.directory,
+            limits: &Limits::default(),
+            keys: None,
+            max_clock_skew: ketenpost_core::checks::DEFAULT_CLOCK_SKEW,
+        };
+        ketenpost_core::checks::check_control(
+            &self.oins[signer],
+            &rec,
+            env,
+            &reg,
+            |_, _| Ok(None),
+            Utc::now(),
+        )
+        .err()
+        .map(|r| r.code)
+    }
+
+    fn change(&self, by: usize, f: &Facts, change: CaseOp) -> CaseChange {
+        CaseChange {
+            case_ref: f.case.case_ref.clone(),
+            covenant: "walcheren".into(),
+            purpose: f.case.purpose.clone(),
+            change,
+            by: self.oins[by].clone(),
+            at: Utc::now(),
+        }
     }
 
     /// The envelope party `sender` seals from `draft`.
@@ -607,38 +682,97 @@ fn what_the_agent_cannot_know_is_left_to_the_broker() {
 }
 
 #[test]
-fn case_changes_and_consents_are_checked_early() {
+fn case_changes_are_checked_by_core_early() {
     let w = world(WALCHEREN);
     let f = w.facts(false);
-    let (case, _) = w.mirror(&f);
-    // Only gemeente manages cases in Walcheren.
-    assert!(check_open(&w.oins[G], "uitstroom", None, &w.policy, &w.directory).is_ok());
-    let refused = check_open(&w.oins[Z], "uitstroom", None, &w.policy, &w.directory);
-    assert!(
-        matches!(refused, Err(Error::Refused { rejection, .. }) if rejection.code == RejectCode::NotPermitted)
-    );
-    // The corporation may not change the team.
+    // Only gemeente manages cases in Walcheren. A new case: the agent cannot know whether
+    // the reference is taken, but it knows who may open one.
+    let mut fresh = w.facts(false);
+    fresh.case.case_ref = CaseRef::random();
+    for (who, want) in [(G, None), (Z, Some(RejectCode::NotPermitted))] {
+        let role = open_role(&w.oins[who], "uitstroom", None, &w.policy, &w.directory).unwrap();
+        let open = w.change(who, &fresh, CaseOp::Open { role });
+        assert_eq!(w.agent_control(who, &open, None), want);
+        assert_eq!(w.broker_control(who, &open, &f), want);
+    }
+    // The corporation may not change the team; a member is not added twice; the
+    // regievoerder does not leave its own case.
     let add = CaseOp::AddMember {
         oin: w.oins[Z].clone(),
         role: role("zorgaanbieder"),
     };
-    assert!(check_case_change(&w.oins[G], Some(&case), &add, &w.policy, &w.directory).is_ok());
-    assert!(check_case_change(&w.oins[W], Some(&case), &add, &w.policy, &w.directory).is_err());
     let again = CaseOp::AddMember {
         oin: w.oins[W].clone(),
         role: role("woningcorporatie"),
     };
-    assert!(check_case_change(&w.oins[G], Some(&case), &again, &w.policy, &w.directory).is_err());
     let leave = CaseOp::RemoveMember {
         oin: w.oins[G].clone(),
     };
-    assert!(check_case_change(&w.oins[G], Some(&case), &leave, &w.policy, &w.directory).is_err());
+    let no_phase = CaseOp::EnterPhase {
+        phase: "nergens".into(),
+    };
+    for (who, op, want) in [
+        (G, add.clone(), None),
+        (W, add, Some(RejectCode::NotPermitted)),
+        (G, again, Some(RejectCode::Conflict)),
+        (G, leave, Some(RejectCode::Conflict)),
+        (G, no_phase, Some(RejectCode::Conflict)),
+        (
+            G,
+            CaseOp::ReviewDue {
+                phase: "team_thuis".into(),
+                due: Utc::now(),
+            },
+            Some(RejectCode::NotPermitted),
+        ),
+    ] {
+        let change = w.change(who, &f, op.clone());
+        assert_eq!(w.agent_control(who, &change, Some(&f)), want, "{op:?}");
+        assert_eq!(w.broker_control(who, &change, &f), want, "{op:?}");
+    }
+    // A closed case changes no more.
+    let closed = w.facts(true);
+    let change = w.change(G, &closed, CaseOp::Close);
+    assert_eq!(
+        w.agent_control(G, &change, Some(&closed)),
+        Some(RejectCode::CaseClosed)
+    );
+    assert_eq!(
+        w.broker_control(G, &change, &closed),
+        Some(RejectCode::CaseClosed)
+    );
+}
+
+#[test]
+fn a_case_the_agent_does_not_know_whole_is_the_brokers_to_decide() {
+    let w = world(WALCHEREN);
+    let f = w.facts(false);
+    let add = w.change(
+        W,
+        &f,
+        CaseOp::AddMember {
+            oin: w.oins[Z].clone(),
+            role: role("zorgaanbieder"),
+        },
+    );
+    // Unknown here, refused there.
+    assert_eq!(w.agent_control(W, &add, None), None);
+    assert_eq!(
+        w.broker_control(W, &add, &f),
+        Some(RejectCode::NotPermitted)
+    );
+}
+
+#[test]
+fn consents_are_checked_by_core_early() {
+    let w = world(WALCHEREN);
+    let mut f = w.facts(false);
     // A corporation may not register consent in Walcheren.
     let mut t = Toestemming {
         consent_id: uuid::Uuid::now_v7(),
         covenant: "walcheren".into(),
         purpose: "uitstroom".into(),
-        case_ref: case.case_ref.clone(),
+        case_ref: f.case.case_ref.clone(),
         parties: vec![],
         roles: vec![role("gemeente")],
         valid_from: Utc::now(),
@@ -647,9 +781,75 @@ fn case_changes_and_consents_are_checked_early() {
         obtained_by: w.oins[W].clone(),
         obtained_at: Utc::now(),
     };
-    assert!(check_consent_grant(&w.oins[W], &t, Some(&case), &w.policy).is_err());
+    assert_eq!(
+        w.agent_control(W, &t, Some(&f)),
+        Some(RejectCode::NotPermitted)
+    );
+    assert_eq!(w.broker_control(W, &t, &f), Some(RejectCode::NotPermitted));
     t.obtained_by = w.oins[G].clone();
-    assert!(check_consent_grant(&w.oins[G], &t, Some(&case), &w.policy).is_ok());
+    assert_eq!(w.agent_control(G, &t, Some(&f)), None);
+    assert_eq!(w.broker_control(G, &t, &f), None);
     t.roles.clear();
-    assert!(check_consent_grant(&w.oins[G], &t, Some(&case), &w.policy).is_err());
+    assert_eq!(
+        w.agent_control(G, &t, Some(&f)),
+        Some(RejectCode::Malformed)
+    );
+    assert_eq!(w.broker_control(G, &t, &f), Some(RejectCode::Malformed));
+
+    // A consent withdrawn once is not withdrawn again.
+    let id = w.consent(&mut f, &["gemeente", "woningcorporatie"], true);
+    let withdrawal = ToestemmingIntrekking {
+        consent_id: id,
+        case_ref: f.case.case_ref.clone(),
+        withdrawn_at: Utc::now(),
+        recorded_by: w.oins[G].clone(),
+    };
+    assert_eq!(
+        w.agent_control(G, &withdrawal, Some(&f)),
+        Some(RejectCode::Conflict)
+    );
+    assert_eq!(
+        w.broker_control(G, &withdrawal, &f),
+        Some(RejectCode::Conflict)
+    );
+    // Also where the agent does not know the case team whole: the consent is its own.
+    let mut learned = w.facts(false);
+    learned.case.case_ref = f.case.case_ref.clone();
+    learned.consents = f.consents.clone();
+    let (mut case, consents) = w.mirror(&learned);
+    case.complete = false;
+    let cx = Context {
+        me: &w.oins[G],
+        policy: &w.policy,
+        directory: &w.directory,
+        case: Some(&case),
+        consents: &consents,
+    };
+    let rec = SignedRecord::sign(&withdrawal, w.oins[G].clone(), &w.keys[G]).unwrap();
+    assert!(matches!(
+        check_control(&rec, &cx, Utc::now()),
+        Err(Error::Refused { rejection, .. }) if rejection.code == RejectCode::Conflict
+    ));
+}
+
+#[test]
+fn a_correctie_that_corrects_nothing_is_refused_early() {
+    let w = world(WALCHEREN);
+    let f = w.facts(false);
+    let mut req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
+    req.kind = Kind::Correctie;
+    let mut correctie = payload::Correctie::example();
+    correctie.identiteit.clear();
+    correctie.contact.clear();
+    correctie.wonen.clear();
+    correctie.inkomen.clear();
+    correctie.schulden.clear();
+    correctie.ondersteuning.clear();
+    correctie.justitie.clear();
+    correctie.casus.clear();
+    req.payload = serde_json::to_value(correctie).unwrap();
+    assert_eq!(
+        code(w.agent(G, &req, Some(&f))),
+        Some(RejectCode::Malformed)
+    );
 }
