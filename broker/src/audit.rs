@@ -451,6 +451,79 @@ pub fn verify_chain(db: &sled::Db, broker_key: &VerifyingKey) -> Result<VerifyRe
     )
 }
 
+/// Why `audit verify` of a data directory could not run (a broken chain is not an error:
+/// it is in the [`VerifyReport`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyDirError {
+    /// The key file cannot be read.
+    #[error("cannot read {}: {source}", .path.display())]
+    KeyUnreadable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The key file holds neither a signing key nor a public key.
+    #[error("{0}")]
+    BadKey(ketenpost_schemas::Error),
+    /// The data directory holds no broker database.
+    #[error("no broker database at {}", .0.display())]
+    NoDatabase(std::path::PathBuf),
+    /// sled cannot open the database (e.g. the broker is running).
+    #[error("cannot open {}: {source}", .path.display())]
+    Open {
+        /// The database.
+        path: std::path::PathBuf,
+        /// Why.
+        source: sled::Error,
+    },
+    /// Reading the trail failed.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+impl VerifyDirError {
+    /// Whether the error is the caller's (a wrong key file or directory) rather than the
+    /// system's.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            VerifyDirError::KeyUnreadable { .. }
+                | VerifyDirError::BadKey(_)
+                | VerifyDirError::NoDatabase(_)
+        )
+    }
+}
+
+/// Read the broker's checkpoint key from a file: its public key (base64) or its signing
+/// key file.
+pub fn read_verifying_key(path: &std::path::Path) -> Result<VerifyingKey, VerifyDirError> {
+    let text = std::fs::read_to_string(path).map_err(|source| VerifyDirError::KeyUnreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    match keys::signing_key_from_text(&text) {
+        Ok(k) => Ok(k.verifying_key()),
+        Err(_) => keys::verifying_key_from_text(&text).map_err(VerifyDirError::BadKey),
+    }
+}
+
+/// `ketenpost-broker audit verify`: [`verify_chain`] over the database in a (stopped)
+/// broker's data directory or a backup folder, with the key in `key_file` (see
+/// [`read_verifying_key`]). The database is opened, never changed.
+pub fn verify_data_dir(
+    data_dir: &std::path::Path,
+    key_file: &std::path::Path,
+) -> Result<VerifyReport, VerifyDirError> {
+    let key = read_verifying_key(key_file)?;
+    let path = data_dir.join("broker.sled");
+    if !path.exists() {
+        return Err(VerifyDirError::NoDatabase(path));
+    }
+    let db = sled::open(&path).map_err(|source| VerifyDirError::Open { path, source })?;
+    Ok(verify_chain(&db, &key)?)
+}
+
 /// A bare record of `event` for unit tests: seq 0, no hash, nothing filled in beyond the
 /// event, its time and outcome `ok`.
 #[cfg(test)]

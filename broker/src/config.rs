@@ -608,3 +608,6 @@ impl BrokerConfig {
         Duration::from_secs(self.limits.request_timeout_secs)
     }
 }
+
+mod overrides;
+pub use overrides::{DevSettings, OverrideError, Overrides};

@@ -19,14 +19,19 @@
 //! | [`audit`] | the hash-chained audit trail, signed checkpoints, `audit verify` |
 //! | [`verify`] | batch verification of signatures with `verify_strict`'s verdict: measured, not used (see its docs) |
 //! | [`fg`] | the `ketenpost-broker audit` reports over a stopped broker's data directory |
+//! | [`fg_cli`] | an `audit <report>` as the command line asks for it: offline or live |
+//! | [`rehearsal`] | `rehearse`: a sweep at a later time on a scratch copy of a backup |
+//! | [`daemon`] | `serve` as a process: runtime, signals (reload, backup, shutdown) |
 #![forbid(unsafe_code)]
 
 pub mod alerts;
 pub mod audit;
 pub mod config;
+pub mod daemon;
 pub mod documents;
 pub mod failpoint;
 pub mod fg;
+pub mod fg_cli;
 pub mod metrics;
 pub mod rehearsal;
 pub mod report;

@@ -47,6 +47,30 @@ pub enum RehearsalError {
     /// `at` lies before the backup was taken.
     #[error("the drill must stand after the backup was taken ({0})")]
     Before(DateTime<Utc>),
+    /// The runtime for the drill's broker could not start.
+    #[error(transparent)]
+    Runtime(std::io::Error),
+}
+
+/// How [`render`] writes a drill: a text summary and table, or JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RehearsalFormat {
+    /// The counts and a table of the records (the default).
+    Text,
+    /// `{"at", "counts", "records"}`, pretty-printed.
+    Json,
+}
+
+impl std::str::FromStr for RehearsalFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<RehearsalFormat, String> {
+        match s {
+            "text" => Ok(RehearsalFormat::Text),
+            "json" => Ok(RehearsalFormat::Json),
+            other => Err(format!("unknown format '{other}': text or json")),
+        }
+    }
 }
 
 /// Removes the scratch folder however the drill ends.
@@ -117,4 +141,71 @@ pub async fn rehearse(
         records,
         counts,
     })
+}
+
+/// `ketenpost-broker rehearse`: run the drill ([`rehearse`]) on a runtime of its own and
+/// [`render`] what it found.
+pub fn rehearse_blocking(
+    config: BrokerConfig,
+    backup: &Path,
+    at: DateTime<Utc>,
+    format: RehearsalFormat,
+) -> Result<String, RehearsalError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(RehearsalError::Runtime)?;
+    let drill = runtime.block_on(rehearse(config, backup, at))?;
+    Ok(render(&drill, format))
+}
+
+/// A drill as the operator reads it: in text, the time, the count of each event and a
+/// table of the records (event, case, kind, actor, parties, reason); in JSON, the time,
+/// the counts and the records themselves. Ends with a newline.
+pub fn render(drill: &Rehearsal, format: RehearsalFormat) -> String {
+    use std::fmt::Write as _;
+    if format == RehearsalFormat::Json {
+        let body = serde_json::json!({
+            "at": drill.at.to_rfc3339(),
+            "counts": drill.counts,
+            "records": drill.records,
+        });
+        return format!(
+            "{}\n",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+    }
+    let mut out = format!(
+        "Rehearsal at {}: what the broker's sweep would do then.\n",
+        drill.at.to_rfc3339()
+    );
+    if drill.counts.is_empty() {
+        out.push_str("Nothing: no message expires, no answer is overdue, no retention ends.\n");
+    }
+    for (event, n) in &drill.counts {
+        let _ = writeln!(out, "  {event}: {n}");
+    }
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = drill
+        .records
+        .iter()
+        .map(|r| {
+            vec![
+                r.event.to_string(),
+                dash(&r.case_ref),
+                dash(&r.kind),
+                dash(&r.actor),
+                r.counterparties.join(" "),
+                dash(&r.reason),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&crate::report::text_table(
+            &["event", "case_ref", "kind", "actor", "parties", "reason"],
+            &rows,
+        ));
+    }
+    out
 }

@@ -539,3 +539,46 @@ fn write_files(out: &Path, files: &[OutFile]) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// What `ketenpost-certs init` made, as it prints it: the CA, the broker, the directory,
+/// each party with its roles, and where the federation key is (paths relative to the
+/// federation folder). Ends with a newline.
+pub fn init_summary(fed: &Federation) -> String {
+    use std::fmt::Write as _;
+    let rel = |p: &Path| p.strip_prefix(&fed.dir).unwrap_or(p).display().to_string();
+    let mut out = format!(
+        "created dev federation for covenant '{}' in {}\n",
+        fed.covenant,
+        fed.dir.display()
+    );
+    let _ = writeln!(out, "  CA         {}", rel(&fed.ca.cert));
+    let _ = writeln!(
+        out,
+        "  broker     {} ({})",
+        rel(&fed.broker.cert),
+        fed.broker.server_names.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  directory  {} ({} parties, signed)",
+        rel(&fed.directory.file),
+        fed.parties.len()
+    );
+    for p in &fed.parties {
+        let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "  party      {}  {}  [{}]",
+            p.oin,
+            p.name,
+            roles.join(", ")
+        );
+    }
+    out.push_str("  negative   expired, revoked, foreign, wrong-oin in negative/\n");
+    let _ = writeln!(
+        out,
+        "federation key: {} (development only; in production it stays offline)",
+        rel(&fed.federation.signing_key)
+    );
+    out
+}

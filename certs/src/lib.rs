@@ -62,7 +62,8 @@ pub mod roster;
 pub use error::Error;
 pub use federation::Federation;
 pub use init::{
-    init, InitOptions, BROKER_NAME, CA_NAME, FOREIGN_CA_NAME, WRITTEN_ENTRIES, WRONG_OIN_NAME,
+    init, init_summary, InitOptions, BROKER_NAME, CA_NAME, FOREIGN_CA_NAME, WRITTEN_ENTRIES,
+    WRONG_OIN_NAME,
 };
 pub use pki::{cert_der_from_pem, fingerprint, oin_from_cert_der};
 pub use roster::{Roster, RosterParty};

@@ -362,28 +362,12 @@ fn revoke(args: RevokeArgs) -> ExitCode {
         .map_err(|e| format!("--oin: {e}"))
         .and_then(|oin| {
             let fed = Federation::load(&args.federation).map_err(|e| e.to_string())?;
-            let now = chrono::Utc::now();
-            let serial = ketenpost_certs::revoke::revoke_party_cert(&fed, &oin, now)
-                .map_err(|e| e.to_string())?;
-            let version = if args.crl_only {
-                None
-            } else {
-                Some(
-                    ketenpost_certs::revoke::revoke_in_directory(&fed, &oin, now)
-                        .map_err(|e| e.to_string())?,
-                )
-            };
-            Ok((oin, serial, version))
+            ketenpost_certs::revoke::revoke(&fed, &oin, args.crl_only, chrono::Utc::now())
+                .map_err(|e| e.to_string())
         });
     match result {
-        Ok((oin, serial, version)) => {
-            println!(
-                "revoked the certificate of {oin} (serial {}); the CRL is rewritten",
-                hex::encode(serial)
-            );
-            if let Some(v) = version {
-                println!("{oin} is marked revoked in directory version {v} (signed)");
-            }
+        Ok(revoked) => {
+            println!("{revoked}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -399,7 +383,7 @@ fn init(args: InitArgs) -> ExitCode {
     opts.force = args.force;
     match ketenpost_certs::init(&opts) {
         Ok(fed) => {
-            print_summary(&fed);
+            print!("{}", ketenpost_certs::init_summary(&fed));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -416,33 +400,4 @@ fn init(args: InitArgs) -> ExitCode {
             }
         }
     }
-}
-
-fn print_summary(fed: &Federation) {
-    let rel = |p: &std::path::Path| p.strip_prefix(&fed.dir).unwrap_or(p).display().to_string();
-    println!(
-        "created dev federation for covenant '{}' in {}",
-        fed.covenant,
-        fed.dir.display()
-    );
-    println!("  CA         {}", rel(&fed.ca.cert));
-    println!(
-        "  broker     {} ({})",
-        rel(&fed.broker.cert),
-        fed.broker.server_names.join(", ")
-    );
-    println!(
-        "  directory  {} ({} parties, signed)",
-        rel(&fed.directory.file),
-        fed.parties.len()
-    );
-    for p in &fed.parties {
-        let roles: Vec<&str> = p.roles.iter().map(|r| r.as_str()).collect();
-        println!("  party      {}  {}  [{}]", p.oin, p.name, roles.join(", "));
-    }
-    println!("  negative   expired, revoked, foreign, wrong-oin in negative/");
-    println!(
-        "federation key: {} (development only; in production it stays offline)",
-        rel(&fed.federation.signing_key)
-    );
 }

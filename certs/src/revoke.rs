@@ -116,6 +116,59 @@ pub fn revoke_in_directory(fed: &Federation, oin: &Oin, now: DateTime<Utc>) -> R
     crate::lifecycle::publish(fed, None, directory, now)
 }
 
+/// What [`revoke`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    /// The party.
+    pub oin: Oin,
+    /// The serial of its certificate, now on the CRL (big-endian bytes).
+    pub serial: Vec<u8>,
+    /// The directory version that marks it revoked; `None` when only the CRL was changed.
+    pub directory_version: Option<u64>,
+}
+
+impl std::fmt::Display for Revoked {
+    /// One line for the CRL and, when the directory was changed, one for it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "revoked the certificate of {} (serial {}); the CRL is rewritten",
+            self.oin,
+            hex::encode(&self.serial)
+        )?;
+        if let Some(v) = self.directory_version {
+            write!(
+                f,
+                "\n{} is marked revoked in directory version {v} (signed)",
+                self.oin
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `ketenpost-certs revoke`: revoke party `oin`'s certificate ([`revoke_party_cert`]) and,
+/// unless `crl_only`, mark it revoked in the directory ([`revoke_in_directory`]), both at
+/// `now`.
+pub fn revoke(
+    fed: &Federation,
+    oin: &Oin,
+    crl_only: bool,
+    now: DateTime<Utc>,
+) -> Result<Revoked, Error> {
+    let serial = revoke_party_cert(fed, oin, now)?;
+    let directory_version = if crl_only {
+        None
+    } else {
+        Some(revoke_in_directory(fed, oin, now)?)
+    };
+    Ok(Revoked {
+        oin: oin.clone(),
+        serial,
+        directory_version,
+    })
+}
+
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");

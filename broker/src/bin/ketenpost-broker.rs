@@ -6,16 +6,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::Utc;
 use clap::{Parser, Subcommand};
-use ketenpost_broker::audit;
-use ketenpost_broker::config::BrokerConfig;
-use ketenpost_broker::fg::{
-    merge_agent_records, read_agent_trail, render, FgError, Query, ReportKind, Session,
-};
-use ketenpost_broker::server::Broker;
-use ketenpost_schemas::keys;
-use ketenpost_schemas::protocol::{FgQuery, Request, Response};
+use ketenpost_broker::config::{BrokerConfig, DevSettings, Overrides};
+use ketenpost_broker::daemon::{self, ServeError};
+use ketenpost_broker::fg::{FgError, ReportKind};
+use ketenpost_broker::fg_cli::{self, ReportSource};
+use ketenpost_broker::rehearsal::{self, RehearsalFormat};
+use ketenpost_broker::{audit, fg};
+use ketenpost_schemas::protocol::FgQuery;
 
 /// glibc's malloc spent about a quarter of the broker's CPU under load (its
 /// arenas consolidating the many small allocations of sled and the checks); mimalloc does
@@ -270,6 +268,12 @@ fn init_tracing(json: bool) {
     }
 }
 
+/// Print the error and exit with `code`.
+fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("ketenpost-broker: {e}");
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
@@ -294,98 +298,45 @@ fn main() -> ExitCode {
             tcp,
         } => {
             let config = match (config, federation, data) {
-                (Some(path), _, _) => match BrokerConfig::load(&path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("ketenpost-broker: {e}");
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                },
-                (None, Some(fed), Some(data)) => match ketenpost_certs::Federation::load(&fed) {
-                    Ok(f) => {
+                (Some(path), _, _) => BrokerConfig::load(&path).map_err(|e| e.to_string()),
+                (None, Some(fed), Some(data)) => ketenpost_certs::Federation::load(&fed)
+                    .map(|f| {
                         let mut c = BrokerConfig::for_federation(&f, data, listen);
-                        if let Some(s) = sweep_interval_secs {
-                            c.timers.sweep_interval_secs = s;
-                        }
-                        if let Some(s) = checkpoint_interval_secs {
-                            c.timers.checkpoint_interval_secs = s;
-                        }
-                        if let Some(s) = documents_reload_secs {
-                            c.timers.documents_reload_secs = s;
-                        }
-                        c.tls.partner_cas.extend(partner_ca);
-                        c.tls.crls.extend(crl);
+                        c.apply_dev_settings(DevSettings {
+                            sweep_interval_secs,
+                            checkpoint_interval_secs,
+                            documents_reload_secs,
+                            partner_cas: partner_ca,
+                            crls: crl,
+                        });
                         c
-                    }
-                    Err(e) => {
-                        eprintln!("ketenpost-broker: federation {}: {e}", fed.display());
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                },
-                _ => {
-                    eprintln!("ketenpost-broker: serve needs --config FILE, or --federation DIR --data DIR");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                    })
+                    .map_err(|e| format!("federation {}: {e}", fed.display())),
+                _ => Err("serve needs --config FILE, or --federation DIR --data DIR".to_owned()),
             };
-            let mut config = config;
-            if metrics.is_some() {
-                config.metrics.listen = metrics;
+            let mut config = match config {
+                Ok(c) => c,
+                Err(e) => return fail(EXIT_CONFIG, &e),
+            };
+            let overrides = Overrides {
+                metrics,
+                backup_dir,
+                tcp,
+                alert_webhooks: alert_webhook,
+                alert_emails: alert_email,
+                smtp_relay,
+                smtp_security,
+                smtp_from,
+            };
+            if let Err(e) = config.apply_overrides(overrides) {
+                return fail(EXIT_CONFIG, &e);
             }
-            if backup_dir.is_some() {
-                config.backup.dir = backup_dir;
+            match daemon::serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e @ ServeError::Runtime(_)) => fail(1, &e),
+                Err(e @ ServeError::Start(_)) => fail(EXIT_CONFIG, &e),
+                Err(e @ ServeError::Storage(_)) => fail(EXIT_STORAGE, &e),
             }
-            if tcp.is_some() {
-                config.tcp.listen = tcp;
-            }
-            let receivers = alert_webhook
-                .iter()
-                .map(|a| ("--alert-webhook", "FOR=URL", a))
-                .chain(
-                    alert_email
-                        .iter()
-                        .map(|a| ("--alert-email", "FOR=ADDRESS", a)),
-                );
-            for (flag, shape, arg) in receivers {
-                let Some((for_, to)) = arg.split_once('=') else {
-                    eprintln!("ketenpost-broker: {flag} wants {shape}, got '{arg}'");
-                    return ExitCode::from(EXIT_CONFIG);
-                };
-                let (for_, to) = (for_.to_owned(), to.to_owned());
-                if flag == "--alert-webhook" {
-                    let hook = ketenpost_broker::config::WebhookConfig { for_, url: to };
-                    config.alerts.webhook.push(hook);
-                } else {
-                    let mail = ketenpost_broker::config::EmailConfig { for_, to };
-                    config.alerts.email.push(mail);
-                }
-            }
-            if let (Some(relay), Some(from)) = (smtp_relay, smtp_from) {
-                use ketenpost_broker::config::{SmtpConfig, SmtpSecurity};
-                let security = match smtp_security.as_str() {
-                    "starttls" => SmtpSecurity::Starttls,
-                    "tls" => SmtpSecurity::Tls,
-                    "none" => SmtpSecurity::None,
-                    other => {
-                        eprintln!(
-                            "ketenpost-broker: --smtp-security is starttls, tls or none, not '{other}'"
-                        );
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
-                };
-                config.alerts.smtp = Some(SmtpConfig {
-                    relay,
-                    security,
-                    from,
-                    ca: None,
-                    username: None,
-                    password_file: None,
-                });
-            }
-            if let Err(e) = config.check() {
-                eprintln!("ketenpost-broker: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-            serve(config)
         }
         Command::Rehearse {
             backup,
@@ -393,7 +344,35 @@ fn main() -> ExitCode {
             federation,
             at,
             format,
-        } => rehearse(&backup, config, federation, &at, &format),
+        } => {
+            let at = match fg::parse_time(&at) {
+                Ok(t) => t,
+                Err(e) => return fail(EXIT_CONFIG, &e),
+            };
+            let format: RehearsalFormat = match format.parse() {
+                Ok(f) => f,
+                Err(e) => return fail(EXIT_CONFIG, &e),
+            };
+            let local = SocketAddr::from(([127, 0, 0, 1], 0));
+            let config = match (config, federation) {
+                (Some(path), _) => BrokerConfig::load(&path).map_err(|e| e.to_string()),
+                (None, Some(fed)) => ketenpost_certs::Federation::load(&fed)
+                    .map(|f| BrokerConfig::for_federation(&f, backup.clone(), local))
+                    .map_err(|e| e.to_string()),
+                (None, None) => Err("rehearse needs --config FILE or --federation DIR".to_owned()),
+            };
+            let config = match config {
+                Ok(c) => c,
+                Err(e) => return fail(EXIT_CONFIG, &e),
+            };
+            match rehearsal::rehearse_blocking(config, &backup, at, format) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &e),
+            }
+        }
         Command::Restore { from, data } => match ketenpost_broker::store::restore(&from, &data) {
             Ok(m) => {
                 println!(
@@ -405,10 +384,7 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("ketenpost-broker: {e}");
-                ExitCode::FAILURE
-            }
+            Err(e) => fail(1, &e),
         },
         Command::Features => {
             if ketenpost_broker::failpoint::ENABLED {
@@ -418,7 +394,18 @@ fn main() -> ExitCode {
         }
         Command::Audit {
             command: AuditCommand::Verify { data_dir, key },
-        } => verify(data_dir, key),
+        } => match audit::verify_data_dir(&data_dir, &key) {
+            Ok(report) => {
+                println!("{report}");
+                if report.is_intact() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(2)
+                }
+            }
+            Err(e) if e.is_usage() => fail(EXIT_CONFIG, &e),
+            Err(e) => fail(1, &e),
+        },
         Command::Audit { command } => {
             let (kind, args) = match command {
                 AuditCommand::Flows(a) => (ReportKind::Flows, a),
@@ -434,455 +421,48 @@ fn main() -> ExitCode {
                 AuditCommand::Html(a) => (ReportKind::Html, a),
                 AuditCommand::Verify { .. } => return ExitCode::from(EXIT_CONFIG),
             };
-            match fg_report(kind, args) {
+            match fg_report(kind, *args) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("ketenpost-broker: {e}");
-                    if e.is_usage() {
-                        ExitCode::from(EXIT_CONFIG)
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
+                Err(e) if e.is_usage() => fail(EXIT_CONFIG, &e),
+                Err(e) => fail(1, &e),
             }
         }
     }
 }
 
-fn fg_report(kind: ReportKind, a: Box<FgArgs>) -> Result<(), FgError> {
+fn fg_report(kind: ReportKind, a: FgArgs) -> Result<(), FgError> {
     let query = FgQuery {
         report: kind.name().to_owned(),
-        format: a.format.clone(),
-        from: a.from.clone(),
-        until: a.until.clone(),
-        party: a.party.clone(),
-        case_ref: a.case.clone(),
-        purpose: a.purpose.clone(),
-        kind: a.kind.clone(),
-        outcome: a.outcome.clone(),
+        format: a.format,
+        from: a.from,
+        until: a.until,
+        party: a.party,
+        case_ref: a.case,
+        purpose: a.purpose,
+        kind: a.kind,
+        outcome: a.outcome,
         agent_trails: Vec::new(),
     };
-    // Checked here too, so a typo fails before anything is read or recorded.
-    let parsed = Query::parse(&query)?;
-    let text = match a.broker {
-        Some(addr) => live_report(addr, &a, &query)?,
-        None => offline_report(&a, &parsed)?,
+    let source = ReportSource {
+        config: a.config,
+        federation: a.federation,
+        data: a.data,
+        as_oin: a.as_oin,
+        federation_fg: a.federation_fg,
+        broker: a.broker,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        ca: a.ca,
+        server_name: a.server_name,
+        agent_trails: a.agent_trail,
     };
+    let text = fg_cli::report(&query, &source)?;
     match &a.out {
         Some(path) => std::fs::write(path, text)
             .map_err(|e| FgError::Config(format!("cannot write {}: {e}", path.display()))),
         None => {
             print!("{text}");
             Ok(())
-        }
-    }
-}
-
-/// A report of a stopped broker's data directory (or a backup): recorded as an offline
-/// read; `--as` or `--federation-fg` only choose the scope.
-fn offline_report(a: &FgArgs, query: &Query) -> Result<String, FgError> {
-    let config = match (&a.config, &a.federation, &a.data) {
-        (Some(path), _, _) => {
-            BrokerConfig::load(path).map_err(|e| FgError::Config(e.to_string()))?
-        }
-        (None, Some(fed), Some(data)) => {
-            let f = ketenpost_certs::Federation::load(fed)
-                .map_err(|e| FgError::Config(format!("federation {}: {e}", fed.display())))?;
-            BrokerConfig::for_federation(&f, data.clone(), SocketAddr::from(([127, 0, 0, 1], 0)))
-        }
-        _ => {
-            return Err(FgError::Usage(
-                "an offline report needs --config FILE, or --federation DIR --data DIR; a live \
-                 one --broker ADDR"
-                    .into(),
-            ))
-        }
-    };
-    let session = Session::open(&config)?;
-    let viewer = session.viewer(a.as_oin.as_deref(), a.federation_fg)?;
-    // Read (and verify) every agent trail before the read is recorded.
-    let mut agent = Vec::new();
-    for file in &a.agent_trail {
-        agent.extend(read_agent_trail(file)?);
-    }
-    let now = Utc::now();
-    let records = session.read_query(&viewer, query, now)?;
-    let records = merge_agent_records(records, agent, &viewer, &query.filter);
-    let head = session.head();
-    render(
-        query.kind,
-        query.format,
-        &records,
-        &viewer,
-        &query.filter,
-        session.context(&head),
-        now,
-    )
-}
-
-/// A report of a running broker, read with an FG certificate: `--tls-cert`, `--tls-key`
-/// and `--ca`, or with `--federation DIR` the FG credential of `--as OIN` (or of the
-/// federation's FG with `--federation-fg`) from a dev federation.
-fn live_report(addr: SocketAddr, a: &FgArgs, query: &FgQuery) -> Result<String, FgError> {
-    let tls =
-        match (&a.tls_cert, &a.tls_key, &a.ca, &a.federation) {
-            (Some(cert), Some(key), Some(ca), _) => ketenpost_transport::tls::ClientTls {
-                ca: ca.clone(),
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-            (None, None, None, Some(fed)) => {
-                let f = ketenpost_certs::Federation::load(fed)
-                    .map_err(|e| FgError::Config(format!("federation {}: {e}", fed.display())))?;
-                let cred = match (a.as_oin.as_deref(), a.federation_fg) {
-                    (Some(o), false) => {
-                        let oin = o.parse().map_err(|_| {
-                            FgError::Usage(format!("'{o}' is not an OIN (20 digits)"))
-                        })?;
-                        f.fg(&oin, ketenpost_schemas::directory::FgScope::Organisation)
-                    }
-                    (None, true) => f.federation_fg(),
-                    _ => {
-                        return Err(FgError::Usage(
-                            "say whose FG credential to use: --as <OIN> or --federation-fg".into(),
-                        ))
-                    }
-                }
-                .ok_or_else(|| FgError::Usage("the federation has no such FG credential".into()))?;
-                ketenpost_transport::tls::ClientTls {
-                    ca: f.ca.cert.clone(),
-                    cert: cred.cert.clone(),
-                    key: cred.key.clone(),
-                }
-            }
-            _ => return Err(FgError::Usage(
-                "a live report needs --tls-cert, --tls-key and --ca (the FG's certificate), or \
-                 --federation DIR with --as OIN or --federation-fg"
-                    .into(),
-            )),
-        };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| FgError::Config(format!("cannot start the runtime: {e}")))?;
-    // The agents' trails go along whole; the broker verifies and merges them.
-    let mut query = query.clone();
-    for file in &a.agent_trail {
-        let text = std::fs::read_to_string(file).map_err(|e| FgError::AgentTrail {
-            file: file.clone(),
-            message: format!("cannot read it: {e}"),
-        })?;
-        query.agent_trails.push(text);
-    }
-    runtime.block_on(async {
-        let client = ketenpost_transport::client::Client::connect(addr, &a.server_name, &tls)
-            .await
-            .map_err(|e| FgError::Config(format!("cannot connect to the broker at {addr}: {e}")))?;
-        let answer = client
-            .request(&Request::FgRead(query), std::time::Duration::from_secs(120))
-            .await;
-        client.close().await;
-        match answer {
-            Ok(Response::FgReport(r)) => Ok(r.body),
-            Ok(Response::Rejected(r)) => Err(FgError::Usage(format!(
-                "the broker refused the report ({}): {}",
-                r.code, r.reason
-            ))),
-            Ok(other) => Err(FgError::Config(format!("unexpected answer: {other:?}"))),
-            Err(e) => Err(FgError::Config(format!(
-                "the broker did not answer the report (is this an FG certificate the \
-                 directory lists?): {e}"
-            ))),
-        }
-    })
-}
-
-fn rehearse(
-    backup: &std::path::Path,
-    config: Option<PathBuf>,
-    federation: Option<PathBuf>,
-    at: &str,
-    format: &str,
-) -> ExitCode {
-    let fail = |code: u8, e: &dyn std::fmt::Display| {
-        eprintln!("ketenpost-broker: {e}");
-        ExitCode::from(code)
-    };
-    let at = match ketenpost_broker::fg::parse_time(at) {
-        Ok(t) => t,
-        Err(e) => return fail(EXIT_CONFIG, &e),
-    };
-    if !matches!(format, "text" | "json") {
-        return fail(
-            EXIT_CONFIG,
-            &format!("unknown format '{format}': text or json"),
-        );
-    }
-    let config = match (config, federation) {
-        (Some(path), _) => match BrokerConfig::load(&path) {
-            Ok(c) => c,
-            Err(e) => return fail(EXIT_CONFIG, &e),
-        },
-        (None, Some(fed)) => match ketenpost_certs::Federation::load(&fed) {
-            Ok(f) => BrokerConfig::for_federation(
-                &f,
-                backup.to_owned(),
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-            ),
-            Err(e) => return fail(EXIT_CONFIG, &e),
-        },
-        (None, None) => {
-            return fail(
-                EXIT_CONFIG,
-                &"rehearse needs --config FILE or --federation DIR",
-            )
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return fail(1, &e),
-    };
-    let drill = match runtime.block_on(ketenpost_broker::rehearsal::rehearse(config, backup, at)) {
-        Ok(d) => d,
-        Err(e) => return fail(1, &e),
-    };
-    if format == "json" {
-        let body = serde_json::json!({
-            "at": drill.at.to_rfc3339(),
-            "counts": drill.counts,
-            "records": drill.records,
-        });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&body).unwrap_or_default()
-        );
-        return ExitCode::SUCCESS;
-    }
-    println!(
-        "Rehearsal at {}: what the broker's sweep would do then.",
-        drill.at.to_rfc3339()
-    );
-    if drill.counts.is_empty() {
-        println!("Nothing: no message expires, no answer is overdue, no retention ends.");
-    }
-    for (event, n) in &drill.counts {
-        println!("  {event}: {n}");
-    }
-    let rows: Vec<Vec<String>> = drill
-        .records
-        .iter()
-        .map(|r| {
-            vec![
-                r.event.to_string(),
-                r.case_ref.clone().unwrap_or_else(|| "-".into()),
-                r.kind.clone().unwrap_or_else(|| "-".into()),
-                r.actor.clone().unwrap_or_else(|| "-".into()),
-                r.counterparties.join(" "),
-                r.reason.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    if !rows.is_empty() {
-        println!();
-        print!(
-            "{}",
-            ketenpost_broker::report::text_table(
-                &["event", "case_ref", "kind", "actor", "parties", "reason"],
-                &rows
-            )
-        );
-    }
-    ExitCode::SUCCESS
-}
-
-fn serve(config: BrokerConfig) -> ExitCode {
-    let backup_dir_of_config = config.backup.dir.clone();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(config.limits.blocking_threads)
-        .thread_keep_alive(std::time::Duration::from_secs(10))
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("ketenpost-broker: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let clock = ketenpost_broker::failpoint::test_clock()
-            .unwrap_or_else(|| std::sync::Arc::new(ketenpost_core::clock::SystemClock));
-        let broker = match Broker::start_with_clock(config, clock).await {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("ketenpost-broker: {e:#}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
-        // Tell a supervisor (or a test harness) where we listen.
-        if let Some(m) = broker.metrics_addr() {
-            println!("metrics on {m}");
-        }
-        if let Some(t) = broker.tcp_addr() {
-            println!("tcp on {t}");
-        }
-        println!("listening on {}", broker.local_addr());
-        // Freed memory goes back to the system within seconds even while the broker is
-        // idle, and the allocator's view is logged every minute and at the signal.
-        if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-            tracing::warn!(cause = %e, "cannot start the allocator's purging thread");
-        }
-        let memory_log = tokio::spawn(async {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                every.tick().await;
-                log_memory();
-            }
-        });
-        // SIGHUP: read the policy, directory and CRLs again now, not at the next timer.
-        #[cfg(unix)]
-        let hangup = {
-            let reloader = broker.reloader();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                    return;
-                };
-                while hup.recv().await.is_some() {
-                    tracing::info!("SIGHUP: reloading the federation documents");
-                    reloader.reload().await;
-                }
-            })
-        };
-        // SIGUSR1: an online backup into a new folder under `[backup] dir`.
-        #[cfg(unix)]
-        let usr1 = {
-            let reloader = broker.reloader();
-            let dir = backup_dir_of_config.clone();
-            tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-                    return;
-                };
-                while usr1.recv().await.is_some() {
-                    let Some(dir) = &dir else {
-                        tracing::warn!(
-                            "SIGUSR1: no backup folder configured ([backup] dir or --backup-dir)"
-                        );
-                        continue;
-                    };
-                    let dest =
-                        dir.join(chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string());
-                    if reloader.backup(&dest).await.is_ok() {
-                        println!("backup written to {}", dest.display());
-                    }
-                }
-            })
-        };
-        let result = broker
-            .run_until(async {
-                shutdown_signal().await;
-                log_memory();
-            })
-            .await;
-        memory_log.abort();
-        #[cfg(unix)]
-        hangup.abort();
-        #[cfg(unix)]
-        usr1.abort();
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("ketenpost-broker: {e:#}");
-                ExitCode::from(EXIT_STORAGE)
-            }
-        }
-    })
-}
-
-/// Log what the allocator holds: `allocated` is live data, `resident` what it keeps in
-/// memory for it (the difference is freed memory not yet returned, and fragmentation).
-fn log_memory() {
-    use tikv_jemalloc_ctl::{epoch, stats};
-    let mib = |n: usize| n / (1024 * 1024);
-    if epoch::advance().is_ok() {
-        if let (Ok(allocated), Ok(resident)) = (stats::allocated::read(), stats::resident::read()) {
-            tracing::info!(
-                allocated_mib = mib(allocated),
-                resident_mib = mib(resident),
-                "memory"
-            );
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-fn verify(data_dir: PathBuf, key: PathBuf) -> ExitCode {
-    let text = match std::fs::read_to_string(&key) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("ketenpost-broker: cannot read {}: {e}", key.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let key = match keys::signing_key_from_text(&text) {
-        Ok(k) => k.verifying_key(),
-        Err(_) => match keys::verifying_key_from_text(&text) {
-            Ok(k) => k,
-            Err(e) => {
-                eprintln!("ketenpost-broker: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        },
-    };
-    let path = data_dir.join("broker.sled");
-    if !path.exists() {
-        eprintln!("ketenpost-broker: no broker database at {}", path.display());
-        return ExitCode::from(EXIT_CONFIG);
-    }
-    let db = match sled::open(&path) {
-        Ok(db) => db,
-        Err(e) => {
-            eprintln!("ketenpost-broker: cannot open {}: {e}", path.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    match audit::verify_chain(&db, &key) {
-        Ok(report) => {
-            println!("{report}");
-            if report.is_intact() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            }
-        }
-        Err(e) => {
-            eprintln!("ketenpost-broker: {e}");
-            ExitCode::FAILURE
         }
     }
 }
