@@ -13,8 +13,8 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use ketenpost_schemas::digest::sha256_hex;
 use ketenpost_schemas::directory::{self, Directory, EnrolmentRequest, Party, PreviousKeys};
-use ketenpost_schemas::envelope::sha256_hex;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self, Context};
 use ketenpost_schemas::policy::{Policy, Role};
