@@ -36,6 +36,8 @@ use crate::resolve::{self, SendRequest};
 use crate::store::Store;
 use crate::Error;
 
+mod access;
+
 /// Name of the cached documents in the meta tree.
 pub(crate) const DOCUMENTS: &str = "documents";
 

@@ -21,7 +21,7 @@ use ketenpost_schemas::control::{
     CaseChange, CaseOp, DeadlineNotice, DeletionOrder, DeliveryReceipt, ExpiryNotice, Record,
     SignedRecord,
 };
-use ketenpost_schemas::envelope::sha256_hex;
+use ketenpost_schemas::digest::sha256_hex;
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::protocol::{envelope_from_b64, Delivery, RejectCode, Request, Response};
 use ketenpost_transport::failpoint;

@@ -12,8 +12,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use ketenpost_core::checks::{self, Env, SenderKeys};
+use ketenpost_schemas::digest::sha256_hex;
 use ketenpost_schemas::directory::{self, Directory};
-use ketenpost_schemas::envelope::{sha256_hex, Limits};
+use ketenpost_schemas::envelope::Limits;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self, VerifyingKey};
 use ketenpost_schemas::policy::Policy;

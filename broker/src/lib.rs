@@ -39,4 +39,5 @@ pub mod requests;
 pub mod server;
 pub mod spool;
 pub mod store;
+mod text;
 pub mod verify;

@@ -30,7 +30,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::kind::Kind;
@@ -38,6 +38,7 @@ use ketenpost_schemas::policy::{ConsentRule, Policy, Role};
 use serde::Serialize;
 
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
+use crate::text::{reason_code, time_text};
 
 /// Who reads the trail.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,18 +145,6 @@ fn narrow(mut r: AuditRecord, viewer: &Viewer) -> Option<AuditRecord> {
 
 fn opt(v: &Option<String>) -> String {
     v.clone().unwrap_or_else(|| "-".to_owned())
-}
-
-pub(crate) fn time_text(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// The reason code of a record (the part before `": "`).
-pub(crate) fn reason_code(r: &AuditRecord) -> String {
-    r.reason
-        .as_deref()
-        .map(|s| s.split(": ").next().unwrap_or(s).to_owned())
-        .unwrap_or_else(|| "-".to_owned())
 }
 
 /// Table cells with organisations named: every OIN of the directory (a cell, or a word

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::audit::{AuditEvent, AuditRecord, Outcome};
-use crate::report::{reason_code, time_text};
+use crate::text::{reason_code, time_text};
 
 /// Where a request stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -331,7 +331,7 @@ fn generate(
         covenant: policy.covenant.id.clone(),
         serial: 1,
         issued_at: now,
-        policy_sha256: ketenpost_schemas::envelope::sha256_hex(policy_bytes),
+        policy_sha256: ketenpost_schemas::digest::sha256_hex(policy_bytes),
         fgs: fg_entries,
         broker: BrokerEntry {
             name: BROKER_NAME.into(),

@@ -10,11 +10,12 @@
 //! A partner's private keys never come here: `ketenpost-agent keygen` gives the operator
 //! an [`EnrolmentRequest`] (public keys) and a certificate request (CSR) for its TLS key.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use ketenpost_schemas::digest::sha256_hex;
 use ketenpost_schemas::directory::{self, Directory, EnrolmentRequest, Party, PreviousKeys};
-use ketenpost_schemas::envelope::sha256_hex;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self, Context};
 use ketenpost_schemas::policy::{Policy, Role};
@@ -22,7 +23,6 @@ use time::OffsetDateTime;
 
 use crate::federation::Federation;
 use crate::pki::{self, Ca, Serials, Validity};
-use crate::revoke::write_atomically;
 use crate::Error;
 
 /// How long a certificate issued from a partner's request is valid: two years, as `init`.
@@ -383,4 +383,15 @@ impl ExternalCa {
             .client_cert_from_csr(csr_pem, name, oin, validity, &mut Serials::default())?
             .cert_pem)
     }
+}
+
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::write(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::write(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::write(path, e))
 }

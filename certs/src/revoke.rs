@@ -7,7 +7,6 @@
 //! verifying and its name from being a recipient: a new directory version (serial + 1),
 //! signed with the federation key.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -15,6 +14,7 @@ use ketenpost_schemas::ids::Oin;
 use time::OffsetDateTime;
 
 use crate::federation::Federation;
+use crate::lifecycle::write_atomically;
 use crate::pki::{cert_der_from_pem, Ca};
 use crate::Error;
 
@@ -167,15 +167,4 @@ pub fn revoke(
         serial,
         directory_version,
     })
-}
-
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::write(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::write(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::write(path, e))
 }

@@ -323,7 +323,7 @@ fn check_scope<'h>(h: &'h Header, reg: &impl Registry) -> Result<&'h BreachScope
     for c in &scope.case_refs {
         let case = reg
             .case(c)
-            .map_err(crate::checks::unknown)?
+            .map_err(crate::registry::unknown)?
             .ok_or_else(|| {
                 reject(
                     RejectCode::UnknownCase,
@@ -422,7 +422,7 @@ fn read_cases(
 ) -> Result<BTreeMap<CaseRef, Case>, Rejection> {
     let mut cases = BTreeMap::new();
     for c in refs {
-        if let Some(case) = reg.case(c).map_err(crate::checks::unknown)? {
+        if let Some(case) = reg.case(c).map_err(crate::registry::unknown)? {
             cases.insert(c.clone(), case);
         }
     }

@@ -30,7 +30,7 @@ use ketenpost_schemas::Error as SchemaError;
 use crate::breach::{self, Routing};
 use crate::deadlines;
 use crate::message::MessageMeta;
-use crate::registry::{Case, Consent, Lookup, Registry, Unknown};
+use crate::registry::{unknown, Case, Consent, Lookup, Registry};
 
 /// What the checks need besides the registries.
 #[derive(Debug, Clone, Copy)]
@@ -197,15 +197,6 @@ impl MessageMeta {
 
 fn reject(code: RejectCode, reason: impl Into<String>) -> Rejection {
     Rejection::new(code, reason)
-}
-
-/// The registry could not tell: no verdict, a `storage` answer (the cause is the store's
-/// to log; the reason names no value).
-pub(crate) fn unknown(_: Unknown) -> Rejection {
-    reject(
-        RejectCode::Storage,
-        "the broker could not read its registry; nothing was decided, try again",
-    )
 }
 
 fn from_schema(e: SchemaError) -> Rejection {

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use ketenpost_schemas::control::Toestemming;
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::policy::Role;
+use ketenpost_schemas::protocol::{RejectCode, Rejection};
 use serde::{Deserialize, Serialize};
 
 /// A case: one purpose, a team of parties each with a role, open or closed.
@@ -111,6 +112,15 @@ impl Consent {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the registry cannot tell: {0}")]
 pub struct Unknown(pub String);
+
+/// The registry could not tell: no verdict, a `storage` answer (the cause is the store's
+/// to log; the reason names no value).
+pub(crate) fn unknown(_: Unknown) -> Rejection {
+    Rejection::new(
+        RejectCode::Storage,
+        "the broker could not read its registry; nothing was decided, try again",
+    )
+}
 
 /// A registry answer: known yes (`Ok(Some)`), known no (`Ok(None)`), or [`Unknown`].
 pub type Lookup<T> = Result<Option<T>, Unknown>;

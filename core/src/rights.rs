@@ -52,7 +52,7 @@ pub fn check_access(
         if !seen.insert(c) {
             continue;
         }
-        let case = reg.case(c).map_err(crate::checks::unknown)?;
+        let case = reg.case(c).map_err(crate::registry::unknown)?;
         match case {
             Some(case) if was_member(&case, asker) => cases.push(case),
             _ => {

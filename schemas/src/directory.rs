@@ -386,7 +386,7 @@ pub fn load_signed_documents(
 ) -> Result<(Policy, Directory), Error> {
     let parsed_policy = load_signed_policy(federation, policy.0, policy.1)?;
     let dir = load_signed_directory(federation, directory.0, directory.1, &parsed_policy)?;
-    let digest = crate::envelope::sha256_hex(policy.0);
+    let digest = crate::digest::sha256_hex(policy.0);
     if dir.policy_sha256 != digest {
         return Err(Error::Directory(format!(
             "directory serial {} goes with another policy (its policy_sha256 is {}, the \

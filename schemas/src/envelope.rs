@@ -19,8 +19,8 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crate::digest::sha256_hex;
 use crate::ids::{CaseRef, MessageId, Oin, TraceId};
 use crate::keys::{self, Context, Signature, VerifyingKey};
 use crate::kind::Kind;
@@ -285,11 +285,6 @@ pub struct Envelope {
     header_bytes: Vec<u8>,
     signature: [u8; 64],
     bodies: Vec<Vec<u8>>,
-}
-
-/// SHA-256 of bytes, as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 struct Reader<'a> {

@@ -3,8 +3,6 @@
 //! Messages never include payload content or personal data: they name fields, kinds,
 //! roles and parties (by OIN), never values.
 
-use crate::kind::Kind;
-
 /// A schema violation at one place in a payload, without the offending value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
@@ -56,16 +54,16 @@ pub enum Error {
     /// A payload does not match the JSON Schema of its kind.
     #[error("{kind} payload does not match its schema: {}", list(.violations))]
     Schema {
-        /// The kind whose schema was used.
-        kind: Kind,
+        /// The kind whose schema was used (its name).
+        kind: String,
         /// Every violation found.
         violations: Vec<Violation>,
     },
     /// A payload holds fields outside the view of the role that received it.
     #[error("{kind} body holds fields outside the '{role}' view: {}", .fields.join(", "))]
     FieldsOutsideView {
-        /// The kind of the message.
-        kind: Kind,
+        /// The kind of the message (its name).
+        kind: String,
         /// The recipient role whose view was exceeded.
         role: String,
         /// The names of the fields that should not be there.

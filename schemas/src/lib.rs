@@ -9,6 +9,7 @@
 //! | [`payload`] | typed payloads of the built-in kinds, every content kind's schema with its categories ([`payload::KindSchema`]), views and validation |
 //! | [`control`] | records the broker reads itself: consent, case lifecycle, receipts, deletion |
 //! | [`envelope`] | the wire envelope: signed header, one age-encrypted body per view |
+//! | [`digest`] | content digests (SHA-256 as hex) |
 //! | [`seal`] | building views per recipient role, sealing and opening envelopes |
 //! | [`policy`] | the covenant as code: roles, declared kinds, purposes, kinds, views, deadlines, retention |
 //! | [`duration`], [`calendar`] | policy durations, including Dutch workdays |
@@ -43,6 +44,7 @@
 pub mod calendar;
 pub mod cert;
 pub mod control;
+pub mod digest;
 pub mod directory;
 pub mod duration;
 pub mod envelope;

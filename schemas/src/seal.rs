@@ -12,10 +12,10 @@ use std::io::{Read, Write};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::digest::sha256_hex;
 use crate::directory::Directory;
 use crate::envelope::{
-    sha256_hex, BodyRef, BreachScope, Envelope, Header, LegalBasis, VerifiedEnvelope,
-    HEADER_VERSION,
+    BodyRef, BreachScope, Envelope, Header, LegalBasis, VerifiedEnvelope, HEADER_VERSION,
 };
 use crate::ids::{CaseRef, MessageId, Oin, TraceId};
 use crate::keys::{self, Context, SigningKey};

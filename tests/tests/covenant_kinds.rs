@@ -238,7 +238,7 @@ fn risicotaxatie_schema() -> Result<String> {
 async fn a_covenant_kind_with_its_schema_in_a_file_travels_with_its_views() -> Result<()> {
     let _one_at_a_time = SERIAL.lock().await;
     let schema = risicotaxatie_schema()?;
-    let sha = ketenpost_schemas::envelope::sha256_hex(schema.as_bytes());
+    let sha = ketenpost_schemas::digest::sha256_hex(schema.as_bytes());
     let inline = format!("schema = '''\n{schema}'''");
     ensure!(POLICY.contains(&inline));
     let policy_text = POLICY.replace(

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod error;
 pub mod failpoint;
 pub mod revocation;
 pub mod tcp;

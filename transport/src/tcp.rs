@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::client::{ClientError, CLOSE_TIMEOUT};
+use crate::error::{ClientError, CLOSE_TIMEOUT, CONNECT_TIMEOUT};
 use crate::tls::IDLE_TIMEOUT;
 
 /// Bytes of the length that precedes every frame (big-endian `u32`).
@@ -183,11 +183,11 @@ impl Pool {
                 .await
                 .map_err(ClientError::TcpConnect)
         };
-        match tokio::time::timeout(crate::client::CONNECT_TIMEOUT, handshake).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
                 what: "connect",
-                after: crate::client::CONNECT_TIMEOUT,
+                after: CONNECT_TIMEOUT,
             }),
         }
     }

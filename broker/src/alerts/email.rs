@@ -18,8 +18,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Tokio1Executor};
 
+use super::config::{SmtpConfig, SmtpSecurity};
 use super::{Alert, PostError, POST_TIMEOUT};
-use crate::config::{SmtpConfig, SmtpSecurity};
 
 /// Parse an e-mail address.
 pub fn mailbox(address: &str) -> Result<Mailbox, String> {

@@ -31,6 +31,7 @@
 //! retried, oldest first per receiver, with a backoff up to a minute, until accepted. A
 //! mail is accepted when the SMTP relay takes it.
 
+pub mod config;
 pub mod email;
 
 use std::time::Duration;
@@ -42,7 +43,7 @@ use ketenpost_schemas::keys::{self, Context, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditEvent, AuditRecord};
-use crate::config::ReceiverConfig;
+use config::ReceiverConfig;
 
 /// How long one POST may take.
 pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -144,7 +145,7 @@ impl Alert {
 }
 
 /// The receivers (indexes into `receivers`, see
-/// [`AlertsConfig::receivers`](crate::config::AlertsConfig::receivers)) of an alert about
+/// [`AlertsConfig::receivers`](config::AlertsConfig::receivers)) of an alert about
 /// `record`.
 pub fn receivers(record: &AuditRecord, receivers: &[ReceiverConfig]) -> Vec<u32> {
     let involved = |oin: &str| {

@@ -17,7 +17,7 @@ use ketenpost_schemas::protocol::{RejectCode, Rejection, Response};
 use ketenpost_schemas::rights::{AccessFacts, AccessQuery, CaseFacts, DataFlow, Organisation};
 use tracing::{error, info};
 
-use super::Shared;
+use super::state::Shared;
 use crate::audit::{AuditEntry, AuditEvent, AuditRecord};
 use crate::report;
 use ketenpost_core::registry::Case;

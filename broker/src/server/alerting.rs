@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use super::Shared;
+use super::state::Shared;
 use crate::alerts::email::Mailer;
 use crate::alerts::{self, Alert, Endpoint, PostError};
 use crate::audit::{AuditEntry, AuditEvent};

@@ -9,14 +9,18 @@ use std::sync::Arc;
 use ketenpost_schemas::directory::FgScope;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::protocol::{
-    request_bound, RejectCode, Rejection, Request, Response, FRAME_HEAD, PROTOCOL_VERSION,
+    request_bound, CheckpointWire, RejectCode, Rejection, Request, Response, FRAME_HEAD,
+    PROTOCOL_VERSION,
 };
 use ketenpost_transport::client::Transport;
 use ketenpost_transport::tls::{self, PeerCertificates};
 use tracing::warn;
 
+use super::access;
 use super::limits::{self, ConnectionGuard, Limit};
-use super::{handle, Shared};
+use super::records::{control, fetch, receipt};
+use super::state::{storage_error, Shared};
+use super::submit::submit;
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::config::BrokerConfig;
 use crate::documents::NotAdmitted;
@@ -357,5 +361,44 @@ async fn read_request(
                 limit,
             });
         }
+    }
+}
+
+async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
+    match req {
+        Request::Submit(bytes) => submit(bytes, shared, oin).await,
+        Request::Fetch { max, wait_ms } => fetch(shared, oin, max, wait_ms).await,
+        Request::Receipt(rec) => receipt(&rec, shared, oin).await,
+        Request::Control(rec) => control(&rec, shared, oin).await,
+        Request::Ack { up_to } => match shared.store.ack_notices(oin, up_to) {
+            Ok(_) => Response::Done,
+            Err(e) => storage_error(e),
+        },
+        Request::GetDocuments => Response::Documents(shared.docs().raw.clone()),
+        Request::AccessFacts(q) => access::facts(q, shared, oin).await,
+        // Answered for FG certificates only (`exchange::request`); never reaches here.
+        Request::FgRead(_) => Response::Rejected(Rejection::new(
+            RejectCode::NotPermitted,
+            "FG reports need an FG certificate the directory lists",
+        )),
+        Request::GetCheckpoint => match shared.audit.latest_checkpoint() {
+            Ok(cp) => Response::Checkpoint(cp.map(|c| CheckpointWire {
+                seq: c.seq,
+                head_hash: c.head_hash.clone(),
+                time: c.time_text(),
+                signature: c.signature.clone(),
+            })),
+            Err(e) => Response::Error {
+                code: "audit".into(),
+                message: e.to_string(),
+            },
+        },
+        Request::ProveExtends { seq, hash } => match shared.audit.prove_extends(seq, &hash) {
+            Ok(b) => Response::Extends(b),
+            Err(e) => Response::Error {
+                code: "audit".into(),
+                message: e.to_string(),
+            },
+        },
     }
 }

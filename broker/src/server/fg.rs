@@ -11,7 +11,7 @@ use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::protocol::{self, FgQuery, RejectCode, Rejection, Response};
 use tracing::{error, info};
 
-use super::Shared;
+use super::state::Shared;
 use crate::fg::{self, FgError, Query, Reader, ReportContext};
 use crate::report::Viewer;
 

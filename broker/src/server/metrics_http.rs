@@ -1,14 +1,17 @@
 //! The metrics and health endpoints of a running broker (see [`crate::metrics`]).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use tokio::sync::watch;
+use tracing::{error, warn};
 
-use super::*;
+use super::state::Shared;
 use crate::metrics::{Gauges, PartyGauges};
 
 pub(super) async fn serve(

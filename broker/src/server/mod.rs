@@ -13,6 +13,7 @@
 //! | `exchange` | what both transports share: the connection checks, a request from its bytes to its counted answer |
 //! | `quic` | QUIC connections: one request per stream |
 //! | `tcp` | TLS-over-TCP connections: length-prefixed frames, one exchange at a time |
+//! | `state` | the state every connection, request and timer shares, and the registry the checks read |
 //! | [`limits`] | per-party admission |
 
 use std::collections::HashMap;
@@ -22,29 +23,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::control::SignedRecord;
 use ketenpost_schemas::envelope::Limits;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys::{self};
-use ketenpost_schemas::protocol::{
-    AcceptFlag, CheckpointWire, RejectCode, Rejection, Request, Response,
-};
-use tokio::sync::{watch, Notify, RwLock};
+use tokio::sync::{watch, RwLock};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::audit::{AuditEntry, AuditEvent, AuditTrail};
 use crate::config::BrokerConfig;
-use crate::store::{Applied, NoticeSigner, PutTicket, Store, StoreError, TxResult, TxView};
-use ketenpost_core::breach::{self as breach_routing, FlowHistory};
-use ketenpost_core::checks::{self, Authorised, ControlEffect, Submitted};
+use crate::store::{NoticeSigner, Store, StoreError};
 use ketenpost_core::clock::{SharedClock, SystemClock};
-use ketenpost_core::deadlines::AnswerClock;
-use ketenpost_core::effects::Effects;
-use ketenpost_core::message::MessageMeta;
-use ketenpost_core::registry::Registry;
-use ketenpost_core::registry::{Case, Consent, Lookup, Unknown};
-use ketenpost_core::transitions;
 use ketenpost_transport::tls;
 
 pub use ketenpost_schemas::control::BROKER_SIGNER;
@@ -57,139 +46,14 @@ pub mod limits;
 mod metrics_http;
 mod quic;
 mod records;
+mod state;
 mod submit;
 mod sweep;
 mod tcp;
 
-use limits::{Admission, Refused};
-
-use records::{control, fetch, receipt};
-use submit::submit;
+use limits::Admission;
+use state::Shared;
 use sweep::sweep_once;
-
-struct Shared {
-    /// The federation documents in force; replaced whole by a reload.
-    docs: std::sync::RwLock<Arc<crate::documents::Documents>>,
-    /// The pinned federation key the documents are verified against.
-    federation_key: keys::VerifyingKey,
-    /// Bumped after every reload that changed the documents: connections re-check their
-    /// party against the new set.
-    docs_version: watch::Sender<u64>,
-    /// The digest of the last set a reload refused, so a refusal is audited once.
-    docs_refused: Mutex<Option<String>>,
-    /// The endpoint, to put a new TLS configuration (new CRLs) in force; taken at
-    /// shutdown so nothing keeps the socket open.
-    endpoint: Mutex<Option<quinn::Endpoint>>,
-    /// The TLS-over-TCP acceptor in force (with the CRLs in force), when TCP is on.
-    tcp_acceptor: Mutex<Option<tokio_rustls::TlsAcceptor>>,
-    limits: Limits,
-    config: BrokerConfig,
-    store: Store,
-    audit: Arc<AuditTrail>,
-    /// Signs the broker's own notices.
-    notice_signer: NoticeSigner,
-    /// Where every `now` comes from.
-    clock: SharedClock,
-    /// Submits hold it shared while they check and write; control records exclusively, so
-    /// a check never reads a case or consent that changes under it.
-    registry_lock: RwLock<()>,
-    waiters: Mutex<HashMap<Oin, Arc<Notify>>>,
-    /// What each party holds of the broker (connections, requests, buffered bytes).
-    admission: Arc<Admission>,
-    /// Request counters for the metrics.
-    counters: crate::metrics::Counters,
-    /// False once the broker is shutting down (`/readyz`).
-    ready: std::sync::atomic::AtomicBool,
-}
-
-impl Shared {
-    fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
-    }
-
-    /// The federation documents in force now.
-    fn docs(&self) -> Arc<crate::documents::Documents> {
-        match self.docs.read() {
-            Ok(d) => d.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    /// How far ahead of `now` an `event_time` may lie.
-    fn max_clock_skew(&self) -> chrono::Duration {
-        // At most a day (the config check), so this cannot overflow.
-        chrono::Duration::seconds(
-            i64::try_from(self.config.limits.max_clock_skew_secs).unwrap_or(86_400),
-        )
-    }
-
-    fn notify(&self, party: &Oin) {
-        if let Ok(map) = self.waiters.lock() {
-            if let Some(n) = map.get(party) {
-                n.notify_waiters();
-            }
-        }
-    }
-
-    fn waiter(&self, party: &Oin) -> Arc<Notify> {
-        match self.waiters.lock() {
-            Ok(mut map) => map.entry(party.clone()).or_default().clone(),
-            Err(_) => Arc::new(Notify::new()),
-        }
-    }
-
-    fn audit(&self, entry: AuditEntry) {
-        if let Err(e) = self.audit.append(entry, self.clock.now()) {
-            error!(cause = %e, "audit append failed");
-        }
-    }
-
-    /// Audit a party's refusal for a limit, once per episode.
-    fn over_limit(&self, party: &Oin, refused: Refused) {
-        self.counters.limit(refused.limit.as_str());
-        if refused.new_episode {
-            warn!(%party, limit = refused.limit.as_str(), "party over a limit; refusing it until it is back under");
-            self.audit(
-                AuditEntry::refused(AuditEvent::LimitExceeded, refused.limit.as_str()).actor(party),
-            );
-        }
-    }
-
-    fn live(&self) -> Live<'_> {
-        Live {
-            store: &self.store,
-            audit: &self.audit,
-        }
-    }
-}
-
-/// The registry the checks read in a running broker: cases, consents and the dedup set
-/// from the store, past flows (for breach routing) from the audit trail.
-struct Live<'a> {
-    store: &'a Store,
-    audit: &'a AuditTrail,
-}
-
-impl Registry for Live<'_> {
-    fn case(&self, case_ref: &ketenpost_schemas::ids::CaseRef) -> Lookup<Case> {
-        self.store.case(case_ref)
-    }
-    fn consent(&self, id: &uuid::Uuid) -> Lookup<Consent> {
-        self.store.consent(id)
-    }
-    fn seen(&self, id: &ketenpost_schemas::ids::MessageId) -> Result<bool, Unknown> {
-        self.store.seen(id)
-    }
-    fn flows_since(&self, from: DateTime<Utc>) -> FlowHistory {
-        match self.audit.records_between(from, DateTime::<Utc>::MAX_UTC) {
-            Ok(records) => FlowHistory::Flows(breach_routing::flows_from_records(&records)),
-            Err(e) => {
-                error!(cause = %e, "cannot read the flow history for a breach notice");
-                FlowHistory::Unavailable
-            }
-        }
-    }
-}
 
 /// A running broker.
 pub struct Broker {
@@ -733,85 +597,4 @@ async fn make_checkpoint(shared: &Arc<Shared>) {
         Ok(Err(e)) => error!(cause = %e, "audit checkpoint failed"),
         Err(e) => error!(cause = %e, "audit checkpoint task failed"),
     }
-}
-
-async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
-    match req {
-        Request::Submit(bytes) => submit(bytes, shared, oin).await,
-        Request::Fetch { max, wait_ms } => fetch(shared, oin, max, wait_ms).await,
-        Request::Receipt(rec) => receipt(&rec, shared, oin).await,
-        Request::Control(rec) => control(&rec, shared, oin).await,
-        Request::Ack { up_to } => match shared.store.ack_notices(oin, up_to) {
-            Ok(_) => Response::Done,
-            Err(e) => storage_error(e),
-        },
-        Request::GetDocuments => Response::Documents(shared.docs().raw.clone()),
-        Request::AccessFacts(q) => access::facts(q, shared, oin).await,
-        // Answered for FG certificates only (`exchange::request`); never reaches here.
-        Request::FgRead(_) => Response::Rejected(Rejection::new(
-            RejectCode::NotPermitted,
-            "FG reports need an FG certificate the directory lists",
-        )),
-        Request::GetCheckpoint => match shared.audit.latest_checkpoint() {
-            Ok(cp) => Response::Checkpoint(cp.map(|c| CheckpointWire {
-                seq: c.seq,
-                head_hash: c.head_hash.clone(),
-                time: c.time_text(),
-                signature: c.signature.clone(),
-            })),
-            Err(e) => Response::Error {
-                code: "audit".into(),
-                message: e.to_string(),
-            },
-        },
-        Request::ProveExtends { seq, hash } => match shared.audit.prove_extends(seq, &hash) {
-            Ok(b) => Response::Extends(b),
-            Err(e) => Response::Error {
-                code: "audit".into(),
-                message: e.to_string(),
-            },
-        },
-    }
-}
-
-fn storage_error(e: StoreError) -> Response {
-    error!(cause = %e, "storage error");
-    Response::Rejected(Rejection::new(
-        RejectCode::Storage,
-        "the broker could not store this; nothing was accepted, try again",
-    ))
-}
-
-/// The audit record of a refused submission. Before the sender's signature verified,
-/// nothing the header claims is recorded (any party could name another's case or
-/// partners): only the connection's OIN, the reason and a digest of the bytes. After it,
-/// the verified header's typed values (ids, kind, recipients), never content.
-fn rejected_entry(
-    r: &Rejection,
-    oin: &Oin,
-    bytes: &[u8],
-    verified: Option<&ketenpost_schemas::envelope::Header>,
-) -> AuditEntry {
-    let e = AuditEntry::refused(AuditEvent::Rejected, r.code.as_str()).actor(oin);
-    let Some(h) = verified else {
-        return e.request_digest(bytes);
-    };
-    let mut e = e
-        .kind(h.kind)
-        .case_ref(&h.case_ref)
-        .message_id(h.id)
-        .trace_id(h.trace_id)
-        .counterparties(h.recipients.iter());
-    if let Some(p) = shared_purpose(&h.purpose) {
-        e = e.purpose(p);
-    }
-    e
-}
-
-/// A purpose id from a header is only recorded when it is a plain identifier.
-fn shared_purpose(p: &str) -> Option<&str> {
-    (p.len() <= 64
-        && p.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-    .then_some(p)
 }

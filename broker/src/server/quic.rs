@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::exchange::{admit, request, Admitted, RequestIo};
-use super::Shared;
+use super::state::Shared;
 
 /// Serve an established QUIC connection until the partner leaves or the broker stops.
 pub(super) async fn connection(

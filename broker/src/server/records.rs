@@ -1,7 +1,21 @@
 //! Fetches, receipts and control records: each a decision of the core applied in one
 //! transaction ([`transition`]).
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ketenpost_core::checks::{self, ControlEffect};
+use ketenpost_core::effects::Effects;
+use ketenpost_core::transitions;
+use ketenpost_schemas::control::SignedRecord;
+use ketenpost_schemas::ids::Oin;
+use ketenpost_schemas::protocol::Response;
+use tracing::{error, info};
+
+use super::state::{storage_error, Shared};
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::store::{StoreError, TxResult, TxView};
 
 pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u32) -> Response {
     let max = usize::from(max.clamp(1, shared.config.limits.max_fetch));

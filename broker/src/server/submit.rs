@@ -1,9 +1,19 @@
 //! Submissions: checks 1-7 (the core), the durable write with its audit records and
 //! answer clock (the store's writer thread), the answer bookkeeping, the answer.
 
-use super::*;
-use crate::audit::Outcome;
-use crate::store::PendingAnswer;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use ketenpost_core::checks::{self, Authorised, Submitted};
+use ketenpost_core::deadlines::AnswerClock;
+use ketenpost_core::message::MessageMeta;
+use ketenpost_schemas::ids::Oin;
+use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection, Response};
+use tracing::{debug, error, info};
+
+use super::state::{storage_error, Shared};
+use crate::audit::{AuditEntry, AuditEvent, Outcome};
+use crate::store::{PendingAnswer, PutTicket, StoreError};
 
 /// What a submission staged in the store, to be committed and answered.
 struct Staged {
@@ -264,4 +274,38 @@ fn accepted_entries(
         }
     }
     entries
+}
+
+/// The audit record of a refused submission. Before the sender's signature verified,
+/// nothing the header claims is recorded (any party could name another's case or
+/// partners): only the connection's OIN, the reason and a digest of the bytes. After it,
+/// the verified header's typed values (ids, kind, recipients), never content.
+fn rejected_entry(
+    r: &Rejection,
+    oin: &Oin,
+    bytes: &[u8],
+    verified: Option<&ketenpost_schemas::envelope::Header>,
+) -> AuditEntry {
+    let e = AuditEntry::refused(AuditEvent::Rejected, r.code.as_str()).actor(oin);
+    let Some(h) = verified else {
+        return e.request_digest(bytes);
+    };
+    let mut e = e
+        .kind(h.kind)
+        .case_ref(&h.case_ref)
+        .message_id(h.id)
+        .trace_id(h.trace_id)
+        .counterparties(h.recipients.iter());
+    if let Some(p) = shared_purpose(&h.purpose) {
+        e = e.purpose(p);
+    }
+    e
+}
+
+/// A purpose id from a header is only recorded when it is a plain identifier.
+fn shared_purpose(p: &str) -> Option<&str> {
+    (p.len() <= 64
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+    .then_some(p)
 }

@@ -1,7 +1,13 @@
 //! The sweep: expiry, deadline notices, case phase terms (review notices, automatic close)
 //! and deletion orders, each a decision of the core applied in its own transaction.
 
-use super::*;
+use chrono::{DateTime, Utc};
+use ketenpost_core::effects::Effects;
+use ketenpost_core::transitions;
+use tracing::{error, info, warn};
+
+use super::state::Shared;
+use crate::store::{Applied, TxResult, TxView};
 
 /// One sweep at `now`: expire undelivered bodies, send the deadline notices that are due,
 /// apply the terms of open cases' phases, and order deletions for cases whose retention

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::exchange::{admit, request, Admitted, RequestIo};
-use super::Shared;
+use super::state::Shared;
 
 /// How long the broker waits for a partner to take a closing connection's close_notify.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

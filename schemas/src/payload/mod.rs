@@ -128,7 +128,7 @@ pub fn validate_view(
     let outside = schema.fields_outside(granted, payload);
     if !outside.is_empty() {
         return Err(Error::FieldsOutsideView {
-            kind: schema.kind(),
+            kind: schema.kind().to_string(),
             role: role.to_owned(),
             fields: outside,
         });
@@ -172,7 +172,7 @@ fn validator(
         Some(g) => schema.view_schema(g),
     };
     let compiled = jsonschema::validator_for(&json).map_err(|e| Error::Schema {
-        kind: schema.kind(),
+        kind: schema.kind().to_string(),
         violations: vec![Violation {
             path: String::new(),
             message: format!("schema itself is invalid: {}", e.kind_description()),
@@ -202,7 +202,10 @@ fn validate_against(
     if violations.is_empty() {
         Ok(())
     } else {
-        Err(Error::Schema { kind, violations })
+        Err(Error::Schema {
+            kind: kind.to_string(),
+            violations,
+        })
     }
 }
 

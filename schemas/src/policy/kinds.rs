@@ -412,7 +412,7 @@ views.ggz = ["case", "support"]
     #[test]
     fn a_schema_in_a_file_is_read_pinned_and_put_inline_for_signing() {
         let schema = leaked(schema_text());
-        let sha = crate::envelope::sha256_hex(schema.as_bytes());
+        let sha = crate::digest::sha256_hex(schema.as_bytes());
         let text = file_policy(&sha);
         let files: &'static [(&str, &str)] =
             Box::leak(vec![("kinds/risicotaxatie.schema.json", schema)].into_boxed_slice());
@@ -439,7 +439,7 @@ views.ggz = ["case", "support"]
     #[test]
     fn schema_file_problems_are_refused_naming_the_kind_at_the_line() {
         let schema = leaked(schema_text());
-        let sha = crate::envelope::sha256_hex(schema.as_bytes());
+        let sha = crate::digest::sha256_hex(schema.as_bytes());
         let text = file_policy(&sha);
         let good: &'static [(&str, &str)] =
             Box::leak(vec![("kinds/risicotaxatie.schema.json", schema)].into_boxed_slice());
@@ -503,7 +503,7 @@ views.ggz = ["case", "support"]
         }
         // A field problem in the file is named with the file.
         let uncategorised = leaked(schema.replace(r#""x-category": "support", "#, ""));
-        let sha = crate::envelope::sha256_hex(uncategorised.as_bytes());
+        let sha = crate::digest::sha256_hex(uncategorised.as_bytes());
         let files: &'static [(&str, &str)] =
             Box::leak(vec![("kinds/risicotaxatie.schema.json", uncategorised)].into_boxed_slice());
         let (_, msg) = file_error_of(&file_policy(&sha), &reader(files));

@@ -272,7 +272,7 @@ impl Checker<'_> {
             }
         };
         if let Some(pin) = &decl.schema_sha256 {
-            let actual = crate::envelope::sha256_hex(&bytes);
+            let actual = crate::digest::sha256_hex(&bytes);
             if &actual != pin.get_ref() {
                 return self.err(
                     at,
