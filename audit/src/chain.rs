@@ -1,7 +1,6 @@
 //! The chain: its head, the next record chained to it, and the keys records are stored under.
 
-use crate::record::{AuditEntry, AuditError, AuditRecord, GENESIS_HASH};
-use crate::verify::json_error_class;
+use crate::record::{json_error_class, AuditEntry, AuditError, AuditRecord, GENESIS_HASH};
 
 use chrono::{DateTime, Utc};
 

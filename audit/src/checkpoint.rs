@@ -1,7 +1,6 @@
 //! Checkpoints: the broker's signed statements about the head of its trail.
 
-use crate::record::AuditError;
-use crate::verify::json_error_class;
+use crate::record::{json_error_class, AuditError};
 
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use ketenpost_schemas::keys::{self, Context, SigningKey, VerifyingKey};

@@ -650,3 +650,13 @@ fn check_name(field: &'static str, v: Option<&str>) -> Result<(), AuditError> {
         _ => Ok(()),
     }
 }
+
+/// A short name for a serde_json error class (its message could quote stored data).
+pub fn json_error_class(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "wrong fields",
+        serde_json::error::Category::Eof => "truncated",
+    }
+}

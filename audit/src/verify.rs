@@ -75,16 +75,6 @@ pub fn verify_exported<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Chain
     }
 }
 
-/// A short name for a serde_json error class (its message could quote stored data).
-pub fn json_error_class(e: &serde_json::Error) -> &'static str {
-    match e.classify() {
-        serde_json::error::Category::Io => "I/O error",
-        serde_json::error::Category::Syntax => "not JSON",
-        serde_json::error::Category::Data => "wrong fields",
-        serde_json::error::Category::Eof => "truncated",
-    }
-}
-
 /// What kind of damage [`verify_trail`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
