@@ -73,6 +73,9 @@
 mod chain;
 mod checkpoint;
 mod record;
+pub mod report;
+pub mod requests;
+mod text;
 mod verify;
 
 pub use chain::*;

@@ -660,3 +660,32 @@ pub fn json_error_class(e: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Eof => "truncated",
     }
 }
+
+/// A bare record of `event`, for tests of what reads records (reports, alerts): seq 0, no
+/// hash, nothing filled in beyond the event, its time and outcome `ok`. Never stored: a
+/// trail only takes records its chain made from an [`AuditEntry`].
+pub fn bare_record(event: AuditEvent, time: DateTime<Utc>) -> AuditRecord {
+    AuditRecord {
+        seq: 0,
+        time,
+        event,
+        actor: None,
+        user: None,
+        case_ref: None,
+        purpose: None,
+        processing_activity: None,
+        kind: None,
+        message_id: None,
+        counterparties: Vec::new(),
+        outcome: Outcome::Ok,
+        reason: None,
+        trace_id: None,
+        request_digest: None,
+        document_serial: None,
+        recipient_views: Default::default(),
+        due_at: None,
+        broken_seq: None,
+        prev_hash: GENESIS_HASH.into(),
+        hash: String::new(),
+    }
+}

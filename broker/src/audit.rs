@@ -524,34 +524,6 @@ pub fn verify_data_dir(
     Ok(verify_chain(&db, &key)?)
 }
 
-/// A bare record of `event` for unit tests: seq 0, no hash, nothing filled in beyond the
-/// event, its time and outcome `ok`.
-#[cfg(test)]
-pub(crate) fn bare_record(event: AuditEvent, time: DateTime<Utc>) -> AuditRecord {
-    AuditRecord {
-        seq: 0,
-        time,
-        event,
-        actor: None,
-        user: None,
-        case_ref: None,
-        purpose: None,
-        processing_activity: None,
-        kind: None,
-        message_id: None,
-        counterparties: Vec::new(),
-        outcome: Outcome::Ok,
-        reason: None,
-        trace_id: None,
-        request_digest: None,
-        document_serial: None,
-        recipient_views: Default::default(),
-        due_at: None,
-        broken_seq: None,
-        prev_hash: GENESIS_HASH.into(),
-        hash: String::new(),
-    }
-}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -10,8 +10,8 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`report`] | the FG's view of the audit trail: filters, reports, JSONL/CSV/HTML exports, pure |
-//! | [`requests`] | the FG's report of data subjects' requests (access, deletion, correction) with their terms, pure |
+//! | [`report`] | the FG's view of the audit trail: filters, reports, JSONL/CSV/HTML exports (`ketenpost_audit::report`, re-exported) |
+//! | [`requests`] | the FG's report of data subjects' requests (access, deletion, correction) with their terms (`ketenpost_audit::requests`, re-exported) |
 //! | [`config`] | the TOML configuration, parsed once |
 //! | [`server`] | the QUIC server: connections, requests, timers, shutdown; submit, records and sweep submodules |
 //! | [`store`] | sled trees: message metadata, per-recipient queues, notices, registries, group commit |
@@ -34,10 +34,9 @@ pub mod fg;
 pub mod fg_cli;
 pub mod metrics;
 pub mod rehearsal;
-pub mod report;
-pub mod requests;
+pub use ketenpost_audit::report;
+pub use ketenpost_audit::requests;
 pub mod server;
 pub mod spool;
 pub mod store;
-mod text;
 pub mod verify;

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::audit::{AuditEvent, AuditRecord, Outcome};
+use crate::record::{AuditEvent, AuditRecord, Outcome};
 use crate::text::{reason_code, time_text};
 
 /// Where a request stands.
@@ -241,7 +241,7 @@ mod tests {
             actor: Some(oin(actor)),
             case_ref: Some("case-a".into()),
             message_id: Some(id.into()),
-            ..crate::audit::bare_record(event, at)
+            ..crate::record::bare_record(event, at)
         }
     }
 

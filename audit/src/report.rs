@@ -1,6 +1,6 @@
 //! The FG's view of the audit trail: who may see which records, filters, the reports and
 //! the exports. Pure functions over [`AuditRecord`]s; reading the trail and recording the
-//! read is [`crate::fg`]'s job.
+//! read is the broker's job (`ketenpost_broker::fg`).
 //!
 //! # Who sees what
 //! The FG of one organisation ([`Viewer::Organisation`]) sees only records that involve
@@ -37,7 +37,7 @@ use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::{ConsentRule, Policy, Role};
 use serde::Serialize;
 
-use crate::audit::{AuditEvent, AuditRecord, Outcome};
+use crate::record::{AuditEvent, AuditRecord, Outcome};
 use crate::text::{reason_code, time_text};
 
 /// Who reads the trail.
@@ -1712,7 +1712,7 @@ pub fn html(report: &HtmlReport<'_>) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::audit::GENESIS_HASH;
+    use crate::record::GENESIS_HASH;
     use chrono::Duration;
 
     fn oin(n: u64) -> String {
