@@ -524,7 +524,6 @@ pub fn verify_data_dir(
     Ok(verify_chain(&db, &key)?)
 }
 
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
