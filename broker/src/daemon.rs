@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ketenpost_core::clock::SharedClock;
+use ketenpost_transport::signal::shutdown_signal;
 
 use crate::config::BrokerConfig;
 use crate::server::{Broker, Reloader};
@@ -163,28 +164,5 @@ pub fn log_memory() {
                 "memory"
             );
         }
-    }
-}
-
-/// Wait for SIGINT or (Unix) SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -12,11 +12,13 @@
 //! | [`tcp`] | TLS over TCP: length-prefixed frames, the client's connection pool |
 //! | [`client`] | the client side of the protocol over either transport: connect, request, close |
 //! | [`failpoint`] | crash points and a test clock for the crash tests (feature `failpoints`) |
+//! | [`signal`] | the signals a process stops on (SIGINT, SIGTERM) |
 #![forbid(unsafe_code)]
 
 pub mod client;
 mod error;
 pub mod failpoint;
 pub mod revocation;
+pub mod signal;
 pub mod tcp;
 pub mod tls;

@@ -23,28 +23,6 @@ fn init_tracing() {
     }
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 async fn run(cli: &Cli) -> Result<(), Error> {
     let config = AgentConfig::load(&cli.config)?;
     // A test build (feature `failpoints`) reads its clock from KETENPOST_TEST_CLOCK_FILE
@@ -53,7 +31,9 @@ async fn run(cli: &Cli) -> Result<(), Error> {
         Some(clock) => Agent::start_with_clock(config, clock).await?,
         None => Agent::start(config).await?,
     };
-    agent.run_until(shutdown_signal()).await;
+    agent
+        .run_until(ketenpost_transport::signal::shutdown_signal())
+        .await;
     Ok(())
 }
 

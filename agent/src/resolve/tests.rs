@@ -297,6 +297,25 @@ impl World {
         .encode()
     }
 
+    /// The agent refuses `req` with `code`, and so does the broker for the message the
+    /// agent would have sealed.
+    fn both_refuse(
+        &self,
+        sender: usize,
+        req: &SendRequest,
+        recipients: Vec<(Oin, Role)>,
+        basis: LegalBasis,
+        f: &Facts,
+        want: RejectCode,
+    ) {
+        assert_eq!(code(self.agent(sender, req, Some(f))), Some(want), "agent");
+        assert_eq!(
+            self.broker(sender, req, recipients, basis, f),
+            Err(want),
+            "broker"
+        );
+    }
+
     /// What the broker says about the message the agent would have sealed.
     fn broker(
         &self,
@@ -442,19 +461,13 @@ fn sender_role_not_allowed_agrees() {
     let mut req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
     req.kind = Kind::Aanmelding;
     req.payload = serde_json::to_value(Aanmelding::example()).unwrap();
-    assert_eq!(
-        code(w.agent(G, &req, Some(&f))),
-        Some(RejectCode::SenderRoleNotAllowed)
-    );
-    assert_eq!(
-        w.broker(
-            G,
-            &req,
-            vec![(w.oins[W].clone(), role("woningcorporatie"))],
-            LegalBasis::Consent { consent_id: id },
-            &f
-        ),
-        Err(RejectCode::SenderRoleNotAllowed)
+    w.both_refuse(
+        G,
+        &req,
+        vec![(w.oins[W].clone(), role("woningcorporatie"))],
+        LegalBasis::Consent { consent_id: id },
+        &f,
+        RejectCode::SenderRoleNotAllowed,
     );
     // Without the case, from the directory roles alone.
     assert_eq!(
@@ -539,19 +552,13 @@ fn consent_scope_agrees() {
     let mut f = w.facts(false);
     let id = w.consent(&mut f, &["gemeente"], false);
     let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
-    assert_eq!(
-        code(w.agent(G, &req, Some(&f))),
-        Some(RejectCode::ConsentScope)
-    );
-    assert_eq!(
-        w.broker(
-            G,
-            &req,
-            vec![(w.oins[W].clone(), role("woningcorporatie"))],
-            LegalBasis::Consent { consent_id: id },
-            &f
-        ),
-        Err(RejectCode::ConsentScope)
+    w.both_refuse(
+        G,
+        &req,
+        vec![(w.oins[W].clone(), role("woningcorporatie"))],
+        LegalBasis::Consent { consent_id: id },
+        &f,
+        RejectCode::ConsentScope,
     );
 }
 
@@ -562,19 +569,13 @@ fn wrong_purpose_agrees() {
     let id = w.consent(&mut f, &["gemeente", "woningcorporatie"], false);
     let mut req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
     req.purpose = Some("nazorg".into());
-    assert_eq!(
-        code(w.agent(G, &req, Some(&f))),
-        Some(RejectCode::WrongPurpose)
-    );
-    assert_eq!(
-        w.broker(
-            G,
-            &req,
-            vec![(w.oins[W].clone(), role("woningcorporatie"))],
-            LegalBasis::Consent { consent_id: id },
-            &f
-        ),
-        Err(RejectCode::WrongPurpose)
+    w.both_refuse(
+        G,
+        &req,
+        vec![(w.oins[W].clone(), role("woningcorporatie"))],
+        LegalBasis::Consent { consent_id: id },
+        &f,
+        RejectCode::WrongPurpose,
     );
 }
 
@@ -584,19 +585,13 @@ fn closed_case_and_legal_basis_mismatch_agree() {
     let mut f = w.facts(true);
     let id = w.consent(&mut f, &["gemeente", "woningcorporatie"], false);
     let req = signaal(&f.case.case_ref, vec![To::Oin(w.oins[W].clone())]);
-    assert_eq!(
-        code(w.agent(G, &req, Some(&f))),
-        Some(RejectCode::CaseClosed)
-    );
-    assert_eq!(
-        w.broker(
-            G,
-            &req,
-            vec![(w.oins[W].clone(), role("woningcorporatie"))],
-            LegalBasis::Consent { consent_id: id },
-            &f
-        ),
-        Err(RejectCode::CaseClosed)
+    w.both_refuse(
+        G,
+        &req,
+        vec![(w.oins[W].clone(), role("woningcorporatie"))],
+        LegalBasis::Consent { consent_id: id },
+        &f,
+        RejectCode::CaseClosed,
     );
 
     // A breach notice rests on the covenant; it may concern a closed case.
@@ -609,19 +604,13 @@ fn closed_case_and_legal_basis_mismatch_agree() {
     assert_eq!(resolved.legal_basis, LegalBasis::Covenant);
     assert!(resolved.breach_scope.is_some());
     breach.legal_basis = Some(LegalBasis::Consent { consent_id: id });
-    assert_eq!(
-        code(w.agent(G, &breach, Some(&f))),
-        Some(RejectCode::LegalBasisMismatch)
-    );
-    assert_eq!(
-        w.broker(
-            G,
-            &breach,
-            vec![(w.oins[W].clone(), role("woningcorporatie"))],
-            LegalBasis::Consent { consent_id: id },
-            &f
-        ),
-        Err(RejectCode::LegalBasisMismatch)
+    w.both_refuse(
+        G,
+        &breach,
+        vec![(w.oins[W].clone(), role("woningcorporatie"))],
+        LegalBasis::Consent { consent_id: id },
+        &f,
+        RejectCode::LegalBasisMismatch,
     );
 }
 
@@ -635,19 +624,13 @@ fn ground_not_allowed_agrees() {
         justification: "J-1".into(),
     };
     req.legal_basis = Some(basis.clone());
-    assert_eq!(
-        code(w.agent(G, &req, Some(&f))),
-        Some(RejectCode::GroundNotAllowed)
-    );
-    assert_eq!(
-        w.broker(
-            G,
-            &req,
-            vec![(w.oins[W].clone(), role("woningcorporatie"))],
-            basis,
-            &f
-        ),
-        Err(RejectCode::GroundNotAllowed)
+    w.both_refuse(
+        G,
+        &req,
+        vec![(w.oins[W].clone(), role("woningcorporatie"))],
+        basis,
+        &f,
+        RejectCode::GroundNotAllowed,
     );
 }
 
