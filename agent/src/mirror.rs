@@ -53,6 +53,11 @@ pub struct KnownCase {
     /// a deletion order may name them), as the broker's `Case::former_members` says.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub former_members: BTreeSet<Oin>,
+    /// Whether `former_members` is kept for this entry: an entry an older version wrote
+    /// lacks it, and its removed members are not known, so the case is not known
+    /// completely (a deletion order may name a member removed back then).
+    #[serde(default)]
+    pub former_known: bool,
     /// Whether `members` is the whole team (see the module docs).
     pub complete: bool,
     /// How the agent knows the case.
@@ -87,6 +92,7 @@ impl KnownCase {
             members: [(me.clone(), role)].into(),
             regievoerder: Some(me),
             former_members: BTreeSet::new(),
+            former_known: true,
             complete: true,
             knowledge: Knowledge::Managed,
             closed_at: None,
@@ -154,6 +160,7 @@ impl KnownCase {
             members: BTreeMap::new(),
             regievoerder: None,
             former_members: BTreeSet::new(),
+            former_known: true,
             complete: false,
             knowledge: Knowledge::Learned,
             closed_at: None,
@@ -247,24 +254,26 @@ pub struct MirrorRegistry<'a> {
 impl Registry for MirrorRegistry<'_> {
     fn case(&self, case_ref: &CaseRef) -> Lookup<Case> {
         match self.case {
-            Some(c) if &c.case_ref == case_ref && c.complete => match &c.regievoerder {
-                Some(regievoerder) => Ok(Some(Case {
-                    case_ref: c.case_ref.clone(),
-                    covenant: String::new(),
-                    purpose: c.purpose.clone(),
-                    regievoerder: regievoerder.clone(),
-                    members: c.members.clone(),
-                    former_members: c.former_members.clone(),
-                    opened_at: DateTime::<Utc>::MIN_UTC,
-                    closed_at: c.closed_at,
-                    deletion_ordered_at: None,
-                    deleted_by: Default::default(),
-                    phase: c.phase.clone(),
-                    phase_since: None,
-                    review_noticed_at: None,
-                })),
-                None => Err(Unknown("the case's regievoerder is not known here".into())),
-            },
+            Some(c) if &c.case_ref == case_ref && c.complete && c.former_known => {
+                match &c.regievoerder {
+                    Some(regievoerder) => Ok(Some(Case {
+                        case_ref: c.case_ref.clone(),
+                        covenant: String::new(),
+                        purpose: c.purpose.clone(),
+                        regievoerder: regievoerder.clone(),
+                        members: c.members.clone(),
+                        former_members: c.former_members.clone(),
+                        opened_at: DateTime::<Utc>::MIN_UTC,
+                        closed_at: c.closed_at,
+                        deletion_ordered_at: None,
+                        deleted_by: Default::default(),
+                        phase: c.phase.clone(),
+                        phase_since: None,
+                        review_noticed_at: None,
+                    })),
+                    None => Err(Unknown("the case's regievoerder is not known here".into())),
+                }
+            }
             _ => Err(Unknown("the case team is not known completely here".into())),
         }
     }
@@ -362,6 +371,36 @@ mod tests {
         let case = KnownCase::learn(Some(case), &stranger, None, now);
         assert!(!case.complete);
         assert_eq!(case.members.get(&oin(3)), Some(&Role::new("zorgaanbieder")));
+    }
+
+    /// An entry an older version wrote has no record of the members it removed: a
+    /// deletion order may name one, so the case is unknown to the checks, not refused.
+    #[test]
+    fn an_entry_without_its_former_members_is_not_known_completely() {
+        let now = Utc::now();
+        let case_ref = CaseRef::random();
+        let mut case = KnownCase::opened(
+            case_ref.clone(),
+            "uitstroom".into(),
+            oin(1),
+            Role::new("gemeente"),
+            now,
+        );
+        case.regievoerder = Some(oin(1));
+        let registry = |c: &KnownCase| {
+            MirrorRegistry {
+                case: Some(c),
+                consents: &[],
+            }
+            .case(&case_ref)
+            .is_ok()
+        };
+        assert!(registry(&case));
+        let mut old = serde_json::to_value(&case).unwrap();
+        old.as_object_mut().unwrap().remove("former_known");
+        let old: KnownCase = serde_json::from_value(old).unwrap();
+        assert!(old.complete && !old.former_known);
+        assert!(!registry(&old));
     }
 
     #[test]

@@ -656,6 +656,7 @@ impl Core {
                     members: Default::default(),
                     regievoerder: None,
                     former_members: Default::default(),
+                    former_known: true,
                     complete: false,
                     knowledge: Knowledge::Registered,
                     closed_at: None,

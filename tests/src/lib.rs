@@ -407,33 +407,47 @@ impl BrokerProcess {
 
     /// One sample of the broker's metrics (started with `--metrics`); `None` when absent.
     pub fn metric(&self, name: &str) -> Result<Option<u64>> {
+        Ok(self.metrics_of(&[name])?[0])
+    }
+
+    /// Samples of the broker's metrics, all from one scrape; `None` where absent.
+    pub fn metrics_of(&self, names: &[&str]) -> Result<Vec<Option<u64>>> {
         let addr = self
             .metrics
             .ok_or_else(|| anyhow!("the broker was started without --metrics"))?;
         let (_, body) = http_get(addr, "/metrics")?;
-        let prefix = format!("{name} ");
-        body.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map(|v| v.trim().parse().map_err(Into::into))
-            .transpose()
+        names
+            .iter()
+            .map(|name| {
+                let prefix = format!("{name} ");
+                body.lines()
+                    .find_map(|l| l.strip_prefix(&prefix))
+                    .map(|v| v.trim().parse().map_err(Into::into))
+                    .transpose()
+            })
+            .collect()
     }
 
-    /// Wait (at most `limit`) until the alert dispatcher has made two passes in a row
-    /// that left no alert pending: every alert staged was accepted and recorded, and a
-    /// whole pass after that sent nothing more. A copy sent twice would have arrived.
+    /// Wait (at most `limit`) until two passes of the alert dispatcher in a row have
+    /// ended with no alert pending and the second sent nothing: every alert staged was
+    /// accepted and recorded, and a whole pass after that found nothing to send again. A
+    /// copy sent twice would have arrived by then.
     pub fn wait_alerts_settled(&self, limit: Duration) -> Result<()> {
         let until = std::time::Instant::now() + limit;
-        let mut settled_at: Option<u64> = None;
+        // The pass and the sent count at the first quiet scrape.
+        let mut quiet_at: Option<(u64, u64)> = None;
         loop {
-            let passes = self
-                .metric("ketenpost_broker_alert_passes_total")?
-                .unwrap_or(0);
-            let pending = self.metric("ketenpost_broker_alerts_pending")?;
-            match (pending, settled_at) {
-                (Some(0), Some(p)) if passes > p => return Ok(()),
-                (Some(0), None) => settled_at = Some(passes),
-                (Some(0), Some(_)) => {}
-                _ => settled_at = None,
+            let m = self.metrics_of(&[
+                "ketenpost_broker_alert_passes_total",
+                "ketenpost_broker_alerts_pending",
+                "ketenpost_broker_alerts_sent_total",
+            ])?;
+            let (passes, pending, sent) = (m[0].unwrap_or(0), m[1], m[2].unwrap_or(0));
+            match (pending, quiet_at) {
+                (Some(0), Some((p, s))) if passes > p && sent == s => return Ok(()),
+                (Some(0), Some((_, s))) if sent == s => {}
+                (Some(0), _) => quiet_at = Some((passes, sent)),
+                _ => quiet_at = None,
             }
             if std::time::Instant::now() >= until {
                 bail!("alerts still pending ({pending:?}) after {limit:?}");

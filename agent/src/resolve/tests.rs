@@ -160,6 +160,7 @@ impl World {
                 members: c.members.clone(),
                 regievoerder: Some(c.regievoerder.clone()),
                 former_members: c.former_members.clone(),
+                former_known: true,
                 complete: true,
                 knowledge: Knowledge::Managed,
                 closed_at: c.closed_at,
