@@ -204,6 +204,13 @@ pub struct PartyGauges {
     pub notices: u64,
 }
 
+/// One metric with one unlabelled sample: its HELP, its TYPE and its value.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// The Prometheus text of the counters, the commit statistics and `gauges`.
 pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> String {
     let mut out = String::with_capacity(4096);
@@ -277,15 +284,12 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
         "Broker notices waiting for a party.",
         &|g| Some(g.notices as f64),
     );
-    let _ = writeln!(
-        out,
-        "# HELP ketenpost_broker_group_commits_total Group commits (one database fsync each)."
-    );
-    let _ = writeln!(out, "# TYPE ketenpost_broker_group_commits_total counter");
-    let _ = writeln!(
-        out,
-        "ketenpost_broker_group_commits_total {}",
-        commits.commits()
+    single(
+        &mut out,
+        "ketenpost_broker_group_commits_total",
+        "counter",
+        "Group commits (one database fsync each).",
+        commits.commits(),
     );
     commits.size.render(
         &mut out,
@@ -297,76 +301,60 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
         "ketenpost_broker_fsync_seconds",
         "Duration of each group commit's fsync.",
     );
-    let _ = writeln!(
-        out,
-        "# HELP ketenpost_broker_alerts_sent_total FG alerts accepted by their receivers."
+    single(
+        &mut out,
+        "ketenpost_broker_alerts_sent_total",
+        "counter",
+        "FG alerts accepted by their receivers.",
+        counters.alerts_sent.load(Ordering::Relaxed),
     );
-    let _ = writeln!(out, "# TYPE ketenpost_broker_alerts_sent_total counter");
-    let _ = writeln!(
-        out,
-        "ketenpost_broker_alerts_sent_total {}",
-        counters.alerts_sent.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ketenpost_broker_documents_refused_total Sets of changed federation documents refused."
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE ketenpost_broker_documents_refused_total counter"
-    );
-    let _ = writeln!(
-        out,
-        "ketenpost_broker_documents_refused_total {}",
-        counters.documents_refused.load(Ordering::Relaxed)
+    single(
+        &mut out,
+        "ketenpost_broker_documents_refused_total",
+        "counter",
+        "Sets of changed federation documents refused.",
+        counters.documents_refused.load(Ordering::Relaxed),
     );
     let passes = counters.alert_passes.load(Ordering::Acquire);
-    let _ = writeln!(
-        out,
-        "# HELP ketenpost_broker_alert_passes_total Passes of the FG alert dispatcher over its queue."
+    single(
+        &mut out,
+        "ketenpost_broker_alert_passes_total",
+        "counter",
+        "Passes of the FG alert dispatcher over its queue.",
+        passes,
     );
-    let _ = writeln!(out, "# TYPE ketenpost_broker_alert_passes_total counter");
-    let _ = writeln!(out, "ketenpost_broker_alert_passes_total {passes}");
     if passes > 0 {
-        let _ = writeln!(
-            out,
-            "# HELP ketenpost_broker_alerts_pending FG alerts staged and not yet accepted by their receivers, after the last pass."
-        );
-        let _ = writeln!(out, "# TYPE ketenpost_broker_alerts_pending gauge");
-        let _ = writeln!(
-            out,
-            "ketenpost_broker_alerts_pending {}",
-            counters.alerts_pending.load(Ordering::Relaxed)
+        single(
+            &mut out,
+            "ketenpost_broker_alerts_pending",
+            "gauge",
+            "FG alerts staged and not yet accepted by their receivers, after the last pass.",
+            counters.alerts_pending.load(Ordering::Relaxed),
         );
     }
     let trail = counters.trail.load(Ordering::Relaxed);
     if trail != 0 {
-        let _ = writeln!(
-            out,
-            "# HELP ketenpost_broker_audit_trail_intact 1 when the last verification found the audit trail intact."
-        );
-        let _ = writeln!(out, "# TYPE ketenpost_broker_audit_trail_intact gauge");
-        let _ = writeln!(
-            out,
-            "ketenpost_broker_audit_trail_intact {}",
-            u8::from(trail == 1)
+        single(
+            &mut out,
+            "ketenpost_broker_audit_trail_intact",
+            "gauge",
+            "1 when the last verification found the audit trail intact.",
+            u64::from(trail == 1),
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP ketenpost_broker_up 1 while the broker serves; 0 once its store is poisoned."
+    single(
+        &mut out,
+        "ketenpost_broker_up",
+        "gauge",
+        "1 while the broker serves; 0 once its store is poisoned.",
+        u64::from(gauges.up),
     );
-    let _ = writeln!(out, "# TYPE ketenpost_broker_up gauge");
-    let _ = writeln!(out, "ketenpost_broker_up {}", u8::from(gauges.up));
-    let _ = writeln!(
-        out,
-        "# HELP ketenpost_broker_documents_serial The directory serial of the federation documents in force."
-    );
-    let _ = writeln!(out, "# TYPE ketenpost_broker_documents_serial gauge");
-    let _ = writeln!(
-        out,
-        "ketenpost_broker_documents_serial {}",
-        gauges.documents_serial
+    single(
+        &mut out,
+        "ketenpost_broker_documents_serial",
+        "gauge",
+        "The directory serial of the federation documents in force.",
+        gauges.documents_serial,
     );
     out
 }
