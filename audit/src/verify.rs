@@ -208,46 +208,44 @@ where
 
     // Checkpoints first: few, and the walk over the records needs their seqs.
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
-    {
-        for item in stored_checkpoints {
-            let (key, value) = item?;
-            let (key, value) = (key.as_ref(), value.as_ref());
-            report.checkpoints += 1;
-            let key_seq = key_seq(key);
-            let at = key_seq.unwrap_or(0);
-            let cp: Checkpoint = match serde_json::from_slice(value) {
-                Ok(cp) => cp,
-                Err(_) => {
-                    problems.push(problem(
-                        at,
-                        ProblemKind::CheckpointUnreadable,
-                        format!("the checkpoint at record {at} does not parse"),
-                    ));
-                    continue;
-                }
-            };
-            if key_seq != Some(cp.seq) {
+    for item in stored_checkpoints {
+        let (key, value) = item?;
+        let (key, value) = (key.as_ref(), value.as_ref());
+        report.checkpoints += 1;
+        let key_seq = key_seq(key);
+        let at = key_seq.unwrap_or(0);
+        let cp: Checkpoint = match serde_json::from_slice(value) {
+            Ok(cp) => cp,
+            Err(_) => {
                 problems.push(problem(
-                    cp.seq,
-                    ProblemKind::Misplaced,
-                    format!(
-                        "the checkpoint for record {} is stored under another record",
-                        cp.seq
-                    ),
+                    at,
+                    ProblemKind::CheckpointUnreadable,
+                    format!("the checkpoint at record {at} does not parse"),
                 ));
+                continue;
             }
-            if cp.verify(broker_key).is_err() {
-                problems.push(problem(
-                    cp.seq,
-                    ProblemKind::CheckpointBadSignature,
-                    format!(
-                        "the checkpoint at record {} is not signed by the broker key",
-                        cp.seq
-                    ),
-                ));
-            }
-            checkpoints.push(cp);
+        };
+        if key_seq != Some(cp.seq) {
+            problems.push(problem(
+                cp.seq,
+                ProblemKind::Misplaced,
+                format!(
+                    "the checkpoint for record {} is stored under another record",
+                    cp.seq
+                ),
+            ));
         }
+        if cp.verify(broker_key).is_err() {
+            problems.push(problem(
+                cp.seq,
+                ProblemKind::CheckpointBadSignature,
+                format!(
+                    "the checkpoint at record {} is not signed by the broker key",
+                    cp.seq
+                ),
+            ));
+        }
+        checkpoints.push(cp);
     }
     // seq -> hash of the record at that seq, for the seqs checkpoints cover.
     let mut covered: std::collections::BTreeMap<u64, Option<String>> =
@@ -258,86 +256,84 @@ where
     // The stored hash and time of the entry just before, if it could be read.
     let mut prev: Option<(String, DateTime<Utc>)> = None;
     let mut last_seq: u64 = 0;
-    {
-        for item in stored_records {
-            let (key, value) = item?;
-            let (key, value) = (key.as_ref(), value.as_ref());
-            report.records += 1;
-            let Some(pos) = key_seq(key).filter(|&s| s >= expected) else {
-                // Keys are sorted, so only a malformed key (or key 0) can land here.
-                problems.push(problem(
-                    expected,
-                    ProblemKind::Unreadable,
-                    format!("an entry near record {expected} has a malformed key"),
-                ));
-                continue;
-            };
-            let follows_directly = pos == expected;
-            if !follows_directly {
-                problems.push(missing(expected, pos - 1, None));
-            }
-            expected = pos.saturating_add(1);
-            last_seq = pos;
-
-            let record: AuditRecord = match serde_json::from_slice(value) {
-                Ok(r) => r,
-                Err(_) => {
-                    problems.push(problem(
-                        pos,
-                        ProblemKind::Unreadable,
-                        format!("record {pos} does not parse"),
-                    ));
-                    prev = None;
-                    continue;
-                }
-            };
-            if record.seq != pos {
-                problems.push(problem(
-                    pos,
-                    ProblemKind::Misplaced,
-                    format!("the entry for record {pos} holds record {}", record.seq),
-                ));
-            }
-            let computed = record.compute_hash().map_err(E::from)?;
-            let canonical =
-                serde_json::to_vec(&record).map_err(|e| E::from(AuditError::Serialize(e)))?;
-            if computed != record.hash || canonical != value {
-                problems.push(problem(
-                    pos,
-                    ProblemKind::Altered,
-                    format!("record {pos} was altered"),
-                ));
-            }
-            let expected_prev = if pos == 1 {
-                Some(GENESIS_HASH)
-            } else if follows_directly {
-                prev.as_ref().map(|(h, _)| h.as_str())
-            } else {
-                None // the record before is missing; already reported
-            };
-            if let Some(expected_prev) = expected_prev {
-                if record.prev_hash != expected_prev {
-                    problems.push(problem(
-                        pos,
-                        ProblemKind::Unlinked,
-                        format!("record {pos} does not follow record {}", pos - 1),
-                    ));
-                }
-            }
-            if let Some((_, prev_time)) = &prev {
-                if record.time < *prev_time {
-                    problems.push(problem(
-                        pos,
-                        ProblemKind::OutOfOrder,
-                        format!("record {pos} is dated before the record before it"),
-                    ));
-                }
-            }
-            if let Some(slot) = covered.get_mut(&pos) {
-                *slot = Some(computed);
-            }
-            prev = Some((record.hash, record.time));
+    for item in stored_records {
+        let (key, value) = item?;
+        let (key, value) = (key.as_ref(), value.as_ref());
+        report.records += 1;
+        let Some(pos) = key_seq(key).filter(|&s| s >= expected) else {
+            // Keys are sorted, so only a malformed key (or key 0) can land here.
+            problems.push(problem(
+                expected,
+                ProblemKind::Unreadable,
+                format!("an entry near record {expected} has a malformed key"),
+            ));
+            continue;
+        };
+        let follows_directly = pos == expected;
+        if !follows_directly {
+            problems.push(missing(expected, pos - 1, None));
         }
+        expected = pos.saturating_add(1);
+        last_seq = pos;
+
+        let record: AuditRecord = match serde_json::from_slice(value) {
+            Ok(r) => r,
+            Err(_) => {
+                problems.push(problem(
+                    pos,
+                    ProblemKind::Unreadable,
+                    format!("record {pos} does not parse"),
+                ));
+                prev = None;
+                continue;
+            }
+        };
+        if record.seq != pos {
+            problems.push(problem(
+                pos,
+                ProblemKind::Misplaced,
+                format!("the entry for record {pos} holds record {}", record.seq),
+            ));
+        }
+        let computed = record.compute_hash().map_err(E::from)?;
+        let canonical =
+            serde_json::to_vec(&record).map_err(|e| E::from(AuditError::Serialize(e)))?;
+        if computed != record.hash || canonical != value {
+            problems.push(problem(
+                pos,
+                ProblemKind::Altered,
+                format!("record {pos} was altered"),
+            ));
+        }
+        let expected_prev = if pos == 1 {
+            Some(GENESIS_HASH)
+        } else if follows_directly {
+            prev.as_ref().map(|(h, _)| h.as_str())
+        } else {
+            None // the record before is missing; already reported
+        };
+        if let Some(expected_prev) = expected_prev {
+            if record.prev_hash != expected_prev {
+                problems.push(problem(
+                    pos,
+                    ProblemKind::Unlinked,
+                    format!("record {pos} does not follow record {}", pos - 1),
+                ));
+            }
+        }
+        if let Some((_, prev_time)) = &prev {
+            if record.time < *prev_time {
+                problems.push(problem(
+                    pos,
+                    ProblemKind::OutOfOrder,
+                    format!("record {pos} is dated before the record before it"),
+                ));
+            }
+        }
+        if let Some(slot) = covered.get_mut(&pos) {
+            *slot = Some(computed);
+        }
+        prev = Some((record.hash, record.time));
     }
 
     for cp in &checkpoints {
