@@ -1,10 +1,12 @@
-//! The broker's tamper-evident audit trail in its sled database.
+//! The broker's tamper-evident audit trail: its newest records in the sled database, the
+//! older ones in an append-only file ([`archive`]).
 //!
 //! The records, entries, checkpoints and the chain rule are
 //! [`ketenpost_audit`] (pure, shared with the agent and the FG tools); this module
-//! stores them: records in the sled tree [`RECORDS_TREE`] under [`seq_key`], checkpoints in
-//! [`CHECKPOINTS_TREE`], appends serialised under one mutex around the [`ChainHead`], and
-//! [`verify_chain`] over a whole database.
+//! stores them: new records in the sled tree [`RECORDS_TREE`] under [`seq_key`] (written
+//! in the transaction of the change they record), moved by [`AuditTrail::archive`] into
+//! the archive file, checkpoints in [`CHECKPOINTS_TREE`], appends serialised under one
+//! mutex around the [`ChainHead`], and [`verify_chain`] over a whole trail.
 //!
 //! # Durability and concurrency
 //! [`AuditTrail::append`] writes into sled but does not flush: the broker group-commits
@@ -15,12 +17,21 @@
 //! right.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
 use ketenpost_schemas::keys::{self, SigningKey, VerifyingKey};
 
 pub use ketenpost_audit::*;
+
+pub mod archive;
+pub use archive::{Archive, Mark, Records, ARCHIVE_FILE, ARCHIVE_TREE};
+
+/// The archive's directory in a broker data directory.
+pub fn archive_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("audit")
+}
 
 /// Name of the sled tree that holds the records.
 pub const RECORDS_TREE: &str = "audit";
@@ -32,10 +43,11 @@ pub fn storage(e: sled::Error) -> AuditError {
     AuditError::Storage(e.to_string())
 }
 
-/// The audit trail of one broker, over two trees of its sled database.
+/// The audit trail of one broker, over two trees of its sled database and its archive.
 pub struct AuditTrail {
     records: sled::Tree,
     checkpoints: sled::Tree,
+    archive: Archive,
     signer: SigningKey,
     /// The head of the chain. Invariant: it always describes the last record in
     /// `records`, because it is only updated after a successful write and nothing between
@@ -58,18 +70,49 @@ impl fmt::Debug for AuditTrail {
 }
 
 impl AuditTrail {
-    /// Open the trail in `db` (trees [`RECORDS_TREE`] and [`CHECKPOINTS_TREE`]), recovering
-    /// the head from the last record. `signer` is the broker's checkpoint key.
+    /// Open the trail in `db` (trees [`RECORDS_TREE`] and [`CHECKPOINTS_TREE`]) with its
+    /// archive in `archive_dir` ([`Archive::open`]), recovering the head from the last
+    /// record. `signer` is the broker's checkpoint key.
     ///
     /// Refuses ([`AuditError::Corrupt`]) to continue a trail whose last record does not
     /// parse or does not hash right, or whose latest checkpoint covers a record that is no
     /// longer there or no longer has the checkpointed hash: extending it would bury the
     /// damage. Run `ketenpost-broker audit verify` to see what is wrong.
-    pub fn open(db: &sled::Db, signer: SigningKey) -> Result<Self, AuditError> {
+    pub fn open(db: &sled::Db, archive_dir: &Path, signer: SigningKey) -> Result<Self, AuditError> {
         let records = db.open_tree(RECORDS_TREE).map_err(storage)?;
         let checkpoints = db.open_tree(CHECKPOINTS_TREE).map_err(storage)?;
-        let last = records.last().map_err(storage)?;
-        let head = ChainHead::recover(last.as_ref().map(|(k, v)| (k.as_ref(), v.as_ref())))?;
+        let archive = Archive::open(db, archive_dir)?;
+        let mark = archive.mark();
+        let head = match records.last().map_err(storage)? {
+            Some((k, v)) => {
+                if key_seq(&k).is_some_and(|seq| seq <= mark.seq) {
+                    return Err(AuditError::Corrupt {
+                        seq: mark.seq,
+                        reason: "the database holds records the archive holds too".into(),
+                    });
+                }
+                ChainHead::recover(Some((&k, &v)))?
+            }
+            None => match archive.last_line()? {
+                Some(line) => ChainHead::recover(Some((&seq_key(mark.seq), &line)))?,
+                None => ChainHead::genesis(),
+            },
+        };
+        let trail = AuditTrail {
+            records,
+            checkpoints,
+            archive,
+            signer,
+            head: Mutex::new(head),
+        };
+        trail.check_latest_checkpoint()?;
+        Ok(trail)
+    }
+
+    /// Refuse a trail whose latest checkpoint covers a record that is gone or changed.
+    fn check_latest_checkpoint(&self) -> Result<(), AuditError> {
+        let head = self.head();
+        let checkpoints = &self.checkpoints;
         if let Some((key, value)) = checkpoints.last().map_err(storage)? {
             let cp_seq = key_seq(&key).unwrap_or(0);
             let cp: Checkpoint =
@@ -87,8 +130,8 @@ impl AuditTrail {
                 });
             }
             if cp.seq > 0 {
-                let hash = match records.get(seq_key(cp.seq)).map_err(storage)? {
-                    Some(v) => parse_record(cp.seq, &v)?.compute_hash()?,
+                let hash = match self.get(cp.seq)? {
+                    Some(r) => r.compute_hash()?,
                     None => {
                         return Err(AuditError::Corrupt {
                             seq: cp.seq,
@@ -104,12 +147,7 @@ impl AuditTrail {
                 }
             }
         }
-        Ok(AuditTrail {
-            records,
-            checkpoints,
-            signer,
-            head: Mutex::new(head),
-        })
+        Ok(())
     }
 
     /// The broker's public checkpoint key.
@@ -263,12 +301,12 @@ impl AuditTrail {
         if earlier_seq > self.lock().seq {
             return Ok(false);
         }
-        let Some(value) = self.records.get(seq_key(earlier_seq)).map_err(storage)? else {
-            tracing::warn!(seq = earlier_seq, "audit record of a checkpoint is missing");
-            return Ok(false);
-        };
-        let record = match parse_record(earlier_seq, &value) {
-            Ok(r) => r,
+        let record = match self.get(earlier_seq) {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                tracing::warn!(seq = earlier_seq, "audit record of a checkpoint is missing");
+                return Ok(false);
+            }
             Err(err) => {
                 let seq = earlier_seq;
                 tracing::warn!(seq, cause = %err, "audit record of a checkpoint is corrupt");
@@ -278,25 +316,27 @@ impl AuditTrail {
         Ok(record.hash == earlier_hash && record.compute_hash()? == earlier_hash)
     }
 
-    /// The record with this seq, if there is one.
+    /// The record with this seq, if there is one (in sled or in the archive).
     pub fn get(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
-        match self.records.get(seq_key(seq)).map_err(storage)? {
-            None => Ok(None),
-            Some(v) => parse_record(seq, &v).map(Some),
+        if seq > self.archive.mark().seq {
+            if let Some(v) = self.records.get(seq_key(seq)).map_err(storage)? {
+                return parse_record(seq, &v).map(Some);
+            }
         }
+        // Archived (perhaps just now, between the look at the mark and the read).
+        self.iter_range(seq, seq).next().transpose()
     }
 
-    /// Records `from_seq..=to_seq` (both inclusive), in seq order. A record that does not
-    /// parse, or is stored under another seq, yields [`AuditError::Corrupt`].
+    /// Records `from_seq..=to_seq` (both inclusive), in seq order, from the archive and
+    /// sled. A record that does not parse, or is stored under another seq, yields
+    /// [`AuditError::Corrupt`].
     pub fn iter_range(
         &self,
         from_seq: u64,
         to_seq: u64,
     ) -> impl Iterator<Item = Result<AuditRecord, AuditError>> + '_ {
-        let range =
-            (from_seq <= to_seq).then(|| self.records.range(seq_key(from_seq)..=seq_key(to_seq)));
-        range.into_iter().flatten().map(|item| {
-            let (key, value) = item.map_err(storage)?;
+        Records::new(&self.archive, Some(&self.records), from_seq, to_seq).map(|item| {
+            let (key, value) = item?;
             let seq = key_seq(&key).ok_or_else(|| AuditError::Corrupt {
                 seq: 0,
                 reason: "an entry has a malformed key".into(),
@@ -340,6 +380,73 @@ impl AuditTrail {
             out.push(record);
         }
         Ok(out)
+    }
+
+    /// The archive of the trail.
+    pub fn archive_of(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// Move up to `max` of the oldest records from sled into the archive file (see
+    /// [`archive`]); returns how many moved. Blocking I/O. `io` is the store's I/O token:
+    /// the move's transaction must not start during a flush (it would hold every reader
+    /// up until the flush ends). Records stop at a gap, at a record whose value holds a
+    /// newline, and before a last record that does not parse: those stay in sled, where
+    /// `audit verify` reports them.
+    pub fn archive(&self, max: usize, io: &Mutex<()>) -> Result<usize, AuditError> {
+        let Some(tree) = self.archive.tree() else {
+            return Ok(0);
+        };
+        let _moving = self
+            .archive
+            .moving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mark = self.archive.mark();
+        let mut lines = Vec::new();
+        let mut keys = Vec::new();
+        let mut expected = mark.seq + 1;
+        for item in self.records.range(seq_key(expected)..).take(max) {
+            let (k, v) = item.map_err(storage)?;
+            if key_seq(&k) != Some(expected) || v.contains(&b'\n') {
+                break;
+            }
+            lines.extend_from_slice(&v);
+            lines.push(b'\n');
+            keys.push(k);
+            expected += 1;
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let last = expected - 1;
+        let next = self.archive.append(&lines, last)?;
+        crate::failpoint::hit("archive", "appended");
+        {
+            let _io = io.lock().unwrap_or_else(PoisonError::into_inner);
+            // No append runs meanwhile (a backup holds the chain lock to copy a
+            // consistent trail; the mark must not move under it).
+            let _head = self.lock();
+            use sled::Transactional;
+            (&self.records, tree)
+                .transaction(|(records, marks)| {
+                    for k in &keys {
+                        records.remove(k)?;
+                    }
+                    Archive::stage_mark(marks, &next)?;
+                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Storage(e) => storage(e),
+                    sled::transaction::TransactionError::Abort(()) => {
+                        AuditError::Storage("audit archive: the move was aborted".into())
+                    }
+                })?;
+            self.archive.set_mark(next);
+        }
+        crate::failpoint::hit("archive", "applied");
+        tracing::debug!(records = keys.len(), up_to = last, "audit records archived");
+        Ok(keys.len())
     }
 
     fn lock(&self) -> MutexGuard<'_, ChainHead> {
@@ -418,8 +525,10 @@ impl ChainLock<'_> {
     }
 }
 
-/// Check the whole audit trail in `db`: the function behind
-/// `ketenpost-broker audit verify <data-dir>`.
+/// Check the whole audit trail in `db` and its archive in `archive_dir` (opened read-only:
+/// [`Archive::open_read_only`]): the function behind `ketenpost-broker audit verify
+/// <data-dir>`, and the broker's own check at start (then with the running broker's
+/// archive, [`verify_trail_of`]).
 ///
 /// Walks every record in key order and checks that the seqs run from 1 without gaps, that
 /// each entry's key is its record's seq, that each record parses, is stored canonically
@@ -430,7 +539,30 @@ impl ChainLock<'_> {
 /// Reports every problem (one per record and kind), sorted by seq; never panics on
 /// damaged data. Errors only when sled itself fails. Does not modify `db` (a missing tree
 /// counts as empty).
-pub fn verify_chain(db: &sled::Db, broker_key: &VerifyingKey) -> Result<VerifyReport, AuditError> {
+pub fn verify_chain(
+    db: &sled::Db,
+    archive_dir: &Path,
+    broker_key: &VerifyingKey,
+) -> Result<VerifyReport, AuditError> {
+    let archive = Archive::open_read_only(db, archive_dir)?;
+    verify_with(db, &archive, broker_key)
+}
+
+/// [`verify_chain`] of a running broker's trail (its own archive handle, whose mark moves
+/// while the walk runs).
+pub fn verify_trail_of(
+    db: &sled::Db,
+    trail: &AuditTrail,
+    broker_key: &VerifyingKey,
+) -> Result<VerifyReport, AuditError> {
+    verify_with(db, &trail.archive, broker_key)
+}
+
+fn verify_with(
+    db: &sled::Db,
+    archive: &Archive,
+    broker_key: &VerifyingKey,
+) -> Result<VerifyReport, AuditError> {
     let names = db.tree_names();
     let tree = |name: &str| -> Result<Option<sled::Tree>, AuditError> {
         if names.iter().any(|n| n.as_ref() == name.as_bytes()) {
@@ -442,13 +574,35 @@ pub fn verify_chain(db: &sled::Db, broker_key: &VerifyingKey) -> Result<VerifyRe
     let entries = |t: Option<sled::Tree>| {
         t.into_iter()
             .flat_map(|t| t.iter())
-            .map(|item| item.map_err(storage))
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(storage))
     };
+    let records = tree(RECORDS_TREE)?;
     verify_trail(
         entries(tree(CHECKPOINTS_TREE)?),
-        entries(tree(RECORDS_TREE)?),
+        Records::new(archive, records.as_ref(), 1, u64::MAX),
         broker_key,
     )
+}
+
+/// Every record of a stopped broker's trail in `db` and `archive_dir`, in order, read
+/// without changing anything (tests and tools).
+pub fn stored_records(db: &sled::Db, archive_dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
+    let archive = Archive::open_read_only(db, archive_dir)?;
+    let has_records = db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == RECORDS_TREE.as_bytes());
+    let records = if has_records {
+        Some(db.open_tree(RECORDS_TREE).map_err(storage)?)
+    } else {
+        None
+    };
+    Records::new(&archive, records.as_ref(), 1, u64::MAX)
+        .map(|item| {
+            let (key, value) = item?;
+            parse_record(key_seq(&key).unwrap_or(0), &value)
+        })
+        .collect()
 }
 
 /// Why `audit verify` of a data directory could not run (a broken chain is not an error:
@@ -521,7 +675,7 @@ pub fn verify_data_dir(
         return Err(VerifyDirError::NoDatabase(path));
     }
     let db = sled::open(&path).map_err(|source| VerifyDirError::Open { path, source })?;
-    Ok(verify_chain(&db, &key)?)
+    Ok(verify_chain(&db, &archive_dir(data_dir), &key)?)
 }
 
 #[cfg(test)]
@@ -548,10 +702,21 @@ mod tests {
         SigningKey::from_bytes(&[8u8; 32])
     }
 
+    thread_local! {
+        /// The archive directory of the test's database ([`db`]).
+        static ARCHIVE: std::cell::RefCell<std::path::PathBuf> = std::cell::RefCell::default();
+    }
+
     fn db() -> (tempfile::TempDir, sled::Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path().join("db")).unwrap();
+        ARCHIVE.with(|a| *a.borrow_mut() = dir.path().join("audit"));
         (dir, db)
+    }
+
+    /// The archive directory of the database [`db`] made last on this thread.
+    fn adir() -> std::path::PathBuf {
+        ARCHIVE.with(|a| a.borrow().clone())
     }
 
     fn entry(i: u64) -> AuditEntry {
@@ -568,7 +733,7 @@ mod tests {
 
     /// A trail with records 1..=n, one second apart.
     fn filled(db: &sled::Db, n: u64) -> AuditTrail {
-        let trail = AuditTrail::open(db, key()).unwrap();
+        let trail = AuditTrail::open(db, &adir(), key()).unwrap();
         for i in 1..=n {
             trail
                 .append(entry(i), t0() + chrono::Duration::seconds(i as i64))
@@ -592,7 +757,7 @@ mod tests {
     }
 
     fn verify(db: &sled::Db) -> VerifyReport {
-        verify_chain(db, &key().verifying_key()).unwrap()
+        verify_chain(db, &adir(), &key().verifying_key()).unwrap()
     }
 
     fn kinds(report: &VerifyReport) -> Vec<(u64, ProblemKind)> {
@@ -626,7 +791,7 @@ mod tests {
     #[test]
     fn record_json_is_snake_case_and_omits_absent_fields() {
         let (_dir, db) = db();
-        let trail = AuditTrail::open(&db, key()).unwrap();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
         let r = trail
             .append(
                 AuditEntry::refused(AuditEvent::Rejected, "not_in_case_team").actor(A),
@@ -661,7 +826,7 @@ mod tests {
     #[test]
     fn entries_that_could_carry_personal_data_are_refused() {
         let (_dir, db) = db();
-        let trail = AuditTrail::open(&db, key()).unwrap();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
         let bad = [
             AuditEntry::ok(AuditEvent::Accepted).actor("Gemeente Vlissingen"),
             AuditEntry::ok(AuditEvent::Accepted).counterparty("123"),
@@ -682,7 +847,7 @@ mod tests {
     #[test]
     fn concurrent_appends_chain_and_stay_contiguous() {
         let (_dir, db) = db();
-        let trail = Arc::new(AuditTrail::open(&db, key()).unwrap());
+        let trail = Arc::new(AuditTrail::open(&db, &adir(), key()).unwrap());
         let threads: Vec<_> = (0..8u64)
             .map(|t| {
                 let trail = Arc::clone(&trail);
@@ -716,6 +881,7 @@ mod tests {
     fn reopening_continues_the_chain() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
+        ARCHIVE.with(|a| *a.borrow_mut() = dir.path().join("audit"));
         let head = {
             let db = sled::open(&path).unwrap();
             let trail = filled(&db, 10);
@@ -733,7 +899,7 @@ mod tests {
             db = sled::open(&path);
         }
         let db = db.unwrap();
-        let trail = AuditTrail::open(&db, key()).unwrap();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
         assert_eq!(trail.head(), head);
         let r = trail.append(entry(11), t0()).unwrap();
         assert_eq!(r.seq, 11);
@@ -749,7 +915,7 @@ mod tests {
         drop(filled(&db, 5));
         tree(&db).insert(seq_key(5), b"{not json".to_vec()).unwrap();
         assert!(matches!(
-            AuditTrail::open(&db, key()),
+            AuditTrail::open(&db, &adir(), key()),
             Err(AuditError::Corrupt { seq: 5, .. })
         ));
     }
@@ -859,6 +1025,167 @@ mod tests {
             .unwrap()
             .is_empty());
         assert_eq!(trail.records_between(secs(0), secs(99)).unwrap().len(), 30);
+    }
+
+    fn secs(s: i64) -> DateTime<Utc> {
+        t0() + chrono::Duration::seconds(s)
+    }
+
+    fn archive_file() -> std::path::PathBuf {
+        adir().join(ARCHIVE_FILE)
+    }
+
+    #[test]
+    fn archived_records_read_and_verify_as_before() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 30);
+        let io = Mutex::new(());
+        assert_eq!(trail.archive(12, &io).unwrap(), 12);
+        assert_eq!(trail.archive_of().mark().seq, 12);
+        assert_eq!(tree(&db).len(), 18);
+        let all: Vec<u64> = trail.iter_range(1, 30).map(|r| r.unwrap().seq).collect();
+        assert_eq!(all, (1..=30).collect::<Vec<_>>());
+        let across: Vec<u64> = trail.iter_range(10, 14).map(|r| r.unwrap().seq).collect();
+        assert_eq!(across, vec![10, 11, 12, 13, 14]);
+        for seq in [1, 7, 12, 13, 30] {
+            assert_eq!(trail.get(seq).unwrap().unwrap().seq, seq);
+        }
+        assert!(trail.get(31).unwrap().is_none());
+        let between: Vec<u64> = trail
+            .records_between(secs(10), secs(15))
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(between, vec![10, 11, 12, 13, 14]);
+        let five = trail.get(5).unwrap().unwrap();
+        assert!(trail.prove_extends(5, &five.hash).unwrap());
+        assert!(!trail
+            .prove_extends(5, &trail.get(6).unwrap().unwrap().hash)
+            .unwrap());
+        let report = verify(&db);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.records, 30);
+        // The rest, then nothing; appends go on chaining.
+        assert_eq!(trail.archive(100, &io).unwrap(), 18);
+        assert_eq!(trail.archive(100, &io).unwrap(), 0);
+        assert!(tree(&db).is_empty());
+        for seq in 1..=30 {
+            assert_eq!(trail.get(seq).unwrap().unwrap().seq, seq);
+        }
+        let r = trail.append(entry(31), secs(31)).unwrap();
+        assert_eq!(r.seq, 31);
+        assert_eq!(r.prev_hash, trail.get(30).unwrap().unwrap().hash);
+        let report = verify(&db);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.records, 31);
+        // The file holds the records as sled held them, one per line.
+        let text = std::fs::read_to_string(archive_file()).unwrap();
+        assert_eq!(text.lines().count(), 30);
+        assert_eq!(text.len() as u64, trail.archive_of().mark().len);
+    }
+
+    #[test]
+    fn a_trail_archived_whole_reopens_at_its_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let archive = dir.path().join("audit");
+        let head = {
+            let db = sled::open(&path).unwrap();
+            let trail = AuditTrail::open(&db, &archive, key()).unwrap();
+            for i in 1..=10 {
+                trail.append(entry(i), secs(i as i64)).unwrap();
+            }
+            assert_eq!(trail.archive(100, &Mutex::new(())).unwrap(), 10);
+            trail.checkpoint(secs(11)).unwrap();
+            db.flush().unwrap();
+            trail.head()
+        };
+        let mut db = sled::open(&path);
+        for _ in 0..100 {
+            if db.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            db = sled::open(&path);
+        }
+        let db = db.unwrap();
+        let trail = AuditTrail::open(&db, &archive, key()).unwrap();
+        assert_eq!(trail.head(), head);
+        assert_eq!(trail.archive(100, &Mutex::new(())).unwrap(), 1);
+        drop(trail);
+        // Head and checkpoint from the file alone.
+        let trail = AuditTrail::open(&db, &archive, key()).unwrap();
+        assert_eq!(trail.head(), head);
+        let r = trail.append(entry(12), secs(12)).unwrap();
+        assert_eq!((r.seq, r.prev_hash.as_str()), (12, head.hash.as_str()));
+        let report = verify_chain(&db, &archive, &key().verifying_key()).unwrap();
+        assert!(report.is_intact(), "{report}");
+        assert_eq!((report.records, report.checkpoints), (12, 1));
+    }
+
+    #[test]
+    fn a_crash_between_the_archivers_two_steps_is_cut_back() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 20);
+        let io = Mutex::new(());
+        trail.archive(5, &io).unwrap();
+        let mark = trail.archive_of().mark();
+        // Step 1 of the move of 6..=10 ran (the lines are in the file), step 2 did not.
+        let mut lines = Vec::new();
+        for seq in 6..=10 {
+            lines.extend_from_slice(&tree(&db).get(seq_key(seq)).unwrap().unwrap());
+            lines.push(b'\n');
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(archive_file())
+            .unwrap();
+        std::io::Write::write_all(&mut f, &lines).unwrap();
+        drop((f, trail));
+        // Readers stop at the mark; the start cuts the file back to it.
+        let report = verify(&db);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.records, 20);
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        assert_eq!(std::fs::metadata(archive_file()).unwrap().len(), mark.len);
+        assert_eq!(trail.archive(100, &io).unwrap(), 15);
+        let report = verify(&db);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.records, 20);
+    }
+
+    #[test]
+    fn an_archive_shorter_than_its_mark_is_refused() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 10);
+        trail.archive(100, &Mutex::new(())).unwrap();
+        let len = trail.archive_of().mark().len;
+        drop(trail);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(archive_file())
+            .unwrap();
+        f.set_len(len - 10).unwrap();
+        let refused = |e: AuditError| matches!(e, AuditError::Corrupt { seq: 10, ref reason } if reason.contains("archived records are missing"));
+        assert!(refused(AuditTrail::open(&db, &adir(), key()).unwrap_err()));
+        assert!(refused(
+            verify_chain(&db, &adir(), &key().verifying_key()).unwrap_err()
+        ));
+    }
+
+    #[test]
+    fn verify_detects_an_edited_archived_record() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 10);
+        trail.archive(100, &Mutex::new(())).unwrap();
+        drop(trail);
+        let text = std::fs::read_to_string(archive_file()).unwrap();
+        let edited = text.replacen(B, C, 1);
+        assert_eq!(edited.len(), text.len());
+        std::fs::write(archive_file(), edited).unwrap();
+        let report = verify(&db);
+        assert_eq!(kinds(&report), vec![(1, ProblemKind::Altered)]);
     }
 
     #[test]
@@ -971,7 +1298,7 @@ mod tests {
         assert_eq!(kinds(&report), vec![(10, ProblemKind::CheckpointMismatch)]);
         // And the broker will not extend it.
         assert!(matches!(
-            AuditTrail::open(&db, key()),
+            AuditTrail::open(&db, &adir(), key()),
             Err(AuditError::Corrupt { seq: 10, .. })
         ));
     }
@@ -994,7 +1321,7 @@ mod tests {
             vec![(5, ProblemKind::CheckpointBadSignature)]
         );
         // Under another broker key, every checkpoint is bad.
-        let report = verify_chain(&db, &other_key().verifying_key()).unwrap();
+        let report = verify_chain(&db, &adir(), &other_key().verifying_key()).unwrap();
         assert_eq!(
             kinds(&report),
             vec![(5, ProblemKind::CheckpointBadSignature)]
@@ -1012,7 +1339,7 @@ mod tests {
         tree(&db).remove(seq_key(8)).unwrap();
         let report = verify(&db);
         assert_eq!(kinds(&report), vec![(7, ProblemKind::Missing)]);
-        assert!(AuditTrail::open(&db, key()).is_err());
+        assert!(AuditTrail::open(&db, &adir(), key()).is_err());
     }
 
     #[test]

@@ -46,6 +46,7 @@
 //! checkpoint_interval_secs = 60
 //! sweep_interval_secs = 10
 //! documents_reload_secs = 30           # re-read policy, directory and CRLs; SIGHUP too
+//! audit_archive_ms = 1000              # move older audit records to audit/trail.jsonl
 //!
 //! [alerts]                             # optional: FG alerts by webhook and/or e-mail
 //! interval_ms = 1000
@@ -226,6 +227,9 @@ pub struct TimersConfig {
     /// How often the policy, directory and CRL files are read again; a newer valid
     /// version is put in force without a restart.
     pub documents_reload_secs: u64,
+    /// How often the oldest audit records move from the database into the archive file
+    /// (`<data dir>/audit/trail.jsonl`).
+    pub audit_archive_ms: u64,
 }
 
 impl Default for TimersConfig {
@@ -234,6 +238,7 @@ impl Default for TimersConfig {
             checkpoint_interval_secs: 60,
             sweep_interval_secs: 10,
             documents_reload_secs: 30,
+            audit_archive_ms: 1000,
         }
     }
 }
@@ -387,6 +392,11 @@ impl BrokerConfig {
         if t.sweep_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "timers.sweep_interval_secs must be at least 1".to_owned(),
+            ));
+        }
+        if !(10..=60_000).contains(&t.audit_archive_ms) {
+            return Err(ConfigError::Invalid(
+                "timers.audit_archive_ms must be between 10 and 60000".to_owned(),
             ));
         }
         let a = &self.alerts;

@@ -396,7 +396,7 @@ impl Session {
                 }
                 other => FgError::Storage(other),
             })?;
-        let trail = AuditTrail::open(&db, key)?;
+        let trail = AuditTrail::open(&db, &crate::audit::archive_dir(&config.data_dir), key)?;
         Ok(Session {
             trail,
             policy,

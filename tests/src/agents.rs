@@ -980,8 +980,9 @@ impl AuditLog {
             .path(&path)
             .open()
             .with_context(|| format!("open {}", path.display()))?;
-        let verified = audit::verify_chain(&db, &signer.verifying_key())?;
-        let trail = AuditTrail::open(&db, signer)?;
+        let archive = audit::archive_dir(data);
+        let verified = audit::verify_chain(&db, &archive, &signer.verifying_key())?;
+        let trail = AuditTrail::open(&db, &archive, signer)?;
         let records = trail
             .iter_range(1, trail.head().seq)
             .collect::<Result<Vec<_>, _>>()?;

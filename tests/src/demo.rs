@@ -1748,7 +1748,8 @@ fn act6<W: Write>(
         .context("the directory's broker key")?;
     let verified = {
         let db = open_db(&db_path)?;
-        audit::verify_chain(&db, &broker_key).context("verifying the audit trail")?
+        audit::verify_chain(&db, &audit::archive_dir(&config.data_dir), &broker_key)
+            .context("verifying the audit trail")?
     };
     ensure!(
         verified.is_intact(),
@@ -2014,7 +2015,7 @@ fn act6<W: Write>(
 
     let again = {
         let db = open_db(&db_path)?;
-        audit::verify_chain(&db, &broker_key)?
+        audit::verify_chain(&db, &audit::archive_dir(&config.data_dir), &broker_key)?
     };
     ensure!(
         again.is_intact(),
@@ -2033,13 +2034,8 @@ fn act6<W: Write>(
 /// Every record of the trail, to check what the broker wrote.
 fn records_of(db_path: &Path) -> Result<Vec<AuditRecord>> {
     let db = open_db(db_path)?;
-    let tree = db.open_tree(audit::RECORDS_TREE)?;
-    let mut out = Vec::new();
-    for item in tree.iter() {
-        let (_, v) = item?;
-        out.push(serde_json::from_slice(&v)?);
-    }
-    Ok(out)
+    let data_dir = db_path.parent().context("the database's data directory")?;
+    Ok(audit::stored_records(&db, &audit::archive_dir(data_dir))?)
 }
 
 /// The broker's trail must hold none of the example payloads' personal data.

@@ -428,17 +428,9 @@ async fn a_trail_damaged_while_the_broker_was_down_is_alerted_at_its_next_start(
 
     // While the broker is down, someone edits record 3 in place.
     let tampered = 3u64;
-    {
-        let db = sled::open(data.join("broker.sled")).unwrap();
-        let tree = db.open_tree(ketenpost_broker::audit::RECORDS_TREE).unwrap();
-        let key = ketenpost_audit::seq_key(tampered);
-        let mut record: serde_json::Value =
-            serde_json::from_slice(&tree.get(key).unwrap().unwrap()).unwrap();
+    edit_record(&data, tampered, |record| {
         record["actor"] = serde_json::Value::String("00000009999999999999".into());
-        tree.insert(key, serde_json::to_vec(&record).unwrap())
-            .unwrap();
-        db.flush().unwrap();
-    }
+    });
 
     let broker = start(&url);
     let until = std::time::Instant::now() + Duration::from_secs(40);
@@ -460,6 +452,42 @@ async fn a_trail_damaged_while_the_broker_was_down_is_alerted_at_its_next_start(
     let failed = log.of(AuditEvent::AuditVerificationFailed);
     assert_eq!(failed.len(), 1, "recorded once: {failed:?}");
     assert_eq!(failed[0].broken_seq, Some(tampered));
+}
+
+/// Edit record `seq` of a stopped broker's trail where it is: in the database, or (moved
+/// there by the archiver) in place in the archive file. The edit must keep the record's
+/// length.
+fn edit_record(data: &std::path::Path, seq: u64, edit: impl FnOnce(&mut serde_json::Value)) {
+    let db = sled::open(data.join("broker.sled")).unwrap();
+    let tree = db.open_tree(ketenpost_broker::audit::RECORDS_TREE).unwrap();
+    let key = ketenpost_audit::seq_key(seq);
+    if let Some(value) = tree.get(key).unwrap() {
+        let mut record: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        edit(&mut record);
+        tree.insert(key, serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+        return;
+    }
+    let path =
+        ketenpost_broker::audit::archive_dir(data).join(ketenpost_broker::audit::ARCHIVE_FILE);
+    let text = std::fs::read(&path).unwrap();
+    let mut lines: Vec<Vec<u8>> = text.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+    let line = usize::try_from(seq - 1).unwrap();
+    let mut record: serde_json::Value = serde_json::from_slice(&lines[line]).unwrap();
+    assert_eq!(
+        record["seq"], seq,
+        "the archive's line {line} holds record {seq}"
+    );
+    edit(&mut record);
+    let edited = serde_json::to_vec(&record).unwrap();
+    assert_eq!(
+        edited.len(),
+        lines[line].len(),
+        "the edit keeps the record's length"
+    );
+    lines[line] = edited;
+    std::fs::write(&path, lines.join(&b'\n')).unwrap();
 }
 
 /// Kill the broker at `point` of the alert path, restart it without the crash point, and

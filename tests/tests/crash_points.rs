@@ -8,7 +8,9 @@
 //! - each deadline notice and each deletion order exists once, with one order id per case,
 //!   and every order can be confirmed;
 //! - no byte of a receipted or expired body is left in the spool;
-//! - `audit verify` passes, and each completed transition is recorded exactly once.
+//! - `audit verify` passes, and each completed transition is recorded exactly once (the
+//!   archiver moves records out of the database every 200 ms meanwhile, so the trail is
+//!   read across the archive file and the database).
 //!
 //! The broker binary is built with the `failpoints` feature (see `tests/Cargo.toml`);
 //! `KETENPOST_FAILPOINT=<op>.<stage>` makes it SIGKILL itself there
@@ -23,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ketenpost_audit::{parse_record, AuditEvent, AuditRecord, Outcome};
+use ketenpost_audit::{AuditEvent, AuditRecord, Outcome};
 use ketenpost_schemas::control::{
     CaseChange, CaseOp, DeadlineNotice, DeletionConfirmation, DeletionOrder, DeliveryReceipt,
     ExpiryNotice, Record, SignedRecord,
@@ -93,6 +95,8 @@ impl Run {
                 "1",
                 "--checkpoint-interval-secs",
                 "1",
+                "--audit-archive-ms",
+                "200",
             ],
             &env,
         )
@@ -466,12 +470,13 @@ async fn scenario(point: &'static str) {
             "{point}: confirmation: {resp:?}"
         );
     }
-    // A checkpoint after everything (the timer makes one every second).
+    // A checkpoint after everything (the timer makes one every second), and an archiver
+    // pass (every 200 ms): the crash points that timers reach.
     let start = Instant::now();
-    while !run.crashed && point.starts_with("checkpoint") {
+    while !run.crashed && (point.starts_with("checkpoint") || point.starts_with("archive")) {
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "{point}: no checkpoint"
+            "{point}: the timer never reached it"
         );
         let (_, _) = run.request(gem, &Request::GetCheckpoint).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -545,17 +550,10 @@ fn check_disk(
     )
     .unwrap()
     .verifying_key();
-    let report = ketenpost_broker::audit::verify_chain(&db, &broker_key).unwrap();
+    let archive = ketenpost_broker::audit::archive_dir(&run.data);
+    let report = ketenpost_broker::audit::verify_chain(&db, &archive, &broker_key).unwrap();
     assert!(report.is_intact(), "{point}: audit verify: {report}");
-    let records: Vec<AuditRecord> = db
-        .open_tree(ketenpost_broker::audit::RECORDS_TREE)
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let (k, v) = r.unwrap();
-            parse_record(ketenpost_audit::key_seq(&k).unwrap(), &v).unwrap()
-        })
-        .collect();
+    let records: Vec<AuditRecord> = ketenpost_broker::audit::stored_records(&db, &archive).unwrap();
     let count = |event: AuditEvent, f: &dyn Fn(&AuditRecord) -> bool| {
         records
             .iter()
@@ -696,4 +694,6 @@ crash_at! {
     crash_after_a_checkpoint_is_durable => "checkpoint.durable",
     crash_after_an_answer_is_applied => "answer.applied",
     crash_after_an_answer_is_durable => "answer.durable",
+    crash_after_audit_records_are_appended_to_the_archive => "archive.appended",
+    crash_after_audit_records_are_archived => "archive.applied",
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ketenpost_audit::{parse_record, AuditEvent, AuditRecord};
+use ketenpost_audit::{AuditEvent, AuditRecord};
 use ketenpost_schemas::envelope::{Envelope, Limits};
 use ketenpost_schemas::ids::CaseRef;
 use ketenpost_schemas::protocol::{envelope_from_b64, Delivery, RejectCode, Request, Response};
@@ -32,14 +32,8 @@ async fn submit(c: &Client, bytes: Vec<u8>) -> Response {
 /// Every audit record of a stopped broker.
 fn records(data: &Path) -> Vec<AuditRecord> {
     let db = sled::open(data.join("broker.sled")).unwrap();
-    db.open_tree(ketenpost_broker::audit::RECORDS_TREE)
+    ketenpost_broker::audit::stored_records(&db, &ketenpost_broker::audit::archive_dir(data))
         .unwrap()
-        .iter()
-        .map(|r| {
-            let (k, v) = r.unwrap();
-            parse_record(ketenpost_audit::key_seq(&k).unwrap(), &v).unwrap()
-        })
-        .collect()
 }
 
 /// A federation, a running broker, and a case with consent in which the corporation

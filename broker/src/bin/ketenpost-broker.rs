@@ -67,6 +67,10 @@ enum Command {
         /// With --federation: how often the policy, directory and CRL are re-read (1-3600 s).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
         documents_reload_secs: Option<u64>,
+        /// With --federation: how often older audit records move into the archive file
+        /// (10-60000 ms).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+        audit_archive_ms: Option<u64>,
         /// With --federation: also accept partner certificates from this external CA (PEM
         /// root, e.g. PKIoverheid); repeatable. Give its CRL with --crl.
         #[arg(long, value_name = "FILE")]
@@ -286,6 +290,7 @@ fn main() -> ExitCode {
             sweep_interval_secs,
             checkpoint_interval_secs,
             documents_reload_secs,
+            audit_archive_ms,
             partner_ca,
             crl,
             backup_dir,
@@ -306,6 +311,7 @@ fn main() -> ExitCode {
                             sweep_interval_secs,
                             checkpoint_interval_secs,
                             documents_reload_secs,
+                            audit_archive_ms,
                             partner_cas: partner_ca,
                             crls: crl,
                         });

@@ -15,6 +15,8 @@ pub struct DevSettings {
     pub checkpoint_interval_secs: Option<u64>,
     /// How often the policy, directory and CRL are re-read (seconds).
     pub documents_reload_secs: Option<u64>,
+    /// How often older audit records move into the archive file (milliseconds).
+    pub audit_archive_ms: Option<u64>,
     /// Extra partner CAs (PEM roots).
     pub partner_cas: Vec<PathBuf>,
     /// Extra CRLs (PEM or DER).
@@ -74,6 +76,9 @@ impl BrokerConfig {
         }
         if let Some(v) = s.documents_reload_secs {
             self.timers.documents_reload_secs = v;
+        }
+        if let Some(v) = s.audit_archive_ms {
+            self.timers.audit_archive_ms = v;
         }
         self.tls.partner_cas.extend(s.partner_cas);
         self.tls.crls.extend(s.crls);

@@ -233,7 +233,7 @@ pub(super) async fn watch_trail(shared: Arc<Shared>, mut stop: watch::Receiver<b
     loop {
         let s = shared.clone();
         let verified = tokio::task::spawn_blocking(move || {
-            crate::audit::verify_chain(s.store.db(), &s.audit.verifying_key())
+            crate::audit::verify_trail_of(s.store.db(), &s.audit, &s.audit.verifying_key())
         })
         .await;
         match verified {

@@ -40,6 +40,7 @@ pub use ketenpost_schemas::control::BROKER_SIGNER;
 
 mod access;
 mod alerting;
+mod archiver;
 mod exchange;
 mod fg;
 pub mod limits;
@@ -162,7 +163,11 @@ impl Broker {
             .open()
             .context("cannot open the broker's database")?;
         let store = Store::open(db.clone(), &config.data_dir.join("spool"))?;
-        let audit = Arc::new(AuditTrail::open(&db, key.clone())?);
+        let audit = Arc::new(AuditTrail::open(
+            &db,
+            &crate::audit::archive_dir(&config.data_dir),
+            key.clone(),
+        )?);
 
         // One rustls configuration (verifier, CRLs) for QUIC and TCP alike.
         let rustls = tls::server_rustls_config(&config.tls)?;
@@ -239,6 +244,7 @@ impl Broker {
         alerting::init_cursor(&shared)?;
         tokio::spawn(alerting::run(shared.clone(), rx.clone()));
         tokio::spawn(alerting::watch_trail(shared.clone(), rx.clone()));
+        tokio::spawn(archiver::run(shared.clone(), rx.clone()));
         let task = tokio::spawn(serve(endpoint, tcp, shared.clone(), rx));
         Ok(Broker {
             addr,

@@ -3,8 +3,9 @@
 //! Every change of the broker's state (a batch of accepted messages, a receipt, an
 //! expiry, a case or consent change, an audit record, a checkpoint) is written while it
 //! holds the audit chain's lock. [`Store::backup`] takes that lock, so nothing changes
-//! while it copies: it flushes, copies every sled tree into a new database and every spool
-//! segment into the backup, writes [`BACKUP_MANIFEST`] last, and lets go. Submissions
+//! while it copies: it flushes, copies every sled tree into a new database, every spool
+//! segment and the audit archive up to its mark into the backup, writes
+//! [`BACKUP_MANIFEST`] last, and lets go. Submissions
 //! and receipts wait meanwhile (the copy of a broker holding 100,000 messages takes about
 //! a second). Fetches are answered.
 //!
@@ -14,7 +15,8 @@
 //! restored broker's start destroys it as an orphan. A submission is in the backup exactly
 //! when its `accepted` answer came before the backup began.
 //!
-//! A backup folder is a broker data directory: `broker.sled`, `spool/` and the manifest.
+//! A backup folder is a broker data directory: `broker.sled`, `spool/`, `audit/` and the
+//! manifest.
 //! Restoring is copying it to an empty data directory (`ketenpost-broker restore`).
 
 use std::path::{Path, PathBuf};
@@ -134,6 +136,12 @@ impl Store {
         copy.flush().map_err(StoreError::from)?;
         drop(copy);
         let spool_bytes = self.spool.copy_to(&spool_dest).map_err(StoreError::from)?;
+        // The archived part of the trail, up to the mark copied above (it cannot move
+        // while the chain lock is held).
+        trail
+            .archive_of()
+            .copy_to(&crate::audit::archive_dir(dest))
+            .map_err(StoreError::from)?;
         let head = chain.head();
         let messages = self.bodies_held()?;
         drop(chain);
@@ -163,13 +171,18 @@ pub fn manifest(backup: &Path) -> Result<BackupManifest, BackupError> {
     serde_json::from_slice(&text).map_err(|_| BackupError::NotABackup(backup.to_owned()))
 }
 
-/// Restore a backup into `data_dir` (new or empty): copy its database and spool. Returns
+/// Restore a backup into `data_dir` (new or empty): copy its database, spool and audit
+/// archive (a backup of a version without an archive has none). Returns
 /// the manifest. The broker started on `data_dir` reconciles the spool with the metadata.
 pub fn restore(backup: &Path, data_dir: &Path) -> Result<BackupManifest, BackupError> {
     let m = manifest(backup)?;
     fresh_dir(data_dir)?;
     copy_tree(&backup.join("broker.sled"), &data_dir.join("broker.sled"))?;
     copy_tree(&backup.join("spool"), &data_dir.join("spool"))?;
+    let archive = crate::audit::archive_dir(backup);
+    if archive.exists() {
+        copy_tree(&archive, &crate::audit::archive_dir(data_dir))?;
+    }
     sync_dir(data_dir)?;
     Ok(m)
 }

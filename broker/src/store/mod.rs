@@ -82,6 +82,11 @@ use reconcile::{
 };
 pub use transition::{Applied, NoticeSigner, TransitionTicket, TxResult, TxView};
 
+/// Audit records moved to the archive in one transaction.
+const ARCHIVE_BATCH: usize = 2048;
+/// At most this many records are archived in one [`Store::archive_audit`].
+pub const ARCHIVE_PASS: usize = 64 * ARCHIVE_BATCH;
+
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -459,6 +464,21 @@ impl Store {
             }
         }
         Ok(n)
+    }
+
+    /// Move the oldest audit records of `trail` from the database into its archive file
+    /// ([`AuditTrail::archive`]), in batches, under the store's I/O token; returns how many
+    /// moved. One call moves at most [`ARCHIVE_PASS`] records. Blocking.
+    pub fn archive_audit(&self, trail: &crate::audit::AuditTrail) -> Result<usize, StoreError> {
+        let mut moved = 0;
+        while moved < ARCHIVE_PASS {
+            let n = trail.archive(ARCHIVE_BATCH, &self.puts.io)?;
+            moved += n;
+            if n < ARCHIVE_BATCH {
+                break;
+            }
+        }
+        Ok(moved)
     }
 
     /// Metadata of a message still held.

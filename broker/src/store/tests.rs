@@ -75,8 +75,10 @@ fn open_in(dir: &std::path::Path) -> (Store, Arc<AuditTrail>) {
         }
     };
     let store = Store::open(db.clone(), &dir.join("spool")).unwrap();
-    let trail =
-        Arc::new(crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap());
+    let trail = Arc::new(
+        crate::audit::AuditTrail::open(&db, &dir.join("audit"), SigningKey::from_bytes(&[7u8; 32]))
+            .unwrap(),
+    );
     (store, trail)
 }
 
@@ -869,14 +871,30 @@ fn concurrent_puts_share_transactions_and_a_duplicate_fails_alone() {
         .open()
         .unwrap();
     let store = Store::open(db.clone(), &dir.path().join("spool")).unwrap();
-    let trail =
-        Arc::new(crate::audit::AuditTrail::open(&db, SigningKey::from_bytes(&[7u8; 32])).unwrap());
+    let trail = Arc::new(
+        crate::audit::AuditTrail::open(
+            &db,
+            &dir.path().join("audit"),
+            SigningKey::from_bytes(&[7u8; 32]),
+        )
+        .unwrap(),
+    );
     // Every message twice, so duplicates meet in one combined transaction as well as
     // across transactions.
     let (messages, _) = authorised(24);
     let threads = 8;
     let barrier = Barrier::new(threads);
+    let writing = std::sync::atomic::AtomicBool::new(true);
     let outcomes: Vec<(MessageId, Result<(), StoreError>)> = std::thread::scope(|s| {
+        // The archiver moves records out of the database while the writes go on.
+        let archiver = s.spawn(|| {
+            let mut moved = 0;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                moved += store.archive_audit(&trail).unwrap();
+                std::thread::yield_now();
+            }
+            moved
+        });
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let (store, messages, barrier, trail) = (&store, &messages, &barrier, &trail);
@@ -905,10 +923,13 @@ fn concurrent_puts_share_transactions_and_a_duplicate_fails_alone() {
                 })
             })
             .collect();
-        handles
+        let outcomes = handles
             .into_iter()
             .flat_map(|h| h.join().unwrap())
-            .collect()
+            .collect();
+        writing.store(false, std::sync::atomic::Ordering::SeqCst);
+        archiver.join().unwrap();
+        outcomes
     });
     for a in &messages {
         let id = a.header().id;
@@ -926,9 +947,20 @@ fn concurrent_puts_share_transactions_and_a_duplicate_fails_alone() {
     assert_eq!(store.queued().unwrap(), messages.len());
     // One audit record per accepted message, none for a duplicate, chained.
     assert_eq!(trail.head().seq, messages.len() as u64);
-    let report = crate::audit::verify_chain(&db, &trail.verifying_key()).unwrap();
+    let report = crate::audit::verify_trail_of(&db, &trail, &trail.verifying_key()).unwrap();
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.records, messages.len() as u64);
+    // The rest archived too, the trail still reads whole and verifies.
+    store.archive_audit(&trail).unwrap();
+    assert_eq!(trail.archive_of().mark().seq, messages.len() as u64);
+    let report = crate::audit::verify_trail_of(&db, &trail, &trail.verifying_key()).unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records, messages.len() as u64);
+    let read: Vec<_> = trail
+        .iter_range(1, trail.head().seq)
+        .map(|r| r.unwrap().seq)
+        .collect();
+    assert_eq!(read, (1..=messages.len() as u64).collect::<Vec<_>>());
     // Each combined write was flushed.
     assert!(store.flush_count() >= 1);
     assert!(store.flush_count() <= messages.len() as u64);
