@@ -397,14 +397,15 @@ impl AuditTrail {
         let Some(tree) = self.archive.tree() else {
             return Ok(0);
         };
-        let _moving = self
+        // The mover's lock guards its buffer, reused from move to move.
+        let mut lines = self
             .archive
             .moving
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        lines.clear();
         let mark = self.archive.mark();
-        let mut lines = Vec::new();
-        let mut keys = Vec::new();
+        let mut keys = Vec::with_capacity(max.min(4096));
         let mut expected = mark.seq + 1;
         for item in self.records.range(seq_key(expected)..).take(max) {
             let (k, v) = item.map_err(storage)?;
@@ -421,6 +422,10 @@ impl AuditTrail {
         }
         let last = expected - 1;
         let next = self.archive.append(&lines, last)?;
+        if lines.capacity() > 4 << 20 {
+            // A move of unusually long records: do not keep that much.
+            *lines = Vec::new();
+        }
         crate::failpoint::hit("archive", "appended");
         {
             let _io = io.lock().unwrap_or_else(PoisonError::into_inner);

@@ -64,8 +64,9 @@ pub struct Archive {
     /// `None`: opened read-only on a database without the tree.
     tree: Option<sled::Tree>,
     mark: RwLock<Mark>,
-    /// Held by the archiver while it moves records (one at a time).
-    pub(super) moving: Mutex<()>,
+    /// Held by the archiver while it moves records (one move at a time), with the buffer
+    /// it gathers their lines in.
+    pub(super) moving: Mutex<Vec<u8>>,
     writable: bool,
 }
 
@@ -115,7 +116,7 @@ impl Archive {
             file: Some(Arc::new(file)),
             tree: Some(tree),
             mark: RwLock::new(mark),
-            moving: Mutex::new(()),
+            moving: Mutex::new(Vec::new()),
             writable: true,
         })
     }
@@ -153,7 +154,7 @@ impl Archive {
             file,
             tree,
             mark: RwLock::new(mark),
-            moving: Mutex::new(()),
+            moving: Mutex::new(Vec::new()),
             writable: false,
         })
     }

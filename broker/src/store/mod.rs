@@ -83,9 +83,9 @@ use reconcile::{
 pub use transition::{Applied, NoticeSigner, TransitionTicket, TxResult, TxView};
 
 /// Audit records moved to the archive in one transaction.
-const ARCHIVE_BATCH: usize = 2048;
+const ARCHIVE_BATCH: usize = 256;
 /// At most this many records are archived in one [`Store::archive_audit`].
-pub const ARCHIVE_PASS: usize = 64 * ARCHIVE_BATCH;
+pub const ARCHIVE_PASS: usize = 256 * ARCHIVE_BATCH;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
