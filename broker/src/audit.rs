@@ -1091,6 +1091,27 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_finds_records_the_archiver_moves_while_it_reads() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 1300);
+        let io = Mutex::new(());
+        for moved_meanwhile in [700usize, 1300] {
+            let mut reader = trail.iter_range(1, 1300);
+            // The reader has used up its first batch from the database ...
+            let mut seqs: Vec<u64> = reader
+                .by_ref()
+                .take(archive::CHUNK)
+                .map(|r| r.unwrap().seq)
+                .collect();
+            // ... when the archiver moves records it has not read yet.
+            trail.archive(moved_meanwhile, &io).unwrap();
+            seqs.extend(reader.map(|r| r.unwrap().seq));
+            assert_eq!(seqs, (1..=1300).collect::<Vec<_>>(), "{moved_meanwhile}");
+        }
+        assert!(verify(&db).is_intact());
+    }
+
+    #[test]
     fn a_trail_archived_whole_reopens_at_its_head() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");

@@ -41,7 +41,7 @@ pub const ARCHIVE_FILE: &str = "trail.jsonl";
 /// The key of the mark in [`ARCHIVE_TREE`].
 const MARK_KEY: &[u8] = b"mark";
 /// Records read at a time by [`Records`].
-const CHUNK: usize = 512;
+pub(crate) const CHUNK: usize = 512;
 
 /// How far the trail is archived: records `1..=seq` are the file's first `len` bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
