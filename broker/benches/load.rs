@@ -14,7 +14,8 @@
 //! woningcorporaties) in a temporary directory, starts the release `ketenpost-broker serve
 //! --config` binary (the one `cargo bench` builds) as a **separate process** on 127.0.0.1
 //! with default limits (every check on, a group-committed sled flush before each
-//! `accepted`, info logging to a file; `--cache-mb=N` sets `limits.cache_mb`), opens a case
+//! `accepted`, info logging to a file; `--cache-mb=N` sets `limits.cache_mb`,
+//! `--archive-ms=N` `timers.audit_archive_ms`), opens a case
 //! with all parties and a consent, and seals every message **before** the clock starts: a
 //! `signaal` from a corporation to the zorgaanbieder, its `omschrijving` padded until the
 //! envelope is at least 1 KiB (the example signaal already makes about 1.2 KiB, so it is
@@ -161,6 +162,8 @@ struct Opts {
     batch: usize,
     /// `limits.cache_mb` for the broker; `None` leaves the broker's default.
     cache_mb: Option<u64>,
+    /// `timers.audit_archive_ms` for the broker; `None` leaves the broker's default.
+    archive_ms: Option<u64>,
     /// The paced part of the `e2e` scenario, msg/s.
     e2e_rate: u64,
 }
@@ -175,6 +178,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         queue: 1_000_000,
         batch: 25_000,
         cache_mb: None,
+        archive_ms: None,
         e2e_rate: 1_000,
     };
     for a in args {
@@ -195,6 +199,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
                 "queue" => o.queue = n_usize,
                 "batch" => o.batch = n_usize,
                 "cache-mb" => o.cache_mb = Some(n),
+                "archive-ms" => o.archive_ms = Some(n),
                 "e2e-rate" => o.e2e_rate = n,
                 _ => return Err(format!("unknown option {a}")),
             }
@@ -453,6 +458,7 @@ struct Bench {
     consent: uuid::Uuid,
     pad: usize,
     cache_mb: Option<u64>,
+    archive_ms: Option<u64>,
 }
 
 impl Bench {
@@ -486,6 +492,7 @@ impl Bench {
             consent: uuid::Uuid::now_v7(),
             pad: 0,
             cache_mb: o.cache_mb,
+            archive_ms: o.archive_ms,
         };
         b.pad = b.calibrate();
         b
@@ -518,6 +525,9 @@ impl Bench {
         );
         if let Some(mb) = self.cache_mb {
             text.push_str(&format!("\n[limits]\ncache_mb = {mb}\n"));
+        }
+        if let Some(ms) = self.archive_ms {
+            text.push_str(&format!("\n[timers]\naudit_archive_ms = {ms}\n"));
         }
         let path = self.dir.path().join("broker.toml");
         std::fs::write(&path, text).unwrap();

@@ -83,16 +83,22 @@ impl AuditTrail {
         let checkpoints = db.open_tree(CHECKPOINTS_TREE).map_err(storage)?;
         let archive = Archive::open(db, archive_dir)?;
         let mark = archive.mark();
+        // Records the archive holds already: a crash came between a move's mark and its
+        // removals from sled.
+        let mut leftovers = 0u64;
+        for item in records.range(..=seq_key(mark.seq)) {
+            let (k, _) = item.map_err(storage)?;
+            records.remove(k).map_err(storage)?;
+            leftovers += 1;
+        }
+        if leftovers > 0 {
+            tracing::info!(
+                records = leftovers,
+                "audit records archived before a crash removed from the database"
+            );
+        }
         let head = match records.last().map_err(storage)? {
-            Some((k, v)) => {
-                if key_seq(&k).is_some_and(|seq| seq <= mark.seq) {
-                    return Err(AuditError::Corrupt {
-                        seq: mark.seq,
-                        reason: "the database holds records the archive holds too".into(),
-                    });
-                }
-                ChainHead::recover(Some((&k, &v)))?
-            }
+            Some((k, v)) => ChainHead::recover(Some((&k, &v)))?,
             None => match archive.last_line()? {
                 Some(line) => ChainHead::recover(Some((&seq_key(mark.seq), &line)))?,
                 None => ChainHead::genesis(),
@@ -388,12 +394,17 @@ impl AuditTrail {
     }
 
     /// Move up to `max` of the oldest records from sled into the archive file (see
-    /// [`archive`]); returns how many moved. Blocking I/O. `io` is the store's I/O token:
-    /// the move's transaction must not start during a flush (it would hold every reader
-    /// up until the flush ends). Records stop at a gap, at a record whose value holds a
-    /// newline, and before a last record that does not parse: those stay in sled, where
-    /// `audit verify` reports them.
-    pub fn archive(&self, max: usize, io: &Mutex<()>) -> Result<usize, AuditError> {
+    /// [`archive`]); returns how many moved. Blocking I/O. Records stop at a gap and at a
+    /// record whose value holds a newline: those stay in sled, where `audit verify`
+    /// reports them.
+    ///
+    /// No transaction: the file is synced first, then the mark moves (one insert), then
+    /// the records leave sled one by one. Each step is ordered after the one before it in
+    /// sled's log, so a crash leaves either lines past the mark (cut off at the next
+    /// start) or records in sled the file holds too (removed at the next start,
+    /// [`AuditTrail::open`]). A sled transaction or batch would stall every reader and the
+    /// store's writer while it runs.
+    pub fn archive(&self, max: usize) -> Result<usize, AuditError> {
         let Some(tree) = self.archive.tree() else {
             return Ok(0);
         };
@@ -420,37 +431,28 @@ impl AuditTrail {
         if keys.is_empty() {
             return Ok(0);
         }
-        let last = expected - 1;
-        let next = self.archive.append(&lines, last)?;
-        if lines.capacity() > 4 << 20 {
+        let next = self.archive.append(&lines, expected - 1)?;
+        if lines.capacity() > 8 << 20 {
             // A move of unusually long records: do not keep that much.
             *lines = Vec::new();
         }
         crate::failpoint::hit("archive", "appended");
         {
-            let _io = io.lock().unwrap_or_else(PoisonError::into_inner);
-            // No append runs meanwhile (a backup holds the chain lock to copy a
-            // consistent trail; the mark must not move under it).
+            // A backup holds the chain lock to copy a consistent trail: the mark must not
+            // move under it.
             let _head = self.lock();
-            use sled::Transactional;
-            (&self.records, tree)
-                .transaction(|(records, marks)| {
-                    for k in &keys {
-                        records.remove(k)?;
-                    }
-                    Archive::stage_mark(marks, &next)?;
-                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| match e {
-                    sled::transaction::TransactionError::Storage(e) => storage(e),
-                    sled::transaction::TransactionError::Abort(()) => {
-                        AuditError::Storage("audit archive: the move was aborted".into())
-                    }
-                })?;
+            Archive::write_mark(tree, &next)?;
             self.archive.set_mark(next);
         }
         crate::failpoint::hit("archive", "applied");
-        tracing::debug!(records = keys.len(), up_to = last, "audit records archived");
+        for k in &keys {
+            self.records.remove(k).map_err(storage)?;
+        }
+        tracing::debug!(
+            records = keys.len(),
+            up_to = next.seq,
+            "audit records archived"
+        );
         Ok(keys.len())
     }
 
@@ -1044,8 +1046,7 @@ mod tests {
     fn archived_records_read_and_verify_as_before() {
         let (_dir, db) = db();
         let trail = filled(&db, 30);
-        let io = Mutex::new(());
-        assert_eq!(trail.archive(12, &io).unwrap(), 12);
+        assert_eq!(trail.archive(12).unwrap(), 12);
         assert_eq!(trail.archive_of().mark().seq, 12);
         assert_eq!(tree(&db).len(), 18);
         let all: Vec<u64> = trail.iter_range(1, 30).map(|r| r.unwrap().seq).collect();
@@ -1072,8 +1073,8 @@ mod tests {
         assert!(report.is_intact(), "{report}");
         assert_eq!(report.records, 30);
         // The rest, then nothing; appends go on chaining.
-        assert_eq!(trail.archive(100, &io).unwrap(), 18);
-        assert_eq!(trail.archive(100, &io).unwrap(), 0);
+        assert_eq!(trail.archive(100).unwrap(), 18);
+        assert_eq!(trail.archive(100).unwrap(), 0);
         assert!(tree(&db).is_empty());
         for seq in 1..=30 {
             assert_eq!(trail.get(seq).unwrap().unwrap().seq, seq);
@@ -1094,7 +1095,6 @@ mod tests {
     fn a_reader_finds_records_the_archiver_moves_while_it_reads() {
         let (_dir, db) = db();
         let trail = filled(&db, 1300);
-        let io = Mutex::new(());
         for moved_meanwhile in [700usize, 1300] {
             let mut reader = trail.iter_range(1, 1300);
             // The reader has used up its first batch from the database ...
@@ -1104,7 +1104,7 @@ mod tests {
                 .map(|r| r.unwrap().seq)
                 .collect();
             // ... when the archiver moves records it has not read yet.
-            trail.archive(moved_meanwhile, &io).unwrap();
+            trail.archive(moved_meanwhile).unwrap();
             seqs.extend(reader.map(|r| r.unwrap().seq));
             assert_eq!(seqs, (1..=1300).collect::<Vec<_>>(), "{moved_meanwhile}");
         }
@@ -1122,7 +1122,7 @@ mod tests {
             for i in 1..=10 {
                 trail.append(entry(i), secs(i as i64)).unwrap();
             }
-            assert_eq!(trail.archive(100, &Mutex::new(())).unwrap(), 10);
+            assert_eq!(trail.archive(100).unwrap(), 10);
             trail.checkpoint(secs(11)).unwrap();
             db.flush().unwrap();
             trail.head()
@@ -1138,7 +1138,7 @@ mod tests {
         let db = db.unwrap();
         let trail = AuditTrail::open(&db, &archive, key()).unwrap();
         assert_eq!(trail.head(), head);
-        assert_eq!(trail.archive(100, &Mutex::new(())).unwrap(), 1);
+        assert_eq!(trail.archive(100).unwrap(), 1);
         drop(trail);
         // Head and checkpoint from the file alone.
         let trail = AuditTrail::open(&db, &archive, key()).unwrap();
@@ -1154,8 +1154,7 @@ mod tests {
     fn a_crash_between_the_archivers_two_steps_is_cut_back() {
         let (_dir, db) = db();
         let trail = filled(&db, 20);
-        let io = Mutex::new(());
-        trail.archive(5, &io).unwrap();
+        trail.archive(5).unwrap();
         let mark = trail.archive_of().mark();
         // Step 1 of the move of 6..=10 ran (the lines are in the file), step 2 did not.
         let mut lines = Vec::new();
@@ -1175,7 +1174,31 @@ mod tests {
         assert_eq!(report.records, 20);
         let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
         assert_eq!(std::fs::metadata(archive_file()).unwrap().len(), mark.len);
-        assert_eq!(trail.archive(100, &io).unwrap(), 15);
+        assert_eq!(trail.archive(100).unwrap(), 15);
+        let report = verify(&db);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.records, 20);
+    }
+
+    #[test]
+    fn records_left_in_the_database_after_their_move_are_removed_at_start() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 20);
+        let saved: Vec<(u64, AuditRecord)> = (1..=8).map(|s| (s, stored(&db, s))).collect();
+        trail.archive(8).unwrap();
+        drop(trail);
+        // The mark moved, then the crash came before the records left the database.
+        for (_, record) in &saved {
+            store(&db, record);
+        }
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        assert_eq!(
+            tree(&db).first().unwrap().map(|(k, _)| key_seq(&k)),
+            Some(Some(9))
+        );
+        assert_eq!(trail.head().seq, 20);
+        let all: Vec<u64> = trail.iter_range(1, 20).map(|r| r.unwrap().seq).collect();
+        assert_eq!(all, (1..=20).collect::<Vec<_>>());
         let report = verify(&db);
         assert!(report.is_intact(), "{report}");
         assert_eq!(report.records, 20);
@@ -1185,7 +1208,7 @@ mod tests {
     fn an_archive_shorter_than_its_mark_is_refused() {
         let (_dir, db) = db();
         let trail = filled(&db, 10);
-        trail.archive(100, &Mutex::new(())).unwrap();
+        trail.archive(100).unwrap();
         let len = trail.archive_of().mark().len;
         drop(trail);
         let f = std::fs::OpenOptions::new()
@@ -1204,7 +1227,7 @@ mod tests {
     fn verify_detects_an_edited_archived_record() {
         let (_dir, db) = db();
         let trail = filled(&db, 10);
-        trail.archive(100, &Mutex::new(())).unwrap();
+        trail.archive(100).unwrap();
         drop(trail);
         let text = std::fs::read_to_string(archive_file()).unwrap();
         let edited = text.replacen(B, C, 1);

@@ -82,10 +82,10 @@ use reconcile::{
 };
 pub use transition::{Applied, NoticeSigner, TransitionTicket, TxResult, TxView};
 
-/// Audit records moved to the archive in one transaction.
-const ARCHIVE_BATCH: usize = 256;
+/// Audit records moved to the archive with one sync of its file.
+const ARCHIVE_BATCH: usize = 4096;
 /// At most this many records are archived in one [`Store::archive_audit`].
-pub const ARCHIVE_PASS: usize = 256 * ARCHIVE_BATCH;
+pub const ARCHIVE_PASS: usize = 32 * ARCHIVE_BATCH;
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -467,12 +467,12 @@ impl Store {
     }
 
     /// Move the oldest audit records of `trail` from the database into its archive file
-    /// ([`AuditTrail::archive`]), in batches, under the store's I/O token; returns how many
-    /// moved. One call moves at most [`ARCHIVE_PASS`] records. Blocking.
+    /// ([`AuditTrail::archive`]), in batches; returns how many moved. One call moves at
+    /// most [`ARCHIVE_PASS`] records. Blocking.
     pub fn archive_audit(&self, trail: &crate::audit::AuditTrail) -> Result<usize, StoreError> {
         let mut moved = 0;
         while moved < ARCHIVE_PASS {
-            let n = trail.archive(ARCHIVE_BATCH, &self.puts.io)?;
+            let n = trail.archive(ARCHIVE_BATCH)?;
             moved += n;
             if n < ARCHIVE_BATCH {
                 break;
