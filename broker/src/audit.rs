@@ -38,6 +38,19 @@ pub const RECORDS_TREE: &str = "audit";
 /// Name of the sled tree that holds the signed checkpoints.
 pub const CHECKPOINTS_TREE: &str = "audit_checkpoints";
 
+/// The tree `name` of `db` if it exists; never creates it (the read-only paths).
+pub fn existing_tree(db: &sled::Db, name: &str) -> Result<Option<sled::Tree>, AuditError> {
+    if db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == name.as_bytes())
+    {
+        db.open_tree(name).map(Some).map_err(storage)
+    } else {
+        Ok(None)
+    }
+}
+
 /// A sled failure as an audit error.
 pub fn storage(e: sled::Error) -> AuditError {
     AuditError::Storage(e.to_string())
@@ -570,14 +583,7 @@ fn verify_with(
     archive: &Archive,
     broker_key: &VerifyingKey,
 ) -> Result<VerifyReport, AuditError> {
-    let names = db.tree_names();
-    let tree = |name: &str| -> Result<Option<sled::Tree>, AuditError> {
-        if names.iter().any(|n| n.as_ref() == name.as_bytes()) {
-            db.open_tree(name).map(Some).map_err(storage)
-        } else {
-            Ok(None)
-        }
-    };
+    let tree = |name: &str| existing_tree(db, name);
     let entries = |t: Option<sled::Tree>| {
         t.into_iter()
             .flat_map(|t| t.iter())
@@ -595,15 +601,7 @@ fn verify_with(
 /// without changing anything (tests and tools).
 pub fn stored_records(db: &sled::Db, archive_dir: &Path) -> Result<Vec<AuditRecord>, AuditError> {
     let archive = Archive::open_read_only(db, archive_dir)?;
-    let has_records = db
-        .tree_names()
-        .iter()
-        .any(|n| n.as_ref() == RECORDS_TREE.as_bytes());
-    let records = if has_records {
-        Some(db.open_tree(RECORDS_TREE).map_err(storage)?)
-    } else {
-        None
-    };
+    let records = existing_tree(db, RECORDS_TREE)?;
     Records::new(&archive, records.as_ref(), 1, u64::MAX)
         .map(|item| {
             let (key, value) = item?;
@@ -719,6 +717,21 @@ mod tests {
         let db = sled::open(dir.path().join("db")).unwrap();
         ARCHIVE.with(|a| *a.borrow_mut() = dir.path().join("audit"));
         (dir, db)
+    }
+
+    /// Open the database at `path` again. sled's background flusher may hold the first
+    /// handle's file lock for a moment after it is dropped: retry (bounded) rather than
+    /// fail on that.
+    fn reopen(path: &std::path::Path) -> sled::Db {
+        let mut db = sled::open(path);
+        for _ in 0..100 {
+            if db.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            db = sled::open(path);
+        }
+        db.unwrap()
     }
 
     /// The archive directory of the database [`db`] made last on this thread.
@@ -895,17 +908,7 @@ mod tests {
             db.flush().unwrap();
             trail.head()
         };
-        // sled's background flusher may hold the first handle's file lock for a moment
-        // after it is dropped: retry (bounded) rather than fail on that.
-        let mut db = sled::open(&path);
-        for _ in 0..100 {
-            if db.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            db = sled::open(&path);
-        }
-        let db = db.unwrap();
+        let db = reopen(&path);
         let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
         assert_eq!(trail.head(), head);
         let r = trail.append(entry(11), t0()).unwrap();
@@ -1127,15 +1130,7 @@ mod tests {
             db.flush().unwrap();
             trail.head()
         };
-        let mut db = sled::open(&path);
-        for _ in 0..100 {
-            if db.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            db = sled::open(&path);
-        }
-        let db = db.unwrap();
+        let db = reopen(&path);
         let trail = AuditTrail::open(&db, &archive, key()).unwrap();
         assert_eq!(trail.head(), head);
         assert_eq!(trail.archive(100).unwrap(), 1);

@@ -129,15 +129,7 @@ impl Archive {
     /// Open the archive to read only (`audit verify` of a stopped broker or a backup):
     /// nothing is created or cut back; reads stop at the mark.
     pub fn open_read_only(db: &sled::Db, dir: &Path) -> Result<Archive, AuditError> {
-        let has_tree = db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == ARCHIVE_TREE.as_bytes());
-        let tree = if has_tree {
-            Some(db.open_tree(ARCHIVE_TREE).map_err(storage)?)
-        } else {
-            None
-        };
+        let tree = super::existing_tree(db, ARCHIVE_TREE)?;
         let mark = match &tree {
             Some(t) => read_mark(t)?,
             None => Mark::default(),
