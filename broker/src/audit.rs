@@ -1115,6 +1115,69 @@ mod tests {
     }
 
     #[test]
+    fn every_archived_record_is_found_whatever_the_lengths_of_its_neighbours() {
+        let (_dir, db) = db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        let parties = [B, C, "00000001000000000004", "00000001000000000005"];
+        for i in 1..=300u64 {
+            // Lines of four lengths, in an order that is not a cycle.
+            let n = usize::try_from((i * 7 + i / 5) % 4).unwrap() + 1;
+            let e = entry(i).counterparties(parties[..n].iter().copied());
+            trail.append(e, secs(i as i64)).unwrap();
+        }
+        assert_eq!(trail.archive(1000).unwrap(), 300);
+        for seq in 1..=300 {
+            assert_eq!(trail.get(seq).unwrap().unwrap().seq, seq);
+            let from: Vec<u64> = trail
+                .iter_range(seq, (seq + 2).min(300))
+                .map(|r| r.unwrap().seq)
+                .collect();
+            assert_eq!(from, (seq..=(seq + 2).min(300)).collect::<Vec<_>>());
+        }
+        assert!(verify(&db).is_intact());
+    }
+
+    #[test]
+    fn a_reader_that_went_on_in_the_database_finds_what_moved_after() {
+        let (_dir, db) = db();
+        let trail = filled(&db, 2000);
+        trail.archive(100).unwrap();
+        let mut reader = trail.iter_range(1, 2000);
+        // The archived hundred from the file, then a whole batch from the database ...
+        let mut seqs: Vec<u64> = reader
+            .by_ref()
+            .take(100 + archive::CHUNK)
+            .map(|r| r.unwrap().seq)
+            .collect();
+        // ... and then the archiver moves past where the reader is.
+        trail.archive(1000).unwrap();
+        seqs.extend(reader.map(|r| r.unwrap().seq));
+        assert_eq!(seqs, (1..=2000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_archive_beside_a_database_without_its_mark_is_refused() {
+        let (dir, db) = db();
+        let trail = filled(&db, 10);
+        trail.archive(100).unwrap();
+        drop((trail, db));
+        // Another database beside the archive.
+        let other = sled::open(dir.path().join("other")).unwrap();
+        let refused = AuditTrail::open(&other, &adir(), key()).unwrap_err();
+        assert!(
+            matches!(&refused, AuditError::Corrupt { reason, .. } if reason.contains("no audit archive mark")),
+            "{refused}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(archive_file())
+                .unwrap()
+                .lines()
+                .count(),
+            10
+        );
+    }
+
+    #[test]
     fn a_trail_archived_whole_reopens_at_its_head() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");

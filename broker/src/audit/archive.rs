@@ -45,6 +45,9 @@ pub const ARCHIVE_TREE: &str = "audit_archive";
 pub const ARCHIVE_FILE: &str = "trail.jsonl";
 /// The key of the mark in [`ARCHIVE_TREE`].
 const MARK_KEY: &[u8] = b"mark";
+/// At most this much is cut off the file at start: more than one move can leave past the
+/// mark (4,096 records of a few KiB at most) means the file belongs to another database.
+const MAX_CUT_BACK: u64 = 64 << 20;
 /// Records read at a time by [`Records`].
 pub(crate) const CHUNK: usize = 512;
 
@@ -86,11 +89,22 @@ impl std::fmt::Debug for Archive {
 
 impl Archive {
     /// Open the archive of the trail in `db`, in `dir` (created if missing). A file longer
-    /// than its mark (a crash between the archiver's two steps) is cut back to the mark;
-    /// one shorter than its mark is refused ([`AuditError::Corrupt`]).
+    /// than its mark (a crash between the archiver's steps) is cut back to the mark; one
+    /// shorter than its mark is refused ([`AuditError::Corrupt`]), and so is one with more
+    /// past its mark than a move leaves, or with content while the database has no mark
+    /// (the database is not the archive's).
     pub fn open(db: &sled::Db, dir: &Path) -> Result<Archive, AuditError> {
-        std::fs::create_dir_all(dir).map_err(io("create the directory"))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(io("create the directory"))?;
+            // The new directory's entry must survive a crash too.
+            if let Some(parent) = dir.parent() {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io("sync the data directory"))?;
+            }
+        }
         let tree = db.open_tree(ARCHIVE_TREE).map_err(storage)?;
+        let marked = tree.contains_key(MARK_KEY).map_err(storage)?;
         let mark = read_mark(&tree)?;
         let path = dir.join(ARCHIVE_FILE);
         let file = OpenOptions::new()
@@ -102,6 +116,31 @@ impl Archive {
             .map_err(io("open the file"))?;
         let len = file.metadata().map_err(io("read the file's length"))?.len();
         check_length(&mark, len)?;
+        if !marked {
+            if len > 0 {
+                return Err(AuditError::Corrupt {
+                    seq: 0,
+                    reason: format!(
+                        "the database holds no audit archive mark, but the archive holds {len} \
+                         bytes (was the database replaced?); nothing was cut off"
+                    ),
+                });
+            }
+            // The first start with an archive: from now on the mark tells what a crash
+            // left past it from an archive that belongs to another database.
+            Archive::write_mark(&tree, &mark)?;
+            tree.flush().map_err(storage)?;
+        }
+        if len - mark.len > MAX_CUT_BACK {
+            return Err(AuditError::Corrupt {
+                seq: mark.seq,
+                reason: format!(
+                    "the audit archive holds {} bytes past its mark, more than a move leaves \
+                     (was the database replaced?); nothing was cut off",
+                    len - mark.len
+                ),
+            });
+        }
         if len > mark.len {
             file.set_len(mark.len).map_err(io("cut back the file"))?;
             file.sync_all().map_err(io("sync the file"))?;
@@ -272,9 +311,14 @@ impl Archive {
             // The first line starting after `lo`, at or after the middle (a line that
             // starts right at the middle counts).
             let mid = lo + (hi - lo) / 2;
-            let next = next_line(file, mid.saturating_sub(1).max(lo), hi)?;
+            let mut next = next_line(file, mid.saturating_sub(1).max(lo), hi)?;
             if next >= hi {
-                return Ok(hi);
+                // The line holding the middle runs to `hi`, and lines between `lo` and it
+                // are not yet looked at: look at the one right after `lo`.
+                next = next_line(file, lo, hi)?;
+                if next >= hi {
+                    return Ok(hi);
+                }
             }
             if line_seq(file, next, len)? < seq {
                 lo = next;
@@ -296,6 +340,12 @@ fn read_mark(tree: &sled::Tree) -> Result<Mark, AuditError> {
 }
 
 fn check_length(mark: &Mark, len: u64) -> Result<(), AuditError> {
+    if mark.seq > 0 && mark.len == 0 {
+        return Err(AuditError::Corrupt {
+            seq: mark.seq,
+            reason: "the audit archive's mark names records but no bytes".into(),
+        });
+    }
     if len < mark.len {
         return Err(AuditError::Corrupt {
             seq: mark.seq,
@@ -382,66 +432,70 @@ impl<'a> Records<'a> {
 
     fn refill(&mut self) -> Result<(), AuditError> {
         let mark = self.archive.mark();
-        match &self.archive.file {
-            Some(file) if self.next <= mark.seq => {
-                let upto = self.to.min(mark.seq);
-                let mut pos = match self.offset {
-                    Some(p) => p,
-                    None => self.archive.offset_of(file, self.next, mark.len)?,
+        if self.next <= mark.seq {
+            let Some(file) = &self.archive.file else {
+                // A mark without a file (only a damaged database says so): the records
+                // it names show as a gap.
+                self.next = mark.seq + 1;
+                self.offset = None;
+                return Ok(());
+            };
+            let upto = self.to.min(mark.seq);
+            let mut pos = match self.offset {
+                Some(p) => p,
+                None => self.archive.offset_of(file, self.next, mark.len)?,
+            };
+            let mut reader = LineReader::new(file, pos, mark.len);
+            while self.buf.len() < CHUNK && self.next <= upto {
+                let Some(line) = reader.next_line()? else {
+                    break;
                 };
-                let mut reader = LineReader::new(file, pos, mark.len);
-                while self.buf.len() < CHUNK && self.next <= upto {
-                    let Some(line) = reader.next_line()? else {
-                        break;
-                    };
-                    pos += line.len() as u64 + 1;
-                    self.buf.push_back((seq_key(self.next).to_vec(), line));
-                    self.next += 1;
-                }
-                if self.buf.is_empty() {
-                    // The file holds fewer lines than the mark says: what is missing shows
-                    // as a gap to whoever checks the seqs.
-                    self.next = mark.seq + 1;
-                    self.offset = None;
-                } else {
-                    self.offset = Some(pos);
-                }
+                pos += line.len() as u64 + 1;
+                self.buf.push_back((seq_key(self.next).to_vec(), line));
+                self.next += 1;
             }
-            _ => {
-                let Some(tree) = self.records else {
-                    self.done = true;
-                    return Ok(());
-                };
-                let mut expected = self.next;
-                let mut items = Vec::with_capacity(CHUNK);
-                for item in tree
-                    .range(seq_key(self.next)..=seq_key(self.to))
-                    .take(CHUNK)
-                {
-                    let (k, v) = item.map_err(storage)?;
-                    if let Some(seq) = key_seq(&k) {
-                        if seq > expected && self.archive.mark().seq >= expected {
-                            // Moved to the file meanwhile: the rest is read there.
-                            self.next = expected;
-                            self.offset = None;
-                            self.buf.extend(items);
-                            return Ok(());
-                        }
-                        expected = expected.max(seq + 1);
-                    }
-                    items.push((k.to_vec(), v.to_vec()));
-                }
-                if items.is_empty() && self.archive.mark().seq >= self.next {
-                    // Every one moved to the file meanwhile.
-                    return Ok(());
-                }
-                if items.len() == CHUNK && expected <= self.to {
-                    self.next = expected;
-                } else {
-                    self.done = true;
-                }
-                self.buf.extend(items);
+            if self.buf.is_empty() {
+                // The file holds fewer lines than the mark says: what is missing shows
+                // as a gap to whoever checks the seqs.
+                self.next = mark.seq + 1;
+                self.offset = None;
+            } else {
+                self.offset = Some(pos);
             }
+            return Ok(());
+        }
+        // From sled. Whatever this reads, the file position no longer follows `next`.
+        self.offset = None;
+        let Some(tree) = self.records else {
+            self.done = true;
+            return Ok(());
+        };
+        let mut expected = self.next;
+        let mut items = Vec::with_capacity(CHUNK);
+        for item in tree
+            .range(seq_key(self.next)..=seq_key(self.to))
+            .take(CHUNK)
+        {
+            let (k, v) = item.map_err(storage)?;
+            if let Some(seq) = key_seq(&k) {
+                if seq > expected && self.archive.mark().seq >= expected {
+                    // Moved to the file meanwhile: the rest is read there.
+                    break;
+                }
+                expected = expected.max(seq + 1);
+            }
+            items.push((k.to_vec(), v.to_vec()));
+        }
+        self.buf.extend(items);
+        let full = self.buf.len() == CHUNK;
+        if expected > self.to {
+            self.done = true;
+        } else if full || self.archive.mark().seq >= expected {
+            // More to read: in sled, or moved to the file while this read (sled's range
+            // is no snapshot).
+            self.next = expected;
+        } else {
+            self.done = true;
         }
         Ok(())
     }
