@@ -780,6 +780,23 @@ mod tests {
         verify_chain(db, &adir(), &key().verifying_key()).unwrap()
     }
 
+    /// The seqs of the records dated in `[from, until)`.
+    fn seqs_between(trail: &AuditTrail, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<u64> {
+        trail
+            .records_between(from, until)
+            .unwrap()
+            .iter()
+            .map(|r| r.seq)
+            .collect()
+    }
+
+    /// The trail in `db` verifies and holds `records` records.
+    fn assert_intact(db: &sled::Db, records: u64) {
+        let report = verify(db);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.records, records);
+    }
+
     fn kinds(report: &VerifyReport) -> Vec<(u64, ProblemKind)> {
         report.problems.iter().map(|p| (p.seq, p.what)).collect()
     }
@@ -803,9 +820,7 @@ mod tests {
         assert_eq!(all.len(), 200);
         assert_chained(&all);
         assert_eq!(trail.head().hash, all[199].hash);
-        let report = verify(&db);
-        assert!(report.is_intact(), "{report}");
-        assert_eq!(report.records, 200);
+        assert_intact(&db, 200);
     }
 
     #[test]
@@ -1015,20 +1030,9 @@ mod tests {
         assert_eq!(seqs, vec![5, 6, 7, 8, 9]);
         assert_eq!(trail.iter_range(9, 5).count(), 0);
         assert_eq!(trail.iter_range(31, 40).count(), 0);
-        let secs = |s: i64| t0() + chrono::Duration::seconds(s);
-        let seqs: Vec<u64> = trail
-            .records_between(secs(10), secs(15))
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
+        let seqs: Vec<u64> = seqs_between(&trail, secs(10), secs(15));
         assert_eq!(seqs, vec![10, 11, 12, 13, 14]);
-        let seqs: Vec<u64> = trail
-            .records_between(secs(-100), secs(3))
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
+        let seqs: Vec<u64> = seqs_between(&trail, secs(-100), secs(3));
         assert_eq!(seqs, vec![1, 2]);
         assert!(trail
             .records_between(secs(31), secs(99))
@@ -1060,21 +1064,14 @@ mod tests {
             assert_eq!(trail.get(seq).unwrap().unwrap().seq, seq);
         }
         assert!(trail.get(31).unwrap().is_none());
-        let between: Vec<u64> = trail
-            .records_between(secs(10), secs(15))
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect();
+        let between: Vec<u64> = seqs_between(&trail, secs(10), secs(15));
         assert_eq!(between, vec![10, 11, 12, 13, 14]);
         let five = trail.get(5).unwrap().unwrap();
         assert!(trail.prove_extends(5, &five.hash).unwrap());
         assert!(!trail
             .prove_extends(5, &trail.get(6).unwrap().unwrap().hash)
             .unwrap());
-        let report = verify(&db);
-        assert!(report.is_intact(), "{report}");
-        assert_eq!(report.records, 30);
+        assert_intact(&db, 30);
         // The rest, then nothing; appends go on chaining.
         assert_eq!(trail.archive(100).unwrap(), 18);
         assert_eq!(trail.archive(100).unwrap(), 0);
@@ -1085,9 +1082,7 @@ mod tests {
         let r = trail.append(entry(31), secs(31)).unwrap();
         assert_eq!(r.seq, 31);
         assert_eq!(r.prev_hash, trail.get(30).unwrap().unwrap().hash);
-        let report = verify(&db);
-        assert!(report.is_intact(), "{report}");
-        assert_eq!(report.records, 31);
+        assert_intact(&db, 31);
         // The file holds the records as sled held them, one per line.
         let text = std::fs::read_to_string(archive_file()).unwrap();
         assert_eq!(text.lines().count(), 30);
@@ -1227,15 +1222,11 @@ mod tests {
         std::io::Write::write_all(&mut f, &lines).unwrap();
         drop((f, trail));
         // Readers stop at the mark; the start cuts the file back to it.
-        let report = verify(&db);
-        assert!(report.is_intact(), "{report}");
-        assert_eq!(report.records, 20);
+        assert_intact(&db, 20);
         let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
         assert_eq!(std::fs::metadata(archive_file()).unwrap().len(), mark.len);
         assert_eq!(trail.archive(100).unwrap(), 15);
-        let report = verify(&db);
-        assert!(report.is_intact(), "{report}");
-        assert_eq!(report.records, 20);
+        assert_intact(&db, 20);
     }
 
     #[test]
@@ -1257,9 +1248,7 @@ mod tests {
         assert_eq!(trail.head().seq, 20);
         let all: Vec<u64> = trail.iter_range(1, 20).map(|r| r.unwrap().seq).collect();
         assert_eq!(all, (1..=20).collect::<Vec<_>>());
-        let report = verify(&db);
-        assert!(report.is_intact(), "{report}");
-        assert_eq!(report.records, 20);
+        assert_intact(&db, 20);
     }
 
     #[test]
