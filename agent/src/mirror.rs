@@ -338,17 +338,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_managed_case_stays_complete_until_someone_unknown_shows_up() {
-        let now = Utc::now();
-        let case_ref = CaseRef::random();
-        let mut case = KnownCase::opened(
+    /// A case in "uitstroom" the municipality (OIN 1) opened.
+    fn opened_by_gemeente(case_ref: &CaseRef, now: chrono::DateTime<Utc>) -> KnownCase {
+        KnownCase::opened(
             case_ref.clone(),
             "uitstroom".into(),
             oin(1),
             Role::new("gemeente"),
             now,
-        );
+        )
+    }
+
+    #[test]
+    fn a_managed_case_stays_complete_until_someone_unknown_shows_up() {
+        let now = Utc::now();
+        let case_ref = CaseRef::random();
+        let mut case = opened_by_gemeente(&case_ref, now);
         case.apply(
             &CaseOp::AddMember {
                 oin: oin(2),
@@ -379,13 +384,7 @@ mod tests {
     fn an_entry_without_its_former_members_is_not_known_completely() {
         let now = Utc::now();
         let case_ref = CaseRef::random();
-        let mut case = KnownCase::opened(
-            case_ref.clone(),
-            "uitstroom".into(),
-            oin(1),
-            Role::new("gemeente"),
-            now,
-        );
+        let mut case = opened_by_gemeente(&case_ref, now);
         case.regievoerder = Some(oin(1));
         let registry = |c: &KnownCase| {
             MirrorRegistry {

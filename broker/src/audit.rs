@@ -1252,6 +1252,20 @@ mod tests {
     }
 
     #[test]
+    fn a_mark_that_names_records_but_no_bytes_is_refused() {
+        let (_dir, db) = db();
+        drop(filled(&db, 3));
+        let tree = db.open_tree(ARCHIVE_TREE).unwrap();
+        Archive::write_mark(&tree, &Mark { seq: 3, len: 0 }).unwrap();
+        let refused = AuditTrail::open(&db, &adir(), key()).unwrap_err();
+        assert!(
+            matches!(&refused, AuditError::Corrupt { seq: 3, reason } if reason.contains("no bytes")),
+            "{refused}"
+        );
+        assert!(verify_chain(&db, &adir(), &key().verifying_key()).is_err());
+    }
+
+    #[test]
     fn an_archive_shorter_than_its_mark_is_refused() {
         let (_dir, db) = db();
         let trail = filled(&db, 10);

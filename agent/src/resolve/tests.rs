@@ -300,18 +300,23 @@ impl World {
 
     /// The agent refuses `req` with `code`, and so does the broker for the message the
     /// agent would have sealed.
+    /// The message's recipients when it goes to the corporation.
+    fn corporation(&self) -> Vec<(Oin, Role)> {
+        vec![(self.oins[W].clone(), role("woningcorporatie"))]
+    }
+
+    /// The agent and the broker refuse `req` from `sender` to the corporation with `want`.
     fn both_refuse(
         &self,
         sender: usize,
         req: &SendRequest,
-        recipients: Vec<(Oin, Role)>,
         basis: LegalBasis,
         f: &Facts,
         want: RejectCode,
     ) {
         assert_eq!(code(self.agent(sender, req, Some(f))), Some(want), "agent");
         assert_eq!(
-            self.broker(sender, req, recipients, basis, f),
+            self.broker(sender, req, self.corporation(), basis, f),
             Err(want),
             "broker"
         );
@@ -405,10 +410,7 @@ fn a_good_message_passes_both() {
     );
     let req = signaal(&f.case.case_ref, vec![To::Role(role("woningcorporatie"))]);
     let resolved = w.agent(G, &req, Some(&f)).unwrap();
-    assert_eq!(
-        resolved.recipients,
-        vec![(w.oins[W].clone(), role("woningcorporatie"))]
-    );
+    assert_eq!(resolved.recipients, w.corporation());
     assert!(matches!(resolved.legal_basis, LegalBasis::Consent { .. }));
     assert!(resolved.event_time.is_some());
     assert_eq!(
@@ -465,7 +467,6 @@ fn sender_role_not_allowed_agrees() {
     w.both_refuse(
         G,
         &req,
-        vec![(w.oins[W].clone(), role("woningcorporatie"))],
         LegalBasis::Consent { consent_id: id },
         &f,
         RejectCode::SenderRoleNotAllowed,
@@ -501,13 +502,7 @@ fn no_consent_agrees() {
         },
     ] {
         assert_eq!(
-            w.broker(
-                G,
-                &req,
-                vec![(w.oins[W].clone(), role("woningcorporatie"))],
-                basis,
-                &f
-            ),
+            w.broker(G, &req, w.corporation(), basis, &f),
             Err(RejectCode::NoConsent)
         );
     }
@@ -539,7 +534,7 @@ fn withdrawn_consent_agrees() {
         w.broker(
             G,
             &req,
-            vec![(w.oins[W].clone(), role("woningcorporatie"))],
+            w.corporation(),
             LegalBasis::Consent { consent_id: id },
             &f
         ),
@@ -556,7 +551,6 @@ fn consent_scope_agrees() {
     w.both_refuse(
         G,
         &req,
-        vec![(w.oins[W].clone(), role("woningcorporatie"))],
         LegalBasis::Consent { consent_id: id },
         &f,
         RejectCode::ConsentScope,
@@ -573,7 +567,6 @@ fn wrong_purpose_agrees() {
     w.both_refuse(
         G,
         &req,
-        vec![(w.oins[W].clone(), role("woningcorporatie"))],
         LegalBasis::Consent { consent_id: id },
         &f,
         RejectCode::WrongPurpose,
@@ -589,7 +582,6 @@ fn closed_case_and_legal_basis_mismatch_agree() {
     w.both_refuse(
         G,
         &req,
-        vec![(w.oins[W].clone(), role("woningcorporatie"))],
         LegalBasis::Consent { consent_id: id },
         &f,
         RejectCode::CaseClosed,
@@ -608,7 +600,6 @@ fn closed_case_and_legal_basis_mismatch_agree() {
     w.both_refuse(
         G,
         &breach,
-        vec![(w.oins[W].clone(), role("woningcorporatie"))],
         LegalBasis::Consent { consent_id: id },
         &f,
         RejectCode::LegalBasisMismatch,
@@ -625,14 +616,7 @@ fn ground_not_allowed_agrees() {
         justification: "J-1".into(),
     };
     req.legal_basis = Some(basis.clone());
-    w.both_refuse(
-        G,
-        &req,
-        vec![(w.oins[W].clone(), role("woningcorporatie"))],
-        basis,
-        &f,
-        RejectCode::GroundNotAllowed,
-    );
+    w.both_refuse(G, &req, basis, &f, RejectCode::GroundNotAllowed);
 }
 
 #[test]
