@@ -26,42 +26,17 @@ pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u3
         let notified = notify.notified();
         match shared.store.fetch(oin, max) {
             Ok((items, first)) => {
-                // Deliver only what is durable: a message, receipt or notice read here may
-                // come from a transaction whose flush is still to come. A flush after this
-                // point makes everything written before it durable.
-                let mut durable = false;
-                if !first.is_empty() {
-                    // The first fetch of each message is recorded (fetched flag and the
-                    // `delivered` record, one transaction). Lost in a crash, both would be
-                    // written again at the next fetch; it is made durable here only because
-                    // its flush (the writer's, with the rest of its round) is the one the
-                    // delivery needs anyway.
-                    let party = oin.clone();
-                    let now = shared.now();
-                    if let Err(e) = transition(
-                        shared,
-                        "fetch",
-                        move |v| {
-                            let mut fx = Effects::default();
-                            for id in &first {
-                                fx.extend(transitions::fetched(&party, v.meta(id)?));
-                            }
-                            Ok(Ok::<_, std::convert::Infallible>(fx))
-                        },
-                        now,
-                    )
-                    .await
-                    {
-                        return storage_error(e);
-                    }
-                    durable = true;
-                }
                 if !items.is_empty() {
-                    // Only redeliveries: the group commit.
-                    if !durable {
-                        if let Err(e) = shared.store.commit().await {
-                            return storage_error(e);
-                        }
+                    // Deliver only what is durable: what was read here may come from a
+                    // transaction whose flush is still to come. Read after the read, the
+                    // mark covers every transaction it saw; almost always the writer's
+                    // flush that answered the sender made it durable already.
+                    let mark = shared.store.read_mark();
+                    if !first.is_empty() {
+                        record_first_fetch(shared, oin, first);
+                    }
+                    if let Err(e) = shared.store.commit_covering(mark).await {
+                        return storage_error(e);
                     }
                     return Response::Deliveries(items);
                 }
@@ -73,6 +48,54 @@ pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u3
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return Response::Deliveries(Vec::new());
+        }
+    }
+}
+
+/// Record the first fetch of each of `first` by `party` (the fetched flag and the
+/// `delivered` record, in one transaction of the writer's next round), without waiting
+/// for it. It need not be durable before the delivery: lost in a crash, both are written
+/// again at the next fetch, as the message stays queued until its receipt. Its receipt
+/// is queued after it, so a durable receipt implies a durable record of the fetch.
+fn record_first_fetch(
+    shared: &Arc<Shared>,
+    party: &Oin,
+    first: Vec<ketenpost_schemas::ids::MessageId>,
+) {
+    let (who, now) = (party.clone(), shared.now());
+    let ticket = shared.store.begin_transition(
+        "fetch",
+        &shared.audit,
+        &shared.notice_signer,
+        now,
+        false,
+        move |v| {
+            let mut fx = Effects::default();
+            for id in &first {
+                fx.extend(transitions::fetched(&who, v.meta(id)?));
+            }
+            Ok(Ok::<_, std::convert::Infallible>(fx))
+        },
+    );
+    let s = shared.clone();
+    match ticket {
+        Ok(ticket) => {
+            tokio::spawn(async move {
+                match ticket.done().await {
+                    Ok(Ok(applied)) => {
+                        for p in &applied.wake {
+                            s.notify(p);
+                        }
+                    }
+                    Ok(Err(never)) => match never {},
+                    Err(e) => {
+                        error!(cause = %e, "the record of a first fetch was not written; the next fetch writes it")
+                    }
+                }
+            });
+        }
+        Err(e) => {
+            error!(cause = %e, "the record of a first fetch was not queued; the next fetch writes it")
         }
     }
 }

@@ -69,6 +69,7 @@ mod queue;
 mod reconcile;
 mod registry;
 mod transition;
+mod watermark;
 pub use backup::{manifest, restore, BackupError, BackupManifest, BACKUP_MANIFEST};
 pub(crate) use codec::SETTLED;
 use codec::{held_meta, key2, meta_of};
@@ -216,6 +217,8 @@ pub struct Store {
     /// Set when an fsync failed; then no more writes.
     poison: Arc<Poison>,
     puts: Arc<PutCombiner>,
+    /// Which transactions are durable ([`watermark`]).
+    watermark: Arc<watermark::Watermark>,
     /// Held by every handle but the writer thread's own: when the last one goes, the
     /// writer finishes what is queued and stops, releasing the database.
     #[allow(dead_code)] // held for its `Drop`
@@ -279,6 +282,7 @@ impl Store {
             commit_stats: commit_stats.clone(),
             poison: poison.clone(),
             puts: Arc::new(PutCombiner::default()),
+            watermark: Arc::default(),
             users: None,
             db: db.clone(),
         };
@@ -308,38 +312,52 @@ impl Store {
         // flush. One fsync serves many submits.
         let puts = store.puts.clone();
         let poison = store.poison.clone();
+        let watermark = store.watermark.clone();
         let handle = tokio::spawn(async move {
             let mut closing = false;
             while let Some(first) = rx.recv().await {
                 let mut waiters = Vec::new();
                 let mut db = None;
+                // The highest mark a waiter needs durable; `u64::MAX`: everything written.
+                let mut need = 0;
                 let mut next = Some(first);
                 while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
                     match msg {
-                        CommitMsg::Commit(w, d) => {
+                        CommitMsg::Commit(w, d, up_to) => {
                             waiters.push(w);
                             db = Some(d);
+                            need = need.max(up_to.unwrap_or(u64::MAX));
                         }
                         CommitMsg::Close => closing = true,
                     }
                 }
-                let (puts, spool) = (puts.clone(), spool.clone());
+                let (puts, spool, watermark) = (puts.clone(), spool.clone(), watermark.clone());
                 let started = std::time::Instant::now();
                 let result = tokio::task::spawn_blocking(move || {
                     let _io = lock(&puts.io);
+                    // The writer's round that held the IO token may have made it durable.
+                    if watermark.durable() >= need {
+                        return Ok(false);
+                    }
+                    let covered = watermark.covered();
                     spool.sync().map_err(|e| e.to_string())?;
                     match db {
-                        Some(db) => db.flush().map(|_| ()).map_err(|e| e.to_string()),
-                        None => Ok(()),
+                        Some(db) => db.flush().map(|_| ()).map_err(|e| e.to_string())?,
+                        None => return Ok(false),
                     }
+                    watermark.durable_up_to(covered);
+                    Ok(true)
                 })
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
                 if let Err(e) = &result {
                     poison.set(e);
                 }
-                flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                commit_stats.record(waiters.len(), started.elapsed());
+                if matches!(result, Ok(true)) {
+                    flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    commit_stats.record(waiters.len(), started.elapsed());
+                }
+                let result = result.map(|_| ());
                 for w in waiters {
                     let _ = w.send(result.clone());
                 }
@@ -404,10 +422,31 @@ impl Store {
     /// Wait until everything written so far is on disk (group commit). A failed flush
     /// poisons the store.
     pub async fn commit(&self) -> Result<(), StoreError> {
+        self.group_commit(None).await
+    }
+
+    /// A mark to read after reading what is to be handed out (a delivery): once
+    /// [`Store::commit_covering`] with it returns, everything the read saw is durable.
+    pub fn read_mark(&self) -> u64 {
+        self.watermark.started()
+    }
+
+    /// Wait until every transaction up to `mark` ([`Store::read_mark`]) is durable: at
+    /// once when a flush made it so, else after the writer's round that is running now,
+    /// or a group commit when that round did not flush it.
+    pub async fn commit_covering(&self, mark: u64) -> Result<(), StoreError> {
+        self.poison.check()?;
+        if self.watermark.durable() >= mark {
+            return Ok(());
+        }
+        self.group_commit(Some(mark)).await
+    }
+
+    async fn group_commit(&self, mark: Option<u64>) -> Result<(), StoreError> {
         self.poison.check()?;
         let (tx, rx) = oneshot::channel();
         self.committer
-            .send(CommitMsg::Commit(tx, self.db.clone()))
+            .send(CommitMsg::Commit(tx, self.db.clone(), mark))
             .map_err(|_| StoreError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -431,6 +470,7 @@ impl Store {
     /// Flush synchronously (the sweep, shutdown). A failed flush poisons the store.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.poison.check()?;
+        let covered = self.watermark.covered();
         let result = self
             .spool
             .sync()
@@ -440,6 +480,7 @@ impl Store {
             self.poison.set(e);
             return Err(StoreError::Poisoned(e.to_string()));
         }
+        self.watermark.durable_up_to(covered);
         Ok(())
     }
 

@@ -324,8 +324,9 @@ pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(super) enum CommitMsg {
     /// Flush this database, then answer. The committer holds the database only while it
-    /// flushes, so dropping every store handle closes it.
-    Commit(oneshot::Sender<Result<(), String>>, sled::Db),
+    /// flushes, so dropping every store handle closes it. With a mark, the flush is left
+    /// out when the [watermark](super::watermark) is durable up to it by then.
+    Commit(oneshot::Sender<Result<(), String>>, sled::Db, Option<u64>),
     /// Flush and stop, releasing the committer's handle on the database.
     Close,
 }
@@ -482,6 +483,7 @@ impl Store {
         }
         if must_flush {
             let started = std::time::Instant::now();
+            let covered = self.watermark.covered();
             if let Err(e) = self.db.flush() {
                 // The transactions are in sled and may reach the disk later: their bodies
                 // stay. Everyone hears an error; the store is poisoned (the kernel may have
@@ -501,6 +503,7 @@ impl Store {
                 }
                 return;
             }
+            self.watermark.durable_up_to(covered);
             let size = puts.iter().map(|(b, _)| b.len()).sum::<usize>() + decided.len();
             self.commit_stats.record(size, started.elapsed());
             self.flushes
@@ -646,6 +649,7 @@ impl Store {
     /// submissions among them), so the transaction itself only writes.
     pub(super) fn apply_puts(&self, batch: &[PendingPut], trail: &AuditTrail) -> Written {
         let chain = trail.lock_chain();
+        let _running = self.watermark.begin();
         let mut attempts = 0;
         let result = loop {
             attempts += 1;

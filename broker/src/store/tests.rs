@@ -966,3 +966,55 @@ fn concurrent_puts_share_transactions_and_a_duplicate_fails_alone() {
     assert!(store.flush_count() <= messages.len() as u64);
     rt.block_on(store.close());
 }
+
+/// A fetch hands out only what a flush made durable: a decision applied and not flushed
+/// holds the watermark back until a commit covers it, and a mark already covered needs
+/// no flush at all.
+#[test]
+fn what_a_read_saw_is_durable_once_the_commit_covering_it_returns() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _enter = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, zorg) = authorised(1);
+    let id = messages[0].header().id;
+    let (store, trail) = open_in(dir.path());
+    // Written and flushed by the writer: what a fetch reads now is durable already.
+    put_all(&store, &trail, &messages);
+    let (deliveries, first) = store.fetch(&zorg, 10).unwrap();
+    assert_eq!((deliveries.len(), first.clone()), (1, vec![id]));
+    let mark = store.read_mark();
+    assert!(store.watermark.durable() >= mark);
+    let flushes = store.flush_count();
+    rt.block_on(store.commit_covering(mark)).unwrap();
+    assert_eq!(
+        store.flush_count(),
+        flushes,
+        "a covered mark needs no flush"
+    );
+    // A decision applied and not yet flushed: a read that may have seen it waits for a
+    // flush.
+    let applied = store
+        .transition("fetch", &trail, &signer(), Utc::now(), |v| {
+            Ok(Ok::<_, ()>(ketenpost_core::transitions::fetched(
+                &zorg,
+                v.meta(&id)?,
+            )))
+        })
+        .unwrap()
+        .unwrap();
+    let mark = store.read_mark();
+    assert!(store.watermark.durable() < mark);
+    rt.block_on(store.commit_covering(mark)).unwrap();
+    store.finish("fetch", &applied);
+    assert!(store.watermark.durable() >= mark);
+    assert_eq!(store.flush_count(), flushes + 1);
+    // While a transaction runs, a flush covers only what ended before it.
+    let running = store.watermark.begin();
+    let mark = store.read_mark();
+    store.flush().unwrap();
+    assert!(store.watermark.durable() < mark);
+    drop(running);
+    rt.block_on(store.commit_covering(mark)).unwrap();
+    assert!(store.watermark.durable() >= mark);
+    rt.block_on(store.close());
+}

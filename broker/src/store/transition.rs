@@ -335,6 +335,7 @@ impl Store {
     ) -> Result<Vec<Result<Option<Applied>, StoreError>>, StoreError> {
         use ConflictableTransactionError::{Abort, Conflict, Storage};
         let chain: ChainLock<'_> = trail.lock_chain();
+        let _running = self.watermark.begin();
         let mut left_out: Vec<Option<StoreError>> = jobs.iter().map(|_| None).collect();
         // Each attempt either commits or leaves one more job out: at most `jobs.len() + 1`.
         let (decided, cursor) = loop {

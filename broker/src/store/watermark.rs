@@ -1,0 +1,113 @@
+//! The durability watermark: which of the store's transactions a flush has made durable,
+//! so that a reader can tell whether what it read may be handed out without a flush of
+//! its own.
+//!
+//! Every transaction that writes what a delivery reads (message writes and decisions:
+//! metadata, queue entries, notices) takes a number before it starts ([`Watermark::begin`])
+//! and gives it back when it ended, committed or not ([`Watermark::end`]). A flush reads,
+//! before it starts, the highest number below which every transaction has ended
+//! ([`Watermark::covered`]); once it succeeded, everything up to that number is durable
+//! ([`Watermark::durable_up_to`]). A reader reads [`Watermark::started`] *after* its read:
+//! every transaction whose writes it saw had taken its number before, so once the durable
+//! mark reaches that value, all it read is on disk.
+//!
+//! A fetch waits for this instead of queueing a flush of its own
+//! ([`super::Store::commit_covering`]): the message it delivers was made durable by the
+//! writer's flush that answered its sender, almost always before the recipient was woken.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+#[derive(Debug, Default)]
+struct Numbers {
+    /// The last number handed out.
+    started: u64,
+    /// Numbers handed out whose transactions have not ended.
+    running: BTreeSet<u64>,
+}
+
+/// See the [module docs](self).
+#[derive(Debug, Default)]
+pub(super) struct Watermark {
+    numbers: Mutex<Numbers>,
+    durable: AtomicU64,
+}
+
+/// A transaction's number; ends it when dropped, so that no early return or error path
+/// leaves it running (which would hold the watermark back for good).
+#[derive(Debug)]
+#[must_use = "the number is given back when this is dropped"]
+pub(super) struct Running<'a> {
+    mark: &'a Watermark,
+    n: u64,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        super::lock(&self.mark.numbers).running.remove(&self.n);
+    }
+}
+
+impl Watermark {
+    /// A number for a transaction about to start.
+    pub(super) fn begin(&self) -> Running<'_> {
+        let mut numbers = super::lock(&self.numbers);
+        numbers.started += 1;
+        let n = numbers.started;
+        numbers.running.insert(n);
+        Running { mark: self, n }
+    }
+
+    /// The last number handed out: read it after a read, and everything the read saw is
+    /// durable once [`Watermark::durable`] reaches it.
+    pub(super) fn started(&self) -> u64 {
+        super::lock(&self.numbers).started
+    }
+
+    /// The highest number at and below which every transaction has ended: what a flush
+    /// that starts now makes durable.
+    pub(super) fn covered(&self) -> u64 {
+        let numbers = super::lock(&self.numbers);
+        match numbers.running.first() {
+            Some(first) => first - 1,
+            None => numbers.started,
+        }
+    }
+
+    /// A flush that started when [`Watermark::covered`] said `n` succeeded.
+    pub(super) fn durable_up_to(&self, n: u64) {
+        self.durable.fetch_max(n, Ordering::SeqCst);
+    }
+
+    /// Everything up to this number is durable.
+    pub(super) fn durable(&self) -> u64 {
+        self.durable.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_covers_only_what_ended_before_it_started() {
+        let w = Watermark::default();
+        let one = w.begin();
+        let two = w.begin();
+        assert_eq!(w.started(), 2);
+        // The first is still running: a flush now covers nothing.
+        drop(two);
+        assert_eq!(w.covered(), 0);
+        drop(one);
+        assert_eq!(w.covered(), 2);
+        w.durable_up_to(2);
+        assert_eq!(w.durable(), 2);
+        // A later, older flush never lowers it.
+        w.durable_up_to(1);
+        assert_eq!(w.durable(), 2);
+        let _three = w.begin();
+        assert_eq!(w.covered(), 2);
+        assert_eq!(w.started(), 3);
+    }
+}
