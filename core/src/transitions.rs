@@ -110,6 +110,17 @@ pub fn receipt(
         party: recipient.clone(),
         seq,
     });
+    // A receipt proves the delivery. The record of the first fetch is not made durable
+    // before the delivery goes out (the broker's fetch): when a crash lost it, it is
+    // written here, before the receipt's, so every receipt has its `delivered` record.
+    if m.fetched.insert(recipient.clone()) {
+        fx.audit.push(
+            about(AuditEntry::ok(AuditEvent::Delivered), &m)
+                .actor(recipient)
+                .counterparty(&m.sender)
+                .reason("recorded_with_receipt"),
+        );
+    }
     fx.audit.push(
         about(AuditEntry::ok(AuditEvent::Receipt), &m)
             .actor(recipient)

@@ -574,12 +574,27 @@ fn check_disk(
             1,
             "{point}: zorg receipt {id}"
         );
+        // Every receipt has its delivery on record, once: written at the first fetch, or
+        // with the receipt when a crash lost that record.
+        assert_eq!(
+            count(AuditEvent::Delivered, &|r| of(r, id) && by(r, &zorg)),
+            1,
+            "{point}: zorg delivered {id}"
+        );
         assert_eq!(
             count(AuditEvent::BodyDeleted, &|r| of(r, id)),
             1,
             "{point}: body deleted {id}"
         );
         let gem_receipts = count(AuditEvent::Receipt, &|r| of(r, id) && by(r, &gem));
+        assert!(
+            count(AuditEvent::Delivered, &|r| of(r, id) && by(r, &gem)) >= gem_receipts,
+            "{point}: a gemeente receipt of {id} without its delivery"
+        );
+        assert!(
+            count(AuditEvent::Delivered, &|r| of(r, id) && by(r, &gem)) <= 1,
+            "{point}: gemeente delivered {id} twice"
+        );
         let gem_expired = count(AuditEvent::Expired, &|r| of(r, id) && to(r, &gem));
         assert_eq!(gem_receipts + gem_expired, 1, "{point}: gemeente and {id}");
         assert_eq!(

@@ -1,5 +1,7 @@
 //! Fetches, receipts and control records: each a decision of the core applied in one
-//! transaction ([`transition`]).
+//! transaction of the store's writer thread. Receipts and control records are answered
+//! once durable ([`transition`]); a fetch once what it read is durable, with the record
+//! of a first fetch queued beside it ([`record_first_fetch`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,9 +56,10 @@ pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u3
 
 /// Record the first fetch of each of `first` by `party` (the fetched flag and the
 /// `delivered` record, in one transaction of the writer's next round), without waiting
-/// for it. It need not be durable before the delivery: lost in a crash, both are written
-/// again at the next fetch, as the message stays queued until its receipt. Its receipt
-/// is queued after it, so a durable receipt implies a durable record of the fetch.
+/// for it and without a flush of its own. It need not be durable before the delivery:
+/// the receipt, queued after it, finds it applied; and when a crash lost it, the next
+/// fetch writes it again, or the receipt does ([`transitions::receipt`] records the
+/// delivery of a message it finds not fetched). Every receipt has its `delivered` record.
 fn record_first_fetch(
     shared: &Arc<Shared>,
     party: &Oin,
@@ -89,13 +92,13 @@ fn record_first_fetch(
                     }
                     Ok(Err(never)) => match never {},
                     Err(e) => {
-                        error!(cause = %e, "the record of a first fetch was not written; the next fetch writes it")
+                        error!(cause = %e, "the record of a first fetch was not written; the next fetch or the receipt writes it")
                     }
                 }
             });
         }
         Err(e) => {
-            error!(cause = %e, "the record of a first fetch was not queued; the next fetch writes it")
+            error!(cause = %e, "the record of a first fetch was not queued; the next fetch or the receipt writes it")
         }
     }
 }

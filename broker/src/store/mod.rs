@@ -29,14 +29,18 @@
 //! 5,000 per second on two cores). A submission waits without holding a thread. sled 0.34
 //! writes out its IO buffer around every transaction and a transaction cannot run during a
 //! flush, so one transaction and one fsync per message would cost more than everything
-//! else the broker does for it. Other writes (receipts, registries) are made durable with
-//! [`Store::commit`], a group commit that lets concurrent writers share one fsync.
+//! else the broker does for it. Decisions (receipts, fetches, control records) go through
+//! the writer too ([`Store::begin_transition`]); other writes are made durable with
+//! [`Store::commit`], a group commit that lets concurrent writers share one fsync, and a
+//! fetch waits only until what it read is durable ([`watermark`],
+//! [`Store::commit_covering`]).
 //!
 //! The modules, along the seams of a message's life:
 //!
 //! | module | what |
 //! |---|---|
 //! | `put` | the put pipeline: spool stage, writer thread, one transaction per batch |
+//! | `watermark` | which transactions a flush made durable, for the fetches |
 //! | `delivery` | a party's deliveries and notices, and the messages due to expire |
 //! | `transition` | a core decision's effects applied in one transaction (receipts, expiry, control records, deletion orders) |
 //! | `queue`, `expiry`, `blocks` | the queue and expiry entries, in blocks |
@@ -328,7 +332,10 @@ impl Store {
                             db = Some(d);
                             need = need.max(up_to.unwrap_or(u64::MAX));
                         }
-                        CommitMsg::Close => closing = true,
+                        CommitMsg::Close => {
+                            closing = true;
+                            need = u64::MAX;
+                        }
                     }
                 }
                 let (puts, spool, watermark) = (puts.clone(), spool.clone(), watermark.clone());
@@ -431,9 +438,10 @@ impl Store {
         self.watermark.started()
     }
 
-    /// Wait until every transaction up to `mark` ([`Store::read_mark`]) is durable: at
-    /// once when a flush made it so, else after the writer's round that is running now,
-    /// or a group commit when that round did not flush it.
+    /// Wait until everything a read saw is durable, given the `mark` ([`Store::read_mark`])
+    /// taken after it: at once when a flush made it so, else after the writer's round that
+    /// is running now, or a group commit when that round did not flush it. (A flush that
+    /// starts after the read covers it, even while an older transaction still runs.)
     pub async fn commit_covering(&self, mark: u64) -> Result<(), StoreError> {
         self.poison.check()?;
         if self.watermark.durable() >= mark {

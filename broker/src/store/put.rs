@@ -540,7 +540,9 @@ impl Store {
             }
         }
         for (t, r) in decided {
-            if let Ok(Some(applied)) = &r {
+            // A decision that released bodies made the round flush; one that did not and
+            // asked for no durability is not durable yet, and has nothing to finish.
+            if let (true, Ok(Some(applied))) = (must_flush, &r) {
                 self.finish(t.op, applied);
             }
             let _ = t.done.send(r);

@@ -235,7 +235,7 @@ impl Store {
             decide: &erased,
         };
         let applied = self
-            .apply_decisions(trail, &[job])?
+            .apply_decisions(trail, &[job], true)?
             .pop()
             .unwrap_or(Err(StoreError::Closed))?;
         match applied {
@@ -251,6 +251,10 @@ impl Store {
     /// the other decisions queued beside it, and flushed with them (and with the message
     /// writes of the same round) when `durable` or when it releases bodies, which are then
     /// destroyed. The ticket says when it is done.
+    ///
+    /// `durable: false` is for a decision whose writes may be read, and handed out by a
+    /// fetch, before they are durable (the record of a first fetch): a round of such
+    /// decisions alone takes no number from the [watermark](super::watermark).
     pub fn begin_transition<E: Send + 'static>(
         &self,
         op: &'static str,
@@ -299,10 +303,13 @@ impl Store {
                 decide: t.decide.as_ref(),
             })
             .collect();
-        let outcome = self
-            .poison
-            .check()
-            .and_then(|()| self.apply_decisions(trail, &jobs));
+        let outcome = self.poison.check().and_then(|()| {
+            // Decisions that asked for no durability write only what may be handed
+            // out before it is durable (the record of a first fetch): alone, they
+            // take no number from the watermark.
+            let numbered = batch.iter().any(|t| t.durable);
+            self.apply_decisions(trail, &jobs, numbered)
+        });
         drop(jobs);
         match outcome {
             Ok(results) => batch.into_iter().zip(results).collect(),
@@ -327,15 +334,18 @@ impl Store {
     /// and write their effects in ONE transaction, audit records included. Per job:
     /// applied (not yet durable), refused (`None`: nothing of it written), or failed (a
     /// record it read does not parse: it is left out and the others run again without
-    /// it). A storage error fails them all.
+    /// it). A storage error fails them all. When `numbered`, the transaction takes a
+    /// number from the [watermark](super::watermark), so that a fetch that read its writes
+    /// waits for their flush.
     fn apply_decisions(
         &self,
         trail: &AuditTrail,
         jobs: &[Job<'_>],
+        numbered: bool,
     ) -> Result<Vec<Result<Option<Applied>, StoreError>>, StoreError> {
         use ConflictableTransactionError::{Abort, Conflict, Storage};
         let chain: ChainLock<'_> = trail.lock_chain();
-        let _running = self.watermark.begin();
+        let _running = numbered.then(|| self.watermark.begin());
         let mut left_out: Vec<Option<StoreError>> = jobs.iter().map(|_| None).collect();
         // Each attempt either commits or leaves one more job out: at most `jobs.len() + 1`.
         let (decided, cursor) = loop {

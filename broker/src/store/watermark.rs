@@ -4,7 +4,10 @@
 //!
 //! Every transaction that writes what a delivery reads (message writes and decisions:
 //! metadata, queue entries, notices) takes a number before it starts ([`Watermark::begin`])
-//! and gives it back when it ended, committed or not ([`Watermark::end`]). A flush reads,
+//! and gives it back when it ended, committed or not (dropping its [`Running`]). A round
+//! of the writer's that holds only decisions queued as not needing durability (the
+//! record of a first fetch) takes none: what they write may be read before it is
+//! durable. A flush reads,
 //! before it starts, the highest number below which every transaction has ended
 //! ([`Watermark::covered`]); once it succeeded, everything up to that number is durable
 //! ([`Watermark::durable_up_to`]). A reader reads [`Watermark::started`] *after* its read:
