@@ -17,6 +17,8 @@
 //! | `ketenpost_broker_group_commits_total` | counter | group commits (each one fsync of the database) |
 //! | `ketenpost_broker_group_commit_size` | histogram | messages or transitions per group commit |
 //! | `ketenpost_broker_fsync_seconds` | histogram | how long each group commit's fsync took |
+//! | `ketenpost_broker_submit_seconds` | histogram | a submission in the broker: its request read whole, to its answer (accepted or refused) |
+//! | `ketenpost_broker_store_write_seconds` | histogram | an accepted submission's durable write: its body appended and its write queued, to landed (the spool sync, the writer's round and its flush) |
 //! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts accepted by their receivers (webhooks, mail relay) |
 //! | `ketenpost_broker_alert_passes_total` | counter | passes of the alert dispatcher over its queue (staging, then one try per due alert) |
 //! | `ketenpost_broker_alerts_pending` | gauge | FG alerts staged and not yet accepted, after the last pass (absent until the first) |
@@ -113,9 +115,31 @@ impl CommitStats {
     }
 }
 
+/// The bounds of the latency histograms, in seconds.
+const LATENCY_BOUNDS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// How long submissions take in the broker.
+#[derive(Debug)]
+pub struct Latencies {
+    submit: Histogram,
+    store_write: Histogram,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies {
+            submit: Histogram::new(LATENCY_BOUNDS),
+            store_write: Histogram::new(LATENCY_BOUNDS),
+        }
+    }
+}
+
 /// Request counters of a running broker.
 #[derive(Debug, Default)]
 pub struct Counters {
+    latencies: Latencies,
     outcomes: Mutex<BTreeMap<&'static str, u64>>,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     limits: Mutex<BTreeMap<&'static str, u64>>,
@@ -171,6 +195,16 @@ impl Counters {
     /// A refusal for a per-party limit.
     pub fn limit(&self, limit: &'static str) {
         bump(&self.limits, limit);
+    }
+
+    /// A submission answered `took` after its request was read whole.
+    pub fn submitted(&self, took: Duration) {
+        self.latencies.submit.observe(took.as_secs_f64());
+    }
+
+    /// An accepted submission's write landed `took` after it was queued.
+    pub fn store_written(&self, took: Duration) {
+        self.latencies.store_write.observe(took.as_secs_f64());
     }
 
     /// A partner connection admitted over `transport` (`quic` or `tcp`).
@@ -301,6 +335,16 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
         "ketenpost_broker_fsync_seconds",
         "Duration of each group commit's fsync.",
     );
+    counters.latencies.submit.render(
+        &mut out,
+        "ketenpost_broker_submit_seconds",
+        "A submission in the broker: its request read whole, to its answer.",
+    );
+    counters.latencies.store_write.render(
+        &mut out,
+        "ketenpost_broker_store_write_seconds",
+        "An accepted submission's durable write: queued, to landed.",
+    );
     single(
         &mut out,
         "ketenpost_broker_alerts_sent_total",
@@ -370,6 +414,9 @@ mod tests {
         c.answered("rejected", Some("replay"));
         c.limit("streams_per_party");
         c.connected("tcp");
+        c.submitted(Duration::from_micros(1_500));
+        c.submitted(Duration::from_millis(30));
+        c.store_written(Duration::from_micros(800));
         let s = CommitStats::default();
         s.record(3, Duration::from_millis(2));
         s.record(40, Duration::from_millis(30));
@@ -391,6 +438,10 @@ mod tests {
         assert!(text.contains("ketenpost_broker_group_commit_size_bucket{le=\"4\"} 1"));
         assert!(text.contains("ketenpost_broker_group_commit_size_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("ketenpost_broker_fsync_seconds_count 2"));
+        assert!(text.contains("ketenpost_broker_submit_seconds_bucket{le=\"0.002\"} 1"));
+        assert!(text.contains("ketenpost_broker_submit_seconds_bucket{le=\"0.05\"} 2"));
+        assert!(text.contains("ketenpost_broker_submit_seconds_sum 0.0315"));
+        assert!(text.contains("ketenpost_broker_store_write_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains(
             "ketenpost_broker_queue_oldest_age_seconds{party=\"00000001000000000001\"} 1.5"
         ));

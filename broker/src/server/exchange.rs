@@ -366,7 +366,12 @@ async fn read_request(
 
 async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
     match req {
-        Request::Submit(bytes) => submit(bytes, shared, oin).await,
+        Request::Submit(bytes) => {
+            let started = std::time::Instant::now();
+            let response = submit(bytes, shared, oin).await;
+            shared.counters.submitted(started.elapsed());
+            response
+        }
         Request::Fetch { max, wait_ms } => fetch(shared, oin, max, wait_ms).await,
         Request::Receipt(rec) => receipt(&rec, shared, oin).await,
         Request::Control(rec) => control(&rec, shared, oin).await,

@@ -36,11 +36,12 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
         // One set of documents for the whole decision, whatever a reload does meanwhile.
         let docs = s.docs();
         let authorised = stage_check(&bytes, &s, &docs, &o, now)?;
+        let queued = std::time::Instant::now();
         let ticket = stage_write(&authorised, &bytes, &s, &docs, &o, now)?;
-        Ok((authorised, bytes, ticket))
+        Ok((authorised, bytes, ticket, queued))
     })
     .await;
-    let (authorised, bytes, ticket) = match begun {
+    let (authorised, bytes, ticket, queued) = match begun {
         Ok(Ok(begun)) => begun,
         Ok(Err(response)) => return response,
         Err(e) => return submit_task_failed(&e),
@@ -53,6 +54,7 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
             Ok(landed) => landed,
             Err(e) => return Err(put_failed(e, &authorised, &s, &o, &bytes)),
         };
+        s.counters.store_written(queued.elapsed());
         let mut staged = Staged::of(&authorised);
         // A late answer carries `late_answer` itself (the answered message's clock, in
         // the same transaction, decided it).
