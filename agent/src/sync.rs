@@ -300,12 +300,18 @@ async fn handle_items(core: &Core, items: Vec<Delivery>) -> bool {
         }
     }
     if let Some(up_to) = ack_up_to {
+        // What the notices changed must be on disk before the broker forgets them: an ack
+        // before the flush, and a crash after it, would lose a receipt or an order for good.
+        if let Err(e) = core.store.flush().await {
+            error!(cause = %e, "cannot make the applied notices durable; they are not acknowledged and come again");
+            return progress;
+        }
         match core
             .link
             .request(&Request::Ack { up_to }, core.config.request_timeout())
             .await
         {
-            Ok(Response::Done) => {}
+            Ok(Response::Done) => failpoint::hit("agent-notice", "acked"),
             Ok(other) => warn!(answer = kind_of(&other), "unexpected answer to an ack"),
             Err(e) => {
                 debug!(cause = %e, "ack failed; the notices come again and are applied idempotently")

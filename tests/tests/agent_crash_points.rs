@@ -1,5 +1,6 @@
-//! Kill an agent with SIGKILL at each of its write points (outbox, submission, inbox,
-//! receipt, deletion, deletion confirmation), start it again on the same data, and check
+//! Kill an agent with SIGKILL at each of its write points (outbox, submission, notice
+//! acknowledgement, inbox, receipt, deletion, deletion confirmation), start it again on the
+//! same data, and check
 //! that nothing was lost or done twice:
 //!
 //! - the message the corporation sent is accepted once and sits in its outbox once;
@@ -295,6 +296,7 @@ macro_rules! crash_at {
 crash_at! {
     agent_crash_after_the_outbox_write => "agent-outbox.durable", CORP;
     agent_crash_after_the_broker_accepted => "agent-submit.answered", CORP;
+    agent_crash_after_notices_are_acknowledged => "agent-notice.acked", CORP;
     agent_crash_after_the_inbox_write => "agent-inbox.durable", ZORG;
     agent_crash_after_the_broker_took_the_receipt => "agent-receipt.answered", ZORG;
     agent_crash_after_shredding_the_keys => "agent-deletion.shredded", ZORG;
