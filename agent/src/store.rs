@@ -26,13 +26,14 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ketenpost_audit::AuditEntry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use ketenpost_schemas::ids::{CaseRef, MessageId};
+use ketenpost_transport::durable::LogSync;
 
 use crate::audit::AuditTrail;
 use crate::mirror::{KnownCase, KnownConsent};
@@ -62,6 +63,9 @@ struct SealedIds {
 #[derive(Debug)]
 pub struct Store {
     pub(crate) db: sled::Db,
+    /// sled's log, synced after every flush: sled's own flush is not durable
+    /// ([`ketenpost_transport::durable`]).
+    log: Arc<LogSync>,
     pub(crate) outbox: sled::Tree,
     pub(crate) outbox_queue: sled::Tree,
     pub(crate) inbox: sled::Tree,
@@ -112,14 +116,18 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, Error> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let db_dir = dir.join("agent.sled");
         let db = sled::Config::new()
-            .path(dir.join("agent.sled"))
+            .path(&db_dir)
             .flush_every_ms(Some(1000))
             // The working set is small (queued envelopes, unacknowledged messages); a small
             // cache keeps an idle agent's memory low.
             .cache_capacity(16 * 1024 * 1024)
             .open()?;
+        let log = LogSync::open(&db_dir)
+            .map_err(|e| Error::io(format!("cannot open {}", db_dir.display()), e))?;
         Ok(Store {
+            log: Arc::new(log),
             outbox: db.open_tree("outbox")?,
             outbox_queue: db.open_tree("outbox_queue")?,
             inbox: db.open_tree("inbox")?,
@@ -165,8 +173,8 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let (db, log) = (self.db.clone(), self.log.clone());
+        tokio::task::spawn_blocking(move || log.flush(&db))
             .await
             .map_err(|e| Error::Unexpected(format!("the database flush was interrupted: {e}")))??;
         f.done.store(number, Ordering::SeqCst);

@@ -504,9 +504,12 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
             .path(net.broker_data().join("broker.sled"))
             .open()
             .unwrap();
-        let store =
-            ketenpost_broker::store::Store::open(db.clone(), &net.broker_data().join("spool"))
-                .unwrap();
+        let store = ketenpost_broker::store::Store::open(
+            db.clone(),
+            &net.broker_data().join("broker.sled"),
+            &net.broker_data().join("spool"),
+        )
+        .unwrap();
         let mut case = store
             .get_case(&parsed)
             .unwrap()
@@ -568,7 +571,12 @@ async fn a_deletion_order_removes_the_case_data_and_the_broker_records_the_confi
         .path(net.broker_data().join("broker.sled"))
         .open()
         .unwrap();
-    let store = ketenpost_broker::store::Store::open(db, &net.broker_data().join("spool")).unwrap();
+    let store = ketenpost_broker::store::Store::open(
+        db,
+        &net.broker_data().join("broker.sled"),
+        &net.broker_data().join("spool"),
+    )
+    .unwrap();
     let deletions = store.deletions().unwrap();
     let ours: Vec<_> = deletions
         .iter()

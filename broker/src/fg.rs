@@ -351,6 +351,8 @@ pub struct Session {
     /// The partner directory.
     pub directory: Directory,
     db: sled::Db,
+    /// sled's log, synced after a flush ([`ketenpost_transport::durable`]).
+    log: ketenpost_transport::durable::LogSync,
 }
 
 impl std::fmt::Debug for Session {
@@ -396,12 +398,15 @@ impl Session {
                 }
                 other => FgError::Storage(other),
             })?;
+        let log = ketenpost_transport::durable::LogSync::open(&path)
+            .map_err(|e| FgError::Storage(e.into()))?;
         let trail = AuditTrail::open(&db, &crate::audit::archive_dir(&config.data_dir), key)?;
         Ok(Session {
             trail,
             policy,
             directory,
             db,
+            log,
         })
     }
 
@@ -476,7 +481,7 @@ impl Session {
     ) -> Result<Vec<AuditRecord>, FgError> {
         check_filter(&self.policy, &query.filter)?;
         self.trail.append(query.audit_entry(Reader::Offline), now)?;
-        self.db.flush()?;
+        self.log.flush(&self.db)?;
         let f = &query.filter;
         let records = self.trail.records_between(
             f.from.unwrap_or(DateTime::<Utc>::MIN_UTC),

@@ -156,13 +156,14 @@ impl Broker {
 
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+        let db_dir = config.data_dir.join("broker.sled");
         let db = sled::Config::new()
-            .path(config.data_dir.join("broker.sled"))
+            .path(&db_dir)
             .flush_every_ms(None)
             .cache_capacity(config.limits.cache_mb.saturating_mul(1024 * 1024))
             .open()
             .context("cannot open the broker's database")?;
-        let store = Store::open(db.clone(), &config.data_dir.join("spool"))?;
+        let store = Store::open(db.clone(), &db_dir, &config.data_dir.join("spool"))?;
         let audit = Arc::new(AuditTrail::open(
             &db,
             &crate::audit::archive_dir(&config.data_dir),

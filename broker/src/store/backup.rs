@@ -112,8 +112,9 @@ impl Store {
         // Nothing is written while this is held (see the module docs).
         let chain = trail.lock_chain();
         self.flush()?;
+        let copy_dir = dest.join("broker.sled");
         let copy = sled::Config::new()
-            .path(dest.join("broker.sled"))
+            .path(&copy_dir)
             .flush_every_ms(None)
             .open()
             .map_err(StoreError::from)?;
@@ -133,7 +134,10 @@ impl Store {
             }
             to.apply_batch(batch).map_err(StoreError::from)?;
         }
-        copy.flush().map_err(StoreError::from)?;
+        ketenpost_transport::durable::LogSync::open(&copy_dir)
+            .map_err(|e| StoreError::Sled(e.into()))?
+            .flush(&copy)
+            .map_err(StoreError::from)?;
         drop(copy);
         let spool_bytes = self.spool.copy_to(&spool_dest).map_err(StoreError::from)?;
         // The archived part of the trail, up to the mark copied above (it cannot move

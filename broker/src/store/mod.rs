@@ -59,6 +59,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::spool::{Spool, SpoolError};
 use ketenpost_core::message::MessageMeta;
+use ketenpost_transport::durable::LogSync;
 
 pub mod alerts;
 mod backup;
@@ -199,6 +200,9 @@ pub struct ReceiptOutcome {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
+    /// sled's log, synced after every flush: sled's own flush is not durable
+    /// ([`ketenpost_transport::durable`]).
+    log: Arc<LogSync>,
     spool: Arc<Spool>,
     meta: sled::Tree,
     expiry: sled::Tree,
@@ -230,13 +234,18 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open the store in `db`, with the bodies' spool in `spool_dir`, and start its group
-    /// committer. Must run inside a tokio runtime.
+    /// Open the store in `db` (opened from `db_dir`), with the bodies' spool in `spool_dir`,
+    /// and start its group committer. Must run inside a tokio runtime.
     ///
     /// Reconciles the spool with the metadata ([`reconcile_counted`]: per segment, from
     /// the counts in `segments`; a store an older version wrote is read message by message
     /// once, [`reconcile_by_walk`]), and removes the segments no message needs.
-    pub fn open(db: sled::Db, spool_dir: &std::path::Path) -> Result<Store, StoreError> {
+    pub fn open(
+        db: sled::Db,
+        db_dir: &std::path::Path,
+        spool_dir: &std::path::Path,
+    ) -> Result<Store, StoreError> {
+        let log = Arc::new(LogSync::open(db_dir).map_err(|e| StoreError::Sled(e.into()))?);
         let (tx, mut rx) = mpsc::unbounded_channel::<CommitMsg>();
         let flushes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let commit_stats = Arc::new(crate::metrics::CommitStats::default());
@@ -248,7 +257,7 @@ impl Store {
         let segments = db.open_tree("segments")?;
         // What sled recovered after a crash may still be in the page cache only: make it
         // durable before bodies are destroyed on its word.
-        db.flush()?;
+        log.flush(&db)?;
         if segments.contains_key(COUNTED)? {
             reconcile_counted(&spool, &meta, &segments)?;
         } else {
@@ -256,7 +265,7 @@ impl Store {
             // once, and keep the counts from now on.
             reconcile_by_walk(&spool, &meta, &db.open_tree(expiry::LEGACY_TREE)?)?;
             write_counts(&segments, &spool.held())?;
-            db.flush()?;
+            log.flush(&db)?;
         }
         settle_legacy_dedup(&db, &meta)?;
         expiry::migrate(&db, &meta, &expiry)?;
@@ -289,6 +298,7 @@ impl Store {
             watermark: Arc::default(),
             users: None,
             db: db.clone(),
+            log,
         };
         // Two stages, so that the bodies of one batch are synced while the batch before
         // is written and flushed.
@@ -349,7 +359,7 @@ impl Store {
                     let covered = watermark.covered();
                     spool.sync().map_err(|e| e.to_string())?;
                     match db {
-                        Some(db) => db.flush().map(|_| ()).map_err(|e| e.to_string())?,
+                        Some((db, log)) => log.flush(&db).map(|_| ()).map_err(|e| e.to_string())?,
                         None => return Ok(false),
                     }
                     watermark.durable_up_to(covered);
@@ -454,7 +464,11 @@ impl Store {
         self.poison.check()?;
         let (tx, rx) = oneshot::channel();
         self.committer
-            .send(CommitMsg::Commit(tx, self.db.clone(), mark))
+            .send(CommitMsg::Commit(
+                tx,
+                (self.db.clone(), self.log.clone()),
+                mark,
+            ))
             .map_err(|_| StoreError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -479,11 +493,12 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.poison.check()?;
         let covered = self.watermark.covered();
-        let result = self
-            .spool
-            .sync()
-            .map_err(StoreError::from)
-            .and_then(|()| self.db.flush().map(|_| ()).map_err(StoreError::from));
+        let result = self.spool.sync().map_err(StoreError::from).and_then(|()| {
+            self.log
+                .flush(&self.db)
+                .map(|_| ())
+                .map_err(StoreError::from)
+        });
         if let Err(e) = &result {
             self.poison.set(e);
             return Err(StoreError::Poisoned(e.to_string()));

@@ -326,7 +326,11 @@ pub(super) enum CommitMsg {
     /// Flush this database, then answer. The committer holds the database only while it
     /// flushes, so dropping every store handle closes it. With a mark, the flush is left
     /// out when the [watermark](super::watermark) is durable up to it by then.
-    Commit(oneshot::Sender<Result<(), String>>, sled::Db, Option<u64>),
+    Commit(
+        oneshot::Sender<Result<(), String>>,
+        (sled::Db, Arc<ketenpost_transport::durable::LogSync>),
+        Option<u64>,
+    ),
     /// Flush and stop, releasing the committer's handle on the database.
     Close,
 }
@@ -484,7 +488,7 @@ impl Store {
         if must_flush {
             let started = std::time::Instant::now();
             let covered = self.watermark.covered();
-            if let Err(e) = self.db.flush() {
+            if let Err(e) = self.log.flush(&self.db) {
                 // The transactions are in sled and may reach the disk later: their bodies
                 // stay. Everyone hears an error; the store is poisoned (the kernel may have
                 // dropped the pages) and the broker stops.

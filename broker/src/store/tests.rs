@@ -74,7 +74,7 @@ fn open_in(dir: &std::path::Path) -> (Store, Arc<AuditTrail>) {
             Err(e) => panic!("cannot open the test database: {e}"),
         }
     };
-    let store = Store::open(db.clone(), &dir.join("spool")).unwrap();
+    let store = Store::open(db.clone(), &dir.join("db"), &dir.join("spool")).unwrap();
     let trail = Arc::new(
         crate::audit::AuditTrail::open(&db, &dir.join("audit"), SigningKey::from_bytes(&[7u8; 32]))
             .unwrap(),
@@ -852,7 +852,7 @@ fn dropping_every_handle_releases_the_database() {
             .path(dir.path().join("db"))
             .open()
             .expect("the previous store released the database");
-        let store = Store::open(db, &dir.path().join("spool")).unwrap();
+        let store = Store::open(db, &dir.path().join("db"), &dir.path().join("spool")).unwrap();
         let copy = store.clone();
         drop(store);
         assert_eq!(copy.bodies_held().unwrap(), 0);
@@ -870,7 +870,12 @@ fn concurrent_puts_share_transactions_and_a_duplicate_fails_alone() {
         .flush_every_ms(None)
         .open()
         .unwrap();
-    let store = Store::open(db.clone(), &dir.path().join("spool")).unwrap();
+    let store = Store::open(
+        db.clone(),
+        &dir.path().join("db"),
+        &dir.path().join("spool"),
+    )
+    .unwrap();
     let trail = Arc::new(
         crate::audit::AuditTrail::open(
             &db,
