@@ -227,6 +227,11 @@ fn broker_answer_entry(
 
 // ---- fetch -------------------------------------------------------------------------------
 
+/// The fetch loop: long-poll the broker and handle what it delivers. Two batches overlap:
+/// while one is handled (each message opened, stored durably and receipted; the notices
+/// applied, flushed and acknowledged), the next fetch is already waiting, naming the
+/// handled batch's messages in `skip` so it is not given them again. A batch is handled
+/// only after the one before it is done, so notices are applied in order.
 async fn fetch_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut backoff = core.config.backoff();
     // Grows while fetches bring only deliveries the agent refuses (they stay queued at the
@@ -235,25 +240,43 @@ async fn fetch_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let wait = core.config.fetch_wait();
     let timeout = core.config.request_timeout() + wait;
     let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+    let mut handling: Option<Handling> = None;
+    // The highest notice sequence number acknowledged: a fetch that overlapped the
+    // batch that acknowledged it may bring those notices again.
+    let mut acked = None;
     loop {
         let req = Request::Fetch {
             max: FETCH_MAX,
             wait_ms,
+            skip: handling
+                .as_ref()
+                .map(|h| h.seqs.clone())
+                .unwrap_or_default(),
         };
         let answer = tokio::select! {
             _ = stop.changed() => break,
             a = core.link.request(&req, timeout) => a,
         };
+        if let Some(h) = handling.take() {
+            let done = h.finish().await;
+            acked = acked.max(done.acked);
+            if done.progress || done.items == 0 {
+                idle.reset();
+            } else if pause(&mut stop, idle.next_delay()).await {
+                break;
+            }
+        }
         match answer {
             Ok(Response::Deliveries(items)) => {
                 backoff.reset();
-                let n = items.len();
-                let progress = handle_items(&core, items).await;
-                if progress || n == 0 {
-                    idle.reset();
-                } else if pause(&mut stop, idle.next_delay()).await {
-                    break;
-                }
+                let items: Vec<Delivery> = items
+                    .into_iter()
+                    .filter(|d| match d {
+                        Delivery::Notice { seq, .. } => acked.is_none_or(|a| *seq > a),
+                        Delivery::Message { .. } => true,
+                    })
+                    .collect();
+                handling = Some(Handling::start(&core, items));
             }
             Ok(other) => {
                 warn!(answer = kind_of(&other), "unexpected answer to a fetch");
@@ -269,10 +292,71 @@ async fn fetch_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+    if let Some(h) = handling {
+        h.finish().await;
+    }
 }
 
-/// Handle one batch; returns whether anything moved forward.
-async fn handle_items(core: &Core, items: Vec<Delivery>) -> bool {
+/// A batch of deliveries being handled while the next fetch waits.
+struct Handling {
+    task: tokio::task::JoinHandle<Handled>,
+    /// The queue positions of its messages: the next fetch skips them.
+    seqs: Vec<u64>,
+    items: usize,
+}
+
+/// What handling a batch did.
+#[derive(Clone, Copy, Debug, Default)]
+struct Handled {
+    /// Anything moved forward.
+    progress: bool,
+    /// The notices acknowledged up to here.
+    acked: Option<u64>,
+    items: usize,
+}
+
+impl Handling {
+    fn start(core: &Arc<Core>, items: Vec<Delivery>) -> Handling {
+        let seqs = items
+            .iter()
+            .filter_map(|d| match d {
+                Delivery::Message { seq, .. } => Some(*seq),
+                Delivery::Notice { .. } => None,
+            })
+            .collect();
+        let n = items.len();
+        let core = core.clone();
+        Handling {
+            task: tokio::spawn(async move {
+                let (progress, acked) = handle_items(&core, items).await;
+                Handled {
+                    progress,
+                    acked,
+                    items: n,
+                }
+            }),
+            seqs,
+            items: n,
+        }
+    }
+
+    async fn finish(self) -> Handled {
+        match self.task.await {
+            Ok(done) => done,
+            Err(e) => {
+                error!(cause = %e, "handling a batch of deliveries failed; what it did not settle comes again");
+                Handled {
+                    items: self.items,
+                    ..Handled::default()
+                }
+            }
+        }
+    }
+}
+
+/// Handle one batch; returns whether anything moved forward, and up to which notice the
+/// broker took the acknowledgement.
+async fn handle_items(core: &Core, items: Vec<Delivery>) -> (bool, Option<u64>) {
     let mut progress = false;
     let mut ack_up_to = None;
     let mut blocked = false;
@@ -299,26 +383,30 @@ async fn handle_items(core: &Core, items: Vec<Delivery>) -> bool {
             }
         }
     }
+    let mut acked = None;
     if let Some(up_to) = ack_up_to {
         // What the notices changed must be on disk before the broker forgets them: an ack
         // before the flush, and a crash after it, would lose a receipt or an order for good.
         if let Err(e) = core.store.flush().await {
             error!(cause = %e, "cannot make the applied notices durable; they are not acknowledged and come again");
-            return progress;
+            return (progress, None);
         }
         match core
             .link
             .request(&Request::Ack { up_to }, core.config.request_timeout())
             .await
         {
-            Ok(Response::Done) => failpoint::hit("agent-notice", "acked"),
+            Ok(Response::Done) => {
+                failpoint::hit("agent-notice", "acked");
+                acked = Some(up_to);
+            }
             Ok(other) => warn!(answer = kind_of(&other), "unexpected answer to an ack"),
             Err(e) => {
                 debug!(cause = %e, "ack failed; the notices come again and are applied idempotently")
             }
         }
     }
-    progress
+    (progress, acked)
 }
 
 /// Open, store and receipt one delivered message; returns whether the broker took the

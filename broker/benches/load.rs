@@ -35,9 +35,10 @@
 //!   each connection it keeps that announce a large envelope, send 256 KiB of it and stall,
 //!   and sends oversized frames. Reports the other partners' p50/p99 in both phases.
 //! - `e2e`: end to end, every step durable. The zorgaanbieder long-polls (`Fetch`, up to
-//!   256 at a time, waiting up to 1 s), and for every delivered message signs a
-//!   `DeliveryReceipt` and sends it (all receipts of one fetch concurrently, then the next
-//!   fetch); the broker deletes the body when the receipt is durable and forwards the
+//!   256 at a time, waiting up to 0.5 s), and for every delivered message signs a
+//!   `DeliveryReceipt` and sends it at once, while a fetch always waits, naming the
+//!   messages whose receipts are on their way in `skip` (`--serial-fetch`: the next fetch
+//!   only once the batch is receipted, as the agent did before); the broker deletes the body when the receipt is durable and forwards the
 //!   receipt to the sender, whose connection long-polls its notices and acknowledges them
 //!   (`Ack`). First `--messages` messages as fast as the flood of `throughput`
 //!   (`--concurrency`): end-to-end msg/s (first submit to last receipt answered) and
@@ -166,6 +167,9 @@ struct Opts {
     archive_ms: Option<u64>,
     /// The paced part of the `e2e` scenario, msg/s.
     e2e_rate: u64,
+    /// The `e2e` recipient fetches again only once a batch is receipted (`--serial-fetch`,
+    /// as the agent did before `skip`).
+    serial_fetch: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -180,9 +184,14 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         cache_mb: None,
         archive_ms: None,
         e2e_rate: 1_000,
+        serial_fetch: false,
     };
     for a in args {
         if a == "--bench" {
+            continue;
+        }
+        if a == "--serial-fetch" {
+            o.serial_fetch = true;
             continue;
         }
         if let Some((k, v)) = a.strip_prefix("--").and_then(|kv| kv.split_once('=')) {
@@ -459,6 +468,7 @@ struct Bench {
     pad: usize,
     cache_mb: Option<u64>,
     archive_ms: Option<u64>,
+    serial_fetch: bool,
 }
 
 impl Bench {
@@ -493,6 +503,7 @@ impl Bench {
             pad: 0,
             cache_mb: o.cache_mb,
             archive_ms: o.archive_ms,
+            serial_fetch: o.serial_fetch,
         };
         b.pad = b.calibrate();
         b
@@ -1259,6 +1270,7 @@ async fn memory(o: &Opts, sum: &mut Summary) {
             &Request::Fetch {
                 max: 10,
                 wait_ms: 0,
+                skip: Vec::new(),
             },
             REQUEST_TIMEOUT,
         )
@@ -1396,28 +1408,40 @@ impl Track {
     }
 }
 
-/// The recipient (the zorgaanbieder), as an agent would be: long-poll a fetch, sign a
-/// receipt for every delivered message and send them all, then fetch again; until every
-/// message of `track` is receipted or `stop` is set. Nothing is decrypted: the receipt
-/// names the digest the header lists for the recipient's view.
+/// The recipient (the zorgaanbieder), as the agent is: a fetch always waiting, naming in
+/// `skip` the messages whose receipts are still on their way; for every delivered message
+/// a signed receipt, sent at once. With `serial`, as the agent did before `skip`: all
+/// receipts of a fetch answered before the next fetch. Until every message of `track` is
+/// receipted or `stop` is set. Nothing is decrypted: the receipt names the digest the
+/// header lists for the recipient's view.
 async fn recipient(
     c: Client,
     me: Oin,
     key: SigningKey,
     track: Arc<Track>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    serial: bool,
 ) -> Client {
     let limits = ketenpost_schemas::envelope::Limits::default();
     let deadline = Instant::now() + PHASE_LIMIT;
+    // Queue positions of the messages whose receipts are on their way.
+    let in_hand = Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeSet::<u64>::new(),
+    ));
+    let mut receipts = tokio::task::JoinSet::new();
     while track.done.load(Ordering::Relaxed) < track.expected.load(Ordering::Relaxed)
         && !stop.load(Ordering::Relaxed)
         && Instant::now() < deadline
     {
+        // Finished receipts need not be held.
+        while receipts.try_join_next().is_some() {}
+        let skip: Vec<u64> = in_hand.lock().unwrap().iter().copied().collect();
         let r = c
             .request(
                 &Request::Fetch {
                     max: 256,
                     wait_ms: 500,
+                    skip,
                 },
                 REQUEST_TIMEOUT,
             )
@@ -1427,9 +1451,8 @@ async fn recipient(
             Ok(Response::Deliveries(items)) => items,
             other => panic!("a fetch was answered {other:?}"),
         };
-        let mut receipts = tokio::task::JoinSet::new();
         for item in items {
-            let ketenpost_schemas::protocol::Delivery::Message { envelope, .. } = item else {
+            let ketenpost_schemas::protocol::Delivery::Message { envelope, seq } = item else {
                 continue;
             };
             let bytes = ketenpost_schemas::protocol::envelope_from_b64(&envelope).unwrap();
@@ -1444,6 +1467,7 @@ async fn recipient(
             } else {
                 track.redelivered.fetch_add(1, Ordering::Relaxed);
             }
+            in_hand.lock().unwrap().insert(seq);
             let (_, view) = header.body_for(&me).unwrap();
             let receipt = ketenpost_schemas::control::DeliveryReceipt {
                 message_id: header.id,
@@ -1452,7 +1476,7 @@ async fn recipient(
                 received_at: Utc::now(),
             };
             let rec = SignedRecord::sign(&receipt, me.clone(), &key).unwrap();
-            let (c, track) = (c.clone(), track.clone());
+            let (c, track, in_hand) = (c.clone(), track.clone(), in_hand.clone());
             receipts.spawn(async move {
                 match c.request(&Request::Receipt(rec), REQUEST_TIMEOUT).await {
                     Ok(Response::Done) => {
@@ -1463,10 +1487,14 @@ async fn recipient(
                         track.failed_receipts.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                in_hand.lock().unwrap().remove(&seq);
             });
         }
-        while receipts.join_next().await.is_some() {}
+        if serial {
+            while receipts.join_next().await.is_some() {}
+        }
     }
+    while receipts.join_next().await.is_some() {}
     c
 }
 
@@ -1484,6 +1512,7 @@ async fn notice_drain(
                 &Request::Fetch {
                     max: 256,
                     wait_ms: 200,
+                    skip: Vec::new(),
                 },
                 REQUEST_TIMEOUT,
             )
@@ -1530,6 +1559,7 @@ where
         b.keys[ZORG].clone(),
         track.clone(),
         stop.clone(),
+        b.serial_fetch,
     ));
     let notices = Arc::new(AtomicUsize::new(0));
     let mut drains = tokio::task::JoinSet::new();
@@ -1655,6 +1685,7 @@ async fn e2e(o: &Opts, sum: &mut Summary) {
             &Request::Fetch {
                 max: 256,
                 wait_ms: 0,
+                skip: Vec::new(),
             },
             REQUEST_TIMEOUT,
         )

@@ -298,6 +298,7 @@ async fn fetch(p: &Party) -> Vec<Delivery> {
         Request::Fetch {
             max: 50,
             wait_ms: 0,
+            skip: Vec::new(),
         },
     )
     .await
@@ -305,6 +306,52 @@ async fn fetch(p: &Party) -> Vec<Delivery> {
         Response::Deliveries(d) => d,
         other => panic!("{other:?}"),
     }
+}
+
+/// The queue positions of the messages among `d`.
+fn message_seqs(d: &[Delivery]) -> Vec<u64> {
+    d.iter()
+        .filter_map(|d| match d {
+            Delivery::Message { seq, .. } => Some(*seq),
+            Delivery::Notice { .. } => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_fetch_that_skips_what_it_holds_waits_for_the_next_message() {
+    let s = scene().await;
+    let (zorg, corp) = (&s.zorg, &s.corp);
+    accepted(s.submit(corp, s.signaal(&[(zorg, "zorgaanbieder")])).await);
+    let held = message_seqs(&fetch(zorg).await);
+    assert_eq!(held.len(), 1);
+    // Skipping the one message queued, a long poll waits and comes back empty...
+    let skipping = |wait_ms| Request::Fetch {
+        max: 50,
+        wait_ms,
+        skip: held.clone(),
+    };
+    let started = std::time::Instant::now();
+    match send(zorg, skipping(300)).await {
+        Response::Deliveries(d) => assert!(message_seqs(&d).is_empty(), "{d:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // ...and is answered by the next message, alone.
+    let waiting = tokio::spawn({
+        let (client, req) = (zorg.client.clone(), skipping(10_000));
+        async move { client.request(&req, T).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    accepted(s.submit(corp, s.signaal(&[(zorg, "zorgaanbieder")])).await);
+    let next = match waiting.await.unwrap() {
+        Response::Deliveries(d) => message_seqs(&d),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(next.len(), 1);
+    assert_ne!(next, held);
+    // Not receipted, the first is still queued: a fetch without skip has both.
+    assert_eq!(message_seqs(&fetch(zorg).await).len(), 2);
 }
 
 #[tokio::test]

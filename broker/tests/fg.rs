@@ -158,6 +158,7 @@ impl World {
             Request::Fetch {
                 max: 100,
                 wait_ms: 0,
+                skip: Vec::new(),
             },
         )
         .await

@@ -106,6 +106,7 @@ async fn a_valid_party_gets_answers_over_tcp_also_concurrently() {
     let fetch = Request::Fetch {
         max: 1,
         wait_ms: 1_000,
+        skip: Vec::new(),
     };
     let c = client.clone();
     all.spawn(async move { c.request(&fetch, WAIT).await });

@@ -389,6 +389,7 @@ async fn a_slow_answer_times_out_and_the_connection_stays_usable() {
     let slow = Request::Fetch {
         max: 1,
         wait_ms: 5_000,
+        skip: Vec::new(),
     };
     let err = client
         .request(&slow, Duration::from_millis(200))
@@ -407,6 +408,7 @@ async fn a_slow_answer_times_out_and_the_connection_stays_usable() {
     let quick = Request::Fetch {
         max: 1,
         wait_ms: 50,
+        skip: Vec::new(),
     };
     assert_eq!(client.request(&quick, WAIT).await.unwrap(), Response::Done);
     client.close().await;

@@ -61,6 +61,9 @@ pub const PROTOCOL_VERSION: u8 = 1;
 pub const ALPN: &[u8] = b"ketenpost/1";
 /// Largest request frame (an envelope plus framing).
 pub const MAX_REQUEST: usize = 17 * 1024 * 1024;
+
+/// Most queue positions a fetch may name in its `skip`.
+pub const MAX_FETCH_SKIP: usize = 4096;
 /// Largest response frame (a batch of deliveries).
 pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
@@ -352,6 +355,12 @@ pub enum Request {
         max: u16,
         /// How long to wait for the first item.
         wait_ms: u32,
+        /// Queue positions (`Delivery::Message::seq`) of messages the caller holds already
+        /// and is still receipting: they are left out, so a recipient can long-poll for new
+        /// messages while its receipts for the last ones are on their way. A message left
+        /// out stays queued until receipted; a fetch that does not name it delivers it
+        /// again. At most [`MAX_FETCH_SKIP`]; empty on the wire is the same as absent.
+        skip: Vec<u64>,
     },
     /// A signed delivery receipt.
     Receipt(SignedRecord),
@@ -469,6 +478,8 @@ pub enum Response {
 struct FetchBody {
     max: u16,
     wait_ms: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    skip: Vec<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -535,7 +546,10 @@ pub fn request_bound(kind: u8, max_envelope: usize) -> Option<usize> {
         0x04 => 64 * 1024,
         // A signed receipt: ids, digests and a signature.
         0x03 => 8 * 1024,
-        0x02 | 0x05..=0x08 => 1024,
+        // A fetch: two numbers, and the queue positions it skips (each at most 20 digits
+        // and a comma).
+        0x02 => 1024 + MAX_FETCH_SKIP * 21,
+        0x05..=0x08 => 1024,
         // An FG's report request: a report name, a format, a few filter values and the
         // agents' trails the FG brings to merge.
         0x09 => FG_READ_MAX,
@@ -573,11 +587,12 @@ impl Request {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Request::Submit(env) => frame(0x01, env),
-            Request::Fetch { max, wait_ms } => json_frame(
+            Request::Fetch { max, wait_ms, skip } => json_frame(
                 0x02,
                 &FetchBody {
                     max: *max,
                     wait_ms: *wait_ms,
+                    skip: skip.clone(),
                 },
             ),
             Request::Receipt(r) => json_frame(0x03, r),
@@ -604,9 +619,16 @@ impl Request {
             0x01 => Request::Submit(body.to_vec()),
             0x02 => {
                 let b: FetchBody = json(body, "fetch")?;
+                if b.skip.len() > MAX_FETCH_SKIP {
+                    return Err(Error::Decode(format!(
+                        "fetch: skip names {} queue positions, at most {MAX_FETCH_SKIP} are allowed",
+                        b.skip.len()
+                    )));
+                }
                 Request::Fetch {
                     max: b.max,
                     wait_ms: b.wait_ms,
+                    skip: b.skip,
                 }
             }
             0x03 => Request::Receipt(json(body, "receipt")?),
@@ -723,6 +745,12 @@ mod tests {
             Request::Fetch {
                 max: 10,
                 wait_ms: 500,
+                skip: Vec::new(),
+            },
+            Request::Fetch {
+                max: 1,
+                wait_ms: 0,
+                skip: vec![3, 17, u64::MAX],
             },
             Request::Ack { up_to: 7 },
             Request::GetDocuments,
@@ -767,6 +795,40 @@ mod tests {
         ];
         for r in resps {
             assert_eq!(Response::decode(&r.encode()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn a_fetch_without_skip_is_the_older_frame_and_too_long_a_skip_is_refused() {
+        // An older agent's fetch (no `skip`) decodes as skipping nothing, and a fetch that
+        // skips nothing encodes as that frame.
+        let old = json_frame(0x02, &serde_json::json!({"max": 5, "wait_ms": 100}));
+        let fetch = Request::Fetch {
+            max: 5,
+            wait_ms: 100,
+            skip: Vec::new(),
+        };
+        assert_eq!(Request::decode(&old).unwrap(), fetch);
+        assert_eq!(fetch.encode(), old);
+        let long = Request::Fetch {
+            max: 5,
+            wait_ms: 100,
+            skip: (0..=MAX_FETCH_SKIP as u64).collect(),
+        };
+        // The longest fetch allowed fits its frame kind's bound.
+        let full = Request::Fetch {
+            max: u16::MAX,
+            wait_ms: u32::MAX,
+            skip: vec![u64::MAX; MAX_FETCH_SKIP],
+        };
+        assert!(full.encode().len() <= request_bound(0x02, 0).unwrap());
+        assert_eq!(Request::decode(&full.encode()).unwrap(), full);
+        match Request::decode(&long.encode()) {
+            Err(Error::Decode(why)) => assert!(why.contains("at most 4096"), "{why}"),
+            other => panic!(
+                "a skip of {} positions was taken: {other:?}",
+                MAX_FETCH_SKIP + 1
+            ),
         }
     }
 

@@ -328,6 +328,7 @@ pub async fn drain(
                 &Request::Fetch {
                     max: 256,
                     wait_ms: 0,
+                    skip: Vec::new(),
                 },
                 REQUEST_TIMEOUT,
             )

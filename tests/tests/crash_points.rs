@@ -206,6 +206,7 @@ async fn fetch_all(run: &mut Run, seen: &mut Seen, i: usize, receipt: impl Fn(&M
                 &Request::Fetch {
                     max: 64,
                     wait_ms: 0,
+                    skip: Vec::new(),
                 },
             )
             .await;

@@ -203,6 +203,7 @@ async fn fgs_read_a_running_broker_each_within_their_scope_and_every_read_is_rec
             &Request::Fetch {
                 max: 10,
                 wait_ms: 0,
+                skip: Vec::new(),
             },
             REQUEST_TIMEOUT,
         )

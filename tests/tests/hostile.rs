@@ -87,6 +87,7 @@ async fn fetch_one(c: &Client) -> Vec<Delivery> {
                 &Request::Fetch {
                     max: 16,
                     wait_ms: 1000,
+                    skip: Vec::new(),
                 },
                 REQUEST_TIMEOUT,
             )

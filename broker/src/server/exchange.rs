@@ -372,7 +372,7 @@ async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
             shared.counters.submitted(started.elapsed());
             response
         }
-        Request::Fetch { max, wait_ms } => fetch(shared, oin, max, wait_ms).await,
+        Request::Fetch { max, wait_ms, skip } => fetch(shared, oin, max, wait_ms, &skip).await,
         Request::Receipt(rec) => receipt(&rec, shared, oin).await,
         Request::Control(rec) => control(&rec, shared, oin).await,
         Request::Ack { up_to } => match shared.store.ack_notices(oin, up_to) {

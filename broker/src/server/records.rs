@@ -19,21 +19,31 @@ use super::state::{storage_error, Shared};
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::store::{StoreError, TxResult, TxView};
 
-pub(super) async fn fetch(shared: &Arc<Shared>, oin: &Oin, max: u16, wait_ms: u32) -> Response {
+/// A fetch: up to `max` deliveries for `oin`, leaving out the messages at the queue
+/// positions in `skip` (the caller holds them and is receipting them), waiting up to
+/// `wait_ms` for the first.
+pub(super) async fn fetch(
+    shared: &Arc<Shared>,
+    oin: &Oin,
+    max: u16,
+    wait_ms: u32,
+    skip: &[u64],
+) -> Response {
     let max = usize::from(max.clamp(1, shared.config.limits.max_fetch));
     let wait = Duration::from_millis(u64::from(wait_ms).min(30_000));
     let deadline = tokio::time::Instant::now() + wait;
+    let skip: std::collections::HashSet<u64> = skip.iter().copied().collect();
     loop {
         let notify = shared.waiter(oin);
         let notified = notify.notified();
-        match shared.store.fetch(oin, max) {
-            Ok((items, first)) => {
+        match shared.store.fetch(oin, max, &skip) {
+            Ok(crate::store::Fetched { items, first, mark }) => {
                 if !items.is_empty() {
                     // Deliver only what is durable: what was read here may come from a
-                    // transaction whose flush is still to come. Read after the read, the
-                    // mark covers every transaction it saw; almost always the writer's
-                    // flush that answered the sender made it durable already.
-                    let mark = shared.store.read_mark();
+                    // transaction whose flush is still to come. The mark, read after the
+                    // read, covers the writes of the messages delivered (or, with a
+                    // notice, every transaction the read saw); almost always the writer's
+                    // flush that answered the sender made them durable already.
                     if !first.is_empty() {
                         record_first_fetch(shared, oin, first);
                     }

@@ -9,6 +9,20 @@ use super::codec::{held_meta, parse, seq_of, SETTLED};
 use super::{expiry, queue, Store, StoreError};
 use ketenpost_core::message::MessageMeta;
 
+/// What a fetch read ([`Store::fetch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetched {
+    /// The deliveries: messages first, then notices.
+    pub items: Vec<Delivery>,
+    /// The messages fetched for the first time, whose fetch the caller records.
+    pub first: Vec<MessageId>,
+    /// Everything up to this watermark number must be durable before the items go out
+    /// ([`Store::commit_covering`]): for messages alone, the highest number of the
+    /// transactions that wrote them, 0 when those are durable; with a notice, everything
+    /// the read may have seen.
+    pub mark: u64,
+}
+
 impl Store {
     /// The body of a held message, or `None` (logged) when the spool cannot give it.
     pub(super) fn body(&self, meta: &MessageMeta) -> Option<Vec<u8>> {
@@ -23,35 +37,45 @@ impl Store {
     }
 
     /// Up to `max` deliveries for `party` (each envelope with only `party`'s own view,
-    /// [`Envelope::delivery`]): queued messages first, then notices. Also
+    /// [`Envelope::delivery`]): queued messages first, leaving out those at the queue
+    /// positions in `skip` (the party holds them already), then notices. Also
     /// returns the messages `party` fetches for the first time, whose fetch the caller
-    /// records ([`ketenpost_core::transitions::fetched`]). Reads only.
+    /// records ([`ketenpost_core::transitions::fetched`]), and the mark to make durable
+    /// before any of it goes out ([`Fetched::mark`]). Reads only.
     pub fn fetch(
         &self,
         party: &Oin,
         max: usize,
-    ) -> Result<(Vec<Delivery>, Vec<MessageId>), StoreError> {
+        skip: &std::collections::HashSet<u64>,
+    ) -> Result<Fetched, StoreError> {
         let prefix = party.as_str().as_bytes();
         let mut out = Vec::new();
         let mut first_time = Vec::new();
-        // Entries that cannot be delivered are skipped and do not count against `max`,
-        // but the scan is bounded.
+        let mut delivered = Vec::new();
+        // Entries that cannot be delivered, and those the party asked to leave out, do not
+        // count against `max`, but the scan is bounded.
         let mut scanned = 0usize;
+        let bound = max.saturating_mul(4).saturating_add(skip.len());
         'blocks: for item in self.queue.scan_prefix(prefix) {
             let (_, block) = item?;
             let Some(entries) = queue_entries(&block) else {
                 continue;
             };
             for (seq, id) in entries {
-                if out.len() >= max || scanned >= max.saturating_mul(4) {
+                if out.len() >= max || scanned >= bound {
                     break 'blocks;
                 }
                 scanned += 1;
+                if skip.contains(&seq) {
+                    continue;
+                }
                 if let Some(delivery) = self.deliverable(party, seq, &id, &mut first_time)? {
                     out.push(delivery);
+                    delivered.push(id);
                 }
             }
         }
+        let mut notices = false;
         if out.len() < max {
             for item in self.notices.scan_prefix(prefix).take(max - out.len()) {
                 let (k, v) = item?;
@@ -59,9 +83,21 @@ impl Store {
                     seq: seq_of(&k),
                     record: parse(&v, "notice")?,
                 });
+                notices = true;
             }
         }
-        Ok((out, first_time))
+        // After the read (see the watermark's docs): the messages need only their own
+        // writes durable; a notice, everything the read may have seen.
+        let mark = if notices {
+            self.watermark.started()
+        } else {
+            self.watermark.put_mark(&delivered)
+        };
+        Ok(Fetched {
+            items: out,
+            first: first_time,
+            mark,
+        })
     }
 
     /// Queue entry `seq` of message `id` as delivered to `party`; `None` when the message

@@ -655,7 +655,11 @@ impl Store {
     /// submissions among them), so the transaction itself only writes.
     pub(super) fn apply_puts(&self, batch: &[PendingPut], trail: &AuditTrail) -> Written {
         let chain = trail.lock_chain();
-        let _running = self.watermark.begin();
+        let running = self.watermark.begin();
+        // Before the transaction can be seen: a fetch that reads these messages waits for
+        // this number to be durable.
+        self.watermark
+            .note_puts(batch.iter().map(|p| p.id), running.number());
         let mut attempts = 0;
         let result = loop {
             attempts += 1;

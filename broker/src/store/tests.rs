@@ -215,7 +215,11 @@ fn a_body_is_spooled_until_receipted_or_expired_and_survives_a_restart() {
     }
     // After a restart both are still delivered, byte for byte.
     let (store, trail) = open();
-    let (deliveries, first) = store.fetch(&zorg, 10).unwrap();
+    let Fetched {
+        items: deliveries,
+        first,
+        ..
+    } = store.fetch(&zorg, 10, &Default::default()).unwrap();
     assert_eq!(first.len(), 2);
     let fetched: Vec<Vec<u8>> = deliveries
         .iter()
@@ -276,9 +280,9 @@ fn a_body_is_spooled_until_receipted_or_expired_and_survives_a_restart() {
         (0, 0)
     );
     assert!(store
-        .fetch(&zorg, 10)
+        .fetch(&zorg, 10, &Default::default())
         .unwrap()
-        .0
+        .items
         .iter()
         .all(|d| !matches!(d, Delivery::Message { .. })));
     rt.block_on(store.close());
@@ -302,7 +306,11 @@ fn metadata_an_older_version_wrote_as_json_is_delivered_receipted_and_rewritten(
         rt.block_on(store.close());
     }
     let (store, trail) = open_in(dir.path());
-    let (deliveries, first) = store.fetch(&zorg, 10).unwrap();
+    let Fetched {
+        items: deliveries,
+        first,
+        ..
+    } = store.fetch(&zorg, 10, &Default::default()).unwrap();
     assert_eq!((deliveries.len(), first), (1, vec![id]));
     // A change writes it in the binary form.
     let fetched = store
@@ -360,7 +368,11 @@ fn a_settled_message_keeps_its_id_as_the_dedup_entry_and_nothing_else() {
     }
     assert_eq!(store.bodies_held().unwrap(), 0);
     assert!(store.due(later).unwrap().is_empty());
-    assert!(store.fetch(&zorg, 10).unwrap().0.is_empty());
+    assert!(store
+        .fetch(&zorg, 10, &Default::default())
+        .unwrap()
+        .items
+        .is_empty());
     // Accepting one of them again is a duplicate, and changes nothing.
     let meta = MessageMeta::accepted(&messages[0], Utc::now());
     assert!(matches!(
@@ -409,7 +421,9 @@ fn the_dedup_set_an_older_version_kept_apart_moves_into_the_metadata() {
     }
     // The messages still held are untouched, and delivered.
     assert_eq!(store.bodies_held().unwrap(), 2);
-    let (deliveries, _) = store.fetch(&zorg, 10).unwrap();
+    let Fetched {
+        items: deliveries, ..
+    } = store.fetch(&zorg, 10, &Default::default()).unwrap();
     assert_eq!(deliveries.len(), 2);
     let meta = MessageMeta::accepted(&messages[0], Utc::now());
     assert!(matches!(
@@ -429,8 +443,8 @@ fn queue_entries_an_older_version_kept_one_key_each_move_into_blocks() {
     {
         let (store, trail) = open_in(dir.path());
         put_all(&store, &trail, &messages);
-        before = store.fetch(&zorg, 100).unwrap();
-        assert_eq!(before.0.len(), 40);
+        before = store.fetch(&zorg, 100, &Default::default()).unwrap().items;
+        assert_eq!(before.len(), 40);
         // As an older version left them: one key per entry in `queue`. The first
         // block stays, as a start that moved it and crashed before dropping `queue`
         // leaves it.
@@ -455,7 +469,10 @@ fn queue_entries_an_older_version_kept_one_key_each_move_into_blocks() {
     assert_eq!(store.queued().unwrap(), 40);
     // Fewer keys than entries, and the same deliveries in the same order.
     assert!(store.queue.len() < 40);
-    assert_eq!(store.fetch(&zorg, 100).unwrap(), before);
+    assert_eq!(
+        store.fetch(&zorg, 100, &Default::default()).unwrap().items,
+        before
+    );
     rt.block_on(store.close());
 }
 
@@ -553,9 +570,53 @@ fn a_damaged_queue_or_expiry_block_is_passed_over_and_stops_nothing_else() {
     early.extend_from_slice(&[0; 8]);
     store.queue.insert(early, &[1u8; 5][..]).unwrap();
     store.expiry.insert([0u8; 16], &[1u8; 5][..]).unwrap();
-    assert_eq!(store.fetch(&zorg, 10).unwrap().0.len(), 2);
+    assert_eq!(
+        store
+            .fetch(&zorg, 10, &Default::default())
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
     let later = Utc::now() + Duration::days(400);
     assert_eq!(store.due(later).unwrap().len(), 2);
+    rt.block_on(store.close());
+}
+
+#[test]
+fn a_fetch_leaves_out_the_messages_it_is_told_to_skip_and_counts_them_not_against_max() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, zorg) = authorised(3);
+    let (store, trail) = open_in(dir.path());
+    put_all(&store, &trail, &messages);
+    let seqs = |d: &[Delivery]| -> Vec<u64> {
+        d.iter()
+            .filter_map(|d| match d {
+                Delivery::Message { seq, .. } => Some(*seq),
+                Delivery::Notice { .. } => None,
+            })
+            .collect()
+    };
+    let all = seqs(&store.fetch(&zorg, 10, &Default::default()).unwrap().items);
+    assert_eq!(all.len(), 3);
+    // The first two held by the party: the third alone, though max is 1.
+    let held: std::collections::HashSet<u64> = all[..2].iter().copied().collect();
+    let Fetched {
+        items: rest, first, ..
+    } = store.fetch(&zorg, 1, &held).unwrap();
+    assert_eq!(seqs(&rest), vec![all[2]]);
+    // Only what it delivers is a first fetch to record (none was recorded here).
+    assert_eq!(first.len(), 1);
+    // Every one held: nothing to deliver. A position that is not queued changes nothing.
+    let every: std::collections::HashSet<u64> = all.iter().copied().chain([u64::MAX]).collect();
+    assert!(seqs(&store.fetch(&zorg, 10, &every).unwrap().items).is_empty());
+    // Still queued: a fetch that skips nothing delivers all three again.
+    assert_eq!(
+        seqs(&store.fetch(&zorg, 10, &Default::default()).unwrap().items),
+        all
+    );
     rt.block_on(store.close());
 }
 
@@ -590,7 +651,9 @@ fn a_damaged_body_is_neither_delivered_nor_receipted_and_blocks_nothing() {
     std::fs::write(&segment, bytes).unwrap();
 
     // The damaged one is skipped without taking the place of the intact one.
-    let (deliveries, _) = store.fetch(&zorg, 1).unwrap();
+    let Fetched {
+        items: deliveries, ..
+    } = store.fetch(&zorg, 1, &Default::default()).unwrap();
     let intact = messages[1].verified().envelope().encode();
     match deliveries.as_slice() {
         [Delivery::Message { envelope, .. }] => assert_eq!(
@@ -638,7 +701,7 @@ fn concurrent_receipts_of_one_message_are_all_accepted() {
         let outcomes = std::thread::scope(|s| {
             let fetcher = s.spawn(|| {
                 barrier.wait();
-                let (_, first) = store.fetch(&gem, 10).unwrap();
+                let Fetched { first, .. } = store.fetch(&gem, 10, &Default::default()).unwrap();
                 let _applied = store
                     .transition("fetch", &trail, &signer(), Utc::now(), |v| {
                         let mut fx = ketenpost_core::effects::Effects::default();
@@ -837,7 +900,14 @@ fn a_store_without_body_counts_is_counted_once_at_its_first_start() {
         let (store, _trail) = open();
         assert_eq!(counts(&store), kept, "counted from the metadata, then kept");
         assert_eq!(store.bodies_held().unwrap(), 3);
-        assert_eq!(store.fetch(&zorg, 10).unwrap().0.len(), 3);
+        assert_eq!(
+            store
+                .fetch(&zorg, 10, &Default::default())
+                .unwrap()
+                .items
+                .len(),
+            3
+        );
         rt.block_on(store.close());
     }
 }
@@ -985,8 +1055,12 @@ fn what_a_read_saw_is_durable_once_the_commit_covering_it_returns() {
     let (store, trail) = open_in(dir.path());
     // Written and flushed by the writer: what a fetch reads now is durable already.
     put_all(&store, &trail, &messages);
-    let (deliveries, first) = store.fetch(&zorg, 10).unwrap();
-    assert_eq!((deliveries.len(), first.clone()), (1, vec![id]));
+    let Fetched {
+        items: deliveries,
+        first,
+        mark,
+    } = store.fetch(&zorg, 10, &Default::default()).unwrap();
+    assert_eq!((deliveries.len(), first.clone(), mark), (1, vec![id], 0));
     let mark = store.read_mark();
     assert!(store.watermark.durable() >= mark);
     let flushes = store.flush_count();
@@ -1007,6 +1081,10 @@ fn what_a_read_saw_is_durable_once_the_commit_covering_it_returns() {
         })
         .unwrap()
         .unwrap();
+    // The message's own write is durable: a fetch needs nothing more, though it may have
+    // read the decision (which takes no deliverability away or gives any).
+    let again = store.fetch(&zorg, 10, &Default::default()).unwrap();
+    assert_eq!((again.items.len(), again.mark), (1, 0));
     let mark = store.read_mark();
     assert!(store.watermark.durable() < mark);
     rt.block_on(store.commit_covering(mark)).unwrap();
@@ -1021,5 +1099,16 @@ fn what_a_read_saw_is_durable_once_the_commit_covering_it_returns() {
     drop(running);
     rt.block_on(store.commit_covering(mark)).unwrap();
     assert!(store.watermark.durable() >= mark);
+    // A message whose write is not durable yet holds back the fetch that reads it.
+    let running = store.watermark.begin();
+    store
+        .watermark
+        .note_puts([*id.0.as_bytes()], running.number());
+    let held = store.fetch(&zorg, 10, &Default::default()).unwrap();
+    assert!(held.mark > store.watermark.durable());
+    drop(running);
+    rt.block_on(store.commit_covering(held.mark)).unwrap();
+    assert!(store.watermark.durable() >= held.mark);
+    assert_eq!(store.fetch(&zorg, 10, &Default::default()).unwrap().mark, 0);
     rt.block_on(store.close());
 }

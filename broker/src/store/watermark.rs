@@ -17,8 +17,21 @@
 //! A fetch waits for this instead of queueing a flush of its own
 //! ([`super::Store::commit_covering`]): the message it delivers was made durable by the
 //! writer's flush that answered its sender, almost always before the recipient was woken.
+//!
+//! A fetch that hands out messages alone need not wait for everything it may have seen,
+//! only for the transactions that wrote those messages: only a message write makes a
+//! message deliverable (a decision only takes deliverability away, or writes what the
+//! delivery does not depend on: the fetched flag, other recipients' receipts), and a
+//! message whose write is durable survives a crash whatever a later transaction did to
+//! its queue block. So every message write notes its messages with its number *before*
+//! its transaction can be seen ([`Watermark::note_puts`]); a flush forgets the notes it
+//! made durable; and a fetch reads, after its read, the highest number noted for the
+//! messages it delivers ([`Watermark::put_mark`]), none when all are durable. The writer
+//! is usually busy with the next round when a recipient fetches; without this, two
+//! fetches in three at 1,000 msg/s waited for that round's flush (about 1.2 ms each).
+//! Notices keep the whole mark ([`Watermark::started`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -35,6 +48,8 @@ struct Numbers {
 pub(super) struct Watermark {
     numbers: Mutex<Numbers>,
     durable: AtomicU64,
+    /// Messages whose write may not be durable yet: id → its transaction's number.
+    puts: Mutex<HashMap<[u8; 16], u64>>,
 }
 
 /// A transaction's number; ends it when dropped, so that no early return or error path
@@ -44,6 +59,13 @@ pub(super) struct Watermark {
 pub(super) struct Running<'a> {
     mark: &'a Watermark,
     n: u64,
+}
+
+impl Running<'_> {
+    /// The transaction's number.
+    pub(super) fn number(&self) -> u64 {
+        self.n
+    }
 }
 
 impl Drop for Running<'_> {
@@ -81,6 +103,24 @@ impl Watermark {
     /// A flush that started when [`Watermark::covered`] said `n` succeeded.
     pub(super) fn durable_up_to(&self, n: u64) {
         self.durable.fetch_max(n, Ordering::SeqCst);
+        let durable = self.durable();
+        super::lock(&self.puts).retain(|_, noted| *noted > durable);
+    }
+
+    /// The messages `ids` are written by the transaction numbered `n`: called before that
+    /// transaction can be seen (see the [module docs](self)).
+    pub(super) fn note_puts(&self, ids: impl IntoIterator<Item = [u8; 16]>, n: u64) {
+        super::lock(&self.puts).extend(ids.into_iter().map(|id| (id, n)));
+    }
+
+    /// Read after a read that saw the messages `ids`: the number up to which everything
+    /// must be durable before they go out (0 when their writes are durable).
+    pub(super) fn put_mark<'a>(&self, ids: impl IntoIterator<Item = &'a [u8; 16]>) -> u64 {
+        let puts = super::lock(&self.puts);
+        ids.into_iter()
+            .filter_map(|id| puts.get(id).copied())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Everything up to this number is durable.
@@ -112,5 +152,29 @@ mod tests {
         let _three = w.begin();
         assert_eq!(w.covered(), 2);
         assert_eq!(w.started(), 3);
+    }
+
+    #[test]
+    fn a_message_needs_only_its_own_write_durable() {
+        let w = Watermark::default();
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        let first = w.begin();
+        w.note_puts([a], first.number());
+        let second = w.begin();
+        w.note_puts([b], second.number());
+        assert_eq!(w.put_mark([&a]), 1);
+        assert_eq!(w.put_mark([&a, &b]), 2);
+        // Never noted (written before this process, or durable and forgotten): nothing
+        // to wait for.
+        assert_eq!(w.put_mark([&[3u8; 16]]), 0);
+        drop(first);
+        // A flush covering the first forgets its note; the second, still running, stays.
+        w.durable_up_to(w.covered());
+        assert_eq!(w.put_mark([&a]), 0);
+        assert_eq!(w.put_mark([&a, &b]), 2);
+        assert!(w.durable() < w.put_mark([&b]));
+        drop(second);
+        w.durable_up_to(w.covered());
+        assert_eq!(w.put_mark([&b]), 0);
     }
 }
