@@ -211,9 +211,11 @@ async fn a_frame_over_its_bound_is_refused_unread_and_the_connection_stays_serve
         Response::decode(&bytes).unwrap()
     }
 
-    // A control record may be 64 KiB, a receipt 8 KiB, a fetch 1 KiB: one byte over is
-    // refused, the rest skipped, and the connection serves the next request.
-    for (kind, bound) in [(0x04u8, 64 * 1024), (0x03, 8 * 1024), (0x02, 1024)] {
+    // A control record may be 64 KiB, a receipt 8 KiB, a fetch (with its `skip`) about
+    // 85 KiB: one byte over is refused, the rest skipped, and the connection serves the
+    // next request.
+    let fetch_bound = ketenpost_schemas::protocol::request_bound(0x02, 0).unwrap();
+    for (kind, bound) in [(0x04u8, 64 * 1024), (0x03, 8 * 1024), (0x02, fetch_bound)] {
         let mut frame = vec![PROTOCOL_VERSION, kind];
         frame.resize(bound + 1, b' ');
         write_frame(&mut conn, &frame).await.unwrap();

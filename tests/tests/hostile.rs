@@ -290,9 +290,10 @@ async fn frames_are_read_with_the_bound_of_their_kind() {
     let s = setup().await;
     let corp = &s.parties[1];
     let cc = corp.connect(s.broker.addr).await.unwrap();
-    // A control record may be 64 KiB, a receipt 8 KiB, a fetch 1 KiB: one byte over is
-    // refused without the rest being read.
-    for (kind, bound) in [(0x04u8, 64 * 1024), (0x03, 8 * 1024), (0x02, 1024)] {
+    // A control record may be 64 KiB, a receipt 8 KiB, a fetch (with its `skip`) about
+    // 85 KiB: one byte over is refused without the rest being read.
+    let fetch_bound = ketenpost_schemas::protocol::request_bound(0x02, 0).unwrap();
+    for (kind, bound) in [(0x04u8, 64 * 1024), (0x03, 8 * 1024), (0x02, fetch_bound)] {
         let mut frame = vec![ketenpost_schemas::protocol::PROTOCOL_VERSION, kind];
         frame.resize(bound + 1, b' ');
         let (mut send, mut recv) = cc
