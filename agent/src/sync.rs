@@ -241,9 +241,6 @@ async fn fetch_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let timeout = core.config.request_timeout() + wait;
     let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
     let mut handling: Option<Handling> = None;
-    // The highest notice sequence number acknowledged: a fetch that overlapped the
-    // batch that acknowledged it may bring those notices again.
-    let mut acked = None;
     loop {
         let req = Request::Fetch {
             max: FETCH_MAX,
@@ -257,9 +254,14 @@ async fn fetch_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
             a = core.link.request(&req, timeout) => a,
         };
+        // Up to which notice the batch handled while this fetch ran acknowledged: this
+        // fetch may bring those again. Only this one: a later fetch starts after the ack,
+        // and the broker has dropped them (a restored broker may even number new notices
+        // lower, which a lasting filter would then drop for good).
+        let mut acked = None;
         if let Some(h) = handling.take() {
             let done = h.finish().await;
-            acked = acked.max(done.acked);
+            acked = done.acked;
             if done.progress || done.items == 0 {
                 idle.reset();
             } else if pause(&mut stop, idle.next_delay()).await {
