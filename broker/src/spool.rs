@@ -32,11 +32,10 @@
 //! whose bodies are all deleted is removed. Which bodies a segment still holds is counted
 //! in memory and counted again from the metadata at every start.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 pub use ketenpost_core::message::BodyAt;
@@ -106,8 +105,10 @@ pub struct Spool {
     files: RwLock<HashMap<u32, Arc<File>>>,
     /// Bodies still held per segment.
     live: Mutex<HashMap<u32, u64>>,
-    /// Deletions were written since the last sync.
-    dirty: AtomicBool,
+    /// The segments deletions were written to since the last sync: a sync makes those
+    /// durable and leaves the other closed segments alone (a deletion-free segment's
+    /// `fdatasync` still costs the disk a cache flush).
+    dirty: Mutex<BTreeSet<u32>>,
     /// Held while a body is deleted.
     deleting: Mutex<()>,
     /// Set when an fsync failed; then no more appends or syncs succeed.
@@ -175,7 +176,7 @@ impl Spool {
             }),
             files: RwLock::new(files),
             live: Mutex::new(HashMap::new()),
-            dirty: AtomicBool::new(false),
+            dirty: Mutex::new(BTreeSet::new()),
             deleting: Mutex::new(()),
             failed: std::sync::OnceLock::new(),
         })
@@ -334,24 +335,28 @@ impl Spool {
     /// Make every append and deletion so far durable.
     pub fn sync(&self) -> Result<(), SpoolError> {
         self.usable()?;
-        let file = lock(&self.active).file.clone();
-        file.sync_data()
-            .map_err(|e| self.sync_failed("sync segment", e))?;
-        if self.dirty.swap(false, Ordering::AcqRel) {
-            let files: Vec<Arc<File>> = self
-                .files
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .values()
-                .cloned()
-                .collect();
-            for f in files {
-                if let Err(e) = f.sync_data() {
-                    // The deletions are not durable: they stay to sync (and the spool is
-                    // unusable from now on anyway).
-                    self.dirty.store(true, Ordering::Release);
-                    return Err(self.sync_failed("sync deletion", e));
-                }
+        // Taken before the active segment is synced: a deletion written after this is
+        // noted for the next sync, one written before is synced below or with the active
+        // segment.
+        let mut dirty = std::mem::take(&mut *lock(&self.dirty));
+        let (segment, file) = {
+            let active = lock(&self.active);
+            (active.segment, active.file.clone())
+        };
+        if let Err(e) = file.sync_data() {
+            // The deletions are not durable: they stay to sync (and the spool is unusable
+            // from now on anyway).
+            lock(&self.dirty).append(&mut dirty);
+            return Err(self.sync_failed("sync segment", e));
+        }
+        dirty.remove(&segment);
+        while let Some(s) = dirty.pop_first() {
+            // A segment removed meanwhile has nothing left to sync.
+            let Some(f) = self.file(s) else { continue };
+            if let Err(e) = f.sync_data() {
+                dirty.insert(s);
+                lock(&self.dirty).append(&mut dirty);
+                return Err(self.sync_failed("sync deletion", e));
             }
         }
         Ok(())
@@ -435,7 +440,7 @@ impl Spool {
             .map_err(io("delete body"))?;
         file.write_all_at(DELETED, at.offset)
             .map_err(io("delete body"))?;
-        self.dirty.store(true, Ordering::Release);
+        lock(&self.dirty).insert(at.segment);
         Ok(true)
     }
 
@@ -621,6 +626,38 @@ mod tests {
         assert!(spool.read(&gone, &id(2)).is_err());
         assert_eq!(spool.read(&keep, &id(1)).unwrap(), b"kept ciphertext");
         assert_eq!(spool.bodies(), 1);
+    }
+
+    #[test]
+    fn a_sync_syncs_the_segments_deletions_were_written_to_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        // Three closed segments (each run of the spool begins a new one), one body each.
+        let mut at = Vec::new();
+        for n in 1..=3u8 {
+            let spool = Spool::open(dir.path()).unwrap();
+            at.push(spool.append(&id(n), b"queued body").unwrap());
+            at.push(spool.append(&id(n + 10), b"second body").unwrap());
+            spool.sync().unwrap();
+        }
+        let spool = Spool::open(dir.path()).unwrap();
+        for a in &at {
+            spool.register(a);
+        }
+        let active = spool.append(&id(20), b"in the active segment").unwrap();
+        spool.delete(&at[2], &id(2)).unwrap();
+        spool.delete(&active, &id(20)).unwrap();
+        let pending = |s: &Spool| lock(&s.dirty).iter().copied().collect::<Vec<_>>();
+        assert_eq!(pending(&spool), [at[2].segment, active.segment]);
+        spool.sync().unwrap();
+        assert!(pending(&spool).is_empty());
+        assert!(!on_disk(dir.path(), b"in the active segment"));
+        // A deletion that empties its segment removes it: nothing is left to sync there.
+        spool.delete(&at[4], &id(3)).unwrap();
+        spool.delete(&at[5], &id(13)).unwrap();
+        assert!(!segment_path(dir.path(), at[4].segment).exists());
+        spool.sync().unwrap();
+        assert!(pending(&spool).is_empty());
+        assert_eq!(spool.read(&at[0], &id(1)).unwrap(), b"queued body");
     }
 
     #[test]
