@@ -237,6 +237,79 @@ struct Mem {
     hwm_kib: u64,
 }
 
+/// `GET /metrics` from the broker's metrics endpoint (plain HTTP on loopback).
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// A histogram of the broker's metrics: (upper bound, cumulative count) per bucket.
+#[derive(Debug, Default)]
+struct Buckets(Vec<(f64, u64)>);
+
+impl Buckets {
+    /// The buckets of histogram `name` in a scrape.
+    fn of(text: &str, name: &str) -> Buckets {
+        let prefix = format!("{name}_bucket{{le=\"");
+        Buckets(
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&prefix))
+                .filter_map(|rest| {
+                    let (le, count) = rest.split_once("\"} ")?;
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().ok()?
+                    };
+                    Some((le, count.trim().parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// What was counted between `before` and `self`.
+    fn since(&self, before: &Buckets) -> Buckets {
+        Buckets(
+            self.0
+                .iter()
+                .map(|&(le, n)| {
+                    let was = before.0.iter().find(|b| b.0 == le).map_or(0, |b| b.1);
+                    (le, n.saturating_sub(was))
+                })
+                .collect(),
+        )
+    }
+
+    /// The upper bound of the bucket holding quantile `q`, as text ("≤ 2 ms").
+    fn quantile_ms(&self, q: f64) -> String {
+        let total = self.0.last().map_or(0, |b| b.1);
+        if total == 0 {
+            return "-".into();
+        }
+        let want = (q * total as f64).ceil() as u64;
+        match self.0.iter().find(|b| b.1 >= want) {
+            Some(&(le, _)) if le.is_finite() => format!("<= {} ms", le * 1e3),
+            _ => "above the last bound".into(),
+        }
+    }
+
+    /// p50 and p99 as text.
+    fn summary_ms(&self) -> String {
+        format!(
+            "p50 {} p99 {} ({} observed)",
+            self.quantile_ms(0.5),
+            self.quantile_ms(0.99),
+            self.0.last().map_or(0, |b| b.1)
+        )
+    }
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -244,6 +317,8 @@ fn mib(kib: u64) -> f64 {
 struct BrokerProc {
     child: Child,
     addr: SocketAddr,
+    /// The broker's metrics endpoint.
+    metrics: Option<SocketAddr>,
     log: PathBuf,
     clk_tck: u64,
 }
@@ -268,12 +343,25 @@ impl BrokerProc {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            // `metrics on ADDR` (and `tcp on ADDR`) come before `listening on ADDR`.
+            let mut out = std::io::BufReader::new(stdout);
+            let mut metrics = None;
+            for _ in 0..8 {
+                let mut line = String::new();
+                if out.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(m) = line.trim().strip_prefix("metrics on ") {
+                    metrics = m.parse::<SocketAddr>().ok();
+                } else if !line.starts_with("tcp on ") {
+                    let _ = tx.send((line, metrics));
+                    return;
+                }
+            }
+            let _ = tx.send((String::new(), metrics));
         });
         // Opening a large database (the memory scenario's restart) takes a while.
-        let line = match rx.recv_timeout(Duration::from_secs(600)) {
+        let (line, metrics) = match rx.recv_timeout(Duration::from_secs(600)) {
             Ok(l) => l,
             Err(_) => {
                 let _ = child.kill();
@@ -293,6 +381,7 @@ impl BrokerProc {
         BrokerProc {
             child,
             addr,
+            metrics,
             log: log.to_owned(),
             clk_tck: clk_tck(),
         }
@@ -307,6 +396,11 @@ impl BrokerProc {
     }
 
     /// CPU seconds the broker used so far (user + system).
+    /// The broker's metrics now (empty without an endpoint).
+    fn scrape(&self) -> String {
+        self.metrics.map(scrape).unwrap_or_default()
+    }
+
     fn cpu_secs(&self) -> f64 {
         proc_cpu_secs(&format!("/proc/{}/stat", self.pid()), self.clk_tck)
     }
@@ -521,7 +615,8 @@ impl Bench {
         let mut text = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = {}\n\n[tls]\ncert = {}\nkey = {}\nca = {}\n\
              crls = [{}]\n\n[federation]\npublic_key = {}\npolicy = {}\npolicy_sig = {}\n\
-             directory = {}\ndirectory_sig = {}\nsigning_key = {}\n",
+             directory = {}\ndirectory_sig = {}\nsigning_key = {}\n\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n",
             q(&self.data()),
             q(&f.broker.cert),
             q(&f.broker.key),
@@ -1576,6 +1671,19 @@ where
     (out, notices.load(Ordering::Relaxed))
 }
 
+/// What the broker's own histograms saw between two scrapes: the part of the latency
+/// spent inside the broker, and the disk's.
+fn broker_side(what: &str, before: &str, after: &str) -> String {
+    let h = |name: &str| Buckets::of(after, name).since(&Buckets::of(before, name));
+    format!(
+        "{what}: in the broker (its histograms' bucket bounds): submission (read whole to \
+         answered) {}; durable write (queued to landed) {}; fsync {}",
+        h("ketenpost_broker_submit_seconds").summary_ms(),
+        h("ketenpost_broker_store_write_seconds").summary_ms(),
+        h("ketenpost_broker_fsync_seconds").summary_ms(),
+    )
+}
+
 async fn e2e(o: &Opts, sum: &mut Summary) {
     let load = load_average();
     let b = Bench::new(o);
@@ -1639,6 +1747,7 @@ async fn e2e(o: &Opts, sum: &mut Summary) {
     .await;
     w.check_clean("e2e warm-up");
     let ptrack = Arc::new(Track::new(&paced_msgs));
+    let metrics0 = broker.scrape();
     let cpu0 = broker.cpu_secs();
     let t = Instant::now();
     let (mut p_out, _) = e2e_phase(&b, broker.addr, &clients, ptrack.clone(), async {
@@ -1654,6 +1763,7 @@ async fn e2e(o: &Opts, sum: &mut Summary) {
     .await;
     let secs = t.elapsed().as_secs_f64();
     let cpu = broker.cpu_secs() - cpu0;
+    let metrics1 = broker.scrape();
     p_out.check_clean("e2e paced");
     let accepted = percentiles(&mut p_out.latencies_us);
     let delivered = percentiles(&mut ptrack.since_submit(&ptrack.delivered));
@@ -1677,6 +1787,7 @@ async fn e2e(o: &Opts, sum: &mut Summary) {
         fmt_pct(receipted),
         100.0 * cpu / secs
     ));
+    sum.add(broker_side("e2e: paced", &metrics0, &metrics1));
 
     // Every body deleted: the recipient's queue is empty.
     let zorg = b.connect(broker.addr, ZORG).await;

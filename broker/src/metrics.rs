@@ -18,7 +18,7 @@
 //! | `ketenpost_broker_group_commit_size` | histogram | messages or transitions per group commit |
 //! | `ketenpost_broker_fsync_seconds` | histogram | how long each group commit's fsync took |
 //! | `ketenpost_broker_submit_seconds` | histogram | a submission in the broker: its request read whole, to its answer (accepted or refused) |
-//! | `ketenpost_broker_store_write_seconds` | histogram | an accepted submission's durable write: its body appended and its write queued, to landed (the spool sync, the writer's round and its flush) |
+//! | `ketenpost_broker_store_write_seconds` | histogram | an accepted submission's durable write: its body appended and its write queued, to landed (the spool sync, the writer's round and flush, the settling thread's sync) |
 //! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts accepted by their receivers (webhooks, mail relay) |
 //! | `ketenpost_broker_alert_passes_total` | counter | passes of the alert dispatcher over its queue (staging, then one try per due alert) |
 //! | `ketenpost_broker_alerts_pending` | gauge | FG alerts staged and not yet accepted, after the last pass (absent until the first) |
@@ -95,7 +95,7 @@ impl Default for CommitStats {
             commits: AtomicU64::new(0),
             size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             fsync: Histogram::new(&[
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
             ]),
         }
     }
@@ -117,7 +117,8 @@ impl CommitStats {
 
 /// The bounds of the latency histograms, in seconds.
 const LATENCY_BOUNDS: &[f64] = &[
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 /// How long submissions take in the broker.
