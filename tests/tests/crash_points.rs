@@ -690,9 +690,11 @@ macro_rules! crash_at {
 
 crash_at! {
     crash_after_a_submit_is_applied => "submit.applied",
+    crash_after_a_submit_is_written_to_the_log => "submit.written",
     crash_after_a_submit_is_durable => "submit.durable",
     crash_after_a_first_fetch_is_applied => "fetch.applied",
     crash_after_a_receipt_is_applied => "receipt.applied",
+    crash_after_a_receipt_is_written_to_the_log => "receipt.written",
     crash_after_a_receipt_is_durable => "receipt.durable",
     crash_after_deadline_notices_are_applied => "deadline.applied",
     crash_after_deadline_notices_are_durable => "deadline.durable",
@@ -709,6 +711,7 @@ crash_at! {
     crash_after_a_checkpoint_is_applied => "checkpoint.applied",
     crash_after_a_checkpoint_is_durable => "checkpoint.durable",
     crash_after_an_answer_is_applied => "answer.applied",
+    crash_after_an_answer_is_written_to_the_log => "answer.written",
     crash_after_an_answer_is_durable => "answer.durable",
     crash_after_audit_records_are_appended_to_the_archive => "archive.appended",
     crash_after_audit_records_are_archived => "archive.applied",

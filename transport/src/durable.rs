@@ -38,9 +38,25 @@ impl LogSync {
     /// `db.flush()`, then `fdatasync` of its log: when this returns `Ok`, everything written
     /// to `db` before the call is on stable storage. Blocking.
     pub fn flush(&self, db: &sled::Db) -> sled::Result<usize> {
-        let n = db.flush()?;
-        self.log.sync_data()?;
+        let n = self.write(db)?;
+        self.sync()?;
         Ok(n)
+    }
+
+    /// The first half of [`LogSync::flush`]: sled's flush, which writes everything written
+    /// to `db` before the call into its log file, not yet durable. Blocking.
+    pub fn write(&self, db: &sled::Db) -> sled::Result<usize> {
+        db.flush()
+    }
+
+    /// The second half of [`LogSync::flush`]: `fdatasync` of the log, which makes durable
+    /// what every [`LogSync::write`] that returned before the call wrote. Blocking. After
+    /// a failed sync a later one proves nothing about what the failed one was to make
+    /// durable (the kernel may have dropped those pages and cleared the error): the
+    /// caller must stop trusting the database, not retry.
+    pub fn sync(&self) -> sled::Result<()> {
+        self.log.sync_data()?;
+        Ok(())
     }
 }
 
@@ -61,9 +77,14 @@ mod tests {
         let log = LogSync::open(&path).unwrap();
         db.insert(b"k", b"v").unwrap();
         assert!(log.flush(&db).unwrap() > 0);
+        // The two halves, as the broker's writer and its settling thread call them.
+        db.insert(b"k2", b"v2").unwrap();
+        assert!(log.write(&db).unwrap() > 0);
+        log.sync().unwrap();
         drop(db);
         let db = sled::Config::new().path(&path).open().unwrap();
         assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(db.get(b"k2").unwrap().as_deref(), Some(&b"v2"[..]));
     }
 
     #[test]

@@ -10,8 +10,10 @@
 //!
 //! The broker's points: the stages of a transition (`Store::transition`): `applied` (the
 //! transaction is in sled, not yet durable) and `durable` (flushed; bodies not yet
-//! destroyed, caller not yet answered). Submissions: `submit.applied` and
-//! `submit.durable` in the writer thread. FG alerts: `alert.staged` (alerts queued and the
+//! destroyed, caller not yet answered). In the broker's writer thread (submissions,
+//! answers and the decisions queued with them: `submit`, `answer`, `receipt`, ...) a
+//! third stage falls between them: `written` (sled flushed the round into its log, the
+//! settling thread's `fdatasync` still to come). FG alerts: `alert.staged` (alerts queued and the
 //! cursor moved, not yet durable), `alert.accepted` (a receiver took an alert, not yet
 //! recorded) and `alert.recorded` (its `alert_sent` record is in sled). The agent's points are named `agent-...`. The
 //! crash tests list every point they use.

@@ -13,7 +13,7 @@
 //! | `deadlines` | message id | [`AnswerClock`] (JSON): answer deadlines, kept after the body is gone, until every answer is in or the case's deletion is ordered |
 //! | `segments` | spool segment (u32, big-endian) | how many bodies in that segment the metadata refers to (u64, big-endian), written in the transactions that write and remove metadata; and the key `counted` once the counts are kept, so that a start need not read every message ([`Store::open`]) |
 //!
-//! A message is written in three steps, and is on disk when its [`PutTicket`] says it
+//! A message is written in four steps, and is on disk when its [`PutTicket`] says it
 //! landed ([`Store::put_message`] waits for that):
 //!
 //! 1. the submitting thread appends its body to the spool and queues the rest;
@@ -21,10 +21,13 @@
 //!    once for all of it, so no metadata is ever on disk without its body;
 //! 3. the writer thread (`ketenpost-writer`) writes everything the spool stage passed on in
 //!    one sled transaction (metadata, which is the dedup entry too, expiry entry, a queue entry
-//!    per recipient in its block, the audit records, and the body counts of the spool segments), flushes
-//!    it, and tells every waiting submission.
+//!    per recipient in its block, the audit records, and the body counts of the spool segments)
+//!    and has sled flush it into its log file;
+//! 4. the settling thread (`ketenpost-settle`) syncs the log (`fdatasync`, one for every
+//!    round waiting), then tells every waiting submission, round by round.
 //!
-//! While the writer writes and flushes one batch, the spool stage syncs the next and more
+//! While the settling thread syncs one round, the writer writes the next; while the writer
+//! writes and flushes one batch, the spool stage syncs the next and more
 //! submissions queue up, so the batches grow with the load (about 40-60 messages each at
 //! 5,000 per second on two cores). A submission waits without holding a thread. sled 0.34
 //! writes out its IO buffer around every transaction and a transaction cannot run during a
@@ -39,7 +42,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | `put` | the put pipeline: spool stage, writer thread, one transaction per batch |
+//! | `put` | the put pipeline: spool stage, writer thread (one transaction per batch), settling thread (one sync for the rounds waiting) |
 //! | `watermark` | which transactions a flush made durable, for the fetches |
 //! | `delivery` | a party's deliveries and notices, and the messages due to expire |
 //! | `transition` | a core decision's effects applied in one transaction (receipts, expiry, control records, deletion orders) |
@@ -82,6 +85,10 @@ use delivery::queue_entries;
 pub use delivery::Fetched;
 use ketenpost_core::registry::{Case, Consent};
 use put::{lock, sync_loop, CommitMsg, PutCombiner, Users};
+
+/// How long a group commit waits for the writer's settling thread to sync what it needs
+/// before it flushes itself (a sync takes a millisecond or so; this is for a stuck one).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 pub use put::{Landed, PendingAnswer, PutTicket};
 use reconcile::{
     count_bodies, count_of, migrate_legacy, reconcile_by_walk, reconcile_counted,
@@ -301,8 +308,8 @@ impl Store {
             db: db.clone(),
             log,
         };
-        // Two stages, so that the bodies of one batch are synced while the batch before
-        // is written and flushed.
+        // Stages, so that the bodies of one batch are synced while the batch before is
+        // written and flushed.
         let (synced_tx, synced_rx) = std::sync::mpsc::channel();
         let (puts, spooled, poisoned) = (
             store.puts.clone(),
@@ -313,12 +320,19 @@ impl Store {
             .name("ketenpost-spool".into())
             .spawn(move || sync_loop(&puts, &spooled, &poisoned, &synced_tx))
             .map_err(StoreError::Thread)?;
+        // And a third: the log is synced for one round while the writer writes the next.
+        let (settling_tx, settling_rx) = std::sync::mpsc::channel();
         let writer = store.clone();
         let written = std::thread::Builder::new()
             .name("ketenpost-writer".into())
-            .spawn(move || writer.write_loop(&synced_rx))
+            .spawn(move || writer.write_loop(&synced_rx, &settling_tx))
             .map_err(StoreError::Thread)?;
-        lock(&store.puts.writer).extend([syncer, written]);
+        let settler = store.clone();
+        let settled = std::thread::Builder::new()
+            .name("ketenpost-settle".into())
+            .spawn(move || settler.settle_loop(&settling_rx))
+            .map_err(StoreError::Thread)?;
+        lock(&store.puts.writer).extend([syncer, written, settled]);
         let store = Store {
             users: Some(Arc::new(Users(store.puts.clone()))),
             ..store
@@ -349,14 +363,32 @@ impl Store {
                         }
                     }
                 }
-                let (puts, spool, watermark) = (puts.clone(), spool.clone(), watermark.clone());
+                let (puts, spool, watermark, poisoned) = (
+                    puts.clone(),
+                    spool.clone(),
+                    watermark.clone(),
+                    poison.clone(),
+                );
                 let started = std::time::Instant::now();
                 let result = tokio::task::spawn_blocking(move || {
-                    let _io = lock(&puts.io);
-                    // The writer's round that held the IO token may have made it durable.
+                    let mut io = lock(&puts.io);
+                    // The writer's round that held the IO token may have made it durable,
+                    // or written it into sled's log for its settling thread to sync: then
+                    // that sync is waited for (bounded), not a flush of our own made.
                     if watermark.durable() >= need {
                         return Ok(false);
                     }
+                    if watermark.written() >= need {
+                        drop(io);
+                        let stop = || poisoned.check().is_err();
+                        if watermark.wait_durable(need, SETTLE_WAIT, stop) {
+                            return Ok(false);
+                        }
+                        io = lock(&puts.io);
+                    }
+                    // After a failed fsync no later one proves anything.
+                    poisoned.check().map_err(|e| e.to_string())?;
+                    let _io = io;
                     let covered = watermark.covered();
                     spool.sync().map_err(|e| e.to_string())?;
                     match db {

@@ -1,6 +1,6 @@
 //! The put pipeline: a message's body to the spool, the spool synced once for a batch, then
 //! its metadata, queue and expiry entries and audit records in one sled transaction and
-//! one flush (see the [module docs](super)).
+//! one flush, then the log's sync on the settling thread (see the [module docs](super)).
 
 use std::sync::Arc;
 
@@ -278,6 +278,49 @@ pub(super) struct PutQueue {
     pub(super) closing: bool,
 }
 
+/// A round the writer applied and wrote into sled's log, on its way to the settling
+/// thread, which makes it durable and answers it.
+pub(super) struct Settling {
+    pub(super) puts: Vec<(Vec<PendingPut>, Written)>,
+    pub(super) decided: Vec<(PendingTransition, Result<Option<Applied>, StoreError>)>,
+    /// Set when the round needs to be durable: sled flushed it into its log.
+    pub(super) flushed: Option<Flushed>,
+    /// A message landed.
+    pub(super) written: bool,
+    /// An answer landed.
+    pub(super) answers: bool,
+}
+
+/// A sled flush of the writer's: what the sync after it makes durable.
+#[derive(Clone, Copy)]
+pub(super) struct Flushed {
+    /// The watermark's [`covered`](super::watermark::Watermark::covered) before it.
+    pub(super) covered: u64,
+    /// When it began.
+    pub(super) started: std::time::Instant,
+}
+
+/// Tell everyone in a round that it failed with `e` (a failed flush or sync). Their
+/// bodies stay: the transactions are in sled and may reach the disk later.
+fn fail_round(
+    puts: Vec<(Vec<PendingPut>, Written)>,
+    decided: Vec<(PendingTransition, Result<Option<Applied>, StoreError>)>,
+    e: &sled::Error,
+) {
+    for (batch, _) in puts {
+        for p in batch {
+            let _ = p.done.send(Err(PutFailed::Sled(e.clone())));
+        }
+    }
+    for (t, r) in decided {
+        let r = match r {
+            Ok(Some(_)) => Err(StoreError::Sled(e.clone())),
+            other => other,
+        };
+        let _ = t.done.send(r);
+    }
+}
+
 /// What the spool stage passes on to the writer thread: message writes whose bodies are
 /// synced, and queued decisions ([`Store::begin_transition`]).
 #[derive(Default)]
@@ -427,9 +470,15 @@ impl Store {
     }
 
     /// The writer thread: per round of what the spool stage passes on, one transaction of
-    /// message writes and one of decisions (each per trail; a broker has one), then one
-    /// flush for both, until the spool stage stops.
-    pub(super) fn write_loop(self, synced: &std::sync::mpsc::Receiver<Round>) {
+    /// message writes and one of decisions (each per trail; a broker has one), then sled's
+    /// flush of both into its log, until the spool stage stops. The settling thread makes
+    /// the round durable and answers it ([`Store::settle_loop`]) while the writer goes on
+    /// with the next round.
+    pub(super) fn write_loop(
+        self,
+        synced: &std::sync::mpsc::Receiver<Round>,
+        settling: &std::sync::mpsc::Sender<Settling>,
+    ) {
         while let Ok(mut round) = synced.recv() {
             // Whatever else was synced meanwhile goes in the same transactions.
             while let Ok(more) = synced.try_recv() {
@@ -448,18 +497,24 @@ impl Store {
                 .into_iter()
                 .flat_map(|(trail, batch)| self.apply_transitions(batch, &trail))
                 .collect();
-            self.settle(puts, decided);
+            if let Some(round) = self.write_out(puts, decided) {
+                // The settling thread ends only after this one: should it be gone anyway,
+                // the round is settled here.
+                if let Err(back) = settling.send(round) {
+                    self.settle(vec![back.0]);
+                }
+            }
         }
     }
 
-    /// Make a round durable and answer it: flush once (if anything in it needs to be
-    /// durable), then tell every message write its outcome and finish every decision
-    /// (destroy the bodies it released) before telling it.
-    pub(super) fn settle(
+    /// sled's flush of a round (if anything in it needs to be durable): its transactions
+    /// are then in the log file, not yet durable. `None` when the flush failed: the store
+    /// is poisoned and the round answered.
+    fn write_out(
         &self,
         puts: Vec<(Vec<PendingPut>, Written)>,
         decided: Vec<(PendingTransition, Result<Option<Applied>, StoreError>)>,
-    ) {
+    ) -> Option<Settling> {
         let landed = |w: &Written| w.as_ref().is_ok_and(|w| w.iter().any(Option::is_some));
         let written = puts.iter().any(|(_, w)| landed(w));
         let answers = puts.iter().any(|(batch, w)| {
@@ -485,34 +540,108 @@ impl Store {
                 crate::failpoint::hit(t.op, "applied");
             }
         }
+        let mut flushed = None;
         if must_flush {
             let started = std::time::Instant::now();
             let covered = self.watermark.covered();
-            if let Err(e) = self.log.flush(&self.db) {
-                // The transactions are in sled and may reach the disk later: their bodies
-                // stay. Everyone hears an error; the store is poisoned (the kernel may have
-                // dropped the pages) and the broker stops.
+            if let Err(e) = self.log.write(&self.db) {
                 self.poison.set(&e);
-                for (batch, _) in puts {
-                    for p in batch {
-                        let _ = p.done.send(Err(PutFailed::Sled(e.clone())));
-                    }
-                }
-                for (t, r) in decided {
-                    let r = match r {
-                        Ok(Some(_)) => Err(StoreError::Sled(e.clone())),
-                        other => other,
-                    };
-                    let _ = t.done.send(r);
-                }
-                return;
+                fail_round(puts, decided, &e);
+                return None;
             }
-            self.watermark.durable_up_to(covered);
-            let size = puts.iter().map(|(b, _)| b.len()).sum::<usize>() + decided.len();
-            self.commit_stats.record(size, started.elapsed());
-            self.flushes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.watermark.written_up_to(covered);
+            flushed = Some(Flushed { covered, started });
+            if written {
+                crate::failpoint::hit("submit", "written");
+            }
+            if answers {
+                crate::failpoint::hit("answer", "written");
+            }
+            for (t, r) in &decided {
+                if matches!(r, Ok(Some(_))) {
+                    crate::failpoint::hit(t.op, "written");
+                }
+            }
         }
+        Some(Settling {
+            puts,
+            decided,
+            flushed,
+            written,
+            answers,
+        })
+    }
+
+    /// The settling thread: the rounds the writer flushed into sled's log, made durable
+    /// with one `fdatasync` for all that wait, then answered in order, until the writer
+    /// stops.
+    pub(super) fn settle_loop(self, settling: &std::sync::mpsc::Receiver<Settling>) {
+        while let Ok(first) = settling.recv() {
+            let mut rounds = vec![first];
+            while let Ok(more) = settling.try_recv() {
+                rounds.push(more);
+            }
+            self.settle(rounds);
+        }
+    }
+
+    /// Make rounds durable and answer them: sync the log once (if any of them needs to be
+    /// durable), then, round by round, tell every message write its outcome and finish
+    /// every decision (destroy the bodies it released) before telling it.
+    pub(super) fn settle(&self, rounds: Vec<Settling>) {
+        let flushed = rounds
+            .iter()
+            .filter_map(|r| r.flushed)
+            .reduce(|a, b| Flushed {
+                covered: a.covered.max(b.covered),
+                started: a.started.min(b.started),
+            });
+        let mut rounds = rounds;
+        if let Some(Flushed { covered, started }) = flushed {
+            // Once the store is poisoned no sync proves anything: a failed fsync may have
+            // dropped pages that a later one then reports as synced.
+            let synced = self
+                .poison
+                .check()
+                .map_err(|e| sled::Error::Io(std::io::Error::other(e.to_string())))
+                .and_then(|()| self.log.sync());
+            if let Err(e) = synced {
+                // The transactions are in sled and may reach the disk later: their bodies
+                // stay. Everyone waiting for durability hears an error; the store is
+                // poisoned (the kernel may have dropped the pages) and the broker stops.
+                self.poison.set(&e);
+                let (failed, rest): (Vec<_>, Vec<_>) =
+                    rounds.into_iter().partition(|r| r.flushed.is_some());
+                for r in failed {
+                    fail_round(r.puts, r.decided, &e);
+                }
+                rounds = rest;
+            } else {
+                self.watermark.durable_up_to(covered);
+                let size = rounds
+                    .iter()
+                    .filter(|r| r.flushed.is_some())
+                    .map(|r| r.puts.iter().map(|(b, _)| b.len()).sum::<usize>() + r.decided.len())
+                    .sum();
+                self.commit_stats.record(size, started.elapsed());
+                self.flushes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        for r in rounds {
+            self.answer(r);
+        }
+    }
+
+    /// Answer a round that is durable (or needed not be).
+    fn answer(&self, round: Settling) {
+        let Settling {
+            puts,
+            decided,
+            flushed,
+            written,
+            answers,
+        } = round;
         if written {
             crate::failpoint::hit("submit", "durable");
         }
@@ -546,7 +675,7 @@ impl Store {
         for (t, r) in decided {
             // A decision that released bodies made the round flush; one that did not and
             // asked for no durability is not durable yet, and has nothing to finish.
-            if let (true, Ok(Some(applied))) = (must_flush, &r) {
+            if let (true, Ok(Some(applied))) = (flushed.is_some(), &r) {
                 self.finish(t.op, applied);
             }
             let _ = t.done.send(r);

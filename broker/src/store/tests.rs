@@ -1112,3 +1112,65 @@ fn what_a_read_saw_is_durable_once_the_commit_covering_it_returns() {
     assert_eq!(store.fetch(&zorg, 10, &Default::default()).unwrap().mark, 0);
     rt.block_on(store.close());
 }
+
+/// The writer's rounds are made durable by the settling thread's sync: a round written
+/// into sled's log moves the watermark once synced; a group commit that finds what it
+/// needs written waits for that sync instead of flushing; and once the store is
+/// poisoned, no sync makes a round durable (after a failed fsync a later one proves
+/// nothing).
+#[test]
+fn a_round_written_into_the_log_is_durable_only_after_a_sync_of_an_unpoisoned_store() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _enter = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _trail) = open_in(dir.path());
+    let round = |covered| put::Settling {
+        puts: Vec::new(),
+        decided: Vec::new(),
+        flushed: Some(put::Flushed {
+            covered,
+            started: std::time::Instant::now(),
+        }),
+        written: false,
+        answers: false,
+    };
+    // A transaction ends; the writer flushes it into the log and notes it written.
+    let n = store.watermark.begin().number();
+    let covered = store.watermark.covered();
+    assert_eq!(covered, n);
+    store.log.write(&store.db).unwrap();
+    store.watermark.written_up_to(covered);
+    assert!(store.watermark.durable() < n);
+    // A fetch's commit needs it: the committer waits for the settling thread's sync (here
+    // a thread standing in for it, a moment later) and flushes nothing itself.
+    let flushes = store.flush_count();
+    let settler = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            store.settle(vec![round(covered)]);
+        })
+    };
+    rt.block_on(store.commit_covering(n)).unwrap();
+    assert!(store.watermark.durable() >= n);
+    settler.join().unwrap();
+    assert_eq!(
+        store.flush_count(),
+        flushes + 1,
+        "the settle's sync, no other"
+    );
+    // Poisoned: the next round is written, and its sync makes nothing durable.
+    let m = store.watermark.begin().number();
+    let covered = store.watermark.covered();
+    store.log.write(&store.db).unwrap();
+    store.watermark.written_up_to(covered);
+    store.poison.set("a failed fsync (test)");
+    store.settle(vec![round(covered)]);
+    assert!(store.watermark.durable() < m);
+    assert_eq!(store.flush_count(), flushes + 1);
+    assert!(matches!(
+        rt.block_on(store.commit_covering(m)),
+        Err(StoreError::Poisoned(_))
+    ));
+    rt.block_on(store.close());
+}

@@ -30,10 +30,17 @@
 //! is usually busy with the next round when a recipient fetches; without this, two
 //! fetches in three at 1,000 msg/s waited for that round's flush (about 1.2 ms each).
 //! Notices keep the whole mark ([`Watermark::started`]).
+//!
+//! The writer flushes a round into sled's log and its settling thread syncs the log
+//! while the writer goes on; the flush's covered number is noted as *written*
+//! ([`Watermark::written_up_to`]) until the sync makes it durable. A group commit that
+//! finds what it needs written waits for that sync ([`Watermark::wait_durable`]) instead
+//! of flushing again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Default)]
 struct Numbers {
@@ -48,6 +55,10 @@ struct Numbers {
 pub(super) struct Watermark {
     numbers: Mutex<Numbers>,
     durable: AtomicU64,
+    /// Up to here sled has flushed into its log; durable after the sync that follows.
+    written: AtomicU64,
+    /// Told when `durable` moves (held only to wait and to notify).
+    moved: (Mutex<()>, Condvar),
     /// Messages whose write may not be durable yet: id → its transaction's number.
     puts: Mutex<HashMap<[u8; 16], u64>>,
 }
@@ -105,6 +116,43 @@ impl Watermark {
         self.durable.fetch_max(n, Ordering::SeqCst);
         let durable = self.durable();
         super::lock(&self.puts).retain(|_, noted| *noted > durable);
+        let _held = super::lock(&self.moved.0);
+        self.moved.1.notify_all();
+    }
+
+    /// A flush that started when [`Watermark::covered`] said `n` wrote into sled's log;
+    /// the sync that follows will make it durable.
+    pub(super) fn written_up_to(&self, n: u64) {
+        self.written.fetch_max(n, Ordering::SeqCst);
+    }
+
+    /// Up to here a flush wrote into sled's log (durable once its sync succeeds).
+    pub(super) fn written(&self) -> u64 {
+        self.written.load(Ordering::SeqCst)
+    }
+
+    /// Wait until everything up to `n` is durable, at most `limit`; whether it is. Returns
+    /// early, `false`, when `stop` says so (a poisoned store).
+    pub(super) fn wait_durable(&self, n: u64, limit: Duration, stop: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut held = super::lock(&self.moved.0);
+        loop {
+            if self.durable() >= n {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || stop() {
+                return false;
+            }
+            // Bounded, so that a poisoned store (which tells no one here) is seen soon.
+            let slice = (deadline - now).min(Duration::from_millis(10));
+            held = self
+                .moved
+                .1
+                .wait_timeout(held, slice)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
     }
 
     /// The messages `ids` are written by the transaction numbered `n`: called before that
@@ -132,6 +180,32 @@ impl Watermark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_for_durability_ends_with_the_sync_or_at_its_limit() {
+        let mark = std::sync::Arc::new(Watermark::default());
+        let n = {
+            let t = mark.begin();
+            t.number()
+        };
+        let covered = mark.covered();
+        assert_eq!(covered, n);
+        mark.written_up_to(covered);
+        assert_eq!(mark.written(), n);
+        // Nobody syncs: the wait gives up at its limit, or at once when told to stop.
+        assert!(!mark.wait_durable(n, Duration::from_millis(30), || false));
+        assert!(!mark.wait_durable(n, Duration::from_secs(60), || true));
+        let syncer = {
+            let mark = mark.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                mark.durable_up_to(covered);
+            })
+        };
+        assert!(mark.wait_durable(n, Duration::from_secs(60), || false));
+        syncer.join().expect("the stand-in syncer ran");
+        assert!(mark.wait_durable(n, Duration::ZERO, || true));
+    }
 
     #[test]
     fn a_flush_covers_only_what_ended_before_it_started() {
