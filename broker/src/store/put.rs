@@ -300,6 +300,27 @@ pub(super) struct Flushed {
     pub(super) started: std::time::Instant,
 }
 
+/// Crash point `stage` for what landed in a round: `submit` for its messages, `answer` for
+/// its answers, each applied decision's own op.
+fn hit_round(
+    stage: &'static str,
+    written: bool,
+    answers: bool,
+    decided: &[(PendingTransition, Result<Option<Applied>, StoreError>)],
+) {
+    if written {
+        crate::failpoint::hit("submit", stage);
+    }
+    if answers {
+        crate::failpoint::hit("answer", stage);
+    }
+    for (t, r) in decided {
+        if matches!(r, Ok(Some(_))) {
+            crate::failpoint::hit(t.op, stage);
+        }
+    }
+}
+
 /// Tell everyone in a round that it failed with `e` (a failed flush or sync). Their
 /// bodies stay: the transactions are in sled and may reach the disk later.
 fn fail_round(
@@ -529,17 +550,7 @@ impl Store {
             || decided
                 .iter()
                 .any(|(t, r)| matches!(r, Ok(Some(a)) if t.durable || !a.destroy.is_empty()));
-        if written {
-            crate::failpoint::hit("submit", "applied");
-        }
-        if answers {
-            crate::failpoint::hit("answer", "applied");
-        }
-        for (t, r) in &decided {
-            if matches!(r, Ok(Some(_))) {
-                crate::failpoint::hit(t.op, "applied");
-            }
-        }
+        hit_round("applied", written, answers, &decided);
         let mut flushed = None;
         if must_flush {
             let started = std::time::Instant::now();
@@ -551,17 +562,7 @@ impl Store {
             }
             self.watermark.written_up_to(covered);
             flushed = Some(Flushed { covered, started });
-            if written {
-                crate::failpoint::hit("submit", "written");
-            }
-            if answers {
-                crate::failpoint::hit("answer", "written");
-            }
-            for (t, r) in &decided {
-                if matches!(r, Ok(Some(_))) {
-                    crate::failpoint::hit(t.op, "written");
-                }
-            }
+            hit_round("written", written, answers, &decided);
         }
         Some(Settling {
             puts,
