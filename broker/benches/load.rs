@@ -286,7 +286,7 @@ impl Buckets {
         )
     }
 
-    /// The upper bound of the bucket holding quantile `q`, as text ("≤ 2 ms").
+    /// The upper bound of the bucket holding quantile `q`, as text ("<= 2 ms").
     fn quantile_ms(&self, q: f64) -> String {
         let total = self.0.last().map_or(0, |b| b.1);
         if total == 0 {
@@ -395,12 +395,12 @@ impl BrokerProc {
         proc_mem(&format!("/proc/{}/status", self.pid()))
     }
 
-    /// CPU seconds the broker used so far (user + system).
     /// The broker's metrics now (empty without an endpoint).
     fn scrape(&self) -> String {
         self.metrics.map(scrape).unwrap_or_default()
     }
 
+    /// CPU seconds the broker used so far (user + system).
     fn cpu_secs(&self) -> f64 {
         proc_cpu_secs(&format!("/proc/{}/stat", self.pid()), self.clk_tck)
     }

@@ -631,7 +631,7 @@ mod tests {
     #[test]
     fn a_sync_syncs_the_segments_deletions_were_written_to_and_no_others() {
         let dir = tempfile::tempdir().unwrap();
-        // Three closed segments (each run of the spool begins a new one), one body each.
+        // Three closed segments (each run of the spool begins a new one), two bodies each.
         let mut at = Vec::new();
         for n in 1..=3u8 {
             let spool = Spool::open(dir.path()).unwrap();

@@ -85,16 +85,16 @@ use delivery::queue_entries;
 pub use delivery::Fetched;
 use ketenpost_core::registry::{Case, Consent};
 use put::{lock, sync_loop, CommitMsg, PutCombiner, Users};
-
-/// How long a group commit waits for the writer's settling thread to sync what it needs
-/// before it flushes itself (a sync takes a millisecond or so; this is for a stuck one).
-const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 pub use put::{Landed, PendingAnswer, PutTicket};
 use reconcile::{
     count_bodies, count_of, migrate_legacy, reconcile_by_walk, reconcile_counted,
     settle_legacy_dedup, write_counts, Legacy, COUNTED,
 };
 pub use transition::{Applied, NoticeSigner, TransitionTicket, TxResult, TxView};
+
+/// How long a group commit waits for the writer's settling thread to sync what it needs
+/// before it flushes itself (a sync takes a millisecond or so; this is for a stuck one).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Audit records moved to the archive with one sync of its file.
 const ARCHIVE_BATCH: usize = 4096;
