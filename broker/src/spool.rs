@@ -20,7 +20,9 @@
 //! | n | the body |
 //!
 //! Every start of the broker begins a new segment, and a segment is closed when it passes
-//! [`SEGMENT_BYTES`]. Where a body is ([`BodyAt`]) is kept in the message's metadata in
+//! [`SEGMENT_BYTES`]. The active segment is written with zeros ahead of its appends
+//! ([`PREWRITE_BYTES`]), so a segment ends in zeros where its records end: a walk of it
+//! stops at the first header without a magic. Where a body is ([`BodyAt`]) is kept in the message's metadata in
 //! sled, which is written after the body is on disk; a body whose metadata never landed
 //! is not referenced and goes with its segment.
 //!
@@ -42,6 +44,14 @@ pub use ketenpost_core::message::BodyAt;
 
 /// A segment is closed once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How far the active segment is written with zeros ahead of its appends (see
+/// [`Spool::sync`]): an append then overwrites bytes the file already has, and the
+/// `fdatasync` that makes it durable writes data only. An append that grows the file
+/// makes that `fdatasync` commit the file system's journal too (the file's new size):
+/// here a third more per sync at the median and two to four times more at the 99th
+/// percentile.
+pub const PREWRITE_BYTES: u64 = 1024 * 1024;
 
 const MAGIC: &[u8; 4] = b"KPS1";
 /// The magic of a deleted record.
@@ -94,7 +104,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Active {
     segment: u32,
     file: Arc<File>,
+    /// Where the next record goes.
     len: u64,
+    /// How much of the file is written (records, then zeros): never less than `len`.
+    written: u64,
 }
 
 /// The spool of one broker. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -140,11 +153,19 @@ fn create_segment(dir: &Path, segment: u32) -> Result<File, SpoolError> {
         .create_new(true)
         .open(segment_path(dir, segment))
         .map_err(io("create segment"))?;
+    // Made durable by the spool's next sync, with the first records.
+    prewrite(&file, 0)?;
     // The new file's directory entry must survive a crash as well as its contents.
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("sync spool directory"))?;
     Ok(file)
+}
+
+/// Write [`PREWRITE_BYTES`] zeros into `file` at `at`, where no record is yet.
+fn prewrite(file: &File, at: u64) -> Result<(), SpoolError> {
+    file.write_all_at(&vec![0u8; PREWRITE_BYTES as usize], at)
+        .map_err(io("prewrite segment"))
 }
 
 impl Spool {
@@ -173,6 +194,7 @@ impl Spool {
                 segment,
                 file,
                 len: 0,
+                written: PREWRITE_BYTES,
             }),
             files: RwLock::new(files),
             live: Mutex::new(HashMap::new()),
@@ -266,6 +288,7 @@ impl Spool {
             .write_all_at(&record, offset)
             .map_err(io("append body"))?;
         active.len += record.len() as u64;
+        active.written = active.written.max(active.len);
         let at = BodyAt {
             segment: active.segment,
             offset,
@@ -295,6 +318,7 @@ impl Spool {
                 segment,
                 file,
                 len: 0,
+                written: PREWRITE_BYTES,
             },
         );
         if lock(&self.live).get(&closed.segment).copied().unwrap_or(0) == 0 {
@@ -350,6 +374,7 @@ impl Spool {
             return Err(self.sync_failed("sync segment", e));
         }
         dirty.remove(&segment);
+        self.prewrite_ahead();
         while let Some(s) = dirty.pop_first() {
             // A segment removed meanwhile has nothing left to sync.
             let Some(f) = self.file(s) else { continue };
@@ -360,6 +385,22 @@ impl Spool {
             }
         }
         Ok(())
+    }
+
+    /// Keep the active segment written with zeros at least half of [`PREWRITE_BYTES`]
+    /// ahead of its appends: the zeros are made durable by the next sync, once for that
+    /// stretch of appends. A failure here (a full disk) costs only speed: the next append
+    /// grows the file, or fails on its own account.
+    fn prewrite_ahead(&self) {
+        let mut active = lock(&self.active);
+        if active.written - active.len >= PREWRITE_BYTES / 2 {
+            return;
+        }
+        // Under the lock: no append writes here meanwhile.
+        match prewrite(&active.file, active.written) {
+            Ok(()) => active.written += PREWRITE_BYTES,
+            Err(e) => tracing::warn!(cause = %e, "cannot write the spool segment ahead"),
+        }
     }
 
     fn file(&self, segment: u32) -> Option<Arc<File>> {
@@ -446,9 +487,10 @@ impl Spool {
 
     /// Call `visit` with every live (not deleted) record in the closed segments that are
     /// kept, in order: where it is and whose it is. Nothing is collected, so a spool with
-    /// a million bodies costs no memory here. A record cut short at the end of a segment
-    /// (an append that a crash interrupted, whose metadata therefore never landed) ends the
-    /// walk of that segment. `visit` may destroy the record it is given
+    /// a million bodies costs no memory here. The zeros written ahead of the appends end
+    /// the walk of a segment, as does a record cut short at its end. An append that a crash
+    /// interrupted (its metadata therefore never landed) may read as a whole record
+    /// ending in the zeros: it is visited like any other record no metadata refers to. `visit` may destroy the record it is given
     /// ([`Spool::destroy_unreferenced`]). Start-up only.
     pub fn visit_live_records<E: From<SpoolError>>(
         &self,
@@ -603,7 +645,7 @@ mod tests {
         spool.sync().unwrap();
         let file = segment_path(dir.path(), at.segment);
         let mut bytes = std::fs::read(&file).unwrap();
-        let last = bytes.len() - 1;
+        let last = (at.offset + HEADER) as usize + at.len as usize - 1;
         bytes[last] ^= 0x01;
         std::fs::write(&file, bytes).unwrap();
         let err = spool.read(&at, &id(1)).unwrap_err();
@@ -658,6 +700,58 @@ mod tests {
         spool.sync().unwrap();
         assert!(pending(&spool).is_empty());
         assert_eq!(spool.read(&at[0], &id(1)).unwrap(), b"queued body");
+    }
+
+    #[test]
+    fn appends_overwrite_zeros_written_ahead_and_a_walk_stops_at_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = |s: u32| {
+            std::fs::metadata(segment_path(dir.path(), s))
+                .unwrap()
+                .len()
+        };
+        let body = vec![0x5a; 64 * 1024];
+        let mut at = Vec::new();
+        {
+            let spool = Spool::open(dir.path()).unwrap();
+            at.push(spool.append(&id(1), b"small").unwrap());
+            spool.sync().unwrap();
+            // The appends went into the zeros: the file did not grow.
+            assert_eq!(size(at[0].segment), PREWRITE_BYTES);
+            // Past half of the stretch, a sync writes the next stretch ahead.
+            while lock(&spool.active).len < PREWRITE_BYTES / 2 + 1 {
+                let n = at.len() as u8 + 1;
+                at.push(spool.append(&id(n), &body).unwrap());
+            }
+            spool.sync().unwrap();
+            assert_eq!(size(at[0].segment), 2 * PREWRITE_BYTES);
+            // Appends that outrun the zeros grow the file, and the next sync catches up.
+            while lock(&spool.active).len < 2 * PREWRITE_BYTES + 1 {
+                let n = at.len() as u8 + 1;
+                at.push(spool.append(&id(n), &body).unwrap());
+            }
+            let len = lock(&spool.active).len;
+            assert_eq!(size(at[0].segment), len);
+            spool.sync().unwrap();
+            assert_eq!(size(at[0].segment), len + PREWRITE_BYTES);
+        }
+        // After a restart the segment is closed: its walk finds every record and stops at
+        // the zeros after the last.
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut walked = Vec::new();
+        spool
+            .visit_live_records(|a, i| {
+                walked.push((a, i));
+                Ok::<(), SpoolError>(())
+            })
+            .unwrap();
+        let expected: Vec<_> = at
+            .iter()
+            .enumerate()
+            .map(|(n, a)| (*a, id(n as u8 + 1)))
+            .collect();
+        assert_eq!(walked, expected);
+        assert_eq!(spool.read(&at[0], &id(1)).unwrap(), b"small");
     }
 
     #[test]
