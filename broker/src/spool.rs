@@ -755,6 +755,51 @@ mod tests {
     }
 
     #[test]
+    fn an_append_cut_short_by_a_crash_is_walked_as_a_record_and_destroyed_unreferenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, segment) = {
+            let spool = Spool::open(dir.path()).unwrap();
+            let kept = spool.append(&id(1), b"synced body").unwrap();
+            spool.sync().unwrap();
+            (kept, kept.segment)
+        };
+        // What a power loss may leave of an append that was never synced: its header and
+        // the first bytes of its body, then the zeros written ahead.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), segment))
+            .unwrap();
+        let at = kept.offset + HEADER + u64::from(kept.len);
+        let mut torn = Vec::new();
+        torn.extend_from_slice(MAGIC);
+        torn.extend_from_slice(&100u32.to_be_bytes());
+        torn.extend_from_slice(&id(2));
+        torn.extend_from_slice(&[0xee; 4]);
+        torn.extend_from_slice(b"cut short");
+        file.write_all_at(&torn, at).unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut walked = Vec::new();
+        spool
+            .visit_live_records(|a, i| {
+                walked.push((a, i));
+                Ok::<(), SpoolError>(())
+            })
+            .unwrap();
+        let cut = BodyAt {
+            segment,
+            offset: at,
+            len: 100,
+        };
+        assert_eq!(walked, [(kept, id(1)), (cut, id(2))]);
+        // Its checksum fails, and no metadata refers to it: start-up destroys it.
+        assert!(spool.read(&cut, &id(2)).is_err());
+        assert!(spool.destroy_unreferenced(&cut, &id(2)).unwrap());
+        spool.sync().unwrap();
+        assert!(!on_disk(dir.path(), b"cut short"));
+        assert_eq!(spool.read(&kept, &id(1)).unwrap(), b"synced body");
+    }
+
+    #[test]
     fn a_restart_begins_a_new_segment_and_removes_the_empty_ones() {
         let dir = tempfile::tempdir().unwrap();
         let (kept, dropped) = {
