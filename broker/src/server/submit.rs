@@ -46,8 +46,8 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
         Ok(Err(response)) => return response,
         Err(e) => return submit_task_failed(&e),
     };
-    // The rest runs in its own task, so that it completes (the answer bookkeeping) even
-    // when the connection goes.
+    // The rest runs in its own task, so that it completes (the answer bookkeeping, the
+    // recipients' wake-up) even when the connection goes.
     let (s, o) = (shared.clone(), oin.clone());
     let finish = tokio::spawn(async move {
         let landed = match ticket.landed().await {
@@ -61,6 +61,10 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
         if landed.late_answer {
             staged.flags.push(AcceptFlag::LateAnswer);
         }
+        // Landed is durable: a recipient waiting in a fetch may have it now.
+        for r in &staged.recipients {
+            s.notify(r);
+        }
         Ok(staged)
     });
     let staged = match finish.await {
@@ -69,9 +73,6 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
         Err(e) => return submit_task_failed(&e),
     };
     drop(guard);
-    for r in &staged.recipients {
-        shared.notify(r);
-    }
     debug!(kind = %staged.kind, recipients = staged.recipients.len(), flags = ?staged.flags, "message accepted");
     Response::Accepted {
         message_id: staged.id,
