@@ -1680,9 +1680,11 @@ fn broker_side(what: &str, before: &str, after: &str) -> String {
     let h = |name: &str| Buckets::of(after, name).since(&Buckets::of(before, name));
     format!(
         "{what}: in the broker (its histograms' bucket bounds): submission (read whole to \
-         answered) {}; durable write (queued to landed) {}; fsync {}",
+         answered) {}; durable write (queued to landed) {}; spool fsync {}; database \
+         flush and fsync {}",
         h("ketenpost_broker_submit_seconds").summary_ms(),
         h("ketenpost_broker_store_write_seconds").summary_ms(),
+        h("ketenpost_broker_spool_fsync_seconds").summary_ms(),
         h("ketenpost_broker_fsync_seconds").summary_ms(),
     )
 }

@@ -17,6 +17,7 @@
 //! | `ketenpost_broker_group_commits_total` | counter | group commits (each one fsync of the database) |
 //! | `ketenpost_broker_group_commit_size` | histogram | messages or transitions per group commit (for the writer: of the rounds one sync made durable) |
 //! | `ketenpost_broker_fsync_seconds` | histogram | per group commit, from the start of its database flush to the end of its fsync (for the writer's rounds: the earliest round's flush to the settling thread's sync) |
+//! | `ketenpost_broker_spool_fsync_seconds` | histogram | per sync of the message bodies by the spool stage (the bodies of a round, durable before their metadata is written) |
 //! | `ketenpost_broker_submit_seconds` | histogram | a submission in the broker: its request read whole, to its answer (accepted or refused) |
 //! | `ketenpost_broker_store_write_seconds` | histogram | an accepted submission's durable write: its body appended and its write queued, to landed (the spool sync, the writer's round and flush, the settling thread's sync) |
 //! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts accepted by their receivers (webhooks, mail relay) |
@@ -87,16 +88,22 @@ pub struct CommitStats {
     commits: AtomicU64,
     size: Histogram,
     fsync: Histogram,
+    /// The spool stage's syncs of the message bodies, before their metadata is written.
+    spool_fsync: Histogram,
 }
+
+/// The bounds of the fsync histograms, in seconds.
+const FSYNC_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 
 impl Default for CommitStats {
     fn default() -> Self {
         CommitStats {
             commits: AtomicU64::new(0),
             size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-            fsync: Histogram::new(&[
-                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
-            ]),
+            fsync: Histogram::new(FSYNC_BOUNDS),
+            spool_fsync: Histogram::new(FSYNC_BOUNDS),
         }
     }
 }
@@ -107,6 +114,11 @@ impl CommitStats {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.size.observe(size as f64);
         self.fsync.observe(took.as_secs_f64());
+    }
+
+    /// One sync of the spool's bodies by the spool stage, which took `took`.
+    pub fn record_spool_sync(&self, took: Duration) {
+        self.spool_fsync.observe(took.as_secs_f64());
     }
 
     /// Group commits so far.
@@ -336,6 +348,11 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
         "ketenpost_broker_fsync_seconds",
         "Duration of each group commit's fsync.",
     );
+    commits.spool_fsync.render(
+        &mut out,
+        "ketenpost_broker_spool_fsync_seconds",
+        "Duration of each sync of the message bodies before their metadata is written.",
+    );
     counters.latencies.submit.render(
         &mut out,
         "ketenpost_broker_submit_seconds",
@@ -421,6 +438,7 @@ mod tests {
         let s = CommitStats::default();
         s.record(3, Duration::from_millis(2));
         s.record(40, Duration::from_millis(30));
+        s.record_spool_sync(Duration::from_micros(300));
         let mut g = Gauges {
             up: true,
             ..Gauges::default()
@@ -439,6 +457,8 @@ mod tests {
         assert!(text.contains("ketenpost_broker_group_commit_size_bucket{le=\"4\"} 1"));
         assert!(text.contains("ketenpost_broker_group_commit_size_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("ketenpost_broker_fsync_seconds_count 2"));
+        assert!(text.contains("ketenpost_broker_spool_fsync_seconds_bucket{le=\"0.00025\"} 0"));
+        assert!(text.contains("ketenpost_broker_spool_fsync_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(text.contains("ketenpost_broker_submit_seconds_bucket{le=\"0.002\"} 1"));
         assert!(text.contains("ketenpost_broker_submit_seconds_bucket{le=\"0.05\"} 2"));
         assert!(text.contains("ketenpost_broker_submit_seconds_sum 0.0315"));

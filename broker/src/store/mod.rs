@@ -311,14 +311,15 @@ impl Store {
         // Stages, so that the bodies of one batch are synced while the batch before is
         // written and flushed.
         let (synced_tx, synced_rx) = std::sync::mpsc::channel();
-        let (puts, spooled, poisoned) = (
+        let (puts, spooled, poisoned, stats) = (
             store.puts.clone(),
             store.spool.clone(),
             store.poison.clone(),
+            store.commit_stats.clone(),
         );
         let syncer = std::thread::Builder::new()
             .name("ketenpost-spool".into())
-            .spawn(move || sync_loop(&puts, &spooled, &poisoned, &synced_tx))
+            .spawn(move || sync_loop(&puts, &spooled, &poisoned, &stats, &synced_tx))
             .map_err(StoreError::Thread)?;
         // And a third: the log is synced for one round while the writer writes the next.
         let (settling_tx, settling_rx) = std::sync::mpsc::channel();

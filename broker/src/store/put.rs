@@ -81,6 +81,7 @@ pub(super) fn sync_loop(
     puts: &PutCombiner,
     spool: &Spool,
     poison: &Poison,
+    stats: &crate::metrics::CommitStats,
     synced: &std::sync::mpsc::Sender<Round>,
 ) {
     loop {
@@ -104,7 +105,10 @@ pub(super) fn sync_loop(
         let spooled = if round.puts.is_empty() {
             Ok(())
         } else {
-            spool.sync()
+            let started = std::time::Instant::now();
+            let synced = spool.sync();
+            stats.record_spool_sync(started.elapsed());
+            synced
         };
         let failed = match spooled {
             Ok(()) => match synced.send(round) {
