@@ -161,6 +161,7 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
         "ketenpost_broker_group_commits_total",
         "ketenpost_broker_group_commit_size_bucket",
         "ketenpost_broker_fsync_seconds_count",
+        "ketenpost_broker_spool_fsync_seconds_count",
         "ketenpost_broker_submit_seconds_bucket",
         "ketenpost_broker_store_write_seconds_count",
         "ketenpost_broker_alerts_sent_total",
@@ -202,6 +203,8 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     );
     assert!(value(&samples, "ketenpost_broker_group_commits_total", None).unwrap() >= 1.0);
     assert!(value(&samples, "ketenpost_broker_fsync_seconds_count", None).unwrap() >= 1.0);
+    // One accepted message: its body was synced at least once.
+    assert!(value(&samples, "ketenpost_broker_spool_fsync_seconds_count", None).unwrap() >= 1.0);
     // Both submissions were timed; only the accepted one wrote.
     assert_eq!(
         value(&samples, "ketenpost_broker_submit_seconds_count", None),
