@@ -17,7 +17,7 @@
 //! | `ketenpost_broker_group_commits_total` | counter | group commits (each one fsync of the database) |
 //! | `ketenpost_broker_group_commit_size` | histogram | messages or transitions per group commit (for the writer: of the rounds one sync made durable) |
 //! | `ketenpost_broker_fsync_seconds` | histogram | per group commit, from the start of its database flush to the end of its fsync (for the writer's rounds: the earliest round's flush to the settling thread's sync) |
-//! | `ketenpost_broker_spool_fsync_seconds` | histogram | per sync of the message bodies by the spool stage (the bodies of a round, durable before their metadata is written) |
+//! | `ketenpost_broker_spool_fsync_seconds` | histogram | per spool sync by the spool stage: the bodies of a round, durable before their metadata is written, and the deletions written since the last sync |
 //! | `ketenpost_broker_submit_seconds` | histogram | a submission in the broker: its request read whole, to its answer (accepted or refused) |
 //! | `ketenpost_broker_store_write_seconds` | histogram | an accepted submission's durable write: its body appended and its write queued, to landed (the spool sync, the writer's round and flush, the settling thread's sync) |
 //! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts accepted by their receivers (webhooks, mail relay) |

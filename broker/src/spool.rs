@@ -22,9 +22,9 @@
 //! Every start of the broker begins a new segment, and a segment is closed when it passes
 //! [`SEGMENT_BYTES`]. The active segment is written with zeros ahead of its appends
 //! ([`PREWRITE_BYTES`]), so a segment ends in zeros where its records end: a walk of it
-//! stops at the first header without a magic. Where a body is ([`BodyAt`]) is kept in the message's metadata in
-//! sled, which is written after the body is on disk; a body whose metadata never landed
-//! is not referenced and goes with its segment.
+//! stops at the first header without a magic. Where a body is ([`BodyAt`]) is kept in the
+//! message's metadata in sled, which is written after the body is on disk; a body whose
+//! metadata never landed is not referenced and goes with its segment.
 //!
 //! # Deletion
 //!
@@ -49,8 +49,8 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// [`Spool::sync`]): an append then overwrites bytes the file already has, and the
 /// `fdatasync` that makes it durable writes data only. An append that grows the file
 /// makes that `fdatasync` commit the file system's journal too (the file's new size):
-/// here a third more per sync at the median and two to four times more at the 99th
-/// percentile.
+/// about half again as long at the median (`cargo bench -p ketenpost-broker --bench
+/// spool`).
 pub const PREWRITE_BYTES: u64 = 1024 * 1024;
 
 const MAGIC: &[u8; 4] = b"KPS1";
@@ -488,10 +488,11 @@ impl Spool {
     /// Call `visit` with every live (not deleted) record in the closed segments that are
     /// kept, in order: where it is and whose it is. Nothing is collected, so a spool with
     /// a million bodies costs no memory here. The zeros written ahead of the appends end
-    /// the walk of a segment, as does a record cut short at its end. An append that a crash
-    /// interrupted (its metadata therefore never landed) may read as a whole record
-    /// ending in the zeros: it is visited like any other record no metadata refers to. `visit` may destroy the record it is given
-    /// ([`Spool::destroy_unreferenced`]). Start-up only.
+    /// the walk of a segment, as does a record cut short at its end. An append that a
+    /// crash interrupted (its metadata therefore never landed) may read as a whole record
+    /// ending in the zeros: it is visited like any other record no metadata refers to.
+    /// `visit` may destroy the record it is given ([`Spool::destroy_unreferenced`]).
+    /// Start-up only.
     pub fn visit_live_records<E: From<SpoolError>>(
         &self,
         visit: impl FnMut(BodyAt, [u8; 16]) -> Result<(), E>,
