@@ -605,6 +605,18 @@ mod tests {
         })
     }
 
+    /// Every live record a start-up walk visits, in order.
+    fn walk(spool: &Spool) -> Vec<(BodyAt, [u8; 16])> {
+        let mut walked = Vec::new();
+        spool
+            .visit_live_records(|a, i| {
+                walked.push((a, i));
+                Ok::<(), SpoolError>(())
+            })
+            .unwrap();
+        walked
+    }
+
     #[test]
     fn a_body_reads_back_and_only_under_its_own_id() {
         let dir = tempfile::tempdir().unwrap();
@@ -739,13 +751,7 @@ mod tests {
         // After a restart the segment is closed: its walk finds every record and stops at
         // the zeros after the last.
         let spool = Spool::open(dir.path()).unwrap();
-        let mut walked = Vec::new();
-        spool
-            .visit_live_records(|a, i| {
-                walked.push((a, i));
-                Ok::<(), SpoolError>(())
-            })
-            .unwrap();
+        let walked = walk(&spool);
         let expected: Vec<_> = at
             .iter()
             .enumerate()
@@ -779,13 +785,7 @@ mod tests {
         torn.extend_from_slice(b"cut short");
         file.write_all_at(&torn, at).unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let mut walked = Vec::new();
-        spool
-            .visit_live_records(|a, i| {
-                walked.push((a, i));
-                Ok::<(), SpoolError>(())
-            })
-            .unwrap();
+        let walked = walk(&spool);
         let cut = BodyAt {
             segment,
             offset: at,
