@@ -146,20 +146,30 @@ fn crc(id: &[u8; 16], body: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn create_segment(dir: &Path, segment: u32) -> Result<File, SpoolError> {
+/// Create segment `segment`, written with zeros ahead (see [`Spool::prewrite_ahead`]):
+/// the file and how much of it is written.
+fn create_segment(dir: &Path, segment: u32) -> Result<(File, u64), SpoolError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(segment_path(dir, segment))
         .map_err(io("create segment"))?;
-    // Made durable by the spool's next sync, with the first records.
-    prewrite(&file, 0)?;
+    // Made durable by the spool's next sync, with the first records. Without them (a full
+    // disk) the segment works as well, only its syncs cost more: a broker on a full disk
+    // still starts, delivers and deletes.
+    let written = match prewrite(&file, 0) {
+        Ok(()) => PREWRITE_BYTES,
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot write a new spool segment ahead");
+            0
+        }
+    };
     // The new file's directory entry must survive a crash as well as its contents.
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("sync spool directory"))?;
-    Ok(file)
+    Ok((file, written))
 }
 
 /// Write [`PREWRITE_BYTES`] zeros into `file` at `at`, where no record is yet.
@@ -186,7 +196,8 @@ impl Spool {
             files.insert(segment, Arc::new(file));
         }
         let segment = files.keys().max().map_or(1, |m| m.saturating_add(1));
-        let file = Arc::new(create_segment(dir, segment)?);
+        let (file, written) = create_segment(dir, segment)?;
+        let file = Arc::new(file);
         files.insert(segment, file.clone());
         Ok(Spool {
             dir: dir.to_owned(),
@@ -194,7 +205,7 @@ impl Spool {
                 segment,
                 file,
                 len: 0,
-                written: PREWRITE_BYTES,
+                written,
             }),
             files: RwLock::new(files),
             live: Mutex::new(HashMap::new()),
@@ -307,7 +318,8 @@ impl Spool {
             .sync_data()
             .map_err(|e| self.sync_failed("sync segment", e))?;
         let segment = active.segment.saturating_add(1);
-        let file = Arc::new(create_segment(&self.dir, segment)?);
+        let (file, written) = create_segment(&self.dir, segment)?;
+        let file = Arc::new(file);
         self.files
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -318,7 +330,7 @@ impl Spool {
                 segment,
                 file,
                 len: 0,
-                written: PREWRITE_BYTES,
+                written,
             },
         );
         if lock(&self.live).get(&closed.segment).copied().unwrap_or(0) == 0 {
