@@ -593,7 +593,7 @@ impl Store {
     /// Make rounds durable and answer them: sync the log once (if any of them needs to be
     /// durable), then, round by round, tell every message write its outcome and finish
     /// every decision (destroy the bodies it released) before telling it.
-    pub(super) fn settle(&self, rounds: Vec<Settling>) {
+    pub(super) fn settle(&self, mut rounds: Vec<Settling>) {
         let flushed = rounds
             .iter()
             .filter_map(|r| r.flushed)
@@ -601,7 +601,6 @@ impl Store {
                 covered: a.covered.max(b.covered),
                 started: a.started.min(b.started),
             });
-        let mut rounds = rounds;
         if let Some(Flushed { covered, started }) = flushed {
             // Once the store is poisoned no sync proves anything: a failed fsync may have
             // dropped pages that a later one then reports as synced.
