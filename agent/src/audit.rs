@@ -80,8 +80,7 @@ impl AuditTrail {
     /// Append one record (not flushed; see the module docs) and return it.
     pub fn append(&self, entry: AuditEntry, now: DateTime<Utc>) -> Result<AuditRecord, AuditError> {
         let mut head = self.lock();
-        let record = head.next(entry, now)?;
-        let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
+        let (record, bytes) = head.next(entry, now)?;
         self.records
             .insert(seq_key(record.seq), bytes)
             .map_err(storage)?;

@@ -63,17 +63,20 @@ impl ChainHead {
     }
 
     /// The record that follows this head, with its hash filled in, dated
-    /// `max(now, time of the previous record)`. The entry is validated first.
-    pub fn next(&self, entry: AuditEntry, now: DateTime<Utc>) -> Result<AuditRecord, AuditError> {
+    /// `max(now, time of the previous record)`, and its JSON as stored
+    /// ([`AuditRecord::seal`]). The entry is validated first.
+    pub fn next(
+        &self,
+        entry: AuditEntry,
+        now: DateTime<Utc>,
+    ) -> Result<(AuditRecord, Vec<u8>), AuditError> {
         entry.validate()?;
         let seq = self.seq.checked_add(1).ok_or(AuditError::Full)?;
         let time = match self.time {
             Some(t) if t > now => t,
             _ => now,
         };
-        let mut record = entry.into_record(seq, time, self.hash.clone());
-        record.hash = record.compute_hash()?;
-        Ok(record)
+        entry.into_record(seq, time, self.hash.clone()).seal()
     }
 
     /// Move the head onto `record` (written after it).

@@ -309,6 +309,29 @@ impl AuditRecord {
         Ok(hex::encode(Sha256::digest(self.canonical_bytes()?)))
     }
 
+    /// Fill in `hash` and return the record with its stored JSON (what
+    /// `serde_json::to_vec` gives for the hashed record), serializing it once: the
+    /// canonical bytes end in `"hash":""}` (`hash` is the last field), so the stored
+    /// JSON is those bytes with the hash put between the quotes. The record's `hash`
+    /// must be empty.
+    pub fn seal(mut self) -> Result<(AuditRecord, Vec<u8>), AuditError> {
+        debug_assert!(self.hash.is_empty(), "a record is sealed once");
+        self.hash.clear();
+        let mut bytes = serde_json::to_vec(&self).map_err(AuditError::Serialize)?;
+        self.hash = hex::encode(Sha256::digest(&bytes));
+        const EMPTY_HASH_TAIL: &[u8] = b"\"hash\":\"\"}";
+        if bytes.ends_with(EMPTY_HASH_TAIL) {
+            // Drop `"}`, leaving `"hash":"`; the hex digest needs no escaping.
+            bytes.truncate(bytes.len() - 2);
+            bytes.extend_from_slice(self.hash.as_bytes());
+            bytes.extend_from_slice(b"\"}");
+        } else {
+            // Not reached while `hash` is the last field; serialized again to be sure.
+            bytes = serde_json::to_vec(&self).map_err(AuditError::Serialize)?;
+        }
+        Ok((self, bytes))
+    }
+
     /// Whether the stored `hash` matches the record's content.
     pub fn hash_is_valid(&self) -> Result<bool, AuditError> {
         Ok(self.compute_hash()? == self.hash)

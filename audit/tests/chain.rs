@@ -26,11 +26,11 @@ fn chain(n: usize) -> Vec<Vec<u8>> {
                 .counterparty(PEER)
                 .case_ref("case-0123456789abcdefghijklmnop")
                 .kind("signaal");
-            let record = head
+            let (record, bytes) = head
                 .next(entry, t0() + Duration::seconds(i as i64))
                 .unwrap();
             head.advance(&record);
-            serde_json::to_vec(&record).unwrap()
+            bytes
         })
         .collect()
 }
@@ -153,9 +153,9 @@ fn a_trail_given_as_stored_entries_is_checked_against_its_checkpoints() {
     let mut head = ChainHead::recover(Some((&seq_key(2), &records[1]))).unwrap();
     for i in 0..2 {
         let entry = AuditEntry::new(AuditEvent::Accepted, Outcome::Ok).actor(ACTOR);
-        let r = head.next(entry, t0() + Duration::seconds(10 + i)).unwrap();
+        let (r, bytes) = head.next(entry, t0() + Duration::seconds(10 + i)).unwrap();
         head.advance(&r);
-        rewritten.push(serde_json::to_vec(&r).unwrap());
+        rewritten.push(bytes);
     }
     let report =
         ketenpost_audit::verify_trail(cps(), entries(&rewritten), &key.verifying_key()).unwrap();
@@ -173,4 +173,40 @@ fn a_trail_given_as_stored_entries_is_checked_against_its_checkpoints() {
         report.problems[0].what,
         ketenpost_audit::ProblemKind::CheckpointBadSignature
     );
+}
+
+/// The stored JSON `ChainHead::next` gives (serialized once, the hash put in place) is
+/// byte for byte what serializing the sealed record gives, and the hash is the record's
+/// own, for records with none and with every optional field.
+#[test]
+fn the_stored_json_of_a_record_is_its_serialization() {
+    let bare = || AuditEntry::ok(AuditEvent::Checkpoint);
+    let full = || {
+        AuditEntry::new(AuditEvent::Accepted, Outcome::Ok)
+            .actor(ACTOR)
+            .user("user-7f3a")
+            .case_ref("case-0123456789abcdefghijklmnop")
+            .purpose("walcheren-uitstroom")
+            .processing_activity("pa-12")
+            .kind("signaal")
+            .message_id("0190f3a4-1c2b-7d3e-8f40-123456789abc")
+            .counterparty(PEER)
+            .counterparty(ACTOR)
+            .recipient_views(&[(PEER, "zorgaanbieder"), (ACTOR, "woningcorporatie")])
+            .reason_explained("not_in_case_team", "the recipient is \"not\" in the team")
+            .due_at(t0() + Duration::days(30))
+            .document_serial(7)
+            .broken_seq(3)
+            .request_digest(b"request")
+            .trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
+    };
+    let mut head = ChainHead::genesis();
+    for (i, entry) in [bare(), full(), bare(), full()].into_iter().enumerate() {
+        let (record, bytes) = head
+            .next(entry, t0() + Duration::seconds(i as i64))
+            .unwrap();
+        assert_eq!(bytes, serde_json::to_vec(&record).unwrap(), "record {i}");
+        assert!(record.hash_is_valid().unwrap(), "record {i}");
+        head.advance(&record);
+    }
 }

@@ -188,8 +188,7 @@ impl AuditTrail {
     pub fn append(&self, entry: AuditEntry, now: DateTime<Utc>) -> Result<AuditRecord, AuditError> {
         entry.validate()?;
         let mut head = self.lock();
-        let record = head.next(entry, now)?;
-        let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
+        let (record, bytes) = head.next(entry, now)?;
         self.records
             .insert(seq_key(record.seq), bytes)
             .map_err(storage)?;
@@ -232,8 +231,7 @@ impl AuditTrail {
         let mut writes = Vec::with_capacity(entries.len());
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            let record = pending.next(entry, now)?;
-            let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
+            let (record, bytes) = pending.next(entry, now)?;
             writes.push((seq_key(record.seq), bytes));
             pending.advance(&record);
             out.push(record);
@@ -270,8 +268,7 @@ impl AuditTrail {
                 return Ok(latest);
             }
         }
-        let record = head.next(AuditEntry::ok(AuditEvent::Checkpoint), now)?;
-        let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
+        let (record, bytes) = head.next(AuditEntry::ok(AuditEvent::Checkpoint), now)?;
         self.records
             .insert(seq_key(record.seq), bytes)
             .map_err(storage)?;
@@ -533,8 +530,7 @@ impl ChainLock<'_> {
         entry: AuditEntry,
         now: DateTime<Utc>,
     ) -> Result<([u8; 8], Vec<u8>), AuditError> {
-        let record = cursor.0.next(entry, now)?;
-        let bytes = serde_json::to_vec(&record).map_err(AuditError::Serialize)?;
+        let (record, bytes) = cursor.0.next(entry, now)?;
         cursor.0.advance(&record);
         Ok((seq_key(record.seq), bytes))
     }

@@ -948,7 +948,7 @@ fn the_html_report_stays_legible_for_fifteen_parties_and_prints_on_a4() {
                     .kind("signaal")
                     .purpose("uitstroom")
                     .message_id(MessageId::new());
-                let r = head.next(e, now).unwrap();
+                let (r, _) = head.next(e, now).unwrap();
                 head.advance(&r);
                 records.push(r);
             }
