@@ -1174,3 +1174,40 @@ fn a_round_written_into_the_log_is_durable_only_after_a_sync_of_an_unpoisoned_st
     ));
     rt.block_on(store.close());
 }
+
+/// A group commit that waits for the settling thread's sync and sees the store poisoned
+/// meanwhile makes no flush of its own: after a failed fsync a later one proves nothing,
+/// so the waiting fetch hears the error and nothing becomes durable.
+#[test]
+fn a_commit_that_waits_for_the_settling_sync_fails_when_the_store_is_poisoned_meanwhile() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _enter = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _trail) = open_in(dir.path());
+    // A transaction ends and the writer flushes it into the log: written, not durable.
+    let n = store.watermark.begin().number();
+    let covered = store.watermark.covered();
+    store.log.write(&store.db).unwrap();
+    store.watermark.written_up_to(covered);
+    let flushes = store.flush_count();
+    // The settling thread's sync fails (a moment later) instead of landing.
+    let failing = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            store.poison.set("a failed fsync (test)");
+        })
+    };
+    assert!(matches!(
+        rt.block_on(store.commit_covering(n)),
+        Err(StoreError::Poisoned(_))
+    ));
+    failing.join().unwrap();
+    assert!(store.watermark.durable() < n, "nothing became durable");
+    assert_eq!(
+        store.flush_count(),
+        flushes,
+        "no flush of the committer's own"
+    );
+    rt.block_on(store.close());
+}
