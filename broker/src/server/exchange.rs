@@ -19,7 +19,7 @@ use tracing::warn;
 use super::access;
 use super::limits::{self, ConnectionGuard, Limit};
 use super::records::{control, fetch, receipt};
-use super::state::{storage_error, Shared};
+use super::state::{storage_error, task_failed, Shared};
 use super::submit::submit;
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::config::BrokerConfig;
@@ -375,10 +375,16 @@ async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
         Request::Fetch { max, wait_ms, skip } => fetch(shared, oin, max, wait_ms, &skip).await,
         Request::Receipt(rec) => receipt(&rec, shared, oin).await,
         Request::Control(rec) => control(&rec, shared, oin).await,
-        Request::Ack { up_to } => match shared.store.ack_notices(oin, up_to) {
-            Ok(_) => Response::Done,
-            Err(e) => storage_error(e),
-        },
+        Request::Ack { up_to } => {
+            // sled's writes wait while the writer thread's transaction runs: not on the
+            // async worker that drives the connections.
+            let (s, o) = (shared.clone(), oin.clone());
+            match tokio::task::spawn_blocking(move || s.store.ack_notices(&o, up_to)).await {
+                Ok(Ok(_)) => Response::Done,
+                Ok(Err(e)) => storage_error(e),
+                Err(e) => task_failed(&e),
+            }
+        }
         Request::GetDocuments => Response::Documents(shared.docs().raw.clone()),
         Request::AccessFacts(q) => access::facts(q, shared, oin).await,
         // Answered for FG certificates only (`exchange::request`); never reaches here.

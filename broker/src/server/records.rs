@@ -12,10 +12,10 @@ use ketenpost_core::effects::Effects;
 use ketenpost_core::transitions;
 use ketenpost_schemas::control::SignedRecord;
 use ketenpost_schemas::ids::Oin;
-use ketenpost_schemas::protocol::Response;
+use ketenpost_schemas::protocol::{Rejection, Response};
 use tracing::{error, info};
 
-use super::state::{storage_error, Shared};
+use super::state::{storage_error, task_failed, Shared};
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::store::{StoreError, TxResult, TxView};
 
@@ -32,11 +32,19 @@ pub(super) async fn fetch(
     let max = usize::from(max.clamp(1, shared.config.limits.max_fetch));
     let wait = Duration::from_millis(u64::from(wait_ms).min(30_000));
     let deadline = tokio::time::Instant::now() + wait;
-    let skip: std::collections::HashSet<u64> = skip.iter().copied().collect();
+    let skip: Arc<std::collections::HashSet<u64>> = Arc::new(skip.iter().copied().collect());
     loop {
         let notify = shared.waiter(oin);
         let notified = notify.notified();
-        match shared.store.fetch(oin, max, &skip) {
+        // The read runs on a blocking thread: every sled read waits while the writer
+        // thread's transaction runs, and an async worker that waits stalls every
+        // connection it drives.
+        let (s, o, k) = (shared.clone(), oin.clone(), skip.clone());
+        let read = match tokio::task::spawn_blocking(move || s.store.fetch(&o, max, &k)).await {
+            Ok(read) => read,
+            Err(e) => return task_failed(&e),
+        };
+        match read {
             Ok(crate::store::Fetched { items, first, mark }) => {
                 if !items.is_empty() {
                     // Deliver only what is durable: what was read here may come from a
@@ -144,18 +152,29 @@ pub(super) async fn transition<E: Send + 'static>(
 }
 
 pub(super) async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
-    let docs = shared.docs();
-    let env = docs.env(&shared.limits, shared.max_clock_skew());
-    let r = match checks::check_receipt(oin, rec, env, shared.now()) {
-        Ok(r) => r,
-        Err(rej) => {
+    // The check (a signature) and the digest (a sled read, which waits while the writer
+    // thread's transaction runs, and the body) run on a blocking thread, not on the async
+    // worker that drives the connections.
+    let (s, o, record) = (shared.clone(), oin.clone(), rec.clone());
+    let checked = tokio::task::spawn_blocking(move || {
+        let docs = s.docs();
+        let env = docs.env(&s.limits, s.max_clock_skew());
+        let r = checks::check_receipt(&o, &record, env, s.now())?;
+        // The body never changes, so the digest of the recipient's view is read before
+        // the transaction; everything that does change is read inside it.
+        let digest = s.store.view_digest(&r.message_id, &o);
+        Ok::<_, Rejection>((r, digest))
+    })
+    .await;
+    let (r, digest) = match checked {
+        Ok(Ok(checked)) => checked,
+        Ok(Err(rej)) => {
             shared.audit(AuditEntry::refused(AuditEvent::Receipt, rej.code.as_str()).actor(oin));
             return Response::Rejected(rej);
         }
+        Err(e) => return task_failed(&e),
     };
-    // The body never changes, so the digest of the recipient's view is read before the
-    // transaction; everything that does change is read inside it.
-    let digest = match shared.store.view_digest(&r.message_id, oin) {
+    let digest = match digest {
         Ok(d) => d,
         Err(e) => return storage_error(e),
     };

@@ -144,6 +144,16 @@ impl Registry for Live<'_> {
     }
 }
 
+/// The answer when a request's task (a blocking thread's share of it) panicked or was
+/// cancelled: nothing of it was done.
+pub(super) fn task_failed(e: &tokio::task::JoinError) -> Response {
+    error!(cause = %e, "a request's task failed");
+    Response::Rejected(Rejection::new(
+        RejectCode::Storage,
+        "the broker could not store this; nothing was accepted, try again",
+    ))
+}
+
 pub(super) fn storage_error(e: StoreError) -> Response {
     error!(cause = %e, "storage error");
     Response::Rejected(Rejection::new(

@@ -9,9 +9,9 @@ use ketenpost_core::deadlines::AnswerClock;
 use ketenpost_core::message::MessageMeta;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection, Response};
-use tracing::{debug, error, info};
+use tracing::{debug, info};
 
-use super::state::{storage_error, Shared};
+use super::state::{storage_error, task_failed, Shared};
 use crate::audit::{AuditEntry, AuditEvent, Outcome};
 use crate::store::{PendingAnswer, PutTicket, StoreError};
 
@@ -44,7 +44,7 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
     let (authorised, bytes, ticket, queued) = match begun {
         Ok(Ok(begun)) => begun,
         Ok(Err(response)) => return response,
-        Err(e) => return submit_task_failed(&e),
+        Err(e) => return task_failed(&e),
     };
     // The rest runs in its own task, so that it completes (the answer bookkeeping, the
     // recipients' wake-up) even when the connection goes.
@@ -70,7 +70,7 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
     let staged = match finish.await {
         Ok(Ok(staged)) => staged,
         Ok(Err(response)) => return response,
-        Err(e) => return submit_task_failed(&e),
+        Err(e) => return task_failed(&e),
     };
     drop(guard);
     debug!(kind = %staged.kind, recipients = staged.recipients.len(), flags = ?staged.flags, "message accepted");
@@ -106,14 +106,6 @@ fn stage_check(
             Err(Response::Rejected(r))
         }
     }
-}
-
-fn submit_task_failed(e: &tokio::task::JoinError) -> Response {
-    error!(cause = %e, "submit task failed");
-    Response::Rejected(Rejection::new(
-        RejectCode::Storage,
-        "the broker could not store this; nothing was accepted, try again",
-    ))
 }
 
 impl Staged {
