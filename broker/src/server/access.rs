@@ -29,11 +29,13 @@ pub(super) async fn facts(q: AccessQuery, shared: &Arc<Shared>, oin: &Oin) -> Re
     let cases = match rights::check_access(&q, oin, &shared.live()) {
         Ok(c) => c,
         Err(r) => {
-            shared.audit(
-                AuditEntry::refused(AuditEvent::AccessRequested, r.code.as_str())
-                    .actor(oin)
-                    .message_id(q.request_id),
-            );
+            shared
+                .audit_async(
+                    AuditEntry::refused(AuditEvent::AccessRequested, r.code.as_str())
+                        .actor(oin)
+                        .message_id(q.request_id),
+                )
+                .await;
             return Response::Rejected(r);
         }
     };

@@ -233,7 +233,9 @@ pub(super) async fn request(
                 format!("a request of type 0x{kind:02x} is over its limit of {limit} bytes"),
             );
             io.refuse_rest(1);
-            shared.audit(AuditEntry::refused(AuditEvent::Rejected, r.code.as_str()).actor(oin));
+            shared
+                .audit_async(AuditEntry::refused(AuditEvent::Rejected, r.code.as_str()).actor(oin))
+                .await;
             return answer(io, &Response::Rejected(r), shared).await;
         }
         Err(ReadError::Budget) => {
@@ -257,9 +259,12 @@ pub(super) async fn request(
                 "an FG certificate reads reports (FgRead) and nothing else",
             )),
             (Caller::Party, Request::FgRead(_)) => {
-                shared.audit(
-                    AuditEntry::refused(AuditEvent::AuditRead, "not_an_fg_certificate").actor(oin),
-                );
+                shared
+                    .audit_async(
+                        AuditEntry::refused(AuditEvent::AuditRead, "not_an_fg_certificate")
+                            .actor(oin),
+                    )
+                    .await;
                 Response::Rejected(Rejection::new(
                     RejectCode::NotPermitted,
                     "FG reports need an FG certificate the directory lists; this is a party's",

@@ -169,7 +169,9 @@ pub(super) async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
     let (r, digest) = match checked {
         Ok(Ok(checked)) => checked,
         Ok(Err(rej)) => {
-            shared.audit(AuditEntry::refused(AuditEvent::Receipt, rej.code.as_str()).actor(oin));
+            shared
+                .audit_async(AuditEntry::refused(AuditEvent::Receipt, rej.code.as_str()).actor(oin))
+                .await;
             return Response::Rejected(rej);
         }
         Err(e) => return task_failed(&e),
@@ -199,11 +201,13 @@ pub(super) async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
     match outcome {
         Ok(Ok(())) => Response::Done,
         Ok(Err(rej)) => {
-            shared.audit(
-                AuditEntry::refused(AuditEvent::Receipt, rej.code.as_str())
-                    .actor(oin)
-                    .message_id(id),
-            );
+            shared
+                .audit_async(
+                    AuditEntry::refused(AuditEvent::Receipt, rej.code.as_str())
+                        .actor(oin)
+                        .message_id(id),
+                )
+                .await;
             Response::Rejected(rej)
         }
         Err(e) => storage_error(e),
@@ -213,17 +217,29 @@ pub(super) async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
 pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
     let now = shared.now();
     let _guard = shared.registry_lock.write().await;
-    let store = &shared.store;
-    let order = |order: &uuid::Uuid, party: &Oin| match store.deletion(order, party) {
-        Ok(d) => Ok(d.map(|d| d.confirmed_at.is_some())),
-        Err(e) => {
-            error!(cause = %e, "cannot read a deletion order");
-            Err(ketenpost_core::registry::Unknown(e.to_string()))
-        }
-    };
+    // One set of documents for the check and the decision, whatever a reload does. The
+    // check (a signature, registry reads in sled) runs on a blocking thread, not on the
+    // async worker that drives the connections.
     let docs = shared.docs();
-    let env = docs.env(&shared.limits, shared.max_clock_skew());
-    let effect = match checks::check_control(oin, rec, env, store, order, now) {
+    let (s, o, record, documents) = (shared.clone(), oin.clone(), rec.clone(), docs.clone());
+    let checked = tokio::task::spawn_blocking(move || {
+        let store = &s.store;
+        let order = |order: &uuid::Uuid, party: &Oin| match store.deletion(order, party) {
+            Ok(d) => Ok(d.map(|d| d.confirmed_at.is_some())),
+            Err(e) => {
+                error!(cause = %e, "cannot read a deletion order");
+                Err(ketenpost_core::registry::Unknown(e.to_string()))
+            }
+        };
+        let env = documents.env(&s.limits, s.max_clock_skew());
+        checks::check_control(&o, &record, env, store, order, now)
+    })
+    .await;
+    let checked = match checked {
+        Ok(checked) => checked,
+        Err(e) => return task_failed(&e),
+    };
+    let effect = match checked {
         Ok(e) => e,
         Err(r) => {
             info!(code = %r.code, kind = %rec.kind, "control record refused");
@@ -237,11 +253,13 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
                 }
                 _ => AuditEvent::CaseOpened,
             };
-            shared.audit(
-                AuditEntry::refused(event, r.code.as_str())
-                    .actor(oin)
-                    .kind(rec.kind),
-            );
+            shared
+                .audit_async(
+                    AuditEntry::refused(event, r.code.as_str())
+                        .actor(oin)
+                        .kind(rec.kind),
+                )
+                .await;
             return Response::Rejected(r);
         }
     };

@@ -97,6 +97,16 @@ impl Shared {
         }
     }
 
+    /// [`Shared::audit`] from async code: the append (a sled write under the chain's
+    /// lock, both of which the writer thread holds while its round's transactions run)
+    /// runs on a blocking thread, never on an async worker.
+    pub(super) async fn audit_async(self: &Arc<Self>, entry: AuditEntry) {
+        let s = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || s.audit(entry)).await {
+            error!(cause = %e, "audit append task failed");
+        }
+    }
+
     /// Audit a party's refusal for a limit, once per episode.
     pub(super) fn over_limit(&self, party: &Oin, refused: Refused) {
         self.counters.limit(refused.limit.as_str());
