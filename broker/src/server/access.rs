@@ -17,7 +17,7 @@ use ketenpost_schemas::protocol::{RejectCode, Rejection, Response};
 use ketenpost_schemas::rights::{AccessFacts, AccessQuery, CaseFacts, DataFlow, Organisation};
 use tracing::{error, info};
 
-use super::state::Shared;
+use super::state::{task_failed, Shared};
 use crate::audit::{AuditEntry, AuditEvent, AuditRecord};
 use crate::report;
 use ketenpost_core::registry::Case;
@@ -26,34 +26,44 @@ use ketenpost_core::registry::Case;
 pub(super) async fn facts(q: AccessQuery, shared: &Arc<Shared>, oin: &Oin) -> Response {
     let docs = shared.docs();
     let now = shared.now();
-    let cases = match rights::check_access(&q, oin, &shared.live()) {
-        Ok(c) => c,
-        Err(r) => {
-            shared
-                .audit_async(
+    // The check (registry reads) and the records (sled writes under the chain's lock)
+    // run on a blocking thread: the writer thread holds both locks while its round runs.
+    let (s, o) = (shared.clone(), oin.clone());
+    let recorded = tokio::task::spawn_blocking(move || {
+        let cases = match rights::check_access(&q, &o, &s.live()) {
+            Ok(c) => c,
+            Err(r) => {
+                s.audit(
                     AuditEntry::refused(AuditEvent::AccessRequested, r.code.as_str())
-                        .actor(oin)
+                        .actor(&o)
                         .message_id(q.request_id),
-                )
-                .await;
-            return Response::Rejected(r);
+                );
+                return Err(Response::Rejected(r));
+            }
+        };
+        let due = rights::access_due(q.received_on);
+        for case in &cases {
+            let entry = match q.answered_at {
+                None => AuditEntry::ok(AuditEvent::AccessRequested).due_at(due),
+                Some(_) => AuditEntry::ok(AuditEvent::AccessAnswered),
+            }
+            .actor(&o)
+            .case_ref(&case.case_ref)
+            .purpose(&case.purpose)
+            .message_id(q.request_id);
+            if let Err(e) = s.audit.append(entry, now) {
+                error!(cause = %e, "cannot record an access request; nothing is answered");
+                return Err(storage());
+            }
         }
+        Ok((q, cases, due))
+    })
+    .await;
+    let (q, cases, due) = match recorded {
+        Ok(Ok(recorded)) => recorded,
+        Ok(Err(response)) => return response,
+        Err(e) => return task_failed(&e),
     };
-    let due = rights::access_due(q.received_on);
-    for case in &cases {
-        let entry = match q.answered_at {
-            None => AuditEntry::ok(AuditEvent::AccessRequested).due_at(due),
-            Some(_) => AuditEntry::ok(AuditEvent::AccessAnswered),
-        }
-        .actor(oin)
-        .case_ref(&case.case_ref)
-        .purpose(&case.purpose)
-        .message_id(q.request_id);
-        if let Err(e) = shared.audit.append(entry, now) {
-            error!(cause = %e, "cannot record an access request; nothing is answered");
-            return storage();
-        }
-    }
     if let Err(e) = shared.store.commit().await {
         error!(cause = %e, "cannot make an access request's records durable");
         return storage();

@@ -397,24 +397,35 @@ async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
             RejectCode::NotPermitted,
             "FG reports need an FG certificate the directory lists",
         )),
-        Request::GetCheckpoint => match shared.audit.latest_checkpoint() {
-            Ok(cp) => Response::Checkpoint(cp.map(|c| CheckpointWire {
-                seq: c.seq,
-                head_hash: c.head_hash.clone(),
-                time: c.time_text(),
-                signature: c.signature.clone(),
-            })),
-            Err(e) => Response::Error {
-                code: "audit".into(),
-                message: e.to_string(),
-            },
-        },
-        Request::ProveExtends { seq, hash } => match shared.audit.prove_extends(seq, &hash) {
-            Ok(b) => Response::Extends(b),
-            Err(e) => Response::Error {
-                code: "audit".into(),
-                message: e.to_string(),
-            },
-        },
+        // Reads of the trail in sled, on a blocking thread (as above).
+        Request::GetCheckpoint => {
+            let s = shared.clone();
+            match tokio::task::spawn_blocking(move || s.audit.latest_checkpoint()).await {
+                Ok(Ok(cp)) => Response::Checkpoint(cp.map(|c| CheckpointWire {
+                    seq: c.seq,
+                    head_hash: c.head_hash.clone(),
+                    time: c.time_text(),
+                    signature: c.signature.clone(),
+                })),
+                Ok(Err(e)) => audit_error(&e),
+                Err(e) => task_failed(&e),
+            }
+        }
+        Request::ProveExtends { seq, hash } => {
+            let s = shared.clone();
+            match tokio::task::spawn_blocking(move || s.audit.prove_extends(seq, &hash)).await {
+                Ok(Ok(b)) => Response::Extends(b),
+                Ok(Err(e)) => audit_error(&e),
+                Err(e) => task_failed(&e),
+            }
+        }
+    }
+}
+
+/// The answer when the audit trail could not be read.
+fn audit_error(e: &crate::audit::AuditError) -> Response {
+    Response::Error {
+        code: "audit".into(),
+        message: e.to_string(),
     }
 }
