@@ -312,10 +312,9 @@ impl AuditRecord {
     /// Fill in `hash` and return the record with its stored JSON (what
     /// `serde_json::to_vec` gives for the hashed record), serializing it once: the
     /// canonical bytes end in `"hash":""}` (`hash` is the last field), so the stored
-    /// JSON is those bytes with the hash put between the quotes. The record's `hash`
-    /// must be empty.
+    /// JSON is those bytes with the hash put between the quotes. Whatever `hash` held is
+    /// replaced.
     pub fn seal(mut self) -> Result<(AuditRecord, Vec<u8>), AuditError> {
-        debug_assert!(self.hash.is_empty(), "a record is sealed once");
         self.hash.clear();
         let mut bytes = serde_json::to_vec(&self).map_err(AuditError::Serialize)?;
         self.hash = hex::encode(Sha256::digest(&bytes));

@@ -177,7 +177,8 @@ fn a_trail_given_as_stored_entries_is_checked_against_its_checkpoints() {
 
 /// The stored JSON `ChainHead::next` gives (serialized once, the hash put in place) is
 /// byte for byte what serializing the sealed record gives, and the hash is the record's
-/// own, for records with none and with every optional field.
+/// own, for records with none and with every optional field; sealing again changes
+/// nothing.
 #[test]
 fn the_stored_json_of_a_record_is_its_serialization() {
     let bare = || AuditEntry::ok(AuditEvent::Checkpoint);
@@ -207,6 +208,9 @@ fn the_stored_json_of_a_record_is_its_serialization() {
             .unwrap();
         assert_eq!(bytes, serde_json::to_vec(&record).unwrap(), "record {i}");
         assert!(record.hash_is_valid().unwrap(), "record {i}");
+        // Sealing a sealed record replaces its hash with the same one.
+        let (again, again_bytes) = record.clone().seal().unwrap();
+        assert_eq!((&again, &again_bytes), (&record, &bytes), "record {i}");
         head.advance(&record);
     }
 }
