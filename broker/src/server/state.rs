@@ -155,7 +155,7 @@ impl Registry for Live<'_> {
 }
 
 /// The answer when a request's task (a blocking thread's share of it) panicked or was
-/// cancelled: nothing of it was done.
+/// cancelled: answered as a storage error, which tells the party to try again.
 pub(super) fn task_failed(e: &tokio::task::JoinError) -> Response {
     error!(cause = %e, "a request's task failed");
     Response::Rejected(Rejection::new(
