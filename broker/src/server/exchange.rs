@@ -378,8 +378,8 @@ async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
             response
         }
         Request::Fetch { max, wait_ms, skip } => fetch(shared, oin, max, wait_ms, &skip).await,
-        Request::Receipt(rec) => receipt(&rec, shared, oin).await,
-        Request::Control(rec) => control(&rec, shared, oin).await,
+        Request::Receipt(rec) => receipt(rec, shared, oin).await,
+        Request::Control(rec) => control(rec, shared, oin).await,
         Request::Ack { up_to } => {
             // sled's writes wait while the writer thread's transaction runs: not on the
             // async worker that drives the connections.

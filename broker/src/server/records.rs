@@ -151,22 +151,22 @@ pub(super) async fn transition<E: Send + 'static>(
     Ok(Ok(()))
 }
 
-pub(super) async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
+pub(super) async fn receipt(rec: SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
     // The check (a signature) and the digest (a sled read, which waits while the writer
     // thread's transaction runs, and the body) run on a blocking thread, not on the async
     // worker that drives the connections.
-    let (s, o, record) = (shared.clone(), oin.clone(), rec.clone());
+    let (s, o) = (shared.clone(), oin.clone());
     let checked = tokio::task::spawn_blocking(move || {
         let docs = s.docs();
         let env = docs.env(&s.limits, s.max_clock_skew());
-        let r = checks::check_receipt(&o, &record, env, s.now())?;
+        let r = checks::check_receipt(&o, &rec, env, s.now())?;
         // The body never changes, so the digest of the recipient's view is read before
         // the transaction; everything that does change is read inside it.
         let digest = s.store.view_digest(&r.message_id, &o);
-        Ok::<_, Rejection>((r, digest))
+        Ok::<_, Rejection>((r, digest, rec))
     })
     .await;
-    let (r, digest) = match checked {
+    let (r, digest, forwarded) = match checked {
         Ok(Ok(checked)) => checked,
         Ok(Err(rej)) => {
             shared
@@ -180,7 +180,7 @@ pub(super) async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
         Ok(d) => d,
         Err(e) => return storage_error(e),
     };
-    let (party, forwarded, id, now) = (oin.clone(), rec.clone(), r.message_id, shared.now());
+    let (party, id, now) = (oin.clone(), r.message_id, shared.now());
     let outcome = transition(
         shared,
         "receipt",
@@ -214,14 +214,15 @@ pub(super) async fn receipt(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
     }
 }
 
-pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
+pub(super) async fn control(rec: SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
     let now = shared.now();
     let _guard = shared.registry_lock.write().await;
     // One set of documents for the check and the decision, whatever a reload does. The
     // check (a signature, registry reads in sled) runs on a blocking thread, not on the
     // async worker that drives the connections.
     let docs = shared.docs();
-    let (s, o, record, documents) = (shared.clone(), oin.clone(), rec.clone(), docs.clone());
+    let kind = rec.kind;
+    let (s, o, documents) = (shared.clone(), oin.clone(), docs.clone());
     let checked = tokio::task::spawn_blocking(move || {
         let store = &s.store;
         let order = |order: &uuid::Uuid, party: &Oin| match store.deletion(order, party) {
@@ -232,7 +233,7 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
             }
         };
         let env = documents.env(&s.limits, s.max_clock_skew());
-        checks::check_control(&o, &record, env, store, order, now)
+        checks::check_control(&o, &rec, env, store, order, now)
     })
     .await;
     let checked = match checked {
@@ -242,8 +243,8 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
     let effect = match checked {
         Ok(e) => e,
         Err(r) => {
-            info!(code = %r.code, kind = %rec.kind, "control record refused");
-            let event = match rec.kind {
+            info!(code = %r.code, kind = %kind, "control record refused");
+            let event = match kind {
                 ketenpost_schemas::kind::Kind::Toestemming => AuditEvent::ConsentGranted,
                 ketenpost_schemas::kind::Kind::ToestemmingIntrekking => {
                     AuditEvent::ConsentWithdrawn
@@ -257,7 +258,7 @@ pub(super) async fn control(rec: &SignedRecord, shared: &Arc<Shared>, oin: &Oin)
                 .audit_async(
                     AuditEntry::refused(event, r.code.as_str())
                         .actor(oin)
-                        .kind(rec.kind),
+                        .kind(kind),
                 )
                 .await;
             return Response::Rejected(r);
