@@ -125,6 +125,7 @@ impl<'a> Context<'a> {
             limits,
             keys: None,
             max_clock_skew: checks::DEFAULT_CLOCK_SKEW,
+            signatures: &ketenpost_schemas::keys::Strict,
         }
     }
 }

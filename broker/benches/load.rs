@@ -442,6 +442,12 @@ impl BrokerProc {
         let last = |message: &str| text.lines().rev().find(|l| l.contains(message));
         Stopped {
             commits: last("broker stopped").and_then(|l| log_field(l, "group_commits")),
+            signatures: last("broker stopped").and_then(|l| {
+                Some((
+                    log_field(l, "signatures_alone")?,
+                    log_field(l, "signatures_batched")?,
+                ))
+            }),
             allocator: last(" memory allocated_mib=").and_then(|l| {
                 Some((
                     log_field(l, "allocated_mib")?,
@@ -456,6 +462,8 @@ impl BrokerProc {
 struct Stopped {
     /// Group commits over its run.
     commits: Option<u64>,
+    /// Header signatures verified one at a time, and in batches.
+    signatures: Option<(u64, u64)>,
     /// The allocator's view at the signal: (allocated, resident) MiB.
     allocator: Option<(u64, u64)>,
 }
@@ -1072,9 +1080,15 @@ async fn throughput(o: &Opts, sum: &mut Summary) {
     for c in &clients {
         c.close().await;
     }
-    let commits = broker.stop().commits;
+    let stopped = broker.stop();
+    let commits = stopped.commits;
     let rate = out.accepted as f64 / secs;
     let commits_text = commits.map_or("unknown".into(), |c| c.to_string());
+    if let Some((alone, batched)) = stopped.signatures {
+        sum.add(format!(
+            "throughput: header signatures verified one at a time {alone}, in batches {batched}"
+        ));
+    }
     sum.add(format!(
         "throughput: {} accepted of {} in {secs:.2} s = {rate:.0} accepted/s \
          ({} in flight, 4 connections, avg envelope {avg} B) [target >= 5000/s: {}]",
@@ -1818,7 +1832,13 @@ async fn e2e(o: &Opts, sum: &mut Summary) {
     for c in &clients {
         c.close().await;
     }
-    let commits = broker.stop().commits;
+    let stopped = broker.stop();
+    let commits = stopped.commits;
+    if let Some((alone, batched)) = stopped.signatures {
+        sum.add(format!(
+            "e2e: header signatures verified one at a time {alone}, in batches {batched}"
+        ));
+    }
     let (apparent, _) = disk_usage(&b.data());
     sum.add(format!(
         "e2e: after the run the recipient's queue holds {left} messages; data directory \

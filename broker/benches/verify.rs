@@ -66,7 +66,7 @@ fn main() {
         }
     });
     println!("verify_strict, one at a time:        {single:6.1} us per signature");
-    for n in [2, 16, 64] {
+    for n in [2, 4, 8, 16, 32, 64] {
         let batch = &all[..n];
         let mut seen = HashMap::new();
         let us = best_us(n, || {

@@ -34,7 +34,7 @@
 //! max_fetch = 256
 //! max_envelope_bytes = 16777216
 //! cache_mb = 16                        # sled page cache
-//! blocking_threads = 32                # threads for the checks and store writes
+//! blocking_threads = 32                # threads for fetches, receipts, control records
 //!
 //! [tcp]                                # optional: the same protocol over TLS 1.3 on TCP,
 //! listen = "0.0.0.0:4433"              # for partners whose network blocks UDP
@@ -169,8 +169,9 @@ pub struct LimitsConfig {
     /// small, so 16 costs no throughput and keeps a broker with a million queued
     /// messages under 200 MB (BENCHMARKS.md).
     pub cache_mb: u64,
-    /// Most threads running the checks and store writes of requests at once; more
-    /// requests wait their turn. Each thread costs memory (its stack, its allocator
+    /// Most threads running the blocking work of requests at once (fetches, receipts,
+    /// control records, access requests; submissions have the check stage's own
+    /// threads); more requests wait their turn. Each thread costs memory (its stack, its allocator
     /// cache), and two cores gain nothing from hundreds of them.
     pub blocking_threads: usize,
 }

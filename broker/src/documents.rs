@@ -16,7 +16,7 @@ use ketenpost_schemas::digest::sha256_hex;
 use ketenpost_schemas::directory::{self, Directory};
 use ketenpost_schemas::envelope::Limits;
 use ketenpost_schemas::ids::Oin;
-use ketenpost_schemas::keys::{self, VerifyingKey};
+use ketenpost_schemas::keys::{self, SignatureCheck, VerifyingKey};
 use ketenpost_schemas::policy::Policy;
 use ketenpost_schemas::protocol;
 use ketenpost_transport::revocation::Revocations;
@@ -210,14 +210,21 @@ pub enum Change {
 }
 
 impl Documents {
-    /// The decision environment over these documents.
-    pub fn env<'a>(&'a self, limits: &'a Limits, max_clock_skew: chrono::Duration) -> Env<'a> {
+    /// The decision environment over these documents, with header signatures checked by
+    /// `signatures`.
+    pub fn env<'a>(
+        &'a self,
+        limits: &'a Limits,
+        max_clock_skew: chrono::Duration,
+        signatures: &'a dyn SignatureCheck,
+    ) -> Env<'a> {
         Env {
             policy: &self.policy,
             directory: &self.directory,
             limits,
             keys: Some(&self.sender_keys),
             max_clock_skew,
+            signatures,
         }
     }
 

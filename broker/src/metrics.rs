@@ -26,6 +26,7 @@
 //! | `ketenpost_broker_audit_trail_intact` | gauge | 1 when the last verification of the audit trail found it intact, 0 when damaged (absent until the first) |
 //! | `ketenpost_broker_up` | gauge | 1 while serving, 0 once the store is poisoned |
 //! | `ketenpost_broker_documents_serial` | gauge | the directory serial of the federation documents in force |
+//! | `ketenpost_broker_signatures_verified_total{how}` | counter | header signatures verified by check 2: `alone` (`verify_strict`, one at a time), `batched` (with the other submissions checked at the same time, same verdict; see `verify::verify_many`) |
 //! | `ketenpost_broker_documents_refused_total` | counter | sets of changed federation documents refused (each distinct set once) |
 
 use std::collections::BTreeMap;
@@ -161,6 +162,8 @@ pub struct Counters {
     alert_passes: AtomicU64,
     documents_refused: AtomicU64,
     alerts_pending: AtomicU64,
+    signatures_alone: AtomicU64,
+    signatures_batched: AtomicU64,
     /// 0: not verified yet; 1: intact; 2: damaged.
     trail: AtomicU64,
 }
@@ -184,6 +187,24 @@ impl Counters {
     }
 
     /// An FG alert accepted by its receiver.
+    /// `n` header signatures verified by check 2, in one batch or one at a time.
+    pub fn signatures_verified(&self, n: usize, batched: bool) {
+        let counter = if batched {
+            &self.signatures_batched
+        } else {
+            &self.signatures_alone
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Header signatures verified so far: one at a time, and in batches.
+    pub fn signatures(&self) -> (u64, u64) {
+        (
+            self.signatures_alone.load(Ordering::Relaxed),
+            self.signatures_batched.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn alert_sent(&self) {
         self.alerts_sent.fetch_add(1, Ordering::Relaxed);
     }
@@ -369,6 +390,14 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
         "counter",
         "FG alerts accepted by their receivers.",
         counters.alerts_sent.load(Ordering::Relaxed),
+    );
+    let (alone, batched) = counters.signatures();
+    counter(
+        &mut out,
+        "ketenpost_broker_signatures_verified_total",
+        "Header signatures verified by check 2, one at a time (alone) or in a batch.",
+        "how",
+        BTreeMap::from([("alone", alone), ("batched", batched)]),
     );
     single(
         &mut out,

@@ -1,9 +1,10 @@
-//! Batch verification of ed25519 signatures with exactly `verify_strict`'s verdict, and
-//! why the broker does not use it yet (issue 16; measured with
+//! Batch verification of ed25519 signatures with exactly `verify_strict`'s verdict
+//! (issue 16; measured with
 //! `cargo bench -p ketenpost-broker --bench verify`).
 //!
-//! A submission's header signature is checked by the core (`core::checks`, check 2) with
-//! `keys::verify_any`: ed25519 `verify_strict`, one signature at a time. [`verify_all`]
+//! A submission's header signature is checked by the core (`core::checks`, check 2)
+//! through a `keys::SignatureCheck`: ed25519 `verify_strict`, one signature at a time,
+//! unless the caller verified it beforehand with others ([`Verdicts`]). [`verify_all`]
 //! verifies many signatures in one multi-scalar multiplication and says, for each, what
 //! `verify_strict` would say:
 //!
@@ -27,10 +28,9 @@
 //! 16 to 64 now costs 1.2-1.4 times less than `verify_strict` one at a time; a batch of
 //! two still costs more.
 //!
-//! Batching is not wired into the submit path yet: the core verifies each submission's
-//! signature in its own check, on its own blocking thread, and gathering concurrent
-//! submissions into one batch needs a hand-off between those threads. The benchmark
-//! keeps the numbers current.
+//! The broker's check stage (`server/submit.rs`, `CheckStage`) verifies the header
+//! signatures of the submissions it checks together with [`verify_many`]: in one batch
+//! from [`MIN_BATCH`] on, one at a time below. The benchmark keeps the numbers current.
 
 mod field;
 pub mod subgroup;
@@ -42,6 +42,7 @@ use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use ed25519_dalek::{Signature, VerifyingKey};
+use ketenpost_schemas::keys::SignatureCheck;
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha512};
 
@@ -173,6 +174,33 @@ fn strict(item: &Item) -> bool {
         .is_ok()
 }
 
+/// Fewest signatures [`verify_many`] verifies in one batch; fewer are verified one at a
+/// time (a batch of two costs more than two `verify_strict`s; see the benchmark).
+pub const MIN_BATCH: usize = 8;
+
+/// [`verify_all`] from [`MIN_BATCH`] items on, `verify_strict` one at a time below.
+pub fn verify_many(items: &[Item], keys_seen: &mut HashMap<[u8; 32], bool>) -> Vec<bool> {
+    if items.len() < MIN_BATCH {
+        items.iter().map(strict).collect()
+    } else {
+        verify_all(items, keys_seen)
+    }
+}
+
+/// Verdicts reached beforehand (by [`verify_many`]) for check 2 of one submission: the
+/// [`SignatureCheck`] its `check_claim` runs with. It answers only for exactly the key,
+/// bytes and signature it holds a verdict on, and `false` for anything else.
+#[derive(Debug, Default)]
+pub struct Verdicts(pub Vec<(Item, bool)>);
+
+impl SignatureCheck for Verdicts {
+    fn verifies(&self, key: &VerifyingKey, framed: &[u8], signature: &Signature) -> bool {
+        self.0.iter().any(|(it, ok)| {
+            *ok && it.key == *key && it.signature == *signature && it.message == framed
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +229,59 @@ mod tests {
             assert!(!torsion_free(&(p + t)));
             assert!(!(p + t).is_torsion_free());
         }
+    }
+
+    /// A signature with a torsion component in `R`: the cofactored equation holds,
+    /// `verify_strict`'s does not.
+    fn torsion_item() -> Item {
+        let k = generate_signing_key();
+        let message = b"torsion".to_vec();
+        let a = k.verifying_key();
+        let r_scalar = Scalar::from_bytes_mod_order([7u8; 32]);
+        let torsion = curve25519_dalek::constants::EIGHT_TORSION[1];
+        let r_point = ED25519_BASEPOINT_POINT * r_scalar + torsion;
+        let r_bytes = r_point.compress();
+        let mut h = Sha512::new();
+        h.update(r_bytes.as_bytes());
+        h.update(a.as_bytes());
+        h.update(&message);
+        let kk = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
+        let s = r_scalar + kk * k.to_scalar();
+        Item {
+            key: a,
+            message,
+            signature: Signature::from_components(r_bytes.to_bytes(), s.to_bytes()),
+        }
+    }
+
+    #[test]
+    fn verify_many_gives_verify_stricts_verdict_below_and_above_the_batch_size() {
+        for n in [5, MIN_BATCH - 1, MIN_BATCH, 40, MAX_BATCH + 9] {
+            let mut v = items(n);
+            v[1].message.push(b'!');
+            v[2].key = v[3].key;
+            v[4] = torsion_item();
+            let mut seen = HashMap::new();
+            let want: Vec<bool> = v.iter().map(strict).collect();
+            assert_eq!(want.iter().filter(|ok| !**ok).count(), 3);
+            assert_eq!(verify_many(&v, &mut seen), want, "{n} items");
+        }
+    }
+
+    #[test]
+    fn verdicts_answer_only_for_what_they_hold() {
+        let v = items(3);
+        let verdicts = Verdicts(vec![(v[0].clone(), true), (v[1].clone(), false)]);
+        let holds = |it: &Item| verdicts.verifies(&it.key, &it.message, &it.signature);
+        assert!(holds(&v[0]));
+        assert!(!holds(&v[1]), "a refused signature");
+        assert!(!holds(&v[2]), "a signature without a verdict");
+        let mut other = v[0].clone();
+        other.message.push(b'!');
+        assert!(!holds(&other), "other bytes under a verified signature");
+        other = v[0].clone();
+        other.key = v[2].key;
+        assert!(!holds(&other), "another key");
     }
 
     #[test]

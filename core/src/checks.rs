@@ -17,11 +17,12 @@ use ketenpost_schemas::control::{
     Toestemming, ToestemmingIntrekking,
 };
 use ketenpost_schemas::directory::Directory;
+use ketenpost_schemas::envelope::Claimed;
 use ketenpost_schemas::envelope::{
     AnswerRequest, Envelope, Header, LegalBasis, Limits, VerifiedEnvelope,
 };
 use ketenpost_schemas::ids::{CaseRef, Oin};
-use ketenpost_schemas::keys::VerifyingKey;
+use ketenpost_schemas::keys::{self, VerifyingKey};
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::policy::{phases, ConsentRule, Ground, Grounds, KindRule, Policy, Role};
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection};
@@ -47,6 +48,9 @@ pub struct Env<'a> {
     /// How far a header's `event_time` may lie ahead of `now` (the parties' clocks drift);
     /// a later one is refused as `malformed`. [`DEFAULT_CLOCK_SKEW`] unless configured.
     pub max_clock_skew: chrono::Duration,
+    /// How check 2 verifies the header signature: [`keys::Strict`] one at a time, or a
+    /// broker's batching verifier, with the same verdict.
+    pub signatures: &'a dyn keys::SignatureCheck,
 }
 
 /// The default for [`Env::max_clock_skew`]: five minutes.
@@ -255,7 +259,17 @@ pub fn check_message_facts(
         rejection,
         verified: None,
     })?;
-    match decide(verified.header(), &env, reg, now) {
+    finish(verified, &env, reg, now)
+}
+
+/// Checks 3-7 over an authenticated message, keeping its header when refused.
+fn finish(
+    verified: VerifiedEnvelope,
+    env: &Env<'_>,
+    reg: &impl Registry,
+    now: DateTime<Utc>,
+) -> Result<Authorised, Refusal> {
+    match decide(verified.header(), env, reg, now) {
         Ok(decision) => Ok(Authorised { verified, decision }),
         Err(rejection) => Err(Refusal {
             rejection,
@@ -277,13 +291,31 @@ struct Decision {
     breach: Option<Routing>,
 }
 
-/// Checks 1-2: the envelope decodes, the connection's party is the header's sender and
-/// an active party, and the header's signature verifies with its key.
-fn authenticate(
-    sub: Submitted<'_>,
-    env: &Env<'_>,
-    now: DateTime<Utc>,
-) -> Result<VerifiedEnvelope, Rejection> {
+/// A submission past check 1: it decodes, the connection's party is the header's sender
+/// and an active party. What check 2 must verify is in it ([`Claim::signed`]); a caller
+/// may verify many claims' signatures at once and then finish each with
+/// [`check_claim`], its verdicts given as `env.signatures`.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    envelope: Claimed,
+    keys: Vec<VerifyingKey>,
+}
+
+impl Claim {
+    /// The signature check 2 verifies: the header bytes framed as signed, the signature,
+    /// and the sender's keys valid now (any one of them must verify it).
+    pub fn signed(&self) -> (Vec<u8>, keys::Signature, &[VerifyingKey]) {
+        let (bytes, signature) = self.envelope.signed();
+        (
+            keys::framed(keys::Context::Header, bytes),
+            signature,
+            &self.keys,
+        )
+    }
+}
+
+/// Check 1 of a submission (see [`Claim`]).
+pub fn claim(sub: Submitted<'_>, env: &Env<'_>, now: DateTime<Utc>) -> Result<Claim, Rejection> {
     // 1. Transport identity = header sender; sender known and not revoked.
     let envelope = Envelope::decode(sub.bytes, env.limits).map_err(from_schema)?;
     let envelope = envelope.into_claimed().map_err(from_schema)?;
@@ -298,19 +330,47 @@ fn authenticate(
         ));
     }
     let sender = active_sender(env.directory, &claimed.sender)?;
-    let sender_keys = match env.keys.and_then(|k| k.get(&claimed.sender)) {
+    let keys = match env.keys.and_then(|k| k.get(&claimed.sender)) {
         Some(k) => k.valid_at(now),
         None => {
             sender.verifying_key().map_err(from_schema)?;
             sender.verifying_keys_at(now)
         }
     };
+    Ok(Claim { envelope, keys })
+}
 
-    // 2. Signature over the header bytes (with the sender's current key, or a previous
-    // one inside its rotation overlap); body digests; header structure.
-    envelope
-        .verify_any(env.limits, &sender_keys)
+/// Checks 2-7 of a claimed submission: [`check_message_facts`] after [`claim`].
+pub fn check_claim(
+    claim: Claim,
+    env: Env<'_>,
+    reg: &impl Registry,
+    now: DateTime<Utc>,
+) -> Result<Authorised, Refusal> {
+    let verified = verify_claim(claim, &env).map_err(|rejection| Refusal {
+        rejection,
+        verified: None,
+    })?;
+    finish(verified, &env, reg, now)
+}
+
+/// Check 2: the signature over the header bytes (with the sender's current key, or a
+/// previous one inside its rotation overlap); body digests; header structure.
+fn verify_claim(claim: Claim, env: &Env<'_>) -> Result<VerifiedEnvelope, Rejection> {
+    claim
+        .envelope
+        .verify_any_with(env.limits, &claim.keys, env.signatures)
         .map_err(from_schema)
+}
+
+/// Checks 1-2: the envelope decodes, the connection's party is the header's sender and
+/// an active party, and the header's signature verifies with its key.
+fn authenticate(
+    sub: Submitted<'_>,
+    env: &Env<'_>,
+    now: DateTime<Utc>,
+) -> Result<VerifiedEnvelope, Rejection> {
+    verify_claim(claim(sub, env, now)?, env)
 }
 
 /// Checks 3-7 over a verified header.

@@ -208,6 +208,7 @@ impl Fx {
             limits: &self.limits,
             keys: None,
             max_clock_skew: crate::checks::DEFAULT_CLOCK_SKEW,
+            signatures: &ketenpost_schemas::keys::Strict,
         }
     }
 

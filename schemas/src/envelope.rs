@@ -494,10 +494,19 @@ impl Claimed {
         &self.header
     }
 
+    /// The header bytes the signature covers (before framing, see `keys::framed`), and
+    /// the signature.
+    pub fn signed(&self) -> (&[u8], Signature) {
+        (
+            &self.envelope.header_bytes,
+            Signature::from_bytes(&self.envelope.signature),
+        )
+    }
+
     /// Check the header signature against `key` (the claimed sender's), the header's
     /// structure and every body digest.
     pub fn verify(self, limits: &Limits, key: &VerifyingKey) -> Result<VerifiedEnvelope, Error> {
-        self.verify_bodies(limits, std::slice::from_ref(key), None)
+        self.verify_bodies(limits, std::slice::from_ref(key), None, &keys::Strict)
     }
 
     /// [`Claimed::verify`] with any of the sender's valid keys (its current key and,
@@ -507,7 +516,18 @@ impl Claimed {
         limits: &Limits,
         keys: &[VerifyingKey],
     ) -> Result<VerifiedEnvelope, Error> {
-        self.verify_bodies(limits, keys, None)
+        self.verify_bodies(limits, keys, None, &keys::Strict)
+    }
+
+    /// [`Claimed::verify_any`] with the header signature checked by `check` (a broker's
+    /// batching verifier; the verdict is `verify_strict`'s either way).
+    pub fn verify_any_with(
+        self,
+        limits: &Limits,
+        keys: &[VerifyingKey],
+        check: &dyn keys::SignatureCheck,
+    ) -> Result<VerifiedEnvelope, Error> {
+        self.verify_bodies(limits, keys, None, check)
     }
 
     /// Verify a delivery to `me` ([`Envelope::delivery`]): the header signature and
@@ -520,7 +540,7 @@ impl Claimed {
         key: &VerifyingKey,
         me: &Oin,
     ) -> Result<VerifiedEnvelope, Error> {
-        self.verify_bodies(limits, std::slice::from_ref(key), Some(me))
+        self.verify_bodies(limits, std::slice::from_ref(key), Some(me), &keys::Strict)
     }
 
     /// [`Claimed::verify_delivery`] with any of the sender's valid keys.
@@ -530,7 +550,7 @@ impl Claimed {
         keys: &[VerifyingKey],
         me: &Oin,
     ) -> Result<VerifiedEnvelope, Error> {
-        self.verify_bodies(limits, keys, Some(me))
+        self.verify_bodies(limits, keys, Some(me), &keys::Strict)
     }
 
     /// The signature and structure; then every body's digest (`me` is `None`), or only
@@ -540,10 +560,12 @@ impl Claimed {
         limits: &Limits,
         keys: &[VerifyingKey],
         me: Option<&Oin>,
+        check: &dyn keys::SignatureCheck,
     ) -> Result<VerifiedEnvelope, Error> {
         let Claimed { header, envelope } = self;
         let sig = Signature::from_bytes(&envelope.signature);
-        keys::verify_any(
+        keys::verify_any_with(
+            check,
             keys,
             Context::Header,
             &envelope.header_bytes,

@@ -85,11 +85,38 @@ pub fn verify_any(
     signature: &Signature,
     what: &'static str,
 ) -> Result<(), Error> {
+    verify_any_with(&Strict, keys, context, bytes, signature, what)
+}
+
+/// How a signature is checked. Whatever the way, the verdict is `verify_strict`'s: a
+/// broker may verify concurrent signatures in one batch, never more leniently.
+pub trait SignatureCheck: Sync + std::fmt::Debug {
+    /// Whether `signature` over the framed bytes `framed` verifies with `key`, as
+    /// `verify_strict` says.
+    fn verifies(&self, key: &VerifyingKey, framed: &[u8], signature: &Signature) -> bool;
+}
+
+/// `verify_strict`, one signature at a time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Strict;
+
+impl SignatureCheck for Strict {
+    fn verifies(&self, key: &VerifyingKey, framed: &[u8], signature: &Signature) -> bool {
+        key.verify_strict(framed, signature).is_ok()
+    }
+}
+
+/// [`verify_any`] with the signatures checked by `check`.
+pub fn verify_any_with(
+    check: &dyn SignatureCheck,
+    keys: &[VerifyingKey],
+    context: Context,
+    bytes: &[u8],
+    signature: &Signature,
+    what: &'static str,
+) -> Result<(), Error> {
     let framed = framed(context, bytes);
-    if keys
-        .iter()
-        .any(|k| k.verify_strict(&framed, signature).is_ok())
-    {
+    if keys.iter().any(|k| check.verifies(k, &framed, signature)) {
         Ok(())
     } else {
         Err(Error::BadSignature(what))

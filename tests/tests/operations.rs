@@ -205,6 +205,21 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     assert!(value(&samples, "ketenpost_broker_fsync_seconds_count", None).unwrap() >= 1.0);
     // One accepted message: its body was synced at least once.
     assert!(value(&samples, "ketenpost_broker_spool_fsync_seconds_count", None).unwrap() >= 1.0);
+    // Both submissions' header signatures went through check 2's verifier (the replay
+    // is refused at check 3), each on its own or in a batch.
+    let verified = |how| {
+        value(
+            &samples,
+            "ketenpost_broker_signatures_verified_total",
+            Some(("how", how)),
+        )
+    };
+    assert_eq!(
+        verified("alone")
+            .zip(verified("batched"))
+            .map(|(a, b)| a + b),
+        Some(2.0)
+    );
     // Both submissions were timed; only the accepted one wrote.
     assert_eq!(
         value(&samples, "ketenpost_broker_submit_seconds_count", None),

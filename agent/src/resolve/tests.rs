@@ -257,6 +257,7 @@ impl World {
             limits: &Limits::default(),
             keys: None,
             max_clock_skew: ketenpost_core::checks::DEFAULT_CLOCK_SKEW,
+            signatures: &ketenpost_schemas::keys::Strict,
         };
         ketenpost_core::checks::check_control(
             &self.oins[signer],
@@ -360,6 +361,7 @@ impl World {
                 limits: &Limits::default(),
                 keys: None,
                 max_clock_skew: ketenpost_core::checks::DEFAULT_CLOCK_SKEW,
+                signatures: &ketenpost_schemas::keys::Strict,
             },
             &reg,
             Utc::now(),

@@ -218,7 +218,9 @@ impl Broker {
             admission,
             counters: crate::metrics::Counters::default(),
             ready: std::sync::atomic::AtomicBool::new(true),
+            checks: submit::CheckStage::default(),
         });
+        submit::CheckStage::start(&shared).context("cannot start the check threads")?;
         shared.audit(AuditEntry::ok(AuditEvent::BrokerStarted));
         {
             let docs = shared.docs();
@@ -483,6 +485,8 @@ async fn serve(
     }
     endpoint.close(0u32.into(), b"broker shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let s = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || s.checks.stop()).await;
     if shared.store.poison().check().is_ok() {
         shared.audit(AuditEntry::ok(AuditEvent::BrokerStopped));
         make_checkpoint(&shared).await;
@@ -490,7 +494,11 @@ async fn serve(
             error!(cause = %e, "final flush failed");
         }
     }
-    info!(group_commits = shared.store.flush_count(), "broker stopped");
+    let (signatures_alone, signatures_batched) = shared.counters.signatures();
+    info!(
+        group_commits = shared.store.flush_count(),
+        signatures_alone, signatures_batched, "broker stopped"
+    );
 }
 
 /// Read the federation files again and put a newer valid set in force; see

@@ -12,6 +12,7 @@ use ketenpost_core::effects::Effects;
 use ketenpost_core::transitions;
 use ketenpost_schemas::control::SignedRecord;
 use ketenpost_schemas::ids::Oin;
+use ketenpost_schemas::keys;
 use ketenpost_schemas::protocol::{Rejection, Response};
 use tracing::{error, info};
 
@@ -158,7 +159,7 @@ pub(super) async fn receipt(rec: SignedRecord, shared: &Arc<Shared>, oin: &Oin) 
     let (s, o) = (shared.clone(), oin.clone());
     let checked = tokio::task::spawn_blocking(move || {
         let docs = s.docs();
-        let env = docs.env(&s.limits, s.max_clock_skew());
+        let env = docs.env(&s.limits, s.max_clock_skew(), &keys::Strict);
         let r = checks::check_receipt(&o, &rec, env, s.now())?;
         // The body never changes, so the digest of the recipient's view is read before
         // the transaction; everything that does change is read inside it.
@@ -232,7 +233,7 @@ pub(super) async fn control(rec: SignedRecord, shared: &Arc<Shared>, oin: &Oin) 
                 Err(ketenpost_core::registry::Unknown(e.to_string()))
             }
         };
-        let env = documents.env(&s.limits, s.max_clock_skew());
+        let env = documents.env(&s.limits, s.max_clock_skew(), &keys::Strict);
         checks::check_control(&o, &rec, env, store, order, now)
     })
     .await;

@@ -53,6 +53,8 @@ pub(super) struct Shared {
     pub(super) counters: crate::metrics::Counters,
     /// False once the broker is shutting down (`/readyz`).
     pub(super) ready: std::sync::atomic::AtomicBool,
+    /// The threads that check submissions, their signatures in batches.
+    pub(super) checks: super::submit::CheckStage,
 }
 
 impl Shared {
@@ -156,8 +158,8 @@ impl Registry for Live<'_> {
 
 /// The answer when a request's task (a blocking thread's share of it) panicked or was
 /// cancelled: answered as a storage error, which tells the party to try again.
-pub(super) fn task_failed(e: &tokio::task::JoinError) -> Response {
-    error!(cause = %e, "a request's task failed");
+pub(super) fn task_failed(cause: &dyn std::fmt::Display) -> Response {
+    error!(%cause, "a request's task failed");
     Response::Rejected(Rejection::new(
         RejectCode::Storage,
         "the broker could not store this; nothing was accepted, try again",
