@@ -17,9 +17,8 @@ use ketenpost_schemas::control::{
     Toestemming, ToestemmingIntrekking,
 };
 use ketenpost_schemas::directory::Directory;
-use ketenpost_schemas::envelope::Claimed;
 use ketenpost_schemas::envelope::{
-    AnswerRequest, Envelope, Header, LegalBasis, Limits, VerifiedEnvelope,
+    AnswerRequest, Claimed, Envelope, Header, LegalBasis, Limits, VerifiedEnvelope,
 };
 use ketenpost_schemas::ids::{CaseRef, Oin};
 use ketenpost_schemas::keys::{self, VerifyingKey};

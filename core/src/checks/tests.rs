@@ -65,6 +65,75 @@ fn check_2_signature_and_digests() {
     );
 }
 
+/// A signature check that says what it is told: a broker's verdicts reached beforehand.
+#[derive(Debug)]
+struct Says(bool);
+
+impl keys::SignatureCheck for Says {
+    fn verifies(&self, _: &VerifyingKey, _: &[u8], _: &keys::Signature) -> bool {
+        self.0
+    }
+}
+
+#[test]
+fn check_1_alone_then_checks_2_to_7_with_the_callers_verdict() {
+    let fx = Fx::new();
+    let bytes = fx.seal(&fx.corp, fx.signaal());
+    let sub = Submitted {
+        transport: &fx.corp.oin,
+        bytes: &bytes,
+    };
+    let c = claim(sub, &fx.env(), fx.now).unwrap();
+    // What check 2 is to verify: the framed header under the sender's key.
+    let (framed, signature, keys) = c.signed();
+    assert!(keys
+        .iter()
+        .any(|k| k.verify_strict(&framed, &signature).is_ok()));
+    // With `verify_strict`, the outcome of check_message.
+    let ok = check_claim(c.clone(), fx.env(), &fx.reg, fx.now).unwrap();
+    let whole = fx.check_as(&fx.corp, &bytes).unwrap();
+    assert_eq!(ok.header(), whole.header());
+    assert_eq!(ok.recipients(), whole.recipients());
+    // A verdict that refuses is check 2's refusal, and nothing of the header counts as
+    // verified.
+    let env = Env {
+        signatures: &Says(false),
+        ..fx.env()
+    };
+    let r = check_claim(c.clone(), env, &fx.reg, fx.now).unwrap_err();
+    assert_eq!(
+        (r.rejection.code, r.rejection.check),
+        (RejectCode::BadSignature, 2)
+    );
+    assert!(r.verified.is_none());
+    // A verdict that accepts does not excuse the body digests.
+    let mut t = bytes.clone();
+    let n = t.len();
+    t[n - 3] ^= 0x40;
+    let tampered = claim(
+        Submitted {
+            transport: &fx.corp.oin,
+            bytes: &t,
+        },
+        &fx.env(),
+        fx.now,
+    )
+    .unwrap();
+    let env = Env {
+        signatures: &Says(true),
+        ..fx.env()
+    };
+    let r = check_claim(tampered, env, &fx.reg, fx.now).unwrap_err();
+    assert_eq!(r.rejection.code, RejectCode::DigestMismatch);
+    // Check 1's refusals come from claim itself.
+    let other = Submitted {
+        transport: &fx.corp2.oin,
+        bytes: &bytes,
+    };
+    let r = claim(other, &fx.env(), fx.now).unwrap_err();
+    assert_eq!((r.code, r.check), (RejectCode::TransportIdentity, 1));
+}
+
 #[test]
 fn check_3_replay() {
     let mut fx = Fx::new();
