@@ -306,30 +306,9 @@ mod tests {
 
     #[test]
     fn a_signature_with_a_torsion_component_is_refused_as_verify_strict_does() {
-        // R + T for a point T of order 8: the cofactored equation holds, verify_strict's
-        // does not. The batch must not vouch for it.
-        let k = generate_signing_key();
-        let message = b"torsion".to_vec();
-        let a = k.verifying_key();
-        // Sign by hand with a nonce point that carries a torsion component.
-        let r_scalar = Scalar::from_bytes_mod_order([7u8; 32]);
-        let torsion = curve25519_dalek::constants::EIGHT_TORSION[1];
-        let r_point = ED25519_BASEPOINT_POINT * r_scalar + torsion;
-        let r_bytes = r_point.compress();
-        let mut h = Sha512::new();
-        h.update(r_bytes.as_bytes());
-        h.update(a.as_bytes());
-        h.update(&message);
-        let kk = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
-        let secret = k.to_scalar();
-        let s = r_scalar + kk * secret;
-        let signature = Signature::from_components(r_bytes.to_bytes(), s.to_bytes());
-        let bad = Item {
-            key: a,
-            message,
-            signature,
-        };
-        assert!(a.verify_strict(&bad.message, &bad.signature).is_err());
+        // R + T for a point T of order 8: the batch must not vouch for it.
+        let bad = torsion_item();
+        assert!(!strict(&bad));
         let mut v = items(8);
         v.push(bad);
         let mut seen = HashMap::new();
