@@ -319,8 +319,11 @@ impl Broker {
         if let Err(e) = self.task.await {
             error!(cause = %e, "broker task ended abnormally");
         }
-        // Every task is gone; close the store so the database lock is released when the
-        // last handle drops, here.
+        // The check stage too (the serve task stops it; this covers a task that ended
+        // abnormally). Every task is gone; close the store so the database lock is
+        // released when the last handle drops, here.
+        let s = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || s.checks.stop()).await;
         self.shared.store.close().await;
         let mut shared = self.shared;
         for _ in 0..100 {

@@ -2,7 +2,7 @@
 //! answer clock (the store's writer thread), the answer bookkeeping, the answer.
 
 use std::collections::HashMap;
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, Weak};
 
 use chrono::{DateTime, Utc};
 use ketenpost_core::checks::{self, Authorised, Submitted};
@@ -130,7 +130,9 @@ impl CheckStage {
         let rx = Arc::new(Mutex::new(rx));
         let mut threads = Vec::with_capacity(CHECK_THREADS);
         for i in 0..CHECK_THREADS {
-            let (s, rx) = (shared.clone(), rx.clone());
+            // A weak handle: the stage's sender lives in `Shared`, so a strong one would
+            // keep both alive for ever should the broker be dropped without `stop`.
+            let (s, rx) = (Arc::downgrade(shared), rx.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ketenpost-check-{i}"))
@@ -160,7 +162,7 @@ impl CheckStage {
     }
 }
 
-fn check_loop(shared: &Arc<Shared>, rx: &Mutex<mpsc::Receiver<Job>>) {
+fn check_loop(shared: &Weak<Shared>, rx: &Mutex<mpsc::Receiver<Job>>) {
     // Whether a key may be vouched for by a batch, learnt once per key.
     let mut keys_seen = HashMap::new();
     loop {
@@ -178,9 +180,12 @@ fn check_loop(shared: &Arc<Shared>, rx: &Mutex<mpsc::Receiver<Job>>) {
             }
             jobs
         };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         // A panic answers the batch's remaining submissions with a storage error (their
         // reply channels close) and leaves the thread serving.
-        let run = std::panic::AssertUnwindSafe(|| check_batch(shared, jobs, &mut keys_seen));
+        let run = std::panic::AssertUnwindSafe(|| check_batch(&shared, jobs, &mut keys_seen));
         if std::panic::catch_unwind(run).is_err() {
             error!(
                 "a batch of checks panicked; its submissions were answered with a storage error"
