@@ -129,15 +129,10 @@ impl Fe {
     /// (2 is not a square modulo p, so exactly one of the two exists for a non-zero
     /// element). The flag says which: `true` for a root of `self`.
     pub fn sqrt_or_twice(self) -> (Fe, bool) {
-        self.sqrt_or_twice_from(pow_p58(self))
-    }
-
-    /// [`Fe::sqrt_or_twice`], given `p58 = self^((p − 5)/8)`.
-    pub fn sqrt_or_twice_from(self, p58: Fe) -> (Fe, bool) {
         let c = constants();
         // b = self^((p + 3) / 8); b² = self · self^((p − 1) / 4), and that last power is
         // 1 or −1 for a square, i or −i otherwise.
-        let b = p58.mul(self);
+        let b = pow_p58(self).mul(self);
         let b2 = b.square();
         if b2.equals(self) {
             (b, true)
@@ -154,27 +149,14 @@ impl Fe {
 
     /// `self^((p − 1) / 4)`: 1 exactly when `self` is a non-zero fourth power.
     pub fn quartic_character(self) -> Fe {
-        self.quartic_character_from(pow_p58(self))
+        pow_p58(self).square().mul(self)
     }
 
-    /// [`Fe::quartic_character`], given `p58 = self^((p − 5)/8)`.
-    pub fn quartic_character_from(self, p58: Fe) -> Fe {
-        p58.square().mul(self)
-    }
-
-    /// What [`Fe::sqrt_ratio`] raises to `(p − 5)/8`: `u·v⁷`.
-    pub fn ratio_base(u: Fe, v: Fe) -> Fe {
-        u.mul(v.square().mul(v).square().mul(v))
-    }
-
-    /// `√(u/v)` when `u/v` is a square (with `v` not zero), with one exponentiation.
+    /// `√(u/v)` when `u/v` is a square (with `v` not zero), with one exponentiation:
+    /// `x = u·v³·(u·v⁷)^((p − 5)/8)`, then `x` or `x·√−1` if either squares to `u/v`.
     pub fn sqrt_ratio(u: Fe, v: Fe) -> Option<Fe> {
-        Fe::sqrt_ratio_from(u, v, pow_p58(Fe::ratio_base(u, v)))
-    }
-
-    /// [`Fe::sqrt_ratio`], given `p58 = (u·v⁷)^((p − 5)/8)`.
-    pub fn sqrt_ratio_from(u: Fe, v: Fe, p58: Fe) -> Option<Fe> {
-        let x = u.mul(v.square().mul(v)).mul(p58);
+        let v3 = v.square().mul(v);
+        let x = u.mul(v3).mul(pow_p58(u.mul(v3.square().mul(v))));
         let vx2 = v.mul(x.square());
         if vx2.equals(u) {
             Some(x)
