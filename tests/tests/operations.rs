@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use ketenpost_schemas::protocol::{Request, Response};
+use ketenpost_schemas::protocol::{RejectCode, Request, Response};
 use ketenpost_schemas::testdata::TEST_POLICY;
 use ketenpost_tests::agents::AgentProcess;
 use ketenpost_tests::{case_with_consent, signaal, BrokerProcess, Fed, REQUEST_TIMEOUT};
@@ -242,6 +242,90 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
         c.close().await;
     }
     assert!(broker.terminate().unwrap().success());
+}
+
+/// Submissions that arrive together are checked together, their header signatures
+/// verified in one batch when there are enough. Each gets its own verdict whichever way:
+/// the tampered ones are refused at check 2, every other one is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_each_get_their_own_signature_verdict() {
+    let fed = Fed::new(TEST_POLICY, None).unwrap();
+    let (gem, corp, zorg) = (
+        fed.keys(0).unwrap(),
+        fed.keys(1).unwrap(),
+        fed.keys(2).unwrap(),
+    );
+    let broker = BrokerProcess::start_with(
+        &fed,
+        &fed.path("data"),
+        "127.0.0.1:0".parse().unwrap(),
+        &["--metrics", "127.0.0.1:0"],
+        &[],
+    )
+    .unwrap();
+    let (gc, cc, zc) = (
+        gem.connect(broker.addr).await.unwrap(),
+        corp.connect(broker.addr).await.unwrap(),
+        zorg.connect(broker.addr).await.unwrap(),
+    );
+    let (case, consent) = case_with_consent(
+        "test",
+        "uitstroom",
+        (&gem, &gc, "gemeente"),
+        &[
+            (&zorg.oin, "zorgaanbieder"),
+            (&corp.oin, "woningcorporatie"),
+        ],
+        (&zorg, &zc),
+        &["gemeente", "zorgaanbieder", "woningcorporatie"],
+    )
+    .await
+    .unwrap();
+    let cc = std::sync::Arc::new(cc);
+    let mut submissions = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let draft = signaal(&case, consent, &[(&zorg.oin, "zorgaanbieder")]).unwrap();
+        let mut bytes = fed.seal(&corp, draft).unwrap();
+        // One in seven with a flipped bit in its header signature.
+        let tampered = i % 7 == 3;
+        if tampered {
+            let hlen = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+            bytes[8 + hlen + 3] ^= 0x40;
+        }
+        let cc = cc.clone();
+        submissions.spawn(async move {
+            let answer = cc.request(&Request::Submit(bytes), REQUEST_TIMEOUT).await;
+            (tampered, answer.unwrap())
+        });
+    }
+    let mut refused = 0;
+    while let Some(joined) = submissions.join_next().await {
+        match joined.unwrap() {
+            (false, Response::Accepted { .. }) => {}
+            (true, Response::Rejected(r)) => {
+                assert_eq!((r.code, r.check), (RejectCode::BadSignature, 2));
+                refused += 1;
+            }
+            (tampered, answer) => panic!("tampered {tampered}: {answer:?}"),
+        }
+    }
+    assert_eq!(refused, 7);
+    // All 48 went through check 2's signature verification, alone or in a batch.
+    let m = broker.metrics.expect("metrics are on");
+    let samples = parse_prometheus(&get(m, "/metrics").1);
+    let verified = |how| {
+        value(
+            &samples,
+            "ketenpost_broker_signatures_verified_total",
+            Some(("how", how)),
+        )
+    };
+    assert_eq!(
+        verified("alone")
+            .zip(verified("batched"))
+            .map(|(a, b)| a + b),
+        Some(48.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
