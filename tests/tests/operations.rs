@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use ketenpost_schemas::protocol::{RejectCode, Request, Response};
 use ketenpost_schemas::testdata::TEST_POLICY;
 use ketenpost_tests::agents::AgentProcess;
-use ketenpost_tests::{case_with_consent, signaal, BrokerProcess, Fed, REQUEST_TIMEOUT};
+use ketenpost_tests::{case_with_consent, signaal, BrokerProcess, Fed, Trio, REQUEST_TIMEOUT};
 
 /// A plain HTTP/1.1 GET; the status code and the body.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -92,6 +92,18 @@ fn value(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> Option<
             n == name && label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v))
         })
         .map(|(_, _, v)| *v)
+}
+
+/// Header signatures check 2 verified, alone and in batches together.
+fn signatures_verified(samples: &[Sample]) -> Option<f64> {
+    let verified = |how| {
+        value(
+            samples,
+            "ketenpost_broker_signatures_verified_total",
+            Some(("how", how)),
+        )
+    };
+    Some(verified("alone")? + verified("batched")?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,19 +219,7 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     assert!(value(&samples, "ketenpost_broker_spool_fsync_seconds_count", None).unwrap() >= 1.0);
     // Both submissions' header signatures went through check 2's verifier (the replay
     // is refused at check 3), each on its own or in a batch.
-    let verified = |how| {
-        value(
-            &samples,
-            "ketenpost_broker_signatures_verified_total",
-            Some(("how", how)),
-        )
-    };
-    assert_eq!(
-        verified("alone")
-            .zip(verified("batched"))
-            .map(|(a, b)| a + b),
-        Some(2.0)
-    );
+    assert_eq!(signatures_verified(&samples), Some(2.0));
     // Both submissions were timed; only the accepted one wrote.
     assert_eq!(
         value(&samples, "ketenpost_broker_submit_seconds_count", None),
@@ -250,11 +250,6 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submissions_each_get_their_own_signature_verdict() {
     let fed = Fed::new(TEST_POLICY, None).unwrap();
-    let (gem, corp, zorg) = (
-        fed.keys(0).unwrap(),
-        fed.keys(1).unwrap(),
-        fed.keys(2).unwrap(),
-    );
     let broker = BrokerProcess::start_with(
         &fed,
         &fed.path("data"),
@@ -263,35 +258,28 @@ async fn concurrent_submissions_each_get_their_own_signature_verdict() {
         &[],
     )
     .unwrap();
-    let (gc, cc, zc) = (
-        gem.connect(broker.addr).await.unwrap(),
-        corp.connect(broker.addr).await.unwrap(),
-        zorg.connect(broker.addr).await.unwrap(),
-    );
-    let (case, consent) = case_with_consent(
-        "test",
-        "uitstroom",
-        (&gem, &gc, "gemeente"),
-        &[
-            (&zorg.oin, "zorgaanbieder"),
-            (&corp.oin, "woningcorporatie"),
-        ],
-        (&zorg, &zc),
+    let trio = Trio::start(
+        &fed,
+        broker.addr,
         &["gemeente", "zorgaanbieder", "woningcorporatie"],
     )
     .await
     .unwrap();
-    let cc = std::sync::Arc::new(cc);
+    // One in seven with a flipped bit in its header signature.
+    let sealed: Vec<(bool, Vec<u8>)> = (0..48)
+        .map(|i| {
+            let mut bytes = trio.signal(&fed).unwrap();
+            let tampered = i % 7 == 3;
+            if tampered {
+                let hlen = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+                bytes[8 + hlen + 3] ^= 0x40;
+            }
+            (tampered, bytes)
+        })
+        .collect();
+    let cc = std::sync::Arc::new(trio.cc);
     let mut submissions = tokio::task::JoinSet::new();
-    for i in 0..48 {
-        let draft = signaal(&case, consent, &[(&zorg.oin, "zorgaanbieder")]).unwrap();
-        let mut bytes = fed.seal(&corp, draft).unwrap();
-        // One in seven with a flipped bit in its header signature.
-        let tampered = i % 7 == 3;
-        if tampered {
-            let hlen = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-            bytes[8 + hlen + 3] ^= 0x40;
-        }
+    for (tampered, bytes) in sealed {
         let cc = cc.clone();
         submissions.spawn(async move {
             let answer = cc.request(&Request::Submit(bytes), REQUEST_TIMEOUT).await;
@@ -313,19 +301,7 @@ async fn concurrent_submissions_each_get_their_own_signature_verdict() {
     // All 48 went through check 2's signature verification, alone or in a batch.
     let m = broker.metrics.expect("metrics are on");
     let samples = parse_prometheus(&get(m, "/metrics").1);
-    let verified = |how| {
-        value(
-            &samples,
-            "ketenpost_broker_signatures_verified_total",
-            Some(("how", how)),
-        )
-    };
-    assert_eq!(
-        verified("alone")
-            .zip(verified("batched"))
-            .map(|(a, b)| a + b),
-        Some(48.0)
-    );
+    assert_eq!(signatures_verified(&samples), Some(48.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
