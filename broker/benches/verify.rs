@@ -1,6 +1,7 @@
 //! Micro-benchmark of header signature verification: per signature, `verify_strict` one at
 //! a time against the broker's batch verification ([`ketenpost_broker::verify::verify_all`])
-//! in batches of 16 and 64, and what a failing batch costs.
+//! in batches of 2 to 64, what a failing batch costs, and what it costs once the key it
+//! failed under is suspect.
 //!
 //! ```text
 //! cargo bench -p ketenpost-broker --bench verify
@@ -12,10 +13,9 @@
 //! disturbed). Without `--bench` on the command line it does nothing.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use ketenpost_broker::verify::{verify_all, Item};
+use ketenpost_broker::verify::{verify_all, Item, KeyMemory};
 use ketenpost_schemas::keys::{self, Context};
 
 fn items(n: usize) -> Vec<Item> {
@@ -68,26 +68,41 @@ fn main() {
     println!("verify_strict, one at a time:        {single:6.1} us per signature");
     for n in [2, 4, 8, 16, 32, 64] {
         let batch = &all[..n];
-        let mut seen = HashMap::new();
+        let mut memory = KeyMemory::default();
         let us = best_us(n, || {
-            assert!(verify_all(batch, &mut seen).iter().all(|ok| *ok));
+            assert!(verify_all(batch, &mut memory).verdicts.iter().all(|ok| *ok));
         });
         println!(
             "batch of {n:2}:                        {us:6.1} us per signature ({:.2}x)",
             single / us
         );
     }
-    let mut bad = all.clone();
-    bad[17].message.push(b'!');
-    let mut seen = HashMap::new();
-    let us = best_us(bad.len(), || {
-        let ok = verify_all(&bad, &mut seen);
-        assert_eq!(ok.iter().filter(|ok| !**ok).count(), 1);
-    });
-    println!(
-        "batch of 64 with one bad signature:  {us:6.1} us per signature (the batch, then each \
-         on its own)"
-    );
+    for n in [16, 64] {
+        let mut bad = all[..n].to_vec();
+        bad[n / 2].message.push(b'!');
+        // A memory that forgets at once: every round the batch fails and each signature is
+        // verified again on its own (a key's first failure).
+        let mut forgetful = KeyMemory::new(Duration::ZERO);
+        let us = best_us(bad.len(), || {
+            let got = verify_all(&bad, &mut forgetful);
+            assert_eq!(got.verdicts.iter().filter(|ok| !**ok).count(), 1);
+        });
+        println!(
+            "batch of {n:2} with one bad signature:  {us:6.1} us per signature (the batch, then \
+             each on its own)"
+        );
+        // The broker's memory: after the first failure the key is suspect, and its
+        // signatures are verified alone beside a batch of the others that holds.
+        let mut memory = KeyMemory::default();
+        let us = best_us(bad.len(), || {
+            let got = verify_all(&bad, &mut memory);
+            assert_eq!(got.verdicts.iter().filter(|ok| !**ok).count(), 1);
+        });
+        println!(
+            "  ... from a key that failed before:  {us:6.1} us per signature (the key's alone, \
+             the others batched)"
+        );
+    }
     // The parts: what the exact (torsion-free R) check costs per signature.
     let r: Vec<_> = all
         .iter()

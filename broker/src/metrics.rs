@@ -26,7 +26,7 @@
 //! | `ketenpost_broker_audit_trail_intact` | gauge | 1 when the last verification of the audit trail found it intact, 0 when damaged (absent until the first) |
 //! | `ketenpost_broker_up` | gauge | 1 while serving, 0 once the store is poisoned |
 //! | `ketenpost_broker_documents_serial` | gauge | the directory serial of the federation documents in force |
-//! | `ketenpost_broker_signatures_verified_total{how}` | counter | header signatures verified by check 2: `alone` (`verify_strict`, one at a time), `batched` (with the other submissions checked at the same time, same verdict; see `verify::verify_many`) |
+//! | `ketenpost_broker_signatures_verified_total{how}` | counter | header signatures verified by check 2: `batched` (with the other submissions checked at the same time, by a batch equation that held: the same verdict; see `verify::verify_many`), `alone` (`verify_strict`, one at a time: below the batch size, after a failing batch, or under a suspect key) |
 //! | `ketenpost_broker_documents_refused_total` | counter | sets of changed federation documents refused (each distinct set once) |
 
 use std::collections::BTreeMap;

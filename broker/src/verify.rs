@@ -36,6 +36,7 @@ mod field;
 pub mod subgroup;
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
@@ -139,30 +140,123 @@ fn batch_equation(parts: &[&Parsed]) -> bool {
         .is_identity()
 }
 
-/// Verify every item; `true` where its signature verifies as `verify_strict` would say.
-/// Items that pass the cheap checks are verified in one batch; if the batch equation
-/// fails (or for the others) each is verified on its own. `keys_seen` caches
-/// [`key_batchable`] per key.
-pub fn verify_all(items: &[Item], keys_seen: &mut HashMap<[u8; 32], bool>) -> Vec<bool> {
-    if items.len() == 1 {
-        return vec![strict(&items[0])];
+/// What a verifying thread remembers about keys from one batch to the next.
+#[derive(Debug)]
+pub struct KeyMemory {
+    /// Whether a batch may vouch for a key ([`key_batchable`]), learnt once per key.
+    batchable: HashMap<[u8; 32], bool>,
+    /// Keys a signature failed under, with the instant until which their signatures are
+    /// verified alone: a failing batch verifies every one of its signatures again, so a
+    /// partner that keeps sending bad signatures (or signs with a key the batch does not
+    /// try, inside a rotation's overlap) would otherwise cost every batch it lands in.
+    suspect: HashMap<[u8; 32], Instant>,
+    /// How long a key stays suspect after a failure.
+    suspect_for: Duration,
+}
+
+/// How long a key's signatures are verified alone after one failed under it.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(60);
+
+impl Default for KeyMemory {
+    fn default() -> Self {
+        KeyMemory::new(SUSPECT_FOR)
     }
-    let parsed: Vec<Option<Parsed>> = items
-        .iter()
-        .map(|it| {
-            let ok = *keys_seen
-                .entry(*it.key.as_bytes())
-                .or_insert_with(|| key_batchable(&it.key));
-            parse(it, ok)
-        })
-        .collect();
+}
+
+impl KeyMemory {
+    /// A memory in which a key stays suspect for `suspect_for` after a failure.
+    pub fn new(suspect_for: Duration) -> Self {
+        KeyMemory {
+            batchable: HashMap::new(),
+            suspect: HashMap::new(),
+            suspect_for,
+        }
+    }
+
+    /// Whether a signature under `key` may go in a batch now.
+    fn may_batch(&mut self, key: &VerifyingKey, now: Instant) -> bool {
+        let k = key.as_bytes();
+        if let Some(until) = self.suspect.get(k) {
+            if *until > now {
+                return false;
+            }
+            self.suspect.remove(k);
+        }
+        *self
+            .batchable
+            .entry(*k)
+            .or_insert_with(|| key_batchable(key))
+    }
+
+    /// A signature failed under `key`.
+    fn failed(&mut self, key: &VerifyingKey, now: Instant) {
+        // The keys are the registry's, so this stays small; expired ones go anyway.
+        if self.suspect.len() >= 64 {
+            self.suspect.retain(|_, until| *until > now);
+        }
+        self.suspect.insert(*key.as_bytes(), now + self.suspect_for);
+    }
+
+    /// Whether signatures under `key` are verified alone at `now`.
+    pub fn is_suspect(&self, key: &VerifyingKey, now: Instant) -> bool {
+        self.suspect
+            .get(key.as_bytes())
+            .is_some_and(|until| *until > now)
+    }
+}
+
+/// The verdicts of [`verify_all`] or [`verify_many`], in the items' order, and how many
+/// of them a batch equation gave (the others came from `verify_strict`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// `true` where the signature verifies as `verify_strict` would say.
+    pub verdicts: Vec<bool>,
+    /// How many verdicts a batch equation that held gave.
+    pub batched: usize,
+}
+
+impl Verified {
+    /// How many verdicts `verify_strict` gave.
+    pub fn alone(&self) -> usize {
+        self.verdicts.len() - self.batched
+    }
+}
+
+/// Verify every item as `verify_strict` would. Items that pass the cheap checks, under
+/// keys no signature failed under lately (`memory`), are verified in one batch; if the
+/// batch equation fails (and for the others) each is verified on its own, and the keys
+/// that failed are remembered as suspect for [`SUSPECT_FOR`].
+pub fn verify_all(items: &[Item], memory: &mut KeyMemory) -> Verified {
+    let now = Instant::now();
+    let parsed: Vec<Option<Parsed>> = if items.len() > 1 {
+        items
+            .iter()
+            .map(|it| {
+                let ok = memory.may_batch(&it.key, now);
+                parse(it, ok)
+            })
+            .collect()
+    } else {
+        items.iter().map(|_| None).collect()
+    };
     let in_batch: Vec<&Parsed> = parsed.iter().flatten().collect();
     let batch_ok = in_batch.len() > 1 && batch_equation(&in_batch);
-    items
+    let batched = if batch_ok { in_batch.len() } else { 0 };
+    let verdicts = items
         .iter()
         .zip(&parsed)
-        .map(|(it, p)| (batch_ok && p.is_some()) || strict(it))
-        .collect()
+        .map(|(it, p)| {
+            if batch_ok && p.is_some() {
+                return true;
+            }
+            let ok = strict(it);
+            if !ok {
+                memory.failed(&it.key, now);
+            }
+            ok
+        })
+        .collect();
+    Verified { verdicts, batched }
 }
 
 fn strict(item: &Item) -> bool {
@@ -176,11 +270,25 @@ fn strict(item: &Item) -> bool {
 pub const MIN_BATCH: usize = 8;
 
 /// [`verify_all`] from [`MIN_BATCH`] items on, `verify_strict` one at a time below.
-pub fn verify_many(items: &[Item], keys_seen: &mut HashMap<[u8; 32], bool>) -> Vec<bool> {
+pub fn verify_many(items: &[Item], memory: &mut KeyMemory) -> Verified {
     if items.len() < MIN_BATCH {
-        items.iter().map(strict).collect()
+        let now = Instant::now();
+        let verdicts = items
+            .iter()
+            .map(|it| {
+                let ok = strict(it);
+                if !ok {
+                    memory.failed(&it.key, now);
+                }
+                ok
+            })
+            .collect();
+        Verified {
+            verdicts,
+            batched: 0,
+        }
     } else {
-        verify_all(items, keys_seen)
+        verify_all(items, memory)
     }
 }
 
@@ -258,10 +366,10 @@ mod tests {
             v[1].message.push(b'!');
             v[2].key = v[3].key;
             v[4] = torsion_item();
-            let mut seen = HashMap::new();
+            let mut memory = KeyMemory::default();
             let want: Vec<bool> = v.iter().map(strict).collect();
             assert_eq!(want.iter().filter(|ok| !**ok).count(), 3);
-            assert_eq!(verify_many(&v, &mut seen), want, "{n} items");
+            assert_eq!(verify_many(&v, &mut memory).verdicts, want, "{n} items");
         }
     }
 
@@ -283,20 +391,22 @@ mod tests {
 
     #[test]
     fn a_good_batch_verifies() {
-        let mut seen = HashMap::new();
-        assert_eq!(verify_all(&items(16), &mut seen), vec![true; 16]);
+        let got = verify_all(&items(16), &mut KeyMemory::default());
+        assert_eq!(got.verdicts, vec![true; 16]);
+        assert_eq!(got.batched, 16);
     }
 
     #[test]
     fn one_bad_signature_fails_only_itself() {
-        let mut seen = HashMap::new();
+        let mut memory = KeyMemory::default();
         let mut v = items(16);
         // Another message under the same signature.
         v[5].message.push(b'!');
         // A signature by another key.
         v[9].key = v[10].key;
-        let got = verify_all(&v, &mut seen);
-        for (i, ok) in got.iter().enumerate() {
+        let got = verify_all(&v, &mut memory);
+        assert_eq!(got.batched, 0, "the batch failed: each verified alone");
+        for (i, ok) in got.verdicts.iter().enumerate() {
             assert_eq!(*ok, i != 5 && i != 9, "item {i}");
         }
     }
@@ -308,8 +418,71 @@ mod tests {
         assert!(!strict(&bad));
         let mut v = items(8);
         v.push(bad);
-        let mut seen = HashMap::new();
-        let got = verify_all(&v, &mut seen);
-        assert_eq!(got, [vec![true; 8], vec![false]].concat());
+        let got = verify_all(&v, &mut KeyMemory::default());
+        assert_eq!(got.verdicts, [vec![true; 8], vec![false]].concat());
+        assert_eq!(
+            got.batched, 8,
+            "the torsion signature was kept out of the batch"
+        );
+    }
+
+    #[test]
+    fn a_key_a_signature_failed_under_is_verified_alone_for_a_while() {
+        let mut memory = KeyMemory::default();
+        let signer = generate_signing_key();
+        let sign = |text: &str| {
+            let message = keys::framed(Context::Header, text.as_bytes());
+            let signature = ed25519_dalek::Signer::sign(&signer, &message);
+            Item {
+                key: signer.verifying_key(),
+                message,
+                signature,
+            }
+        };
+        // A bad signature under `signer` fails the first batch: everything is verified
+        // again alone, and `signer` becomes suspect.
+        let mut v = items(15);
+        let mut bad = sign("first");
+        bad.message.push(b'!');
+        v.push(bad);
+        let first = verify_all(&v, &mut memory);
+        assert_eq!(first.verdicts, [vec![true; 15], vec![false]].concat());
+        assert_eq!(first.batched, 0);
+        assert!(memory.is_suspect(&signer.verifying_key(), Instant::now()));
+        // The next batch: `signer`'s signatures, bad and good, are verified alone; the
+        // others still in one batch, which holds.
+        let mut v = items(14);
+        let mut bad = sign("second");
+        bad.message.push(b'!');
+        v.push(bad);
+        v.push(sign("third"));
+        let second = verify_all(&v, &mut memory);
+        assert_eq!(
+            second.verdicts,
+            [vec![true; 14], vec![false], vec![true]].concat()
+        );
+        assert_eq!(second.batched, 14);
+        assert_eq!(second.alone(), 2);
+        // Once the suspicion expired, the key's signatures go in batches again.
+        let mut memory = KeyMemory::new(Duration::ZERO);
+        let mut v = items(15);
+        let mut bad = sign("fourth");
+        bad.message.push(b'!');
+        v.push(bad);
+        assert_eq!(verify_all(&v, &mut memory).batched, 0);
+        let mut v = items(15);
+        v.push(sign("fifth"));
+        assert_eq!(verify_all(&v, &mut memory).batched, 16);
+    }
+
+    #[test]
+    fn a_failure_below_the_batch_size_makes_the_key_suspect_too() {
+        let mut memory = KeyMemory::default();
+        let mut v = items(3);
+        v[0].message.push(b'!');
+        let got = verify_many(&v, &mut memory);
+        assert_eq!(got.verdicts, vec![false, true, true]);
+        assert!(memory.is_suspect(&v[0].key, Instant::now()));
+        assert!(!memory.is_suspect(&v[1].key, Instant::now()));
     }
 }

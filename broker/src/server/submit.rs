@@ -1,7 +1,6 @@
 //! Submissions: checks 1-7 (the core), the durable write with its audit records and
 //! answer clock (the store's writer thread), the answer bookkeeping, the answer.
 
-use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, Weak};
 
 use chrono::{DateTime, Utc};
@@ -163,8 +162,9 @@ impl CheckStage {
 }
 
 fn check_loop(shared: &Weak<Shared>, rx: &Mutex<mpsc::Receiver<Job>>) {
-    // Whether a key may be vouched for by a batch, learnt once per key.
-    let mut keys_seen = HashMap::new();
+    // Whether a key may be vouched for by a batch, and which keys signatures failed
+    // under lately.
+    let mut memory = verify::KeyMemory::default();
     loop {
         let jobs = {
             let rx = lock(rx);
@@ -185,7 +185,7 @@ fn check_loop(shared: &Weak<Shared>, rx: &Mutex<mpsc::Receiver<Job>>) {
         };
         // A panic answers the batch's remaining submissions with a storage error (their
         // reply channels close) and leaves the thread serving.
-        let run = std::panic::AssertUnwindSafe(|| check_batch(&shared, jobs, &mut keys_seen));
+        let run = std::panic::AssertUnwindSafe(|| check_batch(&shared, jobs, &mut memory));
         if std::panic::catch_unwind(run).is_err() {
             error!(
                 "a batch of checks panicked; its submissions were answered with a storage error"
@@ -195,7 +195,7 @@ fn check_loop(shared: &Weak<Shared>, rx: &Mutex<mpsc::Receiver<Job>>) {
 }
 
 /// The checks of a batch of submissions and the start of their writes; blocking.
-fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, keys_seen: &mut HashMap<[u8; 32], bool>) {
+fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, memory: &mut verify::KeyMemory) {
     // One set of documents for the whole decision, whatever a reload does meanwhile.
     let docs = shared.docs();
     let env = docs.env(&shared.limits, shared.max_clock_skew(), &keys::Strict);
@@ -227,10 +227,10 @@ fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, keys_seen: &mut HashMap<[u8
         }));
     }
     let batch: Vec<verify::Item> = items.iter().flatten().cloned().collect();
-    let mut verdicts = verify::verify_many(&batch, keys_seen).into_iter();
-    shared
-        .counters
-        .signatures_verified(batch.len(), batch.len() >= verify::MIN_BATCH);
+    let verified = verify::verify_many(&batch, memory);
+    shared.counters.signatures_verified(verified.batched, true);
+    shared.counters.signatures_verified(verified.alone(), false);
+    let mut verdicts = verified.verdicts.into_iter();
     let per_claim: Vec<verify::Verdicts> = claimed
         .iter()
         .zip(items)
