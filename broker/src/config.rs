@@ -35,6 +35,8 @@
 //! max_envelope_bytes = 16777216
 //! cache_mb = 16                        # sled page cache
 //! blocking_threads = 32                # threads for fetches, receipts, control records
+//! check_threads = 8                    # threads checking submissions (the check stage)
+//! check_batch = 16                     # most submissions one check thread takes at once
 //!
 //! [tcp]                                # optional: the same protocol over TLS 1.3 on TCP,
 //! listen = "0.0.0.0:4433"              # for partners whose network blocks UDP
@@ -174,6 +176,18 @@ pub struct LimitsConfig {
     /// threads); more requests wait their turn. Each thread costs memory (its stack, its allocator
     /// cache), and two cores gain nothing from hundreds of them.
     pub blocking_threads: usize,
+    /// Threads of the check stage, which checks submissions and verifies their header
+    /// signatures together. A check waits at times (the replay check's read while the
+    /// writer's transaction holds sled's lock; the body's append to the spool), and the
+    /// others go on meanwhile: on two cores 8 did better than 2, 4 or 16 (BENCHMARKS.md,
+    /// "The check stage"). More cores want more.
+    pub check_threads: usize,
+    /// Most submissions one check thread takes at once, and so the largest batch of
+    /// signatures verified together. 16 verify about 1.2-1.3 times cheaper together than
+    /// one at a time, 64 hardly more, and larger batches leave fewer waiting
+    /// submissions to the other threads; 16 did better than 32 or 64 in the load
+    /// benchmark. Below 8 no batch is made (`verify::MIN_BATCH`).
+    pub check_batch: usize,
 }
 
 impl Default for LimitsConfig {
@@ -194,6 +208,8 @@ impl Default for LimitsConfig {
             max_envelope_bytes: 16 * 1024 * 1024,
             cache_mb: 16,
             blocking_threads: 32,
+            check_threads: 8,
+            check_batch: 16,
         }
     }
 }
@@ -350,8 +366,15 @@ impl BrokerConfig {
             || l.handshakes_per_sec_per_address == 0
             || l.max_fetch == 0
             || l.blocking_threads == 0
+            || l.check_threads == 0
+            || l.check_batch == 0
         {
             return Err(ConfigError::Invalid("limits must be at least 1".to_owned()));
+        }
+        if l.check_threads > 1024 || l.check_batch > 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.check_threads and limits.check_batch must be at most 1024".to_owned(),
+            ));
         }
         if l.max_envelope_bytes < 1024 {
             return Err(ConfigError::Invalid(
@@ -498,3 +521,60 @@ impl BrokerConfig {
 
 mod overrides;
 pub use overrides::{DevSettings, OverrideError, Overrides};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+listen = "127.0.0.1:4433"
+data_dir = "data"
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+ca = "ca.pem"
+crls = ["crl.pem"]
+[federation]
+public_key = "signing.pub"
+policy = "policy.toml"
+policy_sig = "policy.toml.sig"
+directory = "directory.json"
+directory_sig = "directory.json.sig"
+signing_key = "signing.key"
+"#;
+
+    fn with_limits(limits: &str) -> BrokerConfig {
+        let text = format!("{MINIMAL}[limits]\n{limits}\n");
+        match toml::from_str(&text) {
+            Ok(cfg) => cfg,
+            Err(e) => panic!("the test's config does not parse: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_check_stage_is_sized_by_the_config() {
+        let cfg = with_limits("");
+        assert_eq!(
+            (cfg.limits.check_threads, cfg.limits.check_batch),
+            (8, 16),
+            "the defaults"
+        );
+        assert!(cfg.check().is_ok());
+        let cfg = with_limits("check_threads = 3\ncheck_batch = 64");
+        assert_eq!((cfg.limits.check_threads, cfg.limits.check_batch), (3, 64));
+        assert!(cfg.check().is_ok());
+        for bad in [
+            "check_threads = 0",
+            "check_batch = 0",
+            "check_threads = 5000",
+            "check_batch = 2000",
+        ] {
+            match with_limits(bad).check() {
+                Err(ConfigError::Invalid(message)) => {
+                    assert!(message.contains("limits"), "{bad}: {message}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+}

@@ -83,18 +83,6 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
     }
 }
 
-/// How many threads the check stage runs. The checks wait at times (the replay check's
-/// read waits for sled's lock while the writer's transaction runs; the spool append
-/// writes), and the other threads go on meanwhile: on two cores, 8 threads did better
-/// than 2, 4 or 16 (BENCHMARKS.md, "The check stage").
-const CHECK_THREADS: usize = 8;
-
-/// Most submissions one check thread takes at once. Smaller batches leave waiting
-/// submissions to the other threads, so that both cores check; 16 signatures verify
-/// about 1.3 times cheaper together than one at a time, 64 hardly more (`--bench
-/// verify`), and 16 did better than 32 or 64 in the load benchmark.
-const CHECK_BATCH: usize = 16;
-
 /// A submission for the check stage, and where its outcome goes.
 pub(super) struct Job {
     bytes: Vec<u8>,
@@ -107,8 +95,8 @@ pub(super) struct Job {
 /// answer.
 type Begun = Result<(Authorised, Vec<u8>, PutTicket, std::time::Instant), Response>;
 
-/// The check stage: [`CHECK_THREADS`] threads that take the waiting submissions (up to
-/// [`CHECK_BATCH`]) together, run check 1 of each, verify the header signatures
+/// The check stage: `limits.check_threads` threads that take the waiting submissions (up
+/// to `limits.check_batch`) together, run check 1 of each, verify the header signatures
 /// of all in one batch (`verify::verify_many`), then finish each one's checks with its
 /// verdicts and begin its write. Under load the submissions that arrive while a thread
 /// works are the next batch; a lone submission is a batch of one, verified at once.
@@ -127,15 +115,17 @@ impl CheckStage {
     pub(super) fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        let mut threads = Vec::with_capacity(CHECK_THREADS);
-        for i in 0..CHECK_THREADS {
+        let limits = &shared.config.limits;
+        let (count, batch) = (limits.check_threads, limits.check_batch);
+        let mut threads = Vec::with_capacity(count);
+        for i in 0..count {
             // A weak handle: the stage's sender lives in `Shared`, so a strong one would
             // keep both alive for ever should the broker be dropped without `stop`.
             let (s, rx) = (Arc::downgrade(shared), rx.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ketenpost-check-{i}"))
-                    .spawn(move || check_loop(&s, &rx))?,
+                    .spawn(move || check_loop(&s, &rx, batch))?,
             );
         }
         *lock(&shared.checks.sender) = Some(tx);
@@ -161,7 +151,7 @@ impl CheckStage {
     }
 }
 
-fn check_loop(shared: &Weak<Shared>, rx: &Mutex<mpsc::Receiver<Job>>) {
+fn check_loop(shared: &Weak<Shared>, rx: &Mutex<mpsc::Receiver<Job>>, batch: usize) {
     // Whether a key may be vouched for by a batch, and which keys signatures failed
     // under lately.
     let mut memory = verify::KeyMemory::default();
@@ -172,7 +162,7 @@ fn check_loop(shared: &Weak<Shared>, rx: &Mutex<mpsc::Receiver<Job>>) {
                 return;
             };
             let mut jobs = vec![first];
-            while jobs.len() < CHECK_BATCH {
+            while jobs.len() < batch {
                 match rx.try_recv() {
                     Ok(job) => jobs.push(job),
                     Err(_) => break,
