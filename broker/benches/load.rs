@@ -15,7 +15,9 @@
 //! --config` binary (the one `cargo bench` builds) as a **separate process** on 127.0.0.1
 //! with default limits (every check on, a group-committed sled flush before each
 //! `accepted`, info logging to a file; `--cache-mb=N` sets `limits.cache_mb`,
-//! `--archive-ms=N` `timers.audit_archive_ms`), opens a case
+//! `--check-threads=N` and `--check-batch=N` `limits.check_threads` and
+//! `limits.check_batch` (to size the check stage for a machine), `--archive-ms=N`
+//! `timers.audit_archive_ms`), opens a case
 //! with all parties and a consent, and seals every message **before** the clock starts: a
 //! `signaal` from a corporation to the zorgaanbieder, its `omschrijving` padded until the
 //! envelope is at least 1 KiB (the example signaal already makes about 1.2 KiB, so it is
@@ -163,6 +165,10 @@ struct Opts {
     batch: usize,
     /// `limits.cache_mb` for the broker; `None` leaves the broker's default.
     cache_mb: Option<u64>,
+    /// `limits.check_threads` and `limits.check_batch` for the broker; `None` leaves the
+    /// broker's default.
+    check_threads: Option<u64>,
+    check_batch: Option<u64>,
     /// `timers.audit_archive_ms` for the broker; `None` leaves the broker's default.
     archive_ms: Option<u64>,
     /// The paced part of the `e2e` scenario, msg/s.
@@ -182,6 +188,8 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         queue: 1_000_000,
         batch: 25_000,
         cache_mb: None,
+        check_threads: None,
+        check_batch: None,
         archive_ms: None,
         e2e_rate: 1_000,
         serial_fetch: false,
@@ -208,6 +216,8 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
                 "queue" => o.queue = n_usize,
                 "batch" => o.batch = n_usize,
                 "cache-mb" => o.cache_mb = Some(n),
+                "check-threads" => o.check_threads = Some(n),
+                "check-batch" => o.check_batch = Some(n),
                 "archive-ms" => o.archive_ms = Some(n),
                 "e2e-rate" => o.e2e_rate = n,
                 _ => return Err(format!("unknown option {a}")),
@@ -572,6 +582,8 @@ struct Bench {
     consent: uuid::Uuid,
     pad: usize,
     cache_mb: Option<u64>,
+    check_threads: Option<u64>,
+    check_batch: Option<u64>,
     archive_ms: Option<u64>,
     serial_fetch: bool,
 }
@@ -607,6 +619,8 @@ impl Bench {
             consent: uuid::Uuid::now_v7(),
             pad: 0,
             cache_mb: o.cache_mb,
+            check_threads: o.check_threads,
+            check_batch: o.check_batch,
             archive_ms: o.archive_ms,
             serial_fetch: o.serial_fetch,
         };
@@ -619,7 +633,7 @@ impl Bench {
     }
 
     /// The broker's configuration file: the dev federation's files, default limits (or
-    /// the given cache size), an ephemeral port on 127.0.0.1.
+    /// the given cache size and check stage), an ephemeral port on 127.0.0.1.
     fn config_file(&self) -> PathBuf {
         let q = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
         let f = &self.fed;
@@ -640,8 +654,18 @@ impl Bench {
             q(&f.directory.sig),
             q(&f.broker.signing_key),
         );
-        if let Some(mb) = self.cache_mb {
-            text.push_str(&format!("\n[limits]\ncache_mb = {mb}\n"));
+        let limits = [
+            ("cache_mb", self.cache_mb),
+            ("check_threads", self.check_threads),
+            ("check_batch", self.check_batch),
+        ];
+        if limits.iter().any(|(_, v)| v.is_some()) {
+            text.push_str("\n[limits]\n");
+            for (name, value) in limits {
+                if let Some(v) = value {
+                    text.push_str(&format!("{name} = {v}\n"));
+                }
+            }
         }
         if let Some(ms) = self.archive_ms {
             text.push_str(&format!("\n[timers]\naudit_archive_ms = {ms}\n"));
