@@ -285,6 +285,64 @@ async fn refusals_record_only_verified_facts() {
     assert_eq!(verified.counterparties, vec![gem.oin.to_string()]);
 }
 
+/// The same message sent many times at once: copies checked together all pass the replay
+/// check (nothing of theirs has landed yet), so the write itself must find the id: one
+/// copy is accepted, and each other is refused as a replay and audited as one (the
+/// write's refusal is audited off the async workers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_sent_at_once_are_accepted_once_and_each_other_refused_as_a_replay() {
+    let s = setup().await;
+    let (corp, zorg) = (&s.parties[1], &s.parties[2]);
+    let to = [(&zorg.oin, "zorgaanbieder")];
+    let bytes = s
+        .fed
+        .seal(corp, signaal(&s.case, s.consent, &to).unwrap())
+        .unwrap();
+    let id = Envelope::decode(&bytes, &Limits::default())
+        .unwrap()
+        .unverified_header()
+        .unwrap()
+        .id
+        .to_string();
+    const COPIES: usize = 24;
+    let connections = [
+        std::sync::Arc::new(corp.connect(s.broker.addr).await.unwrap()),
+        std::sync::Arc::new(corp.connect(s.broker.addr).await.unwrap()),
+    ];
+    let mut copies = tokio::task::JoinSet::new();
+    for i in 0..COPIES {
+        let (c, bytes) = (connections[i % 2].clone(), bytes.clone());
+        copies.spawn(async move { submit(&c, bytes).await });
+    }
+    let (mut accepted, mut replays) = (0, 0);
+    while let Some(r) = copies.join_next().await {
+        match r.unwrap() {
+            Response::Accepted { .. } => accepted += 1,
+            Response::Rejected(r) if r.code == RejectCode::Replay => replays += 1,
+            other => panic!("a copy got {other:?}"),
+        }
+    }
+    assert_eq!((accepted, replays), (1, COPIES - 1));
+    for c in connections {
+        c.close().await;
+    }
+    let data = s.fed.path("data");
+    assert!(s.broker.terminate().unwrap().success());
+    let all = records(&data);
+    let about = |event: AuditEvent| {
+        all.iter()
+            .filter(|r| r.event == event && r.message_id.as_deref() == Some(id.as_str()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(about(AuditEvent::Accepted).len(), 1);
+    let refused = about(AuditEvent::Rejected);
+    assert_eq!(refused.len(), COPIES - 1, "each replay is audited");
+    for r in refused {
+        assert_eq!(r.reason.as_deref(), Some("replay"));
+        assert_eq!(r.actor.as_deref(), Some(corp.oin.as_str()));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_are_read_with_the_bound_of_their_kind() {
     let s = setup().await;

@@ -138,8 +138,8 @@ impl Identity {
 /// The checks every new connection passes after its TLS handshake, on either transport:
 /// the certificate names an OIN, the OIN is an active party, the certificate is the one the
 /// directory lists, and the party is under its connection limits.
-pub(super) fn admit(
-    shared: &Shared,
+pub(super) async fn admit(
+    shared: &Arc<Shared>,
     conn: &impl PeerCertificates,
     transport: Transport,
 ) -> Result<Admitted, Refusal> {
@@ -178,7 +178,7 @@ pub(super) fn admit(
             })
         }
         Err(refused) => {
-            shared.over_limit(&oin, refused);
+            shared.over_limit(&oin, refused).await;
             Err(Refusal::OverLimit(refused.limit))
         }
     }
@@ -218,7 +218,7 @@ pub(super) async fn request(
     let _in_flight = match shared.admission.stream(oin) {
         Ok(g) => g,
         Err(refused) => {
-            shared.over_limit(oin, refused);
+            shared.over_limit(oin, refused).await;
             io.refuse_rest(2);
             return answer(io, &over_limit(refused.limit, shared), shared).await;
         }
@@ -240,7 +240,7 @@ pub(super) async fn request(
         }
         Err(ReadError::Budget) => {
             let refused = shared.admission.refused(oin, Limit::BufferedBytes);
-            shared.over_limit(oin, refused);
+            shared.over_limit(oin, refused).await;
             io.refuse_rest(2);
             return answer(io, &over_limit(Limit::BufferedBytes, shared), shared).await;
         }

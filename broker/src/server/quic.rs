@@ -22,7 +22,7 @@ pub(super) async fn connection(
         oin,
         guard,
         identity,
-    } = match admit(&shared, &conn, Transport::Quic) {
+    } = match admit(&shared, &conn, Transport::Quic).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
             conn.close(refusal.code().into(), refusal.reason());

@@ -109,14 +109,16 @@ impl Shared {
         }
     }
 
-    /// Audit a party's refusal for a limit, once per episode.
-    pub(super) fn over_limit(&self, party: &Oin, refused: Refused) {
+    /// Count a party's refusal for a limit, and audit it once per episode (the append on
+    /// a blocking thread, as [`Shared::audit_async`]).
+    pub(super) async fn over_limit(self: &Arc<Self>, party: &Oin, refused: Refused) {
         self.counters.limit(refused.limit.as_str());
         if refused.new_episode {
             warn!(%party, limit = refused.limit.as_str(), "party over a limit; refusing it until it is back under");
-            self.audit(
+            self.audit_async(
                 AuditEntry::refused(AuditEvent::LimitExceeded, refused.limit.as_str()).actor(party),
-            );
+            )
+            .await;
         }
     }
 

@@ -55,7 +55,13 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
     let finish = tokio::spawn(async move {
         let landed = match ticket.landed().await {
             Ok(landed) => landed,
-            Err(e) => return Err(put_failed(e, &authorised, &s, &o, &bytes)),
+            Err(e) => {
+                let (response, entry) = put_refusal(e, &authorised, &o, &bytes);
+                if let Some(entry) = entry {
+                    s.audit_async(entry).await;
+                }
+                return Err(response);
+            }
         };
         s.counters.store_written(queued.elapsed());
         let mut staged = Staged::of(&authorised);
@@ -349,6 +355,8 @@ fn stage_write(
         .map_err(|e| put_failed(e, authorised, shared, oin, bytes))
 }
 
+/// A write that did not land, on a check thread: answered, and audited at once when it
+/// was a replay.
 fn put_failed(
     e: StoreError,
     authorised: &Authorised,
@@ -356,16 +364,31 @@ fn put_failed(
     oin: &Oin,
     bytes: &[u8],
 ) -> Response {
+    let (response, entry) = put_refusal(e, authorised, oin, bytes);
+    if let Some(entry) = entry {
+        shared.audit(entry);
+    }
+    response
+}
+
+/// The answer to a write that did not land, and the audit record to append for it (a
+/// replay: the id was accepted before, found by the write itself).
+fn put_refusal(
+    e: StoreError,
+    authorised: &Authorised,
+    oin: &Oin,
+    bytes: &[u8],
+) -> (Response, Option<AuditEntry>) {
     match e {
         StoreError::Duplicate => {
             let r = Rejection::new(
                 RejectCode::Replay,
                 format!("message id {} was accepted before", authorised.header().id),
             );
-            shared.audit(rejected_entry(&r, oin, bytes, Some(authorised.header())));
-            Response::Rejected(r)
+            let entry = rejected_entry(&r, oin, bytes, Some(authorised.header()));
+            (Response::Rejected(r), Some(entry))
         }
-        e => storage_error(e),
+        e => (storage_error(e), None),
     }
 }
 

@@ -65,7 +65,7 @@ async fn connection(
         oin,
         guard,
         identity,
-    } = match admit(&shared, &tls, Transport::Tcp) {
+    } = match admit(&shared, &tls, Transport::Tcp).await {
         Ok(admitted) => admitted,
         Err(_) => {
             let _ = tokio::time::timeout(CLOSE_WAIT, tls.shutdown()).await;
