@@ -13,9 +13,10 @@
 //! disturbed). Without `--bench` on the command line it does nothing.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ketenpost_broker::verify::{verify_all, Item, KeyMemory};
+use ketenpost_broker::verify::{verify_all, Item, KeyMemory, Suspects};
 use ketenpost_schemas::keys::{self, Context};
 
 fn items(n: usize) -> Vec<Item> {
@@ -82,7 +83,7 @@ fn main() {
         bad[n / 2].message.push(b'!');
         // A memory that forgets at once: every round the batch fails and each signature is
         // verified again on its own (a key's first failure).
-        let mut forgetful = KeyMemory::new(Duration::ZERO);
+        let mut forgetful = KeyMemory::new(Arc::new(Suspects::new(Duration::ZERO)));
         let us = best_us(bad.len(), || {
             let got = verify_all(&bad, &mut forgetful);
             assert_eq!(got.verdicts.iter().filter(|ok| !**ok).count(), 1);

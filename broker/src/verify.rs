@@ -36,6 +36,7 @@ mod field;
 pub mod subgroup;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
@@ -140,68 +141,100 @@ fn batch_equation(parts: &[&Parsed]) -> bool {
         .is_identity()
 }
 
-/// What a verifying thread remembers about keys from one batch to the next.
+/// What a verifying thread remembers about keys from one batch to the next: whether a
+/// batch may vouch for a key (its own cache), and the keys a signature failed under
+/// lately ([`Suspects`], shared by all the threads that verify).
 #[derive(Debug)]
 pub struct KeyMemory {
     /// Whether a batch may vouch for a key ([`key_batchable`]), learnt once per key.
     batchable: HashMap<[u8; 32], bool>,
-    /// Keys a signature failed under, with the instant until which their signatures are
-    /// verified alone: a failing batch verifies every one of its signatures again, so a
-    /// partner that keeps sending bad signatures (or signs with a key the batch does not
-    /// try, inside a rotation's overlap) would otherwise cost every batch it lands in.
-    suspect: HashMap<[u8; 32], Instant>,
-    /// How long a key stays suspect after a failure.
-    suspect_for: Duration,
+    suspects: Arc<Suspects>,
+}
+
+impl Default for KeyMemory {
+    /// A memory with suspects of its own, kept for [`SUSPECT_FOR`].
+    fn default() -> Self {
+        KeyMemory::new(Arc::new(Suspects::new(SUSPECT_FOR)))
+    }
+}
+
+impl KeyMemory {
+    /// A memory that shares `suspects` with the other verifying threads.
+    pub fn new(suspects: Arc<Suspects>) -> Self {
+        KeyMemory {
+            batchable: HashMap::new(),
+            suspects,
+        }
+    }
+
+    /// Whether a batch may vouch for signatures under `key`, suspicion aside (that is
+    /// [`Suspects::which`]).
+    fn batchable(&mut self, key: &VerifyingKey) -> bool {
+        *self
+            .batchable
+            .entry(*key.as_bytes())
+            .or_insert_with(|| key_batchable(key))
+    }
 }
 
 /// How long a key's signatures are verified alone after one failed under it.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(60);
 
-impl Default for KeyMemory {
-    fn default() -> Self {
-        KeyMemory::new(SUSPECT_FOR)
-    }
+/// Keys a signature failed under, each with the instant until which its signatures are
+/// verified alone. A failing batch verifies every one of its signatures again, so a
+/// partner that keeps sending bad signatures (or signs with a key the batch does not try,
+/// inside a rotation's overlap) would otherwise cost every batch it lands in; shared by
+/// the verifying threads, so that it costs one batch, not one per thread.
+#[derive(Debug)]
+pub struct Suspects {
+    until: Mutex<HashMap<[u8; 32], Instant>>,
+    /// How long a key stays suspect after a failure.
+    suspect_for: Duration,
 }
 
-impl KeyMemory {
-    /// A memory in which a key stays suspect for `suspect_for` after a failure.
+impl Suspects {
+    /// No suspects yet; a key stays one for `suspect_for` after a failure.
     pub fn new(suspect_for: Duration) -> Self {
-        KeyMemory {
-            batchable: HashMap::new(),
-            suspect: HashMap::new(),
+        Suspects {
+            until: Mutex::new(HashMap::new()),
             suspect_for,
         }
     }
 
-    /// Whether a signature under `key` may go in a batch now.
-    fn may_batch(&mut self, key: &VerifyingKey, now: Instant) -> bool {
-        let k = key.as_bytes();
-        if let Some(until) = self.suspect.get(k) {
-            if *until > now {
-                return false;
-            }
-            self.suspect.remove(k);
-        }
-        *self
-            .batchable
-            .entry(*k)
-            .or_insert_with(|| key_batchable(key))
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
+        self.until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A signature failed under `key`.
-    fn failed(&mut self, key: &VerifyingKey, now: Instant) {
-        // The keys are the registry's, so this stays small; expired ones go anyway.
-        if self.suspect.len() >= 64 {
-            self.suspect.retain(|_, until| *until > now);
+    /// For each item, whether its key is suspect at `now` (one lock for all).
+    fn which(&self, items: &[Item], now: Instant) -> Vec<bool> {
+        let until = self.lock();
+        items
+            .iter()
+            .map(|it| until.get(it.key.as_bytes()).is_some_and(|u| *u > now))
+            .collect()
+    }
+
+    /// Signatures failed under `keys` at `now` (one lock for all).
+    fn failed<'a>(&self, keys: impl IntoIterator<Item = &'a VerifyingKey>, now: Instant) {
+        let mut keys = keys.into_iter().peekable();
+        if keys.peek().is_none() {
+            return;
         }
-        self.suspect.insert(*key.as_bytes(), now + self.suspect_for);
+        let mut until = self.lock();
+        // The keys are the registry's, so this stays small; expired ones go anyway.
+        if until.len() >= 64 {
+            until.retain(|_, u| *u > now);
+        }
+        for key in keys {
+            until.insert(*key.as_bytes(), now + self.suspect_for);
+        }
     }
 
     /// Whether signatures under `key` are verified alone at `now`.
     pub fn is_suspect(&self, key: &VerifyingKey, now: Instant) -> bool {
-        self.suspect
-            .get(key.as_bytes())
-            .is_some_and(|until| *until > now)
+        self.lock().get(key.as_bytes()).is_some_and(|u| *u > now)
     }
 }
 
@@ -229,10 +262,12 @@ impl Verified {
 pub fn verify_all(items: &[Item], memory: &mut KeyMemory) -> Verified {
     let now = Instant::now();
     let parsed: Vec<Option<Parsed>> = if items.len() > 1 {
+        let suspect = memory.suspects.which(items, now);
         items
             .iter()
-            .map(|it| {
-                let ok = memory.may_batch(&it.key, now);
+            .zip(suspect)
+            .map(|(it, suspect)| {
+                let ok = !suspect && memory.batchable(&it.key);
                 parse(it, ok)
             })
             .collect()
@@ -242,21 +277,25 @@ pub fn verify_all(items: &[Item], memory: &mut KeyMemory) -> Verified {
     let in_batch: Vec<&Parsed> = parsed.iter().flatten().collect();
     let batch_ok = in_batch.len() > 1 && batch_equation(&in_batch);
     let batched = if batch_ok { in_batch.len() } else { 0 };
-    let verdicts = items
+    let verdicts: Vec<bool> = items
         .iter()
         .zip(&parsed)
-        .map(|(it, p)| {
-            if batch_ok && p.is_some() {
-                return true;
-            }
-            let ok = strict(it);
-            if !ok {
-                memory.failed(&it.key, now);
-            }
-            ok
-        })
+        .map(|(it, p)| (batch_ok && p.is_some()) || strict(it))
         .collect();
+    memory.suspects.failed(failed_keys(items, &verdicts), now);
     Verified { verdicts, batched }
+}
+
+/// The keys of the items whose verdict is `false`.
+fn failed_keys<'a>(
+    items: &'a [Item],
+    verdicts: &'a [bool],
+) -> impl Iterator<Item = &'a VerifyingKey> {
+    items
+        .iter()
+        .zip(verdicts)
+        .filter(|(_, ok)| !**ok)
+        .map(|(it, _)| &it.key)
 }
 
 fn strict(item: &Item) -> bool {
@@ -272,17 +311,10 @@ pub const MIN_BATCH: usize = 8;
 /// [`verify_all`] from [`MIN_BATCH`] items on, `verify_strict` one at a time below.
 pub fn verify_many(items: &[Item], memory: &mut KeyMemory) -> Verified {
     if items.len() < MIN_BATCH {
-        let now = Instant::now();
-        let verdicts = items
-            .iter()
-            .map(|it| {
-                let ok = strict(it);
-                if !ok {
-                    memory.failed(&it.key, now);
-                }
-                ok
-            })
-            .collect();
+        let verdicts: Vec<bool> = items.iter().map(strict).collect();
+        memory
+            .suspects
+            .failed(failed_keys(items, &verdicts), Instant::now());
         Verified {
             verdicts,
             batched: 0,
@@ -448,7 +480,9 @@ mod tests {
         let first = verify_all(&v, &mut memory);
         assert_eq!(first.verdicts, [vec![true; 15], vec![false]].concat());
         assert_eq!(first.batched, 0);
-        assert!(memory.is_suspect(&signer.verifying_key(), Instant::now()));
+        assert!(memory
+            .suspects
+            .is_suspect(&signer.verifying_key(), Instant::now()));
         // The next batch: `signer`'s signatures, bad and good, are verified alone; the
         // others still in one batch, which holds.
         let mut v = items(14);
@@ -463,8 +497,13 @@ mod tests {
         );
         assert_eq!(second.batched, 14);
         assert_eq!(second.alone(), 2);
+        // Another thread's memory shares the suspects: the key is verified alone there too.
+        let mut other = KeyMemory::new(memory.suspects.clone());
+        let mut v = items(15);
+        v.push(sign("shared"));
+        assert_eq!(verify_all(&v, &mut other).batched, 15);
         // Once the suspicion expired, the key's signatures go in batches again.
-        let mut memory = KeyMemory::new(Duration::ZERO);
+        let mut memory = KeyMemory::new(Arc::new(Suspects::new(Duration::ZERO)));
         let mut v = items(15);
         let mut bad = sign("fourth");
         bad.message.push(b'!');
@@ -482,7 +521,7 @@ mod tests {
         v[0].message.push(b'!');
         let got = verify_many(&v, &mut memory);
         assert_eq!(got.verdicts, vec![false, true, true]);
-        assert!(memory.is_suspect(&v[0].key, Instant::now()));
-        assert!(!memory.is_suspect(&v[1].key, Instant::now()));
+        assert!(memory.suspects.is_suspect(&v[0].key, Instant::now()));
+        assert!(!memory.suspects.is_suspect(&v[1].key, Instant::now()));
     }
 }

@@ -123,15 +123,18 @@ impl CheckStage {
         let rx = Arc::new(Mutex::new(rx));
         let limits = &shared.config.limits;
         let (count, batch) = (limits.check_threads, limits.check_batch);
+        // The keys signatures failed under lately, shared by the threads.
+        let suspects = Arc::new(verify::Suspects::new(verify::SUSPECT_FOR));
         let mut threads = Vec::with_capacity(count);
         for i in 0..count {
             // A weak handle: the stage's sender lives in `Shared`, so a strong one would
             // keep both alive for ever should the broker be dropped without `stop`.
             let (s, rx) = (Arc::downgrade(shared), rx.clone());
+            let memory = verify::KeyMemory::new(suspects.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ketenpost-check-{i}"))
-                    .spawn(move || check_loop(&s, &rx, batch))?,
+                    .spawn(move || check_loop(&s, &rx, batch, memory))?,
             );
         }
         *lock(&shared.checks.sender) = Some(tx);
@@ -157,10 +160,14 @@ impl CheckStage {
     }
 }
 
-fn check_loop(shared: &Weak<Shared>, rx: &Mutex<mpsc::Receiver<Job>>, batch: usize) {
-    // Whether a key may be vouched for by a batch, and which keys signatures failed
-    // under lately.
-    let mut memory = verify::KeyMemory::default();
+/// One check thread: `memory` holds whether a batch may vouch for a key, and the keys
+/// signatures failed under lately (shared with the other threads).
+fn check_loop(
+    shared: &Weak<Shared>,
+    rx: &Mutex<mpsc::Receiver<Job>>,
+    batch: usize,
+    mut memory: verify::KeyMemory,
+) {
     loop {
         let jobs = {
             let rx = lock(rx);
