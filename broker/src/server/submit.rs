@@ -219,29 +219,31 @@ fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, memory: &mut verify::KeyMem
     // Check 2's signatures, all of the batch's at once, each against its sender's current
     // key. (One item per valid key would put a failing item in every batch during a
     // key rotation's overlap, and a failing batch verifies all of its items again.)
-    let mut items = Vec::with_capacity(claimed.len());
+    let mut batch = Vec::with_capacity(claimed.len());
+    let mut in_batch = Vec::with_capacity(claimed.len());
     for (_, claim) in &claimed {
         let (framed, signature, keys) = claim.signed();
-        let key = keys.first().copied();
-        items.push(key.map(|key| verify::Item {
-            key,
-            message: framed,
-            signature,
-        }));
+        in_batch.push(!keys.is_empty());
+        if let Some(key) = keys.first() {
+            batch.push(verify::Item {
+                key: *key,
+                message: framed,
+                signature,
+            });
+        }
     }
-    let batch: Vec<verify::Item> = items.iter().flatten().cloned().collect();
     let verified = verify::verify_many(&batch, memory);
     shared.counters.signatures_verified(verified.batched, true);
     shared.counters.signatures_verified(verified.alone(), false);
-    let mut verdicts = verified.verdicts.into_iter();
+    // Each verified item, with its verdict, goes to its own submission's `Verdicts`.
+    let mut checked = batch.into_iter().zip(verified.verdicts);
     let per_claim: Vec<verify::Verdicts> = claimed
         .iter()
-        .zip(items)
-        .map(|((_, claim), item)| {
+        .zip(in_batch)
+        .map(|((_, claim), in_batch)| {
             let mut v = verify::Verdicts::default();
-            if let Some(item) = item {
-                let ok = verdicts.next().unwrap_or(false);
-                v.0.push((item, ok));
+            if in_batch {
+                v.0.extend(checked.next());
             }
             if !v.0.iter().any(|(_, ok)| *ok) {
                 // Signed with a previous key, inside its overlap: those one at a time.
