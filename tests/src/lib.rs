@@ -178,7 +178,7 @@ impl PartyKeys {
 
 /// The test covenant's three parties (default roster: gemeente, woningcorporatie,
 /// zorgaanbieder) connected to a broker, with a case the gemeente opened and the
-/// zorgaanbieder's consent for `consent_roles`.
+/// zorgaanbieder's consent for all three roles ([`Trio::CONSENT_ROLES`]).
 #[allow(missing_debug_implementations)]
 pub struct Trio {
     /// The gemeente's keys and its connection.
@@ -200,8 +200,12 @@ pub struct Trio {
 }
 
 impl Trio {
+    /// The roles the zorgaanbieder's consent names: every role of the case team.
+    pub const CONSENT_ROLES: &'static [&'static str] =
+        &["gemeente", "zorgaanbieder", "woningcorporatie"];
+
     /// Connect the three parties of `fed` to the broker at `addr` and set up the case.
-    pub async fn start(fed: &Fed, addr: SocketAddr, consent_roles: &[&str]) -> Result<Trio> {
+    pub async fn start(fed: &Fed, addr: SocketAddr) -> Result<Trio> {
         let (gem, corp, zorg) = (fed.keys(0)?, fed.keys(1)?, fed.keys(2)?);
         let (gc, cc, zc) = (
             gem.connect(addr).await?,
@@ -217,7 +221,7 @@ impl Trio {
                 (&corp.oin, "woningcorporatie"),
             ],
             (&zorg, &zc),
-            consent_roles,
+            Trio::CONSENT_ROLES,
         )
         .await?;
         Ok(Trio {

@@ -40,13 +40,7 @@ async fn a_backup_under_load_restores_to_a_broker_that_verifies_and_delivers_wha
         &[],
     )
     .unwrap();
-    let trio = Trio::start(
-        &fed,
-        broker.addr,
-        &["gemeente", "zorgaanbieder", "woningcorporatie"],
-    )
-    .await
-    .unwrap();
+    let trio = Trio::start(&fed, broker.addr).await.unwrap();
     let Trio {
         corp,
         zorg,

@@ -31,13 +31,7 @@ async fn fgs_read_a_running_broker_each_within_their_scope_and_every_read_is_rec
     // Default roster: gemeente, woningcorporatie, zorgaanbieder.
     let data = fed.path("data");
     let broker = BrokerProcess::start(&fed, &data, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let trio = Trio::start(
-        &fed,
-        broker.addr,
-        &["gemeente", "zorgaanbieder", "woningcorporatie"],
-    )
-    .await
-    .unwrap();
+    let trio = Trio::start(&fed, broker.addr).await.unwrap();
     let Trio {
         gem,
         corp,

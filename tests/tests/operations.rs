@@ -106,6 +106,18 @@ fn signatures_verified(samples: &[Sample]) -> Option<f64> {
     Some(verified("alone")? + verified("batched")?)
 }
 
+/// A broker process of `fed` serving its metrics on an ephemeral port.
+fn broker_with_metrics(fed: &Fed) -> BrokerProcess {
+    BrokerProcess::start_with(
+        fed,
+        &fed.path("data"),
+        "127.0.0.1:0".parse().unwrap(),
+        &["--metrics", "127.0.0.1:0"],
+        &[],
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
     let fed = Fed::new(TEST_POLICY, None).unwrap();
@@ -114,14 +126,7 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
         fed.keys(1).unwrap(),
         fed.keys(2).unwrap(),
     );
-    let broker = BrokerProcess::start_with(
-        &fed,
-        &fed.path("data"),
-        "127.0.0.1:0".parse().unwrap(),
-        &["--metrics", "127.0.0.1:0"],
-        &[],
-    )
-    .unwrap();
+    let broker = broker_with_metrics(&fed);
     let m = broker
         .metrics
         .expect("the broker says where its metrics are");
@@ -250,21 +255,8 @@ async fn metrics_parse_as_prometheus_text_and_count_what_happened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submissions_each_get_their_own_signature_verdict() {
     let fed = Fed::new(TEST_POLICY, None).unwrap();
-    let broker = BrokerProcess::start_with(
-        &fed,
-        &fed.path("data"),
-        "127.0.0.1:0".parse().unwrap(),
-        &["--metrics", "127.0.0.1:0"],
-        &[],
-    )
-    .unwrap();
-    let trio = Trio::start(
-        &fed,
-        broker.addr,
-        &["gemeente", "zorgaanbieder", "woningcorporatie"],
-    )
-    .await
-    .unwrap();
+    let broker = broker_with_metrics(&fed);
+    let trio = Trio::start(&fed, broker.addr).await.unwrap();
     // One in seven with a flipped bit in its header signature.
     let sealed: Vec<(bool, Vec<u8>)> = (0..48)
         .map(|i| {
