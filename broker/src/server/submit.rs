@@ -1,7 +1,8 @@
 //! Submissions: checks 1-7 (the core), the durable write with its audit records and
 //! answer clock (the store's writer thread), the answer bookkeeping, the answer.
 
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, Weak};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use chrono::{DateTime, Utc};
 use ketenpost_core::checks::{self, Authorised, Submitted};
@@ -108,8 +109,80 @@ type Begun = Result<(Authorised, Vec<u8>, PutTicket, std::time::Instant), Respon
 /// works are the next batch; a lone submission is a batch of one, verified at once.
 #[derive(Default)]
 pub(super) struct CheckStage {
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    queue: Arc<JobQueue<Job>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// The submissions waiting for a check thread. A submission wakes one idle thread. (The
+/// stage first shared one `mpsc` receiver under a mutex: a submission woke the thread
+/// blocked in `recv`, and, once that thread let go of the mutex, the next one, only for
+/// it to block in `recv` again: two wake-ups a submission where one does.)
+struct JobQueue<T> {
+    state: Mutex<Waiting<T>>,
+    ready: Condvar,
+}
+
+impl<T> Default for JobQueue<T> {
+    fn default() -> Self {
+        JobQueue {
+            state: Mutex::new(Waiting {
+                jobs: VecDeque::new(),
+                open: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+}
+
+/// What [`JobQueue`] guards: the submissions in order, and whether it takes more (closed
+/// until the stage starts, and again once it stops).
+struct Waiting<T> {
+    jobs: VecDeque<T>,
+    open: bool,
+}
+
+impl<T> JobQueue<T> {
+    /// Queue a submission and wake an idle thread; the submission back if the stage is
+    /// not running.
+    fn push(&self, job: T) -> Result<(), T> {
+        let mut w = lock(&self.state);
+        if !w.open {
+            return Err(job);
+        }
+        w.jobs.push_back(job);
+        drop(w);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The waiting submissions, at most `max`, waiting for one if there are none; `None`
+    /// once the queue is closed and empty (what was queued before it closed is taken).
+    fn take(&self, max: usize) -> Option<Vec<T>> {
+        let mut w = lock(&self.state);
+        while w.jobs.is_empty() {
+            if !w.open {
+                return None;
+            }
+            w = self
+                .ready
+                .wait(w)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let n = w.jobs.len().min(max);
+        let jobs: Vec<T> = w.jobs.drain(..n).collect();
+        let more = !w.jobs.is_empty();
+        drop(w);
+        // More than a batch waits: another idle thread takes the rest.
+        if more {
+            self.ready.notify_one();
+        }
+        Some(jobs)
+    }
+
+    fn set_open(&self, open: bool) {
+        lock(&self.state).open = open;
+        self.ready.notify_all();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,39 +192,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl CheckStage {
     /// Start the threads; submissions are refused until this ran.
     pub(super) fn start(shared: &Arc<Shared>) -> std::io::Result<()> {
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
         let limits = &shared.config.limits;
         let (count, batch) = (limits.check_threads, limits.check_batch);
         // The keys signatures failed under lately, shared by the threads.
         let suspects = Arc::new(verify::Suspects::new(verify::SUSPECT_FOR));
+        // Open before the threads start: a thread that finds the queue closed and empty
+        // ends.
+        shared.checks.queue.set_open(true);
         let mut threads = Vec::with_capacity(count);
         for i in 0..count {
-            // A weak handle: the stage's sender lives in `Shared`, so a strong one would
-            // keep both alive for ever should the broker be dropped without `stop`.
-            let (s, rx) = (Arc::downgrade(shared), rx.clone());
+            // A weak handle: the stage lives in `Shared`, so a strong one would keep both
+            // alive for ever should the broker be dropped without `stop`.
+            let (s, queue) = (Arc::downgrade(shared), shared.checks.queue.clone());
             let memory = verify::KeyMemory::new(suspects.clone());
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("ketenpost-check-{i}"))
-                    .spawn(move || check_loop(&s, &rx, batch, memory))?,
-            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("ketenpost-check-{i}"))
+                .spawn(move || check_loop(&s, &queue, batch, memory));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    // Closing the queue ends the threads started so far, once they
+                    // took what was queued.
+                    *lock(&shared.checks.threads) = threads;
+                    shared.checks.stop();
+                    return Err(e);
+                }
+            }
         }
-        *lock(&shared.checks.sender) = Some(tx);
         *lock(&shared.checks.threads) = threads;
         Ok(())
     }
 
     fn send(&self, job: Job) -> Result<(), Job> {
-        match lock(&self.sender).as_ref() {
-            Some(tx) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
-        }
+        self.queue.push(job)
     }
 
-    /// Take no more submissions and wait for the threads to finish what they hold.
+    /// Take no more submissions and wait for the threads to finish what they hold and
+    /// what was queued.
     pub(super) fn stop(&self) {
-        lock(&self.sender).take();
+        self.queue.set_open(false);
         for t in std::mem::take(&mut *lock(&self.threads)) {
             if t.join().is_err() {
                 error!("a check thread panicked");
@@ -164,25 +243,11 @@ impl CheckStage {
 /// signatures failed under lately (shared with the other threads).
 fn check_loop(
     shared: &Weak<Shared>,
-    rx: &Mutex<mpsc::Receiver<Job>>,
+    queue: &JobQueue<Job>,
     batch: usize,
     mut memory: verify::KeyMemory,
 ) {
-    loop {
-        let jobs = {
-            let rx = lock(rx);
-            let Ok(first) = rx.recv() else {
-                return;
-            };
-            let mut jobs = vec![first];
-            while jobs.len() < batch {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            jobs
-        };
+    while let Some(jobs) = queue.take(batch) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -508,4 +573,77 @@ fn shared_purpose(p: &str) -> Option<&str> {
         && p.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
     .then_some(p)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::JobQueue;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_closed_queue_refuses_and_an_open_one_gives_batches_in_order() {
+        let q = JobQueue::<u32>::default();
+        assert_eq!(q.push(1), Err(1), "closed until the stage starts");
+        assert_eq!(q.take(4), None);
+        q.set_open(true);
+        for n in 0..5 {
+            q.push(n).unwrap();
+        }
+        assert_eq!(q.take(3), Some(vec![0, 1, 2]));
+        assert_eq!(q.take(3), Some(vec![3, 4]));
+        // What was queued before the queue closed is still taken; then it ends.
+        q.push(5).unwrap();
+        q.set_open(false);
+        assert_eq!(q.push(6), Err(6));
+        assert_eq!(q.take(3), Some(vec![5]));
+        assert_eq!(q.take(3), None);
+    }
+
+    #[test]
+    fn every_job_is_taken_once_by_threads_waiting_and_all_end_when_closed() {
+        const JOBS: u32 = 2_000;
+        let q = Arc::new(JobQueue::<u32>::default());
+        q.set_open(true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (q, tx) = (q.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    while let Some(jobs) = q.take(16) {
+                        assert!(!jobs.is_empty() && jobs.len() <= 16);
+                        for j in jobs {
+                            tx.send(Some(j)).unwrap();
+                        }
+                    }
+                    tx.send(None).unwrap();
+                })
+            })
+            .collect();
+        for n in 0..JOBS {
+            q.push(n).unwrap();
+            if n % 100 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        let mut seen = vec![false; JOBS as usize];
+        for _ in 0..JOBS {
+            let j = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a queued job was never taken")
+                .expect("a thread ended while jobs were queued");
+            assert!(!std::mem::replace(&mut seen[j as usize], true), "{j} twice");
+        }
+        q.set_open(false);
+        for _ in &threads {
+            let ended = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a thread kept waiting");
+            assert_eq!(ended, None);
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
 }
