@@ -65,8 +65,8 @@ impl LogSync {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_log_of_a_database_is_synced_after_its_flush() {
+    /// A new database in a temporary directory, flushed only when asked, and its path.
+    fn fresh_db() -> (tempfile::TempDir, std::path::PathBuf, sled::Db) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.sled");
         let db = sled::Config::new()
@@ -74,6 +74,12 @@ mod tests {
             .flush_every_ms(None)
             .open()
             .unwrap();
+        (dir, path, db)
+    }
+
+    #[test]
+    fn the_log_of_a_database_is_synced_after_its_flush() {
+        let (dir, path, db) = fresh_db();
         let log = LogSync::open(&path).unwrap();
         db.insert(b"k", b"v").unwrap();
         assert!(log.flush(&db).unwrap() > 0);
@@ -96,20 +102,15 @@ mod tests {
         use sled::Transactional as _;
         const THREADS: u32 = 4;
         const ROUNDS: u32 = 150;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.sled");
-        let db = sled::Config::new()
-            .path(&path)
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
+        let (dir, path, db) = fresh_db();
         let log = std::sync::Arc::new(LogSync::open(&path).unwrap());
         let (a, b) = (db.open_tree("a").unwrap(), db.open_tree("b").unwrap());
         let (done, finished) = std::sync::mpsc::channel();
+        let mut writers = Vec::new();
         for t in 0..THREADS {
             let (db, log, a, b, done) =
                 (db.clone(), log.clone(), a.clone(), b.clone(), done.clone());
-            std::thread::spawn(move || {
+            writers.push(std::thread::spawn(move || {
                 for r in 0..ROUNDS {
                     let key = format!("{t}-{r}");
                     if r % 2 == 0 {
@@ -128,12 +129,17 @@ mod tests {
                     log.flush(&db).unwrap();
                 }
                 done.send(t).unwrap();
-            });
+            }));
         }
         for _ in 0..THREADS {
             finished
                 .recv_timeout(std::time::Duration::from_secs(120))
                 .expect("a writer hung: a flush waited for a log write that never came");
+        }
+        // Each has sent its last word: joining waits only for it to drop its handles, so
+        // the database is closed before it is opened again.
+        for w in writers {
+            w.join().unwrap();
         }
         drop((a, b, db));
         let db = sled::Config::new().path(&path).open().unwrap();
