@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn the_log_of_a_database_is_synced_after_its_flush() {
-        let (dir, path, db) = fresh_db();
+        let (_dir, path, db) = fresh_db();
         let log = LogSync::open(&path).unwrap();
         db.insert(b"k", b"v").unwrap();
         assert!(log.flush(&db).unwrap() > 0);
@@ -102,7 +102,7 @@ mod tests {
         use sled::Transactional as _;
         const THREADS: u32 = 4;
         const ROUNDS: u32 = 150;
-        let (dir, path, db) = fresh_db();
+        let (_dir, path, db) = fresh_db();
         let log = std::sync::Arc::new(LogSync::open(&path).unwrap());
         let (a, b) = (db.open_tree("a").unwrap(), db.open_tree("b").unwrap());
         let (done, finished) = std::sync::mpsc::channel();
