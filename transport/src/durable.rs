@@ -77,6 +77,23 @@ mod tests {
         (dir, path, db)
     }
 
+    /// The database at `path` opened again once every handle to it is dropped. sled lets
+    /// go of its file lock when the last of its I/O pool's tasks drops its handle, which
+    /// can be a moment after the flush that waited for that task returned: a bounded wait
+    /// (2 s) for that, and any other error at once.
+    fn reopen(path: &std::path::Path) -> sled::Db {
+        for _ in 0..200 {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => return db,
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("cannot open the database again: {e}"),
+            }
+        }
+        panic!("the database stayed locked for 2 s after every handle was dropped")
+    }
+
     #[test]
     fn the_log_of_a_database_is_synced_after_its_flush() {
         let (_dir, path, db) = fresh_db();
@@ -88,7 +105,7 @@ mod tests {
         assert!(log.write(&db).unwrap() > 0);
         log.sync().unwrap();
         drop(db);
-        let db = sled::Config::new().path(&path).open().unwrap();
+        let db = reopen(&path);
         assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
         assert_eq!(db.get(b"k2").unwrap().as_deref(), Some(&b"v2"[..]));
     }
@@ -142,7 +159,7 @@ mod tests {
             w.join().unwrap();
         }
         drop((a, b, db));
-        let db = sled::Config::new().path(&path).open().unwrap();
+        let db = reopen(&path);
         let (a, b) = (db.open_tree("a").unwrap(), db.open_tree("b").unwrap());
         for t in 0..THREADS {
             for r in 0..ROUNDS {
