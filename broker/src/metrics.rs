@@ -17,7 +17,8 @@
 //! | `ketenpost_broker_group_commits_total` | counter | group commits (each one fsync of the database) |
 //! | `ketenpost_broker_group_commit_size` | histogram | messages or transitions per group commit (for the writer: of the rounds one sync made durable) |
 //! | `ketenpost_broker_fsync_seconds` | histogram | per group commit, from the start of its database flush to the end of its fsync (for the writer's rounds: the earliest round's flush to the settling thread's sync) |
-//! | `ketenpost_broker_spool_fsync_seconds` | histogram | per spool sync by the spool stage: the bodies of a round, durable before their metadata is written, and the deletions written since the last sync |
+//! | `ketenpost_broker_spool_fsync_seconds` | histogram | per spool sync by the writer: the bodies of a round, durable before their metadata is written, and the deletions written since the last sync |
+//! | `ketenpost_broker_write_rounds_total{settled_by}` | counter | the writer's rounds that needed a sync, by who synced the log and answered them: `writer` (nothing else was waiting, so the writer did it itself) or `settling` (the settling thread, while the writer went on with the next round) |
 //! | `ketenpost_broker_submit_seconds` | histogram | a submission in the broker: its request read whole, to its answer (accepted or refused) |
 //! | `ketenpost_broker_store_write_seconds` | histogram | an accepted submission's durable write: its body appended and its write queued, to landed (the spool sync, the writer's round and flush, the settling thread's sync) |
 //! | `ketenpost_broker_alerts_sent_total` | counter | FG alerts accepted by their receivers (webhooks, mail relay) |
@@ -89,8 +90,12 @@ pub struct CommitStats {
     commits: AtomicU64,
     size: Histogram,
     fsync: Histogram,
-    /// The spool stage's syncs of the message bodies, before their metadata is written.
+    /// The writer's syncs of the message bodies, before their metadata is written.
     spool_fsync: Histogram,
+    /// The writer's rounds it synced and answered itself (nothing else waiting).
+    settled_by_writer: AtomicU64,
+    /// The writer's rounds the settling thread synced and answered.
+    settled_by_thread: AtomicU64,
 }
 
 /// The bounds of the fsync histograms, in seconds.
@@ -105,6 +110,8 @@ impl Default for CommitStats {
             size: Histogram::new(&[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
             fsync: Histogram::new(FSYNC_BOUNDS),
             spool_fsync: Histogram::new(FSYNC_BOUNDS),
+            settled_by_writer: AtomicU64::new(0),
+            settled_by_thread: AtomicU64::new(0),
         }
     }
 }
@@ -117,9 +124,29 @@ impl CommitStats {
         self.fsync.observe(took.as_secs_f64());
     }
 
-    /// One sync of the spool's bodies by the spool stage, which took `took`.
+    /// One sync of the spool's bodies by the writer, which took `took`.
     pub fn record_spool_sync(&self, took: Duration) {
         self.spool_fsync.observe(took.as_secs_f64());
+    }
+
+    /// `rounds` of the writer's synced and answered, by the writer itself or by the
+    /// settling thread.
+    pub fn record_settled(&self, rounds: usize, by_writer: bool) {
+        let counter = if by_writer {
+            &self.settled_by_writer
+        } else {
+            &self.settled_by_thread
+        };
+        counter.fetch_add(rounds as u64, Ordering::Relaxed);
+    }
+
+    /// The writer's rounds settled so far: by the writer itself, and by the settling
+    /// thread.
+    pub fn settled(&self) -> (u64, u64) {
+        (
+            self.settled_by_writer.load(Ordering::Relaxed),
+            self.settled_by_thread.load(Ordering::Relaxed),
+        )
     }
 
     /// Group commits so far.
@@ -374,6 +401,14 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
         "ketenpost_broker_spool_fsync_seconds",
         "Duration of each sync of the message bodies before their metadata is written.",
     );
+    let (by_writer, by_thread) = commits.settled();
+    counter(
+        &mut out,
+        "ketenpost_broker_write_rounds_total",
+        "The writer's rounds that needed a sync, by who synced and answered them.",
+        "settled_by",
+        BTreeMap::from([("settling", by_thread), ("writer", by_writer)]),
+    );
     counters.latencies.submit.render(
         &mut out,
         "ketenpost_broker_submit_seconds",
@@ -468,6 +503,9 @@ mod tests {
         s.record(3, Duration::from_millis(2));
         s.record(40, Duration::from_millis(30));
         s.record_spool_sync(Duration::from_micros(300));
+        s.record_settled(1, true);
+        s.record_settled(2, false);
+        s.record_settled(3, false);
         let mut g = Gauges {
             up: true,
             ..Gauges::default()
@@ -488,6 +526,8 @@ mod tests {
         assert!(text.contains("ketenpost_broker_fsync_seconds_count 2"));
         assert!(text.contains("ketenpost_broker_spool_fsync_seconds_bucket{le=\"0.00025\"} 0"));
         assert!(text.contains("ketenpost_broker_spool_fsync_seconds_bucket{le=\"0.0005\"} 1"));
+        assert!(text.contains("ketenpost_broker_write_rounds_total{settled_by=\"writer\"} 1"));
+        assert!(text.contains("ketenpost_broker_write_rounds_total{settled_by=\"settling\"} 5"));
         assert!(text.contains("ketenpost_broker_submit_seconds_bucket{le=\"0.002\"} 1"));
         assert!(text.contains("ketenpost_broker_submit_seconds_bucket{le=\"0.05\"} 2"));
         assert!(text.contains("ketenpost_broker_submit_seconds_sum 0.0315"));

@@ -13,23 +13,25 @@
 //! | `deadlines` | message id | [`AnswerClock`] (JSON): answer deadlines, kept after the body is gone, until every answer is in or the case's deletion is ordered |
 //! | `segments` | spool segment (u32, big-endian) | how many bodies in that segment the metadata refers to (u64, big-endian), written in the transactions that write and remove metadata; and the key `counted` once the counts are kept, so that a start need not read every message ([`Store::open`]) |
 //!
-//! A message is written in four steps, and is on disk when its [`PutTicket`] says it
+//! A message is written in three steps, and is on disk when its [`PutTicket`] says it
 //! landed ([`Store::put_message`] waits for that):
 //!
 //! 1. the submitting thread appends its body to the spool and queues the rest;
-//! 2. the spool stage (thread `ketenpost-spool`) takes everything queued and syncs the spool
-//!    once for all of it, so no metadata is ever on disk without its body;
-//! 3. the writer thread (`ketenpost-writer`) writes everything the spool stage passed on in
-//!    one sled transaction (metadata, which is the dedup entry too, expiry entry, a queue entry
-//!    per recipient in its block, the audit records, and the body counts of the spool segments)
-//!    and has sled flush it into its log file;
-//! 4. the settling thread (`ketenpost-settle`) syncs the log (`fdatasync`, one for every
-//!    round waiting), then tells every waiting submission, round by round.
+//! 2. the writer thread (`ketenpost-writer`) takes everything queued, syncs the spool once
+//!    for all of it, so no metadata is ever on disk without its body, then writes it in one
+//!    sled transaction (metadata, which is the dedup entry too, expiry entry, a queue entry
+//!    per recipient in its block, the audit records, and the body counts of the spool
+//!    segments) and has sled flush it into its log file;
+//! 3. the log is synced (`fdatasync`, one for every round waiting) and every waiting
+//!    submission told, round by round: by the settling thread (`ketenpost-settle`) while
+//!    the writer goes on with the next round, or by the writer itself when nothing else
+//!    waits (at a low rate a round is one message, and a hand-off to another thread would
+//!    only add a wake-up).
 //!
-//! While the settling thread syncs one round, the writer writes the next; while the writer
-//! writes and flushes one batch, the spool stage syncs the next and more
-//! submissions queue up, so the batches grow with the load (about 40-60 messages each at
-//! 5,000 per second on two cores). A submission waits without holding a thread. sled 0.34
+//! While the settling thread syncs one round, the writer syncs the bodies of the next and
+//! writes it, and more submissions queue up, so the batches grow with the load (about
+//! 40-60 messages each at 5,000 per second on two cores). A submission waits without
+//! holding a thread. sled 0.34
 //! writes out its IO buffer around every transaction and a transaction cannot run during a
 //! flush, so one transaction and one fsync per message would cost more than everything
 //! else the broker does for it. Decisions (receipts, fetches, control records) go through
@@ -42,7 +44,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | `put` | the put pipeline: spool stage, writer thread (one transaction per batch), settling thread (one sync for the rounds waiting) |
+//! | `put` | the put pipeline: writer thread (the spool's sync, one transaction per batch), settling thread (one sync for the rounds waiting) |
 //! | `watermark` | which transactions a flush made durable, for the fetches |
 //! | `delivery` | a party's deliveries and notices, and the messages due to expire |
 //! | `transition` | a core decision's effects applied in one transaction (receipts, expiry, control records, deletion orders) |
@@ -84,7 +86,7 @@ use codec::{held_meta, key2, meta_of};
 use delivery::queue_entries;
 pub use delivery::Fetched;
 use ketenpost_core::registry::{Case, Consent};
-use put::{lock, sync_loop, CommitMsg, PutCombiner, Users};
+use put::{lock, CommitMsg, PutCombiner, Users};
 pub use put::{Landed, PendingAnswer, PutTicket};
 use reconcile::{
     count_bodies, count_of, migrate_legacy, reconcile_by_walk, reconcile_counted,
@@ -308,32 +310,20 @@ impl Store {
             db: db.clone(),
             log,
         };
-        // Stages, so that the bodies of one batch are synced while the batch before is
-        // written and flushed.
-        let (synced_tx, synced_rx) = std::sync::mpsc::channel();
-        let (puts, spooled, poisoned, stats) = (
-            store.puts.clone(),
-            store.spool.clone(),
-            store.poison.clone(),
-            store.commit_stats.clone(),
-        );
-        let syncer = std::thread::Builder::new()
-            .name("ketenpost-spool".into())
-            .spawn(move || sync_loop(&puts, &spooled, &poisoned, &stats, &synced_tx))
-            .map_err(StoreError::Thread)?;
-        // And a third: the log is synced for one round while the writer writes the next.
+        // Two stages: the log is synced for one round while the writer syncs the spool for,
+        // writes and flushes the next.
         let (settling_tx, settling_rx) = std::sync::mpsc::channel();
         let writer = store.clone();
         let written = std::thread::Builder::new()
             .name("ketenpost-writer".into())
-            .spawn(move || writer.write_loop(&synced_rx, &settling_tx))
+            .spawn(move || writer.write_loop(&settling_tx))
             .map_err(StoreError::Thread)?;
         let settler = store.clone();
         let settled = std::thread::Builder::new()
             .name("ketenpost-settle".into())
             .spawn(move || settler.settle_loop(&settling_rx))
             .map_err(StoreError::Thread)?;
-        lock(&store.puts.writer).extend([syncer, written, settled]);
+        lock(&store.puts.writer).extend([written, settled]);
         let store = Store {
             users: Some(Arc::new(Users(store.puts.clone()))),
             ..store

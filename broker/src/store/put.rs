@@ -73,62 +73,60 @@ pub(super) struct PendingPut {
     pub(super) done: oneshot::Sender<Result<Landed, PutFailed>>,
 }
 
-/// The spool stage of message writes: take what is queued, sync the spool (every body
-/// queued was appended before it was queued), and pass it on to the writer thread, so the
-/// metadata is never on disk without its body. Stops when the store closes and the queue
-/// is empty.
-pub(super) fn sync_loop(
-    puts: &PutCombiner,
+/// The next round of queued writes, waiting for one; `None` once the store closes and the
+/// queue is empty.
+fn next_round(puts: &PutCombiner) -> Option<Round> {
+    let mut queue = lock(&puts.queue);
+    while queue.puts.is_empty() && queue.transitions.is_empty() && !queue.closing {
+        queue = puts
+            .wake
+            .wait(queue)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    if queue.puts.is_empty() && queue.transitions.is_empty() {
+        return None;
+    }
+    Some(Round {
+        puts: std::mem::take(&mut queue.puts),
+        transitions: std::mem::take(&mut queue.transitions),
+    })
+}
+
+/// Nothing is queued for the writer.
+fn queue_empty(puts: &PutCombiner) -> bool {
+    let queue = lock(&puts.queue);
+    queue.puts.is_empty() && queue.transitions.is_empty()
+}
+
+/// Sync the spool for a round's message writes (every body queued was appended before it
+/// was queued), so that their metadata is never on disk without its body. A round of
+/// decisions alone writes no bodies and needs no sync. `None` when the sync failed: the
+/// store is poisoned and the round answered.
+fn sync_bodies(
+    round: Round,
     spool: &Spool,
     poison: &Poison,
     stats: &crate::metrics::CommitStats,
-    synced: &std::sync::mpsc::Sender<Round>,
-) {
-    loop {
-        let round = {
-            let mut queue = lock(&puts.queue);
-            while queue.puts.is_empty() && queue.transitions.is_empty() && !queue.closing {
-                queue = puts
-                    .wake
-                    .wait(queue)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-            }
-            if queue.puts.is_empty() && queue.transitions.is_empty() {
-                return;
-            }
-            Round {
-                puts: std::mem::take(&mut queue.puts),
-                transitions: std::mem::take(&mut queue.transitions),
-            }
-        };
-        // Decisions write no bodies: a round of decisions alone needs no sync.
-        let spooled = if round.puts.is_empty() {
-            Ok(())
-        } else {
-            let started = std::time::Instant::now();
-            let synced = spool.sync();
-            stats.record_spool_sync(started.elapsed());
-            synced
-        };
-        let failed = match spooled {
-            Ok(()) => match synced.send(round) {
-                Ok(()) => continue,
-                Err(back) => (back.0, PutFailed::Closed),
-            },
-            Err(e) => {
-                poison.set(&e);
-                (round, PutFailed::Spool(e.to_string()))
-            }
-        };
-        let (round, why) = failed;
-        forget_bodies(spool, &round.puts);
-        for p in round.puts {
-            let _ = p.done.send(Err(why.clone()));
-        }
-        for t in round.transitions {
-            let _ = t.done.send(Err(why.clone().into_store_error()));
-        }
+) -> Option<Round> {
+    if round.puts.is_empty() {
+        return Some(round);
     }
+    let started = std::time::Instant::now();
+    let synced = spool.sync();
+    stats.record_spool_sync(started.elapsed());
+    let Err(e) = synced else {
+        return Some(round);
+    };
+    poison.set(&e);
+    let why = PutFailed::Spool(e.to_string());
+    forget_bodies(spool, &round.puts);
+    for p in round.puts {
+        let _ = p.done.send(Err(why.clone()));
+    }
+    for t in round.transitions {
+        let _ = t.done.send(Err(why.clone().into_store_error()));
+    }
+    None
 }
 
 /// What a batch of message writes did: per message what landed (`None`: a duplicate), or
@@ -236,7 +234,6 @@ impl PutFailed {
                 what: "message body",
                 reason,
             },
-            PutFailed::Closed => StoreError::Closed,
             PutFailed::Contended => StoreError::Contended,
         }
     }
@@ -253,16 +250,13 @@ pub(super) enum PutFailed {
     Audit(String),
     /// The spool could not make the batch's bodies durable: the whole batch fails.
     Spool(String),
-    /// The writer thread is gone (the store is closing).
-    Closed,
     /// What the batch was prepared against kept changing: the whole batch fails.
     Contended,
 }
 
 /// Group commit of message writes (see the module docs): a submission queues its writes
-/// and waits for its [`PutTicket`] without holding a thread; the spool stage takes
-/// everything queued and syncs the spool, and the writer thread applies it in one
-/// transaction and flushes it. `io` is held by the group committer while it flushes and
+/// and waits for its [`PutTicket`] without holding a thread; the writer thread takes
+/// everything queued, syncs the spool, applies it in one transaction and flushes it. `io` is held by the group committer while it flushes and
 /// by a combined write: a sled transaction that
 /// starts during a flush waits for it holding sled's internal lock exclusively, which
 /// stalls every read (the checks) until the flush ends.
@@ -271,7 +265,9 @@ pub(super) struct PutCombiner {
     pub(super) queue: std::sync::Mutex<PutQueue>,
     pub(super) wake: std::sync::Condvar,
     pub(super) io: std::sync::Mutex<()>,
-    /// The spool stage and the writer thread.
+    /// Rounds handed to the settling thread and not yet answered.
+    pub(super) settling: std::sync::atomic::AtomicUsize,
+    /// The writer and settling threads.
     pub(super) writer: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -346,24 +342,17 @@ fn fail_round(
     }
 }
 
-/// What the spool stage passes on to the writer thread: message writes whose bodies are
-/// synced, and queued decisions ([`Store::begin_transition`]).
+/// What the writer takes from the queue at once: message writes and decisions
+/// ([`Store::begin_transition`]).
 #[derive(Default)]
 pub(super) struct Round {
     pub(super) puts: Vec<PendingPut>,
     pub(super) transitions: Vec<PendingTransition>,
 }
 
-impl Round {
-    pub(super) fn extend(&mut self, more: Round) {
-        self.puts.extend(more.puts);
-        self.transitions.extend(more.transitions);
-    }
-}
-
 impl PutCombiner {
-    /// Stop the spool stage and the writer thread once everything queued is written,
-    /// and wait for them. Blocking.
+    /// Stop the writer and settling threads once everything queued is written and
+    /// answered, and wait for them. Blocking.
     pub(super) fn stop(&self) {
         lock(&self.queue).closing = true;
         self.wake.notify_all();
@@ -449,9 +438,9 @@ impl Store {
         for r in &meta.recipients {
             meta.queue_seqs.insert(r.clone(), self.db.generate_id()?);
         }
-        // Appended now; the spool stage syncs the spool before the writer writes the
-        // metadata that refers to it (everything queued was appended before the stage
-        // took it), so the metadata is never on disk without its body.
+        // Appended now; the writer syncs the spool before it writes the metadata that
+        // refers to it (everything queued was appended before the writer took it), so the
+        // metadata is never on disk without its body.
         let body_at = self.spool.append(&id, &a.verified().envelope().encode())?;
         meta.body_at = Some(body_at);
         let (done, landed) = oneshot::channel();
@@ -494,23 +483,24 @@ impl Store {
         Ok(PutTicket(landed))
     }
 
-    /// The writer thread: per round of what the spool stage passes on, one transaction of
-    /// message writes and one of decisions (each per trail; a broker has one), then sled's
-    /// flush of both into its log, until the spool stage stops. The settling thread makes
-    /// the round durable and answers it ([`Store::settle_loop`]) while the writer goes on
-    /// with the next round.
-    pub(super) fn write_loop(
-        self,
-        synced: &std::sync::mpsc::Receiver<Round>,
-        settling: &std::sync::mpsc::Sender<Settling>,
-    ) {
-        while let Ok(mut round) = synced.recv() {
-            // Whatever else was synced meanwhile goes in the same transactions.
-            while let Ok(more) = synced.try_recv() {
-                round.extend(more);
-            }
+    /// The writer thread: per round of what is queued, the spool's sync for its bodies, one
+    /// transaction of message writes and one of decisions (each per trail; a broker has
+    /// one), then sled's flush of both into its log, until the store closes and the queue
+    /// is empty.
+    ///
+    /// The log's sync and the answers ([`Store::settle`]) go to the settling thread, which
+    /// does them while the writer goes on with the next round, when there is a next round
+    /// or the settling thread is still busy. Otherwise the writer settles the round itself:
+    /// at a low rate a round is one message, and handing it to another thread would cost a
+    /// wake-up and a context switch and win nothing.
+    pub(super) fn write_loop(self, settling: &std::sync::mpsc::Sender<Settling>) {
+        while let Some(round) = next_round(&self.puts) {
+            let Some(round) = sync_bodies(round, &self.spool, &self.poison, &self.commit_stats)
+            else {
+                continue;
+            };
             // Not during a group committer's flush.
-            let _io = lock(&self.puts.io);
+            let io = lock(&self.puts.io);
             let puts: Vec<_> = by_trail(round.puts, |p| &p.trail)
                 .into_iter()
                 .map(|(trail, batch)| {
@@ -522,12 +512,28 @@ impl Store {
                 .into_iter()
                 .flat_map(|(trail, batch)| self.apply_transitions(batch, &trail))
                 .collect();
-            if let Some(round) = self.write_out(puts, decided) {
-                // The settling thread ends only after this one: should it be gone anyway,
-                // the round is settled here.
-                if let Err(back) = settling.send(round) {
-                    self.settle(vec![back.0]);
-                }
+            let Some(round) = self.write_out(puts, decided) else {
+                continue;
+            };
+            drop(io);
+            let busy = &self.puts.settling;
+            let settle_here = |round: Settling| {
+                self.commit_stats
+                    .record_settled(usize::from(round.flushed.is_some()), true);
+                self.settle(vec![round]);
+            };
+            // The settling thread answers rounds in order: the writer settles one itself
+            // only when every round before it is answered.
+            if busy.load(std::sync::atomic::Ordering::Acquire) == 0 && queue_empty(&self.puts) {
+                settle_here(round);
+                continue;
+            }
+            busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            // The settling thread ends only after this one: should it be gone anyway, the
+            // round is settled here.
+            if let Err(back) = settling.send(round) {
+                busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                settle_here(back.0);
             }
         }
     }
@@ -586,7 +592,14 @@ impl Store {
             while let Ok(more) = settling.try_recv() {
                 rounds.push(more);
             }
+            let n = rounds.len();
+            let flushed = rounds.iter().filter(|r| r.flushed.is_some()).count();
+            self.commit_stats.record_settled(flushed, false);
             self.settle(rounds);
+            // Only now may the writer settle a round itself: those before it are answered.
+            self.puts
+                .settling
+                .fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
         }
     }
 

@@ -1175,6 +1175,43 @@ fn a_round_written_into_the_log_is_durable_only_after_a_sync_of_an_unpoisoned_st
     rt.block_on(store.close());
 }
 
+/// A round that finds nothing else waiting is synced and answered by the writer itself;
+/// while the settling thread has rounds out, the writer hands its rounds on to it, so
+/// every round is still answered in order.
+#[test]
+fn the_writer_settles_a_round_itself_only_when_nothing_else_waits() {
+    use std::sync::atomic::Ordering;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _enter = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, trail) = open_in(dir.path());
+    let (messages, zorg) = authorised(6);
+    let busy = &store.puts.settling;
+    // One at a time: each round is the only one.
+    put_all(&store, &trail, &messages[..2]);
+    assert_eq!(store.commit_stats().settled(), (2, 0));
+    // A round still out with the settling thread (standing in: the count of them).
+    busy.fetch_add(1, Ordering::AcqRel);
+    put_all(&store, &trail, &messages[2..4]);
+    assert_eq!(store.commit_stats().settled(), (2, 2));
+    // The settling thread takes its own rounds off the count once they are answered,
+    // which can be a moment after their submissions heard.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while busy.load(Ordering::Acquire) != 1 {
+        assert!(std::time::Instant::now() < deadline, "rounds left counted");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    busy.fetch_sub(1, Ordering::AcqRel);
+    put_all(&store, &trail, &messages[4..]);
+    assert_eq!(store.commit_stats().settled(), (4, 2));
+    // Every round landed whole and durable, whoever settled it.
+    assert!(store.watermark.durable() >= store.watermark.covered());
+    assert_eq!(store.queued().unwrap(), messages.len());
+    let fetched = store.fetch(&zorg, 100, &Default::default()).unwrap();
+    assert_eq!(fetched.items.len(), messages.len());
+    rt.block_on(store.close());
+}
+
 /// A group commit that waits for the settling thread's sync and sees the store poisoned
 /// meanwhile makes no flush of its own: after a failed fsync a later one proves nothing,
 /// so the waiting fetch hears the error and nothing becomes durable.
