@@ -170,6 +170,56 @@ mod tests {
         }
     }
 
+    /// The vendored sled writes a new segment of its log whole (with zeros) before it
+    /// writes into it, so the log file grows a segment at a time, not with every flush
+    /// (whose sync would then commit the file system's journal too). What was written
+    /// across many segments reads back after a restart, and after a second one: a start
+    /// finds the zeros after the last write of a segment, as after a crash.
+    #[test]
+    fn the_log_grows_a_whole_segment_at_a_time_and_reads_back_after_restarts() {
+        const SEGMENT: u64 = 512 * 1024;
+        let (_dir, path, db) = fresh_db();
+        let log = LogSync::open(&path).unwrap();
+        let value = vec![7u8; 1024];
+        let mut sizes = std::collections::BTreeSet::new();
+        for i in 0..3_000u32 {
+            db.insert(i.to_be_bytes(), &value[..]).unwrap();
+            if i % 50 == 49 {
+                log.flush(&db).unwrap();
+                let len = std::fs::metadata(path.join("db")).unwrap().len();
+                assert_eq!(len % SEGMENT, 0, "the log is {len} bytes after a flush");
+                sizes.insert(len);
+            }
+        }
+        assert!(
+            sizes.len() > 2,
+            "the log grew past a few segments: {sizes:?}"
+        );
+        drop(db);
+        for round in 0..2u32 {
+            let db = reopen(&path);
+            for i in 0..3_000u32 {
+                assert_eq!(
+                    db.get(i.to_be_bytes()).unwrap().as_deref(),
+                    Some(&value[..]),
+                    "{i} after restart {round}"
+                );
+            }
+            for i in 0..3_000u32 {
+                let key = [round.to_be_bytes(), i.to_be_bytes()].concat();
+                db.insert(key, &value[..64]).unwrap();
+            }
+            log.flush(&db).unwrap();
+        }
+        let db = reopen(&path);
+        for round in 0..2u32 {
+            for i in (0..3_000u32).step_by(97) {
+                let key = [round.to_be_bytes(), i.to_be_bytes()].concat();
+                assert_eq!(db.get(key).unwrap().as_deref(), Some(&value[..64]));
+            }
+        }
+    }
+
     #[test]
     fn a_directory_without_a_database_is_an_error() {
         let dir = tempfile::tempdir().unwrap();

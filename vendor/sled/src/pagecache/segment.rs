@@ -997,6 +997,23 @@ impl SegmentAccountant {
 
         trace!("advancing file tip from {} to {}", lid, self.tip);
 
+        // ketenpost: the new segment lies beyond the end of the file (a
+        // truncation above it was waited for just above). Write it whole with
+        // `MessageKind::Corrupted` (zeros) first, as the start-up does with a
+        // garbage segment, so that the file grows once a segment instead of
+        // with every write into it: a write that grows the file makes the
+        // `fdatasync` after it commit the file system's journal too (the
+        // file's new size), which costs it about half again as long.
+        io_fail!(self.config, "zero new tip segment");
+        if let Err(e) = pwrite_all(
+            &self.config.file,
+            &vec![MessageKind::Corrupted.into(); self.config.segment_size],
+            lid,
+        ) {
+            self.tip = lid;
+            return Err(e.into());
+        }
+
         Ok(lid)
     }
 
