@@ -47,10 +47,21 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(&[]).await
+}
+
+/// [`setup`] with extra `serve` arguments for the broker.
+async fn setup_with(args: &[&str]) -> Setup {
     let fed = Fed::new(TEST_POLICY, None).unwrap();
     let parties: Vec<PartyKeys> = (0..3).map(|i| fed.keys(i).unwrap()).collect();
-    let broker =
-        BrokerProcess::start(&fed, &fed.path("data"), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let broker = BrokerProcess::start_with(
+        &fed,
+        &fed.path("data"),
+        "127.0.0.1:0".parse().unwrap(),
+        args,
+        &[],
+    )
+    .unwrap();
     let (gem, corp, zorg) = (&parties[0], &parties[1], &parties[2]);
     let gc = gem.connect(broker.addr).await.unwrap();
     let zc = zorg.connect(broker.addr).await.unwrap();
@@ -341,6 +352,95 @@ async fn copies_sent_at_once_are_accepted_once_and_each_other_refused_as_a_repla
         assert_eq!(r.reason.as_deref(), Some("replay"));
         assert_eq!(r.actor.as_deref(), Some(corp.oin.as_str()));
     }
+}
+
+/// A partner that signs badly, sending at once with another that signs well: the check
+/// stage verifies the submissions it takes together in one batch, so the bad signatures
+/// meet the good ones in the same batches. Each good one is still accepted and each bad
+/// one refused and audited as such, every bad one having been verified on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_in_the_same_batches_refuse_only_themselves() {
+    let s = setup_with(&["--metrics", "127.0.0.1:0"]).await;
+    let (gem, corp, zorg) = (&s.parties[0], &s.parties[1], &s.parties[2]);
+    const EACH: usize = 48;
+    let to = [(&zorg.oin, "zorgaanbieder")];
+    let good: Vec<Vec<u8>> = (0..EACH)
+        .map(|_| {
+            s.fed
+                .seal(corp, signaal(&s.case, s.consent, &to).unwrap())
+                .unwrap()
+        })
+        .collect();
+    // The municipality's own messages, each with one bit of its signature flipped: in
+    // `s`'s low bytes (it stays canonical, so the signature goes into a batch and makes
+    // its equation fail) or in `R` (which may then not decode at all).
+    let bad: Vec<Vec<u8>> = (0..EACH)
+        .map(|i| {
+            let mut bytes = s
+                .fed
+                .seal(gem, signaal(&s.case, s.consent, &to).unwrap())
+                .unwrap();
+            let hlen = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+            let at = if i % 2 == 0 { 32 + i % 16 } else { i % 32 };
+            bytes[8 + hlen + at] ^= 1 << (i % 8);
+            bytes
+        })
+        .collect();
+    let honest = [
+        std::sync::Arc::new(corp.connect(s.broker.addr).await.unwrap()),
+        std::sync::Arc::new(corp.connect(s.broker.addr).await.unwrap()),
+    ];
+    let hostile = [
+        std::sync::Arc::new(gem.connect(s.broker.addr).await.unwrap()),
+        std::sync::Arc::new(gem.connect(s.broker.addr).await.unwrap()),
+    ];
+    let mut all = tokio::task::JoinSet::new();
+    for (i, (g, b)) in good.into_iter().zip(bad).enumerate() {
+        let c = honest[i % 2].clone();
+        all.spawn(async move { (true, submit(&c, g).await) });
+        let c = hostile[i % 2].clone();
+        all.spawn(async move { (false, submit(&c, b).await) });
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    while let Some(r) = all.join_next().await {
+        match r.unwrap() {
+            (true, Response::Accepted { .. }) => accepted += 1,
+            (false, Response::Rejected(r)) if r.code == RejectCode::BadSignature => refused += 1,
+            (good, other) => panic!("a {} one got {other:?}", if good { "good" } else { "bad" }),
+        }
+    }
+    assert_eq!((accepted, refused), (EACH, EACH));
+    let v = s
+        .broker
+        .metrics_of(&[
+            "ketenpost_broker_signatures_verified_total{how=\"alone\"}",
+            "ketenpost_broker_signatures_verified_total{how=\"batched\"}",
+        ])
+        .unwrap();
+    let (alone, batched) = (v[0].unwrap(), v[1].unwrap());
+    // A bad signature is never vouched for by a batch: each was verified alone, after
+    // its batch failed or with its key suspect.
+    assert!(alone >= EACH as u64, "alone {alone}, batched {batched}");
+    assert!(alone + batched >= 2 * EACH as u64);
+    for c in honest.iter().chain(&hostile) {
+        c.close().await;
+    }
+    let data = s.fed.path("data");
+    assert!(s.broker.terminate().unwrap().success());
+    let all = records(&data);
+    let by = |event: AuditEvent, who: &ketenpost_schemas::ids::Oin| {
+        all.iter()
+            .filter(|r| r.event == event && r.actor.as_deref() == Some(who.as_str()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by(AuditEvent::Accepted, &corp.oin).len(), EACH);
+    assert!(by(AuditEvent::Rejected, &corp.oin).is_empty());
+    let refusals = by(AuditEvent::Rejected, &gem.oin);
+    assert_eq!(refusals.len(), EACH);
+    assert!(refusals
+        .iter()
+        .all(|r| r.reason.as_deref() == Some("bad_signature")));
+    assert!(by(AuditEvent::Accepted, &gem.oin).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
