@@ -256,10 +256,10 @@ pub(super) enum PutFailed {
 
 /// Group commit of message writes (see the module docs): a submission queues its writes
 /// and waits for its [`PutTicket`] without holding a thread; the writer thread takes
-/// everything queued, syncs the spool, applies it in one transaction and flushes it. `io` is held by the group committer while it flushes and
-/// by a combined write: a sled transaction that
-/// starts during a flush waits for it holding sled's internal lock exclusively, which
-/// stalls every read (the checks) until the flush ends.
+/// everything queued, syncs the spool, applies it in one transaction and flushes it. `io`
+/// is held by the group committer while it flushes and by a combined write: a sled
+/// transaction that starts during a flush waits for it holding sled's internal lock
+/// exclusively, which stalls every read (the checks) until the flush ends.
 #[derive(Default)]
 pub(super) struct PutCombiner {
     pub(super) queue: std::sync::Mutex<PutQueue>,
