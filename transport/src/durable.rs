@@ -220,6 +220,98 @@ mod tests {
         }
     }
 
+    /// Where the child of [`a_writer_killed_while_its_log_grows_loses_nothing_it_flushed`]
+    /// writes; set only in that child.
+    const CHILD_DB: &str = "KETENPOST_TEST_SLED_CHILD_DB";
+    /// The first key the child writes.
+    const CHILD_FROM: &str = "KETENPOST_TEST_SLED_CHILD_FROM";
+
+    /// The child's side: write 1 KiB values under consecutive keys from `from`, flush and
+    /// sync every 16, and print the last key flushed, until killed (or 40,000 keys).
+    fn child_writes(path: &Path, from: u32) {
+        use std::io::Write as _;
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let log = LogSync::open(path).unwrap();
+        let mut out = std::io::stdout().lock();
+        for i in from..from + 40_000 {
+            db.insert(i.to_be_bytes(), &[(i % 251) as u8; 1024][..])
+                .unwrap();
+            if i % 16 == 15 {
+                log.flush(&db).unwrap();
+                writeln!(out, "flushed {i}").unwrap();
+                out.flush().unwrap();
+            }
+        }
+    }
+
+    /// The vendored sled's fourth patch under SIGKILL: a process writing and flushing while
+    /// its log grows segment after segment (each written with zeros before use) is killed
+    /// five times at whatever point it has reached; after each kill every value it said
+    /// was flushed reads back whole, and the next writer goes on in the same log.
+    #[test]
+    fn a_writer_killed_while_its_log_grows_loses_nothing_it_flushed() {
+        use std::io::BufRead as _;
+        if let Ok(path) = std::env::var(CHILD_DB) {
+            let from = std::env::var(CHILD_FROM).unwrap().parse().unwrap();
+            child_writes(Path::new(&path), from);
+            return;
+        }
+        const SEGMENT: u64 = 512 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("killed.sled");
+        let mut from = 0u32;
+        for kill in 0..5u64 {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "durable::tests::a_writer_killed_while_its_log_grows_loses_nothing_it_flushed",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_DB, &path)
+                .env(CHILD_FROM, from.to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            // Killed once the log has grown past two more segments, and a few flushes
+            // later each time, so that the kills fall at different points of a segment.
+            let grown = (kill + 3) * SEGMENT;
+            let mut flushed = None;
+            let mut after = 0u64;
+            for line in lines {
+                let line = line.unwrap();
+                let Some(n) = line.strip_prefix("flushed ") else {
+                    continue;
+                };
+                flushed = Some(n.parse::<u32>().unwrap());
+                let len = std::fs::metadata(path.join("db")).map_or(0, |m| m.len());
+                if len >= grown {
+                    after += 1;
+                    if after > kill * 7 {
+                        break;
+                    }
+                }
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let flushed = flushed.expect("the child flushed something before the kill");
+            let db = reopen(&path);
+            for i in 0..=flushed {
+                assert_eq!(
+                    db.get(i.to_be_bytes()).unwrap().as_deref(),
+                    Some(&[(i % 251) as u8; 1024][..]),
+                    "key {i} after kill {kill} (flushed up to {flushed})"
+                );
+            }
+            from = flushed + 1;
+        }
+    }
+
     #[test]
     fn a_directory_without_a_database_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
