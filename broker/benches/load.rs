@@ -1716,15 +1716,29 @@ where
 /// spent inside the broker, and the disk's.
 fn broker_side(what: &str, before: &str, after: &str) -> String {
     let h = |name: &str| Buckets::of(after, name).since(&Buckets::of(before, name));
+    let settled = |by: &str| {
+        let name = format!("ketenpost_broker_write_rounds_total{{settled_by=\"{by}\"}}");
+        sample(after, &name).saturating_sub(sample(before, &name))
+    };
     format!(
         "{what}: in the broker (its histograms' bucket bounds): submission (read whole to \
          answered) {}; durable write (queued to landed) {}; spool fsync {}; database \
-         flush and fsync {}",
+         flush and fsync {}; writer rounds settled by the writer {}, by the settling thread {}",
         h("ketenpost_broker_submit_seconds").summary_ms(),
         h("ketenpost_broker_store_write_seconds").summary_ms(),
         h("ketenpost_broker_spool_fsync_seconds").summary_ms(),
         h("ketenpost_broker_fsync_seconds").summary_ms(),
+        settled("writer"),
+        settled("settling"),
     )
+}
+
+/// The value of the sample `name` (with its labels) in a scrape; 0 when absent.
+fn sample(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 async fn e2e(o: &Opts, sum: &mut Summary) {
