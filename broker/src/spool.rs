@@ -223,6 +223,12 @@ impl Spool {
         }
     }
 
+    /// Make the spool unusable as a failed fsync does (for tests of what follows one).
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self, why: &str) {
+        let _ = self.failed.set(why.to_owned());
+    }
+
     /// An fsync failed: remember it, so no later sync can report success for pages the
     /// kernel may have dropped.
     fn sync_failed(&self, what: &'static str, e: std::io::Error) -> SpoolError {

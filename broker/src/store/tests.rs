@@ -1212,6 +1212,72 @@ fn the_writer_settles_a_round_itself_only_when_nothing_else_waits() {
     rt.block_on(store.close());
 }
 
+/// A round whose bodies cannot be synced lands nothing: its submission hears a storage
+/// error, the store is poisoned and takes no more writes, and after a restart the message
+/// is unknown (its body destroyed as an orphan), so the sender's retry is accepted.
+#[test]
+fn a_round_whose_bodies_cannot_be_synced_lands_nothing_and_its_retry_is_accepted() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _enter = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, trail) = open_in(dir.path());
+    let (messages, _) = authorised(3);
+    let begin = |store: &Store, trail: &Arc<AuditTrail>, a: &Authorised| {
+        store.begin_put(
+            a,
+            &MessageMeta::accepted(a, Utc::now()),
+            trail,
+            vec![],
+            None,
+            None,
+        )
+    };
+    // The writer takes the first round, then waits at its transaction.
+    let io = store.puts.io.lock().unwrap();
+    let first = begin(&store, &trail, &messages[0]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !store.puts.queue.lock().unwrap().puts.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer took nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // The second is appended and queued; then the spool's fsync fails.
+    let second = begin(&store, &trail, &messages[1]).unwrap();
+    store.spool.fail_for_test("a failed fsync (test)");
+    drop(io);
+    assert!(
+        matches!(
+            second.wait(),
+            Err(StoreError::Corrupt {
+                what: "message body",
+                ..
+            })
+        ),
+        "the round whose bodies were not synced fails"
+    );
+    // The first round may or may not have been answered before the store was poisoned.
+    let _ = first.wait();
+    assert!(matches!(store.poison.check(), Err(StoreError::Poisoned(_))));
+    assert!(begin(&store, &trail, &messages[2]).is_err());
+    rt.block_on(store.close());
+    drop((store, trail));
+
+    let (store, trail) = open_in(dir.path());
+    let [a, b, _] = &messages[..] else {
+        unreachable!()
+    };
+    assert!(!store.seen(&b.header().id).unwrap());
+    let first_landed = store.seen(&a.header().id).unwrap();
+    assert_eq!(store.bodies_held().unwrap(), u64::from(first_landed));
+    store
+        .put_message(b, &MessageMeta::accepted(b, Utc::now()), &trail, vec![])
+        .expect("the retry is accepted");
+    assert_eq!(store.bodies_held().unwrap(), u64::from(first_landed) + 1);
+    rt.block_on(store.close());
+}
+
 /// A group commit that waits for the settling thread's sync and sees the store poisoned
 /// meanwhile makes no flush of its own: after a failed fsync a later one proves nothing,
 /// so the waiting fetch hears the error and nothing becomes durable.
