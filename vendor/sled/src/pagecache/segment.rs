@@ -1005,11 +1005,8 @@ impl SegmentAccountant {
         // `fdatasync` after it commit the file system's journal too (the
         // file's new size), which costs it about half again as long.
         io_fail!(self.config, "zero new tip segment");
-        if let Err(e) = pwrite_all(
-            &self.config.file,
-            &vec![MessageKind::Corrupted.into(); self.config.segment_size],
-            lid,
-        ) {
+        if let Err(e) = write_zeros(&self.config.file, lid, self.config.segment_size)
+        {
             self.tip = lid;
             return Err(e.into());
         }
@@ -1144,4 +1141,28 @@ impl SegmentAccountant {
 
         idx
     }
+}
+
+/// ketenpost: zeros to write from, never written to. The kernel reads it as
+/// the shared zero page. (A fresh `vec![0; len]` for each write cost the
+/// process twice: jemalloc hands out a zeroed large block as untouched pages,
+/// the write maps them to the zero page, and whatever reuses the block next
+/// takes a copy-on-write fault, with its TLB flush on every core, on each of
+/// its pages.)
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// ketenpost: write `len` bytes of `MessageKind::Corrupted` (zero) at `at`.
+fn write_zeros(
+    file: &std::fs::File,
+    at: LogOffset,
+    len: usize,
+) -> std::io::Result<()> {
+    debug_assert_eq!(MessageKind::Corrupted as u8, 0);
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ZEROS.len());
+        pwrite_all(file, &ZEROS[..n], at + done as LogOffset)?;
+        done += n;
+    }
+    Ok(())
 }
