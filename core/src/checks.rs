@@ -329,13 +329,7 @@ pub fn claim(sub: Submitted<'_>, env: &Env<'_>, now: DateTime<Utc>) -> Result<Cl
         ));
     }
     let sender = active_sender(env.directory, &claimed.sender)?;
-    let keys = match env.keys.and_then(|k| k.get(&claimed.sender)) {
-        Some(k) => k.valid_at(now),
-        None => {
-            sender.verifying_key().map_err(from_schema)?;
-            sender.verifying_keys_at(now)
-        }
-    };
+    let keys = party_keys(sender, *env, now)?;
     Ok(Claim { envelope, keys })
 }
 
@@ -977,8 +971,24 @@ fn signer_keys(
             format!("{} is not an active party in the directory", rec.signer),
         )
     })?;
-    party.verifying_key().map_err(from_schema)?;
-    Ok(party.verifying_keys_at(now))
+    party_keys(party, env, now)
+}
+
+/// The keys a signature of `party` may verify with at `now` (the current one first):
+/// parsed once per set of documents (`env.keys`) where the caller has them, else parsed
+/// here; an error when the current key does not parse.
+fn party_keys(
+    party: &ketenpost_schemas::directory::Party,
+    env: Env<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<VerifyingKey>, Rejection> {
+    match env.keys.and_then(|k| k.get(&party.oin)) {
+        Some(k) => Ok(k.valid_at(now)),
+        None => {
+            party.verifying_key().map_err(from_schema)?;
+            Ok(party.verifying_keys_at(now))
+        }
+    }
 }
 
 fn verify_record<R: ketenpost_schemas::control::Record>(

@@ -519,6 +519,47 @@ fn receipts_come_from_their_recipient() {
     );
 }
 
+#[test]
+fn records_verify_with_the_keys_parsed_once_when_the_caller_has_them() {
+    let fx = Fx::new();
+    let r = DeliveryReceipt {
+        message_id: MessageId::new(),
+        recipient: fx.gem.oin.clone(),
+        body_sha256: "ef".repeat(32),
+        received_at: fx.now,
+    };
+    // The parsed keys hold another key for the recipient than the directory's text: which
+    // one a record verifies with shows which the check used.
+    let other = P {
+        oin: fx.gem.oin.clone(),
+        key: keys::generate_signing_key(),
+    };
+    let mut rotated = fx.directory.clone();
+    for p in rotated.parties.iter_mut().filter(|p| p.oin == fx.gem.oin) {
+        p.signing_key = keys::verifying_key_to_text(&other.key.verifying_key());
+    }
+    let parsed = sender_keys(&rotated);
+    let env = Env {
+        keys: Some(&parsed),
+        ..fx.env()
+    };
+    assert!(check_receipt(&fx.gem.oin, &signed(&r, &other), env, fx.now).is_ok());
+    assert_eq!(
+        check_receipt(&fx.gem.oin, &signed(&r, &fx.gem), env, fx.now)
+            .unwrap_err()
+            .code,
+        RejectCode::BadSignature
+    );
+    // Without parsed keys, the directory's text decides.
+    assert!(check_receipt(&fx.gem.oin, &signed(&r, &fx.gem), fx.env(), fx.now).is_ok());
+    assert_eq!(
+        check_receipt(&fx.gem.oin, &signed(&r, &other), fx.env(), fx.now)
+            .unwrap_err()
+            .code,
+        RejectCode::BadSignature
+    );
+}
+
 // ---- breach routing (check 5 for a datalek_melding) ------------------------------------
 
 use crate::breach::Flow;
