@@ -501,15 +501,20 @@ fn consent_is_registered_by_recorders_and_withdrawn() {
     );
 }
 
+/// A receipt of a new message by `recipient`.
+fn receipt_by(fx: &Fx, recipient: &P) -> DeliveryReceipt {
+    DeliveryReceipt {
+        message_id: MessageId::new(),
+        recipient: recipient.oin.clone(),
+        body_sha256: "ef".repeat(32),
+        received_at: fx.now,
+    }
+}
+
 #[test]
 fn receipts_come_from_their_recipient() {
     let fx = Fx::new();
-    let r = DeliveryReceipt {
-        message_id: MessageId::new(),
-        recipient: fx.gem.oin.clone(),
-        body_sha256: "ef".repeat(32),
-        received_at: fx.now,
-    };
+    let r = receipt_by(&fx, &fx.gem);
     assert!(check_receipt(&fx.gem.oin, &signed(&r, &fx.gem), fx.env(), Utc::now()).is_ok());
     assert_eq!(
         check_receipt(&fx.corp.oin, &signed(&r, &fx.corp), fx.env(), Utc::now())
@@ -522,12 +527,7 @@ fn receipts_come_from_their_recipient() {
 #[test]
 fn records_verify_with_the_keys_parsed_once_when_the_caller_has_them() {
     let fx = Fx::new();
-    let r = DeliveryReceipt {
-        message_id: MessageId::new(),
-        recipient: fx.gem.oin.clone(),
-        body_sha256: "ef".repeat(32),
-        received_at: fx.now,
-    };
+    let r = receipt_by(&fx, &fx.gem);
     // The parsed keys hold another key for the recipient than the directory's text: which
     // one a record verifies with shows which the check used.
     let other = P {
