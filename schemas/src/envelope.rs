@@ -406,6 +406,35 @@ impl Envelope {
             + self.bodies.iter().map(|b| 4 + b.len()).sum::<usize>()
     }
 
+    /// The SHA-256 (hex) that the header of the encoded envelope `bytes` lists for the
+    /// view of `oin`, or `None` when `oin` has no view in it: what [`Envelope::decode`],
+    /// [`Envelope::unverified_header`] and [`Header::body_for`] give, with only the
+    /// header's `bodies` decoded and no body copied. Nothing is verified: for an envelope
+    /// whose checks passed before (the broker's stored messages, on each receipt).
+    pub fn view_digest(bytes: &[u8], oin: &Oin) -> Result<Option<String>, Error> {
+        #[derive(Deserialize)]
+        struct Views {
+            bodies: Vec<View>,
+        }
+        #[derive(Deserialize)]
+        struct View {
+            recipients: Vec<Oin>,
+            sha256: String,
+        }
+        let mut r = Reader { buf: bytes };
+        if r.take(4, "magic")? != MAGIC {
+            return Err(Error::Decode("not a ketenpost envelope (bad magic)".into()));
+        }
+        let hlen = r.u32("header length")?;
+        let views: Views = serde_json::from_slice(r.take(hlen, "header")?)
+            .map_err(|e| Error::Decode(format!("header: {e}")))?;
+        Ok(views
+            .bodies
+            .into_iter()
+            .find(|b| b.recipients.contains(oin))
+            .map(|b| b.sha256))
+    }
+
     /// Parse the header without trusting it, e.g. to learn the claimed sender so its key
     /// can be looked up. The bytes are parsed as they are; nothing is re-serialised.
     pub fn unverified_header(&self) -> Result<Header, Error> {

@@ -143,13 +143,11 @@ impl Store {
         let Some(body) = self.body(&meta) else {
             return Ok(None);
         };
-        Ok(ketenpost_schemas::envelope::Envelope::decode(
-            &body,
-            &ketenpost_schemas::envelope::Limits::default(),
+        Ok(
+            ketenpost_schemas::envelope::Envelope::view_digest(&body, recipient)
+                .ok()
+                .flatten(),
         )
-        .ok()
-        .and_then(|e| e.unverified_header().ok())
-        .and_then(|h| h.body_for(recipient).map(|(_, b)| b.sha256.clone())))
     }
 
     /// The messages whose undelivered TTL has passed at `now` (by the expiry index, so

@@ -234,6 +234,36 @@ fn a_corporation_receives_only_its_housing_view() {
     );
 }
 
+#[test]
+fn a_views_digest_read_from_the_header_alone_is_the_full_decodes() {
+    let fed = Fed::new();
+    let zorg = fed.by_role("zorgaanbieder")[0];
+    let gem = fed.by_role("gemeente")[0];
+    let corps = fed.by_role("woningcorporatie");
+    // Three views, two recipients in one of them, and a member with none.
+    let bytes = fed
+        .seal(
+            zorg,
+            Kind::Aanmelding,
+            &[gem, corps[0], corps[1]],
+            json(Aanmelding::example()),
+        )
+        .encode();
+    let header = Envelope::decode(&bytes, &Limits::default())
+        .unwrap()
+        .unverified_header()
+        .unwrap();
+    for m in &fed.members {
+        let full = header.body_for(&m.oin).map(|(_, b)| b.sha256.clone());
+        assert_eq!(Envelope::view_digest(&bytes, &m.oin).unwrap(), full);
+        assert_eq!(full.is_some(), m.oin != zorg.oin, "{}", m.oin);
+    }
+    // Not an envelope, or cut inside its header: an error, never a digest.
+    assert!(Envelope::view_digest(b"KPX1", &gem.oin).is_err());
+    let hlen = header_range(&bytes).end;
+    assert!(Envelope::view_digest(&bytes[..hlen - 1], &gem.oin).is_err());
+}
+
 fn header_range(bytes: &[u8]) -> std::ops::Range<usize> {
     let hlen = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
     8..8 + hlen
@@ -436,6 +466,9 @@ proptest! {
         if let Ok(env) = Envelope::decode(&framed, &Limits::default()) {
             let _ = env.unverified_header();
         }
+        let oin: Oin = format!("{:020}", 1000).parse().unwrap();
+        let _ = Envelope::view_digest(&bytes, &oin);
+        let _ = Envelope::view_digest(&framed, &oin);
     }
 
     #[test]
