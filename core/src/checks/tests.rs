@@ -550,6 +550,25 @@ fn records_verify_with_the_keys_parsed_once_when_the_caller_has_them() {
             .code,
         RejectCode::BadSignature
     );
+    // A party whose key does not parse is missing from the parsed keys: its text is
+    // parsed after all, and its records are refused as before.
+    let mut broken = fx.directory.clone();
+    for p in broken.parties.iter_mut().filter(|p| p.oin == fx.gem.oin) {
+        p.signing_key = "not a key".into();
+    }
+    let parsed = sender_keys(&broken);
+    assert!(!parsed.contains_key(&fx.gem.oin));
+    let env = Env {
+        directory: &broken,
+        keys: Some(&parsed),
+        ..fx.env()
+    };
+    assert_eq!(
+        check_receipt(&fx.gem.oin, &signed(&r, &fx.gem), env, fx.now)
+            .unwrap_err()
+            .code,
+        RejectCode::Malformed
+    );
     // Without parsed keys, the directory's text decides.
     assert!(check_receipt(&fx.gem.oin, &signed(&r, &fx.gem), fx.env(), fx.now).is_ok());
     assert_eq!(
