@@ -991,17 +991,27 @@ fn party_keys(
     }
 }
 
+/// Verify a signed record with `keys` (any one of them), its signature checked by
+/// `signatures` (`Env::signatures`: `verify_strict`'s verdict, given one at a time or from
+/// a batch), and parse it.
 fn verify_record<R: ketenpost_schemas::control::Record>(
     rec: &SignedRecord,
     keys: &[VerifyingKey],
+    signatures: &dyn keys::SignatureCheck,
 ) -> Result<R, Rejection> {
-    rec.verify_any::<R>(keys).map_err(|e| match e {
+    rec.verify_any_with::<R>(signatures, keys)
+        .map_err(record_error)
+}
+
+/// A signed record's schema error as the rejection the checks answer.
+fn record_error(e: SchemaError) -> Rejection {
+    match e {
         SchemaError::BadSignature(_) => reject(
             RejectCode::BadSignature,
             "the record's signature does not verify with the signer's directory key",
         ),
         other => reject(RejectCode::Malformed, other.to_string()),
-    })
+    }
 }
 
 fn not_permitted(reason: String) -> Rejection {
@@ -1020,15 +1030,15 @@ pub fn check_control(
     let key = signer_keys(rec, transport, env, now)?;
     match rec.kind {
         Kind::CaseChange => {
-            let change: CaseChange = verify_record(rec, &key)?;
+            let change: CaseChange = verify_record(rec, &key, env.signatures)?;
             check_case_change(change, rec, env, reg, now)
         }
         Kind::Toestemming => {
-            let t: Toestemming = verify_record(rec, &key)?;
+            let t: Toestemming = verify_record(rec, &key, env.signatures)?;
             check_consent_grant(t, rec, env, reg, now)
         }
         Kind::ToestemmingIntrekking => {
-            let w: ToestemmingIntrekking = verify_record(rec, &key)?;
+            let w: ToestemmingIntrekking = verify_record(rec, &key, env.signatures)?;
             if w.recorded_by != rec.signer {
                 return Err(not_permitted("recorded_by must be the signer".into()));
             }
@@ -1078,7 +1088,7 @@ pub fn check_control(
             Ok(ControlEffect::ConsentWithdrawn(consent))
         }
         Kind::DeletionConfirmation => {
-            let c: DeletionConfirmation = verify_record(rec, &key)?;
+            let c: DeletionConfirmation = verify_record(rec, &key, env.signatures)?;
             if c.party != rec.signer {
                 return Err(not_permitted(
                     "the confirming party must be the signer".into(),
@@ -1438,17 +1448,65 @@ fn check_consent_grant(
 }
 
 /// Decide a delivery receipt: signed by the transport party, which is its recipient.
+/// [`claim_receipt`], then [`check_receipt_claim`].
 pub fn check_receipt(
     transport: &Oin,
     rec: &SignedRecord,
     env: Env<'_>,
     now: DateTime<Utc>,
 ) -> Result<DeliveryReceipt, Rejection> {
-    let key = signer_keys(rec, transport, env, now)?;
+    let claim = claim_receipt(transport, rec, env, now)?;
+    check_receipt_claim(claim, transport, rec, env)
+}
+
+/// A delivery receipt past the checks that come before its signature: signed by the
+/// connection's party, an active party whose keys parse, and a `delivery_receipt` whose
+/// bytes and signature decode. It holds what a verifier that checks many signatures at
+/// once needs ([`ReceiptClaim::signed`]); [`check_receipt_claim`] decides the rest.
+#[derive(Debug)]
+pub struct ReceiptClaim {
+    keys: Vec<VerifyingKey>,
+    framed: Vec<u8>,
+    signature: keys::Signature,
+}
+
+impl ReceiptClaim {
+    /// The signature to verify: the record's bytes framed as signed, the signature, and
+    /// the signer's keys valid now (any one of them must verify it).
+    pub fn signed(&self) -> (Vec<u8>, keys::Signature, &[VerifyingKey]) {
+        (self.framed.clone(), self.signature, &self.keys)
+    }
+}
+
+/// The checks of a delivery receipt before its signature (see [`ReceiptClaim`]).
+pub fn claim_receipt(
+    transport: &Oin,
+    rec: &SignedRecord,
+    env: Env<'_>,
+    now: DateTime<Utc>,
+) -> Result<ReceiptClaim, Rejection> {
+    let keys = signer_keys(rec, transport, env, now)?;
     if rec.kind != Kind::DeliveryReceipt {
         return Err(reject(RejectCode::Malformed, "expected a delivery_receipt"));
     }
-    let r: DeliveryReceipt = verify_record(rec, &key)?;
+    let (framed, signature) = rec.signed().map_err(record_error)?;
+    Ok(ReceiptClaim {
+        keys,
+        framed,
+        signature,
+    })
+}
+
+/// The rest of a receipt's checks, after [`claim_receipt`] of the same `rec`: its
+/// signature (checked by `env.signatures`), its bytes parse, and it names the connection's
+/// party as the recipient.
+pub fn check_receipt_claim(
+    claim: ReceiptClaim,
+    transport: &Oin,
+    rec: &SignedRecord,
+    env: Env<'_>,
+) -> Result<DeliveryReceipt, Rejection> {
+    let r: DeliveryReceipt = verify_record(rec, &claim.keys, env.signatures)?;
     if &r.recipient != transport {
         return Err(not_permitted(format!(
             "a receipt for {} cannot come from {transport}",

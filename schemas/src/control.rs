@@ -334,6 +334,16 @@ impl SignedRecord {
 
     /// [`SignedRecord::verify`] with any of the signer's valid keys (a rotation's overlap).
     pub fn verify_any<R: Record>(&self, keys: &[VerifyingKey]) -> Result<R, Error> {
+        self.verify_any_with(&keys::Strict, keys)
+    }
+
+    /// [`SignedRecord::verify_any`] with the signature checked by `check` (a broker's
+    /// verdicts from a batch; always `verify_strict`'s verdict).
+    pub fn verify_any_with<R: Record>(
+        &self,
+        check: &dyn keys::SignatureCheck,
+        keys: &[VerifyingKey],
+    ) -> Result<R, Error> {
         if self.kind != R::KIND {
             return Err(Error::Decode(format!(
                 "record is a {}, expected a {}",
@@ -341,11 +351,31 @@ impl SignedRecord {
                 R::KIND
             )));
         }
+        let (bytes, sig) = self.parts()?;
+        keys::verify_any_with(
+            check,
+            keys,
+            Context::Control(self.kind),
+            &bytes,
+            &sig,
+            "record",
+        )?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{}: {e}", R::KIND)))
+    }
+
+    /// The bytes the signature covers, framed as signed ([`keys::framed`]), and the
+    /// signature: what a verifier that checks many signatures at once needs. The errors of
+    /// [`SignedRecord::verify_any`] for bytes or a signature that do not decode.
+    pub fn signed(&self) -> Result<(Vec<u8>, keys::Signature), Error> {
+        let (bytes, sig) = self.parts()?;
+        Ok((keys::framed(Context::Control(self.kind), &bytes), sig))
+    }
+
+    fn parts(&self) -> Result<(Vec<u8>, keys::Signature), Error> {
         let bytes = self.bytes()?;
         let sig = keys::signature_from_text(&self.signature)
             .map_err(|_| Error::BadSignature("record"))?;
-        keys::verify_any(keys, Context::Control(self.kind), &bytes, &sig, "record")?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{}: {e}", R::KIND)))
+        Ok((bytes, sig))
     }
 
     fn bytes(&self) -> Result<Vec<u8>, Error> {
