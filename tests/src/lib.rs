@@ -323,8 +323,6 @@ pub async fn drain(
     p: &PartyKeys,
     c: &Client,
 ) -> Result<std::collections::BTreeMap<ketenpost_schemas::ids::MessageId, usize>> {
-    use ketenpost_schemas::envelope::{Envelope, Limits};
-    use ketenpost_schemas::protocol::{envelope_from_b64, Delivery};
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..10_000 {
         let Response::Deliveries(items) = c
@@ -344,24 +342,10 @@ pub async fn drain(
             return Ok(seen);
         }
         for item in items {
-            let Delivery::Message { envelope, .. } = item else {
+            let Some((id, rec)) = receipt_for(fed, p, &item, &p.key)? else {
                 continue;
             };
-            let env = Envelope::decode(&envelope_from_b64(&envelope)?, &Limits::default())?;
-            let v = env.verify_delivery(&Limits::default(), &p.oin, |o| {
-                fed.directory
-                    .active_party(o)
-                    .and_then(|p| p.verifying_key().ok())
-            })?;
-            let opened = ketenpost_schemas::seal::open(&v, &p.oin, &p.age, &fed.policy)?;
-            *seen.entry(opened.header.id).or_default() += 1;
-            let receipt = ketenpost_schemas::control::DeliveryReceipt {
-                message_id: opened.header.id,
-                recipient: p.oin.clone(),
-                body_sha256: opened.body_sha256.clone(),
-                received_at: Utc::now(),
-            };
-            let rec = SignedRecord::sign(&receipt, p.oin.clone(), &p.key)?;
+            *seen.entry(id).or_default() += 1;
             match c.request(&Request::Receipt(rec), REQUEST_TIMEOUT).await? {
                 Response::Done => {}
                 other => bail!("a receipt was answered {other:?}"),
@@ -369,6 +353,37 @@ pub async fn drain(
         }
     }
     bail!("the queue did not empty")
+}
+
+/// For a message delivered to `p`: open it (verify and decrypt) and make its delivery
+/// receipt, signed as `p` with `key` (`p.key`, or another to forge one); its id and the
+/// receipt. `None` for a notice.
+pub fn receipt_for(
+    fed: &Fed,
+    p: &PartyKeys,
+    item: &ketenpost_schemas::protocol::Delivery,
+    key: &SigningKey,
+) -> Result<Option<(ketenpost_schemas::ids::MessageId, SignedRecord)>> {
+    use ketenpost_schemas::envelope::{Envelope, Limits};
+    use ketenpost_schemas::protocol::{envelope_from_b64, Delivery};
+    let Delivery::Message { envelope, .. } = item else {
+        return Ok(None);
+    };
+    let env = Envelope::decode(&envelope_from_b64(envelope)?, &Limits::default())?;
+    let v = env.verify_delivery(&Limits::default(), &p.oin, |o| {
+        fed.directory
+            .active_party(o)
+            .and_then(|p| p.verifying_key().ok())
+    })?;
+    let opened = ketenpost_schemas::seal::open(&v, &p.oin, &p.age, &fed.policy)?;
+    let receipt = ketenpost_schemas::control::DeliveryReceipt {
+        message_id: opened.header.id,
+        recipient: p.oin.clone(),
+        body_sha256: opened.body_sha256.clone(),
+        received_at: Utc::now(),
+    };
+    let rec = SignedRecord::sign(&receipt, p.oin.clone(), key)?;
+    Ok(Some((opened.header.id, rec)))
 }
 
 /// A plain HTTP/1.1 GET (metrics and health endpoints); the status code and the body.

@@ -345,3 +345,117 @@ async fn the_agents_metrics_need_no_token_and_parse() {
     assert_eq!(get(at, "/healthz").0, 200);
     agent.terminate().unwrap();
 }
+
+/// Delivery receipts that arrive together are checked in the check stage, with each other
+/// and with the submissions waiting there, their signatures verified in one batch when
+/// there are enough. Each gets its own verdict: a receipt signed with another party's key
+/// is refused as a bad signature and its message stays queued; every other one is done
+/// and its message goes; the submissions checked beside them are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_receipts_each_get_their_own_signature_verdict() {
+    const MESSAGES: usize = 24;
+    const ALONGSIDE: usize = 16;
+    let fed = Fed::new(TEST_POLICY, None).unwrap();
+    let broker = broker_with_metrics(&fed);
+    let trio = Trio::start(&fed, broker.addr).await.unwrap();
+    let fetch_all = |c: &ketenpost_transport::client::Client| {
+        let c = c.clone();
+        async move {
+            let fetch = Request::Fetch {
+                max: 256,
+                wait_ms: 0,
+                skip: Vec::new(),
+            };
+            match c.request(&fetch, REQUEST_TIMEOUT).await.unwrap() {
+                Response::Deliveries(d) => d,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    for _ in 0..MESSAGES {
+        let bytes = trio.signal(&fed).unwrap();
+        let answer = trio
+            .cc
+            .request(&Request::Submit(bytes), REQUEST_TIMEOUT)
+            .await;
+        assert!(matches!(answer.unwrap(), Response::Accepted { .. }));
+    }
+    let delivered = fetch_all(&trio.zc).await;
+    assert_eq!(delivered.len(), MESSAGES);
+    // One in eight signed with the corporation's key in the zorgaanbieder's name.
+    let receipts: Vec<_> = delivered
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let forged = i % 8 == 5;
+            let key = if forged {
+                &trio.corp.key
+            } else {
+                &trio.zorg.key
+            };
+            let (id, rec) = ketenpost_tests::receipt_for(&fed, &trio.zorg, d, key)
+                .unwrap()
+                .expect("a message");
+            (forged, id, rec)
+        })
+        .collect();
+    let forged: BTreeSet<_> = receipts
+        .iter()
+        .filter(|(f, _, _)| *f)
+        .map(|(_, id, _)| *id)
+        .collect();
+    let m = broker.metrics.expect("metrics are on");
+    let before = signatures_verified(&parse_prometheus(&get(m, "/metrics").1)).unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (forged, _, rec) in receipts {
+        let zc = trio.zc.clone();
+        tasks.spawn(async move {
+            let answer = zc.request(&Request::Receipt(rec), REQUEST_TIMEOUT).await;
+            (Some(forged), answer.unwrap())
+        });
+    }
+    for _ in 0..ALONGSIDE {
+        let (cc, bytes) = (trio.cc.clone(), trio.signal(&fed).unwrap());
+        tasks.spawn(async move {
+            let answer = cc.request(&Request::Submit(bytes), REQUEST_TIMEOUT).await;
+            (None, answer.unwrap())
+        });
+    }
+    let (mut done, mut refused, mut accepted) = (0, 0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            (Some(false), Response::Done) => done += 1,
+            (Some(true), Response::Rejected(r)) => {
+                assert_eq!(r.code, RejectCode::BadSignature, "{r:?}");
+                refused += 1;
+            }
+            (None, Response::Accepted { .. }) => accepted += 1,
+            (what, answer) => panic!("{what:?}: {answer:?}"),
+        }
+    }
+    assert_eq!(
+        (done, refused, accepted),
+        (MESSAGES - forged.len(), forged.len(), ALONGSIDE)
+    );
+    assert_eq!(forged.len(), 3);
+    // Every receipt's and every submission's signature went through the verifier once.
+    let after = signatures_verified(&parse_prometheus(&get(m, "/metrics").1)).unwrap();
+    assert_eq!(after - before, (MESSAGES + ALONGSIDE) as f64);
+    // What is left for the zorgaanbieder: the messages of the forged receipts and the new
+    // ones.
+    let left = fetch_all(&trio.zc).await;
+    assert_eq!(left.len(), forged.len() + ALONGSIDE);
+    let left_ids: BTreeSet<_> = left
+        .iter()
+        .filter_map(|d| ketenpost_tests::receipt_for(&fed, &trio.zorg, d, &trio.zorg.key).unwrap())
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        forged.is_subset(&left_ids),
+        "a forged receipt's message went"
+    );
+    for c in [trio.gc, trio.cc, trio.zc] {
+        c.close().await;
+    }
+    assert!(broker.terminate().unwrap().success());
+}

@@ -13,10 +13,11 @@ use ketenpost_core::transitions;
 use ketenpost_schemas::control::SignedRecord;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys;
-use ketenpost_schemas::protocol::{Rejection, Response};
+use ketenpost_schemas::protocol::Response;
 use tracing::{error, info};
 
 use super::state::{storage_error, task_failed, Shared};
+use super::submit::{Job, Receipt};
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::store::{StoreError, TxResult, TxView};
 
@@ -153,20 +154,22 @@ pub(super) async fn transition<E: Send + 'static>(
 }
 
 pub(super) async fn receipt(rec: SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
-    // The check (a signature) and the digest (a sled read, which waits while the writer
-    // thread's transaction runs, and the body) run on a blocking thread, not on the async
-    // worker that drives the connections.
-    let (s, o) = (shared.clone(), oin.clone());
-    let checked = tokio::task::spawn_blocking(move || {
-        let docs = s.docs();
-        let env = docs.env(&s.limits, s.max_clock_skew(), &keys::Strict);
-        let r = checks::check_receipt(&o, &rec, env, s.now())?;
-        // The body never changes, so the digest of the recipient's view is read before
-        // the transaction; everything that does change is read inside it.
-        let digest = s.store.view_digest(&r.message_id, &o);
-        Ok::<_, Rejection>((r, digest, rec))
-    })
-    .await;
+    // The checks run on a thread of the check stage, the receipt's signature verified
+    // with the other signatures waiting there (submissions' and receipts'); the digest
+    // of the recipient's view (a sled read, which waits while the writer thread's
+    // transaction runs, and the body) is read there too, not on the async worker that
+    // drives the connections.
+    let (reply, checked) = tokio::sync::oneshot::channel();
+    let job = Job::Receipt(Receipt {
+        rec,
+        oin: oin.clone(),
+        now: shared.now(),
+        reply,
+    });
+    if shared.checks.send(job).is_err() {
+        return task_failed(&"the check stage has stopped");
+    }
+    let checked = checked.await;
     let (r, digest, forwarded) = match checked {
         Ok(Ok(checked)) => checked,
         Ok(Err(rej)) => {
@@ -175,7 +178,7 @@ pub(super) async fn receipt(rec: SignedRecord, shared: &Arc<Shared>, oin: &Oin) 
                 .await;
             return Response::Rejected(rej);
         }
-        Err(e) => return task_failed(&e),
+        Err(_) => return task_failed(&"a receipt's checks ended without an answer"),
     };
     let digest = match digest {
         Ok(d) => d,

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use ketenpost_core::checks::{self, Authorised, Submitted};
 use ketenpost_core::deadlines::AnswerClock;
 use ketenpost_core::message::MessageMeta;
+use ketenpost_schemas::control::{DeliveryReceipt, SignedRecord};
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys;
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Rejection, Response};
@@ -36,12 +37,12 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
     // The registry lock stays held until the message landed, so no consent withdrawal or
     // case change falls between its checks and its write.
     let (reply, begun) = tokio::sync::oneshot::channel();
-    let job = Job {
+    let job = Job::Submission(Submission {
         bytes,
         oin: oin.clone(),
         now,
         reply,
-    };
+    });
     if shared.checks.send(job).is_err() {
         return task_failed(&"the check stage has stopped");
     }
@@ -90,8 +91,20 @@ pub(super) async fn submit(bytes: Vec<u8>, shared: &Arc<Shared>, oin: &Oin) -> R
     }
 }
 
+/// Work for the check stage: a submission or a delivery receipt.
+pub(super) enum Job {
+    /// Checks 1-7 of a submission and the start of its write.
+    Submission(Submission),
+    /// The checks of a delivery receipt and the digest of the receipting party's view.
+    Receipt(Receipt),
+}
+
+/// The check stage takes no work: it has stopped, or not started yet.
+#[derive(Debug)]
+pub(super) struct Stopped;
+
 /// A submission for the check stage, and where its outcome goes.
-pub(super) struct Job {
+pub(super) struct Submission {
     bytes: Vec<u8>,
     oin: Oin,
     now: DateTime<Utc>,
@@ -102,11 +115,38 @@ pub(super) struct Job {
 /// answer.
 type Begun = Result<(Authorised, Vec<u8>, PutTicket, std::time::Instant), Response>;
 
-/// The check stage: `limits.check_threads` threads that take the waiting submissions (up
-/// to `limits.check_batch`) together, run check 1 of each, verify the header signatures
-/// of all in one batch (`verify::verify_many`), then finish each one's checks with its
-/// verdicts and begin its write. Under load the submissions that arrive while a thread
-/// works are the next batch; a lone submission is a batch of one, verified at once.
+/// A delivery receipt for the check stage (`records::receipt`), and where its outcome
+/// goes.
+pub(super) struct Receipt {
+    /// The record as it came.
+    pub(super) rec: SignedRecord,
+    /// The connection's party.
+    pub(super) oin: Oin,
+    /// The instant its checks run at.
+    pub(super) now: DateTime<Utc>,
+    /// Where the outcome goes.
+    pub(super) reply: tokio::sync::oneshot::Sender<ReceiptChecked>,
+}
+
+/// A receipt that passed its checks, with the digest of the receipting party's view of
+/// the message (`Store::view_digest`, read once the checks passed) and the record itself;
+/// or why it was refused.
+pub(super) type ReceiptChecked = Result<
+    (
+        DeliveryReceipt,
+        Result<Option<String>, StoreError>,
+        SignedRecord,
+    ),
+    Rejection,
+>;
+
+/// The check stage: `limits.check_threads` threads that take the waiting submissions and
+/// delivery receipts (up to `limits.check_batch`) together, run the checks before each
+/// one's signature (check 1 of a submission, `checks::claim_receipt` of a receipt), verify
+/// the signatures of all in one batch (`verify::verify_many`), then finish each one's
+/// checks with its verdicts: a submission's write begins, a receipt's view digest is read.
+/// Under load what arrives while a thread works is the next batch; a lone submission or
+/// receipt is a batch of one, verified at once.
 #[derive(Default)]
 pub(super) struct CheckStage {
     queue: Arc<JobQueue<Job>>,
@@ -223,8 +263,10 @@ impl CheckStage {
         Ok(())
     }
 
-    fn send(&self, job: Job) -> Result<(), Job> {
-        self.queue.push(job)
+    /// Queue `job` for a check thread; an error once the stage has stopped (or before it
+    /// started), the job dropped (its reply channel closes).
+    pub(super) fn send(&self, job: Job) -> Result<(), Stopped> {
+        self.queue.push(job).map_err(|_| Stopped)
     }
 
     /// Take no more submissions and wait for the threads to finish what they hold and
@@ -262,73 +304,47 @@ fn check_loop(
     }
 }
 
-/// The checks of a batch of submissions and the start of their writes; blocking.
+/// The checks of a batch of submissions and receipts, and the start of the submissions'
+/// writes; blocking.
 fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, memory: &mut verify::KeyMemory) {
     // One set of documents for the whole decision, whatever a reload does meanwhile.
     let docs = shared.docs();
     let env = docs.env(&shared.limits, shared.max_clock_skew(), &keys::Strict);
     let mut claimed = Vec::with_capacity(jobs.len());
+    let mut receipts = Vec::new();
     for job in jobs {
-        let sub = Submitted {
-            transport: &job.oin,
-            bytes: &job.bytes,
-        };
-        match checks::claim(sub, &env, job.now) {
-            Ok(claim) => claimed.push((job, claim)),
-            Err(rejection) => {
-                let refused = refuse(&rejection, None, shared, &job.oin, &job.bytes);
-                let _ = job.reply.send(Err(refused));
-            }
-        }
-    }
-    // Check 2's signatures, all of the batch's at once, each against its sender's current
-    // key. (One item per valid key would put a failing item in every batch during a
-    // key rotation's overlap, and a failing batch verifies all of its items again.)
-    let mut batch = Vec::with_capacity(claimed.len());
-    let mut in_batch = Vec::with_capacity(claimed.len());
-    for (_, claim) in &claimed {
-        let (framed, signature, keys) = claim.signed();
-        in_batch.push(!keys.is_empty());
-        if let Some(key) = keys.first() {
-            batch.push(verify::Item {
-                key: *key,
-                message: framed,
-                signature,
-            });
-        }
-    }
-    let verified = verify::verify_many(&batch, memory);
-    shared.counters.signatures_verified(verified.batched, true);
-    shared.counters.signatures_verified(verified.alone(), false);
-    // Each verified item, with its verdict, goes to its own submission's `Verdicts`.
-    let mut checked = batch.into_iter().zip(verified.verdicts);
-    let per_claim: Vec<verify::Verdicts> = claimed
-        .iter()
-        .zip(in_batch)
-        .map(|((_, claim), in_batch)| {
-            let mut v = verify::Verdicts::default();
-            if in_batch {
-                v.0.extend(checked.next());
-            }
-            if !v.0.iter().any(|(_, ok)| *ok) {
-                // Signed with a previous key, inside its overlap: those one at a time.
-                let (framed, signature, keys) = claim.signed();
-                for key in keys.iter().skip(1) {
-                    let ok = key.verify_strict(&framed, &signature).is_ok();
-                    shared.counters.signatures_verified(1, false);
-                    let item = verify::Item {
-                        key: *key,
-                        message: framed.clone(),
-                        signature,
-                    };
-                    v.0.push((item, ok));
+        match job {
+            Job::Submission(job) => {
+                let sub = Submitted {
+                    transport: &job.oin,
+                    bytes: &job.bytes,
+                };
+                match checks::claim(sub, &env, job.now) {
+                    Ok(claim) => claimed.push((job, claim)),
+                    Err(rejection) => {
+                        let refused = refuse(&rejection, None, shared, &job.oin, &job.bytes);
+                        let _ = job.reply.send(Err(refused));
+                    }
                 }
             }
-            v
-        })
+            Job::Receipt(job) => match checks::claim_receipt(&job.oin, &job.rec, env, job.now) {
+                Ok(claim) => receipts.push((job, claim)),
+                Err(rejection) => {
+                    let _ = job.reply.send(Err(rejection));
+                }
+            },
+        }
+    }
+    // Every signature of the batch at once: the submissions' headers (check 2), then the
+    // receipts'.
+    let signed: Vec<_> = claimed
+        .iter()
+        .map(|(_, claim)| claim.signed())
+        .chain(receipts.iter().map(|(_, claim)| claim.signed()))
         .collect();
+    let mut verdicts = verify_together(&shared.counters, signed, memory).into_iter();
     let live = shared.live();
-    for ((job, claim), verdicts) in claimed.into_iter().zip(per_claim) {
+    for ((job, claim), verdicts) in claimed.into_iter().zip(&mut verdicts) {
         let env = docs.env(&shared.limits, shared.max_clock_skew(), &verdicts);
         let begun = match checks::check_claim(claim, env, &live, job.now) {
             Ok(authorised) => {
@@ -346,6 +362,76 @@ fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, memory: &mut verify::KeyMem
         };
         let _ = job.reply.send(begun);
     }
+    for ((job, claim), verdicts) in receipts.into_iter().zip(verdicts) {
+        let env = docs.env(&shared.limits, shared.max_clock_skew(), &verdicts);
+        let checked = checks::check_receipt_claim(claim, &job.oin, &job.rec, env).map(|r| {
+            // The body never changes, so the digest of the recipient's view is read
+            // before the receipt's transaction; everything that does change is read
+            // inside it.
+            let digest = shared.store.view_digest(&r.message_id, &job.oin);
+            (r, digest, job.rec)
+        });
+        let _ = job.reply.send(checked);
+    }
+}
+
+/// Verify `signed` (the framed bytes, the signature, the signer's keys valid now, the
+/// current one first) together: each against its signer's current key in one batch
+/// (`verify::verify_many`), and those that fail it against the signer's previous keys,
+/// one at a time. One [`verify::Verdicts`] for each, in order: what its check runs with.
+/// (One item per valid key would put a failing item in every batch during a key
+/// rotation's overlap, and a failing batch verifies all of its items again.)
+fn verify_together(
+    counters: &crate::metrics::Counters,
+    signed: Vec<(Vec<u8>, keys::Signature, &[keys::VerifyingKey])>,
+    memory: &mut verify::KeyMemory,
+) -> Vec<verify::Verdicts> {
+    let mut batch = Vec::with_capacity(signed.len());
+    // For each, its signer's previous keys; `None` when it has no key at all.
+    let mut previous = Vec::with_capacity(signed.len());
+    for (framed, signature, keys) in signed {
+        match keys.split_first() {
+            Some((current, before)) => {
+                previous.push(Some(before));
+                batch.push(verify::Item {
+                    key: *current,
+                    message: framed,
+                    signature,
+                });
+            }
+            None => previous.push(None),
+        }
+    }
+    let verified = verify::verify_many(&batch, memory);
+    counters.signatures_verified(verified.batched, true);
+    counters.signatures_verified(verified.alone(), false);
+    // Each verified item, with its verdict, goes to its own check's `Verdicts`.
+    let mut checked = batch.into_iter().zip(verified.verdicts);
+    previous
+        .into_iter()
+        .map(|before| {
+            let mut v = verify::Verdicts::default();
+            // Without a key nothing verifies: no verdicts, refused by its check.
+            let Some((item, ok)) = before.and_then(|_| checked.next()) else {
+                return v;
+            };
+            if !ok {
+                // Signed with a previous key, inside its overlap: those one at a time.
+                for key in before.unwrap_or_default() {
+                    let ok = key.verify_strict(&item.message, &item.signature).is_ok();
+                    counters.signatures_verified(1, false);
+                    let other = verify::Item {
+                        key: *key,
+                        message: item.message.clone(),
+                        signature: item.signature,
+                    };
+                    v.0.push((other, ok));
+                }
+            }
+            v.0.push((item, ok));
+            v
+        })
+        .collect()
 }
 
 /// A refused submission: logged, audited, answered.
@@ -578,9 +664,64 @@ fn shared_purpose(p: &str) -> Option<&str> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::JobQueue;
+    use super::{verify_together, JobQueue};
+    use crate::metrics::Counters;
+    use crate::verify::KeyMemory;
+    use ketenpost_schemas::keys::{self, generate_signing_key, Context, SignatureCheck};
+    use ketenpost_schemas::kind::Kind;
     use std::sync::Arc;
     use std::time::Duration;
+
+    /// Headers and receipts verified together, each with its signer's keys valid now:
+    /// signed with the current key (the batch's verdict), with a previous one inside its
+    /// overlap (verified alone after the current key failed it), with neither (refused),
+    /// and a signer without keys (no verdict, so refused). Each check finds exactly the
+    /// verdict `verify_strict` gives with any of its keys, below and above the batch size.
+    #[test]
+    fn each_signature_gets_verify_stricts_verdict_under_current_and_previous_keys() {
+        let (current, previous, stranger) = (
+            generate_signing_key(),
+            generate_signing_key(),
+            generate_signing_key(),
+        );
+        let valid = [current.verifying_key(), previous.verifying_key()];
+        for n in [4, 16] {
+            let items: Vec<(Vec<u8>, keys::Signature, &[keys::VerifyingKey], bool)> = (0..n)
+                .map(|i| {
+                    let context = if i % 2 == 0 {
+                        Context::Header
+                    } else {
+                        Context::Control(Kind::DeliveryReceipt)
+                    };
+                    let framed = keys::framed(context, format!("item {i}").as_bytes());
+                    let by = [&current, &previous, &stranger, &current][i % 4];
+                    let signature = ed25519_dalek::Signer::sign(by, &framed);
+                    let keys: &[keys::VerifyingKey] = if i % 4 == 3 { &[] } else { &valid };
+                    (framed, signature, keys, i % 4 < 2)
+                })
+                .collect();
+            let counters = Counters::default();
+            let signed = items
+                .iter()
+                .map(|(f, s, k, _)| (f.clone(), *s, *k))
+                .collect();
+            let verdicts = verify_together(&counters, signed, &mut KeyMemory::default());
+            assert_eq!(verdicts.len(), n);
+            for (i, ((framed, signature, keys, want), v)) in items.iter().zip(&verdicts).enumerate()
+            {
+                let got = keys.iter().any(|k| v.verifies(k, framed, signature));
+                assert_eq!(got, *want, "item {i} of {n}");
+                let strict = keys
+                    .iter()
+                    .any(|k| k.verify_strict(framed, signature).is_ok());
+                assert_eq!(got, strict, "item {i} of {n}");
+            }
+            // Every keyed item against the current key, and the ones that failed it
+            // against the previous key: three quarters, plus two quarters.
+            let (alone, batched) = counters.signatures();
+            assert_eq!(alone + batched, (n / 4 * 5) as u64, "{n} items");
+        }
+    }
 
     #[test]
     fn a_closed_queue_refuses_and_an_open_one_gives_batches_in_order() {
