@@ -472,7 +472,7 @@ impl BrokerProc {
 struct Stopped {
     /// Group commits over its run.
     commits: Option<u64>,
-    /// Header signatures verified one at a time, and in batches.
+    /// Signatures (headers and receipts) verified one at a time, and in batches.
     signatures: Option<(u64, u64)>,
     /// The allocator's view at the signal: (allocated, resident) MiB.
     allocator: Option<(u64, u64)>,

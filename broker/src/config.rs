@@ -34,9 +34,9 @@
 //! max_fetch = 256
 //! max_envelope_bytes = 16777216
 //! cache_mb = 16                        # sled page cache
-//! blocking_threads = 32                # threads for fetches, receipts, control records
-//! check_threads = 8                    # threads checking submissions (the check stage)
-//! check_batch = 16                     # most submissions one check thread takes at once
+//! blocking_threads = 32                # threads for fetches, receipts' writes, control records
+//! check_threads = 8                    # threads checking submissions and receipts (the check stage)
+//! check_batch = 16                     # most jobs one check thread takes at once
 //!
 //! [tcp]                                # optional: the same protocol over TLS 1.3 on TCP,
 //! listen = "0.0.0.0:4433"              # for partners whose network blocks UDP
@@ -176,14 +176,14 @@ pub struct LimitsConfig {
     /// threads); more requests wait their turn. Each thread costs memory (its stack, its allocator
     /// cache), and two cores gain nothing from hundreds of them.
     pub blocking_threads: usize,
-    /// Threads of the check stage, which checks submissions and verifies their header
-    /// signatures together. A check waits at times (the replay check's read while the
+    /// Threads of the check stage, which checks submissions and delivery receipts and
+    /// verifies their signatures together. A check waits at times (the replay check's read while the
     /// writer's transaction holds sled's lock; the body's append to the spool), and the
     /// others go on meanwhile: on two cores 8 did better than 2, 4 or 16 (BENCHMARKS.md,
     /// "The check stage"). More cores want more.
     pub check_threads: usize,
-    /// Most submissions one check thread takes at once, and so the largest batch of
-    /// signatures verified together. 16 verify about 1.2-1.3 times cheaper together than
+    /// Most submissions and receipts one check thread takes at once, and so the largest
+    /// batch of signatures verified together. 16 verify about 1.2-1.3 times cheaper together than
     /// one at a time, 64 hardly more, and larger batches leave fewer waiting
     /// submissions to the other threads; 16 did better than 32 or 64 in the load
     /// benchmark. Below 8 no batch is made (`verify::MIN_BATCH`).

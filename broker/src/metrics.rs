@@ -27,7 +27,7 @@
 //! | `ketenpost_broker_audit_trail_intact` | gauge | 1 when the last verification of the audit trail found it intact, 0 when damaged (absent until the first) |
 //! | `ketenpost_broker_up` | gauge | 1 while serving, 0 once the store is poisoned |
 //! | `ketenpost_broker_documents_serial` | gauge | the directory serial of the federation documents in force |
-//! | `ketenpost_broker_signatures_verified_total{how}` | counter | header signatures verified by check 2: `batched` (with the other submissions checked at the same time, by a batch equation that held: the same verdict; see `verify::verify_many`), `alone` (`verify_strict`, one at a time: below the batch size, after a failing batch, or under a suspect key) |
+//! | `ketenpost_broker_signatures_verified_total{how}` | counter | signatures verified in the check stage, of submissions' headers (check 2) and of delivery receipts: `batched` (with the other submissions and receipts checked at the same time, by a batch equation that held: the same verdict; see `verify::verify_many`), `alone` (`verify_strict`, one at a time: below the batch size, after a failing batch, or under a suspect key) |
 //! | `ketenpost_broker_documents_refused_total` | counter | sets of changed federation documents refused (each distinct set once) |
 
 use std::collections::BTreeMap;
@@ -214,7 +214,8 @@ impl Counters {
     }
 
     /// An FG alert accepted by its receiver.
-    /// `n` header signatures verified by check 2, in one batch or one at a time.
+    /// `n` signatures verified in the check stage (headers by check 2, delivery receipts),
+    /// in one batch or one at a time.
     pub fn signatures_verified(&self, n: usize, batched: bool) {
         let counter = if batched {
             &self.signatures_batched
@@ -224,7 +225,7 @@ impl Counters {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// Header signatures verified so far: one at a time, and in batches.
+    /// Signatures verified in the check stage so far: one at a time, and in batches.
     pub fn signatures(&self) -> (u64, u64) {
         (
             self.signatures_alone.load(Ordering::Relaxed),
@@ -430,7 +431,7 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
     counter(
         &mut out,
         "ketenpost_broker_signatures_verified_total",
-        "Header signatures verified by check 2, one at a time (alone) or in a batch.",
+        "Signatures of headers (check 2) and delivery receipts verified, one at a time (alone) or in a batch.",
         "how",
         BTreeMap::from([("alone", alone), ("batched", batched)]),
     );

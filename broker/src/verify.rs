@@ -29,8 +29,8 @@
 //! two still costs more.
 //!
 //! The broker's check stage (`server/submit.rs`, `CheckStage`) verifies the header
-//! signatures of the submissions it checks together with [`verify_many`]: in one batch
-//! from [`MIN_BATCH`] on, one at a time below. The benchmark keeps the numbers current.
+//! signatures of the submissions and the signatures of the delivery receipts it checks
+//! together with [`verify_many`]: in one batch from [`MIN_BATCH`] on, one at a time below. The benchmark keeps the numbers current.
 
 mod field;
 pub mod subgroup;
