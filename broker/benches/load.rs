@@ -1874,7 +1874,7 @@ async fn e2e(o: &Opts, sum: &mut Summary) {
     let commits = stopped.commits;
     if let Some((alone, batched)) = stopped.signatures {
         sum.add(format!(
-            "e2e: header signatures verified one at a time {alone}, in batches {batched}"
+            "e2e: signatures verified (headers and receipts) one at a time {alone}, in batches {batched}"
         ));
     }
     let (apparent, _) = disk_usage(&b.data());
