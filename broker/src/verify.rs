@@ -324,8 +324,9 @@ pub fn verify_many(items: &[Item], memory: &mut KeyMemory) -> Verified {
     }
 }
 
-/// Verdicts reached beforehand (by [`verify_many`]) for check 2 of one submission: the
-/// [`SignatureCheck`] its `check_claim` runs with. It answers only for exactly the key,
+/// Verdicts reached beforehand (by [`verify_many`]) for check 2 of one submission, or for
+/// one delivery receipt's signature: the [`SignatureCheck`] its `check_claim` (or
+/// `check_receipt_claim`) runs with. It answers only for exactly the key,
 /// bytes and signature it holds a verdict on, and `false` for anything else.
 #[derive(Debug, Default)]
 pub struct Verdicts(pub Vec<(Item, bool)>);

@@ -19,7 +19,7 @@ use tracing::{error, info};
 use super::state::{storage_error, task_failed, Shared};
 use super::submit::{Job, Receipt};
 use crate::audit::{AuditEntry, AuditEvent};
-use crate::store::{StoreError, TxResult, TxView};
+use crate::store::{StoreError, TxResult, TxView, ViewDigest};
 
 /// A fetch: up to `max` deliveries for `oin`, leaving out the messages at the queue
 /// positions in `skip` (the caller holds them and is receipting them), waiting up to
@@ -181,7 +181,16 @@ pub(super) async fn receipt(rec: SignedRecord, shared: &Arc<Shared>, oin: &Oin) 
         Err(_) => return task_failed(&"a receipt's checks ended without an answer"),
     };
     let digest = match digest {
-        Ok(d) => d,
+        Ok(ViewDigest::Read(d)) => d,
+        Ok(ViewDigest::Larger) => {
+            // A long body: read here, on the blocking pool, not on a check thread.
+            let (s, id, party) = (shared.clone(), r.message_id, oin.clone());
+            match tokio::task::spawn_blocking(move || s.store.view_digest(&id, &party)).await {
+                Ok(Ok(d)) => d,
+                Ok(Err(e)) => return storage_error(e),
+                Err(e) => return task_failed(&e),
+            }
+        }
         Err(e) => return storage_error(e),
     };
     let (party, id, now) = (oin.clone(), r.message_id, shared.now());

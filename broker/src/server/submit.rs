@@ -16,7 +16,7 @@ use tracing::{debug, error, info};
 
 use super::state::{storage_error, task_failed, Shared};
 use crate::audit::{AuditEntry, AuditEvent, Outcome};
-use crate::store::{PendingAnswer, PutTicket, StoreError};
+use crate::store::{PendingAnswer, PutTicket, StoreError, ViewDigest};
 use crate::verify;
 
 /// What a submission staged in the store, to be committed and answered.
@@ -129,16 +129,21 @@ pub(super) struct Receipt {
 }
 
 /// A receipt that passed its checks, with the digest of the receipting party's view of
-/// the message (`Store::view_digest`, read once the checks passed) and the record itself;
-/// or why it was refused.
+/// the message (`Store::view_digest_upto`, read once the checks passed, for a body of at
+/// most [`DIGEST_IN_STAGE`] bytes) and the record itself; or why it was refused.
 pub(super) type ReceiptChecked = Result<
     (
         DeliveryReceipt,
-        Result<Option<String>, StoreError>,
+        Result<ViewDigest, StoreError>,
         SignedRecord,
     ),
     Rejection,
 >;
+
+/// Longest body whose view digest the check stage reads itself. A longer one (up to
+/// `limits.max_envelope_bytes`) is read by the receipt's own task on the blocking pool,
+/// so that no check thread, and no submission waiting for one, waits on a long read.
+pub(super) const DIGEST_IN_STAGE: u32 = 256 * 1024;
 
 /// The check stage: `limits.check_threads` threads that take the waiting submissions and
 /// delivery receipts (up to `limits.check_batch`) together, run the checks before each
@@ -153,10 +158,10 @@ pub(super) struct CheckStage {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-/// The submissions waiting for a check thread. A submission wakes one idle thread. (The
-/// stage first shared one `mpsc` receiver under a mutex: a submission woke the thread
-/// blocked in `recv`, and, once that thread let go of the mutex, the next one, only for
-/// it to block in `recv` again: two wake-ups a submission where one does.)
+/// The jobs (submissions and receipts) waiting for a check thread. A job wakes one idle
+/// thread. (The stage first shared one `mpsc` receiver under a mutex: a submission woke
+/// the thread blocked in `recv`, and, once that thread let go of the mutex, the next one,
+/// only for it to block in `recv` again: two wake-ups a submission where one does.)
 struct JobQueue<T> {
     state: Mutex<Waiting<T>>,
     ready: Condvar,
@@ -174,7 +179,7 @@ impl<T> Default for JobQueue<T> {
     }
 }
 
-/// What [`JobQueue`] guards: the submissions in order, and whether it takes more (closed
+/// What [`JobQueue`] guards: the jobs in order, and whether it takes more (closed
 /// until the stage starts, and again once it stops).
 struct Waiting<T> {
     jobs: VecDeque<T>,
@@ -182,8 +187,7 @@ struct Waiting<T> {
 }
 
 impl<T> JobQueue<T> {
-    /// Queue a submission and wake an idle thread; the submission back if the stage is
-    /// not running.
+    /// Queue a job and wake an idle thread; the job back if the stage is not running.
     fn push(&self, job: T) -> Result<(), T> {
         let mut w = lock(&self.state);
         if !w.open {
@@ -293,12 +297,13 @@ fn check_loop(
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        // A panic answers the batch's remaining submissions with a storage error (their
-        // reply channels close) and leaves the thread serving.
+        // A panic answers the batch's remaining submissions and receipts with a storage
+        // error (their reply channels close) and leaves the thread serving.
         let run = std::panic::AssertUnwindSafe(|| check_batch(&shared, jobs, &mut memory));
         if std::panic::catch_unwind(run).is_err() {
             error!(
-                "a batch of checks panicked; its submissions were answered with a storage error"
+                "a batch of checks panicked; its unanswered submissions and receipts were \
+                 answered with a storage error"
             );
         }
     }
@@ -342,7 +347,11 @@ fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, memory: &mut verify::KeyMem
         .map(|(_, claim)| claim.signed())
         .chain(receipts.iter().map(|(_, claim)| claim.signed()))
         .collect();
-    let mut verdicts = verify_together(&shared.counters, signed, memory).into_iter();
+    let signatures = signed.len();
+    let verdicts = verify_together(&shared.counters, signed, memory);
+    // One for each, in the order given: the submissions' then the receipts'.
+    debug_assert_eq!(verdicts.len(), signatures);
+    let mut verdicts = verdicts.into_iter();
     let live = shared.live();
     for ((job, claim), verdicts) in claimed.into_iter().zip(&mut verdicts) {
         let env = docs.env(&shared.limits, shared.max_clock_skew(), &verdicts);
@@ -368,7 +377,9 @@ fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, memory: &mut verify::KeyMem
             // The body never changes, so the digest of the recipient's view is read
             // before the receipt's transaction; everything that does change is read
             // inside it.
-            let digest = shared.store.view_digest(&r.message_id, &job.oin);
+            let digest = shared
+                .store
+                .view_digest_upto(&r.message_id, &job.oin, DIGEST_IN_STAGE);
             (r, digest, job.rec)
         });
         let _ = job.reply.send(checked);

@@ -23,6 +23,15 @@ pub struct Fetched {
     pub mark: u64,
 }
 
+/// The digest of a recipient's view as [`Store::view_digest_upto`] read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViewDigest {
+    /// What [`Store::view_digest`] gives.
+    Read(Option<String>),
+    /// Not read: the body is longer than the caller's limit.
+    Larger,
+}
+
 impl Store {
     /// The body of a held message, or `None` (logged) when the spool cannot give it.
     pub(super) fn body(&self, meta: &MessageMeta) -> Option<Vec<u8>> {
@@ -130,24 +139,48 @@ impl Store {
 
     /// The SHA-256 the header of a held message lists for `recipient`'s view: what that
     /// recipient's receipt must name. `None` when the broker holds no such message, its
-    /// body cannot be read, or the recipient has no view in it. A body never changes, so
-    /// this may be read outside the transaction that applies the receipt.
+    /// body cannot be read, or the recipient has no view in it; also when `recipient` is
+    /// not waiting for it (not a recipient, or receipted already), whose receipt the
+    /// transition decides without a digest (`transitions::receipt`), so no body is read
+    /// for it. A body never changes and a recipient never waits again, so this may be read
+    /// outside the transaction that applies the receipt.
     pub fn view_digest(
         &self,
         id: &MessageId,
         recipient: &Oin,
     ) -> Result<Option<String>, StoreError> {
+        match self.view_digest_upto(id, recipient, u32::MAX)? {
+            ViewDigest::Read(digest) => Ok(digest),
+            ViewDigest::Larger => Ok(None),
+        }
+    }
+
+    /// [`Store::view_digest`] when the body is at most `max_body` bytes long; a longer
+    /// body is not read ([`ViewDigest::Larger`]): a caller that must not wait on a long
+    /// read (the check stage) leaves it to one that may.
+    pub fn view_digest_upto(
+        &self,
+        id: &MessageId,
+        recipient: &Oin,
+        max_body: u32,
+    ) -> Result<ViewDigest, StoreError> {
         let Some(meta) = held_meta(&self.meta, id.0.as_bytes())? else {
-            return Ok(None);
+            return Ok(ViewDigest::Read(None));
         };
+        if !meta.pending.contains(recipient) {
+            return Ok(ViewDigest::Read(None));
+        }
+        if meta.body_at.as_ref().is_some_and(|at| at.len > max_body) {
+            return Ok(ViewDigest::Larger);
+        }
         let Some(body) = self.body(&meta) else {
-            return Ok(None);
+            return Ok(ViewDigest::Read(None));
         };
-        Ok(
+        Ok(ViewDigest::Read(
             ketenpost_schemas::envelope::Envelope::view_digest(&body, recipient)
                 .ok()
                 .flatten(),
-        )
+        ))
     }
 
     /// The messages whose undelivered TTL has passed at `now` (by the expiry index, so

@@ -84,7 +84,7 @@ pub use backup::{manifest, restore, BackupError, BackupManifest, BACKUP_MANIFEST
 pub(crate) use codec::SETTLED;
 use codec::{held_meta, key2, meta_of};
 use delivery::queue_entries;
-pub use delivery::Fetched;
+pub use delivery::{Fetched, ViewDigest};
 use ketenpost_core::registry::{Case, Consent};
 use put::{lock, CommitMsg, PutCombiner, Users};
 pub use put::{Landed, PendingAnswer, PutTicket};

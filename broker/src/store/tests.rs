@@ -1314,3 +1314,53 @@ fn a_commit_that_waits_for_the_settling_sync_fails_when_the_store_is_poisoned_me
     );
     rt.block_on(store.close());
 }
+
+/// The digest a receipt must name is read from the body for a recipient still waiting for
+/// the message; a body longer than the caller's limit is left unread (`Larger`); for a
+/// party that does not wait for it (not a recipient, or receipted already) nothing is
+/// read, whatever the limit, and the answer is the same as without a body.
+#[test]
+fn a_view_digest_reads_the_body_only_for_a_waiting_recipient_and_within_the_limit() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (messages, zorg) = authorised(1);
+    let (store, trail) = open_in(dir.path());
+    put_all(&store, &trail, &messages);
+    let header = messages[0].header();
+    let (id, sender) = (header.id, header.sender.clone());
+    let sha = header.body_for(&zorg).unwrap().1.sha256.clone();
+    let len = store.meta(&id).unwrap().unwrap().body_at.unwrap().len;
+    assert_eq!(
+        store.view_digest_upto(&id, &zorg, len).unwrap(),
+        ViewDigest::Read(Some(sha.clone()))
+    );
+    assert_eq!(
+        store.view_digest_upto(&id, &zorg, len - 1).unwrap(),
+        ViewDigest::Larger
+    );
+    assert_eq!(store.view_digest(&id, &zorg).unwrap(), Some(sha.clone()));
+    // The sender is no recipient: no digest, and no read of the body.
+    assert_eq!(
+        store.view_digest_upto(&id, &sender, 0).unwrap(),
+        ViewDigest::Read(None)
+    );
+    let forwarded = SignedRecord {
+        kind: Kind::DeliveryReceipt,
+        signer: zorg.clone(),
+        record: String::new(),
+        signature: String::new(),
+    };
+    let other = MessageId::new();
+    assert_eq!(
+        store.view_digest_upto(&other, &zorg, 0).unwrap(),
+        ViewDigest::Read(None)
+    );
+    assert!(receipt(&store, &trail, &zorg, &id, &sha, &forwarded).is_ok());
+    // Receipted: gone from the store.
+    assert_eq!(
+        store.view_digest_upto(&id, &zorg, 0).unwrap(),
+        ViewDigest::Read(None)
+    );
+    rt.block_on(store.close());
+}
