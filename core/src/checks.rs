@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use ketenpost_schemas::control::{
-    CaseChange, CaseOp, DeletionConfirmation, DeletionReason, DeliveryReceipt, SignedRecord,
-    Toestemming, ToestemmingIntrekking,
+    CaseChange, CaseOp, DeletionConfirmation, DeletionReason, DeliveryReceipt, RecordParts,
+    SignedRecord, Toestemming, ToestemmingIntrekking,
 };
 use ketenpost_schemas::directory::Directory;
 use ketenpost_schemas::envelope::{
@@ -1456,7 +1456,7 @@ pub fn check_receipt(
     now: DateTime<Utc>,
 ) -> Result<DeliveryReceipt, Rejection> {
     let claim = claim_receipt(transport, rec, env, now)?;
-    check_receipt_claim(claim, transport, rec, env)
+    check_receipt_claim(claim, transport, env)
 }
 
 /// A delivery receipt past the checks that come before its signature: signed by the
@@ -1466,15 +1466,14 @@ pub fn check_receipt(
 #[derive(Debug)]
 pub struct ReceiptClaim {
     keys: Vec<VerifyingKey>,
-    framed: Vec<u8>,
-    signature: keys::Signature,
+    parts: RecordParts,
 }
 
 impl ReceiptClaim {
     /// The signature to verify: the record's bytes framed as signed, the signature, and
     /// the signer's keys valid now (any one of them must verify it).
     pub fn signed(&self) -> (Vec<u8>, keys::Signature, &[VerifyingKey]) {
-        (self.framed.clone(), self.signature, &self.keys)
+        (self.parts.framed(), self.parts.signature(), &self.keys)
     }
 }
 
@@ -1489,24 +1488,22 @@ pub fn claim_receipt(
     if rec.kind != Kind::DeliveryReceipt {
         return Err(reject(RejectCode::Malformed, "expected a delivery_receipt"));
     }
-    let (framed, signature) = rec.signed().map_err(record_error)?;
-    Ok(ReceiptClaim {
-        keys,
-        framed,
-        signature,
-    })
+    let parts = rec.parts().map_err(record_error)?;
+    Ok(ReceiptClaim { keys, parts })
 }
 
-/// The rest of a receipt's checks, after [`claim_receipt`] of the same `rec`: its
-/// signature (checked by `env.signatures`), its bytes parse, and it names the connection's
-/// party as the recipient.
+/// The rest of a receipt's checks, after [`claim_receipt`]: its signature (checked by
+/// `env.signatures`), its bytes parse, and it names the connection's party as the
+/// recipient.
 pub fn check_receipt_claim(
     claim: ReceiptClaim,
     transport: &Oin,
-    rec: &SignedRecord,
     env: Env<'_>,
 ) -> Result<DeliveryReceipt, Rejection> {
-    let r: DeliveryReceipt = verify_record(rec, &claim.keys, env.signatures)?;
+    let r: DeliveryReceipt = claim
+        .parts
+        .verify_any_with(env.signatures, &claim.keys)
+        .map_err(record_error)?;
     if &r.recipient != transport {
         return Err(not_permitted(format!(
             "a receipt for {} cannot come from {transport}",

@@ -351,31 +351,20 @@ impl SignedRecord {
                 R::KIND
             )));
         }
-        let (bytes, sig) = self.parts()?;
-        keys::verify_any_with(
-            check,
-            keys,
-            Context::Control(self.kind),
-            &bytes,
-            &sig,
-            "record",
-        )?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Decode(format!("{}: {e}", R::KIND)))
+        self.parts()?.verify_any_with(check, keys)
     }
 
-    /// The bytes the signature covers, framed as signed ([`keys::framed`]), and the
-    /// signature: what a verifier that checks many signatures at once needs. The errors of
-    /// [`SignedRecord::verify_any`] for bytes or a signature that do not decode.
-    pub fn signed(&self) -> Result<(Vec<u8>, keys::Signature), Error> {
-        let (bytes, sig) = self.parts()?;
-        Ok((keys::framed(Context::Control(self.kind), &bytes), sig))
-    }
-
-    fn parts(&self) -> Result<(Vec<u8>, keys::Signature), Error> {
+    /// The record decoded from its text: its bytes and signature ([`RecordParts`]). The
+    /// errors of [`SignedRecord::verify_any`] for bytes or a signature that do not decode.
+    pub fn parts(&self) -> Result<RecordParts, Error> {
         let bytes = self.bytes()?;
-        let sig = keys::signature_from_text(&self.signature)
+        let signature = keys::signature_from_text(&self.signature)
             .map_err(|_| Error::BadSignature("record"))?;
-        Ok((bytes, sig))
+        Ok(RecordParts {
+            kind: self.kind,
+            bytes,
+            signature,
+        })
     }
 
     fn bytes(&self) -> Result<Vec<u8>, Error> {
@@ -388,6 +377,53 @@ impl SignedRecord {
         }
         B64.decode(&self.record)
             .map_err(|_| Error::Decode("record is not base64".into()))
+    }
+}
+
+/// A [`SignedRecord`] decoded once ([`SignedRecord::parts`]): its kind, the bytes its
+/// signature covers and the signature. What a verifier that checks many signatures at once
+/// needs ([`RecordParts::framed`], [`RecordParts::signature`]), and the record's check and
+/// parse with that verifier's verdict ([`RecordParts::verify_any_with`]).
+#[derive(Clone, Debug)]
+pub struct RecordParts {
+    kind: Kind,
+    bytes: Vec<u8>,
+    signature: keys::Signature,
+}
+
+impl RecordParts {
+    /// The bytes as signed ([`keys::framed`] for the record's kind).
+    pub fn framed(&self) -> Vec<u8> {
+        keys::framed(Context::Control(self.kind), &self.bytes)
+    }
+
+    /// The signature.
+    pub fn signature(&self) -> keys::Signature {
+        self.signature
+    }
+
+    /// [`SignedRecord::verify_any_with`] of the record these parts came from.
+    pub fn verify_any_with<R: Record>(
+        &self,
+        check: &dyn keys::SignatureCheck,
+        keys: &[VerifyingKey],
+    ) -> Result<R, Error> {
+        if self.kind != R::KIND {
+            return Err(Error::Decode(format!(
+                "record is a {}, expected a {}",
+                self.kind,
+                R::KIND
+            )));
+        }
+        keys::verify_any_with(
+            check,
+            keys,
+            Context::Control(self.kind),
+            &self.bytes,
+            &self.signature,
+            "record",
+        )?;
+        serde_json::from_slice(&self.bytes).map_err(|e| Error::Decode(format!("{}: {e}", R::KIND)))
     }
 }
 

@@ -158,7 +158,7 @@ pub(super) async fn receipt(rec: SignedRecord, shared: &Arc<Shared>, oin: &Oin) 
     // with the other signatures waiting there (submissions' and receipts'); the digest
     // of the recipient's view (a sled read, which waits while the writer thread's
     // transaction runs, and the body) is read there too, not on the async worker that
-    // drives the connections.
+    // drives the connections, unless the body is long (`DIGEST_IN_STAGE`).
     let (reply, checked) = tokio::sync::oneshot::channel();
     let job = Job::Receipt(Receipt {
         rec,

@@ -373,7 +373,7 @@ fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, memory: &mut verify::KeyMem
     }
     for ((job, claim), verdicts) in receipts.into_iter().zip(verdicts) {
         let env = docs.env(&shared.limits, shared.max_clock_skew(), &verdicts);
-        let checked = checks::check_receipt_claim(claim, &job.oin, &job.rec, env).map(|r| {
+        let checked = checks::check_receipt_claim(claim, &job.oin, env).map(|r| {
             // The body never changes, so the digest of the recipient's view is read
             // before the receipt's transaction; everything that does change is read
             // inside it.
