@@ -344,13 +344,7 @@ impl SignedRecord {
         check: &dyn keys::SignatureCheck,
         keys: &[VerifyingKey],
     ) -> Result<R, Error> {
-        if self.kind != R::KIND {
-            return Err(Error::Decode(format!(
-                "record is a {}, expected a {}",
-                self.kind,
-                R::KIND
-            )));
-        }
+        expect_kind::<R>(self.kind)?;
         self.parts()?.verify_any_with(check, keys)
     }
 
@@ -377,6 +371,18 @@ impl SignedRecord {
         }
         B64.decode(&self.record)
             .map_err(|_| Error::Decode("record is not base64".into()))
+    }
+}
+
+/// A record labelled `kind` read as an `R`: the kinds must match.
+fn expect_kind<R: Record>(kind: Kind) -> Result<(), Error> {
+    if kind == R::KIND {
+        Ok(())
+    } else {
+        Err(Error::Decode(format!(
+            "record is a {kind}, expected a {}",
+            R::KIND
+        )))
     }
 }
 
@@ -408,13 +414,7 @@ impl RecordParts {
         check: &dyn keys::SignatureCheck,
         keys: &[VerifyingKey],
     ) -> Result<R, Error> {
-        if self.kind != R::KIND {
-            return Err(Error::Decode(format!(
-                "record is a {}, expected a {}",
-                self.kind,
-                R::KIND
-            )));
-        }
+        expect_kind::<R>(self.kind)?;
         keys::verify_any_with(
             check,
             keys,

@@ -524,6 +524,41 @@ fn receipts_come_from_their_recipient() {
     );
 }
 
+/// A receipt must be a `delivery_receipt` signed as one: a record of another kind sent
+/// as a receipt is malformed, and a receipt's bytes signed as another kind and relabelled
+/// do not verify.
+#[test]
+fn a_receipt_of_another_kind_or_relabelled_is_refused() {
+    let fx = Fx::new();
+    let r = receipt_by(&fx, &fx.gem);
+    let mut other_kind = signed(&r, &fx.gem);
+    other_kind.kind = Kind::Toestemming;
+    assert_eq!(
+        check_receipt(&fx.gem.oin, &other_kind, fx.env(), fx.now)
+            .unwrap_err()
+            .code,
+        RejectCode::Malformed
+    );
+    // The receipt's bytes (as `SignedRecord::sign` serialises them), signed under the
+    // toestemming context, labelled a receipt.
+    let bytes = serde_json::to_vec(&r).unwrap();
+    let sig = keys::sign(
+        &fx.gem.key,
+        keys::Context::Control(Kind::Toestemming),
+        &bytes,
+    );
+    let relabelled = SignedRecord {
+        signature: keys::signature_to_text(&sig),
+        ..signed(&r, &fx.gem)
+    };
+    assert_eq!(
+        check_receipt(&fx.gem.oin, &relabelled, fx.env(), fx.now)
+            .unwrap_err()
+            .code,
+        RejectCode::BadSignature
+    );
+}
+
 #[test]
 fn records_verify_with_the_keys_parsed_once_when_the_caller_has_them() {
     let fx = Fx::new();
