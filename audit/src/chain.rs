@@ -28,17 +28,19 @@ pub struct ChainHead {
 }
 
 impl ChainHead {
-    /// The head of a stored trail from its last entry (key and value as stored; `None`:
-    /// an empty trail). Refuses ([`AuditError::Corrupt`]) a last record that does not
-    /// parse or does not hash right: extending it would bury the damage.
+    /// The head of a stored trail from its last entry (key and value as stored, one
+    /// record or a [round](round_records) whose last record is the head; `None`: an empty
+    /// trail). Refuses ([`AuditError::Corrupt`]) a last record that does not parse or
+    /// does not hash right: extending it would bury the damage.
     pub fn recover(last: Option<(&[u8], &[u8])>) -> Result<ChainHead, AuditError> {
         let Some((key, value)) = last else {
             return Ok(ChainHead::genesis());
         };
-        let seq = key_seq(key).ok_or_else(|| AuditError::Corrupt {
+        let first = key_seq(key).ok_or_else(|| AuditError::Corrupt {
             seq: 0,
             reason: "the last entry has a malformed key".into(),
         })?;
+        let (seq, value) = round_records(first, value).last().unwrap_or((first, value));
         let record = parse_record(seq, value)?;
         if !record.hash_is_valid()? {
             return Err(AuditError::Corrupt {
@@ -103,6 +105,83 @@ pub fn seq_key(seq: u64) -> [u8; 8] {
 /// The seq of a store key ([`seq_key`]'s inverse).
 pub fn key_seq(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+/// The records of one stored entry, a **round**: a store may keep the records one
+/// transaction wrote under one key, the seq of the first ([`seq_key`]), as their JSON
+/// joined by newlines. A record's JSON is one object and never holds a raw newline (serde
+/// escapes it), so records are split only where a newline stands between `}` and `{`: a
+/// record damaged into several lines (pretty-printed, say) stays one record that fails
+/// its checks, and does not shift the seqs of those after it. An entry with one record is
+/// a round of one. Yields each record's seq (`first`, then one more a record) and its
+/// bytes.
+pub fn round_records(first: u64, value: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
+    let mut rest = Some(value);
+    let mut seq = first;
+    std::iter::from_fn(move || {
+        let v = rest?;
+        let line = match separator(v) {
+            Some(at) => {
+                rest = Some(&v[at + 1..]);
+                &v[..at]
+            }
+            None => {
+                rest = None;
+                v
+            }
+        };
+        let out = (seq, line);
+        seq = seq.saturating_add(1);
+        Some(out)
+    })
+}
+
+/// The first newline of `v` between two records (`}` before it, `{` after it).
+fn separator(v: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = v[from..].iter().position(|b| *b == b'\n') {
+        let at = from + i;
+        if at > 0 && v[at - 1] == b'}' && v.get(at + 1) == Some(&b'{') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// How many records a round holds ([`round_records`]).
+pub fn round_len(value: &[u8]) -> u64 {
+    round_records(0, value).count() as u64
+}
+
+/// Whether every newline of a round separates two of its records: its records can go one
+/// a line into a file whose `n`th line is record `n`.
+pub fn round_is_lines(value: &[u8]) -> bool {
+    value.iter().filter(|b| **b == b'\n').count() as u64 + 1 == round_len(value)
+}
+
+/// A round's value: records' JSON (as [`ChainHead::next`] returns it) joined by newlines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    first: u64,
+    bytes: Vec<u8>,
+}
+
+impl Round {
+    /// Add the record `seq` (the one after the round's last); its JSON holds no newline.
+    pub fn push(&mut self, seq: u64, json: &[u8]) {
+        if self.bytes.is_empty() {
+            self.first = seq;
+        } else {
+            self.bytes.push(b'\n');
+        }
+        self.bytes.extend_from_slice(json);
+    }
+
+    /// The key and value to store, `None` for a round without records.
+    pub fn entry(&self) -> Option<([u8; 8], &[u8])> {
+        (!self.bytes.is_empty()).then(|| (seq_key(self.first), self.bytes.as_slice()))
+    }
 }
 
 /// Parse the record stored under `seq`, checking it says it is record `seq`.

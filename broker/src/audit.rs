@@ -3,10 +3,17 @@
 //!
 //! The records, entries, checkpoints and the chain rule are
 //! [`ketenpost_audit`] (pure, shared with the agent and the FG tools); this module
-//! stores them: new records in the sled tree [`RECORDS_TREE`] under [`seq_key`] (written
-//! in the transaction of the change they record), moved by [`AuditTrail::archive`] into
-//! the archive file, checkpoints in [`CHECKPOINTS_TREE`], appends serialised under one
-//! mutex around the [`ChainHead`], and [`verify_chain`] over a whole trail.
+//! stores them: new records in the sled tree [`RECORDS_TREE`] (written in the transaction
+//! of the change they record), moved by [`AuditTrail::archive`] into the archive file,
+//! checkpoints in [`CHECKPOINTS_TREE`], appends serialised under one mutex around the
+//! [`ChainHead`], and [`verify_chain`] over a whole trail.
+//!
+//! The records one transaction writes are one entry of [`RECORDS_TREE`], a
+//! [round](ketenpost_audit::round_records): their JSON joined by newlines, under the
+//! [`seq_key`] of the first. A store's round of message writes or decisions is one insert
+//! however many records it holds, and one removal when it moves to the archive (each
+//! record its own key cost about a fifth of the broker's CPU end to end). Every reader
+//! goes through [`Records`], which yields the records one by one, as before.
 //!
 //! # Durability and concurrency
 //! [`AuditTrail::append`] writes into sled but does not flush: the broker group-commits
@@ -100,7 +107,12 @@ impl AuditTrail {
         // removals from sled.
         let mut leftovers = 0u64;
         for item in records.range(..=seq_key(mark.seq)) {
-            let (k, _) = item.map_err(storage)?;
+            let (k, v) = item.map_err(storage)?;
+            // The archiver moves whole rounds; a round that runs past the mark (none
+            // should) stays, and is read from sled beyond the mark.
+            if key_seq(&k).is_some_and(|first| first.saturating_add(round_len(&v) - 1) > mark.seq) {
+                continue;
+            }
             records.remove(k).map_err(storage)?;
             leftovers += 1;
         }
@@ -211,7 +223,7 @@ impl AuditTrail {
         &self.records
     }
 
-    /// Append several records under one lock and in one atomic sled batch: either all of
+    /// Append several records under one lock as one round (one insert): either all of
     /// them are written, contiguous and chained, or none is. Does not flush.
     pub fn append_batch(
         &self,
@@ -228,27 +240,18 @@ impl AuditTrail {
             hash: head.hash.clone(),
             time: head.time,
         };
-        let mut writes = Vec::with_capacity(entries.len());
+        let mut round = Round::default();
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let (record, bytes) = pending.next(entry, now)?;
-            writes.push((seq_key(record.seq), bytes));
+            round.push(record.seq, &bytes);
             pending.advance(&record);
             out.push(record);
         }
-        // One record is one insert, atomic by itself. A sled batch (like a transaction)
-        // makes sled 0.34 write out and sync its IO buffer before and after it, which per
-        // accepted message cost more than the rest of the append.
-        if let [(key, bytes)] = writes.as_slice() {
-            self.records
-                .insert(key, bytes.as_slice())
-                .map_err(storage)?;
-        } else {
-            let mut batch = sled::Batch::default();
-            for (key, bytes) in writes {
-                batch.insert(&key, bytes);
-            }
-            self.records.apply_batch(batch).map_err(storage)?;
+        // One round is one insert, atomic by itself (a sled batch, like a transaction,
+        // makes sled 0.34 write out and sync its IO buffer before and after it).
+        if let Some((key, bytes)) = round.entry() {
+            self.records.insert(key, bytes).map_err(storage)?;
         }
         *head = pending;
         Ok(out)
@@ -335,8 +338,10 @@ impl AuditTrail {
     /// The record with this seq, if there is one (in sled or in the archive).
     pub fn get(&self, seq: u64) -> Result<Option<AuditRecord>, AuditError> {
         if seq > self.archive.mark().seq {
-            if let Some(v) = self.records.get(seq_key(seq)).map_err(storage)? {
-                return parse_record(seq, &v).map(Some);
+            if let Some((first, v)) = round_holding(&self.records, seq)? {
+                if let Some((_, line)) = round_records(first, &v).find(|(s, _)| *s == seq) {
+                    return parse_record(seq, line).map(Some);
+                }
             }
         }
         // Archived (perhaps just now, between the look at the mark and the read).
@@ -403,10 +408,11 @@ impl AuditTrail {
         &self.archive
     }
 
-    /// Move up to `max` of the oldest records from sled into the archive file (see
-    /// [`archive`]); returns how many moved. Blocking I/O. Records stop at a gap and at a
-    /// record whose value holds a newline: those stay in sled, where `audit verify`
-    /// reports them.
+    /// Move the oldest records from sled into the archive file, whole rounds, up to `max`
+    /// records (at least one round) (see [`archive`]); returns how many moved. Blocking
+    /// I/O. The move stops at a gap (a round that does not start right after the one
+    /// before) and at a round with a newline inside a record: those stay in sled, where
+    /// `audit verify` reports them.
     ///
     /// No transaction: the file is synced first, then the mark moves (one insert), then
     /// the records leave sled one by one. Each step is ordered after the one before it in
@@ -426,17 +432,23 @@ impl AuditTrail {
             .unwrap_or_else(PoisonError::into_inner);
         lines.clear();
         let mark = self.archive.mark();
-        let mut keys = Vec::with_capacity(max.min(4096));
+        let mut keys = Vec::new();
         let mut expected = mark.seq + 1;
-        for item in self.records.range(seq_key(expected)..).take(max) {
+        for item in self.records.range(seq_key(expected)..) {
             let (k, v) = item.map_err(storage)?;
-            if key_seq(&k) != Some(expected) || v.contains(&b'\n') {
+            let n = round_len(&v);
+            let moved = expected - mark.seq - 1;
+            if key_seq(&k) != Some(expected)
+                || !round_is_lines(&v)
+                || (moved > 0 && moved + n > max as u64)
+            {
                 break;
             }
+            // A round's records are lines already.
             lines.extend_from_slice(&v);
             lines.push(b'\n');
             keys.push(k);
-            expected += 1;
+            expected += n;
         }
         if keys.is_empty() {
             return Ok(0);
@@ -458,12 +470,14 @@ impl AuditTrail {
         for k in &keys {
             self.records.remove(k).map_err(storage)?;
         }
+        let moved = usize::try_from(next.seq - mark.seq).unwrap_or(usize::MAX);
         tracing::debug!(
-            records = keys.len(),
+            records = moved,
+            rounds = keys.len(),
             up_to = next.seq,
             "audit records archived"
         );
-        Ok(keys.len())
+        Ok(moved)
     }
 
     fn lock(&self) -> MutexGuard<'_, ChainHead> {
@@ -479,10 +493,30 @@ pub struct ChainLock<'a> {
     head: MutexGuard<'a, ChainHead>,
 }
 
-/// Where a transaction's records continue the chain; start one per transaction attempt
-/// with [`ChainLock::cursor`], since sled may run the transaction closure more than once.
+/// Where a transaction's records continue the chain, and the round of records staged so
+/// far; start one per transaction attempt with [`ChainLock::cursor`], since sled may run
+/// the transaction closure more than once.
 #[derive(Debug)]
-pub struct ChainCursor(ChainHead);
+pub struct ChainCursor {
+    head: ChainHead,
+    round: Round,
+}
+
+impl ChainCursor {
+    /// Write the records staged ([`ChainLock::stage`]) into `records` (the transactional
+    /// view of [`AuditTrail::records_tree`]) as one round: one insert, whatever their
+    /// number; nothing when none was staged. Call it once, at the end of the
+    /// transaction.
+    pub fn write<E>(
+        &self,
+        records: &sled::transaction::TransactionalTree,
+    ) -> Result<(), sled::transaction::ConflictableTransactionError<E>> {
+        if let Some((key, bytes)) = self.round.entry() {
+            records.insert(&key, bytes)?;
+        }
+        Ok(())
+    }
+}
 
 impl ChainLock<'_> {
     /// The head of the chain while it is locked.
@@ -495,50 +529,50 @@ impl ChainLock<'_> {
 
     /// A cursor at the current head.
     pub fn cursor(&self) -> ChainCursor {
-        ChainCursor(ChainHead {
-            seq: self.head.seq,
-            hash: self.head.hash.clone(),
-            time: self.head.time,
-        })
+        ChainCursor {
+            head: ChainHead {
+                seq: self.head.seq,
+                hash: self.head.hash.clone(),
+                time: self.head.time,
+            },
+            round: Round::default(),
+        }
     }
 
-    /// Write the record for `entry` after `cursor` into `records` (the transactional view
-    /// of [`AuditTrail::records_tree`]) and move the cursor to it. The entry must have
-    /// passed `AuditEntry::validate`.
-    pub fn stage<E: From<AuditError>>(
+    /// Chain the record for `entry` after `cursor`, add it to the cursor's round and move
+    /// the cursor to it; [`ChainCursor::write`] writes the round. Serialises and hashes
+    /// only, so it may run before the transaction (sled keeps every reader waiting while
+    /// a transaction runs). The entry must have passed `AuditEntry::validate`.
+    pub fn stage(
         &self,
         cursor: &mut ChainCursor,
         entry: AuditEntry,
         now: DateTime<Utc>,
-        records: &sled::transaction::TransactionalTree,
-    ) -> Result<(), sled::transaction::ConflictableTransactionError<E>> {
-        use sled::transaction::ConflictableTransactionError::Abort;
-        let (key, bytes) = self
-            .prepare(cursor, entry, now)
-            .map_err(|e| Abort(E::from(e)))?;
-        records.insert(&key, bytes)?;
+    ) -> Result<(), AuditError> {
+        let (record, bytes) = cursor.head.next(entry, now)?;
+        cursor.round.push(record.seq, &bytes);
+        cursor.head.advance(&record);
         Ok(())
-    }
-
-    /// The record for `entry` after `cursor`, as the key and value to write, and move the
-    /// cursor to it: [`ChainLock::stage`] without the write, so a transaction that was
-    /// prepared under this lock only inserts (sled keeps every reader waiting while a
-    /// transaction runs). The entry must have passed `AuditEntry::validate`.
-    pub fn prepare(
-        &self,
-        cursor: &mut ChainCursor,
-        entry: AuditEntry,
-        now: DateTime<Utc>,
-    ) -> Result<([u8; 8], Vec<u8>), AuditError> {
-        let (record, bytes) = cursor.0.next(entry, now)?;
-        cursor.0.advance(&record);
-        Ok((seq_key(record.seq), bytes))
     }
 
     /// The transaction committed: the head is where `cursor` ended.
     pub fn advance(mut self, cursor: ChainCursor) {
-        *self.head = cursor.0;
+        *self.head = cursor.head;
     }
+}
+
+/// The entry of the records tree (a trail's [`RECORDS_TREE`]) whose round may hold record
+/// `seq`: the last one whose key is at most `seq`, as its first seq and its value. Whether
+/// the round reaches `seq` is [`round_records`]' to say. For readers of a trail and for
+/// tools that look at a stopped broker's database.
+pub fn round_holding(tree: &sled::Tree, seq: u64) -> Result<Option<(u64, sled::IVec)>, AuditError> {
+    for item in tree.range(..=seq_key(seq)).rev() {
+        let (k, v) = item.map_err(storage)?;
+        if let Some(first) = key_seq(&k) {
+            return Ok(Some((first, v)));
+        }
+    }
+    Ok(None)
 }
 
 /// Check the whole audit trail in `db` and its archive in `archive_dir` (opened read-only:
@@ -1083,6 +1117,181 @@ mod tests {
         let text = std::fs::read_to_string(archive_file()).unwrap();
         assert_eq!(text.lines().count(), 30);
         assert_eq!(text.len() as u64, trail.archive_of().mark().len);
+    }
+
+    /// Append rounds of the given sizes as the store's transactions write them (one
+    /// entry each), record `i` dated `secs(i)`.
+    fn rounds(db: &sled::Db, trail: &AuditTrail, sizes: &[u64]) {
+        use sled::transaction::{ConflictableTransactionError, Transactional};
+        let mut next = trail.head().seq + 1;
+        for &n in sizes {
+            let chain = trail.lock_chain();
+            let cursor = [&tree(db)]
+                .as_slice()
+                .transaction(|views| {
+                    let mut cursor = chain.cursor();
+                    for i in next..next + n {
+                        chain
+                            .stage(&mut cursor, entry(i), secs(i as i64))
+                            .map_err(ConflictableTransactionError::Abort)?;
+                    }
+                    cursor.write(&views[0])?;
+                    Ok(cursor)
+                })
+                .unwrap();
+            chain.advance(cursor);
+            next += n;
+        }
+    }
+
+    #[test]
+    fn a_transactions_records_are_one_entry_and_read_one_by_one() {
+        let (dir, db) = db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[3, 1, 5]);
+        // One entry a round, keyed by its first record.
+        let keys: Vec<u64> = tree(&db)
+            .iter()
+            .map(|e| key_seq(&e.unwrap().0).unwrap())
+            .collect();
+        assert_eq!(keys, vec![1, 4, 5]);
+        let all: Vec<AuditRecord> = trail.iter_range(1, 9).map(|r| r.unwrap()).collect();
+        assert_chained(&all);
+        assert_eq!(all.len(), 9);
+        for seq in 1..=9 {
+            assert_eq!(trail.get(seq).unwrap().unwrap().seq, seq);
+        }
+        assert!(trail.get(10).unwrap().is_none());
+        // Ranges that start and end inside rounds.
+        let inside: Vec<u64> = trail.iter_range(2, 7).map(|r| r.unwrap().seq).collect();
+        assert_eq!(inside, vec![2, 3, 4, 5, 6, 7]);
+        let one: Vec<u64> = trail.iter_range(6, 6).map(|r| r.unwrap().seq).collect();
+        assert_eq!(one, vec![6]);
+        assert_eq!(seqs_between(&trail, secs(2), secs(7)), vec![2, 3, 4, 5, 6]);
+        let six = trail.get(6).unwrap().unwrap();
+        assert!(trail.prove_extends(6, &six.hash).unwrap());
+        assert_intact(&db, 9);
+        // A batch is one round too.
+        let batch = trail
+            .append_batch([entry(10), entry(11)], secs(11))
+            .unwrap();
+        assert_eq!(
+            batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![10, 11]
+        );
+        assert_eq!(tree(&db).len(), 4);
+        // A reopened trail goes on from the last record of the last round.
+        drop(trail);
+        drop(db);
+        let db = reopen(&dir.path().join("db"));
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        assert_eq!(trail.head().seq, 11);
+        let r = trail.append(entry(12), secs(12)).unwrap();
+        assert_eq!(r.prev_hash, batch[1].hash);
+        assert_intact(&db, 12);
+    }
+
+    #[test]
+    fn the_archiver_moves_whole_rounds() {
+        let (_dir, db) = db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[3, 4, 2, 6]);
+        // A round that would pass the limit waits for the next move...
+        assert_eq!(trail.archive(5).unwrap(), 3);
+        assert_eq!(trail.archive_of().mark().seq, 3);
+        // ...unless it is the first: a move takes at least one round.
+        assert_eq!(trail.archive(1).unwrap(), 4);
+        assert_eq!(trail.archive_of().mark().seq, 7);
+        assert_eq!(tree(&db).len(), 2);
+        // Across the file and the rounds left in sled, record by record.
+        let all: Vec<AuditRecord> = trail.iter_range(1, 15).map(|r| r.unwrap()).collect();
+        assert_chained(&all);
+        assert_eq!(all.len(), 15);
+        let across: Vec<u64> = trail.iter_range(6, 10).map(|r| r.unwrap().seq).collect();
+        assert_eq!(across, vec![6, 7, 8, 9, 10]);
+        for seq in [1, 3, 4, 7, 8, 9, 10, 15] {
+            assert_eq!(trail.get(seq).unwrap().unwrap().seq, seq);
+        }
+        assert_intact(&db, 15);
+        assert_eq!(trail.archive(100).unwrap(), 8);
+        assert!(tree(&db).is_empty());
+        // The file's nth line is record n.
+        let text = std::fs::read_to_string(archive_file()).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            assert_eq!(
+                parse_record(i as u64 + 1, line.as_bytes()).unwrap().seq,
+                i as u64 + 1
+            );
+        }
+        assert_eq!(text.lines().count(), 15);
+        assert_intact(&db, 15);
+    }
+
+    /// The round of `db` that holds record `seq`, as its first seq and its records' bytes.
+    fn round_of(db: &sled::Db, seq: u64) -> (u64, Vec<Vec<u8>>) {
+        let (first, v) = round_holding(&tree(db), seq).unwrap().unwrap();
+        (
+            first,
+            round_records(first, &v).map(|(_, l)| l.to_vec()).collect(),
+        )
+    }
+
+    fn put_round(db: &sled::Db, first: u64, lines: &[Vec<u8>]) {
+        tree(db).insert(seq_key(first), lines.join(&b'\n')).unwrap();
+    }
+
+    #[test]
+    fn verify_reports_damage_inside_a_round_record_by_record() {
+        // A record inside a round edited: that record, nothing else.
+        let (_dir, db) = self::db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[2, 5, 3]);
+        drop(trail);
+        let (first, mut lines) = round_of(&db, 5);
+        assert_eq!(first, 3);
+        let mut five: AuditRecord = serde_json::from_slice(&lines[2]).unwrap();
+        five.actor = Some(B.into());
+        lines[2] = serde_json::to_vec(&five).unwrap();
+        put_round(&db, first, &lines);
+        assert_eq!(kinds(&verify(&db)), vec![(5, ProblemKind::Altered)]);
+
+        // Pretty-printed (newlines inside the record): still that one record, and the
+        // archiver leaves the round in sled.
+        let (_dir, db) = self::db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[2, 5, 3]);
+        let (first, mut lines) = round_of(&db, 5);
+        let five: AuditRecord = serde_json::from_slice(&lines[2]).unwrap();
+        lines[2] = serde_json::to_vec_pretty(&five).unwrap();
+        put_round(&db, first, &lines);
+        assert_eq!(trail.archive(100).unwrap(), 2);
+        assert_eq!(kinds(&verify(&db)), vec![(5, ProblemKind::Altered)]);
+        assert_eq!(trail.get(6).unwrap().unwrap().seq, 6);
+        drop(trail);
+
+        // Two records of a round swapped.
+        let (_dir, db) = self::db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[2, 5, 3]);
+        drop(trail);
+        let (first, mut lines) = round_of(&db, 4);
+        lines.swap(1, 2);
+        put_round(&db, first, &lines);
+        let report = verify(&db);
+        assert!(!report.is_intact());
+        assert_eq!(report.problems[0].seq, 4, "{report}");
+
+        // A record taken out of a round: the chain breaks there.
+        let (_dir, db) = self::db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[2, 5, 3]);
+        drop(trail);
+        let (first, mut lines) = round_of(&db, 4);
+        lines.remove(1);
+        put_round(&db, first, &lines);
+        let report = verify(&db);
+        assert!(!report.is_intact());
+        assert_eq!(report.problems[0].seq, 4, "{report}");
     }
 
     #[test]

@@ -599,12 +599,24 @@ async fn audit_verify_finds_an_edited_record() {
     {
         let db = sled::open(s.w.data.join("broker.sled")).unwrap();
         let tree = db.open_tree(ketenpost_broker::audit::RECORDS_TREE).unwrap();
-        let k = 3u64.to_be_bytes();
-        let v = tree.get(k).unwrap().unwrap();
-        let text = String::from_utf8(v.to_vec())
+        // Record 3 is one line of the round (one transaction's records) that holds it.
+        let (first, v) = ketenpost_broker::audit::round_holding(&tree, 3)
             .unwrap()
-            .replace("\"ok\"", "\"refused\"");
-        tree.insert(k, text.as_bytes()).unwrap();
+            .unwrap();
+        let lines: Vec<Vec<u8>> = ketenpost_broker::audit::round_records(first, &v)
+            .map(|(seq, line)| {
+                let text = String::from_utf8(line.to_vec()).unwrap();
+                let text = if seq == 3 {
+                    text.replace("\"ok\"", "\"refused\"")
+                } else {
+                    text
+                };
+                text.into_bytes()
+            })
+            .collect();
+        assert!(lines.len() as u64 > 3 - first, "the round holds record 3");
+        tree.insert(first.to_be_bytes(), lines.join(&b'\n'))
+            .unwrap();
         db.flush().unwrap();
     }
     let out = cli(&["audit", "verify", &data, "--key", &key]);

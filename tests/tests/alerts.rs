@@ -460,14 +460,21 @@ async fn a_trail_damaged_while_the_broker_was_down_is_alerted_at_its_next_start(
 fn edit_record(data: &std::path::Path, seq: u64, edit: impl FnOnce(&mut serde_json::Value)) {
     let db = sled::open(data.join("broker.sled")).unwrap();
     let tree = db.open_tree(ketenpost_broker::audit::RECORDS_TREE).unwrap();
-    let key = ketenpost_audit::seq_key(seq);
-    if let Some(value) = tree.get(key).unwrap() {
-        let mut record: serde_json::Value = serde_json::from_slice(&value).unwrap();
-        edit(&mut record);
-        tree.insert(key, serde_json::to_vec(&record).unwrap())
-            .unwrap();
-        db.flush().unwrap();
-        return;
+    // In the database, a record is one line of the round (one transaction's records)
+    // that holds it.
+    if let Some((first, value)) = ketenpost_broker::audit::round_holding(&tree, seq).unwrap() {
+        let mut lines: Vec<Vec<u8>> = ketenpost_broker::audit::round_records(first, &value)
+            .map(|(_, line)| line.to_vec())
+            .collect();
+        if let Some(line) = lines.get_mut(usize::try_from(seq - first).unwrap()) {
+            let mut record: serde_json::Value = serde_json::from_slice(line).unwrap();
+            edit(&mut record);
+            *line = serde_json::to_vec(&record).unwrap();
+            tree.insert(ketenpost_audit::seq_key(first), lines.join(&b'\n'))
+                .unwrap();
+            db.flush().unwrap();
+            return;
+        }
     }
     let path =
         ketenpost_broker::audit::archive_dir(data).join(ketenpost_broker::audit::ARCHIVE_FILE);

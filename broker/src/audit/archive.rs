@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use super::{key_seq, seq_key, storage, AuditError};
+use super::{key_seq, round_records, seq_key, storage, AuditError};
 
 /// Name of the sled tree that holds the archive's mark.
 pub const ARCHIVE_TREE: &str = "audit_archive";
@@ -396,7 +396,9 @@ fn line_seq(file: &File, at: u64, limit: u64) -> Result<u64, AuditError> {
 
 /// The trail's stored records in seq order, as `(key, value)` entries: from the archive
 /// file up to its mark (each line keyed by its position: the `n`th line is record `n`),
-/// then from sled (keyed as stored). What the verification walks and every reader parses.
+/// then from sled, each round's records keyed by their position in it (the round's key,
+/// then one more a line; an entry whose key is no seq as it is). What the verification
+/// walks and every reader parses.
 #[derive(Debug)]
 pub struct Records<'a> {
     archive: &'a Archive,
@@ -472,22 +474,32 @@ impl<'a> Records<'a> {
         };
         let mut expected = self.next;
         let mut items = Vec::with_capacity(CHUNK);
-        for item in tree
-            .range(seq_key(self.next)..=seq_key(self.to))
-            .take(CHUNK)
-        {
+        // The round that holds `next` may start before it.
+        let before = super::round_holding(tree, self.next - 1)?
+            .map(|(first, v)| Ok((sled::IVec::from(&seq_key(first)), v)));
+        let from = tree.range(seq_key(self.next)..=seq_key(self.to));
+        for item in before.into_iter().chain(from) {
             let (k, v) = item.map_err(storage)?;
-            if let Some(seq) = key_seq(&k) {
-                if seq > expected && self.archive.mark().seq >= expected {
-                    // Moved to the file meanwhile: the rest is read there.
-                    break;
-                }
-                expected = expected.max(seq + 1);
+            let Some(first) = key_seq(&k) else {
+                items.push((k.to_vec(), v.to_vec()));
+                continue;
+            };
+            if first > expected && self.archive.mark().seq >= expected {
+                // Moved to the file meanwhile: the rest is read there.
+                break;
             }
-            items.push((k.to_vec(), v.to_vec()));
+            for (seq, line) in round_records(first, &v) {
+                if seq >= self.next && seq <= self.to {
+                    items.push((seq_key(seq).to_vec(), line.to_vec()));
+                }
+                expected = expected.max(seq.saturating_add(1));
+            }
+            if items.len() >= CHUNK {
+                break;
+            }
         }
         self.buf.extend(items);
-        let full = self.buf.len() == CHUNK;
+        let full = self.buf.len() >= CHUNK;
         if expected > self.to {
             self.done = true;
         } else if full || self.archive.mark().seq >= expected {

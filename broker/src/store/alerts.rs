@@ -93,7 +93,10 @@ impl Store {
             .transaction(|(queue, records)| {
                 queue.remove(key)?;
                 let mut cursor = chain.cursor();
-                chain.stage(&mut cursor, entry.clone(), now, records)?;
+                chain
+                    .stage(&mut cursor, entry.clone(), now)
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                cursor.write(records)?;
                 Ok(cursor)
             })
             .map_err(StoreError::from)?;

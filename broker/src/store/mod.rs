@@ -100,7 +100,8 @@ const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Audit records moved to the archive with one sync of its file.
 const ARCHIVE_BATCH: usize = 4096;
-/// At most this many records are archived in one [`Store::archive_audit`].
+/// At most this many records (and the rest of the round that passes it) are archived in
+/// one [`Store::archive_audit`].
 pub const ARCHIVE_PASS: usize = 32 * ARCHIVE_BATCH;
 
 /// What can go wrong in the store.
@@ -560,9 +561,10 @@ impl Store {
     pub fn archive_audit(&self, trail: &crate::audit::AuditTrail) -> Result<usize, StoreError> {
         let mut moved = 0;
         while moved < ARCHIVE_PASS {
+            // Whole rounds: a batch may stop short of its size with more to move.
             let n = trail.archive(ARCHIVE_BATCH)?;
             moved += n;
-            if n < ARCHIVE_BATCH {
+            if n == 0 {
                 break;
             }
         }

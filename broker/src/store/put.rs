@@ -167,8 +167,6 @@ pub(super) struct Stale;
 
 /// One message of a batch as decided before its transaction.
 pub(super) struct Prepared {
-    /// Its audit records, chained: keys and values.
-    pub(super) records: Vec<([u8; 8], Vec<u8>)>,
     /// For an answer: the answered message's clock.
     pub(super) answer: Option<AnsweredClock>,
     pub(super) landed: Landed,
@@ -723,13 +721,10 @@ impl Store {
             if let Some(clock) = &p.clock {
                 clocks.insert(p.id, Some(clock.clone()));
             }
-            let mut records = Vec::with_capacity(p.audit.len() + 1);
             for entry in &p.audit {
-                records.push(
-                    chain
-                        .prepare(&mut cursor, entry.clone(), p.now)
-                        .map_err(audit_failed)?,
-                );
+                chain
+                    .stage(&mut cursor, entry.clone(), p.now)
+                    .map_err(audit_failed)?;
             }
             let mut landed = Landed::default();
             let answer = match &p.answer {
@@ -774,11 +769,9 @@ impl Store {
                         }
                     }
                     for entry in fx.audit {
-                        records.push(
-                            chain
-                                .prepare(&mut cursor, entry, p.now)
-                                .map_err(audit_failed)?,
-                        );
+                        chain
+                            .stage(&mut cursor, entry, p.now)
+                            .map_err(audit_failed)?;
                     }
                     if let Some(w) = &write {
                         clocks.insert(key, w.clone());
@@ -786,11 +779,7 @@ impl Store {
                     Some(AnsweredClock { key, read, write })
                 }
             };
-            out.push(Some(Prepared {
-                records,
-                answer,
-                landed,
-            }));
+            out.push(Some(Prepared { answer, landed }));
         }
         Ok((out, cursor))
     }
@@ -855,14 +844,13 @@ impl Store {
                                     None => {}
                                 }
                             }
-                            for (key, record) in &prep.records {
-                                records.insert(key, record.as_slice())?;
-                            }
                             *held.entry(p.body_at.segment).or_insert(0) += 1;
                         }
                         for (segment, n) in held {
                             count_bodies(segments, segment, n)?;
                         }
+                        // The batch's audit records: one round, one insert.
+                        cursor.write(records)?;
                         Ok(())
                     },
                 );

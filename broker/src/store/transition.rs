@@ -388,6 +388,8 @@ impl Store {
                     trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
                     decided.push(Some(fx));
                 }
+                // The decisions' audit records: one round, one insert.
+                cursor.write(trees.records)?;
                 Ok((decided, cursor))
             });
             match attempt {
@@ -549,7 +551,9 @@ impl<'a> Trees<'a> {
             )?;
         }
         for entry in &fx.audit {
-            chain.stage(cursor, entry.clone(), job.now, self.records)?;
+            chain
+                .stage(cursor, entry.clone(), job.now)
+                .map_err(|e| ConflictableTransactionError::Abort(e.into()))?;
         }
         Ok(())
     }
