@@ -184,6 +184,42 @@ impl Round {
     }
 }
 
+/// Records on their way into a store as rounds of at most `max` bytes each (a record
+/// longer than that is a round of its own): one entry for many records, yet entries a
+/// store keeps small.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rounds {
+    max: usize,
+    rounds: Vec<Round>,
+}
+
+impl Rounds {
+    /// No records yet; rounds of at most `max` bytes.
+    pub fn new(max: usize) -> Rounds {
+        Rounds {
+            max,
+            rounds: Vec::new(),
+        }
+    }
+
+    /// Add the record `seq` (the one after the last added); its JSON holds no newline.
+    pub fn push(&mut self, seq: u64, json: &[u8]) {
+        match self.rounds.last_mut() {
+            Some(r) if r.bytes.len() + 1 + json.len() <= self.max => r.push(seq, json),
+            _ => {
+                let mut r = Round::default();
+                r.push(seq, json);
+                self.rounds.push(r);
+            }
+        }
+    }
+
+    /// The keys and values to store, in seq order.
+    pub fn entries(&self) -> impl Iterator<Item = ([u8; 8], &[u8])> {
+        self.rounds.iter().filter_map(Round::entry)
+    }
+}
+
 /// Parse the record stored under `seq`, checking it says it is record `seq`.
 pub fn parse_record(seq: u64, bytes: &[u8]) -> Result<AuditRecord, AuditError> {
     let record: AuditRecord = serde_json::from_slice(bytes).map_err(|e| AuditError::Corrupt {

@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Duration, TimeZone as _, Utc};
 use ketenpost_audit::{
-    key_seq, parse_checkpoint, parse_record, seq_key, verify_exported, AuditEntry, AuditEvent,
-    ChainHead, Checkpoint, Outcome, GENESIS_HASH,
+    key_seq, parse_checkpoint, parse_record, round_is_lines, round_len, round_records, seq_key,
+    verify_exported, AuditEntry, AuditEvent, ChainHead, Checkpoint, Outcome, Rounds, GENESIS_HASH,
 };
 use ketenpost_schemas::keys;
 
@@ -213,4 +213,56 @@ fn the_stored_json_of_a_record_is_its_serialization() {
         assert_eq!((&again, &again_bytes), (&record, &bytes), "record {i}");
         head.advance(&record);
     }
+}
+
+#[test]
+fn rounds_hold_records_up_to_their_size_and_give_them_back_one_by_one() {
+    let records = chain(12);
+    let longest = records.iter().map(Vec::len).max().unwrap();
+    // Rounds of at most three records' worth of bytes, and rounds smaller than a record.
+    for max in [3 * longest + 2, longest / 2] {
+        let mut rounds = Rounds::new(max);
+        for (i, r) in records.iter().enumerate() {
+            rounds.push(i as u64 + 1, r);
+        }
+        let entries: Vec<([u8; 8], Vec<u8>)> =
+            rounds.entries().map(|(k, v)| (k, v.to_vec())).collect();
+        let mut back = Vec::new();
+        for (key, value) in &entries {
+            // Within the size, or one record alone.
+            assert!(value.len() <= max || round_len(value) == 1, "{max}");
+            assert!(round_is_lines(value));
+            for (seq, line) in round_records(key_seq(key).unwrap(), value) {
+                assert_eq!(parse_record(seq, line).unwrap().seq, seq);
+                back.push(line.to_vec());
+            }
+        }
+        assert_eq!(back, records, "{max}");
+        let expected = if max > longest { 4 } else { 12 };
+        assert_eq!(entries.len(), expected, "{max}");
+    }
+    assert_eq!(Rounds::new(100).entries().count(), 0);
+}
+
+#[test]
+fn a_record_damaged_into_several_lines_stays_one_record_of_its_round() {
+    let records = chain(3);
+    let pretty = serde_json::to_vec_pretty(
+        &serde_json::from_slice::<serde_json::Value>(&records[1]).unwrap(),
+    )
+    .unwrap();
+    let value = [records[0].clone(), pretty.clone(), records[2].clone()].join(&b'\n');
+    let split: Vec<(u64, &[u8])> = round_records(7, &value).collect();
+    assert_eq!(
+        split,
+        vec![(7, &records[0][..]), (8, &pretty[..]), (9, &records[2][..])]
+    );
+    assert_eq!(round_len(&value), 3);
+    assert!(!round_is_lines(&value));
+    // Garbage is one record, which does not parse.
+    assert_eq!(round_records(1, b"").count(), 1);
+    assert_eq!(
+        round_records(1, b"}\n{").collect::<Vec<_>>(),
+        vec![(1, &b"}"[..]), (2, &b"{"[..])]
+    );
 }

@@ -8,12 +8,13 @@
 //! checkpoints in [`CHECKPOINTS_TREE`], appends serialised under one mutex around the
 //! [`ChainHead`], and [`verify_chain`] over a whole trail.
 //!
-//! The records one transaction writes are one entry of [`RECORDS_TREE`], a
-//! [round](ketenpost_audit::round_records): their JSON joined by newlines, under the
-//! [`seq_key`] of the first. A store's round of message writes or decisions is one insert
-//! however many records it holds, and one removal when it moves to the archive (each
-//! record its own key cost about a fifth of the broker's CPU end to end). Every reader
-//! goes through [`Records`], which yields the records one by one, as before.
+//! The records one transaction writes are stored a few at a time, as entries of
+//! [`RECORDS_TREE`] of up to [`ROUND_BYTES`] each, [rounds](ketenpost_audit::round_records):
+//! their JSON joined by newlines, under the [`seq_key`] of the first. A store's round of
+//! message writes or decisions inserts one entry for about half a dozen records, and the
+//! archiver removes one (each record its own key cost about a fifth of the broker's CPU
+//! end to end). Every reader goes through [`Records`], which yields the records one by
+//! one, as before.
 //!
 //! # Durability and concurrency
 //! [`AuditTrail::append`] writes into sled but does not flush: the broker group-commits
@@ -42,6 +43,13 @@ pub fn archive_dir(data_dir: &Path) -> std::path::PathBuf {
 
 /// Name of the sled tree that holds the records.
 pub const RECORDS_TREE: &str = "audit";
+/// At most this many bytes of records in one entry of [`RECORDS_TREE`] (a longer record
+/// is an entry of its own). sled 0.34 writes a page (a node of up to 17 entries, written
+/// whole when it splits or is consolidated) whose serialised size passes a quarter of a
+/// log segment (128 KiB) to a file of its own, a "blob", which it creates and unlinks for
+/// every such write and never syncs: a power loss could then lose what the log says is
+/// durable. 17 entries of 4 KiB stay well below that.
+pub const ROUND_BYTES: usize = 4096;
 /// Name of the sled tree that holds the signed checkpoints.
 pub const CHECKPOINTS_TREE: &str = "audit_checkpoints";
 
@@ -223,8 +231,9 @@ impl AuditTrail {
         &self.records
     }
 
-    /// Append several records under one lock as one round (one insert): either all of
-    /// them are written, contiguous and chained, or none is. Does not flush.
+    /// Append several records under one lock, in rounds of up to [`ROUND_BYTES`] (one
+    /// insert, or one sled batch for more): either all of them are written, contiguous
+    /// and chained, or none is. Does not flush.
     pub fn append_batch(
         &self,
         entries: impl IntoIterator<Item = AuditEntry>,
@@ -240,18 +249,29 @@ impl AuditTrail {
             hash: head.hash.clone(),
             time: head.time,
         };
-        let mut round = Round::default();
+        let mut rounds = Rounds::new(ROUND_BYTES);
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let (record, bytes) = pending.next(entry, now)?;
-            round.push(record.seq, &bytes);
+            rounds.push(record.seq, &bytes);
             pending.advance(&record);
             out.push(record);
         }
         // One round is one insert, atomic by itself (a sled batch, like a transaction,
         // makes sled 0.34 write out and sync its IO buffer before and after it).
-        if let Some((key, bytes)) = round.entry() {
-            self.records.insert(key, bytes).map_err(storage)?;
+        let mut entries = rounds.entries();
+        match (entries.next(), entries.next()) {
+            (None, _) => {}
+            (Some((key, bytes)), None) => {
+                self.records.insert(&key, bytes).map_err(storage)?;
+            }
+            (Some(first), Some(second)) => {
+                let mut batch = sled::Batch::default();
+                for (key, bytes) in [first, second].into_iter().chain(entries) {
+                    batch.insert(&key, bytes);
+                }
+                self.records.apply_batch(batch).map_err(storage)?;
+            }
         }
         *head = pending;
         Ok(out)
@@ -499,19 +519,19 @@ pub struct ChainLock<'a> {
 #[derive(Debug)]
 pub struct ChainCursor {
     head: ChainHead,
-    round: Round,
+    rounds: Rounds,
 }
 
 impl ChainCursor {
     /// Write the records staged ([`ChainLock::stage`]) into `records` (the transactional
-    /// view of [`AuditTrail::records_tree`]) as one round: one insert, whatever their
-    /// number; nothing when none was staged. Call it once, at the end of the
-    /// transaction.
+    /// view of [`AuditTrail::records_tree`]) in rounds: one insert for up to
+    /// [`ROUND_BYTES`] of records; nothing when none was staged. Call it once, at the end
+    /// of the transaction.
     pub fn write<E>(
         &self,
         records: &sled::transaction::TransactionalTree,
     ) -> Result<(), sled::transaction::ConflictableTransactionError<E>> {
-        if let Some((key, bytes)) = self.round.entry() {
+        for (key, bytes) in self.rounds.entries() {
             records.insert(&key, bytes)?;
         }
         Ok(())
@@ -535,11 +555,11 @@ impl ChainLock<'_> {
                 hash: self.head.hash.clone(),
                 time: self.head.time,
             },
-            round: Round::default(),
+            rounds: Rounds::new(ROUND_BYTES),
         }
     }
 
-    /// Chain the record for `entry` after `cursor`, add it to the cursor's round and move
+    /// Chain the record for `entry` after `cursor`, add it to the cursor's rounds and move
     /// the cursor to it; [`ChainCursor::write`] writes the round. Serialises and hashes
     /// only, so it may run before the transaction (sled keeps every reader waiting while
     /// a transaction runs). The entry must have passed `AuditEntry::validate`.
@@ -550,7 +570,7 @@ impl ChainLock<'_> {
         now: DateTime<Utc>,
     ) -> Result<(), AuditError> {
         let (record, bytes) = cursor.head.next(entry, now)?;
-        cursor.round.push(record.seq, &bytes);
+        cursor.rounds.push(record.seq, &bytes);
         cursor.head.advance(&record);
         Ok(())
     }
@@ -1189,6 +1209,38 @@ mod tests {
         let r = trail.append(entry(12), secs(12)).unwrap();
         assert_eq!(r.prev_hash, batch[1].hash);
         assert_intact(&db, 12);
+    }
+
+    #[test]
+    fn a_transaction_with_many_records_writes_entries_of_bounded_size() {
+        let (dir, db) = db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[40]);
+        let entries: Vec<(u64, sled::IVec)> = tree(&db)
+            .iter()
+            .map(|e| e.unwrap())
+            .map(|(k, v)| (key_seq(&k).unwrap(), v))
+            .collect();
+        assert!(entries.len() > 1, "{} entries", entries.len());
+        let mut next = 1;
+        for (first, v) in &entries {
+            assert!(v.len() <= ROUND_BYTES);
+            assert_eq!(*first, next);
+            next += round_len(v);
+        }
+        assert_eq!(next, 41);
+        assert_intact(&db, 40);
+        assert_eq!(trail.archive(100).unwrap(), 40);
+        assert_intact(&db, 40);
+        // Many such transactions: sled writes no page as a blob (a file it never syncs),
+        // as it did for rounds of unbounded size once its nodes held 17 of them.
+        rounds(&db, &trail, &[40; 60]);
+        db.flush().unwrap();
+        let blobs = std::fs::read_dir(dir.path().join("db").join("blobs"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(blobs, 0);
+        assert_intact(&db, 2440);
     }
 
     #[test]

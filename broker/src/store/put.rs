@@ -849,7 +849,7 @@ impl Store {
                         for (segment, n) in held {
                             count_bodies(segments, segment, n)?;
                         }
-                        // The batch's audit records: one round, one insert.
+                        // The batch's audit records: a few to an insert.
                         cursor.write(records)?;
                         Ok(())
                     },

@@ -388,7 +388,7 @@ impl Store {
                     trees.write(&fx, job, &chain, &mut cursor).map_err(failed)?;
                     decided.push(Some(fx));
                 }
-                // The decisions' audit records: one round, one insert.
+                // The decisions' audit records: a few to an insert.
                 cursor.write(trees.records)?;
                 Ok((decided, cursor))
             });
