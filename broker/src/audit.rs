@@ -263,7 +263,7 @@ impl AuditTrail {
         match (entries.next(), entries.next()) {
             (None, _) => {}
             (Some((key, bytes)), None) => {
-                self.records.insert(&key, bytes).map_err(storage)?;
+                self.records.insert(key, bytes).map_err(storage)?;
             }
             (Some(first), Some(second)) => {
                 let mut batch = sled::Batch::default();
