@@ -114,13 +114,14 @@ pub fn key_seq(key: &[u8]) -> Option<u64> {
 /// record damaged into several lines (pretty-printed, say) stays one record that fails
 /// its checks, and does not shift the seqs of those after it. An entry with one record is
 /// a round of one. Yields each record's seq (`first`, then one more a record) and its
-/// bytes.
+/// bytes; a round that would pass the last seq ends in one piece holding the rest.
 pub fn round_records(first: u64, value: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
     let mut rest = Some(value);
     let mut seq = first;
     std::iter::from_fn(move || {
         let v = rest?;
-        let line = match separator(v) {
+        // The last seq there is takes the rest of the value, however damaged.
+        let line = match separator(v).filter(|_| seq < u64::MAX) {
             Some(at) => {
                 rest = Some(&v[at + 1..]);
                 &v[..at]
@@ -161,10 +162,28 @@ pub fn round_is_lines(value: &[u8]) -> bool {
 }
 
 /// A round's value: records' JSON (as [`ChainHead::next`] returns it) joined by newlines.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Its `Debug` shows the first seq and the length, never the records.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Round {
     first: u64,
     bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Round {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Round")
+            .field("first", &self.first)
+            .field(
+                "records",
+                &if self.bytes.is_empty() {
+                    0
+                } else {
+                    round_len(&self.bytes)
+                },
+            )
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
 }
 
 impl Round {
@@ -186,7 +205,7 @@ impl Round {
 
 /// Records on their way into a store as rounds of at most `max` bytes each (a record
 /// longer than that is a round of its own): one entry for many records, yet entries a
-/// store keeps small.
+/// store keeps small. Its `Debug` shows the rounds' first seqs and lengths only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rounds {
     max: usize,

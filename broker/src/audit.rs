@@ -441,8 +441,18 @@ impl AuditTrail {
     /// [`AuditTrail::open`]). A sled transaction or batch would stall every reader and the
     /// store's writer while it runs.
     pub fn archive(&self, max: usize) -> Result<usize, AuditError> {
+        self.archive_upto(max).map(|moved| moved.records)
+    }
+
+    /// [`AuditTrail::archive`], saying too whether the move stopped at `max` (more
+    /// entries could move right away) or at the end of what can move.
+    pub fn archive_upto(&self, max: usize) -> Result<Moved, AuditError> {
+        let none = Moved {
+            records: 0,
+            at_limit: false,
+        };
         let Some(tree) = self.archive.tree() else {
-            return Ok(0);
+            return Ok(none);
         };
         // The mover's lock guards its buffer, reused from move to move.
         let mut lines = self
@@ -453,25 +463,30 @@ impl AuditTrail {
         lines.clear();
         let mark = self.archive.mark();
         let mut keys = Vec::new();
-        let mut expected = mark.seq + 1;
+        let mut at_limit = false;
+        let Some(mut expected) = mark.seq.checked_add(1) else {
+            return Ok(none);
+        };
         for item in self.records.range(seq_key(expected)..) {
             let (k, v) = item.map_err(storage)?;
             let n = round_len(&v);
             let moved = expected - mark.seq - 1;
-            if key_seq(&k) != Some(expected)
-                || !round_is_lines(&v)
-                || (moved > 0 && moved + n > max as u64)
-            {
+            if moved > 0 && moved + n > max as u64 {
+                at_limit = true;
+                break;
+            }
+            let next = expected.checked_add(n);
+            if key_seq(&k) != Some(expected) || !round_is_lines(&v) || next.is_none() {
                 break;
             }
             // A round's records are lines already.
             lines.extend_from_slice(&v);
             lines.push(b'\n');
             keys.push(k);
-            expected += n;
+            expected = next.unwrap_or(expected);
         }
         if keys.is_empty() {
-            return Ok(0);
+            return Ok(none);
         }
         let next = self.archive.append(&lines, expected - 1)?;
         if lines.capacity() > 8 << 20 {
@@ -490,14 +505,14 @@ impl AuditTrail {
         for k in &keys {
             self.records.remove(k).map_err(storage)?;
         }
-        let moved = usize::try_from(next.seq - mark.seq).unwrap_or(usize::MAX);
+        let records = usize::try_from(next.seq - mark.seq).unwrap_or(usize::MAX);
         tracing::debug!(
-            records = moved,
-            rounds = keys.len(),
+            records,
+            entries = keys.len(),
             up_to = next.seq,
             "audit records archived"
         );
-        Ok(moved)
+        Ok(Moved { records, at_limit })
     }
 
     fn lock(&self) -> MutexGuard<'_, ChainHead> {
@@ -505,6 +520,15 @@ impl AuditTrail {
         // tree (see the field's invariant), so a poisoned lock is still usable.
         self.head.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// What one move of the archiver did ([`AuditTrail::archive_upto`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// Records moved.
+    pub records: usize,
+    /// The move stopped at its limit: more entries could move right away.
+    pub at_limit: bool,
 }
 
 /// The audit chain locked for a transaction (see [`AuditTrail::lock_chain`]).
@@ -1249,7 +1273,13 @@ mod tests {
         let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
         rounds(&db, &trail, &[3, 4, 2, 6]);
         // A round that would pass the limit waits for the next move...
-        assert_eq!(trail.archive(5).unwrap(), 3);
+        assert_eq!(
+            trail.archive_upto(5).unwrap(),
+            Moved {
+                records: 3,
+                at_limit: true
+            }
+        );
         assert_eq!(trail.archive_of().mark().seq, 3);
         // ...unless it is the first: a move takes at least one round.
         assert_eq!(trail.archive(1).unwrap(), 4);
@@ -1265,7 +1295,13 @@ mod tests {
             assert_eq!(trail.get(seq).unwrap().unwrap().seq, seq);
         }
         assert_intact(&db, 15);
-        assert_eq!(trail.archive(100).unwrap(), 8);
+        assert_eq!(
+            trail.archive_upto(100).unwrap(),
+            Moved {
+                records: 8,
+                at_limit: false
+            }
+        );
         assert!(tree(&db).is_empty());
         // The file's nth line is record n.
         let text = std::fs::read_to_string(archive_file()).unwrap();
@@ -1364,6 +1400,76 @@ mod tests {
             assert_eq!(seqs, (1..=1300).collect::<Vec<_>>(), "{moved_meanwhile}");
         }
         assert!(verify(&db).is_intact());
+    }
+
+    #[test]
+    fn a_reader_finds_entries_the_archiver_moves_while_it_reads() {
+        let (_dir, db) = db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        // Entries of one to seven records, so that chunks end inside them.
+        let sizes: Vec<u64> = (0..330).map(|i| i % 7 + 1).collect();
+        rounds(&db, &trail, &sizes);
+        let n = sizes.iter().sum::<u64>();
+        for (from, moved_meanwhile) in [(1, 700usize), (5, 300), (1, usize::MAX)] {
+            let mut reader = trail.iter_range(from, n);
+            let mut seqs: Vec<u64> = reader
+                .by_ref()
+                .take(archive::CHUNK + 3)
+                .map(|r| r.unwrap().seq)
+                .collect();
+            trail.archive(moved_meanwhile).unwrap();
+            seqs.extend(reader.map(|r| r.unwrap().seq));
+            assert_eq!(seqs, (from..=n).collect::<Vec<_>>(), "{moved_meanwhile}");
+        }
+        assert_intact(&db, n);
+    }
+
+    #[test]
+    fn entries_left_in_the_database_after_their_move_are_removed_at_start() {
+        let (_dir, db) = db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[3, 4, 2, 5]);
+        let saved: Vec<(sled::IVec, sled::IVec)> =
+            tree(&db).iter().take(2).map(|e| e.unwrap()).collect();
+        assert_eq!(trail.archive(7).unwrap(), 7);
+        drop(trail);
+        // The mark moved, then the crash came before the entries left the database.
+        for (k, v) in &saved {
+            tree(&db).insert(k, v).unwrap();
+        }
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        assert_eq!(
+            tree(&db).first().unwrap().map(|(k, _)| key_seq(&k)),
+            Some(Some(8))
+        );
+        assert_eq!(trail.head().seq, 14);
+        let all: Vec<u64> = trail.iter_range(1, 14).map(|r| r.unwrap().seq).collect();
+        assert_eq!(all, (1..=14).collect::<Vec<_>>());
+        assert_intact(&db, 14);
+    }
+
+    #[test]
+    fn damaged_entries_end_a_read_instead_of_repeating_it() {
+        let (_dir, db) = db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[3]);
+        // The last seq there is, holding many records' worth; and many keys that are no
+        // seq.
+        let many = vec![b"{}".to_vec(); 2 * archive::CHUNK].join(&b'\n');
+        tree(&db).insert(seq_key(u64::MAX), many).unwrap();
+        for i in 0..2 * archive::CHUNK as u32 {
+            let mut k = seq_key(10).to_vec();
+            k.extend(i.to_be_bytes());
+            tree(&db).insert(k, b"x".to_vec()).unwrap();
+        }
+        let report = verify(&db);
+        assert!(!report.is_intact());
+        assert!(
+            report.problems.len() < 4 * archive::CHUNK,
+            "{}",
+            report.problems.len()
+        );
+        drop(trail);
     }
 
     #[test]

@@ -482,6 +482,9 @@ impl<'a> Records<'a> {
             let (k, v) = item.map_err(storage)?;
             let Some(first) = key_seq(&k) else {
                 items.push((k.to_vec(), v.to_vec()));
+                if items.len() >= CHUNK {
+                    break;
+                }
                 continue;
             };
             if first > expected && self.archive.mark().seq >= expected {
@@ -500,7 +503,10 @@ impl<'a> Records<'a> {
         }
         self.buf.extend(items);
         let full = self.buf.len() >= CHUNK;
-        if expected > self.to {
+        if expected > self.to || expected == self.next && full {
+            // Read to the end; or a chunk that did not get past `next` (only damaged
+            // entries: keys that are no seq, or records past the last seq), which would
+            // be read again and again: what is read is reported, the rest is not.
             self.done = true;
         } else if full || self.archive.mark().seq >= expected {
             // More to read: in sled, or moved to the file while this read (sled's range

@@ -100,8 +100,8 @@ const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Audit records moved to the archive with one sync of its file.
 const ARCHIVE_BATCH: usize = 4096;
-/// At most this many records (and the rest of the round that passes it) are archived in
-/// one [`Store::archive_audit`].
+/// About this many records at most are archived in one [`Store::archive_audit`] (its last
+/// batch may pass it by up to [`ARCHIVE_BATCH`]).
 pub const ARCHIVE_PASS: usize = 32 * ARCHIVE_BATCH;
 
 /// What can go wrong in the store.
@@ -561,10 +561,12 @@ impl Store {
     pub fn archive_audit(&self, trail: &crate::audit::AuditTrail) -> Result<usize, StoreError> {
         let mut moved = 0;
         while moved < ARCHIVE_PASS {
-            // Whole rounds: a batch may stop short of its size with more to move.
-            let n = trail.archive(ARCHIVE_BATCH)?;
-            moved += n;
-            if n == 0 {
+            // Entries move whole: a batch that stopped at its limit may hold fewer records
+            // than the limit with more to move. One that did not has moved everything
+            // there was when it looked (what came in since waits for the next pass).
+            let batch = trail.archive_upto(ARCHIVE_BATCH)?;
+            moved += batch.records;
+            if !batch.at_limit {
                 break;
             }
         }
