@@ -1437,15 +1437,21 @@ mod tests {
         for (k, v) in &saved {
             tree(&db).insert(k, v).unwrap();
         }
-        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        assert_leftovers_removed_at_start(&db, 8, 14);
+    }
+
+    /// The trail in `db`, reopened over what a crash left in the database after its
+    /// move: the database starts at `first_left`, and records `1..=head` read and verify.
+    fn assert_leftovers_removed_at_start(db: &sled::Db, first_left: u64, head: u64) {
+        let trail = AuditTrail::open(db, &adir(), key()).unwrap();
         assert_eq!(
-            tree(&db).first().unwrap().map(|(k, _)| key_seq(&k)),
-            Some(Some(8))
+            tree(db).first().unwrap().map(|(k, _)| key_seq(&k)),
+            Some(Some(first_left))
         );
-        assert_eq!(trail.head().seq, 14);
-        let all: Vec<u64> = trail.iter_range(1, 14).map(|r| r.unwrap().seq).collect();
-        assert_eq!(all, (1..=14).collect::<Vec<_>>());
-        assert_intact(&db, 14);
+        assert_eq!(trail.head().seq, head);
+        let all: Vec<u64> = trail.iter_range(1, head).map(|r| r.unwrap().seq).collect();
+        assert_eq!(all, (1..=head).collect::<Vec<_>>());
+        assert_intact(db, head);
     }
 
     #[test]
@@ -1603,15 +1609,7 @@ mod tests {
         for (_, record) in &saved {
             store(&db, record);
         }
-        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
-        assert_eq!(
-            tree(&db).first().unwrap().map(|(k, _)| key_seq(&k)),
-            Some(Some(9))
-        );
-        assert_eq!(trail.head().seq, 20);
-        let all: Vec<u64> = trail.iter_range(1, 20).map(|r| r.unwrap().seq).collect();
-        assert_eq!(all, (1..=20).collect::<Vec<_>>());
-        assert_intact(&db, 20);
+        assert_leftovers_removed_at_start(&db, 9, 20);
     }
 
     #[test]
