@@ -137,12 +137,18 @@ pub fn round_records(first: u64, value: &[u8]) -> impl Iterator<Item = (u64, &[u
     })
 }
 
-/// The first newline of `v` between two records (`}` before it, `{` after it).
+/// Whether the newline at `at` in `v` stands between two records (`}` before it, `{`
+/// after it).
+fn separates(v: &[u8], at: usize) -> bool {
+    at > 0 && v[at - 1] == b'}' && v.get(at + 1) == Some(&b'{')
+}
+
+/// The first newline of `v` between two records.
 fn separator(v: &[u8]) -> Option<usize> {
     let mut from = 0;
     while let Some(i) = v[from..].iter().position(|b| *b == b'\n') {
         let at = from + i;
-        if at > 0 && v[at - 1] == b'}' && v.get(at + 1) == Some(&b'{') {
+        if separates(v, at) {
             return Some(at);
         }
         from = at + 1;
@@ -158,7 +164,10 @@ pub fn round_len(value: &[u8]) -> u64 {
 /// Whether every newline of a round separates two of its records: its records can go one
 /// a line into a file whose `n`th line is record `n`.
 pub fn round_is_lines(value: &[u8]) -> bool {
-    value.iter().filter(|b| **b == b'\n').count() as u64 + 1 == round_len(value)
+    value
+        .iter()
+        .enumerate()
+        .all(|(at, b)| *b != b'\n' || separates(value, at))
 }
 
 /// A round's value: records' JSON (as [`ChainHead::next`] returns it) joined by newlines.
