@@ -53,6 +53,8 @@
 //!   peak, the size of the data directory, and the RSS after a restart on that data.
 //!
 //! The broker inherits the environment (e.g. `MALLOC_ARENA_MAX`), except `RUST_LOG`.
+//! With `KETENPOST_BENCH_TIMELINE=<file>`, `e2e` writes every paced message's times
+//! (scheduled submit, accepted, delivered, receipted; microseconds) to that CSV file.
 //!
 //! Without `--bench` on the command line (`cargo test --all-targets` runs bench targets
 //! once as tests) it does nothing: a benchmark is never a timed test.
@@ -1036,10 +1038,14 @@ async fn paced_tracked(
         }
         let (client, msgs) = (clients[msgs[i].conn].clone(), msgs.clone());
         let (in_flight, max_in_flight) = (in_flight.clone(), max_in_flight.clone());
+        let track = track.clone();
         tasks.spawn(async move {
             let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
             max_in_flight.fetch_max(now, Ordering::Relaxed);
             let r = submit(&client, &msgs[i].bytes).await;
+            if let Some(t) = &track {
+                t.note(&t.accepted, i, Instant::now());
+            }
             in_flight.fetch_sub(1, Ordering::Relaxed);
             (r, due.elapsed())
         });
@@ -1475,6 +1481,7 @@ struct Track {
     epoch: Instant,
     index: std::collections::HashMap<MessageId, usize>,
     submitted: Vec<AtomicU64>,
+    accepted: Vec<AtomicU64>,
     delivered: Vec<AtomicU64>,
     receipted: Vec<AtomicU64>,
     /// Receipts answered `done`.
@@ -1497,6 +1504,7 @@ impl Track {
             epoch: Instant::now(),
             index: msgs.iter().enumerate().map(|(i, m)| (m.id, i)).collect(),
             submitted: none(),
+            accepted: none(),
             delivered: none(),
             receipted: none(),
             done: AtomicUsize::new(0),
@@ -1523,6 +1531,28 @@ impl Track {
                 (s != u64::MAX && w != u64::MAX).then_some(w.saturating_sub(s))
             })
             .collect()
+    }
+
+    /// Every message's times as CSV (`index,submitted_us,accepted_us,delivered_us,
+    /// receipted_us`, empty while not yet), for a look at when the slow ones came.
+    fn write_timeline(&self, path: &Path) -> std::io::Result<()> {
+        use std::fmt::Write as _;
+        let mut csv = String::from("index,submitted_us,accepted_us,delivered_us,receipted_us\n");
+        let at = |v: &[AtomicU64], i: usize| match v[i].load(Ordering::Relaxed) {
+            u64::MAX => String::new(),
+            us => us.to_string(),
+        };
+        for i in 0..self.submitted.len() {
+            let _ = writeln!(
+                csv,
+                "{i},{},{},{},{}",
+                at(&self.submitted, i),
+                at(&self.accepted, i),
+                at(&self.delivered, i),
+                at(&self.receipted, i)
+            );
+        }
+        std::fs::write(path, csv)
     }
 
     /// From the first submission to the last receipt answered, seconds.
@@ -1822,6 +1852,15 @@ async fn e2e(o: &Opts, sum: &mut Summary) {
     let cpu = broker.cpu_secs() - cpu0;
     let metrics1 = broker.scrape();
     p_out.check_clean("e2e paced");
+    if let Some(path) = std::env::var_os("KETENPOST_BENCH_TIMELINE") {
+        match ptrack.write_timeline(Path::new(&path)) {
+            Ok(()) => println!(
+                "e2e: paced phase's timeline written to {}",
+                Path::new(&path).display()
+            ),
+            Err(e) => println!("e2e: cannot write the timeline: {e}"),
+        }
+    }
     let accepted = percentiles(&mut p_out.latencies_us);
     let delivered = percentiles(&mut ptrack.since_submit(&ptrack.delivered));
     let receipted = percentiles(&mut ptrack.since_submit(&ptrack.receipted));
