@@ -48,7 +48,7 @@
 //! checkpoint_interval_secs = 60
 //! sweep_interval_secs = 10
 //! documents_reload_secs = 30           # re-read policy, directory and CRLs; SIGHUP too
-//! audit_archive_ms = 1000              # move older audit records to audit/trail.jsonl
+//! audit_archive_ms = 250               # move older audit records to audit/trail.jsonl
 //!
 //! [alerts]                             # optional: FG alerts by webhook and/or e-mail
 //! interval_ms = 1000
@@ -245,7 +245,8 @@ pub struct TimersConfig {
     /// version is put in force without a restart.
     pub documents_reload_secs: u64,
     /// How often the oldest audit records move from the database into the archive file
-    /// (`<data dir>/audit/trail.jsonl`).
+    /// (`<data dir>/audit/trail.jsonl`). Often, so that each pass is short: a pass's
+    /// syncs of the file hold up the store's (every submission's) while they write.
     pub audit_archive_ms: u64,
 }
 
@@ -255,7 +256,7 @@ impl Default for TimersConfig {
             checkpoint_interval_secs: 60,
             sweep_interval_secs: 10,
             documents_reload_secs: 30,
-            audit_archive_ms: 1000,
+            audit_archive_ms: 250,
         }
     }
 }

@@ -98,8 +98,11 @@ pub use transition::{Applied, NoticeSigner, TransitionTicket, TxResult, TxView};
 /// before it flushes itself (a sync takes a millisecond or so; this is for a stuck one).
 const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Audit records moved to the archive with one sync of its file.
+/// Audit records moved to the archive with one sync of its file, at most (and at most
+/// [`crate::audit::ARCHIVE_MOVE_BYTES`] of them).
 const ARCHIVE_BATCH: usize = 4096;
+/// The longest pause between two moves of one archiver pass (see [`Store::archive_audit`]).
+const ARCHIVE_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 /// About this many records at most are archived in one [`Store::archive_audit`] (its last
 /// batch may pass it by up to [`ARCHIVE_BATCH`]).
 pub const ARCHIVE_PASS: usize = 32 * ARCHIVE_BATCH;
@@ -558,17 +561,23 @@ impl Store {
     /// Move the oldest audit records of `trail` from the database into its archive file
     /// ([`AuditTrail::archive`]), in batches; returns how many moved. One call moves at
     /// most [`ARCHIVE_PASS`] records. Blocking.
+    ///
+    /// After each batch, when more is waiting, the pass pauses as long as the batch took
+    /// (at most [`ARCHIVE_PAUSE`]): a batch's sync has the disk to itself while it writes,
+    /// and the writer's syncs, which every submission waits for, get it between batches.
     pub fn archive_audit(&self, trail: &crate::audit::AuditTrail) -> Result<usize, StoreError> {
         let mut moved = 0;
         while moved < ARCHIVE_PASS {
             // Entries move whole: a batch that stopped at its limit may hold fewer records
             // than the limit with more to move. One that did not has moved everything
             // there was when it looked (what came in since waits for the next pass).
-            let batch = trail.archive_upto(ARCHIVE_BATCH)?;
+            let started = std::time::Instant::now();
+            let batch = trail.archive_upto(ARCHIVE_BATCH, crate::audit::ARCHIVE_MOVE_BYTES)?;
             moved += batch.records;
             if !batch.at_limit {
                 break;
             }
+            std::thread::sleep(started.elapsed().min(ARCHIVE_PAUSE));
         }
         Ok(moved)
     }

@@ -1364,3 +1364,35 @@ fn a_view_digest_reads_the_body_only_for_a_waiting_recipient_and_within_the_limi
     );
     rt.block_on(store.close());
 }
+
+#[test]
+fn one_archiver_pass_moves_more_than_a_moves_bytes_in_several_moves() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, trail) = open_in(dir.path());
+    // One record an entry (appended alone), about 300 bytes each: some 2.5 moves' worth.
+    let n = 2_000u64;
+    for i in 0..n {
+        let entry = AuditEntry::ok(crate::audit::AuditEvent::Accepted)
+            .message_id(MessageId::new())
+            .reason(if i % 2 == 0 { "even" } else { "odd" });
+        trail.append(entry, Utc::now()).unwrap();
+    }
+    let stored: usize = trail
+        .records_tree()
+        .iter()
+        .map(|e| e.unwrap().1.len() + 1)
+        .sum();
+    assert!(stored > 2 * crate::audit::ARCHIVE_MOVE_BYTES, "{stored}");
+    assert_eq!(store.archive_audit(&trail).unwrap(), n as usize);
+    assert!(trail.records_tree().is_empty());
+    assert_eq!(trail.archive_of().mark().seq, n);
+    let archived = std::fs::metadata(dir.path().join("audit").join("trail.jsonl"))
+        .unwrap()
+        .len();
+    assert_eq!(archived, stored as u64);
+    let report = crate::audit::verify_trail_of(store.db(), &trail, &trail.verifying_key()).unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records, n);
+}
