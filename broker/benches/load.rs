@@ -54,7 +54,8 @@
 //!
 //! The broker inherits the environment (e.g. `MALLOC_ARENA_MAX`), except `RUST_LOG`.
 //! With `KETENPOST_BENCH_TIMELINE=<file>`, `e2e` writes every paced message's times
-//! (scheduled submit, accepted, delivered, receipted; microseconds) to that CSV file.
+//! (scheduled submit, accepted, delivered, receipted; microseconds from a moment it prints
+//! as unix time) to that CSV file.
 //!
 //! Without `--bench` on the command line (`cargo test --all-targets` runs bench targets
 //! once as tests) it does nothing: a benchmark is never a timed test.
@@ -1479,6 +1480,8 @@ async fn memory(o: &Opts, sum: &mut Summary) {
 /// since `epoch`, `u64::MAX` while not yet), by its index in the phase.
 struct Track {
     epoch: Instant,
+    /// `epoch` as wall-clock time, to line a timeline up with the broker's log.
+    epoch_unix: std::time::SystemTime,
     index: std::collections::HashMap<MessageId, usize>,
     submitted: Vec<AtomicU64>,
     accepted: Vec<AtomicU64>,
@@ -1502,6 +1505,7 @@ impl Track {
         let none = || (0..n).map(|_| AtomicU64::new(u64::MAX)).collect::<Vec<_>>();
         Track {
             epoch: Instant::now(),
+            epoch_unix: std::time::SystemTime::now(),
             index: msgs.iter().enumerate().map(|(i, m)| (m.id, i)).collect(),
             submitted: none(),
             accepted: none(),
@@ -1855,8 +1859,12 @@ async fn e2e(o: &Opts, sum: &mut Summary) {
     if let Some(path) = std::env::var_os("KETENPOST_BENCH_TIMELINE") {
         match ptrack.write_timeline(Path::new(&path)) {
             Ok(()) => println!(
-                "e2e: paced phase's timeline written to {}",
-                Path::new(&path).display()
+                "e2e: paced phase's timeline written to {} (microseconds from unix time {} us)",
+                Path::new(&path).display(),
+                ptrack
+                    .epoch_unix
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros())
             ),
             Err(e) => println!("e2e: cannot write the timeline: {e}"),
         }
