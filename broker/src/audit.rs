@@ -529,7 +529,8 @@ impl AuditTrail {
 /// ([`AuditTrail::archive`]; a move takes at least one round). The sync writes them all to
 /// the disk at once, and the store's syncs wait behind it: at 1,000 messages a second a
 /// second's records (about 2.8 MB) in one move held every submission up for 7-11 ms, once
-/// a second, most of the paced p99 (BENCHMARKS.md, "The archiver's moves bounded").
+/// a second, most of the paced p99 (BENCHMARKS.md, "The archiver's moves bounded, zeros
+/// written ahead in short stretches").
 pub const ARCHIVE_MOVE_BYTES: usize = 256 * 1024;
 
 /// What one move of the archiver did ([`AuditTrail::archive_upto`]).

@@ -55,9 +55,9 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// The zeros are written by the sync after the appends that used up half the stretch, so
 /// that sync writes them to the disk too: it takes as much longer as the stretch is long.
 /// 64 KiB adds about 0.15 ms to one sync in some 25 at a low rate; 1 MiB (before) added
-/// about 3 ms to one in some 400, which at 1,000 messages a second was a stall twice a
-/// second, and the queue behind it made up most of the paced p99 (BENCHMARKS.md, "Zeros
-/// written ahead in short stretches").
+/// about 3 ms to one in some 400: at 1,000 messages a second a 3 ms sync twice a second
+/// (BENCHMARKS.md, "The archiver's moves bounded, zeros written ahead in short
+/// stretches").
 pub const PREWRITE_BYTES: u64 = 64 * 1024;
 
 const MAGIC: &[u8; 4] = b"KPS1";
