@@ -17,8 +17,12 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let s = shared.clone();
-        match tokio::task::spawn_blocking(move || s.store.archive_audit(&s.audit)).await {
+        let (s, stopping) = (shared.clone(), stop.clone());
+        let pass = move || {
+            s.store
+                .archive_audit_while(&s.audit, || !*stopping.borrow())
+        };
+        match tokio::task::spawn_blocking(pass).await {
             Ok(Ok(0)) => {}
             Ok(Ok(moved)) => debug!(moved, "audit records archived"),
             // Nothing is lost: the records stay in the database and the next pass tries

@@ -566,8 +566,18 @@ impl Store {
     /// (at most [`ARCHIVE_PAUSE`]): a batch's sync has the disk to itself while it writes,
     /// and the writer's syncs, which every submission waits for, get it between batches.
     pub fn archive_audit(&self, trail: &crate::audit::AuditTrail) -> Result<usize, StoreError> {
+        self.archive_audit_while(trail, || true)
+    }
+
+    /// [`Store::archive_audit`], ending the pass after the move during which `go` turned
+    /// false (the broker is stopping: a pass over a long backlog need not hold it up).
+    pub fn archive_audit_while(
+        &self,
+        trail: &crate::audit::AuditTrail,
+        go: impl Fn() -> bool,
+    ) -> Result<usize, StoreError> {
         let mut moved = 0;
-        while moved < ARCHIVE_PASS {
+        while moved < ARCHIVE_PASS && go() {
             // Entries move whole: a batch that stopped at its limit may hold fewer records
             // than the limit with more to move. One that did not has moved everything
             // there was when it looked (what came in since waits for the next pass).
