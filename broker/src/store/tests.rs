@@ -1406,4 +1406,5 @@ fn one_archiver_pass_moves_more_than_a_moves_bytes_in_several_moves() {
     let report = crate::audit::verify_trail_of(store.db(), &trail, &trail.verifying_key()).unwrap();
     assert!(report.is_intact(), "{report:?}");
     assert_eq!(report.records, n);
+    rt.block_on(store.close());
 }
