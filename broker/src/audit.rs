@@ -1278,6 +1278,11 @@ mod tests {
         assert_intact(&db, 2440);
     }
 
+    /// The outcome of a move of `records` records that did or did not stop at a limit.
+    fn moved(records: usize, at_limit: bool) -> Moved {
+        Moved { records, at_limit }
+    }
+
     #[test]
     fn a_move_stops_before_the_round_that_would_pass_its_byte_limit() {
         let (_dir, db) = db();
@@ -1288,32 +1293,14 @@ mod tests {
         assert_eq!(sizes.len(), 4);
         // Room for the first two rounds, one byte short of the third.
         let limit = sizes[0] + sizes[1] + sizes[2] - 1;
-        assert_eq!(
-            trail.archive_upto(100, limit).unwrap(),
-            Moved {
-                records: 7,
-                at_limit: true
-            }
-        );
+        assert_eq!(trail.archive_upto(100, limit).unwrap(), moved(7, true));
         assert_eq!(
             std::fs::metadata(archive_file()).unwrap().len(),
             (sizes[0] + sizes[1]) as u64
         );
         // A round longer than the limit still moves, alone.
-        assert_eq!(
-            trail.archive_upto(100, 1).unwrap(),
-            Moved {
-                records: 2,
-                at_limit: true
-            }
-        );
-        assert_eq!(
-            trail.archive_upto(100, sizes[3]).unwrap(),
-            Moved {
-                records: 6,
-                at_limit: false
-            }
-        );
+        assert_eq!(trail.archive_upto(100, 1).unwrap(), moved(2, true));
+        assert_eq!(trail.archive_upto(100, sizes[3]).unwrap(), moved(6, false));
         assert!(tree(&db).is_empty());
         assert_intact(&db, 15);
     }
@@ -1326,10 +1313,7 @@ mod tests {
         // A round that would pass the limit waits for the next move...
         assert_eq!(
             trail.archive_upto(5, ARCHIVE_MOVE_BYTES).unwrap(),
-            Moved {
-                records: 3,
-                at_limit: true
-            }
+            moved(3, true)
         );
         assert_eq!(trail.archive_of().mark().seq, 3);
         // ...unless it is the first: a move takes at least one round.
@@ -1348,10 +1332,7 @@ mod tests {
         assert_intact(&db, 15);
         assert_eq!(
             trail.archive_upto(100, ARCHIVE_MOVE_BYTES).unwrap(),
-            Moved {
-                records: 8,
-                at_limit: false
-            }
+            moved(8, false)
         );
         assert!(tree(&db).is_empty());
         // The file's nth line is record n.
