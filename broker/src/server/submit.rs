@@ -158,10 +158,15 @@ pub(super) struct CheckStage {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-/// The jobs (submissions and receipts) waiting for a check thread. A job wakes one idle
-/// thread. (The stage first shared one `mpsc` receiver under a mutex: a submission woke
-/// the thread blocked in `recv`, and, once that thread let go of the mutex, the next one,
-/// only for it to block in `recv` again: two wake-ups a submission where one does.)
+/// The jobs (submissions and receipts) waiting for a check thread. A job wakes an idle
+/// thread only when no thread is checking a batch and none is on its way already, or when
+/// [`WAKE_ANOTHER_AT`] jobs wait: otherwise the thread that comes back for more (or the
+/// one on its way) takes them as its next batch, verified together. When each job woke a
+/// thread of its own, a batch at saturation was one or two jobs (a fifth of the signatures
+/// verified alone, below `verify::MIN_BATCH`), and every job cost a wake-up, a context
+/// switch and a system call. (Before that, the stage shared one `mpsc` receiver under a
+/// mutex: a submission woke the thread blocked in `recv`, and, once that thread let go of
+/// the mutex, the next one, only for it to block in `recv` again.)
 struct JobQueue<T> {
     state: Mutex<Waiting<T>>,
     ready: Condvar,
@@ -173,17 +178,47 @@ impl<T> Default for JobQueue<T> {
             state: Mutex::new(Waiting {
                 jobs: VecDeque::new(),
                 open: false,
+                idle: 0,
+                waking: false,
+                out: 0,
             }),
             ready: Condvar::new(),
         }
     }
 }
 
-/// What [`JobQueue`] guards: the jobs in order, and whether it takes more (closed
-/// until the stage starts, and again once it stops).
+/// What [`JobQueue`] guards: the jobs in order, whether it takes more (closed until the
+/// stage starts, and again once it stops), and its threads' wake-ups.
 struct Waiting<T> {
     jobs: VecDeque<T>,
     open: bool,
+    /// Threads waiting for jobs (counted under the lock, so each is in the condition
+    /// variable's wait, or woken and not yet holding the lock again).
+    idle: usize,
+    /// A thread was woken and has not yet taken the lock again: it will take what is
+    /// queued, so a new job need not wake another.
+    waking: bool,
+    /// Batches taken and still being checked (their threads come back for more).
+    out: usize,
+}
+
+/// Jobs waiting that wake another thread while a batch is being checked: enough for a
+/// batch verification of their own (`verify::MIN_BATCH`). Fewer wait for the next thread
+/// free, at most one batch's checks (about 0.1-2 ms).
+pub(super) const WAKE_ANOTHER_AT: usize = verify::MIN_BATCH;
+
+impl<T> Waiting<T> {
+    /// Whether a thread must be woken for the queued jobs: there are some, a thread
+    /// waits, none is on its way already, and no batch is being checked or enough jobs
+    /// wait for another. Marks one on its way.
+    fn wake_one(&mut self) -> bool {
+        let wake = !self.jobs.is_empty()
+            && self.idle > 0
+            && !self.waking
+            && (self.out == 0 || self.jobs.len() >= WAKE_ANOTHER_AT);
+        self.waking |= wake;
+        wake
+    }
 }
 
 impl<T> JobQueue<T> {
@@ -194,30 +229,43 @@ impl<T> JobQueue<T> {
             return Err(job);
         }
         w.jobs.push_back(job);
+        let wake = w.wake_one();
         drop(w);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
-    /// The waiting submissions, at most `max`, waiting for one if there are none; `None`
-    /// once the queue is closed and empty (what was queued before it closed is taken).
-    fn take(&self, max: usize) -> Option<Vec<T>> {
+    /// The waiting jobs, at most `max`, waiting for one if there are none; `None` once the
+    /// queue is closed and empty (what was queued before it closed is taken). `returning`:
+    /// the caller has finished the batch it took last.
+    fn take(&self, max: usize, returning: bool) -> Option<Vec<T>> {
         let mut w = lock(&self.state);
+        if returning {
+            w.out = w.out.saturating_sub(1);
+        }
         while w.jobs.is_empty() {
             if !w.open {
                 return None;
             }
+            w.idle += 1;
             w = self
                 .ready
                 .wait(w)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            w.idle -= 1;
+            // Woken (or spuriously awake): this thread takes what is queued now, so the
+            // next job may wake another.
+            w.waking = false;
         }
         let n = w.jobs.len().min(max);
         let jobs: Vec<T> = w.jobs.drain(..n).collect();
-        let more = !w.jobs.is_empty();
+        w.out += 1;
+        // More than a batch waits: another idle thread may take the rest.
+        let wake = w.wake_one();
         drop(w);
-        // More than a batch waits: another idle thread takes the rest.
-        if more {
+        if wake {
             self.ready.notify_one();
         }
         Some(jobs)
@@ -293,7 +341,9 @@ fn check_loop(
     batch: usize,
     mut memory: verify::KeyMemory,
 ) {
-    while let Some(jobs) = queue.take(batch) {
+    let mut returning = false;
+    while let Some(jobs) = queue.take(batch, returning) {
+        returning = true;
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -675,7 +725,7 @@ fn shared_purpose(p: &str) -> Option<&str> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{verify_together, JobQueue};
+    use super::{verify_together, JobQueue, WAKE_ANOTHER_AT};
     use crate::metrics::Counters;
     use crate::verify::KeyMemory;
     use ketenpost_schemas::keys::{self, generate_signing_key, Context, SignatureCheck};
@@ -738,19 +788,75 @@ mod tests {
     fn a_closed_queue_refuses_and_an_open_one_gives_batches_in_order() {
         let q = JobQueue::<u32>::default();
         assert_eq!(q.push(1), Err(1), "closed until the stage starts");
-        assert_eq!(q.take(4), None);
+        assert_eq!(q.take(4, false), None);
         q.set_open(true);
         for n in 0..5 {
             q.push(n).unwrap();
         }
-        assert_eq!(q.take(3), Some(vec![0, 1, 2]));
-        assert_eq!(q.take(3), Some(vec![3, 4]));
+        assert_eq!(q.take(3, false), Some(vec![0, 1, 2]));
+        assert_eq!(q.take(3, true), Some(vec![3, 4]));
         // What was queued before the queue closed is still taken; then it ends.
         q.push(5).unwrap();
         q.set_open(false);
         assert_eq!(q.push(6), Err(6));
-        assert_eq!(q.take(3), Some(vec![5]));
-        assert_eq!(q.take(3), None);
+        assert_eq!(q.take(3, true), Some(vec![5]));
+        assert_eq!(q.take(3, true), None);
+    }
+
+    /// Whether a thread was woken and has not yet come for the jobs.
+    fn waking<T>(q: &JobQueue<T>) -> bool {
+        super::lock(&q.state).waking
+    }
+
+    /// A lone job wakes a waiting thread; while that thread is on its way, and while a
+    /// batch is being checked, further jobs wake nobody until `WAKE_ANOTHER_AT` wait.
+    #[test]
+    fn a_job_wakes_a_thread_only_when_none_checks_or_enough_wait() {
+        let q = Arc::new(JobQueue::<usize>::default());
+        q.set_open(true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let (q, tx) = (q.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let mut returning = false;
+                while let Some(jobs) = q.take(64, returning) {
+                    returning = true;
+                    tx.send(jobs).unwrap();
+                }
+            })
+        };
+        let idle = |n: usize| {
+            for _ in 0..2_000 {
+                if super::lock(&q.state).idle == n {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            panic!("no thread came to wait");
+        };
+        idle(1);
+        // Nothing is being checked: the first job wakes the waiting thread.
+        q.push(0).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), vec![0]);
+        idle(1);
+        assert!(!waking(&q));
+        // This thread takes a batch (queued without a wake-up) and checks it: fewer than
+        // `WAKE_ANOTHER_AT` jobs wake nobody, that many wake the waiting thread.
+        super::lock(&q.state).jobs.push_back(1);
+        assert_eq!(q.take(1, false), Some(vec![1]));
+        for n in 0..WAKE_ANOTHER_AT - 1 {
+            q.push(n).unwrap();
+            assert!(
+                !waking(&q),
+                "woken with {n} waiting while a batch is checked"
+            );
+        }
+        assert!(rx.try_recv().is_err());
+        q.push(99).unwrap();
+        let taken = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(taken.len(), WAKE_ANOTHER_AT);
+        q.set_open(false);
+        waiter.join().unwrap();
     }
 
     #[test]
@@ -763,7 +869,9 @@ mod tests {
             .map(|_| {
                 let (q, tx) = (q.clone(), tx.clone());
                 std::thread::spawn(move || {
-                    while let Some(jobs) = q.take(16) {
+                    let mut returning = false;
+                    while let Some(jobs) = q.take(16, returning) {
+                        returning = true;
                         assert!(!jobs.is_empty() && jobs.len() <= 16);
                         for j in jobs {
                             tx.send(Some(j)).unwrap();

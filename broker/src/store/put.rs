@@ -78,10 +78,12 @@ pub(super) struct PendingPut {
 fn next_round(puts: &PutCombiner) -> Option<Round> {
     let mut queue = lock(&puts.queue);
     while queue.puts.is_empty() && queue.transitions.is_empty() && !queue.closing {
+        queue.writer_waits = true;
         queue = puts
             .wake
             .wait(queue)
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        queue.writer_waits = false;
     }
     if queue.puts.is_empty() && queue.transitions.is_empty() {
         return None;
@@ -274,6 +276,17 @@ pub(super) struct PutQueue {
     pub(super) puts: Vec<PendingPut>,
     pub(super) transitions: Vec<PendingTransition>,
     pub(super) closing: bool,
+    /// The writer waits for work and nobody woke it yet: the next queued write wakes it.
+    /// A write queued while the writer works, or after another woke it, needs no wake-up
+    /// (a notification costs a system call even when nobody waits).
+    writer_waits: bool,
+}
+
+impl PutQueue {
+    /// Whether the writer must be woken for a write just queued (at most once a wait).
+    pub(super) fn wake_writer(&mut self) -> bool {
+        std::mem::take(&mut self.writer_waits)
+    }
 }
 
 /// A round the writer applied and wrote into sled's log, on its way to the settling
@@ -468,7 +481,7 @@ impl Store {
             trail: trail.clone(),
             done,
         };
-        {
+        let wake = {
             let mut queue = lock(&self.puts.queue);
             if queue.closing {
                 drop(queue);
@@ -476,8 +489,11 @@ impl Store {
                 return Err(StoreError::Closed);
             }
             queue.puts.push(pending);
+            queue.wake_writer()
+        };
+        if wake {
+            self.puts.wake.notify_one();
         }
-        self.puts.wake.notify_one();
         Ok(PutTicket(landed))
     }
 

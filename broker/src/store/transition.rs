@@ -277,14 +277,17 @@ impl Store {
             trail: trail.clone(),
             done,
         };
-        {
+        let wake = {
             let mut queue = super::lock(&self.puts.queue);
             if queue.closing {
                 return Err(StoreError::Closed);
             }
             queue.transitions.push(pending);
+            queue.wake_writer()
+        };
+        if wake {
+            self.puts.wake.notify_one();
         }
-        self.puts.wake.notify_one();
         Ok(TransitionTicket { rx, refused })
     }
 
