@@ -81,57 +81,102 @@ pub fn canonical_y(encoded: &[u8; 32]) -> bool {
 /// Whether the point encoded as `encoded` (a valid encoding of a point not of small
 /// order) lies in the subgroup of prime order ℓ.
 pub fn in_prime_subgroup(encoded: &[u8; 32]) -> bool {
+    let [verdict] = in_prime_subgroup_lanes([encoded]);
+    verdict
+}
+
+/// [`in_prime_subgroup`] of each encoding, two at a time: a pair's exponentiations run
+/// side by side, and the processor overlaps their squarings (each waits for the one before
+/// it in its own chain): 9.3 µs a point against 10.8 µs one at a time (2026-12-04,
+/// `cargo bench -p ketenpost-broker --bench verify`; three or four side by side gained
+/// less than two).
+pub fn in_prime_subgroup_all(encoded: &[&[u8; 32]]) -> Vec<bool> {
+    let mut verdicts = Vec::with_capacity(encoded.len());
+    let mut pairs = encoded.chunks_exact(2);
+    for pair in &mut pairs {
+        verdicts.extend(in_prime_subgroup_lanes([pair[0], pair[1]]));
+    }
+    verdicts.extend(pairs.remainder().iter().map(|e| in_prime_subgroup(e)));
+    verdicts
+}
+
+/// A lane's value, or, when the step failed (the point is not in the subgroup), a stand-in
+/// that keeps the lane in step with the others, its verdict already `false`.
+fn or_fail(value: Option<Fe>, ok: &mut bool) -> Fe {
+    value.unwrap_or_else(|| {
+        *ok = false;
+        Fe::ONE
+    })
+}
+
+/// The test of the module docs for each lane, the four exponentiations of all lanes side
+/// by side.
+fn in_prime_subgroup_lanes<const N: usize>(encoded: [&[u8; 32]; N]) -> [bool; N] {
+    use std::array::from_fn;
     let c = curve();
-    let y = Fe::from_bytes(encoded);
-    let y2 = y.square();
+    let four = Fe::from_u64(4);
+    let mut ok = [true; N];
+    let y = encoded.map(Fe::from_bytes);
     // x² = (y² − 1)/(d·y² + 1); its sign does not matter (−P is in the subgroup exactly
     // when P is).
-    let Some(x) = Fe::sqrt_ratio(y2.sub(Fe::ONE), field().d.mul(y2).add(Fe::ONE)) else {
-        return false;
-    };
-    let one_minus_y = Fe::ONE.sub(y);
+    let x = Fe::sqrt_ratio_lanes(y.map(|y| {
+        let y2 = y.square();
+        (y2.sub(Fe::ONE), field().d.mul(y2).add(Fe::ONE))
+    }));
+    let x: [Fe; N] = from_fn(|i| or_fail(x[i], &mut ok[i]));
+    let one_minus_y = y.map(|y| Fe::ONE.sub(y));
     // (u, w) on C(A₀·e², B₀·e⁴), scaled by e = x·(1 − y):
     //   U = (a − d)(1 + y)(1 − y)·x², W = 2(1 − y);
     // then onto C(4A, 16B) through the inverse isomorphism: us = 4U, ws = 2W.
-    let mut e = x.mul(one_minus_y);
-    let e2 = e.square();
-    let us = Fe::from_u64(4).mul(
-        c.a_minus_d
-            .mul(Fe::ONE.add(y))
-            .mul(one_minus_y)
-            .mul(x.square()),
-    );
-    let ws = Fe::from_u64(4).mul(one_minus_y);
+    let e: [Fe; N] = from_fn(|i| x[i].mul(one_minus_y[i]));
+    let e2 = e.map(Fe::square);
+    let us: [Fe; N] = from_fn(|i| {
+        four.mul(
+            c.a_minus_d
+                .mul(Fe::ONE.add(y[i]))
+                .mul(one_minus_y[i])
+                .mul(x[i].square()),
+        )
+    });
+    let ws = one_minus_y.map(|t| four.mul(t));
     // Inverse of the second ψ: wp² = us (the point is a double exactly when it exists),
     // up = (us − A' − wp·ws)/2.
-    let Some(mut wp) = us.sqrt() else {
-        return false;
-    };
-    let up = us.sub(c.ap0.mul(e2)).sub(wp.mul(ws)).half();
-    // Inverse of the first ψ, from whichever of (up, wp) and (B'/up, −wp) has a square u.
-    let (u, w) = match up.sqrt_or_twice() {
-        (root, true) => {
-            let u = root.square().sub(c.a0.mul(e2)).sub(root.mul(wp)).half();
-            (u, root)
-        }
-        (t, false) => {
-            // t² = 2·up. Rescale by t (e ↦ e·t) so that B'/up becomes 2·B'₀·e⁴, whose
-            // root is √(2B'₀)·e²; the source point is (B'/up, −wp).
-            wp = wp.mul(t);
-            let root = c.sqrt_2bp0.mul(e2);
-            e = e.mul(t);
-            let u = root
-                .square()
-                .sub(c.a0.mul(e.square()))
-                .add(root.mul(wp))
-                .half();
-            (u, root.neg())
-        }
-    };
-    // The half is (u/e², w/e); t₄(T₄, half) = (u·(w − w₄·e)²)^((p − 1)/4), the e⁴ of
-    // the scaling being a fourth power.
-    let tangent = w.sub(c.w4.mul(e));
-    u.mul(tangent.square()).quartic_character().equals(Fe::ONE)
+    let wp = Fe::sqrt_or_twice_lanes(us);
+    let wp: [Fe; N] = from_fn(|i| or_fail(wp[i].1.then_some(wp[i].0), &mut ok[i]));
+    let up: [Fe; N] = from_fn(|i| us[i].sub(c.ap0.mul(e2[i])).sub(wp[i].mul(ws[i])).half());
+    // Inverse of the first ψ, from whichever of (up, wp) and (B'/up, −wp) has a square u;
+    // then the pairing's argument for the half (u/e², w/e): t₄(T₄, half) =
+    // (u·(w − w₄·e)²)^((p − 1)/4), the e⁴ of the scaling being a fourth power.
+    let roots = Fe::sqrt_or_twice_lanes(up);
+    let pairing: [Fe; N] = from_fn(|i| {
+        let (u, w, e) = match roots[i] {
+            (root, true) => {
+                let u = root
+                    .square()
+                    .sub(c.a0.mul(e2[i]))
+                    .sub(root.mul(wp[i]))
+                    .half();
+                (u, root, e[i])
+            }
+            (t, false) => {
+                // t² = 2·up. Rescale by t (e ↦ e·t) so that B'/up becomes 2·B'₀·e⁴, whose
+                // root is √(2B'₀)·e²; the source point is (B'/up, −wp).
+                let wp = wp[i].mul(t);
+                let root = c.sqrt_2bp0.mul(e2[i]);
+                let e = e[i].mul(t);
+                let u = root
+                    .square()
+                    .sub(c.a0.mul(e.square()))
+                    .add(root.mul(wp))
+                    .half();
+                (u, root.neg(), e)
+            }
+        };
+        let tangent = w.sub(c.w4.mul(e));
+        u.mul(tangent.square())
+    });
+    let character = Fe::quartic_character_lanes(pairing);
+    from_fn(|i| ok[i] && character[i].equals(Fe::ONE))
 }
 
 #[cfg(test)]
@@ -162,6 +207,28 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Two at a time, each lane gets its own verdict whatever the other's, at whichever
+    /// step either fails (every torsion class fails at another), and a lone last one too.
+    #[test]
+    fn side_by_side_each_lane_gets_its_own_verdict() {
+        let points: Vec<[u8; 32]> = (0..6)
+            .flat_map(|_| {
+                let p = ED25519_BASEPOINT_POINT * random_scalar();
+                EIGHT_TORSION.map(|t| (p + t).compress().to_bytes())
+            })
+            .collect();
+        let want: Vec<bool> = points.iter().map(in_prime_subgroup).collect();
+        assert_eq!(want.iter().filter(|ok| **ok).count(), 6);
+        for (a, b) in points.iter().zip(points.iter().rev()) {
+            let got = in_prime_subgroup_all(&[a, b]);
+            assert_eq!(got, [in_prime_subgroup(a), in_prime_subgroup(b)]);
+        }
+        for n in [0, 1, 2, 3, 7, points.len()] {
+            let some: Vec<&[u8; 32]> = points.iter().take(n).collect();
+            assert_eq!(in_prime_subgroup_all(&some), want[..n]);
         }
     }
 
