@@ -126,8 +126,8 @@ impl Fe {
     /// [`Fe::sqrt_or_twice`] of each lane, the exponentiations side by side.
     pub fn sqrt_or_twice_lanes<const N: usize>(lanes: [Fe; N]) -> [(Fe, bool); N] {
         let c = constants();
-        // b = self^((p + 3) / 8); b² = self · self^((p − 1) / 4), and that last power is
-        // 1 or −1 for a square, i or −i otherwise.
+        // b = z^((p + 3) / 8); b² = z · z^((p − 1) / 4), and that last power is 1 or −1
+        // for a square, i or −i otherwise.
         let pow = pow_p58(lanes);
         std::array::from_fn(|i| {
             let z = lanes[i];
@@ -138,10 +138,10 @@ impl Fe {
             } else if b2.equals(z.neg()) {
                 (b.mul(c.sqrt_m1), true)
             } else if b2.equals(z.mul(c.sqrt_m1)) {
-                // 2·self = −2i·b² = ((1 − i)·b)²
+                // 2·z = −2i·b² = ((1 − i)·b)²
                 (b.mul(Fe::ONE.sub(c.sqrt_m1)), false)
             } else {
-                // b² = −i·self: 2·self = 2i·b² = ((1 + i)·b)²
+                // b² = −i·z: 2·z = 2i·b² = ((1 + i)·b)²
                 (b.mul(Fe::ONE.add(c.sqrt_m1)), false)
             }
         })
