@@ -201,18 +201,7 @@ pub struct Health {
 }
 
 pub(crate) fn kind_of(r: &Response) -> &'static str {
-    match r {
-        Response::Accepted { .. } => "accepted",
-        Response::Rejected(_) => "rejected",
-        Response::Deliveries(_) => "deliveries",
-        Response::Documents(_) => "documents",
-        Response::Checkpoint(_) => "checkpoint",
-        Response::Done => "done",
-        Response::Extends(_) => "extends",
-        Response::FgReport(_) => "fg_report",
-        Response::AccessFacts(_) => "access_facts",
-        Response::Error { .. } => "error",
-    }
+    r.name()
 }
 
 impl Core {

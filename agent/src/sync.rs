@@ -23,7 +23,9 @@ use ketenpost_schemas::control::{
 };
 use ketenpost_schemas::digest::sha256_hex;
 use ketenpost_schemas::kind::Kind;
-use ketenpost_schemas::protocol::{envelope_from_b64, Delivery, RejectCode, Request, Response};
+use ketenpost_schemas::protocol::{
+    envelope_from_b64, Delivery, RejectCode, Request, Response, MAX_RECEIPTS,
+};
 use ketenpost_transport::failpoint;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -362,10 +364,12 @@ async fn handle_items(core: &Core, items: Vec<Delivery>) -> (bool, Option<u64>) 
     let mut progress = false;
     let mut ack_up_to = None;
     let mut blocked = false;
+    // The receipts of the batch's messages, each stored durably first: sent together.
+    let mut receipts = Vec::new();
     for item in items {
         match item {
             Delivery::Message { envelope, .. } => {
-                progress |= handle_message(core, &envelope).await;
+                receipts.extend(handle_message(core, &envelope).await);
             }
             Delivery::Notice { seq, record } => {
                 if blocked {
@@ -385,6 +389,7 @@ async fn handle_items(core: &Core, items: Vec<Delivery>) -> (bool, Option<u64>) 
             }
         }
     }
+    progress |= send_receipts(core, &receipts).await;
     let mut acked = None;
     if let Some(up_to) = ack_up_to {
         // What the notices changed must be on disk before the broker forgets them: an ack
@@ -411,9 +416,10 @@ async fn handle_items(core: &Core, items: Vec<Delivery>) -> (bool, Option<u64>) 
     (progress, acked)
 }
 
-/// Open, store and receipt one delivered message; returns whether the broker took the
-/// receipt (or the message is otherwise settled).
-async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
+/// Open and store one delivered message, and sign its receipt: the receipt to send once
+/// the message is durable (now or before), or `None` when it was refused or not stored
+/// (it stays queued at the broker and comes again).
+async fn handle_message(core: &Core, envelope_b64: &str) -> Option<Receipted> {
     let now = core.clock.now();
     let bytes = match envelope_from_b64(envelope_b64) {
         Ok(b) => b,
@@ -425,7 +431,7 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
                 reason: e.to_string(),
             };
             note_refusal(core, key.as_bytes(), envelope_b64.as_bytes(), &refusal, now);
-            return false;
+            return None;
         }
     };
     let docs = core.docs();
@@ -444,21 +450,21 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
                 None => sha256_hex(envelope_b64.as_bytes()).into_bytes(),
             };
             note_refusal(core, &key, envelope_b64.as_bytes(), &refusal, now);
-            return false;
+            return None;
         }
         Err(e) => {
             error!(cause = %e, "opening a delivery was interrupted");
-            return false;
+            return None;
         }
     };
     let id = opened.header.id;
     // Delivered again (the first receipt was lost): receipt again, do not store again.
     match core.store.receipted(&id) {
-        Ok(Some(r)) => return send_receipt(core, &r).await,
+        Ok(Some(r)) => return Some(r),
         Ok(None) => {}
         Err(e) => {
             error!(message = %id, cause = %e, "cannot read the receipts");
-            return false;
+            return None;
         }
     }
     let sender_role = inbox::sender_role(&opened.header, &docs.policy, &docs.directory);
@@ -468,7 +474,7 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
         Ok(r) => r,
         Err(e) => {
             error!(message = %id, cause = %e, "cannot sign a receipt");
-            return false;
+            return None;
         }
     };
     let receipted = Receipted {
@@ -510,7 +516,7 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
         .await
     {
         error!(message = %id, cause = %e, "cannot store a received message; not receipted");
-        return false;
+        return None;
     }
     failpoint::hit("agent-inbox", "durable");
     info!(
@@ -535,7 +541,7 @@ async fn handle_message(core: &Core, envelope_b64: &str) -> bool {
             "breach notice received: hand it to the FG"
         );
     }
-    send_receipt(core, &receipted).await
+    Some(receipted)
 }
 
 fn note_refusal(
@@ -592,15 +598,57 @@ fn delivery_refused_entry(core: &Core, delivered: &[u8], refusal: &inbox::Refusa
     }
 }
 
-async fn send_receipt(core: &Core, r: &Receipted) -> bool {
-    match core
-        .link
-        .request(
-            &Request::Receipt(r.receipt.clone()),
-            core.config.request_timeout(),
-        )
-        .await
-    {
+/// Send the receipts of a batch of messages, up to [`MAX_RECEIPTS`] in one `Receipts`
+/// request (each alone to a broker that does not know it); returns whether the broker
+/// took any. A receipt not taken is sent again when its message comes again.
+async fn send_receipts(core: &Core, receipted: &[Receipted]) -> bool {
+    let mut progress = false;
+    for chunk in receipted.chunks(MAX_RECEIPTS) {
+        let req = Request::Receipts(chunk.iter().map(|r| r.receipt.clone()).collect());
+        match core.link.request(&req, core.config.request_timeout()).await {
+            Ok(Response::Receipted(outcomes)) if outcomes.len() == chunk.len() => {
+                for (r, outcome) in chunk.iter().zip(outcomes) {
+                    let answer = Ok::<_, std::convert::Infallible>(outcome.into_response());
+                    progress |= receipt_answered(core, r, answer);
+                }
+            }
+            Ok(Response::Rejected(rej)) if rej.code == RejectCode::Malformed => {
+                // A broker from before `Receipts` does not know the request.
+                debug!(reason = %rej.reason, "receipts refused together; sending each alone");
+                for r in chunk {
+                    let answer = core
+                        .link
+                        .request(
+                            &Request::Receipt(r.receipt.clone()),
+                            core.config.request_timeout(),
+                        )
+                        .await;
+                    progress |= receipt_answered(core, r, answer);
+                }
+            }
+            Ok(other) => {
+                warn!(
+                    answer = kind_of(&other),
+                    receipts = chunk.len(),
+                    "unexpected answer to receipts; the broker delivers their messages again"
+                );
+            }
+            Err(e) => {
+                debug!(cause = %e, receipts = chunk.len(), "receipts not sent; the broker delivers again");
+            }
+        }
+    }
+    progress
+}
+
+/// What the broker answered to one receipt; returns whether it took it (or had taken it
+/// before).
+fn receipt_answered<E: std::fmt::Display>(
+    core: &Core,
+    r: &Receipted,
+    answer: Result<Response, E>,
+) -> bool {
+    match answer {
         Ok(Response::Done) => {
             failpoint::hit("agent-receipt", "answered");
             if let Err(e) = core.store.receipt_confirmed(&r.message_id) {

@@ -37,10 +37,12 @@
 //!   each connection it keeps that announce a large envelope, send 256 KiB of it and stall,
 //!   and sends oversized frames. Reports the other partners' p50/p99 in both phases.
 //! - `e2e`: end to end, every step durable. The zorgaanbieder long-polls (`Fetch`, up to
-//!   256 at a time, waiting up to 0.5 s), and for every delivered message signs a
-//!   `DeliveryReceipt` and sends it at once, while a fetch always waits, naming the
-//!   messages whose receipts are on their way in `skip` (`--serial-fetch`: the next fetch
-//!   only once the batch is receipted, as the agent did before); the broker deletes the body when the receipt is durable and forwards the
+//!   256 at a time, waiting up to 0.5 s), signs a `DeliveryReceipt` for every delivered
+//!   message and sends a fetched batch's receipts at once in one `Receipts` request
+//!   (`--lone-receipts`: each in a request of its own, as the agent did before), while a
+//!   fetch always waits, naming the messages whose receipts are on their way in `skip`
+//!   (`--serial-fetch`: the next fetch only once the batch is receipted, as the agent did
+//!   before); the broker deletes the body when the receipt is durable and forwards the
 //!   receipt to the sender, whose connection long-polls its notices and acknowledges them
 //!   (`Ack`). First `--messages` messages as fast as the flood of `throughput`
 //!   (`--concurrency`): end-to-end msg/s (first submit to last receipt answered) and
@@ -80,7 +82,7 @@ use ketenpost_schemas::keys::{self, SigningKey};
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::payload::Signaal;
 use ketenpost_schemas::policy::{Policy, Role};
-use ketenpost_schemas::protocol::{Request, Response};
+use ketenpost_schemas::protocol::{ReceiptOutcome, Request, Response, MAX_RECEIPTS};
 use ketenpost_schemas::seal::{seal, Draft, Sender};
 use ketenpost_transport::client::Client;
 use ketenpost_transport::tls::ClientTls;
@@ -179,6 +181,9 @@ struct Opts {
     /// The `e2e` recipient fetches again only once a batch is receipted (`--serial-fetch`,
     /// as the agent did before `skip`).
     serial_fetch: bool,
+    /// The `e2e` recipient sends each receipt in a request of its own (`--lone-receipts`,
+    /// as the agent did before `Receipts`) instead of a fetched batch's in one.
+    lone_receipts: bool,
 }
 
 fn parse_opts(args: &[String]) -> Result<Opts, String> {
@@ -196,6 +201,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         archive_ms: None,
         e2e_rate: 1_000,
         serial_fetch: false,
+        lone_receipts: false,
     };
     for a in args {
         if a == "--bench" {
@@ -203,6 +209,10 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         }
         if a == "--serial-fetch" {
             o.serial_fetch = true;
+            continue;
+        }
+        if a == "--lone-receipts" {
+            o.lone_receipts = true;
             continue;
         }
         if let Some((k, v)) = a.strip_prefix("--").and_then(|kv| kv.split_once('=')) {
@@ -589,6 +599,7 @@ struct Bench {
     check_batch: Option<u64>,
     archive_ms: Option<u64>,
     serial_fetch: bool,
+    lone_receipts: bool,
 }
 
 impl Bench {
@@ -626,6 +637,7 @@ impl Bench {
             check_batch: o.check_batch,
             archive_ms: o.archive_ms,
             serial_fetch: o.serial_fetch,
+            lone_receipts: o.lone_receipts,
         };
         b.pad = b.calibrate();
         b
@@ -1591,6 +1603,7 @@ async fn recipient(
     track: Arc<Track>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     serial: bool,
+    lone: bool,
 ) -> Client {
     let limits = ketenpost_schemas::envelope::Limits::default();
     let deadline = Instant::now() + PHASE_LIMIT;
@@ -1621,6 +1634,8 @@ async fn recipient(
             Ok(Response::Deliveries(items)) => items,
             other => panic!("a fetch was answered {other:?}"),
         };
+        // (message index, queue position, signed receipt) of each delivered message.
+        let mut signed = Vec::with_capacity(items.len());
         for item in items {
             let ketenpost_schemas::protocol::Delivery::Message { envelope, seq } = item else {
                 continue;
@@ -1645,19 +1660,44 @@ async fn recipient(
                 body_sha256: view.sha256.clone(),
                 received_at: Utc::now(),
             };
-            let rec = SignedRecord::sign(&receipt, me.clone(), &key).unwrap();
+            signed.push((
+                i,
+                seq,
+                SignedRecord::sign(&receipt, me.clone(), &key).unwrap(),
+            ));
+        }
+        // A fetched batch's receipts in one request (`--lone-receipts`: one request each).
+        let per_request = if lone { 1 } else { MAX_RECEIPTS };
+        while !signed.is_empty() {
+            let batch: Vec<_> = signed.drain(..signed.len().min(per_request)).collect();
             let (c, track, in_hand) = (c.clone(), track.clone(), in_hand.clone());
             receipts.spawn(async move {
-                match c.request(&Request::Receipt(rec), REQUEST_TIMEOUT).await {
-                    Ok(Response::Done) => {
-                        track.note(&track.receipted, i, Instant::now());
-                        track.done.fetch_add(1, Ordering::Relaxed);
+                let (held, recs): (Vec<(usize, u64)>, Vec<SignedRecord>) = batch
+                    .into_iter()
+                    .map(|(i, seq, rec)| ((i, seq), rec))
+                    .unzip();
+                let outcomes = if lone {
+                    let rec = recs.into_iter().next().unwrap();
+                    match c.request(&Request::Receipt(rec), REQUEST_TIMEOUT).await {
+                        Ok(answer) => vec![ReceiptOutcome::of(answer)],
+                        Err(_) => Vec::new(),
                     }
-                    _ => {
+                } else {
+                    match c.request(&Request::Receipts(recs), REQUEST_TIMEOUT).await {
+                        Ok(Response::Receipted(outcomes)) => outcomes,
+                        _ => Vec::new(),
+                    }
+                };
+                let at = Instant::now();
+                for (k, &(i, seq)) in held.iter().enumerate() {
+                    if outcomes.get(k) == Some(&ReceiptOutcome::Done) {
+                        track.note(&track.receipted, i, at);
+                        track.done.fetch_add(1, Ordering::Relaxed);
+                    } else {
                         track.failed_receipts.fetch_add(1, Ordering::Relaxed);
                     }
+                    in_hand.lock().unwrap().remove(&seq);
                 }
-                in_hand.lock().unwrap().remove(&seq);
             });
         }
         if serial {
@@ -1730,6 +1770,7 @@ where
         track.clone(),
         stop.clone(),
         b.serial_fetch,
+        b.lone_receipts,
     ));
     let notices = Arc::new(AtomicUsize::new(0));
     let mut drains = tokio::task::JoinSet::new();

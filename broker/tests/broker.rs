@@ -22,7 +22,7 @@ use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::payload::{Aanmelding, Signaal};
 use ketenpost_schemas::policy::{Ground, Policy, Role};
 use ketenpost_schemas::protocol::{
-    envelope_from_b64, AcceptFlag, Delivery, RejectCode, Request, Response,
+    envelope_from_b64, AcceptFlag, Delivery, ReceiptOutcome, RejectCode, Request, Response,
 };
 use ketenpost_schemas::seal::{open, seal, Draft, Sender};
 use ketenpost_transport::client::Client;
@@ -542,6 +542,100 @@ async fn accepted_messages_survive_a_restart_and_go_once_receipted() {
     );
     assert!(fetch(&zorg).await.is_empty());
     s.w.stop().await;
+}
+
+#[tokio::test]
+async fn receipts_sent_together_each_get_their_own_outcome_in_order() {
+    let s = scene().await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        match s.submit(&s.zorg, s.aanmelding()).await {
+            Response::Accepted { message_id, .. } => ids.push(message_id),
+            r => panic!("{r:?}"),
+        }
+    }
+    let (corp, zorg) = (&s.corp, &s.zorg);
+    let dir = &s.w.directory;
+    let mut receipts = std::collections::HashMap::new();
+    for item in fetch(corp).await {
+        let Delivery::Message { envelope, .. } = item else {
+            panic!("{item:?}")
+        };
+        let env =
+            Envelope::decode(&envelope_from_b64(&envelope).unwrap(), &Limits::default()).unwrap();
+        let v = env
+            .verify_delivery(&Limits::default(), &corp.oin, |o| {
+                dir.active_party(o).and_then(|p| p.verifying_key().ok())
+            })
+            .unwrap();
+        let opened = open(&v, &corp.oin, &corp.age, &s.w.policy).unwrap();
+        let receipt = DeliveryReceipt {
+            message_id: opened.header.id,
+            recipient: corp.oin.clone(),
+            body_sha256: opened.body_sha256.clone(),
+            received_at: Utc::now(),
+        };
+        receipts.insert(opened.header.id, receipt);
+    }
+    assert_eq!(receipts.len(), 2);
+    let sign = |r: &DeliveryReceipt, key| SignedRecord::sign(r, corp.oin.clone(), key).unwrap();
+    let (first, second) = (&receipts[&ids[0]], &receipts[&ids[1]]);
+    let other_body = DeliveryReceipt {
+        body_sha256: "00".repeat(32),
+        ..second.clone()
+    };
+    let batch = vec![
+        sign(first, &corp.key),
+        // Signed by someone else, for another body, then the right one.
+        sign(second, &zorg.key),
+        sign(&other_body, &corp.key),
+        sign(second, &corp.key),
+        // Again: taken before, not a refusal.
+        sign(first, &corp.key),
+    ];
+    let Response::Receipted(outcomes) = send(corp, Request::Receipts(batch)).await else {
+        panic!("receipts were not answered with their outcomes")
+    };
+    let codes: Vec<Option<RejectCode>> = outcomes
+        .iter()
+        .map(|o| match o {
+            ReceiptOutcome::Done => None,
+            ReceiptOutcome::Rejected(r) => Some(r.code),
+            ReceiptOutcome::Error { code, message } => panic!("{code}: {message}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            None,
+            Some(RejectCode::BadSignature),
+            Some(RejectCode::Conflict),
+            None,
+            None
+        ]
+    );
+    // Both taken: nothing queued for the corporation; the sender gets both receipts.
+    assert!(fetch(corp).await.is_empty());
+    let notices = fetch(zorg).await;
+    let mut forwarded: Vec<_> = notices
+        .iter()
+        .map(|d| match d {
+            Delivery::Notice { record, .. } => {
+                let r: DeliveryReceipt = record.verify(&corp.key.verifying_key()).unwrap();
+                r.message_id
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    forwarded.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(forwarded, expected);
+    // A request with no receipts is refused as malformed.
+    assert_eq!(
+        code(send(corp, Request::Receipts(Vec::new())).await),
+        RejectCode::Malformed
+    );
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@
 //! | 0x08 | `ProveExtends` | `{seq, hash}` | `Extends` |
 //! | 0x09 | `FgRead` | `{report, format, filter}`: an FG's report, over an FG certificate only | `FgReport` or `Rejected` |
 //! | 0x0a | `AccessFacts` | [`AccessQuery`]: the facts of a data subject's cases (AVG art. 15), recorded with the request's term | `AccessFacts` or `Rejected` |
+//! | 0x0b | `Receipts` | `{receipts: [signed delivery_receipt]}`, 1 to [`MAX_RECEIPTS`] | `Receipted` |
 //!
 //! | type | response | body |
 //! |---|---|---|
@@ -32,7 +33,12 @@
 //! | 0x87 | `Extends` | `{extends}` |
 //! | 0x88 | `FgReport` | `{content_type, body}`: the report as the FG asked for it |
 //! | 0x89 | `AccessFacts` | [`AccessFacts`]: per case the parties, flows, categories, purpose, legal basis, retention |
+//! | 0x8a | `Receipted` | `{outcomes: [done, {rejected: {code, check, reason}} or {error: {code, message}}]}`: one per receipt, in order |
 //! | 0x8f | `Error` | `{code, message}`: a request the broker could not handle |
+//!
+//! `Receipts` carries the receipts of several delivered messages in one request: each is
+//! checked and applied exactly as a lone `Receipt` would be, and answered on its own
+//! ([`ReceiptOutcome`]); one refused receipt refuses none of the others.
 //!
 //! A breach notice (`datalek_melding`) is routed by the broker to exactly the parties that
 //! exchanged messages about the affected cases in its window. The sender seals it to the
@@ -64,6 +70,8 @@ pub const MAX_REQUEST: usize = 17 * 1024 * 1024;
 
 /// Most queue positions a fetch may name in its `skip`.
 pub const MAX_FETCH_SKIP: usize = 4096;
+/// Most receipts one `Receipts` request may carry (as many as one fetch may deliver).
+pub const MAX_RECEIPTS: usize = 256;
 /// Largest response frame (a batch of deliveries).
 pub const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
@@ -364,6 +372,9 @@ pub enum Request {
     },
     /// A signed delivery receipt.
     Receipt(SignedRecord),
+    /// The signed delivery receipts of several messages (1 to [`MAX_RECEIPTS`]), each
+    /// checked and answered as a lone `Receipt` would be.
+    Receipts(Vec<SignedRecord>),
     /// A signed control record.
     Control(SignedRecord),
     /// Acknowledge notices up to and including `up_to`.
@@ -465,6 +476,8 @@ pub enum Response {
     Done,
     /// Whether the trail still extends the given checkpoint.
     Extends(bool),
+    /// The outcome of each receipt of a `Receipts` request, in its order.
+    Receipted(Vec<ReceiptOutcome>),
     /// The request could not be handled.
     Error {
         /// A short code.
@@ -472,6 +485,59 @@ pub enum Response {
         /// What went wrong.
         message: String,
     },
+}
+
+/// What became of one receipt of a `Receipts` request: what a lone `Receipt` would have
+/// been answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptOutcome {
+    /// Taken and durable (`Done`): the message is no longer queued for the recipient.
+    Done,
+    /// Refused (`Rejected`); nothing changed for that message.
+    Rejected(Rejection),
+    /// The broker could not handle it (`Error`, e.g. storage); sending it again is safe.
+    Error {
+        /// A short code.
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl ReceiptOutcome {
+    /// The outcome a lone `Receipt`'s answer stands for; any answer a receipt cannot
+    /// have is an error.
+    pub fn of(answer: Response) -> ReceiptOutcome {
+        match answer {
+            Response::Done => ReceiptOutcome::Done,
+            Response::Rejected(r) => ReceiptOutcome::Rejected(r),
+            Response::Error { code, message } => ReceiptOutcome::Error { code, message },
+            other => ReceiptOutcome::Error {
+                code: "internal".into(),
+                message: format!("a receipt was answered {}", other.name()),
+            },
+        }
+    }
+
+    /// The answer a lone `Receipt` gets for this outcome.
+    pub fn into_response(self) -> Response {
+        match self {
+            ReceiptOutcome::Done => Response::Done,
+            ReceiptOutcome::Rejected(r) => Response::Rejected(r),
+            ReceiptOutcome::Error { code, message } => Response::Error { code, message },
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReceiptsBody {
+    receipts: Vec<SignedRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReceiptedBody {
+    outcomes: Vec<ReceiptOutcome>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -535,6 +601,9 @@ pub const FRAME_HEAD: usize = 2;
 /// The largest `FgRead` frame: room for the agents' trails an FG brings.
 pub const FG_READ_MAX: usize = 16 * 1024 * 1024;
 
+/// The largest frame of one signed receipt.
+const RECEIPT_BOUND: usize = 8 * 1024;
+
 /// The largest frame a request of kind byte `kind` may be, when envelopes may be
 /// `max_envelope` bytes; `None` for a kind that does not exist. Only a submission carries
 /// an envelope, and an FG's read the trails it brings; every other request is a small JSON
@@ -545,7 +614,9 @@ pub fn request_bound(kind: u8, max_envelope: usize) -> Option<usize> {
         // A signed control record: a consent names a few parties and purposes.
         0x04 => 64 * 1024,
         // A signed receipt: ids, digests and a signature.
-        0x03 => 8 * 1024,
+        0x03 => RECEIPT_BOUND,
+        // Up to MAX_RECEIPTS of them.
+        0x0b => 1024 + MAX_RECEIPTS * (RECEIPT_BOUND + 16),
         // A fetch: two numbers, and the queue positions it skips (each at most 20 digits
         // and a comma).
         0x02 => 1024 + MAX_FETCH_SKIP * 21,
@@ -596,6 +667,12 @@ impl Request {
                 },
             ),
             Request::Receipt(r) => json_frame(0x03, r),
+            Request::Receipts(rs) => json_frame(
+                0x0b,
+                &ReceiptsBody {
+                    receipts: rs.clone(),
+                },
+            ),
             Request::Control(r) => json_frame(0x04, r),
             Request::Ack { up_to } => json_frame(0x05, &AckBody { up_to: *up_to }),
             Request::GetDocuments => frame(0x06, b"{}"),
@@ -632,6 +709,16 @@ impl Request {
                 }
             }
             0x03 => Request::Receipt(json(body, "receipt")?),
+            0x0b => {
+                let b: ReceiptsBody = json(body, "receipts")?;
+                if b.receipts.is_empty() || b.receipts.len() > MAX_RECEIPTS {
+                    return Err(Error::Decode(format!(
+                        "receipts: {} receipts, 1 to {MAX_RECEIPTS} are allowed",
+                        b.receipts.len()
+                    )));
+                }
+                Request::Receipts(b.receipts)
+            }
             0x04 => Request::Control(json(body, "control record")?),
             0x05 => Request::Ack {
                 up_to: json::<AckBody>(body, "ack")?.up_to,
@@ -653,6 +740,23 @@ impl Request {
 }
 
 impl Response {
+    /// The answer's name (snake_case), for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Accepted { .. } => "accepted",
+            Response::Rejected(_) => "rejected",
+            Response::Deliveries(_) => "deliveries",
+            Response::Documents(_) => "documents",
+            Response::Checkpoint(_) => "checkpoint",
+            Response::Done => "done",
+            Response::Extends(_) => "extends",
+            Response::Receipted(_) => "receipted",
+            Response::FgReport(_) => "fg_report",
+            Response::AccessFacts(_) => "access_facts",
+            Response::Error { .. } => "error",
+        }
+    }
+
     /// Encode as a frame.
     pub fn encode(&self) -> Vec<u8> {
         match self {
@@ -674,6 +778,12 @@ impl Response {
             Response::Checkpoint(c) => json_frame(0x85, c),
             Response::Done => frame(0x86, b"{}"),
             Response::Extends(e) => json_frame(0x87, &ExtendsBody { extends: *e }),
+            Response::Receipted(o) => json_frame(
+                0x8a,
+                &ReceiptedBody {
+                    outcomes: o.clone(),
+                },
+            ),
             Response::FgReport(r) => json_frame(0x88, r),
             Response::AccessFacts(f) => json_frame(0x89, f),
             Response::Error { code, message } => json_frame(
@@ -703,6 +813,7 @@ impl Response {
             0x85 => Response::Checkpoint(json(body, "checkpoint")?),
             0x86 => Response::Done,
             0x87 => Response::Extends(json::<ExtendsBody>(body, "extends")?.extends),
+            0x8a => Response::Receipted(json::<ReceiptedBody>(body, "receipted")?.outcomes),
             0x88 => Response::FgReport(json(body, "fg report")?),
             0x89 => Response::AccessFacts(json(body, "access facts")?),
             0x8f => {
@@ -788,6 +899,7 @@ mod tests {
             Response::Checkpoint(None),
             Response::Done,
             Response::Extends(true),
+            Response::Receipted(vec![ReceiptOutcome::Done]),
             Response::Error {
                 code: "busy".into(),
                 message: "later".into(),
@@ -830,6 +942,60 @@ mod tests {
                 MAX_FETCH_SKIP + 1
             ),
         }
+    }
+
+    fn receipt(i: u8) -> SignedRecord {
+        let key = crate::keys::SigningKey::from_bytes(&[i; 32]);
+        let receipt = crate::control::DeliveryReceipt {
+            message_id: MessageId::new(),
+            recipient: "00000001234567890000".parse().unwrap(),
+            body_sha256: "ab".repeat(32),
+            received_at: chrono::Utc::now(),
+        };
+        SignedRecord::sign(&receipt, receipt.recipient.clone(), &key).unwrap()
+    }
+
+    #[test]
+    fn receipts_travel_together_within_their_bound_and_each_gets_its_outcome() {
+        let full = Request::Receipts((0..MAX_RECEIPTS).map(|i| receipt(i as u8)).collect());
+        let bytes = full.encode();
+        assert_eq!(bytes[1], 0x0b);
+        assert!(bytes.len() <= request_bound(0x0b, 0).unwrap());
+        assert_eq!(Request::decode(&bytes).unwrap(), full);
+        // None, or one too many, is refused with the reason.
+        for n in [0, MAX_RECEIPTS + 1] {
+            let frame = Request::Receipts((0..n).map(|i| receipt(i as u8)).collect()).encode();
+            match Request::decode(&frame) {
+                Err(Error::Decode(why)) => {
+                    assert!(why.contains(&format!("{n} receipts, 1 to 256")), "{why}")
+                }
+                other => panic!("{n} receipts were taken: {other:?}"),
+            }
+        }
+        let outcomes = vec![
+            ReceiptOutcome::Done,
+            ReceiptOutcome::Rejected(Rejection::new(RejectCode::Conflict, "taken before")),
+            ReceiptOutcome::Error {
+                code: "storage".into(),
+                message: "later".into(),
+            },
+        ];
+        let answer = Response::Receipted(outcomes.clone());
+        let bytes = answer.encode();
+        assert_eq!(Response::decode(&bytes).unwrap(), answer);
+        // The wire shape the module's table documents.
+        let body: serde_json::Value = serde_json::from_slice(&bytes[2..]).unwrap();
+        assert_eq!(body["outcomes"][0], serde_json::json!("done"));
+        assert_eq!(body["outcomes"][1]["rejected"]["code"], "conflict");
+        assert_eq!(body["outcomes"][2]["error"]["code"], "storage");
+        // Each outcome is what a lone receipt would have been answered, and back.
+        for o in outcomes {
+            assert_eq!(ReceiptOutcome::of(o.clone().into_response()), o);
+        }
+        assert!(matches!(
+            ReceiptOutcome::of(Response::Extends(true)),
+            ReceiptOutcome::Error { .. }
+        ));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use ketenpost_schemas::directory::FgScope;
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::protocol::{
-    request_bound, CheckpointWire, RejectCode, Rejection, Request, Response, FRAME_HEAD,
-    PROTOCOL_VERSION,
+    request_bound, CheckpointWire, ReceiptOutcome, RejectCode, Rejection, Request, Response,
+    FRAME_HEAD, PROTOCOL_VERSION,
 };
 use ketenpost_transport::client::Transport;
 use ketenpost_transport::tls::{self, PeerCertificates};
@@ -18,7 +18,7 @@ use tracing::warn;
 
 use super::access;
 use super::limits::{self, ConnectionGuard, Limit};
-use super::records::{control, fetch, receipt};
+use super::records::{control, fetch, receipt, receipts};
 use super::state::{storage_error, task_failed, Shared};
 use super::submit::submit;
 use crate::audit::{AuditEntry, AuditEvent};
@@ -379,6 +379,13 @@ async fn handle(req: Request, shared: &Arc<Shared>, oin: &Oin) -> Response {
         }
         Request::Fetch { max, wait_ms, skip } => fetch(shared, oin, max, wait_ms, &skip).await,
         Request::Receipt(rec) => receipt(rec, shared, oin).await,
+        Request::Receipts(recs) => Response::Receipted(
+            receipts(recs, shared, oin)
+                .await
+                .into_iter()
+                .map(ReceiptOutcome::of)
+                .collect(),
+        ),
         Request::Control(rec) => control(rec, shared, oin).await,
         Request::Ack { up_to } => {
             // sled's writes wait while the writer thread's transaction runs: not on the

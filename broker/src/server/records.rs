@@ -153,32 +153,94 @@ pub(super) async fn transition<E: Send + 'static>(
     Ok(Ok(()))
 }
 
+/// How many receipts of one `Receipts` request wait in the check stage at a time: a
+/// request of [`MAX_RECEIPTS`](ketenpost_schemas::protocol::MAX_RECEIPTS) queues its
+/// checks in runs of this many, so that one party's requests in flight
+/// (`limits.max_streams_per_party`) hold at most this many times as many checks as its
+/// lone requests could, and the others' submissions do not wait behind a whole batch.
+pub(super) const RECEIPT_CHECKS_AT_ONCE: usize = 32;
+
+/// A lone delivery receipt ([`receipts`] of one).
 pub(super) async fn receipt(rec: SignedRecord, shared: &Arc<Shared>, oin: &Oin) -> Response {
-    // The checks run on a thread of the check stage, the receipt's signature verified
-    // with the other signatures waiting there (submissions' and receipts'); the digest
-    // of the recipient's view (a sled read, which waits while the writer thread's
-    // transaction runs, and the body) is read there too, not on the async worker that
-    // drives the connections, unless the body is long (`DIGEST_IN_STAGE`).
-    let (reply, checked) = tokio::sync::oneshot::channel();
-    let job = Job::Receipt(Receipt {
-        rec,
-        oin: oin.clone(),
-        now: shared.now(),
-        reply,
-    });
-    if shared.checks.send(job).is_err() {
-        return task_failed(&"the check stage has stopped");
+    receipts(vec![rec], shared, oin)
+        .await
+        .pop()
+        .unwrap_or_else(|| task_failed(&"a receipt went unanswered"))
+}
+
+/// The delivery receipts of one request, each answered as a lone `Receipt` is (`Done`,
+/// `Rejected` or `Error`), in their order.
+///
+/// The checks run on the check stage's threads, each receipt's signature verified with the
+/// other signatures waiting there (submissions' and receipts'); the digest of the
+/// recipient's view (a sled read, which waits while the writer thread's transaction runs,
+/// and the body) is read there too, not on the async worker that drives the connections,
+/// unless the body is long (`DIGEST_IN_STAGE`). Each receipt that passes is one decision
+/// of the core, queued for the writer's next round like a lone receipt's; the answers come
+/// once every decision is durable (or refused). One refused receipt refuses none of the
+/// others.
+pub(super) async fn receipts(
+    recs: Vec<SignedRecord>,
+    shared: &Arc<Shared>,
+    oin: &Oin,
+) -> Vec<Response> {
+    let mut answers: Vec<Option<Response>> = (0..recs.len()).map(|_| None).collect();
+    let mut decided = Vec::with_capacity(recs.len());
+    let mut recs = recs.into_iter().enumerate().peekable();
+    while recs.peek().is_some() {
+        let mut checking = Vec::with_capacity(RECEIPT_CHECKS_AT_ONCE);
+        for (i, rec) in recs.by_ref().take(RECEIPT_CHECKS_AT_ONCE) {
+            let (reply, checked) = tokio::sync::oneshot::channel();
+            let job = Job::Receipt(Receipt {
+                rec,
+                oin: oin.clone(),
+                now: shared.now(),
+                reply,
+            });
+            if shared.checks.send(job).is_err() {
+                answers[i] = Some(task_failed(&"the check stage has stopped"));
+                continue;
+            }
+            checking.push((i, checked));
+        }
+        for (i, checked) in checking {
+            match decide_receipt(checked.await, shared, oin).await {
+                Ok(ticket) => decided.push((i, ticket)),
+                Err(answer) => answers[i] = Some(answer),
+            }
+        }
     }
-    let checked = checked.await;
+    for (i, (id, ticket)) in decided {
+        answers[i] = Some(receipt_applied(ticket, id, shared, oin).await);
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| task_failed(&"a receipt went unanswered")))
+        .collect()
+}
+
+/// A receipt's checks done: its decision queued for the writer thread (with the message
+/// it receipts), or its answer.
+async fn decide_receipt(
+    checked: Result<super::submit::ReceiptChecked, tokio::sync::oneshot::error::RecvError>,
+    shared: &Arc<Shared>,
+    oin: &Oin,
+) -> Result<
+    (
+        ketenpost_schemas::ids::MessageId,
+        crate::store::TransitionTicket<ketenpost_schemas::protocol::Rejection>,
+    ),
+    Response,
+> {
     let (r, digest, forwarded) = match checked {
         Ok(Ok(checked)) => checked,
         Ok(Err(rej)) => {
             shared
                 .audit_async(AuditEntry::refused(AuditEvent::Receipt, rej.code.as_str()).actor(oin))
                 .await;
-            return Response::Rejected(rej);
+            return Err(Response::Rejected(rej));
         }
-        Err(_) => return task_failed(&"a receipt's checks ended without an answer"),
+        Err(_) => return Err(task_failed(&"a receipt's checks ended without an answer")),
     };
     let digest = match digest {
         Ok(ViewDigest::Read(d)) => d,
@@ -187,32 +249,52 @@ pub(super) async fn receipt(rec: SignedRecord, shared: &Arc<Shared>, oin: &Oin) 
             let (s, id, party) = (shared.clone(), r.message_id, oin.clone());
             match tokio::task::spawn_blocking(move || s.store.view_digest(&id, &party)).await {
                 Ok(Ok(d)) => d,
-                Ok(Err(e)) => return storage_error(e),
-                Err(e) => return task_failed(&e),
+                Ok(Err(e)) => return Err(storage_error(e)),
+                Err(e) => return Err(task_failed(&e)),
             }
         }
-        Err(e) => return storage_error(e),
+        Err(e) => return Err(storage_error(e)),
     };
     let (party, id, now) = (oin.clone(), r.message_id, shared.now());
-    let outcome = transition(
-        shared,
-        "receipt",
-        move |v| {
-            Ok(transitions::receipt(
-                &party,
-                &r,
-                &forwarded,
-                v.meta(&id)?,
-                digest.as_deref(),
-                v.clock(&id)?,
-                now,
-            ))
-        },
-        now,
-    )
-    .await;
-    match outcome {
-        Ok(Ok(())) => Response::Done,
+    let ticket = shared
+        .store
+        .begin_transition(
+            "receipt",
+            &shared.audit,
+            &shared.notice_signer,
+            now,
+            true,
+            move |v| {
+                Ok(transitions::receipt(
+                    &party,
+                    &r,
+                    &forwarded,
+                    v.meta(&id)?,
+                    digest.as_deref(),
+                    v.clock(&id)?,
+                    now,
+                ))
+            },
+        )
+        .map_err(storage_error)?;
+    Ok((id, ticket))
+}
+
+/// A receipt's decision applied and durable (its body destroyed, the parties it notified
+/// woken), or refused: the answer.
+async fn receipt_applied(
+    ticket: crate::store::TransitionTicket<ketenpost_schemas::protocol::Rejection>,
+    id: ketenpost_schemas::ids::MessageId,
+    shared: &Arc<Shared>,
+    oin: &Oin,
+) -> Response {
+    match ticket.done().await {
+        Ok(Ok(applied)) => {
+            for p in &applied.wake {
+                shared.notify(p);
+            }
+            Response::Done
+        }
         Ok(Err(rej)) => {
             shared
                 .audit_async(
