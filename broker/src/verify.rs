@@ -41,9 +41,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+use curve25519_dalek::traits::{Identity, IsIdentity, VartimeMultiscalarMul};
 use ed25519_dalek::{Signature, VerifyingKey};
 use ketenpost_schemas::keys::SignatureCheck;
 use rand::RngCore as _;
@@ -74,8 +74,9 @@ pub fn torsion_free(p: &EdwardsPoint) -> bool {
 
 /// The parts of one signature a batch needs, when its cheap checks pass.
 struct Parsed {
-    /// `R` as encoded, for its subgroup test.
+    /// `R` as encoded, for its decoding and subgroup test.
     r_bytes: [u8; 32],
+    /// `R`, once [`decode_r`] decoded it (the identity before).
     r: EdwardsPoint,
     key: [u8; 32],
     a: EdwardsPoint,
@@ -83,27 +84,26 @@ struct Parsed {
     k: Scalar,
 }
 
-/// The checks of `verify_strict` that come before its equation but `R`'s subgroup test
-/// ([`in_subgroup`] does those for all), and the parts of the batch equation; `None` when
-/// the signature must be verified on its own.
+/// The checks of `verify_strict` that come before its equation but `R`'s decoding, small
+/// order and subgroup tests ([`decode_r`] does those for all), and the parts of the batch
+/// equation; `None` when the signature must be verified on its own.
 fn parse(item: &Item, batchable: bool) -> Option<Parsed> {
     if !batchable {
         return None;
     }
     let s = Option::<Scalar>::from(Scalar::from_canonical_bytes(*item.signature.s_bytes()))?;
-    let r_bytes = CompressedEdwardsY(*item.signature.r_bytes());
-    let r = r_bytes.decompress()?;
-    if r.is_small_order() || !subgroup::canonical_y(&r_bytes.0) {
+    let r_bytes = *item.signature.r_bytes();
+    if !subgroup::canonical_y(&r_bytes) {
         return None;
     }
     let mut h = Sha512::new();
-    h.update(r_bytes.as_bytes());
+    h.update(r_bytes);
     h.update(item.key.as_bytes());
     h.update(&item.message);
     let k = Scalar::from_bytes_mod_order_wide(&h.finalize().into());
     Some(Parsed {
-        r_bytes: r_bytes.0,
-        r,
+        r_bytes,
+        r: EdwardsPoint::identity(),
         key: *item.key.as_bytes(),
         a: item.key.to_edwards(),
         s,
@@ -111,12 +111,33 @@ fn parse(item: &Item, batchable: bool) -> Option<Parsed> {
     })
 }
 
-/// `R`'s subgroup test for every parsed signature, two at a time
-/// ([`subgroup::in_prime_subgroup_all`]); one that fails is verified on its own.
-fn in_subgroup(parsed: &mut [Option<Parsed>]) {
+/// `R` of every parsed signature decoded, two at a time ([`subgroup::decode_all`]: its
+/// `x` computed once, for the point the batch equation takes and for the subgroup test),
+/// refused when it is not a point or of small order, then its subgroup test
+/// ([`subgroup::in_prime_subgroup_decoded`]); one that fails any is verified on its own.
+fn decode_r(parsed: &mut [Option<Parsed>]) {
     let encoded: Vec<[u8; 32]> = parsed.iter().flatten().map(|p| p.r_bytes).collect();
     let encoded: Vec<&[u8; 32]> = encoded.iter().collect();
-    let mut verdicts = subgroup::in_prime_subgroup_all(&encoded).into_iter();
+    let decoded = subgroup::decode_all(&encoded);
+    let mut decoded_in_order = decoded.iter();
+    let mut tested = Vec::with_capacity(decoded.len());
+    for p in parsed.iter_mut() {
+        let Some(q) = p else {
+            continue;
+        };
+        let r = decoded_in_order
+            .next()
+            .and_then(Option::as_ref)
+            .map(|d| (d, EdwardsPoint::from_affine_unchecked(&d.x, &d.y)));
+        match r {
+            Some((d, r)) if !r.is_small_order() => {
+                q.r = r;
+                tested.push(d);
+            }
+            _ => *p = None,
+        }
+    }
+    let mut verdicts = subgroup::in_prime_subgroup_decoded(&tested).into_iter();
     for p in parsed.iter_mut().filter(|p| p.is_some()) {
         if !verdicts.next().unwrap_or(false) {
             *p = None;
@@ -289,7 +310,7 @@ pub fn verify_all(items: &[Item], memory: &mut KeyMemory) -> Verified {
     } else {
         items.iter().map(|_| None).collect()
     };
-    in_subgroup(&mut parsed);
+    decode_r(&mut parsed);
     let in_batch: Vec<&Parsed> = parsed.iter().flatten().collect();
     let batch_ok = in_batch.len() > 1 && batch_equation(&in_batch);
     let batched = if batch_ok { in_batch.len() } else { 0 };

@@ -23,8 +23,10 @@
 //!
 //! Divisions are avoided by working on `C(A·e², B·e⁴)`, isomorphic through
 //! `(u, w) ↦ (u·e², w·e)`, with `e` starting at `x·(1 − y)`. The point's `x` costs one
-//! exponentiation (curve25519-dalek's decompression keeps its own); the halving two;
-//! the pairing one. Every step is variable-time: the points are public.
+//! exponentiation ([`decode_all`]; the batch verification builds its curve25519-dalek
+//! point from it, `EdwardsPoint::from_affine_unchecked`, instead of decompressing the
+//! encoding a second time); the halving two; the pairing one. Every step is
+//! variable-time: the points are public.
 //!
 //! The caller must already know that the encoding is a valid point and that the point
 //! is not of small order (`verify_strict` refuses those anyway): for the eight points of
@@ -78,11 +80,63 @@ pub fn canonical_y(encoded: &[u8; 32]) -> bool {
     Fe::from_bytes(&y).to_bytes() == y
 }
 
+/// A point decoded from its encoding: `x` (with the sign the encoding's top bit gives, as
+/// in curve25519-dalek's decompression) and `y`, canonically encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// `x`, canonical little-endian.
+    pub x: [u8; 32],
+    /// `y`, canonical little-endian.
+    pub y: [u8; 32],
+}
+
+/// Each encoding's point, two at a time (the square roots side by side); `None` where no
+/// point has that `y`. `x² = (y² − 1)/(d·y² + 1)`, and its sign is the encoding's top bit.
+/// A non-canonical `y` (at least p) is taken modulo p, as curve25519-dalek does; the
+/// caller refuses those ([`canonical_y`]).
+pub fn decode_all(encoded: &[&[u8; 32]]) -> Vec<Option<Decoded>> {
+    let mut out = Vec::with_capacity(encoded.len());
+    let mut pairs = encoded.chunks_exact(2);
+    for pair in &mut pairs {
+        out.extend(decode_lanes([pair[0], pair[1]]));
+    }
+    out.extend(pairs.remainder().iter().map(|e| {
+        let [d] = decode_lanes([*e]);
+        d
+    }));
+    out
+}
+
+fn decode_lanes<const N: usize>(encoded: [&[u8; 32]; N]) -> [Option<Decoded>; N] {
+    let y = encoded.map(Fe::from_bytes);
+    let x = Fe::sqrt_ratio_lanes(y.map(|y| {
+        let y2 = y.square();
+        (y2.sub(Fe::ONE), field().d.mul(y2).add(Fe::ONE))
+    }));
+    std::array::from_fn(|i| {
+        let x = x[i]?.to_bytes();
+        let negative = x[0] & 1 == 1;
+        let wanted = encoded[i][31] >> 7 == 1;
+        let x = if negative == wanted {
+            x
+        } else {
+            Fe::from_bytes(&x).neg().to_bytes()
+        };
+        Some(Decoded {
+            x,
+            y: y[i].to_bytes(),
+        })
+    })
+}
+
 /// Whether the point encoded as `encoded` (a valid encoding of a point not of small
 /// order) lies in the subgroup of prime order ℓ.
 pub fn in_prime_subgroup(encoded: &[u8; 32]) -> bool {
-    let [verdict] = in_prime_subgroup_lanes([encoded]);
-    verdict
+    let [decoded] = decode_lanes([encoded]);
+    decoded.is_some_and(|d| {
+        let [verdict] = in_prime_subgroup_lanes([&d]);
+        verdict
+    })
 }
 
 /// [`in_prime_subgroup`] of each encoding, two at a time: a pair's exponentiations run
@@ -91,12 +145,28 @@ pub fn in_prime_subgroup(encoded: &[u8; 32]) -> bool {
 /// `cargo bench -p ketenpost-broker --bench verify`; three or four side by side gained
 /// less than two).
 pub fn in_prime_subgroup_all(encoded: &[&[u8; 32]]) -> Vec<bool> {
-    let mut verdicts = Vec::with_capacity(encoded.len());
-    let mut pairs = encoded.chunks_exact(2);
+    let decoded = decode_all(encoded);
+    let valid: Vec<&Decoded> = decoded.iter().flatten().collect();
+    let mut verdicts = in_prime_subgroup_decoded(&valid).into_iter();
+    decoded
+        .iter()
+        .map(|d| d.is_some() && verdicts.next().unwrap_or(false))
+        .collect()
+}
+
+/// [`in_prime_subgroup`] of points already decoded ([`decode_all`]; none of small order),
+/// two at a time: the halving's and the pairing's three exponentiations, without the
+/// square root that finds `x`.
+pub fn in_prime_subgroup_decoded(points: &[&Decoded]) -> Vec<bool> {
+    let mut verdicts = Vec::with_capacity(points.len());
+    let mut pairs = points.chunks_exact(2);
     for pair in &mut pairs {
         verdicts.extend(in_prime_subgroup_lanes([pair[0], pair[1]]));
     }
-    verdicts.extend(pairs.remainder().iter().map(|e| in_prime_subgroup(e)));
+    verdicts.extend(pairs.remainder().iter().map(|d| {
+        let [verdict] = in_prime_subgroup_lanes([*d]);
+        verdict
+    }));
     verdicts
 }
 
@@ -109,21 +179,16 @@ fn or_fail(value: Option<Fe>, ok: &mut bool) -> Fe {
     })
 }
 
-/// The test of the module docs for each lane, the four exponentiations of all lanes side
-/// by side.
-fn in_prime_subgroup_lanes<const N: usize>(encoded: [&[u8; 32]; N]) -> [bool; N] {
+/// The test of the module docs for each lane, its three exponentiations after `x` of all
+/// lanes side by side.
+fn in_prime_subgroup_lanes<const N: usize>(points: [&Decoded; N]) -> [bool; N] {
     use std::array::from_fn;
     let c = curve();
     let four = Fe::from_u64(4);
     let mut ok = [true; N];
-    let y = encoded.map(Fe::from_bytes);
-    // x² = (y² − 1)/(d·y² + 1); its sign does not matter (−P is in the subgroup exactly
-    // when P is).
-    let x = Fe::sqrt_ratio_lanes(y.map(|y| {
-        let y2 = y.square();
-        (y2.sub(Fe::ONE), field().d.mul(y2).add(Fe::ONE))
-    }));
-    let x: [Fe; N] = from_fn(|i| or_fail(x[i], &mut ok[i]));
+    // x's sign does not matter (−P is in the subgroup exactly when P is).
+    let x = points.map(|p| Fe::from_bytes(&p.x));
+    let y = points.map(|p| Fe::from_bytes(&p.y));
     let one_minus_y = y.map(|y| Fe::ONE.sub(y));
     // (u, w) on C(A₀·e², B₀·e⁴), scaled by e = x·(1 − y):
     //   U = (a − d)(1 + y)(1 − y)·x², W = 2(1 − y);
@@ -230,6 +295,53 @@ mod tests {
             let some: Vec<&[u8; 32]> = points.iter().take(n).collect();
             assert_eq!(in_prime_subgroup_all(&some), want[..n]);
         }
+    }
+
+    /// The point built from a decoding is curve25519-dalek's decompression of the same
+    /// encoding, sign of `x` included, for points of every torsion class and their
+    /// negatives, alone and side by side; and random bytes decode exactly when dalek
+    /// decompresses them.
+    #[test]
+    fn decoding_builds_the_point_curve25519_dalek_decompresses() {
+        use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+        let mut encodings: Vec<[u8; 32]> = (0..8)
+            .flat_map(|_| {
+                let p = ED25519_BASEPOINT_POINT * random_scalar();
+                EIGHT_TORSION
+                    .iter()
+                    .flat_map(|t| {
+                        [
+                            (p + t).compress().to_bytes(),
+                            (-(p + t)).compress().to_bytes(),
+                        ]
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for _ in 0..256 {
+            let mut b = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut b);
+            if canonical_y(&b) {
+                encodings.push(b);
+            }
+        }
+        let refs: Vec<&[u8; 32]> = encodings.iter().collect();
+        let decoded = decode_all(&refs);
+        let mut some = 0;
+        for (i, (e, d)) in encodings.iter().zip(&decoded).enumerate() {
+            let dalek = CompressedEdwardsY(*e).decompress();
+            assert_eq!(d.is_some(), dalek.is_some(), "encoding {i}");
+            let [alone] = decode_lanes([e]);
+            assert_eq!(&alone, d, "encoding {i}, alone");
+            if let (Some(d), Some(dalek)) = (d, dalek) {
+                let built = EdwardsPoint::from_affine_unchecked(&d.x, &d.y);
+                assert_eq!(built, dalek, "encoding {i}");
+                assert_eq!(built.compress().to_bytes(), *e, "encoding {i}");
+                some += 1;
+            }
+        }
+        // All the points, and about half of the random strings.
+        assert!(some > 128 + 64, "{some}");
     }
 
     #[test]
