@@ -95,15 +95,24 @@ pub struct Decoded {
 /// A non-canonical `y` (at least p) is taken modulo p, as curve25519-dalek does; the
 /// caller refuses those ([`canonical_y`]).
 pub fn decode_all(encoded: &[&[u8; 32]]) -> Vec<Option<Decoded>> {
-    let mut out = Vec::with_capacity(encoded.len());
-    let mut pairs = encoded.chunks_exact(2);
-    for pair in &mut pairs {
-        out.extend(decode_lanes([pair[0], pair[1]]));
+    two_at_a_time(encoded, decode_lanes, decode_lanes)
+}
+
+/// `lanes` of each item, a pair at a time (`pair`) and the last one alone (`one`): the
+/// same function of the lanes, given twice because a generic one cannot be passed.
+fn two_at_a_time<T: Copy, R>(
+    items: &[T],
+    pair: impl Fn([T; 2]) -> [R; 2],
+    one: impl Fn([T; 1]) -> [R; 1],
+) -> Vec<R> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut pairs = items.chunks_exact(2);
+    for p in &mut pairs {
+        out.extend(pair([p[0], p[1]]));
     }
-    out.extend(pairs.remainder().iter().map(|e| {
-        let [d] = decode_lanes([*e]);
-        d
-    }));
+    for &last in pairs.remainder() {
+        out.extend(one([last]));
+    }
     out
 }
 
@@ -158,16 +167,7 @@ pub fn in_prime_subgroup_all(encoded: &[&[u8; 32]]) -> Vec<bool> {
 /// two at a time: the halving's and the pairing's three exponentiations, without the
 /// square root that finds `x`.
 pub fn in_prime_subgroup_decoded(points: &[&Decoded]) -> Vec<bool> {
-    let mut verdicts = Vec::with_capacity(points.len());
-    let mut pairs = points.chunks_exact(2);
-    for pair in &mut pairs {
-        verdicts.extend(in_prime_subgroup_lanes([pair[0], pair[1]]));
-    }
-    verdicts.extend(pairs.remainder().iter().map(|d| {
-        let [verdict] = in_prime_subgroup_lanes([*d]);
-        verdict
-    }));
-    verdicts
+    two_at_a_time(points, in_prime_subgroup_lanes, in_prime_subgroup_lanes)
 }
 
 /// A lane's value, or, when the step failed (the point is not in the subgroup), a stand-in
