@@ -24,7 +24,7 @@ use crate::link::BrokerLink;
 use crate::store::Store;
 use crate::{api, sync, Error};
 
-use crate::ops::{kind_of, Core, DOCUMENTS};
+use crate::ops::{Core, DOCUMENTS};
 
 /// A running agent.
 #[derive(Debug)]
@@ -165,7 +165,7 @@ async fn initial_documents(
             .await
         {
             Ok(Response::Documents(d)) => return documents::verify(pinned, &d, me),
-            Ok(other) => warn!(answer = ?kind_of(&other), "unexpected answer to GetDocuments"),
+            Ok(other) => warn!(answer = ?other.name(), "unexpected answer to GetDocuments"),
             Err(e) => warn!(cause = %e, "cannot fetch the federation documents yet"),
         }
         if started.elapsed() >= wait {

@@ -200,10 +200,6 @@ pub struct Health {
     pub audit_warnings: Vec<crate::checkpoints::AuditWarning>,
 }
 
-pub(crate) fn kind_of(r: &Response) -> &'static str {
-    r.name()
-}
-
 impl Core {
     /// The documents in force.
     pub fn docs(&self) -> Arc<Trusted> {
@@ -475,7 +471,7 @@ impl Core {
             }
             other => Err(Error::Unexpected(format!(
                 "'{}' to a control record",
-                kind_of(&other)
+                other.name()
             ))),
         }
     }

@@ -24,7 +24,7 @@ use ketenpost_schemas::control::{
 use ketenpost_schemas::digest::sha256_hex;
 use ketenpost_schemas::kind::Kind;
 use ketenpost_schemas::protocol::{
-    envelope_from_b64, Delivery, RejectCode, Request, Response, MAX_RECEIPTS,
+    envelope_from_b64, Delivery, ReceiptOutcome, RejectCode, Request, Response, MAX_RECEIPTS,
 };
 use ketenpost_transport::failpoint;
 use tokio::sync::watch;
@@ -34,7 +34,7 @@ use tracing::{debug, error, info, warn};
 use crate::checkpoints::{self, AuditWarning, Verdict};
 use crate::inbox::{self, Receipted};
 use crate::mirror::KnownCase;
-use crate::ops::{kind_of, Core};
+use crate::ops::Core;
 use crate::outbox::{Overdue, SubmitAnswer};
 use crate::{deletion, documents, retention, Error};
 
@@ -128,7 +128,7 @@ async fn submit_one(core: &Core, entry: crate::outbox::OutboxEntry) -> bool {
             Ok(Response::Error { code, message }) => {
                 SubmitAnswer::Failed(format!("broker error {code}: {message}"))
             }
-            Ok(other) => SubmitAnswer::Failed(format!("unexpected answer '{}'", kind_of(&other))),
+            Ok(other) => SubmitAnswer::Failed(format!("unexpected answer '{}'", other.name())),
             Err(e) => SubmitAnswer::Failed(e.to_string()),
         },
     };
@@ -283,7 +283,7 @@ async fn fetch_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 handling = Some(Handling::start(&core, items));
             }
             Ok(other) => {
-                warn!(answer = kind_of(&other), "unexpected answer to a fetch");
+                warn!(answer = other.name(), "unexpected answer to a fetch");
                 if pause(&mut stop, backoff.next_delay()).await {
                     break;
                 }
@@ -407,7 +407,7 @@ async fn handle_items(core: &Core, items: Vec<Delivery>) -> (bool, Option<u64>) 
                 failpoint::hit("agent-notice", "acked");
                 acked = Some(up_to);
             }
-            Ok(other) => warn!(answer = kind_of(&other), "unexpected answer to an ack"),
+            Ok(other) => warn!(answer = other.name(), "unexpected answer to an ack"),
             Err(e) => {
                 debug!(cause = %e, "ack failed; the notices come again and are applied idempotently")
             }
@@ -608,27 +608,27 @@ async fn send_receipts(core: &Core, receipted: &[Receipted]) -> bool {
         match core.link.request(&req, core.config.request_timeout()).await {
             Ok(Response::Receipted(outcomes)) if outcomes.len() == chunk.len() => {
                 for (r, outcome) in chunk.iter().zip(outcomes) {
-                    let answer = Ok::<_, std::convert::Infallible>(outcome.into_response());
-                    progress |= receipt_answered(core, r, answer);
+                    progress |= receipt_answered(core, r, outcome);
                 }
             }
             Ok(Response::Rejected(rej)) if rej.code == RejectCode::Malformed => {
                 // A broker from before `Receipts` does not know the request.
                 debug!(reason = %rej.reason, "receipts refused together; sending each alone");
                 for r in chunk {
-                    let answer = core
-                        .link
-                        .request(
-                            &Request::Receipt(r.receipt.clone()),
-                            core.config.request_timeout(),
-                        )
-                        .await;
-                    progress |= receipt_answered(core, r, answer);
+                    let req = Request::Receipt(r.receipt.clone());
+                    match core.link.request(&req, core.config.request_timeout()).await {
+                        Ok(answer) => {
+                            progress |= receipt_answered(core, r, ReceiptOutcome::of(answer));
+                        }
+                        Err(e) => {
+                            debug!(message = %r.message_id, cause = %e, "receipt not sent; the broker delivers again");
+                        }
+                    }
                 }
             }
             Ok(other) => {
                 warn!(
-                    answer = kind_of(&other),
+                    answer = other.name(),
                     receipts = chunk.len(),
                     "unexpected answer to receipts; the broker delivers their messages again"
                 );
@@ -643,33 +643,25 @@ async fn send_receipts(core: &Core, receipted: &[Receipted]) -> bool {
 
 /// What the broker answered to one receipt; returns whether it took it (or had taken it
 /// before).
-fn receipt_answered<E: std::fmt::Display>(
-    core: &Core,
-    r: &Receipted,
-    answer: Result<Response, E>,
-) -> bool {
-    match answer {
-        Ok(Response::Done) => {
+fn receipt_answered(core: &Core, r: &Receipted, outcome: ReceiptOutcome) -> bool {
+    match outcome {
+        ReceiptOutcome::Done => {
             failpoint::hit("agent-receipt", "answered");
             if let Err(e) = core.store.receipt_confirmed(&r.message_id) {
                 warn!(message = %r.message_id, cause = %e, "cannot mark the receipt as taken");
             }
             true
         }
-        Ok(Response::Rejected(rej)) if rej.code == RejectCode::Conflict && r.confirmed => {
+        ReceiptOutcome::Rejected(rej) if rej.code == RejectCode::Conflict && r.confirmed => {
             // Taken before: the message is no longer queued for us.
             true
         }
-        Ok(Response::Rejected(rej)) => {
+        ReceiptOutcome::Rejected(rej) => {
             warn!(message = %r.message_id, code = %rej.code, reason = %rej.reason, "broker refused our receipt");
             false
         }
-        Ok(other) => {
-            warn!(answer = kind_of(&other), "unexpected answer to a receipt");
-            false
-        }
-        Err(e) => {
-            debug!(message = %r.message_id, cause = %e, "receipt not sent; the broker delivers again");
+        ReceiptOutcome::Error { code, message } => {
+            warn!(message = %r.message_id, code = %code, cause = %message, "broker could not take our receipt; it delivers again");
             false
         }
     }
@@ -875,7 +867,7 @@ async fn confirm_deletion(core: &Core, entry: &deletion::DeletionEntry) {
         }
         Ok(other) => {
             warn!(
-                answer = kind_of(&other),
+                answer = other.name(),
                 "unexpected answer to a deletion confirmation"
             );
             return;
@@ -927,7 +919,7 @@ pub(crate) async fn check_checkpoint(core: &Core) -> Result<(), Error> {
     let wire = match core.link.request(&Request::GetCheckpoint, timeout).await? {
         Response::Checkpoint(Some(w)) => w,
         Response::Checkpoint(None) => return Ok(()),
-        other => return Err(Error::Unexpected(kind_of(&other).into())),
+        other => return Err(Error::Unexpected(other.name().into())),
     };
     let new = Checkpoint::from_parts(wire.seq, wire.head_hash, &wire.time, wire.signature)
         .map_err(|e| Error::Unexpected(format!("checkpoint: {e}")))?;
@@ -971,7 +963,7 @@ pub(crate) async fn check_checkpoint(core: &Core) -> Result<(), Error> {
                         prev.seq
                     ),
                 ),
-                other => return Err(Error::Unexpected(kind_of(&other).into())),
+                other => return Err(Error::Unexpected(other.name().into())),
             }
         }
         Verdict::Regressed => loud(
@@ -1002,10 +994,7 @@ async fn documents_loop(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             .await
         {
             Ok(Response::Documents(d)) => refresh_documents(&core, &d),
-            Ok(other) => warn!(
-                answer = kind_of(&other),
-                "unexpected answer to GetDocuments"
-            ),
+            Ok(other) => warn!(answer = other.name(), "unexpected answer to GetDocuments"),
             Err(e) => debug!(cause = %e, "documents not refreshed"),
         }
         if pause(&mut stop, every).await {

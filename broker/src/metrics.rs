@@ -7,8 +7,8 @@
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
-//! | `ketenpost_broker_requests_total{outcome}` | counter | requests answered: `accepted`, `done`, `deliveries`, `rejected`, `other` |
-//! | `ketenpost_broker_rejected_total{code}` | counter | refusals by rejection code (`over_limit` included) |
+//! | `ketenpost_broker_requests_total{outcome}` | counter | requests answered: `accepted`, `done`, `deliveries`, `rejected`, `receipted` (a `Receipts` request, whatever its receipts' outcomes), `other` |
+//! | `ketenpost_broker_rejected_total{code}` | counter | refusals by rejection code (`over_limit` included; each refused receipt of a `Receipts` request counts) |
 //! | `ketenpost_broker_limit_refusals_total{limit}` | counter | refusals by per-party limit (also the connections closed over a limit) |
 //! | `ketenpost_broker_connections{party}` | gauge | authenticated connections per party (OIN) |
 //! | `ketenpost_broker_queue_depth{party}` | gauge | messages queued for a party (not yet receipted or expired) |
@@ -35,6 +35,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use ketenpost_schemas::protocol::{ReceiptOutcome, Response};
 
 /// A histogram with fixed upper bounds.
 #[derive(Debug)]
@@ -205,12 +207,28 @@ fn snapshot(map: &Mutex<BTreeMap<&'static str, u64>>) -> BTreeMap<&'static str, 
 }
 
 impl Counters {
-    /// A request answered with `outcome`; `code` for a refusal.
-    pub fn answered(&self, outcome: &'static str, code: Option<&'static str>) {
+    /// A request answered with `response`: its outcome, and the code of each refusal it
+    /// carries (a `Receipts` request's answer carries one per refused receipt).
+    pub fn answered(&self, response: &Response) {
+        let outcome = match response {
+            Response::Accepted { .. } => "accepted",
+            Response::Done => "done",
+            Response::Deliveries(_) => "deliveries",
+            Response::Rejected(r) => {
+                bump(&self.rejected, r.code.as_str());
+                "rejected"
+            }
+            Response::Receipted(outcomes) => {
+                for o in outcomes {
+                    if let ReceiptOutcome::Rejected(r) = o {
+                        bump(&self.rejected, r.code.as_str());
+                    }
+                }
+                "receipted"
+            }
+            _ => "other",
+        };
         bump(&self.outcomes, outcome);
-        if let Some(c) = code {
-            bump(&self.rejected, c);
-        }
     }
 
     /// An FG alert accepted by its receiver.
@@ -489,12 +507,27 @@ pub fn render(counters: &Counters, commits: &CommitStats, gauges: &Gauges) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ketenpost_schemas::protocol::{RejectCode, Rejection};
 
     #[test]
     fn the_text_has_help_type_and_cumulative_buckets() {
         let c = Counters::default();
-        c.answered("accepted", None);
-        c.answered("rejected", Some("replay"));
+        c.answered(&Response::Accepted {
+            message_id: ketenpost_schemas::ids::MessageId::new(),
+            flags: Vec::new(),
+        });
+        c.answered(&Response::Rejected(Rejection::new(
+            RejectCode::Replay,
+            "again",
+        )));
+        // A `Receipts` request: one request, each refused receipt's code.
+        let conflict =
+            || ReceiptOutcome::Rejected(Rejection::new(RejectCode::Conflict, "another body"));
+        c.answered(&Response::Receipted(vec![
+            ReceiptOutcome::Done,
+            conflict(),
+            conflict(),
+        ]));
         c.limit("streams_per_party");
         c.connected("tcp");
         c.submitted(Duration::from_micros(1_500));
@@ -522,6 +555,9 @@ mod tests {
         );
         let text = render(&c, &s, &g);
         assert!(text.contains("ketenpost_broker_rejected_total{code=\"replay\"} 1"));
+        assert!(text.contains("ketenpost_broker_rejected_total{code=\"conflict\"} 2"));
+        assert!(text.contains("ketenpost_broker_requests_total{outcome=\"receipted\"} 1"));
+        assert!(text.contains("ketenpost_broker_requests_total{outcome=\"accepted\"} 1"));
         assert!(text.contains("ketenpost_broker_group_commit_size_bucket{le=\"4\"} 1"));
         assert!(text.contains("ketenpost_broker_group_commit_size_bucket{le=\"+Inf\"} 2"));
         assert!(text.contains("ketenpost_broker_fsync_seconds_count 2"));

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use ketenpost_audit::{AuditEntry, AuditEvent};
 use ketenpost_schemas::rights::AccessFacts;
 
-use super::{kind_of, Core};
+use super::Core;
 use crate::rights::{normalise, AccessRequest, NewAccessRequest, MAX_IDENTIFIER};
 use crate::Error;
 
@@ -119,7 +119,7 @@ impl Core {
             }
             other => Err(Error::Unexpected(format!(
                 "'{}' to an access query",
-                kind_of(&other)
+                other.name()
             ))),
         }
     }

@@ -284,14 +284,7 @@ async fn answer(
     response: &Response,
     shared: &Shared,
 ) -> anyhow::Result<()> {
-    let (outcome, code) = match response {
-        Response::Accepted { .. } => ("accepted", None),
-        Response::Done => ("done", None),
-        Response::Deliveries(_) => ("deliveries", None),
-        Response::Rejected(r) => ("rejected", Some(r.code.as_str())),
-        _ => ("other", None),
-    };
-    shared.counters.answered(outcome, code);
+    shared.counters.answered(response);
     io.respond(&response.encode()).await
 }
 

@@ -184,7 +184,7 @@ pub(super) async fn receipts(
     shared: &Arc<Shared>,
     oin: &Oin,
 ) -> Vec<Response> {
-    let mut answers: Vec<Option<Response>> = (0..recs.len()).map(|_| None).collect();
+    let mut answers: Vec<Option<Response>> = vec![None; recs.len()];
     let mut decided = Vec::with_capacity(recs.len());
     let mut recs = recs.into_iter().enumerate().peekable();
     while recs.peek().is_some() {
