@@ -132,7 +132,7 @@ fn main() {
         let verdicts = ketenpost_broker::verify::subgroup::in_prime_subgroup_all(&encoded);
         assert!(verdicts.iter().all(|ok| *ok));
     });
-    println!("          the same, two side by side:  {us:6.1} us per signature");
+    println!("          the same, all side by side:  {us:6.1} us per signature");
     let us = best_us(r.len(), || {
         for it in &all {
             let r = curve25519_dalek::edwards::CompressedEdwardsY(*it.signature.r_bytes());
@@ -144,7 +144,7 @@ fn main() {
         let decoded = ketenpost_broker::verify::subgroup::decode_all(&encoded);
         assert!(decoded.iter().all(Option::is_some));
     });
-    println!("R decoded, two side by side (batch):  {us:6.1} us per signature");
+    println!("R decoded, all side by side (batch):  {us:6.1} us per signature");
     let us = best_us(r.len(), || {
         for p in &r {
             assert!(p.is_torsion_free());

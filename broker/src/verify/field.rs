@@ -120,73 +120,86 @@ impl Fe {
     /// (2 is not a square modulo p, so exactly one of the two exists for a non-zero
     /// element). The flag says which: `true` for a root of `self`.
     pub fn sqrt_or_twice(self) -> (Fe, bool) {
-        Fe::sqrt_or_twice_lanes([self])[0]
+        Fe::sqrt_or_twice_all(&[self])[0]
     }
 
-    /// [`Fe::sqrt_or_twice`] of each lane, the exponentiations side by side.
-    pub fn sqrt_or_twice_lanes<const N: usize>(lanes: [Fe; N]) -> [(Fe, bool); N] {
+    /// [`Fe::sqrt_or_twice`] of each value, the exponentiations side by side.
+    pub fn sqrt_or_twice_all(values: &[Fe]) -> Vec<(Fe, bool)> {
         let c = constants();
         // b = z^((p + 3) / 8); b² = z · z^((p − 1) / 4), and that last power is 1 or −1
         // for a square, i or −i otherwise.
-        let pow = pow_p58(lanes);
-        std::array::from_fn(|i| {
-            let z = lanes[i];
-            let b = pow[i].mul(z);
-            let b2 = b.square();
-            if b2.equals(z) {
-                (b, true)
-            } else if b2.equals(z.neg()) {
-                (b.mul(c.sqrt_m1), true)
-            } else if b2.equals(z.mul(c.sqrt_m1)) {
-                // 2·z = −2i·b² = ((1 − i)·b)²
-                (b.mul(Fe::ONE.sub(c.sqrt_m1)), false)
-            } else {
-                // b² = −i·z: 2·z = 2i·b² = ((1 + i)·b)²
-                (b.mul(Fe::ONE.add(c.sqrt_m1)), false)
-            }
-        })
+        let pow = pow_p58(values);
+        values
+            .iter()
+            .zip(pow)
+            .map(|(&z, pow)| {
+                let b = pow.mul(z);
+                let b2 = b.square();
+                if b2.equals(z) {
+                    (b, true)
+                } else if b2.equals(z.neg()) {
+                    (b.mul(c.sqrt_m1), true)
+                } else if b2.equals(z.mul(c.sqrt_m1)) {
+                    // 2·z = −2i·b² = ((1 − i)·b)²
+                    (b.mul(Fe::ONE.sub(c.sqrt_m1)), false)
+                } else {
+                    // b² = −i·z: 2·z = 2i·b² = ((1 + i)·b)²
+                    (b.mul(Fe::ONE.add(c.sqrt_m1)), false)
+                }
+            })
+            .collect()
     }
 
     /// `self^((p − 1) / 4)`: 1 exactly when `self` is a non-zero fourth power.
     #[cfg(test)]
     pub fn quartic_character(self) -> Fe {
-        Fe::quartic_character_lanes([self])[0]
+        Fe::quartic_character_all(&[self])[0]
     }
 
-    /// `z^((p − 1) / 4)` of each lane `z`: 1 exactly when `z` is a non-zero fourth power;
-    /// the exponentiations side by side.
-    pub fn quartic_character_lanes<const N: usize>(lanes: [Fe; N]) -> [Fe; N] {
-        let pow = pow_p58(lanes);
-        std::array::from_fn(|i| pow[i].square().mul(lanes[i]))
+    /// `z^((p − 1) / 4)` of each value `z`: 1 exactly when `z` is a non-zero fourth
+    /// power; the exponentiations side by side.
+    pub fn quartic_character_all(values: &[Fe]) -> Vec<Fe> {
+        let pow = pow_p58(values);
+        values
+            .iter()
+            .zip(pow)
+            .map(|(&z, pow)| pow.square().mul(z))
+            .collect()
     }
 
     /// `√(u/v)` when `u/v` is a square (with `v` not zero).
     #[cfg(test)]
     pub fn sqrt_ratio(u: Fe, v: Fe) -> Option<Fe> {
-        Fe::sqrt_ratio_lanes([(u, v)])[0]
+        Fe::sqrt_ratio_all(&[(u, v)])[0]
     }
 
-    /// For each lane's `(u, v)`, `√(u/v)` when `u/v` is a square (with `v` not zero), with
-    /// one exponentiation: `x = u·v³·(u·v⁷)^((p − 5)/8)`, then `x` or `x·√−1` if either
+    /// For each `(u, v)`, `√(u/v)` when `u/v` is a square (with `v` not zero), with one
+    /// exponentiation: `x = u·v³·(u·v⁷)^((p − 5)/8)`, then `x` or `x·√−1` if either
     /// squares to `u/v`; the exponentiations side by side.
-    pub fn sqrt_ratio_lanes<const N: usize>(lanes: [(Fe, Fe); N]) -> [Option<Fe>; N] {
-        let v3 = lanes.map(|(_, v)| v.square().mul(v));
-        let pow = pow_p58::<N>(std::array::from_fn(|i| {
-            let (u, v) = lanes[i];
-            u.mul(v3[i].square().mul(v))
-        }));
-        std::array::from_fn(|i| {
-            let (u, v) = lanes[i];
-            let x = u.mul(v3[i]).mul(pow[i]);
-            let vx2 = v.mul(x.square());
-            if vx2.equals(u) {
-                Some(x)
-            } else if vx2.equals(u.neg()) {
-                Some(x.mul(constants().sqrt_m1))
-            } else {
-                None
-            }
-        })
+    pub fn sqrt_ratio_all(ratios: &[(Fe, Fe)]) -> Vec<Option<Fe>> {
+        let v3: Vec<Fe> = ratios.iter().map(|(_, v)| v.square().mul(*v)).collect();
+        let uv7: Vec<Fe> = ratios
+            .iter()
+            .zip(&v3)
+            .map(|((u, v), v3)| u.mul(v3.square().mul(*v)))
+            .collect();
+        let pow = pow_p58(&uv7);
+        ratios
+            .iter()
+            .zip(v3)
+            .zip(pow)
+            .map(|((&(u, v), v3), pow)| {
+                let x = u.mul(v3).mul(pow);
+                let vx2 = v.mul(x.square());
+                if vx2.equals(u) {
+                    Some(x)
+                } else if vx2.equals(u.neg()) {
+                    Some(x.mul(constants().sqrt_m1))
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     /// A square root of `self`, if it is a square.
@@ -207,8 +220,35 @@ impl Fe {
     }
 }
 
-/// `z^(2²⁵² − 3)`, i.e. `z^((p − 5) / 8)`, of each lane, with the usual addition chain.
-fn pow_p58<const N: usize>(z: [Fe; N]) -> [Fe; N] {
+/// `z^(2²⁵² − 3)`, i.e. `z^((p − 5) / 8)`, of each value. With AVX2 they go to
+/// curve25519-dalek's packed field elements ([`curve25519_dalek::ketenpost::pow_p58_all`],
+/// our addition to the vendored crate), four values to a vector and several vectors
+/// interleaved; otherwise, and for fewer than three, to fiat-crypto's, two side by side.
+fn pow_p58(z: &[Fe]) -> Vec<Fe> {
+    let limbs: Vec<[u64; 5]> = z.iter().map(|f| f.0 .0).collect();
+    let mut out = vec![[0u64; 5]; z.len()];
+    // One or two values are done sooner by fiat-crypto: a vector's chain of squarings
+    // takes about twice as long as a scalar one.
+    if z.len() >= 3 && curve25519_dalek::ketenpost::pow_p58_all(&limbs, &mut out) {
+        // Weakly reduced limbs (below 2⁵¹ + 2¹⁸) are within fiat's tight bounds.
+        return out
+            .into_iter()
+            .map(|l| Fe(fiat::fiat_25519_tight_field_element(l)))
+            .collect();
+    }
+    let mut out = Vec::with_capacity(z.len());
+    let mut pairs = z.chunks_exact(2);
+    for p in &mut pairs {
+        out.extend(pow_p58_fiat([p[0], p[1]]));
+    }
+    for &last in pairs.remainder() {
+        out.extend(pow_p58_fiat([last]));
+    }
+    out
+}
+
+/// [`pow_p58`] with fiat-crypto, the lanes side by side, with the usual addition chain.
+fn pow_p58_fiat<const N: usize>(z: [Fe; N]) -> [Fe; N] {
     let z2 = square_n(z, 1);
     let z9 = mul(square_n(z2, 2), z);
     let z11 = mul(z9, z2);
@@ -330,6 +370,35 @@ mod tests {
             // 2 is not a square, so 2·x⁴ is not a fourth power.
             let not_fourth = x.square().square().mul(Fe::from_u64(2));
             assert!(!not_fourth.quartic_character().equals(Fe::ONE));
+        }
+    }
+
+    /// With AVX2, four values to a vector and several vectors at once; the result is
+    /// fiat-crypto's one at a time, for every count up to beyond two full rounds of
+    /// interleaved vectors (so every padding of a last vector), for edge values and limbs
+    /// at the top of fiat's tight bounds.
+    #[test]
+    fn exponentiations_agree_however_many_at_once() {
+        let top = (1u64 << 51) + (1 << 47);
+        let mut values = vec![
+            Fe::ZERO,
+            Fe::ONE,
+            Fe::ONE.neg(),
+            Fe::from_bytes(&[0xff; 32]),
+            Fe(fiat::fiat_25519_tight_field_element([top; 5])),
+        ];
+        let mut x = Fe::from_u64(3);
+        while values.len() < 41 {
+            x = x.square().add(Fe::from_u64(values.len() as u64));
+            values.push(x);
+        }
+        for n in 0..=values.len() {
+            let got = pow_p58(&values[..n]);
+            assert_eq!(got.len(), n);
+            for (i, (g, &v)) in got.iter().zip(&values[..n]).enumerate() {
+                let [want] = pow_p58_fiat([v]);
+                assert!(g.equals(want), "value {i} of {n}");
+            }
         }
     }
 

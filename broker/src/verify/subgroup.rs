@@ -25,8 +25,9 @@
 //! `(u, w) ↦ (u·e², w·e)`, with `e` starting at `x·(1 − y)`. The point's `x` costs one
 //! exponentiation ([`decode_all`]; the batch verification builds its curve25519-dalek
 //! point from it, `EdwardsPoint::from_affine_unchecked`, instead of decompressing the
-//! encoding a second time); the halving two; the pairing one. Every step is
-//! variable-time: the points are public.
+//! encoding a second time); the halving two; the pairing one. The functions take many
+//! points at once and run each step's exponentiations side by side ([`super::field`]:
+//! with AVX2, four to a vector). Every step is variable-time: the points are public.
 //!
 //! The caller must already know that the encoding is a valid point and that the point
 //! is not of small order (`verify_strict` refuses those anyway): for the eight points of
@@ -90,69 +91,46 @@ pub struct Decoded {
     pub y: [u8; 32],
 }
 
-/// Each encoding's point, two at a time (the square roots side by side); `None` where no
-/// point has that `y`. `x² = (y² − 1)/(d·y² + 1)`, and its sign is the encoding's top bit.
-/// A non-canonical `y` (at least p) is taken modulo p, as curve25519-dalek does; the
+/// Each encoding's point, the square roots side by side ([`super::field`]); `None` where
+/// no point has that `y`. `x² = (y² − 1)/(d·y² + 1)`, and its sign is the encoding's top
+/// bit. A non-canonical `y` (at least p) is taken modulo p, as curve25519-dalek does; the
 /// caller refuses those ([`canonical_y`]).
 pub fn decode_all(encoded: &[&[u8; 32]]) -> Vec<Option<Decoded>> {
-    two_at_a_time(encoded, decode_lanes, decode_lanes)
-}
-
-/// `lanes` of each item, a pair at a time (`pair`) and the last one alone (`one`): the
-/// same function of the lanes, given twice because a generic one cannot be passed.
-fn two_at_a_time<T: Copy, R>(
-    items: &[T],
-    pair: impl Fn([T; 2]) -> [R; 2],
-    one: impl Fn([T; 1]) -> [R; 1],
-) -> Vec<R> {
-    let mut out = Vec::with_capacity(items.len());
-    let mut pairs = items.chunks_exact(2);
-    for p in &mut pairs {
-        out.extend(pair([p[0], p[1]]));
-    }
-    for &last in pairs.remainder() {
-        out.extend(one([last]));
-    }
-    out
-}
-
-fn decode_lanes<const N: usize>(encoded: [&[u8; 32]; N]) -> [Option<Decoded>; N] {
-    let y = encoded.map(Fe::from_bytes);
-    let x = Fe::sqrt_ratio_lanes(y.map(|y| {
-        let y2 = y.square();
-        (y2.sub(Fe::ONE), field().d.mul(y2).add(Fe::ONE))
-    }));
-    std::array::from_fn(|i| {
-        let x = x[i]?.to_bytes();
-        let negative = x[0] & 1 == 1;
-        let wanted = encoded[i][31] >> 7 == 1;
-        let x = if negative == wanted {
-            x
-        } else {
-            Fe::from_bytes(&x).neg().to_bytes()
-        };
-        Some(Decoded {
-            x,
-            y: y[i].to_bytes(),
+    let y: Vec<Fe> = encoded.iter().map(|e| Fe::from_bytes(e)).collect();
+    let ratios: Vec<(Fe, Fe)> = y
+        .iter()
+        .map(|y| {
+            let y2 = y.square();
+            (y2.sub(Fe::ONE), field().d.mul(y2).add(Fe::ONE))
         })
-    })
+        .collect();
+    let x = Fe::sqrt_ratio_all(&ratios);
+    encoded
+        .iter()
+        .zip(y)
+        .zip(x)
+        .map(|((encoded, y), x)| {
+            let x = x?.to_bytes();
+            let negative = x[0] & 1 == 1;
+            let wanted = encoded[31] >> 7 == 1;
+            let x = if negative == wanted {
+                x
+            } else {
+                Fe::from_bytes(&x).neg().to_bytes()
+            };
+            Some(Decoded { x, y: y.to_bytes() })
+        })
+        .collect()
 }
 
 /// Whether the point encoded as `encoded` (a valid encoding of a point not of small
 /// order) lies in the subgroup of prime order ℓ.
 pub fn in_prime_subgroup(encoded: &[u8; 32]) -> bool {
-    let [decoded] = decode_lanes([encoded]);
-    decoded.is_some_and(|d| {
-        let [verdict] = in_prime_subgroup_lanes([&d]);
-        verdict
-    })
+    in_prime_subgroup_all(&[encoded]) == [true]
 }
 
-/// [`in_prime_subgroup`] of each encoding, two at a time: a pair's exponentiations run
-/// side by side, and the processor overlaps their squarings (each waits for the one before
-/// it in its own chain): 9.3 µs a point against 10.8 µs one at a time (2026-12-04,
-/// `cargo bench -p ketenpost-broker --bench verify`; three or four side by side gained
-/// less than two).
+/// [`in_prime_subgroup`] of each encoding, the exponentiations of all of them side by side
+/// ([`super::field`]).
 pub fn in_prime_subgroup_all(encoded: &[&[u8; 32]]) -> Vec<bool> {
     let decoded = decode_all(encoded);
     let valid: Vec<&Decoded> = decoded.iter().flatten().collect();
@@ -161,13 +139,6 @@ pub fn in_prime_subgroup_all(encoded: &[&[u8; 32]]) -> Vec<bool> {
         .iter()
         .map(|d| d.is_some() && verdicts.next().unwrap_or(false))
         .collect()
-}
-
-/// [`in_prime_subgroup`] of points already decoded ([`decode_all`]; none of small order),
-/// two at a time: the halving's and the pairing's three exponentiations, without the
-/// square root that finds `x`.
-pub fn in_prime_subgroup_decoded(points: &[&Decoded]) -> Vec<bool> {
-    two_at_a_time(points, in_prime_subgroup_lanes, in_prime_subgroup_lanes)
 }
 
 /// A lane's value, or, when the step failed (the point is not in the subgroup), a stand-in
@@ -179,23 +150,25 @@ fn or_fail(value: Option<Fe>, ok: &mut bool) -> Fe {
     })
 }
 
-/// The test of the module docs for each lane, its three exponentiations after `x` of all
-/// lanes side by side.
-fn in_prime_subgroup_lanes<const N: usize>(points: [&Decoded; N]) -> [bool; N] {
-    use std::array::from_fn;
+/// [`in_prime_subgroup`] of points already decoded ([`decode_all`]; none of small order):
+/// the test of the module docs, the halving's and the pairing's three exponentiations of
+/// all points side by side, without the square root that found `x`.
+pub fn in_prime_subgroup_decoded(points: &[&Decoded]) -> Vec<bool> {
     let c = curve();
     let four = Fe::from_u64(4);
-    let mut ok = [true; N];
+    let n = points.len();
+    let from_fn = |f: &dyn Fn(usize) -> Fe| (0..n).map(f).collect::<Vec<Fe>>();
+    let mut ok = vec![true; n];
     // x's sign does not matter (−P is in the subgroup exactly when P is).
-    let x = points.map(|p| Fe::from_bytes(&p.x));
-    let y = points.map(|p| Fe::from_bytes(&p.y));
-    let one_minus_y = y.map(|y| Fe::ONE.sub(y));
+    let x: Vec<Fe> = points.iter().map(|p| Fe::from_bytes(&p.x)).collect();
+    let y: Vec<Fe> = points.iter().map(|p| Fe::from_bytes(&p.y)).collect();
+    let one_minus_y = from_fn(&|i| Fe::ONE.sub(y[i]));
     // (u, w) on C(A₀·e², B₀·e⁴), scaled by e = x·(1 − y):
     //   U = (a − d)(1 + y)(1 − y)·x², W = 2(1 − y);
     // then onto C(4A, 16B) through the inverse isomorphism: us = 4U, ws = 2W.
-    let e: [Fe; N] = from_fn(|i| x[i].mul(one_minus_y[i]));
-    let e2 = e.map(Fe::square);
-    let us: [Fe; N] = from_fn(|i| {
+    let e = from_fn(&|i| x[i].mul(one_minus_y[i]));
+    let e2 = from_fn(&|i| e[i].square());
+    let us = from_fn(&|i| {
         four.mul(
             c.a_minus_d
                 .mul(Fe::ONE.add(y[i]))
@@ -203,17 +176,20 @@ fn in_prime_subgroup_lanes<const N: usize>(points: [&Decoded; N]) -> [bool; N] {
                 .mul(x[i].square()),
         )
     });
-    let ws = one_minus_y.map(|t| four.mul(t));
+    let ws = from_fn(&|i| four.mul(one_minus_y[i]));
     // Inverse of the second ψ: wp² = us (the point is a double exactly when it exists),
     // up = (us − A' − wp·ws)/2.
-    let wp = Fe::sqrt_or_twice_lanes(us);
-    let wp: [Fe; N] = from_fn(|i| or_fail(wp[i].1.then_some(wp[i].0), &mut ok[i]));
-    let up: [Fe; N] = from_fn(|i| us[i].sub(c.ap0.mul(e2[i])).sub(wp[i].mul(ws[i])).half());
+    let wp: Vec<Fe> = Fe::sqrt_or_twice_all(&us)
+        .into_iter()
+        .zip(&mut ok)
+        .map(|((root, square), ok)| or_fail(square.then_some(root), ok))
+        .collect();
+    let up = from_fn(&|i| us[i].sub(c.ap0.mul(e2[i])).sub(wp[i].mul(ws[i])).half());
     // Inverse of the first ψ, from whichever of (up, wp) and (B'/up, −wp) has a square u;
     // then the pairing's argument for the half (u/e², w/e): t₄(T₄, half) =
     // (u·(w − w₄·e)²)^((p − 1)/4), the e⁴ of the scaling being a fourth power.
-    let roots = Fe::sqrt_or_twice_lanes(up);
-    let pairing: [Fe; N] = from_fn(|i| {
+    let roots = Fe::sqrt_or_twice_all(&up);
+    let pairing = from_fn(&|i| {
         let (u, w, e) = match roots[i] {
             (root, true) => {
                 let u = root
@@ -240,8 +216,11 @@ fn in_prime_subgroup_lanes<const N: usize>(points: [&Decoded; N]) -> [bool; N] {
         let tangent = w.sub(c.w4.mul(e));
         u.mul(tangent.square())
     });
-    let character = Fe::quartic_character_lanes(pairing);
-    from_fn(|i| ok[i] && character[i].equals(Fe::ONE))
+    let character = Fe::quartic_character_all(&pairing);
+    ok.iter()
+        .zip(character)
+        .map(|(ok, character)| *ok && character.equals(Fe::ONE))
+        .collect()
 }
 
 #[cfg(test)]
@@ -275,8 +254,9 @@ mod tests {
         }
     }
 
-    /// Two at a time, each lane gets its own verdict whatever the other's, at whichever
-    /// step either fails (every torsion class fails at another), and a lone last one too.
+    /// Side by side (two with fiat-crypto; from three on, with AVX2, in vectors of four,
+    /// the last one padded), each point gets its own verdict whatever its neighbours', at
+    /// whichever step either fails (every torsion class fails at another).
     #[test]
     fn side_by_side_each_lane_gets_its_own_verdict() {
         let points: Vec<[u8; 32]> = (0..6)
@@ -291,7 +271,7 @@ mod tests {
             let got = in_prime_subgroup_all(&[a, b]);
             assert_eq!(got, [in_prime_subgroup(a), in_prime_subgroup(b)]);
         }
-        for n in [0, 1, 2, 3, 7, points.len()] {
+        for n in [0, 1, 2, 3, 7, 13, 25, points.len()] {
             let some: Vec<&[u8; 32]> = points.iter().take(n).collect();
             assert_eq!(in_prime_subgroup_all(&some), want[..n]);
         }
@@ -331,7 +311,7 @@ mod tests {
         for (i, (e, d)) in encodings.iter().zip(&decoded).enumerate() {
             let dalek = CompressedEdwardsY(*e).decompress();
             assert_eq!(d.is_some(), dalek.is_some(), "encoding {i}");
-            let [alone] = decode_lanes([e]);
+            let [alone] = decode_all(&[e]).try_into().unwrap_or([None]);
             assert_eq!(&alone, d, "encoding {i}, alone");
             if let (Some(d), Some(dalek)) = (d, dalek) {
                 let built = EdwardsPoint::from_affine_unchecked(&d.x, &d.y);

@@ -82,6 +82,9 @@ pub mod edwards;
 // Group operations on the Ristretto group
 pub mod ristretto;
 
+// ketenpost: field exponentiations four at a time
+pub mod ketenpost;
+
 // Useful constants, like the Ed25519 basepoint
 pub mod constants;
 

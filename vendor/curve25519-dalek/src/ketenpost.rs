@@ -1,0 +1,109 @@
+//! ketenpost: field exponentiations four at a time, on the AVX2 backend's packed field
+//! elements ([`FieldElement2625x4`]), for a caller that takes many square roots and
+//! characters of public values (decoding points, testing subgroup membership).
+//!
+//! Field elements cross this interface as five little-endian limbs of 51 bits (the
+//! unsaturated form of this crate's `u64` backend, and of fiat-crypto's tight field
+//! elements). Every function here is variable-time only in whether the processor has
+//! AVX2; what it computes is not secret-dependent either way.
+
+/// A field element as five limbs of 51 bits, `Σ limbs[i]·2^(51·i)`, each limb below
+/// 2^52; results are weakly reduced: each limb below 2^51 + 2^18.
+pub type Limbs = [u64; 5];
+
+/// How many vectors of four one exponentiation chain interleaves: a squaring's latency
+/// is several times its throughput, so independent chains fill the gaps.
+const GROUPS: usize = 3;
+
+/// `z^((p − 5)/8)` (that is, `z^(2^252 − 3)`) of each field element of `z`, written to
+/// `out` (of the same length), with the addition chain of this crate's `pow_p58`, four
+/// elements to a vector; `false`, with nothing written, when the processor lacks AVX2 (or
+/// the crate was built without the SIMD backend), and the caller computes it its own way.
+pub fn pow_p58_all(z: &[Limbs], out: &mut [Limbs]) -> bool {
+    #[cfg(all(curve25519_dalek_backend = "simd", target_arch = "x86_64"))]
+    {
+        cpufeatures::new!(cpuid_avx2, "avx2");
+        if cpuid_avx2::get() && z.len() == out.len() {
+            // Full rounds of GROUPS vectors, then the rest as one round of as many
+            // vectors as it needs, its last padded with copies of its last element.
+            for (z, out) in z.chunks(4 * GROUPS).zip(out.chunks_mut(4 * GROUPS)) {
+                match z.len().div_ceil(4) {
+                    1 => round::<1>(z, out),
+                    2 => round::<2>(z, out),
+                    3 => round::<3>(z, out),
+                    _ => round::<GROUPS>(z, out),
+                }
+            }
+            return true;
+        }
+    }
+    let _ = (z, out);
+    false
+}
+
+/// One round of [`pow_p58_all`]: `z` (at most `4·G` elements, more than `4·(G − 1)`) as
+/// `G` vectors, the last padded. Only to be called when the processor has AVX2.
+#[cfg(all(curve25519_dalek_backend = "simd", target_arch = "x86_64"))]
+fn round<const G: usize>(z: &[Limbs], out: &mut [Limbs]) {
+    let last = z[z.len() - 1];
+    let groups: [[Limbs; 4]; G] =
+        core::array::from_fn(|g| core::array::from_fn(|i| *z.get(4 * g + i).unwrap_or(&last)));
+    let done = avx2::pow_p58(&groups);
+    for (o, r) in out.iter_mut().zip(done.iter().flatten()) {
+        *o = *r;
+    }
+}
+
+#[cfg(all(curve25519_dalek_backend = "simd", target_arch = "x86_64"))]
+mod avx2 {
+    use super::Limbs;
+    use crate::backend::serial::u64::field::FieldElement51;
+    use crate::backend::vector::avx2::field::FieldElement2625x4;
+    use curve25519_dalek_derive::unsafe_target_feature;
+
+    /// [`super::pow_p58_all`] of each group of four, the groups' chains interleaved (a
+    /// squaring's latency is several times its throughput). Only to be called when the
+    /// processor has AVX2.
+    #[unsafe_target_feature("avx2")]
+    pub(super) fn pow_p58<const G: usize>(z: &[[Limbs; 4]; G]) -> [[Limbs; 4]; G] {
+        // `new` splits each limb at bit 26 (the high part of a limb below 2^52 fits a u32)
+        // and reduces.
+        let z: [FieldElement2625x4; G] = core::array::from_fn(|g| {
+            FieldElement2625x4::new(
+                &FieldElement51(z[g][0]),
+                &FieldElement51(z[g][1]),
+                &FieldElement51(z[g][2]),
+                &FieldElement51(z[g][3]),
+            )
+        });
+        // Every product and square leaves coefficients bounded with b < 0.007, below the
+        // preconditions of `square` (1.5) and of both sides of a product (2.5, 1.75).
+        let square_n = |mut x: [FieldElement2625x4; G], n: u32| {
+            for _ in 0..n {
+                for v in &mut x {
+                    *v = v.square();
+                }
+            }
+            x
+        };
+        let mul = |a: [FieldElement2625x4; G], b: [FieldElement2625x4; G]| {
+            let out: [FieldElement2625x4; G] = core::array::from_fn(|g| &a[g] * &b[g]);
+            out
+        };
+        let z2 = square_n(z, 1);
+        let z9 = mul(square_n(z2, 2), z);
+        let z11 = mul(z9, z2);
+        let z_5_0 = mul(square_n(z11, 1), z9); // 2^5 - 1
+        let z_10_0 = mul(square_n(z_5_0, 5), z_5_0);
+        let z_20_0 = mul(square_n(z_10_0, 10), z_10_0);
+        let z_40_0 = mul(square_n(z_20_0, 20), z_20_0);
+        let z_50_0 = mul(square_n(z_40_0, 10), z_10_0);
+        let z_100_0 = mul(square_n(z_50_0, 50), z_50_0);
+        let z_200_0 = mul(square_n(z_100_0, 100), z_100_0);
+        let z_250_0 = mul(square_n(z_200_0, 50), z_50_0);
+        let out = mul(square_n(z_250_0, 2), z);
+        // `split` gives limbs of up to 52 bits; one carry pass brings them to the bound
+        // promised above.
+        core::array::from_fn(|g| out[g].split().map(|f| FieldElement51::reduce(f.0).0))
+    }
+}
