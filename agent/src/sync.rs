@@ -602,23 +602,43 @@ fn delivery_refused_entry(core: &Core, delivered: &[u8], refusal: &inbox::Refusa
 /// request (each alone to a broker that does not know it); returns whether the broker
 /// took any. A receipt not taken is sent again when its message comes again.
 async fn send_receipts(core: &Core, receipted: &[Receipted]) -> bool {
+    let timeout = core.config.request_timeout();
+    send_receipts_by(
+        receipted,
+        |req| async move { core.link.request(&req, timeout).await },
+        |r, outcome| receipt_answered(core, r, outcome),
+    )
+    .await
+}
+
+/// [`send_receipts`] over `request` (one request, its answer or why none came), each
+/// outcome handed to `answered`, which says whether the broker took that receipt.
+async fn send_receipts_by<F, Fut, E>(
+    receipted: &[Receipted],
+    request: F,
+    mut answered: impl FnMut(&Receipted, ReceiptOutcome) -> bool,
+) -> bool
+where
+    F: Fn(Request) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, E>>,
+    E: std::fmt::Display,
+{
     let mut progress = false;
     for chunk in receipted.chunks(MAX_RECEIPTS) {
         let req = Request::Receipts(chunk.iter().map(|r| r.receipt.clone()).collect());
-        match core.link.request(&req, core.config.request_timeout()).await {
+        match request(req).await {
             Ok(Response::Receipted(outcomes)) if outcomes.len() == chunk.len() => {
                 for (r, outcome) in chunk.iter().zip(outcomes) {
-                    progress |= receipt_answered(core, r, outcome);
+                    progress |= answered(r, outcome);
                 }
             }
             Ok(Response::Rejected(rej)) if rej.code == RejectCode::Malformed => {
                 // A broker from before `Receipts` does not know the request.
                 debug!(reason = %rej.reason, "receipts refused together; sending each alone");
                 for r in chunk {
-                    let req = Request::Receipt(r.receipt.clone());
-                    match core.link.request(&req, core.config.request_timeout()).await {
+                    match request(Request::Receipt(r.receipt.clone())).await {
                         Ok(answer) => {
-                            progress |= receipt_answered(core, r, ReceiptOutcome::of(answer));
+                            progress |= answered(r, ReceiptOutcome::of(answer));
                         }
                         Err(e) => {
                             debug!(message = %r.message_id, cause = %e, "receipt not sent; the broker delivers again");
@@ -1082,4 +1102,156 @@ pub(crate) async fn sweep(core: &Core) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ketenpost_schemas::control::DeliveryReceipt;
+    use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
+    use ketenpost_schemas::protocol::Rejection;
+    use std::sync::Mutex;
+
+    fn receipted(n: usize) -> Vec<Receipted> {
+        let key = ketenpost_schemas::keys::generate_signing_key();
+        let me: Oin = "00000001234567890000"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (0..n)
+            .map(|i| {
+                let record = DeliveryReceipt {
+                    message_id: MessageId::new(),
+                    recipient: me.clone(),
+                    body_sha256: format!("{i:064x}"),
+                    received_at: Utc::now(),
+                };
+                Receipted {
+                    message_id: record.message_id,
+                    case_ref: CaseRef::random(),
+                    receipt: SignedRecord::sign(&record, me.clone(), &key)
+                        .unwrap_or_else(|e| panic!("{e}")),
+                    confirmed: false,
+                }
+            })
+            .collect()
+    }
+
+    /// A broker from before `Receipts`: it refuses the unknown request as malformed, as the
+    /// frame decoder of those versions did, and answers lone receipts: this stand-in takes
+    /// every one but the second.
+    fn older_broker(
+        seen: &Mutex<Vec<Request>>,
+    ) -> impl Fn(Request) -> std::future::Ready<Result<Response, String>> + '_ {
+        move |req| {
+            let answer = match &req {
+                Request::Receipts(_) => Response::Rejected(Rejection::new(
+                    RejectCode::Malformed,
+                    "unknown request kind 0x0b".to_owned(),
+                )),
+                Request::Receipt(_) if seen.lock().map_or(0, |s| s.len()) == 2 => {
+                    Response::Rejected(Rejection::new(RejectCode::Conflict, "not queued"))
+                }
+                Request::Receipt(_) => Response::Done,
+                _ => Response::Error {
+                    code: "unexpected".to_owned(),
+                    message: "not a receipt".to_owned(),
+                },
+            };
+            if let Ok(mut s) = seen.lock() {
+                s.push(req);
+            }
+            std::future::ready(Ok(answer))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_older_broker_gets_each_receipt_alone_and_each_outcome_counts() {
+        let items = receipted(3);
+        let seen = Mutex::new(Vec::new());
+        let mut outcomes = Vec::new();
+        let took = send_receipts_by(&items, older_broker(&seen), |r, outcome| {
+            let done = outcome == ReceiptOutcome::Done;
+            outcomes.push((r.message_id, outcome));
+            done
+        })
+        .await;
+        assert!(took);
+        let seen = seen.into_inner().unwrap_or_default();
+        // Together first, then each alone, in order.
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(matches!(&seen[0], Request::Receipts(all) if all.len() == 3));
+        for (req, r) in seen[1..].iter().zip(&items) {
+            assert_eq!(req, &Request::Receipt(r.receipt.clone()));
+        }
+        let ids: Vec<MessageId> = outcomes.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, items.iter().map(|r| r.message_id).collect::<Vec<_>>());
+        assert_eq!(outcomes[0].1, ReceiptOutcome::Done);
+        assert!(
+            matches!(&outcomes[1].1, ReceiptOutcome::Rejected(r) if r.code == RejectCode::Conflict)
+        );
+        assert_eq!(outcomes[2].1, ReceiptOutcome::Done);
+    }
+
+    #[tokio::test]
+    async fn a_current_broker_gets_them_together_a_request_per_bound() {
+        let items = receipted(MAX_RECEIPTS + 1);
+        let seen = Mutex::new(Vec::new());
+        let broker = |req: Request| {
+            let answer = match &req {
+                Request::Receipts(all) => {
+                    Response::Receipted(all.iter().map(|_| ReceiptOutcome::Done).collect())
+                }
+                _ => Response::Error {
+                    code: "unexpected".to_owned(),
+                    message: "sent alone".to_owned(),
+                },
+            };
+            if let Ok(mut s) = seen.lock() {
+                s.push(req);
+            }
+            std::future::ready(Ok::<_, String>(answer))
+        };
+        let mut answered = 0;
+        assert!(
+            send_receipts_by(&items, broker, |_, o| {
+                answered += 1;
+                o == ReceiptOutcome::Done
+            })
+            .await
+        );
+        assert_eq!(answered, MAX_RECEIPTS + 1);
+        let sizes: Vec<usize> = seen
+            .into_inner()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| match r {
+                Request::Receipts(all) => all.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(sizes, [MAX_RECEIPTS, 1]);
+    }
+
+    /// An answer that does not fit (another count of outcomes, another kind) or none at
+    /// all: nothing counts as taken, so the broker's next delivery brings the receipts
+    /// back.
+    #[tokio::test]
+    async fn no_fitting_answer_takes_nothing() {
+        let items = receipted(2);
+        for answer in [
+            Ok(Response::Receipted(vec![ReceiptOutcome::Done])),
+            Ok(Response::Done),
+            Err("connection lost".to_owned()),
+        ] {
+            let broker = |_req: Request| std::future::ready(answer.clone());
+            let mut answered = 0;
+            let took = send_receipts_by(&items, broker, |_, _| {
+                answered += 1;
+                true
+            })
+            .await;
+            assert!(!took);
+            assert_eq!(answered, 0);
+        }
+    }
 }
