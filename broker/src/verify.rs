@@ -27,11 +27,13 @@
 //! `R`'s canonical encoding is a comparison with p instead of a re-encoding. The batch's
 //! subgroup tests run two at a time ([`subgroup::in_prime_subgroup_all`], 2026-12-04):
 //! a batch of 8 to 64 costs 1.3-1.6 times less than `verify_strict` one at a time (was
-//! 1.2-1.4); a batch of two still costs more. With AVX2 the exponentiations of all of a
-//! batch's points run four to a vector register, three vectors interleaved
-//! (`field::pow_p58`, on curve25519-dalek's packed field elements): the subgroup test
-//! and decoding of `R` cost 4.0 and 1.1 µs against 5.9 and 2.3, and a batch of 8 to 64
-//! is 2.0-2.8 times cheaper than `verify_strict` (2026-12-04).
+//! 1.2-1.4); a batch of two still costs more. With AVX-512 IFMA or AVX2 the
+//! exponentiations of all of a batch's points run four to a vector register, three vectors
+//! interleaved (`field::pow_p58`, on curve25519-dalek's vector field elements), and the
+//! vendored curve25519-dalek runs its IFMA backend on a stable compiler
+//! (`vendor/README.md`): with IFMA the subgroup test and decoding of `R` cost 2.7 and
+//! 0.7 µs against 5.9 and 2.3, `verify_strict` 19.5 µs against 29, and a batch of 64
+//! 7.1 µs a signature against 15.7 (2026-12-04).
 //!
 //! The broker's check stage (`server/submit.rs`, `CheckStage`) verifies the header
 //! signatures of the submissions and the signatures of the delivery receipts it checks
@@ -398,6 +400,36 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// The batch equation's multi-scalar multiplication and `verify_strict`'s double-base
+    /// one run on curve25519-dalek's vector backend (AVX-512 IFMA or AVX2, whichever this
+    /// processor has; the vendored build enables IFMA on a stable compiler,
+    /// `vendor/README.md`), the base point's multiplication on its serial tables. On
+    /// multiples of the base point they must give the same points.
+    #[test]
+    fn the_vector_backend_agrees_with_the_serial_base_point_tables() {
+        let random = || {
+            let mut b = [0u8; 64];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+            Scalar::from_bytes_mod_order_wide(&b)
+        };
+        for n in [1usize, 2, 3, 8, 33, 64] {
+            let k: Vec<Scalar> = (0..n).map(|_| random()).collect();
+            let c: Vec<Scalar> = (0..n).map(|_| random()).collect();
+            let points: Vec<EdwardsPoint> = k.iter().map(EdwardsPoint::mul_base).collect();
+            let sum: Scalar = c.iter().zip(&k).map(|(c, k)| c * k).sum();
+            assert_eq!(
+                EdwardsPoint::vartime_multiscalar_mul(&c, &points),
+                EdwardsPoint::mul_base(&sum),
+                "{n} points"
+            );
+            let (a, b) = (random(), random());
+            assert_eq!(
+                EdwardsPoint::vartime_double_scalar_mul_basepoint(&a, &points[0], &b),
+                EdwardsPoint::mul_base(&(a * k[0] + b)),
+            );
+        }
     }
 
     #[test]

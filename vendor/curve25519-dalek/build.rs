@@ -35,12 +35,17 @@ fn main() {
 
     println!("cargo:rustc-cfg=curve25519_dalek_bits=\"{curve25519_dalek_bits}\"");
 
-    if rustc_version::version_meta()
-        .expect("failed to detect rustc version")
-        .channel
-        == rustc_version::Channel::Nightly
-    {
+    // ketenpost: upstream's `nightly` cfg turns on the AVX-512 IFMA backend, whose target
+    // features and intrinsics are stable since Rust 1.89; on such a compiler it is set on
+    // stable too. `nightly_features` asks for the unstable features on an older nightly.
+    let meta = rustc_version::version_meta().expect("failed to detect rustc version");
+    let nightly = meta.channel == rustc_version::Channel::Nightly;
+    let avx512_stable = meta.semver.major == 1 && meta.semver.minor >= 89;
+    if nightly || avx512_stable {
         println!("cargo:rustc-cfg=nightly");
+    }
+    if nightly && !avx512_stable {
+        println!("cargo:rustc-cfg=nightly_features");
     }
 
     let rustc_version = rustc_version::version().expect("failed to detect rustc version");

@@ -220,10 +220,11 @@ impl Fe {
     }
 }
 
-/// `z^(2²⁵² − 3)`, i.e. `z^((p − 5) / 8)`, of each value. With AVX2 they go to
-/// curve25519-dalek's packed field elements ([`curve25519_dalek::ketenpost::pow_p58_all`],
-/// our addition to the vendored crate), four values to a vector and several vectors
-/// interleaved; otherwise, and for fewer than three, to fiat-crypto's, two side by side.
+/// `z^(2²⁵² − 3)`, i.e. `z^((p − 5) / 8)`, of each value. With AVX-512 IFMA or AVX2 they
+/// go to curve25519-dalek's vector field elements
+/// ([`curve25519_dalek::ketenpost::pow_p58_all`], our addition to the vendored crate),
+/// four values to a vector and several vectors interleaved; otherwise, and for fewer than
+/// three, to fiat-crypto's, two side by side.
 fn pow_p58(z: &[Fe]) -> Vec<Fe> {
     let limbs: Vec<[u64; 5]> = z.iter().map(|f| f.0 .0).collect();
     let mut out = vec![[0u64; 5]; z.len()];
@@ -373,8 +374,8 @@ mod tests {
         }
     }
 
-    /// With AVX2, four values to a vector and several vectors at once; the result is
-    /// fiat-crypto's one at a time, for every count up to beyond two full rounds of
+    /// With AVX-512 IFMA or AVX2 (both where the processor has both), four values to a
+    /// vector and several vectors at once; the result is fiat-crypto's one at a time, for every count up to beyond two full rounds of
     /// interleaved vectors (so every padding of a last vector), for edge values and limbs
     /// at the top of fiat's tight bounds.
     #[test]
@@ -392,12 +393,20 @@ mod tests {
             x = x.square().add(Fe::from_u64(values.len() as u64));
             values.push(x);
         }
+        let limbs: Vec<[u64; 5]> = values.iter().map(|f| f.0 .0).collect();
         for n in 0..=values.len() {
             let got = pow_p58(&values[..n]);
             assert_eq!(got.len(), n);
+            // The AVX2 path too where the processor would take AVX-512 IFMA.
+            let mut avx2 = vec![[0u64; 5]; n];
+            let with_avx2 = curve25519_dalek::ketenpost::pow_p58_all_avx2(&limbs[..n], &mut avx2);
             for (i, (g, &v)) in got.iter().zip(&values[..n]).enumerate() {
                 let [want] = pow_p58_fiat([v]);
                 assert!(g.equals(want), "value {i} of {n}");
+                if with_avx2 {
+                    let a = Fe(fiat::fiat_25519_tight_field_element(avx2[i]));
+                    assert!(a.equals(want), "value {i} of {n}, AVX2");
+                }
             }
         }
     }

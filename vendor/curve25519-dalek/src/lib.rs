@@ -10,16 +10,17 @@
 // - Henry de Valence <hdevalence@hdevalence.ca>
 
 #![no_std]
+// ketenpost: `nightly_features`, not `nightly` (build.rs): stable since Rust 1.89.
 #![cfg_attr(
     all(
         curve25519_dalek_backend = "simd",
-        nightly,
+        nightly_features,
         any(target_arch = "x86", target_arch = "x86_64")
     ),
     feature(stdarch_x86_avx512)
 )]
 #![cfg_attr(
-    all(curve25519_dalek_backend = "simd", nightly),
+    all(curve25519_dalek_backend = "simd", nightly_features),
     feature(avx512_target_feature)
 )]
 #![cfg_attr(docsrs, feature(doc_auto_cfg, doc_cfg, doc_cfg_hide))]
