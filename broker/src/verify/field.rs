@@ -226,16 +226,18 @@ impl Fe {
 /// four values to a vector and several vectors interleaved; otherwise, and for fewer than
 /// three, to fiat-crypto's, two side by side.
 fn pow_p58(z: &[Fe]) -> Vec<Fe> {
-    let limbs: Vec<[u64; 5]> = z.iter().map(|f| f.0 .0).collect();
-    let mut out = vec![[0u64; 5]; z.len()];
     // One or two values are done sooner by fiat-crypto: a vector's chain of squarings
     // takes about twice as long as a scalar one.
-    if z.len() >= 3 && curve25519_dalek::ketenpost::pow_p58_all(&limbs, &mut out) {
-        // Weakly reduced limbs (below 2⁵¹ + 2¹⁸) are within fiat's tight bounds.
-        return out
-            .into_iter()
-            .map(|l| Fe(fiat::fiat_25519_tight_field_element(l)))
-            .collect();
+    if z.len() >= 3 {
+        let limbs: Vec<[u64; 5]> = z.iter().map(|f| f.0 .0).collect();
+        let mut out = vec![[0u64; 5]; z.len()];
+        if curve25519_dalek::ketenpost::pow_p58_all(&limbs, &mut out) {
+            // Weakly reduced limbs (below 2⁵¹ + 2¹⁸) are within fiat's tight bounds.
+            return out
+                .into_iter()
+                .map(|l| Fe(fiat::fiat_25519_tight_field_element(l)))
+                .collect();
+        }
     }
     let mut out = Vec::with_capacity(z.len());
     let mut pairs = z.chunks_exact(2);
@@ -375,9 +377,9 @@ mod tests {
     }
 
     /// With AVX-512 IFMA or AVX2 (both where the processor has both), four values to a
-    /// vector and several vectors at once; the result is fiat-crypto's one at a time, for every count up to beyond two full rounds of
-    /// interleaved vectors (so every padding of a last vector), for edge values and limbs
-    /// at the top of fiat's tight bounds.
+    /// vector and several vectors at once; the result is fiat-crypto's one at a time, for
+    /// every count up to beyond two full rounds of interleaved vectors (so every padding of
+    /// a last vector), for edge values and limbs at the top of fiat's tight bounds.
     #[test]
     fn exponentiations_agree_however_many_at_once() {
         let top = (1u64 << 51) + (1 << 47);

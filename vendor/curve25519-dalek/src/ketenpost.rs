@@ -1,11 +1,12 @@
-//! ketenpost: field exponentiations four at a time, on the AVX2 backend's packed field
-//! elements ([`FieldElement2625x4`]), for a caller that takes many square roots and
-//! characters of public values (decoding points, testing subgroup membership).
+//! ketenpost: field exponentiations four at a time, on the vector backends' packed field
+//! elements (the IFMA backend's `F51x4Reduced`, the AVX2 backend's `FieldElement2625x4`),
+//! for a caller that takes many square roots and characters of public values (decoding
+//! points, testing subgroup membership).
 //!
 //! Field elements cross this interface as five little-endian limbs of 51 bits (the
 //! unsaturated form of this crate's `u64` backend, and of fiat-crypto's tight field
-//! elements). Every function here is variable-time only in whether the processor has
-//! AVX2; what it computes is not secret-dependent either way.
+//! elements). Which instructions compute depends on the processor only; how long it takes
+//! does not depend on the values.
 
 /// A field element as five limbs of 51 bits, `Σ limbs[i]·2^(51·i)`, each limb below
 /// 2^52; results are weakly reduced: each limb below 2^51 + 2^18.
@@ -65,7 +66,9 @@ fn pow_p58_with(vectors: Option<Vectors>, z: &[Limbs], out: &mut [Limbs]) -> boo
     false
 }
 
-/// The vector instructions the processor has, best first.
+/// The vector instructions the processor has, best first. A value is made only once the
+/// processor was found to have them ([`Vectors::here`], [`Vectors::avx2`]): it is what
+/// [`round`] relies on to call the functions compiled for them.
 #[cfg(all(curve25519_dalek_backend = "simd", target_arch = "x86_64"))]
 #[derive(Clone, Copy)]
 enum Vectors {
