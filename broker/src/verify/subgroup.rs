@@ -27,7 +27,8 @@
 //! point from it, `EdwardsPoint::from_affine_unchecked`, instead of decompressing the
 //! encoding a second time); the halving two; the pairing one. The functions take many
 //! points at once and run each step's exponentiations side by side ([`super::field`]:
-//! with AVX2, four to a vector). Every step is variable-time: the points are public.
+//! with AVX-512 IFMA or AVX2, four to a vector). Every step is variable-time: the points
+//! are public.
 //!
 //! The caller must already know that the encoding is a valid point and that the point
 //! is not of small order (`verify_strict` refuses those anyway): for the eight points of
@@ -254,9 +255,9 @@ mod tests {
         }
     }
 
-    /// Side by side (two with fiat-crypto; from three on, with AVX2, in vectors of four,
-    /// the last one padded), each point gets its own verdict whatever its neighbours', at
-    /// whichever step either fails (every torsion class fails at another).
+    /// Side by side (two with fiat-crypto; from three on, with AVX-512 IFMA or AVX2, in
+    /// vectors of four, the last one padded), each point gets its own verdict whatever its
+    /// neighbours', at whichever step either fails (every torsion class fails at another).
     #[test]
     fn side_by_side_each_lane_gets_its_own_verdict() {
         let points: Vec<[u8; 32]> = (0..6)
