@@ -264,17 +264,7 @@ async fn decide_receipt(
             &shared.notice_signer,
             now,
             true,
-            move |v| {
-                Ok(transitions::receipt(
-                    &party,
-                    &r,
-                    &forwarded,
-                    v.meta(&id)?,
-                    digest.as_deref(),
-                    v.clock(&id)?,
-                    now,
-                ))
-            },
+            move |v| v.receipt(&party, &r, &forwarded, digest.as_deref(), now),
         )
         .map_err(storage_error)?;
     Ok((id, ticket))

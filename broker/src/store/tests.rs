@@ -139,18 +139,8 @@ fn receipt_decision(
         received_at: now,
     };
     let digest = store.view_digest(id, recipient).unwrap();
-    let (recipient, forwarded, id) = (recipient.clone(), forwarded.clone(), *id);
-    move |v| {
-        Ok(ketenpost_core::transitions::receipt(
-            &recipient,
-            &r,
-            &forwarded,
-            v.meta(&id)?,
-            digest.as_deref(),
-            v.clock(&id)?,
-            now,
-        ))
-    }
+    let (recipient, forwarded) = (recipient.clone(), forwarded.clone());
+    move |v| v.receipt(&recipient, &r, &forwarded, digest.as_deref(), now)
 }
 
 /// A receipt applied as the server applies it: one transition, flush, then finish.

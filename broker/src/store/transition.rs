@@ -22,9 +22,10 @@ use ketenpost_core::deadlines::AnswerClock;
 use ketenpost_core::effects::{DeletionState, Destroy, Effects, Notice, Write};
 use ketenpost_core::message::MessageMeta;
 use ketenpost_core::registry::Case;
-use ketenpost_schemas::control::SignedRecord;
+use ketenpost_schemas::control::{DeliveryReceipt, SignedRecord};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::keys::SigningKey;
+use ketenpost_schemas::protocol::Rejection;
 use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 use tokio::sync::oneshot;
 
@@ -103,6 +104,30 @@ impl TxView<'_> {
     /// A case.
     pub fn case(&self, case_ref: &CaseRef) -> TxResult<Option<Case>> {
         read(self.cases, case_ref.as_str().as_bytes(), "case")
+    }
+
+    /// The decision on `party`'s delivery receipt `receipt` (forwarded to the sender as
+    /// `forwarded`; `digest` is the view digest the header lists for `party`,
+    /// [`Store::view_digest`]), on the message's metadata and answer clock in this
+    /// transaction: [`ketenpost_core::transitions::receipt`].
+    pub fn receipt(
+        &self,
+        party: &Oin,
+        receipt: &DeliveryReceipt,
+        forwarded: &SignedRecord,
+        digest: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> TxResult<Result<Effects, Rejection>> {
+        let id = receipt.message_id;
+        Ok(ketenpost_core::transitions::receipt(
+            party,
+            receipt,
+            forwarded,
+            self.meta(&id)?,
+            digest,
+            self.clock(&id)?,
+            now,
+        ))
     }
 
     /// A deletion order's state for one party.
