@@ -19,7 +19,7 @@ use tracing::{error, info};
 use super::state::{storage_error, task_failed, Shared};
 use super::submit::{Job, Receipt};
 use crate::audit::{AuditEntry, AuditEvent};
-use crate::store::{StoreError, TxResult, TxView, ViewDigest};
+use crate::store::{StoreError, TransitionTicket, TxResult, TxView, ViewDigest};
 
 /// A fetch: up to `max` deliveries for `oin`, leaving out the messages at the queue
 /// positions in `skip` (the caller holds them and is receipting them), waiting up to
@@ -125,24 +125,37 @@ fn record_first_fetch(
 
 /// Apply one decision of the core ([`Store::begin_transition`]: in the writer thread's
 /// next transaction), make it durable before the answer (the writer's flush of its round),
-/// then destroy the bodies it released and wake the parties it notified.
+/// then destroy the bodies it released and wake the parties it notified: [`begin`], then
+/// [`landed`].
 pub(super) async fn transition<E: Send + 'static>(
     shared: &Arc<Shared>,
     op: &'static str,
     decide: impl Fn(&TxView<'_>) -> TxResult<Result<Effects, E>> + Send + 'static,
     now: DateTime<Utc>,
 ) -> Result<Result<(), E>, StoreError> {
-    // Queued for the store's writer thread: applied with the other decisions and message
-    // writes of its round, flushed with them when it must be durable (or releases
-    // bodies, which are destroyed once it is).
-    let ticket = shared.store.begin_transition(
-        op,
-        &shared.audit,
-        &shared.notice_signer,
-        now,
-        true,
-        decide,
-    )?;
+    landed(shared, begin(shared, op, decide, now)?).await
+}
+
+/// The first half of [`transition`]: the decision queued for the store's writer thread,
+/// applied with the other decisions and message writes of its round, flushed with them
+/// (it must be durable before its answer; bodies it releases are destroyed once it is).
+fn begin<E: Send + 'static>(
+    shared: &Arc<Shared>,
+    op: &'static str,
+    decide: impl Fn(&TxView<'_>) -> TxResult<Result<Effects, E>> + Send + 'static,
+    now: DateTime<Utc>,
+) -> Result<TransitionTicket<E>, StoreError> {
+    shared
+        .store
+        .begin_transition(op, &shared.audit, &shared.notice_signer, now, true, decide)
+}
+
+/// The second half of [`transition`]: wait until the decision is durable (or refused),
+/// then wake the parties it notified.
+async fn landed<E>(
+    shared: &Arc<Shared>,
+    ticket: TransitionTicket<E>,
+) -> Result<Result<(), E>, StoreError> {
     let applied = match ticket.done().await? {
         Ok(a) => a,
         Err(refused) => return Ok(Err(refused)),
@@ -228,7 +241,7 @@ async fn decide_receipt(
 ) -> Result<
     (
         ketenpost_schemas::ids::MessageId,
-        crate::store::TransitionTicket<ketenpost_schemas::protocol::Rejection>,
+        TransitionTicket<ketenpost_schemas::protocol::Rejection>,
     ),
     Response,
 > {
@@ -256,35 +269,26 @@ async fn decide_receipt(
         Err(e) => return Err(storage_error(e)),
     };
     let (party, id, now) = (oin.clone(), r.message_id, shared.now());
-    let ticket = shared
-        .store
-        .begin_transition(
-            "receipt",
-            &shared.audit,
-            &shared.notice_signer,
-            now,
-            true,
-            move |v| v.receipt(&party, &r, &forwarded, digest.as_deref(), now),
-        )
-        .map_err(storage_error)?;
+    let ticket = begin(
+        shared,
+        "receipt",
+        move |v| v.receipt(&party, &r, &forwarded, digest.as_deref(), now),
+        now,
+    )
+    .map_err(storage_error)?;
     Ok((id, ticket))
 }
 
 /// A receipt's decision applied and durable (its body destroyed, the parties it notified
 /// woken), or refused: the answer.
 async fn receipt_applied(
-    ticket: crate::store::TransitionTicket<ketenpost_schemas::protocol::Rejection>,
+    ticket: TransitionTicket<ketenpost_schemas::protocol::Rejection>,
     id: ketenpost_schemas::ids::MessageId,
     shared: &Arc<Shared>,
     oin: &Oin,
 ) -> Response {
-    match ticket.done().await {
-        Ok(Ok(applied)) => {
-            for p in &applied.wake {
-                shared.notify(p);
-            }
-            Response::Done
-        }
+    match landed(shared, ticket).await {
+        Ok(Ok(())) => Response::Done,
         Ok(Err(rej)) => {
             shared
                 .audit_async(
