@@ -16,6 +16,7 @@
 //! | [`server`] | the QUIC server: connections, requests, timers, shutdown; submit, records and sweep submodules |
 //! | [`store`] | sled trees: message metadata, per-recipient queues, notices, registries, group commit |
 //! | [`spool`] | message bodies in append-only segment files, zeroed in place when deleted |
+//! | [`direct`] | appends around the page cache (`O_DIRECT`), for the audit archive |
 //! | [`audit`] | the hash-chained audit trail, signed checkpoints, `audit verify` |
 //! | [`verify`] | batch verification of signatures with `verify_strict`'s verdict: measured, not used (see its docs) |
 //! | [`fg`] | the `ketenpost-broker audit` reports over a stopped broker's data directory |
@@ -28,6 +29,7 @@ pub mod alerts;
 pub mod audit;
 pub mod config;
 pub mod daemon;
+pub mod direct;
 pub mod documents;
 pub mod failpoint;
 pub mod fg;

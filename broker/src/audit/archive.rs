@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::{key_seq, round_records, seq_key, storage, AuditError};
+use crate::direct::{Appended, DirectAppend};
 
 /// Name of the sled tree that holds the archive's mark.
 pub const ARCHIVE_TREE: &str = "audit_archive";
@@ -75,6 +76,9 @@ pub struct Archive {
     /// Held by the archiver while it moves records (one move at a time), with the buffer
     /// it gathers their lines in.
     pub(super) moving: Mutex<Vec<u8>>,
+    /// Appends around the page cache ([`crate::direct`]); `None`: through it (read-only,
+    /// or a file system without direct writes).
+    direct: Mutex<Option<DirectAppend>>,
     writable: bool,
 }
 
@@ -156,6 +160,7 @@ impl Archive {
                 .map_err(io("sync the directory"))?;
         }
         Ok(Archive {
+            direct: Mutex::new(DirectAppend::open(&path)),
             path,
             file: Some(Arc::new(file)),
             tree: Some(tree),
@@ -191,6 +196,7 @@ impl Archive {
             tree,
             mark: RwLock::new(mark),
             moving: Mutex::new(Vec::new()),
+            direct: Mutex::new(None),
             writable: false,
         })
     }
@@ -201,6 +207,25 @@ impl Archive {
             .mark
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether appends go around the page cache ([`crate::direct`]): on a file system with
+    /// direct writes, until one is refused.
+    pub fn writes_direct(&self) -> bool {
+        self.direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Append through the page cache from now on (as on a file system without direct
+    /// writes): for the tests of that path.
+    #[cfg(test)]
+    pub(crate) fn write_buffered(&self) {
+        *self
+            .direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// The archive file.
@@ -243,8 +268,28 @@ impl Archive {
             ));
         };
         let mark = self.mark();
-        file.write_all_at(lines, mark.len)
-            .map_err(io("append to the file"))?;
+        let mut direct = self
+            .direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let written = match direct.as_mut() {
+            None => false,
+            Some(d) => match d
+                .append(file, mark.len, lines)
+                .map_err(io("append to the file"))?
+            {
+                Appended::Written => true,
+                Appended::Refused(e) => {
+                    tracing::warn!(cause = %e, "audit archive: direct writes refused; writing through the page cache from now on");
+                    *direct = None;
+                    false
+                }
+            },
+        };
+        if !written {
+            file.write_all_at(lines, mark.len)
+                .map_err(io("append to the file"))?;
+        }
         file.sync_data().map_err(io("sync the file"))?;
         Ok(Mark {
             seq: last_seq,
