@@ -412,6 +412,13 @@ impl Envelope {
     /// header's `bodies` decoded and no body copied. Nothing is verified: for an envelope
     /// whose checks passed before (the broker's stored messages, on each receipt).
     pub fn view_digest(bytes: &[u8], oin: &Oin) -> Result<Option<String>, Error> {
+        Ok(Envelope::view_of(bytes, oin)?.map(|(_, sha256)| sha256))
+    }
+
+    /// The index and SHA-256 (hex) of the view of `oin` in the encoded envelope `bytes`,
+    /// or `None` when `oin` has none: [`Header::body_for`] of its header, with only the
+    /// header's `bodies` decoded ([`Envelope::view_digest`]).
+    pub fn view_of(bytes: &[u8], oin: &Oin) -> Result<Option<(usize, String)>, Error> {
         #[derive(Deserialize)]
         struct Views {
             bodies: Vec<View>,
@@ -431,8 +438,9 @@ impl Envelope {
         Ok(views
             .bodies
             .into_iter()
-            .find(|b| b.recipients.contains(oin))
-            .map(|b| b.sha256))
+            .enumerate()
+            .find(|(_, b)| b.recipients.contains(oin))
+            .map(|(i, b)| (i, b.sha256)))
     }
 
     /// Parse the header without trusting it, e.g. to learn the claimed sender so its key
@@ -440,6 +448,54 @@ impl Envelope {
     pub fn unverified_header(&self) -> Result<Header, Error> {
         serde_json::from_slice(&self.header_bytes)
             .map_err(|e| Error::Decode(format!("header: {e}")))
+    }
+
+    /// The encoded envelope `bytes` as delivered to the recipients of its view `index`:
+    /// what [`Envelope::decode`] (without limits), [`Envelope::delivery`] and
+    /// [`Envelope::encode`] give, written straight from `bytes`, the header not parsed and
+    /// no part copied twice. Nothing is verified: for an envelope whose checks passed
+    /// before (the broker's stored messages, whose views it knows from those checks). An
+    /// error when `bytes` is no whole envelope or has no view `index`.
+    pub fn delivery_bytes(bytes: &[u8], index: usize) -> Result<Vec<u8>, Error> {
+        let mut r = Reader { buf: bytes };
+        if r.take(4, "magic")? != MAGIC {
+            return Err(Error::Decode("not a ketenpost envelope (bad magic)".into()));
+        }
+        let hlen = r.u32("header length")?;
+        r.take(hlen, "header")?;
+        r.take(64, "signature")?;
+        let count = usize::from(r.take(1, "body count")?[0]);
+        let head = bytes.len() - r.buf.len();
+        let mut view = None;
+        for i in 0..count {
+            let len = r.u32("body length")?;
+            let body = r.take(len, "body")?;
+            if i == index {
+                view = Some(body);
+            }
+        }
+        if !r.buf.is_empty() {
+            return Err(Error::Decode(format!(
+                "{} trailing bytes after the last body",
+                r.buf.len()
+            )));
+        }
+        let Some(view) = view else {
+            return Err(Error::Decode(format!(
+                "no view {index} among the envelope's {count}"
+            )));
+        };
+        let mut out = Vec::with_capacity(head + 4 * count + view.len());
+        out.extend_from_slice(&bytes[..head]);
+        for i in 0..count {
+            if i == index {
+                out.extend_from_slice(&len_u32(view.len()));
+                out.extend_from_slice(view);
+            } else {
+                out.extend_from_slice(&len_u32(0));
+            }
+        }
+        Ok(out)
     }
 
     /// The exact header bytes that were signed.

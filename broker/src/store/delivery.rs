@@ -1,7 +1,7 @@
 //! What leaves the store: a party's deliveries and notices, and the messages due to expire.
 
 use chrono::{DateTime, Utc};
-use ketenpost_schemas::envelope::{Envelope, Limits};
+use ketenpost_schemas::envelope::Envelope;
 use ketenpost_schemas::ids::{MessageId, Oin};
 use ketenpost_schemas::protocol::{envelope_to_b64, Delivery};
 
@@ -244,24 +244,16 @@ pub(super) fn queue_entries(block: &[u8]) -> Option<impl Iterator<Item = (u64, [
         .ok()
 }
 
-/// A stored envelope as delivered to `party`: its own view only. `None` (logged) when the
-/// stored envelope does not decode or names no body for `party`, which an accepted message
-/// always does.
+/// A stored envelope as delivered to `party`: its own view only, written straight from
+/// the stored bytes with only the header's views parsed ([`Envelope::view_of`],
+/// [`Envelope::delivery_bytes`]). `None` (logged) when the stored envelope does not decode
+/// or names no body for `party`, which an accepted message always does.
 pub(super) fn delivery_for(stored: &[u8], party: &Oin, meta: &MessageMeta) -> Option<Vec<u8>> {
-    // Decoded without size limits: it passed the submission's limits when it was accepted.
-    let unbounded = Limits {
-        max_header: usize::MAX,
-        max_body: usize::MAX,
-        max_bodies: usize::MAX,
-        max_envelope: usize::MAX,
-        max_recipients: usize::MAX,
-    };
-    let delivery = Envelope::decode(stored, &unbounded).and_then(|env| {
-        let header = env.unverified_header()?;
-        let (index, _) = header
-            .body_for(party)
-            .ok_or_else(|| ketenpost_schemas::Error::NotARecipient(party.to_string()))?;
-        Ok(env.delivery(index).encode())
+    // Without size limits: it passed the submission's limits when it was accepted.
+    let delivery = Envelope::view_of(stored, party).and_then(|view| {
+        let (index, _) =
+            view.ok_or_else(|| ketenpost_schemas::Error::NotARecipient(party.to_string()))?;
+        Envelope::delivery_bytes(stored, index)
     });
     match delivery {
         Ok(d) => Some(d),

@@ -256,8 +256,25 @@ fn a_views_digest_read_from_the_header_alone_is_the_full_decodes() {
     for m in &fed.members {
         let full = header.body_for(&m.oin).map(|(_, b)| b.sha256.clone());
         assert_eq!(Envelope::view_digest(&bytes, &m.oin).unwrap(), full);
+        assert_eq!(
+            Envelope::view_of(&bytes, &m.oin).unwrap(),
+            header.body_for(&m.oin).map(|(i, b)| (i, b.sha256.clone()))
+        );
         assert_eq!(full.is_some(), m.oin != zorg.oin, "{}", m.oin);
     }
+    // Each view's delivery written straight from the bytes is the decoded one's.
+    let env = Envelope::decode(&bytes, &Limits::default()).unwrap();
+    for i in 0..env.bodies().len() {
+        assert_eq!(
+            Envelope::delivery_bytes(&bytes, i).unwrap(),
+            env.delivery(i).encode()
+        );
+    }
+    assert!(Envelope::delivery_bytes(&bytes, env.bodies().len()).is_err());
+    assert!(Envelope::delivery_bytes(&bytes[..bytes.len() - 1], 0).is_err());
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(Envelope::delivery_bytes(&longer, 0).is_err());
     // Not an envelope, or cut inside its header: an error, never a digest.
     assert!(Envelope::view_digest(b"KPX1", &gem.oin).is_err());
     let hlen = header_range(&bytes).end;
@@ -469,6 +486,21 @@ proptest! {
         let oin: Oin = format!("{:020}", 1000).parse().unwrap();
         let _ = Envelope::view_digest(&bytes, &oin);
         let _ = Envelope::view_digest(&framed, &oin);
+        for index in 0..3 {
+            let _ = Envelope::delivery_bytes(&bytes, index);
+            if let Ok(d) = Envelope::delivery_bytes(&framed, index) {
+                // Whatever it accepted decodes as the delivery of that view.
+                let unbounded = Limits {
+                    max_header: usize::MAX,
+                    max_body: usize::MAX,
+                    max_bodies: usize::MAX,
+                    max_envelope: usize::MAX,
+                    max_recipients: usize::MAX,
+                };
+                let env = Envelope::decode(&framed, &unbounded).unwrap();
+                prop_assert_eq!(d, env.delivery(index).encode());
+            }
+        }
     }
 
     #[test]
