@@ -146,7 +146,7 @@ fn separates(v: &[u8], at: usize) -> bool {
 /// The first newline of `v` between two records.
 fn separator(v: &[u8]) -> Option<usize> {
     let mut from = 0;
-    while let Some(i) = v[from..].iter().position(|b| *b == b'\n') {
+    while let Some(i) = memchr::memchr(b'\n', &v[from..]) {
         let at = from + i;
         if separates(v, at) {
             return Some(at);
@@ -164,10 +164,7 @@ pub fn round_len(value: &[u8]) -> u64 {
 /// Whether every newline of a round separates two of its records: its records can go one
 /// a line into a file whose `n`th line is record `n`.
 pub fn round_is_lines(value: &[u8]) -> bool {
-    value
-        .iter()
-        .enumerate()
-        .all(|(at, b)| *b != b'\n' || separates(value, at))
+    memchr::memchr_iter(b'\n', value).all(|at| separates(value, at))
 }
 
 /// A round's value: records' JSON (as [`ChainHead::next`] returns it) joined by newlines.
