@@ -51,6 +51,9 @@ pub struct BrokerLink {
     connected: AtomicBool,
     /// The transport of the last connection made: 0 none, 1 QUIC, 2 TCP.
     transport: AtomicU8,
+    /// `generation` as it was while on the connection whose broker refused `Receipts` (a
+    /// broker from before it); 0 when none did.
+    receipts_refused_on: AtomicU64,
 }
 
 impl std::fmt::Debug for BrokerLink {
@@ -98,6 +101,7 @@ impl BrokerLink {
             generation: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             transport: AtomicU8::new(0),
+            receipts_refused_on: AtomicU64::new(0),
         })
     }
 
@@ -176,6 +180,23 @@ impl BrokerLink {
                 Err(e)
             }
         }
+    }
+
+    /// Note that the broker of the current connection refused a `Receipts` request as one
+    /// it does not know: until the agent connects again, it sends receipts alone
+    /// ([`BrokerLink::receipts_refused`]). Noted against the latest connection: when that
+    /// was replaced since the refusal, the new one sends receipts alone until it too is
+    /// replaced, which costs requests, not receipts.
+    pub fn note_receipts_refused(&self) {
+        self.receipts_refused_on
+            .store(self.generation.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether the broker of the current connection refused `Receipts`
+    /// ([`BrokerLink::note_receipts_refused`]).
+    pub fn receipts_refused(&self) -> bool {
+        let on = self.receipts_refused_on.load(Ordering::Relaxed);
+        on != 0 && on == self.generation.load(Ordering::Relaxed)
     }
 
     /// Send one request, connecting first if needed.

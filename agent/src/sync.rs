@@ -600,65 +600,95 @@ fn delivery_refused_entry(core: &Core, delivered: &[u8], refusal: &inbox::Refusa
 
 /// Send the receipts of a batch of messages, up to [`MAX_RECEIPTS`] in one `Receipts`
 /// request (each alone to a broker that does not know it); returns whether the broker
-/// took any. A receipt not taken is sent again when its message comes again.
+/// took any. A receipt not taken is sent again when its message comes again. A broker that
+/// refused `Receipts` gets each receipt alone for as long as the agent stays connected to
+/// it ([`BrokerLink::note_receipts_refused`](crate::link::BrokerLink::note_receipts_refused)):
+/// a reconnect may reach an upgraded broker, which is asked again.
 async fn send_receipts(core: &Core, receipted: &[Receipted]) -> bool {
     let timeout = core.config.request_timeout();
-    send_receipts_by(
+    let together = !core.link.receipts_refused();
+    let sent = send_receipts_by(
         receipted,
+        together,
         |req| async move { core.link.request(&req, timeout).await },
         |r, outcome| receipt_answered(core, r, outcome),
     )
-    .await
+    .await;
+    if sent.refused_together {
+        core.link.note_receipts_refused();
+    }
+    sent.took
+}
+
+/// How a batch's receipts went ([`send_receipts_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sent {
+    /// The broker took at least one.
+    took: bool,
+    /// The broker refused a `Receipts` request as a request it does not know.
+    refused_together: bool,
 }
 
 /// [`send_receipts`] over `request` (one request, its answer or why none came), each
-/// outcome handed to `answered`, which says whether the broker took that receipt.
+/// outcome handed to `answered`, which says whether the broker took that receipt. Without
+/// `together`, or once the broker refused a `Receipts` request, each receipt goes alone.
 async fn send_receipts_by<F, Fut, E>(
     receipted: &[Receipted],
+    mut together: bool,
     request: F,
     mut answered: impl FnMut(&Receipted, ReceiptOutcome) -> bool,
-) -> bool
+) -> Sent
 where
     F: Fn(Request) -> Fut,
     Fut: std::future::Future<Output = Result<Response, E>>,
     E: std::fmt::Display,
 {
-    let mut progress = false;
+    let mut sent = Sent {
+        took: false,
+        refused_together: false,
+    };
     for chunk in receipted.chunks(MAX_RECEIPTS) {
-        let req = Request::Receipts(chunk.iter().map(|r| r.receipt.clone()).collect());
-        match request(req).await {
-            Ok(Response::Receipted(outcomes)) if outcomes.len() == chunk.len() => {
-                for (r, outcome) in chunk.iter().zip(outcomes) {
-                    progress |= answered(r, outcome);
-                }
-            }
-            Ok(Response::Rejected(rej)) if rej.code == RejectCode::Malformed => {
-                // A broker from before `Receipts` does not know the request.
-                debug!(reason = %rej.reason, "receipts refused together; sending each alone");
-                for r in chunk {
-                    match request(Request::Receipt(r.receipt.clone())).await {
-                        Ok(answer) => {
-                            progress |= answered(r, ReceiptOutcome::of(answer));
-                        }
-                        Err(e) => {
-                            debug!(message = %r.message_id, cause = %e, "receipt not sent; the broker delivers again");
-                        }
+        if together {
+            let req = Request::Receipts(chunk.iter().map(|r| r.receipt.clone()).collect());
+            match request(req).await {
+                Ok(Response::Receipted(outcomes)) if outcomes.len() == chunk.len() => {
+                    for (r, outcome) in chunk.iter().zip(outcomes) {
+                        sent.took |= answered(r, outcome);
                     }
+                    continue;
+                }
+                Ok(Response::Rejected(rej)) if rej.code == RejectCode::Malformed => {
+                    // A broker from before `Receipts` does not know the request.
+                    debug!(reason = %rej.reason, "receipts refused together; sending each alone");
+                    sent.refused_together = true;
+                    together = false;
+                }
+                Ok(other) => {
+                    warn!(
+                        answer = other.name(),
+                        receipts = chunk.len(),
+                        "unexpected answer to receipts; the broker delivers their messages again"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    debug!(cause = %e, receipts = chunk.len(), "receipts not sent; the broker delivers again");
+                    continue;
                 }
             }
-            Ok(other) => {
-                warn!(
-                    answer = other.name(),
-                    receipts = chunk.len(),
-                    "unexpected answer to receipts; the broker delivers their messages again"
-                );
-            }
-            Err(e) => {
-                debug!(cause = %e, receipts = chunk.len(), "receipts not sent; the broker delivers again");
+        }
+        for r in chunk {
+            match request(Request::Receipt(r.receipt.clone())).await {
+                Ok(answer) => {
+                    sent.took |= answered(r, ReceiptOutcome::of(answer));
+                }
+                Err(e) => {
+                    debug!(message = %r.message_id, cause = %e, "receipt not sent; the broker delivers again");
+                }
             }
         }
     }
-    progress
+    sent
 }
 
 /// What the broker answered to one receipt; returns whether it took it (or had taken it
@@ -1169,13 +1199,19 @@ mod tests {
         let items = receipted(3);
         let seen = Mutex::new(Vec::new());
         let mut outcomes = Vec::new();
-        let took = send_receipts_by(&items, older_broker(&seen), |r, outcome| {
+        let sent = send_receipts_by(&items, true, older_broker(&seen), |r, outcome| {
             let done = outcome == ReceiptOutcome::Done;
             outcomes.push((r.message_id, outcome));
             done
         })
         .await;
-        assert!(took);
+        assert_eq!(
+            sent,
+            Sent {
+                took: true,
+                refused_together: true
+            }
+        );
         let seen = seen.into_inner().unwrap_or_default();
         // Together first, then each alone, in order.
         assert_eq!(seen.len(), 4, "{seen:?}");
@@ -1212,12 +1248,16 @@ mod tests {
             std::future::ready(Ok::<_, String>(answer))
         };
         let mut answered = 0;
-        assert!(
-            send_receipts_by(&items, broker, |_, o| {
+        assert_eq!(
+            send_receipts_by(&items, true, broker, |_, o| {
                 answered += 1;
                 o == ReceiptOutcome::Done
             })
-            .await
+            .await,
+            Sent {
+                took: true,
+                refused_together: false
+            }
         );
         assert_eq!(answered, MAX_RECEIPTS + 1);
         let sizes: Vec<usize> = seen
@@ -1245,13 +1285,45 @@ mod tests {
         ] {
             let broker = |_req: Request| std::future::ready(answer.clone());
             let mut answered = 0;
-            let took = send_receipts_by(&items, broker, |_, _| {
+            let sent = send_receipts_by(&items, true, broker, |_, _| {
                 answered += 1;
                 true
             })
             .await;
-            assert!(!took);
+            assert!(!sent.took && !sent.refused_together);
             assert_eq!(answered, 0);
         }
+    }
+
+    /// Once a broker refused `Receipts`, the rest of the batch goes alone without asking
+    /// again; and a broker known to refuse it is not asked at all.
+    #[tokio::test]
+    async fn a_broker_that_refused_receipts_together_is_not_asked_again() {
+        let items = receipted(MAX_RECEIPTS + 2);
+        let seen = Mutex::new(Vec::new());
+        let sent = send_receipts_by(&items, true, older_broker(&seen), |_, o| {
+            o == ReceiptOutcome::Done
+        })
+        .await;
+        assert!(sent.took && sent.refused_together);
+        let seen = seen.into_inner().unwrap_or_default();
+        assert_eq!(
+            seen.len(),
+            1 + MAX_RECEIPTS + 2,
+            "one Receipts, then each alone"
+        );
+        assert!(matches!(&seen[0], Request::Receipts(all) if all.len() == MAX_RECEIPTS));
+        for (req, r) in seen[1..].iter().zip(&items) {
+            assert_eq!(req, &Request::Receipt(r.receipt.clone()));
+        }
+        let seen = Mutex::new(Vec::new());
+        let sent = send_receipts_by(&items[..3], false, older_broker(&seen), |_, o| {
+            o == ReceiptOutcome::Done
+        })
+        .await;
+        assert!(sent.took && !sent.refused_together);
+        let seen = seen.into_inner().unwrap_or_default();
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|r| matches!(r, Request::Receipt(_))));
     }
 }
