@@ -1148,6 +1148,9 @@ mod tests {
         if !direct {
             trail.archive_of().write_buffered();
         }
+        // Where the file system takes direct writes, the archive uses them, and keeps on.
+        let available = crate::direct::DirectAppend::open(&archive_file()).is_some();
+        assert_eq!(trail.archive_of().writes_direct(), direct && available);
         assert_eq!(trail.archive(12).unwrap(), 12);
         assert_eq!(trail.archive_of().mark().seq, 12);
         assert_eq!(tree(&db).len(), 18);
@@ -1182,6 +1185,7 @@ mod tests {
         let text = std::fs::read_to_string(archive_file()).unwrap();
         assert_eq!(text.lines().count(), 30);
         assert_eq!(text.len() as u64, trail.archive_of().mark().len);
+        assert_eq!(trail.archive_of().writes_direct(), direct && available);
     }
 
     /// Append rounds of the given sizes as the store's transactions write them (one

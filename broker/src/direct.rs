@@ -32,8 +32,9 @@ pub const ALIGN: usize = 4096;
 pub enum Appended {
     /// The bytes are written (not yet synced) and the file ends right after them.
     Written,
-    /// The file system refused the direct write as such (`EINVAL`): nothing was written,
-    /// and the caller writes through the page cache from now on.
+    /// The file system refused the direct write as such (`EINVAL`, as it does at once):
+    /// the caller writes the same bytes through the page cache, and from now on. Whatever
+    /// it took of them before refusing is the same bytes, or zeros past the end.
     Refused(io::Error),
 }
 
