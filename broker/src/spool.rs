@@ -60,6 +60,10 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// stretches").
 pub const PREWRITE_BYTES: u64 = 64 * 1024;
 
+/// [`Spool::append_all`] writes at most this much at a time (more when one body is
+/// longer): a batch of large bodies is not copied into one buffer whole.
+pub const APPEND_WRITE_BYTES: usize = 1 << 20;
+
 const MAGIC: &[u8; 4] = b"KPS1";
 /// The magic of a deleted record.
 pub const DELETED: &[u8; 4] = b"KPS0";
@@ -311,33 +315,68 @@ impl Spool {
     /// Append a body. It is durable after the next [`Spool::sync`] (the store's spool
     /// stage syncs once for every batch of appends).
     pub fn append(&self, id: &[u8; 16], body: &[u8]) -> Result<BodyAt, SpoolError> {
+        let mut at = self.append_all(&[(id, body)])?;
+        at.pop().ok_or(SpoolError::TooLarge(body.len()))
+    }
+
+    /// Append bodies, in order, into the active segment with one write (one per
+    /// [`APPEND_WRITE_BYTES`]): where each is, in the same order. As with [`Spool::append`]
+    /// the segment is closed first when it has passed [`SEGMENT_BYTES`], and a segment may
+    /// pass it by the last append (here, the last batch). A failed write fails them all:
+    /// what was written is referenced by nothing, and the next appends write over it.
+    pub fn append_all(&self, bodies: &[(&[u8; 16], &[u8])]) -> Result<Vec<BodyAt>, SpoolError> {
         self.usable()?;
-        let len = u32::try_from(body.len()).map_err(|_| SpoolError::TooLarge(body.len()))?;
-        let mut record = Vec::with_capacity(body.len() + HEADER as usize);
-        record.extend_from_slice(MAGIC);
-        record.extend_from_slice(&len.to_be_bytes());
-        record.extend_from_slice(id);
-        record.extend_from_slice(&crc(id, body).to_be_bytes());
-        record.extend_from_slice(body);
+        if bodies.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut lens = Vec::with_capacity(bodies.len());
+        for (_, body) in bodies {
+            lens.push(u32::try_from(body.len()).map_err(|_| SpoolError::TooLarge(body.len()))?);
+        }
+        let total: usize = bodies.iter().map(|(_, b)| b.len() + HEADER as usize).sum();
+        let mut records = Vec::with_capacity(total.min(APPEND_WRITE_BYTES));
+        let mut out = Vec::with_capacity(bodies.len());
         let mut active = lock(&self.active);
         if active.len >= SEGMENT_BYTES {
             self.rotate(&mut active)?;
         }
-        let offset = active.len;
-        active
-            .file
-            .write_all_at(&record, offset)
-            .map_err(io("append body"))?;
-        active.len += record.len() as u64;
+        let start = active.len;
+        let written = (|| {
+            // Where `records` go: the records gathered since.
+            let mut from = active.len;
+            for ((id, body), len) in bodies.iter().zip(lens) {
+                let record = HEADER + u64::from(len);
+                if !records.is_empty() && records.len() as u64 + record > APPEND_WRITE_BYTES as u64
+                {
+                    active.file.write_all_at(&records, from)?;
+                    records.clear();
+                    from = active.len;
+                }
+                out.push(BodyAt {
+                    segment: active.segment,
+                    offset: active.len,
+                    len,
+                });
+                records.extend_from_slice(MAGIC);
+                records.extend_from_slice(&len.to_be_bytes());
+                records.extend_from_slice(id.as_slice());
+                records.extend_from_slice(&crc(id, body).to_be_bytes());
+                records.extend_from_slice(body);
+                active.len += record;
+            }
+            active.file.write_all_at(&records, from)
+        })();
+        if let Err(e) = written {
+            active.len = start;
+            return Err(io("append body")(e));
+        }
         active.written = active.written.max(active.len);
-        let at = BodyAt {
-            segment: active.segment,
-            offset,
-            len,
-        };
-        // Counted before the active segment can change, so a rotation never removes it.
-        *lock(&self.live).entry(at.segment).or_insert(0) += 1;
-        Ok(at)
+        // Counted before the active segment can change, so a rotation never removes them.
+        let mut live = lock(&self.live);
+        for at in &out {
+            *live.entry(at.segment).or_insert(0) += 1;
+        }
+        Ok(out)
     }
 
     /// Close the active segment and begin the next. The closed one is synced first, so
@@ -779,6 +818,51 @@ mod tests {
         spool.sync().unwrap();
         assert!(pending(&spool).is_empty());
         assert_eq!(spool.read(&at[0], &id(1)).unwrap(), b"queued body");
+    }
+
+    /// Bodies appended together (in writes of up to `APPEND_WRITE_BYTES`) lie exactly as
+    /// when appended one by one: the same places, the same segment bytes, each read back;
+    /// and they count as held.
+    #[test]
+    fn appends_together_lie_as_appends_one_by_one() {
+        let (one, together) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let bodies: Vec<Vec<u8>> = [5, 300_000, 17, 400_000, 500_000, 1, 1 << 20, 3]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| vec![i as u8 + 1; *n])
+            .collect();
+        let ids: Vec<[u8; 16]> = (1..=bodies.len() as u8).map(id).collect();
+        let a = Spool::open(one.path()).unwrap();
+        a.append(&id(99), b"before").unwrap();
+        let one_by_one: Vec<BodyAt> = ids
+            .iter()
+            .zip(&bodies)
+            .map(|(i, b)| a.append(i, b).unwrap())
+            .collect();
+        let b = Spool::open(together.path()).unwrap();
+        b.append_all(&[(&id(99), b"before".as_slice())]).unwrap();
+        assert!(b.append_all(&[]).unwrap().is_empty());
+        let pairs: Vec<(&[u8; 16], &[u8])> = ids
+            .iter()
+            .zip(&bodies)
+            .map(|(i, b)| (i, b.as_slice()))
+            .collect();
+        let at = b.append_all(&pairs).unwrap();
+        assert_eq!(at, one_by_one);
+        for ((place, i), body) in at.iter().zip(&ids).zip(&bodies) {
+            assert_eq!(&b.read(place, i).unwrap(), body);
+        }
+        a.sync().unwrap();
+        b.sync().unwrap();
+        let segment = at[0].segment;
+        assert_eq!(
+            std::fs::read(segment_path(one.path(), segment)).unwrap(),
+            std::fs::read(segment_path(together.path(), segment)).unwrap()
+        );
+        assert_eq!(
+            lock(&b.live).get(&segment).copied(),
+            Some(bodies.len() as u64 + 1)
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use chrono::{DateTime, Utc};
 use ketenpost_core::checks::{self, Authorised, Submitted};
 use ketenpost_core::deadlines::AnswerClock;
-use ketenpost_core::message::MessageMeta;
+use ketenpost_core::message::{BodyAt, MessageMeta};
 use ketenpost_schemas::control::{DeliveryReceipt, SignedRecord};
 use ketenpost_schemas::ids::Oin;
 use ketenpost_schemas::keys;
@@ -403,23 +403,43 @@ fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, memory: &mut verify::KeyMem
     debug_assert_eq!(verdicts.len(), signatures);
     let mut verdicts = verdicts.into_iter();
     let live = shared.live();
+    let mut authorised = Vec::with_capacity(claimed.len());
     for ((job, claim), verdicts) in claimed.into_iter().zip(&mut verdicts) {
         let env = docs.env(&shared.limits, shared.max_clock_skew(), &verdicts);
-        let begun = match checks::check_claim(claim, env, &live, job.now) {
-            Ok(authorised) => {
-                let queued = std::time::Instant::now();
-                stage_write(&authorised, &job.bytes, shared, &docs, &job.oin, job.now)
-                    .map(|ticket| (authorised, job.bytes, ticket, queued))
+        match checks::check_claim(claim, env, &live, job.now) {
+            Ok(a) => authorised.push((job, a)),
+            Err(refusal) => {
+                let refused = refuse(
+                    &refusal.rejection,
+                    refusal.verified.as_deref(),
+                    shared,
+                    &job.oin,
+                    &job.bytes,
+                );
+                let _ = job.reply.send(Err(refused));
             }
-            Err(refusal) => Err(refuse(
-                &refusal.rejection,
-                refusal.verified.as_deref(),
-                shared,
-                &job.oin,
-                &job.bytes,
-            )),
-        };
-        let _ = job.reply.send(begun);
+        }
+    }
+    // The bodies of the batch's authorised submissions in one write to the spool.
+    let all: Vec<&Authorised> = authorised.iter().map(|(_, a)| a).collect();
+    let appended = shared.store.append_bodies(&all);
+    drop(all);
+    match appended {
+        Ok(appended) => {
+            for ((job, a), at) in authorised.into_iter().zip(appended) {
+                let queued = std::time::Instant::now();
+                let begun = stage_write(&a, at, &job.bytes, shared, &docs, &job.oin, job.now)
+                    .map(|ticket| (a, job.bytes, ticket, queued));
+                let _ = job.reply.send(begun);
+            }
+        }
+        Err(e) => {
+            // Nothing of them is written: each gets the storage error.
+            let failed = storage_error(e);
+            for (job, _) in authorised {
+                let _ = job.reply.send(Err(failed.clone()));
+            }
+        }
     }
     for ((job, claim), verdicts) in receipts.into_iter().zip(verdicts) {
         let env = docs.env(&shared.limits, shared.max_clock_skew(), &verdicts);
@@ -524,11 +544,13 @@ impl Staged {
     }
 }
 
-/// Start the store write of an authorised submission with its audit records, its answer
+/// Start the store write of an authorised submission, whose body the spool holds at
+/// `body_at` ([`crate::store::Store::append_bodies`]), with its audit records, its answer
 /// clock and, for an answer, the answered message's clock; blocking (see [`submit`]). The
 /// caller holds the registry lock shared.
 fn stage_write(
     authorised: &Authorised,
+    body_at: BodyAt,
     bytes: &[u8],
     shared: &Arc<Shared>,
     docs: &crate::documents::Documents,
@@ -565,7 +587,8 @@ fn stage_write(
     });
     shared
         .store
-        .begin_put(
+        .begin_put_at(
+            body_at,
             authorised,
             &meta,
             &shared.audit,

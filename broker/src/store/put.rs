@@ -442,17 +442,69 @@ impl Store {
         clock: Option<&AnswerClock>,
         answer: Option<PendingAnswer>,
     ) -> Result<PutTicket, StoreError> {
+        let body_at = self.append_bodies(&[a])?.pop().ok_or(StoreError::Corrupt {
+            what: "spool",
+            reason: "an append gave no place for its body".into(),
+        })?;
+        self.begin_put_at(body_at, a, meta, trail, audit, clock, answer)
+    }
+
+    /// Append the bodies of authorised messages to the spool together, with one write
+    /// ([`Spool::append_all`]): where each is, in order, for [`Store::begin_put_at`]. A
+    /// body not handed to it is referenced by nothing; [`Store::forget_body`] deletes it.
+    pub fn append_bodies(&self, authorised: &[&Authorised]) -> Result<Vec<BodyAt>, StoreError> {
         self.poison.check()?;
+        let encoded: Vec<([u8; 16], Vec<u8>)> = authorised
+            .iter()
+            .map(|a| {
+                (
+                    a.header().id.0.into_bytes(),
+                    a.verified().envelope().encode(),
+                )
+            })
+            .collect();
+        let bodies: Vec<(&[u8; 16], &[u8])> =
+            encoded.iter().map(|(id, b)| (id, b.as_slice())).collect();
+        Ok(self.spool.append_all(&bodies)?)
+    }
+
+    /// Delete a body [`Store::append_bodies`] appended for a message that is not written
+    /// after all.
+    pub fn forget_body(&self, a: &Authorised, body_at: &BodyAt) {
+        if let Err(e) = self.spool.delete(body_at, &a.header().id.0.into_bytes()) {
+            tracing::error!(cause = %e, "cannot delete the body of a message not accepted");
+        }
+    }
+
+    /// [`Store::begin_put`] of a message whose body [`Store::append_bodies`] appended at
+    /// `body_at`. When it fails the body is deleted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn begin_put_at(
+        &self,
+        body_at: BodyAt,
+        a: &Authorised,
+        meta: &MessageMeta,
+        trail: &Arc<AuditTrail>,
+        audit: Vec<AuditEntry>,
+        clock: Option<&AnswerClock>,
+        answer: Option<PendingAnswer>,
+    ) -> Result<PutTicket, StoreError> {
         let id = *meta.id.0.as_bytes();
         let now = meta.accepted_at;
         let mut meta = meta.clone();
-        for r in &meta.recipients {
-            meta.queue_seqs.insert(r.clone(), self.db.generate_id()?);
+        let seqs = self.poison.check().and_then(|()| {
+            for r in &meta.recipients {
+                meta.queue_seqs.insert(r.clone(), self.db.generate_id()?);
+            }
+            Ok(())
+        });
+        if let Err(e) = seqs {
+            self.forget_body(a, &body_at);
+            return Err(e);
         }
-        // Appended now; the writer syncs the spool before it writes the metadata that
+        // Appended before; the writer syncs the spool before it writes the metadata that
         // refers to it (everything queued was appended before the writer took it), so the
         // metadata is never on disk without its body.
-        let body_at = self.spool.append(&id, &a.verified().envelope().encode())?;
         meta.body_at = Some(body_at);
         let (done, landed) = oneshot::channel();
         let pending = PendingPut {
