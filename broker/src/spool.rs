@@ -315,8 +315,12 @@ impl Spool {
     /// Append a body. It is durable after the next [`Spool::sync`] (the store's spool
     /// stage syncs once for every batch of appends).
     pub fn append(&self, id: &[u8; 16], body: &[u8]) -> Result<BodyAt, SpoolError> {
+        // One place for each body given.
         let mut at = self.append_all(&[(id, body)])?;
-        at.pop().ok_or(SpoolError::TooLarge(body.len()))
+        at.pop().ok_or(SpoolError::Io {
+            what: "append body",
+            source: std::io::Error::other("no place given for the body"),
+        })
     }
 
     /// Append bodies, in order, into the active segment with one write (one per

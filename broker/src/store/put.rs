@@ -425,28 +425,26 @@ impl Store {
         trail: &Arc<AuditTrail>,
         audit: Vec<AuditEntry>,
     ) -> Result<(), StoreError> {
-        self.begin_put(a, meta, trail, audit, None, None)?
-            .wait()
-            .map(|_| ())
+        self.begin_put(a, meta, trail, audit)?.wait().map(|_| ())
     }
 
     /// [`Store::put_message`] without waiting: the body is appended to the spool and the
     /// rest queued for the writer thread's next combined transaction. The ticket says
-    /// when it landed.
+    /// when it landed. (The server appends a batch's bodies together and writes each
+    /// with its answer clock: [`Store::append_bodies`], [`Store::begin_put_at`].)
     pub fn begin_put(
         &self,
         a: &Authorised,
         meta: &MessageMeta,
         trail: &Arc<AuditTrail>,
         audit: Vec<AuditEntry>,
-        clock: Option<&AnswerClock>,
-        answer: Option<PendingAnswer>,
     ) -> Result<PutTicket, StoreError> {
+        // One place for each body given.
         let body_at = self.append_bodies(&[a])?.pop().ok_or(StoreError::Corrupt {
             what: "spool",
             reason: "an append gave no place for its body".into(),
         })?;
-        self.begin_put_at(body_at, a, meta, trail, audit, clock, answer)
+        self.begin_put_at(body_at, a, meta, trail, audit, None, None)
     }
 
     /// Append the bodies of authorised messages to the spool together, with one write

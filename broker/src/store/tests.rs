@@ -1213,14 +1213,7 @@ fn a_round_whose_bodies_cannot_be_synced_lands_nothing_and_its_retry_is_accepted
     let (store, trail) = open_in(dir.path());
     let (messages, _) = authorised(3);
     let begin = |store: &Store, trail: &Arc<AuditTrail>, a: &Authorised| {
-        store.begin_put(
-            a,
-            &MessageMeta::accepted(a, Utc::now()),
-            trail,
-            vec![],
-            None,
-            None,
-        )
+        store.begin_put(a, &MessageMeta::accepted(a, Utc::now()), trail, vec![])
     };
     // The writer takes the first round, then waits at its transaction.
     let io = store.puts.io.lock().unwrap();
