@@ -422,9 +422,7 @@ fn check_batch(shared: &Arc<Shared>, jobs: Vec<Job>, memory: &mut verify::KeyMem
     }
     // The bodies of the batch's authorised submissions in one write to the spool.
     let all: Vec<&Authorised> = authorised.iter().map(|(_, a)| a).collect();
-    let appended = shared.store.append_bodies(&all);
-    drop(all);
-    match appended {
+    match shared.store.append_bodies(&all) {
         Ok(appended) => {
             for ((job, a), at) in authorised.into_iter().zip(appended) {
                 let queued = std::time::Instant::now();

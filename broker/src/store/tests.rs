@@ -1165,6 +1165,52 @@ fn a_round_written_into_the_log_is_durable_only_after_a_sync_of_an_unpoisoned_st
     rt.block_on(store.close());
 }
 
+/// Bodies appended together go where their puts find them, and a put that cannot be
+/// queued (here: the store was poisoned between the append and the put) deletes its body;
+/// a poisoned store appends nothing at all.
+#[test]
+fn bodies_appended_together_land_with_their_puts_or_go() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _enter = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, trail) = open_in(dir.path());
+    let (messages, zorg) = authorised(3);
+    let all: Vec<&Authorised> = messages.iter().collect();
+    let at = store.append_bodies(&all).unwrap();
+    assert_eq!(at.len(), 3);
+    assert_eq!(store.spool.bodies(), 3);
+    // The first two are written with their places; the third's put fails and its body goes.
+    for (a, place) in messages.iter().zip(&at).take(2) {
+        let meta = MessageMeta::accepted(a, Utc::now());
+        store
+            .begin_put_at(*place, a, &meta, &trail, vec![], None, None)
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    store.poison.set("a failed fsync (test)");
+    let last = &messages[2];
+    let meta = MessageMeta::accepted(last, Utc::now());
+    assert!(matches!(
+        store.begin_put_at(at[2], last, &meta, &trail, vec![], None, None),
+        Err(StoreError::Poisoned(_))
+    ));
+    assert_eq!(store.spool.bodies(), 2);
+    assert!(store
+        .spool
+        .read(&at[2], &last.header().id.0.into_bytes())
+        .is_err());
+    // Poisoned: nothing more is appended.
+    assert!(matches!(
+        store.append_bodies(&all),
+        Err(StoreError::Poisoned(_))
+    ));
+    assert_eq!(store.spool.bodies(), 2);
+    let fetched = store.fetch(&zorg, 10, &Default::default()).unwrap();
+    assert_eq!(fetched.items.len(), 2);
+    rt.block_on(store.close());
+}
+
 /// A round that finds nothing else waiting is synced and answered by the writer itself;
 /// while the settling thread has rounds out, the writer hands its rounds on to it, so
 /// every round is still answered in order.
