@@ -16,6 +16,16 @@
 //! end to end). Every reader goes through [`Records`], which yields the records one by
 //! one, as before.
 //!
+//! A round of several records is stored **packed** ([`pack_round`]): the byte [`PACKED`],
+//! then the round LZ4-compressed (block format, its length in front), when that is
+//! shorter. A round's records repeat each other's fields, and each its predecessor's hash,
+//! so a round packs to about a quarter to a third: sled writes each node of the tree
+//! whole, again and again, while records wait for the archiver, and the audit records were
+//! over half the bytes it wrote (BENCHMARKS.md, "Audit rounds packed"). A record's JSON
+//! starts with `{`, so a packed value is never mistaken for a plain one, and plain rounds
+//! (all that older versions wrote) read as before. Every reader unpacks
+//! ([`unpack_round`], [`round_holding`]); the archive file holds the records' JSON as ever.
+//!
 //! # Durability and concurrency
 //! [`AuditTrail::append`] writes into sled but does not flush: the broker group-commits
 //! before it answers, so one fsync covers the state change and its audit records.
@@ -50,6 +60,57 @@ pub const RECORDS_TREE: &str = "audit";
 /// every such write and never syncs: a power loss could then lose what the log says is
 /// durable. 17 entries of 4 KiB stay well below that.
 pub const ROUND_BYTES: usize = 4096;
+/// The first byte of a packed round ([`pack_round`]); a plain round starts with a
+/// record's `{`.
+pub const PACKED: u8 = 0x01;
+/// A packed round that says it unpacks to more than this is damaged: rounds are at most
+/// [`ROUND_BYTES`], or one record.
+pub const MAX_UNPACKED: usize = 16 << 20;
+
+/// The value to store for a round (its records' JSON joined by newlines): packed
+/// ([`PACKED`], then the LZ4 block with its length in front) when that is shorter and the
+/// round holds more than one record, else the round as it is.
+pub fn pack_round(round: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    if round.len() > MAX_UNPACKED || !round.contains(&b'\n') {
+        return Cow::Borrowed(round);
+    }
+    let mut packed =
+        Vec::with_capacity(1 + lz4_flex::block::get_maximum_output_size(round.len()) + 4);
+    packed.push(PACKED);
+    packed.extend_from_slice(&lz4_flex::block::compress_prepend_size(round));
+    if packed.len() < round.len() {
+        Cow::Owned(packed)
+    } else {
+        Cow::Borrowed(round)
+    }
+}
+
+/// The records of a stored round (key `first`) as [`round_records`] reads them: a packed
+/// round ([`pack_round`]) unpacked, a plain one as it is. A packed round that does not
+/// unpack is [`AuditError::Corrupt`].
+pub fn unpack_round(first: u64, value: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, AuditError> {
+    use std::borrow::Cow;
+    let Some((&PACKED, packed)) = value.split_first() else {
+        return Ok(Cow::Borrowed(value));
+    };
+    let damaged = |what: &str| AuditError::Corrupt {
+        seq: first,
+        reason: format!("a packed round of records {what}"),
+    };
+    let size = packed
+        .get(..4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(|b| u32::from_le_bytes(b) as usize)
+        .ok_or_else(|| damaged("is cut short"))?;
+    if size > MAX_UNPACKED {
+        return Err(damaged("says it is longer than any round"));
+    }
+    let round = lz4_flex::block::decompress_size_prepended(packed)
+        .map_err(|_| damaged("does not unpack"))?;
+    Ok(Cow::Owned(round))
+}
+
 /// Name of the sled tree that holds the signed checkpoints.
 pub const CHECKPOINTS_TREE: &str = "audit_checkpoints";
 
@@ -118,7 +179,9 @@ impl AuditTrail {
             let (k, v) = item.map_err(storage)?;
             // The archiver moves whole rounds; a round that runs past the mark (none
             // should) stays, and is read from sled beyond the mark.
-            if key_seq(&k).is_some_and(|first| first.saturating_add(round_len(&v) - 1) > mark.seq) {
+            let first = key_seq(&k);
+            let len = unpack_round(first.unwrap_or(0), &v).map_or(1, |r| round_len(&r));
+            if first.is_some_and(|first| first.saturating_add(len - 1) > mark.seq) {
                 continue;
             }
             records.remove(k).map_err(storage)?;
@@ -131,7 +194,10 @@ impl AuditTrail {
             );
         }
         let head = match records.last().map_err(storage)? {
-            Some((k, v)) => ChainHead::recover(Some((&k, &v)))?,
+            Some((k, v)) => {
+                let round = unpack_round(key_seq(&k).unwrap_or(0), &v)?;
+                ChainHead::recover(Some((&k, &round)))?
+            }
             None => match archive.last_line()? {
                 Some(line) => ChainHead::recover(Some((&seq_key(mark.seq), &line)))?,
                 None => ChainHead::genesis(),
@@ -263,12 +329,14 @@ impl AuditTrail {
         match (entries.next(), entries.next()) {
             (None, _) => {}
             (Some((key, bytes)), None) => {
-                self.records.insert(key, bytes).map_err(storage)?;
+                self.records
+                    .insert(key, pack_round(bytes).as_ref())
+                    .map_err(storage)?;
             }
             (Some(first), Some(second)) => {
                 let mut batch = sled::Batch::default();
                 for (key, bytes) in [first, second].into_iter().chain(entries) {
-                    batch.insert(&key, bytes);
+                    batch.insert(&key, pack_round(bytes).as_ref());
                 }
                 self.records.apply_batch(batch).map_err(storage)?;
             }
@@ -471,6 +539,11 @@ impl AuditTrail {
         };
         for item in self.records.range(seq_key(expected)..) {
             let (k, v) = item.map_err(storage)?;
+            // A packed round that does not unpack stays in sled, where `audit verify`
+            // reports it.
+            let Ok(v) = unpack_round(expected, &v) else {
+                break;
+            };
             let n = round_len(&v);
             let moved = expected - mark.seq - 1;
             let full = moved + n > max as u64 || lines.len() + v.len() + 1 > max_bytes;
@@ -567,7 +640,7 @@ impl ChainCursor {
         records: &sled::transaction::TransactionalTree,
     ) -> Result<(), sled::transaction::ConflictableTransactionError<E>> {
         for (key, bytes) in self.rounds.entries() {
-            records.insert(&key, bytes)?;
+            records.insert(&key, pack_round(bytes).as_ref())?;
         }
         Ok(())
     }
@@ -617,10 +690,21 @@ impl ChainLock<'_> {
 }
 
 /// The entry of the records tree (a trail's [`RECORDS_TREE`]) whose round may hold record
-/// `seq`: the last one whose key is at most `seq`, as its first seq and its value. Whether
-/// the round reaches `seq` is [`round_records`]' to say. For readers of a trail and for
-/// tools that look at a stopped broker's database.
+/// `seq`: the last one whose key is at most `seq`, as its first seq and its records
+/// (unpacked, [`unpack_round`]). Whether the round reaches `seq` is [`round_records`]' to
+/// say. For readers of a trail and for tools that look at a stopped broker's database.
 pub fn round_holding(tree: &sled::Tree, seq: u64) -> Result<Option<(u64, sled::IVec)>, AuditError> {
+    match stored_round_holding(tree, seq)? {
+        Some((first, v)) => Ok(Some((first, unpacked(first, v)?))),
+        None => Ok(None),
+    }
+}
+
+/// [`round_holding`] as stored (perhaps packed).
+pub(crate) fn stored_round_holding(
+    tree: &sled::Tree,
+    seq: u64,
+) -> Result<Option<(u64, sled::IVec)>, AuditError> {
     for item in tree.range(..=seq_key(seq)).rev() {
         let (k, v) = item.map_err(storage)?;
         if let Some(first) = key_seq(&k) {
@@ -628,6 +712,14 @@ pub fn round_holding(tree: &sled::Tree, seq: u64) -> Result<Option<(u64, sled::I
         }
     }
     Ok(None)
+}
+
+/// A stored round's value unpacked ([`unpack_round`]), without a copy when it is plain.
+pub(crate) fn unpacked(first: u64, value: sled::IVec) -> Result<sled::IVec, AuditError> {
+    Ok(match unpack_round(first, &value)? {
+        std::borrow::Cow::Borrowed(_) => value,
+        std::borrow::Cow::Owned(round) => sled::IVec::from(round),
+    })
 }
 
 /// Check the whole audit trail in `db` and its archive in `archive_dir` (opened read-only:
@@ -1272,10 +1364,19 @@ mod tests {
             .collect();
         assert!(entries.len() > 1, "{} entries", entries.len());
         let mut next = 1;
-        for (first, v) in &entries {
+        for (first, stored) in &entries {
+            // Stored packed, and shorter than the round.
+            assert_eq!(stored.first(), Some(&PACKED));
+            let v = unpack_round(*first, stored).unwrap();
+            assert!(
+                stored.len() < v.len() / 2,
+                "{} of {}",
+                stored.len(),
+                v.len()
+            );
             assert!(v.len() <= ROUND_BYTES);
             assert_eq!(*first, next);
-            next += round_len(v);
+            next += round_len(&v);
         }
         assert_eq!(next, 41);
         assert_intact(&db, 40);
@@ -1292,6 +1393,89 @@ mod tests {
         assert_intact(&db, 2440);
     }
 
+    /// Records `1..=n` chained from the start, as a round.
+    fn chained_round(n: u64) -> Vec<u8> {
+        let mut head = ChainHead::genesis();
+        let mut lines = Vec::new();
+        for i in 1..=n {
+            let (record, bytes) = head.next(entry(i), secs(i as i64)).unwrap();
+            head.advance(&record);
+            lines.push(bytes);
+        }
+        lines.join(&b'\n')
+    }
+
+    /// Packing leaves single records and rounds that would not shrink as they are, and
+    /// what it packs unpacks to the same bytes.
+    #[test]
+    fn rounds_pack_and_unpack_to_the_same_bytes() {
+        let one = br#"{"seq":1,"event":"accepted"}"#;
+        assert!(matches!(pack_round(one), std::borrow::Cow::Borrowed(_)));
+        // Two short records that do not repeat each other: packed, they would be longer.
+        let short = b"{\"a\":1}\n{\"b\":2}";
+        assert!(matches!(pack_round(short), std::borrow::Cow::Borrowed(_)));
+        for n in [2u64, 5, 9] {
+            let round = chained_round(n);
+            let packed = pack_round(&round);
+            assert_eq!(packed.first(), Some(&PACKED));
+            assert!(packed.len() < round.len());
+            assert_eq!(unpack_round(1, &packed).unwrap().as_ref(), round.as_slice());
+            // A plain round unpacks to itself, without a copy.
+            assert!(matches!(
+                unpack_round(1, &round).unwrap(),
+                std::borrow::Cow::Borrowed(_)
+            ));
+        }
+    }
+
+    /// A packed round cut short, lying about its length or not unpacking is an error
+    /// that names its first record, never a panic or a huge allocation.
+    #[test]
+    fn damaged_packed_rounds_are_errors() {
+        let round = chained_round(3);
+        let packed = pack_round(&round).into_owned();
+        let mut lying = packed.clone();
+        lying[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut flipped = packed.clone();
+        let at = flipped.len() / 2;
+        flipped.truncate(at);
+        for damaged in [vec![PACKED], vec![PACKED, 7, 0], lying, flipped] {
+            assert!(matches!(
+                unpack_round(40, &damaged),
+                Err(AuditError::Corrupt { seq: 40, .. })
+            ));
+        }
+    }
+
+    /// A packed round that does not unpack is reported by `audit verify` (its records
+    /// unreadable or missing), read as an error by `get`, and left in sled by the
+    /// archiver, which moves what comes before it.
+    #[test]
+    fn a_damaged_packed_round_is_reported_and_stays() {
+        let (_dir, db) = db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[3, 4, 2]);
+        let stored = tree(&db).get(seq_key(4)).unwrap().unwrap();
+        assert_eq!(stored.first(), Some(&PACKED));
+        tree(&db)
+            .insert(seq_key(4), &stored[..stored.len() / 2])
+            .unwrap();
+        let report = verify(&db);
+        assert!(!report.is_intact());
+        let found = kinds(&report);
+        assert_eq!(
+            found.first(),
+            Some(&(4, ProblemKind::Unreadable)),
+            "{report}"
+        );
+        assert!(matches!(trail.get(5), Err(AuditError::Corrupt { .. })));
+        assert_eq!(trail.get(2).unwrap().unwrap().seq, 2);
+        assert_eq!(trail.get(9).unwrap().unwrap().seq, 9);
+        assert_eq!(trail.archive(100).unwrap(), 3);
+        assert_eq!(trail.archive(100).unwrap(), 0);
+        assert_eq!(tree(&db).len(), 2);
+    }
+
     /// The outcome of a move of `records` records that did or did not stop at a limit.
     fn moved(records: usize, at_limit: bool) -> Moved {
         Moved { records, at_limit }
@@ -1303,7 +1487,11 @@ mod tests {
         let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
         rounds(&db, &trail, &[3, 4, 2, 6]);
         // A round takes its bytes and a newline in the file.
-        let sizes: Vec<usize> = tree(&db).iter().map(|e| e.unwrap().1.len() + 1).collect();
+        let sizes: Vec<usize> = tree(&db)
+            .iter()
+            .map(|e| e.unwrap())
+            .map(|(k, v)| unpack_round(key_seq(&k).unwrap(), &v).unwrap().len() + 1)
+            .collect();
         assert_eq!(sizes.len(), 4);
         // Room for the first two rounds, one byte short of the third.
         let limit = sizes[0] + sizes[1] + sizes[2] - 1;
