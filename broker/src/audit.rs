@@ -75,14 +75,19 @@ pub fn pack_round(round: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if round.len() > MAX_UNPACKED || !round.contains(&b'\n') {
         return Cow::Borrowed(round);
     }
-    let mut packed =
-        Vec::with_capacity(1 + lz4_flex::block::get_maximum_output_size(round.len()) + 4);
-    packed.push(PACKED);
-    packed.extend_from_slice(&lz4_flex::block::compress_prepend_size(round));
-    if packed.len() < round.len() {
-        Cow::Owned(packed)
-    } else {
-        Cow::Borrowed(round)
+    // The marker, the length (as `decompress_size_prepended` reads it), the block.
+    let Ok(len) = u32::try_from(round.len()) else {
+        return Cow::Borrowed(round);
+    };
+    let mut packed = vec![0u8; 5 + lz4_flex::block::get_maximum_output_size(round.len())];
+    packed[0] = PACKED;
+    packed[1..5].copy_from_slice(&len.to_le_bytes());
+    match lz4_flex::block::compress_into(round, &mut packed[5..]) {
+        Ok(n) if 5 + n < round.len() => {
+            packed.truncate(5 + n);
+            Cow::Owned(packed)
+        }
+        _ => Cow::Borrowed(round),
     }
 }
 
@@ -541,7 +546,7 @@ impl AuditTrail {
             let (k, v) = item.map_err(storage)?;
             // A packed round that does not unpack stays in sled, where `audit verify`
             // reports it.
-            let Ok(v) = unpack_round(expected, &v) else {
+            let Ok(v) = unpack_round(key_seq(&k).unwrap_or(expected), &v) else {
                 break;
             };
             let n = round_len(&v);
@@ -1474,6 +1479,23 @@ mod tests {
         assert_eq!(trail.archive(100).unwrap(), 3);
         assert_eq!(trail.archive(100).unwrap(), 0);
         assert_eq!(tree(&db).len(), 2);
+    }
+
+    /// A trail whose last entry is a packed round that does not unpack is refused at
+    /// open, as one whose last record does not parse: extending it would bury the damage.
+    #[test]
+    fn open_refuses_a_trail_whose_packed_head_does_not_unpack() {
+        let (_dir, db) = db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[3, 4]);
+        drop(trail);
+        let stored = tree(&db).get(seq_key(4)).unwrap().unwrap();
+        assert_eq!(stored.first(), Some(&PACKED));
+        tree(&db).insert(seq_key(4), &stored[..9]).unwrap();
+        assert!(matches!(
+            AuditTrail::open(&db, &adir(), key()),
+            Err(AuditError::Corrupt { seq: 4, .. })
+        ));
     }
 
     /// The outcome of a move of `records` records that did or did not stop at a limit.
