@@ -525,12 +525,6 @@ impl<'a> Records<'a> {
         let from = tree.range(seq_key(self.next)..=seq_key(self.to));
         for item in before.into_iter().chain(from) {
             let (k, v) = item.map_err(storage)?;
-            // A packed round that does not unpack is read as it is stored: one damaged
-            // record, which the checks report (and the rest of its seqs as a gap).
-            let v = match key_seq(&k) {
-                Some(first) => super::unpacked(first, v.clone()).unwrap_or(v),
-                None => v,
-            };
             let Some(first) = key_seq(&k) else {
                 items.push((k.to_vec(), v.to_vec()));
                 if items.len() >= CHUNK {
@@ -538,6 +532,9 @@ impl<'a> Records<'a> {
                 }
                 continue;
             };
+            // A packed round that does not unpack is read as it is stored: one damaged
+            // record, which the checks report (and the rest of its seqs as a gap).
+            let v = super::unpacked(first, v.clone()).unwrap_or(v);
             if first > expected && self.archive.mark().seq >= expected {
                 // Moved to the file meanwhile: the rest is read there.
                 break;
