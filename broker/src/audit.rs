@@ -1584,6 +1584,36 @@ mod tests {
         tree(db).insert(seq_key(first), lines.join(&b'\n')).unwrap();
     }
 
+    /// Plain rounds, as a version before packing wrote them, beside packed ones: read,
+    /// verified and archived as before, the file holding the same lines either way.
+    #[test]
+    fn plain_rounds_of_an_older_version_read_and_archive_as_before() {
+        let (_dir, db) = self::db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[3, 4, 2, 5]);
+        let mut lines = Vec::new();
+        for first in [1u64, 4, 8, 10] {
+            let (at, round) = round_of(&db, first);
+            assert_eq!(at, first);
+            lines.extend(round.iter().cloned());
+            if first % 2 == 0 {
+                // Stored plain, as before packing.
+                put_round(&db, first, &round);
+                let stored = tree(&db).get(seq_key(first)).unwrap().unwrap();
+                assert_eq!(stored.first(), Some(&b'{'));
+            }
+        }
+        assert_intact(&db, 14);
+        assert_eq!(trail.get(5).unwrap().unwrap().seq, 5);
+        assert_eq!(trail.get(12).unwrap().unwrap().seq, 12);
+        assert_eq!(trail.archive(100).unwrap(), 14);
+        assert!(tree(&db).is_empty());
+        let mut file = lines.join(&b'\n');
+        file.push(b'\n');
+        assert_eq!(std::fs::read(archive_file()).unwrap(), file);
+        assert_intact(&db, 14);
+    }
+
     #[test]
     fn verify_reports_damage_inside_a_round_record_by_record() {
         // A record inside a round edited: that record, nothing else.
