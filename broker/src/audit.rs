@@ -633,19 +633,43 @@ pub struct ChainLock<'a> {
 pub struct ChainCursor {
     head: ChainHead,
     rounds: Rounds,
+    /// The rounds' entries packed ([`ChainCursor::pack`]); `None` until then, and again
+    /// once another record is staged.
+    packed: Option<Vec<([u8; 8], Vec<u8>)>>,
 }
 
 impl ChainCursor {
+    /// Pack the rounds staged so far ([`pack_round`]) ahead of the transaction, which then
+    /// only inserts them: while a sled transaction runs, every reader of its trees waits.
+    /// For a caller that stages its records before the transaction (the message writes).
+    pub fn pack(&mut self) {
+        let packed = self
+            .rounds
+            .entries()
+            .map(|(key, bytes)| (key, pack_round(bytes).into_owned()))
+            .collect();
+        self.packed = Some(packed);
+    }
+
     /// Write the records staged ([`ChainLock::stage`]) into `records` (the transactional
-    /// view of [`AuditTrail::records_tree`]) in rounds: one insert for up to
+    /// view of [`AuditTrail::records_tree`]) in rounds, packed: one insert for up to
     /// [`ROUND_BYTES`] of records; nothing when none was staged. Call it once, at the end
     /// of the transaction.
     pub fn write<E>(
         &self,
         records: &sled::transaction::TransactionalTree,
     ) -> Result<(), sled::transaction::ConflictableTransactionError<E>> {
-        for (key, bytes) in self.rounds.entries() {
-            records.insert(&key, pack_round(bytes).as_ref())?;
+        match &self.packed {
+            Some(packed) => {
+                for (key, value) in packed {
+                    records.insert(key, value.as_slice())?;
+                }
+            }
+            None => {
+                for (key, bytes) in self.rounds.entries() {
+                    records.insert(&key, pack_round(bytes).as_ref())?;
+                }
+            }
         }
         Ok(())
     }
@@ -669,6 +693,7 @@ impl ChainLock<'_> {
                 time: self.head.time,
             },
             rounds: Rounds::new(ROUND_BYTES),
+            packed: None,
         }
     }
 
@@ -685,6 +710,7 @@ impl ChainLock<'_> {
         let (record, bytes) = cursor.head.next(entry, now)?;
         cursor.rounds.push(record.seq, &bytes);
         cursor.head.advance(&record);
+        cursor.packed = None;
         Ok(())
     }
 
@@ -1479,6 +1505,46 @@ mod tests {
         assert_eq!(trail.archive(100).unwrap(), 3);
         assert_eq!(trail.archive(100).unwrap(), 0);
         assert_eq!(tree(&db).len(), 2);
+    }
+
+    /// Rounds packed ahead of the transaction ([`ChainCursor::pack`]) are stored as
+    /// packing them inside it stores them; a record staged after the packing is not lost.
+    #[test]
+    fn rounds_packed_ahead_are_written_as_packed_inside() {
+        use sled::transaction::{ConflictableTransactionError, Transactional};
+        let (_dir, db) = self::db();
+        let trail = AuditTrail::open(&db, &adir(), key()).unwrap();
+        rounds(&db, &trail, &[20]);
+        let inside: Vec<(sled::IVec, sled::IVec)> = tree(&db).iter().map(|e| e.unwrap()).collect();
+        assert!(inside.len() > 1);
+        assert_intact(&db, 20);
+        for pack_again in [true, false] {
+            let (_dir2, db2) = self::db();
+            let adir2 = _dir2.path().join("audit");
+            let trail2 = AuditTrail::open(&db2, &adir2, key()).unwrap();
+            let chain = trail2.lock_chain();
+            let mut cursor = chain.cursor();
+            for i in 1..=19 {
+                chain.stage(&mut cursor, entry(i), secs(i as i64)).unwrap();
+            }
+            cursor.pack();
+            // Staged after the packing: that packing no longer holds.
+            chain.stage(&mut cursor, entry(20), secs(20)).unwrap();
+            if pack_again {
+                cursor.pack();
+            }
+            [&tree(&db2)]
+                .as_slice()
+                .transaction(|views| {
+                    cursor.write::<()>(&views[0])?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .unwrap();
+            chain.advance(cursor);
+            let ahead: Vec<(sled::IVec, sled::IVec)> =
+                tree(&db2).iter().map(|e| e.unwrap()).collect();
+            assert_eq!(ahead, inside, "packed again: {pack_again}");
+        }
     }
 
     /// A trail whose last entry is a packed round that does not unpack is refused at

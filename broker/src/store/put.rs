@@ -864,10 +864,12 @@ impl Store {
         let mut attempts = 0;
         let result = loop {
             attempts += 1;
-            let (prepared, cursor) = match self.prepare_puts(batch, &chain) {
+            let (prepared, mut cursor) = match self.prepare_puts(batch, &chain) {
                 Ok(prepared) => prepared,
                 Err(e) => break Err(e),
             };
+            // Packed before the transaction, which then only writes.
+            cursor.pack();
             let tx = (
                 &self.meta,
                 &self.queue,
