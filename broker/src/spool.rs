@@ -368,9 +368,20 @@ impl Spool {
                 records.extend_from_slice(body);
                 active.len += record;
             }
-            active.file.write_all_at(&records, from)
+            active.file.write_all_at(&records, from)?;
+            // A write that fails after its bytes reached the file, as a full disk can.
+            if crate::failpoint::fault("spool", "append") {
+                return Err(std::io::Error::other("injected fault"));
+            }
+            Ok(())
         })();
         if let Err(e) = written {
+            // What the failed write may have put there goes, so the segment still ends in
+            // zeros where its records end; should this write fail too, the next append
+            // overwrites from `start`, and the segment goes once its bodies are gone.
+            if let Err(z) = write_zeros(&active.file, start, active.len - start) {
+                tracing::error!(cause = %z, "cannot zero what a failed append wrote");
+            }
             active.len = start;
             return Err(io("append body")(e));
         }

@@ -17,6 +17,13 @@
 //! cursor moved, not yet durable), `alert.accepted` (a receiver took an alert, not yet
 //! recorded) and `alert.recorded` (its `alert_sent` record is in sled). The agent's points are named `agent-...`. The
 //! crash tests list every point they use.
+//!
+//! Faults are the other kind of point: where [`fault`] is asked, the code fails as the
+//! system under it can (a write that returns an error), and the process goes on. The
+//! environment variable `KETENPOST_FAULT` names the point and how often: `<op>.<stage>`
+//! fails its first hit, `<op>.<stage>*N` its first `N`. The broker's: `spool.append` (the
+//! check stage's one write of a batch's bodies fails after its bytes were written, as a
+//! full disk or an I/O error can).
 
 /// The environment variable that names the point to crash at.
 pub const ENV: &str = "KETENPOST_FAILPOINT";
@@ -104,3 +111,74 @@ impl ketenpost_core::clock::Clock for FileClock {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn hit(_op: &str, _stage: &str) {}
+
+/// The environment variable that names the fault to inject, and how often.
+pub const FAULT_ENV: &str = "KETENPOST_FAULT";
+
+/// The point and the number of hits to fail that `KETENPOST_FAULT`'s value names:
+/// `<point>` (once) or `<point>*N`. `None` for an empty point or a count that is not a
+/// number.
+pub fn parse_fault(value: &str) -> Option<(&str, u64)> {
+    let (point, times) = match value.rsplit_once('*') {
+        Some((point, n)) => (point, n.trim().parse().ok()?),
+        None => (value, 1),
+    };
+    let point = point.trim();
+    (!point.is_empty()).then_some((point, times))
+}
+
+/// Whether the code at `<op>.<stage>` must fail now: `KETENPOST_FAULT` names the point,
+/// and fewer hits than it allows have failed so far in this process.
+#[cfg(feature = "failpoints")]
+pub fn fault(op: &str, stage: &str) -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static FAILED: AtomicU64 = AtomicU64::new(0);
+    let armed = ARMED.get_or_init(|| {
+        let value = std::env::var(FAULT_ENV).ok()?;
+        parse_fault(&value).map(|(point, times)| (point.to_owned(), times))
+    });
+    let Some((point, times)) = armed else {
+        return false;
+    };
+    if point.len() != op.len() + 1 + stage.len()
+        || !point.starts_with(op)
+        || !point.ends_with(stage)
+        || point.as_bytes().get(op.len()) != Some(&b'.')
+    {
+        return false;
+    }
+    let failed = FAILED
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < *times).then_some(n + 1)
+        })
+        .is_ok();
+    if failed {
+        tracing::warn!(point = point.as_str(), "fault injected");
+    }
+    failed
+}
+
+/// Faults are compiled out.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn fault(_op: &str, _stage: &str) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_fault;
+
+    #[test]
+    fn a_fault_names_its_point_and_how_often() {
+        assert_eq!(parse_fault("spool.append"), Some(("spool.append", 1)));
+        assert_eq!(parse_fault("spool.append*3"), Some(("spool.append", 3)));
+        assert_eq!(parse_fault(" spool.append * 2"), Some(("spool.append", 2)));
+        assert_eq!(parse_fault("spool.append*"), None);
+        assert_eq!(parse_fault("spool.append*many"), None);
+        assert_eq!(parse_fault(""), None);
+        assert_eq!(parse_fault("*2"), None);
+    }
+}
