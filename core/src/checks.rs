@@ -180,6 +180,19 @@ impl MessageMeta {
         let h = a.header();
         let recipients: std::collections::BTreeSet<Oin> =
             a.recipients().iter().map(|(o, _)| o.clone()).collect();
+        // Each recipient's view is the first body that names it (`Header::body_for`).
+        let mut views = std::collections::BTreeMap::new();
+        for (i, body) in h.bodies.iter().enumerate() {
+            let Ok(index) = u16::try_from(i) else { break };
+            for r in body.recipients.iter().filter(|r| recipients.contains(*r)) {
+                views
+                    .entry(r.clone())
+                    .or_insert_with(|| crate::message::View {
+                        index,
+                        sha256: body.sha256.clone(),
+                    });
+            }
+        }
         MessageMeta {
             id: h.id,
             sender: h.sender.clone(),
@@ -194,6 +207,7 @@ impl MessageMeta {
             trace_id: h.trace_id.to_string(),
             body_at: None,
             queue_seqs: std::collections::BTreeMap::new(),
+            views,
         }
     }
 }

@@ -419,6 +419,7 @@ mod tests {
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
             body_at: None,
             queue_seqs: Default::default(),
+            views: Default::default(),
         }
     }
 
@@ -645,6 +646,7 @@ mod answer_by_tests {
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
             body_at: None,
             queue_seqs: Default::default(),
+            views: Default::default(),
         };
         let roles = [
             (gem.clone(), Role::new("gemeente")),
@@ -689,6 +691,7 @@ mod answer_request_tests {
             trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
             body_at: None,
             queue_seqs: Default::default(),
+            views: Default::default(),
         }
     }
 

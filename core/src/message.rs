@@ -75,6 +75,22 @@ pub struct MessageMeta {
     /// the store).
     #[serde(default)]
     pub queue_seqs: BTreeMap<Oin, u64>,
+    /// Each recipient's view of the envelope, as its header lists them (set at acceptance),
+    /// so that a fetch or a receipt needs no parse of the stored header. Empty in metadata
+    /// written before: then they are read from the body.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub views: BTreeMap<Oin, View>,
+}
+
+/// A recipient's view of an envelope: the index of its body among the header's bodies, and
+/// that body's SHA-256 (lowercase hex, as the header lists it and a delivery receipt
+/// names it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// The index of its body in the header's `bodies`.
+    pub index: u16,
+    /// The SHA-256 of that body (64 lowercase hex digits).
+    pub sha256: String,
 }
 
 mod codec;

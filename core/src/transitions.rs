@@ -66,9 +66,10 @@ fn conflict(reason: String) -> Rejection {
 /// holds it now.
 ///
 /// - `meta`: the message's metadata, `None` when the broker holds no such message.
-/// - `view_digest`: the SHA-256 the message's header lists for `recipient`'s view (the
-///   body is immutable, so the store may read it before the transaction); `None` when the
-///   body cannot be read.
+/// - `view_digest`: the SHA-256 the message's header lists for `recipient`'s view, as the
+///   store keeps it with the metadata since acceptance (the header never changes, so the
+///   store may read it before the transaction); `None` when it has none (for metadata
+///   from before views were kept, when the body cannot be read).
 /// - `clock`: the message's answer clock, if it has one; the recipient's answer deadline
 ///   starts now.
 ///

@@ -129,8 +129,9 @@ pub(super) struct Receipt {
 }
 
 /// A receipt that passed its checks, with the digest of the receipting party's view of
-/// the message (`Store::view_digest_upto`, read once the checks passed, for a body of at
-/// most [`DIGEST_IN_STAGE`] bytes) and the record itself; or why it was refused.
+/// the message (`Store::view_digest_upto`, read once the checks passed: from the
+/// metadata, or for metadata from before views were kept with it, from a body of at most
+/// [`DIGEST_IN_STAGE`] bytes) and the record itself; or why it was refused.
 pub(super) type ReceiptChecked = Result<
     (
         DeliveryReceipt,
@@ -140,7 +141,8 @@ pub(super) type ReceiptChecked = Result<
     Rejection,
 >;
 
-/// Longest body whose view digest the check stage reads itself. A longer one (up to
+/// Longest body whose view digest the check stage reads itself, for metadata without the
+/// views (written by an older version). A longer one (up to
 /// `limits.max_envelope_bytes`) is read by the receipt's own task on the blocking pool,
 /// so that no check thread, and no submission waiting for one, waits on a long read.
 pub(super) const DIGEST_IN_STAGE: u32 = 256 * 1024;

@@ -138,8 +138,9 @@ impl Store {
     }
 
     /// The SHA-256 the header of a held message lists for `recipient`'s view: what that
-    /// recipient's receipt must name. `None` when the broker holds no such message, its
-    /// body cannot be read, or the recipient has no view in it; also when `recipient` is
+    /// recipient's receipt must name. `None` when the broker holds no such message or the
+    /// recipient has no view in it, and for metadata written before views were kept with
+    /// it ([`MessageMeta::views`]), when its body cannot be read; also when `recipient` is
     /// not waiting for it (not a recipient, or receipted already), whose receipt the
     /// transition decides without a digest (`transitions::receipt`), so no body is read
     /// for it. A body never changes and a recipient never waits again, so this may be read
@@ -155,9 +156,10 @@ impl Store {
         }
     }
 
-    /// [`Store::view_digest`] when the body is at most `max_body` bytes long; a longer
-    /// body is not read ([`ViewDigest::Larger`]): a caller that must not wait on a long
-    /// read (the check stage) leaves it to one that may.
+    /// [`Store::view_digest`], from the metadata; for metadata from before views were kept
+    /// with it, when the body is at most `max_body` bytes long: a longer body is not read
+    /// ([`ViewDigest::Larger`]), and a caller that must not wait on a long read (the check
+    /// stage) leaves it to one that may.
     pub fn view_digest_upto(
         &self,
         id: &MessageId,
@@ -169,6 +171,11 @@ impl Store {
         };
         if !meta.pending.contains(recipient) {
             return Ok(ViewDigest::Read(None));
+        }
+        // Kept with the metadata since it was accepted; metadata from before has it only in
+        // the body's header.
+        if let Some(view) = meta.views.get(recipient) {
+            return Ok(ViewDigest::Read(Some(view.sha256.clone())));
         }
         if meta.body_at.as_ref().is_some_and(|at| at.len > max_body) {
             return Ok(ViewDigest::Larger);
@@ -249,12 +256,16 @@ pub(super) fn queue_entries(block: &[u8]) -> Option<impl Iterator<Item = (u64, [
 /// [`Envelope::delivery_bytes`]). `None` (logged) when the stored envelope does not decode
 /// or names no body for `party`, which an accepted message always does.
 pub(super) fn delivery_for(stored: &[u8], party: &Oin, meta: &MessageMeta) -> Option<Vec<u8>> {
-    // Without size limits: it passed the submission's limits when it was accepted.
-    let delivery = Envelope::view_of(stored, party).and_then(|view| {
-        let (index, _) =
-            view.ok_or_else(|| ketenpost_schemas::Error::NotARecipient(party.to_string()))?;
-        Envelope::delivery_bytes(stored, index)
-    });
+    // Without size limits: it passed the submission's limits when it was accepted. The
+    // view is kept with the metadata; metadata from before has it only in the header.
+    let index = match meta.views.get(party) {
+        Some(view) => Ok(usize::from(view.index)),
+        None => Envelope::view_of(stored, party).and_then(|view| {
+            view.map(|(index, _)| index)
+                .ok_or_else(|| ketenpost_schemas::Error::NotARecipient(party.to_string()))
+        }),
+    };
+    let delivery = index.and_then(|index| Envelope::delivery_bytes(stored, index));
     match delivery {
         Ok(d) => Some(d),
         Err(e) => {

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use ketenpost_core::checks::Authorised;
 use ketenpost_core::message::MessageMeta;
 use ketenpost_core::registry::Registry as _;
+use ketenpost_schemas::envelope::Envelope;
 use ketenpost_schemas::ids::{MessageId, Oin};
 use ketenpost_schemas::protocol::Delivery;
 
@@ -611,7 +612,7 @@ fn a_fetch_leaves_out_the_messages_it_is_told_to_skip_and_counts_them_not_agains
 }
 
 #[test]
-fn a_damaged_body_is_neither_delivered_nor_receipted_and_blocks_nothing() {
+fn a_damaged_body_is_not_delivered_blocks_nothing_and_goes_with_its_receipt() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _in_runtime = rt.enter();
     let dir = tempfile::tempdir().unwrap();
@@ -652,7 +653,10 @@ fn a_damaged_body_is_neither_delivered_nor_receipted_and_blocks_nothing() {
         ),
         other => panic!("expected the intact message alone: {other:?}"),
     }
-    // A receipt cannot be checked against a body that does not read: refused, kept.
+    // A receipt is checked against the digest the header lists, kept with the metadata,
+    // not against the broker's copy: one that names it is the recipient's signed word
+    // that it holds that view (fetched before the damage, or had from elsewhere), and the
+    // damaged copy goes as any receipted body does. One naming another digest is refused.
     let forwarded = SignedRecord {
         kind: Kind::DeliveryReceipt,
         signer: zorg.clone(),
@@ -661,9 +665,22 @@ fn a_damaged_body_is_neither_delivered_nor_receipted_and_blocks_nothing() {
     };
     let first = messages[0].header();
     let sha = first.body_for(&zorg).unwrap().1.sha256.clone();
-    let refused = receipt(&store, &trail, &zorg, &first.id, &sha, &forwarded);
+    let refused = receipt(
+        &store,
+        &trail,
+        &zorg,
+        &first.id,
+        &"0".repeat(64),
+        &forwarded,
+    );
     assert_eq!(refused.unwrap_err().code, RejectCode::Conflict);
     assert_eq!(store.bodies_held().unwrap(), 2);
+    receipt(&store, &trail, &zorg, &first.id, &sha, &forwarded).unwrap();
+    assert_eq!(store.bodies_held().unwrap(), 1);
+    assert!(!on_disk(
+        &spool_dir,
+        &damaged[damaged.len() / 4..damaged.len() / 2]
+    ));
     rt.block_on(store.close());
 }
 
@@ -1344,12 +1361,13 @@ fn a_commit_that_waits_for_the_settling_sync_fails_when_the_store_is_poisoned_me
     rt.block_on(store.close());
 }
 
-/// The digest a receipt must name is read from the body for a recipient still waiting for
-/// the message; a body longer than the caller's limit is left unread (`Larger`); for a
-/// party that does not wait for it (not a recipient, or receipted already) nothing is
-/// read, whatever the limit, and the answer is the same as without a body.
+/// The digest a receipt must name comes from the metadata, for a recipient still waiting
+/// for the message, whatever the caller's limit; for metadata written before views were
+/// kept with it, from the body, and a body longer than the caller's limit is left unread
+/// (`Larger`). For a party that does not wait for it (not a recipient, or receipted
+/// already) nothing is read, and the answer is the same as without a body.
 #[test]
-fn a_view_digest_reads_the_body_only_for_a_waiting_recipient_and_within_the_limit() {
+fn a_view_digest_comes_from_the_metadata_or_from_the_body_within_the_limit() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _in_runtime = rt.enter();
     let dir = tempfile::tempdir().unwrap();
@@ -1359,7 +1377,21 @@ fn a_view_digest_reads_the_body_only_for_a_waiting_recipient_and_within_the_limi
     let header = messages[0].header();
     let (id, sender) = (header.id, header.sender.clone());
     let sha = header.body_for(&zorg).unwrap().1.sha256.clone();
-    let len = store.meta(&id).unwrap().unwrap().body_at.unwrap().len;
+    let meta = store.meta(&id).unwrap().unwrap();
+    let len = meta.body_at.unwrap().len;
+    assert_eq!(
+        store.view_digest_upto(&id, &zorg, 0).unwrap(),
+        ViewDigest::Read(Some(sha.clone()))
+    );
+    // As metadata from before views were kept with it.
+    let before = MessageMeta {
+        views: Default::default(),
+        ..meta
+    };
+    store
+        .meta
+        .insert(id.0.as_bytes(), before.to_bytes())
+        .unwrap();
     assert_eq!(
         store.view_digest_upto(&id, &zorg, len).unwrap(),
         ViewDigest::Read(Some(sha.clone()))
@@ -1391,6 +1423,61 @@ fn a_view_digest_reads_the_body_only_for_a_waiting_recipient_and_within_the_limi
         store.view_digest_upto(&id, &zorg, 0).unwrap(),
         ViewDigest::Read(None)
     );
+    rt.block_on(store.close());
+}
+
+/// Each recipient of a message with several views is delivered its own view and names its
+/// own digest, the same from the views kept with the metadata as from the stored header.
+#[test]
+fn each_recipient_gets_its_own_view_from_the_metadata_as_from_the_header() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let fx = ketenpost_core::testing::Fx::new();
+    let (store, trail) = open_in(dir.path());
+    let a = put_signaal(&fx, &store, &trail);
+    let id = a.header().id;
+    let stored = a.verified().envelope().encode();
+    let parties = [fx.zorg.oin.clone(), fx.gem.oin.clone()];
+    let expected: Vec<(Vec<u8>, String)> = parties
+        .iter()
+        .map(|p| {
+            let (index, body) = a.header().body_for(p).unwrap();
+            (
+                Envelope::delivery_bytes(&stored, index).unwrap(),
+                body.sha256.clone(),
+            )
+        })
+        .collect();
+    assert_ne!(expected[0], expected[1], "two views");
+    let delivered = |p: &Oin| -> Vec<u8> {
+        let Fetched { items, .. } = store.fetch(p, 10, &Default::default()).unwrap();
+        match &items[..] {
+            [Delivery::Message { envelope, .. }] => {
+                ketenpost_schemas::protocol::envelope_from_b64(envelope).unwrap()
+            }
+            other => panic!("not one message: {other:?}"),
+        }
+    };
+    let meta = store.meta(&id).unwrap().unwrap();
+    assert_eq!(meta.views.len(), 2);
+    for (p, (bytes, sha)) in parties.iter().zip(&expected) {
+        assert_eq!(&delivered(p), bytes);
+        assert_eq!(store.view_digest(&id, p).unwrap().as_ref(), Some(sha));
+    }
+    // As metadata from before views were kept with it: the same, from the header.
+    let before = MessageMeta {
+        views: Default::default(),
+        ..meta
+    };
+    store
+        .meta
+        .insert(id.0.as_bytes(), before.to_bytes())
+        .unwrap();
+    for (p, (bytes, sha)) in parties.iter().zip(&expected) {
+        assert_eq!(&delivered(p), bytes);
+        assert_eq!(store.view_digest(&id, p).unwrap().as_ref(), Some(sha));
+    }
     rt.block_on(store.close());
 }
 

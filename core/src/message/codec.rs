@@ -20,14 +20,16 @@
 //! | str | trace id |
 //! | 1 (+16) | body location: `0`, or `1` and [`BodyAt::to_bytes`] |
 //! | 2 | number of recipients |
-//! | per recipient: str, 1 (+8) | the OIN, flags (`1` pending, `2` fetched, `4` has a queue sequence number), and the sequence number if it has one |
+//! | per recipient: str, 1 (+8) (+34) | the OIN, flags (`1` pending, `2` fetched, `4` has a queue sequence number, `8` has its view), the sequence number if it has one, and its view if it has one: the index of its body (u16) and that body's SHA-256 (32 bytes) |
 //!
 //! `str` is a length (u16) and that many bytes of UTF-8. Integers are big-endian.
 //!
 //! Metadata written before this encoding is JSON, whose first byte is `{`; it still reads,
 //! and is written in this encoding at its next change. Metadata this encoding cannot hold
-//! losslessly (a pending or fetched party, or a queue entry, that is not a recipient; a
-//! string longer than 65,535 bytes) is written as JSON: decoding never guesses.
+//! losslessly (a pending or fetched party, a queue entry or a view that is not a
+//! recipient's; a string longer than 65,535 bytes; a view's SHA-256 that is not 64
+//! lowercase hex digits) is written as JSON: decoding never guesses. A version before the
+//! views refuses metadata with a view (its flag is unknown there) rather than misread it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
@@ -36,7 +38,7 @@ use chrono::{DateTime, Utc};
 use ketenpost_schemas::ids::{CaseRef, MessageId, Oin};
 use ketenpost_schemas::kind::Kind;
 
-use super::{BodyAt, MessageMeta};
+use super::{BodyAt, MessageMeta, View};
 
 /// The first byte of the binary encoding (JSON begins with `{`).
 pub const FORMAT_V1: u8 = 1;
@@ -44,6 +46,7 @@ pub const FORMAT_V1: u8 = 1;
 const PENDING: u8 = 1;
 const FETCHED: u8 = 2;
 const HAS_SEQ: u8 = 4;
+const HAS_VIEW: u8 = 8;
 
 /// Why stored metadata does not decode.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -96,6 +99,7 @@ fn encode(m: &MessageMeta) -> Option<Vec<u8>> {
     if !subset(&m.pending)
         || !subset(&m.fetched)
         || !m.queue_seqs.keys().all(|r| m.recipients.contains(r))
+        || !m.views.keys().all(|r| m.recipients.contains(r))
         || m.recipients.len() > usize::from(u16::MAX)
     {
         return None;
@@ -131,12 +135,53 @@ fn encode(m: &MessageMeta) -> Option<Vec<u8>> {
         if seq.is_some() {
             flags |= HAS_SEQ;
         }
+        let view = match m.views.get(r) {
+            Some(v) => Some((v.index, sha256_bytes(&v.sha256)?)),
+            None => None,
+        };
+        if view.is_some() {
+            flags |= HAS_VIEW;
+        }
         out.push(flags);
         if let Some(seq) = seq {
             out.extend_from_slice(&seq.to_be_bytes());
         }
+        if let Some((index, sha256)) = view {
+            out.extend_from_slice(&index.to_be_bytes());
+            out.extend_from_slice(&sha256);
+        }
     }
     Some(out)
+}
+
+/// The 32 bytes of a SHA-256 written as 64 lowercase hex digits; `None` for anything else
+/// (which would not be read back as written).
+fn sha256_bytes(hex: &str) -> Option<[u8; 32]> {
+    let digits = hex.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *o = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// 64 lowercase hex digits.
+fn sha256_hex(bytes: &[u8; 32]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
@@ -213,14 +258,20 @@ fn decode(bytes: &[u8]) -> Result<MessageMeta, MetaFormatError> {
     let (mut recipients, mut pending, mut fetched) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let mut queue_seqs = BTreeMap::new();
+    let mut views = BTreeMap::new();
     for _ in 0..count {
         let oin: Oin = r.parsed("recipient")?;
         let [flags] = r.take::<1>("recipient flags")?;
-        if flags & !(PENDING | FETCHED | HAS_SEQ) != 0 {
+        if flags & !(PENDING | FETCHED | HAS_SEQ | HAS_VIEW) != 0 {
             return Err(MetaFormatError::Invalid("recipient flags"));
         }
         if flags & HAS_SEQ != 0 {
             queue_seqs.insert(oin.clone(), u64::from_be_bytes(r.take("queue sequence")?));
+        }
+        if flags & HAS_VIEW != 0 {
+            let index = u16::from_be_bytes(r.take("view index")?);
+            let sha256 = sha256_hex(&r.take::<32>("view digest")?);
+            views.insert(oin.clone(), View { index, sha256 });
         }
         if flags & PENDING != 0 {
             pending.insert(oin.clone());
@@ -251,6 +302,7 @@ fn decode(bytes: &[u8]) -> Result<MessageMeta, MetaFormatError> {
         trace_id,
         body_at,
         queue_seqs,
+        views,
     })
 }
 
@@ -286,7 +338,25 @@ mod tests {
                 offset: 1 << 33,
                 len: 1234,
             }),
-            queue_seqs: [(a, 7), (c, u64::MAX)].into(),
+            queue_seqs: [(a.clone(), 7), (c.clone(), u64::MAX)].into(),
+            views: [
+                (
+                    a,
+                    View {
+                        index: 0,
+                        sha256: "0f".repeat(32),
+                    },
+                ),
+                (
+                    c,
+                    View {
+                        index: 2,
+                        sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                            .to_owned(),
+                    },
+                ),
+            ]
+            .into(),
         }
     }
 
@@ -307,6 +377,7 @@ mod tests {
         let bare = MessageMeta {
             body_at: None,
             queue_seqs: BTreeMap::new(),
+            views: BTreeMap::new(),
             fetched: BTreeSet::new(),
             kind: Kind::Covenant(
                 ketenpost_schemas::kind::KindName::new("risicotaxatie").expect("valid name"),
@@ -314,6 +385,26 @@ mod tests {
             ..m
         };
         assert_eq!(MessageMeta::from_bytes(&bare.to_bytes()), Ok(bare));
+    }
+
+    #[test]
+    fn a_view_the_binary_form_cannot_hold_goes_to_json() {
+        for sha256 in ["0F".repeat(32), "0f".repeat(31), "0g".repeat(32)] {
+            let mut m = meta();
+            m.views.insert(oin(2), View { index: 1, sha256 });
+            let bytes = m.to_bytes();
+            assert_eq!(bytes[0], b'{');
+            assert_eq!(MessageMeta::from_bytes(&bytes), Ok(m));
+        }
+        let mut m = meta();
+        m.views.insert(
+            oin(5),
+            View {
+                index: 1,
+                sha256: "00".repeat(32),
+            },
+        );
+        assert_eq!(m.to_bytes()[0], b'{');
     }
 
     #[test]
