@@ -675,7 +675,7 @@ fn a_damaged_body_is_not_delivered_blocks_nothing_and_goes_with_its_receipt() {
     );
     assert_eq!(refused.unwrap_err().code, RejectCode::Conflict);
     assert_eq!(store.bodies_held().unwrap(), 2);
-    receipt(&store, &trail, &zorg, &first.id, &sha, &forwarded).unwrap();
+    let _applied = receipt(&store, &trail, &zorg, &first.id, &sha, &forwarded).unwrap();
     assert_eq!(store.bodies_held().unwrap(), 1);
     assert!(!on_disk(
         &spool_dir,
