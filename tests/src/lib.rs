@@ -677,3 +677,16 @@ pub fn signaal(case: &CaseRef, consent: uuid::Uuid, to: &[(&Oin, &str)]) -> Resu
     d.event_time = Some(Utc::now() - chrono::Duration::hours(1));
     Ok(d)
 }
+
+/// Whether any file in `dir` (not its subdirectories) holds `needle`: a body or a record
+/// that must be gone from a data directory.
+pub fn on_disk(dir: &Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|e| {
+        std::fs::read(e.path())
+            .map(|b| b.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or(false)
+    })
+}

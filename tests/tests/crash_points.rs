@@ -39,7 +39,9 @@ use ketenpost_schemas::policy::Role;
 use ketenpost_schemas::protocol::{envelope_from_b64, Delivery, RejectCode, Request, Response};
 use ketenpost_schemas::seal::Draft;
 use ketenpost_schemas::testdata::TEST_POLICY;
-use ketenpost_tests::{case_with_consent, signaal, BrokerProcess, Fed, PartyKeys, REQUEST_TIMEOUT};
+use ketenpost_tests::{
+    case_with_consent, on_disk, signaal, BrokerProcess, Fed, PartyKeys, REQUEST_TIMEOUT,
+};
 use ketenpost_transport::client::Client;
 
 const HOUR: i64 = 3600;
@@ -653,18 +655,6 @@ fn check_disk(
         0,
         "{point}: answered in time, yet overdue"
     );
-}
-
-/// Whether `needle` occurs in any file under `dir`.
-fn on_disk(dir: &Path, needle: &[u8]) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.filter_map(Result::ok).any(|e| {
-        std::fs::read(e.path())
-            .map(|b| b.windows(needle.len()).any(|w| w == needle))
-            .unwrap_or(false)
-    })
 }
 
 /// Whether the file system of `dir` takes direct writes (the audit archive's appends).

@@ -16,29 +16,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ketenpost_audit::{AuditEvent, AuditRecord};
 use ketenpost_schemas::envelope::{Envelope, Limits};
 use ketenpost_schemas::ids::MessageId;
 use ketenpost_schemas::protocol::{AcceptFlag, RejectCode, Request, Response};
 use ketenpost_schemas::testdata::TEST_POLICY;
-use ketenpost_tests::{drain, BrokerProcess, Fed, Trio, REQUEST_TIMEOUT};
+use ketenpost_tests::{drain, on_disk, BrokerProcess, Fed, Trio, REQUEST_TIMEOUT};
 
 /// Messages submitted at once.
 const MESSAGES: usize = 16;
-
-/// Whether any file in `dir` holds `needle`.
-fn on_disk(dir: &Path, needle: &[u8]) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.filter_map(Result::ok).any(|e| {
-        std::fs::read(e.path())
-            .map(|b| b.windows(needle.len()).any(|w| w == needle))
-            .unwrap_or(false)
-    })
-}
 
 fn id_of(bytes: &[u8]) -> MessageId {
     Envelope::decode(bytes, &Limits::default())

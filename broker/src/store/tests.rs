@@ -1361,6 +1361,18 @@ fn a_commit_that_waits_for_the_settling_sync_fails_when_the_store_is_poisoned_me
     rt.block_on(store.close());
 }
 
+/// Store `meta` as a version before views were kept with the metadata wrote it.
+fn write_as_before_views(store: &Store, meta: MessageMeta) {
+    let before = MessageMeta {
+        views: Default::default(),
+        ..meta
+    };
+    store
+        .meta
+        .insert(before.id.0.as_bytes(), before.to_bytes())
+        .unwrap();
+}
+
 /// The digest a receipt must name comes from the metadata, for a recipient still waiting
 /// for the message, whatever the caller's limit; for metadata written before views were
 /// kept with it, from the body, and a body longer than the caller's limit is left unread
@@ -1383,15 +1395,7 @@ fn a_view_digest_comes_from_the_metadata_or_from_the_body_within_the_limit() {
         store.view_digest_upto(&id, &zorg, 0).unwrap(),
         ViewDigest::Read(Some(sha.clone()))
     );
-    // As metadata from before views were kept with it.
-    let before = MessageMeta {
-        views: Default::default(),
-        ..meta
-    };
-    store
-        .meta
-        .insert(id.0.as_bytes(), before.to_bytes())
-        .unwrap();
+    write_as_before_views(&store, meta);
     assert_eq!(
         store.view_digest_upto(&id, &zorg, len).unwrap(),
         ViewDigest::Read(Some(sha.clone()))
@@ -1465,15 +1469,8 @@ fn each_recipient_gets_its_own_view_from_the_metadata_as_from_the_header() {
         assert_eq!(&delivered(p), bytes);
         assert_eq!(store.view_digest(&id, p).unwrap().as_ref(), Some(sha));
     }
-    // As metadata from before views were kept with it: the same, from the header.
-    let before = MessageMeta {
-        views: Default::default(),
-        ..meta
-    };
-    store
-        .meta
-        .insert(id.0.as_bytes(), before.to_bytes())
-        .unwrap();
+    // The same, from the header.
+    write_as_before_views(&store, meta);
     for (p, (bytes, sha)) in parties.iter().zip(&expected) {
         assert_eq!(&delivered(p), bytes);
         assert_eq!(store.view_digest(&id, p).unwrap().as_ref(), Some(sha));
