@@ -5,7 +5,7 @@ use ketenpost_schemas::envelope::Envelope;
 use ketenpost_schemas::ids::{MessageId, Oin};
 use ketenpost_schemas::protocol::{envelope_to_b64, Delivery};
 
-use super::codec::{held_meta, parse, seq_of, SETTLED};
+use super::codec::{parse, seq_of, SETTLED};
 use super::{expiry, queue, Store, StoreError};
 use ketenpost_core::message::MessageMeta;
 
@@ -119,7 +119,7 @@ impl Store {
         id: &[u8; 16],
         first_time: &mut Vec<MessageId>,
     ) -> Result<Option<Delivery>, StoreError> {
-        let Some(meta) = held_meta(&self.meta, id)? else {
+        let Some(meta) = self.held(id)? else {
             return Ok(None);
         };
         let Some(body) = self.body(&meta) else {
@@ -166,7 +166,7 @@ impl Store {
         recipient: &Oin,
         max_body: u32,
     ) -> Result<ViewDigest, StoreError> {
-        let Some(meta) = held_meta(&self.meta, id.0.as_bytes())? else {
+        let Some(meta) = self.held(id.0.as_bytes())? else {
             return Ok(ViewDigest::Read(None));
         };
         if !meta.pending.contains(recipient) {

@@ -74,6 +74,7 @@ mod clocks;
 mod codec;
 mod delivery;
 mod expiry;
+mod meta_cache;
 mod put;
 mod queue;
 mod reconcile;
@@ -229,6 +230,8 @@ pub struct Store {
     segments: sled::Tree,
     /// The checks' read cache of `cases` and `consents`.
     registry_cache: Arc<RegistryCache>,
+    /// The decoded metadata of recently written messages ([`meta_cache`]).
+    meta_cache: Arc<meta_cache::MetaCache>,
     alerts: sled::Tree,
     alerts_state: sled::Tree,
     committer: mpsc::UnboundedSender<CommitMsg>,
@@ -301,6 +304,7 @@ impl Store {
             deadlines: db.open_tree("deadlines")?,
             segments,
             registry_cache: Arc::default(),
+            meta_cache: Arc::default(),
             alerts: db.open_tree("alerts")?,
             alerts_state: db.open_tree("alerts_state")?,
             committer: tx,
@@ -594,7 +598,16 @@ impl Store {
 
     /// Metadata of a message still held.
     pub fn meta(&self, id: &MessageId) -> Result<Option<MessageMeta>, StoreError> {
-        held_meta(&self.meta, id.0.as_bytes())
+        Ok(self.held(id.0.as_bytes())?.map(Arc::unwrap_or_clone))
+    }
+
+    /// Metadata of a message still held: from the [cache](meta_cache) of recent writes,
+    /// else read and decoded.
+    pub(super) fn held(&self, id: &[u8; 16]) -> Result<Option<Arc<MessageMeta>>, StoreError> {
+        if let Some(meta) = self.meta_cache.get(id) {
+            return Ok(Some(meta));
+        }
+        Ok(held_meta(&self.meta, id)?.map(Arc::new))
     }
 }
 

@@ -59,7 +59,7 @@ pub(super) struct PendingPut {
     pub(super) body_at: BodyAt,
     pub(super) meta: Vec<u8>,
     /// The metadata as written, for its expiry entry.
-    pub(super) held: MessageMeta,
+    pub(super) held: Arc<MessageMeta>,
     /// Per recipient: its queue block's key and the entry's sequence number.
     pub(super) queue: Vec<(Vec<u8>, u64)>,
     /// Its answer clock, if its kind has an answer deadline (written in the same
@@ -505,18 +505,19 @@ impl Store {
         // metadata is never on disk without its body.
         meta.body_at = Some(body_at);
         let (done, landed) = oneshot::channel();
+        let queue = meta
+            .queue_seqs
+            .iter()
+            .map(|(r, seq)| (queue::block_key(r, *seq), *seq))
+            .collect();
         let pending = PendingPut {
             answer,
             id,
             body_at,
             meta: meta.to_bytes(),
-            held: meta.clone(),
+            held: Arc::new(meta),
             clock: clock.map(json),
-            queue: meta
-                .queue_seqs
-                .iter()
-                .map(|(r, seq)| (queue::block_key(r, *seq), *seq))
-                .collect(),
+            queue,
             audit: audit
                 .into_iter()
                 .filter(|e| match e.validate() {
@@ -856,6 +857,8 @@ impl Store {
     /// submissions among them), so the transaction itself only writes.
     pub(super) fn apply_puts(&self, batch: &[PendingPut], trail: &AuditTrail) -> Written {
         let chain = trail.lock_chain();
+        // Until the cache holds what the transaction wrote.
+        let _writing = self.meta_cache.writing();
         let running = self.watermark.begin();
         // Before the transaction can be seen: a fetch that reads these messages waits for
         // this number to be durable.
@@ -930,6 +933,13 @@ impl Store {
             }
         };
         let (prepared, cursor) = result?;
+        self.meta_cache.committed(
+            batch
+                .iter()
+                .zip(&prepared)
+                .filter(|(_, prep)| prep.is_some())
+                .map(|(p, _)| (p.id, Some(p.held.clone()))),
+        );
         chain.advance(cursor);
         Ok(prepared.into_iter().map(|p| p.map(|p| p.landed)).collect())
     }

@@ -684,6 +684,88 @@ fn a_damaged_body_is_not_delivered_blocks_nothing_and_goes_with_its_receipt() {
     rt.block_on(store.close());
 }
 
+/// The message's metadata as sled holds it, decoded (what the cache must agree with).
+fn meta_in_sled(store: &Store, id: &MessageId) -> Option<MessageMeta> {
+    super::codec::held_meta(&store.meta, id.0.as_bytes()).unwrap()
+}
+
+/// The cache of decoded metadata holds what the last committed transaction wrote: after a
+/// message write, after decisions applied together in one transaction (each seeing what
+/// those before it wrote, not the cache's older value), after a transaction rerun without
+/// a decision that failed, and after the message is settled.
+#[test]
+fn the_metadata_cache_holds_what_the_last_committed_transaction_wrote() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_runtime = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, trail) = open_in(dir.path());
+    let fx = ketenpost_core::testing::Fx::new();
+    let (zorg, gem) = (fx.zorg.oin.clone(), fx.gem.oin.clone());
+    let a = put_signaal(&fx, &store, &trail);
+    let id = a.header().id;
+    assert!(
+        store.meta_cache.get(id.0.as_bytes()).is_some(),
+        "kept at its write"
+    );
+    assert_eq!(store.meta(&id).unwrap(), meta_in_sled(&store, &id));
+
+    // Both first fetches and the zorgaanbieder's receipt in one transaction; the first
+    // decision fails once (as a record that does not parse would), so the transaction
+    // runs again without it.
+    let failed_once = std::sync::atomic::AtomicBool::new(false);
+    let failing = |_: &TxView<'_>| -> TxResult<Result<Effects, ()>> {
+        if failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Ok(Effects::default()));
+        }
+        Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+            what: "test",
+            reason: "fails once".into(),
+        }))
+    };
+    let fetched_by = |who: &Oin| {
+        let who = who.clone();
+        move |v: &TxView<'_>| -> TxResult<Result<Effects, ()>> {
+            Ok(Ok(ketenpost_core::transitions::fetched(&who, v.meta(&id)?)))
+        }
+    };
+    let (by_zorg, by_gem) = (fetched_by(&zorg), fetched_by(&gem));
+    let forwarded = SignedRecord {
+        kind: Kind::DeliveryReceipt,
+        signer: zorg.clone(),
+        record: String::new(),
+        signature: String::new(),
+    };
+    let sha = a.header().body_for(&zorg).unwrap().1.sha256.clone();
+    let now = Utc::now();
+    let receipted = receipt_decision(&store, &zorg, &id, &sha, &forwarded, now);
+    let receipted = |v: &TxView<'_>| -> TxResult<Result<Effects, ()>> {
+        receipted(v).map(|r| r.map_err(|_| ()))
+    };
+    let outcomes = store
+        .transitions_together(
+            &trail,
+            &signer(),
+            now,
+            &[&failing, &by_zorg, &by_gem, &receipted],
+        )
+        .unwrap();
+    assert!(outcomes[0].is_err(), "the failing decision was left out");
+    assert!(outcomes[1..].iter().all(|o| matches!(o, Ok(Some(_)))));
+    store.flush().unwrap();
+    let held = store.meta(&id).unwrap().unwrap();
+    assert_eq!(held.fetched, [zorg.clone(), gem.clone()].into());
+    assert_eq!(held.pending, [gem.clone()].into());
+    assert_eq!(Some(held), meta_in_sled(&store, &id));
+
+    // The last receipt settles it: gone from the cache as from sled.
+    let sha = a.header().body_for(&gem).unwrap().1.sha256.clone();
+    assert!(receipt(&store, &trail, &gem, &id, &sha, &forwarded).is_ok());
+    assert!(store.meta_cache.get(id.0.as_bytes()).is_none());
+    assert_eq!(store.meta(&id).unwrap(), None);
+    assert_eq!(meta_in_sled(&store, &id), None);
+    rt.block_on(store.close());
+}
+
 /// Two recipients receipt the same message at the same moment while a third fetch
 /// changes its metadata: neither receipt is refused (the receipt race), and the body
 /// goes with the last one.
@@ -1367,10 +1449,15 @@ fn write_as_before_views(store: &Store, meta: MessageMeta) {
         views: Default::default(),
         ..meta
     };
+    let _writing = store.meta_cache.writing();
     store
         .meta
         .insert(before.id.0.as_bytes(), before.to_bytes())
         .unwrap();
+    // As an older version's broker starts: nothing of it kept decoded.
+    store
+        .meta_cache
+        .committed([(before.id.0.into_bytes(), None)]);
 }
 
 /// The digest a receipt must name comes from the metadata, for a recipient still waiting

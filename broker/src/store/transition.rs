@@ -14,7 +14,8 @@
 //! flush loses the whole decision (it is taken again); a crash after it leaves at most
 //! bodies nothing refers to, which [`Store::reconcile`] destroys at the next start.
 
-use std::collections::BTreeSet;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -30,6 +31,7 @@ use sled::transaction::{ConflictableTransactionError, Transactional, Transaction
 use tokio::sync::oneshot;
 
 use super::codec::{json, key2, parse};
+use super::meta_cache::{Id, MetaCache};
 use super::{Store, StoreError};
 use crate::audit::{AuditTrail, ChainLock};
 use crate::failpoint;
@@ -57,6 +59,10 @@ pub struct TxView<'a> {
     cases: &'a TransactionalTree,
     deletions: &'a TransactionalTree,
     deadlines: &'a TransactionalTree,
+    /// The messages whose metadata this transaction wrote so far.
+    wrote: &'a RefCell<HashSet<Id>>,
+    /// The metadata as the last committed transactions wrote it.
+    cache: &'a MetaCache,
 }
 
 impl std::fmt::Debug for TxView<'_> {
@@ -91,9 +97,17 @@ fn read_as<T>(
 }
 
 impl TxView<'_> {
-    /// A message's metadata.
+    /// A message's metadata: as the last committed transaction wrote it ([`MetaCache`]),
+    /// unless this one wrote it since; else read.
     pub fn meta(&self, id: &MessageId) -> TxResult<Option<MessageMeta>> {
-        Ok(read_as(self.meta, id.0.as_bytes(), super::meta_of)?.flatten())
+        let key = id.0.as_bytes();
+        // What this transaction wrote is in its own view of sled, not yet in the cache.
+        if !self.wrote.borrow().contains(key) {
+            if let Some(meta) = self.cache.get(key) {
+                return Ok(Some(Arc::unwrap_or_clone(meta)));
+            }
+        }
+        Ok(read_as(self.meta, key, super::meta_of)?.flatten())
     }
 
     /// A message's answer clock.
@@ -155,7 +169,7 @@ pub struct Applied {
 }
 
 /// A decision with its refusal left in the caller's hands: `Err(())` means refused.
-type Decide<'a> = dyn Fn(&TxView<'_>) -> TxResult<Result<Effects, ()>> + 'a;
+pub(super) type Decide<'a> = dyn Fn(&TxView<'_>) -> TxResult<Result<Effects, ()>> + 'a;
 
 /// A queued [`Decide`], which crosses to the writer thread.
 type QueuedDecide = Box<dyn Fn(&TxView<'_>) -> TxResult<Result<Effects, ()>> + Send>;
@@ -272,6 +286,27 @@ impl Store {
         }
     }
 
+    /// Decisions `decides` applied in order in ONE transaction, as the writer thread applies
+    /// a round's (for tests): per decision, applied, refused (`None`), or failed.
+    #[cfg(test)]
+    pub(super) fn transitions_together(
+        &self,
+        trail: &AuditTrail,
+        signer: &NoticeSigner,
+        now: DateTime<Utc>,
+        decides: &[&Decide<'_>],
+    ) -> Result<Vec<Result<Option<Applied>, StoreError>>, StoreError> {
+        let jobs: Vec<Job<'_>> = decides
+            .iter()
+            .map(|decide| Job {
+                now,
+                signer,
+                decide: *decide,
+            })
+            .collect();
+        self.apply_decisions(trail, &jobs, true)
+    }
+
     /// [`Store::transition`] by the writer thread: queued, applied in one transaction with
     /// the other decisions queued beside it, and flushed with them (and with the message
     /// writes of the same round) when `durable` or when it releases bodies, which are then
@@ -373,6 +408,8 @@ impl Store {
     ) -> Result<Vec<Result<Option<Applied>, StoreError>>, StoreError> {
         use ConflictableTransactionError::{Abort, Conflict, Storage};
         let chain: ChainLock<'_> = trail.lock_chain();
+        // Until the cache holds what the transaction wrote.
+        let _writing = self.meta_cache.writing();
         let _running = numbered.then(|| self.watermark.begin());
         let mut left_out: Vec<Option<StoreError>> = jobs.iter().map(|_| None).collect();
         // Each attempt either commits or leaves one more job out: at most `jobs.len() + 1`.
@@ -391,7 +428,7 @@ impl Store {
             ]
             .as_slice()
             .transaction(|views| {
-                let trees = Trees::of(views).map_err(Storage)?;
+                let trees = Trees::of(views, &self.meta_cache).map_err(Storage)?;
                 let view = trees.view();
                 // Rerun from scratch if sled retries the transaction.
                 let mut cursor = chain.cursor();
@@ -437,20 +474,37 @@ impl Store {
         if wrote(|w| matches!(w, Write::Consent(_))) {
             self.registry_cache.consents.invalidate();
         }
-        Ok(decided
+        // What the committed decisions wrote of the metadata, in their order, moved into
+        // the cache (see `meta_cache`'s coherence).
+        let mut written = Vec::new();
+        let outcomes = decided
             .into_iter()
             .zip(left_out)
             .map(|(fx, failed)| match (fx, failed) {
                 (_, Some(e)) => Err(e),
                 (None, None) => Ok(None),
-                (Some(fx), None) => Ok(Some(Applied {
-                    audited: fx.audit.len(),
-                    changed: !fx.is_empty(),
-                    destroy: fx.destroy,
-                    wake: fx.wake,
-                })),
+                (Some(fx), None) => {
+                    let applied = Applied {
+                        audited: fx.audit.len(),
+                        changed: !fx.is_empty(),
+                        destroy: fx.destroy,
+                        wake: fx.wake,
+                    };
+                    for w in fx.writes {
+                        match w {
+                            Write::Meta(m) => {
+                                written.push((m.id.0.into_bytes(), Some(Arc::new(m))))
+                            }
+                            Write::RemoveMeta { id, .. } => written.push((id.0.into_bytes(), None)),
+                            _ => {}
+                        }
+                    }
+                    Ok(Some(applied))
+                }
             })
-            .collect())
+            .collect();
+        self.meta_cache.committed(written);
+        Ok(outcomes)
     }
 
     /// After the transaction of `applied` is durable: destroy the bodies it released.
@@ -468,6 +522,10 @@ impl Store {
 
 /// The trees a decision writes, inside its transaction.
 struct Trees<'a> {
+    /// The messages whose metadata this transaction wrote so far: its later decisions
+    /// read theirs from the transaction, not from the cache.
+    wrote: RefCell<HashSet<Id>>,
+    cache: &'a MetaCache,
     meta: &'a TransactionalTree,
     expiry: &'a TransactionalTree,
     queue: &'a TransactionalTree,
@@ -484,7 +542,7 @@ impl<'a> Trees<'a> {
     /// The trees of a decisions' transaction, opened over (meta, expiry, queue, notices,
     /// cases, consents, deletions, deadlines, segments, records) in
     /// [`Store::apply_decisions`].
-    fn of(v: &'a [TransactionalTree]) -> Result<Trees<'a>, sled::Error> {
+    fn of(v: &'a [TransactionalTree], cache: &'a MetaCache) -> Result<Trees<'a>, sled::Error> {
         let [meta, expiry, queue, notices, cases, consents, deletions, deadlines, segments, records] =
             v
         else {
@@ -494,6 +552,8 @@ impl<'a> Trees<'a> {
             )));
         };
         Ok(Trees {
+            wrote: RefCell::default(),
+            cache,
             meta,
             expiry,
             queue,
@@ -508,12 +568,14 @@ impl<'a> Trees<'a> {
     }
 
     /// What a decision may read.
-    fn view(&self) -> TxView<'a> {
+    fn view(&self) -> TxView<'_> {
         TxView {
             meta: self.meta,
             cases: self.cases,
             deletions: self.deletions,
             deadlines: self.deadlines,
+            wrote: &self.wrote,
+            cache: self.cache,
         }
     }
 
@@ -530,6 +592,7 @@ impl<'a> Trees<'a> {
             match w {
                 Write::Meta(m) => {
                     self.meta.insert(m.id.0.as_bytes(), m.to_bytes())?;
+                    self.wrote.borrow_mut().insert(m.id.0.into_bytes());
                 }
                 Write::RemoveMeta { id, .. } => {
                     // Its expiry entry's block follows from the metadata (expiry time and
@@ -539,6 +602,7 @@ impl<'a> Trees<'a> {
                     }
                     // The id stays, as the dedup entry.
                     self.meta.insert(id.0.as_bytes(), super::SETTLED)?;
+                    self.wrote.borrow_mut().insert(id.0.into_bytes());
                 }
                 Write::RemoveQueued { party, seq } => {
                     super::queue::remove_in(self.queue, party, *seq)?;
