@@ -144,6 +144,17 @@ fn receipt_decision(
     move |v| v.receipt(&recipient, &r, &forwarded, digest.as_deref(), now)
 }
 
+/// The record a receipt forwards to the sender, as the store keeps it (its content is
+/// not read here).
+fn forwarded_receipt(signer: &Oin) -> SignedRecord {
+    SignedRecord {
+        kind: Kind::DeliveryReceipt,
+        signer: signer.clone(),
+        record: String::new(),
+        signature: String::new(),
+    }
+}
+
 /// A receipt applied as the server applies it: one transition, flush, then finish.
 fn receipt(
     store: &Store,
@@ -225,12 +236,7 @@ fn a_body_is_spooled_until_receipted_or_expired_and_survives_a_restart() {
         fetched.iter().collect::<BTreeSet<_>>(),
         envelopes.iter().collect::<BTreeSet<_>>()
     );
-    let forwarded = SignedRecord {
-        kind: Kind::DeliveryReceipt,
-        signer: zorg.clone(),
-        record: String::new(),
-        signature: String::new(),
-    };
+    let forwarded = forwarded_receipt(&zorg);
     let first_id = messages[0].header().id;
     let sha = messages[0]
         .header()
@@ -324,12 +330,7 @@ fn metadata_an_older_version_wrote_as_json_is_delivered_receipted_and_rewritten(
         .1
         .sha256
         .clone();
-    let forwarded = SignedRecord {
-        kind: Kind::DeliveryReceipt,
-        signer: zorg.clone(),
-        record: String::new(),
-        signature: String::new(),
-    };
+    let forwarded = forwarded_receipt(&zorg);
     let outcome = receipt(&store, &trail, &zorg, &id, &sha, &forwarded).unwrap();
     assert_eq!(outcome.destroy.len(), 1);
     rt.block_on(store.close());
@@ -657,12 +658,7 @@ fn a_damaged_body_is_not_delivered_blocks_nothing_and_goes_with_its_receipt() {
     // not against the broker's copy: one that names it is the recipient's signed word
     // that it holds that view (fetched before the damage, or had from elsewhere), and the
     // damaged copy goes as any receipted body does. One naming another digest is refused.
-    let forwarded = SignedRecord {
-        kind: Kind::DeliveryReceipt,
-        signer: zorg.clone(),
-        record: String::new(),
-        signature: String::new(),
-    };
+    let forwarded = forwarded_receipt(&zorg);
     let first = messages[0].header();
     let sha = first.body_for(&zorg).unwrap().1.sha256.clone();
     let refused = receipt(
@@ -729,12 +725,7 @@ fn the_metadata_cache_holds_what_the_last_committed_transaction_wrote() {
         }
     };
     let (by_zorg, by_gem) = (fetched_by(&zorg), fetched_by(&gem));
-    let forwarded = SignedRecord {
-        kind: Kind::DeliveryReceipt,
-        signer: zorg.clone(),
-        record: String::new(),
-        signature: String::new(),
-    };
+    let forwarded = forwarded_receipt(&zorg);
     let sha = a.header().body_for(&zorg).unwrap().1.sha256.clone();
     let now = Utc::now();
     let receipted = receipt_decision(&store, &zorg, &id, &sha, &forwarded, now);
@@ -780,12 +771,7 @@ fn concurrent_receipts_of_one_message_are_all_accepted() {
     for _ in 0..20 {
         let a = put_signaal(&fx, &store, &trail);
         let id = a.header().id;
-        let forwarded = SignedRecord {
-            kind: Kind::DeliveryReceipt,
-            signer: zorg.clone(),
-            record: String::new(),
-            signature: String::new(),
-        };
+        let forwarded = forwarded_receipt(&zorg);
         let barrier = Barrier::new(3);
         let outcomes = std::thread::scope(|s| {
             let fetcher = s.spawn(|| {
@@ -849,12 +835,7 @@ fn queued_decisions_are_applied_together_and_fail_alone() {
     let now = Utc::now();
     let queue_receipt = |who: &Oin| {
         let sha = a.header().body_for(who).unwrap().1.sha256.clone();
-        let forwarded = SignedRecord {
-            kind: Kind::DeliveryReceipt,
-            signer: who.clone(),
-            record: String::new(),
-            signature: String::new(),
-        };
+        let forwarded = forwarded_receipt(&who);
         let decide = receipt_decision(&store, who, &id, &sha, &forwarded, now);
         store
             .begin_transition("receipt", &trail, &signer(), now, true, decide)
@@ -1497,12 +1478,7 @@ fn a_view_digest_comes_from_the_metadata_or_from_the_body_within_the_limit() {
         store.view_digest_upto(&id, &sender, 0).unwrap(),
         ViewDigest::Read(None)
     );
-    let forwarded = SignedRecord {
-        kind: Kind::DeliveryReceipt,
-        signer: zorg.clone(),
-        record: String::new(),
-        signature: String::new(),
-    };
+    let forwarded = forwarded_receipt(&zorg);
     let other = MessageId::new();
     assert_eq!(
         store.view_digest_upto(&other, &zorg, 0).unwrap(),
