@@ -835,7 +835,7 @@ fn queued_decisions_are_applied_together_and_fail_alone() {
     let now = Utc::now();
     let queue_receipt = |who: &Oin| {
         let sha = a.header().body_for(who).unwrap().1.sha256.clone();
-        let forwarded = forwarded_receipt(&who);
+        let forwarded = forwarded_receipt(who);
         let decide = receipt_decision(&store, who, &id, &sha, &forwarded, now);
         store
             .begin_transition("receipt", &trail, &signer(), now, true, decide)
